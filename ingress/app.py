@@ -1,0 +1,76 @@
+"""The ingress application factory."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+import falcon
+import orjson
+import redis
+from falcon import media
+
+from ingress.intake import CallbackIntake, RejectLog
+from ingress.resources import CallbackResource, HealthResource, ReadyResource
+from shared.callback import CallbackLimits
+from shared.queue import create_broker
+from shared.redis_client import connect_redis
+from shared.settings import Settings
+from shared.taskstate import TaskStore
+
+log = logging.getLogger(__name__)
+
+#: The provider's callback endpoint (see the contract).
+CALLBACK_PATH = "/callbacks/midjourney"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    redis_client: redis.Redis | None = None,
+    broker: dramatiq.Broker | None = None,
+    clock: Callable[[], float] = time.time,
+) -> falcon.App[falcon.Request, falcon.Response]:
+    """Build the ingress. Redis and the broker are made from ``settings`` unless given."""
+    client = redis_client or connect_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    if broker is None:
+        queue_client = client if settings.queue_url == settings.redis_url else None
+        broker = create_broker(settings.queue_url, client=queue_client, middleware=[])
+
+    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+    app.add_error_handler(Exception, _internal_error)
+
+    tasks = TaskStore(client, ttl_s=settings.task_ttl_s, clock=clock)
+    app.add_route(
+        CALLBACK_PATH,
+        CallbackResource(
+            intake=CallbackIntake(broker=broker, tasks=tasks),
+            rejects=RejectLog(
+                client, keep=settings.rejected_keep, body_bytes=settings.rejected_body_bytes, clock=clock
+            ),
+            limits=CallbackLimits(
+                max_result_urls=settings.max_result_urls, max_url_length=settings.max_url_length
+            ),
+            max_body_bytes=settings.max_body_bytes,
+            tokens=settings.callback_tokens,
+            clock=clock,
+        ),
+    )
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadyResource(client))
+    return app
+
+
+def _internal_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
+    """Anything unexpected: log it with its trace, answer a bare 500 that echoes nothing."""
+    if isinstance(exc, falcon.HTTPError):
+        raise exc
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    resp.status = falcon.HTTP_500
+    resp.media = {"error": "internal error"}

@@ -1,0 +1,117 @@
+"""The ingress's HTTP resources: one small class per endpoint."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import falcon
+import redis
+
+from ingress.intake import CallbackIntake, Rejection, RejectLog
+from shared.callback import Callback, CallbackLimits, parse_callback
+from shared.clock import utc_iso
+from shared.errors import InvalidCallback, QueueUnavailable
+
+log = logging.getLogger(__name__)
+
+#: Media types we take a callback in (parameters such as charset are allowed).
+JSON_TYPES = ("application/json",)
+
+
+class CallbackResource:
+    """``POST /callbacks/midjourney``: check, queue, answer within milliseconds."""
+
+    def __init__(
+        self,
+        *,
+        intake: CallbackIntake,
+        rejects: RejectLog,
+        limits: CallbackLimits,
+        max_body_bytes: int,
+        tokens: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._intake = intake
+        self._rejects = rejects
+        self._limits = limits
+        self._max_body_bytes = max_body_bytes
+        self._tokens = tuple(token.encode() for token in tokens)
+        self._clock = clock
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = b""
+        try:
+            body = self._read_body(req)
+            self._check_token(req)
+            callback = self._parse(req, body)
+        except InvalidCallback as exc:
+            self._rejects.record(
+                Rejection(
+                    status=exc.status,
+                    reason=exc.reason,
+                    body=body,
+                    remote_addr=req.remote_addr or "",
+                    content_type=req.content_type or "",
+                )
+            )
+            resp.status = exc.status
+            resp.media = {"error": exc.reason}
+            return
+        try:
+            self._intake.accept(callback)
+        except QueueUnavailable as exc:
+            log.warning("callback %s not queued: %s", callback.task_id, exc)
+            resp.status = falcon.HTTP_503
+            resp.media = {"error": "cannot queue the callback durably right now; retry later"}
+            return
+        resp.media = {"status": "received", "taskId": callback.task_id}
+
+    def _read_body(self, req: falcon.Request) -> bytes:
+        length = req.content_length
+        if length is not None and length > self._max_body_bytes:
+            raise InvalidCallback(f"body larger than {self._max_body_bytes} bytes", status=413)
+        body: bytes = req.bounded_stream.read(self._max_body_bytes + 1)
+        if len(body) > self._max_body_bytes:
+            raise InvalidCallback(f"body larger than {self._max_body_bytes} bytes", status=413)
+        return body
+
+    def _check_token(self, req: falcon.Request) -> None:
+        if not self._tokens:
+            return
+        given = (req.get_param("token") or "").encode()
+        # Compare against every token, always, so timing says nothing about which one matched.
+        matches = [hmac.compare_digest(given, token) for token in self._tokens]
+        if not any(matches):
+            raise InvalidCallback("missing or wrong token", status=401)
+
+    def _parse(self, req: falcon.Request, body: bytes) -> Callback:
+        media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+        if media_type not in JSON_TYPES and not media_type.endswith("+json"):
+            raise InvalidCallback("Content-Type must be application/json", status=415)
+        return parse_callback(body, received_at=utc_iso(self._clock()), limits=self._limits)
+
+
+class HealthResource:
+    """``GET /healthz``: the process serves requests."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+class ReadyResource:
+    """``GET /readyz``: Redis answers, so callbacks can be queued."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            self._client.ping()
+        except (redis.RedisError, OSError) as exc:
+            resp.status = falcon.HTTP_503
+            resp.media = {"status": "unavailable", "redis": type(exc).__name__}
+            return
+        resp.media = {"status": "ready"}

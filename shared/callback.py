@@ -1,0 +1,134 @@
+"""The provider's callback: parsed and checked once at the ingress, carried through the
+queue as a plain dict, and rebuilt in the worker by the same code."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from shared.errors import InvalidCallback
+
+#: A taskId becomes part of object keys (``tasks/{taskId}/...``) and Redis keys, so it is held
+#: to letters, digits, ``_`` and ``-``: no ``/``, no ``.``, no control characters.
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+#: The provider's ``code`` for a finished generation; anything else is a failure.
+CODE_SUCCESS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackLimits:
+    """What the ingress accepts in one callback."""
+
+    max_result_urls: int = 16
+    max_url_length: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """One delivery of the provider's result for ``task_id``."""
+
+    task_id: str
+    code: int
+    msg: str
+    #: The raw ``promptJson`` string (it may hold malformed JSON), or None when absent.
+    prompt_json: str | None
+    result_urls: tuple[str, ...]
+    #: When the ingress accepted it, ISO 8601 UTC.
+    received_at: str
+
+    @property
+    def succeeded(self) -> bool:
+        return self.code == CODE_SUCCESS
+
+    def to_message(self) -> dict[str, Any]:
+        """The JSON-safe form carried in the queue message."""
+        return {
+            "taskId": self.task_id,
+            "code": self.code,
+            "msg": self.msg,
+            "promptJson": self.prompt_json,
+            "resultUrls": list(self.result_urls),
+            "receivedAt": self.received_at,
+        }
+
+    @classmethod
+    def from_message(cls, data: dict[str, Any]) -> Callback:
+        """Rebuild from :meth:`to_message` output, checking it again (queues can be written by others)."""
+        return _from_fields(data, data.get("taskId"), CallbackLimits(max_result_urls=1 << 16))
+
+
+def parse_callback(body: bytes, *, received_at: str, limits: CallbackLimits) -> Callback:
+    """Parse a callback body in the provider's format; raise :class:`InvalidCallback` saying what
+    is wrong. Accepts ``data.taskId`` or ``data.task_id``."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidCallback(f"body is not valid JSON: {exc.msg}") from None
+    if not isinstance(document, dict):
+        raise InvalidCallback("body must be a JSON object")
+    data = document.get("data")
+    if not isinstance(data, dict):
+        raise InvalidCallback("'data' must be an object")
+    task_id = data.get("taskId", data.get("task_id"))
+    fields = {
+        "code": document.get("code"),
+        "msg": document.get("msg"),
+        "promptJson": data.get("promptJson"),
+        "resultUrls": data.get("resultUrls"),
+        "receivedAt": received_at,
+    }
+    return _from_fields(fields, task_id, limits)
+
+
+def _from_fields(fields: dict[str, Any], task_id: Any, limits: CallbackLimits) -> Callback:
+    if not isinstance(task_id, str) or not TASK_ID_PATTERN.fullmatch(task_id):
+        raise InvalidCallback(
+            "'data.taskId' must be 1-128 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    code = fields.get("code")
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise InvalidCallback("'code' must be an integer")
+    msg = fields.get("msg")
+    if msg is None:
+        msg = ""
+    if not isinstance(msg, str):
+        raise InvalidCallback("'msg' must be a string")
+    prompt_json = fields.get("promptJson")
+    if prompt_json is not None and not isinstance(prompt_json, str):
+        raise InvalidCallback("'data.promptJson' must be a string")
+    urls = fields.get("resultUrls")
+    if urls is None:
+        urls = []
+    if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
+        raise InvalidCallback("'data.resultUrls' must be a list of strings")
+    if len(urls) > limits.max_result_urls:
+        raise InvalidCallback(f"'data.resultUrls' has more than {limits.max_result_urls} entries")
+    if any(len(url) > limits.max_url_length for url in urls):
+        raise InvalidCallback(f"a result URL is longer than {limits.max_url_length} characters")
+    return Callback(
+        task_id=task_id,
+        code=code,
+        msg=msg,
+        prompt_json=prompt_json,
+        result_urls=tuple(urls),
+        received_at=str(fields.get("receivedAt") or ""),
+    )
+
+
+def parse_prompt(prompt_json: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """``promptJson`` as (params, prompt): the parsed object and its ``prompt`` string, or None for
+    each when it is absent or malformed (the raw string is kept elsewhere)."""
+    if prompt_json is None:
+        return None, None
+    try:
+        params = orjson.loads(prompt_json)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(params, dict):
+        return None, None
+    prompt = params.get("prompt")
+    return params, prompt if isinstance(prompt, str) else None

@@ -1,0 +1,49 @@
+"""The one exception tree, split by what the caller must do about it:
+retry later (:class:`TransientError`) or give up with a reason (:class:`PermanentError`)."""
+
+from __future__ import annotations
+
+
+class MjhookError(Exception):
+    """Base of every error mjhook raises on purpose."""
+
+
+class ConfigError(MjhookError):
+    """The configuration cannot work; fix it and restart."""
+
+
+class TransientError(MjhookError):
+    """Worth trying again later: the same input may succeed."""
+
+
+class QueueUnavailable(TransientError):
+    """Redis (or the broker) did not take the callback; the ingress answers 503."""
+
+
+class StorageUnavailable(TransientError):
+    """Object storage did not answer or answered with a server error."""
+
+
+class DownloadFailed(TransientError):
+    """A result file could not be fetched this time (timeout, reset, 5xx)."""
+
+
+class TaskBusy(TransientError):
+    """Another worker holds the lease on this task right now."""
+
+
+class PermanentError(MjhookError):
+    """Retrying cannot help: the reason is recorded and the task moves on."""
+
+
+class InvalidCallback(PermanentError):
+    """A callback body or request we refuse; ``status`` is the HTTP answer (400, 401, 413, 415)."""
+
+    def __init__(self, reason: str, *, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class DownloadRefused(PermanentError):
+    """A result file we will never store: not media, too large, gone (4xx), refused address."""

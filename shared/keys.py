@@ -1,0 +1,36 @@
+"""Every Redis key mjhook writes, built here and nowhere else. The queue's own keys belong to
+dramatiq (namespace ``dramatiq``); ours live under ``mjhook:``."""
+
+from __future__ import annotations
+
+PREFIX = "mjhook"
+
+#: Hash of one task's state record: state, receivedAt, updatedAt, code, reason.
+#: Expires ``task_ttl_s`` after its last change; while it lives, it is the dedup memory.
+TASK = PREFIX + ":task:{task_id}"
+
+#: String holding the token of the worker working on a task. Expires after ``lease_ttl_s``
+#: unless renewed, so a crashed worker's claim lapses on its own.
+LEASE = PREFIX + ":lease:{task_id}"
+
+#: Sorted set per state of the taskIds in that state, scored by the time of the change (ms).
+#: Entries older than ``task_ttl_s`` are trimmed on every write to the set.
+STATE_INDEX_PREFIX = PREFIX + ":state:"
+
+#: Sorted set of recently changed taskIds scored by the time of the change (ms); capped in size.
+RECENT = PREFIX + ":recent"
+
+#: List of rejected callbacks (reason, status, capped raw body), newest first; capped in length.
+REJECTED = PREFIX + ":rejected"
+
+
+def task(task_id: str) -> str:
+    return TASK.format(task_id=task_id)
+
+
+def lease(task_id: str) -> str:
+    return LEASE.format(task_id=task_id)
+
+
+def state_index(state: str) -> str:
+    return STATE_INDEX_PREFIX + state

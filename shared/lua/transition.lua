@@ -1,0 +1,27 @@
+-- Move one task to a new state, atomically: the record, its state index and the recent index.
+-- KEYS[1] task hash, KEYS[2] recent index
+-- ARGV[1] task id      ARGV[2] new state        ARGV[3] now (ms)
+-- ARGV[4] ttl (s)      ARGV[5] "1": only when the task has no state yet
+-- ARGV[6] recent cap   ARGV[7] state index key prefix
+-- ARGV[8..] field, value pairs to set on the record
+-- Returns the previous state, or false when there was none.
+local old = redis.call('HGET', KEYS[1], 'state')
+if ARGV[5] == '1' and old then
+  return old
+end
+local now = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
+if old and old ~= ARGV[2] then
+  redis.call('ZREM', ARGV[7] .. old, ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updatedAt', ARGV[3])
+for i = 8, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+local index = ARGV[7] .. ARGV[2]
+redis.call('ZADD', index, now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', index, '-inf', now - ttl * 1000)
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[6]) - 1)
+return old

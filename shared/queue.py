@@ -1,0 +1,55 @@
+"""The queue between the ingress and the workers: one dramatiq queue, one actor.
+
+The ingress enqueues a message for the actor by name, so it never imports the worker code."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware
+
+from shared.callback import Callback
+from shared.errors import ConfigError, QueueUnavailable
+
+#: The dramatiq queue holding callbacks to process.
+CALLBACK_QUEUE = "callbacks"
+#: The actor (declared in workers/tasks.py) that processes one callback.
+PROCESS_CALLBACK = "process_callback"
+#: dramatiq's key namespace in Redis.
+BROKER_NAMESPACE = "dramatiq"
+
+
+def create_broker(
+    url: str, *, client: redis.Redis | None = None, middleware: Sequence[Middleware] | None = None
+) -> dramatiq.Broker:
+    """A broker for ``url`` (``redis://`` or ``rediss://``). ``middleware=None`` keeps dramatiq's
+    defaults; the ingress passes ``[]`` because it only enqueues."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisBroker(  # type: ignore[no-untyped-call]
+            url=None if client else url,
+            client=client,
+            namespace=BROKER_NAMESPACE,
+            middleware=None if middleware is None else list(middleware),
+        )
+    raise ConfigError(f"unsupported broker URL scheme: {url.split(':', 1)[0]!r}")
+
+
+def callback_message(callback: Callback) -> dramatiq.Message[None]:
+    return dramatiq.Message(
+        queue_name=CALLBACK_QUEUE,
+        actor_name=PROCESS_CALLBACK,
+        args=(callback.to_message(),),
+        kwargs={},
+        options={},
+    )
+
+
+def enqueue_callback(broker: dramatiq.Broker, callback: Callback) -> None:
+    """Put ``callback`` on the queue; raise :class:`QueueUnavailable` when the broker refuses."""
+    try:
+        broker.enqueue(callback_message(callback))
+    except (redis.RedisError, dramatiq.errors.BrokerConnectionError, OSError) as exc:
+        raise QueueUnavailable(f"cannot enqueue: {type(exc).__name__}") from exc

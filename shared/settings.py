@@ -1,0 +1,121 @@
+"""The one settings object. Only the process edges (ingress/wsgi.py, workers/tasks.py,
+the CLI) call :meth:`Settings.from_env`; everything else receives a Settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import ConfigError
+
+#: Every environment variable of ours starts with this.
+ENV_PREFIX = "MJHOOK_"
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class Settings(BaseModel):
+    """mjhook's configuration. Each field ``name`` is read from ``MJHOOK_NAME``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # --- services -------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: The queue; empty means the Redis of ``redis_url``. ``amqp://`` selects RabbitMQ.
+    broker_url: str = ""
+    s3_endpoint: str = "http://127.0.0.1:8333"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "midjourney"
+
+    # --- who may call us and read from us ---------------------------------------------
+    callback_token: str = ""
+    webhook_hmac_key: str = ""
+    api_token: str = ""
+
+    # --- the fetcher ------------------------------------------------------------------
+    #: Hosts or CIDRs the downloader may reach although they are private or loopback.
+    fetch_allow: tuple[str, ...] = ()
+    #: Parallel downloads per worker process (one pool shared by its threads).
+    download_concurrency: int = Field(default=8, ge=1, le=256)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    #: Longest wait for the next chunk of a download, not for the whole file.
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    #: Largest image file accepted, in bytes.
+    max_image_bytes: int = Field(default=64 * MIB, ge=1)
+    #: Largest video file accepted, in bytes.
+    max_video_bytes: int = Field(default=2048 * MIB, ge=1)
+    #: Files smaller than this stay in memory while downloading; larger ones spill to disk.
+    spool_memory_bytes: int = Field(default=8 * MIB, ge=0)
+
+    # --- the ingress ------------------------------------------------------------------
+    #: Largest callback body accepted, in bytes (413 above).
+    max_body_bytes: int = Field(default=256 * KIB, ge=1 * KIB)
+    max_result_urls: int = Field(default=16, ge=1)
+    max_url_length: int = Field(default=4096, ge=64)
+    #: Rejected bodies kept in Redis for inspection: how many, and how much of each (bytes).
+    rejected_keep: int = Field(default=1000, ge=0)
+    rejected_body_bytes: int = Field(default=16 * KIB, ge=0)
+    #: Redis socket timeout of the ingress, seconds: a hung Redis must not hold the provider.
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+
+    # --- processing -------------------------------------------------------------------
+    #: A worker's claim on a task; renewed while it works, so it only lapses on a crash.
+    lease_ttl_s: int = Field(default=60, ge=5)
+    #: How long a task's state record (dedup memory) is kept after its last change.
+    task_ttl_s: int = Field(default=30 * 86400, ge=60)
+    max_retries: int = Field(default=12, ge=0)
+    min_backoff_ms: int = Field(default=2000, ge=10)
+    max_backoff_ms: int = Field(default=600_000, ge=10)
+    #: Longest a single task may run before dramatiq interrupts it.
+    task_time_limit_s: int = Field(default=1800, ge=10)
+
+    # --- the provider -----------------------------------------------------------------
+    provider_url: str = "https://api.kie.ai"
+    provider_api_key: str = ""
+    public_url: str = ""
+    poll_grace_s: int = Field(default=1500, ge=0)
+    poll_interval_s: int = Field(default=30, ge=1)
+
+    # --- logs -------------------------------------------------------------------------
+    log_level: str = "INFO"
+
+    @field_validator("fetch_allow", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def callback_tokens(self) -> tuple[str, ...]:
+        """The accepted ``?token=`` values; several (comma-separated) allow a rotation."""
+        return tuple(token.strip() for token in self.callback_token.split(",") if token.strip())
+
+    @property
+    def queue_url(self) -> str:
+        """The broker URL actually used: ``broker_url``, else ``redis_url``."""
+        return self.broker_url or self.redis_url
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from ``MJHOOK_*`` variables; unknown ``MJHOOK_*`` names are an error,
+        so a typo does not silently fall back to a default."""
+        values = {
+            key[len(ENV_PREFIX) :].lower(): value
+            for key, value in environ.items()
+            if key.startswith(ENV_PREFIX)
+        }
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,174 @@
+"""The object store: a thin wrapper over the ``minio`` client that speaks in keys and maps the
+client's many failure types onto our error tree."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import orjson
+import urllib3
+from minio import Minio
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+
+from shared.errors import ConfigError, StorageUnavailable
+from shared.settings import Settings
+
+#: User metadata key holding a stored file's sha256 (sent as ``x-amz-meta-sha256``).
+SHA256_META = "sha256"
+
+#: Object keys of a task: its files and its manifest, which is written last.
+TASK_PREFIX = "tasks/{task_id}/"
+MANIFEST_NAME = "manifest.json"
+
+
+
+def task_prefix(task_id: str) -> str:
+    return TASK_PREFIX.format(task_id=task_id)
+
+
+def file_key(task_id: str, index: int, ext: str) -> str:
+    return f"{task_prefix(task_id)}{index}.{ext}"
+
+
+def manifest_key(task_id: str) -> str:
+    return task_prefix(task_id) + MANIFEST_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    key: str
+    size: int
+    content_type: str
+    sha256: str | None
+
+
+class ObjectStore:
+    """One bucket of an S3-compatible store."""
+
+    def __init__(self, client: Minio, bucket: str) -> None:
+        self._client = client
+        self.bucket = bucket
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket when it does not exist."""
+        with _storage_errors():
+            if not self._client.bucket_exists(self.bucket):
+                try:
+                    self._client.make_bucket(self.bucket)
+                except S3Error as exc:
+                    # Another worker made it between our check and our call.
+                    if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+
+    def put_file(self, key: str, data: IO[bytes], *, size: int, content_type: str, sha256: str) -> None:
+        with _storage_errors():
+            self._client.put_object(
+                self.bucket,
+                key,
+                data,  # type: ignore[arg-type]  # minio only reads it
+                size,
+                content_type=content_type,
+                metadata={SHA256_META: sha256},
+            )
+
+    def put_json(self, key: str, document: Any) -> None:
+        body = orjson.dumps(document, option=orjson.OPT_INDENT_2)
+        with _storage_errors():
+            self._client.put_object(
+                self.bucket, key, io.BytesIO(body), len(body), content_type="application/json"
+            )
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """The object's bytes, or None when it does not exist."""
+        with _storage_errors():
+            try:
+                response = self._client.get_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code == "NoSuchKey":
+                    return None
+                raise
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+    def get_json(self, key: str) -> Any:
+        body = self.get_bytes(key)
+        return None if body is None else orjson.loads(body)
+
+    def stat(self, key: str) -> StoredObject | None:
+        """Size, type and recorded sha256 of an object, or None when it does not exist."""
+        with _storage_errors():
+            try:
+                info = self._client.stat_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    return None
+                raise
+        metadata = info.metadata or {}
+        sha256 = metadata.get("x-amz-meta-" + SHA256_META) or metadata.get("X-Amz-Meta-Sha256")
+        return StoredObject(
+            key=key, size=int(info.size or 0), content_type=info.content_type or "", sha256=sha256
+        )
+
+    def list_keys(self, prefix: str) -> list[str]:
+        with _storage_errors():
+            return [
+                obj.object_name
+                for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if obj.object_name
+            ]
+
+    def presigned_url(self, key: str, *, expires_s: int) -> str:
+        with _storage_errors():
+            return self._client.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Turn the client's outage-shaped failures into :class:`StorageUnavailable`."""
+    try:
+        yield
+    except (urllib3.exceptions.HTTPError, OSError, ServerError, InvalidResponseError) as exc:
+        raise StorageUnavailable(f"object storage unavailable: {type(exc).__name__}") from exc
+    except S3Error as exc:
+        status = exc.response.status if exc.response is not None else 0
+        if status >= 500 or exc.code in ("SlowDown", "ServiceUnavailable", "InternalError"):
+            raise StorageUnavailable(f"object storage error: {exc.code}") from exc
+        raise
+    except MinioException as exc:
+        raise StorageUnavailable(f"object storage error: {type(exc).__name__}") from exc
+
+
+def create_object_store(
+    settings: Settings,
+    *,
+    pool_size: int = 16,
+    http_factory: Callable[..., urllib3.PoolManager] = urllib3.PoolManager,
+) -> ObjectStore:
+    """An :class:`ObjectStore` for the settings' endpoint and bucket. Timeouts are short and the
+    client retries only briefly itself: a longer outage is the queue's job (dramatiq retries)."""
+    parts = urlsplit(settings.s3_endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError("MJHOOK_S3_ENDPOINT must be an http:// or https:// URL")
+    http = http_factory(
+        timeout=urllib3.Timeout(connect=5.0, read=60.0),
+        maxsize=pool_size,
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+    client = Minio(
+        parts.netloc,
+        access_key=settings.s3_access_key or None,
+        secret_key=settings.s3_secret_key or None,
+        secure=parts.scheme == "https",
+        region=settings.s3_region,
+        http_client=http,
+    )
+    return ObjectStore(client, settings.s3_bucket)

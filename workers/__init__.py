@@ -1,0 +1,1 @@
+"""Everything slow: dedup, fetch, store. ``dramatiq workers.tasks`` runs it."""

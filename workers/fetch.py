@@ -1,0 +1,139 @@
+"""Download one result file: streamed, capped, timed out, sniffed, hashed.
+
+Files spool in memory up to a threshold and then to a temporary file, so a 500 MB video costs
+disk, not memory."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from typing import IO
+
+import httpx
+
+from shared.errors import DownloadFailed, DownloadRefused
+from workers.sniff import SNIFF_BYTES, MediaType, sniff_media
+
+#: HTTP statuses worth another try later; every other non-2xx status is final.
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class FetchLimits:
+    max_image_bytes: int
+    max_video_bytes: int
+    #: Downloads up to this size stay in memory.
+    spool_memory_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class FetchedFile:
+    """A downloaded file, ready to upload from ``body`` (positioned at 0). Close it when done."""
+
+    source_url: str
+    media: MediaType
+    size: int
+    sha256: str
+    body: IO[bytes]
+
+    def close(self) -> None:
+        self.body.close()
+
+
+class ResultFetcher:
+    """Fetches result files with one pooled ``httpx.Client`` shared by all threads of a worker
+    process. Redirects, their limit and timeouts are the client's settings."""
+
+    def __init__(self, client: httpx.Client, limits: FetchLimits) -> None:
+        self._client = client
+        self._limits = limits
+
+    def fetch(self, url: str) -> FetchedFile:
+        """Download ``url``. Raises :class:`DownloadFailed` (try again later) or
+        :class:`DownloadRefused` (never store it) with a reason."""
+        body = tempfile.SpooledTemporaryFile(max_size=self._limits.spool_memory_bytes)  # noqa: SIM115
+        try:
+            media, size, digest = self._stream_into(url, body)
+        except BaseException:
+            body.close()
+            raise
+        body.seek(0)
+        return FetchedFile(source_url=url, media=media, size=size, sha256=digest, body=body)
+
+    def _stream_into(self, url: str, sink: IO[bytes]) -> tuple[MediaType, int, str]:
+        cap = max(self._limits.max_image_bytes, self._limits.max_video_bytes)
+        try:
+            with self._client.stream("GET", url) as response:
+                _check_status(response)
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > cap:
+                    raise DownloadRefused(f"file of {declared} bytes is over the {cap}-byte cap")
+                return self._copy(response, sink)
+        except httpx.TooManyRedirects:
+            raise DownloadRefused("too many redirects") from None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise DownloadRefused(f"unusable URL: {exc}") from None
+        except httpx.TimeoutException as exc:
+            raise DownloadFailed(f"timed out: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise DownloadFailed(f"transfer failed: {type(exc).__name__}") from exc
+
+    def _copy(self, response: httpx.Response, sink: IO[bytes]) -> tuple[MediaType, int, str]:
+        digest = hashlib.sha256()
+        head = b""
+        media: MediaType | None = None
+        cap = max(self._limits.max_image_bytes, self._limits.max_video_bytes)
+        size = 0
+        for chunk in response.iter_bytes():
+            if media is None:
+                head += chunk
+                if len(head) >= SNIFF_BYTES:
+                    media, cap = self._identify(head)
+            size += len(chunk)
+            if size > cap:
+                raise DownloadRefused(f"file is over the {cap}-byte cap")
+            digest.update(chunk)
+            sink.write(chunk)
+        if media is None:
+            media, cap = self._identify(head)
+            if size > cap:
+                raise DownloadRefused(f"file is over the {cap}-byte cap")
+        return media, size, digest.hexdigest()
+
+    def _identify(self, head: bytes) -> tuple[MediaType, int]:
+        media = sniff_media(head)
+        if media is None:
+            raise DownloadRefused(f"not an image or video (starts with {head[:16]!r})")
+        cap = self._limits.max_video_bytes if media.kind == "video" else self._limits.max_image_bytes
+        return media, cap
+
+
+def _check_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    if status in RETRYABLE_STATUSES:
+        raise DownloadFailed(f"HTTP {status}")
+    raise DownloadRefused(f"HTTP {status}")
+
+
+def create_http_client(
+    *,
+    connect_timeout_s: float,
+    read_timeout_s: float,
+    max_redirects: int,
+    max_connections: int,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """The pooled client a worker process shares between its threads. ``trust_env`` is off: no
+    proxy or .netrc from the environment decides where result downloads go."""
+    return httpx.Client(
+        timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        follow_redirects=max_redirects > 0,
+        max_redirects=max_redirects,
+        headers={"User-Agent": "mjhook/0.1 (+result fetcher)"},
+        trust_env=False,
+        transport=transport,
+    )

@@ -1,0 +1,57 @@
+"""The manifest: written last, its presence means a task is complete."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from shared.callback import Callback, parse_prompt
+from shared.taskstate import TaskState
+
+
+@dataclass(frozen=True, slots=True)
+class ImageEntry:
+    index: int
+    sourceUrl: str
+    key: str
+    size: int
+    sha256: str
+    contentType: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileError:
+    index: int | None
+    sourceUrl: str | None
+    reason: str
+
+
+def outcome(callback: Callback, images: list[ImageEntry], errors: list[FileError]) -> TaskState:
+    """stored when every file is stored, partial when some are, failed otherwise."""
+    if not callback.succeeded or not images:
+        return TaskState.FAILED
+    return TaskState.PARTIAL if errors else TaskState.STORED
+
+
+def build_manifest(
+    callback: Callback,
+    *,
+    status: TaskState,
+    images: list[ImageEntry],
+    errors: list[FileError],
+    completed_at: str,
+) -> dict[str, Any]:
+    params, prompt = parse_prompt(callback.prompt_json)
+    return {
+        "taskId": callback.task_id,
+        "status": status.value,
+        "code": callback.code,
+        "msg": callback.msg,
+        "promptJson": callback.prompt_json,
+        "params": params,
+        "prompt": prompt,
+        "images": [asdict(image) for image in sorted(images, key=lambda i: i.index)],
+        "errors": [asdict(error) for error in errors],
+        "receivedAt": callback.received_at,
+        "completedAt": completed_at,
+    }

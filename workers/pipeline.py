@@ -1,0 +1,151 @@
+"""Process one callback: dedup under a lease, fetch every result file in one concurrent batch,
+upload each, write the manifest last, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from shared import storage
+from shared.callback import Callback
+from shared.clock import utc_iso
+from shared.errors import DownloadFailed, DownloadRefused
+from shared.storage import ObjectStore
+from shared.taskstate import FINAL_STATES, TaskState, TaskStore
+from workers.fetch import ResultFetcher
+from workers.lease import LeaseManager
+from workers.manifest import FileError, ImageEntry, build_manifest, outcome
+
+log = logging.getLogger(__name__)
+
+#: ``{index}.{ext}`` under a task's prefix: the files a previous attempt already stored.
+_STORED_FILE = re.compile(r"(\d+)\.([a-z0-9]+)")
+
+
+class CallbackProcessor:
+    """The worker's whole job for one callback. ``clock`` returns Unix seconds."""
+
+    def __init__(
+        self,
+        *,
+        tasks: TaskStore,
+        leases: LeaseManager,
+        store: ObjectStore,
+        fetcher: ResultFetcher,
+        pool: Executor,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._tasks = tasks
+        self._leases = leases
+        self._store = store
+        self._fetcher = fetcher
+        self._pool = pool
+        self._clock = clock
+
+    def process(self, callback: Callback, *, final_attempt: bool = False) -> TaskState:
+        """Bring the task to a final state and return it. Transient trouble raises (the queue
+        retries) unless ``final_attempt``, when it is recorded as the file's failure instead."""
+        task_id = callback.task_id
+        known = self._settled_state(callback)
+        if known is not None:
+            return known
+        with self._leases.hold(task_id):
+            # Another worker may have finished the task while we waited for the lease.
+            known = self._settled_state(callback)
+            if known is not None:
+                return known
+            self._tasks.move(task_id, TaskState.PROCESSING)
+            if callback.succeeded:
+                images, errors = self._store_files(callback, final_attempt=final_attempt)
+            else:
+                images, errors = [], []
+            status = outcome(callback, images, errors)
+            if callback.succeeded and not callback.result_urls:
+                errors.append(FileError(None, None, "the callback reported success but listed no URLs"))
+            manifest = build_manifest(
+                callback, status=status, images=images, errors=errors, completed_at=utc_iso(self._clock())
+            )
+            self._store.put_json(storage.manifest_key(task_id), manifest)
+            reason = _reason(callback, errors)
+            self._tasks.move(task_id, status, code=str(callback.code), reason=reason)
+            log.info("task %s %s (%d stored, %d failed)", task_id, status.value, len(images), len(errors))
+            return status
+
+    def _settled_state(self, callback: Callback) -> TaskState | None:
+        """The state to keep when this callback changes nothing: a stored task stays stored, and a
+        failure report never overwrites a task that has files."""
+        record = self._tasks.get(callback.task_id)
+        if record is None:
+            return None
+        if record.state is TaskState.STORED:
+            log.info("task %s already stored: duplicate callback ignored", callback.task_id)
+            return record.state
+        if not callback.succeeded and record.state in FINAL_STATES:
+            log.info("task %s is %s: failure callback ignored", callback.task_id, record.state.value)
+            return record.state
+        return None
+
+    def _store_files(
+        self, callback: Callback, *, final_attempt: bool
+    ) -> tuple[list[ImageEntry], list[FileError]]:
+        already = self._already_stored(callback)
+        todo = [(i, url) for i, url in enumerate(callback.result_urls) if i not in already]
+        futures = [self._pool.submit(self._store_one, callback.task_id, i, url) for i, url in todo]
+        images = list(already.values())
+        errors: list[FileError] = []
+        transient: list[DownloadFailed] = []
+        for (index, url), future in zip(todo, futures, strict=True):
+            try:
+                images.append(future.result())
+            except DownloadRefused as exc:
+                errors.append(FileError(index, url, str(exc)))
+            except DownloadFailed as exc:
+                if not final_attempt:
+                    transient.append(exc)
+                errors.append(FileError(index, url, f"gave up after retries: {exc}"))
+        if transient:
+            raise DownloadFailed(
+                f"{len(transient)} of {len(todo)} files of {callback.task_id} failed for now: {transient[0]}"
+            )
+        return images, errors
+
+    def _store_one(self, task_id: str, index: int, url: str) -> ImageEntry:
+        fetched = self._fetcher.fetch(url)
+        try:
+            key = storage.file_key(task_id, index, fetched.media.ext)
+            self._store.put_file(
+                key,
+                fetched.body,
+                size=fetched.size,
+                content_type=fetched.media.content_type,
+                sha256=fetched.sha256,
+            )
+        finally:
+            fetched.close()
+        return ImageEntry(index, url, key, fetched.size, fetched.sha256, fetched.media.content_type)
+
+    def _already_stored(self, callback: Callback) -> dict[int, ImageEntry]:
+        """Files an earlier, interrupted attempt stored completely (their sha256 recorded)."""
+        prefix = storage.task_prefix(callback.task_id)
+        found: dict[int, ImageEntry] = {}
+        for key in self._store.list_keys(prefix):
+            match = _STORED_FILE.fullmatch(key[len(prefix) :])
+            if not match or int(match[1]) >= len(callback.result_urls):
+                continue
+            index = int(match[1])
+            info = self._store.stat(key)
+            if info is None or not info.sha256:
+                continue
+            found[index] = ImageEntry(
+                index, callback.result_urls[index], key, info.size, info.sha256, info.content_type
+            )
+        return found
+
+
+def _reason(callback: Callback, errors: list[FileError]) -> str:
+    if not callback.succeeded:
+        return callback.msg or f"provider reported code {callback.code}"
+    return "; ".join(f"#{e.index}: {e.reason}" if e.index is not None else e.reason for e in errors)

@@ -1,0 +1,46 @@
+"""The worker entry point: ``dramatiq workers.tasks``. Importing it reads the environment, sets
+the broker and declares every actor."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage, Retries
+
+from shared.callback import Callback
+from shared.errors import PermanentError
+from shared.logs import configure_logging
+from shared.queue import CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
+from shared.settings import Settings
+from workers.runtime import WorkerRuntime
+
+settings = Settings.from_env(os.environ)
+configure_logging(settings.log_level)
+
+broker = create_broker(settings.queue_url)
+runtime = WorkerRuntime(settings)
+# After-hooks run in reverse order: placed before Retries, the runtime sees a message only after
+# Retries has decided whether it failed for good.
+broker.add_middleware(runtime, before=Retries)
+broker.add_middleware(CurrentMessage())
+dramatiq.set_broker(broker)
+
+
+@dramatiq.actor(
+    actor_name=PROCESS_CALLBACK,
+    queue_name=CALLBACK_QUEUE,
+    max_retries=settings.max_retries,
+    min_backoff=settings.min_backoff_ms,
+    max_backoff=settings.max_backoff_ms,
+    time_limit=settings.task_time_limit_s * 1000,
+    throws=(PermanentError,),
+)
+def process_callback(message: dict[str, Any]) -> None:
+    """Process one queued callback (see :class:`workers.pipeline.CallbackProcessor`)."""
+    current = CurrentMessage.get_current_message()
+    retries = current.options.get("retries", 0) if current is not None else 0
+    runtime.parts().processor.process(
+        Callback.from_message(message), final_attempt=retries >= settings.max_retries
+    )
