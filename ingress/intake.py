@@ -41,7 +41,9 @@ class CallbackIntake:
 class Rejection:
     status: int
     reason: str
+    #: The start of the body (what was read of it) and its whole size in bytes.
     body: bytes
+    size: int
     remote_addr: str
     content_type: str
 
@@ -74,7 +76,7 @@ class RejectLog:
                 "reason": rejection.reason,
                 "remoteAddr": rejection.remote_addr,
                 "contentType": rejection.content_type,
-                "bodySize": len(rejection.body),
+                "bodySize": rejection.size,
                 "body": rejection.body[: self._body_bytes].decode("utf-8", "replace"),
                 "truncated": len(rejection.body) > self._body_bytes,
             }

@@ -42,9 +42,10 @@ class CallbackResource:
         self._clock = clock
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = b""
+        body = self._read_body(req)
         try:
-            body = self._read_body(req)
+            if len(body) > self._max_body_bytes:
+                raise InvalidCallback(f"body larger than {self._max_body_bytes} bytes", status=413)
             self._check_token(req)
             callback = self._parse(req, body)
         except InvalidCallback as exc:
@@ -53,6 +54,7 @@ class CallbackResource:
                     status=exc.status,
                     reason=exc.reason,
                     body=body,
+                    size=max(len(body), req.content_length or 0),
                     remote_addr=req.remote_addr or "",
                     content_type=req.content_type or "",
                 )
@@ -70,12 +72,9 @@ class CallbackResource:
         resp.media = {"status": "received", "taskId": callback.task_id}
 
     def _read_body(self, req: falcon.Request) -> bytes:
-        length = req.content_length
-        if length is not None and length > self._max_body_bytes:
-            raise InvalidCallback(f"body larger than {self._max_body_bytes} bytes", status=413)
+        """At most ``max_body_bytes`` + 1 bytes: enough to refuse a larger body, and to keep
+        its start for inspection, without ever holding more."""
         body: bytes = req.bounded_stream.read(self._max_body_bytes + 1)
-        if len(body) > self._max_body_bytes:
-            raise InvalidCallback(f"body larger than {self._max_body_bytes} bytes", status=413)
         return body
 
     def _check_token(self, req: falcon.Request) -> None:

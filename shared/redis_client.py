@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+#: Retries of one command after a connection error, with a short backoff (0.05 s .. 0.5 s):
+#: enough to ride over a reconnect, short enough that the provider still gets a 503 quickly.
+DEFAULT_RETRIES = 1
 
 
-def connect_redis(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
-    """A pooled client for ``url``; every command gives up after ``timeout_s`` seconds."""
+def connect_redis(url: str, *, timeout_s: float = 5.0, retries: int = DEFAULT_RETRIES) -> redis.Redis:
+    """A pooled client for ``url``; each command attempt gives up after ``timeout_s`` seconds."""
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
     )

@@ -1,0 +1,145 @@
+"""POST /callbacks/midjourney with falcon's TestClient, a real Redis and dramatiq's Redis broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import redis
+from falcon import testing
+
+from ingress.app import create_app
+from shared import keys
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
+from shared.redis_client import connect_redis
+from shared.settings import Settings
+from shared.taskstate import TaskState, TaskStore
+
+PATH = "/callbacks/midjourney"
+QUEUE_KEY = f"{BROKER_NAMESPACE}:{CALLBACK_QUEUE}"
+
+
+def success(task_id: str = "mj_task_12345") -> dict[str, object]:
+    return {
+        "code": 200,
+        "msg": "success",
+        "data": {
+            "taskId": task_id,
+            "promptJson": '{"prompt":"a beautiful landscape","model":"midjourney"}',
+            "resultUrls": [f"https://example.com/mj_result{i}.png" for i in range(1, 5)],
+        },
+    }
+
+
+@pytest.fixture
+def client(redis_server) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+def make_app(client: redis.Redis, **settings: object) -> testing.TestClient:
+    url = client.get_connection_kwargs()
+    redis_url = f"redis://{url['host']}:{url['port']}/0"
+    config = Settings(redis_url=redis_url, **settings)  # type: ignore[arg-type]
+    return testing.TestClient(create_app(config, redis_client=client))
+
+
+def queued_messages(client: redis.Redis) -> list[dict[str, object]]:
+    ids = client.lrange(QUEUE_KEY, 0, -1)
+    bodies = client.hmget(f"{QUEUE_KEY}.msgs", ids) if ids else []
+    return [orjson.loads(body) for body in bodies]
+
+
+def post(app: testing.TestClient, body: bytes, *, content_type: str = "application/json", query: str = ""):
+    return app.simulate_post(PATH, body=body, headers={"Content-Type": content_type}, query_string=query)
+
+
+def test_a_valid_callback_is_queued_and_acknowledged(client: redis.Redis) -> None:
+    app = make_app(client)
+    response = post(app, orjson.dumps(success()))
+    assert response.status_code == 200
+    assert response.json == {"status": "received", "taskId": "mj_task_12345"}
+    [message] = queued_messages(client)
+    assert message["actor_name"] == PROCESS_CALLBACK
+    assert message["queue_name"] == CALLBACK_QUEUE
+    payload = message["args"][0]  # type: ignore[index]
+    assert payload["taskId"] == "mj_task_12345"
+    assert payload["resultUrls"] == success()["data"]["resultUrls"]  # type: ignore[index]
+    record = TaskStore(client, ttl_s=60).get("mj_task_12345")
+    assert record is not None
+    assert record.state is TaskState.RECEIVED
+
+
+def test_a_duplicate_is_queued_again_and_dedup_is_left_to_the_worker(client: redis.Redis) -> None:
+    app = make_app(client)
+    assert post(app, orjson.dumps(success())).status_code == 200
+    assert post(app, orjson.dumps(success())).status_code == 200
+    assert len(queued_messages(client)) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "reason"),
+    [
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (orjson.dumps({"code": 200, "data": {"taskId": "../x"}}), "application/json", 400, "taskId"),
+        (orjson.dumps({"code": "200", "data": {"taskId": "ok"}}), "application/json", 400, "'code'"),
+        (orjson.dumps(success()), "text/plain", 415, "Content-Type"),
+        (orjson.dumps(success()), "application/x-www-form-urlencoded", 415, "Content-Type"),
+        (b"x" * 300_000, "application/json", 413, "larger than"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx_is_kept_and_queues_nothing(
+    client: redis.Redis, body: bytes, content_type: str, status: int, reason: str
+) -> None:
+    app = make_app(client)
+    response = post(app, body, content_type=content_type)
+    assert response.status_code == status
+    assert reason in response.json["error"]
+    assert queued_messages(client) == []
+    [kept] = [orjson.loads(entry) for entry in client.lrange(keys.REJECTED, 0, -1)]
+    assert kept["status"] == status
+    assert reason in kept["reason"]
+    assert kept["bodySize"] == len(body)
+    assert len(kept["body"]) <= Settings().rejected_body_bytes
+
+
+def test_the_reject_log_is_capped(client: redis.Redis) -> None:
+    app = make_app(client, rejected_keep=3)
+    for _ in range(5):
+        assert post(app, b"nope").status_code == 400
+    assert client.llen(keys.REJECTED) == 3
+
+
+def test_a_token_is_required_when_configured(client: redis.Redis) -> None:
+    app = make_app(client, callback_token="s3cret,previous")
+    body = orjson.dumps(success())
+    assert post(app, body).status_code == 401
+    assert post(app, body, query="token=wrong").status_code == 401
+    assert post(app, body, query="token=s3cret").status_code == 200
+    assert post(app, body, query="token=previous").status_code == 200
+    assert len(queued_messages(client)) == 2
+
+
+def test_an_unreachable_redis_is_a_503_so_the_provider_retries() -> None:
+    dead = connect_redis("redis://127.0.0.1:1/0", timeout_s=0.2)
+    config = Settings(redis_url="redis://127.0.0.1:1/0")
+    broker = create_broker(config.queue_url, client=dead, middleware=[])
+    app = testing.TestClient(create_app(config, redis_client=dead, broker=broker))
+    response = post(app, orjson.dumps(success()))
+    assert response.status_code == 503
+    assert "retry" in response.json["error"]
+    # A malformed callback is still a 400, although it cannot be kept.
+    assert post(app, b"{").status_code == 400
+
+
+def test_health_and_readiness(client: redis.Redis) -> None:
+    app = make_app(client)
+    assert app.simulate_get("/healthz").status_code == 200
+    assert app.simulate_get("/readyz").status_code == 200
+    dead = connect_redis("redis://127.0.0.1:1/0", timeout_s=0.2)
+    down = testing.TestClient(create_app(Settings(), redis_client=dead))
+    assert down.simulate_get("/healthz").status_code == 200
+    assert down.simulate_get("/readyz").status_code == 503

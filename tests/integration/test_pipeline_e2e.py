@@ -1,0 +1,137 @@
+"""The whole pipeline on real processes: gunicorn ingress -> Redis -> dramatiq workers ->
+SeaweedFS, with result files served by a local HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from minio import Minio
+
+from tests.support.servers import FileServer, png_bytes
+from tests.support.stack import start_ingress, start_workers
+
+pytestmark = pytest.mark.integration
+
+PROMPT = '{"prompt":"a beautiful landscape","model":"midjourney"}'
+
+
+def callback(task_id: str, urls: list[str], *, code: int = 200, prompt: str = PROMPT) -> dict[str, Any]:
+    """A callback in the provider's exact format."""
+    return {
+        "code": code,
+        "msg": "success" if code == 200 else "Midjourney generation failed",
+        "data": {"taskId": task_id, "promptJson": prompt, "resultUrls": urls},
+    }
+
+
+@pytest.fixture
+def stack(app_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    ingress, base_url = start_ingress(app_env, tmp_path)
+    workers = start_workers(app_env, tmp_path, processes=1, threads=4)
+    try:
+        yield base_url
+    finally:
+        workers.terminate()
+        ingress.terminate()
+
+
+def wait_for(check: Callable[[], Any], *, timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.2)
+
+
+def read_manifest(s3: Minio, bucket: str, task_id: str) -> dict[str, Any] | None:
+    try:
+        response = s3.get_object(bucket, f"tasks/{task_id}/manifest.json")
+    except Exception:
+        return None
+    try:
+        return orjson.loads(response.read())  # type: ignore[no-any-return]
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def object_bytes(s3: Minio, bucket: str, key: str) -> bytes:
+    response = s3.get_object(bucket, key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def test_callbacks_in_the_providers_format_end_stored(
+    stack: str, file_server: FileServer, s3_server: Any, s3_bucket: str, redis_server: Any
+) -> None:
+    images = [png_bytes(seed, 512, 512) for seed in range(4)]
+    urls = [file_server.add(f"/r/{i}.png", image) for i, image in enumerate(images)]
+    single = png_bytes(99)
+    single_url = file_server.add("/r/single.png", single)
+    s3 = s3_server.client()
+
+    with httpx.Client(base_url=stack, timeout=10) as http:
+
+        def post(body: dict[str, Any] | bytes) -> httpx.Response:
+            content = body if isinstance(body, bytes) else orjson.dumps(body)
+            return http.post(
+                "/callbacks/midjourney", content=content, headers={"Content-Type": "application/json"}
+            )
+
+        # A success with 4 URLs, a failure, a malformed promptJson, and a bad body.
+        ok = post(callback("mj-success-1", urls))
+        assert ok.status_code == 200
+        assert ok.json() == {"status": "received", "taskId": "mj-success-1"}
+        assert post(callback("mj-failed-1", [], code=500)).status_code == 200
+        assert post(callback("mj-badprompt-1", [single_url], prompt="{not json")).status_code == 200
+        bad = post(b'{"code": 200, "data": {"taskId": "../../etc"}}')
+        assert bad.status_code == 400
+        assert "taskId" in bad.json()["error"]
+
+        manifest = wait_for(lambda: read_manifest(s3, s3_bucket, "mj-success-1"))
+        assert manifest["status"] == "stored"
+        assert manifest["params"] == orjson.loads(PROMPT)
+        assert len(manifest["images"]) == 4
+        for entry, image in zip(manifest["images"], images, strict=True):
+            assert entry["sha256"] == hashlib.sha256(image).hexdigest()
+            assert object_bytes(s3, s3_bucket, entry["key"]) == image
+
+        failed = wait_for(lambda: read_manifest(s3, s3_bucket, "mj-failed-1"))
+        assert failed["status"] == "failed"
+        assert failed["msg"] == "Midjourney generation failed"
+        assert failed["images"] == []
+
+        malformed = wait_for(lambda: read_manifest(s3, s3_bucket, "mj-badprompt-1"))
+        assert malformed["status"] == "stored"
+        assert malformed["promptJson"] == "{not json"
+        assert malformed["params"] is None
+        assert object_bytes(s3, s3_bucket, "tasks/mj-badprompt-1/0.png") == single
+
+        # A duplicate of the stored task: acknowledged, processed, and nothing downloaded again.
+        hits_before = file_server.hits
+        assert post(callback("mj-success-1", urls)).status_code == 200
+        redis = redis_server.client()
+        wait_for(lambda: redis.llen("dramatiq:callbacks") == 0 and not redis.keys("dramatiq:__acks__.*"))
+        time.sleep(0.5)
+        assert file_server.hits == hits_before
+        assert read_manifest(s3, s3_bucket, "mj-success-1") == manifest
+        assert redis.hget("mjhook:task:mj-success-1", "state") == b"stored"
+        assert redis.hget("mjhook:task:mj-failed-1", "state") == b"failed"
+
+        # The rejected body was kept for inspection.
+        [kept] = [orjson.loads(entry) for entry in redis.lrange("mjhook:rejected", 0, -1)]
+        assert kept["status"] == 400
+        assert "../../etc" in kept["body"]

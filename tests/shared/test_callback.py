@@ -1,0 +1,115 @@
+"""The callback schema: what the ingress accepts and what it refuses, with the reason."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from shared.callback import Callback, CallbackLimits, parse_callback, parse_prompt
+from shared.errors import InvalidCallback
+
+LIMITS = CallbackLimits(max_result_urls=4, max_url_length=100)
+AT = "2026-11-25T00:00:00.000Z"
+
+
+def body(**overrides: object) -> bytes:
+    data: dict[str, object] = {
+        "taskId": "mj_task_12345",
+        "promptJson": '{"prompt":"a beautiful landscape","model":"midjourney"}',
+        "resultUrls": ["https://example.com/1.png", "https://example.com/2.png"],
+    }
+    document: dict[str, object] = {"code": 200, "msg": "success", "data": data}
+    for key, value in overrides.items():
+        if key in ("code", "msg", "data"):
+            document[key] = value
+        else:
+            data[key] = value
+    return orjson.dumps(document)
+
+
+def test_the_providers_success_callback_is_parsed() -> None:
+    callback = parse_callback(body(), received_at=AT, limits=LIMITS)
+    assert callback.task_id == "mj_task_12345"
+    assert callback.code == 200
+    assert callback.succeeded
+    assert callback.msg == "success"
+    assert callback.result_urls == ("https://example.com/1.png", "https://example.com/2.png")
+    assert callback.prompt_json == '{"prompt":"a beautiful landscape","model":"midjourney"}'
+    assert callback.received_at == AT
+
+
+def test_the_task_id_spelling_is_accepted() -> None:
+    document = {"code": 200, "msg": "ok", "data": {"task_id": "abc-1", "resultUrls": []}}
+    assert parse_callback(orjson.dumps(document), received_at=AT, limits=LIMITS).task_id == "abc-1"
+
+
+def test_a_failure_without_urls_or_prompt_is_accepted() -> None:
+    document = {"code": 500, "msg": "generation failed", "data": {"taskId": "t1"}}
+    callback = parse_callback(orjson.dumps(document), received_at=AT, limits=LIMITS)
+    assert not callback.succeeded
+    assert callback.result_urls == ()
+    assert callback.prompt_json is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (orjson.dumps({"code": 200}), "'data' must be an object"),
+        (body(code="200"), "'code' must be an integer"),
+        (body(code=True), "'code' must be an integer"),
+        (body(code=200.5), "'code' must be an integer"),
+        (body(msg=5), "'msg' must be a string"),
+        (body(promptJson={"prompt": "x"}), "'data.promptJson' must be a string"),
+        (body(resultUrls="https://example.com/1.png"), "list of strings"),
+        (body(resultUrls=[1, 2]), "list of strings"),
+        (body(resultUrls=["https://e.com/x"] * 5), "more than 4 entries"),
+        (body(resultUrls=["https://e.com/" + "x" * 100]), "longer than 100"),
+        (body(taskId=None), "'data.taskId'"),
+        (body(taskId=12345), "'data.taskId'"),
+    ],
+)
+def test_malformed_callbacks_are_refused_with_a_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidCallback) as caught:
+        parse_callback(raw, received_at=AT, limits=LIMITS)
+    assert reason in caught.value.reason
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    ["", "../etc", "a/b", "..", ".", "a.b", "a\x00b", "a\nb", "a b", "-leading", "_x", "x" * 129, "é", "%2e%2e"],
+)
+def test_task_ids_that_could_leave_the_task_prefix_are_refused(task_id: str) -> None:
+    with pytest.raises(InvalidCallback):
+        parse_callback(body(taskId=task_id), received_at=AT, limits=LIMITS)
+
+
+def test_the_queue_form_round_trips() -> None:
+    callback = parse_callback(body(), received_at=AT, limits=LIMITS)
+    assert Callback.from_message(orjson.loads(orjson.dumps(callback.to_message()))) == callback
+
+
+def test_a_tampered_queue_message_is_checked_again() -> None:
+    message = parse_callback(body(), received_at=AT, limits=LIMITS).to_message()
+    message["taskId"] = "../../escape"
+    with pytest.raises(InvalidCallback):
+        Callback.from_message(message)
+
+
+@pytest.mark.parametrize(
+    ("prompt_json", "params", "prompt"),
+    [
+        ('{"prompt": "a cat", "model": "midjourney"}', {"prompt": "a cat", "model": "midjourney"}, "a cat"),
+        ('{"model": "midjourney"}', {"model": "midjourney"}, None),
+        ('{"prompt": 5}', {"prompt": 5}, None),
+        ("{not json", None, None),
+        ('["a list"]', None, None),
+        (None, None, None),
+    ],
+)
+def test_prompt_json_is_parsed_when_it_can_be(
+    prompt_json: str | None, params: dict[str, object] | None, prompt: str | None
+) -> None:
+    assert parse_prompt(prompt_json) == (params, prompt)

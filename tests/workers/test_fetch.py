@@ -1,0 +1,94 @@
+"""Downloading one result file from a real local HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import pytest
+
+from shared.errors import DownloadFailed, DownloadRefused
+from tests.support.servers import FileServer, png_bytes
+from workers.fetch import FetchLimits, ResultFetcher, create_http_client
+from workers.sniff import PNG
+
+
+@pytest.fixture
+def fetcher() -> Iterator[ResultFetcher]:
+    client = create_http_client(connect_timeout_s=2, read_timeout_s=1, max_redirects=2, max_connections=4)
+    yield ResultFetcher(
+        client, FetchLimits(max_image_bytes=500_000, max_video_bytes=1_000_000, spool_memory_bytes=1024)
+    )
+    client.close()
+
+
+def test_a_png_is_streamed_hashed_and_sniffed(fetcher: ResultFetcher, file_server: FileServer) -> None:
+    image = png_bytes(1)
+    # The server claims a wrong type: the bytes decide.
+    url = file_server.add("/a.png", image, content_type="application/octet-stream")
+    fetched = fetcher.fetch(url)
+    try:
+        assert fetched.media == PNG
+        assert fetched.size == len(image)
+        assert fetched.sha256 == hashlib.sha256(image).hexdigest()
+        assert fetched.body.read() == image
+    finally:
+        fetched.close()
+
+
+def test_redirects_are_followed_up_to_the_limit(fetcher: ResultFetcher, file_server: FileServer) -> None:
+    file_server.add("/final.png", png_bytes(2))
+    file_server.add_redirect("/r1", "/final.png")
+    file_server.add_redirect("/r2", "/r1")
+    file_server.add_redirect("/r3", "/r2")
+    assert fetcher.fetch(file_server.url("/r2")).size == len(png_bytes(2))
+    with pytest.raises(DownloadRefused, match="too many redirects"):
+        fetcher.fetch(file_server.url("/r3"))
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        (b"<html><body>Access denied</body></html>", 200, "not an image or video"),
+        (b"gone", 404, "HTTP 404"),
+        (b"gone", 410, "HTTP 410"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 600_000, 200, "cap"),
+    ],
+)
+def test_permanent_refusals(
+    fetcher: ResultFetcher, file_server: FileServer, body: bytes, status: int, reason: str
+) -> None:
+    url = file_server.add("/f", body, status=status)
+    with pytest.raises(DownloadRefused, match=reason):
+        fetcher.fetch(url)
+
+
+def test_a_declared_oversize_is_refused_before_reading(fetcher: ResultFetcher, file_server: FileServer) -> None:
+    url = file_server.add("/big", png_bytes(3), headers={"Content-Length": "5000000"})
+    with pytest.raises(DownloadRefused, match="over the"):
+        fetcher.fetch(url)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_server_errors_are_transient(fetcher: ResultFetcher, file_server: FileServer, status: int) -> None:
+    url = file_server.add("/busy", b"try later", status=status, content_type="text/plain")
+    with pytest.raises(DownloadFailed, match=f"HTTP {status}"):
+        fetcher.fetch(url)
+
+
+def test_a_stalled_download_times_out_as_transient(fetcher: ResultFetcher, file_server: FileServer) -> None:
+    url = file_server.add("/slow", png_bytes(4), delay_s=2.5)
+    with pytest.raises(DownloadFailed, match="timed out"):
+        fetcher.fetch(url)
+
+
+def test_a_truncated_body_is_transient(fetcher: ResultFetcher, file_server: FileServer) -> None:
+    image = png_bytes(5)
+    url = file_server.add("/cut", image[:1000], headers={"Content-Length": str(len(image))})
+    with pytest.raises(DownloadFailed):
+        fetcher.fetch(url)
+
+
+def test_a_refused_connection_is_transient(fetcher: ResultFetcher) -> None:
+    with pytest.raises(DownloadFailed):
+        fetcher.fetch("http://127.0.0.1:1/x.png")

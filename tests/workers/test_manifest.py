@@ -1,0 +1,66 @@
+"""The manifest's fields and the task's outcome."""
+
+from __future__ import annotations
+
+from shared.callback import Callback
+from shared.taskstate import TaskState
+from workers.manifest import FileError, ImageEntry, build_manifest, outcome
+
+
+def callback(code: int = 200, prompt_json: str | None = '{"prompt": "a fox"}') -> Callback:
+    return Callback(
+        task_id="t1",
+        code=code,
+        msg="success" if code == 200 else "boom",
+        prompt_json=prompt_json,
+        result_urls=("http://a/0", "http://a/1"),
+        received_at="2026-11-25T00:00:00.000Z",
+    )
+
+
+IMAGE = ImageEntry(1, "http://a/1", "tasks/t1/1.png", 10, "ab" * 32, "image/png")
+ERROR = FileError(0, "http://a/0", "HTTP 404")
+
+
+def test_outcome_is_stored_partial_or_failed() -> None:
+    assert outcome(callback(), [IMAGE], []) is TaskState.STORED
+    assert outcome(callback(), [IMAGE], [ERROR]) is TaskState.PARTIAL
+    assert outcome(callback(), [], [ERROR]) is TaskState.FAILED
+    assert outcome(callback(code=500), [], []) is TaskState.FAILED
+
+
+def test_manifest_has_every_contract_field() -> None:
+    manifest = build_manifest(
+        callback(), status=TaskState.PARTIAL, images=[IMAGE], errors=[ERROR], completed_at="later"
+    )
+    assert manifest == {
+        "taskId": "t1",
+        "status": "partial",
+        "code": 200,
+        "msg": "success",
+        "promptJson": '{"prompt": "a fox"}',
+        "params": {"prompt": "a fox"},
+        "prompt": "a fox",
+        "images": [
+            {
+                "index": 1,
+                "sourceUrl": "http://a/1",
+                "key": "tasks/t1/1.png",
+                "size": 10,
+                "sha256": "ab" * 32,
+                "contentType": "image/png",
+            }
+        ],
+        "errors": [{"index": 0, "sourceUrl": "http://a/0", "reason": "HTTP 404"}],
+        "receivedAt": "2026-11-25T00:00:00.000Z",
+        "completedAt": "later",
+    }
+
+
+def test_malformed_prompt_json_stays_raw_with_null_params() -> None:
+    manifest = build_manifest(
+        callback(prompt_json="{oops"), status=TaskState.STORED, images=[IMAGE], errors=[], completed_at="x"
+    )
+    assert manifest["promptJson"] == "{oops"
+    assert manifest["params"] is None
+    assert manifest["prompt"] is None

@@ -1,0 +1,179 @@
+"""The worker's processing of one callback, against real Redis, SeaweedFS and a file server."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import orjson
+import pytest
+import redis
+
+from shared.callback import Callback
+from shared.errors import DownloadFailed, TaskBusy
+from shared.settings import Settings
+from shared.storage import ObjectStore
+from shared.taskstate import TaskState, TaskStore
+from tests.support.servers import FileServer, png_bytes
+from workers.runtime import build_parts, wait_for_bucket
+
+PROMPT = '{"prompt":"a beautiful landscape","model":"midjourney"}'
+
+
+@dataclass
+class Harness:
+    parts: object
+    tasks: TaskStore
+    store: ObjectStore
+    files: FileServer
+    redis: redis.Redis
+
+    def process(self, callback: Callback, *, final_attempt: bool = False) -> TaskState:
+        return self.parts.processor.process(callback, final_attempt=final_attempt)  # type: ignore[attr-defined]
+
+    def manifest(self, task_id: str) -> dict[str, object]:
+        return self.store.get_json(f"tasks/{task_id}/manifest.json")  # type: ignore[no-any-return]
+
+    def object_bytes(self, key: str) -> bytes | None:
+        return self.store.get_bytes(key)
+
+
+@pytest.fixture
+def harness(redis_server, s3_server, s3_bucket, file_server: FileServer) -> Iterator[Harness]:
+    settings = Settings(
+        redis_url=redis_server.url,
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        s3_bucket=s3_bucket,
+        fetch_allow=("127.0.0.1",),
+        read_timeout_s=2,
+    )
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    parts = build_parts(settings)
+    wait_for_bucket(parts.store, timeout_s=30)
+    yield Harness(parts, parts.tasks, parts.store, file_server, client)
+    client.close()
+
+
+def callback(urls: list[str], *, task_id: str = "task-1", code: int = 200, prompt: str = PROMPT) -> Callback:
+    return Callback(
+        task_id=task_id,
+        code=code,
+        msg="success" if code == 200 else "generation failed",
+        prompt_json=prompt,
+        result_urls=tuple(urls),
+        received_at="2026-11-25T00:00:00.000Z",
+    )
+
+
+def serve_pngs(files: FileServer, count: int, *, prefix: str = "/img") -> tuple[list[str], list[bytes]]:
+    images = [png_bytes(seed) for seed in range(count)]
+    urls = [files.add(f"{prefix}{i}.png", image) for i, image in enumerate(images)]
+    return urls, images
+
+
+def test_every_file_is_stored_byte_for_byte_with_the_manifest_last(harness: Harness) -> None:
+    urls, images = serve_pngs(harness.files, 4)
+    assert harness.process(callback(urls)) is TaskState.STORED
+    manifest = harness.manifest("task-1")
+    assert manifest["status"] == "stored"
+    assert manifest["params"] == orjson.loads(PROMPT)
+    assert manifest["prompt"] == "a beautiful landscape"
+    assert manifest["errors"] == []
+    for entry, url, image in zip(manifest["images"], urls, images, strict=True):  # type: ignore[call-overload]
+        assert entry["sourceUrl"] == url
+        assert entry["key"] == f"tasks/task-1/{entry['index']}.png"
+        assert entry["sha256"] == hashlib.sha256(image).hexdigest()
+        assert entry["size"] == len(image)
+        assert entry["contentType"] == "image/png"
+        assert harness.object_bytes(entry["key"]) == image
+        info = harness.store.stat(entry["key"])
+        assert info is not None
+        assert info.sha256 == entry["sha256"]
+        assert info.content_type == "image/png"
+    assert harness.tasks.get("task-1").state is TaskState.STORED  # type: ignore[union-attr]
+
+
+def test_a_duplicate_of_a_stored_task_downloads_nothing(harness: Harness) -> None:
+    urls, _ = serve_pngs(harness.files, 2)
+    harness.process(callback(urls))
+    hits = harness.files.hits
+    assert harness.process(callback(urls)) is TaskState.STORED
+    assert harness.files.hits == hits
+
+
+def test_a_failure_is_recorded_and_a_later_success_still_processed(harness: Harness) -> None:
+    assert harness.process(callback([], code=500)) is TaskState.FAILED
+    manifest = harness.manifest("task-1")
+    assert manifest["status"] == "failed"
+    assert manifest["msg"] == "generation failed"
+    assert harness.tasks.get("task-1").fields["reason"] == "generation failed"  # type: ignore[union-attr]
+    urls, _ = serve_pngs(harness.files, 1)
+    assert harness.process(callback(urls)) is TaskState.STORED
+    assert harness.manifest("task-1")["status"] == "stored"
+
+
+def test_a_failure_report_never_overwrites_stored_files(harness: Harness) -> None:
+    urls, _ = serve_pngs(harness.files, 1)
+    harness.process(callback(urls))
+    assert harness.process(callback([], code=500)) is TaskState.STORED
+    assert harness.manifest("task-1")["status"] == "stored"
+
+
+def test_malformed_prompt_json_is_kept_raw_and_processing_goes_on(harness: Harness) -> None:
+    urls, _ = serve_pngs(harness.files, 1)
+    assert harness.process(callback(urls, prompt="{broken")) is TaskState.STORED
+    manifest = harness.manifest("task-1")
+    assert manifest["promptJson"] == "{broken"
+    assert manifest["params"] is None
+
+
+def test_non_media_and_missing_files_make_a_partial_task_with_reasons(harness: Harness) -> None:
+    urls, _ = serve_pngs(harness.files, 2)
+    urls.append(harness.files.add("/error.html", b"<html>Forbidden</html>", content_type="text/html"))
+    urls.append(harness.files.url("/missing.png"))
+    assert harness.process(callback(urls)) is TaskState.PARTIAL
+    manifest = harness.manifest("task-1")
+    assert [image["index"] for image in manifest["images"]] == [0, 1]  # type: ignore[attr-defined]
+    reasons = {error["index"]: error["reason"] for error in manifest["errors"]}  # type: ignore[attr-defined]
+    assert "not an image or video" in reasons[2]
+    assert reasons[3] == "HTTP 404"
+    assert harness.store.list_keys("tasks/task-1/") == [
+        "tasks/task-1/0.png",
+        "tasks/task-1/1.png",
+        "tasks/task-1/manifest.json",
+    ]
+
+
+def test_a_transient_failure_retries_and_fetches_only_what_is_missing(harness: Harness) -> None:
+    urls, images = serve_pngs(harness.files, 3)
+    harness.files.add("/img2.png", b"busy", status=503, content_type="text/plain")
+    with pytest.raises(DownloadFailed):
+        harness.process(callback(urls))
+    assert harness.store.get_bytes("tasks/task-1/manifest.json") is None
+    # The file comes back; the retry downloads it and only it.
+    harness.files.add("/img2.png", images[2])
+    assert harness.process(callback(urls)) is TaskState.STORED
+    hits = harness.files.hits
+    assert (hits["/img0.png"], hits["/img1.png"], hits["/img2.png"]) == (1, 1, 2)
+    assert harness.object_bytes("tasks/task-1/2.png") == images[2]
+
+
+def test_the_last_attempt_records_transient_failures_instead_of_raising(harness: Harness) -> None:
+    urls, _ = serve_pngs(harness.files, 2)
+    harness.files.add("/img1.png", b"busy", status=503, content_type="text/plain")
+    assert harness.process(callback(urls), final_attempt=True) is TaskState.PARTIAL
+    [error] = harness.manifest("task-1")["errors"]  # type: ignore[misc]
+    assert error["index"] == 1
+    assert "gave up after retries: HTTP 503" in error["reason"]
+
+
+def test_a_task_leased_by_another_worker_is_retried_later(harness: Harness) -> None:
+    urls, _ = serve_pngs(harness.files, 1)
+    harness.redis.set("mjhook:lease:task-1", "other-worker", ex=30)
+    with pytest.raises(TaskBusy):
+        harness.process(callback(urls))
+    assert harness.files.hits == {}
