@@ -38,7 +38,7 @@ def create_app(
     client = redis_client or connect_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
     if broker is None:
         queue_client = client if settings.queue_url == settings.redis_url else None
-        broker = create_broker(settings.queue_url, client=queue_client, middleware=[])
+        broker = create_broker(settings, client=queue_client, middleware=[])
 
     app = falcon.App(media_type=falcon.MEDIA_JSON)
     json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)

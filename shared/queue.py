@@ -13,6 +13,7 @@ from dramatiq.middleware import Middleware
 
 from shared.callback import Callback
 from shared.errors import ConfigError, QueueUnavailable
+from shared.settings import Settings
 
 #: The dramatiq queue holding callbacks to process.
 CALLBACK_QUEUE = "callbacks"
@@ -23,16 +24,22 @@ BROKER_NAMESPACE = "dramatiq"
 
 
 def create_broker(
-    url: str, *, client: redis.Redis | None = None, middleware: Sequence[Middleware] | None = None
+    settings: Settings,
+    *,
+    client: redis.Redis | None = None,
+    middleware: Sequence[Middleware] | None = None,
 ) -> dramatiq.Broker:
-    """A broker for ``url`` (``redis://`` or ``rediss://``). ``middleware=None`` keeps dramatiq's
-    defaults; the ingress passes ``[]`` because it only enqueues."""
+    """A broker for ``settings.queue_url`` (``redis://`` or ``rediss://``). ``middleware=None``
+    keeps dramatiq's defaults; the ingress passes ``[]`` because it only enqueues."""
+    url = settings.queue_url
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisBroker(  # type: ignore[no-untyped-call]
             url=None if client else url,
             client=client,
             namespace=BROKER_NAMESPACE,
             middleware=None if middleware is None else list(middleware),
+            heartbeat_timeout=settings.redelivery_s * 1000,
+            dead_message_ttl=settings.dead_message_ttl_s * 1000,
         )
     raise ConfigError(f"unsupported broker URL scheme: {url.split(':', 1)[0]!r}")
 

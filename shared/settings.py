@@ -66,7 +66,11 @@ class Settings(BaseModel):
 
     # --- processing -------------------------------------------------------------------
     #: A worker's claim on a task; renewed while it works, so it only lapses on a crash.
-    lease_ttl_s: int = Field(default=60, ge=5)
+    lease_ttl_s: int = Field(default=20, ge=1)
+    #: A worker silent this long is dead: its unfinished messages go back to the queue.
+    redelivery_s: int = Field(default=20, ge=2)
+    #: How long dead-lettered messages are kept (dramatiq's default, 7 days, is raised).
+    dead_message_ttl_s: int = Field(default=30 * 86400, ge=3600)
     #: How long a task's state record (dedup memory) is kept after its last change.
     task_ttl_s: int = Field(default=30 * 86400, ge=60)
     max_retries: int = Field(default=12, ge=0)

@@ -27,7 +27,6 @@ TASK_PREFIX = "tasks/{task_id}/"
 MANIFEST_NAME = "manifest.json"
 
 
-
 def task_prefix(task_id: str) -> str:
     return TASK_PREFIX.format(task_id=task_id)
 

@@ -334,6 +334,7 @@ class GuardedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
+        # The scheme was checked per request (handle_request); here the host and port count.
         target = check_target("tcp", host, port, self._policy)
         errors: list[Exception] = []
         for ip in self._addresses(host, port, target)[:DEFAULT_MAX_ADDRESSES_TRIED]:

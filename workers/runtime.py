@@ -21,6 +21,7 @@ from shared.settings import Settings
 from shared.storage import ObjectStore, create_object_store
 from shared.taskstate import TaskState, TaskStore
 from workers.fetch import FetchLimits, ResultFetcher, create_http_client
+from workers.guard import guarded_transport_from_settings
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
 
@@ -47,6 +48,7 @@ def build_parts(settings: Settings) -> WorkerParts:
         read_timeout_s=settings.read_timeout_s,
         max_redirects=settings.max_redirects,
         max_connections=settings.download_concurrency * 2,
+        transport=guarded_transport_from_settings(settings),
     )
     fetcher = ResultFetcher(
         http,

@@ -14,17 +14,19 @@ from shared.errors import PermanentError
 from shared.logs import configure_logging
 from shared.queue import CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.settings import Settings
+from workers.heartbeat import BrokerHeartbeat
 from workers.runtime import WorkerRuntime
 
 settings = Settings.from_env(os.environ)
 configure_logging(settings.log_level)
 
-broker = create_broker(settings.queue_url)
+broker = create_broker(settings)
 runtime = WorkerRuntime(settings)
 # After-hooks run in reverse order: placed before Retries, the runtime sees a message only after
 # Retries has decided whether it failed for good.
 broker.add_middleware(runtime, before=Retries)
 broker.add_middleware(CurrentMessage())
+broker.add_middleware(BrokerHeartbeat(interval_s=settings.redelivery_s / 4))
 dramatiq.set_broker(broker)
 
 

@@ -126,7 +126,7 @@ def test_a_token_is_required_when_configured(client: redis.Redis) -> None:
 def test_an_unreachable_redis_is_a_503_so_the_provider_retries() -> None:
     dead = connect_redis("redis://127.0.0.1:1/0", timeout_s=0.2)
     config = Settings(redis_url="redis://127.0.0.1:1/0")
-    broker = create_broker(config.queue_url, client=dead, middleware=[])
+    broker = create_broker(config, client=dead, middleware=[])
     app = testing.TestClient(create_app(config, redis_client=dead, broker=broker))
     response = post(app, orjson.dumps(success()))
     assert response.status_code == 503

@@ -5,30 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from minio import Minio
 
+from tests.support.pipeline import PROMPT, callback, object_bytes, post_callback, read_manifest, wait_for
 from tests.support.servers import FileServer, png_bytes
 from tests.support.stack import start_ingress, start_workers
 
 pytestmark = pytest.mark.integration
-
-PROMPT = '{"prompt":"a beautiful landscape","model":"midjourney"}'
-
-
-def callback(task_id: str, urls: list[str], *, code: int = 200, prompt: str = PROMPT) -> dict[str, Any]:
-    """A callback in the provider's exact format."""
-    return {
-        "code": code,
-        "msg": "success" if code == 200 else "Midjourney generation failed",
-        "data": {"taskId": task_id, "promptJson": prompt, "resultUrls": urls},
-    }
 
 
 @pytest.fixture
@@ -40,38 +29,6 @@ def stack(app_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     finally:
         workers.terminate()
         ingress.terminate()
-
-
-def wait_for(check: Callable[[], Any], *, timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.2)
-
-
-def read_manifest(s3: Minio, bucket: str, task_id: str) -> dict[str, Any] | None:
-    try:
-        response = s3.get_object(bucket, f"tasks/{task_id}/manifest.json")
-    except Exception:
-        return None
-    try:
-        return orjson.loads(response.read())  # type: ignore[no-any-return]
-    finally:
-        response.close()
-        response.release_conn()
-
-
-def object_bytes(s3: Minio, bucket: str, key: str) -> bytes:
-    response = s3.get_object(bucket, key)
-    try:
-        return response.read()
-    finally:
-        response.close()
-        response.release_conn()
 
 
 def test_callbacks_in_the_providers_format_end_stored(
@@ -86,10 +43,7 @@ def test_callbacks_in_the_providers_format_end_stored(
     with httpx.Client(base_url=stack, timeout=10) as http:
 
         def post(body: dict[str, Any] | bytes) -> httpx.Response:
-            content = body if isinstance(body, bytes) else orjson.dumps(body)
-            return http.post(
-                "/callbacks/midjourney", content=content, headers={"Content-Type": "application/json"}
-            )
+            return post_callback(http, body)
 
         # A success with 4 URLs, a failure, a malformed promptJson, and a bad body.
         ok = post(callback("mj-success-1", urls))

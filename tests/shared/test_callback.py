@@ -79,7 +79,22 @@ def test_malformed_callbacks_are_refused_with_a_reason(raw: bytes, reason: str) 
 
 @pytest.mark.parametrize(
     "task_id",
-    ["", "../etc", "a/b", "..", ".", "a.b", "a\x00b", "a\nb", "a b", "-leading", "_x", "x" * 129, "é", "%2e%2e"],
+    [
+        "",
+        "../etc",
+        "a/b",
+        "..",
+        ".",
+        "a.b",
+        "a\x00b",
+        "a\nb",
+        "a b",
+        "-leading",
+        "_x",
+        "x" * 129,
+        "é",
+        "%2e%2e",
+    ],
 )
 def test_task_ids_that_could_leave_the_task_prefix_are_refused(task_id: str) -> None:
     with pytest.raises(InvalidCallback):

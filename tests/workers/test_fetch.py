@@ -63,7 +63,9 @@ def test_permanent_refusals(
         fetcher.fetch(url)
 
 
-def test_a_declared_oversize_is_refused_before_reading(fetcher: ResultFetcher, file_server: FileServer) -> None:
+def test_a_declared_oversize_is_refused_before_reading(
+    fetcher: ResultFetcher, file_server: FileServer
+) -> None:
     url = file_server.add("/big", png_bytes(3), headers={"Content-Length": "5000000"})
     with pytest.raises(DownloadRefused, match="over the"):
         fetcher.fetch(url)

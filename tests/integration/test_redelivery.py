@@ -1,0 +1,117 @@
+"""A worker killed mid-task: its message comes back and the task completes; a live worker busy
+with a long task is never mistaken for a dead one."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.queue import CALLBACK_QUEUE, create_broker
+from shared.settings import Settings
+from tests.support.pipeline import callback, post_callback, read_manifest, wait_for
+from tests.support.servers import FileServer, png_bytes
+from tests.support.stack import start_ingress, start_workers
+from workers.heartbeat import beat
+
+pytestmark = pytest.mark.integration
+
+#: Short clocks so the test runs in seconds; production defaults are 20 s each.
+FAST_REDELIVERY = {
+    "MJHOOK_REDELIVERY_S": "3",
+    "MJHOOK_LEASE_TTL_S": "2",
+    "MJHOOK_MIN_BACKOFF_MS": "200",
+    "MJHOOK_MAX_BACKOFF_MS": "2000",
+}
+
+
+def test_a_worker_killed_mid_download_is_redelivered_and_completes(
+    app_env: dict[str, str], tmp_path: Path, file_server: FileServer, s3_server: Any, s3_bucket: str
+) -> None:
+    env = {**app_env, **FAST_REDELIVERY}
+    image = png_bytes(7, 512, 512)
+    # Given a file that takes ~8 s to download
+    url = file_server.add("/slow.png", image, chunk_size=8192, chunk_delay_s=0.08)
+    ingress, base_url = start_ingress(env, tmp_path, extra_args=["--workers", "1"])
+    doomed = start_workers(env, tmp_path / "doomed", processes=1, threads=2)
+    rescuer = None
+    try:
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            assert post_callback(http, callback("crash-1", [url])).status_code == 200
+        # When the worker is SIGKILLed while the download is under way
+        wait_for(lambda: file_server.hits["/slow.png"] >= 1, timeout_s=30, what="download started")
+        doomed.kill()
+        file_server.add("/slow.png", image)
+        rescuer = start_workers(env, tmp_path / "rescuer", processes=1, threads=2)
+        # Then another worker gets the message back and stores the task
+        manifest = wait_for(
+            lambda: read_manifest(s3_server.client(), s3_bucket, "crash-1"), timeout_s=90, what="manifest"
+        )
+    finally:
+        if rescuer is not None:
+            rescuer.terminate()
+        doomed.kill()
+        ingress.terminate()
+    assert manifest["status"] == "stored"
+    assert manifest["images"][0]["sha256"] == hashlib.sha256(image).hexdigest()
+    assert file_server.hits["/slow.png"] == 2
+
+
+def test_a_long_task_is_not_mistaken_for_a_dead_worker(
+    app_env: dict[str, str], tmp_path: Path, file_server: FileServer, s3_server: Any, s3_bucket: str
+) -> None:
+    env = {**app_env, **FAST_REDELIVERY}
+    # Given downloads lasting about two redelivery timeouts each, and a one-thread worker that
+    # takes two of them at once (one running, one prefetched), so its main consumer stops talking
+    # to Redis (dramatiq #692). (Its idle delay-queue consumer still beats in dramatiq 2; the
+    # heartbeat thread that also covers a busy delay queue is proven in tests/workers/test_heartbeat.py.)
+    images = {f"long-{i}": png_bytes(10 + i, 512, 512) for i in range(3)}
+    urls = {
+        task_id: file_server.add(f"/{task_id}.png", image, chunk_size=8192, chunk_delay_s=0.05)
+        for task_id, image in images.items()
+    }
+    ingress, base_url = start_ingress(env, tmp_path, extra_args=["--workers", "1"])
+    busy = start_workers(env, tmp_path / "busy", processes=1, threads=1)
+    # And another broker running queue maintenance all the time, as other workers do
+    maintainer = Maintainer(Settings.from_env(env))
+    try:
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            for task_id, url in urls.items():
+                assert post_callback(http, callback(task_id, [url])).status_code == 200
+        for task_id in images:
+            wait_for(
+                lambda task_id=task_id: read_manifest(s3_server.client(), s3_bucket, task_id),  # type: ignore[misc]
+                timeout_s=90,
+                what=f"manifest of {task_id}",
+            )
+        logs = busy.log_text()
+    finally:
+        maintainer.stop()
+        busy.terminate()
+        ingress.terminate()
+    # Then no message was taken away from the busy worker and handed out again
+    assert "being processed by another worker" not in logs
+    assert all(file_server.hits[f"/{task_id}.png"] == 1 for task_id in images)
+
+
+class Maintainer:
+    """Forces dramatiq's queue maintenance every 0.3 s from a broker of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._broker = create_broker(settings, middleware=[])
+        self._broker.declare_queue(CALLBACK_QUEUE)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.3):
+            beat(self._broker)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

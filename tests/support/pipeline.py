@@ -1,0 +1,60 @@
+"""What the real-process tests share: callbacks in the provider's format, polling, reading the bucket."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+from minio import Minio
+from minio.error import S3Error
+
+PROMPT = '{"prompt":"a beautiful landscape","model":"midjourney"}'
+CALLBACK_PATH = "/callbacks/midjourney"
+
+T = TypeVar("T")
+
+
+def callback(task_id: str, urls: list[str], *, code: int = 200, prompt: str = PROMPT) -> dict[str, Any]:
+    """A callback body in the provider's exact format."""
+    return {
+        "code": code,
+        "msg": "success" if code == 200 else "Midjourney generation failed",
+        "data": {"taskId": task_id, "promptJson": prompt, "resultUrls": urls},
+    }
+
+
+def post_callback(http: httpx.Client, body: dict[str, Any] | bytes) -> httpx.Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return http.post(CALLBACK_PATH, content=content, headers={"Content-Type": "application/json"})
+
+
+def wait_for(check: Callable[[], T | None], *, timeout_s: float = 60.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout_s} s")
+        time.sleep(0.2)
+
+
+def object_bytes(s3: Minio, bucket: str, key: str) -> bytes | None:
+    try:
+        response = s3.get_object(bucket, key)
+    except S3Error:
+        return None
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def read_manifest(s3: Minio, bucket: str, task_id: str) -> dict[str, Any] | None:
+    body = object_bytes(s3, bucket, f"tasks/{task_id}/manifest.json")
+    return None if body is None else orjson.loads(body)  # type: ignore[no-any-return]

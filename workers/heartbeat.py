@@ -1,0 +1,69 @@
+"""A steady broker heartbeat and timely redelivery for the Redis broker.
+
+dramatiq's Redis broker beats only when a consumer talks to Redis: a worker process whose threads
+are all busy with long downloads stops beating and, after ``heartbeat_timeout``, looks dead, so
+its in-flight messages are handed to others (dramatiq issue #692). And a dead worker's messages
+are requeued only by "maintenance", which runs on a random 0.1% of broker commands. This
+middleware beats from a thread of its own every ``interval_s`` and forces maintenance with each
+beat, so a live worker never looks dead and a killed one's messages return within
+``heartbeat_timeout + interval_s``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis
+from dramatiq.middleware import Middleware
+
+log = logging.getLogger(__name__)
+
+#: The broker command each beat carries: it only counts a queue, changing nothing.
+BEAT_COMMAND = "qsize"
+
+
+class BrokerHeartbeat(Middleware):
+    def __init__(self, *, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if not isinstance(broker, RedisBroker):
+            return  # RabbitMQ redelivers a dead consumer's messages by itself.
+        self._thread = threading.Thread(target=self._run, args=(broker,), name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._interval_s + 5)
+
+    def _run(self, broker: RedisBroker) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                beat(broker)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("broker heartbeat failed: %s", type(exc).__name__)
+
+
+def beat(broker: RedisBroker) -> None:
+    """One heartbeat with maintenance, for every queue this broker consumes (delay queues too)."""
+    dispatch = broker.scripts["dispatch"]
+    for queue_name in sorted(broker.get_declared_queues() | broker.delay_queues):
+        dispatch(
+            keys=[broker.namespace],
+            args=[
+                BEAT_COMMAND,
+                current_millis(),
+                queue_name,
+                broker.broker_id,
+                broker.heartbeat_timeout,
+                broker.dead_message_ttl,
+                1,  # do maintenance now, not by chance
+                broker._max_unpack_size(),  # type: ignore[no-untyped-call]
+            ],
+        )
