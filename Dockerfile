@@ -28,6 +28,9 @@ COPY cli/ cli/
 RUN pip install . \
     && rm -rf build ./*.egg-info
 
+# The ingress's spool (a volume in docker-compose.yml) is the one place the processes write.
+RUN mkdir -p /app/.data/spool && chown mjhook:mjhook /app/.data/spool
+
 USER mjhook
 
 EXPOSE 8000

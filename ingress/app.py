@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -15,6 +17,7 @@ from falcon import media
 
 from ingress.intake import CallbackIntake, RejectLog
 from ingress.resources import CallbackResource, HealthResource, ReadyResource
+from ingress.spool import Spool, SpoolDrainer
 from shared.callback import CallbackLimits
 from shared.queue import create_broker
 from shared.redis_client import connect_redis
@@ -27,6 +30,26 @@ log = logging.getLogger(__name__)
 CALLBACK_PATH = "/callbacks/midjourney"
 
 
+@dataclass(frozen=True, slots=True)
+class Ingress:
+    """The WSGI app and the parts that run beside it in each gunicorn worker."""
+
+    app: falcon.App[falcon.Request, falcon.Response]
+    intake: CallbackIntake
+    spool: Spool | None
+    settings: Settings
+
+    def start_drainer(self) -> SpoolDrainer | None:
+        """Drain the spool now and then every ``spool_drain_interval_s`` (None: no spool)."""
+        if self.spool is None:
+            return None
+        drainer = SpoolDrainer(
+            self.spool, self.intake.enqueue, interval_s=self.settings.spool_drain_interval_s
+        )
+        drainer.start()
+        return drainer
+
+
 def create_app(
     settings: Settings,
     *,
@@ -34,23 +57,38 @@ def create_app(
     broker: dramatiq.Broker | None = None,
     clock: Callable[[], float] = time.time,
 ) -> falcon.App[falcon.Request, falcon.Response]:
-    """Build the ingress. Redis and the broker are made from ``settings`` unless given."""
+    """Build the ingress app. Redis and the broker are made from ``settings`` unless given."""
+    return build_ingress(settings, redis_client=redis_client, broker=broker, clock=clock).app
+
+
+def build_ingress(
+    settings: Settings,
+    *,
+    redis_client: redis.Redis | None = None,
+    broker: dramatiq.Broker | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Ingress:
+    """The app with its intake and spool (from ``settings.spool_dir``; empty: none)."""
     client = redis_client or connect_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
     if broker is None:
         queue_client = client if settings.queue_url == settings.redis_url else None
         broker = create_broker(settings, client=queue_client, middleware=[])
+    spool = (
+        Spool(Path(settings.spool_dir), max_bytes=settings.spool_max_bytes) if settings.spool_dir else None
+    )
+    intake = CallbackIntake(
+        broker=broker, tasks=TaskStore(client, ttl_s=settings.task_ttl_s, clock=clock), spool=spool
+    )
 
     app = falcon.App(media_type=falcon.MEDIA_JSON)
     json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.add_error_handler(Exception, _internal_error)
-
-    tasks = TaskStore(client, ttl_s=settings.task_ttl_s, clock=clock)
     app.add_route(
         CALLBACK_PATH,
         CallbackResource(
-            intake=CallbackIntake(broker=broker, tasks=tasks),
+            intake=intake,
             rejects=RejectLog(
                 client, keep=settings.rejected_keep, body_bytes=settings.rejected_body_bytes, clock=clock
             ),
@@ -64,7 +102,7 @@ def create_app(
     )
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(client))
-    return app
+    return Ingress(app=app, intake=intake, spool=spool, settings=settings)
 
 
 def _internal_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:

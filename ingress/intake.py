@@ -11,6 +11,7 @@ import dramatiq
 import orjson
 import redis
 
+from ingress.spool import Spool
 from shared import keys
 from shared.callback import Callback
 from shared.clock import utc_iso
@@ -21,15 +22,47 @@ from shared.taskstate import TaskStore
 log = logging.getLogger(__name__)
 
 
-class CallbackIntake:
-    """Records a valid callback as received and puts it on the queue."""
+#: After Redis failed, new callbacks go straight to the spool for this long, seconds, so the
+#: provider is not kept waiting on connection attempts during an outage.
+DEFAULT_REDIS_PAUSE_S = 1.0
 
-    def __init__(self, *, broker: dramatiq.Broker, tasks: TaskStore) -> None:
+
+class CallbackIntake:
+    """Queues a valid callback durably: in Redis, or while Redis cannot take it, in the spool."""
+
+    def __init__(
+        self,
+        *,
+        broker: dramatiq.Broker,
+        tasks: TaskStore,
+        spool: Spool | None = None,
+        pause_s: float = DEFAULT_REDIS_PAUSE_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._broker = broker
         self._tasks = tasks
+        self._spool = spool
+        self._pause_s = pause_s
+        self._monotonic = monotonic
+        self._redis_paused_until = 0.0
 
     def accept(self, callback: Callback) -> None:
-        """Durably queue ``callback``; raise :class:`QueueUnavailable` when that is not possible."""
+        """Queue ``callback`` or spool it; raise :class:`QueueUnavailable` or
+        :class:`SpoolUnavailable` when neither is possible."""
+        if self._spool is None:
+            self.enqueue(callback)
+            return
+        if self._monotonic() >= self._redis_paused_until:
+            try:
+                self.enqueue(callback)
+                return
+            except QueueUnavailable as exc:
+                log.warning("Redis unavailable (%s): spooling callbacks locally", exc)
+                self._redis_paused_until = self._monotonic() + self._pause_s
+        self._spool.append(callback)
+
+    def enqueue(self, callback: Callback) -> None:
+        """Record ``callback`` as received and put it on the queue (also used to drain the spool)."""
         try:
             self._tasks.mark_received(callback.task_id, callback.received_at)
         except (redis.RedisError, OSError) as exc:

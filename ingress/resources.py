@@ -13,7 +13,7 @@ import redis
 from ingress.intake import CallbackIntake, Rejection, RejectLog
 from shared.callback import Callback, CallbackLimits, parse_callback
 from shared.clock import utc_iso
-from shared.errors import InvalidCallback, QueueUnavailable
+from shared.errors import InvalidCallback, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class CallbackResource:
             return
         try:
             self._intake.accept(callback)
-        except QueueUnavailable as exc:
+        except TransientError as exc:
             log.warning("callback %s not queued: %s", callback.task_id, exc)
             resp.status = falcon.HTTP_503
             resp.media = {"error": "cannot queue the callback durably right now; retry later"}

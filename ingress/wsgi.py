@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 
-from ingress.app import create_app
+from ingress.app import build_ingress
 from shared.logs import configure_logging
 from shared.settings import Settings
 
 settings = Settings.from_env(os.environ)
 configure_logging(settings.log_level)
-app = create_app(settings)
+ingress = build_ingress(settings)
+# gunicorn imports this module in each worker process (no preload), so each drains the spool.
+drainer = ingress.start_drainer()
+app = ingress.app

@@ -20,6 +20,10 @@ class QueueUnavailable(TransientError):
     """Redis (or the broker) did not take the callback; the ingress answers 503."""
 
 
+class SpoolUnavailable(TransientError):
+    """The ingress's local spool cannot take a callback either (full, disk error); answer 503."""
+
+
 class StorageUnavailable(TransientError):
     """Object storage did not answer or answered with a server error."""
 

@@ -20,6 +20,15 @@ STATE_INDEX_PREFIX = PREFIX + ":state:"
 #: Sorted set of recently changed taskIds scored by the time of the change (ms); capped in size.
 RECENT = PREFIX + ":recent"
 
+#: Sorted set of the dramatiq broker ids of worker processes (consumers, not the ingress's
+#: enqueue-only brokers), scored by their last beat (ms). A worker removes itself when it stops;
+#: entries older than a day are trimmed on every write.
+WORKERS = PREFIX + ":workers"
+
+#: String: why the workers gave up on a dead-lettered message (by its Redis message id). Written
+#: in the broker's Redis next to the dead letter; expires with it (``dead_message_ttl_s``).
+DEAD_REASON = PREFIX + ":dead:{redis_message_id}"
+
 #: List of rejected callbacks (reason, status, capped raw body), newest first; capped in length.
 REJECTED = PREFIX + ":rejected"
 
@@ -34,3 +43,7 @@ def lease(task_id: str) -> str:
 
 def state_index(state: str) -> str:
     return STATE_INDEX_PREFIX + state
+
+
+def dead_reason(redis_message_id: str) -> str:
+    return DEAD_REASON.format(redis_message_id=redis_message_id)

@@ -63,6 +63,13 @@ class Settings(BaseModel):
     rejected_body_bytes: int = Field(default=16 * KIB, ge=0)
     #: Redis socket timeout of the ingress, seconds: a hung Redis must not hold the provider.
     redis_timeout_s: float = Field(default=2.0, gt=0)
+    #: Where the ingress keeps callbacks (fsync'd) while Redis is unreachable; relative paths
+    #: are relative to the working directory. Empty turns the spool off (503 instead).
+    spool_dir: str = ".data/spool"
+    #: Most bytes the spool may hold; beyond it, callbacks get a 503 again.
+    spool_max_bytes: int = Field(default=256 * MIB, ge=0)
+    #: How often each ingress process tries to move spooled callbacks into the queue, seconds.
+    spool_drain_interval_s: float = Field(default=2.0, gt=0)
 
     # --- processing -------------------------------------------------------------------
     #: A worker's claim on a task; renewed while it works, so it only lapses on a crash.

@@ -43,6 +43,7 @@ def client(redis_server) -> Iterator[redis.Redis]:
 def make_app(client: redis.Redis, **settings: object) -> testing.TestClient:
     url = client.get_connection_kwargs()
     redis_url = f"redis://{url['host']}:{url['port']}/0"
+    settings.setdefault("spool_dir", "")
     config = Settings(redis_url=redis_url, **settings)  # type: ignore[arg-type]
     return testing.TestClient(create_app(config, redis_client=client))
 
@@ -123,9 +124,9 @@ def test_a_token_is_required_when_configured(client: redis.Redis) -> None:
     assert len(queued_messages(client)) == 2
 
 
-def test_an_unreachable_redis_is_a_503_so_the_provider_retries() -> None:
+def test_an_unreachable_redis_without_a_spool_is_a_503_so_the_provider_retries() -> None:
     dead = connect_redis("redis://127.0.0.1:1/0", timeout_s=0.2)
-    config = Settings(redis_url="redis://127.0.0.1:1/0")
+    config = Settings(redis_url="redis://127.0.0.1:1/0", spool_dir="")
     broker = create_broker(config, client=dead, middleware=[])
     app = testing.TestClient(create_app(config, redis_client=dead, broker=broker))
     response = post(app, orjson.dumps(success()))
@@ -140,6 +141,6 @@ def test_health_and_readiness(client: redis.Redis) -> None:
     assert app.simulate_get("/healthz").status_code == 200
     assert app.simulate_get("/readyz").status_code == 200
     dead = connect_redis("redis://127.0.0.1:1/0", timeout_s=0.2)
-    down = testing.TestClient(create_app(Settings(), redis_client=dead))
+    down = testing.TestClient(create_app(Settings(spool_dir=""), redis_client=dead))
     assert down.simulate_get("/healthz").status_code == 200
     assert down.simulate_get("/readyz").status_code == 503

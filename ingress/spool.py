@@ -1,0 +1,188 @@
+"""The ingress's local durable spool: where callbacks go when Redis cannot take them.
+
+One JSON-lines file per gunicorn worker process (``spool-{pid}.jsonl``), each append written and
+fsync'd before the provider gets its 200. Any process may drain any file (a restarted ingress has
+new pids), so every access takes an exclusive ``flock`` and checks it still holds the file that
+is at the path (a drainer may have replaced or removed it meanwhile)."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import orjson
+
+from shared.callback import Callback
+from shared.errors import MjhookError, SpoolUnavailable
+
+log = logging.getLogger(__name__)
+
+SPOOL_GLOB = "spool-*.jsonl"
+
+
+class Spool:
+    """Appends callbacks durably; drains them into ``accept`` when it works again."""
+
+    def __init__(self, directory: Path, *, max_bytes: int, pid: Callable[[], int] = os.getpid) -> None:
+        self.directory = Path(directory)
+        self._max_bytes = max_bytes
+        self._pid = pid
+
+    def append(self, callback: Callback) -> None:
+        """Write ``callback`` and fsync it; raise :class:`SpoolUnavailable` when it cannot be
+        written (disk full, size limit reached, no permission)."""
+        line = orjson.dumps(callback.to_message()) + b"\n"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if self.depth_bytes() + len(line) > self._max_bytes:
+                raise SpoolUnavailable(f"spool is full ({self._max_bytes} bytes)")
+            path = self.directory / f"spool-{self._pid()}.jsonl"
+            with _locked(path, create=True) as fd:
+                os.write(fd, line)
+                os.fsync(fd)
+            _fsync_dir(self.directory)
+        except OSError as exc:
+            raise SpoolUnavailable(f"cannot write the spool: {exc.strerror or exc}") from exc
+
+    def depth_bytes(self) -> int:
+        """Bytes waiting in every spool file of the directory."""
+        return sum(path.stat().st_size for path in self._files())
+
+    def depth(self) -> int:
+        """Callbacks waiting in every spool file of the directory."""
+        total = 0
+        for path in self._files():
+            with path.open("rb") as handle:
+                total += sum(1 for line in handle if line.strip())
+        return total
+
+    def drain(self, accept: Callable[[Callback], None]) -> int:
+        """Hand every spooled callback to ``accept`` in order, oldest file first; stop at the first
+        failure and keep what is left. Returns how many were accepted."""
+        drained = 0
+        for path in sorted(self._files(), key=lambda p: p.stat().st_mtime):
+            done, finished = self._drain_file(path, accept)
+            drained += done
+            if not finished:
+                break
+        return drained
+
+    def _drain_file(self, path: Path, accept: Callable[[Callback], None]) -> tuple[int, bool]:
+        with ExitStack() as stack:
+            try:
+                fd = stack.enter_context(_locked(path, create=False, blocking=False))
+            except (FileNotFoundError, BlockingIOError):
+                return 0, True  # gone, or another process is draining it
+            lines = [line for line in _read_all(fd).splitlines() if line.strip()]
+            for done, line in enumerate(lines):
+                if not _hand_over(line, accept, source=path.name):
+                    _rewrite(path, lines[done:])
+                    return done, False
+            path.unlink()
+            return len(lines), True
+
+    def _files(self) -> list[Path]:
+        return list(self.directory.glob(SPOOL_GLOB)) if self.directory.exists() else []
+
+
+def _hand_over(line: bytes, accept: Callable[[Callback], None], *, source: str) -> bool:
+    """Pass one spooled line on; False when ``accept`` could not take it (try again later).
+    An unreadable line cannot become readable: it is logged in full and dropped."""
+    try:
+        callback = Callback.from_message(orjson.loads(line))
+    except (orjson.JSONDecodeError, MjhookError, AttributeError):
+        log.error("dropping an unreadable line of %s: %r", source, line)
+        return True
+    try:
+        accept(callback)
+    except MjhookError as exc:
+        log.info("spool drain paused: %s", exc)
+        return False
+    return True
+
+
+class SpoolDrainer:
+    """Drains the spool at start-up and then every ``interval_s`` seconds, in a daemon thread."""
+
+    def __init__(self, spool: Spool, accept: Callable[[Callback], None], *, interval_s: float) -> None:
+        self._spool = spool
+        self._accept = accept
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spool-drainer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._interval_s + 5)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                drained = self._spool.drain(self._accept)
+                if drained:
+                    log.info("drained %d spooled callbacks into the queue", drained)
+            except OSError as exc:
+                log.warning("spool drain failed: %s", exc)
+            if self._stop.wait(self._interval_s):
+                return
+
+
+@contextmanager
+def _locked(path: Path, *, create: bool, blocking: bool = True) -> Iterator[int]:
+    """An fd on ``path`` under an exclusive flock, and still the file at ``path`` once locked."""
+    flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0)
+    while True:
+        fd = os.open(path, flags, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and current.st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # replaced or removed while we waited: start over on the new file
+        if not create:
+            raise FileNotFoundError(path)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _rewrite(path: Path, lines: list[bytes]) -> None:
+    """Replace ``path`` atomically with ``lines`` (the part not drained yet)."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as handle:
+        handle.write(b"".join(line + b"\n" for line in lines))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

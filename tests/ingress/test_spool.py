@@ -1,0 +1,134 @@
+"""The ingress's spool: callbacks kept on local disk while Redis is away, drained when it is back."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from falcon import testing
+
+from ingress.app import build_ingress
+from ingress.spool import Spool
+from shared.callback import Callback
+from shared.errors import QueueUnavailable, SpoolUnavailable
+from shared.redis_client import connect_redis
+from shared.settings import Settings
+
+
+def callback(task_id: str) -> Callback:
+    return Callback(
+        task_id=task_id,
+        code=200,
+        msg="success",
+        prompt_json='{"prompt": "x"}',
+        result_urls=("https://example.com/a.png",),
+        received_at="2026-11-25T00:00:00.000Z",
+    )
+
+
+def test_spooled_callbacks_drain_in_order_and_the_files_go(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 11)
+    for i in range(3):
+        spool.append(callback(f"t{i}"))
+    assert spool.depth() == 3
+    taken: list[str] = []
+    assert spool.drain(lambda cb: taken.append(cb.task_id)) == 3
+    assert taken == ["t0", "t1", "t2"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_drain_keeps_what_was_not_taken(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 11)
+    for i in range(4):
+        spool.append(callback(f"t{i}"))
+    taken: list[str] = []
+
+    def accept(cb: Callback) -> None:
+        if cb.task_id == "t2":
+            raise QueueUnavailable("down again")
+        taken.append(cb.task_id)
+
+    assert spool.drain(accept) == 2
+    assert spool.depth() == 2
+    assert spool.drain(lambda cb: taken.append(cb.task_id)) == 2
+    assert taken == ["t0", "t1", "t2", "t3"]
+
+
+def test_a_restarted_ingress_drains_the_files_of_its_previous_processes(tmp_path: Path) -> None:
+    for pid in (101, 102):
+        Spool(tmp_path, max_bytes=1 << 20, pid=lambda pid=pid: pid).append(callback(f"from-{pid}"))
+    restarted = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 999)
+    taken: list[str] = []
+    assert restarted.drain(lambda cb: taken.append(cb.task_id)) == 2
+    assert sorted(taken) == ["from-101", "from-102"]
+
+
+def test_a_full_spool_refuses(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=400, pid=lambda: 1)  # two lines of 161 bytes
+    spool.append(callback("t0"))
+    spool.append(callback("t1"))
+    with pytest.raises(SpoolUnavailable, match="full"):
+        spool.append(callback("t2"))
+    assert spool.depth() == 2
+
+
+def test_an_unwritable_spool_refuses(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_bytes(b"")
+    with pytest.raises(SpoolUnavailable, match="cannot write"):
+        Spool(blocker, max_bytes=1 << 20).append(callback("t0"))
+
+
+def test_an_unreadable_line_is_dropped_and_the_rest_drains(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 5)
+    spool.append(callback("good-1"))
+    with (tmp_path / "spool-5.jsonl").open("ab") as handle:
+        handle.write(b'{"taskId": "../evil"}\n')
+    spool.append(callback("good-2"))
+    taken: list[str] = []
+    assert spool.drain(lambda cb: taken.append(cb.task_id)) == 3
+    assert taken == ["good-1", "good-2"]
+
+
+@pytest.fixture
+def client(redis_server) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+def test_the_ingress_answers_200_while_redis_is_down_and_drains_when_it_returns(
+    tmp_path: Path, client: redis.Redis, redis_server
+) -> None:
+    spool_dir = tmp_path / "spool"
+    body = {"code": 200, "msg": "ok", "data": {"taskId": "t-outage", "resultUrls": []}}
+    dead = connect_redis("redis://127.0.0.1:1/0", timeout_s=0.2)
+    down = build_ingress(Settings(spool_dir=str(spool_dir)), redis_client=dead)
+    response = testing.TestClient(down.app).simulate_post(
+        "/callbacks/midjourney", body=orjson.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert down.spool is not None
+    assert down.spool.depth() == 1
+    assert os.listdir(spool_dir) == [f"spool-{os.getpid()}.jsonl"]
+    # Redis is back: a (new) ingress drains the spool into the queue.
+    up = build_ingress(Settings(redis_url=redis_server.url, spool_dir=str(spool_dir)), redis_client=client)
+    assert up.spool is not None
+    assert up.spool.drain(up.intake.enqueue) == 1
+    assert client.llen("dramatiq:callbacks") == 1
+    assert client.hget("mjhook:task:t-outage", "state") == b"received"
+
+
+def test_a_full_spool_with_redis_down_is_a_503(tmp_path: Path) -> None:
+    body = {"code": 200, "msg": "ok", "data": {"taskId": "t1", "resultUrls": []}}
+    dead = connect_redis("redis://127.0.0.1:1/0", timeout_s=0.2)
+    ingress = build_ingress(Settings(spool_dir=str(tmp_path), spool_max_bytes=10), redis_client=dead)
+    response = testing.TestClient(ingress.app).simulate_post(
+        "/callbacks/midjourney", body=orjson.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 503
