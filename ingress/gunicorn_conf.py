@@ -16,3 +16,6 @@ limit_request_line = 8190
 limit_request_fields = 50
 limit_request_field_size = 8190
 accesslog = None
+#: gunicorn 27's control socket is one file per user (~/.gunicorn/gunicorn.ctl) shared by every
+#: instance on the host; the ingress does not use it.
+control_socket_disable = True

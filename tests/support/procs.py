@@ -6,6 +6,7 @@ process log, so a hung or crashed server shows up as a readable test failure.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -53,6 +54,18 @@ def venv_bin(name: str) -> str:
     if found is None:
         raise FileNotFoundError(f"{name} is neither in {beside.parent} nor on PATH")
     return found
+
+
+# Every process started here, so that none outlives the interpreter (a crashed script, an
+# interrupted pytest): they run in sessions of their own and would otherwise be orphaned.
+_STARTED: set[ManagedProcess] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_STARTED):
+        if proc.is_running():
+            proc.kill()
 
 
 class ManagedProcess:
@@ -112,6 +125,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        _STARTED.add(self)
 
     def send_signal(self, sig: int) -> None:
         """Send `sig` to the whole process group (the child and anything it forked)."""

@@ -64,6 +64,7 @@ def start_ingress(
         venv_bin("gunicorn"), "ingress.wsgi:app",
         "-c", "ingress/gunicorn_conf.py",
         "-b", f"127.0.0.1:{port}",
+        *_gunicorn_isolation_args(),
         *extra_args,
     ]  # fmt: skip
     proc = ManagedProcess(argv, log_path=Path(log_dir) / "ingress.log", cwd=REPO_ROOT, env=env)
@@ -73,6 +74,16 @@ def start_ingress(
         proc.terminate()
         raise
     return proc, base_url
+
+
+def _gunicorn_isolation_args() -> list[str]:
+    """Newer gunicorns open a control socket at one fixed path (~/.gunicorn/gunicorn.ctl)
+    shared by every instance; a test's ingress must not take over another's."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
+        return ["--no-control-socket"]
+    return []
 
 
 def start_workers(

@@ -1,0 +1,34 @@
+# Developer entry points. `make test` is what CI runs (through .ci/run).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Reinstall only when pyproject.toml changed since the last install.
+STAMP := $(VENV)/.installed
+# apt-get needs root; a developer's machine may need sudo for it.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv test lint up clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+test: venv
+	@command -v redis-server >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y redis-server; }
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+# The whole stack in the foreground (Ctrl-C stops it); see scripts/up.sh for what it starts.
+up: venv
+	VENV=$(VENV) scripts/up.sh
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
