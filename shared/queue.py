@@ -5,10 +5,13 @@ The ingress enqueues a message for the actor by name, so it never imports the wo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import dramatiq
 import redis
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import xq_name
 from dramatiq.middleware import Middleware
 
 from shared.callback import Callback
@@ -29,7 +32,8 @@ def create_broker(
     client: redis.Redis | None = None,
     middleware: Sequence[Middleware] | None = None,
 ) -> dramatiq.Broker:
-    """A broker for ``settings.queue_url`` (``redis://`` or ``rediss://``). ``middleware=None``
+    """A broker for ``settings.queue_url``: Redis (``redis://``, ``rediss://``) or RabbitMQ
+    (``amqp://``, ``amqps://``). ``middleware=None``
     keeps dramatiq's defaults; the ingress passes ``[]`` because it only enqueues."""
     url = settings.queue_url
     if url.startswith(("redis://", "rediss://", "unix://")):
@@ -41,7 +45,32 @@ def create_broker(
             heartbeat_timeout=settings.redelivery_s * 1000,
             dead_message_ttl=settings.dead_message_ttl_s * 1000,
         )
+    if url.startswith(("amqp://", "amqps://")):
+        # Publisher confirms: enqueue returns only once RabbitMQ has the message (durably queued).
+        return _RabbitmqBroker(
+            url=url,
+            confirm_delivery=True,
+            middleware=None if middleware is None else list(middleware),
+            dead_message_ttl_ms=settings.dead_message_ttl_s * 1000,
+        )
     raise ConfigError(f"unsupported broker URL scheme: {url.split(':', 1)[0]!r}")
+
+
+class _RabbitmqBroker(RabbitmqBroker):
+    """dramatiq's RabbitMQ broker with our dead-letter TTL (its own is fixed at import time from
+    an environment variable). RabbitMQ fixes a queue's TTL when the queue is first declared:
+    changing it later means deleting ``callbacks.XQ`` once."""
+
+    def __init__(self, *, dead_message_ttl_ms: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._dead_message_ttl_ms = dead_message_ttl_ms
+
+    def _declare_xq_queue(self, queue_name: str) -> Any:
+        return self.channel.queue_declare(
+            queue=xq_name(queue_name),
+            durable=True,
+            arguments={"x-message-ttl": self._dead_message_ttl_ms},
+        )
 
 
 def callback_message(callback: Callback) -> dramatiq.Message[None]:
