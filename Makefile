@@ -20,6 +20,10 @@ test: venv
 	@command -v redis-server >/dev/null 2>&1 || { \
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y redis-server; }
+	@# docker-compose (v1, from Debian) validates docker-compose.yml offline; no engine needed.
+	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y docker-compose; }
 	$(BIN)/pytest -q
 
 lint: venv

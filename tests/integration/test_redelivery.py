@@ -4,6 +4,8 @@ with a long task is never mistaken for a dead one."""
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -115,3 +117,31 @@ class Maintainer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def test_sigterm_lets_the_task_in_flight_finish(
+    app_env: dict[str, str], tmp_path: Path, file_server: FileServer, s3_server: Any, s3_bucket: str
+) -> None:
+    image = png_bytes(9, 512, 512)
+    url = file_server.add("/inflight.png", image, chunk_size=8192, chunk_delay_s=0.03)
+    ingress, base_url = start_ingress(app_env, tmp_path, extra_args=["--workers", "1"])
+    workers = start_workers(app_env, tmp_path, processes=1, threads=2)
+    try:
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            assert post_callback(http, callback("graceful-1", [url])).status_code == 200
+        wait_for(lambda: file_server.hits["/inflight.png"] >= 1, timeout_s=30, what="download started")
+        # When the worker is asked to stop while the download is under way (SIGTERM to the main
+        # process only, as `docker stop` does; it tells its worker processes itself)
+        os.kill(workers.pid, signal.SIGTERM)
+        exit_code = wait_for(lambda: workers.returncode is not None and (workers.returncode,), timeout_s=60)[
+            0
+        ]
+    finally:
+        workers.kill()
+        ingress.terminate()
+    # Then it finished the task first, and exited cleanly
+    assert exit_code == 0
+    manifest = read_manifest(s3_server.client(), s3_bucket, "graceful-1")
+    assert manifest is not None
+    assert manifest["status"] == "stored"
+    assert file_server.hits["/inflight.png"] == 1
