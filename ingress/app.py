@@ -17,6 +17,8 @@ from falcon import media
 
 from ingress.intake import CallbackIntake, RejectLog
 from ingress.resources import CallbackResource, HealthResource, ReadyResource
+from ingress.signature import SignatureVerifier
+from ingress.sources import SourceFilter
 from ingress.spool import Spool, SpoolDrainer
 from shared.callback import CallbackLimits
 from shared.queue import create_broker
@@ -85,6 +87,16 @@ def build_ingress(
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.add_error_handler(Exception, _internal_error)
+    signature = None
+    if settings.webhook_hmac_key.strip():
+        signature = SignatureVerifier.from_setting(
+            settings.webhook_hmac_key, window_s=settings.webhook_window_s, clock=clock
+        )
+    sources = SourceFilter(
+        settings.callback_allow_from,
+        trusted_proxy_header=settings.trusted_proxy_header or None,
+        trusted_proxies=settings.trusted_proxies,
+    )
     app.add_route(
         CALLBACK_PATH,
         CallbackResource(
@@ -93,10 +105,14 @@ def build_ingress(
                 client, keep=settings.rejected_keep, body_bytes=settings.rejected_body_bytes, clock=clock
             ),
             limits=CallbackLimits(
-                max_result_urls=settings.max_result_urls, max_url_length=settings.max_url_length
+                max_result_urls=settings.max_result_urls,
+                max_url_length=settings.max_url_length,
+                max_json_depth=settings.max_json_depth,
             ),
             max_body_bytes=settings.max_body_bytes,
             tokens=settings.callback_tokens,
+            signature=signature,
+            sources=sources,
             clock=clock,
         ),
     )

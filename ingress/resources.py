@@ -11,6 +11,8 @@ import falcon
 import redis
 
 from ingress.intake import CallbackIntake, Rejection, RejectLog
+from ingress.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureVerifier
+from ingress.sources import SourceFilter
 from shared.callback import Callback, CallbackLimits, parse_callback
 from shared.clock import utc_iso
 from shared.errors import InvalidCallback, TransientError
@@ -32,6 +34,8 @@ class CallbackResource:
         limits: CallbackLimits,
         max_body_bytes: int,
         tokens: Sequence[str] = (),
+        signature: SignatureVerifier | None = None,
+        sources: SourceFilter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._intake = intake
@@ -39,15 +43,24 @@ class CallbackResource:
         self._limits = limits
         self._max_body_bytes = max_body_bytes
         self._tokens = tuple(token.encode() for token in tokens)
+        self._signature = signature
+        self._sources = sources
         self._clock = clock
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = self._read_body(req)
         try:
+            if self._sources is not None:
+                self._sources.check(req.remote_addr, req.headers)
             if len(body) > self._max_body_bytes:
                 raise InvalidCallback(f"body larger than {self._max_body_bytes} bytes", status=413)
             self._check_token(req)
             callback = self._parse(req, body)
+            if self._signature is not None:
+                # The signed taskId is in the body, so the signature is checked after parsing.
+                self._signature.verify(
+                    callback.task_id, req.get_header(TIMESTAMP_HEADER), req.get_header(SIGNATURE_HEADER)
+                )
         except InvalidCallback as exc:
             self._rejects.record(
                 Rejection(
@@ -55,7 +68,7 @@ class CallbackResource:
                     reason=exc.reason,
                     body=body,
                     size=max(len(body), req.content_length or 0),
-                    remote_addr=req.remote_addr or "",
+                    remote_addr=self._client_address(req),
                     content_type=req.content_type or "",
                 )
             )
@@ -76,6 +89,11 @@ class CallbackResource:
         its start for inspection, without ever holding more."""
         body: bytes = req.bounded_stream.read(self._max_body_bytes + 1)
         return body
+
+    def _client_address(self, req: falcon.Request) -> str:
+        if self._sources is None:
+            return req.remote_addr or ""
+        return self._sources.client_address(req.remote_addr, req.headers)
 
     def _check_token(self, req: falcon.Request) -> None:
         if not self._tokens:

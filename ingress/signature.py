@@ -84,20 +84,18 @@ class SignatureVerifier:
     def verify(self, task_id: str, timestamp_header: str | None, signature_header: str | None) -> None:
         """Return when the headers carry a fresh, valid signature of ``task_id``; raise
         :class:`InvalidCallback` (status 401) saying what is wrong otherwise."""
-        if not timestamp_header or not signature_header:
-            missing = [
-                name
-                for name, value in ((TIMESTAMP_HEADER, timestamp_header), (SIGNATURE_HEADER, signature_header))
-                if not value
-            ]
+        timestamp = (timestamp_header or "").strip()
+        signature_text = (signature_header or "").strip()
+        given = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature_text}
+        missing = [name for name, value in given.items() if not value]
+        if missing:
             raise InvalidCallback(f"missing signature header {' and '.join(missing)}", status=401)
-        timestamp = timestamp_header.strip()
         self._check_fresh(timestamp)
-        given = _decode_signature(signature_header)
+        signature = _decode_signature(signature_text)
         message = f"{task_id}.{timestamp}".encode()
         expected = [hmac.new(key, message, hashlib.sha256).digest() for key in self._keys]
         # Every key is compared, always: no early exit tells which key (if any) matched.
-        matches = [hmac.compare_digest(given, digest) for digest in expected]
+        matches = [hmac.compare_digest(signature, digest) for digest in expected]
         if not any(matches):
             raise InvalidCallback("signature does not match", status=401)
 
@@ -118,9 +116,8 @@ class SignatureVerifier:
             )
 
 
-def _decode_signature(header: str) -> bytes:
-    """The digest a signature header spells, in standard or url-safe base64, padded or not."""
-    text = header.strip()
+def _decode_signature(text: str) -> bytes:
+    """The digest ``text`` spells, in standard or url-safe base64, padded or not."""
     digest = b""
     if len(text) <= _MAX_SIGNATURE_CHARS and text.isascii():
         raw = text.encode("ascii").translate(_URLSAFE_TO_STANDARD).rstrip(b"=")

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from shared.errors import InvalidCallback
+from shared.json_limits import DEFAULT_MAX_JSON_DEPTH, check_depth, document_depth
 
 #: A taskId becomes part of object keys (``tasks/{taskId}/...``) and Redis keys, so it is held
 #: to letters, digits, ``_`` and ``-``: no ``/``, no ``.``, no control characters.
@@ -25,6 +26,7 @@ class CallbackLimits:
 
     max_result_urls: int = 16
     max_url_length: int = 4096
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,7 @@ def parse_callback(body: bytes, *, received_at: str, limits: CallbackLimits) -> 
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidCallback(f"body is not valid JSON: {exc.msg}") from None
+    check_depth(document, limits.max_json_depth)
     if not isinstance(document, dict):
         raise InvalidCallback("body must be a JSON object")
     data = document.get("data")
@@ -119,16 +122,19 @@ def _from_fields(fields: dict[str, Any], task_id: Any, limits: CallbackLimits) -
     )
 
 
-def parse_prompt(prompt_json: str | None) -> tuple[dict[str, Any] | None, str | None]:
+def parse_prompt(
+    prompt_json: str | None, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH
+) -> tuple[dict[str, Any] | None, str | None]:
     """``promptJson`` as (params, prompt): the parsed object and its ``prompt`` string, or None for
-    each when it is absent or malformed (the raw string is kept elsewhere)."""
+    each when it is absent, malformed or nested deeper than ``max_depth`` (the raw string is kept
+    elsewhere)."""
     if prompt_json is None:
         return None, None
     try:
         params = orjson.loads(prompt_json)
     except orjson.JSONDecodeError:
         return None, None
-    if not isinstance(params, dict):
+    if not isinstance(params, dict) or document_depth(params) > max_depth:
         return None, None
     prompt = params.get("prompt")
     return params, prompt if isinstance(prompt, str) else None

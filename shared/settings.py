@@ -34,7 +34,17 @@ class Settings(BaseModel):
 
     # --- who may call us and read from us ---------------------------------------------
     callback_token: str = ""
+    #: Provider signature keys, comma-separated (a rotation); empty: signatures not required.
     webhook_hmac_key: str = ""
+    #: How far a signature's timestamp may lie from our clock, either way, in seconds.
+    webhook_window_s: int = Field(default=300, ge=1, le=86_400)
+    #: IPs or CIDR networks callbacks may come from; empty allows every address.
+    callback_allow_from: tuple[str, ...] = ()
+    #: Header our reverse proxy writes the client address to (X-Forwarded-For, X-Real-IP or
+    #: Forwarded); believed only from ``trusted_proxies``. Empty: the TCP peer is the client.
+    trusted_proxy_header: str = ""
+    #: IPs or CIDR networks of our own reverse proxies.
+    trusted_proxies: tuple[str, ...] = ()
     api_token: str = ""
 
     # --- the fetcher ------------------------------------------------------------------
@@ -52,12 +62,19 @@ class Settings(BaseModel):
     max_video_bytes: int = Field(default=2048 * MIB, ge=1)
     #: Files smaller than this stay in memory while downloading; larger ones spill to disk.
     spool_memory_bytes: int = Field(default=8 * MIB, ge=0)
+    #: Most pixels (width x height) a result image may declare in its header.
+    max_image_pixels: int = Field(default=100_000_000, ge=1)
+    #: Longest side a result image may declare, in pixels.
+    max_image_side: int = Field(default=20_000, ge=1)
 
     # --- the ingress ------------------------------------------------------------------
     #: Largest callback body accepted, in bytes (413 above).
     max_body_bytes: int = Field(default=256 * KIB, ge=1 * KIB)
     max_result_urls: int = Field(default=16, ge=1)
     max_url_length: int = Field(default=4096, ge=64)
+    #: Deepest JSON nesting accepted in a callback body (400 above) and in its promptJson
+    #: (kept raw but not parsed above). A callback itself nests 3 deep.
+    max_json_depth: int = Field(default=32, ge=3, le=1000)
     #: Rejected bodies kept in Redis for inspection: how many, and how much of each (bytes).
     rejected_keep: int = Field(default=1000, ge=0)
     rejected_body_bytes: int = Field(default=16 * KIB, ge=0)
@@ -96,7 +113,7 @@ class Settings(BaseModel):
     # --- logs -------------------------------------------------------------------------
     log_level: str = "INFO"
 
-    @field_validator("fetch_allow", mode="before")
+    @field_validator("fetch_allow", "callback_allow_from", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -13,6 +13,13 @@ from typing import IO
 import httpx
 
 from shared.errors import DownloadFailed, DownloadRefused
+from workers.dimensions import (
+    DEFAULT_HEAD_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+    check_dimensions,
+    read_dimensions,
+)
 from workers.sniff import SNIFF_BYTES, MediaType, sniff_media
 
 #: HTTP statuses worth another try later; every other non-2xx status is final.
@@ -25,6 +32,9 @@ class FetchLimits:
     max_video_bytes: int
     #: Downloads up to this size stay in memory.
     spool_memory_bytes: int = 8 * 1024 * 1024
+    #: Most pixels (width x height), and longest side, an image may declare in its header.
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_side: int = DEFAULT_MAX_SIDE
 
 
 @dataclass(slots=True)
@@ -55,6 +65,9 @@ class ResultFetcher:
         body = tempfile.SpooledTemporaryFile(max_size=self._limits.spool_memory_bytes)  # noqa: SIM115
         try:
             media, size, digest = self._stream_into(url, body)
+            if media.kind == "image":
+                body.seek(0)
+                self._check_dimensions(media, body.read(DEFAULT_HEAD_BYTES))
         except BaseException:
             body.close()
             raise
@@ -100,6 +113,15 @@ class ResultFetcher:
             if size > cap:
                 raise DownloadRefused(f"file is over the {cap}-byte cap")
         return media, size, digest.hexdigest()
+
+    def _check_dimensions(self, media: MediaType, head: bytes) -> None:
+        """Refuse an image declaring too many pixels, or not declaring its size within ``head``
+        (no decoder could open it either, or a JPEG's metadata pushes its frame header beyond)."""
+        size = read_dimensions(head, media)
+        if size is None:
+            raise DownloadRefused(f"{media.ext} image that declares no size in its first {len(head)} bytes")
+        limits = self._limits
+        check_dimensions(*size, max_pixels=limits.max_image_pixels, max_side=limits.max_image_side)
 
     def _identify(self, head: bytes) -> tuple[MediaType, int]:
         media = sniff_media(head)

@@ -56,6 +56,8 @@ def build_parts(settings: Settings) -> WorkerParts:
             max_image_bytes=settings.max_image_bytes,
             max_video_bytes=settings.max_video_bytes,
             spool_memory_bytes=settings.spool_memory_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            max_image_side=settings.max_image_side,
         ),
     )
     pool = ThreadPoolExecutor(max_workers=settings.download_concurrency, thread_name_prefix="fetch")

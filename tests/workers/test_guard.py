@@ -36,7 +36,7 @@ from workers.guard import (
 )
 from workers.sniff import PNG
 
-PNG_BODY = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(100)
+PNG_BODY = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00\x00\x00\x01" * 2 + bytes(92)
 
 #: Made-up public addresses the fake internet answers for; nothing ever connects to them.
 PUBLIC_V4 = "93.184.215.14"

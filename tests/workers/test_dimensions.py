@@ -1,0 +1,215 @@
+"""Declared image sizes, read from real files made with Pillow, and refused above the limits."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from shared.errors import DownloadRefused
+from workers.dimensions import (
+    DEFAULT_HEAD_BYTES,
+    HEAD_BYTES_NEEDED,
+    check_dimensions,
+    read_dimensions,
+)
+from workers.sniff import GIF, JPEG, MP4, PNG, WEBM, WEBP, MediaType, sniff_media
+
+KIB = 1024
+
+
+def encode(size: tuple[int, int], fmt: str, *, mode: str = "RGB", **options: object) -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, "orange").save(out, fmt, **options)
+    return out.getvalue()
+
+
+def exif_with_description(length: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x010E] = "d" * length  # ImageDescription
+    return exif.tobytes()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature and an IHDR chunk declaring ``width`` x ``height``, with a valid CRC, and
+    no pixel data at all."""
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+
+
+def webp_chunk(data: bytes) -> bytes:
+    return data[12:16]
+
+
+# --- every format, as Pillow writes it -------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(1, 1), (641, 479), (2048, 3)])
+@pytest.mark.parametrize(
+    ("fmt", "media", "mode", "options"),
+    [
+        ("PNG", PNG, "RGB", {}),
+        ("PNG", PNG, "RGBA", {"optimize": True}),
+        ("JPEG", JPEG, "RGB", {"quality": 80}),
+        ("JPEG", JPEG, "L", {"progressive": True}),
+        ("GIF", GIF, "P", {}),
+        ("WEBP", WEBP, "RGB", {"lossless": False}),
+        ("WEBP", WEBP, "RGB", {"lossless": True}),
+        ("WEBP", WEBP, "RGBA", {"lossless": False, "exif": exif_with_description(10)}),
+    ],
+)
+def test_the_declared_size_of_every_format_is_read(
+    size: tuple[int, int], fmt: str, media: MediaType, mode: str, options: dict[str, Any]
+) -> None:
+    data = encode(size, fmt, mode=mode, **options)
+    assert sniff_media(data) == media
+    assert read_dimensions(data[:DEFAULT_HEAD_BYTES], media) == size
+
+
+@pytest.mark.parametrize(
+    ("options", "chunk"),
+    [
+        ({"lossless": False}, b"VP8 "),
+        ({"lossless": True}, b"VP8L"),
+        ({"lossless": False, "exif": exif_with_description(10)}, b"VP8X"),
+        ({"lossless": True, "icc_profile": b"\x00" * 500}, b"VP8X"),
+    ],
+)
+def test_each_webp_flavour_is_read_from_the_documented_head(options: dict[str, Any], chunk: bytes) -> None:
+    data = encode((317, 211), "WEBP", **options)
+    assert webp_chunk(data) == chunk
+    assert read_dimensions(data[: HEAD_BYTES_NEEDED[WEBP]], WEBP) == (317, 211)
+
+
+def test_the_largest_webp_sides_are_read() -> None:
+    for size in [(16383, 2), (2, 16383)]:
+        assert read_dimensions(encode(size, "WEBP", lossless=True), WEBP) == size
+        assert read_dimensions(encode(size, "WEBP", lossless=False), WEBP) == size
+
+
+@pytest.mark.parametrize("media", [PNG, GIF, WEBP])
+def test_the_documented_head_size_suffices_and_one_byte_less_does_not(media: MediaType) -> None:
+    fmt = {PNG: "PNG", GIF: "GIF", WEBP: "WEBP"}[media]
+    data = encode((123, 45), fmt, mode="P" if media is GIF else "RGB")
+    needed = HEAD_BYTES_NEEDED[media]
+    assert read_dimensions(data[:needed], media) == (123, 45)
+    assert read_dimensions(data[: needed - 1], media) is None
+
+
+# --- JPEG: the frame header may come late ------------------------------------------------------
+
+
+def test_a_jpeg_with_a_big_exif_segment_before_the_frame_header_is_read() -> None:
+    # Given ~60 KiB of EXIF (one APP1 segment, close to its 64 KiB maximum) before SOF0
+    data = encode((800, 600), "JPEG", exif=exif_with_description(60_000))
+    assert data.index(b"\xff\xc0") > 60_000
+    assert read_dimensions(data[:DEFAULT_HEAD_BYTES], JPEG) == (800, 600)
+
+
+def test_a_jpeg_whose_frame_header_lies_beyond_the_head_gives_none() -> None:
+    # Given a 200 KB ICC profile, which Pillow splits over several APP2 segments before SOF0
+    data = encode((800, 600), "JPEG", icc_profile=bytes(range(256)) * 800)
+    assert data.index(b"\xff\xc0") > DEFAULT_HEAD_BYTES
+    # When only the head is given, then the size is unknown (the caller decides)
+    assert read_dimensions(data[:DEFAULT_HEAD_BYTES], JPEG) is None
+    # and with enough bytes it is found
+    assert read_dimensions(data, JPEG) == (800, 600)
+
+
+def test_jpeg_fill_bytes_and_standalone_markers_are_skipped() -> None:
+    data = encode((40, 30), "JPEG")
+    # Given fill bytes and a restart marker (no length field) between SOI and the next segment
+    patched = data[:2] + b"\xff\xff\xff\xd0" + data[2:]
+    assert read_dimensions(patched, JPEG) == (40, 30)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\xff\xd8\xff\xda\x00\x08",  # scan before any frame header
+        b"\xff\xd8\xff\xd9",  # end of image
+        b"\xff\xd8\xff\xe0\x00\x01",  # segment length below 2
+        b"\xff\xd8\x00\x00",  # not a marker where one must be
+        b"\xff\xd8\xff\xe0\x00\x10JFIF",  # cut off inside APP0
+        b"\xff\xd8\xff\xc0\x00\x11\x08\x00",  # cut off inside SOF0
+        b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x00\x01\x00",  # height 0: defined later (DNL)
+        b"\xff\xd8",
+        b"",
+    ],
+)
+def test_malformed_or_cut_off_jpeg_gives_none(head: bytes) -> None:
+    assert read_dimensions(head, JPEG) is None
+
+
+# --- other refusals ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "media"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\x04CgBI" + b"\x00" * 12, PNG),  # IHDR not first
+        (b"GIF89a\x00\x00\x00\x00", GIF),  # no logical screen size
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 \x00\x00\x00\x00\x01\x00\x00\x9d\x01\x2a" + b"\x10" * 4, WEBP),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" + b"\x10" * 4, WEBP),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8L\x00\x00\x00\x00\x00" + b"\xff" * 4, WEBP),  # no 0x2f
+        (b"RIFF\x00\x00\x00\x00WEBPANIM" + b"\x00" * 18, WEBP),
+        (b"\x00\x00\x00\x20ftypisom" + b"\x00" * 40, MP4),
+        (b"\x1a\x45\xdf\xa3" + b"\x00" * 40, WEBM),
+    ],
+)
+def test_headers_that_declare_no_readable_size_give_none(head: bytes, media: MediaType) -> None:
+    assert read_dimensions(head, media) is None
+
+
+def test_a_forged_png_declaring_100000_by_100000_is_refused_from_its_header_alone() -> None:
+    # Given 33 bytes that declare ten gigapixels and hold no pixel data to decode
+    forged = png_header(100_000, 100_000)
+    assert sniff_media(forged) == PNG
+    size = read_dimensions(forged, PNG)
+    assert size == (100_000, 100_000)
+    with pytest.raises(DownloadRefused, match=r"^image of 100000x100000 pixels exceeds"):
+        check_dimensions(*size)
+
+
+def test_the_largest_png_sides_are_read_without_overflow() -> None:
+    assert read_dimensions(png_header(2**31 - 1, 1), PNG) == (2**31 - 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ((20_001, 1), "image of 20001x1 pixels exceeds the 20000-pixel side limit"),
+        ((1, 20_001), "image of 1x20001 pixels exceeds the 20000-pixel side limit"),
+        ((10_001, 10_000), "image of 10001x10000 pixels exceeds the 100000000-pixel limit"),
+    ],
+)
+def test_sizes_over_the_limits_are_refused(size: tuple[int, int], message: str) -> None:
+    with pytest.raises(DownloadRefused) as caught:
+        check_dimensions(*size)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("size", [(1, 1), (20_000, 5_000), (10_000, 10_000), (2048, 2048)])
+def test_sizes_within_the_limits_pass(size: tuple[int, int]) -> None:
+    check_dimensions(*size)
+
+
+def test_the_limits_are_configurable() -> None:
+    check_dimensions(30_000, 30_000, max_pixels=10**9, max_side=30_000)
+    with pytest.raises(DownloadRefused):
+        check_dimensions(1025, 1, max_side=1024)
+    with pytest.raises(DownloadRefused):
+        check_dimensions(100, 101, max_pixels=10_000)
+
+
+def test_a_real_oversized_jpeg_is_refused() -> None:
+    # Given a real (tiny) JPEG file declaring a side over the limit
+    data = encode((20_001, 8), "JPEG", quality=10)
+    size = read_dimensions(data[:DEFAULT_HEAD_BYTES], JPEG)
+    assert size == (20_001, 8)
+    with pytest.raises(DownloadRefused):
+        check_dimensions(*size)

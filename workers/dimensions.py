@@ -1,0 +1,136 @@
+"""An image's declared width and height, read from its header without decoding a pixel.
+
+A small file can declare a huge canvas (a "decompression bomb": 100000x100000 pixels is 30 GB
+of RGB once decoded), and whoever later opens our stored files (thumbnailers, browsers) would
+pay for it. So a result image is refused when its header declares too many pixels.
+
+How many leading bytes each format needs:
+- PNG: 24 (signature + IHDR); GIF: 10 (logical screen); WEBP: 30 (RIFF header + first chunk).
+- JPEG: the frame header (SOFn) follows every APPn segment (EXIF, ICC profile, XMP, Photoshop),
+  each up to 64 KiB and repeatable; typical files have it within a few KiB, files carrying a
+  large ICC profile or thumbnail may not. :data:`DEFAULT_HEAD_BYTES` (64 KiB) covers the common
+  case; :func:`read_dimensions` returns None when the header is not within the bytes given, and
+  the caller decides (refuse, or read further)."""
+
+from __future__ import annotations
+
+import struct
+
+from shared.errors import DownloadRefused
+from workers.sniff import GIF, JPEG, PNG, WEBP, MediaType
+
+#: Leading bytes to hand :func:`read_dimensions`: enough for PNG, GIF and WEBP, and for JPEG
+#: unless its metadata segments before the frame header exceed it.
+DEFAULT_HEAD_BYTES = 64 * 1024
+#: Leading bytes that always suffice, per format (JPEG has no such bound).
+HEAD_BYTES_NEEDED = {PNG: 24, GIF: 10, WEBP: 30}
+#: Most pixels (width x height) an image may declare: 100 megapixels.
+DEFAULT_MAX_PIXELS = 100_000_000
+#: Longest side an image may declare, in pixels.
+DEFAULT_MAX_SIDE = 20_000
+
+#: JPEG start-of-frame markers that carry the size: C0-CF except DHT (C4), JPG (C8), DAC (CC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+#: Markers without a length field: TEM, RST0-7, SOI.
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8), 0xD8})
+#: Start of scan and end of image: past these no frame header can come first.
+_JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
+
+
+def read_dimensions(head: bytes, media: MediaType) -> tuple[int, int] | None:
+    """``(width, height)`` in pixels as the header at the start of ``head`` declares them, or
+    None: not an image type read here (video), header cut off or not within ``head``,
+    malformed, or a side declared as 0 (JPEG's "height defined later", a GIF without a
+    logical screen). See the module docstring for how many bytes to give."""
+    reader = _READERS.get(media)
+    if reader is None:
+        return None
+    size = reader(head)
+    if size is None or 0 in size:
+        return None
+    return size
+
+
+def check_dimensions(
+    width: int, height: int, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE
+) -> None:
+    """Raise :class:`DownloadRefused` when ``width`` x ``height`` exceeds ``max_side`` on either
+    side or ``max_pixels`` in all."""
+    if max(width, height) > max_side:
+        raise DownloadRefused(f"image of {width}x{height} pixels exceeds the {max_side}-pixel side limit")
+    if width * height > max_pixels:
+        raise DownloadRefused(f"image of {width}x{height} pixels exceeds the {max_pixels}-pixel limit")
+
+
+def _png(head: bytes) -> tuple[int, int] | None:
+    # Signature (8), then the IHDR chunk: length (4), type (4), width (4), height (4), big-endian.
+    if len(head) < 24 or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack_from(">II", head, 16)
+    return width, height
+
+
+def _gif(head: bytes) -> tuple[int, int] | None:
+    # "GIF87a"/"GIF89a", then the logical screen: width, height, 16-bit little-endian.
+    if len(head) < 10:
+        return None
+    width, height = struct.unpack_from("<HH", head, 6)
+    return width, height
+
+
+def _webp(head: bytes) -> tuple[int, int] | None:
+    # "RIFF" size "WEBP", then the first chunk: fourcc (4), size (4), payload from byte 20.
+    chunk = head[12:16]
+    if chunk == b"VP8 " and len(head) >= 30:
+        # Lossy: a 3-byte frame tag (bit 0 clear on a key frame), start code 9d 01 2a, then
+        # 14-bit width and height (the top 2 bits of each are a scaling hint).
+        if head[20] & 1 or head[23:26] != b"\x9d\x01\x2a":
+            return None
+        width, height = struct.unpack_from("<HH", head, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and len(head) >= 25:
+        # Lossless: signature 0x2f, then width-1 and height-1 in 14 bits each, little-endian.
+        if head[20] != 0x2F:
+            return None
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(head) >= 30:
+        # Extended: flags (4), then canvas width-1 and height-1 in 24 bits each, little-endian.
+        width = int.from_bytes(head[24:27], "little") + 1
+        height = int.from_bytes(head[27:30], "little") + 1
+        return width, height
+    return None
+
+
+def _jpeg(head: bytes) -> tuple[int, int] | None:
+    """Walks the marker segments after SOI up to the first SOFn, within ``head``."""
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    pos = 2
+    while pos + 1 < len(head):
+        if head[pos] != 0xFF:
+            return None  # not at a marker: malformed
+        marker = head[pos + 1]
+        if marker == 0xFF:  # fill byte before the marker
+            pos += 1
+            continue
+        pos += 2
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (_JPEG_SOS, _JPEG_EOI) or pos + 2 > len(head):
+            return None
+        (length,) = struct.unpack_from(">H", head, pos)
+        if length < 2:
+            return None
+        if marker in _JPEG_SOF:
+            # Segment: length (2), precision (1), height (2), width (2).
+            if pos + 7 > len(head):
+                return None
+            height, width = struct.unpack_from(">HH", head, pos + 3)
+            return width, height
+        pos += length
+    return None
+
+
+#: The header reader of each image type.
+_READERS = {PNG: _png, JPEG: _jpeg, GIF: _gif, WEBP: _webp}
