@@ -20,16 +20,20 @@ from ingress.resources import CallbackResource, HealthResource, ReadyResource
 from ingress.signature import SignatureVerifier
 from ingress.sources import SourceFilter
 from ingress.spool import Spool, SpoolDrainer
+from ingress.tasks_api import ApiTokenGuard, TaskListResource, TaskResource
 from shared.callback import CallbackLimits
 from shared.queue import create_broker
 from shared.redis_client import connect_redis
 from shared.settings import Settings
+from shared.storage import create_object_store
 from shared.taskstate import TaskStore
 
 log = logging.getLogger(__name__)
 
 #: The provider's callback endpoint (see the contract).
 CALLBACK_PATH = "/callbacks/midjourney"
+#: Paths that need MJHOOK_API_TOKEN (when set).
+READ_PREFIXES = ("/tasks", "/dashboard")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +86,15 @@ def build_ingress(
         broker=broker, tasks=TaskStore(client, ttl_s=settings.task_ttl_s, clock=clock), spool=spool
     )
 
-    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    app = falcon.App(
+        media_type=falcon.MEDIA_JSON,
+        middleware=[ApiTokenGuard(settings.api_token, prefixes=READ_PREFIXES)],
+    )
     json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.add_error_handler(Exception, _internal_error)
+    app.set_error_serializer(_error_json)
     signature = None
     if settings.webhook_hmac_key.strip():
         signature = SignatureVerifier.from_setting(
@@ -116,9 +124,27 @@ def build_ingress(
             clock=clock,
         ),
     )
+    store = create_object_store(settings)
+    presigner = (
+        create_object_store(settings, endpoint=settings.s3_public_endpoint)
+        if settings.s3_public_endpoint
+        else store
+    )
+    tasks = intake.tasks
+    app.add_route(
+        "/tasks/{task_id}",
+        TaskResource(tasks=tasks, store=store, presigner=presigner, expiry_s=settings.presign_expiry_s),
+    )
+    app.add_route("/tasks", TaskListResource(client=client, tasks=tasks))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(client))
     return Ingress(app=app, intake=intake, spool=spool, settings=settings)
+
+
+def _error_json(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    """Every error answer has the callback endpoint's shape: ``{"error": "..."}``."""
+    resp.data = orjson.dumps({"error": exc.title or exc.status})
+    resp.content_type = falcon.MEDIA_JSON
 
 
 def _internal_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:

@@ -40,7 +40,7 @@ class CallbackIntake:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._broker = broker
-        self._tasks = tasks
+        self.tasks = tasks
         self._spool = spool
         self._pause_s = pause_s
         self._monotonic = monotonic
@@ -64,7 +64,7 @@ class CallbackIntake:
     def enqueue(self, callback: Callback) -> None:
         """Record ``callback`` as received and put it on the queue (also used to drain the spool)."""
         try:
-            self._tasks.mark_received(callback.task_id, callback.received_at)
+            self.tasks.mark_received(callback.task_id, callback.received_at)
         except (redis.RedisError, OSError) as exc:
             raise QueueUnavailable(f"cannot record the task: {type(exc).__name__}") from exc
         enqueue_callback(self._broker, callback)

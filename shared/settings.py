@@ -31,6 +31,11 @@ class Settings(BaseModel):
     s3_secret_key: str = ""
     s3_region: str = "us-east-1"
     s3_bucket: str = "midjourney"
+    #: The S3 endpoint as seen by whoever opens presigned download URLs (e.g. the host's name for
+    #: a MinIO that the stack reaches as http://minio:9000); empty: ``s3_endpoint``.
+    s3_public_endpoint: str = ""
+    #: How long presigned download URLs stay valid, seconds.
+    presign_expiry_s: int = Field(default=3600, ge=60, le=7 * 86400)
 
     # --- who may call us and read from us ---------------------------------------------
     callback_token: str = ""

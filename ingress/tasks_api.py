@@ -1,0 +1,108 @@
+"""Read endpoints: ``GET /tasks/{taskId}`` (state, manifest, presigned download URLs) and
+``GET /tasks?state=...&limit=...`` (recent tasks), behind ``MJHOOK_API_TOKEN`` when set."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, cast
+
+import falcon
+import redis
+
+from shared import keys, storage
+from shared.callback import TASK_ID_PATTERN
+from shared.errors import StorageUnavailable
+from shared.storage import ObjectStore
+from shared.taskstate import TaskState, TaskStore
+
+#: Most tasks one list request returns.
+MAX_LIST_LIMIT = 200
+DEFAULT_LIST_LIMIT = 20
+
+
+class ApiTokenGuard:
+    """Falcon middleware: requests under the given path prefixes need ``Authorization: Bearer
+    <token>`` (compared in constant time) when a token is configured."""
+
+    def __init__(self, token: str, *, prefixes: tuple[str, ...]) -> None:
+        self._expected = f"Bearer {token}".encode() if token else b""
+        self._prefixes = prefixes
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if not self._expected or not req.path.startswith(self._prefixes):
+            return
+        given = (req.get_header("Authorization") or "").encode()
+        if not hmac.compare_digest(given, self._expected):
+            raise falcon.HTTPUnauthorized(
+                title="missing or wrong API token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+
+class TaskResource:
+    """``GET /tasks/{taskId}``."""
+
+    def __init__(
+        self, *, tasks: TaskStore, store: ObjectStore, presigner: ObjectStore, expiry_s: int
+    ) -> None:
+        self._tasks = tasks
+        self._store = store
+        self._presigner = presigner
+        self._expiry_s = expiry_s
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        if not TASK_ID_PATTERN.fullmatch(task_id):
+            raise falcon.HTTPNotFound(title="unknown task")
+        record = self._tasks.get(task_id)
+        try:
+            manifest = self._store.get_json(storage.manifest_key(task_id))
+        except StorageUnavailable as exc:
+            raise falcon.HTTPServiceUnavailable(title="object storage unavailable") from exc
+        if record is None and manifest is None:
+            raise falcon.HTTPNotFound(title="unknown task")
+        state = record.state.value if record is not None else manifest["status"]
+        images = [
+            {
+                "index": image["index"],
+                "key": image["key"],
+                "url": self._presigner.presigned_url(image["key"], expires_s=self._expiry_s),
+            }
+            for image in (manifest or {}).get("images", [])
+        ]
+        resp.media = {
+            "taskId": task_id,
+            "state": state,
+            "reason": record.fields.get("reason") if record is not None else None,
+            "manifest": manifest,
+            "images": images,
+        }
+
+
+class TaskListResource:
+    """``GET /tasks?state=stored&limit=20``: most recently changed first."""
+
+    def __init__(self, *, client: redis.Redis, tasks: TaskStore) -> None:
+        self._client = client
+        self._tasks = tasks
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        state = req.get_param("state")
+        if state is not None and state not in {s.value for s in TaskState}:
+            raise falcon.HTTPBadRequest(title=f"unknown state {state!r}")
+        limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_LIST_LIMIT) or DEFAULT_LIST_LIMIT
+        index = keys.state_index(state) if state else keys.RECENT
+        entries = cast(
+            list[tuple[bytes, float]], self._client.zrevrange(index, 0, limit - 1, withscores=True)
+        )
+        resp.media = {"tasks": [self._summary(member, score) for member, score in entries]}
+
+    def _summary(self, member: bytes | str, score: float) -> dict[str, Any]:
+        task_id = member.decode() if isinstance(member, bytes) else member
+        record = self._tasks.get(task_id)
+        fields = dict(record.fields) if record is not None else {}
+        return {
+            "taskId": task_id,
+            "state": fields.get("state"),
+            "updatedAt": int(score),
+            "receivedAt": fields.get("receivedAt"),
+            "reason": fields.get("reason"),
+        }
