@@ -116,6 +116,7 @@ def build_ingress(
                 max_result_urls=settings.max_result_urls,
                 max_url_length=settings.max_url_length,
                 max_json_depth=settings.max_json_depth,
+                max_prompt_json_bytes=settings.max_prompt_json_bytes,
             ),
             max_body_bytes=settings.max_body_bytes,
             tokens=settings.callback_tokens,

@@ -27,6 +27,14 @@ class CallbackLimits:
     max_result_urls: int = 16
     max_url_length: int = 4096
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    max_prompt_json_bytes: int = 64 * 1024
+
+
+#: A queued callback passed the ingress's (configurable) limits already; the worker re-checks
+#: its shape and taskId, not the sizes, so raising a limit never strands queued messages.
+_QUEUE_LIMITS = CallbackLimits(
+    max_result_urls=1 << 16, max_url_length=1 << 20, max_json_depth=1000, max_prompt_json_bytes=1 << 30
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +68,7 @@ class Callback:
     @classmethod
     def from_message(cls, data: dict[str, Any]) -> Callback:
         """Rebuild from :meth:`to_message` output, checking it again (queues can be written by others)."""
-        return _from_fields(data, data.get("taskId"), CallbackLimits(max_result_urls=1 << 16))
+        return _from_fields(data, data.get("taskId"), _QUEUE_LIMITS)
 
 
 def parse_callback(body: bytes, *, received_at: str, limits: CallbackLimits) -> Callback:
@@ -103,6 +111,8 @@ def _from_fields(fields: dict[str, Any], task_id: Any, limits: CallbackLimits) -
     prompt_json = fields.get("promptJson")
     if prompt_json is not None and not isinstance(prompt_json, str):
         raise InvalidCallback("'data.promptJson' must be a string")
+    if prompt_json is not None and len(prompt_json.encode()) > limits.max_prompt_json_bytes:
+        raise InvalidCallback(f"'data.promptJson' is longer than {limits.max_prompt_json_bytes} bytes")
     urls = fields.get("resultUrls")
     if urls is None:
         urls = []

@@ -80,6 +80,9 @@ class Settings(BaseModel):
     #: Deepest JSON nesting accepted in a callback body (400 above) and in its promptJson
     #: (kept raw but not parsed above). A callback itself nests 3 deep.
     max_json_depth: int = Field(default=32, ge=3, le=1000)
+    #: Longest ``promptJson`` string accepted, in bytes (400 above; the provider's prompt is at
+    #: most 2000 characters, its parameters a few hundred bytes more).
+    max_prompt_json_bytes: int = Field(default=64 * KIB, ge=1 * KIB)
     #: Rejected bodies kept in Redis for inspection: how many, and how much of each (bytes).
     rejected_keep: int = Field(default=1000, ge=0)
     rejected_body_bytes: int = Field(default=16 * KIB, ge=0)

@@ -68,6 +68,7 @@ def test_a_failure_without_urls_or_prompt_is_accepted() -> None:
         (body(resultUrls=["https://e.com/" + "x" * 100]), "longer than 100"),
         (body(taskId=None), "'data.taskId'"),
         (body(taskId=12345), "'data.taskId'"),
+        (body(promptJson='"' + "x" * 70_000 + '"'), "'data.promptJson' is longer than 65536 bytes"),
     ],
 )
 def test_malformed_callbacks_are_refused_with_a_reason(raw: bytes, reason: str) -> None:
