@@ -6,6 +6,13 @@ import os
 
 import click
 
+from cli.dlq import dlq
+from cli.get import get
+from cli.recover import recover
+from cli.simulate import simulate
+from cli.status import status
+from cli.submit import submit, upscale, vary
+from cli.tasks import tasks
 from shared.settings import Settings
 
 
@@ -14,3 +21,14 @@ from shared.settings import Settings
 def main(ctx: click.Context) -> None:
     """mjhook: Midjourney result callbacks into your own object storage."""
     ctx.obj = Settings.from_env(os.environ)
+
+
+main.add_command(status)
+main.add_command(dlq)
+main.add_command(tasks)
+main.add_command(get)
+main.add_command(simulate)
+main.add_command(submit)
+main.add_command(upscale)
+main.add_command(vary)
+main.add_command(recover)

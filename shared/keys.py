@@ -32,6 +32,23 @@ DEAD_REASON = PREFIX + ":dead:{redis_message_id}"
 #: List of rejected callbacks (reason, status, capped raw body), newest first; capped in length.
 REJECTED = PREFIX + ":rejected"
 
+#: Sorted set of the taskIds mjhook itself submitted to the provider, scored by submit time (ms),
+#: whatever their state now (``mjhook recover`` reads it). Entries older than ``task_ttl_s`` are
+#: trimmed on every write. The tasks still waiting for a result are ``state_index("submitted")``.
+SUBMITTED = PREFIX + ":submitted"
+
+#: Sorted set of submitted taskIds polled at the provider, scored by the last poll's time (ms).
+#: An entry is removed when its task's wait is over; older than ``poll_give_up_s``, trimmed.
+POLLED = PREFIX + ":polled"
+
+#: String: the token of the one poll pass running now (a lock). Expires after the pass's lock TTL,
+#: so a crashed worker's lock lapses.
+POLL_LOCK = PREFIX + ":poll:lock"
+
+#: String: the dramatiq message id of the one poll message due next; a poll message with another
+#: id is a duplicate and does nothing. Expires a little after that message is due.
+POLL_NEXT = PREFIX + ":poll:next"
+
 
 def task(task_id: str) -> str:
     return TASK.format(task_id=task_id)
@@ -47,3 +64,37 @@ def state_index(state: str) -> str:
 
 def dead_reason(redis_message_id: str) -> str:
     return DEAD_REASON.format(redis_message_id=redis_message_id)
+
+
+# --- dramatiq's Redis broker keys (brokers/redis/dispatch.lua): read by the operator tools, ----
+# --- written by dramatiq. ``queue`` is a queue name; its delay queue is ``queue + ".DQ"``. ----
+
+
+def broker_queue(namespace: str, queue: str) -> str:
+    """List of the ids of the queue's ready messages, oldest first."""
+    return f"{namespace}:{queue}"
+
+
+def broker_messages(namespace: str, queue: str) -> str:
+    """Hash of message id -> encoded message, for every message of the queue not yet acked."""
+    return f"{namespace}:{queue}.msgs"
+
+
+def broker_dead(namespace: str, queue: str) -> str:
+    """Sorted set of the queue's dead-lettered message ids, scored by time of death (ms)."""
+    return f"{namespace}:{queue}.XQ"
+
+
+def broker_dead_messages(namespace: str, queue: str) -> str:
+    """Hash of dead-lettered message id -> encoded message; expired by dramatiq's maintenance."""
+    return f"{namespace}:{queue}.XQ.msgs"
+
+
+def broker_acks(namespace: str, broker_id: str, queue: str) -> str:
+    """Set of the message ids a broker (one worker process) fetched and has not acked yet."""
+    return f"{namespace}:__acks__.{broker_id}.{queue}"
+
+
+def broker_heartbeats(namespace: str) -> str:
+    """Sorted set of broker ids by last command (ms): workers AND enqueue-only brokers."""
+    return f"{namespace}:__heartbeats__"

@@ -20,3 +20,8 @@ def connect_redis(url: str, *, timeout_s: float = 5.0, retries: int = DEFAULT_RE
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
     )
+
+
+def as_text(value: bytes | str) -> str:
+    """A Redis reply (bytes, unless the client decodes) as text."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -26,6 +26,9 @@ SHA256_META = "sha256"
 TASK_PREFIX = "tasks/{task_id}/"
 MANIFEST_NAME = "manifest.json"
 
+#: Bytes read at a time when an object is streamed to a file.
+DEFAULT_CHUNK_BYTES = 1024 * 1024
+
 
 def task_prefix(task_id: str) -> str:
     return TASK_PREFIX.format(task_id=task_id)
@@ -85,15 +88,32 @@ class ObjectStore:
 
     def get_bytes(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
+        sink = io.BytesIO()
+        return sink.getvalue() if self.stream_to(key, sink) else None
+
+    def stream_to(
+        self,
+        key: str,
+        sink: IO[bytes],
+        *,
+        on_chunk: Callable[[bytes], None] | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> bool:
+        """Write the object into ``sink`` as it arrives, ``chunk_bytes`` at a time, calling
+        ``on_chunk`` with each chunk (to hash or count it); False when it does not exist."""
         with _storage_errors():
             try:
                 response = self._client.get_object(self.bucket, key)
             except S3Error as exc:
                 if exc.code == "NoSuchKey":
-                    return None
+                    return False
                 raise
             try:
-                return response.read()
+                for chunk in response.stream(chunk_bytes):
+                    sink.write(chunk)
+                    if on_chunk is not None:
+                        on_chunk(chunk)
+                return True
             finally:
                 response.close()
                 response.release_conn()
@@ -150,11 +170,13 @@ def create_object_store(
     settings: Settings,
     *,
     pool_size: int = 16,
+    endpoint: str | None = None,
     http_factory: Callable[..., urllib3.PoolManager] = urllib3.PoolManager,
 ) -> ObjectStore:
-    """An :class:`ObjectStore` for the settings' endpoint and bucket. Timeouts are short and the
-    client retries only briefly itself: a longer outage is the queue's job (dramatiq retries)."""
-    parts = urlsplit(settings.s3_endpoint)
+    """An :class:`ObjectStore` for the settings' endpoint (or ``endpoint``, e.g. the public one
+    presigned URLs must name) and bucket. Timeouts are short and the client retries only briefly
+    itself: a longer outage is the queue's job (dramatiq retries)."""
+    parts = urlsplit(endpoint or settings.s3_endpoint)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError("MJHOOK_S3_ENDPOINT must be an http:// or https:// URL")
     http = http_factory(

@@ -19,6 +19,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware
 
+from shared.worker_registry import forget_worker, record_worker_beat
+
 log = logging.getLogger(__name__)
 
 #: The broker command each beat carries: it only counts a queue, changing nothing.
@@ -34,6 +36,11 @@ class BrokerHeartbeat(Middleware):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if not isinstance(broker, RedisBroker):
             return  # RabbitMQ redelivers a dead consumer's messages by itself.
+        try:
+            # Counted as a live worker (`mjhook status`) from boot, not only from the first beat.
+            record_worker_beat(broker.client, broker.broker_id, now_ms=current_millis())
+        except (redis.RedisError, OSError) as exc:
+            log.warning("could not register this worker: %s", type(exc).__name__)
         self._thread = threading.Thread(target=self._run, args=(broker,), name="heartbeat", daemon=True)
         self._thread.start()
 
@@ -41,6 +48,12 @@ class BrokerHeartbeat(Middleware):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self._interval_s + 5)
+        if isinstance(broker, RedisBroker):
+            try:
+                # A worker stopped cleanly stops counting at once, not after the heartbeat timeout.
+                forget_worker(broker.client, broker.broker_id)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("could not unregister this worker: %s", type(exc).__name__)
 
     def _run(self, broker: RedisBroker) -> None:
         while not self._stop.wait(self._interval_s):
@@ -53,12 +66,13 @@ class BrokerHeartbeat(Middleware):
 def beat(broker: RedisBroker) -> None:
     """One heartbeat with maintenance, for every queue this broker consumes (delay queues too)."""
     dispatch = broker.scripts["dispatch"]
+    now_ms = current_millis()
     for queue_name in sorted(broker.get_declared_queues() | broker.delay_queues):
         dispatch(
             keys=[broker.namespace],
             args=[
                 BEAT_COMMAND,
-                current_millis(),
+                now_ms,
                 queue_name,
                 broker.broker_id,
                 broker.heartbeat_timeout,
@@ -67,3 +81,4 @@ def beat(broker: RedisBroker) -> None:
                 broker._max_unpack_size(),  # type: ignore[no-untyped-call]
             ],
         )
+    record_worker_beat(broker.client, broker.broker_id, now_ms=now_ms)

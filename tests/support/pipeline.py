@@ -58,3 +58,16 @@ def object_bytes(s3: Minio, bucket: str, key: str) -> bytes | None:
 def read_manifest(s3: Minio, bucket: str, task_id: str) -> dict[str, Any] | None:
     body = object_bytes(s3, bucket, f"tasks/{task_id}/manifest.json")
     return None if body is None else orjson.loads(body)  # type: ignore[no-any-return]
+
+
+def queued_callback(task_id: str, **changes: Any) -> dict[str, Any]:
+    """A callback as the ingress queues it (``Callback.to_message``), with ``changes`` applied."""
+    body = {
+        "taskId": task_id,
+        "code": 200,
+        "msg": "success",
+        "promptJson": None,
+        "resultUrls": [],
+        "receivedAt": "2026-11-25T00:00:00.000Z",
+    }
+    return {**body, **changes}

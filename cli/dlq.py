@@ -1,0 +1,136 @@
+"""``mjhook dlq``: the dead-lettered messages of the callback queue, with their reasons; replay
+them onto the queue or purge them."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from cli.output import echo_json, format_age
+from cli.services import enqueue_broker, queue_redis, reported_failures, task_store
+from shared.clock import utc_iso
+from shared.dead_letters import DeadLetter, count_dead, list_dead, purge_dead, replay_dead
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from shared.settings import Settings
+
+#: Dead letters ``dlq list`` shows unless told otherwise.
+DEFAULT_LIST_LIMIT = 100
+
+
+@click.group()
+def dlq() -> None:
+    """Dead-lettered messages: list, replay, purge."""
+
+
+@dlq.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LIST_LIMIT,
+    show_default=True,
+    help="Show at most this many, the most recent first.",
+)
+@click.pass_obj
+def list_command(settings: Settings, as_json: bool, limit: int) -> None:
+    """Dead letters, most recent first, with their taskId and reason.
+
+    JSON: {"queue", "total", "messages": [{"id", "messageId", "taskId", "actor", "retries",
+    "deadAt", "ageSeconds", "reason", "reasonSource"}]}; "id" is what replay and purge take.
+    """
+    client = queue_redis(settings)
+    with reported_failures():
+        total = count_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)
+        letters = list_dead(
+            client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, tasks=task_store(settings), limit=limit
+        )
+    now_ms = int(time.time() * 1000)
+    if as_json:
+        echo_json(
+            {
+                "queue": CALLBACK_QUEUE,
+                "total": total,
+                "messages": [_letter_json(letter, now_ms) for letter in letters],
+            }
+        )
+        return
+    table = Table(title=f"Dead letters of {CALLBACK_QUEUE}: {len(letters)} of {total}", title_justify="left")
+    table.add_column("id", no_wrap=True)  # whole, to be copied into replay or purge
+    for name in ("taskId", "retries", "age", "reason"):
+        table.add_column(name, overflow="fold")
+    for letter in letters:
+        # Text, not markup: these strings come from the queue and may hold "[...]"
+        table.add_row(
+            Text(letter.id),
+            Text(letter.task_id or "-"),
+            str(letter.retries),
+            format_age(letter.age_s(now_ms)),
+            Text.assemble(letter.reason, (f" ({letter.reason_source})", "dim")),
+        )
+    Console().print(table)
+
+
+def _letter_json(letter: DeadLetter, now_ms: int) -> dict[str, object]:
+    return {
+        "id": letter.id,
+        "messageId": letter.message_id,
+        "taskId": letter.task_id,
+        "actor": letter.actor,
+        "retries": letter.retries,
+        "deadAt": utc_iso(letter.dead_at_ms / 1000),
+        "ageSeconds": round(letter.age_s(now_ms), 3),
+        "reason": letter.reason,
+        "reasonSource": letter.reason_source.value,
+    }
+
+
+@dlq.command()
+@click.argument("ids", nargs=-1)
+@click.pass_obj
+def replay(settings: Settings, ids: tuple[str, ...]) -> None:
+    """Put dead letters (the IDs given, or all) back on the queue with their retries reset.
+
+    Each leaves the dead letters only once the broker has taken it. Exit code 1 when an ID is not
+    a dead letter or the broker refused one.
+    """
+    client = queue_redis(settings)
+    with reported_failures():
+        result = replay_dead(
+            client,
+            enqueue_broker(settings, client),
+            namespace=BROKER_NAMESPACE,
+            queue=CALLBACK_QUEUE,
+            ids=ids or None,
+        )
+    for dead_id, new_id in result.replayed:
+        click.echo(f"replayed {dead_id} as {new_id}")
+    click.echo(f"{len(result.replayed)} dead letter(s) replayed onto {CALLBACK_QUEUE}")
+    problems = [f"not a dead letter: {dead_id}" for dead_id in result.missing]
+    problems += [f"cannot be decoded, left in place: {dead_id}" for dead_id in result.unreadable]
+    if result.error is not None:
+        problems.append(f"stopped: {result.error}")
+    _fail_on(problems)
+
+
+@dlq.command()
+@click.argument("ids", nargs=-1)
+@click.option("--yes", is_flag=True, help="Confirm: the dead letters are dropped for good.")
+@click.pass_obj
+def purge(settings: Settings, ids: tuple[str, ...], yes: bool) -> None:
+    """Drop dead letters (the IDs given, or all) for good. Refuses without --yes (exit code 2)."""
+    if not yes:
+        raise click.UsageError("purge drops dead letters for good; add --yes to confirm")
+    client = queue_redis(settings)
+    with reported_failures():
+        result = purge_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, ids=ids or None)
+    click.echo(f"{len(result.removed)} dead letter(s) purged from {CALLBACK_QUEUE}")
+    _fail_on([f"not a dead letter: {dead_id}" for dead_id in result.missing])
+
+
+def _fail_on(problems: list[str]) -> None:
+    if problems:
+        raise click.ClickException("\n".join(problems))

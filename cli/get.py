@@ -1,0 +1,169 @@
+"""``mjhook get``: download a finished task's files and manifest from object storage, checking
+each file against the sha256 its manifest records."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from cli.services import reported_failures
+from shared.callback import TASK_ID_PATTERN
+from shared.settings import Settings
+from shared.storage import MANIFEST_NAME, ObjectStore, create_object_store, manifest_key, task_prefix
+
+#: A file name taken from the manifest and written into the output directory: no separators, no
+#: leading dot, so a tampered manifest cannot write outside it.
+SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: A file is written under this suffix and renamed once its sha256 matched.
+PART_SUFFIX = ".part"
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestFile:
+    key: str
+    #: Its name in the output directory: the key without the task's prefix.
+    name: str
+    size: int
+    sha256: str
+
+
+@click.command()
+@click.argument("task_id")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory to write into, made if missing [default: ./TASK_ID].",
+)
+@click.pass_obj
+def get(settings: Settings, task_id: str, out_dir: Path | None) -> None:
+    """Download TASK_ID's files and manifest.json from object storage, checking each file's sha256
+    against the manifest.
+
+    Exit code 1 when the task has no manifest (unknown, or not finished yet), or a file is missing
+    or does not match; a file that does not match is not kept.
+    """
+    if not TASK_ID_PATTERN.fullmatch(task_id):
+        raise click.BadParameter("must be 1-128 letters, digits, '_' or '-'", param_hint="TASK_ID")
+    directory = out_dir if out_dir is not None else Path(task_id)
+    with reported_failures():
+        store = create_object_store(settings)
+        body = store.get_bytes(manifest_key(task_id))
+        if body is None:
+            raise click.ClickException(
+                f"task {task_id} has no manifest in bucket {store.bucket!r}: "
+                "it is unknown, or not finished yet"
+            )
+        manifest = _parse_manifest(body)
+        files = manifest_files(manifest, task_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        problems = _download_all(store, files, directory)
+    (directory / MANIFEST_NAME).write_bytes(body)
+    click.echo(f"{task_id}: {manifest.get('status')}, {len(files) - len(problems)} file(s) in {directory}")
+    for error in manifest.get("errors") or []:
+        if isinstance(error, dict):
+            click.echo(f"  not stored: #{error.get('index')} {error.get('sourceUrl')}: {error.get('reason')}")
+    if problems:
+        raise click.ClickException("\n".join(problems))
+
+
+def _parse_manifest(body: bytes) -> dict[str, Any]:
+    try:
+        manifest = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise click.ClickException(f"the manifest is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise click.ClickException("the manifest is not a JSON object")
+    return manifest
+
+
+def manifest_files(manifest: dict[str, Any], task_id: str) -> list[ManifestFile]:
+    """The stored files a manifest lists; a ClickException when an entry is malformed or its key
+    lies outside ``tasks/{task_id}/``."""
+    images = manifest.get("images")
+    if not isinstance(images, list):
+        raise click.ClickException("the manifest has no 'images' list")
+    prefix = task_prefix(task_id)
+    files = []
+    for entry in images:
+        key = entry.get("key") if isinstance(entry, dict) else None
+        if not isinstance(key, str):
+            key = ""
+        name = key[len(prefix) :] if key.startswith(prefix) else ""
+        if not SAFE_FILE_NAME.fullmatch(name) or name == MANIFEST_NAME:
+            raise click.ClickException(f"the manifest lists a file outside {prefix}: {entry!r}")
+        sha256 = entry.get("sha256")
+        if not isinstance(sha256, str):
+            raise click.ClickException(f"the manifest lists a file without sha256: {key}")
+        files.append(ManifestFile(key=key, name=name, size=int(entry.get("size") or 0), sha256=sha256))
+    return files
+
+
+def _download_all(store: ObjectStore, files: Sequence[ManifestFile], directory: Path) -> list[str]:
+    """Download every file with a progress bar on stderr; the problems, one line each."""
+    problems = []
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        overall = progress.add_task("total", total=sum(file.size for file in files))
+        for file in files:
+            current = progress.add_task(file.name, total=file.size)
+
+            def advance(chunk: bytes, current: Any = current) -> None:
+                progress.advance(current, len(chunk))
+                progress.advance(overall, len(chunk))
+
+            problem = download_verified(store, file, directory, on_chunk=advance)
+            if problem is not None:
+                problems.append(problem)
+    return problems
+
+
+def download_verified(
+    store: ObjectStore, file: ManifestFile, directory: Path, *, on_chunk: Callable[[bytes], None]
+) -> str | None:
+    """Stream ``file`` into ``directory``, keeping it only when its sha256 matches the manifest's;
+    None when it was kept, else what went wrong."""
+    part = directory / (file.name + PART_SUFFIX)
+    digest = hashlib.sha256()
+
+    def take(chunk: bytes) -> None:
+        digest.update(chunk)
+        on_chunk(chunk)
+
+    try:
+        with part.open("wb") as sink:
+            found = store.stream_to(file.key, sink, on_chunk=take)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    if not found:
+        part.unlink()
+        return f"{file.key}: listed in the manifest but not in the bucket"
+    if digest.hexdigest() != file.sha256:
+        part.unlink()
+        return f"{file.key}: sha256 {digest.hexdigest()} does not match the manifest's {file.sha256}"
+    part.replace(directory / file.name)
+    return None

@@ -1,0 +1,30 @@
+"""How the commands print: JSON for scripts on stdout, rich tables for people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import orjson
+
+
+def echo_json(document: Any) -> None:
+    """One JSON document on stdout, on one line."""
+    click.echo(orjson.dumps(document).decode())
+
+
+def format_age(seconds: float | None) -> str:
+    """``95.2`` -> ``1m35s``; ``None`` -> ``-``."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{seconds:.1f}s"

@@ -1,0 +1,121 @@
+"""``mjhook recover``: ask the provider about every task mjhook submitted in a recent window that is
+not stored, and queue the results of the finished ones for the workers, like the polling fallback
+does for silent tasks (but now, and whatever their state)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import click
+import redis
+
+from cli.output import echo_json
+from cli.services import DEFAULT_REDIS_TIMEOUT_S
+from cli.submit import EXIT_REFUSED, EXIT_UNAVAILABLE
+from shared.errors import ConfigError, ProviderError, ProviderUnavailable
+from shared.polling import PollOutcome, ResultPoller
+from shared.provider import create_provider_client
+from shared.queue import create_broker
+from shared.redis_client import connect_redis
+from shared.settings import Settings
+from shared.submitted import SubmittedTasks
+from shared.taskstate import TaskState, TaskStore
+
+#: ``90s``, ``30m``, ``2h``, ``1d``, ``1h30m``.
+DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+UNIT_S = (86_400, 3600, 60, 1)
+
+
+def parse_duration(text: str) -> int:
+    """``1h30m`` -> 5400 (seconds); a ValueError for anything else, or zero."""
+    match = DURATION.fullmatch(text.strip())
+    if match is None or not any(match.groups()):
+        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 30m, 2h, 1d, 1h30m)")
+    seconds = sum(int(part) * unit for part, unit in zip(match.groups(), UNIT_S, strict=True) if part)
+    if seconds <= 0:
+        raise ValueError("the duration must be positive")
+    return seconds
+
+
+def _since_option(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    task_id: str
+    state: str
+    outcome: str
+    detail: str
+
+    def json(self) -> dict[str, str]:
+        return {"taskId": self.task_id, "state": self.state, "outcome": self.outcome, "detail": self.detail}
+
+
+@click.command()
+@click.option(
+    "--since",
+    "since_s",
+    default="2h",
+    callback=_since_option,
+    show_default=True,
+    help="The window of submission times: 90s, 30m, 2h, 1d, 1h30m.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
+@click.pass_obj
+def recover(settings: Settings, since_s: int, as_json: bool) -> None:
+    """Poll every task submitted in the last --since that is not stored; queue the finished ones.
+
+    A task already stored is skipped; one whose result is queued again after it was processed
+    is a duplicate the workers ignore, unless it had failed. Exit code 3 when the provider refuses
+    the account (bad key), 4 when it is unavailable (the tasks listed so far were handled)."""
+    try:
+        provider = create_provider_client(settings)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    client = connect_redis(settings.redis_url, timeout_s=DEFAULT_REDIS_TIMEOUT_S)
+    rows: list[Row] = []
+    failure: ProviderError | None = None
+    try:
+        tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
+        poller = ResultPoller(provider=provider, tasks=tasks, broker=create_broker(settings, middleware=[]))
+        for task_id, _ in SubmittedTasks(client, tasks, ttl_s=settings.task_ttl_s).since(since_s):
+            record = tasks.get(task_id)
+            state = record.state.value if record is not None else "expired"
+            if record is not None and record.state is TaskState.STORED:
+                rows.append(Row(task_id, state, "skipped", "already stored"))
+                continue
+            try:
+                result = poller.poll(task_id)
+            except ProviderError as exc:
+                failure = exc
+                break
+            rows.append(Row(task_id, state, result.outcome.value, result.detail))
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
+    finally:
+        provider.close()
+        client.close()
+    _print(rows, as_json)
+    if failure is not None:
+        click.echo(f"Error: stopped: {failure}", err=True)
+        raise SystemExit(EXIT_UNAVAILABLE if isinstance(failure, ProviderUnavailable) else EXIT_REFUSED)
+
+
+def _print(rows: list[Row], as_json: bool) -> None:
+    if as_json:
+        echo_json([row.json() for row in rows])
+        return
+    for row in rows:
+        click.echo(f"{row.task_id}  {row.state} -> {row.outcome}: {row.detail}")
+    counts = {outcome: sum(row.outcome == outcome for row in rows) for outcome in PollOutcome}
+    skipped = sum(row.outcome == "skipped" for row in rows)
+    click.echo(
+        f"{len(rows)} task(s): {counts[PollOutcome.QUEUED]} queued, "
+        f"{counts[PollOutcome.GENERATING]} still generating, "
+        f"{counts[PollOutcome.UNKNOWN]} unknown to the provider, {skipped} already stored"
+    )

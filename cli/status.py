@@ -1,0 +1,137 @@
+"""``mjhook status``: queue depths, live workers and task counts, read from Redis alone, so it
+answers with every worker down."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import click
+import redis
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from cli.output import echo_json, format_age
+from cli.services import queue_redis, reported_failures, task_store
+from shared.clock import utc_iso
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from shared.queue_stats import StatusSnapshot, read_status
+from shared.settings import Settings
+from shared.taskstate import TaskState
+
+#: Seconds between two refreshes of ``--watch``.
+DEFAULT_INTERVAL_S = 2.0
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with --watch: one a line).")
+@click.option("--watch", is_flag=True, help="Refresh a live view until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_INTERVAL_S,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
+@click.pass_obj
+def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> None:
+    """Queue depths, live workers and task counts, from Redis only.
+
+    JSON: {"queues": {NAME: {"ready", "delayed", "in_flight", "dead", "held_by_dead",
+    "oldest_ready_age_s"}}, "workers", "tasks": {STATE: N}, "per_minute": {STATE: [10 counts,
+    oldest minute first]}, "taken_at_ms"}. Workers are live worker processes: a heartbeat within
+    MJHOOK_REDELIVERY_S, from a broker that registered as a worker or holds messages.
+    """
+    read = status_reader(settings)
+    try:
+        if watch and as_json:
+            _stream_json(read, interval)
+        elif watch:
+            _live_view(read, interval)
+        else:
+            with reported_failures():
+                snapshot = read()
+            if as_json:
+                echo_json(snapshot.to_json())
+            else:
+                Console().print(render_status(snapshot))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch ends
+
+
+def status_reader(
+    settings: Settings, *, clock: Callable[[], float] = time.time
+) -> Callable[[], StatusSnapshot]:
+    """A function reading one :class:`StatusSnapshot` each call, over connections kept open."""
+    client = queue_redis(settings)
+    tasks = task_store(settings)
+
+    def read() -> StatusSnapshot:
+        return read_status(
+            client,
+            tasks,
+            namespace=BROKER_NAMESPACE,
+            queues=[CALLBACK_QUEUE],
+            heartbeat_timeout_ms=settings.redelivery_s * 1000,
+            now_ms=int(clock() * 1000),
+        )
+
+    return read
+
+
+def _stream_json(read: Callable[[], StatusSnapshot], interval_s: float) -> None:
+    while True:
+        try:
+            echo_json(read().to_json())
+        except redis.RedisError as exc:
+            click.echo(f"Redis unavailable: {type(exc).__name__}: {exc}", err=True)
+        time.sleep(interval_s)
+
+
+def _live_view(read: Callable[[], StatusSnapshot], interval_s: float) -> None:
+    with Live(_view(read), console=Console(), auto_refresh=False) as live:
+        while True:
+            time.sleep(interval_s)
+            live.update(_view(read), refresh=True)
+
+
+def _view(read: Callable[[], StatusSnapshot]) -> RenderableType:
+    try:
+        return render_status(read())
+    except redis.RedisError as exc:
+        return Text(f"Redis unavailable: {type(exc).__name__}: {exc} (retrying)", style="bold red")
+
+
+def render_status(snapshot: StatusSnapshot) -> RenderableType:
+    """The status as tables: queues, workers, tasks per state, finished tasks per minute."""
+    queues = Table(title="Queues", title_justify="left")
+    for name in ("queue", "ready", "delayed", "in flight", "dead", "oldest ready"):
+        queues.add_column(name, justify="left" if name == "queue" else "right")
+    for queue in snapshot.queues:
+        in_flight = str(queue.in_flight)
+        if queue.held_by_dead:
+            in_flight += f" ({queue.held_by_dead} held by dead workers)"
+        queues.add_row(
+            queue.name,
+            str(queue.ready),
+            str(queue.delayed),
+            in_flight,
+            Text(str(queue.dead), style="bold red" if queue.dead else ""),
+            format_age(queue.oldest_ready_age_s),
+        )
+    tasks = Table(title="Tasks", title_justify="left")
+    for state in TaskState:
+        tasks.add_column(state.value, justify="right")
+    tasks.add_row(*(str(snapshot.tasks.get(state.value, 0)) for state in TaskState))
+    minutes = max((len(counts) for counts in snapshot.per_minute.values()), default=0)
+    rates = Table(title=f"Finished per minute, last {minutes} min (oldest first)", title_justify="left")
+    rates.add_column("state")
+    rates.add_column("per minute")
+    rates.add_column("total", justify="right")
+    for name, counts in snapshot.per_minute.items():
+        rates.add_row(name, " ".join(f"{count:>3}" for count in counts), str(sum(counts)))
+    workers = Text(f"Workers alive: {snapshot.workers}", style="bold" if snapshot.workers else "bold red")
+    taken = Text(f"as of {utc_iso(snapshot.taken_at_ms / 1000)}", style="dim")
+    return Group(queues, workers, tasks, rates, taken)

@@ -1,0 +1,60 @@
+"""``mjhook tasks``: the most recently changed tasks, with their state and reason."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from cli.output import echo_json
+from cli.services import reported_failures, task_store
+from shared.clock import utc_iso
+from shared.settings import Settings
+from shared.taskstate import TaskRecord, TaskState
+
+#: Tasks listed unless told otherwise.
+DEFAULT_LIMIT = 20
+
+
+@click.command()
+@click.option(
+    "--state",
+    type=click.Choice([state.value for state in TaskState]),
+    default=None,
+    help="Only tasks now in this state.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
+@click.pass_obj
+def tasks(settings: Settings, state: str | None, limit: int, as_json: bool) -> None:
+    """The most recently changed tasks, newest first.
+
+    JSON: [{"taskId", "state", "updatedAt", "receivedAt", "code", "reason"}], times in ISO 8601 UTC.
+    """
+    with reported_failures():
+        records = task_store(settings).recent(state=TaskState(state) if state else None, limit=limit)
+    rows = [task_json(record) for record in records]
+    if as_json:
+        echo_json(rows)
+        return
+    table = Table(title=f"Tasks ({state or 'any state'}), newest first", title_justify="left")
+    for name in ("taskId", "state", "updatedAt", "reason"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        # Text, not markup: a reason may hold "[...]"
+        table.add_row(*(Text(row[name] or "-") for name in ("taskId", "state", "updatedAt", "reason")))
+    Console().print(table)
+
+
+def task_json(record: TaskRecord) -> dict[str, str | None]:
+    """A task record as JSON: its fields, with ``updatedAt`` (Unix ms in Redis) in ISO 8601 UTC."""
+    updated_ms = record.fields.get("updatedAt")
+    return {
+        "taskId": record.task_id,
+        "state": record.state.value,
+        "updatedAt": utc_iso(int(updated_ms) / 1000) if updated_ms and updated_ms.isdigit() else None,
+        "receivedAt": record.fields.get("receivedAt"),
+        "code": record.fields.get("code"),
+        "reason": record.fields.get("reason"),
+    }

@@ -1,0 +1,270 @@
+"""Dead-lettered messages of a queue on dramatiq's Redis broker: list them with the reason they
+died, put them back on their queue, or drop them.
+
+dramatiq keeps a dead letter as it was last enqueued (``{queue}.XQ`` scored by time of death,
+``{queue}.XQ.msgs`` holding the message), without the error that killed it: the Retries
+middleware only records a traceback in the copy it re-enqueues, so a message that failed for
+good on its first try (a permanent error) carries none. The reason is therefore taken from the
+first of these that has one (:class:`ReasonSource`): what the worker recorded when it gave up
+(:func:`record_dead_reason`), the traceback of the last retried failure, the callback's own
+validation (a message the workers refused as invalid fails it the same way here), or the
+failure reason in the task's state record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, cast
+
+import dramatiq
+import redis
+from dramatiq.common import q_name
+from dramatiq.errors import BrokerConnectionError, DecodeError
+
+from shared import keys
+from shared.callback import Callback
+from shared.errors import InvalidCallback
+from shared.queue import PROCESS_CALLBACK
+from shared.redis_client import as_text
+from shared.taskstate import TaskState, TaskStore
+
+#: Options a replay drops so that the message starts over: its retry count and last error, and
+#: what the Redis broker sets on each enqueue.
+RESET_OPTIONS = frozenset({"retries", "traceback", "requeue_timestamp", "redis_message_id", "eta"})
+
+#: Dead letters read or removed per round trip.
+DEFAULT_BATCH = 500
+
+#: Longest reason kept, in characters.
+MAX_REASON_CHARS = 500
+
+
+class ReasonSource(StrEnum):
+    #: Recorded by the worker when it gave up (:func:`record_dead_reason`).
+    WORKER = "worker"
+    #: The last line of the traceback of the last failure that was retried.
+    TRACEBACK = "traceback"
+    #: The message's callback fails validation, as it did in the worker.
+    VALIDATION = "validation"
+    #: The failure reason in the task's state record.
+    TASK = "task"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    #: The broker's id of the message (dramatiq's ``redis_message_id``): what replay and purge take.
+    id: str
+    #: dramatiq's id of the message, the same over retries; None when the message is unreadable.
+    message_id: str | None
+    actor: str | None
+    task_id: str | None
+    retries: int
+    #: When it was dead-lettered, Unix ms.
+    dead_at_ms: int
+    reason: str
+    reason_source: ReasonSource
+
+    def age_s(self, now_ms: int) -> float:
+        return max(0.0, (now_ms - self.dead_at_ms) / 1000)
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    #: (dead letter id, id of the message now on the queue), in the order replayed.
+    replayed: list[tuple[str, str]] = field(default_factory=list)
+    #: Asked for, but not (or no longer) dead-lettered.
+    missing: list[str] = field(default_factory=list)
+    #: Dead letters that cannot be decoded; left in place.
+    unreadable: list[str] = field(default_factory=list)
+    #: Why the replay stopped early (the broker refused an enqueue), or None.
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    removed: list[str]
+    missing: list[str]
+
+
+def record_dead_reason(client: redis.Redis, redis_message_id: str, reason: str, *, ttl_s: int) -> None:
+    """Keep why the workers gave up on a message, for as long as its dead letter (``ttl_s``)."""
+    client.set(keys.dead_reason(redis_message_id), reason[:MAX_REASON_CHARS], ex=ttl_s)
+
+
+def count_dead(client: redis.Redis, *, namespace: str, queue: str) -> int:
+    return int(client.zcard(keys.broker_dead(namespace, queue)))
+
+
+def list_dead(
+    client: redis.Redis,
+    *,
+    namespace: str,
+    queue: str,
+    tasks: TaskStore | None = None,
+    limit: int | None = None,
+) -> list[DeadLetter]:
+    """The dead letters of ``queue``, most recent first, at most ``limit``. ``tasks`` (optional)
+    supplies the last resort for reasons, the task's own record."""
+    end = -1 if limit is None else limit - 1
+    entries = cast(
+        list[tuple[bytes, float]],
+        client.zrevrange(keys.broker_dead(namespace, queue), 0, end, withscores=True),
+    )
+    letters = []
+    for start in range(0, len(entries), DEFAULT_BATCH):
+        batch = entries[start : start + DEFAULT_BATCH]
+        ids = [as_text(member) for member, _ in batch]
+        pipe = client.pipeline(transaction=False)
+        pipe.hmget(keys.broker_dead_messages(namespace, queue), ids)
+        pipe.mget([keys.dead_reason(dead_id) for dead_id in ids])
+        bodies, recorded = pipe.execute()
+        for dead_id, (_, score), body, reason in zip(ids, batch, bodies, recorded, strict=True):
+            if body is not None:  # else dropped between our reads
+                letters.append(_dead_letter(dead_id, int(score), body, reason, tasks))
+    return letters
+
+
+def _dead_letter(
+    dead_id: str, dead_at_ms: int, body: bytes, recorded: bytes | None, tasks: TaskStore | None
+) -> DeadLetter:
+    try:
+        message = dramatiq.Message.decode(body)
+    except DecodeError:
+        return DeadLetter(
+            id=dead_id,
+            message_id=None,
+            actor=None,
+            task_id=None,
+            retries=0,
+            dead_at_ms=dead_at_ms,
+            reason="the message cannot be decoded",
+            reason_source=ReasonSource.UNKNOWN,
+        )
+    payload = message.args[0] if message.args and isinstance(message.args[0], dict) else {}
+    task_id = payload.get("taskId")
+    task_id = task_id if isinstance(task_id, str) else None
+    if recorded is not None:
+        reason, source = as_text(recorded), ReasonSource.WORKER
+    else:
+        reason, source = _find_reason(message, payload, task_id, tasks)
+    return DeadLetter(
+        id=dead_id,
+        message_id=message.message_id,
+        actor=message.actor_name,
+        task_id=task_id,
+        retries=int(message.options.get("retries") or 0),
+        dead_at_ms=dead_at_ms,
+        reason=reason[:MAX_REASON_CHARS],
+        reason_source=source,
+    )
+
+
+def _find_reason(
+    message: dramatiq.Message[Any], payload: dict[str, Any], task_id: str | None, tasks: TaskStore | None
+) -> tuple[str, ReasonSource]:
+    traceback = str(message.options.get("traceback") or "")
+    lines = [line.strip() for line in traceback.splitlines() if line.strip()]
+    if lines:
+        return lines[-1], ReasonSource.TRACEBACK
+    if message.actor_name == PROCESS_CALLBACK:
+        try:
+            Callback.from_message(payload)
+        except InvalidCallback as exc:
+            return f"InvalidCallback: {exc.reason}", ReasonSource.VALIDATION
+    record = tasks.get(task_id) if tasks is not None and task_id is not None else None
+    if record is not None and record.state is TaskState.FAILED and record.fields.get("reason"):
+        return record.fields["reason"], ReasonSource.TASK
+    return "no reason recorded", ReasonSource.UNKNOWN
+
+
+def replay_dead(
+    client: redis.Redis,
+    broker: dramatiq.Broker,
+    *,
+    namespace: str,
+    queue: str,
+    ids: Sequence[str] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> ReplayResult:
+    """Put dead letters (``ids``, or all when None) back on their queue through ``broker``, as new
+    messages with their retries reset, and remove each from the dead letters only once the broker
+    took it. Stops at the first enqueue the broker refuses (``error`` says why). Two replays at once
+    may enqueue a message twice; the workers' dedup makes the second one harmless."""
+    dead_key = keys.broker_dead(namespace, queue)
+    bodies_key = keys.broker_dead_messages(namespace, queue)
+    if ids is None:
+        ids = [as_text(member) for member in cast(list[bytes], client.zrange(dead_key, 0, -1))]
+    result = ReplayResult()
+    for batch in _batches(ids):
+        present = _present(client, dead_key, batch)
+        bodies = cast(list[bytes | None], client.hmget(bodies_key, batch))
+        for dead_id, body in zip(batch, bodies, strict=True):
+            if body is None or dead_id not in present:
+                result.missing.append(dead_id)
+                continue
+            try:
+                message = fresh_copy(dramatiq.Message.decode(body), now_ms=int(clock() * 1000))
+            except DecodeError:
+                result.unreadable.append(dead_id)
+                continue
+            try:
+                sent = broker.enqueue(message)
+            except (redis.RedisError, BrokerConnectionError, OSError) as exc:
+                result.error = f"the broker refused the message: {type(exc).__name__}: {exc}"
+                return result
+            _remove(client, dead_key, bodies_key, [dead_id])
+            result.replayed.append((dead_id, str(sent.options.get("redis_message_id", ""))))
+    return result
+
+
+def fresh_copy(message: dramatiq.Message[Any], *, now_ms: int) -> dramatiq.Message[Any]:
+    """``message`` as a new enqueue on its own queue: same id, actor and arguments, retries reset."""
+    return dramatiq.Message(
+        queue_name=q_name(message.queue_name),
+        actor_name=message.actor_name,
+        args=message.args,
+        kwargs=message.kwargs,
+        options={key: value for key, value in message.options.items() if key not in RESET_OPTIONS},
+        message_id=message.message_id,
+        message_timestamp=now_ms,
+    )
+
+
+def purge_dead(
+    client: redis.Redis, *, namespace: str, queue: str, ids: Sequence[str] | None = None
+) -> PurgeResult:
+    """Drop dead letters for good: ``ids``, or all there are now when None."""
+    dead_key = keys.broker_dead(namespace, queue)
+    bodies_key = keys.broker_dead_messages(namespace, queue)
+    if ids is None:
+        ids = [as_text(member) for member in cast(list[bytes], client.zrange(dead_key, 0, -1))]
+    removed: list[str] = []
+    missing: list[str] = []
+    for batch in _batches(ids):
+        present = _present(client, dead_key, batch)
+        removed.extend(dead_id for dead_id in batch if dead_id in present)
+        missing.extend(dead_id for dead_id in batch if dead_id not in present)
+        _remove(client, dead_key, bodies_key, batch)
+    return PurgeResult(removed=removed, missing=missing)
+
+
+def _present(client: redis.Redis, dead_key: str, ids: Sequence[str]) -> set[str]:
+    scores = client.zmscore(dead_key, list(ids))
+    return {dead_id for dead_id, score in zip(ids, scores, strict=True) if score is not None}
+
+
+def _remove(client: redis.Redis, dead_key: str, bodies_key: str, ids: Sequence[str]) -> None:
+    pipe = client.pipeline(transaction=True)
+    pipe.zrem(dead_key, *ids)
+    pipe.hdel(bodies_key, *ids)
+    pipe.delete(*(keys.dead_reason(dead_id) for dead_id in ids))
+    pipe.execute()
+
+
+def _batches(ids: Iterable[str]) -> Iterable[list[str]]:
+    ids = list(ids)
+    for start in range(0, len(ids), DEFAULT_BATCH):
+        yield ids[start : start + DEFAULT_BATCH]

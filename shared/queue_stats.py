@@ -1,0 +1,214 @@
+"""How the queue, the workers and the tasks are doing, read from Redis alone, so it answers with
+every worker down. ``mjhook status`` shows it; the ingress's dashboard and /metrics can reuse it.
+
+The queue's numbers come from dramatiq's Redis broker keys (see :mod:`shared.keys`):
+
+- ready: ids in the queue's list;
+- delayed: messages waiting for their ``eta`` (retries in backoff): in the delay queue's list, or
+  already taken by a worker, which holds them in memory until they are due;
+- in flight: fetched by a worker and not acked yet (being processed, or prefetched into its
+  memory), including those of workers that died; the part held by brokers whose heartbeat lapsed
+  is also given alone (``held_by_dead``): those return to their queue at the next maintenance;
+- dead: dead-lettered.
+
+Brokers are enumerated from dramatiq's heartbeat set, not by scanning the keyspace: dramatiq adds a
+broker there on every command and removes it only once it holds no ack set (dispatch.lua), so
+every broker holding messages is in it, and the cost grows with the number of brokers, not of keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+import redis
+from dramatiq.common import dq_name
+
+from shared import keys
+from shared.redis_client import as_text
+from shared.taskstate import TaskState, TaskStore
+from shared.worker_registry import registered_workers
+
+#: Throughput is shown per minute over this many minutes.
+DEFAULT_RATE_MINUTES = 10
+#: The states whose per-minute counts are shown: the ends of a task.
+RATE_STATES = (TaskState.STORED, TaskState.PARTIAL, TaskState.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSeen:
+    """One dramatiq broker (a worker process, or an ingress process that only enqueues)."""
+
+    broker_id: str
+    #: Its last command to Redis, Unix ms, by its own clock.
+    last_beat_ms: int
+    #: Whether it beat within the heartbeat timeout: dramatiq does not treat it as dead yet.
+    alive: bool
+    #: Whether it registered as a worker (:mod:`shared.worker_registry`).
+    registered: bool
+    #: Messages it fetched and has not acked, per queue name (delay queues included).
+    held: Mapping[str, int]
+
+    @property
+    def is_worker(self) -> bool:
+        """A registered worker, or a broker holding messages (only consumers ever fetch)."""
+        return self.registered or any(self.held.values())
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    name: str
+    ready: int
+    delayed: int
+    in_flight: int
+    #: Messages (in flight or delayed) held by brokers whose heartbeat lapsed.
+    held_by_dead: int
+    dead: int
+    #: Seconds the message next in line has waited since it was enqueued (or since its last
+    #: failure, backoff included, for a retry), or None when nothing is ready.
+    oldest_ready_age_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSnapshot:
+    #: When it was read, Unix ms.
+    taken_at_ms: int
+    queues: tuple[QueueStats, ...]
+    #: Live worker processes (see :func:`count_workers`).
+    workers: int
+    #: Tasks per state.
+    tasks: Mapping[str, int]
+    #: Per state in :data:`RATE_STATES`, tasks that reached it in each recent minute, oldest first.
+    per_minute: Mapping[str, tuple[int, ...]]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``mjhook status --json`` object: the contract's keys plus a few more."""
+        return {
+            "queues": {
+                queue.name: {
+                    "ready": queue.ready,
+                    "delayed": queue.delayed,
+                    "in_flight": queue.in_flight,
+                    "dead": queue.dead,
+                    "held_by_dead": queue.held_by_dead,
+                    "oldest_ready_age_s": queue.oldest_ready_age_s,
+                }
+                for queue in self.queues
+            },
+            "workers": self.workers,
+            "tasks": dict(self.tasks),
+            "per_minute": {state: list(counts) for state, counts in self.per_minute.items()},
+            "taken_at_ms": self.taken_at_ms,
+        }
+
+
+def read_brokers(
+    client: redis.Redis, *, namespace: str, queues: Iterable[str], now_ms: int, timeout_ms: int
+) -> list[BrokerSeen]:
+    """Every broker in dramatiq's heartbeat set, with what it holds of ``queues`` (and of their
+    delay queues). A broker is alive when it beat less than ``timeout_ms`` before ``now_ms``."""
+    beats = cast(
+        list[tuple[bytes, float]], client.zrange(keys.broker_heartbeats(namespace), 0, -1, withscores=True)
+    )
+    registered = registered_workers(client)
+    names = [name for queue in queues for name in (queue, dq_name(queue))]
+    pipe = client.pipeline(transaction=False)
+    for member, _ in beats:
+        for name in names:
+            pipe.scard(keys.broker_acks(namespace, as_text(member), name))
+    held = pipe.execute()
+    brokers = []
+    for i, (member, score) in enumerate(beats):
+        broker_id = as_text(member)
+        brokers.append(
+            BrokerSeen(
+                broker_id=broker_id,
+                last_beat_ms=int(score),
+                alive=now_ms - score < timeout_ms,
+                registered=broker_id in registered,
+                held=dict(zip(names, held[i * len(names) : (i + 1) * len(names)], strict=True)),
+            )
+        )
+    return brokers
+
+
+def count_workers(brokers: Iterable[BrokerSeen]) -> int:
+    """Live worker processes: brokers that beat within the timeout AND are workers (registered,
+    or holding messages). The ingress's enqueue-only brokers beat too but are never counted; a
+    worker stopped cleanly leaves the registry and holds nothing, so it stops counting at once."""
+    return sum(1 for broker in brokers if broker.alive and broker.is_worker)
+
+
+def read_queue(
+    client: redis.Redis, *, namespace: str, queue: str, brokers: Sequence[BrokerSeen], now_ms: int
+) -> QueueStats:
+    """The depths of ``queue`` (see the module doc); ``brokers`` from :func:`read_brokers`."""
+    delay_queue = dq_name(queue)
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(keys.broker_queue(namespace, queue))
+    pipe.llen(keys.broker_queue(namespace, delay_queue))
+    pipe.zcard(keys.broker_dead(namespace, queue))
+    pipe.lindex(keys.broker_queue(namespace, queue), 0)
+    ready, delayed_waiting, dead, head_id = pipe.execute()
+    return QueueStats(
+        name=queue,
+        ready=ready,
+        delayed=delayed_waiting + sum(broker.held.get(delay_queue, 0) for broker in brokers),
+        in_flight=sum(broker.held.get(queue, 0) for broker in brokers),
+        held_by_dead=sum(
+            broker.held.get(queue, 0) + broker.held.get(delay_queue, 0)
+            for broker in brokers
+            if not broker.alive
+        ),
+        dead=dead,
+        oldest_ready_age_s=_ready_age_s(client, namespace, queue, head_id, now_ms),
+    )
+
+
+def _ready_age_s(
+    client: redis.Redis, namespace: str, queue: str, message_id: bytes | None, now_ms: int
+) -> float | None:
+    """Age of one ready message. The ready list is served from its head in the order messages
+    were pushed, so its head is the one that waited longest (redelivered messages are pushed at
+    the tail and are not seen here)."""
+    if message_id is None:
+        return None
+    data = client.hget(keys.broker_messages(namespace, queue), message_id)
+    if data is None:
+        return None  # acked between our two reads
+    try:
+        message = orjson.loads(data)
+        # A retried message keeps its first enqueue time; its last failure is when it re-entered.
+        since_ms = message.get("options", {}).get("requeue_timestamp") or message["message_timestamp"]
+        return max(0.0, (now_ms - int(since_ms)) / 1000)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def read_status(
+    queue_client: redis.Redis,
+    tasks: TaskStore,
+    *,
+    namespace: str,
+    queues: Sequence[str],
+    heartbeat_timeout_ms: int,
+    now_ms: int,
+    rate_minutes: int = DEFAULT_RATE_MINUTES,
+) -> StatusSnapshot:
+    """Everything ``mjhook status`` shows. ``queue_client`` is the broker's Redis; ``tasks`` reads
+    task state (possibly another Redis); ``heartbeat_timeout_ms`` is the redelivery timeout."""
+    brokers = read_brokers(
+        queue_client, namespace=namespace, queues=queues, now_ms=now_ms, timeout_ms=heartbeat_timeout_ms
+    )
+    return StatusSnapshot(
+        taken_at_ms=now_ms,
+        queues=tuple(
+            read_queue(queue_client, namespace=namespace, queue=queue, brokers=brokers, now_ms=now_ms)
+            for queue in queues
+        ),
+        workers=count_workers(brokers),
+        tasks=tasks.counts(),
+        per_minute=tasks.per_minute(RATE_STATES, minutes=rate_minutes),
+    )

@@ -1,0 +1,49 @@
+"""Who may submit a task right now: the provider's rate limit (429) and credits (402)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from simulator.errors import CODE_NO_CREDITS, CODE_RATE_LIMITED, ProviderError
+
+
+class Admission:
+    """At most ``rate_limit`` submissions per sliding ``window_s`` seconds (0: no limit), each
+    costing one of ``credits`` (None: unlimited). ``clock`` is monotonic seconds."""
+
+    def __init__(
+        self,
+        *,
+        rate_limit: int,
+        window_s: float,
+        credits: int | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rate_limit = rate_limit
+        self._window_s = window_s
+        self._credits = credits
+        self._clock = clock
+        self._recent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def admit(self) -> None:
+        """Take one submission slot and one credit, or raise the provider's 429 or 402."""
+        with self._lock:
+            now = self._clock()
+            while self._recent and self._recent[0] <= now - self._window_s:
+                self._recent.popleft()
+            if self._rate_limit and len(self._recent) >= self._rate_limit:
+                raise ProviderError(CODE_RATE_LIMITED, "Rate limited: too many requests, try again later")
+            if self._credits is not None:
+                if self._credits <= 0:
+                    raise ProviderError(CODE_NO_CREDITS, "The current credits are insufficient")
+                self._credits -= 1
+            self._recent.append(now)
+
+    @property
+    def credits(self) -> int | None:
+        with self._lock:
+            return self._credits

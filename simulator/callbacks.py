@@ -1,0 +1,146 @@
+"""Deliver callbacks the way the provider does: POST JSON, wait up to 15 s, retry a non-2xx
+answer or a timeout after 1, 5 and 15 minutes (times ``time_scale``), then give up.
+
+Every attempt is recorded, so tests and the load report can see what was sent and answered.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from simulator.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+TIMESTAMP_HEADER = "X-Webhook-Timestamp"
+SIGNATURE_HEADER = "X-Webhook-Signature"
+
+
+def webhook_signature(key: str, task_id: str, timestamp: int) -> str:
+    """The provider's signature: base64(HMAC-SHA256(key, taskId + "." + timestamp))."""
+    digest = hmac.new(key.encode(), f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def callback_body(
+    task_id: str, prompt_json: str, result_urls: list[str], *, failed: bool = False
+) -> dict[str, Any]:
+    """A callback in the provider's exact format; a failure has code 500 and no URLs."""
+    if failed:
+        return {
+            "code": 500,
+            "msg": "Midjourney generation failed",
+            "data": {"taskId": task_id, "promptJson": prompt_json, "resultUrls": []},
+        }
+    return {
+        "code": 200,
+        "msg": "success",
+        "data": {"taskId": task_id, "promptJson": prompt_json, "resultUrls": result_urls},
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAttempt:
+    """One POST of a callback."""
+
+    task_id: str
+    #: 0 for the callback, 1 for its injected duplicate.
+    delivery: int
+    #: 1 for the first try, 2-4 for the retries.
+    attempt: int
+    url: str
+    #: The receiver's HTTP status, or None when there was no answer (timeout, refused).
+    status: int | None
+    error: str | None
+    #: Monotonic seconds when the request started, and how long until its answer.
+    started_at: float
+    duration_s: float
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+class CallbackDelivery:
+    """Sends callbacks on ``scheduler`` threads with one pooled ``client``.
+
+    ``retry_delays_s`` are real seconds, each counted from the previous attempt;
+    ``clock`` gives the Unix seconds of the signature timestamp.
+    """
+
+    def __init__(
+        self,
+        *,
+        scheduler: Scheduler,
+        client: httpx.Client,
+        retry_delays_s: tuple[float, ...],
+        hmac_key: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._scheduler = scheduler
+        self._client = client
+        self._retry_delays_s = retry_delays_s
+        self._hmac_key = hmac_key
+        self._clock = clock
+        self._attempts: list[DeliveryAttempt] = []
+        self._by_task: dict[str, list[DeliveryAttempt]] = {}
+        self._lock = threading.Lock()
+
+    def deliver(self, url: str, body: dict[str, Any], *, delay_s: float = 0.0, delivery: int = 0) -> None:
+        """Send ``body`` to ``url`` in ``delay_s`` seconds, retrying on the provider's schedule."""
+        task_id = str(body["data"]["taskId"])
+        content = orjson.dumps(body)
+        self._scheduler.call_later(delay_s, lambda: self._attempt(url, task_id, content, delivery, 1))
+
+    def attempts(self, task_id: str | None = None) -> list[DeliveryAttempt]:
+        """Attempts so far, oldest first: all of them, or those of one task."""
+        with self._lock:
+            return list(self._attempts if task_id is None else self._by_task.get(task_id, ()))
+
+    def _attempt(self, url: str, task_id: str, content: bytes, delivery: int, attempt: int) -> None:
+        headers = {"Content-Type": "application/json"}
+        if self._hmac_key:
+            timestamp = int(self._clock())
+            headers[TIMESTAMP_HEADER] = str(timestamp)
+            headers[SIGNATURE_HEADER] = webhook_signature(self._hmac_key, task_id, timestamp)
+        started = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        try:
+            status = self._client.post(url, content=content, headers=headers).status_code
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        record = DeliveryAttempt(
+            task_id=task_id,
+            delivery=delivery,
+            attempt=attempt,
+            url=url,
+            status=status,
+            error=error,
+            started_at=started,
+            duration_s=time.monotonic() - started,
+        )
+        with self._lock:
+            self._attempts.append(record)
+            self._by_task.setdefault(task_id, []).append(record)
+        log.info("callback %s attempt %d -> %s", task_id, attempt, status or error)
+        if record.acknowledged:
+            return
+        if attempt > len(self._retry_delays_s):
+            log.info("callback %s: no acknowledgement after %d attempts; giving up", task_id, attempt)
+            return
+        self._scheduler.call_later(
+            self._retry_delays_s[attempt - 1],
+            lambda: self._attempt(url, task_id, content, delivery, attempt + 1),
+        )

@@ -1,0 +1,137 @@
+"""The simulator's settings: one frozen dataclass for the provider, one for the faults it injects.
+
+Durations are real seconds unless a name says otherwise; only the callback retry schedule is
+multiplied by ``time_scale`` (the provider's 1/5/15 minutes are too long for a test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from simulator.files import DEFAULT_HEIGHT, DEFAULT_VIDEO_BYTES, DEFAULT_WIDTH
+
+#: The provider's callback retry schedule: after 1, 5 and 15 minutes, then never again.
+PROVIDER_RETRY_DELAYS_S = (60.0, 300.0, 900.0)
+#: How long the provider waits for the answer to a callback.
+DEFAULT_CALLBACK_TIMEOUT_S = 15.0
+#: Seconds from submission to result: short, for tests and load (the real provider takes ~30-60 s).
+DEFAULT_GENERATION_DELAY_S = 1.0
+#: Result URLs stay valid about 14 days (the provider keeps media 14-15 days).
+DEFAULT_URL_TTL_S = 14 * 86400.0
+#: A link from ``/api/v1/common/download-url`` is valid 20 minutes.
+REFRESHED_URL_TTL_S = 20 * 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultConfig:
+    """Shares (0.0-1.0) of tasks or files that misbehave. Every decision comes from a
+    ``random.Random`` seeded by (``seed``, task number, file index), so the same seed gives the
+    same faults for the same task numbers whatever the timing."""
+
+    seed: int = 0
+    #: Tasks whose generation fails: a code-500 callback with no URLs, successFlag 2.
+    failure_share: float = 0.0
+    #: Tasks whose callback is sent twice (a second, independent delivery).
+    duplicate_share: float = 0.0
+    #: Tasks that complete without any callback (for the polling fallback).
+    drop_share: float = 0.0
+    #: Result files answering 503 on their first ``file_fault_repeats`` requests.
+    file_error_share: float = 0.0
+    #: Result files sent slowly, spread over ``file_slow_delay_s`` seconds, on every request.
+    file_slow_share: float = 0.0
+    #: Result files cut short (Content-Length larger than what is sent) on their first requests.
+    file_truncated_share: float = 0.0
+    #: Result files whose URL is already expired when issued (410 until refreshed).
+    file_expired_share: float = 0.0
+    file_slow_delay_s: float = 2.0
+    #: Requests of a file hit by an error or truncation fault before it serves normally.
+    file_fault_repeats: int = 1
+    #: Seconds between a callback and its duplicate.
+    duplicate_delay_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        shares = {
+            "failure_share": self.failure_share,
+            "duplicate_share": self.duplicate_share,
+            "drop_share": self.drop_share,
+            "file_error_share": self.file_error_share,
+            "file_slow_share": self.file_slow_share,
+            "file_truncated_share": self.file_truncated_share,
+            "file_expired_share": self.file_expired_share,
+        }
+        for name, share in shares.items():
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {share}")
+        if self.file_fault_share > 1.0:
+            raise ValueError("the file fault shares add up to more than 1")
+        if self.file_fault_repeats < 0 or self.file_slow_delay_s < 0 or self.duplicate_delay_s < 0:
+            raise ValueError("fault repeats and delays must not be negative")
+
+    @property
+    def file_fault_share(self) -> float:
+        """The share of files with any fault (the file faults exclude each other)."""
+        return (
+            self.file_error_share + self.file_slow_share + self.file_truncated_share + self.file_expired_share
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulatorConfig:
+    """The simulated provider. Defaults follow the real one where it has a value."""
+
+    host: str = "127.0.0.1"
+    #: 0 picks a free port.
+    port: int = 0
+    #: Base of result URLs; empty means ``http://{host}:{port}`` as bound.
+    public_url: str = ""
+    #: The Bearer key the API accepts.
+    api_key: str = "sim-api-key"
+    #: When set, callbacks carry X-Webhook-Timestamp and X-Webhook-Signature.
+    hmac_key: str = ""
+    #: Factor on the callback retry schedule: 0.001 turns 1/5/15 minutes into 60/300/900 ms.
+    time_scale: float = 1.0
+    retry_delays_s: tuple[float, ...] = PROVIDER_RETRY_DELAYS_S
+    #: Seconds from submission to the result (and its callback), plus up to ``generation_jitter_s``.
+    generation_delay_s: float = DEFAULT_GENERATION_DELAY_S
+    generation_jitter_s: float = 0.0
+    callback_timeout_s: float = DEFAULT_CALLBACK_TIMEOUT_S
+    #: Threads sending callbacks (each waits up to ``callback_timeout_s`` on a slow receiver).
+    delivery_threads: int = 16
+    #: Size of generated PNGs, pixels. 1024x1024 is ~1.4-1.8 MB.
+    image_width: int = DEFAULT_WIDTH
+    image_height: int = DEFAULT_HEIGHT
+    #: Size of the MP4 files of video tasks, bytes.
+    video_bytes: int = DEFAULT_VIDEO_BYTES
+    #: Generated files kept in memory (least recently used are dropped).
+    file_cache_size: int = 64
+    url_ttl_s: float = DEFAULT_URL_TTL_S
+    refreshed_url_ttl_s: float = REFRESHED_URL_TTL_S
+    #: Secret signing result URLs; empty means a random one per run.
+    url_secret: str = ""
+    #: Task submissions allowed per ``rate_window_s`` (code 429 beyond); 0 means no limit.
+    rate_limit: int = 0
+    rate_window_s: float = 10.0
+    #: Credits; each submission costs one (code 402 when none is left). None means unlimited.
+    credits: int | None = None
+    #: Every API call answers code 455 (maintenance).
+    maintenance: bool = False
+    #: The HTTP status of API answers: 200 with the code in the body (False), or the body code.
+    http_status_mirrors_code: bool = False
+    #: Start of every taskId; empty means ``mjsim-<random hex>-``.
+    task_id_prefix: str = ""
+    faults: FaultConfig = field(default_factory=FaultConfig)
+
+    def __post_init__(self) -> None:
+        if self.time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        if self.image_width < 1 or self.image_height < 1 or self.video_bytes < 64:
+            raise ValueError("image sizes must be positive and video_bytes at least 64")
+        if self.generation_delay_s < 0 or self.generation_jitter_s < 0:
+            raise ValueError("generation delays must not be negative")
+        if self.delivery_threads < 1 or self.file_cache_size < 1:
+            raise ValueError("delivery_threads and file_cache_size must be at least 1")
+
+    @property
+    def scaled_retry_delays_s(self) -> tuple[float, ...]:
+        """The retry schedule in real seconds: each delay is counted from the previous attempt."""
+        return tuple(delay * self.time_scale for delay in self.retry_delays_s)

@@ -1,0 +1,139 @@
+"""Result files, made on the fly: the same (taskId, index) always gives the same bytes.
+
+PNGs are written with zlib and struct rather than Pillow: no runtime dependency, and no
+per-pixel Python work. Each scanline is stored with PNG's "Average" filter, whose decoded
+value is ``filtered + (left + up) // 2``; feeding it small seeded noise plus a slowly varying
+offset makes the decoder draw soft colour noise over broad gradient bands. The encoder only
+translates random bytes and deflates them, so a 1024x1024 image (~1.4-1.8 MB, about what
+Midjourney sends) takes ~0.1 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: PNG scanline filter "Average" (see the module docstring).
+PNG_FILTER_AVERAGE = b"\x03"
+#: Deflate level: 1 is 2-3x faster than 6 and only ~2 % larger on this kind of data.
+PNG_ZLIB_LEVEL = 1
+#: The largest per-row offset, in levels per row: how steep the gradient bands get.
+GRADIENT_STEP = 3
+
+DEFAULT_WIDTH = 1024
+DEFAULT_HEIGHT = 1024
+DEFAULT_VIDEO_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FileKind:
+    ext: str
+    content_type: str
+
+
+PNG = FileKind("png", "image/png")
+MP4 = FileKind("mp4", "video/mp4")
+KINDS = {kind.ext: kind for kind in (PNG, MP4)}
+
+
+def _file_rng(task_id: str, index: int) -> random.Random:
+    # A str seed is hashed with SHA-512 by random.Random: stable across runs and processes.
+    return random.Random(f"file:{task_id}:{index}")
+
+
+def png_bytes(task_id: str, index: int, *, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT) -> bytes:
+    """A decodable 8-bit RGB PNG, ``width`` x ``height`` pixels, seeded by (task_id, index)."""
+    rng = _file_rng(task_id, index)
+    bits = rng.choice((3, 4))  # noise strength: 3 bits ~1.4 MB, 4 bits ~1.8 MB at 1024x1024
+    mask, half = (1 << bits) - 1, 1 << (bits - 1)
+    tables = {
+        step: bytes(((value & mask) - half + step) % 256 for value in range(256))
+        for step in range(-GRADIENT_STEP, GRADIENT_STEP + 1)
+    }
+    period = rng.uniform(0.06, 0.2) * height
+    phase = rng.uniform(0.0, 2 * math.pi)
+    stride = width * 3
+    noise = rng.randbytes(stride * height)
+    rows = bytearray()
+    for y in range(height):
+        step = round(GRADIENT_STEP * math.sin(y / period + phase))
+        rows += PNG_FILTER_AVERAGE
+        rows += noise[y * stride : (y + 1) * stride].translate(tables[step])
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"".join(
+        (
+            PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(bytes(rows), PNG_ZLIB_LEVEL)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def mp4_bytes(task_id: str, index: int, *, size: int = DEFAULT_VIDEO_BYTES) -> bytes:
+    """``size`` bytes shaped like an MP4: an ``ftyp`` box, then one ``mdat`` box of seeded
+    noise. Enough for a media-type sniffer and for size and hash checks; NOT a playable video
+    (there is no ``moov`` box, and making a real one would need an encoder)."""
+    ftyp_payload = b"isom" + struct.pack(">I", 0x200) + b"isomiso2avc1mp41"
+    ftyp = struct.pack(">I", 8 + len(ftyp_payload)) + b"ftyp" + ftyp_payload
+    mdat_payload = _file_rng(task_id, index).randbytes(max(0, size - len(ftyp) - 8))
+    return ftyp + struct.pack(">I", 8 + len(mdat_payload)) + b"mdat" + mdat_payload
+
+
+def expected_file(
+    task_id: str,
+    index: int,
+    *,
+    ext: str = "png",
+    width: int = DEFAULT_WIDTH,
+    height: int = DEFAULT_HEIGHT,
+    video_bytes: int = DEFAULT_VIDEO_BYTES,
+) -> bytes:
+    """The exact bytes the simulator serves for result ``index`` of ``task_id``: a PNG, or the
+    MP4 stand-in when ``ext`` is ``"mp4"``. Pass the sizes the simulator was configured with
+    (or use ``RunningSimulator.expected_file``, which knows them)."""
+    if ext == MP4.ext:
+        return mp4_bytes(task_id, index, size=video_bytes)
+    if ext == PNG.ext:
+        return png_bytes(task_id, index, width=width, height=height)
+    raise ValueError(f"no such result file type: {ext!r}")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class FileCache:
+    """Generated files kept in memory, least recently used dropped first. Thread-safe; two
+    threads missing the same file at once may both make it (the bytes are identical)."""
+
+    def __init__(self, make: Callable[[str, int, str], bytes], *, max_files: int = 64) -> None:
+        self._make = make
+        self._max_files = max_files
+        self._files: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, task_id: str, index: int, ext: str) -> bytes:
+        key = (task_id, index, ext)
+        with self._lock:
+            if key in self._files:
+                self._files.move_to_end(key)
+                return self._files[key]
+        data = self._make(task_id, index, ext)
+        with self._lock:
+            self._files[key] = data
+            while len(self._files) > self._max_files:
+                self._files.popitem(last=False)
+        return data

@@ -1,0 +1,140 @@
+"""The simulator's HTTP resources: the provider's API under ``/api/v1`` and the result files."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import falcon
+import orjson
+
+from simulator.errors import CODE_BAD_REQUEST, CODE_OK, CODE_SERVER_ERROR, ProviderError
+from simulator.faults import FileFault
+from simulator.links import FILE_NAME_PATTERN, FileRef, LinkCheck
+from simulator.provider import Provider
+
+log = logging.getLogger(__name__)
+
+#: A slow file is sent in this many pieces, spread over the configured delay.
+SLOW_FILE_PIECES = 20
+
+
+def _answer(resp: falcon.Response, data: Any) -> None:
+    resp.media = {"code": CODE_OK, "msg": "success", "data": data}
+
+
+def _read_json(req: falcon.Request) -> Any:
+    try:
+        return orjson.loads(req.bounded_stream.read())
+    except orjson.JSONDecodeError:
+        raise ProviderError(CODE_BAD_REQUEST, "The request body is not valid JSON") from None
+
+
+class GenerateResource:
+    """``POST /api/v1/mj/generate``."""
+
+    def __init__(self, provider: Provider) -> None:
+        self._provider = provider
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._provider.authorize(req.auth)
+        task = self._provider.generate(_read_json(req))
+        _answer(resp, {"taskId": task.task_id})
+
+
+class DeriveResource:
+    """``POST /api/v1/mj/generateUpscale`` and ``/generateVary``: a new task from one image."""
+
+    def __init__(self, provider: Provider, *, task_type: str) -> None:
+        self._provider = provider
+        self._task_type = task_type
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._provider.authorize(req.auth)
+        task = self._provider.derive(_read_json(req), task_type=self._task_type)
+        _answer(resp, {"taskId": task.task_id})
+
+
+class RecordInfoResource:
+    """``GET /api/v1/mj/record-info?taskId=``."""
+
+    def __init__(self, provider: Provider) -> None:
+        self._provider = provider
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._provider.authorize(req.auth)
+        task_id = req.get_param("taskId")
+        if not task_id:
+            raise ProviderError(CODE_BAD_REQUEST, "taskId is required")
+        _answer(resp, self._provider.details(task_id))
+
+
+class DownloadUrlResource:
+    """``POST /api/v1/common/download-url``."""
+
+    def __init__(self, provider: Provider) -> None:
+        self._provider = provider
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._provider.authorize(req.auth)
+        _answer(resp, self._provider.download_url(_read_json(req)))
+
+
+class FileResource:
+    """``GET /files/{task_id}/{index}.{ext}?exp=&sig=``: 403 for a bad signature, 410 once
+    expired, and the injected faults (503, slow, truncated)."""
+
+    def __init__(self, provider: Provider) -> None:
+        self._provider = provider
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str, name: str) -> None:
+        match = FILE_NAME_PATTERN.fullmatch(name)
+        if match is None:
+            raise falcon.HTTPNotFound()
+        ref = FileRef(task_id, int(match["index"]), match["ext"])
+        answer = self._provider.open_file(
+            ref, expires=req.get_param("exp") or "", signature=req.get_param("sig") or ""
+        )
+        if answer.check is LinkCheck.BAD_SIGNATURE:
+            raise falcon.HTTPForbidden(description="invalid signature")
+        if answer.check is LinkCheck.EXPIRED:
+            raise falcon.HTTPGone(description="this link has expired")
+        if answer.fault is FileFault.ERROR:
+            raise falcon.HTTPServiceUnavailable(description="injected fault")
+        resp.content_type = answer.content_type
+        resp.content_length = len(answer.data)
+        if answer.fault is FileFault.TRUNCATED:
+            # Content-Length promises the whole file; the connection ends halfway.
+            resp.stream = iter([answer.data[: len(answer.data) // 2]])
+        elif answer.fault is FileFault.SLOW:
+            resp.stream = _trickle(answer.data, self._provider.config.faults.file_slow_delay_s)
+        else:
+            resp.data = answer.data
+
+
+def _trickle(data: bytes, duration_s: float) -> Iterator[bytes]:
+    piece = max(1, -(-len(data) // SLOW_FILE_PIECES))
+    for start in range(0, len(data), piece):
+        time.sleep(duration_s / SLOW_FILE_PIECES)
+        yield data[start : start + piece]
+
+
+class ProviderErrorHandler:
+    """Failures of API calls in the provider's body shape, ``{"code", "msg", "data": null}``,
+    with HTTP status 200 (or the body code, when ``mirror_code``)."""
+
+    def __init__(self, *, mirror_code: bool = False) -> None:
+        self._mirror_code = mirror_code
+
+    def __call__(self, req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
+        if isinstance(exc, falcon.HTTPError):
+            raise exc
+        if isinstance(exc, ProviderError):
+            code, msg = exc.code, exc.msg
+        else:
+            log.exception("unhandled error on %s %s", req.method, req.path)
+            code, msg = CODE_SERVER_ERROR, "Server error"
+        resp.media = {"code": code, "msg": msg, "data": None}
+        resp.status = code if self._mirror_code else falcon.HTTP_200

@@ -1,0 +1,177 @@
+"""Run the simulator in this process: a threaded WSGI server on a background thread."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+import httpx
+
+from simulator.admission import Admission
+from simulator.app import create_app
+from simulator.callbacks import CallbackDelivery, DeliveryAttempt
+from simulator.config import SimulatorConfig
+from simulator.faults import FaultPlan
+from simulator.files import FileCache, expected_file
+from simulator.links import LinkSigner
+from simulator.provider import Provider
+from simulator.scheduler import Scheduler
+from simulator.tasks import Task
+
+log = logging.getLogger(__name__)
+
+#: On stop, how long running callback deliveries may take to finish, seconds.
+STOP_GRACE_S = 2.0
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    # A slow-file fault keeps a request thread busy for seconds; stopping must not wait for it.
+    block_on_close = False
+    allow_reuse_address = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host name (socket.getfqdn), which may leave the
+        # machine; the bound address is all we need.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+        self.setup_environ()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+class RunningSimulator:
+    """A simulator serving on ``base_url`` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        *,
+        config: SimulatorConfig,
+        provider: Provider,
+        server: _ThreadingWSGIServer,
+        scheduler: Scheduler,
+        client: httpx.Client,
+        base_url: str,
+    ) -> None:
+        self.config = config
+        self.provider = provider
+        self.base_url = base_url
+        self._server = server
+        self._scheduler = scheduler
+        self._client = client
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="simulator-http", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def api_key(self) -> str:
+        return self.config.api_key
+
+    @property
+    def port(self) -> int:
+        return self._server.server_port
+
+    def task(self, task_id: str) -> Task:
+        return self.provider.task(task_id)
+
+    def attempts(self, task_id: str | None = None) -> list[DeliveryAttempt]:
+        """Callback delivery attempts so far, oldest first (all, or one task's)."""
+        return self.provider.delivery.attempts(task_id)
+
+    def expected_file(self, task_id: str, index: int) -> bytes:
+        """The exact bytes served for result ``index`` of ``task_id``."""
+        return self.provider.expected_file(task_id, index)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no task is generating and no callback is pending or being sent."""
+        return self._scheduler.wait_idle(timeout_s)
+
+    def stop(self) -> None:
+        """Stop sending, stop serving, close the port. Pending callbacks are dropped."""
+        self._scheduler.stop()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5.0)
+        self._scheduler.wait_idle(STOP_GRACE_S)
+        self._client.close()
+
+    def __enter__(self) -> RunningSimulator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def run_simulator(
+    config: SimulatorConfig | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    transport: httpx.BaseTransport | None = None,
+) -> RunningSimulator:
+    """Start a simulator on ``config.host``:``config.port`` (default 127.0.0.1 and a free port)
+    in background threads and return its handle. ``clock`` gives Unix seconds (link expiry,
+    task times, signature timestamps); ``transport`` replaces the callback client's network."""
+    config = config or SimulatorConfig()
+    server = _ThreadingWSGIServer((config.host, config.port), _QuietHandler)
+    base_url = config.public_url.rstrip("/") or f"http://{config.host}:{server.server_port}"
+    scheduler = Scheduler(threads=config.delivery_threads)
+    # trust_env off: no proxy from the environment decides where callbacks go.
+    client = httpx.Client(
+        timeout=config.callback_timeout_s,
+        follow_redirects=False,
+        trust_env=False,
+        transport=transport,
+        limits=httpx.Limits(max_connections=config.delivery_threads),
+        headers={"User-Agent": "mjhook-simulator/0.1"},
+    )
+    provider = Provider(
+        config,
+        links=LinkSigner(
+            secret=(config.url_secret or secrets.token_hex(16)).encode(), base_url=base_url, clock=clock
+        ),
+        files=FileCache(_file_maker(config), max_files=config.file_cache_size),
+        faults=FaultPlan(config.faults),
+        delivery=CallbackDelivery(
+            scheduler=scheduler,
+            client=client,
+            retry_delays_s=config.scaled_retry_delays_s,
+            hmac_key=config.hmac_key,
+            clock=clock,
+        ),
+        scheduler=scheduler,
+        admission=Admission(
+            rate_limit=config.rate_limit, window_s=config.rate_window_s, credits=config.credits
+        ),
+        task_id_prefix=config.task_id_prefix or f"mjsim-{secrets.token_hex(4)}-",
+        clock=clock,
+    )
+    server.set_app(create_app(provider))
+    return RunningSimulator(
+        config=config, provider=provider, server=server, scheduler=scheduler, client=client, base_url=base_url
+    )
+
+
+def _file_maker(config: SimulatorConfig) -> Callable[[str, int, str], bytes]:
+    def make(task_id: str, index: int, ext: str) -> bytes:
+        return expected_file(
+            task_id,
+            index,
+            ext=ext,
+            width=config.image_width,
+            height=config.image_height,
+            video_bytes=config.video_bytes,
+        )
+
+    return make

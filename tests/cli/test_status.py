@@ -1,0 +1,143 @@
+"""``mjhook status`` against a Redis holding a known state: tasks in every state, callbacks queued
+through the real broker, a dead letter made by a real worker, a live and a dead worker."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from dramatiq.common import current_millis
+
+from shared import keys
+from shared.callback import Callback
+from shared.queue import (
+    BROKER_NAMESPACE,
+    CALLBACK_QUEUE,
+    callback_message,
+    create_broker,
+    enqueue_callback,
+)
+from shared.settings import Settings
+from shared.taskstate import TaskState, TaskStore
+from tests.cli.conftest import RunCli, dead_letters_from_real_workers
+from tests.support.pipeline import queued_callback
+from tests.support.procs import ManagedProcess, free_port, venv_bin, wait_until
+from tests.support.stack import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+CONTRACT_QUEUE_KEYS = ("ready", "delayed", "in_flight", "dead")
+TASK_STATES = {"received": 1, "processing": 1, "stored": 2, "partial": 1, "failed": 1}
+
+
+def callback(task_id: str) -> Callback:
+    return Callback.from_message(queued_callback(task_id))
+
+
+def build_known_state(env: dict[str, str], log_dir: Path) -> None:
+    settings = Settings.from_env(env)
+    client = redis.Redis.from_url(settings.redis_url)
+    # A callback the real workers refused for good (a dead letter); the workers stopped longer
+    # ago than the redelivery timeout
+    dead_letters_from_real_workers(env, log_dir, [queued_callback("dead-1", code="oops")])
+    long_ago = current_millis() - 3 * settings.redelivery_s * 1000
+    heartbeats = keys.broker_heartbeats(BROKER_NAMESPACE)
+    client.zadd(heartbeats, dict.fromkeys(client.zrange(heartbeats, 0, -1), long_ago))
+    # Tasks in every state
+    tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
+    for state, count in TASK_STATES.items():
+        for i in range(count):
+            tasks.move(f"{state}-{i}", TaskState(state))
+    # Three callbacks queued the ingress's way, and a retry waiting for its backoff
+    ingress = create_broker(settings, client=client, middleware=[])
+    for i in range(3):
+        enqueue_callback(ingress, callback(f"queued-{i}"))
+    ingress.enqueue(callback_message(callback("retry-1")), delay=600_000)
+    # A live worker busy with one of them: a real dramatiq consumer, which beats as it fetches
+    busy = create_broker(settings, client=client, middleware=[])
+    assert next(busy.consume(CALLBACK_QUEUE, prefetch=1)) is not None
+    # A dead worker: silent for longer than the redelivery timeout, still holding a message
+    client.zadd(heartbeats, {"dead-worker": long_ago})
+    client.sadd(keys.broker_acks(BROKER_NAMESPACE, "dead-worker", CALLBACK_QUEUE), "lost-message")
+
+
+def assert_known_state(document: dict[str, Any]) -> None:
+    queue = document["queues"][CALLBACK_QUEUE]
+    assert {key: queue[key] for key in CONTRACT_QUEUE_KEYS} == {
+        "ready": 2,  # 3 queued, 1 taken by the busy worker
+        "delayed": 1,
+        "in_flight": 2,  # the busy worker's and the dead worker's
+        "dead": 1,
+    }
+    assert queue["held_by_dead"] == 1
+    assert 0 <= queue["oldest_ready_age_s"] < 120
+    # The busy worker; not the stopped one, the dead one, nor the enqueue-only brokers
+    assert document["workers"] == 1
+    assert document["tasks"] == TASK_STATES
+    # Everything reached its state just now: the last minute
+    assert document["per_minute"]["stored"] == [0] * 9 + [2]
+    assert document["per_minute"]["partial"] == [0] * 9 + [1]
+    assert document["per_minute"]["failed"] == [0] * 9 + [1]
+
+
+def test_status_reports_the_queue_workers_and_tasks_from_redis_alone(
+    app_env: dict[str, str], tmp_path: Path, run_cli: RunCli
+) -> None:
+    build_known_state(app_env, tmp_path)
+
+    # In-process, as JSON
+    result = run_cli(app_env, "status", "--json")
+    assert result.exit_code == 0, result.output
+    assert_known_state(json.loads(result.stdout))
+
+    # Through the console script
+    done = subprocess.run(
+        [venv_bin("mjhook"), "status", "--json"], env=app_env, capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert_known_state(json.loads(done.stdout))
+
+    # For people
+    result = run_cli(app_env, "status")
+    assert result.exit_code == 0, result.output
+    assert CALLBACK_QUEUE in result.stdout
+    assert "Workers alive: 1" in result.stdout
+
+
+def test_status_says_redis_is_unavailable_in_one_line(run_cli: RunCli) -> None:
+    result = run_cli({"MJHOOK_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, "status", "--json")
+    assert result.exit_code == 1
+    assert "Redis unavailable" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "shows"),
+    [
+        pytest.param(["--watch"], "Workers alive", id="live-view"),
+        pytest.param(["--watch", "--json"], '"workers"', id="json-lines"),
+    ],
+)
+def test_watch_refreshes_until_ctrl_c(
+    app_env: dict[str, str], tmp_path: Path, args: list[str], shows: str
+) -> None:
+    # rich draws its live view only on a terminal; these make the log file count as one
+    env = {**app_env, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "120"}
+    argv = [venv_bin("mjhook"), "status", "--interval", "0.2", *args]
+    proc = ManagedProcess(argv, log_path=tmp_path / "watch.log", cwd=REPO_ROOT, env=env)
+    try:
+        # Given two refreshes on screen
+        wait_until(lambda: proc.log_since_start().count(shows) >= 2, 30, what="two refreshes", proc=proc)
+        # When Ctrl-C
+        proc.send_signal(signal.SIGINT)
+        wait_until(lambda: not proc.is_running(), 10, what="mjhook to exit")
+        # Then it ends quietly
+        assert proc.returncode == 0, proc.describe()
+        assert "Traceback" not in proc.log_since_start()
+    finally:
+        proc.terminate()

@@ -1,0 +1,61 @@
+"""``mjhook tasks``: the most recently changed tasks from the task state records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from shared.taskstate import TaskState, TaskStore
+from tests.cli.conftest import RunCli
+from tests.support.clock import FakeClock
+
+
+@pytest.fixture
+def env(redis_server) -> dict[str, str]:
+    client = redis.Redis.from_url(redis_server.url)
+    clock = FakeClock(1_800_000_000.0)
+    tasks = TaskStore(client, ttl_s=86_400 * 365, clock=clock)
+    # Given tasks changed one second apart, in this order
+    for task_id, state, fields in [
+        ("t-old", TaskState.STORED, {}),
+        ("t-failed", TaskState.FAILED, {"reason": "generation failed [nsfw]", "code": "500"}),
+        ("t-new", TaskState.PROCESSING, {}),
+    ]:
+        clock.now += 1
+        tasks.move(task_id, state, **fields)
+    client.close()
+    return {"MJHOOK_REDIS_URL": redis_server.url}
+
+
+def test_tasks_are_listed_newest_first_with_state_time_and_reason(
+    env: dict[str, str], run_cli: RunCli
+) -> None:
+    result = run_cli(env, "tasks", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [row["taskId"] for row in rows] == ["t-new", "t-failed", "t-old"]
+    assert rows[1] == {
+        "taskId": "t-failed",
+        "state": "failed",
+        "updatedAt": "2027-01-15T08:00:02.000Z",
+        "receivedAt": None,
+        "code": "500",
+        "reason": "generation failed [nsfw]",
+    }
+
+
+def test_tasks_can_be_filtered_by_state_and_limited(env: dict[str, str], run_cli: RunCli) -> None:
+    failed = json.loads(run_cli(env, "tasks", "--state", "failed", "--json").stdout)
+    assert [row["taskId"] for row in failed] == ["t-failed"]
+    latest = json.loads(run_cli(env, "tasks", "--limit", "2", "--json").stdout)
+    assert [row["taskId"] for row in latest] == ["t-new", "t-failed"]
+    assert run_cli(env, "tasks", "--state", "lost").exit_code == 2
+
+
+def test_tasks_for_people_is_a_table(env: dict[str, str], run_cli: RunCli) -> None:
+    result = run_cli(env, "tasks")
+    assert result.exit_code == 0, result.output
+    assert "t-failed" in result.stdout
+    assert "generation failed [nsfw]" in result.stdout

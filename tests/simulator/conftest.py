@@ -1,0 +1,88 @@
+"""Fixtures of the simulator's tests: simulators that stop at teardown, a callback receiver."""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from simulator import RunningSimulator, SimulatorConfig, run_simulator
+from tests.simulator.support import Received, Receiver, SimFactory
+
+#: Small and fast unless a test says otherwise.
+TEST_CONFIG: dict[str, Any] = {
+    "image_width": 64,
+    "image_height": 64,
+    "video_bytes": 4096,
+    "generation_delay_s": 0.05,
+    "time_scale": 0.001,
+    "callback_timeout_s": 5.0,
+    "delivery_threads": 4,
+}
+
+
+class _ReceiverServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)  # no host name lookup
+        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            state.record(Received(self.path, dict(self.headers.items()), body, time.monotonic()))
+            status, delay = state.next_answer()
+            time.sleep(delay)
+            payload = b'{"status": "received"}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = _ReceiverServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_port}/callbacks/midjourney"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def make_sim() -> Iterator[SimFactory]:
+    """Start simulators with :data:`TEST_CONFIG` plus the given fields; all stop at teardown."""
+    started: list[RunningSimulator] = []
+
+    def make(clock: Callable[[], float] = time.time, **fields: Any) -> RunningSimulator:
+        sim = run_simulator(SimulatorConfig(**{**TEST_CONFIG, **fields}), clock=clock)
+        started.append(sim)
+        return sim
+
+    try:
+        yield make
+    finally:
+        for sim in started:
+            sim.stop()
+
+
+@pytest.fixture
+def sim(make_sim: SimFactory) -> RunningSimulator:
+    return make_sim()

@@ -1,0 +1,173 @@
+"""The provider's API: auth, body codes, task details in the provider's shape."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+import pytest
+
+from simulator import FaultConfig, RunningSimulator
+from tests.simulator.support import SimFactory, api, details, result_urls, submit, wait_done
+
+ISO_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+@pytest.mark.parametrize("key", ["", "wrong-key"])
+def test_a_missing_or_wrong_key_is_code_401(sim: RunningSimulator, key: str) -> None:
+    with api(sim, key=key) as client:
+        answer = client.post("/api/v1/mj/generate", json={"taskType": "mj_txt2img", "prompt": "x"})
+        info = client.get("/api/v1/mj/record-info", params={"taskId": "x"})
+    assert answer.status_code == 200
+    assert answer.json() == {"code": 401, "msg": "You do not have access permissions", "data": None}
+    assert info.json()["code"] == 401
+
+
+def test_details_follow_the_providers_shape_while_generating_and_when_done(sim: RunningSimulator) -> None:
+    # Given a submitted txt2img task
+    with api(sim) as client:
+        task_id = submit(client, prompt="a red fox", aspectRatio="16:9", callBackUrl="http://127.0.0.1:9/cb")
+        # Then at first it is generating, without results
+        generating = details(client, task_id)
+        # And later it has four result URLs, as objects
+        done = wait_done(client, task_id)
+
+    assert generating["successFlag"] == 0
+    assert generating["completeTime"] is None
+    assert generating["resultInfoJson"] == {"resultUrls": []}
+    assert set(done) == {
+        "taskId",
+        "taskType",
+        "paramJson",
+        "successFlag",
+        "errorCode",
+        "errorMessage",
+        "createTime",
+        "completeTime",
+        "resultInfoJson",
+    }
+    assert done["taskId"] == task_id
+    assert done["taskType"] == "mj_txt2img"
+    assert done["successFlag"] == 1
+    assert done["errorCode"] is None
+    assert done["errorMessage"] is None
+    assert ISO_SECONDS.fullmatch(done["createTime"])
+    assert ISO_SECONDS.fullmatch(done["completeTime"])
+    assert isinstance(done["paramJson"], str)
+    assert orjson.loads(done["paramJson"])["prompt"] == "a red fox"
+    urls = result_urls(done)
+    assert len(urls) == 4
+    assert all(url.startswith(f"{sim.base_url}/files/{task_id}/") for url in urls)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", 400),
+        (b"[1, 2]", 400),
+        (b'{"prompt": "x"}', 400),
+        (b'{"taskType": "mj_txt2img"}', 400),
+        (b'{"taskType": "mj_txt2img", "prompt": "   "}', 400),
+        (b'{"taskType": "mj_paint", "prompt": "x"}', 422),
+        (orjson.dumps({"taskType": "mj_txt2img", "prompt": "x" * 2001}), 422),
+        (b'{"taskType": "mj_txt2img", "prompt": "x", "speed": "warp"}', 422),
+        (b'{"taskType": "mj_img2img", "prompt": "x"}', 422),
+        (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "ftp://h/cb"}', 422),
+    ],
+)
+def test_bad_requests_are_400_and_invalid_values_422(sim: RunningSimulator, body: bytes, code: int) -> None:
+    with api(sim) as client:
+        answer = client.post(
+            "/api/v1/mj/generate", content=body, headers={"Content-Type": "application/json"}
+        )
+    assert answer.json()["code"] == code
+    assert answer.json()["data"] is None
+
+
+def test_unknown_tasks_are_404(sim: RunningSimulator) -> None:
+    with api(sim) as client:
+        info = client.get("/api/v1/mj/record-info", params={"taskId": "no-such-task"}).json()
+        upscale = client.post("/api/v1/mj/generateUpscale", json={"taskId": "no-such-task", "imageIndex": 0})
+    assert info["code"] == 404
+    assert upscale.json()["code"] == 404
+
+
+def test_upscale_and_vary_make_one_image_tasks_of_a_finished_grid(sim: RunningSimulator) -> None:
+    with api(sim) as client:
+        grid = submit(client)
+        # Given the grid is still generating, a derived task is refused
+        early = client.post("/api/v1/mj/generateUpscale", json={"taskId": grid, "imageIndex": 1}).json()
+        wait_done(client, grid)
+        bad_index = client.post("/api/v1/mj/generateVary", json={"taskId": grid, "imageIndex": 4}).json()
+        no_index = client.post("/api/v1/mj/generateVary", json={"taskId": grid}).json()
+        upscale = client.post("/api/v1/mj/generateUpscale", json={"taskId": grid, "imageIndex": 1}).json()
+        vary = client.post("/api/v1/mj/generateVary", json={"taskId": grid, "imageIndex": 3}).json()
+        upscaled = wait_done(client, upscale["data"]["taskId"])
+        varied = wait_done(client, vary["data"]["taskId"])
+
+    assert early["code"] == 422
+    assert bad_index["code"] == 422
+    assert no_index["code"] == 400
+    assert upscaled["taskType"] == "mj_upscale"
+    assert varied["taskType"] == "mj_vary"
+    assert len(result_urls(upscaled)) == 1
+    assert len(result_urls(varied)) == 1
+    assert upscale["data"]["taskId"] not in (grid, vary["data"]["taskId"])
+
+
+def test_deriving_from_a_failed_generation_is_code_501(make_sim: SimFactory) -> None:
+    sim = make_sim(faults=FaultConfig(failure_share=1.0))
+    with api(sim) as client:
+        grid = submit(client)
+        failed = wait_done(client, grid)
+        answer = client.post("/api/v1/mj/generateUpscale", json={"taskId": grid, "imageIndex": 0}).json()
+    assert failed["successFlag"] == 2
+    assert failed["errorCode"] == 501
+    assert failed["errorMessage"]
+    assert result_urls(failed) == []
+    assert answer["code"] == 501
+
+
+def test_submissions_beyond_the_rate_limit_are_code_429(make_sim: SimFactory) -> None:
+    sim = make_sim(rate_limit=3, rate_window_s=60.0)
+    with api(sim) as client:
+        codes = [client.post("/api/v1/mj/generate", json=_txt2img()).json()["code"] for _ in range(5)]
+        # Reading is not limited
+        info = client.get("/api/v1/mj/record-info", params={"taskId": "x"}).json()
+    assert codes == [200, 200, 200, 429, 429]
+    assert info["code"] == 404
+
+
+def test_no_credits_left_is_code_402(make_sim: SimFactory) -> None:
+    sim = make_sim(credits=1)
+    with api(sim) as client:
+        codes = [client.post("/api/v1/mj/generate", json=_txt2img()).json()["code"] for _ in range(2)]
+    assert codes == [200, 402]
+
+
+def test_maintenance_is_code_455_and_can_mirror_into_the_http_status(make_sim: SimFactory) -> None:
+    sim = make_sim(maintenance=True, http_status_mirrors_code=True)
+    with api(sim) as client:
+        answer = client.post("/api/v1/mj/generate", json=_txt2img())
+    assert answer.status_code == 455
+    assert answer.json()["code"] == 455
+
+
+def test_download_url_gives_a_fresh_link_for_our_urls_only(sim: RunningSimulator) -> None:
+    with api(sim) as client:
+        task_id = submit(client)
+        url = result_urls(wait_done(client, task_id))[2]
+        fresh = client.post("/api/v1/common/download-url", json={"url": url}).json()
+        foreign = client.post("/api/v1/common/download-url", json={"url": "https://example.com/a.png"}).json()
+        missing = client.post("/api/v1/common/download-url", json={}).json()
+        file = client.get(fresh["data"])
+    assert fresh["code"] == 200
+    assert fresh["data"].startswith(f"{sim.base_url}/files/{task_id}/2.png?")
+    assert foreign["code"] == 422
+    assert missing["code"] == 400
+    assert file.content == sim.expected_file(task_id, 2)
+
+
+def _txt2img() -> dict[str, Any]:
+    return {"taskType": "mj_txt2img", "prompt": "a cat"}

@@ -1,0 +1,132 @@
+"""Callbacks: the exact format, the retry schedule, the signature."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+
+import orjson
+
+from simulator import FaultConfig, RunningSimulator
+from simulator.callbacks import webhook_signature
+from tests.simulator.support import Receiver, SimFactory, api, details, result_urls, submit, wait_done
+
+
+def test_a_finished_task_calls_back_in_the_providers_exact_format(
+    sim: RunningSimulator, receiver: Receiver
+) -> None:
+    with api(sim) as client:
+        task_id = submit(client, prompt="a beautiful landscape", callBackUrl=receiver.url)
+        [request] = receiver.wait_for(1)
+        urls = result_urls(details(client, task_id))
+
+    assert request.path == "/callbacks/midjourney"
+    assert request.headers["Content-Type"] == "application/json"
+    assert "X-Webhook-Signature" not in request.headers
+    body = request.json()
+    assert body == {
+        "code": 200,
+        "msg": "success",
+        "data": {"taskId": task_id, "promptJson": body["data"]["promptJson"], "resultUrls": urls},
+    }
+    assert list(body) == ["code", "msg", "data"]
+    assert list(body["data"]) == ["taskId", "promptJson", "resultUrls"]
+    prompt = orjson.loads(body["data"]["promptJson"])
+    assert prompt["prompt"] == "a beautiful landscape"
+    assert prompt["model"] == "midjourney"
+    assert len(urls) == 4
+
+
+def test_a_failed_generation_calls_back_with_code_500_and_no_urls(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    sim = make_sim(faults=FaultConfig(failure_share=1.0))
+    with api(sim) as client:
+        task_id = submit(client, callBackUrl=receiver.url)
+        [request] = receiver.wait_for(1)
+    body = request.json()
+    assert body["code"] == 500
+    assert body["msg"] == "Midjourney generation failed"
+    assert body["data"]["taskId"] == task_id
+    assert body["data"]["resultUrls"] == []
+    assert orjson.loads(body["data"]["promptJson"])["prompt"] == "a cat"
+
+
+def test_non_2xx_answers_are_retried_on_the_scaled_1_5_15_minute_schedule(
+    sim: RunningSimulator, receiver: Receiver
+) -> None:
+    # Given a receiver that answers 500 twice, then 200
+    receiver.script = [500, 500]
+    with api(sim) as client:
+        task_id = submit(client, callBackUrl=receiver.url)
+        # Then the callback arrives three times, the same body each time
+        requests = receiver.wait_for(3)
+    assert sim.wait_idle(5.0)
+    attempts = sim.attempts(task_id)
+
+    assert [a.status for a in attempts] == [500, 500, 200]
+    assert [a.attempt for a in attempts] == [1, 2, 3]
+    assert len({r.body for r in requests}) == 1
+    assert len(receiver.requests) == 3
+    # And the gaps follow 1 min : 5 min at time_scale 0.001: never shorter than 60 ms and 300 ms
+    # (a busy machine may make them longer, so only lower bounds are checked)
+    first_gap = attempts[1].started_at - attempts[0].started_at
+    second_gap = attempts[2].started_at - attempts[1].started_at
+    assert first_gap >= 0.055
+    assert second_gap >= 0.29
+    assert second_gap > first_gap
+
+
+def test_the_provider_gives_up_after_three_retries(make_sim: SimFactory, receiver: Receiver) -> None:
+    sim = make_sim(time_scale=0.0002)
+    receiver.default_status = 503
+    with api(sim) as client:
+        task_id = submit(client, callBackUrl=receiver.url)
+        wait_done(client, task_id)
+    assert sim.wait_idle(5.0)
+    time.sleep(0.3)  # longer than any further retry would take
+    assert [a.status for a in sim.attempts(task_id)] == [503, 503, 503, 503]
+    assert len(receiver.requests) == 4
+
+
+def test_a_timeout_or_refused_connection_counts_as_a_failed_attempt(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    sim = make_sim(callback_timeout_s=0.2)
+    receiver.delays_s = [0.6]  # the first answer comes too late
+    with api(sim) as client:
+        slow = submit(client, callBackUrl=receiver.url)
+        refused = submit(client, callBackUrl="http://127.0.0.1:9/callbacks/midjourney")
+        receiver.wait_for(2)
+    assert sim.wait_idle(5.0)
+
+    slow_attempts = sim.attempts(slow)
+    assert [a.status for a in slow_attempts] == [None, 200]
+    assert "Timeout" in (slow_attempts[0].error or "")
+    assert [a.status for a in sim.attempts(refused)] == [None, None, None, None]
+
+
+def test_callbacks_are_signed_when_a_webhook_key_is_set(make_sim: SimFactory, receiver: Receiver) -> None:
+    sim = make_sim(hmac_key="shh-its-a-key")
+    with api(sim) as client:
+        task_id = submit(client, callBackUrl=receiver.url)
+        [request] = receiver.wait_for(1)
+
+    timestamp = request.headers["X-Webhook-Timestamp"]
+    assert abs(int(timestamp) - time.time()) < 30
+    expected = hmac.new(b"shh-its-a-key", f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+    signature = base64.b64decode(request.headers["X-Webhook-Signature"])
+    assert hmac.compare_digest(signature, expected)
+    assert request.headers["X-Webhook-Signature"] == webhook_signature(
+        "shh-its-a-key", task_id, int(timestamp)
+    )
+
+
+def test_tasks_without_a_callback_url_are_only_polled(sim: RunningSimulator, receiver: Receiver) -> None:
+    with api(sim) as client:
+        task_id = submit(client)
+        done = wait_done(client, task_id)
+    assert done["successFlag"] == 1
+    assert sim.attempts(task_id) == []

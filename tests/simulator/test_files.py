@@ -1,0 +1,115 @@
+"""Result files: real PNGs (and MP4 stand-ins), reproducible bytes, signed expiring links."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+
+import httpx
+from PIL import Image
+
+from simulator import RunningSimulator, expected_file
+from simulator.files import FileCache, png_bytes
+from tests.simulator.support import FakeClock, SimFactory, api, result_urls, submit, wait_done
+from workers.sniff import MP4, PNG, sniff_media
+
+
+def test_result_files_are_decodable_pngs_with_reproducible_bytes(sim: RunningSimulator) -> None:
+    with api(sim) as client:
+        task_id = submit(client)
+        urls = result_urls(wait_done(client, task_id))
+        files = [client.get(url) for url in urls]
+
+    for index, response in enumerate(files):
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "image/png"
+        image = Image.open(io.BytesIO(response.content))
+        image.load()
+        assert image.size == (64, 64)
+        assert image.mode == "RGB"
+        assert sniff_media(response.content[:64]) is PNG
+        assert response.content == sim.expected_file(task_id, index)
+        assert response.content == expected_file(task_id, index, width=64, height=64)
+    assert len({hashlib.sha256(r.content).hexdigest() for r in files}) == 4
+
+
+def test_the_same_task_and_index_give_the_same_bytes_in_another_simulator(make_sim: SimFactory) -> None:
+    first = make_sim(task_id_prefix="same-")
+    second = make_sim(task_id_prefix="same-")
+    digests = []
+    for sim in (first, second):
+        with api(sim) as client:
+            task_id = submit(client)
+            url = result_urls(wait_done(client, task_id))[1]
+            digests.append((task_id, hashlib.sha256(client.get(url).content).hexdigest()))
+    assert digests[0] == digests[1]
+
+
+def test_a_full_size_image_is_one_to_two_megabytes() -> None:
+    data = png_bytes("size-check", 0)
+    image = Image.open(io.BytesIO(data))
+    assert image.size == (1024, 1024)
+    assert 1_000_000 < len(data) < 2_000_000
+
+
+def test_video_tasks_yield_one_mp4_the_sniffer_recognises(sim: RunningSimulator) -> None:
+    with api(sim) as client:
+        task_id = submit(client, taskType="mj_video", fileUrls=["http://127.0.0.1:9/in.png"])
+        [url] = result_urls(wait_done(client, task_id))
+        response = client.get(url)
+    assert url.split("?")[0].endswith("/0.mp4")
+    assert response.headers["Content-Type"] == "video/mp4"
+    assert response.content[4:8] == b"ftyp"
+    assert sniff_media(response.content[:64]) is MP4
+    assert len(response.content) == 4096
+    assert response.content == sim.expected_file(task_id, 0)
+
+
+def test_links_expire_refuse_tampering_and_can_be_refreshed(make_sim: SimFactory) -> None:
+    clock = FakeClock()
+    sim = make_sim(clock=clock, url_ttl_s=600.0)
+    with api(sim) as client:
+        task_id = submit(client)
+        url = result_urls(wait_done(client, task_id))[0]
+        valid = client.get(url).status_code
+        tampered = client.get(url.replace("/0.png", "/1.png")).status_code
+        unsigned = client.get(url.split("?")[0]).status_code
+        # When the link's time has passed
+        clock.advance(601)
+        expired = client.get(url).status_code
+        # Then download-url gives one valid 20 minutes
+        fresh = client.post("/api/v1/common/download-url", json={"url": url}).json()["data"]
+        refreshed = client.get(fresh).status_code
+        clock.advance(20 * 60 + 1)
+        refreshed_later = client.get(fresh).status_code
+
+    assert (valid, tampered, unsigned) == (200, 403, 403)
+    assert expired == 410
+    assert refreshed == 200
+    assert refreshed_later == 410
+
+
+def test_the_file_cache_keeps_the_most_recently_used_files() -> None:
+    made: list[tuple[str, int, str]] = []
+
+    def make(task_id: str, index: int, ext: str) -> bytes:
+        made.append((task_id, index, ext))
+        return f"{task_id}/{index}.{ext}".encode()
+
+    cache = FileCache(make, max_files=2)
+    cache.get("a", 0, "png")
+    cache.get("b", 0, "png")
+    cache.get("a", 0, "png")  # a is now the most recent
+    cache.get("c", 0, "png")  # evicts b
+    cache.get("a", 0, "png")
+    cache.get("b", 0, "png")
+    assert made == [("a", 0, "png"), ("b", 0, "png"), ("c", 0, "png"), ("b", 0, "png")]
+
+
+def test_unknown_file_names_are_404(sim: RunningSimulator) -> None:
+    with httpx.Client(trust_env=False) as client:
+        assert client.get(f"{sim.base_url}/files/x/0.gif?exp=1&sig=x").status_code == 404
+        assert (
+            client.get(f"{sim.base_url}/files/x/a.png?exp={int(time.time()) + 60}&sig=x").status_code == 404
+        )
