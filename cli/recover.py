@@ -14,7 +14,7 @@ from cli.output import echo_json
 from cli.services import DEFAULT_REDIS_TIMEOUT_S
 from cli.submit import EXIT_REFUSED, EXIT_UNAVAILABLE
 from shared.errors import ConfigError, ProviderError, ProviderUnavailable
-from shared.polling import PollOutcome, ResultPoller
+from shared.polling import PollOutcome, ResultPoller, callback_limits
 from shared.provider import create_provider_client
 from shared.queue import create_broker
 from shared.redis_client import connect_redis
@@ -82,7 +82,8 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
     failure: ProviderError | None = None
     try:
         tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
-        poller = ResultPoller(provider=provider, tasks=tasks, broker=create_broker(settings, middleware=[]))
+        broker = create_broker(settings, middleware=[])
+        poller = ResultPoller(provider=provider, tasks=tasks, broker=broker, limits=callback_limits(settings))
         for task_id, _ in SubmittedTasks(client, tasks, ttl_s=settings.task_ttl_s).since(since_s):
             record = tasks.get(task_id)
             state = record.state.value if record is not None else "expired"

@@ -15,13 +15,16 @@ import orjson
 import redis
 from falcon import media
 
-from ingress.intake import CallbackIntake, RejectLog
+from ingress.dashboard import DASHBOARD_PATH, add_dashboard_routes
+from ingress.intake import CallbackIntake
+from ingress.metrics import CountingIntake, CountingRejectLog, CountingSpool, MetricsResource, RequestMetrics
 from ingress.resources import CallbackResource, HealthResource, ReadyResource
 from ingress.signature import SignatureVerifier
 from ingress.sources import SourceFilter
 from ingress.spool import Spool, SpoolDrainer
 from ingress.tasks_api import ApiTokenGuard, TaskListResource, TaskResource
 from shared.callback import CallbackLimits
+from shared.metrics import IngressMetrics, create_ingress_metrics, exposition_registry, spool_collectors
 from shared.queue import create_broker
 from shared.redis_client import connect_redis
 from shared.settings import Settings
@@ -73,22 +76,37 @@ def build_ingress(
     redis_client: redis.Redis | None = None,
     broker: dramatiq.Broker | None = None,
     clock: Callable[[], float] = time.time,
+    metrics: IngressMetrics | None = None,
+    metrics_dir: str | None = None,
 ) -> Ingress:
-    """The app with its intake and spool (from ``settings.spool_dir``; empty: none)."""
+    """The app with its intake and spool (from ``settings.spool_dir``; empty: none). ``GET /metrics``
+    serves ``metrics`` (default: new ones) or, given ``metrics_dir``, those of every process
+    counting there (prometheus_client's multiprocess mode)."""
+    metrics = create_ingress_metrics() if metrics is None else metrics
     client = redis_client or connect_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
     if broker is None:
         queue_client = client if settings.queue_url == settings.redis_url else None
         broker = create_broker(settings, client=queue_client, middleware=[])
     spool = (
-        Spool(Path(settings.spool_dir), max_bytes=settings.spool_max_bytes) if settings.spool_dir else None
+        CountingSpool(
+            Path(settings.spool_dir), max_bytes=settings.spool_max_bytes, spooled=metrics.callbacks_spooled
+        )
+        if settings.spool_dir
+        else None
     )
-    intake = CallbackIntake(
-        broker=broker, tasks=TaskStore(client, ttl_s=settings.task_ttl_s, clock=clock), spool=spool
+    intake = CountingIntake(
+        enqueue_failures=metrics.enqueue_failures,
+        broker=broker,
+        tasks=TaskStore(client, ttl_s=settings.task_ttl_s, clock=clock),
+        spool=spool,
     )
 
     app = falcon.App(
         media_type=falcon.MEDIA_JSON,
-        middleware=[ApiTokenGuard(settings.api_token, prefixes=READ_PREFIXES)],
+        middleware=(
+            RequestMetrics(metrics, ack_path=CALLBACK_PATH),
+            ApiTokenGuard(settings.api_token, prefixes=READ_PREFIXES, query_token_paths=(DASHBOARD_PATH,)),
+        ),
     )
     json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
@@ -109,8 +127,12 @@ def build_ingress(
         CALLBACK_PATH,
         CallbackResource(
             intake=intake,
-            rejects=RejectLog(
-                client, keep=settings.rejected_keep, body_bytes=settings.rejected_body_bytes, clock=clock
+            rejects=CountingRejectLog(
+                client,
+                keep=settings.rejected_keep,
+                body_bytes=settings.rejected_body_bytes,
+                clock=clock,
+                rejected=metrics.callbacks_rejected,
             ),
             limits=CallbackLimits(
                 max_result_urls=settings.max_result_urls,
@@ -137,6 +159,14 @@ def build_ingress(
         TaskResource(tasks=tasks, store=store, presigner=presigner, expiry_s=settings.presign_expiry_s),
     )
     app.add_route("/tasks", TaskListResource(client=client, tasks=tasks))
+    add_dashboard_routes(app, settings, broker=broker, tasks=tasks, clock=clock)
+    collectors = spool_collectors(spool.depth, spool.depth_bytes) if spool is not None else []
+    app.add_route(
+        "/metrics",
+        MetricsResource(
+            exposition_registry(metrics.registry, multiprocess_dir=metrics_dir, collectors=collectors)
+        ),
+    )
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(client))
     return Ingress(app=app, intake=intake, spool=spool, settings=settings)

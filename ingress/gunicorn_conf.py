@@ -2,6 +2,27 @@
 Each can be overridden on the command line or with GUNICORN_CMD_ARGS."""
 
 import multiprocessing
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+from shared.logs import make_formatter
+from shared.metrics import (
+    MULTIPROC_ENV,
+    default_multiprocess_dir,
+    mark_process_dead,
+    multiprocess_dir,
+    remove_stale_dirs,
+    use_multiprocess_dir,
+)
+from shared.settings import Settings
+
+#: The master needs the log settings before the app is loaded; wsgi.py reads them again in each
+#: worker process.
+_settings = Settings.from_env(os.environ)
 
 bind = "127.0.0.1:8000"
 #: Acks are short and I/O bound (two Redis round trips): threads keep connections alive cheaply.
@@ -19,3 +40,38 @@ accesslog = None
 #: gunicorn 27's control socket is one file per user (~/.gunicorn/gunicorn.ctl) shared by every
 #: instance on the host; the ingress does not use it.
 control_socket_disable = True
+loglevel = _settings.log_level.lower()
+
+
+class MjhookLogger(Logger):  # type: ignore[misc]
+    """gunicorn's own log lines (gunicorn.error, and gunicorn.access when enabled) in
+    MJHOOK_LOG_FORMAT, like the app's. A logger class rather than ``logconfig_dict``, which would
+    turn the access log on (a cost on every request)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        formatter = make_formatter(_settings.log_format)
+        for handler in (*self.error_log.handlers, *self.access_log.handlers):
+            handler.setFormatter(formatter)
+
+
+logger_class = MjhookLogger
+
+
+def on_starting(server: Any) -> None:
+    """Give the worker processes one fresh directory to count metrics in (see shared.metrics):
+    PROMETHEUS_MULTIPROC_DIR when set, else one of this master's own under the temp directory."""
+    remove_stale_dirs("ingress")
+    use_multiprocess_dir(multiprocess_dir(os.environ, role="ingress", owner_pid=os.getpid()), clear=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker process is gone: its live gauges no longer count."""
+    mark_process_dead(worker.pid, os.environ[MULTIPROC_ENV])
+
+
+def on_exit(server: Any) -> None:
+    """Remove this master's own metrics directory (never one the operator gave)."""
+    own = default_multiprocess_dir("ingress", os.getpid())
+    if Path(os.environ.get(MULTIPROC_ENV, "")) == own:
+        shutil.rmtree(own, ignore_errors=True)

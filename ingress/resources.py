@@ -16,6 +16,7 @@ from ingress.sources import SourceFilter
 from shared.callback import Callback, CallbackLimits, parse_callback
 from shared.clock import utc_iso
 from shared.errors import InvalidCallback, TransientError
+from shared.logs import task_context
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ class CallbackResource:
             resp.status = exc.status
             resp.media = {"error": exc.reason}
             return
+        with task_context(callback.task_id):
+            self._acknowledge(callback, resp)
+
+    def _acknowledge(self, callback: Callback, resp: falcon.Response) -> None:
         try:
             self._intake.accept(callback)
         except TransientError as exc:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Collection
 from typing import Any, cast
 
 import falcon
@@ -22,17 +23,26 @@ DEFAULT_LIST_LIMIT = 20
 
 class ApiTokenGuard:
     """Falcon middleware: requests under the given path prefixes need ``Authorization: Bearer
-    <token>`` (compared in constant time) when a token is configured."""
+    <token>`` (compared in constant time) when a token is configured. On the exact paths in
+    ``query_token_paths`` (a page a browser opens, which cannot send a header) ``?token=<token>``
+    is accepted instead; API endpoints take the header only."""
 
-    def __init__(self, token: str, *, prefixes: tuple[str, ...]) -> None:
+    def __init__(
+        self, token: str, *, prefixes: tuple[str, ...], query_token_paths: Collection[str] = ()
+    ) -> None:
         self._expected = f"Bearer {token}".encode() if token else b""
+        self._token = token.encode()
         self._prefixes = prefixes
+        self._query_token_paths = frozenset(query_token_paths)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if not self._expected or not req.path.startswith(self._prefixes):
             return
         given = (req.get_header("Authorization") or "").encode()
-        if not hmac.compare_digest(given, self._expected):
+        if hmac.compare_digest(given, self._expected):
+            return
+        query_token = req.get_param("token") if req.path in self._query_token_paths else None
+        if query_token is None or not hmac.compare_digest(query_token.encode(), self._token):
             raise falcon.HTTPUnauthorized(
                 title="missing or wrong API token", headers={"WWW-Authenticate": "Bearer"}
             )

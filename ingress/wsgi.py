@@ -7,11 +7,14 @@ import os
 
 from ingress.app import build_ingress
 from shared.logs import configure_logging
+from shared.metrics import MULTIPROC_ENV
 from shared.settings import Settings
 
 settings = Settings.from_env(os.environ)
-configure_logging(settings.log_level)
-ingress = build_ingress(settings)
+configure_logging(settings.log_level, settings.log_format)
+# gunicorn_conf.py gives the worker processes one directory to count metrics in, so that
+# /metrics, answered by any of them, adds up all of them.
+ingress = build_ingress(settings, metrics_dir=os.environ.get(MULTIPROC_ENV) or None)
 # gunicorn imports this module in each worker process (no preload), so each drains the spool.
 drainer = ingress.start_drainer()
 app = ingress.app

@@ -3,6 +3,7 @@
 # ones are already given, then the ingress and the workers. Ctrl-C stops everything.
 #   MJHOOK_REDIS_URL    use this Redis if it answers PING (default redis://127.0.0.1:6379/0)
 #   MJHOOK_S3_ENDPOINT  use this S3 instead of starting SeaweedFS on 127.0.0.1:8333
+#   UP_EXTRA            more Procfile processes to run too (make demo: "sim demo"); none by default
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=${VENV:-.venv}
@@ -26,6 +27,8 @@ else
   redis_line="127.0.0.1:6379 (redis-server, data in .data/redis)"
 fi
 export MJHOOK_REDIS_URL=$redis_url
+# Readable lines in the terminal (the default, json, is for log pipelines).
+export MJHOOK_LOG_FORMAT=${MJHOOK_LOG_FORMAT:-text}
 
 if [ -n "${MJHOOK_S3_ENDPOINT:-}" ]; then
   s3_line="using $MJHOOK_S3_ENDPOINT"
@@ -51,10 +54,15 @@ PY
   s3_line+=" master :9333, volume :8080, filer :8888)"
 fi
 names+=(ingress worker)
+read -r -a extra <<< "${UP_EXTRA:-}"
+names+=(${extra[@]+"${extra[@]}"})
 
 echo "redis    $redis_line"
 echo "s3       $s3_line, bucket ${MJHOOK_S3_BUCKET:-midjourney}"
 echo "ingress  http://127.0.0.1:8000 (GET /healthz)"
-echo "worker   dramatiq workers.tasks"
+echo "worker   dramatiq workers.tasks (metrics: http://127.0.0.1:${MJHOOK_WORKER_METRICS_PORT:-9191}/metrics)"
+for name in ${extra[@]+"${extra[@]}"}; do
+  echo "$(printf '%-8s' "$name") $(sed -n "s/^$name: //p" Procfile)"
+done
 echo "starting: ${names[*]}"
 exec honcho start -f Procfile "${names[@]}"

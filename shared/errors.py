@@ -51,3 +51,28 @@ class InvalidCallback(PermanentError):
 
 class DownloadRefused(PermanentError):
     """A result file we will never store: not media, too large, gone (4xx), refused address."""
+
+
+class ResultLinkGone(DownloadRefused):
+    """A result URL answered 403, 404 or 410: expired or revoked. The provider may still hand out
+    a fresh link for the same file (``download-url``)."""
+
+
+class ProviderError(MjhookError):
+    """The provider's API answered with an error (its body ``code``, else the HTTP status), or
+    could not be reached (``code`` None). ``provider_msg`` is the provider's own ``msg``."""
+
+    def __init__(self, message: str, *, code: int | None = None, provider_msg: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.provider_msg = provider_msg
+
+
+class ProviderUnavailable(ProviderError, TransientError):
+    """Rate limited (429), in maintenance (455), a server error (5xx) or unreachable, still after
+    the client's own retries: try again later."""
+
+
+class ProviderRefused(ProviderError, PermanentError):
+    """The provider refused the request for good: bad API key (401), no credits (402), unknown
+    task (404), invalid request (400, 422), generation failed (501)."""

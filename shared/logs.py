@@ -1,13 +1,123 @@
-"""Log set-up shared by every process, so ingress and workers log in one shape."""
+"""Log set-up shared by every process, so ingress and workers log in one shape.
+
+Two formats, chosen by ``MJHOOK_LOG_FORMAT``: ``json`` (one JSON object per line, for log
+pipelines; the default) and ``text`` (one readable line, for a terminal; ``make up``). Both add
+the ``taskId`` of the callback being handled, which the ingress resource and the worker bind with
+:func:`task_context` / :func:`bind_task_id` for the duration of the work.
+
+The JSON is made by a small stdlib :class:`logging.Formatter` rather than structlog or
+python-json-logger: the lines that matter come through stdlib logging anyway (ours, gunicorn's,
+dramatiq's), the task id is one context variable, and orjson is already a dependency.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from typing import IO, Any, Literal
 
-#: One line per event: time, level, process, logger, message.
-LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+import orjson
+
+from shared.clock import utc_iso
+
+#: The text format: time, level, process, logger, task (when there is one), message.
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s%(task)s: %(message)s"
+
+LogFormat = Literal["json", "text"]
+
+#: The taskId of the callback this thread (or task copied from it) is handling, if any.
+TASK_ID: ContextVar[str | None] = ContextVar("mjhook_task_id", default=None)
+
+#: Attributes every LogRecord has: anything else on a record came from ``extra=`` and is logged.
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "task",
+    "taskId",
+}
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Configure the root logger once per process."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+@contextmanager
+def task_context(task_id: str) -> Iterator[None]:
+    """Every line logged in the ``with`` block (in this thread, or in work submitted with a copy
+    of its context) carries ``taskId``."""
+    token = TASK_ID.set(task_id)
+    try:
+        yield
+    finally:
+        TASK_ID.reset(token)
+
+
+def bind_task_id(task_id: str | None) -> Token[str | None]:
+    """Set the current task id until :func:`unbind_task_id` (for hooks that begin and end a task
+    in two calls, such as dramatiq's middleware)."""
+    return TASK_ID.set(task_id)
+
+
+def unbind_task_id(token: Token[str | None]) -> None:
+    TASK_ID.reset(token)
+
+
+def current_task_id(record: logging.LogRecord) -> str | None:
+    """The record's own ``taskId`` (given with ``extra=``), else the context's."""
+    given = record.__dict__.get("taskId")
+    return str(given) if given else TASK_ID.get()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (ISO 8601 UTC, ms), ``level``, ``logger``, ``message``,
+    ``process``, ``thread``, then ``taskId`` when known, any ``extra=`` fields, and ``exception``
+    (the formatted traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": utc_iso(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+            "thread": record.threadName,
+        }
+        task_id = current_task_id(record)
+        if task_id:
+            entry["taskId"] = task_id
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(entry, default=repr).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`LOG_FORMAT`, with `` [taskId]`` after the logger name when there is a task."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        task_id = current_task_id(record)
+        record.task = f" [{task_id}]" if task_id else ""
+        return super().format(record)
+
+
+def make_formatter(log_format: LogFormat) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
+def configure_logging(
+    level: str = "INFO", log_format: LogFormat = "text", *, stream: IO[str] | None = None
+) -> None:
+    """Send every logger of this process through one handler on ``stream`` (default: stderr as it
+    is now) in ``log_format``, replacing handlers set before (dramatiq's worker processes have
+    one already, writing to the same stderr)."""
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(make_formatter(log_format))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -4,7 +4,7 @@ the CLI) call :meth:`Settings.from_env`; everything else receives a Settings."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -114,12 +114,23 @@ class Settings(BaseModel):
     # --- the provider -----------------------------------------------------------------
     provider_url: str = "https://api.kie.ai"
     provider_api_key: str = ""
+    #: Retries of a provider API call answered 429, 455 or 5xx (or not reached), with exponential
+    #: backoff from 1 s (or as ``Retry-After`` says); 0 fails at once.
+    provider_retries: int = Field(default=4, ge=0, le=10)
     public_url: str = ""
     poll_grace_s: int = Field(default=1500, ge=0)
     poll_interval_s: int = Field(default=30, ge=1)
+    #: Seconds after submission when a task still without a result is given up as ``failed``.
+    poll_give_up_s: int = Field(default=86_400, ge=1)
 
-    # --- logs -------------------------------------------------------------------------
+    # --- logs and metrics -------------------------------------------------------------
     log_level: str = "INFO"
+    #: ``json`` (one object per line, for log pipelines) or ``text`` (for a terminal).
+    log_format: Literal["json", "text"] = "json"
+    #: Address and port of each dramatiq instance's Prometheus endpoint (its fork process);
+    #: port 0 turns it off. The ingress serves its metrics at ``GET /metrics``.
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
 
     @field_validator("fetch_allow", "callback_allow_from", "trusted_proxies", mode="before")
     @classmethod

@@ -1,22 +1,29 @@
-"""Each task's state record in Redis: received -> processing -> stored | partial | failed."""
+"""Each task's state record in Redis: [submitted ->] received -> processing -> stored | partial | failed.
+
+``submitted`` only for tasks mjhook submitted itself, until their result arrives (by callback or
+by polling the provider)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
+from typing import cast
 
 import redis
 
 from shared import keys
+from shared.redis_client import as_text
 
 #: Recently changed tasks kept in the recent index.
 DEFAULT_RECENT_KEEP = 10_000
 
 
 class TaskState(StrEnum):
+    #: Submitted by mjhook (``mjhook submit``); no result yet.
+    SUBMITTED = "submitted"
     RECEIVED = "received"
     PROCESSING = "processing"
     STORED = "stored"
@@ -26,6 +33,10 @@ class TaskState(StrEnum):
 
 #: States a task ends in; a manifest exists for each.
 FINAL_STATES = frozenset({TaskState.STORED, TaskState.PARTIAL, TaskState.FAILED})
+
+#: The states :meth:`TaskStore.counts` counts (those ``mjhook status --json`` has always shown);
+#: submitted tasks are counted by :func:`shared.submitted.submitted_counts`.
+COUNTED_STATES = tuple(state for state in TaskState if state is not TaskState.SUBMITTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,32 +65,78 @@ class TaskStore:
         self._transition = client.register_script(script)
 
     def mark_received(self, task_id: str, received_at: str) -> TaskState | None:
-        """Record a new task as received; a task already known keeps its state.
-        Returns the state it had, or None when it is new."""
-        return self._move(task_id, TaskState.RECEIVED, {"receivedAt": received_at}, only_if_new=True)
+        """Record a new task as received; a task already known keeps its state, except that a
+        ``submitted`` one moves on to ``received``. Returns the state it had, or None when it is new."""
+        return self._move(
+            task_id,
+            TaskState.RECEIVED,
+            {"receivedAt": received_at},
+            only_if_new=True,
+            or_from=TaskState.SUBMITTED,
+        )
+
+    def mark_submitted(self, task_id: str, **fields: str) -> TaskState | None:
+        """Record a task mjhook just submitted; a task already known (its callback came first)
+        keeps its state. Returns the state it had, or None when it is new."""
+        return self._move(task_id, TaskState.SUBMITTED, fields, only_if_new=True)
+
+    def move_from(
+        self, task_id: str, expected: TaskState, state: TaskState, **fields: str
+    ) -> TaskState | None:
+        """Like :meth:`move`, but only while the task is in ``expected`` (or has no record): a task
+        that moved on meanwhile keeps its state. Returns the state it had."""
+        return self._move(task_id, state, fields, only_if_new=True, or_from=expected)
 
     def move(self, task_id: str, state: TaskState, **fields: str) -> TaskState | None:
         """Set the state (and extra fields) of a task; returns the previous state."""
         return self._move(task_id, state, fields, only_if_new=False)
 
     def get(self, task_id: str) -> TaskRecord | None:
-        raw = self._client.hgetall(keys.task(task_id))
-        if not raw:
-            return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        return TaskRecord(task_id=task_id, state=TaskState(fields["state"]), fields=fields)
+        return _record(task_id, self._client.hgetall(keys.task(task_id)))
 
     def counts(self) -> dict[str, int]:
         """How many tasks are in each state (within the record TTL)."""
         pipe = self._client.pipeline(transaction=False)
-        for state in TaskState:
+        for state in COUNTED_STATES:
             pipe.zcard(keys.state_index(state))
-        return dict(zip((s.value for s in TaskState), pipe.execute(), strict=True))
+        return dict(zip((s.value for s in COUNTED_STATES), pipe.execute(), strict=True))
+
+    def recent(self, *, state: TaskState | None = None, limit: int = 20) -> list[TaskRecord]:
+        """The ``limit`` most recently changed tasks, newest first; only those now in ``state``
+        when it is given. Tasks whose record has expired are left out."""
+        index = keys.RECENT if state is None else keys.state_index(state)
+        members = cast(list[bytes], self._client.zrevrange(index, 0, limit - 1))
+        task_ids = [as_text(member) for member in members]
+        pipe = self._client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hgetall(keys.task(task_id))
+        records = (_record(task_id, raw) for task_id, raw in zip(task_ids, pipe.execute(), strict=True))
+        return [record for record in records if record is not None]
+
+    def per_minute(self, states: Iterable[TaskState], *, minutes: int) -> dict[str, tuple[int, ...]]:
+        """For each state, how many tasks entered it (and are still in it) in each of the
+        ``minutes`` 60-second windows that end now, the oldest window first."""
+        now_ms = int(self._clock() * 1000)
+        pipe = self._client.pipeline(transaction=False)
+        names = [TaskState(state).value for state in states]
+        for name in names:
+            for age in range(minutes, 0, -1):
+                pipe.zcount(keys.state_index(name), f"({now_ms - age * 60_000}", now_ms - (age - 1) * 60_000)
+        counts = pipe.execute()
+        return {name: tuple(counts[i * minutes : (i + 1) * minutes]) for i, name in enumerate(names)}
 
     def _move(
-        self, task_id: str, state: TaskState, fields: Mapping[str, str], *, only_if_new: bool
+        self,
+        task_id: str,
+        state: TaskState,
+        fields: Mapping[str, str],
+        *,
+        only_if_new: bool,
+        or_from: TaskState | None = None,
     ) -> TaskState | None:
+        """``only_if_new``: move only a task without a record, or (``or_from``) one in that state."""
         now_ms = int(self._clock() * 1000)
+        guard = "0" if not only_if_new else (or_from.value if or_from is not None else "1")
         pairs = [item for pair in fields.items() for item in pair]
         old = self._transition(
             keys=[keys.task(task_id), keys.RECENT],
@@ -88,14 +145,17 @@ class TaskStore:
                 state.value,
                 now_ms,
                 self._ttl_s,
-                "1" if only_if_new else "0",
+                guard,
                 self._recent_keep,
                 keys.STATE_INDEX_PREFIX,
                 *pairs,
             ],
         )
-        return TaskState(_text(old)) if old else None
+        return TaskState(as_text(old)) if old else None
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _record(task_id: str, raw: Mapping[bytes | str, bytes | str]) -> TaskRecord | None:
+    if not raw:
+        return None
+    fields = {as_text(k): as_text(v) for k, v in raw.items()}
+    return TaskRecord(task_id=task_id, state=TaskState(fields["state"]), fields=fields)

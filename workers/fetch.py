@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
 import httpx
 
-from shared.errors import DownloadFailed, DownloadRefused
+from shared.errors import DownloadFailed, DownloadRefused, MjhookError, ResultLinkGone, TransientError
 from workers.dimensions import (
     DEFAULT_HEAD_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -24,6 +25,8 @@ from workers.sniff import SNIFF_BYTES, MediaType, sniff_media
 
 #: HTTP statuses worth another try later; every other non-2xx status is final.
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: HTTP statuses of an expired or revoked link: the provider may give a fresh one for the file.
+LINK_GONE_STATUSES = frozenset({403, 404, 410})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +58,48 @@ class ResultFetcher:
     """Fetches result files with one pooled ``httpx.Client`` shared by all threads of a worker
     process. Redirects, their limit and timeouts are the client's settings."""
 
-    def __init__(self, client: httpx.Client, limits: FetchLimits) -> None:
+    def __init__(
+        self,
+        client: httpx.Client,
+        limits: FetchLimits,
+        *,
+        refresh_url: Callable[[str], str] | None = None,
+    ) -> None:
+        """``refresh_url`` gives a fresh link for a result URL (the provider's ``download-url``);
+        without it an expired link is final."""
         self._client = client
         self._limits = limits
+        self._refresh_url = refresh_url
 
     def fetch(self, url: str) -> FetchedFile:
         """Download ``url``. Raises :class:`DownloadFailed` (try again later) or
-        :class:`DownloadRefused` (never store it) with a reason."""
+        :class:`DownloadRefused` (never store it) with a reason. When ``url`` answers 403, 404 or
+        410 and there is a ``refresh_url``, the fresh link is tried once."""
+        try:
+            return self._fetch_once(url)
+        except ResultLinkGone as exc:
+            if self._refresh_url is None:
+                raise
+            gone = str(exc)
+        return self._fetch_refreshed(url, self._refresh_url, gone)
+
+    def _fetch_refreshed(self, url: str, refresh_url: Callable[[str], str], gone: str) -> FetchedFile:
+        try:
+            fresh = refresh_url(url)
+        except TransientError as exc:
+            raise DownloadFailed(f"{gone}; no fresh link for now: {exc}") from exc
+        except MjhookError as exc:
+            raise DownloadRefused(f"{gone}; no fresh link: {exc}") from exc
+        try:
+            fetched = self._fetch_once(fresh)
+        except DownloadRefused as exc:
+            raise DownloadRefused(f"{gone}; its fresh link: {exc}") from exc
+        except DownloadFailed as exc:
+            raise DownloadFailed(f"{gone}; its fresh link: {exc}") from exc
+        fetched.source_url = url
+        return fetched
+
+    def _fetch_once(self, url: str) -> FetchedFile:
         body = tempfile.SpooledTemporaryFile(max_size=self._limits.spool_memory_bytes)  # noqa: SIM115
         try:
             media, size, digest = self._stream_into(url, body)
@@ -137,6 +175,8 @@ def _check_status(response: httpx.Response) -> None:
         return
     if status in RETRYABLE_STATUSES:
         raise DownloadFailed(f"HTTP {status}")
+    if status in LINK_GONE_STATUSES:
+        raise ResultLinkGone(f"HTTP {status}")
     raise DownloadRefused(f"HTTP {status}")
 
 

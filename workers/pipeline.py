@@ -3,6 +3,7 @@ upload each, write the manifest last, record the outcome."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import time
@@ -13,6 +14,7 @@ from shared import storage
 from shared.callback import Callback
 from shared.clock import utc_iso
 from shared.errors import DownloadFailed, DownloadRefused
+from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.storage import ObjectStore
 from shared.taskstate import FINAL_STATES, TaskState, TaskStore
 from workers.fetch import ResultFetcher
@@ -26,7 +28,8 @@ _STORED_FILE = re.compile(r"(\d+)\.([a-z0-9]+)")
 
 
 class CallbackProcessor:
-    """The worker's whole job for one callback. ``clock`` returns Unix seconds."""
+    """The worker's whole job for one callback. ``clock`` returns Unix seconds; ``timer`` seconds
+    from any origin (it times downloads and uploads for ``metrics``, default: new ones)."""
 
     def __init__(
         self,
@@ -37,6 +40,8 @@ class CallbackProcessor:
         fetcher: ResultFetcher,
         pool: Executor,
         clock: Callable[[], float] = time.time,
+        metrics: WorkerMetrics | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._tasks = tasks
         self._leases = leases
@@ -44,6 +49,8 @@ class CallbackProcessor:
         self._fetcher = fetcher
         self._pool = pool
         self._clock = clock
+        self._metrics = create_worker_metrics() if metrics is None else metrics
+        self._timer = timer
 
     def process(self, callback: Callback, *, final_attempt: bool = False) -> TaskState:
         """Bring the task to a final state and return it. Transient trouble raises (the queue
@@ -51,15 +58,18 @@ class CallbackProcessor:
         task_id = callback.task_id
         known = self._settled_state(callback)
         if known is not None:
+            self._metrics.tasks.labels("duplicate").inc()
             return known
         with self._leases.hold(task_id):
             # Another worker may have finished the task while we waited for the lease.
             known = self._settled_state(callback)
             if known is not None:
+                self._metrics.tasks.labels("duplicate").inc()
                 return known
             self._tasks.move(task_id, TaskState.PROCESSING)
+            failed_files: list[str] = []
             if callback.succeeded:
-                images, errors = self._store_files(callback, final_attempt=final_attempt)
+                images, errors, failed_files = self._store_files(callback, final_attempt=final_attempt)
             else:
                 images, errors = [], []
             status = outcome(callback, images, errors)
@@ -71,6 +81,9 @@ class CallbackProcessor:
             self._store.put_json(storage.manifest_key(task_id), manifest)
             reason = _reason(callback, errors)
             self._tasks.move(task_id, status, code=str(callback.code), reason=reason)
+            self._metrics.tasks.labels(status.value).inc()
+            for error_class in failed_files:
+                self._metrics.files_failed.labels(error_class).inc()
             log.info("task %s %s (%d stored, %d failed)", task_id, status.value, len(images), len(errors))
             return status
 
@@ -90,32 +103,43 @@ class CallbackProcessor:
 
     def _store_files(
         self, callback: Callback, *, final_attempt: bool
-    ) -> tuple[list[ImageEntry], list[FileError]]:
+    ) -> tuple[list[ImageEntry], list[FileError], list[str]]:
+        """The files stored, those given up, and the error class of each given up."""
         already = self._already_stored(callback)
         todo = [(i, url) for i, url in enumerate(callback.result_urls) if i not in already]
-        futures = [self._pool.submit(self._store_one, callback.task_id, i, url) for i, url in todo]
+        # Each download runs in a copy of this context, so its log lines carry the taskId too.
+        futures = [
+            self._pool.submit(contextvars.copy_context().run, self._store_one, callback.task_id, i, url)
+            for i, url in todo
+        ]
         images = list(already.values())
         errors: list[FileError] = []
+        failed: list[str] = []
         transient: list[DownloadFailed] = []
         for (index, url), future in zip(todo, futures, strict=True):
             try:
                 images.append(future.result())
             except DownloadRefused as exc:
                 errors.append(FileError(index, url, str(exc)))
+                failed.append(type(exc).__name__)
             except DownloadFailed as exc:
                 if not final_attempt:
                     transient.append(exc)
                 errors.append(FileError(index, url, f"gave up after retries: {exc}"))
+                failed.append(type(exc).__name__)
         if transient:
             raise DownloadFailed(
                 f"{len(transient)} of {len(todo)} files of {callback.task_id} failed for now: {transient[0]}"
             )
-        return images, errors
+        return images, errors, failed
 
     def _store_one(self, task_id: str, index: int, url: str) -> ImageEntry:
+        started = self._timer()
         fetched = self._fetcher.fetch(url)
+        self._metrics.download_seconds.observe(self._timer() - started)
         try:
             key = storage.file_key(task_id, index, fetched.media.ext)
+            started = self._timer()
             self._store.put_file(
                 key,
                 fetched.body,
@@ -123,6 +147,9 @@ class CallbackProcessor:
                 content_type=fetched.media.content_type,
                 sha256=fetched.sha256,
             )
+            self._metrics.upload_seconds.observe(self._timer() - started)
+            self._metrics.files_stored.inc()
+            self._metrics.bytes_stored.inc(fetched.size)
         finally:
             fetched.close()
         return ImageEntry(index, url, key, fetched.size, fetched.sha256, fetched.media.content_type)

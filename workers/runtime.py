@@ -12,10 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
 from shared.callback import Callback
+from shared.dead_letters import record_dead_reason
 from shared.errors import MjhookError, StorageUnavailable
+from shared.metrics import WorkerMetrics
+from shared.provider import create_provider_client
 from shared.redis_client import connect_redis
 from shared.settings import Settings
 from shared.storage import ObjectStore, create_object_store
@@ -24,6 +29,7 @@ from workers.fetch import FetchLimits, ResultFetcher, create_http_client
 from workers.guard import guarded_transport_from_settings
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
+from workers.polling import PollChain, Polling, build_polling
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +42,18 @@ class WorkerParts:
     processor: CallbackProcessor
     tasks: TaskStore
     store: ObjectStore
+    #: The polling fallback; None without a provider API key or a broker to enqueue on.
+    polling: Polling | None = None
 
 
-def build_parts(settings: Settings) -> WorkerParts:
-    """The processor and what it is made of, for one worker process."""
+def build_parts(
+    settings: Settings, *, broker: dramatiq.Broker | None = None, metrics: WorkerMetrics | None = None
+) -> WorkerParts:
+    """The processor and what it is made of, for one worker process. With a provider API key,
+    expired result links are refreshed, and with ``broker`` too, silent tasks are polled. The
+    processor counts in ``metrics`` (default: new ones)."""
     client = connect_redis(settings.redis_url)
+    provider = create_provider_client(settings) if settings.provider_api_key else None
     tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
     store = create_object_store(settings, pool_size=settings.download_concurrency * 2)
     http = create_http_client(
@@ -59,6 +72,7 @@ def build_parts(settings: Settings) -> WorkerParts:
             max_image_pixels=settings.max_image_pixels,
             max_image_side=settings.max_image_side,
         ),
+        refresh_url=provider.download_url if provider is not None else None,
     )
     pool = ThreadPoolExecutor(max_workers=settings.download_concurrency, thread_name_prefix="fetch")
     processor = CallbackProcessor(
@@ -67,8 +81,12 @@ def build_parts(settings: Settings) -> WorkerParts:
         store=store,
         fetcher=fetcher,
         pool=pool,
+        metrics=metrics,
     )
-    return WorkerParts(processor=processor, tasks=tasks, store=store)
+    polling = None
+    if provider is not None and broker is not None:
+        polling = build_polling(settings, client=client, tasks=tasks, provider=provider, broker=broker)
+    return WorkerParts(processor=processor, tasks=tasks, store=store, polling=polling)
 
 
 def wait_for_bucket(
@@ -97,8 +115,18 @@ class WorkerRuntime(Middleware):
     """Holds the process's processor, built at worker boot (after the fork, not at import), when
     the bucket is made too, before any message is taken."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        broker: dramatiq.Broker | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        """``broker``: where the polling fallback enqueues (no polling without it); ``metrics``:
+        where the processor counts."""
         self._settings = settings
+        self._broker = broker
+        self._metrics = metrics
         self._lock = threading.Lock()
         self._parts: WorkerParts | None = None
 
@@ -108,8 +136,13 @@ class WorkerRuntime(Middleware):
     def parts(self) -> WorkerParts:
         with self._lock:
             if self._parts is None:
-                self._parts = build_parts(self._settings)
+                self._parts = build_parts(self._settings, broker=self._broker, metrics=self._metrics)
             return self._parts
+
+    def poll_chain(self) -> PollChain | None:
+        """The process's poll chain, or None when polling is off."""
+        polling = self.parts().polling
+        return polling.chain if polling is not None else None
 
     def after_process_message(
         self,
@@ -121,14 +154,32 @@ class WorkerRuntime(Middleware):
     ) -> None:
         """When dramatiq gives up (retries exhausted or a permanent error), say so in the task
         state, with the reason, instead of leaving it ``processing`` forever."""
-        if exception is None or not message.failed or self._parts is None:
+        if exception is None or not message.failed:
+            return
+        reason = f"gave up: {type(exception).__name__}: {exception}"[:500]
+        self._record_dead_reason(broker, message, reason)
+        if self._parts is None:
             return
         try:
             callback = Callback.from_message(message.args[0])
         except (MjhookError, IndexError, TypeError, AttributeError):
             return
-        reason = f"gave up: {type(exception).__name__}: {exception}"[:500]
         try:
             self._parts.tasks.move(callback.task_id, TaskState.FAILED, reason=reason)
         except Exception:
             log.exception("could not record the failure of %s", callback.task_id)
+
+    def _record_dead_reason(
+        self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, reason: str
+    ) -> None:
+        """Keep the reason next to the dead letter the broker is about to make (``mjhook dlq list``):
+        dramatiq stores the message without the error that killed it."""
+        redis_message_id = message.options.get("redis_message_id")
+        if not isinstance(broker, RedisBroker) or not redis_message_id:
+            return
+        try:
+            record_dead_reason(
+                broker.client, redis_message_id, reason, ttl_s=self._settings.dead_message_ttl_s
+            )
+        except (redis.RedisError, OSError):
+            log.warning("could not record why message %s was dead-lettered", redis_message_id)

@@ -15,18 +15,30 @@ from shared.logs import configure_logging
 from shared.queue import CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.settings import Settings
 from workers.heartbeat import BrokerHeartbeat
+from workers.log_context import TaskLogContext
+from workers.metrics import WorkerMetricsMiddleware, start_worker_metrics
+from workers.polling import POLL_QUEUE, POLL_SILENT_TASKS, PollKeeper
 from workers.runtime import WorkerRuntime
 
 settings = Settings.from_env(os.environ)
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format)
+# Before any metric is made: prometheus_client picks where values live when first used.
+metrics, metrics_dir = start_worker_metrics(os.environ)
 
 broker = create_broker(settings)
-runtime = WorkerRuntime(settings)
+# First, so that every other hook of a message logs with its taskId.
+broker.add_middleware(TaskLogContext(), before=type(broker.middleware[0]))
+runtime = WorkerRuntime(settings, broker=broker, metrics=metrics)
 # After-hooks run in reverse order: placed before Retries, the runtime sees a message only after
 # Retries has decided whether it failed for good.
 broker.add_middleware(runtime, before=Retries)
+broker.add_middleware(
+    WorkerMetricsMiddleware(metrics, directory=metrics_dir, serve=settings.worker_metrics_port > 0),
+    before=Retries,
+)
 broker.add_middleware(CurrentMessage())
 broker.add_middleware(BrokerHeartbeat(interval_s=settings.redelivery_s / 4))
+broker.add_middleware(PollKeeper(runtime.poll_chain, interval_s=settings.poll_interval_s))
 dramatiq.set_broker(broker)
 
 
@@ -46,3 +58,20 @@ def process_callback(message: dict[str, Any]) -> None:
     runtime.parts().processor.process(
         Callback.from_message(message), final_attempt=retries >= settings.max_retries
     )
+
+
+@dramatiq.actor(
+    actor_name=POLL_SILENT_TASKS,
+    queue_name=POLL_QUEUE,
+    max_retries=settings.max_retries,
+    min_backoff=settings.min_backoff_ms,
+    max_backoff=settings.max_backoff_ms,
+    time_limit=settings.task_time_limit_s * 1000,
+)
+def poll_silent_tasks() -> None:
+    """One pass of the polling fallback (see :mod:`workers.polling`); it schedules the next one."""
+    polling = runtime.parts().polling
+    current = CurrentMessage.get_current_message()
+    if polling is None or current is None:
+        return
+    polling.run(current.message_id)

@@ -1,12 +1,13 @@
 -- Move one task to a new state, atomically: the record, its state index and the recent index.
 -- KEYS[1] task hash, KEYS[2] recent index
 -- ARGV[1] task id      ARGV[2] new state        ARGV[3] now (ms)
--- ARGV[4] ttl (s)      ARGV[5] "1": only when the task has no state yet
+-- ARGV[4] ttl (s)      ARGV[5] "0": always; "1": only when the task has no state yet; a state
+--                      name: only when the task has no state yet or is in that state
 -- ARGV[6] recent cap   ARGV[7] state index key prefix
 -- ARGV[8..] field, value pairs to set on the record
 -- Returns the previous state, or false when there was none.
 local old = redis.call('HGET', KEYS[1], 'state')
-if ARGV[5] == '1' and old then
+if ARGV[5] ~= '0' and old and old ~= ARGV[5] then
   return old
 end
 local now = tonumber(ARGV[3])

@@ -18,7 +18,9 @@ from tests.support.stack import start_workers
 pytestmark = pytest.mark.integration
 
 
-def test_an_idle_worker_counts_until_it_stops(app_env: dict[str, str], tmp_path: Path, run_cli: RunCli) -> None:
+def test_an_idle_worker_counts_until_it_stops(
+    app_env: dict[str, str], tmp_path: Path, run_cli: RunCli
+) -> None:
     workers = start_workers(app_env, tmp_path, processes=2, threads=1)
     try:
         assert json.loads(run_cli(app_env, "status", "--json").stdout)["workers"] == 2

@@ -1,0 +1,158 @@
+"""The operator's dashboard: ``GET /dashboard`` (one static HTML page whose script polls the read
+API every few seconds) and ``GET /dashboard/status`` (queue depths, live workers and task counts,
+the ``mjhook status --json`` object).
+
+Both sit behind ``MJHOOK_API_TOKEN`` (:class:`ingress.tasks_api.ApiTokenGuard`). The page alone
+also takes the token as ``?token=<value>``, because a browser cannot send a header when it opens a
+URL; the page's script then sends it as a Bearer header to ``/dashboard/status`` and ``/tasks``,
+which accept the header only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
+from urllib.parse import urlsplit
+
+import dramatiq
+import falcon
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from shared.queue_stats import StatusSnapshot, read_status
+from shared.settings import Settings
+from shared.taskstate import TaskStore
+
+#: The page; the only path under which ``?token=`` stands in for the Authorization header.
+DASHBOARD_PATH = "/dashboard"
+#: Queue depths, workers and task counts as JSON.
+STATUS_PATH = "/dashboard/status"
+#: The page, a package resource of ``ingress``.
+PAGE_RESOURCE = "static/dashboard.html"
+
+_INLINE_BLOCK = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
+
+
+class DashboardPage:
+    """``GET /dashboard``: the page, with a Content-Security-Policy that lets it run its own inline
+    script and style (by hash), talk to this origin only, and show images from ``image_origins``
+    (where presigned URLs point)."""
+
+    def __init__(self, html: bytes, *, image_origins: Iterable[str]) -> None:
+        self._html = html
+        self._headers = {
+            "Content-Security-Policy": content_security_policy(html.decode(), image_origins),
+            # The page's URL may carry the token: no Referer to the object store, no caching.
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "X-Frame-Options": "DENY",
+        }
+
+    @classmethod
+    def from_package(cls, *, image_origins: Iterable[str]) -> DashboardPage:
+        return cls(
+            resources.files("ingress").joinpath(PAGE_RESOURCE).read_bytes(), image_origins=image_origins
+        )
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.data = self._html
+        resp.content_type = "text/html; charset=utf-8"
+        resp.set_headers(self._headers)
+
+
+def content_security_policy(html: str, image_origins: Iterable[str]) -> str:
+    """A policy allowing exactly the inline ``<script>`` and ``<style>`` blocks of ``html`` (by
+    their sha256), requests to the page's own origin, and images from ``image_origins``."""
+    hashes: dict[str, list[str]] = {"script": [], "style": []}
+    for match in _INLINE_BLOCK.finditer(html):
+        digest = base64.b64encode(hashlib.sha256(match.group(2).encode()).digest()).decode()
+        hashes[match.group(1)].append(f"'sha256-{digest}'")
+    directives = {
+        "default-src": ["'none'"],
+        "script-src": hashes["script"] or ["'none'"],
+        "style-src": hashes["style"] or ["'none'"],
+        "connect-src": ["'self'"],
+        "img-src": ["'self'", *image_origins],
+        "base-uri": ["'none'"],
+        "form-action": ["'none'"],
+        "frame-ancestors": ["'none'"],
+    }
+    return "; ".join(f"{name} {' '.join(values)}" for name, values in directives.items())
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class DashboardStatusResource:
+    """``GET /dashboard/status``: the object ``mjhook status --json`` prints (queues, workers,
+    tasks, per_minute, taken_at_ms). With a broker that is not Redis, ``queues`` is empty and
+    ``workers`` null: only Redis holds what they are read from. 503 while Redis is unreachable."""
+
+    def __init__(
+        self,
+        *,
+        queue_client: redis.Redis | None,
+        tasks: TaskStore,
+        heartbeat_timeout_ms: int,
+        queues: Sequence[str] = (CALLBACK_QUEUE,),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._queue_client = queue_client
+        self._tasks = tasks
+        self._heartbeat_timeout_ms = heartbeat_timeout_ms
+        self._queues = queues
+        self._clock = clock
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            resp.media = self._read()
+        except redis.RedisError as exc:
+            raise falcon.HTTPServiceUnavailable(title="Redis unavailable") from exc
+
+    def _read(self) -> dict[str, object]:
+        now_ms = int(self._clock() * 1000)
+        if self._queue_client is None:
+            snapshot = StatusSnapshot(
+                taken_at_ms=now_ms, queues=(), workers=0, tasks=self._tasks.counts(), per_minute={}
+            )
+            return {**snapshot.to_json(), "workers": None}
+        return read_status(
+            self._queue_client,
+            self._tasks,
+            namespace=BROKER_NAMESPACE,
+            queues=self._queues,
+            heartbeat_timeout_ms=self._heartbeat_timeout_ms,
+            now_ms=now_ms,
+        ).to_json()
+
+
+def add_dashboard_routes(
+    app: falcon.App[falcon.Request, falcon.Response],
+    settings: Settings,
+    *,
+    broker: dramatiq.Broker,
+    tasks: TaskStore,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Register the page and its status endpoint. Queue depths are read from the Redis of the
+    ingress's own ``broker``; images come from the endpoint presigned URLs name."""
+    image_endpoint = settings.s3_public_endpoint or settings.s3_endpoint
+    app.add_route(DASHBOARD_PATH, DashboardPage.from_package(image_origins=[origin(image_endpoint)]))
+    app.add_route(
+        STATUS_PATH,
+        DashboardStatusResource(
+            queue_client=broker.client if isinstance(broker, RedisBroker) else None,
+            tasks=tasks,
+            heartbeat_timeout_ms=settings.redelivery_s * 1000,
+            clock=clock,
+        ),
+    )

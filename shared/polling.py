@@ -1,0 +1,144 @@
+"""Fetching a task's result from the provider when its callback did not come: read
+``record-info`` and, once the task is finished, queue the result exactly like a callback, so the
+same pipeline (dedup, download, manifest) handles it. A callback arriving later is a duplicate.
+
+Used by the workers' periodic poll (workers/polling.py) and by ``mjhook recover``."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dramatiq
+import orjson
+
+from shared.callback import CODE_SUCCESS, Callback, CallbackLimits, parse_callback
+from shared.clock import utc_iso
+from shared.errors import InvalidCallback, ProviderRefused
+from shared.provider import ProviderClient, TaskRecordInfo
+from shared.queue import enqueue_callback
+from shared.settings import Settings
+from shared.taskstate import TaskStore
+
+log = logging.getLogger(__name__)
+
+#: ``code`` of a callback built from a failed task's details (the provider's failure code).
+CODE_FAILURE = 500
+#: Provider answers about one task (not the account) saying it does not know it.
+TASK_UNKNOWN_CODES = frozenset({400, 404, 422})
+#: Appended to ``msg``, so a manifest tells a polled result from a called-back one.
+POLLED_MSG_SUFFIX = " (polled from record-info)"
+
+
+class PollOutcome(enum.StrEnum):
+    #: Finished: its result is queued for the workers.
+    QUEUED = "queued"
+    #: Still generating at the provider.
+    GENERATING = "generating"
+    #: The provider does not know the task.
+    UNKNOWN = "unknown"
+    #: Finished, but its result is not one mjhook can take (a URL too long, say): never will be.
+    UNUSABLE = "unusable"
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    task_id: str
+    outcome: PollOutcome
+    #: A word on it: the queued result's ``msg``, or why it is not queued.
+    detail: str
+    #: Whether the queued result is a success (only for ``QUEUED``).
+    succeeded: bool = False
+
+
+class ResultPoller:
+    """Reads one task's details and queues its result once it is final. ``clock`` returns Unix
+    seconds."""
+
+    def __init__(
+        self,
+        *,
+        provider: ProviderClient,
+        tasks: TaskStore,
+        broker: dramatiq.Broker,
+        limits: CallbackLimits | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``limits``: what a polled result must meet, as a callback at the ingress."""
+        self._provider = provider
+        self._tasks = tasks
+        self._broker = broker
+        self._limits = limits or CallbackLimits()
+        self._clock = clock
+
+    def poll(self, task_id: str) -> PollResult:
+        """Poll ``task_id``. Provider errors about the account or its availability (401, 402, 429,
+        5xx, unreachable) raise :class:`~shared.errors.ProviderError`; redis and queue errors
+        raise too."""
+        try:
+            info = self._provider.record_info(task_id)
+        except ProviderRefused as exc:
+            if exc.code in TASK_UNKNOWN_CODES:
+                return PollResult(task_id, PollOutcome.UNKNOWN, str(exc))
+            raise
+        if not info.finished:
+            return PollResult(task_id, PollOutcome.GENERATING, f"successFlag {info.success_flag}")
+        try:
+            callback = callback_from_record(info, received_at=utc_iso(self._clock()), limits=self._limits)
+        except InvalidCallback as exc:
+            return PollResult(task_id, PollOutcome.UNUSABLE, f"its result cannot be used: {exc.reason}")
+        # Queued first, then marked: a task marked ``received`` without its message would be
+        # lost to the poller, while a message for a task still ``submitted`` is processed anyway.
+        enqueue_callback(self._broker, callback)
+        self._tasks.mark_received(task_id, callback.received_at)
+        log.info("task %s: result polled from the provider and queued (%s)", task_id, info.status.value)
+        return PollResult(task_id, PollOutcome.QUEUED, callback.msg, succeeded=callback.succeeded)
+
+
+def callback_limits(settings: Settings) -> CallbackLimits:
+    """The ingress's limits on one callback, from settings."""
+    return CallbackLimits(
+        max_result_urls=settings.max_result_urls,
+        max_url_length=settings.max_url_length,
+        max_json_depth=settings.max_json_depth,
+        max_prompt_json_bytes=settings.max_prompt_json_bytes,
+    )
+
+
+def callback_from_record(info: TaskRecordInfo, *, received_at: str, limits: CallbackLimits) -> Callback:
+    """The callback the provider would have sent for a finished task: code 200 with its result
+    URLs, or 500 with its error message, checked like one at the ingress (an
+    :class:`~shared.errors.InvalidCallback` beyond ``limits``). ``promptJson`` is the recorded
+    ``paramJson`` without its ``callBackUrl`` (which may carry our token, and must not land in the
+    manifest)."""
+    if info.succeeded:
+        code, msg = CODE_SUCCESS, "success"
+    else:
+        code = CODE_FAILURE
+        msg = info.error_message or f"generation failed (successFlag {info.success_flag})"
+    body = {
+        "code": code,
+        "msg": msg + POLLED_MSG_SUFFIX,
+        "data": {
+            "taskId": info.task_id,
+            "promptJson": _without_callback_url(info.param_json),
+            "resultUrls": list(info.result_urls) if info.succeeded else [],
+        },
+    }
+    return parse_callback(orjson.dumps(body), received_at=received_at, limits=limits)
+
+
+def _without_callback_url(param_json: str | None) -> str | None:
+    if param_json is None:
+        return None
+    try:
+        params = orjson.loads(param_json)
+    except orjson.JSONDecodeError:
+        return param_json
+    if not isinstance(params, dict) or "callBackUrl" not in params:
+        return param_json
+    params.pop("callBackUrl")
+    return orjson.dumps(params).decode()

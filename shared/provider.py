@@ -1,0 +1,363 @@
+"""A client of the provider's API (kie.ai's Midjourney API): submit tasks, read a task's details,
+get a fresh download link for a result file.
+
+Every answer is ``{"code", "msg", "data"}``; a body ``code`` other than 200 becomes a
+:class:`~shared.errors.ProviderRefused` (fix the request) or, for 429, 455 and 5xx, a
+:class:`~shared.errors.ProviderUnavailable` once the client's own retries (exponential backoff,
+honouring ``Retry-After``) are used up."""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+import orjson
+
+from shared.errors import ConfigError, ProviderError, ProviderRefused, ProviderUnavailable
+from shared.settings import Settings
+
+GENERATE_PATH = "/api/v1/mj/generate"
+UPSCALE_PATH = "/api/v1/mj/generateUpscale"
+VARY_PATH = "/api/v1/mj/generateVary"
+RECORD_INFO_PATH = "/api/v1/mj/record-info"
+DOWNLOAD_URL_PATH = "/api/v1/common/download-url"
+
+CODE_OK = 200
+#: Body codes worth another try: rate limited, maintenance, server errors.
+TRANSIENT_CODES = frozenset({429, 455, 500, 502, 503, 504})
+#: 5xx body codes that are final answers: generation failed, feature not available.
+PERMANENT_SERVER_CODES = frozenset({501, 505})
+#: What a body code means, for error messages.
+CODE_MEANINGS = {
+    400: "bad request",
+    401: "unauthorized: check MJHOOK_PROVIDER_API_KEY",
+    402: "no credits left on the provider account",
+    404: "not found",
+    422: "request refused as invalid",
+    429: "rate limited",
+    455: "the provider is under maintenance",
+    500: "provider server error",
+    501: "generation failed",
+    505: "feature not available",
+}
+
+#: Attempts of one request (the first and its retries) while the answer is transient.
+DEFAULT_ATTEMPTS = 5
+#: Wait before the first retry, seconds; doubled before each further one, up to the cap.
+DEFAULT_BACKOFF_S = 1.0
+DEFAULT_MAX_BACKOFF_S = 30.0
+#: Longest ``Retry-After`` honoured, seconds (a longer one is cut to this).
+MAX_RETRY_AFTER_S = 60.0
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task is, from ``successFlag``: 0 generating, 1 success, 2 and 3 failed."""
+
+    GENERATING = "generating"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+_STATUS_BY_FLAG: dict[int | None, TaskStatus] = {
+    0: TaskStatus.GENERATING,
+    1: TaskStatus.SUCCESS,
+    2: TaskStatus.FAILED,
+    3: TaskStatus.FAILED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecordInfo:
+    """``record-info`` of one task, normalised: the result URLs as strings (the provider nests
+    them as ``resultInfoJson.resultUrls[].resultUrl``) and ``paramJson`` as a string."""
+
+    task_id: str
+    task_type: str | None
+    status: TaskStatus
+    #: The provider's raw ``successFlag`` (None when absent or not a number).
+    success_flag: int | None
+    result_urls: tuple[str, ...]
+    error_code: int | None
+    error_message: str | None
+    #: The request as the provider recorded it, JSON in a string, or None.
+    param_json: str | None
+    create_time: str | None
+    complete_time: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not TaskStatus.GENERATING
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is TaskStatus.SUCCESS
+
+
+class ProviderClient:
+    """The provider's API at ``base_url`` with ``api_key``, over ``http`` (closed by
+    :meth:`close`). ``sleep`` waits between retries, in seconds."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        http: httpx.Client,
+        sleep: Callable[[float], None] = time.sleep,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+        max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self._base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._http = http
+        self._sleep = sleep
+        self._attempts = attempts
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+
+    # --- submitting -------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        task_type: str = "mj_txt2img",
+        aspect_ratio: str | None = None,
+        version: str | None = None,
+        speed: str | None = None,
+        callback_url: str | None = None,
+        *,
+        file_urls: Sequence[str] = (),
+    ) -> str:
+        """Submit a generation (``/api/v1/mj/generate``); return its taskId. ``file_urls`` are the
+        input images of the reference and video task types."""
+        body: dict[str, Any] = {"taskType": task_type, "prompt": prompt}
+        optional = {
+            "aspectRatio": aspect_ratio,
+            "version": version,
+            "speed": speed,
+            "fileUrls": list(file_urls) or None,
+            "callBackUrl": callback_url,
+        }
+        body.update({name: value for name, value in optional.items() if value is not None})
+        return _task_id(self._call("POST", GENERATE_PATH, body=body))
+
+    def upscale(self, task_id: str, index: int, callback_url: str | None = None) -> str:
+        """Upscale image ``index`` (0-3) of task ``task_id``; return the new taskId."""
+        return self._derive(UPSCALE_PATH, task_id, index, callback_url)
+
+    def vary(self, task_id: str, index: int, callback_url: str | None = None) -> str:
+        """A variation of image ``index`` (0-3) of task ``task_id``; return the new taskId."""
+        return self._derive(VARY_PATH, task_id, index, callback_url)
+
+    def _derive(self, path: str, task_id: str, index: int, callback_url: str | None) -> str:
+        body: dict[str, Any] = {"taskId": task_id, "imageIndex": index}
+        if callback_url is not None:
+            body["callBackUrl"] = callback_url
+        return _task_id(self._call("POST", path, body=body))
+
+    # --- reading ----------------------------------------------------------------------
+
+    def record_info(self, task_id: str) -> TaskRecordInfo:
+        """The task's details (``record-info``). An unknown task is a :class:`ProviderRefused`
+        with ``code`` 404."""
+        data = self._call("GET", RECORD_INFO_PATH, params={"taskId": task_id}, idempotent=True)
+        if not isinstance(data, Mapping):
+            raise ProviderRefused(f"provider has no details of task {task_id}", code=404)
+        return parse_record_info(data, task_id=task_id)
+
+    def download_url(self, url: str) -> str:
+        """A fresh download link (valid about 20 minutes) for one of the provider's result URLs."""
+        data = self._call("POST", DOWNLOAD_URL_PATH, body={"url": url}, idempotent=True)
+        if isinstance(data, Mapping):
+            data = data.get("downloadUrl") or data.get("url")
+        if not isinstance(data, str) or not data.startswith(("http://", "https://")):
+            raise ProviderError("provider answered download-url without a link")
+        return data
+
+    # --- the transport ----------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        idempotent: bool = False,
+    ) -> Any:
+        """The ``data`` of a successful answer. Transient failures are retried; a request that
+        may have reached the provider (a timeout after sending) only when ``idempotent``."""
+        url = self._base_url + path
+        for attempt in range(1, self._attempts + 1):
+            retry_after: float | None = None
+            try:
+                response = self._http.request(method, url, json=body, params=params, headers=self._headers)
+            except httpx.HTTPError as exc:
+                error: ProviderError = ProviderUnavailable(
+                    f"cannot reach the provider ({method} {path}): {type(exc).__name__}"
+                )
+                if not _may_retry(exc, idempotent=idempotent):
+                    raise error from exc
+            else:
+                code, msg, data = _decode(response)
+                if code == CODE_OK:
+                    return data
+                error = _error(code, msg, path)
+                if not isinstance(error, ProviderUnavailable):
+                    raise error
+                retry_after = _retry_after(response)
+            if attempt == self._attempts:
+                raise error
+            self._sleep(self._delay(attempt, retry_after))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, MAX_RETRY_AFTER_S)
+        return float(min(self._backoff_s * 2 ** (attempt - 1), self._max_backoff_s))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ProviderClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def create_provider_client(settings: Settings, **options: Any) -> ProviderClient:
+    """A client for ``settings.provider_url`` with ``settings.provider_api_key`` (which must be
+    set) and ``settings.provider_retries``, with its own connection pool; ``options`` go to
+    :class:`ProviderClient`. ``trust_env`` is off: no proxy from the environment decides."""
+    if not settings.provider_api_key:
+        raise ConfigError("MJHOOK_PROVIDER_API_KEY is not set: the provider's API needs it")
+    http = httpx.Client(
+        timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
+        headers={"User-Agent": "mjhook/0.1 (+provider client)"},
+        follow_redirects=False,
+        trust_env=False,
+    )
+    options.setdefault("attempts", settings.provider_retries + 1)
+    return ProviderClient(settings.provider_url, settings.provider_api_key, http=http, **options)
+
+
+def parse_record_info(data: Mapping[str, Any], *, task_id: str) -> TaskRecordInfo:
+    """Normalise the ``data`` of ``record-info`` (lenient about what the provider's samples vary
+    on: ``resultInfoJson`` as an object or a JSON string, URLs as objects or strings)."""
+    success_flag = _int_or_none(data.get("successFlag"))
+    param_json = data.get("paramJson")
+    if isinstance(param_json, dict | list):
+        param_json = orjson.dumps(param_json).decode()
+    return TaskRecordInfo(
+        # The id asked about, not the answer's echo of it: that is the one we know the task by.
+        task_id=task_id,
+        task_type=_str_or_none(data.get("taskType")),
+        status=_STATUS_BY_FLAG.get(success_flag, TaskStatus.GENERATING),
+        success_flag=success_flag,
+        result_urls=_result_urls(data.get("resultInfoJson")),
+        error_code=_int_or_none(data.get("errorCode")),
+        error_message=_str_or_none(data.get("errorMessage")) or None,
+        param_json=param_json if isinstance(param_json, str) else None,
+        create_time=_str_or_none(data.get("createTime")),
+        complete_time=_str_or_none(data.get("completeTime")),
+    )
+
+
+def _result_urls(result_info: Any) -> tuple[str, ...]:
+    if isinstance(result_info, str):
+        try:
+            result_info = orjson.loads(result_info)
+        except orjson.JSONDecodeError:
+            return ()
+    entries = result_info.get("resultUrls") if isinstance(result_info, Mapping) else None
+    if not isinstance(entries, list):
+        return ()
+    urls = []
+    for entry in entries:
+        url = entry.get("resultUrl") if isinstance(entry, Mapping) else entry
+        if isinstance(url, str) and url:
+            urls.append(url)
+    return tuple(urls)
+
+
+def _decode(response: httpx.Response) -> tuple[int, str, Any]:
+    """(code, msg, data): the body's, or the HTTP status's when the body is not the provider's."""
+    try:
+        document = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        document = None
+    if isinstance(document, dict) and _int_or_none(document.get("code")) is not None:
+        code = _int_or_none(document.get("code")) or 0
+        msg = document.get("msg")
+        if code == CODE_OK and not response.is_success:
+            code = response.status_code
+        return code, msg if isinstance(msg, str) else "", document.get("data")
+    if response.is_success:
+        # Not the provider's answer shape (a proxy's page?): worth another try.
+        return 502, "unreadable answer", None
+    return response.status_code, response.reason_phrase, None
+
+
+def _error(code: int, msg: str, path: str) -> ProviderError:
+    meaning = CODE_MEANINGS.get(code, "error")
+    text = f"provider answered {code} ({meaning}) to {path}" + (f": {msg}" if msg else "")
+    if code in TRANSIENT_CODES or (code >= 500 and code not in PERMANENT_SERVER_CODES):
+        return ProviderUnavailable(text, code=code, provider_msg=msg)
+    return ProviderRefused(text, code=code, provider_msg=msg)
+
+
+def _may_retry(exc: httpx.HTTPError, *, idempotent: bool) -> bool:
+    """A request that failed in transport may be sent again when it is idempotent, or when it
+    never reached the provider (no connection), so it cannot have created a task."""
+    if not isinstance(exc, httpx.TransportError):
+        return False
+    return idempotent or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds (a number or an HTTP date), or None."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _task_id(data: Any) -> str:
+    task_id = data.get("taskId") if isinstance(data, Mapping) else None
+    if not isinstance(task_id, str) or not task_id:
+        raise ProviderError("provider accepted the task but answered without a taskId")
+    return task_id
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

@@ -1,0 +1,184 @@
+"""``mjhook submit / upscale / vary / recover`` against the simulated provider and a real Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import orjson
+import pytest
+import redis
+
+from shared import keys
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from shared.taskstate import TaskState, TaskStore
+from simulator import FaultConfig, RunningSimulator
+from tests.cli.conftest import RunCli
+from tests.support.provider import StartSimulator, simulators
+
+PUBLIC_URL = "https://hooks.example.com/"
+
+
+@pytest.fixture
+def start_simulator() -> Iterator[StartSimulator]:
+    with simulators() as start:
+        yield start
+
+
+@pytest.fixture
+def client(redis_server) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+def cli_env(redis_server: Any, sim: RunningSimulator, **overrides: str) -> dict[str, str]:
+    env = {
+        "MJHOOK_REDIS_URL": redis_server.url,
+        "MJHOOK_PROVIDER_URL": sim.base_url,
+        "MJHOOK_PROVIDER_API_KEY": sim.api_key,
+        "MJHOOK_PUBLIC_URL": PUBLIC_URL,
+        "MJHOOK_CALLBACK_TOKEN": "tok/new,tok-old",
+    }
+    env.update(overrides)
+    return {key: value for key, value in env.items() if value}
+
+
+def record(client: redis.Redis, task_id: str) -> dict[str, str]:
+    raw = client.hgetall(keys.task(task_id))
+    return {key.decode(): value.decode() for key, value in raw.items()}
+
+
+def wait_finished(sim: RunningSimulator, task_id: str) -> None:
+    deadline = time.monotonic() + 5
+    while sim.task(task_id).completed_at is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_submit_prints_the_task_id_and_records_it_as_submitted(
+    run_cli: RunCli, redis_server: Any, start_simulator: StartSimulator, client: redis.Redis
+) -> None:
+    sim = start_simulator(faults=FaultConfig(drop_share=1.0))
+    result = run_cli(
+        cli_env(redis_server, sim), "submit", "a red fox", "--aspect-ratio", "16:9", "--speed", "fast"
+    )
+    assert result.exit_code == 0, result.output
+    task_id = result.stdout.strip()
+    # The provider was told to call back our public URL with the first token
+    assert sim.task(task_id).callback_url == "https://hooks.example.com/callbacks/midjourney?token=tok%2Fnew"
+    fields = record(client, task_id)
+    assert fields["state"] == "submitted"
+    assert fields["taskType"] == "mj_txt2img"
+    assert orjson.loads(fields["params"]) == {"prompt": "a red fox", "aspectRatio": "16:9", "speed": "fast"}
+    assert fields["submittedAt"].endswith("Z")
+    assert client.zscore(keys.SUBMITTED, task_id) is not None
+
+
+def test_upscale_and_vary_submit_new_tasks_from_a_grid(
+    run_cli: RunCli, redis_server: Any, start_simulator: StartSimulator, client: redis.Redis
+) -> None:
+    sim = start_simulator(faults=FaultConfig(drop_share=1.0))
+    env = cli_env(redis_server, sim)
+    grid = run_cli(env, "submit", "a grid").stdout.strip()
+    wait_finished(sim, grid)
+    upscaled = run_cli(env, "upscale", grid, "3")
+    varied = run_cli(env, "vary", grid, "1")
+    assert (upscaled.exit_code, varied.exit_code) == (0, 0), upscaled.output + varied.output
+    for result, task_type in ((upscaled, "mj_upscale"), (varied, "mj_vary")):
+        fields = record(client, result.stdout.strip())
+        assert fields["state"] == "submitted"
+        assert fields["taskType"] == task_type
+        assert orjson.loads(fields["params"])["taskId"] == grid
+    assert run_cli(env, "upscale", grid, "4").exit_code == 2  # index 0-3
+
+
+def test_a_rate_limited_submission_waits_and_succeeds(
+    run_cli: RunCli, redis_server: Any, start_simulator: StartSimulator, client: redis.Redis
+) -> None:
+    # Given a provider taking one submission per second
+    sim = start_simulator(rate_limit=1, rate_window_s=1.0, faults=FaultConfig(drop_share=1.0))
+    env = cli_env(redis_server, sim)
+    first = run_cli(env, "submit", "one")
+    started = time.monotonic()
+    # When a second comes at once, it is answered 429, backs off and is taken
+    second = run_cli(env, "submit", "two")
+    assert (first.exit_code, second.exit_code) == (0, 0), second.output
+    assert time.monotonic() - started >= 0.9
+    assert {record(client, r.stdout.strip())["state"] for r in (first, second)} == {"submitted"}
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "exit_code", "words"),
+    [
+        ({}, {"MJHOOK_PROVIDER_API_KEY": "revoked"}, 3, "401 (unauthorized: check MJHOOK_PROVIDER_API_KEY)"),
+        ({"credits": 0}, {}, 3, "402 (no credits left"),
+        ({"maintenance": True}, {"MJHOOK_PROVIDER_RETRIES": "0"}, 4, "455"),
+        ({}, {"MJHOOK_PUBLIC_URL": ""}, 2, "MJHOOK_PUBLIC_URL"),
+        ({}, {"MJHOOK_PROVIDER_API_KEY": ""}, 2, "MJHOOK_PROVIDER_API_KEY is not set"),
+        ({}, {"MJHOOK_REDIS_URL": "redis://127.0.0.1:1/0"}, 1, "Redis unavailable, nothing submitted"),
+    ],
+    ids=["bad-key", "no-credits", "maintenance", "no-public-url", "no-api-key", "redis-down"],
+)
+def test_failures_say_why_with_their_exit_code_and_record_nothing(
+    run_cli: RunCli,
+    redis_server: Any,
+    start_simulator: StartSimulator,
+    client: redis.Redis,
+    config: dict[str, Any],
+    overrides: dict[str, str],
+    exit_code: int,
+    words: str,
+) -> None:
+    sim = start_simulator(**config)
+    result = run_cli(cli_env(redis_server, sim, **overrides), "submit", "x")
+    assert result.exit_code == exit_code, result.output
+    assert words in result.output
+    assert result.stdout == ""
+    assert client.zcard(keys.SUBMITTED) == 0
+    assert sim.provider.tasks() == []
+
+
+def test_recover_queues_the_finished_results_of_tasks_not_stored(
+    run_cli: RunCli, redis_server: Any, start_simulator: StartSimulator, client: redis.Redis
+) -> None:
+    # Given three tasks submitted whose callbacks never came, one of them stored meanwhile
+    sim = start_simulator(faults=FaultConfig(drop_share=1.0))
+    env = cli_env(redis_server, sim)
+    waiting, failed, stored = (run_cli(env, "submit", f"task {i}").stdout.strip() for i in range(3))
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move(failed, TaskState.FAILED, reason="no result")
+    tasks.move(stored, TaskState.STORED)
+    for task_id in (waiting, failed, stored):
+        wait_finished(sim, task_id)
+    # When recover runs
+    result = run_cli(env, "recover", "--since", "1h", "--json")
+    # Then the two not stored are queued for the workers, the stored one skipped
+    assert result.exit_code == 0, result.output
+    rows = {row["taskId"]: row for row in orjson.loads(result.stdout)}
+    assert {task_id: row["outcome"] for task_id, row in rows.items()} == {
+        waiting: "queued",
+        failed: "queued",
+        stored: "skipped",
+    }
+    raw = client.hvals(keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE))
+    assert sorted(dramatiq.Message.decode(body).args[0]["taskId"] for body in raw) == sorted(
+        [waiting, failed]
+    )
+    assert record(client, waiting)["state"] == "received"
+    assert record(client, failed)["state"] == "failed"  # the workers process a success after a failure
+
+
+def test_recover_takes_only_the_window_and_says_so_in_text(
+    run_cli: RunCli, redis_server: Any, start_simulator: StartSimulator, client: redis.Redis
+) -> None:
+    sim = start_simulator(faults=FaultConfig(drop_share=1.0))
+    env = cli_env(redis_server, sim)
+    old = run_cli(env, "submit", "old").stdout.strip()
+    client.zadd(keys.SUBMITTED, {old: 1000})  # submitted in 1970
+    result = run_cli(env, "recover", "--since", "90s")
+    assert result.exit_code == 0, result.output
+    assert "0 task(s)" in result.stdout
+    assert run_cli(env, "recover", "--since", "soon").exit_code == 2

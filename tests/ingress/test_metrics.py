@@ -1,0 +1,112 @@
+"""GET /metrics and what the ingress counts, with falcon's TestClient and a real Redis."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from falcon import testing
+from prometheus_client.parser import text_string_to_metric_families
+
+from ingress.app import create_app
+from shared.logs import JsonFormatter
+from shared.settings import Settings
+from tests.support.procs import free_port
+
+PATH = "/callbacks/midjourney"
+VALID = orjson.dumps(
+    {
+        "code": 200,
+        "msg": "success",
+        "data": {"taskId": "mj_task_1", "promptJson": "{}", "resultUrls": ["https://example.com/a.png"]},
+    }
+)
+JSON = {"Content-Type": "application/json"}
+
+
+def scrape(app: testing.TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = app.simulate_get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def requests(endpoint: str, method: str, status: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    labels = {"endpoint": endpoint, "method": method, "status": status}
+    return ("mjhook_http_requests_total", frozenset(labels.items()))
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    redis.Redis.from_url(redis_server.url).flushdb()
+    return str(redis_server.url)
+
+
+@pytest.mark.filterwarnings("ignore:Unknown REQUEST_METHOD")
+def test_requests_are_counted_by_route_method_and_status_and_callbacks_timed(redis_url: str) -> None:
+    app = testing.TestClient(create_app(Settings(redis_url=redis_url, spool_dir="")))
+    assert app.simulate_post(PATH, body=VALID, headers=JSON).status_code == 200
+    assert app.simulate_post(PATH, body=b"{not json", headers=JSON).status_code == 400
+    assert app.simulate_post(PATH, body=VALID, headers={"Content-Type": "text/plain"}).status_code == 415
+    assert app.simulate_get("/nowhere").status_code == 404
+    app.simulate_request("BREW", "/healthz")
+
+    served = scrape(app)
+    assert served[requests(PATH, "POST", "200")] == 1
+    assert served[requests(PATH, "POST", "400")] == 1
+    assert served[requests(PATH, "POST", "415")] == 1
+    assert served[requests("unmatched", "GET", "404")] == 1
+    other = [
+        v for (name, labels), v in served.items() if name.endswith("_total") and ("method", "other") in labels
+    ]
+    assert other == [1]
+    assert served[("mjhook_callback_ack_seconds_count", frozenset())] == 3
+    assert served[("mjhook_callbacks_rejected_total", frozenset({("status", "400")}))] == 1
+    assert served[("mjhook_callbacks_rejected_total", frozenset({("status", "415")}))] == 1
+    assert served[("mjhook_enqueue_failures_total", frozenset())] == 0
+
+
+def test_while_redis_is_down_failures_spooled_callbacks_and_the_spool_depth_are_shown(tmp_path: Path) -> None:
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    app = testing.TestClient(
+        create_app(Settings(redis_url=dead_redis, spool_dir=str(tmp_path), redis_timeout_s=0.5))
+    )
+    assert app.simulate_post(PATH, body=VALID, headers=JSON).status_code == 200
+
+    served = scrape(app)
+    assert served[("mjhook_enqueue_failures_total", frozenset())] == 1
+    assert served[("mjhook_callbacks_spooled_total", frozenset())] == 1
+    assert served[("mjhook_spool_callbacks", frozenset())] == 1
+    assert served[("mjhook_spool_bytes", frozenset())] > 0
+
+
+@pytest.fixture
+def resource_log() -> Iterator[io.StringIO]:
+    """The callback resource's log lines, in JSON."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("ingress.resources")
+    logger.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_a_callback_log_line_carries_its_task_id(resource_log: io.StringIO) -> None:
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    app = testing.TestClient(create_app(Settings(redis_url=dead_redis, spool_dir="", redis_timeout_s=0.5)))
+    assert app.simulate_post(PATH, body=VALID, headers=JSON).status_code == 503
+    [line] = [orjson.loads(text) for text in resource_log.getvalue().splitlines()]
+    assert line["taskId"] == "mj_task_1"
+    assert "not queued" in line["message"]

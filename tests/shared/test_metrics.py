@@ -1,0 +1,137 @@
+"""The metrics module: declaring, serving, and adding up several processes' values."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.metrics import (
+    MULTIPROC_ENV,
+    ScrapeGauges,
+    create_ingress_metrics,
+    create_worker_metrics,
+    default_multiprocess_dir,
+    exposition_registry,
+    mark_process_dead,
+    multiprocess_dir,
+    remove_stale_dirs,
+    render,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+    }
+
+
+def test_every_metric_is_served_with_the_mjhook_prefix_and_known_labels_start_at_zero() -> None:
+    ingress, worker = create_ingress_metrics(), create_worker_metrics()
+    names = {
+        name for registry in (ingress.registry, worker.registry) for name, _ in samples(render(registry)[0])
+    }
+    assert all(name.startswith("mjhook_") for name in names), names
+    served = samples(render(worker.registry)[0])
+    assert served[("mjhook_tasks_total", frozenset({("outcome", "duplicate")}))] == 0
+    assert (
+        samples(render(ingress.registry)[0])[
+            ("mjhook_callbacks_rejected_total", frozenset({("status", "413")}))
+        ]
+        == 0
+    )
+
+
+def test_scrape_gauges_are_read_when_scraped_and_a_failing_one_leaves_the_others() -> None:
+    depth = [3]
+
+    def broken() -> list[tuple[tuple[str, ...], float]]:
+        raise ConnectionError("redis is down")
+
+    registry = exposition_registry(
+        None,
+        multiprocess_dir=None,
+        collectors=[
+            ScrapeGauges("mjhook_test_depth", "Depth.", lambda: [((), depth[0])]),
+            ScrapeGauges("mjhook_test_broken", "Broken.", broken),
+        ],
+    )
+    assert samples(render(registry)[0]) == {("mjhook_test_depth", frozenset()): 3}
+    depth[0] = 5
+    assert samples(render(registry)[0]) == {("mjhook_test_depth", frozenset()): 5}
+
+
+def test_the_operator_directory_wins_but_not_a_default_one_inherited_from_another_instance(
+    tmp_path: Path,
+) -> None:
+    own = default_multiprocess_dir("ingress", 42)
+    assert multiprocess_dir({}, role="ingress", owner_pid=42) == own
+    assert multiprocess_dir({MULTIPROC_ENV: str(tmp_path)}, role="ingress", owner_pid=42) == tmp_path
+    inherited = str(default_multiprocess_dir("ingress", 41))
+    assert multiprocess_dir({MULTIPROC_ENV: inherited}, role="ingress", owner_pid=42) == own
+
+
+def test_default_directories_of_stopped_instances_are_removed() -> None:
+    role = f"test{uuid.uuid4().hex[:8]}"
+    gone, running = default_multiprocess_dir(role, 1001), default_multiprocess_dir(role, 1002)
+    for directory in (gone, running):
+        directory.mkdir()
+        (directory / "counter_7.db").write_bytes(b"")
+    try:
+        assert remove_stale_dirs(role, alive=lambda pid: pid == 1002) == [gone]
+        assert not gone.exists()
+        assert running.exists()
+    finally:
+        for directory in (gone, running):
+            if directory.exists():
+                (directory / "counter_7.db").unlink()
+                directory.rmdir()
+
+
+COUNT_IN_ANOTHER_PROCESS = textwrap.dedent(
+    """
+    from shared.metrics import create_worker_metrics
+    metrics = create_worker_metrics()
+    metrics.files_stored.inc(2)
+    metrics.messages_in_progress.labels("process_callback").inc()
+    print(__import__("os").getpid())
+    """
+)
+
+
+def test_values_of_several_processes_add_up_and_a_dead_ones_live_gauges_drop_out(tmp_path: Path) -> None:
+    processes = 2
+    # Given processes counting in one directory
+    env = {**os.environ, MULTIPROC_ENV: str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}
+    pids = [
+        int(
+            subprocess.run(
+                [sys.executable, "-c", COUNT_IN_ANOTHER_PROCESS],
+                env=env,
+                capture_output=True,
+                check=True,
+                text=True,
+            ).stdout
+        )
+        for _ in range(processes)
+    ]
+    # When it is served, then their counts are summed
+    registry = exposition_registry(None, multiprocess_dir=str(tmp_path))
+    served = samples(render(registry)[0])
+    assert served[("mjhook_files_stored_total", frozenset())] == 2 * processes
+    in_progress = ("mjhook_messages_in_progress", frozenset({("actor", "process_callback")}))
+    assert served[in_progress] == processes
+    # And once one is marked dead, its live gauge no longer counts (its counters still do)
+    mark_process_dead(pids[0], tmp_path)
+    served = samples(render(registry)[0])
+    assert served[in_progress] == processes - 1
+    assert served[("mjhook_files_stored_total", frozenset())] == 2 * processes

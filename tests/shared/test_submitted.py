@@ -1,0 +1,132 @@
+"""Tasks mjhook submitted itself, in a real Redis: the ``submitted`` state, its moves, the indexes
+the poller and ``mjhook recover`` read, and the counts for ``mjhook status``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from shared import keys
+from shared.submitted import SubmittedTasks, submitted_counts
+from shared.taskstate import TaskState, TaskStore
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def client(redis_server) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def tasks(client: redis.Redis, clock: FakeClock) -> TaskStore:
+    return TaskStore(client, ttl_s=3600, clock=clock)
+
+
+@pytest.fixture
+def submitted(client: redis.Redis, tasks: TaskStore, clock: FakeClock) -> SubmittedTasks:
+    return SubmittedTasks(client, tasks, ttl_s=3600, clock=clock)
+
+
+def test_a_submitted_task_moves_to_received_when_its_callback_comes(
+    tasks: TaskStore, submitted: SubmittedTasks, client: redis.Redis
+) -> None:
+    submitted.record("t1", {"taskType": "mj_txt2img", "params": '{"prompt":"p"}'})
+    assert tasks.mark_received("t1", "now") is TaskState.SUBMITTED
+    record = tasks.get("t1")
+    assert record is not None
+    assert record.state is TaskState.RECEIVED
+    assert record.fields["receivedAt"] == "now"
+    assert record.fields["params"] == '{"prompt":"p"}'
+    assert record.fields["submittedAt"].endswith("Z")
+    assert client.zcard(keys.state_index("submitted")) == 0
+    assert client.zcard(keys.state_index("received")) == 1
+
+
+@pytest.mark.parametrize(
+    "state", [TaskState.PROCESSING, TaskState.STORED, TaskState.PARTIAL, TaskState.FAILED]
+)
+def test_received_never_replaces_a_state_past_submitted(tasks: TaskStore, state: TaskState) -> None:
+    tasks.move("t1", state)
+    assert tasks.mark_received("t1", "late") is state
+    assert tasks.get("t1").state is state  # type: ignore[union-attr]
+
+
+def test_a_task_whose_callback_came_first_is_not_set_back_to_submitted(
+    tasks: TaskStore, submitted: SubmittedTasks, client: redis.Redis
+) -> None:
+    tasks.mark_received("t1", "early")
+    submitted.record("t1", {"taskType": "mj_txt2img"})
+    assert tasks.get("t1").state is TaskState.RECEIVED  # type: ignore[union-attr]
+    # It is still one of the tasks mjhook submitted (for recover), but not waiting
+    assert [task_id for task_id, _ in submitted.since(60)] == ["t1"]
+    assert client.zcard(keys.state_index("submitted")) == 0
+
+
+def test_move_from_moves_only_a_task_still_in_the_expected_state(tasks: TaskStore) -> None:
+    tasks.mark_submitted("waiting")
+    tasks.mark_submitted("called-back")
+    tasks.mark_received("called-back", "now")
+    assert (
+        tasks.move_from("waiting", TaskState.SUBMITTED, TaskState.FAILED, reason="r") is TaskState.SUBMITTED
+    )
+    assert tasks.move_from("called-back", TaskState.SUBMITTED, TaskState.FAILED) is TaskState.RECEIVED
+    assert tasks.get("waiting").state is TaskState.FAILED  # type: ignore[union-attr]
+    assert tasks.get("called-back").state is TaskState.RECEIVED  # type: ignore[union-attr]
+
+
+def test_state_counts_keep_their_shape_and_submitted_ones_are_counted_apart(
+    tasks: TaskStore, submitted: SubmittedTasks, client: redis.Redis, clock: FakeClock
+) -> None:
+    # Given two tasks submitted 100 s ago, one 10 s ago, and one received
+    for task_id in ("old-1", "old-2"):
+        submitted.record(task_id, {})
+    clock.now += 90
+    submitted.record("new", {})
+    tasks.mark_received("other", "now")
+    clock.now += 10
+    # Then the contract's counts are unchanged, and submitted ones come from submitted_counts
+    assert tasks.counts() == {"received": 1, "processing": 0, "stored": 0, "partial": 0, "failed": 0}
+    assert submitted_counts(client, clock.now, 50) == {"submitted": 3, "overdue": 2}
+    assert submitted_counts(client, clock.now, 5) == {"submitted": 3, "overdue": 3}
+
+
+def test_overdue_lists_waiting_tasks_past_the_grace_oldest_first(
+    tasks: TaskStore, submitted: SubmittedTasks, clock: FakeClock
+) -> None:
+    submitted.record("first", {})
+    clock.now += 5
+    submitted.record("second", {})
+    clock.now += 5
+    submitted.record("third", {})
+    tasks.mark_received("second", "now")
+    clock.now += 3
+    assert submitted.overdue(5) == [("first", 1_000_000.0)]
+    assert [task_id for task_id, _ in submitted.overdue(0)] == ["first", "third"]
+    assert [task_id for task_id, _ in submitted.since(9)] == ["second", "third"]
+
+
+def test_poll_marks_are_kept_until_forgotten_or_too_old(submitted: SubmittedTasks, clock: FakeClock) -> None:
+    submitted.mark_polled("a", keep_s=100)
+    clock.now += 60
+    submitted.mark_polled("b", keep_s=100)
+    assert submitted.last_polled(["a", "b", "c"]) == {"a": 1_000_000.0, "b": 1_000_060.0}
+    submitted.forget_polled("b")
+    clock.now += 50
+    submitted.mark_polled("c", keep_s=100)  # "a" is now 110 s old: dropped
+    assert set(submitted.last_polled(["a", "b", "c"])) == {"c"}

@@ -1,0 +1,93 @@
+"""What the workers' middleware counts at a message's end, and the taskId it binds for logging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+
+from shared.errors import DownloadRefused, TaskBusy
+from shared.logs import TASK_ID
+from shared.metrics import WorkerMetrics, create_worker_metrics
+from shared.queue import CALLBACK_QUEUE, PROCESS_CALLBACK
+from workers.log_context import TaskLogContext
+from workers.metrics import WorkerMetricsMiddleware, serve_worker_metrics
+
+BROKER = StubBroker()
+
+
+def message(*args: Any, actor: str = PROCESS_CALLBACK) -> dramatiq.MessageProxy:
+    return dramatiq.MessageProxy(
+        dramatiq.Message(queue_name=CALLBACK_QUEUE, actor_name=actor, args=args, kwargs={}, options={})
+    )
+
+
+def count(metrics: WorkerMetrics, name: str, **labels: str) -> float:
+    found = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+def middleware(metrics: WorkerMetrics, *, serve: bool = False) -> WorkerMetricsMiddleware:
+    clock = iter(range(100))
+    return WorkerMetricsMiddleware(metrics, directory=Path("unused"), serve=serve, timer=lambda: next(clock))
+
+
+def test_a_failed_attempt_is_a_retry_until_the_queue_gives_up_then_the_task_failed() -> None:
+    metrics = create_worker_metrics()
+    counting = middleware(metrics)
+    retried, given_up = message({"taskId": "a"}), message({"taskId": "b"})
+    for proxy in (retried, given_up):
+        counting.before_process_message(BROKER, proxy)
+    assert count(metrics, "mjhook_messages_in_progress", actor=PROCESS_CALLBACK) == 2
+
+    counting.after_process_message(BROKER, retried, exception=TaskBusy("held"))
+    given_up.fail()
+    counting.after_process_message(BROKER, given_up, exception=DownloadRefused("gone"))
+
+    assert count(metrics, "mjhook_task_retries_total", reason="TaskBusy") == 1
+    assert count(metrics, "mjhook_task_failures_total", reason="DownloadRefused") == 1
+    assert count(metrics, "mjhook_tasks_total", outcome="failed") == 1
+    assert count(metrics, "mjhook_messages_in_progress", actor=PROCESS_CALLBACK) == 0
+    assert count(metrics, "mjhook_message_seconds_count", actor=PROCESS_CALLBACK) == 2
+
+
+def test_other_actors_are_timed_but_not_counted_as_tasks() -> None:
+    metrics = create_worker_metrics()
+    counting = middleware(metrics)
+    poll = message(actor="poll_silent_tasks")
+    counting.before_process_message(BROKER, poll)
+    poll.fail()
+    counting.after_process_message(BROKER, poll, exception=RuntimeError("x"))
+    assert count(metrics, "mjhook_tasks_total", outcome="failed") == 0
+    assert count(metrics, "mjhook_message_seconds_count", actor="poll_silent_tasks") == 1
+
+
+def test_a_skipped_message_never_started_leaves_the_gauge_alone() -> None:
+    metrics = create_worker_metrics()
+    middleware(metrics).after_skip_message(BROKER, message({"taskId": "a"}))
+    assert count(metrics, "mjhook_messages_in_progress", actor=PROCESS_CALLBACK) == 0
+
+
+def test_the_exposition_process_is_forked_only_when_serving() -> None:
+    metrics = create_worker_metrics()
+    assert middleware(metrics, serve=True).forks == [serve_worker_metrics]
+    assert middleware(metrics, serve=False).forks == []
+
+
+def test_the_task_id_is_bound_from_the_first_hook_to_the_last() -> None:
+    context = TaskLogContext()
+    proxy = message({"taskId": "mj_task_1", "resultUrls": []})
+    context.before_process_message(BROKER, proxy)
+    assert TASK_ID.get() == "mj_task_1"
+    context.after_process_message(BROKER, proxy, exception=TaskBusy("held"))
+    assert TASK_ID.get() is None
+
+
+def test_messages_without_a_callback_bind_no_task_id() -> None:
+    context = TaskLogContext()
+    for proxy in (message(), message("not a dict"), message({"taskId": 7})):
+        context.before_process_message(BROKER, proxy)
+        assert TASK_ID.get() is None
+        context.after_skip_message(BROKER, proxy)

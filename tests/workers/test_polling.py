@@ -1,0 +1,278 @@
+"""The workers' polling fallback against a real Redis and the simulated provider: one pass over
+the silent tasks, and the chain of self-scheduling messages that runs one pass at a time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import httpx
+import pytest
+import redis
+
+from shared import keys
+from shared.polling import ResultPoller
+from shared.provider import ProviderClient
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, create_broker
+from shared.settings import Settings
+from shared.submitted import SubmittedTasks
+from shared.taskstate import TaskState, TaskStore
+from simulator import FaultConfig, RunningSimulator
+from tests.support.provider import StartSimulator, client_for, simulators
+from workers.polling import POLL_QUEUE, POLL_SILENT_TASKS, PollChain, SilentTaskPoller
+
+GRACE_S = 100
+INTERVAL_S = 30
+GIVE_UP_S = 1000
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 2_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def start_simulator() -> Iterator[StartSimulator]:
+    with simulators() as start:
+        yield start
+
+
+@pytest.fixture
+def client(redis_server) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+# --- one pass ---------------------------------------------------------------------------------
+
+
+class Pass:
+    """A poller with a fake clock over a simulator, and what it touches."""
+
+    def __init__(
+        self,
+        sim: RunningSimulator | None,
+        client: redis.Redis,
+        *,
+        provider: ProviderClient | None = None,
+        **client_options: Any,
+    ) -> None:
+        self.clock = FakeClock()
+        self.client = client
+        self.tasks = TaskStore(client, ttl_s=86_400, clock=self.clock)
+        self.submitted = SubmittedTasks(client, self.tasks, ttl_s=86_400, clock=self.clock)
+        broker = create_broker(Settings(redis_url="redis://unused"), client=client, middleware=[])
+        self.provider = provider or client_for(sim, **client_options)  # type: ignore[arg-type]
+        self.poller = SilentTaskPoller(
+            submitted=self.submitted,
+            tasks=self.tasks,
+            poller=ResultPoller(provider=self.provider, tasks=self.tasks, broker=broker, clock=self.clock),
+            grace_s=GRACE_S,
+            interval_s=INTERVAL_S,
+            give_up_s=GIVE_UP_S,
+            clock=self.clock,
+        )
+
+    def state(self, task_id: str) -> TaskState:
+        record = self.tasks.get(task_id)
+        assert record is not None
+        return record.state
+
+    def queued_ids(self) -> list[str]:
+        raw = self.client.hvals(keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE))
+        return sorted(dramatiq.Message.decode(body).args[0]["taskId"] for body in raw)
+
+
+def finished(sim: RunningSimulator) -> str:
+    task = sim.provider.submit(
+        task_type="mj_txt2img", params={"prompt": "p"}, prompt={}, callback_url="", delay_s=0
+    )
+    deadline = time.monotonic() + 5
+    while task.completed_at is None:
+        assert time.monotonic() < deadline, "the simulator did not finish the task"
+        time.sleep(0.01)
+    return task.task_id
+
+
+def generating(sim: RunningSimulator) -> str:
+    task = sim.provider.submit(task_type="mj_txt2img", params={}, prompt={}, callback_url="", delay_s=120)
+    return task.task_id
+
+
+def test_silent_tasks_past_the_grace_are_polled_and_the_finished_ones_queued(
+    start_simulator: StartSimulator, client: redis.Redis
+) -> None:
+    sim = start_simulator(faults=FaultConfig(drop_share=1.0))
+    run = Pass(sim, client)
+    # Given a finished task and a generating one, submitted long ago, and a finished one just now
+    done, busy, recent = finished(sim), generating(sim), finished(sim)
+    run.submitted.record(done, {})
+    run.submitted.record(busy, {})
+    run.clock.now += GRACE_S
+    run.submitted.record(recent, {})
+    # When a pass runs
+    summary = run.poller.run_once()
+    # Then the two overdue tasks were polled; the finished one is queued and received
+    assert (summary.polled, summary.queued, summary.given_up) == (2, 1, 0)
+    assert run.queued_ids() == [done]
+    assert run.state(done) is TaskState.RECEIVED
+    assert run.state(busy) is TaskState.SUBMITTED
+    assert run.state(recent) is TaskState.SUBMITTED
+
+
+def test_a_task_is_polled_at_most_once_per_interval(
+    start_simulator: StartSimulator, client: redis.Redis
+) -> None:
+    sim = start_simulator()
+    run = Pass(sim, client)
+    busy = generating(sim)
+    run.submitted.record(busy, {})
+    run.clock.now += GRACE_S
+    assert run.poller.run_once().polled == 1
+    run.clock.now += INTERVAL_S - 1
+    assert run.poller.run_once().polled == 0
+    run.clock.now += 1
+    assert run.poller.run_once().polled == 1
+
+
+def test_a_task_without_a_result_is_given_up_as_failed_with_the_reason(
+    start_simulator: StartSimulator, client: redis.Redis
+) -> None:
+    sim = start_simulator()
+    run = Pass(sim, client)
+    busy = generating(sim)
+    run.submitted.record(busy, {})
+    run.submitted.record("unknown-to-the-provider", {})
+    run.clock.now += GIVE_UP_S
+    summary = run.poller.run_once()
+    assert summary.given_up == 2
+    for task_id, words in ((busy, "successFlag 0"), ("unknown-to-the-provider", "404")):
+        record = run.tasks.get(task_id)
+        assert record is not None
+        assert record.state is TaskState.FAILED
+        assert "no result from the provider within 1000 s" in record.fields["reason"]
+        assert words in record.fields["reason"]
+    # No longer waiting: the next pass has nothing to do
+    assert run.poller.run_once().polled == 0
+
+
+def test_a_refused_account_stops_the_pass_and_fails_no_task(
+    start_simulator: StartSimulator, client: redis.Redis
+) -> None:
+    sim = start_simulator()
+    run = Pass(sim, client, api_key="revoked")
+    run.submitted.record("t-1", {})
+    run.submitted.record("t-2", {})
+    run.clock.now += GIVE_UP_S
+    summary = run.poller.run_once()
+    assert summary.polled == 0
+    assert "401" in summary.stopped
+    assert run.state("t-1") is TaskState.SUBMITTED
+
+
+def test_a_result_mjhook_cannot_take_is_given_up_at_once(client: redis.Redis) -> None:
+    # Given a provider answering a finished task with a result URL longer than any we accept
+    details = {
+        "taskId": "t-long",
+        "successFlag": 1,
+        "resultInfoJson": {"resultUrls": [{"resultUrl": "https://a/" + "x" * 5000}]},
+    }
+    answer = httpx.Response(200, json={"code": 200, "msg": "success", "data": details})
+    http = httpx.Client(transport=httpx.MockTransport(lambda request: answer))
+    run = Pass(None, client, provider=ProviderClient("http://provider.test", "k", http=http))
+    run.submitted.record("t-long", {})
+    run.clock.now += GRACE_S
+    # When it is polled, long before the give-up time
+    assert run.poller.run_once().given_up == 1
+    # Then it is failed with the reason, and nothing is queued
+    record = run.tasks.get("t-long")
+    assert record is not None
+    assert record.state is TaskState.FAILED
+    assert "its result cannot be used: a result URL is longer than 4096" in record.fields["reason"]
+    assert run.queued_ids() == []
+
+
+# --- the chain --------------------------------------------------------------------------------
+
+
+class Enqueued:
+    def __init__(self) -> None:
+        self.messages: list[tuple[dramatiq.Message[Any], int]] = []
+
+    def __call__(self, message: dramatiq.Message[Any], delay_ms: int) -> None:
+        self.messages.append((message, delay_ms))
+
+    @property
+    def ids(self) -> list[str]:
+        return [message.message_id for message, _ in self.messages]
+
+
+def next_id(client: redis.Redis) -> str | None:
+    value = client.get(keys.POLL_NEXT)
+    return value.decode() if value is not None else None
+
+
+def test_a_poll_is_kicked_only_when_none_is_scheduled(client: redis.Redis) -> None:
+    enqueued = Enqueued()
+    chain = PollChain(client, enqueue=enqueued, period_s=5)
+    assert chain.ensure_scheduled()
+    assert not chain.ensure_scheduled()
+    assert not PollChain(client, enqueue=enqueued, period_s=5).ensure_scheduled()  # another worker
+    [(message, delay_ms)] = enqueued.messages
+    assert (message.queue_name, message.actor_name, delay_ms) == (POLL_QUEUE, POLL_SILENT_TASKS, 0)
+    assert next_id(client) == message.message_id
+
+
+def test_each_run_schedules_its_successor_and_duplicates_do_nothing(client: redis.Redis) -> None:
+    enqueued = Enqueued()
+    chain = PollChain(client, enqueue=enqueued, period_s=5)
+    chain.ensure_scheduled()
+    [first] = enqueued.ids
+    passes: list[str] = []
+    # When the scheduled message runs
+    assert chain.run(first, lambda: passes.append(first))
+    # Then its successor is due after the period, and named as the one expected
+    second = enqueued.ids[1]
+    assert enqueued.messages[1][1] == 5000
+    assert next_id(client) == second
+    # And the first one again (redelivered, or retried) does nothing
+    assert not chain.run(first, lambda: passes.append("again"))
+    assert passes == [first]
+    assert len(enqueued.messages) == 2
+    assert client.get(keys.POLL_LOCK) is None
+
+
+def test_one_pass_at_a_time(client: redis.Redis) -> None:
+    enqueued = Enqueued()
+    chain = PollChain(client, enqueue=enqueued, period_s=5)
+    chain.ensure_scheduled()
+    [first] = enqueued.ids
+    inner: list[bool] = []
+    # While a pass runs, the same message delivered twice finds the lock taken
+    assert chain.run(first, lambda: inner.append(chain.run(first, lambda: None)))
+    assert inner == [False]
+    assert len(enqueued.messages) == 2  # one successor only
+
+
+def test_a_failing_pass_keeps_the_chain_and_a_lapsed_name_accepts_any_message(client: redis.Redis) -> None:
+    enqueued = Enqueued()
+    chain = PollChain(client, enqueue=enqueued, period_s=5)
+
+    def boom() -> None:
+        raise RuntimeError("bug")
+
+    # No message named (the key lapsed): a message runs, fails, and still schedules the next
+    assert chain.run("orphan", boom)
+    assert next_id(client) == enqueued.ids[0]
+
+
+def test_the_next_name_lapses_a_little_after_its_message_is_due(client: redis.Redis) -> None:
+    chain = PollChain(client, enqueue=Enqueued(), period_s=5, next_slack_s=10)
+    chain.run("m", lambda: None)
+    assert 5_000 < client.pttl(keys.POLL_NEXT) <= 15_000

@@ -1,0 +1,150 @@
+"""The workers' metrics: where a dramatiq instance's processes count, what each message's end
+counts, and the fork process that serves them all.
+
+dramatiq's own ``dramatiq.middleware.prometheus.Prometheus`` does much the same, but it cannot be
+configured from our settings: its port and directory are read from ``dramatiq_prom_*``
+environment variables when its module is imported (in the fork process too, which never sees our
+code before), and its default directory (``<tmp>/dramatiq-prometheus``) is shared by every
+dramatiq on the host and never emptied, so two instances would add up each other's counts. This
+middleware keeps its design (per-process files, one exposition server forked by dramatiq's main
+process through ``Middleware.forks``) with a directory per instance: the one named after the
+dramatiq main process, which is the parent of the worker processes and of the fork process alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from shared.logs import configure_logging
+from shared.metrics import (
+    WorkerMetrics,
+    create_worker_metrics,
+    exposition_registry,
+    mark_process_dead,
+    multiprocess_dir,
+    queue_collectors,
+    remove_stale_dirs,
+    serve_registry,
+    use_multiprocess_dir,
+)
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK
+from shared.redis_client import connect_redis
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Redis socket timeout when the queue's depths are read for a scrape, seconds.
+DEFAULT_SCRAPE_TIMEOUT_S = 2.0
+#: The ``role`` part of the workers' default metrics directory (see shared.metrics).
+ROLE = "worker"
+
+
+def worker_metrics_dir(environ: Mapping[str, str]) -> Path:
+    """This dramatiq instance's metrics directory, the same in its worker processes and in its
+    fork process: ``PROMETHEUS_MULTIPROC_DIR``, else one named after their parent."""
+    return multiprocess_dir(environ, role=ROLE, owner_pid=os.getppid())
+
+
+def start_worker_metrics(environ: Mapping[str, str]) -> tuple[WorkerMetrics, Path]:
+    """In a worker process, before anything counts: choose the directory, drop the live gauges a
+    former process with this pid may have left there, and make the metrics."""
+    directory = worker_metrics_dir(environ)
+    use_multiprocess_dir(directory)
+    mark_process_dead(os.getpid(), directory)
+    return create_worker_metrics(), directory
+
+
+class WorkerMetricsMiddleware(Middleware):
+    """Times every message and counts how callback messages end when they raise: retried, or
+    given up (then the task is ``failed``). With ``serve``, dramatiq forks a process that serves
+    the metrics of all the worker processes (:func:`serve_worker_metrics`).
+
+    Place it before Retries: after-hooks run in reverse order, so it sees a message once Retries
+    has decided whether it failed for good."""
+
+    def __init__(
+        self,
+        metrics: WorkerMetrics,
+        *,
+        directory: Path,
+        serve: bool,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._metrics = metrics
+        self._directory = directory
+        self._serve = serve
+        self._timer = timer
+        self._started: dict[str, float] = {}
+
+    @property
+    def forks(self) -> list[Callable[[], int]]:
+        return [serve_worker_metrics] if self._serve else []
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self._metrics.messages_in_progress.labels(message.actor_name).inc()
+        self._started[message.message_id] = self._timer()
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        started = self._started.pop(message.message_id, None)
+        if started is not None:
+            self._metrics.messages_in_progress.labels(message.actor_name).dec()
+            self._metrics.message_seconds.labels(message.actor_name).observe(self._timer() - started)
+        if exception is None or message.actor_name != PROCESS_CALLBACK:
+            return
+        reason = type(exception).__name__
+        if message.failed:
+            self._metrics.task_failures.labels(reason).inc()
+            self._metrics.tasks.labels("failed").inc()
+        else:
+            self._metrics.task_retries.labels(reason).inc()
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self.after_process_message(broker, message)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        mark_process_dead(os.getpid(), self._directory)
+
+
+def serve_worker_metrics() -> int:
+    """dramatiq fork function: until stopped, serve on ``MJHOOK_WORKER_METRICS_HOST``:``_PORT``
+    the metrics of this dramatiq instance's worker processes, and the queue's depths read from
+    Redis. Returns the process's exit status."""
+    settings = Settings.from_env(os.environ)
+    configure_logging(settings.log_level, settings.log_format)
+    directory = worker_metrics_dir(os.environ)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_dirs(ROLE):
+        log.info("removed the metrics of a stopped dramatiq instance: %s", stale)
+    collectors = []
+    if settings.queue_url.startswith(("redis://", "rediss://", "unix://")):
+        collectors = queue_collectors(
+            connect_redis(settings.queue_url, timeout_s=DEFAULT_SCRAPE_TIMEOUT_S),
+            namespace=BROKER_NAMESPACE,
+            queues=[CALLBACK_QUEUE],
+            heartbeat_timeout_ms=settings.redelivery_s * 1000,
+        )
+    registry = exposition_registry(None, multiprocess_dir=str(directory), collectors=collectors)
+    host, port = settings.worker_metrics_host, settings.worker_metrics_port
+    try:
+        server = serve_registry(registry, host=host, port=port)
+    except OSError as exc:
+        log.error("cannot serve the worker metrics on %s:%d: %s", host, port, exc)
+        return 1
+    log.info("serving the worker metrics on http://%s:%d/metrics", host, port)
+    server.join()
+    return 0

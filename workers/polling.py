@@ -1,0 +1,281 @@
+"""The polling fallback in the workers: a self-scheduling dramatiq message runs one pass over the
+submitted tasks whose callback is overdue, every ``poll_interval_s``.
+
+One pass at a time across all workers (a Redis lock with a TTL), and one chain of messages: each
+run names its successor in ``keys.POLL_NEXT`` before enqueueing it, so a message with any other id
+(a redelivered or retried old one, a second kick) does nothing. Every worker process checks now
+and then that a poll is scheduled, and kicks one when none is (at boot, and should the chain ever
+break)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.middleware import Middleware
+
+from shared import keys
+from shared.errors import ProviderError
+from shared.polling import PollOutcome, ResultPoller, callback_limits
+from shared.provider import ProviderClient
+from shared.redis_client import as_text
+from shared.settings import Settings
+from shared.submitted import SubmittedTasks
+from shared.taskstate import TaskState, TaskStore
+
+log = logging.getLogger(__name__)
+
+#: The dramatiq queue of poll messages: apart from callbacks, so a backlog does not delay them.
+POLL_QUEUE = "poll"
+#: The actor (declared in workers/tasks.py) that runs one poll pass.
+POLL_SILENT_TASKS = "poll_silent_tasks"
+
+#: Tasks polled in one pass at most; the rest wait for the next pass.
+DEFAULT_BATCH = 100
+#: A pass starts no new poll after this many seconds.
+DEFAULT_PASS_BUDGET_S = 120.0
+#: The pass's lock lives this much longer than its budget (one slow poll may overrun it).
+LOCK_MARGIN_S = 60.0
+#: ``POLL_NEXT`` outlives the moment its message is due by this much: time for a busy worker to
+#: take the message, or for a dead worker's message to be redelivered.
+DEFAULT_NEXT_SLACK_S = 120.0
+
+
+def poll_message() -> dramatiq.Message[Any]:
+    return dramatiq.Message(
+        queue_name=POLL_QUEUE, actor_name=POLL_SILENT_TASKS, args=(), kwargs={}, options={}
+    )
+
+
+class PollChain:
+    """Keeps one poll message scheduled and one pass running at a time. ``enqueue(message,
+    delay_ms)`` puts a message on the broker."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        enqueue: Callable[[dramatiq.Message[Any], int], None],
+        period_s: float,
+        lock_ttl_s: float = DEFAULT_PASS_BUDGET_S + LOCK_MARGIN_S,
+        next_slack_s: float = DEFAULT_NEXT_SLACK_S,
+    ) -> None:
+        self._client = client
+        self._enqueue = enqueue
+        self._period_s = period_s
+        self._lock_ttl_s = lock_ttl_s
+        self._next_slack_s = next_slack_s
+
+    def ensure_scheduled(self) -> bool:
+        """Schedule a poll now unless one is scheduled or running; True when it did."""
+        message = poll_message()
+        ttl_ms = int((self._next_slack_s + self._lock_ttl_s) * 1000)
+        if not self._client.set(keys.POLL_NEXT, message.message_id, nx=True, px=ttl_ms):
+            return False
+        self._enqueue(message, 0)
+        log.info("poll of silent tasks scheduled")
+        return True
+
+    def run(self, message_id: str, work: Callable[[], object]) -> bool:
+        """Run ``work`` for message ``message_id`` unless it is a duplicate or another pass is
+        running, then schedule the next message. True when ``work`` ran."""
+        lock = self._client.lock(keys.POLL_LOCK, timeout=self._lock_ttl_s, blocking=False)
+        if not lock.acquire(token=uuid.uuid4().hex):
+            log.debug("poll message %s: another pass is running", message_id)
+            return False
+        try:
+            # Checked under the lock, so two copies of one message cannot both pass in turn.
+            expected = self._client.get(keys.POLL_NEXT)
+            if expected is not None and as_text(expected) != message_id:
+                log.debug("poll message %s is a duplicate; %s is the current one", message_id, expected)
+                return False
+            # Ours while we work, so no worker kicks a second chain meanwhile.
+            self._client.set(
+                keys.POLL_NEXT, message_id, px=int((self._lock_ttl_s + self._next_slack_s) * 1000)
+            )
+            try:
+                work()
+            except Exception:
+                log.exception("poll pass failed; the next one runs as scheduled")
+            self._schedule_next()
+        finally:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                log.warning("the poll lock expired before the pass ended")
+        return True
+
+    def _schedule_next(self) -> None:
+        message = poll_message()
+        ttl_ms = int((self._period_s + self._next_slack_s) * 1000)
+        # Named before it is enqueued: once due, it must find itself expected.
+        self._client.set(keys.POLL_NEXT, message.message_id, px=ttl_ms)
+        self._enqueue(message, int(self._period_s * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class PassSummary:
+    polled: int = 0
+    queued: int = 0
+    given_up: int = 0
+    #: Why the pass stopped early (the provider unavailable or refusing the account), or "".
+    stopped: str = ""
+
+
+class SilentTaskPoller:
+    """One pass: every task still ``submitted`` ``grace_s`` after submission, not polled in the
+    last ``interval_s``, is polled (the longest waiting first); a finished one is queued like a
+    callback; one still without a result ``give_up_s`` after submission is ``failed``. ``clock``
+    returns Unix seconds; ``monotonic`` times the pass budget."""
+
+    def __init__(
+        self,
+        *,
+        submitted: SubmittedTasks,
+        tasks: TaskStore,
+        poller: ResultPoller,
+        grace_s: float,
+        interval_s: float,
+        give_up_s: float,
+        batch: int = DEFAULT_BATCH,
+        budget_s: float = DEFAULT_PASS_BUDGET_S,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._submitted = submitted
+        self._tasks = tasks
+        self._poller = poller
+        self._grace_s = grace_s
+        self._interval_s = interval_s
+        self._give_up_s = give_up_s
+        self._batch = batch
+        self._budget_s = budget_s
+        self._clock = clock
+        self._monotonic = monotonic
+
+    def run_once(self) -> PassSummary:
+        deadline = self._monotonic() + self._budget_s
+        polled = queued = given_up = 0
+        for task_id, submitted_at in self._due():
+            if self._monotonic() > deadline:
+                break
+            self._submitted.mark_polled(task_id, keep_s=self._give_up_s)
+            try:
+                result = self._poller.poll(task_id)
+            except ProviderError as exc:
+                log.warning("poll pass stopped after %d tasks: %s", polled, exc)
+                return PassSummary(polled, queued, given_up, stopped=str(exc))
+            polled += 1
+            if result.outcome is PollOutcome.QUEUED:
+                queued += 1
+                self._submitted.forget_polled(task_id)
+            elif result.outcome is PollOutcome.UNUSABLE:
+                given_up += self._give_up(task_id, f"the provider's answer: {result.detail}")
+            elif self._clock() - submitted_at >= self._give_up_s:
+                reason = f"no result from the provider within {int(self._give_up_s)} s of submission"
+                given_up += self._give_up(task_id, f"{reason} ({result.detail})")
+        if polled:
+            log.info("poll pass: %d polled, %d queued, %d given up", polled, queued, given_up)
+        return PassSummary(polled, queued, given_up)
+
+    def _due(self) -> list[tuple[str, float]]:
+        """Up to ``batch`` overdue tasks not polled within ``interval_s``: those never polled
+        first, then the longest unpolled, each group the oldest submission first."""
+        overdue = self._submitted.overdue(self._grace_s)
+        last = self._submitted.last_polled([task_id for task_id, _ in overdue])
+        cutoff = self._clock() - self._interval_s
+        due = [(task_id, at) for task_id, at in overdue if last.get(task_id, 0.0) <= cutoff]
+        due.sort(key=lambda pair: (last.get(pair[0], 0.0), pair[1]))
+        return due[: self._batch]
+
+    def _give_up(self, task_id: str, reason: str) -> int:
+        before = self._tasks.move_from(task_id, TaskState.SUBMITTED, TaskState.FAILED, reason=reason[:500])
+        self._submitted.forget_polled(task_id)
+        if before not in (None, TaskState.SUBMITTED):
+            return 0  # its result arrived meanwhile
+        log.warning("task %s given up: %s", task_id, reason)
+        return 1
+
+
+class PollKeeper(Middleware):
+    """In each worker process, checks every ``interval_s`` (first at boot) that a poll is
+    scheduled, and kicks one when none is. ``chain`` gives the process's chain, or None when
+    polling is off (no provider API key)."""
+
+    def __init__(self, chain: Callable[[], PollChain | None], *, interval_s: float) -> None:
+        self._chain = chain
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._thread = threading.Thread(target=self._run, name="poll-keeper", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                chain = self._chain()
+                if chain is None:
+                    log.info("polling of silent tasks is off: MJHOOK_PROVIDER_API_KEY is not set")
+                    return
+                chain.ensure_scheduled()
+            except Exception as exc:
+                log.warning("could not check the poll schedule: %s: %s", type(exc).__name__, exc)
+            if self._stop.wait(self._interval_s):
+                return
+
+
+@dataclass(frozen=True, slots=True)
+class Polling:
+    """The polling fallback of one worker process: the chain and the pass it runs."""
+
+    chain: PollChain
+    poller: SilentTaskPoller
+
+    def run(self, message_id: str) -> bool:
+        """Handle poll message ``message_id``: one pass unless it is a duplicate."""
+        return self.chain.run(message_id, self.poller.run_once)
+
+
+def build_polling(
+    settings: Settings,
+    *,
+    client: redis.Redis,
+    tasks: TaskStore,
+    provider: ProviderClient,
+    broker: dramatiq.Broker,
+) -> Polling:
+    """The polling fallback from settings: a pass every ``poll_interval_s``."""
+
+    def enqueue(message: dramatiq.Message[Any], delay_ms: int) -> None:
+        broker.enqueue(message, delay=delay_ms or None)
+
+    submitted = SubmittedTasks(client, tasks, ttl_s=settings.task_ttl_s)
+    poller = SilentTaskPoller(
+        submitted=submitted,
+        tasks=tasks,
+        poller=ResultPoller(provider=provider, tasks=tasks, broker=broker, limits=callback_limits(settings)),
+        grace_s=settings.poll_grace_s,
+        interval_s=settings.poll_interval_s,
+        give_up_s=settings.poll_give_up_s,
+    )
+    chain = PollChain(
+        client,
+        enqueue=enqueue,
+        period_s=settings.poll_interval_s,
+        next_slack_s=max(DEFAULT_NEXT_SLACK_S, 3.0 * settings.redelivery_s),
+    )
+    return Polling(chain=chain, poller=poller)
