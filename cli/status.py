@@ -19,7 +19,6 @@ from shared.clock import utc_iso
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from shared.queue_stats import StatusSnapshot, read_status
 from shared.settings import Settings
-from shared.taskstate import TaskState
 
 #: Seconds between two refreshes of ``--watch``.
 DEFAULT_INTERVAL_S = 2.0
@@ -75,6 +74,7 @@ def status_reader(
             namespace=BROKER_NAMESPACE,
             queues=[CALLBACK_QUEUE],
             heartbeat_timeout_ms=settings.redelivery_s * 1000,
+            poll_grace_s=settings.poll_grace_s,
             now_ms=int(clock() * 1000),
         )
 
@@ -122,9 +122,10 @@ def render_status(snapshot: StatusSnapshot) -> RenderableType:
             format_age(queue.oldest_ready_age_s),
         )
     tasks = Table(title="Tasks", title_justify="left")
-    for state in TaskState:
-        tasks.add_column(state.value, justify="right")
-    tasks.add_row(*(str(snapshot.tasks.get(state.value, 0)) for state in TaskState))
+    counted = {**snapshot.tasks, **snapshot.submitted}
+    for name in counted:
+        tasks.add_column(name, justify="right")
+    tasks.add_row(*(str(count) for count in counted.values()))
     minutes = max((len(counts) for counts in snapshot.per_minute.values()), default=0)
     rates = Table(title=f"Finished per minute, last {minutes} min (oldest first)", title_justify="left")
     rates.add_column("state")

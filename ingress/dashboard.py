@@ -103,12 +103,14 @@ class DashboardStatusResource:
         queue_client: redis.Redis | None,
         tasks: TaskStore,
         heartbeat_timeout_ms: int,
+        poll_grace_s: float,
         queues: Sequence[str] = (CALLBACK_QUEUE,),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._queue_client = queue_client
         self._tasks = tasks
         self._heartbeat_timeout_ms = heartbeat_timeout_ms
+        self._poll_grace_s = poll_grace_s
         self._queues = queues
         self._clock = clock
 
@@ -122,7 +124,12 @@ class DashboardStatusResource:
         now_ms = int(self._clock() * 1000)
         if self._queue_client is None:
             snapshot = StatusSnapshot(
-                taken_at_ms=now_ms, queues=(), workers=0, tasks=self._tasks.counts(), per_minute={}
+                taken_at_ms=now_ms,
+                queues=(),
+                workers=0,
+                tasks=self._tasks.counts(),
+                per_minute={},
+                submitted=self._tasks.submitted_counts(now_ms / 1000, self._poll_grace_s),
             )
             return {**snapshot.to_json(), "workers": None}
         return read_status(
@@ -132,6 +139,7 @@ class DashboardStatusResource:
             queues=self._queues,
             heartbeat_timeout_ms=self._heartbeat_timeout_ms,
             now_ms=now_ms,
+            poll_grace_s=self._poll_grace_s,
         ).to_json()
 
 
@@ -153,6 +161,7 @@ def add_dashboard_routes(
             queue_client=broker.client if isinstance(broker, RedisBroker) else None,
             tasks=tasks,
             heartbeat_timeout_ms=settings.redelivery_s * 1000,
+            poll_grace_s=settings.poll_grace_s,
             clock=clock,
         ),
     )

@@ -82,6 +82,8 @@ class StatusSnapshot:
     tasks: Mapping[str, int]
     #: Per state in :data:`RATE_STATES`, tasks that reached it in each recent minute, oldest first.
     per_minute: Mapping[str, tuple[int, ...]]
+    #: Tasks mjhook submitted that still wait for their result, and those past the poll grace.
+    submitted: Mapping[str, int]
 
     def to_json(self) -> dict[str, Any]:
         """The ``mjhook status --json`` object: the contract's keys plus a few more."""
@@ -100,6 +102,7 @@ class StatusSnapshot:
             "workers": self.workers,
             "tasks": dict(self.tasks),
             "per_minute": {state: list(counts) for state, counts in self.per_minute.items()},
+            "submitted": dict(self.submitted),
             "taken_at_ms": self.taken_at_ms,
         }
 
@@ -195,6 +198,7 @@ def read_status(
     queues: Sequence[str],
     heartbeat_timeout_ms: int,
     now_ms: int,
+    poll_grace_s: float,
     rate_minutes: int = DEFAULT_RATE_MINUTES,
 ) -> StatusSnapshot:
     """Everything ``mjhook status`` shows. ``queue_client`` is the broker's Redis; ``tasks`` reads
@@ -211,4 +215,5 @@ def read_status(
         workers=count_workers(brokers),
         tasks=tasks.counts(),
         per_minute=tasks.per_minute(RATE_STATES, minutes=rate_minutes),
+        submitted=tasks.submitted_counts(now_ms / 1000, poll_grace_s),
     )

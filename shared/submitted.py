@@ -85,18 +85,6 @@ class SubmittedTasks:
         self._client.zrem(keys.POLLED, task_id)
 
 
-def submitted_counts(client: redis.Redis, now: float, grace_s: float) -> dict[str, int]:
-    """For ``mjhook status``: tasks mjhook submitted that still wait for their result
-    (``submitted``), and those of them waiting ``grace_s`` seconds or more since submission, so
-    the polling fallback is after them (``overdue``). ``now`` is Unix seconds."""
-    index = keys.state_index(TaskState.SUBMITTED)
-    pipe = client.pipeline(transaction=False)
-    pipe.zcard(index)
-    pipe.zcount(index, "-inf", int((now - grace_s) * 1000))
-    submitted, overdue = pipe.execute()
-    return {"submitted": int(submitted), "overdue": int(overdue)}
-
-
 def _pairs(raw: object) -> list[tuple[str, float]]:
     pairs = cast(list[tuple[bytes, float]], raw)
     return [(as_text(member), score / 1000) for member, score in pairs]

@@ -35,7 +35,7 @@ class TaskState(StrEnum):
 FINAL_STATES = frozenset({TaskState.STORED, TaskState.PARTIAL, TaskState.FAILED})
 
 #: The states :meth:`TaskStore.counts` counts (those ``mjhook status --json`` has always shown);
-#: submitted tasks are counted by :func:`shared.submitted.submitted_counts`.
+#: submitted tasks are counted by :meth:`TaskStore.submitted_counts`.
 COUNTED_STATES = tuple(state for state in TaskState if state is not TaskState.SUBMITTED)
 
 
@@ -100,6 +100,17 @@ class TaskStore:
         for state in COUNTED_STATES:
             pipe.zcard(keys.state_index(state))
         return dict(zip((s.value for s in COUNTED_STATES), pipe.execute(), strict=True))
+
+    def submitted_counts(self, now: float, grace_s: float) -> dict[str, int]:
+        """Tasks mjhook submitted that still wait for their result (``submitted``), and those of
+        them waiting ``grace_s`` seconds or more, so the polling fallback is after them
+        (``overdue``). ``now`` is Unix seconds."""
+        index = keys.state_index(TaskState.SUBMITTED)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zcard(index)
+        pipe.zcount(index, "-inf", int((now - grace_s) * 1000))
+        submitted, overdue = pipe.execute()
+        return {"submitted": int(submitted), "overdue": int(overdue)}
 
     def recent(self, *, state: TaskState | None = None, limit: int = 20) -> list[TaskRecord]:
         """The ``limit`` most recently changed tasks, newest first; only those now in ``state``

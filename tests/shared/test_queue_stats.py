@@ -184,12 +184,14 @@ def test_status_has_the_contract_keys_task_counts_and_finished_per_minute(client
         queues=[CALLBACK_QUEUE],
         heartbeat_timeout_ms=TIMEOUT_MS,
         now_ms=int(now * 1000),
+        poll_grace_s=300,
     )
     # Then
     assert snapshot.tasks == {"received": 1, "processing": 1, "stored": 3, "partial": 1, "failed": 1}
     assert snapshot.per_minute["stored"] == (0, 0, 0, 0, 0, 0, 0, 0, 1, 2)
     assert snapshot.per_minute["failed"] == (1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     assert snapshot.per_minute["partial"] == (0,) * 10
+    assert snapshot.submitted == {"submitted": 0, "overdue": 0}
     document = snapshot.to_json()
     assert set(document["queues"][CALLBACK_QUEUE]) >= {"ready", "delayed", "in_flight", "dead"}
     assert document["workers"] == 0

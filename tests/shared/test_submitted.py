@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from shared import keys
-from shared.submitted import SubmittedTasks, submitted_counts
+from shared.submitted import SubmittedTasks
 from shared.taskstate import TaskState, TaskStore
 
 
@@ -100,10 +100,10 @@ def test_state_counts_keep_their_shape_and_submitted_ones_are_counted_apart(
     submitted.record("new", {})
     tasks.mark_received("other", "now")
     clock.now += 10
-    # Then the contract's counts are unchanged, and submitted ones come from submitted_counts
+    # Then the contract's counts are unchanged, and submitted ones come from submitted_counts()
     assert tasks.counts() == {"received": 1, "processing": 0, "stored": 0, "partial": 0, "failed": 0}
-    assert submitted_counts(client, clock.now, 50) == {"submitted": 3, "overdue": 2}
-    assert submitted_counts(client, clock.now, 5) == {"submitted": 3, "overdue": 3}
+    assert TaskStore(client, ttl_s=3600).submitted_counts(clock.now, 50) == {"submitted": 3, "overdue": 2}
+    assert TaskStore(client, ttl_s=3600).submitted_counts(clock.now, 5) == {"submitted": 3, "overdue": 3}
 
 
 def test_overdue_lists_waiting_tasks_past_the_grace_oldest_first(
