@@ -114,6 +114,9 @@ class Settings(BaseModel):
     # --- the provider -----------------------------------------------------------------
     provider_url: str = "https://api.kie.ai"
     provider_api_key: str = ""
+    #: With an API key: re-read each success from the provider's record-info before downloading
+    #: and use the URLs listed there (the signature does not cover the body).
+    verify_results: bool = True
     #: Retries of a provider API call answered 429, 455 or 5xx (or not reached), with exponential
     #: backoff from 1 s (or as ``Retry-After`` says); 0 fails at once.
     provider_retries: int = Field(default=4, ge=0, le=10)

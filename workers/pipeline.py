@@ -20,6 +20,7 @@ from shared.taskstate import FINAL_STATES, TaskState, TaskStore
 from workers.fetch import ResultFetcher
 from workers.lease import LeaseManager
 from workers.manifest import FileError, ImageEntry, build_manifest, outcome
+from workers.verify import ResultVerifier
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class CallbackProcessor:
         clock: Callable[[], float] = time.time,
         metrics: WorkerMetrics | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        verifier: ResultVerifier | None = None,
     ) -> None:
         self._tasks = tasks
         self._leases = leases
@@ -51,6 +53,7 @@ class CallbackProcessor:
         self._clock = clock
         self._metrics = create_worker_metrics() if metrics is None else metrics
         self._timer = timer
+        self._verifier = verifier
 
     def process(self, callback: Callback, *, final_attempt: bool = False) -> TaskState:
         """Bring the task to a final state and return it. Transient trouble raises (the queue
@@ -67,6 +70,9 @@ class CallbackProcessor:
                 self._metrics.tasks.labels("duplicate").inc()
                 return known
             self._tasks.move(task_id, TaskState.PROCESSING)
+            verification = None
+            if self._verifier is not None and callback.succeeded:
+                callback, verification = self._verifier.verify(callback)
             failed_files: list[str] = []
             if callback.succeeded:
                 images, errors, failed_files = self._store_files(callback, final_attempt=final_attempt)
@@ -78,6 +84,8 @@ class CallbackProcessor:
             manifest = build_manifest(
                 callback, status=status, images=images, errors=errors, completed_at=utc_iso(self._clock())
             )
+            if verification is not None:
+                manifest["verification"] = verification.to_manifest()
             self._store.put_json(storage.manifest_key(task_id), manifest)
             reason = _reason(callback, errors)
             self._tasks.move(task_id, status, code=str(callback.code), reason=reason)

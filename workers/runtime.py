@@ -30,6 +30,7 @@ from workers.guard import guarded_transport_from_settings
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
 from workers.polling import PollChain, Polling, build_polling
+from workers.verify import ResultVerifier
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def build_parts(
         fetcher=fetcher,
         pool=pool,
         metrics=metrics,
+        verifier=ResultVerifier(provider.record_info) if provider and settings.verify_results else None,
     )
     polling = None
     if provider is not None and broker is not None:

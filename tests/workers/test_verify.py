@@ -1,0 +1,85 @@
+"""Re-verification of success callbacks against the provider's record-info."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.callback import Callback
+from shared.errors import ProviderRefused
+from shared.provider import TaskRecordInfo, TaskStatus
+from workers.verify import ResultVerifier, VerificationPending
+
+CALLBACK = Callback(
+    "t1", 200, "success", None, ("https://cdn.example/a.png", "https://cdn.example/b.png"), "now"
+)
+
+
+def info(status: TaskStatus, urls: tuple[str, ...] = (), error: str | None = None) -> TaskRecordInfo:
+    return TaskRecordInfo(
+        task_id="t1",
+        task_type="mj_txt2img",
+        status=status,
+        success_flag=None,
+        result_urls=urls,
+        error_code=None,
+        error_message=error,
+        param_json=None,
+        create_time=None,
+        complete_time=None,
+    )
+
+
+def verifier(answer: TaskRecordInfo | Exception) -> ResultVerifier:
+    def record_info(task_id: str) -> TaskRecordInfo:
+        assert task_id == "t1"
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return ResultVerifier(record_info)
+
+
+def test_matching_urls_are_confirmed() -> None:
+    checked, verification = verifier(info(TaskStatus.SUCCESS, CALLBACK.result_urls)).verify(CALLBACK)
+    assert checked == CALLBACK
+    assert not verification.mismatch
+    assert verification.to_manifest() == {
+        "checked": True,
+        "mismatch": False,
+        "reason": "confirmed",
+        "callbackUrls": [],
+    }
+
+
+def test_tampered_urls_are_replaced_by_the_providers_and_recorded() -> None:
+    tampered = Callback("t1", 200, "success", None, ("http://attacker.example/x.png",), "now")
+    checked, verification = verifier(info(TaskStatus.SUCCESS, CALLBACK.result_urls)).verify(tampered)
+    assert checked.result_urls == CALLBACK.result_urls
+    assert verification.mismatch
+    assert verification.to_manifest()["callbackUrls"] == ["http://attacker.example/x.png"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (info(TaskStatus.FAILED, error="nsfw"), "the provider reports the generation failed (nsfw)"),
+        (ProviderRefused("unknown", code=404), "the provider does not know this task"),
+    ],
+)
+def test_a_success_the_provider_disowns_becomes_a_failure(
+    answer: TaskRecordInfo | Exception, reason: str
+) -> None:
+    checked, verification = verifier(answer).verify(CALLBACK)
+    assert checked.code == 500
+    assert checked.result_urls == ()
+    assert checked.msg == f"success not confirmed: {reason}"
+    assert verification.mismatch
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [info(TaskStatus.GENERATING), ProviderRefused("bad key", code=401), ProviderRefused("credits", code=402)],
+)
+def test_when_the_provider_cannot_say_now_the_task_is_retried(answer: TaskRecordInfo | Exception) -> None:
+    with pytest.raises(VerificationPending):
+        verifier(answer).verify(CALLBACK)

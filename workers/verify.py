@@ -1,0 +1,82 @@
+"""Re-verification of a success callback against the provider (``MJHOOK_VERIFY_RESULTS``).
+
+The provider's signature covers the taskId and a timestamp, not the body: a replayed or forged
+body could name any result URLs. With an API key, the worker asks the provider's ``record-info``
+for the task before downloading and uses the URLs the provider lists, recording any mismatch."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from shared.callback import Callback
+from shared.errors import ProviderRefused, TransientError
+from shared.provider import TaskRecordInfo, TaskStatus
+
+log = logging.getLogger(__name__)
+
+#: The provider's code for "no such task".
+UNKNOWN_TASK = 404
+
+
+class VerificationPending(TransientError):
+    """The provider still reports the task as generating although a success was called back:
+    try again later."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verification:
+    """What the check found, for the manifest's ``verification`` field."""
+
+    mismatch: bool
+    reason: str
+    callback_urls: tuple[str, ...]
+    provider_urls: tuple[str, ...]
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "checked": True,
+            "mismatch": self.mismatch,
+            "reason": self.reason,
+            "callbackUrls": list(self.callback_urls) if self.mismatch else [],
+        }
+
+
+class ResultVerifier:
+    """Checks a success callback with ``record_info`` (the provider client's method)."""
+
+    def __init__(self, record_info: Callable[[str], TaskRecordInfo]) -> None:
+        self._record_info = record_info
+
+    def verify(self, callback: Callback) -> tuple[Callback, Verification]:
+        """The callback to process (with the provider's result URLs, or turned into a failure
+        when the provider disowns the success) and what was found. Raises a transient error when
+        the provider cannot say now (unreachable, still generating, refusing our key)."""
+        try:
+            info = self._record_info(callback.task_id)
+        except ProviderRefused as exc:
+            if exc.code != UNKNOWN_TASK:
+                # Our key or account is refused: nothing says the callback is false. Retry, and
+                # the message ends in the dead-letter queue with this reason if it persists.
+                raise VerificationPending(f"cannot verify the result with the provider: {exc}") from exc
+            return self._disowned(callback, "the provider does not know this task")
+        if info.status is TaskStatus.GENERATING:
+            raise VerificationPending(f"the provider still reports task {callback.task_id} as generating")
+        if info.status is TaskStatus.FAILED:
+            detail = info.error_message or f"errorCode {info.error_code}"
+            return self._disowned(callback, f"the provider reports the generation failed ({detail})")
+        mismatch = info.result_urls != callback.result_urls
+        reason = "the callback's result URLs differ from the provider's" if mismatch else "confirmed"
+        if mismatch:
+            log.warning("task %s: %s; using the provider's", callback.task_id, reason)
+        verified = dataclasses.replace(callback, result_urls=info.result_urls)
+        return verified, Verification(mismatch, reason, callback.result_urls, info.result_urls)
+
+    @staticmethod
+    def _disowned(callback: Callback, reason: str) -> tuple[Callback, Verification]:
+        log.warning("task %s: success callback not confirmed: %s", callback.task_id, reason)
+        msg = f"success not confirmed: {reason}"
+        failed = dataclasses.replace(callback, code=500, msg=msg, result_urls=())
+        return failed, Verification(True, reason, callback.result_urls, ())
