@@ -11,11 +11,11 @@ import orjson
 import pytest
 import redis
 from falcon import testing
-from prometheus_client.parser import text_string_to_metric_families
 
 from ingress.app import create_app
 from shared.logs import JsonFormatter
 from shared.settings import Settings
+from tests.support.metrics import Samples, parse_metrics
 from tests.support.procs import free_port
 
 PATH = "/callbacks/midjourney"
@@ -29,15 +29,11 @@ VALID = orjson.dumps(
 JSON = {"Content-Type": "application/json"}
 
 
-def scrape(app: testing.TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(app: testing.TestClient) -> Samples:
     response = app.simulate_get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    return parse_metrics(response.text)
 
 
 def requests(endpoint: str, method: str, status: str) -> tuple[str, frozenset[tuple[str, str]]]:

@@ -4,7 +4,6 @@ processes), real traffic, then ``/metrics`` of both scraped and their log files 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.metrics import default_multiprocess_dir
+from tests.support.metrics import Samples, parse_metrics, sample
 from tests.support.pipeline import CALLBACK_PATH, callback, post_callback, read_manifest, wait_for
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, S3Server, png_bytes
@@ -28,20 +27,11 @@ FILES_PER_CALLBACK = 2
 MALFORMED = 3
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of a ``/metrics`` answer, by name and labels."""
+def scrape(url: str) -> Samples:
     response = httpx.get(url, timeout=10)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    return parse_metrics(response.text)
 
 
 def json_lines(log: str) -> list[dict[str, Any]]:
@@ -102,9 +92,9 @@ def test_counters_add_up_over_every_process_and_every_task_line_has_its_task_id(
         first = next(iter(files))
         assert post_fresh_connection(base_url, callback(first, files[first])).status_code == 200
 
-        def duplicate_counted() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+        def duplicate_counted() -> Samples | None:
             samples = scrape(worker_metrics_url)
-            return samples if value(samples, "mjhook_tasks_total", outcome="duplicate") else None
+            return samples if sample(samples, "mjhook_tasks_total", outcome="duplicate") else None
 
         worker_samples = wait_for(duplicate_counted, timeout_s=30, what="the duplicate counted")
         # Then whichever gunicorn process answers, it counts the requests of both
@@ -119,28 +109,28 @@ def test_counters_add_up_over_every_process_and_every_task_line_has_its_task_id(
 
     for samples in ingress_scrapes:
         requests = "mjhook_http_requests_total"
-        assert value(samples, requests, endpoint=CALLBACK_PATH, method="POST", status="200") == CALLBACKS + 1
-        assert value(samples, requests, endpoint=CALLBACK_PATH, method="POST", status="400") == MALFORMED
-        assert value(samples, "mjhook_callback_ack_seconds_count") == CALLBACKS + 1 + MALFORMED
-        assert value(samples, "mjhook_callback_ack_seconds_bucket", le="1.0") == CALLBACKS + 1 + MALFORMED
-        assert value(samples, "mjhook_callbacks_rejected_total", status="400") == MALFORMED
-        assert value(samples, "mjhook_callbacks_spooled_total") == 0
-        assert value(samples, "mjhook_enqueue_failures_total") == 0
-        assert value(samples, "mjhook_spool_callbacks") == 0
+        assert sample(samples, requests, endpoint=CALLBACK_PATH, method="POST", status="200") == CALLBACKS + 1
+        assert sample(samples, requests, endpoint=CALLBACK_PATH, method="POST", status="400") == MALFORMED
+        assert sample(samples, "mjhook_callback_ack_seconds_count") == CALLBACKS + 1 + MALFORMED
+        assert sample(samples, "mjhook_callback_ack_seconds_bucket", le="1.0") == CALLBACKS + 1 + MALFORMED
+        assert sample(samples, "mjhook_callbacks_rejected_total", status="400") == MALFORMED
+        assert sample(samples, "mjhook_callbacks_spooled_total") == 0
+        assert sample(samples, "mjhook_enqueue_failures_total") == 0
+        assert sample(samples, "mjhook_spool_callbacks") == 0
     assert list(ingress_metrics_dir.glob("counter_*.db")), "the ingress did not count in the given directory"
 
     # And the workers count every task, file and byte once, over both processes
-    assert value(worker_samples, "mjhook_tasks_total", outcome="stored") == CALLBACKS
-    assert value(worker_samples, "mjhook_tasks_total", outcome="duplicate") == 1
-    assert value(worker_samples, "mjhook_tasks_total", outcome="failed") == 0
-    assert value(worker_samples, "mjhook_files_stored_total") == CALLBACKS * FILES_PER_CALLBACK
-    assert value(worker_samples, "mjhook_bytes_stored_total") == sum(len(image) for image in images.values())
-    assert value(worker_samples, "mjhook_download_seconds_count") == CALLBACKS * FILES_PER_CALLBACK
-    assert value(worker_samples, "mjhook_upload_seconds_count") == CALLBACKS * FILES_PER_CALLBACK
-    assert value(worker_samples, "mjhook_message_seconds_count", actor="process_callback") == CALLBACKS + 1
-    assert value(worker_samples, "mjhook_messages_in_progress", actor="process_callback") == 0
+    assert sample(worker_samples, "mjhook_tasks_total", outcome="stored") == CALLBACKS
+    assert sample(worker_samples, "mjhook_tasks_total", outcome="duplicate") == 1
+    assert sample(worker_samples, "mjhook_tasks_total", outcome="failed") == 0
+    assert sample(worker_samples, "mjhook_files_stored_total") == CALLBACKS * FILES_PER_CALLBACK
+    assert sample(worker_samples, "mjhook_bytes_stored_total") == sum(len(image) for image in images.values())
+    assert sample(worker_samples, "mjhook_download_seconds_count") == CALLBACKS * FILES_PER_CALLBACK
+    assert sample(worker_samples, "mjhook_upload_seconds_count") == CALLBACKS * FILES_PER_CALLBACK
+    assert sample(worker_samples, "mjhook_message_seconds_count", actor="process_callback") == CALLBACKS + 1
+    assert sample(worker_samples, "mjhook_messages_in_progress", actor="process_callback") == 0
     for state in ("ready", "delayed", "in_flight", "dead"):
-        assert value(worker_samples, "mjhook_queue_messages", queue="callbacks", state=state) == 0
+        assert sample(worker_samples, "mjhook_queue_messages", queue="callbacks", state=state) == 0
 
     # And every worker line about a task carries its taskId, also those logged by the download
     # threads (httpx logs each request)

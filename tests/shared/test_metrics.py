@@ -9,8 +9,6 @@ import textwrap
 import uuid
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from shared.metrics import (
     MULTIPROC_ENV,
     ScrapeGauges,
@@ -23,16 +21,13 @@ from shared.metrics import (
     remove_stale_dirs,
     render,
 )
+from tests.support.metrics import Samples, parse_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text.decode())
-        for sample in family.samples
-    }
+def samples(text: bytes) -> Samples:
+    return parse_metrics(text.decode())
 
 
 def test_every_metric_is_served_with_the_mjhook_prefix_and_known_labels_start_at_zero() -> None:

@@ -41,6 +41,8 @@ def app_environment(
             "MJHOOK_S3_SECRET_KEY": s3_secret_key,
             "MJHOOK_S3_BUCKET": s3_bucket,
             "MJHOOK_FETCH_ALLOW": "127.0.0.1,::1,localhost",
+            # Tests that want the workers' metrics endpoint give it a free port of its own.
+            "MJHOOK_WORKER_METRICS_PORT": "0",
         }
     )
     return env

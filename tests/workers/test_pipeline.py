@@ -12,6 +12,7 @@ import redis
 
 from shared.callback import Callback
 from shared.errors import DownloadFailed, TaskBusy
+from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from shared.taskstate import TaskState, TaskStore
@@ -28,6 +29,8 @@ class Harness:
     store: ObjectStore
     files: FileServer
     redis: redis.Redis
+    #: What the processor counts.
+    metrics: WorkerMetrics
 
     def process(self, callback: Callback, *, final_attempt: bool = False) -> TaskState:
         return self.parts.processor.process(callback, final_attempt=final_attempt)  # type: ignore[attr-defined]
@@ -52,9 +55,10 @@ def harness(redis_server, s3_server, s3_bucket, file_server: FileServer) -> Iter
     )
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
-    parts = build_parts(settings)
+    metrics = create_worker_metrics()
+    parts = build_parts(settings, metrics=metrics)
     wait_for_bucket(parts.store, timeout_s=30)
-    yield Harness(parts, parts.tasks, parts.store, file_server, client)
+    yield Harness(parts, parts.tasks, parts.store, file_server, client, metrics)
     client.close()
 
 
@@ -177,3 +181,29 @@ def test_a_task_leased_by_another_worker_is_retried_later(harness: Harness) -> N
     with pytest.raises(TaskBusy):
         harness.process(callback(urls))
     assert harness.files.hits == {}
+
+
+def count(metrics: WorkerMetrics, name: str, **labels: str) -> float:
+    found = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+def test_files_are_counted_when_stored_and_refusals_and_outcomes_each_time_a_task_ends(
+    harness: Harness,
+) -> None:
+    # Given a task with two images and a page
+    urls, images = serve_pngs(harness.files, 2)
+    urls.append(harness.files.add("/error.html", b"<html>Forbidden</html>", content_type="text/html"))
+    # When it is processed, and then again
+    assert harness.process(callback(urls)) is TaskState.PARTIAL
+    assert harness.process(callback(urls)) is TaskState.PARTIAL
+    # Then the files stored are counted once (the second time stores nothing), the refused page
+    # and the outcome each time
+    metrics = harness.metrics
+    assert count(metrics, "mjhook_files_stored_total") == 2
+    assert count(metrics, "mjhook_bytes_stored_total") == sum(len(image) for image in images)
+    assert count(metrics, "mjhook_download_seconds_count") == 2
+    assert count(metrics, "mjhook_upload_seconds_count") == 2
+    assert count(metrics, "mjhook_files_failed_total", reason="DownloadRefused") == 2
+    assert count(metrics, "mjhook_tasks_total", outcome="partial") == 2
+    assert count(metrics, "mjhook_tasks_total", outcome="stored") == 0

@@ -1,0 +1,134 @@
+"""The chaos run (bench/chaos.py), short form: callbacks from the provider simulator while a worker
+pool is SIGKILLed, Redis restarts and the object store is down; nothing acknowledged may be lost
+or stored twice. Plus the smallest reproduction of what the chaos run found: a retry waiting out
+its backoff in a worker when Redis restarts is stranded until that worker process exits."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from shared import keys
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from tests.support.pipeline import callback, post_callback, read_manifest, wait_for
+from tests.support.servers import FileServer, png_bytes, start_redis
+from tests.support.stack import app_environment, start_ingress, start_workers
+
+pytestmark = pytest.mark.integration
+
+CHAOS_PATH = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
+DELAY_QUEUE = CALLBACK_QUEUE + ".DQ"
+
+
+def load_chaos() -> ModuleType:
+    """bench/chaos.py, loaded from its path (bench/ is scripts, not an installed package)."""
+    spec = importlib.util.spec_from_file_location("bench_chaos", CHAOS_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+chaos = load_chaos()
+
+
+def test_nothing_acknowledged_is_lost_or_stored_twice_while_the_stack_is_broken(tmp_path: Path) -> None:
+    # Given 60 tasks whose callbacks (10% failures, 10% sent twice, some faulty result files) fall
+    # due 4 a second, while one worker pool is SIGKILLed, Redis restarts and S3 is down 4 s
+    config = chaos.ChaosConfig(
+        tasks=60,
+        rate_per_s=4.0,
+        worker_kills=1,
+        redis_restarts=1,
+        s3_outages=1,
+        s3_down_s=4.0,
+        settle_timeout_s=120.0,
+        out_dir=tmp_path,
+    )
+    # When the run has settled
+    report = chaos.run_chaos(config)
+    summary = report.format_text()
+    # Then the ingress acknowledged every callback
+    assert report.unacknowledged == 0, summary
+    # And every acknowledged task ended stored, partial or failed, each failure with its reason
+    assert report.lost == [], summary
+    assert report.stored + report.partial + report.failed == report.acknowledged, summary
+    assert report.unexplained == [], summary
+    # And no file was stored twice, and every stored file has the bytes the provider served
+    assert report.stored_twice == [], summary
+    assert report.sha256_mismatches == [], summary
+    assert report.files_verified > 0, summary
+
+
+def test_a_retry_waiting_out_its_backoff_survives_a_redis_restart(
+    s3_server: Any, s3_bucket: str, tmp_path: Path, file_server: FileServer
+) -> None:
+    redis = start_redis(tmp_path / "redis", appendonly=True)
+    env = app_environment(
+        redis_url=redis.url,
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        s3_bucket=s3_bucket,
+    )
+    env.update(
+        {
+            "MJHOOK_MIN_BACKOFF_MS": "2000",
+            "MJHOOK_MAX_BACKOFF_MS": "4000",
+            "MJHOOK_REDELIVERY_S": "4",
+            "MJHOOK_LEASE_TTL_S": "4",
+            "MJHOOK_SPOOL_DIR": str(tmp_path / "spool"),
+            "MJHOOK_WORKER_METRICS_PORT": "0",
+        }
+    )
+    image = png_bytes(31)
+    url = file_server.add("/stranded.png", b"busy", status=503, content_type="text/plain")
+    ingress, base_url = start_ingress(env, tmp_path, extra_args=["--workers", "1"])
+    workers = start_workers(env, tmp_path, processes=1, threads=2)
+    client = redis.client()
+    try:
+        # Given a task whose file answered 503, so its message waits out a retry backoff in the
+        # worker (fetched from the delay queue, not yet due)
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            assert post_callback(http, callback("stranded-1", [url])).status_code == 200
+        wait_for(lambda: held_delayed(client) == 1, timeout_s=30, what="the retry held by the worker")
+        file_server.add("/stranded.png", image)
+        # When Redis restarts (a clean stop: the append-only file keeps every message)
+        redis.stop()
+        redis.start()
+        # Then the retry still runs once due, and the task is stored
+        manifest = poll_manifest(s3_server, s3_bucket, "stranded-1", timeout_s=30)
+        state = client.hget(keys.task("stranded-1"), "state")
+        assert manifest is not None, (
+            f"task state {state!r}; {held_delayed(client)} delayed message(s) held in the ack set of "
+            f"a live worker (dramatiq's consumer drops its in-memory delay queue on a connection error)"
+        )
+        assert manifest["status"] == "stored"
+    finally:
+        workers.terminate()
+        ingress.terminate()
+        redis.kill()
+
+
+def held_delayed(client: Any) -> int:
+    """Delay-queue messages fetched by some worker and not acknowledged yet."""
+    pattern = keys.broker_acks(BROKER_NAMESPACE, "*", DELAY_QUEUE)
+    return sum(int(client.scard(key)) for key in client.scan_iter(match=pattern))
+
+
+def poll_manifest(s3_server: Any, bucket: str, task_id: str, *, timeout_s: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        manifest = read_manifest(s3_server.client(), bucket, task_id)
+        if manifest is not None:
+            return manifest
+        time.sleep(0.2)
+    return None
