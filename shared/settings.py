@@ -65,6 +65,8 @@ class Settings(BaseModel):
     max_image_bytes: int = Field(default=64 * MIB, ge=1)
     #: Largest video file accepted, in bytes.
     max_video_bytes: int = Field(default=2048 * MIB, ge=1)
+    #: Most bytes all files of one task may add up to.
+    max_task_bytes: int = Field(default=4096 * MIB, ge=1)
     #: Files smaller than this stay in memory while downloading; larger ones spill to disk.
     spool_memory_bytes: int = Field(default=8 * MIB, ge=0)
     #: Most pixels (width x height) a result image may declare in its header.

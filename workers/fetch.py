@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
@@ -40,6 +41,22 @@ class FetchLimits:
     max_image_side: int = DEFAULT_MAX_SIDE
 
 
+class ByteBudget:
+    """The bytes one task may still download, shared by its concurrent downloads."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._left = total
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> None:
+        """Account for ``count`` more bytes; refuse the file once the task's total is spent."""
+        with self._lock:
+            if count > self._left:
+                raise DownloadRefused(f"the task's files are over its {self.total}-byte total cap")
+            self._left -= count
+
+
 @dataclass(slots=True)
 class FetchedFile:
     """A downloaded file, ready to upload from ``body`` (positioned at 0). Close it when done."""
@@ -71,19 +88,23 @@ class ResultFetcher:
         self._limits = limits
         self._refresh_url = refresh_url
 
-    def fetch(self, url: str) -> FetchedFile:
-        """Download ``url``. Raises :class:`DownloadFailed` (try again later) or
-        :class:`DownloadRefused` (never store it) with a reason. When ``url`` answers 403, 404 or
-        410 and there is a ``refresh_url``, the fresh link is tried once."""
+    def fetch(self, url: str, *, budget: ByteBudget | None = None) -> FetchedFile:
+        """Download ``url``, counting its bytes against ``budget`` (the task's total cap) when
+        given. Raises :class:`DownloadFailed` (try again later) or :class:`DownloadRefused` (never
+        store it) with a reason. When ``url`` answers 403, 404 or 410 and there is a
+        ``refresh_url``, the fresh link is tried once."""
+        budget = budget or ByteBudget(1 << 62)
         try:
-            return self._fetch_once(url)
+            return self._fetch_once(url, budget)
         except ResultLinkGone as exc:
             if self._refresh_url is None:
                 raise
             gone = str(exc)
-        return self._fetch_refreshed(url, self._refresh_url, gone)
+        return self._fetch_refreshed(url, self._refresh_url, gone, budget)
 
-    def _fetch_refreshed(self, url: str, refresh_url: Callable[[str], str], gone: str) -> FetchedFile:
+    def _fetch_refreshed(
+        self, url: str, refresh_url: Callable[[str], str], gone: str, budget: ByteBudget
+    ) -> FetchedFile:
         try:
             fresh = refresh_url(url)
         except TransientError as exc:
@@ -91,7 +112,7 @@ class ResultFetcher:
         except MjhookError as exc:
             raise DownloadRefused(f"{gone}; no fresh link: {exc}") from exc
         try:
-            fetched = self._fetch_once(fresh)
+            fetched = self._fetch_once(fresh, budget)
         except DownloadRefused as exc:
             raise DownloadRefused(f"{gone}; its fresh link: {exc}") from exc
         except DownloadFailed as exc:
@@ -99,10 +120,10 @@ class ResultFetcher:
         fetched.source_url = url
         return fetched
 
-    def _fetch_once(self, url: str) -> FetchedFile:
+    def _fetch_once(self, url: str, budget: ByteBudget) -> FetchedFile:
         body = tempfile.SpooledTemporaryFile(max_size=self._limits.spool_memory_bytes)  # noqa: SIM115
         try:
-            media, size, digest = self._stream_into(url, body)
+            media, size, digest = self._stream_into(url, body, budget)
             if media.kind == "image":
                 body.seek(0)
                 self._check_dimensions(media, body.read(DEFAULT_HEAD_BYTES))
@@ -112,7 +133,7 @@ class ResultFetcher:
         body.seek(0)
         return FetchedFile(source_url=url, media=media, size=size, sha256=digest, body=body)
 
-    def _stream_into(self, url: str, sink: IO[bytes]) -> tuple[MediaType, int, str]:
+    def _stream_into(self, url: str, sink: IO[bytes], budget: ByteBudget) -> tuple[MediaType, int, str]:
         cap = max(self._limits.max_image_bytes, self._limits.max_video_bytes)
         try:
             with self._client.stream("GET", url) as response:
@@ -120,7 +141,7 @@ class ResultFetcher:
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > cap:
                     raise DownloadRefused(f"file of {declared} bytes is over the {cap}-byte cap")
-                return self._copy(response, sink)
+                return self._copy(response, sink, budget)
         except httpx.TooManyRedirects:
             raise DownloadRefused("too many redirects") from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
@@ -130,7 +151,9 @@ class ResultFetcher:
         except httpx.HTTPError as exc:
             raise DownloadFailed(f"transfer failed: {type(exc).__name__}") from exc
 
-    def _copy(self, response: httpx.Response, sink: IO[bytes]) -> tuple[MediaType, int, str]:
+    def _copy(
+        self, response: httpx.Response, sink: IO[bytes], budget: ByteBudget
+    ) -> tuple[MediaType, int, str]:
         digest = hashlib.sha256()
         head = b""
         media: MediaType | None = None
@@ -144,6 +167,7 @@ class ResultFetcher:
             size += len(chunk)
             if size > cap:
                 raise DownloadRefused(f"file is over the {cap}-byte cap")
+            budget.take(len(chunk))
             digest.update(chunk)
             sink.write(chunk)
         if media is None:

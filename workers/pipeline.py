@@ -17,12 +17,15 @@ from shared.errors import DownloadFailed, DownloadRefused
 from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.storage import ObjectStore
 from shared.taskstate import FINAL_STATES, TaskState, TaskStore
-from workers.fetch import ResultFetcher
+from workers.fetch import ByteBudget, ResultFetcher
 from workers.lease import LeaseManager
 from workers.manifest import FileError, ImageEntry, build_manifest, outcome
 from workers.verify import ResultVerifier
 
 log = logging.getLogger(__name__)
+
+#: Most bytes one task's files may add up to, by default (4 GiB).
+DEFAULT_MAX_TASK_BYTES = 4 << 30
 
 #: ``{index}.{ext}`` under a task's prefix: the files a previous attempt already stored.
 _STORED_FILE = re.compile(r"(\d+)\.([a-z0-9]+)")
@@ -44,6 +47,7 @@ class CallbackProcessor:
         metrics: WorkerMetrics | None = None,
         timer: Callable[[], float] = time.perf_counter,
         verifier: ResultVerifier | None = None,
+        max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
     ) -> None:
         self._tasks = tasks
         self._leases = leases
@@ -54,6 +58,7 @@ class CallbackProcessor:
         self._metrics = create_worker_metrics() if metrics is None else metrics
         self._timer = timer
         self._verifier = verifier
+        self._max_task_bytes = max_task_bytes
 
     def process(self, callback: Callback, *, final_attempt: bool = False) -> TaskState:
         """Bring the task to a final state and return it. Transient trouble raises (the queue
@@ -115,9 +120,12 @@ class CallbackProcessor:
         """The files stored, those given up, and the error class of each given up."""
         already = self._already_stored(callback)
         todo = [(i, url) for i, url in enumerate(callback.result_urls) if i not in already]
+        budget = ByteBudget(max(0, self._max_task_bytes - sum(image.size for image in already.values())))
         # Each download runs in a copy of this context, so its log lines carry the taskId too.
         futures = [
-            self._pool.submit(contextvars.copy_context().run, self._store_one, callback.task_id, i, url)
+            self._pool.submit(
+                contextvars.copy_context().run, self._store_one, callback.task_id, i, url, budget
+            )
             for i, url in todo
         ]
         images = list(already.values())
@@ -141,9 +149,9 @@ class CallbackProcessor:
             )
         return images, errors, failed
 
-    def _store_one(self, task_id: str, index: int, url: str) -> ImageEntry:
+    def _store_one(self, task_id: str, index: int, url: str, budget: ByteBudget) -> ImageEntry:
         started = self._timer()
-        fetched = self._fetcher.fetch(url)
+        fetched = self._fetcher.fetch(url, budget=budget)
         self._metrics.download_seconds.observe(self._timer() - started)
         try:
             key = storage.file_key(task_id, index, fetched.media.ext)

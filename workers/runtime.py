@@ -84,6 +84,7 @@ def build_parts(
         pool=pool,
         metrics=metrics,
         verifier=ResultVerifier(provider.record_info) if provider and settings.verify_results else None,
+        max_task_bytes=settings.max_task_bytes,
     )
     polling = None
     if provider is not None and broker is not None:

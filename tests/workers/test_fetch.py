@@ -9,7 +9,7 @@ import pytest
 
 from shared.errors import DownloadFailed, DownloadRefused
 from tests.support.servers import FileServer, png_bytes
-from workers.fetch import FetchLimits, ResultFetcher, create_http_client
+from workers.fetch import ByteBudget, FetchLimits, ResultFetcher, create_http_client
 from workers.sniff import PNG
 
 
@@ -94,3 +94,14 @@ def test_a_truncated_body_is_transient(fetcher: ResultFetcher, file_server: File
 def test_a_refused_connection_is_transient(fetcher: ResultFetcher) -> None:
     with pytest.raises(DownloadFailed):
         fetcher.fetch("http://127.0.0.1:1/x.png")
+
+
+def test_a_tasks_total_byte_budget_is_shared_by_its_files(
+    fetcher: ResultFetcher, file_server: FileServer
+) -> None:
+    image = png_bytes(6)
+    url = file_server.add("/budget.png", image)
+    budget = ByteBudget(len(image) * 2 - 1)
+    fetcher.fetch(url, budget=budget).close()
+    with pytest.raises(DownloadRefused, match="total cap"):
+        fetcher.fetch(url, budget=budget)

@@ -31,6 +31,7 @@ class Harness:
     redis: redis.Redis
     #: What the processor counts.
     metrics: WorkerMetrics
+    settings: Settings
 
     def process(self, callback: Callback, *, final_attempt: bool = False) -> TaskState:
         return self.parts.processor.process(callback, final_attempt=final_attempt)  # type: ignore[attr-defined]
@@ -58,7 +59,7 @@ def harness(redis_server, s3_server, s3_bucket, file_server: FileServer) -> Iter
     metrics = create_worker_metrics()
     parts = build_parts(settings, metrics=metrics)
     wait_for_bucket(parts.store, timeout_s=30)
-    yield Harness(parts, parts.tasks, parts.store, file_server, client, metrics)
+    yield Harness(parts, parts.tasks, parts.store, file_server, client, metrics, settings)
     client.close()
 
 
@@ -207,3 +208,14 @@ def test_files_are_counted_when_stored_and_refusals_and_outcomes_each_time_a_tas
     assert count(metrics, "mjhook_files_failed_total", reason="DownloadRefused") == 2
     assert count(metrics, "mjhook_tasks_total", outcome="partial") == 2
     assert count(metrics, "mjhook_tasks_total", outcome="stored") == 0
+
+
+def test_a_task_over_its_total_byte_cap_stores_no_more_than_the_cap(harness: Harness) -> None:
+    urls, images = serve_pngs(harness.files, 3)
+    cap = len(images[0]) * 2 + 1000
+    tight = build_parts(harness.settings.model_copy(update={"max_task_bytes": cap}))
+    status = tight.processor.process(callback(urls))
+    manifest = harness.manifest("task-1")
+    assert status in (TaskState.PARTIAL, TaskState.FAILED)
+    assert sum(image["size"] for image in manifest["images"]) <= cap
+    assert any("total cap" in error["reason"] for error in manifest["errors"])
