@@ -55,6 +55,8 @@ class Settings(BaseModel):
     # --- the fetcher ------------------------------------------------------------------
     #: Hosts or CIDRs the downloader may reach although they are private or loopback.
     fetch_allow: tuple[str, ...] = ()
+    #: Ports the downloader may connect to on hosts not in ``fetch_allow`` (those may use any).
+    fetch_ports: tuple[int, ...] = (80, 443)
     #: Parallel downloads per worker process (one pool shared by its threads).
     download_concurrency: int = Field(default=8, ge=1, le=256)
     connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -136,6 +138,13 @@ class Settings(BaseModel):
     #: port 0 turns it off. The ingress serves its metrics at ``GET /metrics``.
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
+
+    @field_validator("fetch_ports", mode="before")
+    @classmethod
+    def _split_ports(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("fetch_allow", "callback_allow_from", "trusted_proxies", mode="before")
     @classmethod

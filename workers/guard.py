@@ -409,10 +409,13 @@ def create_guarded_transport(
 def guarded_transport_from_settings(
     settings: Settings, *, max_connections: int | None = None
 ) -> GuardedTransport:
-    """The guarded transport of a worker process: allow-list ``fetch_allow``, URL limit
+    """The guarded transport of a worker process: allow-list ``fetch_allow``, ports
+    ``fetch_ports`` (for hosts not on the allow-list), URL limit
     ``max_url_length``, and a pool of ``max_connections`` (default: twice
     ``download_concurrency``, as the worker's client asks for)."""
     connections = max_connections if max_connections is not None else settings.download_concurrency * 2
-    policy = FetchPolicy.from_allow(settings.fetch_allow, max_url_length=settings.max_url_length)
+    policy = FetchPolicy.from_allow(
+        settings.fetch_allow, ports=settings.fetch_ports, max_url_length=settings.max_url_length
+    )
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     return create_guarded_transport(policy, limits=limits)

@@ -46,3 +46,10 @@ def test_a_misspelled_variable_is_an_error_not_a_silent_default() -> None:
 def test_a_bad_value_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="MJHOOK_MAX_RETRIES"):
         Settings.from_env({"MJHOOK_MAX_RETRIES": "many"})
+
+
+def test_fetch_ports_are_a_comma_separated_list() -> None:
+    assert Settings.from_env({}).fetch_ports == (80, 443)
+    assert Settings.from_env({"MJHOOK_FETCH_PORTS": "443, 8443"}).fetch_ports == (443, 8443)
+    with pytest.raises(ConfigError, match="MJHOOK_FETCH_PORTS"):
+        Settings.from_env({"MJHOOK_FETCH_PORTS": "https"})

@@ -601,3 +601,10 @@ def test_the_worker_transport_fetches_from_an_allow_listed_loopback_server(
     fetched.close()
     assert fetched.size == len(PNG_BODY)
     assert loopback_server.hits == ["/image.png"]
+
+
+def test_settings_choose_the_ports_allowed_on_other_hosts() -> None:
+    # Refused at the URL check, before any name is resolved or socket opened.
+    transport = guarded_transport_from_settings(Settings.from_env({"MJHOOK_FETCH_PORTS": "443"}))
+    with httpx.Client(transport=transport) as client, pytest.raises(DownloadRefused, match="port 80"):
+        client.get("http://public.example/a.png")
