@@ -23,7 +23,7 @@ from ingress.signature import SignatureVerifier
 from ingress.sources import SourceFilter
 from ingress.spool import Spool, SpoolDrainer
 from ingress.tasks_api import ApiTokenGuard, TaskListResource, TaskResource
-from shared.callback import CallbackLimits
+from shared.callback import CALLBACK_PATH, CallbackLimits
 from shared.metrics import IngressMetrics, create_ingress_metrics, exposition_registry, spool_collectors
 from shared.queue import create_broker
 from shared.redis_client import connect_redis
@@ -33,8 +33,6 @@ from shared.taskstate import TaskStore
 
 log = logging.getLogger(__name__)
 
-#: The provider's callback endpoint (see the contract).
-CALLBACK_PATH = "/callbacks/midjourney"
 #: Paths that need MJHOOK_API_TOKEN (when set).
 READ_PREFIXES = ("/tasks", "/dashboard")
 
@@ -158,7 +156,7 @@ def build_ingress(
         "/tasks/{task_id}",
         TaskResource(tasks=tasks, store=store, presigner=presigner, expiry_s=settings.presign_expiry_s),
     )
-    app.add_route("/tasks", TaskListResource(client=client, tasks=tasks))
+    app.add_route("/tasks", TaskListResource(tasks=tasks))
     add_dashboard_routes(app, settings, broker=broker, tasks=tasks, clock=clock)
     collectors = spool_collectors(spool.depth, spool.depth_bytes) if spool is not None else []
     app.add_route(

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Collection
-from typing import Any, cast
 
 import falcon
-import redis
 
-from shared import keys, storage
+from shared import storage
 from shared.callback import TASK_ID_PATTERN
 from shared.errors import StorageUnavailable
 from shared.storage import ObjectStore
@@ -90,8 +88,7 @@ class TaskResource:
 class TaskListResource:
     """``GET /tasks?state=stored&limit=20``: most recently changed first."""
 
-    def __init__(self, *, client: redis.Redis, tasks: TaskStore) -> None:
-        self._client = client
+    def __init__(self, *, tasks: TaskStore) -> None:
         self._tasks = tasks
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -99,20 +96,16 @@ class TaskListResource:
         if state is not None and state not in {s.value for s in TaskState}:
             raise falcon.HTTPBadRequest(title=f"unknown state {state!r}")
         limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_LIST_LIMIT) or DEFAULT_LIST_LIMIT
-        index = keys.state_index(state) if state else keys.RECENT
-        entries = cast(
-            list[tuple[bytes, float]], self._client.zrevrange(index, 0, limit - 1, withscores=True)
-        )
-        resp.media = {"tasks": [self._summary(member, score) for member, score in entries]}
-
-    def _summary(self, member: bytes | str, score: float) -> dict[str, Any]:
-        task_id = member.decode() if isinstance(member, bytes) else member
-        record = self._tasks.get(task_id)
-        fields = dict(record.fields) if record is not None else {}
-        return {
-            "taskId": task_id,
-            "state": fields.get("state"),
-            "updatedAt": int(score),
-            "receivedAt": fields.get("receivedAt"),
-            "reason": fields.get("reason"),
+        records = self._tasks.recent(state=TaskState(state) if state else None, limit=limit)
+        resp.media = {
+            "tasks": [
+                {
+                    "taskId": record.task_id,
+                    "state": record.state.value,
+                    "updatedAt": int(record.fields.get("updatedAt", 0)),
+                    "receivedAt": record.fields.get("receivedAt"),
+                    "reason": record.fields.get("reason"),
+                }
+                for record in records
+            ]
         }

@@ -16,6 +16,9 @@ from shared.json_limits import DEFAULT_MAX_JSON_DEPTH, check_depth, document_dep
 #: to letters, digits, ``_`` and ``-``: no ``/``, no ``.``, no control characters.
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
+#: Where the ingress takes the provider's callbacks (the ``callBackUrl`` path; see the contract).
+CALLBACK_PATH = "/callbacks/midjourney"
+
 #: The provider's ``code`` for a finished generation; anything else is a failure.
 CODE_SUCCESS = 200
 

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import orjson
 import redis
 
-from shared.callback import TASK_ID_PATTERN
+from shared.callback import CALLBACK_PATH, TASK_ID_PATTERN
 from shared.errors import ConfigError
 from shared.provider import ProviderClient, create_provider_client
 from shared.redis_client import connect_redis
@@ -23,9 +23,6 @@ from shared.submitted import SubmittedTasks
 from shared.taskstate import TaskStore
 
 log = logging.getLogger(__name__)
-
-#: Where the ingress takes the provider's callbacks (ingress/app.py serves this path).
-CALLBACK_PATH = "/callbacks/midjourney"
 
 
 def callback_url(settings: Settings) -> str:

@@ -11,8 +11,9 @@ import orjson
 from minio import Minio
 from minio.error import S3Error
 
+from shared.callback import CALLBACK_PATH
+
 PROMPT = '{"prompt":"a beautiful landscape","model":"midjourney"}'
-CALLBACK_PATH = "/callbacks/midjourney"
 
 T = TypeVar("T")
 
