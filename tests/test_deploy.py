@@ -581,3 +581,31 @@ def test_docker_compose_config_accepts_the_file() -> None:
             key: value for key, value in environment_of(resolved[name]).items() if value is not None
         }
         Settings.from_env(environment)
+
+
+def procfile_commands() -> dict[str, list[str]]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    entries = (line.split(":", 1) for line in lines if line.strip() and not line.startswith("#"))
+    return {name.strip(): shlex.split(command) for name, command in entries}
+
+
+def without_addresses(argv: list[str]) -> list[str]:
+    """The command with its listen address left out (loopback locally, all interfaces in compose)."""
+    return [arg for i, arg in enumerate(argv) if arg != "-b" and (i == 0 or argv[i - 1] != "-b")]
+
+
+@pytest.mark.parametrize(("process", "service"), [("ingress", "ingress"), ("worker", "worker")])
+def test_make_up_runs_the_same_commands_as_compose(
+    services: dict[str, dict[str, Any]], process: str, service: str
+) -> None:
+    assert without_addresses(procfile_commands()[process]) == without_addresses(services[service]["command"])
+
+
+def test_make_ups_redis_persists_like_composes() -> None:
+    redis_argv = procfile_commands()["redis"]
+    for flag, value in (
+        ("--appendonly", "yes"),
+        ("--appendfsync", "everysec"),
+        ("--maxmemory-policy", "noeviction"),
+    ):
+        assert redis_argv[redis_argv.index(flag) + 1] == value
