@@ -1,0 +1,1 @@
+"""Benchmarks of issue 3: see bench/README.md."""

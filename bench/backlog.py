@@ -1,0 +1,213 @@
+"""A large backlog: Redis memory per queued callback, and whether the drain rate holds as the
+backlog grows.
+
+    .venv/bin/python bench/backlog.py [--count 100000] [--rounds 3] [--window 2]
+
+Durable Redis servers are filled through the ingress's own enqueue path (record the task, enqueue
+the message; no HTTP): one with ``--count`` callbacks (100k), one with a tenth of it (10k), both
+provider failures (code 500, no URLs: the workers take the lease, write a manifest and record the
+failure but download nothing, so the drain rate measures the queue and state path alone), and a
+third with ``--count`` 4-image success callbacks, only to measure their memory. Memory per callback
+is INFO used_memory after minus before, divided by the count.
+
+Draining all 100k on 2 cores would take many minutes, so each phase drains only a few thousand:
+the workers are pointed at one Redis, its rate measured over 5 windows, the workers stopped, the
+Redis topped up again to its backlog. Phases alternate (10k, 100k, 10k, 100k ...); the figure is
+the median of the per-round ratios of the 100k rate to the 10k rate. Target: >= 0.9 (no fall
+beyond the run-to-run noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from common import (
+    WORKER_PROCESSES,
+    WORKER_THREADS,
+    DurableRedis,
+    interleave,
+    make_intake,
+    median,
+    mjhook_env,
+    print_table,
+    ratio,
+    run_dir,
+    save,
+    start_redis,
+    start_s3,
+    verdict,
+)
+
+from ingress.intake import CallbackIntake
+from shared import keys
+from shared.callback import Callback
+from shared.clock import utc_iso
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from tests.support.servers import S3Server
+from tests.support.stack import start_workers
+
+WINDOWS = 5
+FILL_THREADS = 4
+PROMPT_JSON = '{"prompt":"a lighthouse on a cliff at golden hour --ar 1:1 --v 7","model":"midjourney"}'
+#: A grid's result URL as the provider signs them (as in bench/wrk/post_callback.lua).
+RESULT_URL = (
+    "https://tempfile.cdn-provider.example/files/{task_id}/{index}.png?exp=1767225600&sig=" + "8f3c" * 8
+)
+QUEUE_KEY = keys.broker_queue(BROKER_NAMESPACE, CALLBACK_QUEUE)
+MESSAGES_KEY = keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE)
+FAILED_KEY = keys.state_index("failed")
+#: "Must not fall": the 100k rate at least the 10k rate, less 10 % for run-to-run noise.
+TARGET_RATIO = 0.9
+
+
+class Backlog:
+    """One Redis, its intake, and the backlog it is kept at between drain phases."""
+
+    def __init__(
+        self, name: str, redis: DurableRedis, s3: S3Server, out: Path, size: int, *, success: bool = False
+    ) -> None:
+        self.name = name
+        self.success = success
+        self.redis = redis
+        self.client = redis.client()
+        self.env = mjhook_env(redis, s3, out)
+        self.intake: CallbackIntake = make_intake(self.env)[0]
+        self.size = size
+        self._numbers = itertools.count()
+
+    def fill(self, count: int) -> float:
+        """Enqueue ``count`` new callbacks: provider failures (code 500, no URLs: what the drain
+        phases use), or with ``success`` 4-image grids; returns callbacks per second."""
+        started = time.monotonic()
+        with ThreadPoolExecutor(FILL_THREADS) as pool:
+            for _ in pool.map(self._enqueue_one, range(count), chunksize=256):
+                pass
+        return count / (time.monotonic() - started)
+
+    def _enqueue_one(self, _: int) -> None:
+        task_id = f"{self.name}-{next(self._numbers):07d}"
+        if self.success:
+            urls = tuple(RESULT_URL.format(task_id=task_id, index=index) for index in range(4))
+            callback = Callback(task_id, 200, "success", PROMPT_JSON, urls, utc_iso(time.time()))
+        else:
+            callback = Callback(
+                task_id, 500, "Midjourney generation failed", PROMPT_JSON, (), utc_iso(time.time())
+            )
+        self.intake.enqueue(callback)
+
+    def top_up(self) -> None:
+        missing = self.size - self.client.llen(QUEUE_KEY)
+        if missing > 0:
+            self.fill(missing)
+
+    def used_memory(self) -> int:
+        return int(self.client.info("memory")["used_memory"])
+
+
+def drain_phase(backlog: Backlog, out: Path, window_s: float) -> dict[str, Any]:
+    """Top ``backlog`` up, let fresh workers drain it for ``WINDOWS`` windows, stop them."""
+    backlog.top_up()
+    with ExitStack() as stack:
+        workers = start_workers(
+            backlog.env, out / backlog.name, processes=WORKER_PROCESSES, threads=WORKER_THREADS
+        )
+        stack.callback(workers.terminate)
+        windows = []
+        done, at = backlog.client.zcard(FAILED_KEY), time.monotonic()
+        for _ in range(WINDOWS):
+            queued = backlog.client.llen(QUEUE_KEY)
+            time.sleep(window_s)
+            done_now, now = backlog.client.zcard(FAILED_KEY), time.monotonic()
+            windows.append({"backlog_at_start": queued, "per_s": (done_now - done) / (now - at)})
+            done, at = done_now, now
+    return {"per_s": median([w["per_s"] for w in windows]), "windows": windows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=100_000, help="the large backlog; the small is a tenth")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--window", type=float, default=2.0, help="seconds per drain window")
+    args = parser.parse_args()
+    out = run_dir("backlog")
+    with ExitStack() as stack:
+        s3 = start_s3(stack, out / "s3")
+        small = Backlog("small", start_redis(stack, out / "redis-small"), s3, out, args.count // 10)
+        large = Backlog("large", start_redis(stack, out / "redis-large"), s3, out, args.count)
+        with ExitStack() as grids_stack:  # only measured, never drained: stopped right after
+            grids = Backlog(
+                "grids", start_redis(grids_stack, out / "redis-grids"), s3, out, args.count, success=True
+            )
+            memory = {backlog.name: measure_fill(backlog) for backlog in (small, large, grids)}
+        phases = {b.name: (lambda _, b=b: drain_phase(b, out, args.window)) for b in (small, large)}
+        results = interleave(phases, args.rounds)
+    save(out, "backlog", summarize(results, args, memory))
+
+
+def measure_fill(backlog: Backlog) -> dict[str, Any]:
+    """Fill ``backlog`` to its size; Redis memory per queued callback and the enqueue rate."""
+    kind = "4-image grids" if backlog.success else "failure callbacks"
+    print(f"filling {backlog.name}: {backlog.size} {kind} ...", flush=True)
+    before = backlog.used_memory()
+    rate = backlog.fill(backlog.size)
+    after = backlog.used_memory()
+    per_callback = (after - before) / backlog.size
+    print(f"  {per_callback:.0f} bytes of Redis memory per queued callback; enqueued {rate:.0f}/s")
+    return {
+        "callbacks": backlog.size,
+        "kind": kind,
+        "used_memory_before": before,
+        "used_memory_after": after,
+        "bytes_per_callback": per_callback,
+        "enqueued_per_s": rate,
+        "breakdown_bytes": breakdown(backlog),
+    }
+
+
+def breakdown(backlog: Backlog) -> dict[str, int]:
+    """Bytes held by each part of one queued callback: the message, its id in the queue list and
+    the task's state record (one sample)."""
+    client = backlog.client
+    sample_id = f"{backlog.name}-{0:07d}"
+    count = backlog.size
+    return {
+        "message_hash_per_callback": int(client.memory_usage(MESSAGES_KEY, samples=0) or 0) // count,
+        "queue_list_per_callback": int(client.memory_usage(QUEUE_KEY, samples=0) or 0) // count,
+        "task_record": int(client.memory_usage(keys.task(sample_id)) or 0),
+        "received_index_per_callback": int(client.memory_usage(keys.state_index("received"), samples=0) or 0)
+        // count,
+    }
+
+
+def summarize(
+    results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, memory: Any
+) -> dict[str, Any]:
+    rows: list[list[object]] = [["backlog", "round", *(f"w{i + 1} /s" for i in range(WINDOWS)), "median /s"]]
+    for name, phases in results.items():
+        for number, phase in enumerate(phases):
+            rows.append([name, number + 1, *(w["per_s"] for w in phase["windows"]), phase["per_s"]])
+    print_table(rows)
+    pairs = zip(results["large"], results["small"], strict=True)
+    value = median([ratio(large["per_s"], small["per_s"]) for large, small in pairs])
+    print(
+        f"drain rate at {args.count} vs {args.count // 10} queued: {value:.3g}x "
+        f"(target >= {TARGET_RATIO}) {verdict(value, TARGET_RATIO)}"
+    )
+    return {
+        "settings": vars(args) | {"worker_processes": WORKER_PROCESSES, "worker_threads": WORKER_THREADS},
+        "memory": memory,
+        "figures": {"drain_large_vs_small": [value, TARGET_RATIO, verdict(value, TARGET_RATIO)]},
+        "phases": results,
+    }
+
+
+if __name__ == "__main__":
+    main()

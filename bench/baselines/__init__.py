@@ -1,0 +1,1 @@
+"""Baselines the benchmarks compare mjhook against (each a file of its own, runnable alone)."""

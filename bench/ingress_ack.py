@@ -1,0 +1,310 @@
+"""Callback acknowledgement: throughput and p50/p99 latency of POST /callbacks/midjourney under wrk
+(32 connections, a new taskId per request), for mjhook's ingress (durable Redis behind it) and two
+baselines run in the same interleaved rounds: a bare Falcon app under the same gunicorn settings
+(the ceiling) and the Express receiver of the provider's documentation.
+
+    .venv/bin/python bench/ingress_ack.py [--seconds 12] [--rounds 3] [--connections 32]
+
+Targets: mjhook >= 0.7x bare Falcon and >= 1.0x Express requests/s; mjhook p99 <= 10 ms.
+Also reported: CPU milliseconds per request of each server (and of Redis), from /proc.
+``GUNICORN_CMD_ARGS`` (e.g. "--threads 16") applies to both gunicorn apps alike; ``--candidate DIR``
+serves a second mjhook ingress (or ``--candidate-app``) from another tree, e.g. a scratch copy
+with a change to try, with ``--candidate-env NAME=VALUE`` added to its environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common import (
+    REPO_ROOT,
+    interleave,
+    median,
+    mjhook_env,
+    print_table,
+    ratio,
+    run_dir,
+    save,
+    start_gunicorn,
+    start_redis,
+    tree_cpu_seconds,
+    verdict,
+)
+
+from shared import keys
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from simulator import RunningSimulator, SimulatorConfig, run_simulator
+from simulator.load import run_load
+from tests.support.procs import ManagedProcess, free_port, wait_for_http
+
+WRK_SCRIPT = REPO_ROOT / "bench" / "wrk" / "post_callback.lua"
+NODE_DIR = REPO_ROOT / "bench" / "node"
+EXPRESS_RECEIVER = REPO_ROOT / "bench" / "baselines" / "express_receiver.js"
+CALLBACK_PATH = "/callbacks/midjourney"
+QUEUE_KEY = keys.broker_queue(BROKER_NAMESPACE, CALLBACK_QUEUE)
+MESSAGES_KEY = keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE)
+WARMUP_S = 2
+TARGET_VS_BARE = 0.7
+TARGET_VS_EXPRESS = 1.0
+TARGET_P99_MS = 10.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """A receiver under test: where to POST, and the process tree whose CPU it costs."""
+
+    name: str
+    url: str
+    pid: int
+
+
+def ensure_wrk() -> str:
+    """wrk's path; installs the Debian package when running as root, else says how."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        sys.exit("wrk is missing: sudo apt-get install -y wrk")
+    print("installing wrk (apt-get install -y wrk) ...", flush=True)
+    if subprocess.run(["apt-get", "install", "-y", "wrk"], check=False, capture_output=True).returncode:
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
+    return shutil.which("wrk") or sys.exit("wrk is still missing after apt-get install -y wrk")
+
+
+def ensure_express() -> None:
+    """Express in bench/node/node_modules (npm install from bench/node/package.json)."""
+    if (NODE_DIR / "node_modules" / "express").is_dir():
+        return
+    if not shutil.which("node") or not shutil.which("npm"):
+        sys.exit("node and npm are needed for the Express baseline: sudo apt-get install -y nodejs npm")
+    print("installing express into bench/node (npm install) ...", flush=True)
+    subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
+
+
+def start_express(stack: ExitStack, out: Path) -> Target:
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "NODE_PATH": str(NODE_DIR / "node_modules")}
+    proc = ManagedProcess(["node", str(EXPRESS_RECEIVER)], log_path=out / "express.log", env=env)
+    stack.callback(proc.terminate)
+    base_url = f"http://127.0.0.1:{port}"
+    wait_for_http(base_url + "/healthz", 30.0, proc=proc)
+    return Target("express", base_url, proc.pid)
+
+
+def run_wrk(wrk: str, url: str, args: argparse.Namespace, *, seconds: int, prefix: str) -> dict[str, Any]:
+    """One wrk run; its summary (see bench/wrk/post_callback.lua) with requests/s and ms added."""
+    argv = [
+        wrk, f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{seconds}s", "--timeout", "10s",
+        "-s", str(WRK_SCRIPT), url + CALLBACK_PATH, "--", prefix,
+    ]  # fmt: skip
+    output = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
+    result: dict[str, Any] = json.loads(line.removeprefix("WRK_JSON "))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["p50_ms"] = result["latency_us"]["p50"] / 1000
+    result["p99_ms"] = result["latency_us"]["p99"] / 1000
+    result["failed"] = sum(result["errors"].values())
+    return result
+
+
+def measured_run(wrk: str, target: Target, redis_pid: int, args: argparse.Namespace, number: int) -> Any:
+    """A wrk run against ``target`` with the CPU its server and Redis spent per request."""
+    server_cpu, redis_cpu = tree_cpu_seconds(target.pid), tree_cpu_seconds(redis_pid)
+    result = run_wrk(wrk, target.url, args, seconds=args.seconds, prefix=f"{target.name}-r{number}")
+    requests = max(result["requests"], 1)
+    result["server_cpu_ms_per_req"] = (tree_cpu_seconds(target.pid) - server_cpu) * 1000 / requests
+    result["redis_cpu_ms_per_req"] = (tree_cpu_seconds(redis_pid) - redis_cpu) * 1000 / requests
+    return result
+
+
+def paced_run(sim: RunningSimulator, target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """Callbacks at a steady rate from the provider simulator (16 delivery threads), as the
+    provider sends them: the latency of each answer as the provider sees it, without queueing
+    in the load generator."""
+    report = run_load(
+        sim,
+        tasks=round(args.paced_rate * args.paced_seconds),
+        rate_per_s=args.paced_rate,
+        callback_url=target.url + CALLBACK_PATH,
+    )
+    return {
+        "p50_ms": report.ack_latency_p50_ms,
+        "p99_ms": report.ack_latency_p99_ms,
+        "acknowledged": report.acknowledged,
+        "sent": report.tasks,
+        "per_s": report.ack_throughput_per_s,
+    }
+
+
+def paired_ratio(results: dict[str, list[dict[str, Any]]], a: str, b: str) -> float:
+    """The median of the per-round requests/s ratios of ``a`` to ``b``: each pair ran back to back."""
+    return median([ratio(x["rps"], y["rps"]) for x, y in zip(results[a], results[b], strict=True)])
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=12, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--only", nargs="*", help="receivers to run: mjhook bare_falcon express candidate")
+    parser.add_argument("--candidate", type=Path, help="also serve the ingress from this tree")
+    parser.add_argument("--candidate-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--paced-rate", type=float, default=200.0, help="callbacks/s of the paced run; 0: none"
+    )
+    parser.add_argument("--paced-seconds", type=float, default=10.0)
+    parser.add_argument("--candidate-app", default="ingress.wsgi:app", help="the candidate's WSGI app")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    wrk = ensure_wrk()
+    ensure_express()
+    out = run_dir("ingress_ack")
+    with ExitStack() as stack:
+        redis = start_redis(stack, out / "redis")
+        assert redis.proc is not None
+        env = mjhook_env(redis, None, out)
+        targets = [
+            start_gunicorn_target(stack, "mjhook", "ingress.wsgi:app", env, out),
+            start_gunicorn_target(stack, "bare_falcon", "bench.baselines.bare_falcon:app", env, out),
+            start_express(stack, out),
+        ]
+        if args.candidate:
+            candidate_env = {**env, **dict(item.split("=", 1) for item in args.candidate_env)}
+            targets.append(
+                start_gunicorn_target(
+                    stack, "candidate", args.candidate_app, candidate_env, out, args.candidate
+                )
+            )
+        targets = [target for target in targets if not args.only or target.name in args.only]
+
+        print(f"warm-up ({WARMUP_S} s each) ...", flush=True)
+        for target in targets:
+            run_wrk(wrk, target.url, args, seconds=WARMUP_S, prefix=f"{target.name}-warmup")
+        client = redis.client()
+        queued_before = client.llen(QUEUE_KEY)
+        redis_pid = redis.proc.pid
+        runs = {t.name: (lambda n, t=t: measured_run(wrk, t, redis_pid, args, n)) for t in targets}
+        results = interleave(runs, args.rounds)
+        queue = {
+            "queued_before_rounds": queued_before,
+            "queued": client.llen(QUEUE_KEY),
+            "messages": client.hlen(MESSAGES_KEY),
+            "aof_enabled": client.info("persistence").get("aof_enabled"),
+            "appendfsync": client.config_get("appendfsync").get("appendfsync"),
+        }
+        paced: dict[str, list[dict[str, Any]]] = {}
+        if args.paced_rate > 0:
+            print(f"paced: {args.paced_rate:g} callbacks/s from the provider simulator ...", flush=True)
+            sim = stack.enter_context(run_simulator(SimulatorConfig(time_scale=0.001)))
+            paced = interleave(
+                {t.name: (lambda n, t=t: paced_run(sim, t, args)) for t in targets}, args.rounds
+            )
+    save(out, "ingress_ack", summarize(results, paced, args, queue))
+
+
+def start_gunicorn_target(
+    stack: ExitStack, name: str, app: str, env: dict[str, str], out: Path, root: Path = REPO_ROOT
+) -> Target:
+    proc, url = start_gunicorn(stack, app, env, out / f"{name}.log", root=root.resolve())
+    return Target(name, url, proc.pid)
+
+
+def summarize(
+    results: dict[str, list[dict[str, Any]]],
+    paced: dict[str, list[dict[str, Any]]],
+    args: argparse.Namespace,
+    queue: dict[str, Any],
+) -> dict[str, Any]:
+    keys_ = ("rps", "p50_ms", "p99_ms", "server_cpu_ms_per_req", "redis_cpu_ms_per_req")
+    medians = {
+        name: {key: median([run[key] for run in runs]) for key in keys_} for name, runs in results.items()
+    }
+    rows: list[list[object]] = [
+        [
+            "receiver",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "server CPU ms/req",
+            "redis CPU ms/req",
+            "req/s per round",
+            "failed",
+        ]
+    ]
+    for name, runs in results.items():
+        m = medians[name]
+        per_round = " ".join(f"{run['rps']:.0f}" for run in runs)
+        failed = sum(run["failed"] for run in runs)
+        rows.append([name, *(m[key] for key in keys_), per_round, failed])
+    print_table(rows)
+    paced_medians = {
+        name: {key: median([run[key] for run in runs]) for key in ("p50_ms", "p99_ms", "per_s")}
+        for name, runs in paced.items()
+    }
+    if paced:
+        print(f"paced at {args.paced_rate:g}/s (the provider simulator's deliveries):")
+        paced_rows: list[list[object]] = [["receiver", "p50 ms", "p99 ms", "acked/s", "acked/sent"]]
+        for name, runs in paced.items():
+            m = paced_medians[name]
+            acked = f"{sum(r['acknowledged'] for r in runs)}/{sum(r['sent'] for r in runs)}"
+            paced_rows.append([name, m["p50_ms"], m["p99_ms"], m["per_s"], acked])
+        print_table(paced_rows)
+    report: dict[str, Any] = {
+        "settings": vars(args) | {"candidate": str(args.candidate or "")},
+        "gunicorn_cmd_args": os.environ.get("GUNICORN_CMD_ARGS", ""),
+        "medians": medians,
+        "paced_medians": paced_medians,
+        "runs": results,
+        "paced_runs": paced,
+    }
+    if "mjhook" not in medians:
+        return report
+    p99 = medians["mjhook"]["p99_ms"]
+    figures: dict[str, Any] = {
+        "mjhook_p99_ms": [p99, TARGET_P99_MS, verdict(p99, TARGET_P99_MS, at_most=True)]
+    }
+    if "mjhook" in paced_medians:
+        paced_p99 = paced_medians["mjhook"]["p99_ms"]
+        figures["mjhook_paced_p99_ms"] = [
+            paced_p99,
+            TARGET_P99_MS,
+            verdict(paced_p99, TARGET_P99_MS, at_most=True),
+        ]
+    pairs = [("mjhook", "bare_falcon", TARGET_VS_BARE), ("mjhook", "express", TARGET_VS_EXPRESS)]
+    pairs += [("candidate", "mjhook", 1.0), ("candidate", "bare_falcon", TARGET_VS_BARE)]
+    for a, b, target in pairs:
+        if a in medians and b in medians:
+            value = paired_ratio(results, a, b)
+            figures[f"{a}_rps_vs_{b}"] = [value, target, verdict(value, target)]
+    for name, (value, target, result) in figures.items():
+        print(f"{name}: {value:.3g} (target {'<=' if name.endswith('_ms') else '>='} {target}) {result}")
+    # The candidate, if any, queues into the same Redis.
+    ingresses = [name for name in ("mjhook", "candidate") if name in results]
+    acked = sum(run["requests"] - run["errors"]["status"] for name in ingresses for run in results[name])
+    queue["acked_in_rounds"] = acked
+    print(
+        f"Redis queue after the rounds: {queue['queued']} queued ({queue['queued_before_rounds']} before "
+        f"them; {' and '.join(ingresses)} acknowledged {acked} in them), "
+        f"AOF {queue['aof_enabled']} fsync {queue['appendfsync']}"
+    )
+    return report | {"figures": figures, "queue": queue}
+
+
+if __name__ == "__main__":
+    main()

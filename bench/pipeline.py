@@ -1,0 +1,303 @@
+"""End to end: tasks stored per second and MB/s, from the simulator's result files through the
+ingress, Redis and the workers into S3 (SeaweedFS), against two baselines run in the same
+interleaved rounds on the same files:
+
+- raw: the limit. A minimal script downloads the same files and PUTs them to the same S3 store
+  with the same concurrency (worker processes x download threads), no queue, no checks.
+- naive: bench/baselines/naive_receiver.py downloads sequentially inside its HTTP handler.
+
+    .venv/bin/python bench/pipeline.py [--tasks 40] [--rounds 3] [--size 1024] [--file-seconds 0.5]
+
+Each task is a grid of 4 PNGs of SIZExSIZE (1024: ~1.4-1.8 MB each), as the provider sends them.
+Callbacks are posted 16 at a time (the simulator's delivery threads). Targets: mjhook >= 0.8x raw
+and >= 5x naive (tasks/s).
+
+Loopback has no network: a file arrives as fast as the CPU copies it, so nothing is gained by
+downloading several at once on 2 cores. A real CDN takes a while per file; the simulator models
+that with its slow-file behaviour: every file takes ``--file-seconds`` to arrive (0.5 s: 1.6 MB at
+~25 Mbit/s). ``--file-seconds 0`` measures the CPU-bound case instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from common import (
+    DOWNLOAD_CONCURRENCY,
+    REPO_ROOT,
+    WORKER_PROCESSES,
+    WORKER_THREADS,
+    interleave,
+    median,
+    mjhook_env,
+    print_table,
+    ratio,
+    run_dir,
+    save,
+    start_gunicorn,
+    start_redis,
+    start_s3,
+    verdict,
+)
+from minio import Minio
+
+from shared import keys
+from simulator import FaultConfig, SimulatorConfig, run_simulator
+from simulator.load import percentile
+from simulator.server import RunningSimulator
+from tests.support.procs import ManagedProcess, free_port, wait_for_http
+from tests.support.stack import start_workers
+
+CALLBACK_PATH = "/callbacks/midjourney"
+#: Callbacks in flight at once: the simulator's (and the provider's) delivery threads.
+DELIVERY_THREADS = 16
+#: How long the provider waits for an answer; a slower answer is a failed delivery, retried later.
+PROVIDER_TIMEOUT_S = 15.0
+FINAL_STATES = {"stored", "partial", "failed"}
+#: The longest a run may take to store everything, seconds.
+STORE_TIMEOUT_S = 600.0
+TARGET_VS_RAW = 0.8
+TARGET_VS_NAIVE = 5.0
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One simulated task's result: its prompt and 4 signed URLs of the simulator's files."""
+
+    prompt_json: str
+    urls: tuple[str, ...]
+
+
+def make_grids(sim: RunningSimulator, count: int) -> tuple[list[Grid], int]:
+    """``count`` finished grids, their files made (and cached) now, before any timing; and the
+    total bytes of their files."""
+    tasks = [
+        sim.provider.submit(
+            task_type="mj_txt2img",
+            params={"taskType": "mj_txt2img", "prompt": f"bench {n}"},
+            prompt={"prompt": f"bench {n}", "model": "midjourney"},
+            callback_url="",
+            delay_s=0,
+        )
+        for n in range(count)
+    ]
+    sim.wait_idle(30.0)
+    total = sum(len(sim.expected_file(t.task_id, i)) for t in tasks for i in range(len(t.result_urls)))
+    return [Grid(t.prompt_json, tuple(t.result_urls)) for t in tasks], total
+
+
+def callback_body(task_id: str, grid: Grid) -> dict[str, Any]:
+    return {
+        "code": 200,
+        "msg": "success",
+        "data": {"taskId": task_id, "promptJson": grid.prompt_json, "resultUrls": list(grid.urls)},
+    }
+
+
+def post_callbacks(url: str, bodies: Sequence[dict[str, Any]]) -> list[float]:
+    """POST every body, ``DELIVERY_THREADS`` at a time; each answer's latency in seconds."""
+    with httpx.Client(timeout=300.0, trust_env=False) as http:
+
+        def post(body: dict[str, Any]) -> float:
+            started = time.monotonic()
+            http.post(url, json=body).raise_for_status()
+            return time.monotonic() - started
+
+        with ThreadPoolExecutor(DELIVERY_THREADS) as pool:
+            return list(pool.map(post, bodies))
+
+
+# --- mjhook ----------------------------------------------------------------------------------
+
+
+def run_mjhook(ingress_url: str, redis_client: Any, grids: list[Grid], number: int) -> dict[str, Any]:
+    task_ids = [f"mjhook-r{number}-{n:04d}" for n in range(len(grids))]
+    started = time.time()
+    latencies = post_callbacks(
+        ingress_url + CALLBACK_PATH, [callback_body(t, g) for t, g in zip(task_ids, grids, strict=True)]
+    )
+    deadline = time.monotonic() + STORE_TIMEOUT_S
+    while True:
+        pipe = redis_client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hmget(keys.task(task_id), "state", "updatedAt")
+        records = [(state.decode(), int(updated)) for state, updated in pipe.execute() if state]
+        if len(records) == len(task_ids) and all(state in FINAL_STATES for state, _ in records):
+            break
+        if time.monotonic() > deadline:
+            states = Counter(state for state, _ in records)
+            raise SystemExit(f"not all tasks final after {STORE_TIMEOUT_S} s: {dict(states)}")
+        time.sleep(0.1)
+    finished = max(updated for _, updated in records) / 1000  # the last task's final transition
+    states = Counter(state for state, _ in records)
+    return {"seconds": finished - started, "states": dict(states), "ok": states["stored"] == len(grids)} | (
+        _latency_summary(latencies)
+    )
+
+
+# --- raw: download and PUT, same concurrency, nothing else --------------------------------------
+
+_raw: dict[str, Any] = {}
+
+
+def _raw_init(endpoint: str, access_key: str, secret_key: str) -> None:
+    _raw["http"] = httpx.Client(timeout=60.0, trust_env=False)
+    _raw["s3"] = Minio(endpoint.removeprefix("http://"), access_key, secret_key, secure=False)
+    _raw["pool"] = ThreadPoolExecutor(DOWNLOAD_CONCURRENCY)
+
+
+def _raw_copy(job: tuple[str, str, str]) -> int:
+    url, bucket, key = job
+    body = _raw["http"].get(url).raise_for_status().content
+    _raw["s3"].put_object(bucket, key, io.BytesIO(body), len(body), content_type="image/png")
+    return len(body)
+
+
+def _raw_batch(jobs: list[tuple[str, str, str]]) -> int:
+    return sum(_raw["pool"].map(_raw_copy, jobs))
+
+
+def run_raw(pool: Any, bucket: str, grids: list[Grid], number: int) -> dict[str, Any]:
+    jobs = [
+        (url, bucket, f"tasks/raw-r{number}-{n:04d}/{index}.png")
+        for n, grid in enumerate(grids)
+        for index, url in enumerate(grid.urls)
+    ]
+    batches = [jobs[i::WORKER_PROCESSES] for i in range(WORKER_PROCESSES)]
+    started = time.time()
+    copied = sum(pool.map(_raw_batch, batches))
+    return {"seconds": time.time() - started, "bytes": copied, "ok": True}
+
+
+# --- naive -------------------------------------------------------------------------------------
+
+
+def start_naive(stack: ExitStack, s3: Any, bucket: str, out: Path) -> str:
+    port = free_port()
+    argv = [
+        sys.executable, str(REPO_ROOT / "bench" / "baselines" / "naive_receiver.py"), "--port", str(port),
+        "--s3-endpoint", s3.endpoint, "--access-key", s3.access_key, "--secret-key", s3.secret_key,
+        "--bucket", bucket,
+    ]  # fmt: skip
+    proc = ManagedProcess(argv, log_path=out / "naive.log", cwd=REPO_ROOT)
+    stack.callback(proc.terminate)
+    url = f"http://127.0.0.1:{port}"
+    wait_for_http(url + "/healthz", 30.0, proc=proc)
+    return url
+
+
+def run_naive(naive_url: str, grids: list[Grid], number: int) -> dict[str, Any]:
+    bodies = [callback_body(f"naive-r{number}-{n:04d}", grid) for n, grid in enumerate(grids)]
+    started = time.time()
+    latencies = post_callbacks(naive_url + CALLBACK_PATH, bodies)
+    return {"seconds": time.time() - started, "ok": True} | _latency_summary(latencies)
+
+
+def _latency_summary(latencies: list[float]) -> dict[str, Any]:
+    return {
+        "ack_p50_ms": percentile(latencies, 0.5) * 1000,
+        "ack_p99_ms": percentile(latencies, 0.99) * 1000,
+        "acks_over_provider_timeout": sum(latency > PROVIDER_TIMEOUT_S for latency in latencies),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, default=40, help="tasks per run (4 images each)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size", type=int, default=1024, help="image width and height, pixels")
+    parser.add_argument("--file-seconds", type=float, default=0.5, help="time each file takes to arrive")
+    parser.add_argument("--only", nargs="*", help="variants to run: mjhook raw naive")
+    args = parser.parse_args()
+    out = run_dir("pipeline")
+    with ExitStack() as stack:
+        redis = start_redis(stack, out / "redis")
+        s3 = start_s3(stack, out / "s3")
+        for bucket in ("raw", "naive"):
+            s3.client().make_bucket(bucket)
+        files_per_run = args.tasks * 4
+        cdn = FaultConfig(
+            file_slow_share=1.0 if args.file_seconds > 0 else 0.0, file_slow_delay_s=args.file_seconds
+        )
+        sim = run_simulator(
+            SimulatorConfig(
+                image_width=args.size, image_height=args.size, file_cache_size=files_per_run + 8, faults=cdn
+            )
+        )
+        stack.callback(sim.stop)
+        print(f"making {files_per_run} result files ...", flush=True)
+        grids, total_bytes = make_grids(sim, args.tasks)
+        env = mjhook_env(redis, s3, out)
+        _, ingress_url = start_gunicorn(stack, "ingress.wsgi:app", env, out / "ingress.log")
+        workers = start_workers(env, out, processes=WORKER_PROCESSES, threads=WORKER_THREADS)
+        stack.callback(workers.terminate)
+        naive_url = start_naive(stack, s3, "naive", out)
+        context = multiprocessing.get_context("spawn")
+        raw_pool = stack.enter_context(
+            context.Pool(WORKER_PROCESSES, _raw_init, (s3.endpoint, s3.access_key, s3.secret_key))
+        )
+        raw_pool.map(abs, range(WORKER_PROCESSES))  # start them before any timing
+        client = redis.client()
+        variants = {
+            "mjhook": lambda n: run_mjhook(ingress_url, client, grids, n),
+            "raw": lambda n: run_raw(raw_pool, "raw", grids, n),
+            "naive": lambda n: run_naive(naive_url, grids, n),
+        }
+        variants = {name: run for name, run in variants.items() if not args.only or name in args.only}
+        results = interleave(variants, args.rounds)
+    save(out, "pipeline", summarize(results, args, total_bytes))
+
+
+def summarize(
+    results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, total_bytes: int
+) -> dict[str, Any]:
+    for runs in results.values():
+        for run in runs:
+            run["tasks_per_s"] = args.tasks / run["seconds"]
+            run["mb_per_s"] = total_bytes / 1e6 / run["seconds"]
+    rows: list[list[object]] = [
+        ["variant", "tasks/s", "MB/s", "s per run", "ack p99 ms", "acks > 15 s", "all ok"]
+    ]
+    for name, runs in results.items():
+        rows.append([
+            name,
+            median([run["tasks_per_s"] for run in runs]),
+            median([run["mb_per_s"] for run in runs]),
+            " ".join(f"{run['seconds']:.1f}" for run in runs),
+            median([run.get("ack_p99_ms", float("nan")) for run in runs]),
+            sum(run.get("acks_over_provider_timeout", 0) for run in runs),
+            all(run["ok"] for run in runs),
+        ])  # fmt: skip
+    print_table(rows)
+    figures = {}
+    for other, target in (("raw", TARGET_VS_RAW), ("naive", TARGET_VS_NAIVE)):
+        if "mjhook" in results and other in results:
+            pairs = zip(results["mjhook"], results[other], strict=True)
+            value = median([ratio(a["tasks_per_s"], b["tasks_per_s"]) for a, b in pairs])
+            figures[f"mjhook_vs_{other}"] = [value, target, verdict(value, target)]
+            print(f"mjhook vs {other}: {value:.3g}x tasks/s (target >= {target}) {verdict(value, target)}")
+    return {
+        "settings": vars(args) | {"worker_processes": WORKER_PROCESSES, "worker_threads": WORKER_THREADS},
+        "files_per_run": args.tasks * 4,
+        "bytes_per_run": total_bytes,
+        "figures": figures,
+        "runs": results,
+    }
+
+
+if __name__ == "__main__":
+    main()
