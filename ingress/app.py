@@ -13,6 +13,7 @@ import dramatiq
 import falcon
 import orjson
 import redis
+from dramatiq.brokers.redis import RedisBroker
 from falcon import media
 
 from ingress.dashboard import DASHBOARD_PATH, add_dashboard_routes
@@ -97,6 +98,7 @@ def build_ingress(
         broker=broker,
         tasks=TaskStore(client, ttl_s=settings.task_ttl_s, clock=clock),
         spool=spool,
+        single_trip=isinstance(broker, RedisBroker) and broker.client is client,
     )
 
     app = falcon.App(

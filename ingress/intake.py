@@ -10,13 +10,14 @@ from dataclasses import dataclass
 import dramatiq
 import orjson
 import redis
+from dramatiq.brokers.redis import RedisBroker
 
 from ingress.spool import Spool
 from shared import keys
 from shared.callback import Callback
 from shared.clock import utc_iso
 from shared.errors import QueueUnavailable
-from shared.queue import enqueue_callback
+from shared.queue import enqueue_callback, redis_queued_message
 from shared.taskstate import TaskStore
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,15 @@ class CallbackIntake:
         broker: dramatiq.Broker,
         tasks: TaskStore,
         spool: Spool | None = None,
+        single_trip: bool = False,
         pause_s: float = DEFAULT_REDIS_PAUSE_S,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._broker = broker
         self.tasks = tasks
         self._spool = spool
+        # The queue is a Redis broker on the task-state Redis: state and message in one call.
+        self._single_trip = single_trip and isinstance(broker, RedisBroker)
         self._pause_s = pause_s
         self._monotonic = monotonic
         self._redis_paused_until = 0.0
@@ -63,11 +67,16 @@ class CallbackIntake:
 
     def enqueue(self, callback: Callback) -> None:
         """Record ``callback`` as received and put it on the queue (also used to drain the spool)."""
+        queued = None
+        if self._single_trip:
+            assert isinstance(self._broker, RedisBroker)
+            queued = redis_queued_message(self._broker, callback)
         try:
-            self.tasks.mark_received(callback.task_id, callback.received_at)
+            self.tasks.mark_received(callback.task_id, callback.received_at, enqueue=queued)
         except (redis.RedisError, OSError) as exc:
             raise QueueUnavailable(f"cannot record the task: {type(exc).__name__}") from exc
-        enqueue_callback(self._broker, callback)
+        if queued is None:
+            enqueue_callback(self._broker, callback)
 
 
 @dataclass(frozen=True, slots=True)

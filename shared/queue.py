@@ -4,6 +4,7 @@ The ingress enqueues a message for the actor by name, so it never imports the wo
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,9 +15,11 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import xq_name
 from dramatiq.middleware import Middleware
 
+from shared import keys
 from shared.callback import Callback
 from shared.errors import ConfigError, QueueUnavailable
 from shared.settings import Settings
+from shared.taskstate import QueuedMessage
 
 #: The dramatiq queue holding callbacks to process.
 CALLBACK_QUEUE = "callbacks"
@@ -80,6 +83,19 @@ def callback_message(callback: Callback) -> dramatiq.Message[None]:
         args=(callback.to_message(),),
         kwargs={},
         options={},
+    )
+
+
+def redis_queued_message(broker: RedisBroker, callback: Callback) -> QueuedMessage:
+    """The message ``RedisBroker.enqueue`` would write for ``callback`` (its id scheme, its
+    encoding, its keys: see dispatch.lua's "enqueue"), for :meth:`TaskStore.mark_received` to write
+    together with the task's state in one round trip."""
+    message = callback_message(callback).copy(options={"redis_message_id": str(uuid.uuid4())})
+    return QueuedMessage(
+        queue_key=keys.broker_queue(broker.namespace, CALLBACK_QUEUE),
+        messages_key=keys.broker_messages(broker.namespace, CALLBACK_QUEUE),
+        message_id=message.options["redis_message_id"],
+        body=message.encode(),
     )
 
 

@@ -40,6 +40,17 @@ COUNTED_STATES = tuple(state for state in TaskState if state is not TaskState.SU
 
 
 @dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A dramatiq message laid out for its Redis broker: its id goes on ``queue_key`` (a list),
+    its body into ``messages_key`` (a hash)."""
+
+    queue_key: str
+    messages_key: str
+    message_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRecord:
     task_id: str
     state: TaskState
@@ -64,15 +75,20 @@ class TaskStore:
         script = resources.files("shared").joinpath("lua/transition.lua").read_text()
         self._transition = client.register_script(script)
 
-    def mark_received(self, task_id: str, received_at: str) -> TaskState | None:
+    def mark_received(
+        self, task_id: str, received_at: str, *, enqueue: QueuedMessage | None = None
+    ) -> TaskState | None:
         """Record a new task as received; a task already known keeps its state, except that a
-        ``submitted`` one moves on to ``received``. Returns the state it had, or None when it is new."""
+        ``submitted`` one moves on to ``received``. With ``enqueue`` (a message for a dramatiq
+        Redis queue in this same Redis) the message is queued in the same round trip. Returns the
+        state it had, or None when it is new."""
         return self._move(
             task_id,
             TaskState.RECEIVED,
             {"receivedAt": received_at},
             only_if_new=True,
             or_from=TaskState.SUBMITTED,
+            enqueue=enqueue,
         )
 
     def mark_submitted(self, task_id: str, **fields: str) -> TaskState | None:
@@ -144,13 +160,18 @@ class TaskStore:
         *,
         only_if_new: bool,
         or_from: TaskState | None = None,
+        enqueue: QueuedMessage | None = None,
     ) -> TaskState | None:
         """``only_if_new``: move only a task without a record, or (``or_from``) one in that state."""
         now_ms = int(self._clock() * 1000)
         guard = "0" if not only_if_new else (or_from.value if or_from is not None else "1")
-        pairs = [item for pair in fields.items() for item in pair]
+        pairs: list[str | bytes] = [item for pair in fields.items() for item in pair]
+        script_keys = [keys.task(task_id), keys.RECENT]
+        if enqueue is not None:
+            script_keys += [enqueue.queue_key, enqueue.messages_key]
+            pairs = [enqueue.message_id, enqueue.body, *pairs]
         old = self._transition(
-            keys=[keys.task(task_id), keys.RECENT],
+            keys=script_keys,
             args=[
                 task_id,
                 state.value,

@@ -5,7 +5,16 @@
 --                      name: only when the task has no state yet or is in that state
 -- ARGV[6] recent cap   ARGV[7] state index key prefix
 -- ARGV[8..] field, value pairs to set on the record
+-- With KEYS[3] (a dramatiq Redis queue list) and KEYS[4] (its ".msgs" hash), ARGV[8] and ARGV[9]
+-- are a message id and body to enqueue in the same call, whatever the guard decides (a duplicate
+-- is queued again; the worker deduplicates), and the field pairs start at ARGV[10].
 -- Returns the previous state, or false when there was none.
+local first_field = 8
+if #KEYS == 4 then
+  redis.call('HSET', KEYS[4], ARGV[8], ARGV[9])
+  redis.call('RPUSH', KEYS[3], ARGV[8])
+  first_field = 10
+end
 local old = redis.call('HGET', KEYS[1], 'state')
 if ARGV[5] ~= '0' and old and old ~= ARGV[5] then
   return old
@@ -16,7 +25,7 @@ if old and old ~= ARGV[2] then
   redis.call('ZREM', ARGV[7] .. old, ARGV[1])
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updatedAt', ARGV[3])
-for i = 8, #ARGV, 2 do
+for i = first_field, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[1], ttl)

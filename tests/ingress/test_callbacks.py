@@ -144,3 +144,17 @@ def test_health_and_readiness(client: redis.Redis) -> None:
     down = testing.TestClient(create_app(Settings(spool_dir=""), redis_client=dead))
     assert down.simulate_get("/healthz").status_code == 200
     assert down.simulate_get("/readyz").status_code == 503
+
+
+def test_the_ack_is_one_redis_round_trip(client: redis.Redis) -> None:
+    app = make_app(client)
+    post(app, orjson.dumps(success("warm-up")))  # loads the script
+    client.config_resetstat()
+    assert post(app, orjson.dumps(success())).status_code == 200
+    stats = client.info("commandstats")
+    # One script call from the client (the commands run inside it are counted by name too).
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert stats["cmdstat_rpush"]["calls"] == 1
+    # and the message is one dramatiq can read
+    [_, message] = queued_messages(client)
+    assert message["options"]["redis_message_id"]
