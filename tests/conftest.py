@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # `tests.support` is imported by path from the repository root, whichever import mode
@@ -19,6 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from tests.support.provider import StartSimulator, simulators  # noqa: E402
 from tests.support.servers import (  # noqa: E402
     FileServer,
     RedisServer,
@@ -87,3 +89,18 @@ def app_env(redis_server: RedisServer, s3_server: S3Server, s3_bucket: str) -> d
         s3_secret_key=s3_server.secret_key,
         s3_bucket=s3_bucket,
     )
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of this test's own, empty redis-server."""
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def start_simulator() -> Iterator[StartSimulator]:
+    """``start_simulator(**config)`` runs a fast provider simulator; all stop after the test."""
+    with simulators() as start:
+        yield start

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
@@ -16,22 +15,9 @@ from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
 from tests.cli.conftest import RunCli
-from tests.support.provider import StartSimulator, simulators
+from tests.support.provider import StartSimulator
 
 PUBLIC_URL = "https://hooks.example.com/"
-
-
-@pytest.fixture
-def start_simulator() -> Iterator[StartSimulator]:
-    with simulators() as start:
-        yield start
-
-
-@pytest.fixture
-def client(redis_server) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
 
 
 def cli_env(redis_server: Any, sim: RunningSimulator, **overrides: str) -> dict[str, str]:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterator
 
 import orjson
-import pytest
 import redis
 from falcon import testing
 
@@ -18,14 +16,6 @@ from shared.settings import Settings
 PATH = "/callbacks/midjourney"
 NOW = 1_700_000_000
 TASK = "mj_task_12345"
-
-
-@pytest.fixture
-def client(redis_server) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 def make_app(client: redis.Redis, **settings: object) -> testing.TestClient:

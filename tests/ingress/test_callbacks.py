@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import orjson
 import pytest
 import redis
@@ -30,14 +28,6 @@ def success(task_id: str = "mj_task_12345") -> dict[str, object]:
             "resultUrls": [f"https://example.com/mj_result{i}.png" for i in range(1, 5)],
         },
     }
-
-
-@pytest.fixture
-def client(redis_server) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 def make_app(client: redis.Redis, **settings: object) -> testing.TestClient:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -24,13 +23,6 @@ from tests.support.servers import RedisServer
 TOKEN = "dash-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 S3_PUBLIC = "http://files.example.test:9000"
-
-
-@pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
 
 
 def settings_for(redis_url: str, **changes: object) -> Settings:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -92,14 +91,6 @@ def test_an_unreadable_line_is_dropped_and_the_rest_drains(tmp_path: Path) -> No
     taken: list[str] = []
     assert spool.drain(lambda cb: taken.append(cb.task_id)) == 3
     assert taken == ["good-1", "good-2"]
-
-
-@pytest.fixture
-def client(redis_server) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 def test_the_ingress_answers_200_while_redis_is_down_and_drains_when_it_returns(

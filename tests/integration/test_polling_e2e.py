@@ -4,7 +4,6 @@ simulated provider end stored anyway, through real gunicorn and dramatiq process
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,13 @@ from shared.settings import Settings
 from shared.submit import submit_task
 from simulator import FaultConfig, RunningSimulator
 from tests.support.pipeline import callback, post_callback, read_manifest, wait_for
-from tests.support.provider import StartSimulator, simulators
+from tests.support.provider import StartSimulator
 from tests.support.servers import FileServer, png_bytes
 from tests.support.stack import start_ingress, start_workers
 
 pytestmark = pytest.mark.integration
 
 DUPLICATE_IGNORED = "already stored: duplicate callback ignored"
-
-
-@pytest.fixture
-def start_simulator() -> Iterator[StartSimulator]:
-    with simulators() as start:
-        yield start
 
 
 def provider_env(app_env: dict[str, str], sim: RunningSimulator, **extra: str) -> dict[str, str]:

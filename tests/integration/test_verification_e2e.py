@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,13 @@ from simulator import FaultConfig
 from simulator.callbacks import webhook_signature
 from simulator.tasks import SuccessFlag
 from tests.support.pipeline import callback, read_manifest, wait_for
-from tests.support.provider import StartSimulator, simulators
+from tests.support.provider import StartSimulator
 from tests.support.servers import FileServer, png_bytes
 from tests.support.stack import start_ingress, start_workers
 
 pytestmark = pytest.mark.integration
 
 HMAC_KEY = "provider-webhook-key"
-
-
-@pytest.fixture
-def start_simulator() -> Iterator[StartSimulator]:
-    with simulators() as start:
-        yield start
 
 
 def signed_post(http: httpx.Client, body: dict[str, Any], *, key: str) -> httpx.Response:

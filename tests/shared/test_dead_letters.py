@@ -3,7 +3,6 @@ and purge."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
@@ -33,13 +32,6 @@ DEAD = keys.broker_dead(BROKER_NAMESPACE, CALLBACK_QUEUE)
 DEAD_BODIES = keys.broker_dead_messages(BROKER_NAMESPACE, CALLBACK_QUEUE)
 READY = keys.broker_queue(BROKER_NAMESPACE, CALLBACK_QUEUE)
 TRACEBACK = 'Traceback (most recent call last):\n  File "x.py", line 1\nshared.errors.DownloadFailed: reset\n'
-
-
-@pytest.fixture
-def client(redis_server) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
@@ -20,22 +19,9 @@ from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, create_broker
 from shared.settings import Settings
 from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
-from tests.support.provider import StartSimulator, client_for, simulators
+from tests.support.provider import StartSimulator, client_for
 
 CALLBACK = "http://127.0.0.1:9/callbacks/midjourney?token=secret"
-
-
-@pytest.fixture
-def start_simulator() -> Iterator[StartSimulator]:
-    with simulators() as start:
-        yield start
-
-
-@pytest.fixture
-def client(redis_server) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
 
 
 def queued(client: redis.Redis) -> list[Callback]:

@@ -4,7 +4,7 @@ scripted transport): submissions, task details, fresh links, error codes, retrie
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import orjson
@@ -13,15 +13,9 @@ import pytest
 from shared.errors import PermanentError, ProviderRefused, ProviderUnavailable, TransientError
 from shared.provider import ProviderClient, TaskStatus, parse_record_info
 from simulator import FaultConfig
-from tests.support.provider import RecordingSleep, StartSimulator, client_for, simulators
+from tests.support.provider import RecordingSleep, StartSimulator, client_for
 
 CALLBACK = "http://127.0.0.1:9/callbacks/midjourney?token=t1"
-
-
-@pytest.fixture
-def start_simulator() -> Iterator[StartSimulator]:
-    with simulators() as start:
-        yield start
 
 
 def wait_finished(client: ProviderClient, task_id: str, timeout_s: float = 10.0) -> None:

@@ -3,10 +3,7 @@ brokers and consumers wrote (no worker process needed: the broker code is the sa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import dramatiq
-import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, dq_name
@@ -27,13 +24,6 @@ from tests.support.clock import FakeClock
 from tests.support.pipeline import queued_callback
 
 TIMEOUT_MS = 20_000
-
-
-@pytest.fixture
-def client(redis_server) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
 
 
 def new_broker(client: redis.Redis) -> RedisBroker:

@@ -11,17 +11,11 @@ import pytest
 
 from shared.errors import DownloadFailed, DownloadRefused, ResultLinkGone
 from simulator import FaultConfig, RunningSimulator
-from tests.support.provider import StartSimulator, client_for, simulators
+from tests.support.provider import StartSimulator, client_for
 from tests.support.servers import FileServer
 from workers.fetch import FetchLimits, ResultFetcher, create_http_client
 
 LIMITS = FetchLimits(max_image_bytes=5_000_000, max_video_bytes=5_000_000)
-
-
-@pytest.fixture
-def start_simulator() -> Iterator[StartSimulator]:
-    with simulators() as start:
-        yield start
 
 
 @pytest.fixture

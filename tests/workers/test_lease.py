@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -11,14 +10,6 @@ import redis
 from shared import keys
 from shared.errors import TaskBusy
 from workers.lease import LeaseManager
-
-
-@pytest.fixture
-def client(redis_server) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 def test_two_workers_never_hold_the_same_task(client: redis.Redis) -> None:

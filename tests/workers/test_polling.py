@@ -4,12 +4,10 @@ the silent tasks, and the chain of self-scheduling messages that runs one pass a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
 import httpx
-import pytest
 import redis
 
 from shared import keys
@@ -20,7 +18,7 @@ from shared.settings import Settings
 from shared.submitted import SubmittedTasks
 from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
-from tests.support.provider import StartSimulator, client_for, simulators
+from tests.support.provider import StartSimulator, client_for
 from workers.polling import POLL_QUEUE, POLL_SILENT_TASKS, PollChain, SilentTaskPoller
 
 GRACE_S = 100
@@ -34,19 +32,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def start_simulator() -> Iterator[StartSimulator]:
-    with simulators() as start:
-        yield start
-
-
-@pytest.fixture
-def client(redis_server) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
 
 
 # --- one pass ---------------------------------------------------------------------------------
