@@ -586,7 +586,8 @@ def test_docker_compose_config_accepts_the_file() -> None:
 def procfile_commands() -> dict[str, list[str]]:
     lines = (ROOT / "Procfile").read_text().splitlines()
     entries = (line.split(":", 1) for line in lines if line.strip() and not line.startswith("#"))
-    return {name.strip(): shlex.split(command) for name, command in entries}
+    commands = {name.strip(): shlex.split(command) for name, command in entries}
+    return {name: argv[1:] if argv[:1] == ["exec"] else argv for name, argv in commands.items()}
 
 
 def without_addresses(argv: list[str]) -> list[str]:
