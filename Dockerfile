@@ -25,6 +25,7 @@ COPY shared/ shared/
 COPY ingress/ ingress/
 COPY workers/ workers/
 COPY cli/ cli/
+COPY simulator/ simulator/
 RUN pip install . \
     && rm -rf build ./*.egg-info
 

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -610,3 +611,13 @@ def test_make_ups_redis_persists_like_composes() -> None:
         ("--maxmemory-policy", "noeviction"),
     ):
         assert redis_argv[redis_argv.index(flag) + 1] == value
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    # `pip install .` in the image finds only what was copied: a missing package breaks imports
+    # (the `mjhook` CLI imports the simulator, for one).
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = pattern.rstrip("*")
+        assert f"COPY {package}/ {package}/" in dockerfile, package
