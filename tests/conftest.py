@@ -92,6 +92,28 @@ def app_env(redis_server: RedisServer, s3_server: S3Server, s3_bucket: str) -> d
 
 
 @pytest.fixture
+def aof_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server with the append-only file on (as production runs it), for restart tests."""
+    server = start_redis(tmp_path / "aof-redis", appendonly=True)
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def aof_app_env(aof_redis_server: RedisServer, s3_server: S3Server, s3_bucket: str) -> dict[str, str]:
+    """Like ``app_env``, wired to ``aof_redis_server``."""
+    return app_environment(
+        redis_url=aof_redis_server.url,
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        s3_bucket=s3_bucket,
+    )
+
+
+@pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """A client of this test's own, empty redis-server."""
     client = redis.Redis.from_url(redis_server.url)

@@ -19,8 +19,8 @@ import pytest
 
 from shared import keys
 from tests.support.pipeline import callback, post_callback, read_manifest, wait_for
-from tests.support.servers import FileServer, png_bytes, start_redis
-from tests.support.stack import app_environment, start_ingress, start_workers
+from tests.support.servers import FileServer, png_bytes
+from tests.support.stack import start_ingress, start_workers
 
 pytestmark = pytest.mark.integration
 
@@ -72,26 +72,23 @@ def test_nothing_acknowledged_is_lost_or_stored_twice_while_the_stack_is_broken(
 
 
 def test_a_retry_waiting_out_its_backoff_survives_a_redis_restart(
-    s3_server: Any, s3_bucket: str, tmp_path: Path, file_server: FileServer
+    aof_app_env: dict[str, str],
+    aof_redis_server: Any,
+    s3_server: Any,
+    s3_bucket: str,
+    tmp_path: Path,
+    file_server: FileServer,
 ) -> None:
-    redis = start_redis(tmp_path / "redis", appendonly=True)
-    env = app_environment(
-        redis_url=redis.url,
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_bucket=s3_bucket,
-    )
-    env.update(
-        {
-            "MJHOOK_MIN_BACKOFF_MS": "2000",
-            "MJHOOK_MAX_BACKOFF_MS": "4000",
-            "MJHOOK_REDELIVERY_S": "4",
-            "MJHOOK_LEASE_TTL_S": "4",
-            "MJHOOK_SPOOL_DIR": str(tmp_path / "spool"),
-            "MJHOOK_WORKER_METRICS_PORT": "0",
-        }
-    )
+    redis = aof_redis_server
+    env = {
+        **aof_app_env,
+        "MJHOOK_MIN_BACKOFF_MS": "2000",
+        "MJHOOK_MAX_BACKOFF_MS": "4000",
+        "MJHOOK_REDELIVERY_S": "4",
+        "MJHOOK_LEASE_TTL_S": "4",
+        "MJHOOK_SPOOL_DIR": str(tmp_path / "spool"),
+        "MJHOOK_WORKER_METRICS_PORT": "0",
+    }
     image = png_bytes(31)
     url = file_server.add("/stranded.png", b"busy", status=503, content_type="text/plain")
     ingress, base_url = start_ingress(env, tmp_path, extra_args=["--workers", "1"])
@@ -120,7 +117,6 @@ def test_a_retry_waiting_out_its_backoff_survives_a_redis_restart(
     finally:
         workers.terminate()
         ingress.terminate()
-        redis.kill()
 
 
 def poll_manifest(s3_server: Any, bucket: str, task_id: str, *, timeout_s: float) -> dict[str, Any] | None:

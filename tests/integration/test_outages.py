@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests.support.pipeline import callback, post_callback, read_manifest, wait_for
-from tests.support.servers import FileServer, png_bytes, start_redis
-from tests.support.stack import app_environment, start_ingress, start_workers
+from tests.support.servers import FileServer, png_bytes
+from tests.support.stack import start_ingress, start_workers
 
 pytestmark = pytest.mark.integration
 
@@ -79,18 +79,15 @@ def test_redis_down_at_the_ingress_spools_and_loses_nothing(
 
 
 def test_queued_callbacks_survive_a_redis_restart_with_appendonly(
-    s3_server: Any, s3_bucket: str, tmp_path: Path, file_server: FileServer
+    aof_app_env: dict[str, str],
+    aof_redis_server: Any,
+    s3_server: Any,
+    s3_bucket: str,
+    tmp_path: Path,
+    file_server: FileServer,
 ) -> None:
-    redis = start_redis(tmp_path / "aof-redis", appendonly=True)
-    env = app_environment(
-        redis_url=redis.url,
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_bucket=s3_bucket,
-    )
-    env.update(QUICK_RETRIES)
-    env["MJHOOK_SPOOL_DIR"] = ""
+    redis = aof_redis_server
+    env = {**aof_app_env, **QUICK_RETRIES, "MJHOOK_SPOOL_DIR": ""}
     files = serve(file_server, [f"persisted-{i}" for i in range(3)])
     ingress, base_url = start_ingress(env, tmp_path, extra_args=["--workers", "1"])
     try:
@@ -110,7 +107,6 @@ def test_queued_callbacks_survive_a_redis_restart_with_appendonly(
             workers.terminate()
     finally:
         ingress.terminate()
-        redis.kill()
 
 
 def test_object_storage_down_backs_off_and_stores_when_it_returns(
