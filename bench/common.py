@@ -30,7 +30,7 @@ from shared.queue import create_broker  # noqa: E402
 from shared.redis_client import connect_redis  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.taskstate import TaskStore  # noqa: E402
-from tests.support.procs import ManagedProcess, free_port, venv_bin, wait_for_http  # noqa: E402
+from tests.support.procs import ManagedProcess, free_port, process_tree, venv_bin, wait_for_http  # noqa: E402
 from tests.support.servers import RedisServer, S3Server, start_seaweedfs  # noqa: E402
 from tests.support.stack import app_environment  # noqa: E402
 
@@ -100,7 +100,7 @@ def mjhook_env(redis: RedisServer, s3: S3Server | None, out: Path, **extra: str)
     )
     env["MJHOOK_SPOOL_DIR"] = str(out / "spool")
     if "worker_metrics_port" in Settings.model_fields:
-        # Its default (9191) is one port per host: a second dramatiq instance loses its metrics process.
+        # Its default (9191) is one port per host: a second dramatiq instance on it serves no metrics.
         env["MJHOOK_WORKER_METRICS_PORT"] = str(free_port())
     env.update(extra)
     return env
@@ -189,26 +189,6 @@ def print_table(rows: Sequence[Sequence[object]]) -> None:
 
 
 # --- process memory -------------------------------------------------------------------------
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants (from /proc/<pid>/stat's parent field)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
 
 
 def status_kib(pid: int, field: str, *, source: str = "status") -> int:

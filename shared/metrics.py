@@ -17,15 +17,18 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     import redis
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
     from prometheus_client.metrics_core import Metric
@@ -282,13 +285,49 @@ def exposition_registry(
     return registry
 
 
-def serve_registry(registry: CollectorRegistry, *, host: str, port: int) -> threading.Thread:
-    """Serve ``registry`` over HTTP on ``host``:``port`` from a daemon thread, returned; raise
-    OSError when the port cannot be had."""
-    from prometheus_client import start_http_server
+class MetricsServer:
+    """``/metrics`` served over HTTP from daemon threads of this process; :meth:`stop` ends it."""
 
-    _server, thread = start_http_server(port, addr=host, registry=registry)
-    return thread
+    def __init__(self, server: WSGIServer) -> None:
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop answering and close the socket (waits up to half a second)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def serve_registry(registry: CollectorRegistry, *, host: str, port: int) -> MetricsServer:
+    """Serve ``registry`` over HTTP on ``host``:``port`` (any path, as prometheus_client does);
+    raise OSError when the port cannot be had.
+
+    The socket is bound with SO_REUSEPORT (on Linux): several processes of one user may serve the
+    same port, and the kernel hands each new connection to one of them. So each process must serve
+    the same answer, which the multiprocess directory gives them."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+    class SharedPortServer(ThreadingWSGIServer):
+        address_family = family
+        allow_reuse_address = True
+        allow_reuse_port = True  # socketserver sets it only where the platform has it
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # one line on stderr per scrape would drown the worker's log
+
+    return MetricsServer(make_server(host, port, make_wsgi_app(registry), SharedPortServer, QuietHandler))
 
 
 def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:

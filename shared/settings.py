@@ -134,8 +134,9 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     #: ``json`` (one object per line, for log pipelines) or ``text`` (for a terminal).
     log_format: Literal["json", "text"] = "json"
-    #: Address and port of each dramatiq instance's Prometheus endpoint (its fork process);
-    #: port 0 turns it off. The ingress serves its metrics at ``GET /metrics``.
+    #: Address and port of each dramatiq instance's Prometheus endpoint, served by every one of
+    #: its worker processes (SO_REUSEPORT), so one port per instance on a host; port 0 turns it
+    #: off. The ingress serves its metrics at ``GET /metrics``.
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
 

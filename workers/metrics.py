@@ -1,14 +1,19 @@
 """The workers' metrics: where a dramatiq instance's processes count, what each message's end
-counts, and the fork process that serves them all.
+counts, and how every worker process serves them all.
 
 dramatiq's own ``dramatiq.middleware.prometheus.Prometheus`` does much the same, but it cannot be
 configured from our settings: its port and directory are read from ``dramatiq_prom_*``
-environment variables when its module is imported (in the fork process too, which never sees our
-code before), and its default directory (``<tmp>/dramatiq-prometheus``) is shared by every
-dramatiq on the host and never emptied, so two instances would add up each other's counts. This
-middleware keeps its design (per-process files, one exposition server forked by dramatiq's main
-process through ``Middleware.forks``) with a directory per instance: the one named after the
-dramatiq main process, which is the parent of the worker processes and of the fork process alike.
+environment variables when its module is imported, and its default directory
+(``<tmp>/dramatiq-prometheus``) is shared by every dramatiq on the host and never emptied, so two
+instances would add up each other's counts. And it serves from a process that dramatiq's main
+process forks (``Middleware.forks``): ~41 MB of the worker tree's peak memory for one HTTP
+endpoint (bench/RESULTS.md, section 3).
+
+Here every worker process counts in per-process files, in a directory per instance (the one named
+after the dramatiq main process, the parent of all the worker processes), and serves ``/metrics``
+itself from a daemon thread: all of them bind the same port with SO_REUSEPORT, the kernel hands
+each scrape to one of them, and each answers with the sum of every process's files plus the
+queue's depths read from Redis. :mod:`workers.metrics_port` keeps a second instance off that port.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from shared.logs import configure_logging
+from shared.errors import ConfigError
 from shared.metrics import (
+    MetricsServer,
     WorkerMetrics,
     create_worker_metrics,
     exposition_registry,
@@ -38,6 +44,7 @@ from shared.metrics import (
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK
 from shared.redis_client import connect_redis
 from shared.settings import Settings
+from workers.metrics_port import PortClaim, claim_port
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +55,8 @@ ROLE = "worker"
 
 
 def worker_metrics_dir(environ: Mapping[str, str]) -> Path:
-    """This dramatiq instance's metrics directory, the same in its worker processes and in its
-    fork process: ``PROMETHEUS_MULTIPROC_DIR``, else one named after their parent."""
+    """This dramatiq instance's metrics directory, the same in all its worker processes:
+    ``PROMETHEUS_MULTIPROC_DIR``, else one named after their parent."""
     return multiprocess_dir(environ, role=ROLE, owner_pid=os.getppid())
 
 
@@ -64,8 +71,9 @@ def start_worker_metrics(environ: Mapping[str, str]) -> tuple[WorkerMetrics, Pat
 
 class WorkerMetricsMiddleware(Middleware):
     """Times every message and counts how callback messages end when they raise: retried, or
-    given up (then the task is ``failed``). With ``serve``, dramatiq forks a process that serves
-    the metrics of all the worker processes (:func:`serve_worker_metrics`).
+    given up (then the task is ``failed``). With ``serve``, each worker process calls it once
+    booted to serve the metrics of all the worker processes (see :func:`serve_worker_metrics`),
+    and stops what it returned once the worker has shut down.
 
     Place it before Retries: after-hooks run in reverse order, so it sees a message once Retries
     has decided whether it failed for good."""
@@ -75,18 +83,19 @@ class WorkerMetricsMiddleware(Middleware):
         metrics: WorkerMetrics,
         *,
         directory: Path,
-        serve: bool,
+        serve: Callable[[], WorkerMetricsServer | None] | None = None,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._metrics = metrics
         self._directory = directory
         self._serve = serve
+        self._server: WorkerMetricsServer | None = None
         self._timer = timer
         self._started: dict[str, float] = {}
 
-    @property
-    def forks(self) -> list[Callable[[], int]]:
-        return [serve_worker_metrics] if self._serve else []
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self._serve is not None:
+            self._server = self._serve()
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         self._metrics.messages_in_progress.labels(message.actor_name).inc()
@@ -117,17 +126,31 @@ class WorkerMetricsMiddleware(Middleware):
         self.after_process_message(broker, message)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # Served until here: the other processes may still be finishing their messages.
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
         mark_process_dead(os.getpid(), self._directory)
 
 
-def serve_worker_metrics() -> int:
-    """dramatiq fork function: until stopped, serve on ``MJHOOK_WORKER_METRICS_HOST``:``_PORT``
-    the metrics of this dramatiq instance's worker processes, and the queue's depths read from
-    Redis. Returns the process's exit status."""
-    settings = Settings.from_env(os.environ)
-    configure_logging(settings.log_level, settings.log_format)
-    directory = worker_metrics_dir(os.environ)
-    directory.mkdir(parents=True, exist_ok=True)
+class WorkerMetricsServer:
+    """This worker process's part in serving its instance's metrics: the HTTP server and the
+    claim on the port."""
+
+    def __init__(self, server: MetricsServer, claim: PortClaim) -> None:
+        self._server = server
+        self._claim = claim
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._claim.release()
+
+
+def serve_worker_metrics(settings: Settings, directory: Path) -> WorkerMetricsServer | None:
+    """In a worker process: serve, until stopped, on ``settings.worker_metrics_host``:``_port``
+    the metrics of this dramatiq instance's worker processes (the files in ``directory``) and the
+    queue's depths read from Redis. Every worker process of the instance serves the same port.
+    When the port cannot be had, log why and return None: the worker works on, unwatched."""
     for stale in remove_stale_dirs(ROLE):
         log.info("removed the metrics of a stopped dramatiq instance: %s", stale)
     collectors = []
@@ -140,11 +163,14 @@ def serve_worker_metrics() -> int:
         )
     registry = exposition_registry(None, multiprocess_dir=str(directory), collectors=collectors)
     host, port = settings.worker_metrics_host, settings.worker_metrics_port
+    claim: PortClaim | None = None
     try:
+        claim = claim_port(port)
         server = serve_registry(registry, host=host, port=port)
-    except OSError as exc:
-        log.error("cannot serve the worker metrics on %s:%d: %s", host, port, exc)
-        return 1
-    log.info("serving the worker metrics on http://%s:%d/metrics", host, port)
-    server.join()
-    return 0
+    except (OSError, ConfigError) as exc:
+        if claim is not None:
+            claim.release()
+        log.error("not serving the worker metrics on %s:%d: %s", host, port, exc)
+        return None
+    log.info("serving the worker metrics on http://%s:%d/metrics", host, server.port)
+    return WorkerMetricsServer(server, claim)

@@ -4,6 +4,7 @@ the broker and declares every actor."""
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
 import dramatiq
@@ -16,7 +17,7 @@ from shared.queue import CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.settings import Settings
 from workers.heartbeat import BrokerHeartbeat
 from workers.log_context import TaskLogContext
-from workers.metrics import WorkerMetricsMiddleware, start_worker_metrics
+from workers.metrics import WorkerMetricsMiddleware, serve_worker_metrics, start_worker_metrics
 from workers.polling import POLL_QUEUE, POLL_SILENT_TASKS, PollKeeper
 from workers.runtime import WorkerRuntime
 
@@ -32,8 +33,9 @@ runtime = WorkerRuntime(settings, broker=broker, metrics=metrics)
 # After-hooks run in reverse order: placed before Retries, the runtime sees a message only after
 # Retries has decided whether it failed for good.
 broker.add_middleware(runtime, before=Retries)
+serve_metrics = partial(serve_worker_metrics, settings, metrics_dir) if settings.worker_metrics_port else None
 broker.add_middleware(
-    WorkerMetricsMiddleware(metrics, directory=metrics_dir, serve=settings.worker_metrics_port > 0),
+    WorkerMetricsMiddleware(metrics, directory=metrics_dir, serve=serve_metrics),
     before=Retries,
 )
 broker.add_middleware(CurrentMessage())

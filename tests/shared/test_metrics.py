@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
 
 from shared.metrics import (
     MULTIPROC_ENV,
@@ -20,8 +25,13 @@ from shared.metrics import (
     multiprocess_dir,
     remove_stale_dirs,
     render,
+    serve_registry,
 )
 from tests.support.metrics import Samples, parse_metrics
+
+if TYPE_CHECKING:
+    # Only for annotations: prometheus_client picks its mode when first imported.
+    from prometheus_client import CollectorRegistry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,3 +140,41 @@ def test_values_of_several_processes_add_up_and_a_dead_ones_live_gauges_drop_out
     served = samples(render(registry)[0])
     assert served[in_progress] == processes - 1
     assert served[("mjhook_files_stored_total", frozenset())] == 2 * processes
+
+
+def scrape_value(port: int, name: str) -> float:
+    """One scrape on a connection of its own (so the kernel picks a listener each time)."""
+    response = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Connection": "close"}, timeout=5)
+    assert response.status_code == 200
+    return parse_metrics(response.text)[(name, frozenset())]
+
+
+def test_servers_sharing_a_port_each_answer_and_the_last_one_answers_alone() -> None:
+    # Given two servers on one port, each serving a registry of its own
+    def registry(value: float) -> CollectorRegistry:
+        gauge = ScrapeGauges("mjhook_test_server", "Which server answered.", lambda: [((), value)])
+        return exposition_registry(None, multiprocess_dir=None, collectors=[gauge])
+
+    first = serve_registry(registry(1), host="127.0.0.1", port=0)
+    second = serve_registry(registry(2), host="127.0.0.1", port=first.port)
+    try:
+        # When scraped on fresh connections, then the kernel hands scrapes to both
+        assert {scrape_value(first.port, "mjhook_test_server") for _ in range(40)} == {1, 2}
+        # And once one stops, the other answers every scrape
+        first.stop()
+        assert {scrape_value(second.port, "mjhook_test_server") for _ in range(10)} == {2}
+    finally:
+        first.stop()  # stopping twice is harmless
+        second.stop()
+    with pytest.raises(httpx.ConnectError):
+        scrape_value(second.port, "mjhook_test_server")
+
+
+def test_a_port_held_by_a_socket_that_does_not_share_it_is_refused() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        with pytest.raises(OSError, match="in use"):
+            serve_registry(
+                exposition_registry(None, multiprocess_dir=None), host="127.0.0.1", port=held.getsockname()[1]
+            )

@@ -45,6 +45,26 @@ def free_ports(count: int) -> list[int]:
         return ports
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (from /proc/<pid>/stat's parent field)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
 def venv_bin(name: str) -> str:
     """Path of executable `name`: next to this interpreter (the venv) or on PATH."""
     beside = Path(sys.executable).parent / name  # not resolved: the venv's bin/
