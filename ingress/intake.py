@@ -11,14 +11,16 @@ import dramatiq
 import orjson
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from redis.connection import AbstractConnection
 
+from ingress.group_commit import GroupCommit
 from ingress.spool import Spool
 from shared import keys
 from shared.callback import Callback
 from shared.clock import utc_iso
 from shared.errors import QueueUnavailable
 from shared.queue import enqueue_callback, redis_queued_message
-from shared.taskstate import TaskStore
+from shared.taskstate import Received, TaskState, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,11 @@ class CallbackIntake:
         self._broker = broker
         self.tasks = tasks
         self._spool = spool
-        # The queue is a Redis broker on the task-state Redis: state and message in one call.
+        # The queue is a Redis broker on the task-state Redis: state and message in one call,
+        # and the calls of concurrent requests in one round trip (see ingress.group_commit).
         self._single_trip = single_trip and isinstance(broker, RedisBroker)
+        self._group: GroupCommit[Received, TaskState | None] = GroupCommit(self._record_received)
+        self._connection: AbstractConnection | None = None
         self._pause_s = pause_s
         self._monotonic = monotonic
         self._redis_paused_until = 0.0
@@ -67,16 +72,22 @@ class CallbackIntake:
 
     def enqueue(self, callback: Callback) -> None:
         """Record ``callback`` as received and put it on the queue (also used to drain the spool)."""
-        queued = None
-        if self._single_trip:
-            assert isinstance(self._broker, RedisBroker)
-            queued = redis_queued_message(self._broker, callback)
         try:
-            self.tasks.mark_received(callback.task_id, callback.received_at, enqueue=queued)
+            if self._single_trip:
+                assert isinstance(self._broker, RedisBroker)
+                queued = redis_queued_message(self._broker, callback)
+                self._group.submit(Received(callback.task_id, callback.received_at, queued))
+                return
+            self.tasks.mark_received(callback.task_id, callback.received_at)
         except (redis.RedisError, OSError) as exc:
             raise QueueUnavailable(f"cannot record the task: {type(exc).__name__}") from exc
-        if queued is None:
-            enqueue_callback(self._broker, callback)
+        enqueue_callback(self._broker, callback)
+
+    def _record_received(self, received: list[Received]) -> list[TaskState | Exception | None]:
+        """One group-commit round (only ever one at a time), on a connection kept for it."""
+        if self._connection is None:
+            self._connection = self.tasks.client.connection_pool.get_connection()
+        return self.tasks.mark_received_many(received, connection=self._connection)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,11 +4,13 @@ The ingress enqueues a message for the actor by name, so it never imports the wo
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
+import orjson
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
@@ -87,15 +89,29 @@ def callback_message(callback: Callback) -> dramatiq.Message[None]:
 
 
 def redis_queued_message(broker: RedisBroker, callback: Callback) -> QueuedMessage:
-    """The message ``RedisBroker.enqueue`` would write for ``callback`` (its id scheme, its
-    encoding, its keys: see dispatch.lua's "enqueue"), for :meth:`TaskStore.mark_received` to write
-    together with the task's state in one round trip."""
-    message = callback_message(callback).copy(options={"redis_message_id": str(uuid.uuid4())})
+    """The message ``RedisBroker.enqueue`` would write for ``callback`` (its fields, its keys: see
+    dispatch.lua's "enqueue"), for :meth:`TaskStore.mark_received` to write together with the
+    task's state in one round trip. Built as a plain dict and encoded with orjson, which the
+    workers' JSON decoder reads like dramatiq's own encoding, at a fifth of the cost of building a
+    ``Message`` (this is on the ingress's hot path). The id is both the message id and the
+    broker's ``redis_message_id``: a fresh uuid4 either way."""
+    message_id = str(uuid.uuid4())
+    body = orjson.dumps(
+        {
+            "queue_name": CALLBACK_QUEUE,
+            "actor_name": PROCESS_CALLBACK,
+            "args": [callback.to_message()],
+            "kwargs": {},
+            "options": {"redis_message_id": message_id},
+            "message_id": message_id,
+            "message_timestamp": int(time.time() * 1000),
+        }
+    )
     return QueuedMessage(
         queue_key=keys.broker_queue(broker.namespace, CALLBACK_QUEUE),
         messages_key=keys.broker_messages(broker.namespace, CALLBACK_QUEUE),
-        message_id=message.options["redis_message_id"],
-        body=message.encode(),
+        message_id=message_id,
+        body=body,
     )
 
 

@@ -6,13 +6,15 @@ by polling the provider)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
-from typing import cast
+from typing import Any, cast
 
 import redis
+from redis.connection import AbstractConnection
+from redis.exceptions import NoScriptError, ResponseError
 
 from shared import keys
 from shared.redis_client import as_text
@@ -51,6 +53,15 @@ class QueuedMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Received:
+    """One task for :meth:`TaskStore.mark_received_many`."""
+
+    task_id: str
+    received_at: str
+    enqueue: QueuedMessage | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRecord:
     task_id: str
     state: TaskState
@@ -75,6 +86,11 @@ class TaskStore:
         script = resources.files("shared").joinpath("lua/transition.lua").read_text()
         self._transition = client.register_script(script)
 
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client the records are in."""
+        return self._client
+
     def mark_received(
         self, task_id: str, received_at: str, *, enqueue: QueuedMessage | None = None
     ) -> TaskState | None:
@@ -90,6 +106,49 @@ class TaskStore:
             or_from=TaskState.SUBMITTED,
             enqueue=enqueue,
         )
+
+    def mark_received_many(
+        self, received: Sequence[Received], *, connection: AbstractConnection | None = None
+    ) -> list[TaskState | Exception | None]:
+        """:meth:`mark_received` for several tasks in one pipelined round trip (the ingress's
+        group commit). One result per task, in order: the state it had, or the error that kept
+        it from being recorded (nothing of that task was written then). Raises only when the
+        round trip itself failed (connection, timeout), and then none of them may have been
+        recorded.
+
+        ``connection``: a connection of this store's client that the caller holds for itself
+        (see ingress.group_commit), used directly: the pooled client's own path (pool, retry,
+        events) costs several times the round trip's CPU on this hot path."""
+        commands = []
+        for item in received:
+            script_keys, args = self._transition_call(
+                item.task_id,
+                TaskState.RECEIVED,
+                {"receivedAt": item.received_at},
+                only_if_new=True,
+                or_from=TaskState.SUBMITTED,
+                enqueue=item.enqueue,
+            )
+            # EVALSHA directly: a pipeline running a Script asks SCRIPT EXISTS first, every time.
+            commands.append(("EVALSHA", self._transition.sha, len(script_keys), *script_keys, *args))
+        replies = self._pipelined(commands) if connection is None else _on_connection(connection, commands)
+        results: list[TaskState | Exception | None] = []
+        for item, reply in zip(received, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                # Redis lost its scripts (restart, SCRIPT FLUSH): nothing ran; once more, loading it.
+                try:
+                    reply = self.mark_received(item.task_id, item.received_at, enqueue=item.enqueue)
+                except (redis.RedisError, OSError) as exc:
+                    reply = exc
+            results.append(reply if isinstance(reply, Exception) else _state(reply))
+        return results
+
+    def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
 
     def mark_submitted(self, task_id: str, **fields: str) -> TaskState | None:
         """Record a task mjhook just submitted; a task already known (its callback came first)
@@ -163,6 +222,22 @@ class TaskStore:
         enqueue: QueuedMessage | None = None,
     ) -> TaskState | None:
         """``only_if_new``: move only a task without a record, or (``or_from``) one in that state."""
+        script_keys, args = self._transition_call(
+            task_id, state, fields, only_if_new=only_if_new, or_from=or_from, enqueue=enqueue
+        )
+        return _state(self._transition(keys=script_keys, args=args))
+
+    def _transition_call(
+        self,
+        task_id: str,
+        state: TaskState,
+        fields: Mapping[str, str],
+        *,
+        only_if_new: bool,
+        or_from: TaskState | None,
+        enqueue: QueuedMessage | None,
+    ) -> tuple[list[str], list[str | int | bytes]]:
+        """The keys and arguments of transition.lua for one move."""
         now_ms = int(self._clock() * 1000)
         guard = "0" if not only_if_new else (or_from.value if or_from is not None else "1")
         pairs: list[str | bytes] = [item for pair in fields.items() for item in pair]
@@ -170,20 +245,39 @@ class TaskStore:
         if enqueue is not None:
             script_keys += [enqueue.queue_key, enqueue.messages_key]
             pairs = [enqueue.message_id, enqueue.body, *pairs]
-        old = self._transition(
-            keys=script_keys,
-            args=[
-                task_id,
-                state.value,
-                now_ms,
-                self._ttl_s,
-                guard,
-                self._recent_keep,
-                keys.STATE_INDEX_PREFIX,
-                *pairs,
-            ],
-        )
-        return TaskState(as_text(old)) if old else None
+        args: list[str | int | bytes] = [
+            task_id,
+            state.value,
+            now_ms,
+            self._ttl_s,
+            guard,
+            self._recent_keep,
+            keys.STATE_INDEX_PREFIX,
+            *pairs,
+        ]
+        return script_keys, args
+
+
+def _on_connection(connection: AbstractConnection, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` on ``connection`` at once and read their replies (an error reply as its
+    exception). A broken round trip closes the connection (the next use reconnects) and raises."""
+    try:
+        packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
+        connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        connection.disconnect()  # type: ignore[no-untyped-call]
+        raise
+    return replies
+
+
+def _state(raw: object) -> TaskState | None:
+    return TaskState(as_text(cast(bytes | str, raw))) if raw else None
 
 
 def _record(task_id: str, raw: Mapping[bytes | str, bytes | str]) -> TaskRecord | None:
