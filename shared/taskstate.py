@@ -260,9 +260,13 @@ class TaskStore:
 
 def _on_connection(connection: AbstractConnection, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     """Send ``commands`` on ``connection`` at once and read their replies (an error reply as its
-    exception). A broken round trip closes the connection (the next use reconnects) and raises."""
-    try:
-        packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
+    exception), retried like the client's own commands (its ``Retry``: a connection Redis closed,
+    by a restart say, is opened again). A broken round trip closes the connection and raises.
+    A round trip cut after Redis ran it runs again: at worst a callback is queued twice, and the
+    workers deduplicate by taskId."""
+    packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
+
+    def attempt() -> list[Any]:
         connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
         replies: list[Any] = []
         for _ in commands:
@@ -270,10 +274,17 @@ def _on_connection(connection: AbstractConnection, commands: Sequence[tuple[Any,
                 replies.append(connection.read_response())
             except ResponseError as exc:
                 replies.append(exc)
+        return replies
+
+    try:
+        result: list[Any] = connection.retry.call_with_retry(
+            attempt,
+            lambda _error: connection.disconnect(),  # type: ignore[no-untyped-call]
+        )
     except BaseException:
         connection.disconnect()  # type: ignore[no-untyped-call]
         raise
-    return replies
+    return result
 
 
 def _state(raw: object) -> TaskState | None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import orjson
 import pytest
 import redis
 
 from ingress.group_commit import GroupCommit
+from shared.redis_client import connect_redis
 from shared.taskstate import Received, TaskState, TaskStore
+from tests.support.servers import RedisServer
 from tests.ingress.test_callbacks import make_app, post, queued_messages, success
 
 
@@ -159,3 +162,18 @@ def test_a_script_flush_between_acks_loses_nothing(client: redis.Redis) -> None:
     assert post(app, orjson.dumps(success("after"))).status_code == 200
     queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
     assert queued == ["before", "after"]
+
+
+def test_a_redis_restart_between_acks_costs_no_detour(aof_redis_server: RedisServer, tmp_path: Path) -> None:
+    """The connection the acks hold breaks when Redis restarts: the next ack opens it again and is
+    queued in Redis, not spooled and not refused (as the client's own commands retry)."""
+    spool_dir = tmp_path / "spool"
+    client = connect_redis(aof_redis_server.url)
+    app = make_app(client, spool_dir=str(spool_dir))
+    assert post(app, orjson.dumps(success("before"))).status_code == 200
+    aof_redis_server.stop()
+    aof_redis_server.start()
+    assert post(app, orjson.dumps(success("after"))).status_code == 200
+    queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
+    assert queued == ["before", "after"]
+    assert not any(path.stat().st_size for path in spool_dir.glob("*"))
