@@ -14,8 +14,8 @@ import redis
 from ingress.group_commit import GroupCommit
 from shared.redis_client import connect_redis
 from shared.taskstate import Received, TaskState, TaskStore
-from tests.support.servers import RedisServer
 from tests.ingress.test_callbacks import make_app, post, queued_messages, success
+from tests.support.servers import RedisServer
 
 
 class SlowFlush:
