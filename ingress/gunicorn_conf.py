@@ -25,7 +25,7 @@ from shared.settings import Settings
 _settings = Settings.from_env(os.environ)
 
 bind = "127.0.0.1:8000"
-#: Acks are short and I/O bound (two Redis round trips): threads keep connections alive cheaply.
+#: Acks are short and wait on Redis (one round trip): threads keep connections alive cheaply.
 worker_class = "gthread"
 workers = max(2, multiprocessing.cpu_count())
 threads = 8
