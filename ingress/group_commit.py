@@ -68,24 +68,29 @@ class GroupCommit(Generic[T, R]):
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
         outcomes: Sequence[R | Exception]
+        interrupted: BaseException | None = None
         try:
             outcomes = self._flush([slot.item for slot in batch])
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"flush returned {len(outcomes)} outcomes for {len(batch)} items")
         except Exception as exc:  # every waiter must learn its item's fate, whatever happened
             outcomes = [exc] * len(batch)
-        finally:
-            with self._mutex:
-                if self._waiting:
-                    successor = self._waiting[0]
-                    successor.lead = True
-                    successor.wake()
-                else:
-                    self._leading = False
+        except BaseException as exc:  # even then: the waiters would wait forever
+            outcomes = [RuntimeError(f"the round was interrupted: {type(exc).__name__}")] * len(batch)
+            interrupted = exc
+        with self._mutex:
+            if self._waiting:
+                successor = self._waiting[0]
+                successor.lead = True
+                successor.wake()
+            else:
+                self._leading = False
         for slot, outcome in zip(batch, outcomes, strict=True):
             slot.outcome = outcome
             if slot is not own:
                 slot.wake()
+        if interrupted is not None:
+            raise interrupted
 
 
 class _Slot(Generic[T, R]):

@@ -4,6 +4,7 @@ request still learns the fate of its own callback."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -177,3 +178,45 @@ def test_a_redis_restart_between_acks_costs_no_detour(aof_redis_server: RedisSer
     queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
     assert queued == ["before", "after"]
     assert not any(path.stat().st_size for path in spool_dir.glob("*"))
+
+
+def test_an_interrupted_round_still_answers_its_waiters_and_hands_on_the_lead() -> None:
+    """A BaseException in the leading thread (KeyboardInterrupt, SystemExit) is raised there; the
+    threads of that round get an error instead of waiting forever, and the next round runs."""
+    release = threading.Event()
+    rounds: list[list[str]] = []
+
+    def flush(items: list[str]) -> list[str | Exception]:
+        rounds.append(list(items))
+        if len(rounds) == 1:
+            release.wait(5)  # round 1 holds on while "second" and "third" queue up behind it
+        if len(rounds) == 2:
+            raise KeyboardInterrupt
+        return [item.upper() for item in items]
+
+    group: GroupCommit[str, str] = GroupCommit(flush)
+    outcomes: dict[str, object] = {}
+
+    def submit(item: str) -> None:
+        try:
+            outcomes[item] = group.submit(item)
+        except BaseException as exc:
+            outcomes[item] = exc
+
+    threads = [threading.Thread(target=submit, args=(item,)) for item in ("first", "second", "third")]
+    threads[0].start()
+    while not rounds:
+        time.sleep(0.005)
+    threads[1].start()
+    threads[2].start()
+    while len(group._waiting) < 2:  # both queued behind round 1
+        time.sleep(0.005)
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert rounds == [["first"], ["second", "third"]]
+    assert outcomes["first"] == "FIRST"
+    assert isinstance(outcomes["second"], KeyboardInterrupt)  # raised in the thread that led
+    assert isinstance(outcomes["third"], RuntimeError)
+    assert "interrupted" in str(outcomes["third"])
+    assert group.submit("fourth") == "FOURTH"  # the lead was handed on
