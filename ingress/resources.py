@@ -51,7 +51,7 @@ class CallbackResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = self._read_body(req)
         try:
-            if self._sources is not None:
+            if self._sources is not None and not self._sources.allows_all:  # headers cost ~10 µs
                 self._sources.check(req.remote_addr, req.headers)
             if len(body) > self._max_body_bytes:
                 raise InvalidCallback(f"body larger than {self._max_body_bytes} bytes", status=413)
