@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 import orjson
 import urllib3
 from minio import Minio
+from minio.credentials.credentials import Credentials
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from minio.helpers import MIN_PART_SIZE
 
 from shared.errors import ConfigError, StorageUnavailable
 from shared.settings import Settings
@@ -28,6 +30,11 @@ MANIFEST_NAME = "manifest.json"
 
 #: Bytes read at a time when an object is streamed to a file.
 DEFAULT_CHUNK_BYTES = 1024 * 1024
+
+#: Signature v4's payload hash header: the hex sha256 of the request body (AWS S3 and MinIO check it).
+PAYLOAD_SHA256_HEADER = "x-amz-content-sha256"
+#: Largest file minio sends in one PUT (5 MiB, its smallest multipart part); larger ones go in parts.
+SINGLE_PUT_MAX_BYTES = MIN_PART_SIZE
 
 
 def task_prefix(task_id: str) -> str:
@@ -50,6 +57,38 @@ class StoredObject:
     sha256: str | None
 
 
+class KnownHashMinio(Minio):
+    """A ``Minio`` client that signs a one-request upload with the body's sha256 when the caller
+    already knows it (``put_file``: the fetcher hashed every byte as it arrived), instead of hashing
+    the body a second time: a whole sha256 pass per stored file. A store that checks the signed
+    hash against the bytes it receives (AWS S3, MinIO; SeaweedFS checks neither hash) then refuses
+    a body that is not what was downloaded. ``_build_headers`` is minio's own (7.2) hook;
+    tests/shared/test_storage.py proves on every run that the signed hash is still the caller's."""
+
+    def _build_headers(
+        self,
+        host: str,
+        headers: dict[str, Any] | None = None,
+        body: bytes | None = None,
+        creds: Credentials | None = None,
+    ) -> tuple[dict[str, Any], Any]:
+        known = (headers or {}).get(PAYLOAD_SHA256_HEADER)
+        if not known or not body or creds is None or self._base_url.is_https:
+            # No known hash (or HTTPS, where minio sends UNSIGNED-PAYLOAD): minio's own way.
+            return super()._build_headers(host, _without_payload_hash(headers), body, creds)
+        # An empty body costs minio no hashing; only Content-Length and the hash depend on it.
+        built, date = super()._build_headers(host, headers, b"", creds)
+        built["Content-Length"] = str(len(body))
+        built[PAYLOAD_SHA256_HEADER] = known
+        return built, date
+
+
+def _without_payload_hash(headers: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not headers or PAYLOAD_SHA256_HEADER not in headers:
+        return headers
+    return {key: value for key, value in headers.items() if key != PAYLOAD_SHA256_HEADER}
+
+
 class ObjectStore:
     """One bucket of an S3-compatible store."""
 
@@ -69,6 +108,12 @@ class ObjectStore:
                         raise
 
     def put_file(self, key: str, data: IO[bytes], *, size: int, content_type: str, sha256: str) -> None:
+        """Store ``size`` bytes read from ``data``, whose hex ``sha256`` the caller computed; it is
+        kept as the object's metadata and, for a file sent in one PUT, signs the request too."""
+        metadata: dict[str, str | list[str] | tuple[str]] = {SHA256_META: sha256}
+        if size <= SINGLE_PUT_MAX_BYTES:
+            # Read by KnownHashMinio; a plain Minio client replaces it with its own hash.
+            metadata[PAYLOAD_SHA256_HEADER] = sha256
         with _storage_errors():
             self._client.put_object(
                 self.bucket,
@@ -76,7 +121,7 @@ class ObjectStore:
                 data,  # type: ignore[arg-type]  # minio only reads it
                 size,
                 content_type=content_type,
-                metadata={SHA256_META: sha256},
+                metadata=metadata,
             )
 
     def put_json(self, key: str, document: Any) -> None:
@@ -184,7 +229,7 @@ def create_object_store(
         maxsize=pool_size,
         retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
-    client = Minio(
+    client = KnownHashMinio(
         parts.netloc,
         access_key=settings.s3_access_key or None,
         secret_key=settings.s3_secret_key or None,

@@ -1,0 +1,115 @@
+"""The object store signs a one-request upload with the sha256 the fetcher computed, so a stored
+file is hashed once, not twice; larger files still go in parts minio hashes itself."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from typing import Any
+
+import pytest
+import urllib3
+
+from shared.settings import Settings
+from shared.storage import PAYLOAD_SHA256_HEADER, SINGLE_PUT_MAX_BYTES, ObjectStore, create_object_store
+from tests.support.servers import S3Server
+from tests.support.stack import app_environment
+
+pytestmark = pytest.mark.integration
+
+
+class RecordingPoolManager(urllib3.PoolManager):
+    """A real pool that also keeps the method and headers of every request it sends."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent: list[tuple[str, dict[str, str]]] = []
+
+    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:
+        self.sent.append((method, dict(kw.get("headers") or {})))
+        return super().urlopen(method, url, redirect=redirect, **kw)
+
+
+def _store(s3_server: S3Server, bucket: str) -> tuple[ObjectStore, list[RecordingPoolManager]]:
+    env = app_environment(
+        redis_url="redis://127.0.0.1:9/0",
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        s3_bucket=bucket,
+    )
+    pools: list[RecordingPoolManager] = []
+
+    def factory(**kwargs: Any) -> RecordingPoolManager:
+        pools.append(RecordingPoolManager(**kwargs))
+        return pools[-1]
+
+    store = create_object_store(Settings.from_env(env), http_factory=factory)
+    store.ensure_bucket()
+    pools[0].sent.clear()  # making the bucket is a PUT too
+    return store, pools
+
+
+def _puts(pool: RecordingPoolManager) -> list[dict[str, str]]:
+    return [headers for method, headers in pool.sent if method == "PUT"]
+
+
+def test_a_file_sent_in_one_put_is_signed_with_the_sha256_the_caller_gave(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    # Given a store and a downloaded file with its sha256
+    store, pools = _store(s3_server, s3_bucket)
+    body = os.urandom(1_500_000)
+    digest = hashlib.sha256(body).hexdigest()
+
+    # When it is stored
+    store.put_file("tasks/t/0.png", io.BytesIO(body), size=len(body), content_type="image/png", sha256=digest)
+
+    # Then the PUT carries that hash as its signed payload hash, and the bytes are stored intact
+    (headers,) = _puts(pools[0])
+    assert headers[PAYLOAD_SHA256_HEADER] == digest
+    assert headers["Content-Length"] == str(len(body))
+    assert store.get_bytes("tasks/t/0.png") == body
+    stored = store.stat("tasks/t/0.png")
+    assert stored is not None
+    assert stored.sha256 == digest
+    assert stored.size == len(body)
+
+
+def test_a_file_over_one_part_is_uploaded_in_parts_each_hashed_by_minio(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    # Given a file larger than minio sends in one request
+    store, pools = _store(s3_server, s3_bucket)
+    body = os.urandom(SINGLE_PUT_MAX_BYTES + 1000)
+    digest = hashlib.sha256(body).hexdigest()
+
+    # When it is stored
+    store.put_file("tasks/t/0.mp4", io.BytesIO(body), size=len(body), content_type="video/mp4", sha256=digest)
+
+    # Then each part is signed with its own hash, none with the whole file's
+    # (minio uploads the parts in parallel, so in any order)
+    part_hashes = {headers[PAYLOAD_SHA256_HEADER] for headers in _puts(pools[0])}
+    assert part_hashes == {
+        hashlib.sha256(body[:SINGLE_PUT_MAX_BYTES]).hexdigest(),
+        hashlib.sha256(body[SINGLE_PUT_MAX_BYTES:]).hexdigest(),
+    }
+    assert store.get_bytes("tasks/t/0.mp4") == body
+    stored = store.stat("tasks/t/0.mp4")
+    assert stored is not None
+    assert stored.sha256 == digest
+
+
+def test_other_requests_are_signed_with_their_own_body_hash(s3_server: S3Server, s3_bucket: str) -> None:
+    # Given a store
+    store, pools = _store(s3_server, s3_bucket)
+
+    # When a manifest (no known hash) is stored
+    store.put_json("tasks/t/manifest.json", {"taskId": "t"})
+
+    # Then minio hashed its body itself
+    (headers,) = _puts(pools[0])
+    body = store.get_bytes("tasks/t/manifest.json")
+    assert body is not None
+    assert headers[PAYLOAD_SHA256_HEADER] == hashlib.sha256(body).hexdigest()
