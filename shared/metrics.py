@@ -311,6 +311,7 @@ def serve_registry(registry: CollectorRegistry, *, host: str, port: int) -> Metr
     The socket is bound with SO_REUSEPORT (on Linux): several processes of one user may serve the
     same port, and the kernel hands each new connection to one of them. So each process must serve
     the same answer, which the multiprocess directory gives them."""
+    import socketserver
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from prometheus_client import make_wsgi_app
@@ -322,6 +323,13 @@ def serve_registry(registry: CollectorRegistry, *, host: str, port: int) -> Metr
         address_family = family
         allow_reuse_address = True
         allow_reuse_port = True  # socketserver sets it only where the platform has it
+
+        def server_bind(self) -> None:
+            # HTTPServer's own asks DNS for the host's name (socket.getfqdn), which can hang a
+            # worker's boot for seconds where no resolver answers (0.0.0.0 in a container).
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+            self.setup_environ()
 
     class QuietHandler(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:

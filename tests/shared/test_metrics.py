@@ -178,3 +178,21 @@ def test_a_port_held_by_a_socket_that_does_not_share_it_is_refused() -> None:
             serve_registry(
                 exposition_registry(None, multiprocess_dir=None), host="127.0.0.1", port=held.getsockname()[1]
             )
+
+
+def test_binding_never_asks_dns_for_a_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """http.server's bind looks the host's name up (socket.getfqdn), which can hang a worker's boot
+    where no resolver answers; ours must not."""
+
+    def no_dns(*args: object) -> str:
+        raise AssertionError("socket.getfqdn was called")
+
+    monkeypatch.setattr(socket, "getfqdn", no_dns)
+    gauge = ScrapeGauges("mjhook_test_server", "Which server answered.", lambda: [((), 7)])
+    server = serve_registry(
+        exposition_registry(None, multiprocess_dir=None, collectors=[gauge]), host="127.0.0.1", port=0
+    )
+    try:
+        assert scrape_value(server.port, "mjhook_test_server") == 7
+    finally:
+        server.stop()
