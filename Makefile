@@ -24,6 +24,10 @@ test: venv
 	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || { \
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y docker-compose; }
+	@# wrk (from Debian) loads the ingress in tests/integration/test_benchmarks.py, as bench/ingress_ack.py does.
+	@command -v wrk >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y wrk; }
 	@# Headless Chromium drives the dashboard in tests/integration/test_dashboard_browser.py.
 	@command -v chromium >/dev/null 2>&1 || { \
 		$(SUDO) apt-get update && \

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,25 +174,28 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     wrk = ensure_wrk()
-    ensure_express()
+    wanted = set(args.only or ("mjhook", "bare_falcon", "express", "candidate"))
+    if "express" in wanted:
+        ensure_express()
     out = run_dir("ingress_ack")
     with ExitStack() as stack:
         redis = start_redis(stack, out / "redis")
         assert redis.proc is not None
         env = mjhook_env(redis, None, out)
-        targets = [
-            start_gunicorn_target(stack, "mjhook", "ingress.wsgi:app", env, out),
-            start_gunicorn_target(stack, "bare_falcon", "bench.baselines.bare_falcon:app", env, out),
-            start_express(stack, out),
-        ]
+        starters: dict[str, Callable[[], Target]] = {
+            "mjhook": lambda: start_gunicorn_target(stack, "mjhook", "ingress.wsgi:app", env, out),
+            "bare_falcon": lambda: start_gunicorn_target(
+                stack, "bare_falcon", "bench.baselines.bare_falcon:app", env, out
+            ),
+            "express": lambda: start_express(stack, out),
+        }
         if args.candidate:
             candidate_env = {**env, **dict(item.split("=", 1) for item in args.candidate_env)}
-            targets.append(
-                start_gunicorn_target(
-                    stack, "candidate", args.candidate_app, candidate_env, out, args.candidate
-                )
+            starters["candidate"] = lambda: start_gunicorn_target(
+                stack, "candidate", args.candidate_app, candidate_env, out, args.candidate
             )
-        targets = [target for target in targets if not args.only or target.name in args.only]
+        # Only the receivers asked for are started (Express needs node and npm).
+        targets = [start() for name, start in starters.items() if name in wanted]
 
         print(f"warm-up ({WARMUP_S} s each) ...", flush=True)
         for target in targets:
