@@ -108,7 +108,7 @@ class TaskStore:
         )
 
     def mark_received_many(
-        self, received: Sequence[Received], *, connection: AbstractConnection | None = None
+        self, received: Sequence[Received], *, connection: AbstractConnection
     ) -> list[TaskState | Exception | None]:
         """:meth:`mark_received` for several tasks in one pipelined round trip (the ingress's
         group commit). One result per task, in order: the state it had, or the error that kept
@@ -118,7 +118,8 @@ class TaskStore:
 
         ``connection``: a connection of this store's client that the caller holds for itself
         (see ingress.group_commit), used directly: the pooled client's own path (pool, retry,
-        events) costs several times the round trip's CPU on this hot path."""
+        events, and a pipeline's SCRIPT EXISTS before each run) costs several times the round
+        trip's CPU on this hot path."""
         commands = []
         for item in received:
             script_keys, args = self._transition_call(
@@ -129,9 +130,8 @@ class TaskStore:
                 or_from=TaskState.SUBMITTED,
                 enqueue=item.enqueue,
             )
-            # EVALSHA directly: a pipeline running a Script asks SCRIPT EXISTS first, every time.
             commands.append(("EVALSHA", self._transition.sha, len(script_keys), *script_keys, *args))
-        replies = self._pipelined(commands) if connection is None else _on_connection(connection, commands)
+        replies = _on_connection(connection, commands)
         results: list[TaskState | Exception | None] = []
         for item, reply in zip(received, replies, strict=True):
             if isinstance(reply, NoScriptError):
@@ -142,13 +142,6 @@ class TaskStore:
                     reply = exc
             results.append(reply if isinstance(reply, Exception) else _state(reply))
         return results
-
-    def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        return replies
 
     def mark_submitted(self, task_id: str, **fields: str) -> TaskState | None:
         """Record a task mjhook just submitted; a task already known (its callback came first)
