@@ -8,7 +8,7 @@ from functools import partial
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import CurrentMessage, Retries
+from dramatiq.middleware import CurrentMessage, Retries, default_middleware
 
 from shared.callback import Callback
 from shared.errors import PermanentError
@@ -19,6 +19,7 @@ from workers.heartbeat import BrokerHeartbeat
 from workers.log_context import TaskLogContext
 from workers.metrics import WorkerMetricsMiddleware, serve_worker_metrics, start_worker_metrics
 from workers.polling import POLL_QUEUE, POLL_SILENT_TASKS, PollKeeper
+from workers.retries import DurableRetries
 from workers.runtime import WorkerRuntime
 
 settings = Settings.from_env(os.environ)
@@ -26,7 +27,10 @@ configure_logging(settings.log_level, settings.log_format)
 # Before any metric is made: prometheus_client picks where values live when first used.
 metrics, metrics_dir = start_worker_metrics(os.environ)
 
-broker = create_broker(settings)
+# dramatiq's defaults, but a retry that outlasts a Redis restart (workers/retries.py).
+broker = create_broker(
+    settings, middleware=[DurableRetries() if m is Retries else m() for m in default_middleware]
+)
 # First, so that every other hook of a message logs with its taskId.
 broker.add_middleware(TaskLogContext(), before=type(broker.middleware[0]))
 runtime = WorkerRuntime(settings, broker=broker, metrics=metrics)
