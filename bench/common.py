@@ -117,14 +117,20 @@ def make_intake(env: Mapping[str, str]) -> tuple[CallbackIntake, TaskStore]:
 
 
 def start_gunicorn(
-    stack: ExitStack, app: str, env: Mapping[str, str], log_path: Path, *, root: Path = REPO_ROOT
+    stack: ExitStack,
+    app: str,
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    root: Path = REPO_ROOT,
+    extra_args: Sequence[str] = (),
 ) -> tuple[ManagedProcess, str]:
-    """Serve WSGI ``app`` ("module:attr") with the ingress's gunicorn settings on a free port;
-    return the process (stopped when ``stack`` closes) and its base URL, once GET /healthz answers.
-    ``root`` is the source tree to serve from (a scratch copy to try a change)."""
+    """Serve ``app`` ("module:attr") with the ingress's gunicorn settings (and ``extra_args``) on a
+    free port; return the process (stopped when ``stack`` closes) and its base URL, once GET
+    /healthz answers. ``root`` is the source tree to serve from (a scratch copy to try a change)."""
     port = free_port()
     conf = root / GUNICORN_CONF.relative_to(REPO_ROOT)
-    argv = [venv_bin("gunicorn"), app, "-c", str(conf), "-b", f"127.0.0.1:{port}"]
+    argv = [venv_bin("gunicorn"), app, "-c", str(conf), "-b", f"127.0.0.1:{port}", *extra_args]
     env = {**env, "PYTHONPATH": os.pathsep.join((str(root), *env.get("PYTHONPATH", "").split(os.pathsep)))}
     proc = ManagedProcess(argv, log_path=log_path, cwd=root, env=env)
     stack.callback(proc.terminate)

@@ -6,8 +6,10 @@ baselines run in the same interleaved rounds: a bare Falcon app under the same g
     .venv/bin/python bench/ingress_ack.py [--seconds 12] [--rounds 3] [--connections 32]
 
 Targets: mjhook >= 0.7x bare Falcon and >= 1.0x Express requests/s; mjhook p99 <= 10 ms.
-Also reported: CPU milliseconds per request of each server (and of Redis), from /proc.
-``GUNICORN_CMD_ARGS`` (e.g. "--threads 16") applies to both gunicorn apps alike; ``--candidate DIR``
+Also reported: CPU milliseconds per request of each server (and of Redis), from /proc, and
+``bare_falcon_gthread``: the same bare app as WSGI under gunicorn's gthread worker (the ingress's
+settings until session 3), a reference, not the target's baseline.
+``GUNICORN_CMD_ARGS`` applies to every gunicorn app alike; ``--candidate DIR``
 serves a second mjhook ingress (or ``--candidate-app``) from another tree, e.g. a scratch copy
 with a change to try, with ``--candidate-env NAME=VALUE`` added to its environment.
 """
@@ -20,7 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,9 @@ WARMUP_S = 2
 TARGET_VS_BARE = 0.7
 TARGET_VS_EXPRESS = 1.0
 TARGET_P99_MS = 10.0
+#: The ingress's settings before its asyncio worker (session 2): the same bare app as WSGI under
+#: gthread, for comparison (not the target's baseline, which runs under the ingress's own settings).
+GTHREAD_ARGS = ("-k", "gthread", "--threads", "8")
 
 
 @dataclass(frozen=True)
@@ -160,21 +165,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--wrk-threads", type=int, default=2)
-    parser.add_argument("--only", nargs="*", help="receivers to run: mjhook bare_falcon express candidate")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="receivers to run: mjhook bare_falcon express candidate bare_falcon_gthread",
+    )
     parser.add_argument("--candidate", type=Path, help="also serve the ingress from this tree")
     parser.add_argument("--candidate-env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument(
         "--paced-rate", type=float, default=200.0, help="callbacks/s of the paced run; 0: none"
     )
     parser.add_argument("--paced-seconds", type=float, default=10.0)
-    parser.add_argument("--candidate-app", default="ingress.wsgi:app", help="the candidate's WSGI app")
+    parser.add_argument("--candidate-app", default="ingress.wsgi:app", help="the candidate's app")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     wrk = ensure_wrk()
-    wanted = set(args.only or ("mjhook", "bare_falcon", "express", "candidate"))
+    wanted = set(args.only or ("mjhook", "bare_falcon", "express", "candidate", "bare_falcon_gthread"))
     if "express" in wanted:
         ensure_express()
     out = run_dir("ingress_ack")
@@ -188,6 +197,14 @@ def main() -> None:
                 stack, "bare_falcon", "bench.baselines.bare_falcon:app", env, out
             ),
             "express": lambda: start_express(stack, out),
+            "bare_falcon_gthread": lambda: start_gunicorn_target(
+                stack,
+                "bare_falcon_gthread",
+                "bench.baselines.bare_falcon:wsgi_app",
+                env,
+                out,
+                extra_args=GTHREAD_ARGS,
+            ),
         }
         if args.candidate:
             candidate_env = {**env, **dict(item.split("=", 1) for item in args.candidate_env)}
@@ -223,9 +240,18 @@ def main() -> None:
 
 
 def start_gunicorn_target(
-    stack: ExitStack, name: str, app: str, env: dict[str, str], out: Path, root: Path = REPO_ROOT
+    stack: ExitStack,
+    name: str,
+    app: str,
+    env: dict[str, str],
+    out: Path,
+    root: Path = REPO_ROOT,
+    *,
+    extra_args: Sequence[str] = (),
 ) -> Target:
-    proc, url = start_gunicorn(stack, app, env, out / f"{name}.log", root=root.resolve())
+    proc, url = start_gunicorn(
+        stack, app, env, out / f"{name}.log", root=root.resolve(), extra_args=extra_args
+    )
     return Target(name, url, proc.pid)
 
 
@@ -291,6 +317,7 @@ def summarize(
             verdict(paced_p99, TARGET_P99_MS, at_most=True),
         ]
     pairs = [("mjhook", "bare_falcon", TARGET_VS_BARE), ("mjhook", "express", TARGET_VS_EXPRESS)]
+    pairs += [("mjhook", "bare_falcon_gthread", TARGET_VS_BARE)]
     pairs += [("candidate", "mjhook", 1.0), ("candidate", "bare_falcon", TARGET_VS_BARE)]
     for a, b, target in pairs:
         if a in medians and b in medians:

@@ -11,9 +11,9 @@ from typing import Any
 
 import dramatiq
 import falcon
+import falcon.asgi
 import orjson
 import redis
-from dramatiq.brokers.redis import RedisBroker
 from falcon import media
 
 from ingress.dashboard import DASHBOARD_PATH, add_dashboard_routes
@@ -24,10 +24,11 @@ from ingress.signature import SignatureVerifier
 from ingress.sources import SourceFilter
 from ingress.spool import Spool, SpoolDrainer
 from ingress.tasks_api import ApiTokenGuard, TaskListResource, TaskResource
+from ingress.threaded import Threaded
 from shared.callback import CALLBACK_PATH, CallbackLimits
 from shared.metrics import IngressMetrics, create_ingress_metrics, exposition_registry, spool_collectors
 from shared.queue import create_broker
-from shared.redis_client import connect_redis
+from shared.redis_client import connect_redis, connect_redis_async
 from shared.settings import Settings
 from shared.storage import create_object_store
 from shared.taskstate import TaskStore
@@ -40,9 +41,9 @@ READ_PREFIXES = ("/tasks", "/dashboard")
 
 @dataclass(frozen=True, slots=True)
 class Ingress:
-    """The WSGI app and the parts that run beside it in each gunicorn worker."""
+    """The ASGI app and the parts that run beside it in each gunicorn worker."""
 
-    app: falcon.App[falcon.Request, falcon.Response]
+    app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
     intake: CallbackIntake
     spool: Spool | None
     settings: Settings
@@ -64,8 +65,9 @@ def create_app(
     redis_client: redis.Redis | None = None,
     broker: dramatiq.Broker | None = None,
     clock: Callable[[], float] = time.time,
-) -> falcon.App[falcon.Request, falcon.Response]:
-    """Build the ingress app. Redis and the broker are made from ``settings`` unless given."""
+) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
+    """Build the ingress app (ASGI). Redis and the broker are made from ``settings`` unless
+    given; the acknowledgements' own asyncio connection is always to ``settings.redis_url``."""
     return build_ingress(settings, redis_client=redis_client, broker=broker, clock=clock).app
 
 
@@ -97,11 +99,11 @@ def build_ingress(
         enqueue_failures=metrics.enqueue_failures,
         broker=broker,
         tasks=TaskStore(client, ttl_s=settings.task_ttl_s, clock=clock),
+        acks=connect_redis_async(settings.redis_url, timeout_s=settings.redis_timeout_s),
         spool=spool,
-        single_trip=isinstance(broker, RedisBroker) and broker.client is client,
     )
 
-    app = falcon.App(
+    app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response] = falcon.asgi.App(
         media_type=falcon.MEDIA_JSON,
         middleware=(
             RequestMetrics(metrics, ack_path=CALLBACK_PATH),
@@ -156,15 +158,19 @@ def build_ingress(
     tasks = intake.tasks
     app.add_route(
         "/tasks/{task_id}",
-        TaskResource(tasks=tasks, store=store, presigner=presigner, expiry_s=settings.presign_expiry_s),
+        Threaded(
+            TaskResource(tasks=tasks, store=store, presigner=presigner, expiry_s=settings.presign_expiry_s)
+        ),
     )
-    app.add_route("/tasks", TaskListResource(tasks=tasks))
+    app.add_route("/tasks", Threaded(TaskListResource(tasks=tasks)))
     add_dashboard_routes(app, settings, broker=broker, tasks=tasks, clock=clock)
     collectors = spool_collectors(spool.depth, spool.depth_bytes) if spool is not None else []
     app.add_route(
         "/metrics",
-        MetricsResource(
-            exposition_registry(metrics.registry, multiprocess_dir=metrics_dir, collectors=collectors)
+        Threaded(
+            MetricsResource(
+                exposition_registry(metrics.registry, multiprocess_dir=metrics_dir, collectors=collectors)
+            )
         ),
     )
     app.add_route("/healthz", HealthResource())
@@ -178,7 +184,9 @@ def _error_json(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPErro
     resp.content_type = falcon.MEDIA_JSON
 
 
-def _internal_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
+async def _internal_error(
+    req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any, ws: Any = None
+) -> None:
     """Anything unexpected: log it with its trace, answer a bare 500 that echoes nothing."""
     if isinstance(exc, falcon.HTTPError):
         raise exc

@@ -20,9 +20,11 @@ from urllib.parse import urlsplit
 
 import dramatiq
 import falcon
+import falcon.asgi
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
+from ingress.threaded import Threaded
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from shared.queue_stats import StatusSnapshot, read_status
 from shared.settings import Settings
@@ -144,7 +146,7 @@ class DashboardStatusResource:
 
 
 def add_dashboard_routes(
-    app: falcon.App[falcon.Request, falcon.Response],
+    app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response],
     settings: Settings,
     *,
     broker: dramatiq.Broker,
@@ -154,14 +156,18 @@ def add_dashboard_routes(
     """Register the page and its status endpoint. Queue depths are read from the Redis of the
     ingress's own ``broker``; images come from the endpoint presigned URLs name."""
     image_endpoint = settings.s3_public_endpoint or settings.s3_endpoint
-    app.add_route(DASHBOARD_PATH, DashboardPage.from_package(image_origins=[origin(image_endpoint)]))
+    app.add_route(
+        DASHBOARD_PATH, Threaded(DashboardPage.from_package(image_origins=[origin(image_endpoint)]))
+    )
     app.add_route(
         STATUS_PATH,
-        DashboardStatusResource(
-            queue_client=broker.client if isinstance(broker, RedisBroker) else None,
-            tasks=tasks,
-            heartbeat_timeout_ms=settings.redelivery_s * 1000,
-            poll_grace_s=settings.poll_grace_s,
-            clock=clock,
+        Threaded(
+            DashboardStatusResource(
+                queue_client=broker.client if isinstance(broker, RedisBroker) else None,
+                tasks=tasks,
+                heartbeat_timeout_ms=settings.redelivery_s * 1000,
+                poll_grace_s=settings.poll_grace_s,
+                clock=clock,
+            )
         ),
     )

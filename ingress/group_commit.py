@@ -1,26 +1,27 @@
-"""Group commit: the request threads of one ingress process write their callbacks to Redis together.
+"""Group commit: the concurrent acknowledgements of one ingress process write to Redis together.
 
 Each acknowledgement needs one Redis round trip (the task's state and its queue message, in one
-script call). Under load, many request threads want that round trip at the same moment, and on
-two cores the round trip's fixed costs (the redis-py call, two system calls on each side, a wake-up
-of Redis) cost more CPU than the script itself. So the threads take turns at being the *leader*:
-the first thread to arrive sends its own item and every item that is waiting, as one pipeline, and
-hands the results out; the threads that arrived meanwhile wait, and the first of those left
-waiting leads the next round. Nobody waits for a timer: alone, a thread leads at once, so a quiet
-ingress answers as fast as without grouping, and a busy one sends fewer, fuller round trips.
+script call). Under load, many requests of the process's event loop want that round trip at the
+same moment, and a round trip's fixed costs (the client's packing and bookkeeping, two system
+calls on each side, a wake-up of Redis) cost more CPU than the script itself. So the items wait in
+one list, and a single *flusher* task sends all that are waiting as one pipeline, hands each
+request its own outcome, and goes on with the items that arrived meanwhile. Nobody waits for a
+timer: alone, an item is sent on the loop's next turn, so a quiet ingress answers as fast as
+without grouping, and a busy one sends fewer, fuller round trips.
 
-Every thread still returns only after Redis answered for its own item, so an acknowledgement
+Every request still returns only after Redis answered for its own item, so an acknowledgement
 still means the callback is in Redis.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
 
 #: Most items in one round trip; the rest wait for the next one.
 DEFAULT_MAX_BATCH = 64
@@ -32,82 +33,62 @@ class GroupCommit(Generic[T, R]):
     ``flush`` gets a list of items and returns one outcome per item, in order: a result, or the
     exception to raise in that item's :meth:`submit`. If ``flush`` itself raises, every item of the
     round gets that exception. ``flush`` must return (or raise) in bounded time, e.g. through a
-    socket timeout: the threads waiting on it have no timeout of their own."""
+    socket timeout: the requests waiting on it have no timeout of their own.
+
+    One instance serves one event loop (the gunicorn worker process's)."""
 
     def __init__(
-        self, flush: Callable[[list[T]], Sequence[R | Exception]], *, max_batch: int = DEFAULT_MAX_BATCH
+        self,
+        flush: Callable[[list[T]], Awaitable[Sequence[R | Exception]]],
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._flush = flush
         self._max_batch = max_batch
-        self._mutex = threading.Lock()
-        self._waiting: list[_Slot[T, R]] = []
-        self._leading = False
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
-    def submit(self, item: T) -> R:
+    async def submit(self, item: T) -> R:
         """``item``'s outcome from ``flush``: returned, or raised when it is an exception."""
-        slot: _Slot[T, R] = _Slot(item)
-        with self._mutex:
-            self._waiting.append(slot)
-            # Decided under the mutex, like a promotion (see _lead), so neither can miss the other.
-            slot.lead = not self._leading
-            self._leading = True
-        if not slot.lead:
-            slot.wait()
-        if slot.lead:
-            self._lead(slot)
-        outcome = slot.outcome
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome  # type: ignore[return-value]
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._run_rounds())
+        # A request cancelled meanwhile (its client went away) does not cancel the round: the
+        # other requests of the round still get their outcomes.
+        return await asyncio.shield(future)
 
-    def _lead(self, own: _Slot[T, R]) -> None:
-        """Flush the oldest waiting items (``own`` first), then pass the lead to the next waiter."""
-        with self._mutex:
-            batch = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
-        outcomes: Sequence[R | Exception]
-        interrupted: BaseException | None = None
+    async def _run_rounds(self) -> None:
         try:
-            outcomes = self._flush([slot.item for slot in batch])
+            while self._waiting:
+                batch = self._waiting[: self._max_batch]
+                del self._waiting[: self._max_batch]
+                await self._round(batch)
+        finally:
+            self._flusher = None
+            # Items that came in while the task was ending (it was cancelled, say) get a flusher.
+            if self._waiting:
+                self._flusher = asyncio.create_task(self._run_rounds())
+
+    async def _round(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        outcomes: Sequence[R | Exception]
+        try:
+            outcomes = await self._flush([item for item, _ in batch])
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"flush returned {len(outcomes)} outcomes for {len(batch)} items")
         except Exception as exc:  # every waiter must learn its item's fate, whatever happened
             outcomes = [exc] * len(batch)
-        except BaseException as exc:  # even then: the waiters would wait forever
-            outcomes = [RuntimeError(f"the round was interrupted: {type(exc).__name__}")] * len(batch)
-            interrupted = exc
-        with self._mutex:
-            if self._waiting:
-                successor = self._waiting[0]
-                successor.lead = True
-                successor.wake()
+        except BaseException as exc:  # even then (cancelled): the waiters would wait forever
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(RuntimeError(f"the round was interrupted: {type(exc).__name__}"))
+            raise
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
             else:
-                self._leading = False
-        for slot, outcome in zip(batch, outcomes, strict=True):
-            slot.outcome = outcome
-            if slot is not own:
-                slot.wake()
-        if interrupted is not None:
-            raise interrupted
-
-
-class _Slot(Generic[T, R]):
-    """One submitted item: its outcome, and whether its thread is to lead the next round."""
-
-    __slots__ = ("_ready", "item", "lead", "outcome")
-
-    def __init__(self, item: T) -> None:
-        self.item = item
-        self.outcome: R | Exception | None = None
-        # A thread that finds nobody leading leads; a waiter is made leader by the one before.
-        self.lead = False
-        self._ready = threading.Lock()
-        self._ready.acquire()
-
-    def wait(self) -> None:
-        self._ready.acquire()
-
-    def wake(self) -> None:
-        self._ready.release()
+                future.set_result(outcome)

@@ -25,10 +25,15 @@ from shared.settings import Settings
 _settings = Settings.from_env(os.environ)
 
 bind = "127.0.0.1:8000"
-#: Acks are short and wait on Redis (one round trip): threads keep connections alive cheaply.
-worker_class = "gthread"
+#: gunicorn's own asyncio worker: an ack waits on Redis without holding a thread, and the acks
+#: of one process share their Redis round trips (ingress/group_commit.py). uvloop runs the loop.
+worker_class = "asgi"
+asgi_loop = "uvloop"
+#: The ingress has no startup or shutdown hooks of the ASGI kind (the spool drainer is a thread).
+asgi_lifespan = "off"
 workers = max(2, multiprocessing.cpu_count())
-threads = 8
+#: Open connections per worker process (a slow client holds one, not a thread).
+worker_connections = 1000
 #: Bound slow or idle clients: the provider waits at most 15 s for an answer anyway.
 timeout = 30
 graceful_timeout = 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 import dramatiq
 import orjson
 import redis
+import redis.asyncio
 from dramatiq.brokers.redis import RedisBroker
-from redis.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection as AsyncConnection
 
 from ingress.group_commit import GroupCommit
 from ingress.spool import Spool
@@ -31,63 +33,100 @@ DEFAULT_REDIS_PAUSE_S = 1.0
 
 
 class CallbackIntake:
-    """Queues a valid callback durably: in Redis, or while Redis cannot take it, in the spool."""
+    """Queues a valid callback durably: in Redis, or while Redis cannot take it, in the spool.
+
+    :meth:`accept` runs on the ingress's event loop; :meth:`enqueue` is its blocking twin, for the
+    spool's drainer thread."""
 
     def __init__(
         self,
         *,
         broker: dramatiq.Broker,
         tasks: TaskStore,
+        acks: redis.asyncio.Redis | None = None,
         spool: Spool | None = None,
-        single_trip: bool = False,
         pause_s: float = DEFAULT_REDIS_PAUSE_S,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._broker = broker
         self.tasks = tasks
         self._spool = spool
-        # The queue is a Redis broker on the task-state Redis: state and message in one call,
-        # and the calls of concurrent requests in one round trip (see ingress.group_commit).
-        self._single_trip = single_trip and isinstance(broker, RedisBroker)
+        # With ``acks`` (an asyncio client of the task-state Redis, which is also the queue's),
+        # state and message go in one call, and the calls of concurrent requests in one round trip
+        # (see ingress.group_commit). Otherwise (RabbitMQ, a queue in another Redis) a blocking
+        # enqueue runs in a thread.
+        self._acks = acks if isinstance(broker, RedisBroker) and broker.client is tasks.client else None
         self._group: GroupCommit[Received, TaskState | None] = GroupCommit(self._record_received)
-        self._connection: AbstractConnection | None = None
+        self._connection: AsyncConnection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pause_s = pause_s
         self._monotonic = monotonic
         self._redis_paused_until = 0.0
 
-    def accept(self, callback: Callback) -> None:
+    async def accept(self, callback: Callback) -> None:
         """Queue ``callback`` or spool it; raise :class:`QueueUnavailable` or
         :class:`SpoolUnavailable` when neither is possible."""
         if self._spool is None:
-            self.enqueue(callback)
+            await self._enqueue_async(callback)
             return
         if self._monotonic() >= self._redis_paused_until:
             try:
-                self.enqueue(callback)
+                await self._enqueue_async(callback)
                 return
             except QueueUnavailable as exc:
                 log.warning("Redis unavailable (%s): spooling callbacks locally", exc)
                 self._redis_paused_until = self._monotonic() + self._pause_s
-        self._spool.append(callback)
+        # An fsync: off the event loop, which other requests share.
+        await asyncio.to_thread(self._spool.append, callback)
 
     def enqueue(self, callback: Callback) -> None:
-        """Record ``callback`` as received and put it on the queue (also used to drain the spool)."""
+        """Record ``callback`` as received and put it on the queue, blocking (the spool's drainer)."""
         try:
-            if self._single_trip:
-                assert isinstance(self._broker, RedisBroker)
-                queued = redis_queued_message(self._broker, callback)
-                self._group.submit(Received(callback.task_id, callback.received_at, queued))
+            if isinstance(self._broker, RedisBroker) and self._broker.client is self.tasks.client:
+                self.tasks.mark_received(
+                    callback.task_id,
+                    callback.received_at,
+                    enqueue=redis_queued_message(self._broker, callback),
+                )
                 return
             self.tasks.mark_received(callback.task_id, callback.received_at)
         except (redis.RedisError, OSError) as exc:
+            self._failed()
             raise QueueUnavailable(f"cannot record the task: {type(exc).__name__}") from exc
-        enqueue_callback(self._broker, callback)
+        try:
+            enqueue_callback(self._broker, callback)
+        except QueueUnavailable:
+            self._failed()
+            raise
 
-    def _record_received(self, received: list[Received]) -> list[TaskState | Exception | None]:
+    def _failed(self) -> None:
+        """Redis (or the broker) refused an enqueue; a hook for counting."""
+
+    async def _enqueue_async(self, callback: Callback) -> None:
+        if self._acks is None:
+            await asyncio.to_thread(self.enqueue, callback)
+            return
+        assert isinstance(self._broker, RedisBroker)
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # A connection (and the rounds on it) serves the loop it was opened in: gunicorn's
+            # worker has one loop for good, a test harness may start another.
+            self._loop = loop
+            self._group = GroupCommit(self._record_received)
+            self._connection = None
+        queued = redis_queued_message(self._broker, callback)
+        try:
+            await self._group.submit(Received(callback.task_id, callback.received_at, queued))
+        except (redis.RedisError, OSError) as exc:
+            self._failed()
+            raise QueueUnavailable(f"cannot record the task: {type(exc).__name__}") from exc
+
+    async def _record_received(self, received: list[Received]) -> list[TaskState | Exception | None]:
         """One group-commit round (only ever one at a time), on a connection kept for it."""
+        assert self._acks is not None
         if self._connection is None:
-            self._connection = self.tasks.client.connection_pool.get_connection()
-        return self.tasks.mark_received_many(received, connection=self._connection)
+            self._connection = await self._acks.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        return await self.tasks.mark_received_many(received, connection=self._connection)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ import falcon
 from ingress.intake import CallbackIntake, Rejection, RejectLog
 from ingress.spool import Spool
 from shared.callback import Callback
-from shared.errors import QueueUnavailable
 from shared.metrics import IngressMetrics, render
 
 if TYPE_CHECKING:
@@ -44,6 +43,9 @@ class RequestMetrics:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.metrics_started = self._timer()
 
+    async def process_request_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.process_request(req, resp)
+
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
@@ -57,6 +59,11 @@ class RequestMetrics:
             started = getattr(req.context, "metrics_started", None)
             if started is not None:
                 self._ack.observe(self._timer() - started)
+
+    async def process_response_async(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        self.process_response(req, resp, resource, req_succeeded)
 
 
 class MetricsResource:
@@ -76,12 +83,8 @@ class CountingIntake(CallbackIntake):
         super().__init__(**kwargs)
         self._enqueue_failures = enqueue_failures
 
-    def enqueue(self, callback: Callback) -> None:
-        try:
-            super().enqueue(callback)
-        except QueueUnavailable:
-            self._enqueue_failures.inc()
-            raise
+    def _failed(self) -> None:
+        self._enqueue_failures.inc()
 
 
 class CountingSpool(Spool):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
 from collections.abc import Callable, Sequence
 
 import falcon
+import falcon.asgi
 import redis
 
 from ingress.intake import CallbackIntake, Rejection, RejectLog
@@ -48,8 +50,8 @@ class CallbackResource:
         self._sources = sources
         self._clock = clock
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = self._read_body(req)
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        body = await self._read_body(req)
         try:
             if self._sources is not None and not self._sources.allows_all:  # headers cost ~10 µs
                 self._sources.check(req.remote_addr, req.headers)
@@ -77,11 +79,11 @@ class CallbackResource:
             resp.media = {"error": exc.reason}
             return
         with task_context(callback.task_id):
-            self._acknowledge(callback, resp)
+            await self._acknowledge(callback, resp)
 
-    def _acknowledge(self, callback: Callback, resp: falcon.Response) -> None:
+    async def _acknowledge(self, callback: Callback, resp: falcon.asgi.Response) -> None:
         try:
-            self._intake.accept(callback)
+            await self._intake.accept(callback)
         except TransientError as exc:
             log.warning("callback %s not queued: %s", callback.task_id, exc)
             resp.status = falcon.HTTP_503
@@ -89,10 +91,10 @@ class CallbackResource:
             return
         resp.media = {"status": "received", "taskId": callback.task_id}
 
-    def _read_body(self, req: falcon.Request) -> bytes:
+    async def _read_body(self, req: falcon.asgi.Request) -> bytes:
         """At most ``max_body_bytes`` + 1 bytes: enough to refuse a larger body, and to keep
         its start for inspection, without ever holding more."""
-        body: bytes = req.bounded_stream.read(self._max_body_bytes + 1)
+        body: bytes = await req.stream.read(self._max_body_bytes + 1)
         return body
 
     def _client_address(self, req: falcon.Request) -> str:
@@ -119,7 +121,7 @@ class CallbackResource:
 class HealthResource:
     """``GET /healthz``: the process serves requests."""
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = {"status": "ok"}
 
 
@@ -129,9 +131,9 @@ class ReadyResource:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         try:
-            self._client.ping()
+            await asyncio.to_thread(self._client.ping)
         except (redis.RedisError, OSError) as exc:
             resp.status = falcon.HTTP_503
             resp.media = {"status": "unavailable", "redis": type(exc).__name__}

@@ -45,6 +45,9 @@ class ApiTokenGuard:
                 title="missing or wrong API token", headers={"WWW-Authenticate": "Bearer"}
             )
 
+    async def process_request_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.process_request(req, resp)
+
 
 class TaskResource:
     """``GET /tasks/{taskId}``."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import redis
+import redis.asyncio
+import redis.asyncio.retry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -19,6 +21,19 @@ def connect_redis(url: str, *, timeout_s: float = 5.0, retries: int = DEFAULT_RE
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+    )
+
+
+def connect_redis_async(
+    url: str, *, timeout_s: float = 5.0, retries: int = DEFAULT_RETRIES
+) -> redis.asyncio.Redis:
+    """:func:`connect_redis` for asyncio code (the ingress's acknowledgements)."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=30,
+        retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
     )
 
 

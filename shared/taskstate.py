@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any, cast
 
 import redis
-from redis.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.exceptions import NoScriptError, ResponseError
 
 from shared import keys
@@ -107,41 +107,41 @@ class TaskStore:
             enqueue=enqueue,
         )
 
-    def mark_received_many(
-        self, received: Sequence[Received], *, connection: AbstractConnection
+    async def mark_received_many(
+        self, received: Sequence[Received], *, connection: AsyncConnection
     ) -> list[TaskState | Exception | None]:
         """:meth:`mark_received` for several tasks in one pipelined round trip (the ingress's
-        group commit). One result per task, in order: the state it had, or the error that kept
-        it from being recorded (nothing of that task was written then). Raises only when the
-        round trip itself failed (connection, timeout), and then none of them may have been
-        recorded.
+        group commit), on an asyncio connection to this store's Redis. One result per task, in
+        order: the state it had, or the error that kept it from being recorded (nothing of that
+        task was written then). Raises only when the round trip itself failed (connection,
+        timeout), and then none of them may have been recorded.
 
-        ``connection``: a connection of this store's client that the caller holds for itself
-        (see ingress.group_commit), used directly: the pooled client's own path (pool, retry,
-        events, and a pipeline's SCRIPT EXISTS before each run) costs several times the round
-        trip's CPU on this hot path."""
-        commands = []
-        for item in received:
-            script_keys, args = self._transition_call(
-                item.task_id,
-                TaskState.RECEIVED,
-                {"receivedAt": item.received_at},
-                only_if_new=True,
-                or_from=TaskState.SUBMITTED,
-                enqueue=item.enqueue,
-            )
-            commands.append(("EVALSHA", self._transition.sha, len(script_keys), *script_keys, *args))
-        replies = _on_connection(connection, commands)
-        results: list[TaskState | Exception | None] = []
-        for item, reply in zip(received, replies, strict=True):
-            if isinstance(reply, NoScriptError):
-                # Redis lost its scripts (restart, SCRIPT FLUSH): nothing ran; once more, loading it.
-                try:
-                    reply = self.mark_received(item.task_id, item.received_at, enqueue=item.enqueue)
-                except (redis.RedisError, OSError) as exc:
-                    reply = exc
-            results.append(reply if isinstance(reply, Exception) else _state(reply))
-        return results
+        ``connection``: a connection the caller holds for itself (see ingress.group_commit), used
+        directly: a client's pipeline (its bookkeeping, and a SCRIPT EXISTS before each run) costs
+        several times the round trip's CPU on this hot path. When Redis lost the script (a restart,
+        SCRIPT FLUSH), it is loaded again on the same connection and the tasks it refused are sent
+        once more."""
+        calls = [self._received_call(item) for item in received]
+        replies = await _on_connection(connection, calls)
+        refused = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if refused:
+            load: tuple[Any, ...] = ("SCRIPT", "LOAD", self._transition.script)
+            again = await _on_connection(connection, [load, *(calls[n] for n in refused)])
+            for n, reply in zip(refused, again[1:], strict=True):
+                replies[n] = again[0] if isinstance(again[0], Exception) else reply
+        return [reply if isinstance(reply, Exception) else _state(reply) for reply in replies]
+
+    def _received_call(self, item: Received) -> tuple[Any, ...]:
+        """The EVALSHA command of :meth:`mark_received` for ``item``."""
+        script_keys, args = self._transition_call(
+            item.task_id,
+            TaskState.RECEIVED,
+            {"receivedAt": item.received_at},
+            only_if_new=True,
+            or_from=TaskState.SUBMITTED,
+            enqueue=item.enqueue,
+        )
+        return ("EVALSHA", self._transition.sha, len(script_keys), *script_keys, *args)
 
     def mark_submitted(self, task_id: str, **fields: str) -> TaskState | None:
         """Record a task mjhook just submitted; a task already known (its callback came first)
@@ -251,31 +251,31 @@ class TaskStore:
         return script_keys, args
 
 
-def _on_connection(connection: AbstractConnection, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+async def _on_connection(connection: AsyncConnection, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     """Send ``commands`` on ``connection`` at once and read their replies (an error reply as its
     exception), retried like the client's own commands (its ``Retry``: a connection Redis closed,
     by a restart say, is opened again). A broken round trip closes the connection and raises.
     A round trip cut after Redis ran it runs again: at worst a callback is queued twice, and the
     workers deduplicate by taskId."""
-    packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
+    packed = connection.pack_commands(commands)
 
-    def attempt() -> list[Any]:
-        connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+    async def attempt() -> list[Any]:
+        await connection.send_packed_command(packed, check_health=False)
         replies: list[Any] = []
         for _ in commands:
             try:
-                replies.append(connection.read_response())
+                replies.append(await connection.read_response())
             except ResponseError as exc:
                 replies.append(exc)
         return replies
 
+    async def failed(_error: Exception) -> None:
+        await connection.disconnect()
+
     try:
-        result: list[Any] = connection.retry.call_with_retry(
-            attempt,
-            lambda _error: connection.disconnect(),  # type: ignore[no-untyped-call]
-        )
+        result: list[Any] = await connection.retry.call_with_retry(attempt, failed)
     except BaseException:
-        connection.disconnect()  # type: ignore[no-untyped-call]
+        await connection.disconnect()
         raise
     return result
 

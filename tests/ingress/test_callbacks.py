@@ -131,7 +131,9 @@ def test_health_and_readiness(client: redis.Redis) -> None:
     assert app.simulate_get("/healthz").status_code == 200
     assert app.simulate_get("/readyz").status_code == 200
     dead = connect_redis("redis://127.0.0.1:1/0", timeout_s=0.2)
-    down = testing.TestClient(create_app(Settings(spool_dir=""), redis_client=dead))
+    down = testing.TestClient(
+        create_app(Settings(redis_url="redis://127.0.0.1:1/0", spool_dir=""), redis_client=dead)
+    )
     assert down.simulate_get("/healthz").status_code == 200
     assert down.simulate_get("/readyz").status_code == 503
 

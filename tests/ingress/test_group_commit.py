@@ -3,17 +3,16 @@ request still learns the fate of its own callback."""
 
 from __future__ import annotations
 
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
 from pathlib import Path
 
 import orjson
 import pytest
 import redis
+from falcon import testing
 
 from ingress.group_commit import GroupCommit
-from shared.redis_client import connect_redis
+from shared.redis_client import connect_redis, connect_redis_async
 from shared.taskstate import Received, TaskState, TaskStore
 from tests.ingress.test_callbacks import make_app, post, queued_messages, success
 from tests.support.servers import RedisServer
@@ -25,31 +24,35 @@ class SlowFlush:
     def __init__(self, *, fail_on: str = "", delay_s: float = 0.02) -> None:
         self.rounds: list[list[str]] = []
         self.fail_on = fail_on
-        self._delay = threading.Event()
         self._delay_s = delay_s
 
-    def __call__(self, items: list[str]) -> list[str | Exception]:
+    async def __call__(self, items: list[str]) -> list[str | Exception]:
         self.rounds.append(list(items))
-        self._delay.wait(self._delay_s)
+        await asyncio.sleep(self._delay_s)
         return [ValueError(item) if item == self.fail_on else item.upper() for item in items]
 
 
-def submit_all(group: GroupCommit[str, str], items: list[str]) -> list[str | Exception]:
-    def one(item: str) -> str | Exception:
-        try:
-            return group.submit(item)
-        except Exception as exc:
-            return exc
+def submit_all(group: GroupCommit[str, str], items: list[str]) -> list[str | BaseException]:
+    """Submit every item at once, as concurrent requests of one event loop do."""
 
-    with ThreadPoolExecutor(max_workers=len(items)) as pool:
-        return list(pool.map(one, items))
+    async def run() -> list[str | BaseException]:
+        return await asyncio.gather(*(group.submit(item) for item in items), return_exceptions=True)
+
+    return asyncio.run(run())
 
 
-def test_a_lone_call_is_flushed_at_once_by_its_own_thread() -> None:
+def submit_one(group: GroupCommit[str, str], item: str) -> str:
+    return asyncio.run(group.submit(item))
+
+
+def test_a_lone_call_is_flushed_at_once() -> None:
     flush = SlowFlush(delay_s=0)
-    group: GroupCommit[str, str] = GroupCommit(flush)
-    assert group.submit("a") == "A"
-    assert group.submit("b") == "B"
+
+    async def run() -> list[str]:
+        group: GroupCommit[str, str] = GroupCommit(flush)
+        return [await group.submit("a"), await group.submit("b")]
+
+    assert asyncio.run(run()) == ["A", "B"]
     assert flush.rounds == [["a"], ["b"]]
 
 
@@ -66,9 +69,23 @@ def test_concurrent_calls_share_rounds_and_each_gets_its_own_outcome() -> None:
             assert outcome == item.upper()
     flushed = [item for round_ in flush.rounds for item in round_]
     assert sorted(flushed) == sorted(items)  # each item flushed exactly once
-    # 32 threads arriving while a 20 ms round runs: far fewer rounds than items.
+    # 32 requests arriving together: far fewer rounds than items.
     assert len(flush.rounds) < len(items)
     assert max(len(round_) for round_ in flush.rounds) > 1
+
+
+def test_items_arriving_during_a_round_go_in_the_next_one() -> None:
+    flush = SlowFlush()
+
+    async def run() -> list[str]:
+        group: GroupCommit[str, str] = GroupCommit(flush)
+        first = asyncio.create_task(group.submit("first"))
+        await asyncio.sleep(0.005)  # round 1 ("first") is under way
+        later = [asyncio.create_task(group.submit(item)) for item in ("second", "third")]
+        return await asyncio.gather(first, *later)
+
+    assert asyncio.run(run()) == ["FIRST", "SECOND", "THIRD"]
+    assert flush.rounds == [["first"], ["second", "third"]]
 
 
 def test_a_round_never_holds_more_than_max_batch() -> None:
@@ -82,7 +99,7 @@ def test_a_round_never_holds_more_than_max_batch() -> None:
 def test_a_failed_round_fails_each_of_its_calls_and_the_next_round_still_runs() -> None:
     calls = 0
 
-    def flaky(items: list[str]) -> list[str | Exception]:
+    async def flaky(items: list[str]) -> list[str | Exception]:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -90,15 +107,19 @@ def test_a_failed_round_fails_each_of_its_calls_and_the_next_round_still_runs() 
         return [item.upper() for item in items]
 
     group: GroupCommit[str, str] = GroupCommit(flaky)
-    with pytest.raises(ConnectionError):
-        group.submit("first")
-    assert group.submit("second") == "SECOND"
+    first, second = submit_all(group, ["first", "second"])
+    assert isinstance(first, ConnectionError)
+    assert isinstance(second, ConnectionError)  # same round
+    assert submit_one(group, "third") == "THIRD"
 
 
 def test_a_flush_returning_the_wrong_number_of_outcomes_fails_the_round() -> None:
-    group: GroupCommit[str, str] = GroupCommit(lambda items: [])
+    async def nothing(items: list[str]) -> list[str | Exception]:
+        return []
+
+    group: GroupCommit[str, str] = GroupCommit(nothing)
     with pytest.raises(RuntimeError, match="0 outcomes for 1 items"):
-        group.submit("x")
+        submit_one(group, "x")
 
 
 def test_max_batch_must_be_positive() -> None:
@@ -106,49 +127,122 @@ def test_max_batch_must_be_positive() -> None:
         GroupCommit(SlowFlush(), max_batch=0)
 
 
-def test_mark_received_many_records_and_queues_each_task_once(client: redis.Redis) -> None:
+def test_a_cancelled_request_does_not_cancel_its_round() -> None:
+    """A client that goes away cancels its request; the other requests of the round still get
+    their outcomes and the item is still written (the ack's write is not undone)."""
+    flush = SlowFlush(delay_s=0.05)
+
+    async def run() -> tuple[bool, str]:
+        group: GroupCommit[str, str] = GroupCommit(flush)
+        gone = asyncio.create_task(group.submit("gone"))
+        stays = asyncio.create_task(group.submit("stays"))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        return gone.cancelled() or isinstance(
+            await asyncio.gather(gone, return_exceptions=True), list
+        ), await stays
+
+    _, stays = asyncio.run(run())
+    assert stays == "STAYS"
+    assert flush.rounds == [["gone", "stays"]]
+
+
+def test_a_cancelled_round_fails_its_waiters_and_the_next_round_runs() -> None:
+    """A round cut off by cancellation (the worker shutting down) fails each of its requests with
+    an error instead of leaving them waiting forever; later items get a round of their own."""
+    started = asyncio.Event()
+
+    async def scenario() -> tuple[list[str | BaseException], str]:
+        rounds = 0
+
+        async def flush(items: list[str]) -> list[str | Exception]:
+            nonlocal rounds
+            rounds += 1
+            if rounds == 1:
+                started.set()
+                await asyncio.sleep(10)
+            return [item.upper() for item in items]
+
+        group: GroupCommit[str, str] = GroupCommit(flush)
+        waiting = asyncio.gather(group.submit("a"), group.submit("b"), return_exceptions=True)
+        await started.wait()
+        assert group._flusher is not None
+        group._flusher.cancel()
+        outcomes = await waiting
+        return outcomes, await group.submit("c")
+
+    outcomes, later = asyncio.run(scenario())
+    assert all(isinstance(outcome, RuntimeError) and "interrupted" in str(outcome) for outcome in outcomes)
+    assert later == "C"
+
+
+def test_mark_received_many_records_and_queues_each_task_once(
+    client: redis.Redis, redis_server: RedisServer
+) -> None:
     tasks = TaskStore(client, ttl_s=3600)
-    connection = client.connection_pool.get_connection()
-    try:
-        results = tasks.mark_received_many(
-            [Received("t1", "now"), Received("t2", "now"), Received("t1", "again")], connection=connection
-        )
-    finally:
-        client.connection_pool.release(connection)
-    assert results == [None, None, TaskState.RECEIVED]
+
+    async def run() -> list[TaskState | Exception | None]:
+        acks = connect_redis_async(redis_server.url)
+        connection = await acks.connection_pool.get_connection()
+        try:
+            return await tasks.mark_received_many(
+                [Received("t1", "now"), Received("t2", "now"), Received("t1", "again")], connection=connection
+            )
+        finally:
+            await acks.aclose()
+
+    assert asyncio.run(run()) == [None, None, TaskState.RECEIVED]
     record = tasks.get("t1")
     assert record is not None
     assert record.fields["receivedAt"] == "now"
 
 
-def test_mark_received_many_reloads_a_script_redis_forgot(client: redis.Redis) -> None:
+def test_mark_received_many_reloads_a_script_redis_forgot(
+    client: redis.Redis, redis_server: RedisServer
+) -> None:
     tasks = TaskStore(client, ttl_s=3600)
     client.script_flush()
-    connection = client.connection_pool.get_connection()
-    try:
-        assert tasks.mark_received_many([Received("t1", "now")], connection=connection) == [None]
-        client.script_flush()
-        assert tasks.mark_received_many([Received("t2", "now")], connection=connection) == [None]
-    finally:
-        client.connection_pool.release(connection)
-    assert tasks.get("t1") is not None
-    assert tasks.get("t2") is not None
+
+    async def run() -> list[list[TaskState | Exception | None]]:
+        acks = connect_redis_async(redis_server.url)
+        connection = await acks.connection_pool.get_connection()
+        try:
+            first = await tasks.mark_received_many([Received("t1", "now")], connection=connection)
+            client.script_flush()
+            second = await tasks.mark_received_many(
+                [Received("t2", "now"), Received("t3", "now")], connection=connection
+            )
+            return [first, second]
+        finally:
+            await acks.aclose()
+
+    assert asyncio.run(run()) == [[None], [None, None]]
+    assert all(tasks.get(task_id) is not None for task_id in ("t1", "t2", "t3"))
 
 
 def test_concurrent_acks_are_each_recorded_and_queued_once(client: redis.Redis) -> None:
-    """64 callbacks from 16 threads through the real app and a real Redis: each is acknowledged,
-    recorded and queued exactly once, in one script call each, whichever rounds they shared."""
+    """64 callbacks at once through the real app and a real Redis: each is acknowledged, recorded
+    and queued exactly once, in one script call each, whichever rounds they shared."""
     app = make_app(client)
     post(app, orjson.dumps(success("warm-up")))
     task_ids = [f"conc-{n}" for n in range(64)]
-
     client.config_resetstat()
 
-    def ack(task_id: str) -> int:
-        return post(app, orjson.dumps(success(task_id))).status_code
+    async def ack_all() -> list[int]:
+        async with testing.ASGIConductor(app.app) as conductor:
+            responses = await asyncio.gather(
+                *(
+                    conductor.simulate_post(
+                        "/callbacks/midjourney",
+                        body=orjson.dumps(success(task_id)),
+                        headers={"Content-Type": "application/json"},
+                    )
+                    for task_id in task_ids
+                )
+            )
+        return [response.status_code for response in responses]
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        assert list(pool.map(ack, task_ids)) == [200] * 64
+    assert asyncio.run(ack_all()) == [200] * 64
     assert client.info("commandstats")["cmdstat_evalsha"]["calls"] == 64
     queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
     assert sorted(queued) == sorted(["warm-up", *task_ids])
@@ -178,45 +272,3 @@ def test_a_redis_restart_between_acks_costs_no_detour(aof_redis_server: RedisSer
     queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
     assert queued == ["before", "after"]
     assert not any(path.stat().st_size for path in spool_dir.glob("*"))
-
-
-def test_an_interrupted_round_still_answers_its_waiters_and_hands_on_the_lead() -> None:
-    """A BaseException in the leading thread (KeyboardInterrupt, SystemExit) is raised there; the
-    threads of that round get an error instead of waiting forever, and the next round runs."""
-    release = threading.Event()
-    rounds: list[list[str]] = []
-
-    def flush(items: list[str]) -> list[str | Exception]:
-        rounds.append(list(items))
-        if len(rounds) == 1:
-            release.wait(5)  # round 1 holds on while "second" and "third" queue up behind it
-        if len(rounds) == 2:
-            raise KeyboardInterrupt
-        return [item.upper() for item in items]
-
-    group: GroupCommit[str, str] = GroupCommit(flush)
-    outcomes: dict[str, object] = {}
-
-    def submit(item: str) -> None:
-        try:
-            outcomes[item] = group.submit(item)
-        except BaseException as exc:
-            outcomes[item] = exc
-
-    threads = [threading.Thread(target=submit, args=(item,)) for item in ("first", "second", "third")]
-    threads[0].start()
-    while not rounds:
-        time.sleep(0.005)
-    threads[1].start()
-    threads[2].start()
-    while len(group._waiting) < 2:  # both queued behind round 1
-        time.sleep(0.005)
-    release.set()
-    for thread in threads:
-        thread.join(5)
-    assert rounds == [["first"], ["second", "third"]]
-    assert outcomes["first"] == "FIRST"
-    assert isinstance(outcomes["second"], KeyboardInterrupt)  # raised in the thread that led
-    assert isinstance(outcomes["third"], RuntimeError)
-    assert "interrupted" in str(outcomes["third"])
-    assert group.submit("fourth") == "FOURTH"  # the lead was handed on

@@ -17,6 +17,9 @@ from shared.errors import QueueUnavailable, SpoolUnavailable
 from shared.redis_client import connect_redis
 from shared.settings import Settings
 
+#: Nothing listens on port 1.
+DEAD_REDIS = "redis://127.0.0.1:1/0"
+
 
 def callback(task_id: str) -> Callback:
     return Callback(
@@ -98,8 +101,8 @@ def test_the_ingress_answers_200_while_redis_is_down_and_drains_when_it_returns(
 ) -> None:
     spool_dir = tmp_path / "spool"
     body = {"code": 200, "msg": "ok", "data": {"taskId": "t-outage", "resultUrls": []}}
-    dead = connect_redis("redis://127.0.0.1:1/0", timeout_s=0.2)
-    down = build_ingress(Settings(spool_dir=str(spool_dir)), redis_client=dead)
+    dead = connect_redis(DEAD_REDIS, timeout_s=0.2)
+    down = build_ingress(Settings(redis_url=DEAD_REDIS, spool_dir=str(spool_dir)), redis_client=dead)
     response = testing.TestClient(down.app).simulate_post(
         "/callbacks/midjourney", body=orjson.dumps(body), headers={"Content-Type": "application/json"}
     )
@@ -117,8 +120,10 @@ def test_the_ingress_answers_200_while_redis_is_down_and_drains_when_it_returns(
 
 def test_a_full_spool_with_redis_down_is_a_503(tmp_path: Path) -> None:
     body = {"code": 200, "msg": "ok", "data": {"taskId": "t1", "resultUrls": []}}
-    dead = connect_redis("redis://127.0.0.1:1/0", timeout_s=0.2)
-    ingress = build_ingress(Settings(spool_dir=str(tmp_path), spool_max_bytes=10), redis_client=dead)
+    dead = connect_redis(DEAD_REDIS, timeout_s=0.2)
+    ingress = build_ingress(
+        Settings(redis_url=DEAD_REDIS, spool_dir=str(tmp_path), spool_max_bytes=10), redis_client=dead
+    )
     response = testing.TestClient(ingress.app).simulate_post(
         "/callbacks/midjourney", body=orjson.dumps(body), headers={"Content-Type": "application/json"}
     )
