@@ -26,6 +26,8 @@ COPY ingress/ ingress/
 COPY workers/ workers/
 COPY cli/ cli/
 COPY simulator/ simulator/
+# gunicorn reads it when no -c is given: a plain `gunicorn ingress.wsgi:app` gets the ingress's settings.
+COPY gunicorn.conf.py ./
 RUN pip install . \
     && rm -rf build ./*.egg-info
 
