@@ -65,7 +65,9 @@ class CallbackResource:
                     callback.task_id, req.get_header(TIMESTAMP_HEADER), req.get_header(SIGNATURE_HEADER)
                 )
         except InvalidCallback as exc:
-            self._rejects.record(
+            # Kept in Redis from a thread: a slow or absent Redis must not stall the event loop.
+            await asyncio.to_thread(
+                self._rejects.record,
                 Rejection(
                     status=exc.status,
                     reason=exc.reason,
@@ -73,7 +75,7 @@ class CallbackResource:
                     size=max(len(body), req.content_length or 0),
                     remote_addr=self._client_address(req),
                     content_type=req.content_type or "",
-                )
+                ),
             )
             resp.status = exc.status
             resp.media = {"error": exc.reason}

@@ -12,6 +12,7 @@ from enum import StrEnum
 from importlib import resources
 from typing import Any, cast
 
+import hiredis
 import redis
 from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.exceptions import NoScriptError, ResponseError
@@ -257,7 +258,8 @@ async def _on_connection(connection: AsyncConnection, commands: Sequence[tuple[A
     by a restart say, is opened again). A broken round trip closes the connection and raises.
     A round trip cut after Redis ran it runs again: at worst a callback is queued twice, and the
     workers deduplicate by taskId."""
-    packed = connection.pack_commands(commands)
+    # hiredis packs in C; redis-py's asyncio connection packs in Python, at ~50 µs per EVALSHA.
+    packed = b"".join(hiredis.pack_command(command) for command in commands)
 
     async def attempt() -> list[Any]:
         await connection.send_packed_command(packed, check_health=False)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import orjson
 import pytest
 import redis
@@ -13,6 +16,7 @@ from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, cre
 from shared.redis_client import connect_redis
 from shared.settings import Settings
 from shared.taskstate import TaskState, TaskStore
+from tests.support.servers import RedisServer
 
 PATH = "/callbacks/midjourney"
 QUEUE_KEY = f"{BROKER_NAMESPACE}:{CALLBACK_QUEUE}"
@@ -95,6 +99,28 @@ def test_bad_input_gets_a_clear_4xx_is_kept_and_queues_nothing(
     assert reason in kept["reason"]
     assert kept["bodySize"] == len(body)
     assert len(kept["body"]) <= Settings().rejected_body_bytes
+
+
+class ThreadRecordingRedis(redis.Redis):
+    """A client that notes which thread opened each pipeline (the reject log writes through one)."""
+
+    pipeline_threads: list[str]
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        self.pipeline_threads.append(threading.current_thread().name)
+        return super().pipeline(*args, **kwargs)
+
+
+def test_a_rejection_is_kept_from_a_thread_not_on_the_event_loop(redis_server: RedisServer) -> None:
+    """Keeping a refused body is a Redis write: it runs in a worker thread, so a slow Redis stalls
+    no other request of the process (the TestClient runs the app's loop in this thread)."""
+    client = ThreadRecordingRedis.from_url(redis_server.url)
+    client.pipeline_threads = []
+    app = make_app(client)
+    assert post(app, b"{").status_code == 400
+    assert client.llen(keys.REJECTED) == 1
+    assert client.pipeline_threads
+    assert threading.current_thread().name not in client.pipeline_threads
 
 
 def test_the_reject_log_is_capped(client: redis.Redis) -> None:
