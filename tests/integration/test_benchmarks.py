@@ -81,8 +81,8 @@ def test_the_ingress_benchmark_measures_both_receivers_and_every_ack_was_queued(
         assert run["failed"] == 0, receiver
         [paced] = report["paced_runs"][receiver]
         assert paced["acknowledged"] == paced["sent"] == 20, receiver
-    queue = report["queue"]
     # Every request mjhook answered in the round sits in the durable queue (wrk may count a few
     # answers fewer than the server sent, never more).
-    assert queue["queued"] - queue["queued_before_rounds"] >= report["runs"]["mjhook"][0]["requests"]
-    assert queue["aof_enabled"] == 1
+    [run] = report["runs"]["mjhook"]
+    assert run["queued"] >= run["requests"]
+    assert report["queue"]["aof_enabled"] == 1
