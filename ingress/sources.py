@@ -132,7 +132,7 @@ def _header_value(headers: Mapping[str, str], name: str) -> str:
 
 def _forwarded_hops(value: str, header: str) -> list[str]:
     """The addresses of a proxy header, client first: RFC 7239 ``for=`` values, or the items of
-    a comma-separated list. Several headers of one name arrive joined by commas (WSGI)."""
+    a comma-separated list. Several headers of one name arrive joined by commas (falcon joins them)."""
     items = [item.strip() for item in value.split(",")]
     if header != FORWARDED_HEADER:
         return [item for item in items if item]
