@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -19,6 +20,7 @@ from shared.taskstate import TaskState, TaskStore
 from tests.support.servers import RedisServer
 
 PATH = "/callbacks/midjourney"
+JSON = {"Content-Type": "application/json"}
 QUEUE_KEY = f"{BROKER_NAMESPACE}:{CALLBACK_QUEUE}"
 
 
@@ -176,3 +178,43 @@ def test_the_ack_is_one_redis_round_trip(client: redis.Redis) -> None:
     # and the message is one dramatiq can read
     [_, message] = queued_messages(client)
     assert message["options"]["redis_message_id"]
+
+
+class HeldReadsRedis(redis.Redis):
+    """A client whose ZREVRANGE (the task list's read) waits until the test lets it go."""
+
+    release: threading.Event
+    reading: threading.Event
+
+    def zrevrange(self, *args: Any, **kwargs: Any) -> Any:
+        self.reading.set()
+        assert self.release.wait(10), "never released"
+        return super().zrevrange(*args, **kwargs)
+
+
+def test_a_slow_read_endpoint_holds_up_no_acknowledgement(redis_server: RedisServer) -> None:
+    """The read endpoints call blocking clients in a thread (ingress/threaded.py): while a task
+    list waits on a stuck Redis read, callbacks on the same event loop are still acknowledged."""
+    client = HeldReadsRedis.from_url(redis_server.url)
+    client.release, client.reading = threading.Event(), threading.Event()
+    app = make_app(client)
+
+    async def scenario() -> tuple[list[int], bool, int]:
+        async with testing.ASGIConductor(app.app) as conductor:
+            listing = asyncio.create_task(conductor.simulate_get("/tasks"))
+            await asyncio.to_thread(client.reading.wait, 10)
+            acks = []
+            for n in range(3):
+                ack = await conductor.simulate_post(
+                    PATH, body=orjson.dumps(success(f"during-{n}")), headers=JSON
+                )
+                acks.append(ack.status_code)
+            still_waiting = not listing.done()
+            client.release.set()
+            return acks, still_waiting, (await listing).status_code
+
+    acks, still_waiting, listed = asyncio.run(scenario())
+    assert acks == [200, 200, 200]
+    assert still_waiting
+    assert listed == 200
+    assert len(queued_messages(client)) == 3
