@@ -51,11 +51,12 @@ class CallbackIntake:
         self._broker = broker
         self.tasks = tasks
         self._spool = spool
-        # With ``acks`` (an asyncio client of the task-state Redis, which is also the queue's),
-        # state and message go in one call, and the calls of concurrent requests in one round trip
-        # (see ingress.group_commit). Otherwise (RabbitMQ, a queue in another Redis) a blocking
-        # enqueue runs in a thread.
-        self._acks = acks if isinstance(broker, RedisBroker) and broker.client is tasks.client else None
+        # The queue is a Redis broker on the task-state Redis: state and message go in one call.
+        # With ``acks`` (an asyncio client of that Redis), the calls of concurrent requests go in
+        # one round trip (see ingress.group_commit). Otherwise (RabbitMQ, a queue in another
+        # Redis, no ``acks``) a blocking enqueue runs in a thread.
+        self._single_trip = isinstance(broker, RedisBroker) and broker.client is tasks.client
+        self._acks = acks if self._single_trip else None
         self._group: GroupCommit[Received, TaskState | None] = GroupCommit(self._record_received)
         self._connection: AsyncConnection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -82,7 +83,8 @@ class CallbackIntake:
     def enqueue(self, callback: Callback) -> None:
         """Record ``callback`` as received and put it on the queue, blocking (the spool's drainer)."""
         try:
-            if isinstance(self._broker, RedisBroker) and self._broker.client is self.tasks.client:
+            if self._single_trip:
+                assert isinstance(self._broker, RedisBroker)
                 self.tasks.mark_received(
                     callback.task_id,
                     callback.received_at,
