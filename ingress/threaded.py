@@ -7,8 +7,6 @@ up an acknowledgement."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from falcon.util.sync import wrap_sync_to_async
 
 #: The responder methods falcon routes to (``on_get``, ``on_get_collection``, ...).
@@ -21,10 +19,5 @@ class Threaded:
     def __init__(self, resource: object) -> None:
         self.resource = resource
         for name in dir(resource):
-            responder = getattr(resource, name)
-            if name.startswith(RESPONDER_PREFIX) and callable(responder):
+            if name.startswith(RESPONDER_PREFIX) and callable(responder := getattr(resource, name)):
                 setattr(self, name, wrap_sync_to_async(responder, threadsafe=True))
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names __init__ did not set: a responder the resource lacks.
-        raise AttributeError(name)
