@@ -149,10 +149,11 @@ def test_a_cancelled_request_does_not_cancel_its_round() -> None:
 
 def test_a_cancelled_round_fails_its_waiters_and_the_next_round_runs() -> None:
     """A round cut off by cancellation (the worker shutting down) fails each of its requests with
-    an error instead of leaving them waiting forever; later items get a round of their own."""
+    an error instead of leaving them waiting forever; the items that were waiting behind it, and
+    later ones, get rounds of their own."""
     started = asyncio.Event()
 
-    async def scenario() -> tuple[list[str | BaseException], str]:
+    async def scenario() -> tuple[list[str | BaseException], str, str]:
         rounds = 0
 
         async def flush(items: list[str]) -> list[str | Exception]:
@@ -166,13 +167,16 @@ def test_a_cancelled_round_fails_its_waiters_and_the_next_round_runs() -> None:
         group: GroupCommit[str, str] = GroupCommit(flush)
         waiting = asyncio.gather(group.submit("a"), group.submit("b"), return_exceptions=True)
         await started.wait()
+        behind = asyncio.create_task(group.submit("behind"))  # queued behind the stuck round
+        await asyncio.sleep(0)
         assert group._flusher is not None
         group._flusher.cancel()
         outcomes = await waiting
-        return outcomes, await group.submit("c")
+        return outcomes, await behind, await group.submit("c")
 
-    outcomes, later = asyncio.run(scenario())
+    outcomes, behind, later = asyncio.run(scenario())
     assert all(isinstance(outcome, RuntimeError) and "interrupted" in str(outcome) for outcome in outcomes)
+    assert behind == "BEHIND"
     assert later == "C"
 
 
