@@ -32,8 +32,11 @@ class GroupCommit(Generic[T, R]):
 
     ``flush`` gets a list of items and returns one outcome per item, in order: a result, or the
     exception to raise in that item's :meth:`submit`. If ``flush`` itself raises, every item of the
-    round gets that exception. ``flush`` must return (or raise) in bounded time, e.g. through a
-    socket timeout: the requests waiting on it have no timeout of their own.
+    round gets that exception, and so does every item waiting behind it: a round that failed as a
+    whole says the store cannot be reached now (a hung Redis), and the items queued behind it
+    would otherwise learn the same one timeout at a time, long after the provider gave up. The
+    next item submitted gets a round of its own. ``flush`` must return (or raise) in bounded time,
+    e.g. through a socket timeout: the requests waiting on it have no timeout of their own.
 
     One instance serves one event loop (the gunicorn worker process's)."""
 
@@ -65,30 +68,40 @@ class GroupCommit(Generic[T, R]):
             while self._waiting:
                 batch = self._waiting[: self._max_batch]
                 del self._waiting[: self._max_batch]
-                await self._round(batch)
+                failure = await self._round(batch)
+                if failure is not None:
+                    behind, self._waiting = self._waiting, []
+                    _settle(behind, [failure] * len(behind))
         finally:
             self._flusher = None
             # Items that came in while the task was ending (it was cancelled, say) get a flusher.
             if self._waiting:
                 self._flusher = asyncio.create_task(self._run_rounds())
 
-    async def _round(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
-        outcomes: Sequence[R | Exception]
+    async def _round(self, batch: list[tuple[T, asyncio.Future[R]]]) -> Exception | None:
+        """Flush ``batch`` and settle its futures; return the exception when the round failed as
+        a whole."""
         try:
             outcomes = await self._flush([item for item, _ in batch])
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"flush returned {len(outcomes)} outcomes for {len(batch)} items")
         except Exception as exc:  # every waiter must learn its item's fate, whatever happened
-            outcomes = [exc] * len(batch)
+            _settle(batch, [exc] * len(batch))
+            return exc
         except BaseException as exc:  # even then (cancelled): the waiters would wait forever
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(RuntimeError(f"the round was interrupted: {type(exc).__name__}"))
+            interrupted = RuntimeError(f"the round was interrupted: {type(exc).__name__}")
+            _settle(batch, [interrupted] * len(batch))
             raise
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if future.done():
-                continue
-            if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+        _settle(batch, outcomes)
+        return None
+
+
+def _settle(waiters: Sequence[tuple[object, asyncio.Future[R]]], outcomes: Sequence[R | Exception]) -> None:
+    """Give each waiter its outcome (a waiter already done, cancelled say, is left alone)."""
+    for (_, future), outcome in zip(waiters, outcomes, strict=True):
+        if future.done():
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

@@ -113,6 +113,35 @@ def test_a_failed_round_fails_each_of_its_calls_and_the_next_round_still_runs() 
     assert submit_one(group, "third") == "THIRD"
 
 
+def test_items_waiting_behind_a_failed_round_fail_with_it_instead_of_one_timeout_each() -> None:
+    """A hung Redis: the round times out; the requests queued behind it get the same error at
+    once (each then spools or answers 503) rather than a timeout of their own in turn; the next
+    request tries again."""
+    calls: list[list[str]] = []
+    stuck = asyncio.Event()
+
+    async def scenario() -> tuple[list[str | BaseException], str]:
+        async def flush(items: list[str]) -> list[str | Exception]:
+            calls.append(list(items))
+            if len(calls) == 1:
+                stuck.set()
+                await asyncio.sleep(0.05)  # the socket timeout
+                raise TimeoutError("Redis did not answer")
+            return [item.upper() for item in items]
+
+        group: GroupCommit[str, str] = GroupCommit(flush)
+        first = asyncio.create_task(group.submit("first"))
+        await stuck.wait()
+        behind = [asyncio.create_task(group.submit(f"behind-{n}")) for n in range(3)]
+        outcomes = await asyncio.gather(first, *behind, return_exceptions=True)
+        return outcomes, await group.submit("later")
+
+    outcomes, later = asyncio.run(scenario())
+    assert all(isinstance(outcome, TimeoutError) for outcome in outcomes)
+    assert calls == [["first"], ["later"]]  # the 3 behind never cost a round of their own
+    assert later == "LATER"
+
+
 def test_a_flush_returning_the_wrong_number_of_outcomes_fails_the_round() -> None:
     async def nothing(items: list[str]) -> list[str | Exception]:
         return []
