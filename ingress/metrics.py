@@ -40,13 +40,10 @@ class RequestMetrics:
         # Label lookups cost a lock and a few allocations; these children are looked up once.
         self._children: dict[tuple[str, str, int], Any] = {}
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.metrics_started = self._timer()
 
-    async def process_request_async(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self.process_request(req, resp)
-
-    def process_response(
+    async def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
         endpoint = req.uri_template or UNMATCHED
@@ -59,11 +56,6 @@ class RequestMetrics:
             started = getattr(req.context, "metrics_started", None)
             if started is not None:
                 self._ack.observe(self._timer() - started)
-
-    async def process_response_async(
-        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
-    ) -> None:
-        self.process_response(req, resp, resource, req_succeeded)
 
 
 class MetricsResource:

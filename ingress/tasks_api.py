@@ -33,7 +33,7 @@ class ApiTokenGuard:
         self._prefixes = prefixes
         self._query_token_paths = frozenset(query_token_paths)
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if not self._expected or not req.path.startswith(self._prefixes):
             return
         given = (req.get_header("Authorization") or "").encode()
@@ -44,9 +44,6 @@ class ApiTokenGuard:
             raise falcon.HTTPUnauthorized(
                 title="missing or wrong API token", headers={"WWW-Authenticate": "Bearer"}
             )
-
-    async def process_request_async(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self.process_request(req, resp)
 
 
 class TaskResource:
