@@ -1,11 +1,12 @@
 """Group commit: the concurrent acknowledgements of one ingress process write to Redis together.
 
-Each acknowledgement needs one Redis round trip (the task's state and its queue message, in one
-script call). Under load, many requests of the process's event loop want that round trip at the
-same moment, and a round trip's fixed costs (the client's packing and bookkeeping, two system
-calls on each side, a wake-up of Redis) cost more CPU than the script itself. So the items wait in
-one list, and a single *flusher* task sends all that are waiting as one pipeline, hands each
-request its own outcome, and goes on with the items that arrived meanwhile. Nobody waits for a
+Each acknowledgement needs one Redis round trip (the task's state and its queue message). Under
+load, many requests of the process's event loop want that round trip at the same moment, and a
+round trip's fixed costs (the client's packing and bookkeeping, two system calls on each side, a
+wake-up of Redis, a script call's own overhead) cost more CPU than the writes themselves. So the
+items wait in one list, and a single *flusher* task sends all that are waiting at once (the
+intake makes them one script call: shared/lua/received.lua), hands each request its own outcome,
+and goes on with the items that arrived meanwhile. Nobody waits for a
 timer: alone, an item is sent on the loop's next turn, so a quiet ingress answers as fast as
 without grouping, and a busy one sends fewer, fuller round trips.
 

@@ -84,8 +84,9 @@ class TaskStore:
         self._ttl_s = ttl_s
         self._recent_keep = recent_keep
         self._clock = clock
-        script = resources.files("shared").joinpath("lua/transition.lua").read_text()
-        self._transition = client.register_script(script)
+        lua = resources.files("shared").joinpath("lua")
+        self._transition = client.register_script(lua.joinpath("transition.lua").read_text())
+        self._received = client.register_script(lua.joinpath("received.lua").read_text())
 
     @property
     def client(self) -> redis.Redis:
@@ -111,38 +112,48 @@ class TaskStore:
     async def mark_received_many(
         self, received: Sequence[Received], *, connection: AsyncConnection
     ) -> list[TaskState | Exception | None]:
-        """:meth:`mark_received` for several tasks in one pipelined round trip (the ingress's
-        group commit), on an asyncio connection to this store's Redis. One result per task, in
-        order: the state it had, or the error that kept it from being recorded (nothing of that
-        task was written then). Raises only when the round trip itself failed (connection,
-        timeout), and then none of them may have been recorded.
+        """:meth:`mark_received` for several tasks in one script call and one round trip (the
+        ingress's group commit), on an asyncio connection to this store's Redis. One result per
+        task, in order: the state it had, or the error that kept it from being recorded. Raises
+        only when the round trip itself failed (connection, timeout), and then none of them may
+        have been recorded.
 
         ``connection``: a connection the caller holds for itself (see ingress.group_commit), used
         directly: a client's pipeline (its bookkeeping, and a SCRIPT EXISTS before each run) costs
         several times the round trip's CPU on this hot path. When Redis lost the script (a restart,
-        SCRIPT FLUSH), it is loaded again on the same connection and the tasks it refused are sent
-        once more."""
-        calls = [self._received_call(item) for item in received]
-        replies = await _on_connection(connection, calls)
-        refused = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if refused:
-            load: tuple[Any, ...] = ("SCRIPT", "LOAD", self._transition.script)
-            again = await _on_connection(connection, [load, *(calls[n] for n in refused)])
-            for n, reply in zip(refused, again[1:], strict=True):
-                replies[n] = again[0] if isinstance(again[0], Exception) else reply
-        return [reply if isinstance(reply, Exception) else _state(reply) for reply in replies]
+        SCRIPT FLUSH), it is loaded again on the same connection and the call sent once more."""
+        if not received:
+            return []
+        call = self._received_many_call(received)
+        reply = (await _on_connection(connection, [call]))[0]
+        if isinstance(reply, NoScriptError):
+            load: tuple[Any, ...] = ("SCRIPT", "LOAD", self._received.script)
+            loaded, reply = await _on_connection(connection, [load, call])
+            if isinstance(loaded, Exception):
+                reply = loaded
+        if isinstance(reply, Exception):
+            return [reply] * len(received)
+        return [old if isinstance(old, Exception) else _state(old) for old in reply]
 
-    def _received_call(self, item: Received) -> tuple[Any, ...]:
-        """The EVALSHA command of :meth:`mark_received` for ``item``."""
-        script_keys, args = self._transition_call(
-            item.task_id,
-            TaskState.RECEIVED,
-            {"receivedAt": item.received_at},
-            only_if_new=True,
-            or_from=TaskState.SUBMITTED,
-            enqueue=item.enqueue,
-        )
-        return ("EVALSHA", self._transition.sha, len(script_keys), *script_keys, *args)
+    def _received_many_call(self, received: Sequence[Received]) -> tuple[Any, ...]:
+        """The EVALSHA command of received.lua for ``received``."""
+        queues = {(item.enqueue.queue_key, item.enqueue.messages_key) for item in received if item.enqueue}
+        if len(queues) > 1:
+            raise ValueError("the messages of one call must go to one queue")
+        queue_key, messages_key = queues.pop() if queues else ("", "")
+        script_keys = [keys.RECENT, queue_key, messages_key]
+        args: list[str | int | bytes] = [
+            int(self._clock() * 1000),
+            self._ttl_s,
+            self._recent_keep,
+            keys.STATE_INDEX_PREFIX,
+        ]
+        for item in received:
+            script_keys.append(keys.task(item.task_id))
+            message = item.enqueue
+            args += (item.task_id, item.received_at)
+            args += (message.message_id, message.body) if message else ("", "")
+        return ("EVALSHA", self._received.sha, len(script_keys), *script_keys, *args)
 
     def mark_submitted(self, task_id: str, **fields: str) -> TaskState | None:
         """Record a task mjhook just submitted; a task already known (its callback came first)
@@ -216,22 +227,6 @@ class TaskStore:
         enqueue: QueuedMessage | None = None,
     ) -> TaskState | None:
         """``only_if_new``: move only a task without a record, or (``or_from``) one in that state."""
-        script_keys, args = self._transition_call(
-            task_id, state, fields, only_if_new=only_if_new, or_from=or_from, enqueue=enqueue
-        )
-        return _state(self._transition(keys=script_keys, args=args))
-
-    def _transition_call(
-        self,
-        task_id: str,
-        state: TaskState,
-        fields: Mapping[str, str],
-        *,
-        only_if_new: bool,
-        or_from: TaskState | None,
-        enqueue: QueuedMessage | None,
-    ) -> tuple[list[str], list[str | int | bytes]]:
-        """The keys and arguments of transition.lua for one move."""
         now_ms = int(self._clock() * 1000)
         guard = "0" if not only_if_new else (or_from.value if or_from is not None else "1")
         pairs: list[str | bytes] = [item for pair in fields.items() for item in pair]
@@ -249,7 +244,7 @@ class TaskStore:
             keys.STATE_INDEX_PREFIX,
             *pairs,
         ]
-        return script_keys, args
+        return _state(self._transition(keys=script_keys, args=args))
 
 
 async def _on_connection(connection: AsyncConnection, commands: Sequence[tuple[Any, ...]]) -> list[Any]:

@@ -255,7 +255,7 @@ def test_mark_received_many_reloads_a_script_redis_forgot(
 
 def test_concurrent_acks_are_each_recorded_and_queued_once(client: redis.Redis) -> None:
     """64 callbacks at once through the real app and a real Redis: each is acknowledged, recorded
-    and queued exactly once, in one script call each, whichever rounds they shared."""
+    and queued exactly once, whichever rounds they shared, and the rounds shared script calls."""
     app = make_app(client)
     post(app, orjson.dumps(success("warm-up")))
     task_ids = [f"conc-{n}" for n in range(64)]
@@ -276,7 +276,7 @@ def test_concurrent_acks_are_each_recorded_and_queued_once(client: redis.Redis) 
         return [response.status_code for response in responses]
 
     assert asyncio.run(ack_all()) == [200] * 64
-    assert client.info("commandstats")["cmdstat_evalsha"]["calls"] == 64
+    assert 1 <= client.info("commandstats")["cmdstat_evalsha"]["calls"] < 64
     queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
     assert sorted(queued) == sorted(["warm-up", *task_ids])
     tasks = TaskStore(client, ttl_s=3600)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import redis
+import redis.asyncio
 
 from shared import keys
-from shared.taskstate import TaskState, TaskStore
+from shared.redis_client import connect_redis_async
+from shared.taskstate import QueuedMessage, Received, TaskState, TaskStore
+from tests.support.servers import RedisServer
 
 
 class FakeClock:
@@ -51,3 +56,101 @@ def test_records_expire_after_the_ttl(client: redis.Redis) -> None:
 
 def test_unknown_task_has_no_record(client: redis.Redis) -> None:
     assert TaskStore(client, ttl_s=60).get("nope") is None
+
+
+def _dump(client: redis.Redis) -> dict[str, object]:
+    """Every key's type and content, and whether it expires."""
+    dumped: dict[str, object] = {}
+    for key in sorted(client.keys("*")):
+        kind = client.type(key).decode()
+        content: object
+        if kind == "hash":
+            content = client.hgetall(key)
+        elif kind == "list":
+            content = client.lrange(key, 0, -1)
+        else:
+            content = client.zrange(key, 0, -1, withscores=True)
+        dumped[key.decode()] = (kind, content, client.ttl(key) > 0)
+    return dumped
+
+
+def test_the_batched_received_call_does_what_one_call_per_task_does(redis_server: RedisServer) -> None:
+    """The ingress's group commit records a round of tasks in one script call (received.lua). Its
+    effects, key by key, and its answers are those of mark_received (transition.lua) called once
+    per task in the same order: new tasks, a duplicate within the round, a submitted task moving
+    on, a stored one kept, a task without a message, the indexes pruned and capped."""
+    queue = keys.broker_queue("dramatiq", "callbacks")
+    messages = keys.broker_messages("dramatiq", "callbacks")
+
+    def message(n: int) -> QueuedMessage:
+        return QueuedMessage(queue, messages, f"m{n}", b'{"n": %d}' % n)
+
+    batch = [
+        Received("new-a", "t1", message(1)),
+        Received("submitted", "t2", message(2)),
+        Received("stored", "t3", message(3)),
+        Received("new-a", "t4", message(4)),
+        Received("bare", "t5"),
+        Received("new-b", "t6", message(6)),
+    ]
+    outcomes = []
+    for db, batched in ((1, False), (2, True)):
+        client = redis.Redis.from_url(f"{redis_server.url}/{db}")
+        clock = FakeClock()
+        tasks = TaskStore(client, ttl_s=3600, recent_keep=4, clock=clock)
+        tasks.mark_received("old", "t0")
+        tasks.mark_submitted("submitted", prompt="p")
+        tasks.mark_received("stored", "t0")
+        tasks.move("stored", TaskState.STORED)
+        clock.now += 3700  # "old" falls out of the received index's window
+        if batched:
+            acks = connect_redis_async(f"{redis_server.url}/{db}")
+
+            async def run(tasks: TaskStore = tasks, acks: redis.asyncio.Redis = acks) -> list[object]:
+                connection = await acks.connection_pool.get_connection()
+                try:
+                    return list(await tasks.mark_received_many(batch, connection=connection))
+                finally:
+                    await acks.aclose()
+
+            answers = asyncio.run(run())
+        else:
+            answers = [
+                tasks.mark_received(item.task_id, item.received_at, enqueue=item.enqueue) for item in batch
+            ]
+        outcomes.append((answers, _dump(client)))
+        client.close()
+    assert outcomes[0][0] == [None, TaskState.SUBMITTED, TaskState.STORED, TaskState.RECEIVED, None, None]
+    assert outcomes[1] == outcomes[0]
+    dumped = outcomes[1][1]
+    assert dumped[queue] == ("list", [b"m1", b"m2", b"m3", b"m4", b"m6"], False)
+    received_index = dumped[keys.state_index(TaskState.RECEIVED)][1]  # type: ignore[index]
+    assert sorted(member for member, _ in received_index) == [b"bare", b"new-a", b"new-b", b"submitted"]
+
+
+def test_a_task_whose_key_is_not_a_record_fails_alone_in_its_batch(
+    client: redis.Redis, redis_server: RedisServer
+) -> None:
+    """A key that holds something else than a task record (written by another program) fails its
+    own task, with nothing of it queued; the other tasks of the same call are recorded."""
+    client.set(keys.task("clobbered"), "not a hash")
+    queue = keys.broker_queue("dramatiq", "callbacks")
+    message = QueuedMessage(queue, keys.broker_messages("dramatiq", "callbacks"), "m1", b"{}")
+    tasks = TaskStore(client, ttl_s=3600)
+
+    async def run() -> list[TaskState | Exception | None]:
+        acks = connect_redis_async(redis_server.url)
+        connection = await acks.connection_pool.get_connection()
+        try:
+            return await tasks.mark_received_many(
+                [Received("clobbered", "now", message), Received("fine", "now")], connection=connection
+            )
+        finally:
+            await acks.aclose()
+
+    clobbered, fine = asyncio.run(run())
+    assert isinstance(clobbered, redis.ResponseError)
+    assert "WRONGTYPE" in str(clobbered)
+    assert fine is None
+    assert tasks.get("fine") is not None
+    assert client.llen(queue) == 0
