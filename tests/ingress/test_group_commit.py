@@ -10,11 +10,13 @@ import orjson
 import pytest
 import redis
 from falcon import testing
+from redis.asyncio.connection import AbstractConnection
 
 from ingress.group_commit import GroupCommit
-from shared.redis_client import connect_redis, connect_redis_async
+from shared.redis_client import connect_redis
 from shared.taskstate import Received, TaskState, TaskStore
 from tests.ingress.test_callbacks import make_app, post, queued_messages, success
+from tests.support.acks import with_ack_connection
 from tests.support.servers import RedisServer
 
 
@@ -213,18 +215,11 @@ def test_mark_received_many_records_and_queues_each_task_once(
     client: redis.Redis, redis_server: RedisServer
 ) -> None:
     tasks = TaskStore(client, ttl_s=3600)
-
-    async def run() -> list[TaskState | Exception | None]:
-        acks = connect_redis_async(redis_server.url)
-        connection = await acks.connection_pool.get_connection()
-        try:
-            return await tasks.mark_received_many(
-                [Received("t1", "now"), Received("t2", "now"), Received("t1", "again")], connection=connection
-            )
-        finally:
-            await acks.aclose()
-
-    assert asyncio.run(run()) == [None, None, TaskState.RECEIVED]
+    batch = [Received("t1", "now"), Received("t2", "now"), Received("t1", "again")]
+    outcomes = with_ack_connection(
+        redis_server.url, lambda connection: tasks.mark_received_many(batch, connection=connection)
+    )
+    assert outcomes == [None, None, TaskState.RECEIVED]
     record = tasks.get("t1")
     assert record is not None
     assert record.fields["receivedAt"] == "now"
@@ -236,20 +231,15 @@ def test_mark_received_many_reloads_a_script_redis_forgot(
     tasks = TaskStore(client, ttl_s=3600)
     client.script_flush()
 
-    async def run() -> list[list[TaskState | Exception | None]]:
-        acks = connect_redis_async(redis_server.url)
-        connection = await acks.connection_pool.get_connection()
-        try:
-            first = await tasks.mark_received_many([Received("t1", "now")], connection=connection)
-            client.script_flush()
-            second = await tasks.mark_received_many(
-                [Received("t2", "now"), Received("t3", "now")], connection=connection
-            )
-            return [first, second]
-        finally:
-            await acks.aclose()
+    async def run(connection: AbstractConnection) -> list[list[TaskState | Exception | None]]:
+        first = await tasks.mark_received_many([Received("t1", "now")], connection=connection)
+        client.script_flush()
+        second = await tasks.mark_received_many(
+            [Received("t2", "now"), Received("t3", "now")], connection=connection
+        )
+        return [first, second]
 
-    assert asyncio.run(run()) == [[None], [None, None]]
+    assert with_ack_connection(redis_server.url, run) == [[None], [None, None]]
     assert all(tasks.get(task_id) is not None for task_id in ("t1", "t2", "t3"))
 
 

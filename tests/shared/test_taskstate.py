@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import redis
-import redis.asyncio
 
 from shared import keys
-from shared.redis_client import connect_redis_async
 from shared.taskstate import QueuedMessage, Received, TaskState, TaskStore
+from tests.support.acks import with_ack_connection
 from tests.support.servers import RedisServer
 
 
@@ -104,16 +101,10 @@ def test_the_batched_received_call_does_what_one_call_per_task_does(redis_server
         tasks.move("stored", TaskState.STORED)
         clock.now += 3700  # "old" falls out of the received index's window
         if batched:
-            acks = connect_redis_async(f"{redis_server.url}/{db}")
-
-            async def run(tasks: TaskStore = tasks, acks: redis.asyncio.Redis = acks) -> list[object]:
-                connection = await acks.connection_pool.get_connection()
-                try:
-                    return list(await tasks.mark_received_many(batch, connection=connection))
-                finally:
-                    await acks.aclose()
-
-            answers = asyncio.run(run())
+            answers = with_ack_connection(
+                f"{redis_server.url}/{db}",
+                lambda connection, tasks=tasks: tasks.mark_received_many(batch, connection=connection),
+            )
         else:
             answers = [
                 tasks.mark_received(item.task_id, item.received_at, enqueue=item.enqueue) for item in batch
@@ -138,17 +129,10 @@ def test_a_task_whose_key_is_not_a_record_fails_alone_in_its_batch(
     message = QueuedMessage(queue, keys.broker_messages("dramatiq", "callbacks"), "m1", b"{}")
     tasks = TaskStore(client, ttl_s=3600)
 
-    async def run() -> list[TaskState | Exception | None]:
-        acks = connect_redis_async(redis_server.url)
-        connection = await acks.connection_pool.get_connection()
-        try:
-            return await tasks.mark_received_many(
-                [Received("clobbered", "now", message), Received("fine", "now")], connection=connection
-            )
-        finally:
-            await acks.aclose()
-
-    clobbered, fine = asyncio.run(run())
+    batch = [Received("clobbered", "now", message), Received("fine", "now")]
+    clobbered, fine = with_ack_connection(
+        redis_server.url, lambda connection: tasks.mark_received_many(batch, connection=connection)
+    )
     assert isinstance(clobbered, redis.ResponseError)
     assert "WRONGTYPE" in str(clobbered)
     assert fine is None
