@@ -60,9 +60,9 @@ class GroupCommit(Generic[T, R]):
         self._waiting.append((item, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._run_rounds())
-        # A request cancelled meanwhile (its client went away) does not cancel the round: the
-        # other requests of the round still get their outcomes.
-        return await asyncio.shield(future)
+        # A request cancelled meanwhile (its client went away) cancels only its own future: the
+        # round runs in the flusher task, and the other requests of the round get their outcomes.
+        return await future
 
     async def _run_rounds(self) -> None:
         try:
