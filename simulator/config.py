@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from simulator.files import DEFAULT_HEIGHT, DEFAULT_VIDEO_BYTES, DEFAULT_WIDTH
+from simulator.files import DEFAULT_HEIGHT, DEFAULT_WIDTH
+from simulator.video import DEFAULT_VIDEO_BYTES, MAX_VIDEO_BYTES, MIN_VIDEO_BYTES
 
 #: The provider's callback retry schedule: after 1, 5 and 15 minutes, then never again.
 PROVIDER_RETRY_DELAYS_S = (60.0, 300.0, 900.0)
@@ -100,7 +101,8 @@ class SimulatorConfig:
     #: Size of generated PNGs, pixels. 1024x1024 is ~1.4-1.8 MB.
     image_width: int = DEFAULT_WIDTH
     image_height: int = DEFAULT_HEIGHT
-    #: Size of the MP4 files of video tasks, bytes.
+    #: Size of the MP4 files of video tasks, bytes: exactly this, as many frames as fit (the
+    #: default holds 2 s of 112x64 video; see ``simulator.video.video_layout``).
     video_bytes: int = DEFAULT_VIDEO_BYTES
     #: Generated files kept in memory (least recently used are dropped).
     file_cache_size: int = 64
@@ -124,8 +126,13 @@ class SimulatorConfig:
     def __post_init__(self) -> None:
         if self.time_scale <= 0:
             raise ValueError("time_scale must be positive")
-        if self.image_width < 1 or self.image_height < 1 or self.video_bytes < 64:
-            raise ValueError("image sizes must be positive and video_bytes at least 64")
+        if self.image_width < 1 or self.image_height < 1:
+            raise ValueError("image sizes must be positive")
+        if not MIN_VIDEO_BYTES <= self.video_bytes <= MAX_VIDEO_BYTES:
+            raise ValueError(
+                f"video_bytes must be from {MIN_VIDEO_BYTES} (one 16x16 frame and its MP4 boxes) "
+                f"to {MAX_VIDEO_BYTES}, not {self.video_bytes}"
+            )
         if self.generation_delay_s < 0 or self.generation_jitter_s < 0:
             raise ValueError("generation delays must not be negative")
         if self.delivery_threads < 1 or self.file_cache_size < 1:

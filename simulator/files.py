@@ -1,4 +1,5 @@
-"""Result files, made on the fly: the same (taskId, index) always gives the same bytes.
+"""Result files, made on the fly: the same (taskId, index) always gives the same bytes. Images
+here; videos in :mod:`simulator.video`.
 
 PNGs are written with zlib and struct rather than Pillow: no runtime dependency, and no
 per-pixel Python work. Each scanline is stored with PNG's "Average" filter, whose decoded
@@ -12,13 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 import struct
 import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from simulator.seeding import file_rng
+from simulator.video import DEFAULT_VIDEO_BYTES, mp4_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: PNG scanline filter "Average" (see the module docstring).
@@ -30,7 +33,6 @@ GRADIENT_STEP = 3
 
 DEFAULT_WIDTH = 1024
 DEFAULT_HEIGHT = 1024
-DEFAULT_VIDEO_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +46,9 @@ MP4 = FileKind("mp4", "video/mp4")
 KINDS = {kind.ext: kind for kind in (PNG, MP4)}
 
 
-def _file_rng(task_id: str, index: int) -> random.Random:
-    # A str seed is hashed with SHA-512 by random.Random: stable across runs and processes.
-    return random.Random(f"file:{task_id}:{index}")
-
-
 def png_bytes(task_id: str, index: int, *, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT) -> bytes:
     """A decodable 8-bit RGB PNG, ``width`` x ``height`` pixels, seeded by (task_id, index)."""
-    rng = _file_rng(task_id, index)
+    rng = file_rng(task_id, index)
     bits = rng.choice((3, 4))  # noise strength: 3 bits ~1.4 MB, 4 bits ~1.8 MB at 1024x1024
     mask, half = (1 << bits) - 1, 1 << (bits - 1)
     tables = {
@@ -82,16 +79,6 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def mp4_bytes(task_id: str, index: int, *, size: int = DEFAULT_VIDEO_BYTES) -> bytes:
-    """``size`` bytes shaped like an MP4: an ``ftyp`` box, then one ``mdat`` box of seeded
-    noise. Enough for a media-type sniffer and for size and hash checks; NOT a playable video
-    (there is no ``moov`` box, and making a real one would need an encoder)."""
-    ftyp_payload = b"isom" + struct.pack(">I", 0x200) + b"isomiso2avc1mp41"
-    ftyp = struct.pack(">I", 8 + len(ftyp_payload)) + b"ftyp" + ftyp_payload
-    mdat_payload = _file_rng(task_id, index).randbytes(max(0, size - len(ftyp) - 8))
-    return ftyp + struct.pack(">I", 8 + len(mdat_payload)) + b"mdat" + mdat_payload
-
-
 def expected_file(
     task_id: str,
     index: int,
@@ -101,9 +88,9 @@ def expected_file(
     height: int = DEFAULT_HEIGHT,
     video_bytes: int = DEFAULT_VIDEO_BYTES,
 ) -> bytes:
-    """The exact bytes the simulator serves for result ``index`` of ``task_id``: a PNG, or the
-    MP4 stand-in when ``ext`` is ``"mp4"``. Pass the sizes the simulator was configured with
-    (or use ``RunningSimulator.expected_file``, which knows them)."""
+    """The exact bytes the simulator serves for result ``index`` of ``task_id``: a PNG, or an
+    MP4 video of ``video_bytes`` bytes when ``ext`` is ``"mp4"``. Pass the sizes the simulator
+    was configured with (or use ``RunningSimulator.expected_file``, which knows them)."""
     if ext == MP4.ext:
         return mp4_bytes(task_id, index, size=video_bytes)
     if ext == PNG.ext:

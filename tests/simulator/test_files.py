@@ -1,4 +1,4 @@
-"""Result files: real PNGs (and MP4 stand-ins), reproducible bytes, signed expiring links."""
+"""Result files: real PNGs and MP4s, reproducible bytes, signed expiring links."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import hashlib
 import io
 import time
 
+import av
 import httpx
 from PIL import Image
 
 from simulator import RunningSimulator, expected_file
 from simulator.files import FileCache, png_bytes
+from simulator.video import video_layout
 from tests.simulator.support import FakeClock, SimFactory, api, result_urls, submit, wait_done
 from workers.sniff import MP4, PNG, sniff_media
 
@@ -64,6 +66,8 @@ def test_video_tasks_yield_one_mp4_the_sniffer_recognises(sim: RunningSimulator)
     assert sniff_media(response.content[:64]) is MP4
     assert len(response.content) == 4096
     assert response.content == sim.expected_file(task_id, 0)
+    with av.open(io.BytesIO(response.content)) as container:
+        assert len(list(container.decode(video=0))) == video_layout(4096).frames
 
 
 def test_links_expire_refuse_tampering_and_can_be_refreshed(make_sim: SimFactory) -> None:
