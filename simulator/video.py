@@ -5,7 +5,8 @@ made of I_PCM macroblocks. I_PCM stores a macroblock's 256 luma and 2x64 chroma 
 the encoder needs no transform and no entropy coder (only a few Exp-Golomb header fields), and
 decoding is lossless: a decoder returns exactly the samples written (:func:`video_frames`). The
 picture is a seeded texture of soft colour bands and fine noise scrolling sideways; see
-:func:`video_layout` for the frame size and count a byte budget gets. A 256 KiB file (2 s of 112x64) takes ~4 ms, 50 MB (75 s of 256x144) ~0.2 s.
+:func:`video_layout` for the frame size and count a byte budget gets. A 256 KiB file (2 s of
+112x64) takes ~4 ms, 50 MB (75 s of 256x144) ~0.2 s.
 """
 
 from __future__ import annotations
