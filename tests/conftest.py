@@ -6,6 +6,7 @@ port, and is stopped at teardown whatever the test's outcome.
 
 from __future__ import annotations
 
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,12 @@ from tests.support.stack import app_environment  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A background job of a non-interactive shell (`make test &` in a script) starts with SIGINT
+    # ignored, and every process it starts inherits that: the servers and CLIs the tests run
+    # would then shrug off the Ctrl-C some tests send them. Give them the default, as a
+    # terminal would.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line(
         "markers",
         "integration: runs real processes (redis-server, SeaweedFS, gunicorn, dramatiq)",
