@@ -6,9 +6,9 @@ round trip's fixed costs (the client's packing and bookkeeping, two system calls
 wake-up of Redis, a script call's own overhead) cost more CPU than the writes themselves. So the
 items wait in one list, and a single *flusher* task sends all that are waiting at once (the
 intake makes them one script call: shared/lua/received.lua), hands each request its own outcome,
-and goes on with the items that arrived meanwhile. Nobody waits for a
-timer: alone, an item is sent on the loop's next turn, so a quiet ingress answers as fast as
-without grouping, and a busy one sends fewer, fuller round trips.
+and goes on with the items that arrived meanwhile. Nobody waits for a timer: alone, an item is
+sent on the loop's next turn, so a quiet ingress answers as fast as without grouping, and a busy
+one sends fewer, fuller round trips.
 
 Every request still returns only after Redis answered for its own item, so an acknowledgement
 still means the callback is in Redis.
