@@ -13,6 +13,7 @@ from falcon import testing
 from redis.asyncio.connection import AbstractConnection
 
 from ingress.group_commit import GroupCommit
+from shared import keys
 from shared.redis_client import connect_redis
 from shared.taskstate import Received, TaskState, TaskStore
 from tests.ingress.test_callbacks import make_app, post, queued_messages, success
@@ -271,6 +272,33 @@ def test_concurrent_acks_are_each_recorded_and_queued_once(client: redis.Redis) 
     assert sorted(queued) == sorted(["warm-up", *task_ids])
     tasks = TaskStore(client, ttl_s=3600)
     assert all(tasks.get(task_id) is not None for task_id in task_ids)
+
+
+def test_a_callback_redis_refuses_fails_alone_in_its_round(client: redis.Redis) -> None:
+    """A callback whose task key holds something else (written by another program) is answered
+    503, so the provider retries it, and nothing of it is queued; the callbacks beside it in the
+    same concurrent burst are acknowledged and queued."""
+    app = make_app(client)
+    client.set(keys.task("clobbered"), "not a task record")
+    task_ids = ["before", "clobbered", "after"]
+
+    async def ack_all() -> list[int]:
+        async with testing.ASGIConductor(app.app) as conductor:
+            responses = await asyncio.gather(
+                *(
+                    conductor.simulate_post(
+                        "/callbacks/midjourney",
+                        body=orjson.dumps(success(task_id)),
+                        headers={"Content-Type": "application/json"},
+                    )
+                    for task_id in task_ids
+                )
+            )
+        return [response.status_code for response in responses]
+
+    assert asyncio.run(ack_all()) == [200, 503, 200]
+    queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
+    assert sorted(queued) == ["after", "before"]
 
 
 def test_a_script_flush_between_acks_loses_nothing(client: redis.Redis) -> None:
