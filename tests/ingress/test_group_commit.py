@@ -244,13 +244,9 @@ def test_mark_received_many_reloads_a_script_redis_forgot(
     assert all(tasks.get(task_id) is not None for task_id in ("t1", "t2", "t3"))
 
 
-def test_concurrent_acks_are_each_recorded_and_queued_once(client: redis.Redis) -> None:
-    """64 callbacks at once through the real app and a real Redis: each is acknowledged, recorded
-    and queued exactly once, whichever rounds they shared, and the rounds shared script calls."""
-    app = make_app(client)
-    post(app, orjson.dumps(success("warm-up")))
-    task_ids = [f"conc-{n}" for n in range(64)]
-    client.config_resetstat()
+def ack_concurrently(app: testing.TestClient, task_ids: list[str]) -> list[int]:
+    """Post a success callback for each task id at once (one event loop, as concurrent requests
+    of one ingress process); their status codes, in order."""
 
     async def ack_all() -> list[int]:
         async with testing.ASGIConductor(app.app) as conductor:
@@ -266,7 +262,18 @@ def test_concurrent_acks_are_each_recorded_and_queued_once(client: redis.Redis) 
             )
         return [response.status_code for response in responses]
 
-    assert asyncio.run(ack_all()) == [200] * 64
+    return asyncio.run(ack_all())
+
+
+def test_concurrent_acks_are_each_recorded_and_queued_once(client: redis.Redis) -> None:
+    """64 callbacks at once through the real app and a real Redis: each is acknowledged, recorded
+    and queued exactly once, whichever rounds they shared, and the rounds shared script calls."""
+    app = make_app(client)
+    post(app, orjson.dumps(success("warm-up")))
+    task_ids = [f"conc-{n}" for n in range(64)]
+    client.config_resetstat()
+
+    assert ack_concurrently(app, task_ids) == [200] * 64
     assert 1 <= client.info("commandstats")["cmdstat_evalsha"]["calls"] < 64
     queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
     assert sorted(queued) == sorted(["warm-up", *task_ids])
@@ -282,21 +289,7 @@ def test_a_callback_redis_refuses_fails_alone_in_its_round(client: redis.Redis) 
     client.set(keys.task("clobbered"), "not a task record")
     task_ids = ["before", "clobbered", "after"]
 
-    async def ack_all() -> list[int]:
-        async with testing.ASGIConductor(app.app) as conductor:
-            responses = await asyncio.gather(
-                *(
-                    conductor.simulate_post(
-                        "/callbacks/midjourney",
-                        body=orjson.dumps(success(task_id)),
-                        headers={"Content-Type": "application/json"},
-                    )
-                    for task_id in task_ids
-                )
-            )
-        return [response.status_code for response in responses]
-
-    assert asyncio.run(ack_all()) == [200, 503, 200]
+    assert ack_concurrently(app, task_ids) == [200, 503, 200]
     queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
     assert sorted(queued) == ["after", "before"]
 
