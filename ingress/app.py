@@ -25,7 +25,7 @@ from ingress.sources import SourceFilter
 from ingress.spool import Spool, SpoolDrainer
 from ingress.tasks_api import ApiTokenGuard, TaskListResource, TaskResource
 from ingress.threaded import Threaded
-from shared.callback import CALLBACK_PATH, CallbackLimits
+from shared.callback import CALLBACK_PATH, callback_limits
 from shared.metrics import IngressMetrics, create_ingress_metrics, exposition_registry, spool_collectors
 from shared.queue import create_broker
 from shared.redis_client import connect_redis, connect_redis_async
@@ -136,12 +136,7 @@ def build_ingress(
                 clock=clock,
                 rejected=metrics.callbacks_rejected,
             ),
-            limits=CallbackLimits(
-                max_result_urls=settings.max_result_urls,
-                max_url_length=settings.max_url_length,
-                max_json_depth=settings.max_json_depth,
-                max_prompt_json_bytes=settings.max_prompt_json_bytes,
-            ),
+            limits=callback_limits(settings),
             max_body_bytes=settings.max_body_bytes,
             tokens=settings.callback_tokens,
             signature=signature,

@@ -11,6 +11,7 @@ import orjson
 
 from shared.errors import InvalidCallback
 from shared.json_limits import DEFAULT_MAX_JSON_DEPTH, check_depth, document_depth
+from shared.settings import Settings
 
 #: A taskId becomes part of object keys (``tasks/{taskId}/...``) and Redis keys, so it is held
 #: to letters, digits, ``_`` and ``-``: no ``/``, no ``.``, no control characters.
@@ -31,6 +32,16 @@ class CallbackLimits:
     max_url_length: int = 4096
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
     max_prompt_json_bytes: int = 64 * 1024
+
+
+def callback_limits(settings: Settings) -> CallbackLimits:
+    """The ingress's limits on one callback, from settings."""
+    return CallbackLimits(
+        max_result_urls=settings.max_result_urls,
+        max_url_length=settings.max_url_length,
+        max_json_depth=settings.max_json_depth,
+        max_prompt_json_bytes=settings.max_prompt_json_bytes,
+    )
 
 
 #: A queued callback passed the ingress's (configurable) limits already; the worker re-checks

@@ -20,7 +20,6 @@ from shared.clock import utc_iso
 from shared.errors import InvalidCallback, ProviderRefused
 from shared.provider import ProviderClient, TaskRecordInfo
 from shared.queue import enqueue_callback
-from shared.settings import Settings
 from shared.taskstate import TaskStore
 
 log = logging.getLogger(__name__)
@@ -96,16 +95,6 @@ class ResultPoller:
         self._tasks.mark_received(task_id, callback.received_at)
         log.info("task %s: result polled from the provider and queued (%s)", task_id, info.status.value)
         return PollResult(task_id, PollOutcome.QUEUED, callback.msg, succeeded=callback.succeeded)
-
-
-def callback_limits(settings: Settings) -> CallbackLimits:
-    """The ingress's limits on one callback, from settings."""
-    return CallbackLimits(
-        max_result_urls=settings.max_result_urls,
-        max_url_length=settings.max_url_length,
-        max_json_depth=settings.max_json_depth,
-        max_prompt_json_bytes=settings.max_prompt_json_bytes,
-    )
 
 
 def callback_from_record(info: TaskRecordInfo, *, received_at: str, limits: CallbackLimits) -> Callback:

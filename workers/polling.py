@@ -22,8 +22,9 @@ import redis
 from dramatiq.middleware import Middleware
 
 from shared import keys
+from shared.callback import callback_limits
 from shared.errors import ProviderError
-from shared.polling import PollOutcome, ResultPoller, callback_limits
+from shared.polling import PollOutcome, ResultPoller
 from shared.provider import ProviderClient
 from shared.redis_client import as_text
 from shared.settings import Settings
