@@ -1,4 +1,4 @@
-"""What happens to a callback once it passed the checks, and to one that did not."""
+"""What happens to a callback once it passed the checks: queued in Redis, or spooled."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import dramatiq
-import orjson
 import redis
 import redis.asyncio
 from dramatiq.brokers.redis import RedisBroker
@@ -17,11 +15,9 @@ from redis.asyncio.connection import AbstractConnection as AsyncConnection
 
 from ingress.group_commit import GroupCommit
 from ingress.spool import Spool
-from shared import keys
 from shared.callback import Callback
-from shared.clock import utc_iso
 from shared.errors import QueueUnavailable
-from shared.queue import enqueue_callback, redis_queued_message
+from shared.queue import queue_callback, redis_queued_message
 from shared.taskstate import Received, TaskState, TaskStore
 
 log = logging.getLogger(__name__)
@@ -83,20 +79,7 @@ class CallbackIntake:
     def enqueue(self, callback: Callback) -> None:
         """Record ``callback`` as received and put it on the queue, blocking (the spool's drainer)."""
         try:
-            if self._single_trip:
-                assert isinstance(self._broker, RedisBroker)
-                self.tasks.mark_received(
-                    callback.task_id,
-                    callback.received_at,
-                    enqueue=redis_queued_message(self._broker, callback),
-                )
-                return
-            self.tasks.mark_received(callback.task_id, callback.received_at)
-        except (redis.RedisError, OSError) as exc:
-            self._failed()
-            raise QueueUnavailable(f"cannot record the task: {type(exc).__name__}") from exc
-        try:
-            enqueue_callback(self._broker, callback)
+            queue_callback(self._broker, self.tasks, callback)
         except QueueUnavailable:
             self._failed()
             raise
@@ -129,56 +112,3 @@ class CallbackIntake:
         if self._connection is None:
             self._connection = await self._acks.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         return await self.tasks.mark_received_many(received, connection=self._connection)
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    status: int
-    reason: str
-    #: The start of the body (what was read of it) and its whole size in bytes.
-    body: bytes
-    size: int
-    remote_addr: str
-    content_type: str
-
-
-class RejectLog:
-    """Keeps the latest ``keep`` rejected callbacks in Redis, each body cut to ``body_bytes``."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        *,
-        keep: int,
-        body_bytes: int,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._client = client
-        self._keep = keep
-        self._body_bytes = body_bytes
-        self._clock = clock
-
-    def record(self, rejection: Rejection) -> None:
-        """Best effort: a Redis outage must not turn a 4xx into a 5xx, so it is only logged."""
-        log.info("rejected callback: %s %s", rejection.status, rejection.reason)
-        if self._keep <= 0:
-            return
-        entry = orjson.dumps(
-            {
-                "at": utc_iso(self._clock()),
-                "status": rejection.status,
-                "reason": rejection.reason,
-                "remoteAddr": rejection.remote_addr,
-                "contentType": rejection.content_type,
-                "bodySize": rejection.size,
-                "body": rejection.body[: self._body_bytes].decode("utf-8", "replace"),
-                "truncated": len(rejection.body) > self._body_bytes,
-            }
-        )
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.lpush(keys.REJECTED, entry)
-            pipe.ltrim(keys.REJECTED, 0, self._keep - 1)
-            pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            log.warning("could not keep a rejected callback for inspection: %s", type(exc).__name__)

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import falcon
 
-from ingress.intake import CallbackIntake, Rejection, RejectLog
+from ingress.intake import CallbackIntake
 from ingress.spool import Spool
 from shared.callback import Callback
 from shared.metrics import IngressMetrics, render
+from shared.rejected import Rejection, RejectLog
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter

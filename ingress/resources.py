@@ -12,13 +12,14 @@ import falcon
 import falcon.asgi
 import redis
 
-from ingress.intake import CallbackIntake, Rejection, RejectLog
+from ingress.intake import CallbackIntake
 from ingress.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureVerifier
 from ingress.sources import SourceFilter
 from shared.callback import Callback, CallbackLimits, parse_callback
 from shared.clock import utc_iso
 from shared.errors import InvalidCallback, TransientError
 from shared.logs import task_context
+from shared.rejected import Rejection, RejectLog
 
 log = logging.getLogger(__name__)
 

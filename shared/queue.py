@@ -21,7 +21,7 @@ from shared import keys
 from shared.callback import Callback
 from shared.errors import ConfigError, QueueUnavailable
 from shared.settings import Settings
-from shared.taskstate import QueuedMessage
+from shared.taskstate import QueuedMessage, TaskStore
 
 #: The dramatiq queue holding callbacks to process.
 CALLBACK_QUEUE = "callbacks"
@@ -121,3 +121,18 @@ def enqueue_callback(broker: dramatiq.Broker, callback: Callback) -> None:
         broker.enqueue(callback_message(callback))
     except (redis.RedisError, dramatiq.errors.BrokerConnectionError, OSError) as exc:
         raise QueueUnavailable(f"cannot enqueue: {type(exc).__name__}") from exc
+
+
+def queue_callback(broker: dramatiq.Broker, tasks: TaskStore, callback: Callback) -> None:
+    """Record ``callback``'s task as received and put the callback on the queue, blocking; raise
+    :class:`QueueUnavailable` when Redis or the broker refuses. When the queue is a Redis broker
+    on the task store's own client, both go in one call."""
+    try:
+        if isinstance(broker, RedisBroker) and broker.client is tasks.client:
+            message = redis_queued_message(broker, callback)
+            tasks.mark_received(callback.task_id, callback.received_at, enqueue=message)
+            return
+        tasks.mark_received(callback.task_id, callback.received_at)
+    except (redis.RedisError, OSError) as exc:
+        raise QueueUnavailable(f"cannot record the task: {type(exc).__name__}") from exc
+    enqueue_callback(broker, callback)

@@ -1,0 +1,238 @@
+"""Rejected callbacks, kept for inspection: the ingress writes them, the operator lists them and,
+once the cause is mended (a wrong token or key configured, a limit set too low), replays them.
+
+Each is one JSON entry in the Redis list ``keys.REJECTED``, newest first, the list capped in
+length: when, why (status and reason), from where, and the start of the body. An entry's id is
+derived from its bytes (:func:`entry_id`), so entries written before ids existed have one too,
+and an id stays valid while entries come and go around it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+import redis
+
+from shared import keys
+from shared.callback import Callback, CallbackLimits, parse_callback
+from shared.clock import utc_iso
+from shared.errors import InvalidCallback, QueueUnavailable
+
+log = logging.getLogger(__name__)
+
+#: Hex digits of an entry's sha256 that make its id.
+ID_HEX_DIGITS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A callback the ingress refused, as it is kept."""
+
+    status: int
+    reason: str
+    #: The start of the body (what was read of it) and its whole size in bytes.
+    body: bytes
+    size: int
+    remote_addr: str
+    content_type: str
+
+
+class RejectLog:
+    """Keeps the latest ``keep`` rejected callbacks in Redis, each body cut to ``body_bytes``."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keep: int,
+        body_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._keep = keep
+        self._body_bytes = body_bytes
+        self._clock = clock
+
+    def record(self, rejection: Rejection) -> None:
+        """Best effort: a Redis outage must not turn a 4xx into a 5xx, so it is only logged."""
+        log.info("rejected callback: %s %s", rejection.status, rejection.reason)
+        if self._keep <= 0:
+            return
+        kept = rejection.body[: self._body_bytes]
+        try:
+            body, lossy = kept.decode("utf-8"), False
+        except UnicodeDecodeError:
+            body, lossy = kept.decode("utf-8", "replace"), True
+        entry = orjson.dumps(
+            {
+                "at": utc_iso(self._clock()),
+                "status": rejection.status,
+                "reason": rejection.reason,
+                "remoteAddr": rejection.remote_addr,
+                "contentType": rejection.content_type,
+                "bodySize": rejection.size,
+                "body": body,
+                "truncated": len(rejection.body) > self._body_bytes,
+                # Bytes that are not UTF-8 were replaced: the kept body is not the one received.
+                "bodyLossy": lossy,
+            }
+        )
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.lpush(keys.REJECTED, entry)
+            pipe.ltrim(keys.REJECTED, 0, self._keep - 1)
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("could not keep a rejected callback for inspection: %s", type(exc).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedCallback:
+    """One kept entry, as read back."""
+
+    id: str
+    #: When it arrived (ISO 8601 UTC), or '' when the entry cannot be read.
+    at: str
+    status: int
+    reason: str
+    remote_addr: str
+    content_type: str
+    #: The whole body's size in bytes, and what was kept of it.
+    body_size: int
+    body: str
+    truncated: bool
+    body_lossy: bool
+    #: The entry as stored, to remove exactly it.
+    raw: bytes = field(repr=False)
+
+    @property
+    def replay_refusal(self) -> str | None:
+        """Why this entry cannot be replayed as it arrived, or None when it can."""
+        if not self.at:
+            return "the entry cannot be read"
+        if self.truncated:
+            return f"only the first {len(self.body.encode())} of its {self.body_size} bytes were kept"
+        if self.body_lossy:
+            return "its body was not UTF-8 and was kept with replacement characters"
+        return None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "status": self.status,
+            "reason": self.reason,
+            "remoteAddr": self.remote_addr,
+            "contentType": self.content_type,
+            "bodySize": self.body_size,
+            "truncated": self.truncated,
+            "bodyLossy": self.body_lossy,
+            "body": self.body,
+        }
+
+
+def entry_id(raw: bytes) -> str:
+    """The id of a kept entry: the start of its sha256."""
+    return hashlib.sha256(raw).hexdigest()[:ID_HEX_DIGITS]
+
+
+def read_entry(raw: bytes) -> RejectedCallback:
+    """``raw`` (one entry of the list) read back; an entry that is not what :class:`RejectLog`
+    writes comes back with an empty ``at`` and its bytes as the body."""
+    try:
+        document = orjson.loads(raw)
+        if not isinstance(document, dict):
+            raise TypeError("not an object")
+        return RejectedCallback(
+            id=entry_id(raw),
+            at=str(document["at"]),
+            status=int(document["status"]),
+            reason=str(document["reason"]),
+            remote_addr=str(document.get("remoteAddr", "")),
+            content_type=str(document.get("contentType", "")),
+            body_size=int(document.get("bodySize", 0)),
+            body=str(document.get("body", "")),
+            truncated=bool(document.get("truncated", False)),
+            body_lossy=bool(document.get("bodyLossy", False)),
+            raw=raw,
+        )
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+        text = raw.decode("utf-8", "replace")
+        return RejectedCallback(
+            id=entry_id(raw),
+            at="",
+            status=0,
+            reason="unreadable entry",
+            remote_addr="",
+            content_type="",
+            body_size=len(raw),
+            body=text,
+            truncated=False,
+            body_lossy=False,
+            raw=raw,
+        )
+
+
+def count_rejected(client: redis.Redis) -> int:
+    return int(client.llen(keys.REJECTED))
+
+
+def list_rejected(client: redis.Redis, *, limit: int | None = None) -> list[RejectedCallback]:
+    """The kept entries, newest first, at most ``limit``."""
+    end = -1 if limit is None else limit - 1
+    return [read_entry(raw) for raw in cast(list[bytes], client.lrange(keys.REJECTED, 0, end))]
+
+
+@dataclass(slots=True)
+class RejectedReplay:
+    #: (entry id, taskId) of each entry queued, in the order asked.
+    replayed: list[tuple[str, str]] = field(default_factory=list)
+    #: Asked for, but not (or no longer) kept.
+    missing: list[str] = field(default_factory=list)
+    #: (entry id, why) of each entry that cannot be replayed: cut short, or still invalid.
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    #: Why the replay stopped early (the queue refused), or None.
+    error: str | None = None
+
+
+def replay_rejected(
+    client: redis.Redis,
+    ids: Iterable[str],
+    *,
+    limits: CallbackLimits,
+    queue: Callable[[Callback], Any],
+) -> RejectedReplay:
+    """Check the entries ``ids`` again as callbacks (the body checks of the ingress, with
+    ``limits``; not the token, signature or source checks: replaying is the operator vouching for
+    them) and hand each valid one to ``queue``, with the time it first arrived; then drop it from
+    the list. An entry ``queue`` fails on stays, and the replay stops there."""
+    result = RejectedReplay()
+    kept = {entry.id: entry for entry in list_rejected(client)}
+    for wanted in dict.fromkeys(ids):
+        entry = kept.get(wanted)
+        if entry is None:
+            result.missing.append(wanted)
+            continue
+        refusal = entry.replay_refusal
+        if refusal is not None:
+            result.refused.append((entry.id, refusal))
+            continue
+        try:
+            callback = parse_callback(entry.body.encode(), received_at=entry.at, limits=limits)
+        except InvalidCallback as exc:
+            result.refused.append((entry.id, f"still invalid: {exc.reason}"))
+            continue
+        try:
+            queue(callback)
+        except QueueUnavailable as exc:
+            result.error = str(exc)
+            return result
+        # A readable entry is JSON, so UTF-8: decoded, it is encoded back to the same bytes.
+        client.lrem(keys.REJECTED, 1, entry.raw.decode())
+        result.replayed.append((entry.id, callback.task_id))
+    return result
