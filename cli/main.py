@@ -9,6 +9,7 @@ import click
 from cli.dlq import dlq
 from cli.get import get
 from cli.recover import recover
+from cli.rejected import rejected
 from cli.simulate import simulate
 from cli.status import status
 from cli.submit import submit, upscale, vary
@@ -32,3 +33,4 @@ main.add_command(submit)
 main.add_command(upscale)
 main.add_command(vary)
 main.add_command(recover)
+main.add_command(rejected)

@@ -1,0 +1,102 @@
+"""``mjhook rejected``: the callbacks the ingress refused (kept in Redis for inspection), with
+why; replay those whose cause is mended (a token or key that was set wrong, a limit too low)."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from cli.output import echo_json
+from cli.services import reported_failures, task_store
+from shared.callback import callback_limits
+from shared.queue import create_broker, queue_callback
+from shared.rejected import count_rejected, list_rejected, replay_rejected
+from shared.settings import Settings
+
+#: Rejected callbacks ``rejected list`` shows unless told otherwise.
+DEFAULT_LIST_LIMIT = 100
+#: Characters of a body the table shows (``--json`` gives all that was kept).
+BODY_PREVIEW_CHARS = 120
+
+
+@click.group()
+def rejected() -> None:
+    """Callbacks the ingress refused (4xx): list, replay."""
+
+
+@rejected.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LIST_LIMIT,
+    show_default=True,
+    help="Show at most this many, the most recent first.",
+)
+@click.pass_obj
+def list_command(settings: Settings, as_json: bool, limit: int) -> None:
+    """Rejected callbacks, most recent first, with the answer they got and the start of the body.
+
+    JSON: {"total", "rejected": [{"id", "at", "status", "reason", "remoteAddr", "contentType",
+    "bodySize", "truncated", "bodyLossy", "body"}]}; "id" is what replay takes.
+    """
+    store = task_store(settings)
+    with reported_failures():
+        total = count_rejected(store.client)
+        entries = list_rejected(store.client, limit=limit)
+    if as_json:
+        echo_json({"total": total, "rejected": [entry.to_json() for entry in entries]})
+        return
+    table = Table(title=f"Rejected callbacks: {len(entries)} of {total}", title_justify="left")
+    table.add_column("id", no_wrap=True)  # whole, to be copied into replay
+    for name in ("at", "status", "reason", "from", "bytes", "body"):
+        table.add_column(name, overflow="fold")
+    for entry in entries:
+        body = entry.body[:BODY_PREVIEW_CHARS] + ("…" if len(entry.body) > BODY_PREVIEW_CHARS else "")
+        # Text, not markup: every string here came from the internet.
+        table.add_row(
+            Text(entry.id),
+            entry.at,
+            str(entry.status),
+            Text(entry.reason),
+            Text(entry.remote_addr),
+            str(entry.body_size),
+            Text(body),
+        )
+    Console().print(table)
+
+
+@rejected.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.pass_obj
+def replay(settings: Settings, ids: tuple[str, ...]) -> None:
+    """Queue the rejected callbacks IDS as if the ingress had accepted them when they came.
+
+    Each is checked again like any callback (JSON, schema, taskId, the MJHOOK_* limits as they are
+    now), but not against the token, signature or source address: naming it is vouching for it.
+    A callback kept only in part (body larger than MJHOOK_REJECTED_BODY_BYTES) cannot be
+    replayed. Each leaves the list once queued. Exit code 1 when an ID is not kept, cannot be
+    replayed, or the queue refused.
+    """
+    store = task_store(settings)
+    with reported_failures():
+        # The queue on the task store's Redis: the task's record and its message in one call.
+        same_redis = settings.queue_url == settings.redis_url
+        broker = create_broker(settings, client=store.client if same_redis else None, middleware=[])
+        result = replay_rejected(
+            store.client,
+            ids,
+            limits=callback_limits(settings),
+            queue=lambda callback: queue_callback(broker, store, callback),
+        )
+    for entry_id, task_id in result.replayed:
+        click.echo(f"replayed {entry_id}: task {task_id} queued")
+    click.echo(f"{len(result.replayed)} rejected callback(s) replayed")
+    problems = [f"not kept: {entry_id}" for entry_id in result.missing]
+    problems += [f"cannot be replayed: {entry_id}: {why}" for entry_id, why in result.refused]
+    if result.error is not None:
+        problems.append(f"stopped: {result.error}")
+    if problems:
+        raise click.ClickException("\n".join(problems))

@@ -1,0 +1,180 @@
+"""The kept rejected callbacks on a real Redis: written by RejectLog, read back, replayed."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+import pytest
+import redis
+
+from shared import keys
+from shared.callback import Callback, CallbackLimits
+from shared.errors import QueueUnavailable
+from shared.rejected import RejectedCallback, Rejection, RejectLog, list_rejected, read_entry, replay_rejected
+
+AT = 1_795_000_000.25  # 2026-11-18T11:06:40.250Z
+
+
+def callback_body(task_id: str, urls: int = 1) -> bytes:
+    return orjson.dumps(
+        {
+            "code": 200,
+            "msg": "success",
+            "data": {
+                "taskId": task_id,
+                "promptJson": '{"prompt":"a lake"}',
+                "resultUrls": [f"https://example.com/{task_id}/{i}.png" for i in range(urls)],
+            },
+        }
+    )
+
+
+def keep(
+    client: redis.Redis, body: bytes, *, status: int = 401, body_bytes: int = 16 * 1024
+) -> RejectedCallback:
+    """Given ``body`` refused with ``status`` and kept: its entry as read back."""
+    log = RejectLog(client, keep=10, body_bytes=body_bytes, clock=lambda: AT)
+    log.record(
+        Rejection(
+            status=status,
+            reason="missing or wrong token",
+            body=body,
+            size=len(body),
+            remote_addr="203.0.113.9",
+            content_type="application/json",
+        )
+    )
+    return list_rejected(client, limit=1)[0]
+
+
+class Queue:
+    """Records what a replay queues; refuses from the ``fail_from``-th callback on."""
+
+    def __init__(self, fail_from: int | None = None) -> None:
+        self.queued: list[Callback] = []
+        self._fail_from = fail_from
+
+    def __call__(self, callback: Callback) -> None:
+        if self._fail_from is not None and len(self.queued) + 1 >= self._fail_from:
+            raise QueueUnavailable("cannot enqueue: ConnectionError")
+        self.queued.append(callback)
+
+
+def test_a_kept_entry_reads_back_with_an_id_made_of_its_bytes(client: redis.Redis) -> None:
+    entry = keep(client, callback_body("t-1"))
+    [raw] = client.lrange(keys.REJECTED, 0, -1)
+    assert entry.id == hashlib.sha256(raw).hexdigest()[:16]
+    assert (entry.at, entry.status, entry.reason) == (
+        "2026-11-18T11:06:40.250Z",
+        401,
+        "missing or wrong token",
+    )
+    assert (entry.remote_addr, entry.content_type) == ("203.0.113.9", "application/json")
+    assert entry.body.encode() == callback_body("t-1")
+    assert entry.body_size == len(callback_body("t-1"))
+    assert not entry.truncated
+    assert not entry.body_lossy
+    assert entry.replay_refusal is None
+    assert orjson.loads(raw)["bodyLossy"] is False
+
+
+def test_a_body_that_is_not_utf8_is_kept_marked_lossy_and_cannot_be_replayed(client: redis.Redis) -> None:
+    entry = keep(client, b'{"code": 200, "msg": "\xff"}', status=400)
+    assert entry.body_lossy
+    assert "\ufffd" in entry.body
+    assert entry.replay_refusal is not None
+    assert "not UTF-8" in entry.replay_refusal
+
+
+def test_an_entry_written_before_the_lossy_flag_reads_as_not_lossy() -> None:
+    raw = orjson.dumps({"at": "2026-11-01T00:00:00.000Z", "status": 400, "reason": "r", "body": "{}"})
+    entry = read_entry(raw)
+    assert (entry.at, entry.status, entry.body, entry.body_lossy, entry.truncated) == (
+        "2026-11-01T00:00:00.000Z",
+        400,
+        "{}",
+        False,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "raw", [b"not json", b"[1, 2]", b'{"status": 400}', b'{"at": "x", "status": "four"}']
+)
+def test_an_unreadable_entry_is_listed_but_never_replayed(raw: bytes) -> None:
+    entry = read_entry(raw)
+    assert entry.at == ""
+    assert entry.reason == "unreadable entry"
+    assert entry.replay_refusal == "the entry cannot be read"
+
+
+def test_replay_queues_the_callback_as_it_arrived_and_drops_its_entry(client: redis.Redis) -> None:
+    first = keep(client, callback_body("t-first", urls=3))
+    second = keep(client, callback_body("t-second"))
+    queue = Queue()
+
+    result = replay_rejected(client, [first.id], limits=CallbackLimits(), queue=queue)
+
+    assert result.replayed == [(first.id, "t-first")]
+    assert (result.missing, result.refused, result.error) == ([], [], None)
+    [callback] = queue.queued
+    assert callback.task_id == "t-first"
+    assert callback.received_at == first.at  # when it first came, not now
+    assert len(callback.result_urls) == 3
+    assert [entry.id for entry in list_rejected(client)] == [second.id]
+
+
+def test_replay_checks_the_body_again_with_the_limits_given(client: redis.Redis) -> None:
+    entry = keep(client, callback_body("t-many", urls=5), status=400)
+    queue = Queue()
+
+    refused = replay_rejected(client, [entry.id], limits=CallbackLimits(max_result_urls=4), queue=queue)
+    assert refused.replayed == []
+    [(entry_id, why)] = refused.refused
+    assert entry_id == entry.id
+    assert why.startswith("still invalid:")
+    assert "resultUrls" in why
+    assert [kept.id for kept in list_rejected(client)] == [entry.id]
+
+    # once the limit is raised, the same entry goes through
+    accepted = replay_rejected(client, [entry.id], limits=CallbackLimits(max_result_urls=8), queue=queue)
+    assert accepted.replayed == [(entry.id, "t-many")]
+    assert list_rejected(client) == []
+
+
+def test_a_body_kept_only_in_part_is_refused_and_kept(client: redis.Redis) -> None:
+    entry = keep(client, callback_body("t-cut", urls=4), body_bytes=100)
+    assert entry.truncated
+    queue = Queue()
+    result = replay_rejected(client, [entry.id], limits=CallbackLimits(), queue=queue)
+    [(entry_id, why)] = result.refused
+    assert entry_id == entry.id
+    assert "first 100 of its" in why
+    assert queue.queued == []
+    assert len(list_rejected(client)) == 1
+
+
+def test_unknown_ids_are_reported_and_each_id_is_replayed_once(client: redis.Redis) -> None:
+    entry = keep(client, callback_body("t-once"))
+    queue = Queue()
+    result = replay_rejected(
+        client, ["0123456789abcdef", entry.id, entry.id], limits=CallbackLimits(), queue=queue
+    )
+    assert result.missing == ["0123456789abcdef"]
+    assert result.replayed == [(entry.id, "t-once")]
+    assert [callback.task_id for callback in queue.queued] == ["t-once"]
+
+
+def test_a_queue_that_refuses_stops_the_replay_and_keeps_the_entries(client: redis.Redis) -> None:
+    first = keep(client, callback_body("t-a"))
+    second = keep(client, callback_body("t-b"))
+    third = keep(client, callback_body("t-c"))
+    queue = Queue(fail_from=2)
+
+    result = replay_rejected(client, [first.id, second.id, third.id], limits=CallbackLimits(), queue=queue)
+
+    assert result.replayed == [(first.id, "t-a")]
+    assert result.error == "cannot enqueue: ConnectionError"
+    # the refused one and the one after it stay kept, for another try
+    assert sorted(entry.id for entry in list_rejected(client)) == sorted([second.id, third.id])
