@@ -134,5 +134,10 @@ def render_status(snapshot: StatusSnapshot) -> RenderableType:
     for name, counts in snapshot.per_minute.items():
         rates.add_row(name, " ".join(f"{count:>3}" for count in counts), str(sum(counts)))
     workers = Text(f"Workers alive: {snapshot.workers}", style="bold" if snapshot.workers else "bold red")
+    rejected = Text(
+        f"Rejected callbacks kept: {snapshot.rejected}"
+        + (" (mjhook rejected list)" if snapshot.rejected else ""),
+        style="bold yellow" if snapshot.rejected else "",
+    )
     taken = Text(f"as of {utc_iso(snapshot.taken_at_ms / 1000)}", style="dim")
-    return Group(queues, workers, tasks, rates, taken)
+    return Group(queues, workers, rejected, tasks, rates, taken)

@@ -28,6 +28,7 @@ from dramatiq.common import dq_name
 
 from shared import keys
 from shared.redis_client import as_text
+from shared.rejected import count_rejected
 from shared.taskstate import TaskState, TaskStore
 from shared.worker_registry import registered_workers
 
@@ -84,6 +85,8 @@ class StatusSnapshot:
     per_minute: Mapping[str, tuple[int, ...]]
     #: Tasks mjhook submitted that still wait for their result, and those past the poll grace.
     submitted: Mapping[str, int]
+    #: Refused callbacks kept for inspection (``mjhook rejected list``).
+    rejected: int
 
     def to_json(self) -> dict[str, Any]:
         """The ``mjhook status --json`` object: the contract's keys plus a few more."""
@@ -103,6 +106,7 @@ class StatusSnapshot:
             "tasks": dict(self.tasks),
             "per_minute": {state: list(counts) for state, counts in self.per_minute.items()},
             "submitted": dict(self.submitted),
+            "rejected": self.rejected,
             "taken_at_ms": self.taken_at_ms,
         }
 
@@ -216,4 +220,5 @@ def read_status(
         tasks=tasks.counts(),
         per_minute=tasks.per_minute(RATE_STATES, minutes=rate_minutes),
         submitted=tasks.submitted_counts(now_ms / 1000, poll_grace_s),
+        rejected=count_rejected(tasks.client),
     )

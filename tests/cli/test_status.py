@@ -22,6 +22,7 @@ from shared.queue import (
     create_broker,
     enqueue_callback,
 )
+from shared.rejected import Rejection, RejectLog
 from shared.settings import Settings
 from shared.taskstate import TaskState, TaskStore
 from tests.cli.conftest import RunCli, dead_letters_from_real_workers
@@ -48,6 +49,12 @@ def build_known_state(env: dict[str, str], log_dir: Path) -> None:
     long_ago = current_millis() - 3 * settings.redelivery_s * 1000
     heartbeats = keys.broker_heartbeats(BROKER_NAMESPACE)
     client.zadd(heartbeats, dict.fromkeys(client.zrange(heartbeats, 0, -1), long_ago))
+    # A callback the ingress refused, kept for inspection
+    RejectLog(client, keep=10, body_bytes=1024).record(
+        Rejection(
+            status=400, reason="body is not valid JSON", body=b"{", size=1, remote_addr="", content_type=""
+        )
+    )
     # Tasks in every state
     tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
     for state, count in TASK_STATES.items():
@@ -79,6 +86,7 @@ def assert_known_state(document: dict[str, Any]) -> None:
     # The busy worker; not the stopped one, the dead one, nor the enqueue-only brokers
     assert document["workers"] == 1
     assert document["tasks"] == TASK_STATES
+    assert document["rejected"] == 1
     # Everything reached its state just now: the last minute
     assert document["per_minute"]["stored"] == [0] * 9 + [2]
     assert document["per_minute"]["partial"] == [0] * 9 + [1]
@@ -107,6 +115,7 @@ def test_status_reports_the_queue_workers_and_tasks_from_redis_alone(
     assert result.exit_code == 0, result.output
     assert CALLBACK_QUEUE in result.stdout
     assert "Workers alive: 1" in result.stdout
+    assert "Rejected callbacks kept: 1 (mjhook rejected list)" in result.stdout
 
 
 def test_status_says_redis_is_unavailable_in_one_line(run_cli: RunCli) -> None:

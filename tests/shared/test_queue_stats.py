@@ -186,3 +186,4 @@ def test_status_has_the_contract_keys_task_counts_and_finished_per_minute(client
     assert set(document["queues"][CALLBACK_QUEUE]) >= {"ready", "delayed", "in_flight", "dead"}
     assert document["workers"] == 0
     assert set(document["tasks"]) == {"received", "processing", "stored", "partial", "failed"}
+    assert document["rejected"] == 0
