@@ -27,6 +27,7 @@ from dramatiq.brokers.redis import RedisBroker
 from ingress.threaded import Threaded
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from shared.queue_stats import StatusSnapshot, read_status
+from shared.rejected import count_rejected
 from shared.settings import Settings
 from shared.taskstate import TaskStore
 
@@ -132,6 +133,7 @@ class DashboardStatusResource:
                 tasks=self._tasks.counts(),
                 per_minute={},
                 submitted=self._tasks.submitted_counts(now_ms / 1000, self._poll_grace_s),
+                rejected=count_rejected(self._tasks.client),
             )
             return {**snapshot.to_json(), "workers": None}
         return read_status(

@@ -7,13 +7,16 @@ import base64
 import hashlib
 import re
 
+import falcon
 import pytest
 import redis
 from falcon import testing
 
 from ingress.app import create_app
+from ingress.dashboard import DashboardStatusResource
 from shared.callback import Callback
 from shared.queue import CALLBACK_QUEUE, create_broker, enqueue_callback
+from shared.rejected import Rejection, RejectLog
 from shared.settings import Settings
 from shared.taskstate import TaskState, TaskStore
 from tests.support.pipeline import queued_callback
@@ -111,6 +114,9 @@ def test_status_has_queue_depths_workers_and_task_counts(
     tasks = TaskStore(client, ttl_s=3600)
     for task_id, state in (("a", TaskState.STORED), ("b", TaskState.STORED), ("c", TaskState.FAILED)):
         tasks.move(task_id, state)
+    # and a callback refused
+    bad = app.simulate_post("/callbacks/midjourney", body=b"{", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400
     # When
     response = app.simulate_get("/dashboard/status", headers=AUTH)
     # Then
@@ -120,7 +126,32 @@ def test_status_has_queue_depths_workers_and_task_counts(
     assert (queue["ready"], queue["delayed"], queue["in_flight"], queue["dead"]) == (2, 0, 1, 0)
     assert body["workers"] == 1  # the consumer holds a message and beats
     assert body["tasks"] == {"received": 0, "processing": 0, "stored": 2, "partial": 0, "failed": 1}
+    assert body["rejected"] == 1
     assert isinstance(body["taken_at_ms"], int)
+
+
+def test_with_the_queue_outside_redis_status_has_task_counts_and_no_workers(client: redis.Redis) -> None:
+    # Given a queue the ingress cannot read depths from (RabbitMQ), two tasks and a refusal
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("a", TaskState.STORED)
+    tasks.move("b", TaskState.FAILED)
+    RejectLog(client, keep=10, body_bytes=64).record(
+        Rejection(
+            status=415, reason="Content-Type", body=b"x", size=1, remote_addr="", content_type="text/plain"
+        )
+    )
+    resource = DashboardStatusResource(
+        queue_client=None, tasks=tasks, heartbeat_timeout_ms=1000, poll_grace_s=60
+    )
+    app = falcon.App()
+    app.add_route("/status", resource)
+    # When
+    body = testing.TestClient(app).simulate_get("/status").json
+    # Then
+    assert body["queues"] == {}
+    assert body["workers"] is None
+    assert body["tasks"] == {"received": 0, "processing": 0, "stored": 1, "partial": 0, "failed": 1}
+    assert body["rejected"] == 1
 
 
 def test_status_is_503_while_redis_is_unreachable() -> None:

@@ -82,6 +82,11 @@ def test_the_dashboard_shows_stored_tasks_with_their_images(
         wait_for(lambda: read_manifest(s3, s3_bucket, FAILED_ID), timeout_s=30)
         # and both messages acked (a manifest is written before its message is acked)
         wait_for(lambda: queue_is_idle(http), timeout_s=10, what="an idle queue")
+        # and a callback refused (kept for inspection)
+        refused = http.post(
+            "/callbacks/midjourney", content=b"{", headers={"Content-Type": "application/json"}
+        )
+        assert refused.status_code == 400
         # The page is refused without the token
         assert http.get("/dashboard").status_code == 401
 
@@ -118,6 +123,8 @@ def test_the_dashboard_shows_stored_tasks_with_their_images(
     counts = {e.attrs["data-state"]: e.text for e in elements if e.tag == "div" and "data-state" in e.attrs}
     assert counts["stored"] == "1 stored"
     assert counts["failed"] == "1 failed"
+    rejected = next(e for e in elements if e.attrs.get("id") == "rejected")
+    assert rejected.text == "1"
     problem = next(e for e in elements if e.attrs.get("id") == "problem")
     assert "hidden" in problem.attrs
 
