@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.output import echo_json, format_age
+from cli.output import echo_json, format_age, printable, printable_text
 from cli.services import enqueue_broker, queue_redis, reported_failures, task_store
 from shared.clock import utc_iso
 from shared.dead_letters import DeadLetter, count_dead, list_dead, purge_dead, replay_dead
@@ -63,13 +63,13 @@ def list_command(settings: Settings, as_json: bool, limit: int) -> None:
     for name in ("taskId", "retries", "age", "reason"):
         table.add_column(name, overflow="fold")
     for letter in letters:
-        # Text, not markup: these strings come from the queue and may hold "[...]"
+        # These strings come from the queue: never markup ("[...]"), never terminal controls
         table.add_row(
-            Text(letter.id),
-            Text(letter.task_id or "-"),
+            printable_text(letter.id),
+            printable_text(letter.task_id or "-"),
             str(letter.retries),
             format_age(letter.age_s(now_ms)),
-            Text.assemble(letter.reason, (f" ({letter.reason_source})", "dim")),
+            Text.assemble(printable_text(letter.reason), (f" ({letter.reason_source})", "dim")),
         )
     Console().print(table)
 
@@ -107,7 +107,7 @@ def replay(settings: Settings, ids: tuple[str, ...]) -> None:
             ids=ids or None,
         )
     for dead_id, new_id in result.replayed:
-        click.echo(f"replayed {dead_id} as {new_id}")
+        click.echo(f"replayed {printable(dead_id)} as {new_id}")
     click.echo(f"{len(result.replayed)} dead letter(s) replayed onto {CALLBACK_QUEUE}")
     problems = [f"not a dead letter: {dead_id}" for dead_id in result.missing]
     problems += [f"cannot be decoded, left in place: {dead_id}" for dead_id in result.unreadable]

@@ -22,6 +22,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from cli.output import printable
 from cli.services import reported_failures
 from shared.callback import TASK_ID_PATTERN
 from shared.settings import Settings
@@ -76,10 +77,12 @@ def get(settings: Settings, task_id: str, out_dir: Path | None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         problems = _download_all(store, files, directory)
     (directory / MANIFEST_NAME).write_bytes(body)
-    click.echo(f"{task_id}: {manifest.get('status')}, {len(files) - len(problems)} file(s) in {directory}")
+    status = printable(manifest.get("status"))
+    click.echo(f"{task_id}: {status}, {len(files) - len(problems)} file(s) in {directory}")
     for error in manifest.get("errors") or []:
         if isinstance(error, dict):
-            click.echo(f"  not stored: #{error.get('index')} {error.get('sourceUrl')}: {error.get('reason')}")
+            index, url, reason = (printable(error.get(name)) for name in ("index", "sourceUrl", "reason"))
+            click.echo(f"  not stored: #{index} {url}: {reason}")
     if problems:
         raise click.ClickException("\n".join(problems))
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import click
 import redis
 
-from cli.output import echo_json
+from cli.output import echo_json, printable
 from cli.services import DEFAULT_REDIS_TIMEOUT_S
 from cli.submit import EXIT_REFUSED, EXIT_UNAVAILABLE
 from shared.callback import callback_limits
@@ -113,7 +113,7 @@ def _print(rows: list[Row], as_json: bool) -> None:
         echo_json([row.json() for row in rows])
         return
     for row in rows:
-        click.echo(f"{row.task_id}  {row.state} -> {row.outcome}: {row.detail}")
+        click.echo(f"{row.task_id}  {row.state} -> {row.outcome}: {printable(row.detail)}")
     counts = {outcome: sum(row.outcome == outcome for row in rows) for outcome in PollOutcome}
     skipped = sum(row.outcome == "skipped" for row in rows)
     click.echo(

@@ -6,9 +6,8 @@ from __future__ import annotations
 import click
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-from cli.output import echo_json
+from cli.output import echo_json, printable, printable_text
 from cli.services import reported_failures, task_store
 from shared.callback import callback_limits
 from shared.queue import create_broker, queue_callback
@@ -55,15 +54,15 @@ def list_command(settings: Settings, as_json: bool, limit: int) -> None:
         table.add_column(name, overflow="fold")
     for entry in entries:
         body = entry.body[:BODY_PREVIEW_CHARS] + ("…" if len(entry.body) > BODY_PREVIEW_CHARS else "")
-        # Text, not markup: every string here came from the internet.
+        # Every string here came from the internet: never markup, never terminal controls.
         table.add_row(
-            Text(entry.id),
-            entry.at,
+            printable_text(entry.id),
+            printable_text(entry.at),
             str(entry.status),
-            Text(entry.reason),
-            Text(entry.remote_addr),
+            printable_text(entry.reason),
+            printable_text(entry.remote_addr),
             str(entry.body_size),
-            Text(body),
+            printable_text(body),
         )
     Console().print(table)
 
@@ -94,8 +93,8 @@ def replay(settings: Settings, ids: tuple[str, ...]) -> None:
     for entry_id, task_id in result.replayed:
         click.echo(f"replayed {entry_id}: task {task_id} queued")
     click.echo(f"{len(result.replayed)} rejected callback(s) replayed")
-    problems = [f"not kept: {entry_id}" for entry_id in result.missing]
-    problems += [f"cannot be replayed: {entry_id}: {why}" for entry_id, why in result.refused]
+    problems = [f"not kept: {printable(entry_id)}" for entry_id in result.missing]
+    problems += [f"cannot be replayed: {entry_id}: {printable(why)}" for entry_id, why in result.refused]
     if result.error is not None:
         problems.append(f"stopped: {result.error}")
     if problems:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import click
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-from cli.output import echo_json
+from cli.output import echo_json, printable_text
 from cli.services import reported_failures, task_store
 from shared.clock import utc_iso
 from shared.settings import Settings
@@ -42,8 +41,10 @@ def tasks(settings: Settings, state: str | None, limit: int, as_json: bool) -> N
     for name in ("taskId", "state", "updatedAt", "reason"):
         table.add_column(name, overflow="fold")
     for row in rows:
-        # Text, not markup: a reason may hold "[...]"
-        table.add_row(*(Text(row[name] or "-") for name in ("taskId", "state", "updatedAt", "reason")))
+        # A reason may quote the provider's (or a forged callback's) msg: never markup, no controls
+        table.add_row(
+            *(printable_text(row[name] or "-") for name in ("taskId", "state", "updatedAt", "reason"))
+        )
     Console().print(table)
 
 

@@ -80,3 +80,17 @@ def test_dead_letters_are_listed_with_their_reason_then_replayed_or_purged(
     }
     assert tasks_ready == {"dlq-1", "dlq-3"}
     client.close()
+
+
+def test_a_hostile_dead_letter_is_listed_without_its_terminal_controls(
+    app_env: dict[str, str], tmp_path: Path, run_cli: RunCli
+) -> None:
+    # Given a queued callback the workers refused, whose taskId and msg carry terminal controls
+    hostile = queued_callback("t\x1b[2J", msg="\x1b]0;pwned\x07", code="oops")
+    dead_letters_from_real_workers(app_env, tmp_path, [hostile])
+    # When an operator lists the dead letters
+    result = run_cli(app_env, "dlq", "list")
+    # Then the taskId is shown with its controls as escapes, none of them sent
+    assert result.exit_code == 0, result.output
+    assert "t\\x1b[2J" in result.stdout
+    assert not {"\x1b", "\x07"} & set(result.stdout)

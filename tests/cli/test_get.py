@@ -94,3 +94,22 @@ def test_a_missing_bucket_is_an_error_not_a_traceback(app_env: dict[str, str], r
     result = run_cli({**app_env, "MJHOOK_S3_BUCKET": "no-such-bucket"}, "get", "t-get")
     assert result.exit_code == 1
     assert "NoSuchBucket" in result.stderr
+
+
+def test_a_hostile_source_url_in_the_manifest_is_printed_without_its_terminal_controls(
+    app_env: dict[str, str], file_server: FileServer, run_cli: RunCli, tmp_path: Path
+) -> None:
+    # Given a task stored with one good file and one whose URL carries terminal controls
+    parts = build_parts(Settings.from_env(app_env))
+    wait_for_bucket(parts.store, timeout_s=30)
+    good = file_server.add("/good.png", png_bytes(3))
+    hostile = file_server.url("/\x1b[2J\x1b]0;pwned\x07.png")
+    callback = Callback.from_message(queued_callback("t-hostile-url", resultUrls=[good, hostile]))
+    assert parts.processor.process(callback) is TaskState.PARTIAL
+    # When an operator downloads it
+    result = run_cli(app_env, "get", "t-hostile-url", "--out", str(tmp_path / "out"))
+    # Then the file not stored is named, its controls shown as escapes, none of them sent
+    assert result.exit_code == 0, result.output
+    assert "not stored: #1 " in result.stdout
+    assert "\\x1b[2J\\x1b]0;pwned\\x07.png" in result.stdout
+    assert not {"\x1b", "\x07"} & set(result.stdout)

@@ -93,3 +93,24 @@ def test_replay_needs_an_id_and_reports_unknown_ones(app_env: dict[str, str], ru
     result = run_cli(app_env, "rejected", "replay", "0123456789abcdef")
     assert result.exit_code == 1
     assert "not kept: 0123456789abcdef" in result.output
+
+
+def test_a_hostile_body_is_listed_without_its_terminal_controls(
+    app_env: dict[str, str], run_cli: RunCli
+) -> None:
+    # Given a refused body written to take over the operator's terminal
+    app = ingress(app_env)
+    hostile = b'{"msg": "\x1b[2J\x1b]0;pwned\x07", "x": "\xe2\x80\xae"'
+    assert (
+        app.simulate_post(
+            CALLBACK_PATH, body=hostile, headers={"Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )
+    # When an operator lists the refused callbacks
+    result = run_cli(app_env, "rejected", "list")
+    # Then the body is shown, each control as its escape, none of them sent
+    assert result.exit_code == 0, result.output
+    assert "\\x1b[2J\\x1b]0;pwned\\x07" in result.stdout
+    assert "\\u202e" in result.stdout
+    assert not {"\x1b", "\x07", "\u202e"} & set(result.stdout)

@@ -7,9 +7,13 @@ import json
 import pytest
 import redis
 
+from shared.callback import Callback
+from shared.settings import Settings
 from shared.taskstate import TaskState, TaskStore
 from tests.cli.conftest import RunCli
 from tests.support.clock import FakeClock
+from tests.support.pipeline import queued_callback
+from workers.runtime import build_parts
 
 
 @pytest.fixture
@@ -59,3 +63,24 @@ def test_tasks_for_people_is_a_table(env: dict[str, str], run_cli: RunCli) -> No
     assert result.exit_code == 0, result.output
     assert "t-failed" in result.stdout
     assert "generation failed [nsfw]" in result.stdout
+
+
+HOSTILE_MSG = "generation failed\x1b[2J\x1b]0;pwned\x07\u202e"
+
+
+def test_a_reason_from_a_callback_reaches_the_terminal_without_its_controls(
+    app_env: dict[str, str], run_cli: RunCli
+) -> None:
+    # Given a failed generation whose msg carries terminal controls, processed by the worker pipeline
+    parts = build_parts(Settings.from_env(app_env))
+    failed = Callback.from_message(queued_callback("t-hostile", code=500, msg=HOSTILE_MSG))
+    assert parts.processor.process(failed) is TaskState.FAILED
+    # When an operator lists the tasks
+    result = run_cli(app_env, "tasks")
+    # Then the reason is there, each control shown as its escape, none of them sent
+    assert result.exit_code == 0, result.output
+    assert "generation failed\\x1b[2J\\x1b]0;pwned\\x07\\u202e" in result.stdout
+    assert not {"\x1b", "\x07", "\u202e"} & set(result.stdout)
+    # and the JSON form keeps the reason exactly (JSON escapes controls itself)
+    [row] = json.loads(run_cli(app_env, "tasks", "--json").stdout)
+    assert row["reason"] == HOSTILE_MSG
