@@ -10,10 +10,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.output import echo_json, format_age, printable, printable_text
+from cli.output import echo_json, format_age, printable_text
 from cli.services import enqueue_broker, queue_redis, reported_failures, task_store
 from shared.clock import utc_iso
 from shared.dead_letters import DeadLetter, count_dead, list_dead, purge_dead, replay_dead
+from shared.printable import printable
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from shared.settings import Settings
 

@@ -22,9 +22,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from cli.output import printable
 from cli.services import reported_failures
 from shared.callback import TASK_ID_PATTERN
+from shared.printable import printable
 from shared.settings import Settings
 from shared.storage import MANIFEST_NAME, ObjectStore, create_object_store, manifest_key, task_prefix
 

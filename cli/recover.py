@@ -10,12 +10,13 @@ from dataclasses import dataclass
 import click
 import redis
 
-from cli.output import echo_json, printable
+from cli.output import echo_json
 from cli.services import DEFAULT_REDIS_TIMEOUT_S
 from cli.submit import EXIT_REFUSED, EXIT_UNAVAILABLE
 from shared.callback import callback_limits
 from shared.errors import ConfigError, ProviderError, ProviderUnavailable
 from shared.polling import PollOutcome, ResultPoller
+from shared.printable import printable
 from shared.provider import create_provider_client
 from shared.queue import create_broker
 from shared.redis_client import connect_redis

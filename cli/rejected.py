@@ -7,9 +7,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cli.output import echo_json, printable, printable_text
+from cli.output import echo_json, printable_text
 from cli.services import reported_failures, task_store
 from shared.callback import callback_limits
+from shared.printable import printable
 from shared.queue import create_broker, queue_callback
 from shared.rejected import count_rejected, list_rejected, replay_rejected
 from shared.settings import Settings

@@ -22,6 +22,7 @@ from typing import IO, Any, Literal
 import orjson
 
 from shared.clock import utc_iso
+from shared.printable import printable, printable_lines
 
 #: The text format: time, level, process, logger, task (when there is one), message.
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s%(task)s: %(message)s"
@@ -97,7 +98,10 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """:data:`LOG_FORMAT`, with `` [taskId]`` after the logger name when there is a task."""
+    """:data:`LOG_FORMAT`, with `` [taskId]`` after the logger name when there is a task. Meant for
+    a terminal, so a message is one line whatever it quotes (a callback's ``msg``, a result URL):
+    its controls, newlines too, are shown as escapes (:mod:`shared.printable`); a traceback keeps
+    its lines."""
 
     def __init__(self) -> None:
         super().__init__(LOG_FORMAT)
@@ -106,6 +110,15 @@ class TextFormatter(logging.Formatter):
         task_id = current_task_id(record)
         record.task = f" [{task_id}]" if task_id else ""
         return super().format(record)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return printable_lines(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return printable_lines(super().formatStack(stack_info))
 
 
 def make_formatter(log_format: LogFormat) -> logging.Formatter:
