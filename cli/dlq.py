@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.output import echo_json, format_age, printable_text
+from cli.output import echo_json, format_age, list_options, printable_text
 from cli.services import enqueue_broker, queue_redis, reported_failures, task_store
 from shared.clock import utc_iso
 from shared.dead_letters import DeadLetter, count_dead, list_dead, purge_dead, replay_dead
@@ -28,14 +28,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=DEFAULT_LIST_LIMIT,
-    show_default=True,
-    help="Show at most this many, the most recent first.",
-)
+@list_options(DEFAULT_LIST_LIMIT)
 @click.pass_obj
 def list_command(settings: Settings, as_json: bool, limit: int) -> None:
     """Dead letters, most recent first, with their taskId and reason.

@@ -3,13 +3,33 @@ through :func:`shared.printable.printable`."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 import orjson
 from rich.text import Text
 
 from shared.printable import printable
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def list_options(default_limit: int) -> Callable[[Command], Command]:
+    """The options of a command listing the newest entries first: ``--json`` (one JSON object)
+    and ``--limit`` (at most this many, ``default_limit`` unless told)."""
+
+    def decorate(command: Command) -> Command:
+        limited = click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            default=default_limit,
+            show_default=True,
+            help="Show at most this many, the most recent first.",
+        )(command)
+        return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(limited)
+
+    return decorate
 
 
 def printable_text(value: object, style: str = "") -> Text:

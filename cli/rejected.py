@@ -7,7 +7,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cli.output import echo_json, printable_text
+from cli.output import echo_json, list_options, printable_text
 from cli.services import reported_failures, task_store
 from shared.callback import callback_limits
 from shared.printable import printable
@@ -27,14 +27,7 @@ def rejected() -> None:
 
 
 @rejected.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=DEFAULT_LIST_LIMIT,
-    show_default=True,
-    help="Show at most this many, the most recent first.",
-)
+@list_options(DEFAULT_LIST_LIMIT)
 @click.pass_obj
 def list_command(settings: Settings, as_json: bool, limit: int) -> None:
     """Rejected callbacks, most recent first, with the answer they got and the start of the body.

@@ -58,6 +58,9 @@ def test_callbacks_refused_for_a_wrong_token_are_listed_then_replayed_and_stored
     assert (oldest["status"], oldest["reason"]) == (401, "missing or wrong token")
     assert oldest["body"].encode() == body
     assert oldest["bodySize"] == len(body)
+    limited = json.loads(run_cli(app_env, "rejected", "list", "--json", "--limit", "1").stdout)
+    assert limited["total"] == 2
+    assert limited["rejected"] == [newest]
     human = run_cli(app_env, "rejected", "list")
     assert human.exit_code == 0, human.output
     assert oldest["id"] in human.stdout
