@@ -115,8 +115,11 @@ class RejectedCallback:
         """Why this entry cannot be replayed as it arrived, or None when it can."""
         if not self.at:
             return "the entry cannot be read"
-        if self.truncated:
-            return f"only the first {len(self.body.encode())} of its {self.body_size} bytes were kept"
+        kept = len(self.body.encode())
+        # Cut to MJHOOK_REJECTED_BODY_BYTES, or only partly read in the first place (a body over
+        # MJHOOK_MAX_BODY_BYTES: the ingress reads no further).
+        if self.truncated or self.body_size > kept:
+            return f"only the first {kept} of its {self.body_size} bytes were kept"
         if self.body_lossy:
             return "its body was not UTF-8 and was kept with replacement characters"
         return None

@@ -155,6 +155,23 @@ def test_a_body_kept_only_in_part_is_refused_and_kept(client: redis.Redis) -> No
     assert len(list_rejected(client)) == 1
 
 
+def test_a_body_the_ingress_read_only_in_part_is_refused(client: redis.Redis) -> None:
+    # Given a body over the size limit: the ingress read its start only, and kept all it read
+    start = callback_body("t-big") + b" "
+    RejectLog(client, keep=10, body_bytes=1 << 20).record(
+        Rejection(
+            status=413, reason="body too large", body=start, size=300_000, remote_addr="", content_type=""
+        )
+    )
+    [entry] = list_rejected(client)
+    assert not entry.truncated
+    # When it is replayed, although what was kept parses
+    result = replay_rejected(client, [entry.id], limits=CallbackLimits(), queue=Queue())
+    # Then it is refused: the rest of the body was never read
+    assert result.refused == [(entry.id, f"only the first {len(start)} of its 300000 bytes were kept")]
+    assert len(list_rejected(client)) == 1
+
+
 def test_unknown_ids_are_reported_and_each_id_is_replayed_once(client: redis.Redis) -> None:
     entry = keep(client, callback_body("t-once"))
     queue = Queue()
