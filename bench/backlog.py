@@ -15,6 +15,14 @@ the workers are pointed at one Redis, its rate measured over 5 windows, the work
 Redis topped up again to its backlog. Phases alternate (10k, 100k, 10k, 100k ...); the figure is
 the median of the per-round ratios of the 100k rate to the 10k rate. Target: >= 0.9 (no fall
 beyond the run-to-run noise).
+
+``--full-drain`` instead fills one Redis with ``--count`` failure callbacks and lets the workers
+drain all of it, timing each tenth of the drain (from a backlog of 100 % to 90 %, ... to 0 %): the
+figure is the median rate of the first three tenths (the backlog at 70-100 %) over that of the
+last three (0-30 %), with the same target, and every callback must end recorded as failed with
+nothing left queued or dead-lettered.
+
+    .venv/bin/python bench/backlog.py --full-drain [--count 100000]
 """
 
 from __future__ import annotations
@@ -129,6 +137,83 @@ def drain_phase(backlog: Backlog, out: Path, window_s: float) -> dict[str, Any]:
     return {"per_s": median([w["per_s"] for w in windows]), "windows": windows}
 
 
+def full_drain(backlog: Backlog, out: Path, *, poll_s: float, timeout_s: float) -> dict[str, Any]:
+    """Fill ``backlog`` to its size, let fresh workers drain all of it, and time each tenth."""
+    print(f"filling {backlog.name}: {backlog.size} failure callbacks ...", flush=True)
+    enqueued_per_s = backlog.fill(backlog.size)
+    print(f"draining all of it with {WORKER_PROCESSES}x{WORKER_THREADS} workers ...", flush=True)
+    count = backlog.size
+    with ExitStack() as stack:
+        workers = start_workers(
+            backlog.env, out / backlog.name, processes=WORKER_PROCESSES, threads=WORKER_THREADS
+        )
+        stack.callback(workers.terminate)
+        started = time.monotonic()
+        # (seconds since the workers were ready, callbacks done): one mark per poll
+        marks = [(0.0, int(backlog.client.zcard(FAILED_KEY)))]
+        while marks[-1][1] < count and marks[-1][0] < timeout_s:
+            time.sleep(poll_s)
+            marks.append((time.monotonic() - started, int(backlog.client.zcard(FAILED_KEY))))
+    tenths = drain_tenths(marks, count)
+    return {
+        "callbacks": count,
+        "enqueued_per_s": enqueued_per_s,
+        "seconds": marks[-1][0],
+        "done": marks[-1][1],
+        "left_queued": int(backlog.client.llen(QUEUE_KEY)),
+        "dead": int(backlog.client.zcard(keys.broker_dead(BROKER_NAMESPACE, CALLBACK_QUEUE))),
+        "tenths": tenths,
+    }
+
+
+def drain_tenths(marks: list[tuple[float, int]], count: int) -> list[dict[str, float]]:
+    """The drain rate over each tenth of the drain, from the marks (seconds, callbacks done; the
+    first when the workers were ready, some already done by the first of them): each tenth from
+    the mark where done first reached its start to the mark where it reached its end."""
+    base = marks[0][1]
+    span = count - base
+    tenths = []
+    for tenth in range(10):
+        start = next((m for m in marks if m[1] >= base + span * tenth // 10), None)
+        end = next((m for m in marks if m[1] >= base + span * (tenth + 1) // 10), None)
+        if start is None or end is None or end[0] <= start[0]:
+            break
+        tenths.append(
+            {
+                "backlog_from_pct": 100 - 10 * tenth,
+                "backlog_at_start": count - start[1],
+                "per_s": (end[1] - start[1]) / (end[0] - start[0]),
+            }
+        )
+    return tenths
+
+
+def summarize_full_drain(drain: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    print_table(
+        [["backlog from", "callbacks/s"]]
+        + [[f"{t['backlog_from_pct']} %", t["per_s"]] for t in drain["tenths"]]
+    )
+    rates = [t["per_s"] for t in drain["tenths"]]
+    value = ratio(median(rates[:3]), median(rates[-3:])) if len(rates) == 10 else float("nan")
+    complete = drain["done"] == drain["callbacks"] and drain["left_queued"] == 0 and drain["dead"] == 0
+    print(
+        f"{drain['done']} of {drain['callbacks']} drained in {drain['seconds']:.0f} s, "
+        f"{drain['left_queued']} left queued, {drain['dead']} dead-lettered"
+    )
+    print(
+        f"drain rate with the backlog at 70-100 % vs 0-30 %: {value:.3g}x "
+        f"(target >= {TARGET_RATIO}) {verdict(value, TARGET_RATIO)}"
+    )
+    return {
+        "settings": vars(args) | {"worker_processes": WORKER_PROCESSES, "worker_threads": WORKER_THREADS},
+        "full_drain": drain,
+        "figures": {
+            "drain_full_large_vs_small": [value, TARGET_RATIO, verdict(value, TARGET_RATIO)],
+            "drained_completely": [complete, True, "PASS" if complete else "MISS"],
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -136,10 +221,17 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=100_000, help="the large backlog; the small is a tenth")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window", type=float, default=2.0, help="seconds per drain window")
+    parser.add_argument("--full-drain", action="store_true", help="fill --count, drain all of it")
+    parser.add_argument("--drain-timeout", type=float, default=3600.0, help="seconds; --full-drain")
     args = parser.parse_args()
     out = run_dir("backlog")
     with ExitStack() as stack:
         s3 = start_s3(stack, out / "s3")
+        if args.full_drain:
+            drain = Backlog("drain", start_redis(stack, out / "redis-drain"), s3, out, args.count)
+            report = full_drain(drain, out, poll_s=0.1, timeout_s=args.drain_timeout)
+            save(out, "backlog", summarize_full_drain(report, args))
+            return
         small = Backlog("small", start_redis(stack, out / "redis-small"), s3, out, args.count // 10)
         large = Backlog("large", start_redis(stack, out / "redis-large"), s3, out, args.count)
         with ExitStack() as grids_stack:  # only measured, never drained: stopped right after

@@ -69,6 +69,15 @@ def test_the_backlog_benchmark_measures_memory_and_both_drain_phases() -> None:
     assert math.isfinite(report["figures"]["drain_large_vs_small"][0])
 
 
+def test_the_full_drain_drains_every_callback_and_times_each_tenth() -> None:
+    report = run_benchmark("backlog.py", "--full-drain", "--count", "2000", "--drain-timeout", "120")
+    drain = report["full_drain"]
+    assert (drain["done"], drain["left_queued"], drain["dead"]) == (2000, 0, 0)
+    assert [tenth["backlog_from_pct"] for tenth in drain["tenths"]] == list(range(100, 0, -10))
+    assert all(tenth["per_s"] > 0 for tenth in drain["tenths"])
+    assert report["figures"]["drained_completely"][0] is True
+
+
 def test_the_ingress_benchmark_measures_both_receivers_and_every_ack_was_queued() -> None:
     report = run_benchmark(
         "ingress_ack.py",
