@@ -63,6 +63,10 @@ class Settings(BaseModel):
     #: Longest wait for the next chunk of a download, not for the whole file.
     read_timeout_s: float = Field(default=30.0, gt=0)
     max_redirects: int = Field(default=5, ge=0, le=20)
+    #: Slowest average a download may keep up, in bytes/s, once it has run ``min_download_rate_after_s``
+    #: seconds (0: no minimum). Bounds a slow trickle, which the per-chunk timeout does not.
+    min_download_rate: int = Field(default=4 * KIB, ge=0)
+    min_download_rate_after_s: float = Field(default=60.0, gt=0)
     #: Largest image file accepted, in bytes.
     max_image_bytes: int = Field(default=64 * MIB, ge=1)
     #: Largest video file accepted, in bytes.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
@@ -39,6 +40,10 @@ class FetchLimits:
     #: Most pixels (width x height), and longest side, an image may declare in its header.
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_image_side: int = DEFAULT_MAX_SIDE
+    #: Slowest average rate, bytes/s, a download may keep up once it has run ``min_rate_after_s``
+    #: seconds; 0: none. The read timeout bounds the wait for one chunk, not a trickle of them.
+    min_rate: int = 0
+    min_rate_after_s: float = 60.0
 
 
 class ByteBudget:
@@ -81,12 +86,14 @@ class ResultFetcher:
         limits: FetchLimits,
         *,
         refresh_url: Callable[[str], str] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``refresh_url`` gives a fresh link for a result URL (the provider's ``download-url``);
         without it an expired link is final."""
         self._client = client
         self._limits = limits
         self._refresh_url = refresh_url
+        self._monotonic = monotonic
 
     def fetch(self, url: str, *, budget: ByteBudget | None = None) -> FetchedFile:
         """Download ``url``, counting its bytes against ``budget`` (the task's total cap) when
@@ -159,7 +166,9 @@ class ResultFetcher:
         media: MediaType | None = None
         cap = max(self._limits.max_image_bytes, self._limits.max_video_bytes)
         size = 0
+        started = self._monotonic()
         for chunk in response.iter_bytes():
+            self._check_rate(size, self._monotonic() - started)
             if media is None:
                 head += chunk
                 if len(head) >= SNIFF_BYTES:
@@ -175,6 +184,16 @@ class ResultFetcher:
             if size > cap:
                 raise DownloadRefused(f"file is over the {cap}-byte cap")
         return media, size, digest.hexdigest()
+
+    def _check_rate(self, size: int, elapsed_s: float) -> None:
+        """Give up on a download that has averaged less than the minimum rate since it started,
+        once it has run long enough to judge: a server trickling bytes would otherwise hold a
+        worker thread until the task's time limit. Transient: the server may be slow for now."""
+        limits = self._limits
+        if limits.min_rate and elapsed_s > limits.min_rate_after_s and size < limits.min_rate * elapsed_s:
+            raise DownloadFailed(
+                f"too slow: {size} bytes in {elapsed_s:.0f} s, under {limits.min_rate} bytes/s on average"
+            )
 
     def _check_dimensions(self, media: MediaType, head: bytes) -> None:
         """Refuse an image declaring too many pixels, or not declaring its size within ``head``

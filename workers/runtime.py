@@ -72,6 +72,8 @@ def build_parts(
             spool_memory_bytes=settings.spool_memory_bytes,
             max_image_pixels=settings.max_image_pixels,
             max_image_side=settings.max_image_side,
+            min_rate=settings.min_download_rate,
+            min_rate_after_s=settings.min_download_rate_after_s,
         ),
         refresh_url=provider.download_url if provider is not None else None,
     )

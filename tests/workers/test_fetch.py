@@ -105,3 +105,40 @@ def test_a_tasks_total_byte_budget_is_shared_by_its_files(
     fetcher.fetch(url, budget=budget).close()
     with pytest.raises(DownloadRefused, match="total cap"):
         fetcher.fetch(url, budget=budget)
+
+
+def trickling_fetcher(min_rate: int) -> ResultFetcher:
+    client = create_http_client(connect_timeout_s=2, read_timeout_s=2, max_redirects=0, max_connections=2)
+    limits = FetchLimits(
+        max_image_bytes=500_000, max_video_bytes=1_000_000, min_rate=min_rate, min_rate_after_s=0.3
+    )
+    return ResultFetcher(client, limits)
+
+
+def test_a_trickling_download_is_given_up_as_transient(file_server: FileServer) -> None:
+    # Given a server sending 64 bytes every 50 ms (~1.3 KB/s): each chunk well within the read timeout
+    url = file_server.add("/slow.png", png_bytes(5, 24, 24), chunk_size=64, chunk_delay_s=0.05)
+    # When the minimum average is 100 KB/s after 0.3 s
+    with pytest.raises(DownloadFailed, match=r"too slow: \d+ bytes in \d+ s, under 100000 bytes/s"):
+        trickling_fetcher(100_000).fetch(url)
+
+
+def test_a_download_above_the_minimum_rate_is_kept(file_server: FileServer) -> None:
+    image = png_bytes(5, 24, 24)
+    url = file_server.add("/slow.png", image, chunk_size=64, chunk_delay_s=0.05)
+    fetched = trickling_fetcher(200).fetch(url)
+    try:
+        assert fetched.body.read() == image
+    finally:
+        fetched.close()
+
+
+def test_the_rate_is_judged_by_the_clock_given(file_server: FileServer) -> None:
+    # A fast local download, but a clock on which every chunk comes 100 s after the start
+    ticks = iter([0.0])
+    client = create_http_client(connect_timeout_s=2, read_timeout_s=2, max_redirects=0, max_connections=2)
+    limits = FetchLimits(max_image_bytes=500_000, max_video_bytes=1_000_000, min_rate=1_000_000)
+    fetcher = ResultFetcher(client, limits, monotonic=lambda: next(ticks, 100.0))
+    url = file_server.add("/fast.png", png_bytes(1))
+    with pytest.raises(DownloadFailed, match="too slow"):
+        fetcher.fetch(url)

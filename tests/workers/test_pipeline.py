@@ -219,3 +219,20 @@ def test_a_task_over_its_total_byte_cap_stores_no_more_than_the_cap(harness: Har
     assert status in (TaskState.PARTIAL, TaskState.FAILED)
     assert sum(image["size"] for image in manifest["images"]) <= cap
     assert any("total cap" in error["reason"] for error in manifest["errors"])
+
+
+def test_a_trickling_file_is_recorded_as_too_slow_on_the_last_attempt(harness: Harness) -> None:
+    # Given workers that want 100 KB/s on average after 0.3 s, and one file trickling at ~1.3 KB/s
+    slow = harness.settings.model_copy(
+        update={"min_download_rate": 100_000, "min_download_rate_after_s": 0.3}
+    )
+    parts = build_parts(slow, metrics=create_worker_metrics())
+    urls, _ = serve_pngs(harness.files, 2)
+    harness.files.add("/img1.png", png_bytes(5, 24, 24), chunk_size=64, chunk_delay_s=0.05)
+    # When its last attempt runs
+    state = parts.processor.process(callback(urls), final_attempt=True)  # type: ignore[attr-defined]
+    # Then the other file is stored and this one is recorded with why
+    assert state is TaskState.PARTIAL
+    [error] = harness.manifest("task-1")["errors"]  # type: ignore[misc]
+    assert error["index"] == 1
+    assert "too slow" in error["reason"]
