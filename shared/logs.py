@@ -22,12 +22,15 @@ from typing import IO, Any, Literal
 import orjson
 
 from shared.clock import utc_iso
-from shared.printable import printable, printable_lines
+from shared.printable import printable_lines
 
 #: The text format: time, level, process, logger, task (when there is one), message.
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s%(task)s: %(message)s"
 
 LogFormat = Literal["json", "text"]
+
+#: What the text format puts before each line of a record after its first.
+CONTINUATION = "  "
 
 #: The taskId of the callback this thread (or task copied from it) is handling, if any.
 TASK_ID: ContextVar[str | None] = ContextVar("mjhook_task_id", default=None)
@@ -99,9 +102,11 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     """:data:`LOG_FORMAT`, with `` [taskId]`` after the logger name when there is a task. Meant for
-    a terminal, so a message is one line whatever it quotes (a callback's ``msg``, a result URL):
-    its controls, newlines too, are shown as escapes (:mod:`shared.printable`); a traceback keeps
-    its lines."""
+    a terminal, and a record may quote outside text (a callback's ``msg``, a result URL, a
+    provider's message, in the message or in an exception): every control but newline is shown
+    as its escape (:mod:`shared.printable`), and every line after a record's first is indented by
+    :data:`CONTINUATION`, so no quoted line can pass for a record of its own (those start at the
+    line's start)."""
 
     def __init__(self) -> None:
         super().__init__(LOG_FORMAT)
@@ -109,10 +114,10 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         task_id = current_task_id(record)
         record.task = f" [{task_id}]" if task_id else ""
-        return super().format(record)
+        return super().format(record).replace("\n", "\n" + CONTINUATION)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return printable(super().formatMessage(record))
+        return printable_lines(super().formatMessage(record))
 
     def formatException(self, ei: Any) -> str:
         return printable_lines(super().formatException(ei))

@@ -83,24 +83,28 @@ def test_the_text_format_shows_the_task_after_the_logger() -> None:
     assert "workers.pipeline: task t1 stored" in TextFormatter().format(record())
 
 
-def test_a_text_line_shows_outside_controls_as_escapes_and_stays_one_line() -> None:
+def test_a_text_record_quoting_a_fake_record_cannot_pass_for_one() -> None:
     # Given a message quoting a forged callback's msg: a fake log line and a terminal sequence
     forged = "oops\n2026-11-25 00:00:00 INFO [1] ingress: all good\x1b[2J"
-    line = TextFormatter().format(record("task failed: %s", forged))
-    assert line.endswith("task failed: oops\\x0a2026-11-25 00:00:00 INFO [1] ingress: all good\\x1b[2J")
-    assert "\n" not in line
-    assert "\x1b" not in line
+    text = TextFormatter().format(record("task failed: %s", forged))
+    first, second = text.split("\n")
+    assert first.endswith("task failed: oops")
+    # the quoted line is a continuation of the record, with its controls escaped
+    assert second == "  2026-11-25 00:00:00 INFO [1] ingress: all good\\x1b[2J"
 
 
-def test_a_text_traceback_keeps_its_lines_and_escapes_the_controls_it_quotes() -> None:
+def test_a_text_traceback_is_indented_and_escapes_the_controls_it_quotes() -> None:
     try:
-        raise ValueError("bad url http://x/\x1b]0;pwned\x07")
+        raise ValueError("bad url http://x/\x1b]0;pwned\x07\n2026-11-25 00:00:00 INFO forged")
     except ValueError:
         failed = record("download of %s failed", exc_info=sys.exc_info())
     text = TextFormatter().format(failed)
     lines = text.splitlines()
-    assert lines[1] == "Traceback (most recent call last):"
-    assert lines[-1] == "ValueError: bad url http://x/\\x1b]0;pwned\\x07"
+    assert lines[0].endswith("download of t1 failed")
+    assert lines[1] == "  Traceback (most recent call last):"
+    assert lines[-2] == "  ValueError: bad url http://x/\\x1b]0;pwned\\x07"
+    assert lines[-1] == "  2026-11-25 00:00:00 INFO forged"
+    assert all(line.startswith("  ") for line in lines[1:])
     assert not {"\x1b", "\x07"} & set(text)
 
 
