@@ -10,7 +10,7 @@ import click
 import orjson
 from rich.text import Text
 
-from shared.printable import printable
+from shared.printable import printable, printable_json
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
@@ -39,8 +39,8 @@ def printable_text(value: object, style: str = "") -> Text:
 
 
 def echo_json(document: Any) -> None:
-    """One JSON document on stdout, on one line."""
-    click.echo(orjson.dumps(document).decode())
+    """One JSON document on stdout, on one line, with nothing in it a terminal would act on."""
+    click.echo(printable_json(orjson.dumps(document).decode()))
 
 
 def format_age(seconds: float | None) -> str:

@@ -105,7 +105,7 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
         client.close()
     _print(rows, as_json)
     if failure is not None:
-        click.echo(f"Error: stopped: {failure}", err=True)
+        click.echo(f"Error: stopped: {printable(failure)}", err=True)
         raise SystemExit(EXIT_UNAVAILABLE if isinstance(failure, ProviderUnavailable) else EXIT_REFUSED)
 
 

@@ -12,6 +12,7 @@ import redis
 from minio.error import S3Error
 
 from shared.errors import MjhookError
+from shared.printable import printable
 from shared.queue import create_broker
 from shared.redis_client import connect_redis
 from shared.settings import Settings
@@ -51,6 +52,6 @@ def reported_failures() -> Iterator[None]:
     except redis.RedisError as exc:
         raise click.ClickException(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
     except MjhookError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(printable(exc)) from exc
     except S3Error as exc:
-        raise click.ClickException(f"object storage refused: {exc.code}: {exc.message}") from exc
+        raise click.ClickException(f"object storage refused: {exc.code}: {printable(exc.message)}") from exc

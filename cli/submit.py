@@ -18,6 +18,7 @@ import click
 import redis
 
 from shared.errors import ConfigError, ProviderError, ProviderRefused, ProviderUnavailable
+from shared.printable import printable
 from shared.settings import Settings
 from shared.submit import Submission, TaskSubmitter, open_submitter
 
@@ -104,7 +105,7 @@ def _run(settings: Settings, submit_with: Callable[[TaskSubmitter], Submission])
         except ProviderUnavailable as exc:
             _fail(f"{exc} (try again later)", EXIT_UNAVAILABLE)
         except ProviderError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(printable(exc)) from exc
     click.echo(submission.task_id)
     if submission.not_recorded:
         _fail(
@@ -128,5 +129,5 @@ def _submitter(settings: Settings) -> Iterator[TaskSubmitter]:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {printable(message)}", err=True)
     raise SystemExit(code)

@@ -13,6 +13,8 @@ import re
 _UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 #: The same, newline aside (a traceback's lines).
 _UNPRINTABLE_IN_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+#: What JSON encoders leave raw but a terminal acts on (they escape C0 controls themselves).
+_UNPRINTABLE_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(value: object) -> str:
@@ -22,8 +24,15 @@ def printable(value: object) -> str:
 
 
 def printable_lines(value: str) -> str:
-    """:func:`printable`, keeping newlines: for text whose lines are ours (a traceback)."""
+    """:func:`printable`, keeping newlines: for text whose every line after the first is marked
+    as a continuation (the text log format indents them)."""
     return _UNPRINTABLE_IN_LINES.sub(_escape, value)
+
+
+def printable_json(text: str) -> str:
+    """JSON text with the characters a terminal acts on written as JSON escapes (``\\u009b``):
+    the same document, safe to print. Those characters can only stand inside its strings."""
+    return _UNPRINTABLE_IN_JSON.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def _escape(match: re.Match[str]) -> str:

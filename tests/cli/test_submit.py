@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import dramatiq
@@ -168,3 +170,40 @@ def test_recover_takes_only_the_window_and_says_so_in_text(
     assert result.exit_code == 0, result.output
     assert "0 task(s)" in result.stdout
     assert run_cli(env, "recover", "--since", "soon").exit_code == 2
+
+
+class HostileProvider(BaseHTTPRequestHandler):
+    """A provider whose refusal message carries terminal controls."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = orjson.dumps({"code": 401, "msg": "bad key\x1b[2J\x1b]0;pwned\x07", "data": None})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_providers_message_reaches_the_terminal_without_its_controls(
+    run_cli: RunCli, redis_server: Any
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HostileProvider)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {
+            "MJHOOK_REDIS_URL": redis_server.url,
+            "MJHOOK_PROVIDER_URL": f"http://127.0.0.1:{server.server_address[1]}",
+            "MJHOOK_PROVIDER_API_KEY": "k",
+            "MJHOOK_PUBLIC_URL": PUBLIC_URL,
+        }
+        result = run_cli(env, "submit", "x")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 3, result.output
+    assert "bad key\\x1b[2J\\x1b]0;pwned\\x07" in result.output
+    assert not {"\x1b", "\x07"} & set(result.output)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from shared.printable import printable, printable_lines
+from shared.printable import printable, printable_json, printable_lines
 
 
 @pytest.mark.parametrize(
@@ -31,3 +33,11 @@ def test_printable_text_is_left_as_it_is(text: str) -> None:
 
 def test_printable_lines_keeps_newlines_and_escapes_the_rest() -> None:
     assert printable_lines("Traceback\n  line\x1b[2J\r\n") == "Traceback\n  line\\x1b[2J\\x0d\n"
+
+
+def test_printable_json_escapes_what_json_encoders_leave_raw_and_stays_the_same_document() -> None:
+    document = {"msg": "del\x7f c1\x9b2J rlo\u202e esc\x1b", "ok": "风景 🌄"}
+    text = printable_json(json.dumps(document, ensure_ascii=False))
+    assert json.loads(text) == document
+    assert not {"\x7f", "\x9b", "\u202e", "\x1b"} & set(text)
+    assert "风景 🌄" in text
