@@ -74,6 +74,7 @@ class CallbackResource:
                     reason=exc.reason,
                     body=body,
                     size=max(len(body), req.content_length or 0),
+                    partial=len(body) > self._max_body_bytes,
                     remote_addr=self._client_address(req),
                     content_type=req.content_type or "",
                 ),

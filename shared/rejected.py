@@ -35,11 +35,13 @@ class Rejection:
 
     status: int
     reason: str
-    #: The start of the body (what was read of it) and its whole size in bytes.
+    #: The start of the body (what was read of it) and its whole size in bytes, as far as known.
     body: bytes
     size: int
     remote_addr: str
     content_type: str
+    #: ``body`` is not all of it: the ingress stopped reading (a body over its size limit).
+    partial: bool = False
 
 
 class RejectLog:
@@ -77,7 +79,7 @@ class RejectLog:
                 "contentType": rejection.content_type,
                 "bodySize": rejection.size,
                 "body": body,
-                "truncated": len(rejection.body) > self._body_bytes,
+                "truncated": rejection.partial or len(rejection.body) > self._body_bytes,
                 # Bytes that are not UTF-8 were replaced: the kept body is not the one received.
                 "bodyLossy": lossy,
             }
@@ -118,8 +120,10 @@ class RejectedCallback:
         kept = len(self.body.encode())
         # Cut to MJHOOK_REJECTED_BODY_BYTES, or only partly read in the first place (a body over
         # MJHOOK_MAX_BODY_BYTES: the ingress reads no further).
-        if self.truncated or self.body_size > kept:
+        if self.body_size > kept:
             return f"only the first {kept} of its {self.body_size} bytes were kept"
+        if self.truncated:
+            return f"only its first {kept} bytes were kept"
         if self.body_lossy:
             return "its body was not UTF-8 and was kept with replacement characters"
         return None
@@ -161,7 +165,8 @@ def read_entry(raw: bytes) -> RejectedCallback:
             body_size=int(document.get("bodySize", 0)),
             body=str(document.get("body", "")),
             truncated=bool(document.get("truncated", False)),
-            body_lossy=bool(document.get("bodyLossy", False)),
+            # Written before the flag: the writer always replaced what was not UTF-8.
+            body_lossy=bool(document.get("bodyLossy", "\ufffd" in str(document.get("body", "")))),
             raw=raw,
         )
     except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
@@ -235,7 +240,11 @@ def replay_rejected(
         except QueueUnavailable as exc:
             result.error = str(exc)
             return result
-        # A readable entry is JSON, so UTF-8: decoded, it is encoded back to the same bytes.
-        client.lrem(keys.REJECTED, 1, entry.raw.decode())
         result.replayed.append((entry.id, callback.task_id))
+        try:
+            # A readable entry is JSON, so UTF-8: decoded, it is encoded back to the same bytes.
+            client.lrem(keys.REJECTED, 1, entry.raw.decode())
+        except (redis.RedisError, OSError) as exc:
+            result.error = f"{entry.id} was queued but is still listed ({type(exc).__name__})"
+            return result
     return result

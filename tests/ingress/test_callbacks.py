@@ -103,6 +103,17 @@ def test_bad_input_gets_a_clear_4xx_is_kept_and_queues_nothing(
     assert len(kept["body"]) <= Settings().rejected_body_bytes
 
 
+def test_a_body_over_the_limit_is_kept_marked_as_cut_short(client: redis.Redis) -> None:
+    # Given a reject log that would keep far more than the ingress reads of a body over its limit
+    app = make_app(client, max_body_bytes=2000, rejected_body_bytes=1 << 20)
+    body = orjson.dumps(success()) + b" " * 5000
+    assert post(app, body).status_code == 413
+    [kept] = [orjson.loads(entry) for entry in client.lrange(keys.REJECTED, 0, -1)]
+    # Then what was read (the limit + 1 byte) is kept, and marked as not the whole body
+    assert len(kept["body"]) == 2001
+    assert kept["truncated"] is True
+
+
 class ThreadRecordingRedis(redis.Redis):
     """A client that notes which thread opened each pipeline (the reject log writes through one)."""
 

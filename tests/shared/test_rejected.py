@@ -12,6 +12,7 @@ from shared import keys
 from shared.callback import Callback, CallbackLimits
 from shared.errors import QueueUnavailable
 from shared.rejected import RejectedCallback, Rejection, RejectLog, list_rejected, read_entry, replay_rejected
+from tests.support.servers import RedisServer
 
 AT = 1_795_000_000.25  # 2026-11-18T11:06:40.250Z
 
@@ -170,6 +171,49 @@ def test_a_body_the_ingress_read_only_in_part_is_refused(client: redis.Redis) ->
     # Then it is refused: the rest of the body was never read
     assert result.refused == [(entry.id, f"only the first {len(start)} of its 300000 bytes were kept")]
     assert len(list_rejected(client)) == 1
+
+
+def test_a_body_the_ingress_stopped_reading_is_marked_cut_short_and_refused(client: redis.Redis) -> None:
+    # Given a body over the limit sent without a length: what was read is all the size known
+    start = callback_body("t-chunked")
+    RejectLog(client, keep=10, body_bytes=1 << 20).record(
+        Rejection(
+            status=413,
+            reason="body too large",
+            body=start,
+            size=len(start),
+            remote_addr="",
+            content_type="",
+            partial=True,
+        )
+    )
+    [entry] = list_rejected(client)
+    assert entry.truncated
+    result = replay_rejected(client, [entry.id], limits=CallbackLimits(), queue=Queue())
+    assert [why for _, why in result.refused] == [f"only its first {len(start)} bytes were kept"]
+
+
+def test_an_entry_written_before_the_lossy_flag_with_replacement_characters_is_lossy() -> None:
+    raw = orjson.dumps({"at": "2026-11-01T00:00:00.000Z", "status": 401, "reason": "r", "body": "{\ufffd}"})
+    assert read_entry(raw).body_lossy
+
+
+class LremFails(redis.Redis):
+    """A client whose LREM fails, as when Redis goes away right after a replay queued."""
+
+    def lrem(self, *args: object, **kwargs: object) -> int:
+        raise redis.ConnectionError("gone")
+
+
+def test_an_entry_queued_but_not_dropped_is_reported_as_such(redis_server: RedisServer) -> None:
+    client = LremFails.from_url(redis_server.url)
+    first = keep(client, callback_body("t-a"))
+    second = keep(client, callback_body("t-b"))
+    queue = Queue()
+    result = replay_rejected(client, [first.id, second.id], limits=CallbackLimits(), queue=queue)
+    assert result.replayed == [(first.id, "t-a")]
+    assert result.error == f"{first.id} was queued but is still listed (ConnectionError)"
+    assert [callback.task_id for callback in queue.queued] == ["t-a"]
 
 
 def test_unknown_ids_are_reported_and_each_id_is_replayed_once(client: redis.Redis) -> None:
