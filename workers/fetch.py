@@ -168,7 +168,7 @@ class ResultFetcher:
         size = 0
         started = self._monotonic()
         for chunk in response.iter_bytes():
-            self._check_rate(size, self._monotonic() - started)
+            self._check_rate(size + len(chunk), self._monotonic() - started)
             if media is None:
                 head += chunk
                 if len(head) >= SNIFF_BYTES:
