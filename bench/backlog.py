@@ -168,24 +168,34 @@ def full_drain(backlog: Backlog, out: Path, *, poll_s: float, timeout_s: float) 
 
 def drain_tenths(marks: list[tuple[float, int]], count: int) -> list[dict[str, float]]:
     """The drain rate over each tenth of the drain, from the marks (seconds, callbacks done; the
-    first when the workers were ready, some already done by the first of them): each tenth from
-    the mark where done first reached its start to the mark where it reached its end."""
+    first when the workers were ready, some already done by the first of them). When a tenth
+    starts or ends between two marks, the time it did is interpolated between them."""
     base = marks[0][1]
     span = count - base
-    tenths = []
-    for tenth in range(10):
-        start = next((m for m in marks if m[1] >= base + span * tenth // 10), None)
-        end = next((m for m in marks if m[1] >= base + span * (tenth + 1) // 10), None)
-        if start is None or end is None or end[0] <= start[0]:
-            break
-        tenths.append(
-            {
-                "backlog_from_pct": 100 - 10 * tenth,
-                "backlog_at_start": count - start[1],
-                "per_s": (end[1] - start[1]) / (end[0] - start[0]),
-            }
-        )
-    return tenths
+    if span <= 0 or marks[-1][1] < count:
+        return []
+    bounds = [crossing_time(marks, base + span * tenth / 10) for tenth in range(11)]
+    return [
+        {
+            "backlog_from_pct": 100 - 10 * tenth,
+            "backlog_at_start": count - base - span * tenth // 10,
+            "per_s": (span / 10) / (bounds[tenth + 1] - bounds[tenth]),
+        }
+        for tenth in range(10)
+    ]
+
+
+def crossing_time(marks: list[tuple[float, int]], done: float) -> float:
+    """When the count of callbacks done reached ``done``, interpolated between the two marks
+    around it (the first mark, when it had already)."""
+    previous = marks[0]
+    for mark in marks:
+        if mark[1] >= done:
+            if mark[1] == previous[1]:
+                return mark[0]
+            return previous[0] + (done - previous[1]) * (mark[0] - previous[0]) / (mark[1] - previous[1])
+        previous = mark
+    raise ValueError(f"the drain never reached {done}")
 
 
 def summarize_full_drain(drain: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
