@@ -22,7 +22,7 @@ from typing import IO, Any, Literal
 import orjson
 
 from shared.clock import utc_iso
-from shared.printable import printable_lines
+from shared.printable import printable_json, printable_lines
 
 #: The text format: time, level, process, logger, task (when there is one), message.
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s%(task)s: %(message)s"
@@ -97,7 +97,8 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return orjson.dumps(entry, default=repr).decode()
+        # orjson escapes C0 controls; DEL, C1 and bidi controls, which a terminal acts on too, as well.
+        return printable_json(orjson.dumps(entry, default=repr).decode())
 
 
 class TextFormatter(logging.Formatter):

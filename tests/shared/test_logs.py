@@ -108,6 +108,12 @@ def test_a_text_traceback_is_indented_and_escapes_the_controls_it_quotes() -> No
     assert not {"\x1b", "\x07"} & set(text)
 
 
+def test_a_json_line_writes_every_terminal_control_as_an_escape() -> None:
+    line = JsonFormatter().format(record("task failed: %s", "esc\x1b del\x7f csi\x9b rlo\u202e"))
+    assert orjson.loads(line)["message"] == "task failed: esc\x1b del\x7f csi\x9b rlo\u202e"
+    assert not {"\x1b", "\x7f", "\x9b", "\u202e"} & set(line)
+
+
 def test_downloads_submitted_with_a_copy_of_the_context_log_with_the_task_id() -> None:
     """Threads of a pool do not inherit context variables: the pipeline submits each download
     with ``copy_context().run``."""
