@@ -44,7 +44,9 @@ def list_command(settings: Settings, as_json: bool, limit: int) -> None:
         return
     table = Table(title=f"Rejected callbacks: {len(entries)} of {total}", title_justify="left")
     table.add_column("id", no_wrap=True)  # whole, to be copied into replay
-    for name in ("at", "status", "reason", "from", "bytes", "body"):
+    for name in ("at", "status"):
+        table.add_column(name, no_wrap=True)
+    for name in ("reason", "from", "bytes", "body"):
         table.add_column(name, overflow="fold")
     for entry in entries:
         body = entry.body[:BODY_PREVIEW_CHARS] + ("…" if len(entry.body) > BODY_PREVIEW_CHARS else "")
