@@ -11,7 +11,7 @@ from cli.output import echo_json, list_options, printable_text
 from cli.services import reported_failures, task_store
 from shared.callback import callback_limits
 from shared.printable import printable
-from shared.queue import create_broker, queue_callback
+from shared.queue import enqueue_broker_beside, queue_callback
 from shared.rejected import count_rejected, list_rejected, replay_rejected
 from shared.settings import Settings
 
@@ -77,9 +77,7 @@ def replay(settings: Settings, ids: tuple[str, ...]) -> None:
     """
     store = task_store(settings)
     with reported_failures():
-        # The queue on the task store's Redis: the task's record and its message in one call.
-        same_redis = settings.queue_url == settings.redis_url
-        broker = create_broker(settings, client=store.client if same_redis else None, middleware=[])
+        broker = enqueue_broker_beside(settings, store.client)
         result = replay_rejected(
             store.client,
             ids,

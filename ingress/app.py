@@ -27,7 +27,7 @@ from ingress.tasks_api import ApiTokenGuard, TaskListResource, TaskResource
 from ingress.threaded import Threaded
 from shared.callback import CALLBACK_PATH, callback_limits
 from shared.metrics import IngressMetrics, create_ingress_metrics, exposition_registry, spool_collectors
-from shared.queue import create_broker
+from shared.queue import enqueue_broker_beside
 from shared.redis_client import connect_redis, connect_redis_async
 from shared.settings import Settings
 from shared.storage import create_object_store
@@ -86,8 +86,7 @@ def build_ingress(
     metrics = create_ingress_metrics() if metrics is None else metrics
     client = redis_client or connect_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
     if broker is None:
-        queue_client = client if settings.queue_url == settings.redis_url else None
-        broker = create_broker(settings, client=queue_client, middleware=[])
+        broker = enqueue_broker_beside(settings, client)
     spool = (
         CountingSpool(
             Path(settings.spool_dir), max_bytes=settings.spool_max_bytes, spooled=metrics.callbacks_spooled

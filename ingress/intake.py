@@ -17,7 +17,7 @@ from ingress.group_commit import GroupCommit
 from ingress.spool import Spool
 from shared.callback import Callback
 from shared.errors import QueueUnavailable
-from shared.queue import queue_callback, redis_queued_message
+from shared.queue import queue_callback, redis_queued_message, writes_with_state
 from shared.taskstate import Received, TaskState, TaskStore
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,11 @@ class CallbackIntake:
         self._broker = broker
         self.tasks = tasks
         self._spool = spool
-        # The queue is a Redis broker on the task-state Redis: state and message go in one call.
+        # When the queue is a Redis broker on the task-state Redis, state and message go in one call.
         # With ``acks`` (an asyncio client of that Redis), the calls of concurrent requests go in
         # one round trip (see ingress.group_commit). Otherwise (RabbitMQ, a queue in another
         # Redis, no ``acks``) a blocking enqueue runs in a thread.
-        self._single_trip = isinstance(broker, RedisBroker) and broker.client is tasks.client
-        self._acks = acks if self._single_trip else None
+        self._acks = acks if writes_with_state(broker, tasks) else None
         self._group: GroupCommit[Received, TaskState | None] = GroupCommit(self._record_received)
         self._connection: AsyncConnection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

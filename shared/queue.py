@@ -123,12 +123,27 @@ def enqueue_callback(broker: dramatiq.Broker, callback: Callback) -> None:
         raise QueueUnavailable(f"cannot enqueue: {type(exc).__name__}") from exc
 
 
+def enqueue_broker_beside(settings: Settings, task_client: redis.Redis) -> dramatiq.Broker:
+    """A broker that only enqueues (no middleware), on ``task_client`` (the task store's Redis
+    client) when the queue lives in that Redis, so that a task's state and its message can be
+    written in one call (:func:`writes_with_state`)."""
+    same_redis = settings.queue_url == settings.redis_url
+    return create_broker(settings, client=task_client if same_redis else None, middleware=[])
+
+
+def writes_with_state(broker: dramatiq.Broker, tasks: TaskStore) -> bool:
+    """Whether ``broker``'s queue is on ``tasks``'s own Redis client: a task's state and its
+    message then go in one call (``TaskStore.mark_received(enqueue=...)``)."""
+    return isinstance(broker, RedisBroker) and broker.client is tasks.client
+
+
 def queue_callback(broker: dramatiq.Broker, tasks: TaskStore, callback: Callback) -> None:
     """Record ``callback``'s task as received and put the callback on the queue, blocking; raise
     :class:`QueueUnavailable` when Redis or the broker refuses. When the queue is a Redis broker
     on the task store's own client, both go in one call."""
     try:
-        if isinstance(broker, RedisBroker) and broker.client is tasks.client:
+        if writes_with_state(broker, tasks):
+            assert isinstance(broker, RedisBroker)
             message = redis_queued_message(broker, callback)
             tasks.mark_received(callback.task_id, callback.received_at, enqueue=message)
             return
