@@ -7,12 +7,13 @@ is at the path (a drainer may have replaced or removed it meanwhile)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import orjson
@@ -43,8 +44,7 @@ class Spool:
                 raise SpoolUnavailable(f"spool is full ({self._max_bytes} bytes)")
             path = self.directory / f"spool-{self._pid()}.jsonl"
             with _locked(path, create=True) as fd:
-                os.write(fd, line)
-                os.fsync(fd)
+                _append_whole(fd, line)
             _fsync_dir(self.directory)
         except OSError as exc:
             raise SpoolUnavailable(f"cannot write the spool: {exc.strerror or exc}") from exc
@@ -159,6 +159,33 @@ def _locked(path: Path, *, create: bool, blocking: bool = True) -> Iterator[int]
         yield fd
     finally:
         os.close(fd)
+
+
+def _append_whole(fd: int, line: bytes) -> None:
+    """Append ``line`` to the locked spool file ``fd`` and fsync it, all of it or nothing.
+
+    A write can take only part of the line (the disk filled up meanwhile, a file size limit):
+    the rest is written in further calls, and if the file takes no more, what was written of the
+    line is cut off again before the error is raised, so the provider gets a 503 (not a 200 for
+    a line the drainer would drop as unreadable) and the next append starts on a clean line. A
+    file that does not end with a newline (a write torn by a crash) gets one first, so the torn
+    line cannot swallow this one."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    if start and os.pread(fd, 1, start - 1) != b"\n":
+        line = b"\n" + line
+    try:
+        written = 0
+        while written < len(line):
+            done = os.write(fd, line[written:])
+            if done <= 0:
+                raise OSError(errno.ENOSPC, "the spool file takes no more bytes")
+            written += done
+        os.fsync(fd)
+    except BaseException:
+        with suppress(OSError):
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        raise
 
 
 def _read_all(fd: int) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -93,6 +95,65 @@ def test_an_unreadable_line_is_dropped_and_the_rest_drains(tmp_path: Path) -> No
     spool.append(callback("good-2"))
     taken: list[str] = []
     assert spool.drain(lambda cb: taken.append(cb.task_id)) == 3
+    assert taken == ["good-1", "good-2"]
+
+
+#: Appends callbacks t0, t1, t2 (lines of one length) to a spool in argv[1] under a file size
+#: limit of one and a half lines (SIGXFSZ ignored, so a write past it is cut short, then fails
+#: with EFBIG, as on a disk filling up); prints which appends returned.
+_APPEND_UNDER_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+import orjson
+from ingress.spool import Spool
+from shared.callback import Callback
+from shared.errors import SpoolUnavailable
+
+def callback(task_id):
+    return Callback(task_id=task_id, code=200, msg="success", prompt_json="{}",
+                    result_urls=("https://example.com/a.png",), received_at="2026-11-25T00:00:00Z")
+
+line = len(orjson.dumps(callback("t0").to_message())) + 1
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (line * 3 // 2, line * 3 // 2))
+spool = Spool(Path(sys.argv[1]), max_bytes=1 << 20, pid=lambda: 1)
+for task_id in ("t0", "t1", "t2"):
+    try:
+        spool.append(callback(task_id))
+        print("appended", task_id)
+    except SpoolUnavailable as exc:
+        print("refused", task_id, exc)
+"""
+
+
+def test_an_append_the_disk_takes_only_part_of_is_refused_and_cut_off(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _APPEND_UNDER_LIMIT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    outcomes = [row.split()[:2] for row in done.stdout.splitlines()]
+    assert outcomes == [["appended", "t0"], ["refused", "t1"], ["refused", "t2"]], done.stdout
+    kept = (tmp_path / "spool-1.jsonl").read_bytes()
+    assert kept.count(b"\n") == 1  # nothing left of t1 or t2
+    assert kept.endswith(b"\n")
+    spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 1)
+    spool.append(callback("t3"))  # room again: on a line of its own
+    taken: list[str] = []
+    assert spool.drain(lambda cb: taken.append(cb.task_id)) == 2
+    assert taken == ["t0", "t3"]
+
+
+def test_an_append_after_a_torn_line_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 5)
+    spool.append(callback("good-1"))
+    with (tmp_path / "spool-5.jsonl").open("ab") as handle:
+        handle.write(b'{"taskId": "torn", "co')  # a crash in the middle of a write
+    spool.append(callback("good-2"))
+    taken: list[str] = []
+    spool.drain(lambda cb: taken.append(cb.task_id))
     assert taken == ["good-1", "good-2"]
 
 
