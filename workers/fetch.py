@@ -25,8 +25,9 @@ from workers.dimensions import (
 )
 from workers.sniff import SNIFF_BYTES, MediaType, sniff_media
 
-#: HTTP statuses worth another try later; every other non-2xx status is final.
-RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: HTTP statuses below 500 worth another try later. Every 5xx is too (a CDN's 520-524 as much as
+#: a 503); every other non-2xx status is final.
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
 #: HTTP statuses of an expired or revoked link: the provider may give a fresh one for the file.
 LINK_GONE_STATUSES = frozenset({403, 404, 410})
 
@@ -153,6 +154,8 @@ class ResultFetcher:
             raise DownloadRefused("too many redirects") from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise DownloadRefused(f"unusable URL: {exc}") from None
+        except UnicodeError as exc:  # a redirect to a host whose IDNA label does not decode
+            raise DownloadRefused(f"unusable URL: {exc}") from None
         except httpx.TimeoutException as exc:
             raise DownloadFailed(f"timed out: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
@@ -216,7 +219,7 @@ def _check_status(response: httpx.Response) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
-    if status in RETRYABLE_STATUSES:
+    if status >= 500 or status in RETRYABLE_STATUSES:
         raise DownloadFailed(f"HTTP {status}")
     if status in LINK_GONE_STATUSES:
         raise ResultLinkGone(f"HTTP {status}")

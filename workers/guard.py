@@ -242,8 +242,11 @@ def check_url(url: str | httpx.URL, policy: FetchPolicy) -> ParsedTarget:
         raise DownloadRefused(f"URL of {len(text)} characters is over the {policy.max_url_length} limit")
     try:
         parsed = httpx.URL(url)
+        parsed.host  # noqa: B018 - decodes an xn-- label as httpx will for the Host header
     except httpx.InvalidURL as exc:
         raise DownloadRefused(f"unusable URL: {exc}") from None
+    except UnicodeError as exc:
+        raise DownloadRefused(f"unusable URL: the host is not a valid IDNA name ({exc})") from None
     if parsed.scheme not in policy.schemes:
         raise DownloadRefused(f"scheme {parsed.scheme!r} is not allowed (only http and https)")
     if parsed.userinfo:

@@ -71,7 +71,7 @@ def test_a_declared_oversize_is_refused_before_reading(
         fetcher.fetch(url)
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 429])
+@pytest.mark.parametrize("status", [500, 501, 502, 503, 504, 507, 520, 522, 524, 429, 408])
 def test_server_errors_are_transient(fetcher: ResultFetcher, file_server: FileServer, status: int) -> None:
     url = file_server.add("/busy", b"try later", status=status, content_type="text/plain")
     with pytest.raises(DownloadFailed, match=f"HTTP {status}"):

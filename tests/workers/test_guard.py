@@ -236,6 +236,8 @@ HOSTILE_LITERALS = [
     "http://public.example:8080/a.png",
     "http:///a.png",
     "http://public.example/" + "a" * 5000,
+    "http://xn--zz.com/a.png",
+    "http://xn--/",
 ]
 
 #: Names the injected resolver maps to addresses the guard refuses.
@@ -265,6 +267,7 @@ HOSTILE_REDIRECTS = [
     redirect_to("gopher://public.example/_x"),
     redirect_to(redirect_to("http://internal.example/")),
     redirect_to("http://user:pass@public.example/image.png"),
+    redirect_to("http://xn--zz.com/a.png"),
     "http://public.example/redirect-long",
 ]
 

@@ -140,12 +140,14 @@ def test_non_media_and_missing_files_make_a_partial_task_with_reasons(harness: H
     urls, _ = serve_pngs(harness.files, 2)
     urls.append(harness.files.add("/error.html", b"<html>Forbidden</html>", content_type="text/html"))
     urls.append(harness.files.url("/missing.png"))
+    urls.append("http://xn--zz.example/a.png")  # a host that is no valid IDNA name
     assert harness.process(callback(urls)) is TaskState.PARTIAL
     manifest = harness.manifest("task-1")
     assert [image["index"] for image in manifest["images"]] == [0, 1]  # type: ignore[attr-defined]
     reasons = {error["index"]: error["reason"] for error in manifest["errors"]}  # type: ignore[attr-defined]
     assert "not an image or video" in reasons[2]
     assert reasons[3] == "HTTP 404"
+    assert "unusable URL" in reasons[4]
     assert harness.store.list_keys("tasks/task-1/") == [
         "tasks/task-1/0.png",
         "tasks/task-1/1.png",
