@@ -40,8 +40,12 @@ def build_manifest(
     images: list[ImageEntry],
     errors: list[FileError],
     completed_at: str,
+    max_json_depth: int,
 ) -> dict[str, Any]:
-    params, prompt = parse_prompt(callback.prompt_json)
+    """The manifest's fields. ``promptJson`` is always kept raw; it is parsed into ``params`` and
+    ``prompt`` only when it nests at most ``max_json_depth`` levels (``MJHOOK_MAX_JSON_DEPTH``),
+    else both are None. Required, so no caller falls back to a default the operator did not set."""
+    params, prompt = parse_prompt(callback.prompt_json, max_depth=max_json_depth)
     return {
         "taskId": callback.task_id,
         "status": status.value,

@@ -14,6 +14,7 @@ from shared import storage
 from shared.callback import Callback
 from shared.clock import utc_iso
 from shared.errors import DownloadFailed, DownloadRefused
+from shared.json_limits import DEFAULT_MAX_JSON_DEPTH
 from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.storage import ObjectStore
 from shared.taskstate import FINAL_STATES, TaskState, TaskStore
@@ -33,7 +34,8 @@ _STORED_FILE = re.compile(r"(\d+)\.([a-z0-9]+)")
 
 class CallbackProcessor:
     """The worker's whole job for one callback. ``clock`` returns Unix seconds; ``timer`` seconds
-    from any origin (it times downloads and uploads for ``metrics``, default: new ones)."""
+    from any origin (it times downloads and uploads for ``metrics``, default: new ones);
+    ``max_json_depth`` is the deepest ``promptJson`` parsed into the manifest's ``params``, in levels."""
 
     def __init__(
         self,
@@ -48,6 +50,7 @@ class CallbackProcessor:
         timer: Callable[[], float] = time.perf_counter,
         verifier: ResultVerifier | None = None,
         max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
+        max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
     ) -> None:
         self._tasks = tasks
         self._leases = leases
@@ -59,6 +62,7 @@ class CallbackProcessor:
         self._timer = timer
         self._verifier = verifier
         self._max_task_bytes = max_task_bytes
+        self._max_json_depth = max_json_depth
 
     def process(self, callback: Callback, *, final_attempt: bool = False) -> TaskState:
         """Bring the task to a final state and return it. Transient trouble raises (the queue
@@ -87,7 +91,12 @@ class CallbackProcessor:
             if callback.succeeded and not callback.result_urls:
                 errors.append(FileError(None, None, "the callback reported success but listed no URLs"))
             manifest = build_manifest(
-                callback, status=status, images=images, errors=errors, completed_at=utc_iso(self._clock())
+                callback,
+                status=status,
+                images=images,
+                errors=errors,
+                completed_at=utc_iso(self._clock()),
+                max_json_depth=self._max_json_depth,
             )
             if verification is not None:
                 manifest["verification"] = verification.to_manifest()

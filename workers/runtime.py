@@ -87,6 +87,7 @@ def build_parts(
         metrics=metrics,
         verifier=ResultVerifier(provider.record_info) if provider and settings.verify_results else None,
         max_task_bytes=settings.max_task_bytes,
+        max_json_depth=settings.max_json_depth,
     )
     polling = None
     if provider is not None and broker is not None:

@@ -27,6 +27,15 @@ def callback(task_id: str, urls: list[str], *, code: int = 200, prompt: str = PR
     }
 
 
+def nested_prompt_json(depth: int, *, prompt: str = "a fox") -> str:
+    """A ``promptJson`` object with a ``prompt`` that nests exactly ``depth`` levels (at least 2:
+    the object, then a list nesting the rest)."""
+    nest: list[Any] = []
+    for _ in range(depth - 2):
+        nest = [nest]
+    return orjson.dumps({"prompt": prompt, "nest": nest}).decode()
+
+
 def post_callback(http: httpx.Client, body: dict[str, Any] | bytes) -> httpx.Response:
     content = body if isinstance(body, bytes) else orjson.dumps(body)
     return http.post(CALLBACK_PATH, content=content, headers={"Content-Type": "application/json"})

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import orjson
+import pytest
+
 from shared.callback import Callback
+from shared.json_limits import DEFAULT_MAX_JSON_DEPTH, document_depth
 from shared.taskstate import TaskState
+from tests.support.pipeline import nested_prompt_json
 from workers.manifest import FileError, ImageEntry, build_manifest, outcome
 
 
@@ -31,7 +36,12 @@ def test_outcome_is_stored_partial_or_failed() -> None:
 
 def test_manifest_has_every_contract_field() -> None:
     manifest = build_manifest(
-        callback(), status=TaskState.PARTIAL, images=[IMAGE], errors=[ERROR], completed_at="later"
+        callback(),
+        status=TaskState.PARTIAL,
+        images=[IMAGE],
+        errors=[ERROR],
+        completed_at="later",
+        max_json_depth=DEFAULT_MAX_JSON_DEPTH,
     )
     assert manifest == {
         "taskId": "t1",
@@ -59,8 +69,39 @@ def test_manifest_has_every_contract_field() -> None:
 
 def test_malformed_prompt_json_stays_raw_with_null_params() -> None:
     manifest = build_manifest(
-        callback(prompt_json="{oops"), status=TaskState.STORED, images=[IMAGE], errors=[], completed_at="x"
+        callback(prompt_json="{oops"),
+        status=TaskState.STORED,
+        images=[IMAGE],
+        errors=[],
+        completed_at="x",
+        max_json_depth=DEFAULT_MAX_JSON_DEPTH,
     )
     assert manifest["promptJson"] == "{oops"
     assert manifest["params"] is None
     assert manifest["prompt"] is None
+
+
+@pytest.mark.parametrize(
+    ("max_json_depth", "depth", "parsed"),
+    [(8, 20, False), (8, 9, False), (8, 8, True), (64, 40, True)],
+)
+def test_prompt_json_is_parsed_only_up_to_the_given_depth(
+    max_json_depth: int, depth: int, parsed: bool
+) -> None:
+    # Given a promptJson nesting `depth` levels (the default limit, 32, would decide 20 and 40
+    # the other way round)
+    prompt_json = nested_prompt_json(depth)
+    assert document_depth(orjson.loads(prompt_json)) == depth
+    # When the manifest is built with a limit of `max_json_depth`
+    manifest = build_manifest(
+        callback(prompt_json=prompt_json),
+        status=TaskState.STORED,
+        images=[IMAGE],
+        errors=[],
+        completed_at="x",
+        max_json_depth=max_json_depth,
+    )
+    # Then it is parsed when within the limit, and otherwise kept raw only
+    assert manifest["promptJson"] == prompt_json
+    assert manifest["params"] == (orjson.loads(prompt_json) if parsed else None)
+    assert manifest["prompt"] == ("a fox" if parsed else None)

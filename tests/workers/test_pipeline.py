@@ -16,6 +16,7 @@ from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from shared.taskstate import TaskState, TaskStore
+from tests.support.pipeline import nested_prompt_json
 from tests.support.servers import FileServer, png_bytes
 from workers.runtime import build_parts, wait_for_bucket
 
@@ -134,6 +135,25 @@ def test_malformed_prompt_json_is_kept_raw_and_processing_goes_on(harness: Harne
     manifest = harness.manifest("task-1")
     assert manifest["promptJson"] == "{broken"
     assert manifest["params"] is None
+
+
+@pytest.mark.parametrize(("max_json_depth", "depth", "parsed"), [(8, 20, False), (64, 40, True)])
+def test_the_configured_json_depth_decides_whether_prompt_json_is_parsed(
+    harness: Harness, max_json_depth: int, depth: int, parsed: bool
+) -> None:
+    # Given workers built from settings with MJHOOK_MAX_JSON_DEPTH=`max_json_depth` (the default,
+    # 32, would decide both cases the other way round), and a promptJson `depth` levels deep
+    settings = harness.settings.model_copy(update={"max_json_depth": max_json_depth})
+    parts = build_parts(settings, metrics=create_worker_metrics())
+    prompt_json = nested_prompt_json(depth)
+    urls, _ = serve_pngs(harness.files, 1)
+    # When the callback is processed
+    assert parts.processor.process(callback(urls, prompt=prompt_json)) is TaskState.STORED
+    # Then the manifest keeps it raw, and parses it only within the configured depth
+    manifest = harness.manifest("task-1")
+    assert manifest["promptJson"] == prompt_json
+    assert manifest["params"] == (orjson.loads(prompt_json) if parsed else None)
+    assert manifest["prompt"] == ("a fox" if parsed else None)
 
 
 def test_non_media_and_missing_files_make_a_partial_task_with_reasons(harness: Harness) -> None:
