@@ -25,9 +25,14 @@ DEFAULT_REDIS_TIMEOUT_S = 5.0
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+def queue_is_in_redis(settings: Settings) -> bool:
+    """Whether the broker is Redis; otherwise it is RabbitMQ (``amqp://``)."""
+    return settings.queue_url.startswith(REDIS_SCHEMES)
+
+
 def queue_redis(settings: Settings) -> redis.Redis:
     """The broker's Redis, where the queues and the dead letters live."""
-    if not settings.queue_url.startswith(REDIS_SCHEMES):
+    if not queue_is_in_redis(settings):
         raise click.ClickException("the queue is not in Redis (MJHOOK_BROKER_URL): this needs a Redis broker")
     return connect_redis(settings.queue_url, timeout_s=DEFAULT_REDIS_TIMEOUT_S)
 

@@ -1,10 +1,11 @@
 """``mjhook status``: queue depths, live workers and task counts, read from Redis alone, so it
-answers with every worker down."""
+answers with every worker down. With the queue in RabbitMQ, the task counts alone (RabbitMQ's own
+tools show its queues)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import click
 import redis
@@ -14,10 +15,10 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.output import echo_json, format_age
-from cli.services import queue_redis, reported_failures, task_store
+from cli.services import queue_is_in_redis, queue_redis, reported_failures, task_store
 from shared.clock import utc_iso
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
-from shared.queue_stats import StatusSnapshot, read_status
+from shared.queue_stats import QueueStats, StatusSnapshot, read_status
 from shared.settings import Settings
 
 #: Seconds between two refreshes of ``--watch``.
@@ -42,6 +43,8 @@ def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> N
     "oldest_ready_age_s"}}, "workers", "tasks": {STATE: N}, "per_minute": {STATE: [10 counts,
     oldest minute first]}, "taken_at_ms"}. Workers are live worker processes: a heartbeat within
     MJHOOK_REDELIVERY_S, from a broker that registered as a worker or holds messages.
+    With the queue in RabbitMQ (MJHOOK_BROKER_URL=amqp://...), only the task numbers: "queues" is
+    {} and "workers" null, and RabbitMQ is not contacted.
     """
     read = status_reader(settings)
     try:
@@ -63,8 +66,9 @@ def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> N
 def status_reader(
     settings: Settings, *, clock: Callable[[], float] = time.time
 ) -> Callable[[], StatusSnapshot]:
-    """A function reading one :class:`StatusSnapshot` each call, over connections kept open."""
-    client = queue_redis(settings)
+    """A function reading one :class:`StatusSnapshot` each call, over connections kept open.
+    With the queue in RabbitMQ, it reads task state only (no queues, no workers)."""
+    client = queue_redis(settings) if queue_is_in_redis(settings) else None
     tasks = task_store(settings)
 
     def read() -> StatusSnapshot:
@@ -104,23 +108,19 @@ def _view(read: Callable[[], StatusSnapshot]) -> RenderableType:
         return Text(f"Redis unavailable: {type(exc).__name__}: {exc} (retrying)", style="bold red")
 
 
+#: Shown in place of the queue table when the queue is in RabbitMQ.
+QUEUE_NOT_IN_REDIS = (
+    "Queue depths not shown: the queue is in RabbitMQ. "
+    "See RabbitMQ's own management tools (management UI, rabbitmqctl list_queues)."
+)
+
+
 def render_status(snapshot: StatusSnapshot) -> RenderableType:
     """The status as tables: queues, workers, tasks per state, finished tasks per minute."""
-    queues = Table(title="Queues", title_justify="left")
-    for name in ("queue", "ready", "delayed", "in flight", "dead", "oldest ready"):
-        queues.add_column(name, justify="left" if name == "queue" else "right")
-    for queue in snapshot.queues:
-        in_flight = str(queue.in_flight)
-        if queue.held_by_dead:
-            in_flight += f" ({queue.held_by_dead} held by dead workers)"
-        queues.add_row(
-            queue.name,
-            str(queue.ready),
-            str(queue.delayed),
-            in_flight,
-            Text(str(queue.dead), style="bold red" if queue.dead else ""),
-            format_age(queue.oldest_ready_age_s),
-        )
+    if snapshot.queues is None:
+        queues: RenderableType = Text(QUEUE_NOT_IN_REDIS, style="yellow")
+    else:
+        queues = _queue_table(snapshot.queues)
     tasks = Table(title="Tasks", title_justify="left")
     counted = {**snapshot.tasks, **snapshot.submitted}
     for name in counted:
@@ -133,11 +133,36 @@ def render_status(snapshot: StatusSnapshot) -> RenderableType:
     rates.add_column("total", justify="right")
     for name, counts in snapshot.per_minute.items():
         rates.add_row(name, " ".join(f"{count:>3}" for count in counts), str(sum(counts)))
-    workers = Text(f"Workers alive: {snapshot.workers}", style="bold" if snapshot.workers else "bold red")
     rejected = Text(
         f"Rejected callbacks kept: {snapshot.rejected}"
         + (" (mjhook rejected list)" if snapshot.rejected else ""),
         style="bold yellow" if snapshot.rejected else "",
     )
     taken = Text(f"as of {utc_iso(snapshot.taken_at_ms / 1000)}", style="dim")
-    return Group(queues, workers, rejected, tasks, rates, taken)
+    return Group(queues, _workers_line(snapshot.workers), rejected, tasks, rates, taken)
+
+
+def _queue_table(stats: Iterable[QueueStats]) -> Table:
+    queues = Table(title="Queues", title_justify="left")
+    for name in ("queue", "ready", "delayed", "in flight", "dead", "oldest ready"):
+        queues.add_column(name, justify="left" if name == "queue" else "right")
+    for queue in stats:
+        in_flight = str(queue.in_flight)
+        if queue.held_by_dead:
+            in_flight += f" ({queue.held_by_dead} held by dead workers)"
+        queues.add_row(
+            queue.name,
+            str(queue.ready),
+            str(queue.delayed),
+            in_flight,
+            Text(str(queue.dead), style="bold red" if queue.dead else ""),
+            format_age(queue.oldest_ready_age_s),
+        )
+    return queues
+
+
+def _workers_line(workers: int | None) -> Text:
+    if workers is None:
+        # RabbitMQ workers do not register in Redis: their consumers show in RabbitMQ.
+        return Text("Workers alive: unknown (RabbitMQ lists the consumers)", style="dim")
+    return Text(f"Workers alive: {workers}", style="bold" if workers else "bold red")

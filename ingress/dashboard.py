@@ -26,8 +26,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from ingress.threaded import Threaded
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
-from shared.queue_stats import StatusSnapshot, read_status
-from shared.rejected import count_rejected
+from shared.queue_stats import read_status
 from shared.settings import Settings
 from shared.taskstate import TaskStore
 
@@ -97,8 +96,9 @@ def origin(url: str) -> str:
 
 class DashboardStatusResource:
     """``GET /dashboard/status``: the object ``mjhook status --json`` prints (queues, workers,
-    tasks, per_minute, taken_at_ms). With a broker that is not Redis, ``queues`` is empty and
-    ``workers`` null: only Redis holds what they are read from. 503 while Redis is unreachable."""
+    tasks, per_minute, taken_at_ms). With a broker that is not Redis (``queue_client`` None),
+    ``queues`` is empty and ``workers`` null (see :func:`shared.queue_stats.read_status`). 503
+    while Redis is unreachable."""
 
     def __init__(
         self,
@@ -124,25 +124,13 @@ class DashboardStatusResource:
             raise falcon.HTTPServiceUnavailable(title="Redis unavailable") from exc
 
     def _read(self) -> dict[str, object]:
-        now_ms = int(self._clock() * 1000)
-        if self._queue_client is None:
-            snapshot = StatusSnapshot(
-                taken_at_ms=now_ms,
-                queues=(),
-                workers=0,
-                tasks=self._tasks.counts(),
-                per_minute={},
-                submitted=self._tasks.submitted_counts(now_ms / 1000, self._poll_grace_s),
-                rejected=count_rejected(self._tasks.client),
-            )
-            return {**snapshot.to_json(), "workers": None}
         return read_status(
             self._queue_client,
             self._tasks,
             namespace=BROKER_NAMESPACE,
             queues=self._queues,
             heartbeat_timeout_ms=self._heartbeat_timeout_ms,
-            now_ms=now_ms,
+            now_ms=int(self._clock() * 1000),
             poll_grace_s=self._poll_grace_s,
         ).to_json()
 

@@ -14,6 +14,9 @@ The queue's numbers come from dramatiq's Redis broker keys (see :mod:`shared.key
 Brokers are enumerated from dramatiq's heartbeat set, not by scanning the keyspace: dramatiq adds a
 broker there on every command and removes it only once it holds no ack set (dispatch.lua), so
 every broker holding messages is in it, and the cost grows with the number of brokers, not of keys.
+
+With the queue in RabbitMQ, none of those keys exist: the snapshot then has the task numbers only,
+its queues and workers unknown (``None``).
 """
 
 from __future__ import annotations
@@ -76,9 +79,11 @@ class QueueStats:
 class StatusSnapshot:
     #: When it was read, Unix ms.
     taken_at_ms: int
-    queues: tuple[QueueStats, ...]
-    #: Live worker processes (see :func:`count_workers`).
-    workers: int
+    #: The queues' depths; None when the queue is not in Redis (RabbitMQ), which alone knows them.
+    queues: tuple[QueueStats, ...] | None
+    #: Live worker processes (see :func:`count_workers`); None when the queue is not in Redis:
+    #: only workers of the Redis broker register (``workers.heartbeat``).
+    workers: int | None
     #: Tasks per state.
     tasks: Mapping[str, int]
     #: Per state in :data:`RATE_STATES`, tasks that reached it in each recent minute, oldest first.
@@ -89,7 +94,8 @@ class StatusSnapshot:
     rejected: int
 
     def to_json(self) -> dict[str, Any]:
-        """The ``mjhook status --json`` object: the contract's keys plus a few more."""
+        """The ``mjhook status --json`` object: the contract's keys plus a few more. Unknown
+        queues are an empty object; unknown workers, null."""
         return {
             "queues": {
                 queue.name: {
@@ -100,7 +106,7 @@ class StatusSnapshot:
                     "held_by_dead": queue.held_by_dead,
                     "oldest_ready_age_s": queue.oldest_ready_age_s,
                 }
-                for queue in self.queues
+                for queue in self.queues or ()
             },
             "workers": self.workers,
             "tasks": dict(self.tasks),
@@ -195,7 +201,7 @@ def _ready_age_s(
 
 
 def read_status(
-    queue_client: redis.Redis,
+    queue_client: redis.Redis | None,
     tasks: TaskStore,
     *,
     namespace: str,
@@ -205,18 +211,25 @@ def read_status(
     poll_grace_s: float,
     rate_minutes: int = DEFAULT_RATE_MINUTES,
 ) -> StatusSnapshot:
-    """Everything ``mjhook status`` shows. ``queue_client`` is the broker's Redis; ``tasks`` reads
-    task state (possibly another Redis); ``heartbeat_timeout_ms`` is the redelivery timeout."""
-    brokers = read_brokers(
-        queue_client, namespace=namespace, queues=queues, now_ms=now_ms, timeout_ms=heartbeat_timeout_ms
-    )
-    return StatusSnapshot(
-        taken_at_ms=now_ms,
-        queues=tuple(
+    """Everything ``mjhook status`` and the dashboard show. ``queue_client`` is the broker's
+    Redis, or None when the queue is not in Redis (then queues and workers are None); ``tasks``
+    reads task state (possibly another Redis); ``heartbeat_timeout_ms`` is the redelivery
+    timeout; ``poll_grace_s`` (seconds) tells the overdue submitted tasks."""
+    queue_stats: tuple[QueueStats, ...] | None = None
+    workers: int | None = None
+    if queue_client is not None:
+        brokers = read_brokers(
+            queue_client, namespace=namespace, queues=queues, now_ms=now_ms, timeout_ms=heartbeat_timeout_ms
+        )
+        queue_stats = tuple(
             read_queue(queue_client, namespace=namespace, queue=queue, brokers=brokers, now_ms=now_ms)
             for queue in queues
-        ),
-        workers=count_workers(brokers),
+        )
+        workers = count_workers(brokers)
+    return StatusSnapshot(
+        taken_at_ms=now_ms,
+        queues=queue_stats,
+        workers=workers,
         tasks=tasks.counts(),
         per_minute=tasks.per_minute(RATE_STATES, minutes=rate_minutes),
         submitted=tasks.submitted_counts(now_ms / 1000, poll_grace_s),

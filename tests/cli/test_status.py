@@ -4,6 +4,7 @@ through the real broker, a dead letter made by a real worker, a live and a dead 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -28,6 +29,7 @@ from shared.taskstate import TaskState, TaskStore
 from tests.cli.conftest import RunCli, dead_letters_from_real_workers
 from tests.support.pipeline import queued_callback
 from tests.support.procs import ManagedProcess, free_port, venv_bin, wait_until
+from tests.support.servers import RedisServer
 from tests.support.stack import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -38,6 +40,23 @@ TASK_STATES = {"received": 1, "processing": 1, "stored": 2, "partial": 1, "faile
 
 def callback(task_id: str) -> Callback:
     return Callback.from_message(queued_callback(task_id))
+
+
+def put_tasks_in_every_state(settings: Settings, client: redis.Redis) -> None:
+    """:data:`TASK_STATES` in the task store, every task reaching its state just now."""
+    tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
+    for state, count in TASK_STATES.items():
+        for i in range(count):
+            tasks.move(f"{state}-{i}", TaskState(state))
+
+
+def rabbitmq_env(redis_url: str) -> dict[str, str]:
+    """Task state in ``redis_url``, the queue in a RabbitMQ where nothing listens: ``mjhook
+    status`` must answer without it."""
+    return {
+        "MJHOOK_REDIS_URL": redis_url,
+        "MJHOOK_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+    }
 
 
 def build_known_state(env: dict[str, str], log_dir: Path) -> None:
@@ -55,11 +74,7 @@ def build_known_state(env: dict[str, str], log_dir: Path) -> None:
             status=400, reason="body is not valid JSON", body=b"{", size=1, remote_addr="", content_type=""
         )
     )
-    # Tasks in every state
-    tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
-    for state, count in TASK_STATES.items():
-        for i in range(count):
-            tasks.move(f"{state}-{i}", TaskState(state))
+    put_tasks_in_every_state(settings, client)
     # Three callbacks queued the ingress's way, and a retry waiting for its backoff
     ingress = create_broker(settings, client=client, middleware=[])
     for i in range(3):
@@ -118,6 +133,43 @@ def test_status_reports_the_queue_workers_and_tasks_from_redis_alone(
     assert "Rejected callbacks kept: 1 (mjhook rejected list)" in result.stdout
 
 
+def test_with_the_queue_in_rabbitmq_status_shows_the_task_counts_from_redis(
+    redis_server: RedisServer, run_cli: RunCli
+) -> None:
+    # Given the queue in RabbitMQ and tasks in every state in Redis
+    env = rabbitmq_env(redis_server.url)
+    settings = Settings.from_env(env)
+    put_tasks_in_every_state(settings, redis.Redis.from_url(settings.redis_url))
+
+    # When, as JSON
+    result = run_cli(env, "status", "--json")
+    # Then the task counts, no queues and the workers unknown (only Redis workers register)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["queues"] == {}
+    assert document["workers"] is None
+    assert document["tasks"] == TASK_STATES
+    assert document["per_minute"]["stored"] == [0] * 9 + [2]
+
+    # When, for people
+    result = run_cli(env, "status")
+    # Then the same counts, and where the queue depths are to be seen instead
+    assert result.exit_code == 0, result.output
+    assert "Queue depths not shown: the queue is in RabbitMQ" in result.stdout
+    assert "RabbitMQ's own management tools" in result.stdout
+    assert "Workers alive: unknown" in result.stdout
+    assert task_counts_shown(result.stdout) == {**TASK_STATES, "submitted": 0, "overdue": 0}
+
+
+def task_counts_shown(output: str) -> dict[str, int]:
+    """The Tasks table of ``mjhook status``: its header row's names with the row below's numbers."""
+    lines = output.splitlines()
+    header = next(i for i, line in enumerate(lines) if "received" in line and "failed" in line)
+    names = re.findall(r"[a-z]+", lines[header])
+    counts = [int(count) for count in re.findall(r"\d+", lines[header + 2])]
+    return dict(zip(names, counts, strict=True))
+
+
 def test_status_says_redis_is_unavailable_in_one_line(run_cli: RunCli) -> None:
     result = run_cli({"MJHOOK_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, "status", "--json")
     assert result.exit_code == 1
@@ -126,17 +178,21 @@ def test_status_says_redis_is_unavailable_in_one_line(run_cli: RunCli) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "shows"),
+    ("args", "rabbitmq", "shows"),
     [
-        pytest.param(["--watch"], "Workers alive", id="live-view"),
-        pytest.param(["--watch", "--json"], '"workers"', id="json-lines"),
+        pytest.param(["--watch"], False, "Workers alive", id="live-view"),
+        pytest.param(["--watch", "--json"], False, '"workers"', id="json-lines"),
+        pytest.param(["--watch"], True, "Workers alive: unknown", id="live-view-rabbitmq"),
+        pytest.param(["--watch", "--json"], True, '"workers":null', id="json-lines-rabbitmq"),
     ],
 )
 def test_watch_refreshes_until_ctrl_c(
-    app_env: dict[str, str], tmp_path: Path, args: list[str], shows: str
+    app_env: dict[str, str], tmp_path: Path, args: list[str], rabbitmq: bool, shows: str
 ) -> None:
     # rich draws its live view only on a terminal; these make the log file count as one
     env = {**app_env, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "120"}
+    if rabbitmq:
+        env.update(rabbitmq_env(app_env["MJHOOK_REDIS_URL"]))
     argv = [venv_bin("mjhook"), "status", "--interval", "0.2", *args]
     proc = ManagedProcess(argv, log_path=tmp_path / "watch.log", cwd=REPO_ROOT, env=env)
     try:

@@ -11,7 +11,14 @@ from dramatiq.common import current_millis, dq_name
 from shared import keys
 from shared.callback import Callback
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker, enqueue_callback
-from shared.queue_stats import QueueStats, count_workers, read_brokers, read_queue, read_status
+from shared.queue_stats import (
+    QueueStats,
+    StatusSnapshot,
+    count_workers,
+    read_brokers,
+    read_queue,
+    read_status,
+)
 from shared.settings import Settings
 from shared.taskstate import TaskState, TaskStore
 from shared.worker_registry import (
@@ -148,6 +155,19 @@ def test_the_registry_drops_workers_silent_for_a_day(client: redis.Redis) -> Non
     assert registered_workers(client) == {"here"}
 
 
+def status_at(now: float, queue_client: redis.Redis | None, tasks: TaskStore) -> StatusSnapshot:
+    """:func:`read_status` of the callback queue at ``now`` (Unix seconds)."""
+    return read_status(
+        queue_client,
+        tasks,
+        namespace=BROKER_NAMESPACE,
+        queues=[CALLBACK_QUEUE],
+        heartbeat_timeout_ms=TIMEOUT_MS,
+        now_ms=int(now * 1000),
+        poll_grace_s=300,
+    )
+
+
 def test_status_has_the_contract_keys_task_counts_and_finished_per_minute(client: redis.Redis) -> None:
     # Given tasks that reached their state at known times before now
     now = 1_800_000_000.0
@@ -167,15 +187,7 @@ def test_status_has_the_contract_keys_task_counts_and_finished_per_minute(client
         tasks.move(task_id, state)
     clock.now = now
     # When
-    snapshot = read_status(
-        client,
-        tasks,
-        namespace=BROKER_NAMESPACE,
-        queues=[CALLBACK_QUEUE],
-        heartbeat_timeout_ms=TIMEOUT_MS,
-        now_ms=int(now * 1000),
-        poll_grace_s=300,
-    )
+    snapshot = status_at(now, client, tasks)
     # Then
     assert snapshot.tasks == {"received": 1, "processing": 1, "stored": 3, "partial": 1, "failed": 1}
     assert snapshot.per_minute["stored"] == (0, 0, 0, 0, 0, 0, 0, 0, 1, 2)
@@ -187,3 +199,20 @@ def test_status_has_the_contract_keys_task_counts_and_finished_per_minute(client
     assert document["workers"] == 0
     assert set(document["tasks"]) == {"received", "processing", "stored", "partial", "failed"}
     assert document["rejected"] == 0
+
+
+def test_without_the_queue_in_redis_status_has_the_tasks_and_no_queues_or_workers(
+    client: redis.Redis,
+) -> None:
+    # Given a queue outside Redis (RabbitMQ) and a task stored just now
+    now = 1_800_000_000.0
+    tasks = TaskStore(client, ttl_s=86_400, clock=FakeClock(now))
+    tasks.move("s1", TaskState.STORED)
+    # When
+    snapshot = status_at(now, None, tasks)
+    # Then the task numbers are there, the queues and workers unknown
+    assert (snapshot.queues, snapshot.workers) == (None, None)
+    assert snapshot.tasks["stored"] == 1
+    assert snapshot.per_minute["stored"][-1] == 1
+    document = snapshot.to_json()
+    assert (document["queues"], document["workers"]) == ({}, None)
