@@ -13,21 +13,13 @@ from minio.error import S3Error
 
 from shared.errors import MjhookError
 from shared.printable import printable
-from shared.queue import create_broker
+from shared.queue import create_broker, queue_is_in_redis
 from shared.redis_client import connect_redis
 from shared.settings import Settings
 from shared.taskstate import TaskStore
 
 #: Seconds a command waits for Redis before it says Redis is unavailable.
 DEFAULT_REDIS_TIMEOUT_S = 5.0
-
-#: URL schemes of a broker whose queues live in Redis.
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
-def queue_is_in_redis(settings: Settings) -> bool:
-    """Whether the broker is Redis; otherwise it is RabbitMQ (``amqp://``)."""
-    return settings.queue_url.startswith(REDIS_SCHEMES)
 
 
 def queue_redis(settings: Settings) -> redis.Redis:

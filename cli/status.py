@@ -15,9 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.output import echo_json, format_age
-from cli.services import queue_is_in_redis, queue_redis, reported_failures, task_store
+from cli.services import queue_redis, reported_failures, task_store
 from shared.clock import utc_iso
-from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, queue_is_in_redis
 from shared.queue_stats import QueueStats, StatusSnapshot, read_status
 from shared.settings import Settings
 

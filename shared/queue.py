@@ -29,6 +29,13 @@ CALLBACK_QUEUE = "callbacks"
 PROCESS_CALLBACK = "process_callback"
 #: dramatiq's key namespace in Redis.
 BROKER_NAMESPACE = "dramatiq"
+#: URL schemes of a broker whose queues live in Redis; any other is RabbitMQ's.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def queue_is_in_redis(settings: Settings) -> bool:
+    """Whether the queue (``MJHOOK_BROKER_URL``) is a Redis broker; otherwise it is RabbitMQ."""
+    return settings.queue_url.startswith(REDIS_SCHEMES)
 
 
 def create_broker(
@@ -41,7 +48,7 @@ def create_broker(
     (``amqp://``, ``amqps://``). ``middleware=None``
     keeps dramatiq's defaults; the ingress passes ``[]`` because it only enqueues."""
     url = settings.queue_url
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if queue_is_in_redis(settings):
         return RedisBroker(  # type: ignore[no-untyped-call]
             url=None if client else url,
             client=client,

@@ -41,7 +41,7 @@ from shared.metrics import (
     serve_registry,
     use_multiprocess_dir,
 )
-from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, queue_is_in_redis
 from shared.redis_client import connect_redis
 from shared.settings import Settings
 from workers.metrics_port import PortClaim, claim_port
@@ -154,7 +154,7 @@ def serve_worker_metrics(settings: Settings, directory: Path) -> WorkerMetricsSe
     for stale in remove_stale_dirs(ROLE):
         log.info("removed the metrics of a stopped dramatiq instance: %s", stale)
     collectors = []
-    if settings.queue_url.startswith(("redis://", "rediss://", "unix://")):
+    if queue_is_in_redis(settings):
         collectors = queue_collectors(
             connect_redis(settings.queue_url, timeout_s=DEFAULT_SCRAPE_TIMEOUT_S),
             namespace=BROKER_NAMESPACE,
