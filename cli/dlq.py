@@ -3,9 +3,12 @@ them onto the queue or purge them."""
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
 
 import click
+import redis
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -20,6 +23,9 @@ from shared.settings import Settings
 
 #: Dead letters ``dlq list`` shows unless told otherwise.
 DEFAULT_LIST_LIMIT = 100
+
+#: Ids a purge's question names one by one; beyond, it gives how many more.
+MAX_IDS_ASKED = 10
 
 
 @click.group()
@@ -110,19 +116,55 @@ def replay(settings: Settings, ids: tuple[str, ...]) -> None:
     _fail_on(problems)
 
 
-@dlq.command()
-@click.argument("ids", nargs=-1)
-@click.option("--yes", is_flag=True, help="Confirm: the dead letters are dropped for good.")
-@click.pass_obj
-def purge(settings: Settings, ids: tuple[str, ...], yes: bool) -> None:
-    """Drop dead letters (the IDs given, or all) for good. Refuses without --yes (exit code 2)."""
-    if not yes:
-        raise click.UsageError("purge drops dead letters for good; add --yes to confirm")
-    client = queue_redis(settings)
-    with reported_failures():
-        result = purge_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, ids=ids or None)
-    click.echo(f"{len(result.removed)} dead letter(s) purged from {CALLBACK_QUEUE}")
-    _fail_on([f"not a dead letter: {dead_id}" for dead_id in result.missing])
+def stdin_is_terminal() -> bool:
+    """Whether a person may be typing at this command: its stdin is a terminal (not a pipe, a file
+    or the nothing a cron job gets)."""
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def purge_command(*, is_terminal: Callable[[], bool] = stdin_is_terminal) -> click.Command:
+    """``dlq purge``; ``is_terminal`` says whether a person is there to be asked first."""
+
+    @click.command("purge")
+    @click.argument("ids", nargs=-1)
+    @click.option("--yes", is_flag=True, help="Purge without asking.")
+    @click.pass_obj
+    def purge(settings: Settings, ids: tuple[str, ...], yes: bool) -> None:
+        """Drop dead letters (the IDs given, or all) for good.
+
+        At a terminal it first asks (default no); answering no purges nothing, exit code 1. With
+        --yes, or when stdin is not a terminal (a script, cron), it does not ask. Exit code 1 when
+        an ID is not a dead letter.
+        """
+        client = queue_redis(settings)
+        if not yes and is_terminal():
+            _confirm_purge(client, ids)
+        with reported_failures():
+            result = purge_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, ids=ids or None)
+        click.echo(f"{len(result.removed)} dead letter(s) purged from {CALLBACK_QUEUE}")
+        _fail_on([f"not a dead letter: {dead_id}" for dead_id in result.missing])
+
+    return purge
+
+
+def _confirm_purge(client: redis.Redis, ids: tuple[str, ...]) -> None:
+    """Ask the operator whether to drop ``ids`` (all when empty), saying which or how many; not
+    when there is nothing to drop. Answering no: exit code 1."""
+    if ids:
+        named = ", ".join(printable(dead_id) for dead_id in ids[:MAX_IDS_ASKED])
+        more = f" and {len(ids) - MAX_IDS_ASKED} more" if len(ids) > MAX_IDS_ASKED else ""
+        question = f"Purge {len(ids)} dead letter(s) of {CALLBACK_QUEUE} for good: {named}{more}?"
+    else:
+        with reported_failures():
+            total = count_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)
+        if total == 0:
+            return
+        question = f"Purge all {total} dead letter(s) of {CALLBACK_QUEUE} for good?"
+    if not click.confirm(question, default=False, err=True):
+        raise click.ClickException("nothing purged")
+
+
+dlq.add_command(purge_command())
 
 
 def _fail_on(problems: list[str]) -> None:

@@ -12,9 +12,10 @@ import click
 from cli.output import echo_json
 from cli.services import reported_failures
 from shared.logs import configure_logging
+from shared.printable import printable
 from shared.settings import Settings
 from shared.storage import create_object_store
-from simulator import FaultConfig, SimulatorConfig, run_simulator
+from simulator import FaultConfig, RunningSimulator, SimulatorConfig, run_simulator
 from simulator.config import DEFAULT_CALLBACK_TIMEOUT_S, DEFAULT_GENERATION_DELAY_S, DEFAULT_URL_TTL_S
 from simulator.load import DEFAULT_SETTLE_TIMEOUT_S, DEFAULT_STORE_TIMEOUT_S, run_load
 
@@ -104,6 +105,18 @@ def _config(options: dict[str, Any], **overrides: Any) -> SimulatorConfig:
         raise click.UsageError(str(exc)) from exc
 
 
+def _start_simulator(config: SimulatorConfig) -> RunningSimulator:
+    """:func:`run_simulator`, a port already taken (or an address not this machine's) said in one
+    line, exit code 1."""
+    try:
+        return run_simulator(config)
+    except OSError as exc:
+        where = f"{config.host}:{config.port}"
+        raise click.ClickException(
+            f"cannot listen on {printable(where)}: {printable(exc.strerror or exc)}"
+        ) from exc
+
+
 @click.group()
 def simulate() -> None:
     """The provider simulator and load generator (all traffic stays on this machine)."""
@@ -126,8 +139,8 @@ def serve(port: int, generation_delay: float, rate_limit: int, public_url: str, 
     config = _config(
         options, port=port, generation_delay_s=generation_delay, rate_limit=rate_limit, public_url=public_url
     )
+    sim = _start_simulator(config)
     configure_logging("INFO")
-    sim = run_simulator(config)
     click.echo(f"simulator on {sim.base_url} (Authorization: Bearer {config.api_key}); Ctrl-C stops it")
     try:
         threading.Event().wait()
@@ -178,7 +191,7 @@ def load(
     config = _config(options, port=port)
     with reported_failures():
         store = create_object_store(settings) if store_timeout > 0 else None
-        with run_simulator(config) as sim:
+        with _start_simulator(config) as sim:
             report = run_load(
                 sim,
                 tasks=task_count,

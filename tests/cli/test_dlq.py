@@ -4,14 +4,18 @@ queue and purged."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 import redis
+from click.testing import CliRunner, Result
 
+from cli.dlq import purge_command
 from shared import keys
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from shared.settings import Settings
 from tests.cli.conftest import RunCli, dead_letters_from_real_workers
 from tests.support.pipeline import queued_callback
 
@@ -62,10 +66,7 @@ def test_dead_letters_are_listed_with_their_reason_then_replayed_or_purged(
     assert result.exit_code == 1
     assert "not a dead letter" in result.stderr
 
-    # purge refuses without --yes (exit code 2) and drops nothing
-    result = run_cli(app_env, "dlq", "purge")
-    assert result.exit_code == 2
-    assert client.zcard(DEAD) == 2
+    # purge of one id: only that one is dropped
     result = run_cli(app_env, "dlq", "purge", "--yes", by_task["dlq-2"]["id"])
     assert result.exit_code == 0, result.output
     assert client.zcard(DEAD) == 1
@@ -94,3 +95,88 @@ def test_a_hostile_dead_letter_is_listed_without_its_terminal_controls(
     assert result.exit_code == 0, result.output
     assert "t\\x1b[2J" in result.stdout
     assert not {"\x1b", "\x07"} & set(result.stdout)
+
+
+def run_purge(env: dict[str, str], *args: str, terminal: bool, answer: str | None = None) -> Result:
+    """``mjhook dlq purge *args`` with stdin a terminal or not, and ``answer`` typed at its question."""
+    command = purge_command(is_terminal=lambda: terminal)
+    return CliRunner().invoke(command, list(args), obj=Settings.from_env(env), input=answer)
+
+
+def dead_letter_ids(client: redis.Redis) -> list[str]:
+    return sorted(member.decode() for member in client.zrange(DEAD, 0, -1))
+
+
+@pytest.fixture
+def three_dead_letters(app_env: dict[str, str], tmp_path: Path) -> Iterator[redis.Redis]:
+    """Three callbacks a real worker refused for good; a client of their Redis."""
+    task_ids = ("purge-1", "purge-2", "purge-3")
+    dead_letters_from_real_workers(app_env, tmp_path, [queued_callback(t, code="oops") for t in task_ids])
+    client = redis.Redis.from_url(app_env["MJHOOK_REDIS_URL"])
+    yield client
+    client.close()
+
+
+def test_purge_from_a_script_drops_all_the_dead_letters_without_asking(
+    app_env: dict[str, str], three_dead_letters: redis.Redis, run_cli: RunCli
+) -> None:
+    # When a script (stdin not a terminal) runs the contract's plain `mjhook dlq purge`
+    result = run_cli(app_env, "dlq", "purge")
+    # Then all are gone, and nothing was asked
+    assert result.exit_code == 0, result.output
+    assert "3 dead letter(s) purged" in result.stdout
+    assert "Purge" not in result.output
+    assert three_dead_letters.zcard(DEAD) == 0
+
+
+def test_purge_at_a_terminal_answered_no_keeps_the_dead_letters(
+    app_env: dict[str, str], three_dead_letters: redis.Redis
+) -> None:
+    before = dead_letter_ids(three_dead_letters)
+    # When an operator at a terminal purges all, then one by id, and answers no each time
+    everything = run_purge(app_env, terminal=True, answer="n\n")
+    one = run_purge(app_env, before[0], terminal=True, answer="\n")  # Enter: the default, no
+    # Then each question said what would go, each answer purged nothing and exited 1
+    assert f"Purge all 3 dead letter(s) of {CALLBACK_QUEUE} for good? [y/N]" in everything.stderr
+    assert f"Purge 1 dead letter(s) of {CALLBACK_QUEUE} for good: {before[0]}? [y/N]" in one.stderr
+    for result in (everything, one):
+        assert result.exit_code == 1, result.output
+        assert "nothing purged" in result.stderr
+        assert "purged from" not in result.stdout
+    assert dead_letter_ids(three_dead_letters) == before
+
+
+def test_purge_at_a_terminal_answered_yes_drops_the_dead_letters(
+    app_env: dict[str, str], three_dead_letters: redis.Redis
+) -> None:
+    first, *rest = dead_letter_ids(three_dead_letters)
+    # When an operator at a terminal purges one by id and answers yes
+    result = run_purge(app_env, first, terminal=True, answer="y\n")
+    # Then that one only is gone
+    assert result.exit_code == 0, result.output
+    assert f"for good: {first}? [y/N]" in result.stderr
+    assert "1 dead letter(s) purged" in result.stdout
+    assert dead_letter_ids(three_dead_letters) == rest
+    # And when they purge all and answer yes, the rest are gone too
+    result = run_purge(app_env, terminal=True, answer="y\n")
+    assert result.exit_code == 0, result.output
+    assert "Purge all 2 dead letter(s)" in result.stderr
+    assert "2 dead letter(s) purged" in result.stdout
+    assert three_dead_letters.zcard(DEAD) == 0
+    # And with none left, nothing is asked
+    result = run_purge(app_env, terminal=True)
+    assert result.exit_code == 0, result.output
+    assert "Purge" not in result.output
+    assert "0 dead letter(s) purged" in result.stdout
+
+
+def test_purge_with_yes_at_a_terminal_drops_them_without_asking(
+    app_env: dict[str, str], three_dead_letters: redis.Redis
+) -> None:
+    # When an operator at a terminal purges with --yes, typing nothing
+    result = run_purge(app_env, "--yes", terminal=True)
+    # Then all are gone and no question was asked (one would have met the end of input: exit 1)
+    assert result.exit_code == 0, result.output
+    assert "Purge" not in result.output
+    assert "3 dead letter(s) purged" in result.stdout
+    assert three_dead_letters.zcard(DEAD) == 0

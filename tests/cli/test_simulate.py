@@ -1,0 +1,46 @@
+"""``mjhook simulate``: a port already taken is said in one line, not a traceback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.cli.conftest import RunCli
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 another socket is listening on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve"],
+        [
+            "load",
+            "--tasks",
+            "1",
+            "--callback-url",
+            "http://127.0.0.1:9/callbacks/midjourney",
+            "--store-timeout",
+            "0",
+        ],
+    ],
+    ids=["serve", "load"],
+)
+def test_a_port_in_use_is_one_line_error(run_cli: RunCli, taken_port: int, command: list[str]) -> None:
+    # Given a port something else listens on
+    # When the simulator is told to listen there
+    result = run_cli({}, "simulate", *command, "--host", "127.0.0.1", "--port", str(taken_port))
+    # Then it says so in one line, exit code 1, without a traceback
+    assert result.exit_code == 1, result.output
+    assert f"Error: cannot listen on 127.0.0.1:{taken_port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
