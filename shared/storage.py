@@ -3,8 +3,9 @@ client's many failure types onto our error tree."""
 
 from __future__ import annotations
 
+import hashlib
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +24,10 @@ from shared.settings import Settings
 
 #: User metadata key holding a stored file's sha256 (sent as ``x-amz-meta-sha256``).
 SHA256_META = "sha256"
+#: User metadata key holding the sha256 of the URL a file was downloaded from (sent as
+#: ``x-amz-meta-source-url-sha256``). A digest, not the URL: S3 takes at most 2 KB of user
+#: metadata, in ASCII, while a result URL may be 4 KB long and carry signed query parameters.
+SOURCE_URL_SHA256_META = "source-url-sha256"
 
 #: Object keys of a task: its files and its manifest, which is written last.
 TASK_PREFIX = "tasks/{task_id}/"
@@ -55,6 +60,17 @@ class StoredObject:
     size: int
     content_type: str
     sha256: str | None
+    source_url_sha256: str | None = None
+
+    def came_from(self, url: str) -> bool:
+        """Whether the object was downloaded from ``url``; False when it was stored without its
+        source (by a version of mjhook that did not record it)."""
+        return self.source_url_sha256 is not None and self.source_url_sha256 == source_url_digest(url)
+
+
+def source_url_digest(url: str) -> str:
+    """What :data:`SOURCE_URL_SHA256_META` holds for ``url``: its hex sha256."""
+    return hashlib.sha256(url.encode()).hexdigest()
 
 
 class KnownHashMinio(Minio):
@@ -107,10 +123,23 @@ class ObjectStore:
                     if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                         raise
 
-    def put_file(self, key: str, data: IO[bytes], *, size: int, content_type: str, sha256: str) -> None:
+    def put_file(
+        self,
+        key: str,
+        data: IO[bytes],
+        *,
+        size: int,
+        content_type: str,
+        sha256: str,
+        source_url: str | None = None,
+    ) -> None:
         """Store ``size`` bytes read from ``data``, whose hex ``sha256`` the caller computed; it is
-        kept as the object's metadata and, for a file sent in one PUT, signs the request too."""
+        kept as the object's metadata and, for a file sent in one PUT, signs the request too.
+        ``source_url``, the URL the bytes came from, is kept as its digest
+        (:meth:`StoredObject.came_from`)."""
         metadata: dict[str, str | list[str] | tuple[str]] = {SHA256_META: sha256}
+        if source_url is not None:
+            metadata[SOURCE_URL_SHA256_META] = source_url_digest(source_url)
         if size <= SINGLE_PUT_MAX_BYTES:
             # Read by KnownHashMinio; a plain Minio client replaces it with its own hash.
             metadata[PAYLOAD_SHA256_HEADER] = sha256
@@ -168,7 +197,7 @@ class ObjectStore:
         return None if body is None else orjson.loads(body)
 
     def stat(self, key: str) -> StoredObject | None:
-        """Size, type and recorded sha256 of an object, or None when it does not exist."""
+        """Size, type, recorded sha256 and source of an object, or None when it does not exist."""
         with _storage_errors():
             try:
                 info = self._client.stat_object(self.bucket, key)
@@ -177,9 +206,12 @@ class ObjectStore:
                     return None
                 raise
         metadata = info.metadata or {}
-        sha256 = metadata.get("x-amz-meta-" + SHA256_META) or metadata.get("X-Amz-Meta-Sha256")
         return StoredObject(
-            key=key, size=int(info.size or 0), content_type=info.content_type or "", sha256=sha256
+            key=key,
+            size=int(info.size or 0),
+            content_type=info.content_type or "",
+            sha256=_user_metadata(metadata, SHA256_META),
+            source_url_sha256=_user_metadata(metadata, SOURCE_URL_SHA256_META),
         )
 
     def list_keys(self, prefix: str) -> list[str]:
@@ -193,6 +225,11 @@ class ObjectStore:
     def presigned_url(self, key: str, *, expires_s: int) -> str:
         with _storage_errors():
             return self._client.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+
+
+def _user_metadata(metadata: Mapping[str, str], name: str) -> str | None:
+    """One ``x-amz-meta-*`` value of a stat's response headers, however the store cased it."""
+    return metadata.get("x-amz-meta-" + name) or metadata.get("X-Amz-Meta-" + name.title()) or None
 
 
 @contextmanager

@@ -72,7 +72,7 @@ class CallbackProcessor:
         if known is not None:
             self._metrics.tasks.labels("duplicate").inc()
             return known
-        with self._leases.hold(task_id):
+        with self._leases.hold(task_id) as lease:
             # Another worker may have finished the task while we waited for the lease.
             known = self._settled_state(callback)
             if known is not None:
@@ -100,8 +100,13 @@ class CallbackProcessor:
             )
             if verification is not None:
                 manifest["verification"] = verification.to_manifest()
+            # A worker whose lease lapsed (Redis away for longer than its TTL) or was taken may
+            # have been overtaken: the new holder's manifest and state must stand, so each write
+            # waits for Redis to confirm the lease is still ours (TaskBusy: retried later).
+            lease.confirm()
             self._store.put_json(storage.manifest_key(task_id), manifest)
             reason = _reason(callback, errors)
+            lease.confirm()
             self._tasks.move(task_id, status, code=str(callback.code), reason=reason)
             self._metrics.tasks.labels(status.value).inc()
             for error_class in failed_files:
@@ -171,6 +176,7 @@ class CallbackProcessor:
                 size=fetched.size,
                 content_type=fetched.media.content_type,
                 sha256=fetched.sha256,
+                source_url=url,
             )
             self._metrics.upload_seconds.observe(self._timer() - started)
             self._metrics.files_stored.inc()
@@ -180,7 +186,10 @@ class CallbackProcessor:
         return ImageEntry(index, url, key, fetched.size, fetched.sha256, fetched.media.content_type)
 
     def _already_stored(self, callback: Callback) -> dict[int, ImageEntry]:
-        """Files an earlier, interrupted attempt stored completely (their sha256 recorded)."""
+        """Files an earlier, interrupted attempt stored completely (their sha256 recorded) from the
+        URL this callback lists at their index. Any other file there is fetched again: an earlier
+        callback of the task may have listed other results, and a file stored before sources were
+        recorded cannot prove where it came from."""
         prefix = storage.task_prefix(callback.task_id)
         found: dict[int, ImageEntry] = {}
         for key in self._store.list_keys(prefix):
@@ -188,12 +197,16 @@ class CallbackProcessor:
             if not match or int(match[1]) >= len(callback.result_urls):
                 continue
             index = int(match[1])
+            url = callback.result_urls[index]
             info = self._store.stat(key)
             if info is None or not info.sha256:
                 continue
-            found[index] = ImageEntry(
-                index, callback.result_urls[index], key, info.size, info.sha256, info.content_type
-            )
+            if not info.came_from(url):
+                log.info(
+                    "task %s: %s came from another URL; fetching #%d again", callback.task_id, key, index
+                )
+                continue
+            found[index] = ImageEntry(index, url, key, info.size, info.sha256, info.content_type)
         return found
 
 

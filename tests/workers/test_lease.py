@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -9,6 +10,7 @@ import redis
 
 from shared import keys
 from shared.errors import TaskBusy
+from tests.support.servers import RedisServer
 from workers.lease import LeaseManager
 
 
@@ -51,3 +53,57 @@ def test_a_worker_never_releases_a_lease_it_lost(client: redis.Redis) -> None:
         # Someone else's lease replaced ours (ours expired during a long pause)
         client.set(keys.lease("t1"), "other")
     assert client.get(keys.lease("t1")) == b"other"
+
+
+def wait_until_set(event: threading.Event, *, timeout_s: float = 5.0) -> None:
+    assert event.wait(timeout_s), "not set in time"
+
+
+def test_a_holder_learns_that_its_lease_was_removed(client: redis.Redis) -> None:
+    # Given a held lease renewed every third of a second
+    with LeaseManager(client, ttl_s=1).hold("t1") as lease:
+        assert not lease.lost.is_set()
+        lease.confirm()
+        # When it disappears from Redis (it lapsed, or Redis lost it)
+        client.delete(keys.lease("t1"))
+        # Then the renewer marks it lost without taking it back, and confirming it says retry later
+        wait_until_set(lease.lost)
+        assert not client.exists(keys.lease("t1"))
+        with pytest.raises(TaskBusy):
+            lease.confirm()
+
+
+def test_confirming_asks_redis_at_once_whether_the_lease_was_taken(client: redis.Redis) -> None:
+    # Given a lease whose renewer would not look again for 10 s
+    with LeaseManager(client, ttl_s=30).hold("t1") as lease:
+        # When another worker holds the task now
+        client.set(keys.lease("t1"), "other")
+        # Then confirming it fails straight away, and the other worker's lease stands
+        with pytest.raises(TaskBusy):
+            lease.confirm()
+        assert lease.lost.is_set()
+    assert client.get(keys.lease("t1")) == b"other"
+
+
+def test_confirming_a_held_lease_renews_it(client: redis.Redis) -> None:
+    with LeaseManager(client, ttl_s=30).hold("t1") as lease:
+        client.pexpire(keys.lease("t1"), 1000)
+        lease.confirm()
+        assert client.pttl(keys.lease("t1")) > 25_000
+        assert not lease.lost.is_set()
+
+
+def test_a_holder_cut_off_from_redis_for_a_whole_ttl_knows_its_lease_lapsed(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    # Given a held lease of 1 s
+    with LeaseManager(client, ttl_s=1).hold("t1") as lease:
+        # When Redis goes away for longer than that
+        redis_server.stop()
+        # Then the holder counts the lease lost while Redis is still away, and once it is back
+        # confirming the lease says retry later
+        wait_until_set(lease.lost)
+        assert not redis_server.is_running()
+        redis_server.start()
+        with pytest.raises(TaskBusy):
+            lease.confirm()

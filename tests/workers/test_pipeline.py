@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import io
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import orjson
 import pytest
 import redis
 
+from shared import keys
 from shared.callback import Callback
 from shared.errors import DownloadFailed, TaskBusy
 from shared.metrics import WorkerMetrics, create_worker_metrics
@@ -18,6 +23,7 @@ from shared.storage import ObjectStore
 from shared.taskstate import TaskState, TaskStore
 from tests.support.pipeline import nested_prompt_json
 from tests.support.servers import FileServer, png_bytes
+from workers.lease import LeaseManager
 from workers.runtime import build_parts, wait_for_bucket
 
 PROMPT = '{"prompt":"a beautiful landscape","model":"midjourney"}'
@@ -187,6 +193,76 @@ def test_a_transient_failure_retries_and_fetches_only_what_is_missing(harness: H
     hits = harness.files.hits
     assert (hits["/img0.png"], hits["/img1.png"], hits["/img2.png"]) == (1, 1, 2)
     assert harness.object_bytes("tasks/task-1/2.png") == images[2]
+
+
+def test_a_later_success_with_other_urls_replaces_every_file_of_the_earlier_one(harness: Harness) -> None:
+    # Given callback A of a task, which ended partial: two files stored, the third gone
+    a_urls = [harness.files.add(f"/a{i}.png", png_bytes(i)) for i in range(2)]
+    a_urls.append(harness.files.url("/a2.png"))
+    assert harness.process(callback(a_urls)) is TaskState.PARTIAL
+    # When a success callback B for the same task lists other files
+    b_images = [png_bytes(seed) for seed in (10, 11, 12)]
+    b_urls = [harness.files.add(f"/b{i}.png", image) for i, image in enumerate(b_images)]
+    assert harness.process(callback(b_urls)) is TaskState.STORED
+    # Then every index holds B's bytes, named with B's URL: none of A's files was reused
+    manifest = harness.manifest("task-1")
+    for entry, url, image in zip(manifest["images"], b_urls, b_images, strict=True):  # type: ignore[call-overload]
+        assert entry["sourceUrl"] == url
+        assert entry["sha256"] == hashlib.sha256(image).hexdigest()
+        assert harness.object_bytes(entry["key"]) == image
+    hits = harness.files.hits
+    assert [hits[f"/b{i}.png"] for i in range(3)] == [1, 1, 1]
+
+
+def test_a_file_stored_without_its_source_url_is_fetched_again(harness: Harness) -> None:
+    # Given a file an attempt stored before sources were recorded: its sha256, no source URL
+    urls, images = serve_pngs(harness.files, 1)
+    old = png_bytes(7)
+    harness.store.put_file(
+        "tasks/task-1/0.png",
+        io.BytesIO(old),
+        size=len(old),
+        content_type="image/png",
+        sha256=hashlib.sha256(old).hexdigest(),
+    )
+    # When the task is processed
+    assert harness.process(callback(urls)) is TaskState.STORED
+    # Then the file is downloaded again and replaces it
+    assert harness.files.hits["/img0.png"] == 1
+    assert harness.object_bytes("tasks/task-1/0.png") == images[0]
+    assert harness.manifest("task-1")["images"][0]["sha256"] == hashlib.sha256(images[0]).hexdigest()  # type: ignore[index]
+
+
+def wait_for(condition: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("taken_by_another", [True, False], ids=["taken", "lapsed"])
+def test_a_worker_that_lost_its_lease_writes_nothing_final_and_retries_later(
+    harness: Harness, taken_by_another: bool
+) -> None:
+    # Given a task whose file arrives slowly
+    urls, images = serve_pngs(harness.files, 1)
+    harness.files.add("/img0.png", images[0], delay_s=1.0)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(harness.process, callback(urls))
+        # When, while the first worker downloads, its lease lapses (a Redis outage longer than
+        # the TTL) and, maybe, another worker takes the task
+        wait_for(lambda: harness.files.hits["/img0.png"] == 1)
+        harness.redis.delete(keys.lease("task-1"))
+        other = LeaseManager(harness.redis, ttl_s=30)
+        with other.hold("task-1") if taken_by_another else nullcontext():
+            # Then the first worker writes neither the manifest nor a final state: retry later
+            with pytest.raises(TaskBusy):
+                first.result(timeout=30)
+            assert harness.store.get_bytes("tasks/task-1/manifest.json") is None
+            assert harness.tasks.get("task-1").state is TaskState.PROCESSING  # type: ignore[union-attr]
+    # And the retry stores the task, reusing the file the first attempt stored
+    assert harness.process(callback(urls)) is TaskState.STORED
+    assert harness.files.hits["/img0.png"] == 1
 
 
 def test_the_last_attempt_records_transient_failures_instead_of_raising(harness: Harness) -> None:
