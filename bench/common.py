@@ -63,11 +63,11 @@ def run_dir(name: str) -> Path:
 
 
 class DurableRedis(RedisServer):
-    """redis-server persisting like production (docker-compose.yml): append-only file, fsync'd
-    every second."""
+    """redis-server persisting like production (docker-compose.yml): append-only file, each write
+    fsync'd before Redis answers it (``appendfsync always``)."""
 
     def _argv(self) -> list[str]:
-        return [*super()._argv(), "--appendfsync", "everysec"]
+        return [*super()._argv(), "--appendfsync", "always"]
 
 
 def start_redis(stack: ExitStack, directory: Path) -> DurableRedis:

@@ -9,7 +9,10 @@ Targets: mjhook >= 0.7x bare Falcon and >= 1.0x Express requests/s; mjhook p99 <
 Also reported: CPU milliseconds per request of each server (and of Redis), from /proc, and
 ``bare_falcon_gthread``: the same bare app as WSGI under gunicorn's gthread worker (the ingress's
 settings until session 3), a reference, not the target's baseline.
-``GUNICORN_CMD_ARGS`` applies to every gunicorn app alike; ``--candidate DIR``
+``mjhook_fsync_everysec`` (only with ``--only``): the same mjhook ingress, measured while Redis
+runs with ``appendfsync everysec`` (the faster setting, which may lose the last second of
+acknowledged callbacks in a power loss; see README, "Redis restarted") instead of the default
+``always``. ``GUNICORN_CMD_ARGS`` applies to every gunicorn app alike; ``--candidate DIR``
 serves a second mjhook ingress (or ``--candidate-app``) from another tree, e.g. a scratch copy
 with a change to try, with ``--candidate-env NAME=VALUE`` added to its environment.
 """
@@ -22,9 +25,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,8 @@ class Target:
     name: str
     url: str
     pid: int
+    #: Redis's ``appendfsync`` during this receiver's runs (None: as started, ``always``).
+    appendfsync: str | None = None
 
 
 def ensure_wrk() -> str:
@@ -132,7 +137,8 @@ def measured_run(
     using a core) would land on the ingresses' rounds only."""
     redis_client.flushall()
     server_cpu, redis_cpu = tree_cpu_seconds(target.pid), tree_cpu_seconds(redis_pid)
-    result = run_wrk(wrk, target.url, args, seconds=args.seconds, prefix=f"{target.name}-r{number}")
+    with fsync_policy(redis_client, target.appendfsync):
+        result = run_wrk(wrk, target.url, args, seconds=args.seconds, prefix=f"{target.name}-r{number}")
     requests = max(result["requests"], 1)
     result["server_cpu_ms_per_req"] = (tree_cpu_seconds(target.pid) - server_cpu) * 1000 / requests
     result["redis_cpu_ms_per_req"] = (tree_cpu_seconds(redis_pid) - redis_cpu) * 1000 / requests
@@ -140,16 +146,33 @@ def measured_run(
     return result
 
 
-def paced_run(sim: RunningSimulator, target: Target, args: argparse.Namespace) -> dict[str, Any]:
+@contextmanager
+def fsync_policy(redis_client: Any, appendfsync: str | None) -> Iterator[None]:
+    """Redis's ``appendfsync`` set to ``appendfsync`` (None: left alone) for the block."""
+    if appendfsync is None:
+        yield
+        return
+    before = redis_client.config_get("appendfsync")["appendfsync"]
+    redis_client.config_set("appendfsync", appendfsync)
+    try:
+        yield
+    finally:
+        redis_client.config_set("appendfsync", before)
+
+
+def paced_run(
+    sim: RunningSimulator, target: Target, redis_client: Any, args: argparse.Namespace
+) -> dict[str, Any]:
     """Callbacks at a steady rate from the provider simulator (16 delivery threads), as the
     provider sends them: the latency of each answer as the provider sees it, without queueing
     in the load generator."""
-    report = run_load(
-        sim,
-        tasks=round(args.paced_rate * args.paced_seconds),
-        rate_per_s=args.paced_rate,
-        callback_url=target.url + CALLBACK_PATH,
-    )
+    with fsync_policy(redis_client, target.appendfsync):
+        report = run_load(
+            sim,
+            tasks=round(args.paced_rate * args.paced_seconds),
+            rate_per_s=args.paced_rate,
+            callback_url=target.url + CALLBACK_PATH,
+        )
     return {
         "p50_ms": report.ack_latency_p50_ms,
         "p99_ms": report.ack_latency_p99_ms,
@@ -175,7 +198,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--only",
         nargs="*",
-        help="receivers to run: mjhook bare_falcon express candidate bare_falcon_gthread",
+        help="receivers to run: mjhook bare_falcon express candidate bare_falcon_gthread"
+        " mjhook_fsync_everysec",
     )
     parser.add_argument("--candidate", type=Path, help="also serve the ingress from this tree")
     parser.add_argument("--candidate-env", action="append", default=[], metavar="NAME=VALUE")
@@ -198,8 +222,18 @@ def main() -> None:
         redis = start_redis(stack, out / "redis")
         assert redis.proc is not None
         env = mjhook_env(redis, None, out)
+        started: dict[str, Target] = {}
+
+        def ingress() -> Target:
+            if "mjhook" not in started:
+                started["mjhook"] = start_gunicorn_target(stack, "mjhook", "ingress.wsgi:app", env, out)
+            return started["mjhook"]
+
         starters: dict[str, Callable[[], Target]] = {
-            "mjhook": lambda: start_gunicorn_target(stack, "mjhook", "ingress.wsgi:app", env, out),
+            "mjhook": ingress,
+            "mjhook_fsync_everysec": lambda: replace(
+                ingress(), name="mjhook_fsync_everysec", appendfsync="everysec"
+            ),
             "bare_falcon": lambda: start_gunicorn_target(
                 stack, "bare_falcon", "bench.baselines.bare_falcon:app", env, out
             ),
@@ -218,13 +252,13 @@ def main() -> None:
             starters["candidate"] = lambda: start_gunicorn_target(
                 stack, "candidate", args.candidate_app, candidate_env, out, args.candidate
             )
+        client = redis.client()
         # Only the receivers asked for are started (Express needs node and npm).
         targets = [start() for name, start in starters.items() if name in wanted]
 
         print(f"warm-up ({WARMUP_S} s each) ...", flush=True)
         for target in targets:
             run_wrk(wrk, target.url, args, seconds=WARMUP_S, prefix=f"{target.name}-warmup")
-        client = redis.client()
         redis_pid = redis.proc.pid
         runs = {t.name: (lambda n, t=t: measured_run(wrk, t, client, redis_pid, args, n)) for t in targets}
         results = interleave(runs, args.rounds)
@@ -237,7 +271,7 @@ def main() -> None:
             print(f"paced: {args.paced_rate:g} callbacks/s from the provider simulator ...", flush=True)
             sim = stack.enter_context(run_simulator(SimulatorConfig(time_scale=0.001)))
             paced = interleave(
-                {t.name: (lambda n, t=t: paced_run(sim, t, args)) for t in targets}, args.rounds
+                {t.name: (lambda n, t=t: paced_run(sim, t, client, args)) for t in targets}, args.rounds
             )
     save(out, "ingress_ack", summarize(results, paced, args, queue))
 
@@ -321,6 +355,10 @@ def summarize(
         ]
     pairs = [("mjhook", "bare_falcon", TARGET_VS_BARE), ("mjhook", "express", TARGET_VS_EXPRESS)]
     pairs += [("mjhook", "bare_falcon_gthread", TARGET_VS_BARE)]
+    pairs += [
+        ("mjhook_fsync_everysec", "mjhook", 1.0),
+        ("mjhook_fsync_everysec", "bare_falcon", TARGET_VS_BARE),
+    ]
     pairs += [("candidate", "mjhook", 1.0), ("candidate", "bare_falcon", TARGET_VS_BARE)]
     for a, b, target in pairs:
         if a in medians and b in medians:
@@ -328,7 +366,7 @@ def summarize(
             figures[f"{a}_rps_vs_{b}"] = [value, target, verdict(value, target)]
     for name, (value, target, result) in figures.items():
         print(f"{name}: {value:.3g} (target {'<=' if name.endswith('_ms') else '>='} {target}) {result}")
-    ingresses = [name for name in ("mjhook", "candidate") if name in results]
+    ingresses = [name for name in ("mjhook", "mjhook_fsync_everysec", "candidate") if name in results]
     acked = sum(run["requests"] - run["errors"]["status"] for name in ingresses for run in results[name])
     queue["acked_in_rounds"] = acked
     queue["queued_in_rounds"] = sum(run["queued"] for name in ingresses for run in results[name])
