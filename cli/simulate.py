@@ -60,7 +60,7 @@ def provider_options(function: F) -> F:
             type=float,
             default=DEFAULT_URL_TTL_S,
             show_default=True,
-            help="Seconds a result URL stays valid.",
+            help="Seconds a result URL stays valid and the media is kept (no fresh link after).",
         ),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault decisions."),
         *(
@@ -163,7 +163,13 @@ def serve(port: int, generation_delay: float, rate_limit: int, public_url: str, 
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=0, help="Port for result files [default: free]."
 )
-@click.option("--settle-timeout", type=float, default=DEFAULT_SETTLE_TIMEOUT_S, show_default=True)
+@click.option(
+    "--settle-timeout",
+    type=float,
+    default=DEFAULT_SETTLE_TIMEOUT_S,
+    show_default=True,
+    help="Seconds, after the last callback is due, to wait for answers, duplicates and retries.",
+)
 @click.option(
     "--store-timeout",
     type=float,

@@ -42,10 +42,21 @@ def _object(body: Any) -> dict[str, Any]:
 
 
 def _callback_url(body: dict[str, Any]) -> str:
+    """The optional ``callBackUrl``: empty, or an http(s) URL with a host (and a valid port) that
+    a callback can be sent to."""
     url = body.get("callBackUrl") or ""
-    if not isinstance(url, str) or (url and urlsplit(url).scheme not in ("http", "https")):
-        raise ProviderError(CODE_VALIDATION, "callBackUrl must be an http or https URL")
+    if not isinstance(url, str) or (url and not _deliverable(url)):
+        raise ProviderError(CODE_VALIDATION, "callBackUrl must be an http or https URL with a host")
     return url
+
+
+def _deliverable(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        host, _port = parts.hostname, parts.port  # .port raises ValueError too: out of range, not a number
+    except ValueError:  # "http://[::1", "http://host:99999", "http://host:abc"
+        return False
+    return parts.scheme in ("http", "https") and bool(host)
 
 
 def parse_generate(body: Any) -> GenerateRequest:

@@ -1,5 +1,5 @@
-"""Deliver callbacks the way the provider does: POST JSON, wait up to 15 s, retry a non-2xx
-answer or a timeout after 1, 5 and 15 minutes (times ``time_scale``), then give up.
+"""Deliver callbacks the way the provider does: POST JSON, wait up to 15 s for the whole answer,
+retry a non-2xx answer or a timeout after 1, 5 and 15 minutes (times ``time_scale``), then give up.
 
 Every attempt is recorded, so tests and the load report can see what was sent and answered.
 """
@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import orjson
 
+from simulator.config import DEFAULT_CALLBACK_TIMEOUT_S
+from simulator.deadline import deadline
 from simulator.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,9 @@ class DeliveryAttempt:
 class CallbackDelivery:
     """Sends callbacks on ``scheduler`` threads with one pooled ``client``.
 
+    An attempt gets ``timeout_s`` seconds in all, from connecting to the last byte of the answer
+    (the ``client`` should use a :class:`~simulator.deadline.DeadlineTransport`, which stops
+    waiting then; an answer completed later counts as a timeout whatever the transport).
     ``retry_delays_s`` are real seconds, each counted from the previous attempt;
     ``clock`` gives the Unix seconds of the signature timestamp.
     """
@@ -85,12 +90,14 @@ class CallbackDelivery:
         scheduler: Scheduler,
         client: httpx.Client,
         retry_delays_s: tuple[float, ...],
+        timeout_s: float = DEFAULT_CALLBACK_TIMEOUT_S,
         hmac_key: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._scheduler = scheduler
         self._client = client
         self._retry_delays_s = retry_delays_s
+        self._timeout_s = timeout_s
         self._hmac_key = hmac_key
         self._clock = clock
         self._attempts: list[DeliveryAttempt] = []
@@ -118,9 +125,12 @@ class CallbackDelivery:
         status: int | None = None
         error: str | None = None
         try:
-            status = self._client.post(url, content=content, headers=headers).status_code
+            with deadline(self._timeout_s):
+                status = self._client.post(url, content=content, headers=headers).status_code
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
+        if status is not None and time.monotonic() - started > self._timeout_s:
+            status, error = None, f"Timeout: the answer ({status}) took longer than {self._timeout_s:g} s"
         record = DeliveryAttempt(
             task_id=task_id,
             delivery=delivery,

@@ -17,7 +17,8 @@ PROVIDER_RETRY_DELAYS_S = (60.0, 300.0, 900.0)
 DEFAULT_CALLBACK_TIMEOUT_S = 15.0
 #: Seconds from submission to result: short, for tests and load (the real provider takes ~30-60 s).
 DEFAULT_GENERATION_DELAY_S = 1.0
-#: Result URLs stay valid about 14 days (the provider keeps media 14-15 days).
+#: Result URLs stay valid about 14 days, and the media as long (the provider keeps it 14-15 days):
+#: after that, download-url answers code 404 and no link serves the file.
 DEFAULT_URL_TTL_S = 14 * 86400.0
 #: A link from ``/api/v1/common/download-url`` is valid 20 minutes.
 REFRESHED_URL_TTL_S = 20 * 60.0
@@ -106,6 +107,7 @@ class SimulatorConfig:
     video_bytes: int = DEFAULT_VIDEO_BYTES
     #: Generated files kept in memory (least recently used are dropped).
     file_cache_size: int = 64
+    #: Seconds a result URL stays valid, and the task's media is kept after it completed.
     url_ttl_s: float = DEFAULT_URL_TTL_S
     refreshed_url_ttl_s: float = REFRESHED_URL_TTL_S
     #: Secret signing result URLs; empty means a random one per run.

@@ -46,6 +46,8 @@ class FileAnswer:
     fault: FileFault = FileFault.NONE
     data: bytes = b""
     content_type: str = ""
+    #: False once the provider no longer keeps the task's media (404 whatever the link).
+    kept: bool = True
 
 
 class Provider:
@@ -144,13 +146,16 @@ class Provider:
 
     def download_url(self, body: Any) -> str:
         """``POST /api/v1/common/download-url``: a fresh link, valid 20 minutes, for a result URL
-        of ours (422 for any other URL)."""
+        of ours (422 for any other URL; 404 once the media is no longer kept, ``url_ttl_s`` after
+        the task completed, even when the URL was issued already expired by a fault)."""
         ref = self.links.parse(parse_download_url(body))
         if ref is None:
             raise ProviderError(CODE_VALIDATION, "Only URLs of files generated here are supported")
         task = self.task(ref.task_id)
         if ref.index >= len(task.result_urls) or ref.ext != task.kind.ext:
             raise ProviderError(CODE_NOT_FOUND, "The file does not exist")
+        if not self._kept(task):
+            raise ProviderError(CODE_NOT_FOUND, "The file has expired and no longer exists")
         return self.links.link(ref, ttl_s=self.config.refreshed_url_ttl_s)
 
     # --- tasks ------------------------------------------------------------------------
@@ -208,6 +213,13 @@ class Provider:
                 task.callback_url, body, delay_s=self.config.faults.duplicate_delay_s, delivery=1
             )
 
+    def _kept(self, task: Task) -> bool:
+        """Whether the provider still keeps the task's media: until ``url_ttl_s`` seconds after
+        it completed (the real one keeps it 14-15 days, so a fresh link stops helping then)."""
+        with self._lock:
+            completed_at = task.completed_at
+        return completed_at is None or self._clock() - completed_at <= self.config.url_ttl_s
+
     def _result_link(self, task: Task, index: int) -> str:
         expired = self._faults.for_file(task.number, index) is FileFault.EXPIRED
         ttl_s = -EXPIRED_LINK_AGE_S if expired else self.config.url_ttl_s
@@ -216,12 +228,16 @@ class Provider:
     # --- result files -----------------------------------------------------------------
 
     def open_file(self, ref: FileRef, *, expires: str, signature: str) -> FileAnswer:
-        """A request for a result file: its link check, the fault to inject, and the bytes."""
+        """A request for a result file: its link check, whether the media is still kept, the
+        fault to inject, and the bytes."""
         check = self.links.check(ref, expires=expires, signature=signature)
         if check is not LinkCheck.VALID:
             return FileAnswer(check)
         with self._lock:
             task = self._tasks.get(ref.task_id)
+        if task is not None and not self._kept(task):
+            # A link refreshed near the end of the media's life outlives it.
+            return FileAnswer(check, kept=False)
         # A valid link of a task this process never saw (a restart) still serves its bytes.
         fault = FileFault.NONE if task is None else self._faults.on_request(task.number, ref.index)
         data = self._files.get(ref.task_id, ref.index, ref.ext)

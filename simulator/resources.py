@@ -84,7 +84,8 @@ class DownloadUrlResource:
 
 class FileResource:
     """``GET /files/{task_id}/{index}.{ext}?exp=&sig=``: 403 for a bad signature, 410 once
-    expired, and the injected faults (503, slow, truncated)."""
+    expired, 404 once the media is no longer kept, and the injected faults (503, slow,
+    truncated)."""
 
     def __init__(self, provider: Provider) -> None:
         self._provider = provider
@@ -101,6 +102,8 @@ class FileResource:
             raise falcon.HTTPForbidden(description="invalid signature")
         if answer.check is LinkCheck.EXPIRED:
             raise falcon.HTTPGone(description="this link has expired")
+        if not answer.kept:
+            raise falcon.HTTPNotFound(description="this file is no longer kept")
         if answer.fault is FileFault.ERROR:
             raise falcon.HTTPServiceUnavailable(description="injected fault")
         resp.content_type = answer.content_type

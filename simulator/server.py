@@ -17,6 +17,7 @@ from simulator.admission import Admission
 from simulator.app import create_app
 from simulator.callbacks import CallbackDelivery, DeliveryAttempt
 from simulator.config import SimulatorConfig
+from simulator.deadline import DeadlineTransport
 from simulator.faults import FaultPlan
 from simulator.files import FileCache, expected_file
 from simulator.links import LinkSigner
@@ -122,18 +123,21 @@ def run_simulator(
 ) -> RunningSimulator:
     """Start a simulator on ``config.host``:``config.port`` (default 127.0.0.1 and a free port)
     in background threads and return its handle. ``clock`` gives Unix seconds (link expiry,
-    task times, signature timestamps); ``transport`` replaces the callback client's network."""
+    task times, signature timestamps); ``transport`` replaces the callback client's network
+    (default: a :class:`DeadlineTransport`, which stops waiting for an answer after
+    ``config.callback_timeout_s`` in all)."""
     config = config or SimulatorConfig()
     server = _ThreadingWSGIServer((config.host, config.port), _QuietHandler)
     base_url = config.public_url.rstrip("/") or f"http://{config.host}:{server.server_port}"
     scheduler = Scheduler(threads=config.delivery_threads)
-    # trust_env off: no proxy from the environment decides where callbacks go.
+    # trust_env off: no proxy from the environment decides where callbacks go. The timeout bounds
+    # each connect, read and write; the deadline of CallbackDelivery bounds the whole answer.
+    limits = httpx.Limits(max_connections=config.delivery_threads)
     client = httpx.Client(
         timeout=config.callback_timeout_s,
         follow_redirects=False,
         trust_env=False,
-        transport=transport,
-        limits=httpx.Limits(max_connections=config.delivery_threads),
+        transport=transport or DeadlineTransport(limits=limits),
         headers={"User-Agent": "mjhook-simulator/0.1"},
     )
     provider = Provider(
@@ -147,6 +151,7 @@ def run_simulator(
             scheduler=scheduler,
             client=client,
             retry_delays_s=config.scaled_retry_delays_s,
+            timeout_s=config.callback_timeout_s,
             hmac_key=config.hmac_key,
             clock=clock,
         ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import socketserver
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from simulator import RunningSimulator, SimulatorConfig, run_simulator
-from tests.simulator.support import Received, Receiver, SimFactory
+from tests.simulator.support import Received, Receiver, SimFactory, TricklingReceiver
 
 #: Small and fast unless a test says otherwise.
 TEST_CONFIG: dict[str, Any] = {
@@ -64,6 +65,75 @@ def receiver() -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+#: A whole 200 answer: 59 bytes, about six seconds when trickled a byte every 0.1 s.
+TRICKLED_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+def _read_request(conn: socket.socket) -> None:
+    """Read one request, headers and Content-Length body, so closing leaves nothing unread."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        body += chunk
+
+
+@pytest.fixture
+def trickling_receiver() -> Iterator[TricklingReceiver]:
+    state = TricklingReceiver()
+    stopping = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    state.url = f"http://127.0.0.1:{listener.getsockname()[1]}/callbacks/midjourney"
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            try:
+                _read_request(conn)
+                if not state.next_is_slow():
+                    conn.sendall(TRICKLED_ANSWER)
+                    return
+                for byte in TRICKLED_ANSWER:
+                    if stopping.wait(state.byte_interval_s):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                pass  # the simulator hung up: what the test wants to see
+
+    def accept() -> None:
+        while not stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(10.0)
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        stopping.set()
+        thread.join(timeout=5.0)
+        listener.close()
 
 
 @pytest.fixture

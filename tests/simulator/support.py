@@ -62,6 +62,24 @@ class Receiver:
         raise AssertionError(f"{count} callbacks not received within {timeout_s} s: {self.requests}")
 
 
+@dataclass
+class TricklingReceiver:
+    """A callback endpoint on 127.0.0.1, on a raw socket, that answers every request 200: the
+    first ``slow_answers`` one byte every ``byte_interval_s`` seconds (status line and headers
+    too), the others at once."""
+
+    url: str = ""
+    slow_answers: int = 1
+    byte_interval_s: float = 0.1
+    requests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_is_slow(self) -> bool:
+        with self.lock:
+            self.requests += 1
+            return self.requests <= self.slow_answers
+
+
 #: ``make_sim(**config_fields)``: starts a simulator that stops at teardown.
 SimFactory = Callable[..., RunningSimulator]
 

@@ -74,6 +74,13 @@ def test_details_follow_the_providers_shape_while_generating_and_when_done(sim: 
         (b'{"taskType": "mj_txt2img", "prompt": "x", "speed": "warp"}', 422),
         (b'{"taskType": "mj_img2img", "prompt": "x"}', 422),
         (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "ftp://h/cb"}', 422),
+        # A callBackUrl no callback could reach: unparsable, without a host, or a bad port
+        (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "http://[::1"}', 422),
+        (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "http://"}', 422),
+        (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "https:///cb"}', 422),
+        (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "http://:8080/cb"}', 422),
+        (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "http://127.0.0.1:99999/cb"}', 422),
+        (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "http://127.0.0.1:port/cb"}', 422),
     ],
 )
 def test_bad_requests_are_400_and_invalid_values_422(sim: RunningSimulator, body: bytes, code: int) -> None:

@@ -11,7 +11,16 @@ import orjson
 
 from simulator import FaultConfig, RunningSimulator
 from simulator.callbacks import webhook_signature
-from tests.simulator.support import Receiver, SimFactory, api, details, result_urls, submit, wait_done
+from tests.simulator.support import (
+    Receiver,
+    SimFactory,
+    TricklingReceiver,
+    api,
+    details,
+    result_urls,
+    submit,
+    wait_done,
+)
 
 
 def test_a_finished_task_calls_back_in_the_providers_exact_format(
@@ -106,6 +115,26 @@ def test_a_timeout_or_refused_connection_counts_as_a_failed_attempt(
     assert [a.status for a in slow_attempts] == [None, 200]
     assert "Timeout" in (slow_attempts[0].error or "")
     assert [a.status for a in sim.attempts(refused)] == [None, None, None, None]
+
+
+def test_an_answer_trickling_past_the_timeout_is_a_timeout_and_retried(
+    make_sim: SimFactory, trickling_receiver: TricklingReceiver
+) -> None:
+    # Given a receiver whose first answer is a 200 sent one byte every 0.1 s (about 6 s in all),
+    # each byte well within the 1 s callback timeout
+    sim = make_sim(callback_timeout_s=1.0)
+    with api(sim) as client:
+        task_id = submit(client, callBackUrl=trickling_receiver.url)
+        wait_done(client, task_id)
+    assert sim.wait_idle(10.0)
+
+    # Then the provider stops waiting after 1 s for the whole answer: a timeout, retried
+    first, retry = sim.attempts(task_id)
+    assert (first.status, retry.status) == (None, 200)
+    assert "Timeout" in (first.error or "")
+    assert 0.9 <= first.duration_s < 2.0
+    assert (first.attempt, retry.attempt) == (1, 2)
+    assert trickling_receiver.requests == 2
 
 
 def test_callbacks_are_signed_when_a_webhook_key_is_set(make_sim: SimFactory, receiver: Receiver) -> None:

@@ -8,9 +8,10 @@ import time
 
 import av
 import httpx
+import pytest
 from PIL import Image
 
-from simulator import RunningSimulator, expected_file
+from simulator import FaultConfig, RunningSimulator, expected_file
 from simulator.files import FileCache, png_bytes
 from simulator.video import video_layout
 from tests.simulator.support import FakeClock, SimFactory, api, result_urls, submit, wait_done
@@ -71,27 +72,60 @@ def test_video_tasks_yield_one_mp4_the_sniffer_recognises(sim: RunningSimulator)
 
 
 def test_links_expire_refuse_tampering_and_can_be_refreshed(make_sim: SimFactory) -> None:
+    # Given result links (and media) that last an hour
     clock = FakeClock()
-    sim = make_sim(clock=clock, url_ttl_s=600.0)
+    sim = make_sim(clock=clock, url_ttl_s=3600.0)
     with api(sim) as client:
         task_id = submit(client)
         url = result_urls(wait_done(client, task_id))[0]
         valid = client.get(url).status_code
         tampered = client.get(url.replace("/0.png", "/1.png")).status_code
         unsigned = client.get(url.split("?")[0]).status_code
-        # When the link's time has passed
-        clock.advance(601)
-        expired = client.get(url).status_code
-        # Then download-url gives one valid 20 minutes
+        # When download-url is asked for a fresh link
+        clock.advance(1000)
         fresh = client.post("/api/v1/common/download-url", json={"url": url}).json()["data"]
         refreshed = client.get(fresh).status_code
+        # Then it is valid 20 minutes
         clock.advance(20 * 60 + 1)
         refreshed_later = client.get(fresh).status_code
+        # And the result link until its hour has passed
+        still_valid = client.get(url).status_code
+        clock.advance(3600)
+        expired = client.get(url).status_code
 
     assert (valid, tampered, unsigned) == (200, 403, 403)
-    assert expired == 410
     assert refreshed == 200
     assert refreshed_later == 410
+    assert still_valid == 200
+    assert expired == 410
+
+
+@pytest.mark.parametrize("expired_share", [0.0, 1.0], ids=["links", "links-issued-expired"])
+def test_once_the_media_is_no_longer_kept_no_link_serves_it(
+    make_sim: SimFactory, expired_share: float
+) -> None:
+    # Given a provider that keeps media 600 s (with or without links issued already expired)
+    clock = FakeClock()
+    sim = make_sim(clock=clock, url_ttl_s=600.0, faults=FaultConfig(file_expired_share=expired_share))
+    with api(sim) as client:
+        task_id = submit(client)
+        url = result_urls(wait_done(client, task_id))[0]
+        # And a fresh link, valid 20 minutes, asked for 10 s before the media's time is up
+        clock.advance(590)
+        early = client.post("/api/v1/common/download-url", json={"url": url}).json()
+        early_file = client.get(early["data"]).status_code
+        # When the 600 s have passed
+        clock.advance(11)
+        late = client.post("/api/v1/common/download-url", json={"url": url}).json()
+        fresh_file = client.get(early["data"]).status_code
+        original = client.get(url).status_code
+
+    assert early["code"] == 200
+    assert early_file == 200
+    # Then no fresh link is given, and neither link serves the file
+    assert late == {"code": 404, "msg": "The file has expired and no longer exists", "data": None}
+    assert fresh_file == 404
+    assert original == 410
 
 
 def test_the_file_cache_keeps_the_most_recently_used_files() -> None:

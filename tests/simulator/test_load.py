@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -77,6 +78,20 @@ def test_load_counts_callbacks_never_acknowledged(make_sim: SimFactory, receiver
     assert report.unacknowledged == 3
     assert report.callback_attempts == 12
     assert report.manifests is None
+
+
+def test_load_waits_for_the_duplicates_and_counts_them(make_sim: SimFactory, receiver: Receiver) -> None:
+    # Given every task's callback is sent twice, the duplicate 0.2 s after the original
+    sim = make_sim(faults=FaultConfig(duplicate_share=1.0))
+    # When the load run returns
+    report = run_load(sim, tasks=20, rate_per_s=100.0, callback_url=receiver.url)
+    # Then both deliveries of every task have reached the receiver, and the report counts them
+    sent = Counter(body["data"]["taskId"] for body in receiver.bodies())
+    assert len(sent) == 20
+    assert set(sent.values()) == {2}
+    assert report.callback_attempts == 40
+    assert report.acknowledged == 20
+    assert report.unacknowledged == 0
 
 
 def test_the_cli_prints_the_report_as_json(receiver: Receiver) -> None:
