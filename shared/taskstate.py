@@ -6,7 +6,7 @@ by polling the provider)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -36,6 +36,11 @@ class TaskState(StrEnum):
 
 #: States a task ends in; a manifest exists for each.
 FINAL_STATES = frozenset({TaskState.STORED, TaskState.PARTIAL, TaskState.FAILED})
+#: States of a task without an outcome yet (or being processed again after one).
+UNSETTLED_STATES = frozenset(TaskState) - FINAL_STATES
+#: The record's field naming the final state the task last reached: written with it, and kept
+#: while a later callback of the task is processed.
+OUTCOME_FIELD = "outcome"
 
 #: The states :meth:`TaskStore.counts` counts (those ``mjhook status --json`` has always shown);
 #: submitted tasks are counted by :meth:`TaskStore.submitted_counts`.
@@ -161,11 +166,28 @@ class TaskStore:
         return self._move(task_id, TaskState.SUBMITTED, fields, only_if_new=True)
 
     def move_from(
-        self, task_id: str, expected: TaskState, state: TaskState, **fields: str
+        self, task_id: str, expected: TaskState | Collection[TaskState], state: TaskState, **fields: str
     ) -> TaskState | None:
-        """Like :meth:`move`, but only while the task is in ``expected`` (or has no record): a task
-        that moved on meanwhile keeps its state. Returns the state it had."""
+        """Like :meth:`move`, but only while the task is in ``expected`` (a state, or any of
+        several) or has no record: a task that moved on meanwhile keeps its state. Returns the
+        state it had."""
         return self._move(task_id, state, fields, only_if_new=True, or_from=expected)
+
+    def give_up(self, task_id: str, reason: str) -> TaskState:
+        """Record that the queue gave up on a message of the task (retries exhausted, a permanent
+        error) for ``reason``, and return the state the task is left in. A task in a final state
+        keeps it, and its reason: that message was a duplicate, or another worker finished the
+        task meanwhile. A task being processed again after it ended ``stored`` or ``partial`` goes
+        back to that state (its files and manifest are still those). Any other task, one without
+        a record too, ends ``failed`` with ``reason``."""
+        record = self.get(task_id)
+        if record is not None and record.state in UNSETTLED_STATES:
+            outcome = record.fields.get(OUTCOME_FIELD, "")
+            if outcome in (TaskState.STORED, TaskState.PARTIAL):
+                before = self.move_from(task_id, record.state, TaskState(outcome))
+                return TaskState(outcome) if before in (record.state, None) else before
+        before = self.move_from(task_id, UNSETTLED_STATES, TaskState.FAILED, reason=reason)
+        return before if before in FINAL_STATES else TaskState.FAILED
 
     def move(self, task_id: str, state: TaskState, **fields: str) -> TaskState | None:
         """Set the state (and extra fields) of a task; returns the previous state."""
@@ -223,12 +245,15 @@ class TaskStore:
         fields: Mapping[str, str],
         *,
         only_if_new: bool,
-        or_from: TaskState | None = None,
+        or_from: TaskState | Collection[TaskState] | None = None,
         enqueue: QueuedMessage | None = None,
     ) -> TaskState | None:
-        """``only_if_new``: move only a task without a record, or (``or_from``) one in that state."""
+        """``only_if_new``: move only a task without a record, or (``or_from``) one in that state
+        or in one of those states."""
         now_ms = int(self._clock() * 1000)
-        guard = "0" if not only_if_new else (or_from.value if or_from is not None else "1")
+        guard = "0" if not only_if_new else _guard(or_from)
+        if state in FINAL_STATES:
+            fields = {**fields, OUTCOME_FIELD: state.value}
         pairs: list[str | bytes] = [item for pair in fields.items() for item in pair]
         script_keys = [keys.task(task_id), keys.RECENT]
         if enqueue is not None:
@@ -275,6 +300,15 @@ async def _on_connection(connection: AsyncConnection, commands: Sequence[tuple[A
         await connection.disconnect()
         raise
     return result
+
+
+def _guard(or_from: TaskState | Collection[TaskState] | None) -> str:
+    """transition.lua's guard for a move of a task without a record or in ``or_from``."""
+    if or_from is None:
+        return "1"
+    if isinstance(or_from, TaskState):
+        return or_from.value
+    return " ".join(sorted(TaskState(state).value for state in or_from))
 
 
 def _state(raw: object) -> TaskState | None:

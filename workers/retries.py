@@ -2,15 +2,20 @@
 takes.
 
 When an attempt fails, dramatiq's Retries middleware enqueues the retry (a delayed copy of the
-message) in an after-hook, and the worker then acknowledges the original. If that enqueue hits a
-connection error (Redis restarting just then), dramatiq logs the hook's failure and goes on to
-acknowledge the original anyway (retrying the acknowledgement until Redis is back): the callback
-is gone from the queue, never retried and never dead-lettered. The chaos test found it (a task
-left ``received`` for good).
+message) in an after-hook, and the worker then acknowledges the original. If that enqueue fails,
+dramatiq logs the hook's failure and goes on to acknowledge the original anyway: the callback is
+gone from the queue, never retried and never dead-lettered. The chaos test found it with a
+connection error (Redis restarting just then: a task left ``received`` for good); a review found
+it again with a Redis that is up but refuses writes (a full disk under the AOF, a failover, too
+few replicas: a task left ``processing``).
 
-Here the enqueue is tried again, with a capped backoff, until the broker takes it; only then
-does the worker go on to acknowledge. If the process dies meanwhile, the original is still in
-its acknowledgement set and is redelivered (the workers deduplicate by taskId)."""
+Here the enqueue is tried again, with a capped backoff, for as long as Redis cannot be reached or
+refuses writes (both end without anything done here: Redis restarts, the disk is freed, the
+failover completes); only then does the worker go on to acknowledge. If the process dies
+meanwhile, the original is still in its acknowledgement set and is redelivered (the workers
+deduplicate by taskId). Any other error Redis answers (a script error, a key of the wrong type)
+would never pass: after a few attempts the message is dead-lettered instead of acknowledged, where
+``mjhook dlq`` shows it and can replay it."""
 
 from __future__ import annotations
 
@@ -22,23 +27,47 @@ from typing import Any
 import dramatiq
 import redis
 from dramatiq.middleware import Retries
+from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError
 
 log = logging.getLogger(__name__)
 
 #: What a broker raises while it cannot be reached (dramatiq's own, or redis-py's from a script).
+#: redis-py's BusyLoadingError (LOADING: Redis reading its data back at start) is one of these.
 CONNECTION_ERRORS = (
     dramatiq.errors.BrokerConnectionError,
     redis.ConnectionError,
     redis.TimeoutError,
     OSError,
 )
+#: Error codes of a Redis that is up but refuses writes until an operator or a failover mends it:
+#: the AOF or RDB file cannot be written, say on a full disk (MISCONF); this is a replica, reached
+#: after a failover (READONLY); fewer replicas than min-replicas-to-write (NOREPLICAS); maxmemory
+#: reached under noeviction (OOM); a replica cut off from its primary (MASTERDOWN); a script
+#: running past its time limit (BUSY). Nothing is written when Redis answers one of these.
+WRITES_REFUSED_CODES = frozenset({"MISCONF", "READONLY", "NOREPLICAS", "OOM", "MASTERDOWN", "BUSY"})
+#: redis-py's classes for some of those codes (it strips the code from their message).
+_WRITES_REFUSED_CLASSES = (ReadOnlyError, OutOfMemoryError, MasterDownError)
+#: Attempts in all at an enqueue that Redis answers with any other error (a script error, WRONGTYPE,
+#: NOPERM, an unknown command): waiting does not mend those, but a code missing from the list
+#: above gets a few seconds before the message is dead-lettered.
+OTHER_ERROR_ATTEMPTS = 5
 #: Seconds between two attempts: doubling from the first, up to the cap.
 FIRST_DELAY_S = 0.25
 MAX_DELAY_S = 5.0
 
 
+def refuses_writes(error: redis.ResponseError) -> bool:
+    """Whether Redis answered ``error`` because it takes no writes for now (see
+    :data:`WRITES_REFUSED_CODES`)."""
+    if isinstance(error, _WRITES_REFUSED_CLASSES):
+        return True
+    # redis-py keeps the code of an error it has no class for at the start of its message.
+    return str(error).split(" ", 1)[0] in WRITES_REFUSED_CODES
+
+
 class DurableRetries(Retries):
-    """:class:`dramatiq.middleware.Retries` whose retry enqueue outlasts a broker outage."""
+    """:class:`dramatiq.middleware.Retries` whose retry enqueue outlasts a broker outage or a
+    Redis that refuses writes; a retry Redis will never take dead-letters the message."""
 
     def __init__(self, *, sleep: Callable[[float], None] = time.sleep, **options: Any) -> None:
         super().__init__(**options)
@@ -52,9 +81,20 @@ class DurableRetries(Retries):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        super().after_process_message(  # type: ignore[no-untyped-call]
-            _PatientBroker(broker, self._sleep), message, result=result, exception=exception
-        )
+        try:
+            super().after_process_message(  # type: ignore[no-untyped-call]
+                _PatientBroker(broker, self._sleep), message, result=result, exception=exception
+            )
+        except redis.ResponseError as exc:
+            # Raised, it would be logged by dramatiq and the message acknowledged: lost. Failed, the
+            # worker dead-letters it (and the runtime records the task failed, with the reason).
+            log.error(
+                "the retry of message %s cannot be enqueued (%s: %s); dead-lettering it",
+                message.message_id,
+                type(exc).__name__,
+                exc,
+            )
+            message.fail()
 
 
 class _PatientBroker:
@@ -68,16 +108,26 @@ class _PatientBroker:
         return self._broker.get_actor(actor_name)
 
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        """The broker's ``enqueue``, tried again while Redis cannot be reached or refuses writes;
+        another error Redis answers is raised at the :data:`OTHER_ERROR_ATTEMPTS`-th attempt."""
         wait_s = FIRST_DELAY_S
+        other_errors = 0
         while True:
             try:
                 return self._broker.enqueue(message, delay=delay)
             except CONNECTION_ERRORS as exc:
-                log.warning(
-                    "cannot enqueue the retry of message %s yet (%s); trying again in %.2f s",
-                    message.message_id,
-                    type(exc).__name__,
-                    wait_s,
-                )
-                self._sleep(wait_s)
-                wait_s = min(wait_s * 2, MAX_DELAY_S)
+                why = type(exc).__name__
+            except redis.ResponseError as exc:
+                if not refuses_writes(exc):
+                    other_errors += 1
+                    if other_errors >= OTHER_ERROR_ATTEMPTS:
+                        raise
+                why = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "cannot enqueue the retry of message %s yet (%s); trying again in %.2f s",
+                message.message_id,
+                why,
+                wait_s,
+            )
+            self._sleep(wait_s)
+            wait_s = min(wait_s * 2, MAX_DELAY_S)

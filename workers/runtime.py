@@ -159,7 +159,8 @@ class WorkerRuntime(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         """When dramatiq gives up (retries exhausted or a permanent error), say so in the task
-        state, with the reason, instead of leaving it ``processing`` forever."""
+        state, with the reason, instead of leaving it ``processing`` forever; a task that has an
+        outcome keeps it (:meth:`TaskStore.give_up`)."""
         if exception is None or not message.failed:
             return
         reason = f"gave up: {type(exception).__name__}: {exception}"[:500]
@@ -171,9 +172,14 @@ class WorkerRuntime(Middleware):
         except (MjhookError, IndexError, TypeError, AttributeError):
             return
         try:
-            self._parts.tasks.move(callback.task_id, TaskState.FAILED, reason=reason)
+            state = self._parts.tasks.give_up(callback.task_id, reason)
         except Exception:
             log.exception("could not record the failure of %s", callback.task_id)
+            return
+        if state is not TaskState.FAILED:
+            log.info(
+                "task %s keeps its outcome, %s; its message was %s", callback.task_id, state.value, reason
+            )
 
     def _record_dead_reason(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, reason: str

@@ -1,8 +1,9 @@
 -- Move one task to a new state, atomically: the record, its state index and the recent index.
 -- KEYS[1] task hash, KEYS[2] recent index
 -- ARGV[1] task id      ARGV[2] new state        ARGV[3] now (ms)
--- ARGV[4] ttl (s)      ARGV[5] "0": always; "1": only when the task has no state yet; a state
---                      name: only when the task has no state yet or is in that state
+-- ARGV[4] ttl (s)      ARGV[5] "0": always; "1": only when the task has no state yet; state
+--                      names, separated by spaces: only when the task has no state yet or is
+--                      in one of those states
 -- ARGV[6] recent cap   ARGV[7] state index key prefix
 -- ARGV[8..] field, value pairs to set on the record
 -- With KEYS[3] (a dramatiq Redis queue list) and KEYS[4] (its ".msgs" hash), ARGV[8] and ARGV[9]
@@ -16,7 +17,7 @@ if #KEYS == 4 then
   first_field = 10
 end
 local old = redis.call('HGET', KEYS[1], 'state')
-if ARGV[5] ~= '0' and old and old ~= ARGV[5] then
+if ARGV[5] ~= '0' and old and not string.find(' ' .. ARGV[5] .. ' ', ' ' .. old .. ' ', 1, true) then
   return old
 end
 local now = tonumber(ARGV[3])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from shared import keys
-from shared.taskstate import QueuedMessage, Received, TaskState, TaskStore
+from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, QueuedMessage, Received, TaskState, TaskStore
 from tests.support.acks import with_ack_connection
 from tests.support.servers import RedisServer
 
@@ -53,6 +54,83 @@ def test_records_expire_after_the_ttl(client: redis.Redis) -> None:
 
 def test_unknown_task_has_no_record(client: redis.Redis) -> None:
     assert TaskStore(client, ttl_s=60).get("nope") is None
+
+
+def test_move_from_several_states_moves_a_task_in_any_of_them(client: redis.Redis) -> None:
+    tasks = TaskStore(client, ttl_s=3600)
+    unfinished = {TaskState.RECEIVED, TaskState.PROCESSING}
+    tasks.move("received", TaskState.RECEIVED)
+    tasks.move("stored", TaskState.STORED)
+    assert tasks.move_from("received", unfinished, TaskState.FAILED, reason="r") is TaskState.RECEIVED
+    assert tasks.move_from("stored", unfinished, TaskState.FAILED, reason="r") is TaskState.STORED
+    assert tasks.move_from("new", unfinished, TaskState.FAILED, reason="r") is None
+    assert {task_id: tasks.get(task_id).state for task_id in ("received", "stored", "new")} == {  # type: ignore[union-attr]
+        "received": TaskState.FAILED,
+        "stored": TaskState.STORED,
+        "new": TaskState.FAILED,
+    }
+    assert tasks.counts()["stored"] == 1
+
+
+def test_a_final_state_is_kept_as_the_outcome_while_the_task_is_processed_again(client: redis.Redis) -> None:
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("t1", TaskState.PARTIAL, reason="#1: gone")
+    tasks.move("t1", TaskState.PROCESSING)
+    record = tasks.get("t1")
+    assert record is not None
+    assert (record.state, record.fields[OUTCOME_FIELD]) == (TaskState.PROCESSING, "partial")
+
+
+@pytest.mark.parametrize("state", sorted(FINAL_STATES))
+def test_giving_up_keeps_a_final_state_and_its_reason(client: redis.Redis, state: TaskState) -> None:
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("t1", state, reason="earlier")
+    assert tasks.give_up("t1", "gave up: X") is state
+    record = tasks.get("t1")
+    assert record is not None
+    assert (record.state, record.fields["reason"]) == (state, "earlier")
+
+
+@pytest.mark.parametrize("outcome", [TaskState.STORED, TaskState.PARTIAL])
+def test_giving_up_on_a_task_processed_again_brings_back_its_outcome(
+    client: redis.Redis, outcome: TaskState
+) -> None:
+    """Its files and manifest are still those of that outcome."""
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("t1", outcome, reason="earlier")
+    tasks.move("t1", TaskState.PROCESSING)
+    assert tasks.give_up("t1", "gave up: X") is outcome
+    record = tasks.get("t1")
+    assert record is not None
+    assert (record.state, record.fields["reason"]) == (outcome, "earlier")
+    assert tasks.counts()[outcome.value] == 1
+    assert tasks.counts()["processing"] == 0
+
+
+@pytest.mark.parametrize(
+    "history",
+    [[], [TaskState.RECEIVED], [TaskState.SUBMITTED], [TaskState.RECEIVED, TaskState.PROCESSING]],
+    ids=["no record", "received", "submitted", "processing"],
+)
+def test_giving_up_on_a_task_without_an_outcome_fails_it(
+    client: redis.Redis, history: list[TaskState]
+) -> None:
+    tasks = TaskStore(client, ttl_s=3600)
+    for state in history:
+        tasks.move("t1", state)
+    assert tasks.give_up("t1", "gave up: X") is TaskState.FAILED
+    record = tasks.get("t1")
+    assert record is not None
+    assert (record.state, record.fields["reason"]) == (TaskState.FAILED, "gave up: X")
+
+
+def test_giving_up_on_a_failed_task_processed_again_records_the_new_reason(client: redis.Redis) -> None:
+    """A success after a failure is processed; given up, the task is failed again, for that."""
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("t1", TaskState.FAILED, reason="generation failed")
+    tasks.move("t1", TaskState.PROCESSING)
+    assert tasks.give_up("t1", "gave up: X") is TaskState.FAILED
+    assert tasks.get("t1").fields["reason"] == "gave up: X"  # type: ignore[union-attr]
 
 
 def _dump(client: redis.Redis) -> dict[str, object]:

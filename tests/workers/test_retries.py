@@ -1,21 +1,32 @@
 """A failed attempt's retry is enqueued before its message is acknowledged, even while Redis
-restarts (workers/retries.py)."""
+restarts or refuses writes (workers/retries.py)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
 import pytest
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from redis._parsers import BaseParser
 
 from shared import keys
 from shared.queue import BROKER_NAMESPACE
 from shared.redis_client import connect_redis
 from tests.support.servers import RedisServer
-from workers.retries import MAX_DELAY_S, DurableRetries
+from workers.retries import MAX_DELAY_S, OTHER_ERROR_ATTEMPTS, DurableRetries, refuses_writes
+
+#: CONFIG SET parameters that make a lone Redis refuse writes (and what lets it take them again):
+#: one replica required and none connected (NOREPLICAS, as after losing the replicas), and a
+#: memory limit already exceeded under noeviction (OOM).
+WRITE_REFUSALS = {
+    "NOREPLICAS": ("min-replicas-to-write", "1", "0"),
+    "OOM": ("maxmemory", "1", "0"),
+}
 
 
 def failed_attempt(broker: dramatiq.Broker) -> dramatiq.MessageProxy:
@@ -61,8 +72,134 @@ def test_the_retry_is_enqueued_once_redis_is_back(aof_redis_server: RedisServer)
     assert client.hlen(f"{delay_queue}.msgs") == 1
 
 
+@pytest.mark.parametrize("refusal", sorted(WRITE_REFUSALS))
+def test_the_retry_is_enqueued_once_redis_takes_writes_again(redis_server: RedisServer, refusal: str) -> None:
+    """Given a Redis that is up but refuses writes when the attempt fails, when the retry is
+    enqueued, then it is tried again until Redis takes writes again, lands in the delay queue,
+    and only then does the hook return."""
+    parameter, refuse, accept = WRITE_REFUSALS[refusal]
+    admin = redis_server.client()
+    retries = DurableRetries()
+    broker = make_broker(redis_server.url, retries)
+    admin.config_set(parameter, refuse)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:  # an operator mends it after a few refused attempts
+            admin.config_set(parameter, accept)
+
+    retries._sleep = sleep
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        retries.after_process_message(broker, failed_attempt(broker), exception=exc)
+    assert waits == [0.25, 0.5, 1.0]
+    delay_queue = keys.broker_queue(BROKER_NAMESPACE, "flaky-q.DQ")
+    assert admin.llen(delay_queue) == 1
+    assert admin.hlen(f"{delay_queue}.msgs") == 1
+
+
+def test_a_retry_redis_will_never_take_dead_letters_the_message(redis_server: RedisServer) -> None:
+    """Given a delay queue Redis answers WRONGTYPE for (no wait mends that), when the retry is
+    enqueued, then it is tried OTHER_ERROR_ATTEMPTS times and the message is failed (the worker
+    dead-letters it) instead of the hook raising (the worker would acknowledge it: lost)."""
+    retries = DurableRetries()
+    broker = make_broker(redis_server.url, retries)
+    admin = redis_server.client()
+    admin.set(keys.broker_messages(BROKER_NAMESPACE, "flaky-q.DQ"), "not a hash")
+    waits: list[float] = []
+    retries._sleep = waits.append
+    message = failed_attempt(broker)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        retries.after_process_message(broker, message, exception=exc)
+    assert len(waits) == OTHER_ERROR_ATTEMPTS - 1
+    assert message.failed
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "MISCONF Errors writing to the AOF file: No space left on device",
+        "READONLY You can't write against a read only replica.",
+        "NOREPLICAS Not enough good replicas to write.",
+        "OOM command not allowed when used memory > 'maxmemory'.",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+    ],
+)
+def test_replies_of_a_redis_refusing_writes_are_waited_out(reply: str) -> None:
+    error = BaseParser.parse_error(reply)  # the exception redis-py raises for this reply
+    assert isinstance(error, redis.ResponseError)
+    assert refuses_writes(error)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+        "ERR user_script:1: Script attempted to access nonexistent global variable 'x'",
+        "NOPERM User default has no permissions to run the 'evalsha' command",
+        "BUSYKEY Target key name already exists.",
+        "ERR unknown command 'EVALSHA'",
+    ],
+)
+def test_other_error_replies_are_not_waited_out(reply: str) -> None:
+    error = BaseParser.parse_error(reply)
+    assert isinstance(error, redis.ResponseError)
+    assert not refuses_writes(error)
+
+
+@pytest.fixture
+def worker_broker(redis_server: RedisServer) -> Iterator[RedisBroker]:
+    broker = RedisBroker(
+        client=connect_redis(redis_server.url), namespace=BROKER_NAMESPACE, middleware=[DurableRetries()]
+    )
+    yield broker
+    broker.close()
+
+
+def test_a_worker_retries_an_attempt_that_failed_while_redis_refused_writes(
+    redis_server: RedisServer, worker_broker: RedisBroker
+) -> None:
+    """The review's reproduction, in a real dramatiq worker: the first attempt makes Redis refuse
+    writes (min-replicas-to-write 1) and raises; writes come back 2 s later. The retry is queued
+    then, runs and succeeds, and nothing is left behind: no acknowledgement pending, no message
+    queued or dead-lettered."""
+    admin = redis_server.client()
+    attempts: list[int] = []
+    done = threading.Event()
+    mend = threading.Timer(2.0, admin.config_set, args=("min-replicas-to-write", "0"))
+
+    def flaky() -> None:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 1:
+            admin.config_set("min-replicas-to-write", "1")
+            mend.start()
+            raise RuntimeError("first attempt fails while Redis refuses writes")
+        done.set()
+
+    dramatiq.actor(
+        flaky, actor_name="flaky", queue_name="flaky-q", broker=worker_broker, max_retries=3, min_backoff=100
+    )
+    worker = dramatiq.Worker(worker_broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        worker_broker.get_actor("flaky").send()
+        assert done.wait(30), f"the retry never ran (attempts: {attempts})"
+        worker.join()  # returns once every queue is empty and every message acknowledged
+    finally:
+        mend.cancel()
+        worker.stop()
+    assert attempts == [1, 2]
+    # Redis drops a list, set or hash once empty: only the workers' heartbeats are left.
+    assert admin.keys(f"{BROKER_NAMESPACE}:*") == [keys.broker_heartbeats(BROKER_NAMESPACE).encode()]
+
+
 def test_the_wait_between_attempts_is_capped() -> None:
-    """Backoff doubles up to MAX_DELAY_S; other errors are not retried here (dramatiq logs them)."""
+    """Backoff doubles up to MAX_DELAY_S."""
     waits: list[float] = []
     attempts = 0
 

@@ -1,0 +1,126 @@
+"""What the worker records when the queue gives up on a message (workers/runtime.py), against
+real Redis, SeaweedFS and a file server; object storage "down" is an endpoint nobody listens on."""
+
+from __future__ import annotations
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+
+from shared.callback import Callback
+from shared.errors import StorageUnavailable
+from shared.settings import Settings
+from shared.taskstate import FINAL_STATES, TaskState, TaskStore
+from tests.support.procs import free_port
+from tests.support.servers import FileServer, png_bytes
+from workers.runtime import WorkerRuntime, wait_for_bucket
+
+
+def callback(urls: list[str], *, task_id: str = "task-1") -> Callback:
+    return Callback(
+        task_id=task_id,
+        code=200,
+        msg="success",
+        prompt_json=None,
+        result_urls=tuple(urls),
+        received_at="2026-11-25T00:00:00.000Z",
+    )
+
+
+def give_up(runtime: WorkerRuntime, callback: Callback, exception: BaseException) -> None:
+    """What dramatiq does after the last attempt at ``callback`` raised ``exception``."""
+    message = dramatiq.MessageProxy(
+        dramatiq.Message(
+            queue_name="callbacks",
+            actor_name="process_callback",
+            args=(callback.to_message(),),
+            kwargs={},
+            options={},
+        )
+    )
+    message.fail()
+    runtime.after_process_message(StubBroker(), message, exception=exception)
+
+
+def last_attempt(runtime: WorkerRuntime, callback: Callback) -> StorageUnavailable:
+    """Process ``callback`` as its final attempt, with object storage down: what it raises."""
+    with pytest.raises(StorageUnavailable) as raised:
+        runtime.parts().processor.process(callback, final_attempt=True)
+    return raised.value
+
+
+@pytest.fixture
+def settings(app_env: dict[str, str]) -> Settings:
+    """This test's Redis, SeaweedFS bucket and loopback downloads."""
+    return Settings.from_env(app_env)
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> WorkerRuntime:
+    """A worker whose object storage works."""
+    runtime = WorkerRuntime(settings)
+    wait_for_bucket(runtime.parts().store, timeout_s=30)
+    return runtime
+
+
+@pytest.fixture
+def storage_down(settings: Settings) -> WorkerRuntime:
+    """A worker on the same Redis whose object storage does not answer."""
+    runtime = WorkerRuntime(settings.model_copy(update={"s3_endpoint": f"http://127.0.0.1:{free_port()}"}))
+    runtime.parts()
+    return runtime
+
+
+@pytest.fixture
+def tasks(runtime: WorkerRuntime) -> TaskStore:
+    return runtime.parts().tasks
+
+
+def test_a_partial_task_processed_again_and_given_up_stays_partial(
+    runtime: WorkerRuntime, storage_down: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """The review's reproduction. Given a task that ended partial (one file stored, one gone),
+    when a duplicate success callback finds object storage down on its last attempt and is given
+    up, then the task is partial again, with its reason, as its manifest says."""
+    urls = [file_server.add("/0.png", png_bytes(0)), file_server.url("/gone.png")]
+    assert runtime.parts().processor.process(callback(urls)) is TaskState.PARTIAL
+    reason = tasks.get("task-1").fields["reason"]  # type: ignore[union-attr]
+
+    give_up(storage_down, callback(urls), last_attempt(storage_down, callback(urls)))
+
+    record = tasks.get("task-1")
+    assert record is not None
+    assert record.state is TaskState.PARTIAL
+    assert record.fields["reason"] == reason
+    assert runtime.parts().store.get_json("tasks/task-1/manifest.json")["status"] == "partial"
+
+
+def test_a_task_given_up_while_processing_fails_with_the_reason(
+    storage_down: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    urls = [file_server.add("/0.png", png_bytes(0))]
+    exception = last_attempt(storage_down, callback(urls))
+    assert tasks.get("task-1").state is TaskState.PROCESSING  # type: ignore[union-attr]
+
+    give_up(storage_down, callback(urls), exception)
+
+    record = tasks.get("task-1")
+    assert record is not None
+    assert record.state is TaskState.FAILED
+    assert record.fields["reason"].startswith("gave up: StorageUnavailable: ")
+
+
+@pytest.mark.parametrize("state", sorted(FINAL_STATES))
+def test_a_task_with_an_outcome_keeps_it_when_a_later_message_is_given_up(
+    storage_down: WorkerRuntime, tasks: TaskStore, state: TaskState
+) -> None:
+    """Another worker finished the task meanwhile (or this message was a duplicate): its state
+    and reason stay."""
+    tasks.move("task-1", state, reason="earlier outcome")
+
+    give_up(storage_down, callback([]), StorageUnavailable("down"))
+
+    record = tasks.get("task-1")
+    assert record is not None
+    assert record.state is state
+    assert record.fields["reason"] == "earlier outcome"
