@@ -6,7 +6,7 @@ its in-flight messages are handed to others (dramatiq issue #692). And a dead wo
 are requeued only by "maintenance", which runs on a random 0.1% of broker commands. This
 middleware beats from a thread of its own every ``interval_s`` and forces maintenance with each
 beat, so a live worker never looks dead and a killed one's messages return within
-``heartbeat_timeout + interval_s``. Each beat also rescues delayed messages this worker fetched
+``heartbeat_timeout + interval_s``. Each beat also rescues messages this worker fetched
 and then lost track of (see :mod:`workers.stranded`)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware
 
 from shared.worker_registry import forget_worker, record_worker_beat
-from workers.stranded import StrandedDelayRescuer
+from workers.stranded import StrandedMessageRescuer
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class BrokerHeartbeat(Middleware):
             record_worker_beat(broker.client, broker.broker_id, now_ms=current_millis())
         except (redis.RedisError, OSError) as exc:
             log.warning("could not register this worker: %s", type(exc).__name__)
-        rescuer = StrandedDelayRescuer(broker, worker.consumers)
+        rescuer = StrandedMessageRescuer(broker, worker.consumers)
         self._thread = threading.Thread(
             target=self._run, args=(broker, rescuer), name="heartbeat", daemon=True
         )
@@ -60,7 +60,7 @@ class BrokerHeartbeat(Middleware):
             except (redis.RedisError, OSError) as exc:
                 log.warning("could not unregister this worker: %s", type(exc).__name__)
 
-    def _run(self, broker: RedisBroker, rescuer: StrandedDelayRescuer) -> None:
+    def _run(self, broker: RedisBroker, rescuer: StrandedMessageRescuer) -> None:
         while not self._stop.wait(self._interval_s):
             try:
                 beat(broker)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from queue import PriorityQueue
-from types import SimpleNamespace
 
 import pytest
 import redis
@@ -13,7 +11,6 @@ from dramatiq.brokers.redis import RedisBroker
 from shared.queue import CALLBACK_QUEUE, create_broker
 from shared.settings import Settings
 from workers.heartbeat import beat
-from workers.stranded import StrandedDelayRescuer
 
 HEARTBEATS = "dramatiq:__heartbeats__"
 
@@ -52,21 +49,3 @@ def test_a_beat_requeues_the_messages_of_a_dead_worker_at_once(broker: RedisBrok
     assert client.lrange(f"dramatiq:{CALLBACK_QUEUE}", 0, -1) == [b"m1"]
     assert client.zscore(HEARTBEATS, "dead-worker") is None
     assert client.smembers(f"dramatiq:__acks__.live-worker.{CALLBACK_QUEUE}") == {b"m2"}
-
-
-def test_delayed_messages_a_live_worker_forgot_are_requeued_on_the_second_look(broker: RedisBroker) -> None:
-    # Given two delayed messages in this worker's ack set, only one still held in memory
-    delay_queue = f"{CALLBACK_QUEUE}.DQ"
-    client = broker.client
-    for message_id in ("m1", "m2"):
-        client.hset(f"dramatiq:{delay_queue}.msgs", message_id, b"{}")
-        client.sadd(f"dramatiq:__acks__.{broker.broker_id}.{delay_queue}", message_id)
-    held: PriorityQueue[object] = PriorityQueue()
-    held.put(SimpleNamespace(message=SimpleNamespace(options={"redis_message_id": "m2"})))
-    rescuer = StrandedDelayRescuer(broker, {delay_queue: SimpleNamespace(delay_queue=held)})
-    # When the rescuer looks once, nothing moves (the message may be on its way into memory)
-    assert rescuer.check() == 0
-    # Then on the second look the forgotten one goes back to the delay queue
-    assert rescuer.check() == 1
-    assert client.lrange(f"dramatiq:{delay_queue}", 0, -1) == [b"m1"]
-    assert client.smembers(f"dramatiq:__acks__.{broker.broker_id}.{delay_queue}") == {b"m2"}
