@@ -19,6 +19,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from shared.http_backend import pool_over
+
 #: Monotonic seconds by which the current exchange of this thread must be over, if any.
 _DUE: ContextVar[float | None] = ContextVar("simulator_http_due", default=None)
 
@@ -108,10 +110,4 @@ class DeadlineTransport(httpx.HTTPTransport):
         ssl_context = httpx.create_ssl_context(trust_env=False)
         super().__init__(verify=ssl_context, limits=limits, trust_env=False)
         # The pool HTTPTransport built connects on its own; this one's sockets keep the deadline.
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=DeadlineBackend(),
-        )
+        self._pool = pool_over(DeadlineBackend(), ssl_context=ssl_context, limits=limits)

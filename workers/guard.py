@@ -20,6 +20,7 @@ import httpcore
 import httpx
 
 from shared.errors import ConfigError, DownloadRefused
+from shared.http_backend import pool_over
 from shared.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -380,13 +381,7 @@ class GuardedTransport(httpx.HTTPTransport):
         super().__init__(verify=ssl_context, limits=limits, trust_env=False)
         self._policy = policy
         # The pool HTTPTransport built would connect on its own; this one connects through the guard.
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=backend,
-        )
+        self._pool = pool_over(backend, ssl_context=ssl_context, limits=limits)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         check_url(request.url, self._policy)
