@@ -16,6 +16,7 @@ from shared.printable import printable
 from shared.settings import Settings
 from shared.storage import create_object_store
 from simulator import FaultConfig, RunningSimulator, SimulatorConfig, run_simulator
+from simulator.api_requests import deliverable_url
 from simulator.config import DEFAULT_CALLBACK_TIMEOUT_S, DEFAULT_GENERATION_DELAY_S, DEFAULT_URL_TTL_S
 from simulator.load import DEFAULT_SETTLE_TIMEOUT_S, DEFAULT_STORE_TIMEOUT_S, run_load
 
@@ -194,6 +195,10 @@ def load(
 ) -> None:
     """Fire TASKS callbacks at RATE per second at mjhook, then report acknowledgements and, read
     from the bucket, how many tasks ended stored."""
+    if not deliverable_url(callback_url):
+        raise click.BadParameter(
+            f"{printable(callback_url)} is no http or https URL with a host", param_hint="--callback-url"
+        )
     config = _config(options, port=port)
     with reported_failures():
         store = create_object_store(settings) if store_timeout > 0 else None

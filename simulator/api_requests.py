@@ -45,12 +45,13 @@ def _callback_url(body: dict[str, Any]) -> str:
     """The optional ``callBackUrl``: empty, or an http(s) URL with a host (and a valid port) that
     a callback can be sent to."""
     url = body.get("callBackUrl") or ""
-    if not isinstance(url, str) or (url and not _deliverable(url)):
+    if not isinstance(url, str) or (url and not deliverable_url(url)):
         raise ProviderError(CODE_VALIDATION, "callBackUrl must be an http or https URL with a host")
     return url
 
 
-def _deliverable(url: str) -> bool:
+def deliverable_url(url: str) -> bool:
+    """Whether ``url`` is an http(s) URL with a host and a valid port: one a callback can be sent to."""
     try:
         parts = urlsplit(url)
         host, _port = parts.hostname, parts.port  # .port raises ValueError too: out of range, not a number

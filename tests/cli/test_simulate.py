@@ -1,4 +1,5 @@
-"""``mjhook simulate``: a port already taken is said in one line, not a traceback."""
+"""``mjhook simulate``: a port already taken, or a callback URL no callback can reach, is said in
+one line, not a traceback."""
 
 from __future__ import annotations
 
@@ -44,3 +45,11 @@ def test_a_port_in_use_is_one_line_error(run_cli: RunCli, taken_port: int, comma
     assert f"Error: cannot listen on 127.0.0.1:{taken_port}: Address already in use" in result.stderr
     assert "Traceback" not in result.output
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:abc/cb", "http://[::1", "http://", "ftp://127.0.0.1/cb"])
+def test_load_refuses_a_callback_url_no_callback_can_reach(run_cli: RunCli, url: str) -> None:
+    result = run_cli({}, "simulate", "load", "--tasks", "1", "--callback-url", url, "--store-timeout", "0")
+    assert result.exit_code == 2, result.output  # a usage error, before the simulator starts
+    assert "--callback-url" in result.stderr
+    assert "Traceback" not in result.output
