@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
 from simulator.errors import CODE_BAD_REQUEST, CODE_VALIDATION, ProviderError
 from simulator.tasks import GENERATE_TASK_TYPES, IMAGES_PER_GRID, REFERENCE_TASK_TYPES
 
@@ -55,7 +57,8 @@ def deliverable_url(url: str) -> bool:
     try:
         parts = urlsplit(url)
         host, _port = parts.hostname, parts.port  # .port raises ValueError too: out of range, not a number
-    except ValueError:  # "http://[::1", "http://host:99999", "http://host:abc"
+        httpx.URL(url).host  # noqa: B018 - an xn-- label that does not decode (as the sender will)
+    except (ValueError, httpx.InvalidURL):  # "http://[::1", "host:99999", "host:abc", "xn--a.com"
         return False
     return parts.scheme in ("http", "https") and bool(host)
 

@@ -7,7 +7,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -52,6 +52,10 @@ class LoadReport:
     #: From the start of the run to the last manifest's ``completedAt``, seconds.
     store_duration_s: float | None = None
     stored_throughput_per_s: float | None = None
+    #: Whether every callback (retries and duplicates included) was sent before the report was
+    #: made; False when the wait ended with some still due: they were never sent (a retry is due
+    #: 1, 5 and 15 minutes after a failed attempt, scaled by ``--time-scale``).
+    settled: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +68,11 @@ class LoadReport:
             f" = {self.ack_throughput_per_s:.1f}/s",
             f"ack latency: p50 {self.ack_latency_p50_ms:.1f} ms, p99 {self.ack_latency_p99_ms:.1f} ms",
         ]
+        if not self.settled:
+            lines.append(
+                "not settled: callbacks (retries or duplicates) were still due when the wait ended"
+                " and were not sent; a longer --settle-timeout or a smaller --time-scale sends them"
+            )
         if self.manifests is not None:
             counts = ", ".join(f"{count} {status}" for status, count in self.manifests.items())
             lines.append(
@@ -114,8 +123,9 @@ def run_load(
     # Not just until every task is acknowledged: a duplicate (or a retry of one) is sent after
     # its original's ack, and stopping the simulator drops what is still due. Idle means every
     # callback was sent and acknowledged or given up on, so the report counts every attempt.
-    sim.wait_idle(tasks / rate_per_s + settle_timeout_s)
+    settled = sim.wait_idle(tasks / rate_per_s + settle_timeout_s)
     report = _callback_report(sim, task_ids, tasks=tasks, rate_per_s=rate_per_s, callback_url=callback_url)
+    report = replace(report, settled=settled)
     if store is None:
         return report
     acked = {task_id for task_id in task_ids if any(a.acknowledged for a in sim.attempts(task_id))}

@@ -47,7 +47,10 @@ def test_a_port_in_use_is_one_line_error(run_cli: RunCli, taken_port: int, comma
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:abc/cb", "http://[::1", "http://", "ftp://127.0.0.1/cb"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:abc/cb", "http://[::1", "http://", "ftp://127.0.0.1/cb", "http://xn--a.example/"],
+)
 def test_load_refuses_a_callback_url_no_callback_can_reach(run_cli: RunCli, url: str) -> None:
     result = run_cli({}, "simulate", "load", "--tasks", "1", "--callback-url", url, "--store-timeout", "0")
     assert result.exit_code == 2, result.output  # a usage error, before the simulator starts

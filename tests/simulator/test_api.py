@@ -80,6 +80,7 @@ def test_details_follow_the_providers_shape_while_generating_and_when_done(sim: 
         (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "https:///cb"}', 422),
         (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "http://:8080/cb"}', 422),
         (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "http://127.0.0.1:99999/cb"}', 422),
+        (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "http://xn--a.example/cb"}', 422),
         (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "http://127.0.0.1:port/cb"}', 422),
     ],
 )
