@@ -44,7 +44,8 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest's fields. ``promptJson`` is always kept raw; it is parsed into ``params`` and
     ``prompt`` only when it nests at most ``max_json_depth`` levels (``MJHOOK_MAX_JSON_DEPTH``),
-    else both are None. Required, so no caller falls back to a default the operator did not set."""
+    else both are None. The workers pass the setting (``workers.runtime.build_parts`` builds the
+    processor from it); the processor's own default, 32, serves tests and scripts."""
     params, prompt = parse_prompt(callback.prompt_json, max_depth=max_json_depth)
     return {
         "taskId": callback.task_id,
