@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import click
 import redis
@@ -16,7 +16,7 @@ from rich.text import Text
 from cli.output import echo_json, format_age, list_options, printable_text
 from cli.services import enqueue_broker, queue_redis, reported_failures, task_store
 from shared.clock import utc_iso
-from shared.dead_letters import DeadLetter, count_dead, list_dead, purge_dead, replay_dead
+from shared.dead_letters import DeadLetter, count_dead, dead_ids, list_dead, purge_dead, replay_dead
 from shared.printable import printable
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from shared.settings import Settings
@@ -137,31 +137,36 @@ def purge_command(*, is_terminal: Callable[[], bool] = stdin_is_terminal) -> cli
         an ID is not a dead letter.
         """
         client = queue_redis(settings)
+        chosen: Sequence[str] | None = ids or None
         if not yes and is_terminal():
-            _confirm_purge(client, ids)
+            chosen = _confirm_purge(client, ids)
         with reported_failures():
-            result = purge_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, ids=ids or None)
+            result = purge_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, ids=chosen)
         click.echo(f"{len(result.removed)} dead letter(s) purged from {CALLBACK_QUEUE}")
         _fail_on([f"not a dead letter: {dead_id}" for dead_id in result.missing])
 
     return purge
 
 
-def _confirm_purge(client: redis.Redis, ids: tuple[str, ...]) -> None:
-    """Ask the operator whether to drop ``ids`` (all when empty), saying which or how many; not
-    when there is nothing to drop. Answering no: exit code 1."""
+def _confirm_purge(client: redis.Redis, ids: tuple[str, ...]) -> list[str]:
+    """Ask the operator whether to drop ``ids`` (all when empty), saying which or how many, and
+    return the ids agreed to: for "all", those there were when asked, so a letter dead-lettered
+    while the question was on screen is kept. Nothing to drop: no question. Answering no: exit
+    code 1."""
     if ids:
         named = ", ".join(printable(dead_id) for dead_id in ids[:MAX_IDS_ASKED])
         more = f" and {len(ids) - MAX_IDS_ASKED} more" if len(ids) > MAX_IDS_ASKED else ""
         question = f"Purge {len(ids)} dead letter(s) of {CALLBACK_QUEUE} for good: {named}{more}?"
+        chosen = list(ids)
     else:
         with reported_failures():
-            total = count_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)
-        if total == 0:
-            return
-        question = f"Purge all {total} dead letter(s) of {CALLBACK_QUEUE} for good?"
+            chosen = dead_ids(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)
+        if not chosen:
+            return chosen
+        question = f"Purge all {len(chosen)} dead letter(s) of {CALLBACK_QUEUE} for good?"
     if not click.confirm(question, default=False, err=True):
         raise click.ClickException("nothing purged")
+    return chosen
 
 
 dlq.add_command(purge_command())

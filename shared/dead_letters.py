@@ -98,6 +98,14 @@ def count_dead(client: redis.Redis, *, namespace: str, queue: str) -> int:
     return int(client.zcard(keys.broker_dead(namespace, queue)))
 
 
+def dead_ids(client: redis.Redis, *, namespace: str, queue: str) -> list[str]:
+    """The ids of every dead letter of ``queue`` now, oldest first."""
+    return [
+        as_text(member)
+        for member in cast(list[bytes], client.zrange(keys.broker_dead(namespace, queue), 0, -1))
+    ]
+
+
 def list_dead(
     client: redis.Redis,
     *,
@@ -196,7 +204,7 @@ def replay_dead(
     dead_key = keys.broker_dead(namespace, queue)
     bodies_key = keys.broker_dead_messages(namespace, queue)
     if ids is None:
-        ids = [as_text(member) for member in cast(list[bytes], client.zrange(dead_key, 0, -1))]
+        ids = dead_ids(client, namespace=namespace, queue=queue)
     result = ReplayResult()
     for batch in _batches(ids):
         present = _present(client, dead_key, batch)
@@ -240,7 +248,7 @@ def purge_dead(
     dead_key = keys.broker_dead(namespace, queue)
     bodies_key = keys.broker_dead_messages(namespace, queue)
     if ids is None:
-        ids = [as_text(member) for member in cast(list[bytes], client.zrange(dead_key, 0, -1))]
+        ids = dead_ids(client, namespace=namespace, queue=queue)
     removed: list[str] = []
     missing: list[str] = []
     for batch in _batches(ids):

@@ -4,6 +4,7 @@ queue and purged."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,3 +181,20 @@ def test_purge_with_yes_at_a_terminal_drops_them_without_asking(
     assert "Purge" not in result.output
     assert "3 dead letter(s) purged" in result.stdout
     assert three_dead_letters.zcard(DEAD) == 0
+
+
+def test_purge_all_at_a_terminal_drops_only_what_the_question_counted(
+    app_env: dict[str, str], three_dead_letters: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a letter is dead-lettered while the operator reads the question, and they answer yes
+    def answer_yes_after_a_new_dead_letter(question: str, **_: object) -> bool:
+        three_dead_letters.zadd(DEAD, {"late-1": time.time()})
+        return True
+
+    monkeypatch.setattr("click.confirm", answer_yes_after_a_new_dead_letter)
+    # When they purge all
+    result = run_purge(app_env, terminal=True)
+    # Then the three they were asked about are gone, the late one is kept
+    assert result.exit_code == 0, result.output
+    assert "3 dead letter(s) purged" in result.stdout
+    assert dead_letter_ids(three_dead_letters) == ["late-1"]
