@@ -15,7 +15,8 @@ failover completes); only then does the worker go on to acknowledge. If the proc
 meanwhile, the original is still in its acknowledgement set and is redelivered (the workers
 deduplicate by taskId). Any other error Redis answers (a script error, a key of the wrong type)
 would never pass: after a few attempts the message is dead-lettered instead of acknowledged, where
-``mjhook dlq`` shows it and can replay it."""
+``mjhook dlq`` shows it, with that error as the reason (:func:`retry_enqueue_error`), and can
+replay it."""
 
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ OTHER_ERROR_ATTEMPTS = 5
 #: Seconds between two attempts: doubling from the first, up to the cap.
 FIRST_DELAY_S = 0.25
 MAX_DELAY_S = 5.0
+#: The option in which a message dead-lettered here carries why its retry could not be queued
+#: (``"ResponseError: WRONGTYPE ..."``), for the runtime's give-up reason. Only in memory: the dead
+#: letter is the message as it was last enqueued.
+RETRY_ENQUEUE_ERROR_OPTION = "retry_enqueue_error"
 
 
 def refuses_writes(error: redis.ResponseError) -> bool:
@@ -63,6 +68,13 @@ def refuses_writes(error: redis.ResponseError) -> bool:
         return True
     # redis-py keeps the code of an error it has no class for at the start of its message.
     return str(error).split(" ", 1)[0] in WRITES_REFUSED_CODES
+
+
+def retry_enqueue_error(message: dramatiq.MessageProxy) -> str | None:
+    """Why :class:`DurableRetries` could not queue the retry of ``message`` and dead-lettered it
+    (the error's class and message), or None when it did not."""
+    error = message.options.get(RETRY_ENQUEUE_ERROR_OPTION)
+    return error if isinstance(error, str) else None
 
 
 class DurableRetries(Retries):
@@ -87,13 +99,15 @@ class DurableRetries(Retries):
             )
         except redis.ResponseError as exc:
             # Raised, it would be logged by dramatiq and the message acknowledged: lost. Failed, the
-            # worker dead-letters it (and the runtime records the task failed, with the reason).
+            # worker dead-letters it, and the runtime records the task failed with this error as the
+            # reason: the attempt's own error is not what a replay would run into.
+            error = f"{type(exc).__name__}: {exc}"
             log.error(
-                "the retry of message %s cannot be enqueued (%s: %s); dead-lettering it",
+                "the retry of message %s cannot be enqueued (%s); dead-lettering it",
                 message.message_id,
-                type(exc).__name__,
-                exc,
+                error,
             )
+            message.options[RETRY_ENQUEUE_ERROR_OPTION] = error
             message.fail()
 
 

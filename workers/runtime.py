@@ -30,6 +30,7 @@ from workers.guard import guarded_transport_from_settings
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
 from workers.polling import PollChain, Polling, build_polling
+from workers.retries import retry_enqueue_error
 from workers.verify import ResultVerifier
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,12 @@ class WorkerRuntime(Middleware):
         outcome keeps it (:meth:`TaskStore.give_up`)."""
         if exception is None or not message.failed:
             return
-        reason = f"gave up: {type(exception).__name__}: {exception}"[:500]
+        failure = f"{type(exception).__name__}: {exception}"
+        enqueue_error = retry_enqueue_error(message)
+        if enqueue_error is not None:
+            # Dead-lettered because its retry could not be queued: a replay meets that error first.
+            failure = f"the retry could not be queued: {enqueue_error} (after {failure})"
+        reason = f"gave up: {failure}"[:500]
         self._record_dead_reason(broker, message, reason)
         if self._parts is None:
             return

@@ -18,7 +18,13 @@ from shared import keys
 from shared.queue import BROKER_NAMESPACE
 from shared.redis_client import connect_redis
 from tests.support.servers import RedisServer
-from workers.retries import MAX_DELAY_S, OTHER_ERROR_ATTEMPTS, DurableRetries, refuses_writes
+from workers.retries import (
+    MAX_DELAY_S,
+    OTHER_ERROR_ATTEMPTS,
+    DurableRetries,
+    refuses_writes,
+    retry_enqueue_error,
+)
 
 #: CONFIG SET parameters that make a lone Redis refuse writes (and what lets it take them again):
 #: one replica required and none connected (NOREPLICAS, as after losing the replicas), and a
@@ -103,7 +109,8 @@ def test_the_retry_is_enqueued_once_redis_takes_writes_again(redis_server: Redis
 def test_a_retry_redis_will_never_take_dead_letters_the_message(redis_server: RedisServer) -> None:
     """Given a delay queue Redis answers WRONGTYPE for (no wait mends that), when the retry is
     enqueued, then it is tried OTHER_ERROR_ATTEMPTS times and the message is failed (the worker
-    dead-letters it) instead of the hook raising (the worker would acknowledge it: lost)."""
+    dead-letters it) instead of the hook raising (the worker would acknowledge it: lost), carrying
+    the enqueue error for the runtime's reason."""
     retries = DurableRetries()
     broker = make_broker(redis_server.url, retries)
     admin = redis_server.client()
@@ -117,6 +124,7 @@ def test_a_retry_redis_will_never_take_dead_letters_the_message(redis_server: Re
         retries.after_process_message(broker, message, exception=exc)
     assert len(waits) == OTHER_ERROR_ATTEMPTS - 1
     assert message.failed
+    assert (retry_enqueue_error(message) or "").startswith("ResponseError: WRONGTYPE ")
 
 
 @pytest.mark.parametrize(
@@ -239,3 +247,4 @@ def test_a_message_out_of_retries_is_failed_without_any_enqueue() -> None:
     except RuntimeError as exc:
         DurableRetries().after_process_message(NoEnqueue(), message, exception=exc)  # type: ignore[arg-type]
     assert message.failed
+    assert retry_enqueue_error(message) is None  # the runtime gives the attempt's error as the reason

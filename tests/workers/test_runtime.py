@@ -7,12 +7,18 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
+from shared import keys
 from shared.callback import Callback
-from shared.errors import StorageUnavailable
+from shared.dead_letters import ReasonSource, list_dead
+from shared.errors import DownloadFailed, StorageUnavailable
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
+from shared.redis_client import connect_redis
 from shared.settings import Settings
 from shared.taskstate import FINAL_STATES, TaskState, TaskStore
+from tests.support.pipeline import queued_callback, wait_for
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, png_bytes
+from workers.retries import DurableRetries
 from workers.runtime import WorkerRuntime, wait_for_bucket
 
 
@@ -124,3 +130,55 @@ def test_a_task_with_an_outcome_keeps_it_when_a_later_message_is_given_up(
     assert record is not None
     assert record.state is state
     assert record.fields["reason"] == "earlier outcome"
+
+
+def test_a_message_whose_retry_cannot_be_queued_is_given_up_with_the_enqueue_error(
+    settings: Settings, runtime: WorkerRuntime, tasks: TaskStore
+) -> None:
+    """Given a delay queue Redis answers WRONGTYPE for, when a real worker's attempt fails with
+    DownloadFailed and its retry cannot be queued, then the message is dead-lettered, and both the
+    task's reason and the dead letter's name the enqueue error (what a replay would run into),
+    after the attempt's."""
+    client = connect_redis(settings.redis_url)
+    client.set(keys.broker_messages(BROKER_NAMESPACE, f"{CALLBACK_QUEUE}.DQ"), "not a hash")
+    # As the worker entry orders them: the runtime's after-hook runs once Retries has decided.
+    broker = create_broker(
+        settings, client=client, middleware=[runtime, DurableRetries(sleep=lambda seconds: None)]
+    )
+
+    def process_callback(message: dict[str, object]) -> None:
+        raise DownloadFailed("connection reset")
+
+    dramatiq.actor(
+        process_callback, actor_name=PROCESS_CALLBACK, queue_name=CALLBACK_QUEUE, broker=broker, max_retries=3
+    )
+    tasks.move("task-1", TaskState.PROCESSING)
+    broker.enqueue(
+        dramatiq.Message(
+            queue_name=CALLBACK_QUEUE,
+            actor_name=PROCESS_CALLBACK,
+            args=(queued_callback("task-1"),),
+            kwargs={},
+            options={},
+        )
+    )
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        letters = wait_for(
+            lambda: list_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE),
+            timeout_s=30,
+            what="a dead letter",
+        )
+    finally:
+        worker.stop()
+        broker.close()
+
+    record = tasks.get("task-1")
+    assert record is not None
+    assert record.state is TaskState.FAILED
+    reason = record.fields["reason"]
+    assert reason.startswith("gave up: the retry could not be queued: ResponseError: WRONGTYPE ")
+    assert reason.endswith(" (after DownloadFailed: connection reset)")
+    [letter] = letters
+    assert (letter.task_id, letter.reason, letter.reason_source) == ("task-1", reason, ReasonSource.WORKER)
