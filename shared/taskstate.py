@@ -39,7 +39,8 @@ FINAL_STATES = frozenset({TaskState.STORED, TaskState.PARTIAL, TaskState.FAILED}
 #: States of a task without an outcome yet (or being processed again after one).
 UNSETTLED_STATES = frozenset(TaskState) - FINAL_STATES
 #: The record's field naming the final state the task last reached: written with it, and kept
-#: while a later callback of the task is processed.
+#: while a later callback of the task is processed, until that one replaces a stored file (then
+#: empty: :meth:`TaskStore.forget_outcome`).
 OUTCOME_FIELD = "outcome"
 
 #: The states :meth:`TaskStore.counts` counts (those ``mjhook status --json`` has always shown);
@@ -178,8 +179,10 @@ class TaskStore:
         error) for ``reason``, and return the state the task is left in. A task in a final state
         keeps it, and its reason: that message was a duplicate, or another worker finished the
         task meanwhile. A task being processed again after it ended ``stored`` or ``partial`` goes
-        back to that state (its files and manifest are still those). Any other task, one without
-        a record too, ends ``failed`` with ``reason``."""
+        back to that state (its files and manifest are still those), unless a file of it was
+        replaced meanwhile (:meth:`forget_outcome`): then it ends ``failed`` with ``reason``. So
+        does any other task, one without a record too, and one whose record was written before
+        outcomes were recorded (it has no ``outcome`` field)."""
         record = self.get(task_id)
         if record is not None and record.state in UNSETTLED_STATES:
             outcome = record.fields.get(OUTCOME_FIELD, "")
@@ -188,6 +191,14 @@ class TaskStore:
                 return TaskState(outcome) if before in (record.state, None) else before
         before = self.move_from(task_id, UNSETTLED_STATES, TaskState.FAILED, reason=reason)
         return before if before in FINAL_STATES else TaskState.FAILED
+
+    def forget_outcome(self, task_id: str) -> TaskState | None:
+        """Empty the outcome a task being processed (``processing``) keeps from an earlier end, when
+        a file that outcome's manifest may describe is about to be replaced: given up after that,
+        the task fails (:meth:`give_up`) instead of going back to an outcome its files no longer
+        show. A task in another state is left as it is (one without a record is recorded
+        ``processing``). Returns the state it had."""
+        return self.move_from(task_id, TaskState.PROCESSING, TaskState.PROCESSING, **{OUTCOME_FIELD: ""})
 
     def move(self, task_id: str, state: TaskState, **fields: str) -> TaskState | None:
         """Set the state (and extra fields) of a task; returns the previous state."""

@@ -3,7 +3,8 @@
 Taken with ``SET NX PX``; renewed by a background thread while the work goes on, so only a
 crashed worker's lease lapses; released only by the holder (compare-and-delete). A holder whose
 lease lapsed anyway (Redis unreachable for longer than the TTL) or was taken learns it from
-:class:`Lease` and must not write what the new holder writes."""
+:class:`Lease` and must not write what the new holder writes: neither a file (:meth:`Lease.check`
+before each) nor the manifest or the state (:meth:`Lease.confirm` before each)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ return 0
 class Lease:
     """One held lease. ``lost`` is set once the holder knows the task may be another worker's: a
     renewal found the lease gone or taken, or none succeeded for a whole TTL (so it lapsed, e.g.
-    while Redis was unreachable). Nothing stops the holder's work then: it must :meth:`confirm`
-    the lease before each write that must not race another holder's."""
+    while Redis was unreachable), or the holder let it go (its ``with`` block ended). Nothing
+    stops the holder's work then: it must :meth:`check` the lease (what it knows, no round trip)
+    before each file it writes, and :meth:`confirm` it (asked of Redis) before the writes that
+    settle the task (the manifest, the state)."""
 
     def __init__(
         self,
@@ -71,11 +74,20 @@ class Lease:
         self._renewed_at = max(self._renewed_at, sent_at)
         return True
 
+    def check(self) -> None:
+        """Raise :class:`TaskBusy` (retry later) when the lease is known to be lost: what the
+        renewals found, without asking Redis (cheap enough before every file)."""
+        if self.lost.is_set():
+            raise self._busy()
+
     def confirm(self) -> None:
         """Raise :class:`TaskBusy` (retry later) unless the lease is still ours, asked of Redis now.
         A confirmed lease is renewed too, so it stays ours for a TTL more."""
         if not self.renew():
-            raise TaskBusy(f"lease {self.key} was lost while working: another worker may hold the task")
+            raise self._busy()
+
+    def _busy(self) -> TaskBusy:
+        return TaskBusy(f"lease {self.key} was lost while working: another worker may hold the task")
 
     def _lose(self, why: str) -> None:
         if not self.lost.is_set():
@@ -94,6 +106,10 @@ class LeaseManager:
         self._clock = clock
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
+
+    def is_held(self, task_id: str) -> bool:
+        """Whether some worker holds the lease on ``task_id`` now (asked of Redis)."""
+        return bool(self._client.exists(keys.lease(task_id)))
 
     @contextmanager
     def hold(self, task_id: str) -> Iterator[Lease]:
@@ -117,6 +133,9 @@ class LeaseManager:
         finally:
             stop.set()
             renewer.join()
+            # Work still running on its behalf (a download the block left behind when it raised)
+            # must not write once another worker may take the task.
+            lease.lost.set()
             try:
                 self._release(keys=[key], args=[token])
             except redis.RedisError:

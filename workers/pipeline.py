@@ -19,7 +19,7 @@ from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.storage import ObjectStore
 from shared.taskstate import FINAL_STATES, TaskState, TaskStore
 from workers.fetch import ByteBudget, ResultFetcher
-from workers.lease import LeaseManager
+from workers.lease import Lease, LeaseManager
 from workers.manifest import FileError, ImageEntry, build_manifest, outcome
 from workers.verify import ResultVerifier
 
@@ -84,7 +84,7 @@ class CallbackProcessor:
                 callback, verification = self._verifier.verify(callback)
             failed_files: list[str] = []
             if callback.succeeded:
-                images, errors, failed_files = self._store_files(callback, final_attempt=final_attempt)
+                images, errors, failed_files = self._store_files(callback, lease, final_attempt=final_attempt)
             else:
                 images, errors = [], []
             status = outcome(callback, images, errors)
@@ -129,16 +129,20 @@ class CallbackProcessor:
         return None
 
     def _store_files(
-        self, callback: Callback, *, final_attempt: bool
+        self, callback: Callback, lease: Lease, *, final_attempt: bool
     ) -> tuple[list[ImageEntry], list[FileError], list[str]]:
         """The files stored, those given up, and the error class of each given up."""
-        already = self._already_stored(callback)
+        already, replaced = self._already_stored(callback)
+        if replaced:
+            # These downloads overwrite files the manifest of an earlier outcome may describe: from
+            # now on, a give-up must fail the task, not bring back that manifest's outcome.
+            self._tasks.forget_outcome(callback.task_id)
         todo = [(i, url) for i, url in enumerate(callback.result_urls) if i not in already]
         budget = ByteBudget(max(0, self._max_task_bytes - sum(image.size for image in already.values())))
         # Each download runs in a copy of this context, so its log lines carry the taskId too.
         futures = [
             self._pool.submit(
-                contextvars.copy_context().run, self._store_one, callback.task_id, i, url, budget
+                contextvars.copy_context().run, self._store_one, callback.task_id, i, url, budget, lease
             )
             for i, url in todo
         ]
@@ -163,12 +167,15 @@ class CallbackProcessor:
             )
         return images, errors, failed
 
-    def _store_one(self, task_id: str, index: int, url: str, budget: ByteBudget) -> ImageEntry:
+    def _store_one(self, task_id: str, index: int, url: str, budget: ByteBudget, lease: Lease) -> ImageEntry:
+        """Download ``url`` and store it as file ``index`` of the task; :class:`TaskBusy` instead
+        when ``lease`` was lost meanwhile (the key may be the new holder's file by now)."""
         started = self._timer()
         fetched = self._fetcher.fetch(url, budget=budget)
         self._metrics.download_seconds.observe(self._timer() - started)
         try:
             key = storage.file_key(task_id, index, fetched.media.ext)
+            lease.check()
             started = self._timer()
             self._store.put_file(
                 key,
@@ -185,13 +192,15 @@ class CallbackProcessor:
             fetched.close()
         return ImageEntry(index, url, key, fetched.size, fetched.sha256, fetched.media.content_type)
 
-    def _already_stored(self, callback: Callback) -> dict[int, ImageEntry]:
+    def _already_stored(self, callback: Callback) -> tuple[dict[int, ImageEntry], set[int]]:
         """Files an earlier, interrupted attempt stored completely (their sha256 recorded) from the
-        URL this callback lists at their index. Any other file there is fetched again: an earlier
-        callback of the task may have listed other results, and a file stored before sources were
-        recorded cannot prove where it came from."""
+        URL this callback lists at their index, and the indices of the other files stored at an
+        index it lists, which are fetched again to replace them: an earlier callback of the task may
+        have listed other results, and a file stored before sources were recorded cannot prove
+        where it came from."""
         prefix = storage.task_prefix(callback.task_id)
         found: dict[int, ImageEntry] = {}
+        replaced: set[int] = set()
         for key in self._store.list_keys(prefix):
             match = _STORED_FILE.fullmatch(key[len(prefix) :])
             if not match or int(match[1]) >= len(callback.result_urls):
@@ -199,15 +208,19 @@ class CallbackProcessor:
             index = int(match[1])
             url = callback.result_urls[index]
             info = self._store.stat(key)
-            if info is None or not info.sha256:
+            if info is None:
                 continue
-            if not info.came_from(url):
+            if not info.sha256 or not info.came_from(url):
+                replaced.add(index)
                 log.info(
-                    "task %s: %s came from another URL; fetching #%d again", callback.task_id, key, index
+                    "task %s: %s did not come from the URL listed now; fetching #%d again",
+                    callback.task_id,
+                    key,
+                    index,
                 )
                 continue
             found[index] = ImageEntry(index, url, key, info.size, info.sha256, info.content_type)
-        return found
+        return found, replaced - found.keys()
 
 
 def _reason(callback: Callback, errors: list[FileError]) -> str:

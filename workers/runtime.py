@@ -18,7 +18,7 @@ from dramatiq.middleware import Middleware
 
 from shared.callback import Callback
 from shared.dead_letters import record_dead_reason
-from shared.errors import MjhookError, StorageUnavailable
+from shared.errors import MjhookError, StorageUnavailable, TaskBusy
 from shared.metrics import WorkerMetrics
 from shared.provider import create_provider_client
 from shared.redis_client import connect_redis
@@ -44,6 +44,8 @@ class WorkerParts:
     processor: CallbackProcessor
     tasks: TaskStore
     store: ObjectStore
+    #: The task leases the processor takes.
+    leases: LeaseManager
     #: The polling fallback; None without a provider API key or a broker to enqueue on.
     polling: Polling | None = None
 
@@ -57,6 +59,7 @@ def build_parts(
     client = connect_redis(settings.redis_url)
     provider = create_provider_client(settings) if settings.provider_api_key else None
     tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
+    leases = LeaseManager(client, ttl_s=settings.lease_ttl_s)
     store = create_object_store(settings, pool_size=settings.download_concurrency * 2)
     http = create_http_client(
         connect_timeout_s=settings.connect_timeout_s,
@@ -81,7 +84,7 @@ def build_parts(
     pool = ThreadPoolExecutor(max_workers=settings.download_concurrency, thread_name_prefix="fetch")
     processor = CallbackProcessor(
         tasks=tasks,
-        leases=LeaseManager(client, ttl_s=settings.lease_ttl_s),
+        leases=leases,
         store=store,
         fetcher=fetcher,
         pool=pool,
@@ -93,7 +96,7 @@ def build_parts(
     polling = None
     if provider is not None and broker is not None:
         polling = build_polling(settings, client=client, tasks=tasks, provider=provider, broker=broker)
-    return WorkerParts(processor=processor, tasks=tasks, store=store, polling=polling)
+    return WorkerParts(processor=processor, tasks=tasks, store=store, leases=leases, polling=polling)
 
 
 def wait_for_bucket(
@@ -161,7 +164,9 @@ class WorkerRuntime(Middleware):
     ) -> None:
         """When dramatiq gives up (retries exhausted or a permanent error), say so in the task
         state, with the reason, instead of leaving it ``processing`` forever; a task that has an
-        outcome keeps it (:meth:`TaskStore.give_up`)."""
+        outcome keeps it (:meth:`TaskStore.give_up`). A message given up because another worker
+        held the task (:class:`TaskBusy`) changes no state while some worker still holds it: the
+        holder settles it."""
         if exception is None or not message.failed:
             return
         failure = f"{type(exception).__name__}: {exception}"
@@ -178,6 +183,13 @@ class WorkerRuntime(Middleware):
         except (MjhookError, IndexError, TypeError, AttributeError):
             return
         try:
+            if isinstance(exception, TaskBusy) and self._parts.leases.is_held(callback.task_id):
+                log.info(
+                    "task %s is held by a worker, which settles its state; its message was %s",
+                    callback.task_id,
+                    reason,
+                )
+                return
             state = self._parts.tasks.give_up(callback.task_id, reason)
         except Exception:
             log.exception("could not record the failure of %s", callback.task_id)

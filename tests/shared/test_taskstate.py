@@ -92,18 +92,23 @@ def test_giving_up_keeps_a_final_state_and_its_reason(client: redis.Redis, state
 
 
 @pytest.mark.parametrize("outcome", [TaskState.STORED, TaskState.PARTIAL])
-def test_giving_up_on_a_task_processed_again_brings_back_its_outcome(
-    client: redis.Redis, outcome: TaskState
+@pytest.mark.parametrize("replaced", [False, True], ids=["files kept", "a file replaced"])
+def test_giving_up_on_a_task_processed_again_brings_back_its_outcome_unless_a_file_was_replaced(
+    client: redis.Redis, outcome: TaskState, replaced: bool
 ) -> None:
-    """Its files and manifest are still those of that outcome."""
+    """Its files and manifest are still those of that outcome, unless one of its files was
+    replaced since (the outcome forgotten): then its manifest no longer describes them."""
     tasks = TaskStore(client, ttl_s=3600)
     tasks.move("t1", outcome, reason="earlier")
     tasks.move("t1", TaskState.PROCESSING)
-    assert tasks.give_up("t1", "gave up: X") is outcome
+    if replaced:
+        assert tasks.forget_outcome("t1") is TaskState.PROCESSING
+    expected = (TaskState.FAILED, "gave up: X") if replaced else (outcome, "earlier")
+    assert tasks.give_up("t1", "gave up: X") is expected[0]
     record = tasks.get("t1")
     assert record is not None
-    assert (record.state, record.fields["reason"]) == (outcome, "earlier")
-    assert tasks.counts()[outcome.value] == 1
+    assert (record.state, record.fields["reason"]) == expected
+    assert tasks.counts()[outcome.value] == (0 if replaced else 1)
     assert tasks.counts()["processing"] == 0
 
 
@@ -122,6 +127,26 @@ def test_giving_up_on_a_task_without_an_outcome_fails_it(
     record = tasks.get("t1")
     assert record is not None
     assert (record.state, record.fields["reason"]) == (TaskState.FAILED, "gave up: X")
+
+
+@pytest.mark.parametrize("state", sorted(FINAL_STATES))
+def test_forgetting_the_outcome_leaves_a_task_that_ended_alone(client: redis.Redis, state: TaskState) -> None:
+    """Another worker settled the task meanwhile: its outcome stands."""
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("t1", state, reason="earlier")
+    assert tasks.forget_outcome("t1") is state
+    record = tasks.get("t1")
+    assert record is not None
+    assert (record.state, record.fields[OUTCOME_FIELD]) == (state, state.value)
+
+
+def test_a_record_written_before_outcomes_fails_when_given_up(client: redis.Redis) -> None:
+    """A task that ended stored before outcomes were recorded cannot say so once processed again."""
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("t1", TaskState.STORED)
+    client.hdel(keys.task("t1"), OUTCOME_FIELD)
+    tasks.move("t1", TaskState.PROCESSING)
+    assert tasks.give_up("t1", "gave up: X") is TaskState.FAILED
 
 
 def test_giving_up_on_a_failed_task_processed_again_records_the_new_reason(client: redis.Redis) -> None:

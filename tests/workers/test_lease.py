@@ -107,3 +107,34 @@ def test_a_holder_cut_off_from_redis_for_a_whole_ttl_knows_its_lease_lapsed(
         redis_server.start()
         with pytest.raises(TaskBusy):
             lease.confirm()
+
+
+def test_a_lease_let_go_counts_as_lost_for_work_left_running(client: redis.Redis) -> None:
+    # Given a lease whose holder's block ended (it raised, say) while a download of its own runs on
+    with LeaseManager(client, ttl_s=30).hold("t1") as lease:
+        lease.check()
+    # When that download is about to store its file, Then it is told to leave it: another worker
+    # may hold the task by now
+    assert lease.lost.is_set()
+    with pytest.raises(TaskBusy):
+        lease.check()
+
+
+def test_checking_a_lease_asks_nothing_of_redis(client: redis.Redis) -> None:
+    # Given a held lease another worker took, which no renewal has noticed yet
+    with LeaseManager(client, ttl_s=30).hold("t1") as lease:
+        client.set(keys.lease("t1"), "other")
+        # Then checking it passes (only confirming asks Redis), until the loss is known
+        lease.check()
+        with pytest.raises(TaskBusy):
+            lease.confirm()
+        with pytest.raises(TaskBusy):
+            lease.check()
+
+
+def test_whether_a_task_is_held_is_read_from_redis(client: redis.Redis) -> None:
+    leases = LeaseManager(client, ttl_s=30)
+    assert not leases.is_held("t1")
+    with LeaseManager(client, ttl_s=30).hold("t1"):
+        assert leases.is_held("t1")
+    assert not leases.is_held("t1")

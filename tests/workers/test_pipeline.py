@@ -265,6 +265,34 @@ def test_a_worker_that_lost_its_lease_writes_nothing_final_and_retries_later(
     assert harness.files.hits["/img0.png"] == 1
 
 
+@pytest.mark.parametrize("taken_by_another", [True, False], ids=["taken", "lapsed"])
+def test_a_worker_that_lost_its_lease_during_a_download_does_not_store_the_file(
+    harness: Harness, taken_by_another: bool
+) -> None:
+    # Given workers whose 1 s lease is renewed every third of a second, and a file that arrives
+    # only after a second and a half
+    parts = build_parts(
+        harness.settings.model_copy(update={"lease_ttl_s": 1}), metrics=create_worker_metrics()
+    )
+    urls, images = serve_pngs(harness.files, 1)
+    harness.files.add("/img0.png", images[0], delay_s=1.5)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(parts.processor.process, callback(urls))
+        # When, while the worker downloads, its lease lapses (a Redis outage longer than the TTL)
+        # or another worker takes the task, and a renewal finds out
+        wait_for(lambda: harness.files.hits["/img0.png"] == 1)
+        harness.redis.delete(keys.lease("task-1"))
+        if taken_by_another:
+            harness.redis.set(keys.lease("task-1"), "other-worker", ex=30)
+        # Then the download ends without the file being stored (it may be the new holder's now):
+        # retry later
+        with pytest.raises(TaskBusy):
+            first.result(timeout=30)
+    assert harness.store.list_keys("tasks/task-1/") == []
+    assert harness.tasks.get("task-1").state is TaskState.PROCESSING  # type: ignore[union-attr]
+    assert harness.redis.get(keys.lease("task-1")) == (b"other-worker" if taken_by_another else None)
+
+
 def test_the_last_attempt_records_transient_failures_instead_of_raising(harness: Harness) -> None:
     urls, _ = serve_pngs(harness.files, 2)
     harness.files.add("/img1.png", b"busy", status=503, content_type="text/plain")

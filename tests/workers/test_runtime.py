@@ -3,6 +3,9 @@ real Redis, SeaweedFS and a file server; object storage "down" is an endpoint no
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
@@ -10,14 +13,15 @@ from dramatiq.brokers.stub import StubBroker
 from shared import keys
 from shared.callback import Callback
 from shared.dead_letters import ReasonSource, list_dead
-from shared.errors import DownloadFailed, StorageUnavailable
+from shared.errors import DownloadFailed, StorageUnavailable, TaskBusy
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.redis_client import connect_redis
 from shared.settings import Settings
-from shared.taskstate import FINAL_STATES, TaskState, TaskStore
+from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, TaskState, TaskStore
 from tests.support.pipeline import queued_callback, wait_for
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, png_bytes
+from workers.lease import LeaseManager
 from workers.retries import DurableRetries
 from workers.runtime import WorkerRuntime, wait_for_bucket
 
@@ -182,3 +186,112 @@ def test_a_message_whose_retry_cannot_be_queued_is_given_up_with_the_enqueue_err
     assert reason.endswith(" (after DownloadFailed: connection reset)")
     [letter] = letters
     assert (letter.task_id, letter.reason, letter.reason_source) == ("task-1", reason, ReasonSource.WORKER)
+
+
+@pytest.fixture
+def short_lease(settings: Settings) -> WorkerRuntime:
+    """A worker on the same Redis and bucket whose 1 s lease is renewed every third of a second."""
+    runtime = WorkerRuntime(settings.model_copy(update={"lease_ttl_s": 1}))
+    wait_for_bucket(runtime.parts().store, timeout_s=30)
+    return runtime
+
+
+def cut_off_during(runtime: WorkerRuntime, callback: Callback, *, once: Callable[[], bool]) -> TaskBusy:
+    """Process ``callback`` as its final attempt; as soon as ``once()`` holds, the worker's lease
+    lapses (Redis out of its reach for longer than the TTL). What the attempt raises."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        attempt = pool.submit(runtime.parts().processor.process, callback, final_attempt=True)
+        wait_for(once, timeout_s=10, what="the attempt under way")
+        runtime.parts().tasks.client.delete(keys.lease(callback.task_id))
+        with pytest.raises(TaskBusy) as raised:
+            attempt.result(timeout=30)
+    return raised.value
+
+
+def test_a_partial_task_given_up_after_a_file_of_it_was_replaced_fails(
+    short_lease: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """The review's reproduction. Given a task that ended partial (file 0 stored, file 1 gone),
+    when a success callback with other URLs replaces file 0 and its attempt is given up before
+    its manifest is written (its lease lapsed while file 1 downloaded), then the task is failed,
+    with why, not partial: the manifest left no longer describes file 0."""
+    a_urls = [file_server.add("/a0.png", png_bytes(0)), file_server.url("/a1.png")]
+    assert short_lease.parts().processor.process(callback(a_urls)) is TaskState.PARTIAL
+    store = short_lease.parts().store
+    b_urls = [
+        file_server.add("/b0.png", png_bytes(10)),
+        file_server.add("/b1.png", png_bytes(11), delay_s=1.5),
+    ]
+
+    def file_0_replaced() -> bool:
+        info = store.stat("tasks/task-1/0.png")
+        return info is not None and info.came_from(b_urls[0]) and file_server.hits["/b1.png"] == 1
+
+    give_up(
+        short_lease, callback(b_urls), cut_off_during(short_lease, callback(b_urls), once=file_0_replaced)
+    )
+
+    assert store.get_bytes("tasks/task-1/0.png") == png_bytes(10)
+    assert store.get_json("tasks/task-1/manifest.json")["images"][0]["sourceUrl"] == a_urls[0]
+    record = tasks.get("task-1")
+    assert record is not None
+    assert record.state is TaskState.FAILED
+    assert record.fields["reason"].startswith("gave up: TaskBusy: ")
+
+
+def test_a_partial_task_given_up_before_any_file_of_it_was_replaced_stays_partial(
+    short_lease: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a task that ended partial (file 0 stored, file 1 gone), when the same callback finds
+    file 1 back (slowly) and its attempt is given up while that downloads, then the task is
+    partial again: storing a file the manifest does not list replaces nothing it describes."""
+    urls = [file_server.add("/0.png", png_bytes(0)), file_server.url("/1.png")]
+    assert short_lease.parts().processor.process(callback(urls)) is TaskState.PARTIAL
+    file_server.add("/1.png", png_bytes(1), delay_s=1.5)
+
+    exception = cut_off_during(short_lease, callback(urls), once=lambda: file_server.hits["/1.png"] == 2)
+    give_up(short_lease, callback(urls), exception)
+
+    assert file_server.hits["/0.png"] == 1
+    record = tasks.get("task-1")
+    assert record is not None
+    assert record.state is TaskState.PARTIAL
+
+
+@pytest.mark.parametrize("outcome", [None, TaskState.PARTIAL], ids=["new", "processed again"])
+def test_a_message_given_up_as_busy_leaves_a_task_another_worker_holds_alone(
+    runtime: WorkerRuntime, tasks: TaskStore, file_server: FileServer, outcome: TaskState | None
+) -> None:
+    """Given a task another worker is processing right now (maybe again, after it ended partial),
+    when the last attempt at a message of it finds it busy and the queue gives up on that, then
+    the task stays processing, with its outcome: the holder settles it."""
+    if outcome is not None:
+        tasks.move("task-1", outcome, reason="earlier outcome")
+    urls = [file_server.add("/0.png", png_bytes(0))]
+    with LeaseManager(tasks.client, ttl_s=30).hold("task-1"):
+        tasks.move("task-1", TaskState.PROCESSING)
+        with pytest.raises(TaskBusy) as raised:
+            runtime.parts().processor.process(callback(urls), final_attempt=True)
+
+        give_up(runtime, callback(urls), raised.value)
+
+        record = tasks.get("task-1")
+        assert record is not None
+        assert record.state is TaskState.PROCESSING
+        assert record.fields.get(OUTCOME_FIELD) == (outcome.value if outcome else None)
+        assert tasks.counts()["failed"] == 0
+    assert file_server.hits == {}
+
+
+def test_a_message_given_up_as_busy_fails_a_task_nobody_holds_any_more(
+    runtime: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """The holder's lease lapsed (it crashed): nobody else will settle the task."""
+    tasks.move("task-1", TaskState.PROCESSING)
+
+    give_up(runtime, callback([file_server.url("/0.png")]), TaskBusy("task task-1 is being processed"))
+
+    record = tasks.get("task-1")
+    assert record is not None
+    assert record.state is TaskState.FAILED
+    assert record.fields["reason"].startswith("gave up: TaskBusy: ")
