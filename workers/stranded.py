@@ -69,6 +69,8 @@ class ConsumerThread(Protocol):
     delay_queue: PriorityQueue[Any]
     work_queue: PriorityQueue[Any]
 
+    def is_alive(self) -> bool: ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Held:
@@ -102,11 +104,13 @@ class StrandedMessageRescuer:
     def _check_queue(self, queue_name: str, thread: ConsumerThread) -> int:
         ack_key = keys.broker_acks(self._broker.namespace, self._broker.broker_id, queue_name)
         acked = {as_text(member) for member in self._broker.client.smembers(ack_key)}
-        held = held_messages(thread, queue_name)  # after the ack set: see the module docstring
+        alive = thread.is_alive()
+        held = held_messages(thread, queue_name, alive=alive)  # after the ack set: see the module docstring
         if held is None:
             return 0
         missing = self._not_held(queue_name, acked - held.redis_ids, held.message_ids)
-        settled = not _same_mark(held.fetch_mark, self._marks.get(queue_name))
+        # A dead consumer thread fetches nothing more: no reply of it can still be on the way.
+        settled = not alive or not _same_mark(held.fetch_mark, self._marks.get(queue_name))
         self._marks[queue_name] = held.fetch_mark
         stranded = missing & self._suspects.get(queue_name, set())
         promoted = (missing & self._missing.get(queue_name, set())) - stranded if settled else set()
@@ -133,17 +137,20 @@ class StrandedMessageRescuer:
         }
 
 
-def held_messages(thread: ConsumerThread, queue_name: str) -> _Held | None:
+def held_messages(thread: ConsumerThread, queue_name: str, *, alive: bool = True) -> _Held | None:
     """What the process holds of ``queue_name``'s messages, read in the order they travel;
-    None when the consumer is not built yet or is not dramatiq's Redis consumer as known here."""
+    None when the consumer is not built yet or is not dramatiq's Redis consumer as known here.
+    A consumer thread that died (an error while it handled an error, e.g. requeueing its delayed
+    messages while Redis was down) holds nothing any more: its cache and delay queue are never
+    handed on; only what it had put on the work queue still runs."""
     consumer = thread.consumer
     cache = getattr(consumer, "message_cache", None)
     queued = getattr(consumer, "queued_message_ids", None)
     if not isinstance(cache, list) or not isinstance(queued, set):
         return None
-    bodies = list(cache)  # list() and frozenset() copy in one step under the GIL: a snapshot each
-    message_ids = frozenset(queued)
-    delayed = [item.message for item in list(thread.delay_queue.queue)]
+    bodies = list(cache) if alive else []  # list() and frozenset() copy in one step under the GIL
+    message_ids = frozenset(queued) if alive else frozenset()
+    delayed = [item.message for item in list(thread.delay_queue.queue)] if alive else []
     work_queue = thread.work_queue
     with work_queue.mutex:  # its items and the count of those taken by workers, at one instant
         waiting = [item.message for item in work_queue.queue if item.message.queue_name == queue_name]

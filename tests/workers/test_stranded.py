@@ -12,6 +12,7 @@ from typing import Any
 
 import dramatiq
 import pytest
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, dq_name
 
@@ -205,3 +206,38 @@ def test_a_lost_message_waits_while_a_worker_thread_is_busy_and_is_requeued_once
     wait_for(lambda: ran == ["busy", "lost"])
     assert look(rescuer, 3) == [0, 0, 0]
     assert ran == ["busy", "lost"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's death
+def test_retries_held_by_a_delay_consumer_that_died_are_requeued(
+    broker: RedisBroker, start_worker: Callable[[], dramatiq.Worker]
+) -> None:
+    # Given a retry waiting out its backoff in the delay-queue consumer of a live worker
+    ran: list[str] = []
+    actor = recording_actor(broker, ran, threading.Event())
+    worker = start_worker()
+    thread = worker.consumers[dq_name(CALLBACK_QUEUE)]
+    broker.enqueue(actor.message("retry"), delay=60_000)
+    wait_for(lambda: thread.delay_queue.qsize() == 1)
+    [redis_id] = acked(broker, dq_name(CALLBACK_QUEUE))
+
+    # And that consumer thread dies as in a Redis restart: an unexpected error, then handing its
+    # delayed messages back fails on the connection, which dramatiq does not catch there
+    def fail_to_requeue(messages: Iterator[dramatiq.Message[Any]]) -> None:
+        list(messages)  # iter_queue empties the delay queue as it goes
+        raise redis.ConnectionError("Connection refused")
+
+    def unexpected() -> None:
+        raise RuntimeError("unexpected")
+
+    thread.requeue_messages = fail_to_requeue  # type: ignore[method-assign]
+    thread.handle_delayed_messages = unexpected  # type: ignore[method-assign]
+    wait_for(lambda: not thread.is_alive())
+    del thread.requeue_messages  # dramatiq's own again, for the worker's stop
+    rescuer = StrandedMessageRescuer(broker, worker.consumers)
+    # When the rescuer looks (no fetch of that thread can be on the way any more)
+    assert look(rescuer, 3) == [0, 0, 1]
+    # Then the retry is back on the delay queue for a worker that still consumes it
+    assert acked(broker, dq_name(CALLBACK_QUEUE)) == set()
+    queued = broker.client.lrange(keys.broker_queue(BROKER_NAMESPACE, dq_name(CALLBACK_QUEUE)), 0, -1)
+    assert queued == [redis_id]
