@@ -36,6 +36,17 @@ class TaskBusy(TransientError):
     """Another worker holds the lease on this task right now."""
 
 
+class LeaseHeld(TaskBusy):
+    """A task state move refused because of the task's lease: it is not (or no longer) the
+    caller's, or some worker holds it. ``state`` is the state the task keeps (None: no record)."""
+
+    def __init__(self, task_id: str, state: str | None, *, by_other: bool) -> None:
+        who = "is no longer ours: another worker may hold the task" if by_other else "is held by a worker"
+        super().__init__(f"the lease of task {task_id} {who}")
+        self.task_id = task_id
+        self.state = state
+
+
 class PermanentError(MjhookError):
     """Retrying cannot help: the reason is recorded and the task moves on."""
 

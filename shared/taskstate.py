@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, StrEnum
 from importlib import resources
 from typing import Any, cast
 
@@ -18,6 +18,7 @@ from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.exceptions import NoScriptError, ResponseError
 
 from shared import keys
+from shared.errors import LeaseHeld
 from shared.redis_client import as_text
 
 #: Recently changed tasks kept in the recent index.
@@ -46,6 +47,11 @@ OUTCOME_FIELD = "outcome"
 #: The states :meth:`TaskStore.counts` counts (those ``mjhook status --json`` has always shown);
 #: submitted tasks are counted by :meth:`TaskStore.submitted_counts`.
 COUNTED_STATES = tuple(state for state in TaskState if state is not TaskState.SUBMITTED)
+
+
+class _LeaseRule(Enum):
+    #: :meth:`TaskStore._move` only while no worker holds the task's lease.
+    FREE = "free"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,31 +184,63 @@ class TaskStore:
         """Record that the queue gave up on a message of the task (retries exhausted, a permanent
         error) for ``reason``, and return the state the task is left in. A task in a final state
         keeps it, and its reason: that message was a duplicate, or another worker finished the
-        task meanwhile. A task being processed again after it ended ``stored`` or ``partial`` goes
-        back to that state (its files and manifest are still those), unless a file of it was
-        replaced meanwhile (:meth:`forget_outcome`): then it ends ``failed`` with ``reason``. So
-        does any other task, one without a record too, and one whose record was written before
-        outcomes were recorded (it has no ``outcome`` field)."""
+        task meanwhile. A task a worker holds (its lease) keeps its state too: that worker is
+        processing another message of it and settles it. A task being processed again after it
+        ended ``stored`` or ``partial`` goes back to that state (its files and manifest are still
+        those), unless a file of it was replaced meanwhile (:meth:`forget_outcome`): then it ends
+        ``failed`` with ``reason``. So does any other task, one without a record too, and one whose
+        record was written before outcomes were recorded (it has no ``outcome`` field). Each move
+        checks the lease in the same script call, so a worker taking the task meanwhile is never
+        overruled."""
         record = self.get(task_id)
-        if record is not None and record.state in UNSETTLED_STATES:
-            outcome = record.fields.get(OUTCOME_FIELD, "")
-            if outcome in (TaskState.STORED, TaskState.PARTIAL):
-                before = self.move_from(task_id, record.state, TaskState(outcome))
-                return TaskState(outcome) if before in (record.state, None) else before
-        before = self.move_from(task_id, UNSETTLED_STATES, TaskState.FAILED, reason=reason)
+        try:
+            if record is not None and record.state in UNSETTLED_STATES:
+                outcome = record.fields.get(OUTCOME_FIELD, "")
+                if outcome in (TaskState.STORED, TaskState.PARTIAL):
+                    before = self._move(
+                        task_id,
+                        TaskState(outcome),
+                        {},
+                        only_if_new=True,
+                        or_from=record.state,
+                        lease=_LeaseRule.FREE,
+                    )
+                    return TaskState(outcome) if before in (record.state, None) else before
+            before = self._move(
+                task_id,
+                TaskState.FAILED,
+                {"reason": reason},
+                only_if_new=True,
+                or_from=UNSETTLED_STATES,
+                lease=_LeaseRule.FREE,
+            )
+        except LeaseHeld as held:
+            return TaskState(held.state) if held.state else TaskState.PROCESSING
         return before if before in FINAL_STATES else TaskState.FAILED
 
-    def forget_outcome(self, task_id: str) -> TaskState | None:
+    def forget_outcome(self, task_id: str, *, holder: str) -> TaskState | None:
         """Empty the outcome a task being processed (``processing``) keeps from an earlier end, when
         a file that outcome's manifest may describe is about to be replaced: given up after that,
         the task fails (:meth:`give_up`) instead of going back to an outcome its files no longer
         show. A task in another state is left as it is (one without a record is recorded
-        ``processing``). Returns the state it had."""
-        return self.move_from(task_id, TaskState.PROCESSING, TaskState.PROCESSING, **{OUTCOME_FIELD: ""})
+        ``processing``). Only while the lease holds ``holder`` (the caller's token), else
+        :class:`LeaseHeld`. Returns the state it had."""
+        return self._move(
+            task_id,
+            TaskState.PROCESSING,
+            {OUTCOME_FIELD: ""},
+            only_if_new=True,
+            or_from=TaskState.PROCESSING,
+            lease=holder,
+        )
 
-    def move(self, task_id: str, state: TaskState, **fields: str) -> TaskState | None:
-        """Set the state (and extra fields) of a task; returns the previous state."""
-        return self._move(task_id, state, fields, only_if_new=False)
+    def move(
+        self, task_id: str, state: TaskState, *, holder: str | None = None, **fields: str
+    ) -> TaskState | None:
+        """Set the state (and extra fields) of a task; returns the previous state. With ``holder``
+        (a lease token), only while the task's lease holds that token, checked in the same script
+        call: a worker that lost its lease raises :class:`LeaseHeld` and changes nothing."""
+        return self._move(task_id, state, fields, only_if_new=False, lease=holder)
 
     def get(self, task_id: str) -> TaskRecord | None:
         return _record(task_id, self._client.hgetall(keys.task(task_id)))
@@ -258,15 +296,17 @@ class TaskStore:
         only_if_new: bool,
         or_from: TaskState | Collection[TaskState] | None = None,
         enqueue: QueuedMessage | None = None,
+        lease: str | _LeaseRule | None = None,
     ) -> TaskState | None:
         """``only_if_new``: move only a task without a record, or (``or_from``) one in that state
-        or in one of those states."""
+        or in one of those states. ``lease``: None, whoever holds the task's lease; ``_LeaseRule.FREE``, only
+        while no worker holds it; a token, only while the lease holds it (else :class:`LeaseHeld`)."""
         now_ms = int(self._clock() * 1000)
         guard = "0" if not only_if_new else _guard(or_from)
         if state in FINAL_STATES:
             fields = {**fields, OUTCOME_FIELD: state.value}
         pairs: list[str | bytes] = [item for pair in fields.items() for item in pair]
-        script_keys = [keys.task(task_id), keys.RECENT]
+        script_keys = [keys.task(task_id), keys.RECENT, keys.lease(task_id)]
         if enqueue is not None:
             script_keys += [enqueue.queue_key, enqueue.messages_key]
             pairs = [enqueue.message_id, enqueue.body, *pairs]
@@ -278,9 +318,13 @@ class TaskStore:
             guard,
             self._recent_keep,
             keys.STATE_INDEX_PREFIX,
+            *_lease_rule(lease),
             *pairs,
         ]
-        return _state(self._transition(keys=script_keys, args=args))
+        reply = self._transition(keys=script_keys, args=args)
+        if isinstance(reply, list):
+            raise LeaseHeld(task_id, _state(reply[1]), by_other=lease is not _LeaseRule.FREE)
+        return _state(reply)
 
 
 async def _on_connection(connection: AsyncConnection, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -311,6 +355,15 @@ async def _on_connection(connection: AsyncConnection, commands: Sequence[tuple[A
         await connection.disconnect()
         raise
     return result
+
+
+def _lease_rule(lease: str | _LeaseRule | None) -> tuple[str, str]:
+    """transition.lua's lease rule and token for ``lease`` (see :meth:`TaskStore._move`)."""
+    if lease is None:
+        return ("any", "")
+    if isinstance(lease, _LeaseRule):
+        return (lease.value, "")
+    return ("held", lease)
 
 
 def _guard(or_from: TaskState | Collection[TaskState] | None) -> str:

@@ -4,7 +4,8 @@ Taken with ``SET NX PX``; renewed by a background thread while the work goes on,
 crashed worker's lease lapses; released only by the holder (compare-and-delete). A holder whose
 lease lapsed anyway (Redis unreachable for longer than the TTL) or was taken learns it from
 :class:`Lease` and must not write what the new holder writes: neither a file (:meth:`Lease.check`
-before each) nor the manifest or the state (:meth:`Lease.confirm` before each)."""
+before each) nor the manifest (:meth:`Lease.confirm` before it) nor the state (moved only while
+Redis still holds the lease's :attr:`Lease.token`, checked atomically with the move)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ class Lease:
     renewal found the lease gone or taken, or none succeeded for a whole TTL (so it lapsed, e.g.
     while Redis was unreachable), or the holder let it go (its ``with`` block ended). Nothing
     stops the holder's work then: it must :meth:`check` the lease (what it knows, no round trip)
-    before each file it writes, and :meth:`confirm` it (asked of Redis) before the writes that
-    settle the task (the manifest, the state)."""
+    before each file it writes, :meth:`confirm` it (asked of Redis) before the manifest, and move
+    the task's state only with its :attr:`token` (checked in the same script call)."""
 
     def __init__(
         self,
@@ -52,8 +53,10 @@ class Lease:
         taken_at: float,
     ) -> None:
         self.key = key
+        #: What the lease holds in Redis while it is ours: a state move guarded by it
+        #: (``TaskStore.move(..., holder=token)``) happens only then.
+        self.token = token
         self.lost = threading.Event()
-        self._token = token
         self._ttl_ms = ttl_ms
         self._renew = renew
         self._clock = clock
@@ -68,7 +71,7 @@ class Lease:
         if sent_at - self._renewed_at >= self._ttl_ms / 1000:
             self._lose("not renewed within its TTL")
             return False
-        if not self._renew(keys=[self.key], args=[self._token, self._ttl_ms]):
+        if not self._renew(keys=[self.key], args=[self.token, self._ttl_ms]):
             self._lose("gone or taken by another worker")
             return False
         self._renewed_at = max(self._renewed_at, sent_at)
@@ -106,10 +109,6 @@ class LeaseManager:
         self._clock = clock
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
-
-    def is_held(self, task_id: str) -> bool:
-        """Whether some worker holds the lease on ``task_id`` now (asked of Redis)."""
-        return bool(self._client.exists(keys.lease(task_id)))
 
     @contextmanager
     def hold(self, task_id: str) -> Iterator[Lease]:

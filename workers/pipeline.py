@@ -78,7 +78,7 @@ class CallbackProcessor:
             if known is not None:
                 self._metrics.tasks.labels("duplicate").inc()
                 return known
-            self._tasks.move(task_id, TaskState.PROCESSING)
+            self._tasks.move(task_id, TaskState.PROCESSING, holder=lease.token)
             verification = None
             if self._verifier is not None and callback.succeeded:
                 callback, verification = self._verifier.verify(callback)
@@ -101,13 +101,13 @@ class CallbackProcessor:
             if verification is not None:
                 manifest["verification"] = verification.to_manifest()
             # A worker whose lease lapsed (Redis away for longer than its TTL) or was taken may
-            # have been overtaken: the new holder's manifest and state must stand, so each write
-            # waits for Redis to confirm the lease is still ours (TaskBusy: retried later).
+            # have been overtaken: the new holder's manifest and state must stand, so the manifest
+            # waits for Redis to confirm the lease is still ours, and the state moves only while
+            # Redis holds our token, checked in the same call (TaskBusy: retried later).
             lease.confirm()
             self._store.put_json(storage.manifest_key(task_id), manifest)
             reason = _reason(callback, errors)
-            lease.confirm()
-            self._tasks.move(task_id, status, code=str(callback.code), reason=reason)
+            self._tasks.move(task_id, status, holder=lease.token, code=str(callback.code), reason=reason)
             self._metrics.tasks.labels(status.value).inc()
             for error_class in failed_files:
                 self._metrics.files_failed.labels(error_class).inc()
@@ -136,7 +136,7 @@ class CallbackProcessor:
         if replaced:
             # These downloads overwrite files the manifest of an earlier outcome may describe: from
             # now on, a give-up must fail the task, not bring back that manifest's outcome.
-            self._tasks.forget_outcome(callback.task_id)
+            self._tasks.forget_outcome(callback.task_id, holder=lease.token)
         todo = [(i, url) for i, url in enumerate(callback.result_urls) if i not in already]
         budget = ByteBudget(max(0, self._max_task_bytes - sum(image.size for image in already.values())))
         # Each download runs in a copy of this context, so its log lines carry the taskId too.

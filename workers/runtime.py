@@ -18,7 +18,7 @@ from dramatiq.middleware import Middleware
 
 from shared.callback import Callback
 from shared.dead_letters import record_dead_reason
-from shared.errors import MjhookError, StorageUnavailable, TaskBusy
+from shared.errors import MjhookError, StorageUnavailable
 from shared.metrics import WorkerMetrics
 from shared.provider import create_provider_client
 from shared.redis_client import connect_redis
@@ -44,8 +44,6 @@ class WorkerParts:
     processor: CallbackProcessor
     tasks: TaskStore
     store: ObjectStore
-    #: The task leases the processor takes.
-    leases: LeaseManager
     #: The polling fallback; None without a provider API key or a broker to enqueue on.
     polling: Polling | None = None
 
@@ -96,7 +94,7 @@ def build_parts(
     polling = None
     if provider is not None and broker is not None:
         polling = build_polling(settings, client=client, tasks=tasks, provider=provider, broker=broker)
-    return WorkerParts(processor=processor, tasks=tasks, store=store, leases=leases, polling=polling)
+    return WorkerParts(processor=processor, tasks=tasks, store=store, polling=polling)
 
 
 def wait_for_bucket(
@@ -164,9 +162,9 @@ class WorkerRuntime(Middleware):
     ) -> None:
         """When dramatiq gives up (retries exhausted or a permanent error), say so in the task
         state, with the reason, instead of leaving it ``processing`` forever; a task that has an
-        outcome keeps it (:meth:`TaskStore.give_up`). A message given up because another worker
-        held the task (:class:`TaskBusy`) changes no state while some worker still holds it: the
-        holder settles it."""
+        outcome keeps it, and a task some worker holds (its lease: that worker is processing
+        another message of it) keeps its state, which the holder settles (:meth:`TaskStore.give_up`,
+        which checks the lease in the same script call as the move)."""
         if exception is None or not message.failed:
             return
         failure = f"{type(exception).__name__}: {exception}"
@@ -183,21 +181,12 @@ class WorkerRuntime(Middleware):
         except (MjhookError, IndexError, TypeError, AttributeError):
             return
         try:
-            if isinstance(exception, TaskBusy) and self._parts.leases.is_held(callback.task_id):
-                log.info(
-                    "task %s is held by a worker, which settles its state; its message was %s",
-                    callback.task_id,
-                    reason,
-                )
-                return
             state = self._parts.tasks.give_up(callback.task_id, reason)
         except Exception:
             log.exception("could not record the failure of %s", callback.task_id)
             return
         if state is not TaskState.FAILED:
-            log.info(
-                "task %s keeps its outcome, %s; its message was %s", callback.task_id, state.value, reason
-            )
+            log.info("task %s stays %s; its message was %s", callback.task_id, state.value, reason)
 
     def _record_dead_reason(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, reason: str

@@ -1,24 +1,34 @@
 -- Move one task to a new state, atomically: the record, its state index and the recent index.
--- KEYS[1] task hash, KEYS[2] recent index
+-- KEYS[1] task hash, KEYS[2] recent index, KEYS[3] the task's lease (a worker's token, expiring)
 -- ARGV[1] task id      ARGV[2] new state        ARGV[3] now (ms)
 -- ARGV[4] ttl (s)      ARGV[5] "0": always; "1": only when the task has no state yet; state
 --                      names, separated by spaces: only when the task has no state yet or is
 --                      in one of those states
 -- ARGV[6] recent cap   ARGV[7] state index key prefix
--- ARGV[8..] field, value pairs to set on the record
--- With KEYS[3] (a dramatiq Redis queue list) and KEYS[4] (its ".msgs" hash), ARGV[8] and ARGV[9]
--- are a message id and body to enqueue in the same call, whatever the guard decides (a duplicate
--- is queued again; the worker deduplicates), and the field pairs start at ARGV[10].
--- Returns the previous state, or false when there was none.
-local first_field = 8
-if #KEYS == 4 then
-  redis.call('HSET', KEYS[4], ARGV[8], ARGV[9])
-  redis.call('RPUSH', KEYS[3], ARGV[8])
-  first_field = 10
+-- ARGV[8] lease rule: "any": whoever holds the lease; "free": only while no worker holds it;
+--         "held": only while the lease holds the token ARGV[9]
+-- ARGV[9] that token (any string for the other rules)
+-- ARGV[10..] field, value pairs to set on the record
+-- With KEYS[4] (a dramatiq Redis queue list) and KEYS[5] (its ".msgs" hash), ARGV[10] and ARGV[11]
+-- are a message id and body to enqueue in the same call, whatever the guards decide (a duplicate
+-- is queued again; the worker deduplicates), and the field pairs start at ARGV[12].
+-- Returns the previous state, or false when there was none; {"lease", previous state or ""}
+-- when the lease rule refused the move (nothing changed then).
+local first_field = 10
+if #KEYS == 5 then
+  redis.call('HSET', KEYS[5], ARGV[10], ARGV[11])
+  redis.call('RPUSH', KEYS[4], ARGV[10])
+  first_field = 12
 end
 local old = redis.call('HGET', KEYS[1], 'state')
 if ARGV[5] ~= '0' and old and not string.find(' ' .. ARGV[5] .. ' ', ' ' .. old .. ' ', 1, true) then
   return old
+end
+if ARGV[8] ~= 'any' then
+  local holder = redis.call('GET', KEYS[3])
+  if (ARGV[8] == 'free' and holder) or (ARGV[8] == 'held' and holder ~= ARGV[9]) then
+    return {'lease', old or ''}
+  end
 end
 local now = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])

@@ -6,6 +6,7 @@ import pytest
 import redis
 
 from shared import keys
+from shared.errors import LeaseHeld, TaskBusy
 from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, QueuedMessage, Received, TaskState, TaskStore
 from tests.support.acks import with_ack_connection
 from tests.support.servers import RedisServer
@@ -102,7 +103,9 @@ def test_giving_up_on_a_task_processed_again_brings_back_its_outcome_unless_a_fi
     tasks.move("t1", outcome, reason="earlier")
     tasks.move("t1", TaskState.PROCESSING)
     if replaced:
-        assert tasks.forget_outcome("t1") is TaskState.PROCESSING
+        client.set(keys.lease("t1"), "token")
+        assert tasks.forget_outcome("t1", holder="token") is TaskState.PROCESSING
+        client.delete(keys.lease("t1"))
     expected = (TaskState.FAILED, "gave up: X") if replaced else (outcome, "earlier")
     assert tasks.give_up("t1", "gave up: X") is expected[0]
     record = tasks.get("t1")
@@ -134,7 +137,8 @@ def test_forgetting_the_outcome_leaves_a_task_that_ended_alone(client: redis.Red
     """Another worker settled the task meanwhile: its outcome stands."""
     tasks = TaskStore(client, ttl_s=3600)
     tasks.move("t1", state, reason="earlier")
-    assert tasks.forget_outcome("t1") is state
+    client.set(keys.lease("t1"), "token")
+    assert tasks.forget_outcome("t1", holder="token") is state
     record = tasks.get("t1")
     assert record is not None
     assert (record.state, record.fields[OUTCOME_FIELD]) == (state, state.value)
@@ -156,6 +160,64 @@ def test_giving_up_on_a_failed_task_processed_again_records_the_new_reason(clien
     tasks.move("t1", TaskState.PROCESSING)
     assert tasks.give_up("t1", "gave up: X") is TaskState.FAILED
     assert tasks.get("t1").fields["reason"] == "gave up: X"  # type: ignore[union-attr]
+
+
+def test_a_move_with_a_lease_token_happens_only_while_the_lease_holds_it(client: redis.Redis) -> None:
+    """The worker's final move checks its lease in the same script call: between its own check
+    and the move, another worker may have taken the task."""
+    tasks = TaskStore(client, ttl_s=3600)
+    client.set(keys.lease("t1"), "mine")
+    assert tasks.move("t1", TaskState.PROCESSING, holder="mine") is None
+
+    client.set(keys.lease("t1"), "theirs")
+    with pytest.raises(LeaseHeld) as refused:
+        tasks.move("t1", TaskState.STORED, holder="mine", reason="")
+    client.delete(keys.lease("t1"))
+    with pytest.raises(TaskBusy):
+        tasks.move("t1", TaskState.STORED, holder="mine", reason="")
+
+    assert refused.value.state == TaskState.PROCESSING
+    record = tasks.get("t1")
+    assert record is not None
+    assert record.state is TaskState.PROCESSING
+    assert OUTCOME_FIELD not in record.fields
+    assert tasks.counts()["stored"] == 0
+
+
+def test_forgetting_the_outcome_needs_the_lease(client: redis.Redis) -> None:
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("t1", TaskState.STORED)
+    tasks.move("t1", TaskState.PROCESSING)
+    client.set(keys.lease("t1"), "theirs")
+    with pytest.raises(LeaseHeld):
+        tasks.forget_outcome("t1", holder="mine")
+    assert tasks.get("t1").fields[OUTCOME_FIELD] == "stored"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "outcome", [None, TaskState.STORED, TaskState.PARTIAL], ids=["new", "stored", "partial"]
+)
+def test_giving_up_leaves_a_task_a_worker_holds_alone(client: redis.Redis, outcome: TaskState | None) -> None:
+    """Given a task a worker holds (processing another message of it, maybe again after an
+    outcome), when the queue gives up on a message of it, then the task keeps its state and
+    outcome: the holder settles it. Checked in the same script call as the move, so a worker that
+    takes the task between give_up's read and its move is not overruled either."""
+    tasks = TaskStore(client, ttl_s=3600)
+    if outcome is not None:
+        tasks.move("t1", outcome, reason="earlier")
+    tasks.move("t1", TaskState.PROCESSING)
+    client.set(keys.lease("t1"), "a worker")
+
+    assert tasks.give_up("t1", "gave up: X") is TaskState.PROCESSING
+
+    record = tasks.get("t1")
+    assert record is not None
+    assert record.state is TaskState.PROCESSING
+    assert record.fields.get(OUTCOME_FIELD) == (outcome.value if outcome else None)
+    assert tasks.counts()["failed"] == 0
+
+    client.delete(keys.lease("t1"))
+    assert tasks.give_up("t1", "gave up: X") is (outcome or TaskState.FAILED)
 
 
 def _dump(client: redis.Redis) -> dict[str, object]:

@@ -130,11 +130,3 @@ def test_checking_a_lease_asks_nothing_of_redis(client: redis.Redis) -> None:
             lease.confirm()
         with pytest.raises(TaskBusy):
             lease.check()
-
-
-def test_whether_a_task_is_held_is_read_from_redis(client: redis.Redis) -> None:
-    leases = LeaseManager(client, ttl_s=30)
-    assert not leases.is_held("t1")
-    with LeaseManager(client, ttl_s=30).hold("t1"):
-        assert leases.is_held("t1")
-    assert not leases.is_held("t1")

@@ -275,12 +275,32 @@ def test_a_message_given_up_as_busy_leaves_a_task_another_worker_holds_alone(
 
         give_up(runtime, callback(urls), raised.value)
 
-        record = tasks.get("task-1")
-        assert record is not None
-        assert record.state is TaskState.PROCESSING
-        assert record.fields.get(OUTCOME_FIELD) == (outcome.value if outcome else None)
-        assert tasks.counts()["failed"] == 0
+        assert_left_to_the_holder(tasks, outcome)
     assert file_server.hits == {}
+
+
+def test_a_message_given_up_for_its_own_error_leaves_a_task_another_worker_took_meanwhile_alone(
+    storage_down: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a message whose last attempt failed (object storage down), when another worker took
+    the task (a duplicate callback's message) before the queue gave up on the first, then the
+    task stays processing: the new holder settles it, a failure recorded now would overrule it."""
+    urls = [file_server.add("/0.png", png_bytes(0))]
+    exception = last_attempt(storage_down, callback(urls))
+    with LeaseManager(tasks.client, ttl_s=30).hold("task-1"):
+        tasks.move("task-1", TaskState.PROCESSING)
+
+        give_up(storage_down, callback(urls), exception)
+
+        assert_left_to_the_holder(tasks, None)
+
+
+def assert_left_to_the_holder(tasks: TaskStore, outcome: TaskState | None) -> None:
+    record = tasks.get("task-1")
+    assert record is not None
+    assert record.state is TaskState.PROCESSING
+    assert record.fields.get(OUTCOME_FIELD) == (outcome.value if outcome else None)
+    assert tasks.counts()["failed"] == 0
 
 
 def test_a_message_given_up_as_busy_fails_a_task_nobody_holds_any_more(
