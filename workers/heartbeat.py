@@ -21,7 +21,7 @@ from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware
 
 from shared.worker_registry import forget_worker, record_worker_beat
-from workers.stranded import StrandedMessageRescuer
+from workers.stranded import MessagesInHand, StrandedMessageRescuer
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,12 @@ BEAT_COMMAND = "qsize"
 
 
 class BrokerHeartbeat(Middleware):
-    def __init__(self, *, interval_s: float) -> None:
+    """Beats every ``interval_s`` seconds; ``in_hand`` (the broker's first middleware) tells the
+    rescue of stranded messages which messages worker threads hold."""
+
+    def __init__(self, *, interval_s: float, in_hand: MessagesInHand) -> None:
         self._interval_s = interval_s
+        self._in_hand = in_hand
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -43,7 +47,7 @@ class BrokerHeartbeat(Middleware):
             record_worker_beat(broker.client, broker.broker_id, now_ms=current_millis())
         except (redis.RedisError, OSError) as exc:
             log.warning("could not register this worker: %s", type(exc).__name__)
-        rescuer = StrandedMessageRescuer(broker, worker.consumers)
+        rescuer = StrandedMessageRescuer(broker, worker.consumers, self._in_hand)
         self._thread = threading.Thread(
             target=self._run, args=(broker, rescuer), name="heartbeat", daemon=True
         )

@@ -32,10 +32,13 @@ requeued only when:
   lost, by then - which rules out (1) for good, however slow the wire;
 - it is missing again now: a hand-off (2) happens once and takes microseconds, so it cannot
   cover two checks;
-- for a main queue, no worker thread holds a message at all: the work queue's unfinished count
-  equals its length, read under its lock, which rules out (3) for a message being processed or
-  acked (a worker thread's message is no longer in ``queued_message_ids`` once its consumer was
-  rebuilt, so only this count sees it). A busy worker defers the rescue to an idle moment.
+- for a main queue, no worker thread holds it, which rules out (3): :class:`MessagesInHand`
+  (the first middleware) records each worker thread's message from its first hook until its ack
+  or nack, and the work queue's count of messages taken by worker threads and not yet done,
+  read under its lock with that record, says whether every message in a worker is known by id
+  (a worker thread's message is no longer in ``queued_message_ids`` once its consumer was
+  rebuilt, so only these see it). While some worker thread holds a message not recorded yet (the
+  instant between taking it and the first hook), the rescue waits for the next check.
 
 A confirmed id cannot enter the process later: it is in no queue list, so no fetch returns it.
 The requeue (dramatiq's ``requeue`` command, one Lua call) moves an id only while it is still in
@@ -45,15 +48,18 @@ version) switch the rescue off for that queue rather than guess."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from queue import PriorityQueue
 from typing import Any, Protocol
 
+import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import q_name
 from dramatiq.errors import DecodeError
 from dramatiq.message import Message
+from dramatiq.middleware import Middleware
 
 from shared import keys
 from shared.redis_client import as_text
@@ -82,12 +88,41 @@ class _Held:
     message_ids: frozenset[str]
     #: Messages taken off the work queue by worker threads and not yet done (acks included).
     in_workers: int
+    #: The redis ids of the messages worker threads hold, as far as :class:`MessagesInHand` knows.
+    in_hand: frozenset[str]
+
+
+class MessagesInHand(Middleware):
+    """Which message each worker thread holds, by redis id: from its ``before_process_message``
+    (placed first among the middleware, nothing runs before it) until its ack or nack, both done
+    in that worker thread. A thread holds one message at a time, so an entry a failed ack left
+    behind is replaced by the thread's next message."""
+
+    def __init__(self) -> None:
+        self._by_thread: dict[int, str] = {}
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self._by_thread[threading.get_ident()] = _redis_id(message)
+
+    def after_ack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self._by_thread.pop(threading.get_ident(), None)
+
+    after_nack = after_ack
+
+    def ids(self) -> frozenset[str]:
+        return frozenset(self._by_thread.values())  # one copy, under the GIL
 
 
 class StrandedMessageRescuer:
-    def __init__(self, broker: RedisBroker, consumers: Mapping[str, ConsumerThread]) -> None:
+    """Checks ``consumers`` (a dramatiq worker's consumer threads by queue) of ``broker``;
+    ``in_hand`` must be among the broker's middleware, first."""
+
+    def __init__(
+        self, broker: RedisBroker, consumers: Mapping[str, ConsumerThread], in_hand: MessagesInHand
+    ) -> None:
         self._broker = broker
         self._consumers = consumers
+        self._in_hand = in_hand
         self._marks: dict[str, tuple[object, object]] = {}
         #: Per queue: ids missing at the last check, maybe still in a fetch reply.
         self._missing: dict[str, set[str]] = {}
@@ -105,7 +140,8 @@ class StrandedMessageRescuer:
         ack_key = keys.broker_acks(self._broker.namespace, self._broker.broker_id, queue_name)
         acked = {as_text(member) for member in self._broker.client.smembers(ack_key)}
         alive = thread.is_alive()
-        held = held_messages(thread, queue_name, alive=alive)  # after the ack set: see the module docstring
+        # After the ack set: see the module docstring.
+        held = held_messages(thread, queue_name, in_hand=self._in_hand, alive=alive)
         if held is None:
             return 0
         missing = self._not_held(queue_name, acked - held.redis_ids, held.message_ids)
@@ -114,8 +150,10 @@ class StrandedMessageRescuer:
         self._marks[queue_name] = held.fetch_mark
         stranded = missing & self._suspects.get(queue_name, set())
         promoted = (missing & self._missing.get(queue_name, set())) - stranded if settled else set()
-        if stranded and queue_name == q_name(queue_name) and held.in_workers:
-            stranded = set()  # a worker thread's message may be among them: wait for an idle check
+        if stranded and queue_name == q_name(queue_name):
+            stranded -= held.in_hand
+            if held.in_workers > len(held.in_hand):
+                stranded = set()  # a worker thread's message not recorded yet may be among them
         self._suspects[queue_name] = (missing & self._suspects.get(queue_name, set())) - stranded | promoted
         self._missing[queue_name] = missing - stranded - self._suspects[queue_name]
         if not stranded:
@@ -137,8 +175,11 @@ class StrandedMessageRescuer:
         }
 
 
-def held_messages(thread: ConsumerThread, queue_name: str, *, alive: bool = True) -> _Held | None:
-    """What the process holds of ``queue_name``'s messages, read in the order they travel;
+def held_messages(
+    thread: ConsumerThread, queue_name: str, *, in_hand: MessagesInHand, alive: bool = True
+) -> _Held | None:
+    """What the process holds of ``queue_name``'s messages, read in the order they travel
+    (worker threads' messages last, by ``in_hand``);
     None when the consumer is not built yet or is not dramatiq's Redis consumer as known here.
     A consumer thread that died (an error while it handled an error, e.g. requeueing its delayed
     messages while Redis was down) holds nothing any more: its cache and delay queue are never
@@ -155,6 +196,7 @@ def held_messages(thread: ConsumerThread, queue_name: str, *, alive: bool = True
     with work_queue.mutex:  # its items and the count of those taken by workers, at one instant
         waiting = [item.message for item in work_queue.queue if item.message.queue_name == queue_name]
         in_workers = work_queue.unfinished_tasks - len(work_queue.queue)
+        in_workers_ids = in_hand.ids()  # no worker thread takes a message meanwhile
     cached = [_decode(body) for body in bodies]
     if None in cached:
         return None  # the consumer will fail on it too and be rebuilt; look again then
@@ -163,6 +205,7 @@ def held_messages(thread: ConsumerThread, queue_name: str, *, alive: bool = True
         redis_ids=frozenset(_redis_id(message) for message in [*cached, *delayed, *waiting]),
         message_ids=message_ids,
         in_workers=in_workers,
+        in_hand=in_workers_ids,
     )
 
 

@@ -21,6 +21,7 @@ from workers.metrics import WorkerMetricsMiddleware, serve_worker_metrics, start
 from workers.polling import POLL_QUEUE, POLL_SILENT_TASKS, PollKeeper
 from workers.retries import DurableRetries
 from workers.runtime import WorkerRuntime
+from workers.stranded import MessagesInHand
 
 settings = Settings.from_env(os.environ)
 configure_logging(settings.log_level, settings.log_format)
@@ -33,6 +34,10 @@ broker = create_broker(
 )
 # First, so that every other hook of a message logs with its taskId.
 broker.add_middleware(TaskLogContext(), before=type(broker.middleware[0]))
+# Before it, so that a worker thread's message is known by id from its first hook on
+# (the rescue of stranded messages must never requeue it: workers/stranded.py).
+in_hand = MessagesInHand()
+broker.add_middleware(in_hand, before=TaskLogContext)
 runtime = WorkerRuntime(settings, broker=broker, metrics=metrics)
 # After-hooks run in reverse order: placed before Retries, the runtime sees a message only after
 # Retries has decided whether it failed for good.
@@ -43,7 +48,7 @@ broker.add_middleware(
     before=Retries,
 )
 broker.add_middleware(CurrentMessage())
-broker.add_middleware(BrokerHeartbeat(interval_s=settings.redelivery_s / 4))
+broker.add_middleware(BrokerHeartbeat(interval_s=settings.redelivery_s / 4, in_hand=in_hand))
 broker.add_middleware(PollKeeper(runtime.poll_chain, interval_s=settings.poll_interval_s))
 dramatiq.set_broker(broker)
 
