@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Collection
+from typing import Any
 
 import falcon
 
@@ -20,26 +21,30 @@ DEFAULT_LIST_LIMIT = 20
 
 
 class ApiTokenGuard:
-    """Falcon middleware: requests under the given path prefixes need ``Authorization: Bearer
-    <token>`` (compared in constant time) when a token is configured. On the exact paths in
+    """Falcon middleware: requests routed to a URI template under the given prefixes need
+    ``Authorization: Bearer <token>`` (the scheme in any case, the token compared in constant time)
+    when a token is configured. Judged by the route the router matched, not the raw path: the
+    router also takes ``//tasks`` and ``/tasks/`` to those routes. On the routes in
     ``query_token_paths`` (a page a browser opens, which cannot send a header) ``?token=<token>``
     is accepted instead; API endpoints take the header only."""
 
     def __init__(
         self, token: str, *, prefixes: tuple[str, ...], query_token_paths: Collection[str] = ()
     ) -> None:
-        self._expected = f"Bearer {token}".encode() if token else b""
         self._token = token.encode()
         self._prefixes = prefixes
         self._query_token_paths = frozenset(query_token_paths)
 
-    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not self._expected or not req.path.startswith(self._prefixes):
+    async def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict[str, Any]
+    ) -> None:
+        route = req.uri_template
+        if not self._token or route is None or not route.startswith(self._prefixes):
             return
-        given = (req.get_header("Authorization") or "").encode()
-        if hmac.compare_digest(given, self._expected):
+        scheme, _, given = (req.get_header("Authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token):
             return
-        query_token = req.get_param("token") if req.path in self._query_token_paths else None
+        query_token = req.get_param("token") if route in self._query_token_paths else None
         if query_token is None or not hmac.compare_digest(query_token.encode(), self._token):
             raise falcon.HTTPUnauthorized(
                 title="missing or wrong API token", headers={"WWW-Authenticate": "Bearer"}

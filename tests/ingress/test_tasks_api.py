@@ -100,3 +100,24 @@ def test_read_endpoints_need_the_api_token(stack: Stack, headers: dict[str, str]
         assert TOKEN not in response.text
     # The callback endpoint and the probes stay open.
     assert stack.app.simulate_get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["//tasks", "//tasks/stored-1", "///tasks", "/tasks/", "//dashboard", "//dashboard/status"],
+)
+def test_every_path_the_router_takes_to_a_read_endpoint_needs_the_api_token(stack: Stack, path: str) -> None:
+    """The router strips extra leading slashes and a trailing one: the guard judges the route it
+    matched, not the raw path (a doubled slash once reached every read endpoint without a token)."""
+    response = stack.app.simulate_get(path)
+    assert response.status_code == 401
+    assert response.json == {"error": "missing or wrong API token"}
+    assert stack.app.simulate_get(path, headers=AUTH).status_code != 401
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_bearer_scheme_is_case_insensitive(stack: Stack, scheme: str) -> None:
+    """RFC 9110 section 11.1: the scheme name is case-insensitive; the token is not."""
+    assert stack.app.simulate_get("/tasks", headers={"Authorization": f"{scheme} {TOKEN}"}).status_code == 200
+    wrong_case = {"Authorization": f"{scheme} {TOKEN.upper()}"}
+    assert stack.app.simulate_get("/tasks", headers=wrong_case).status_code == 401
