@@ -26,7 +26,13 @@ from ingress.spool import Spool, SpoolDrainer
 from ingress.tasks_api import ApiTokenGuard, TaskListResource, TaskResource
 from ingress.threaded import Threaded
 from shared.callback import CALLBACK_PATH, callback_limits
-from shared.metrics import IngressMetrics, create_ingress_metrics, exposition_registry, spool_collectors
+from shared.metrics import (
+    IngressMetrics,
+    broker_queue_collectors,
+    create_ingress_metrics,
+    exposition_registry,
+    spool_collectors,
+)
 from shared.queue import enqueue_broker_beside
 from shared.redis_client import connect_redis, connect_redis_async
 from shared.settings import Settings
@@ -113,6 +119,7 @@ def build_ingress(
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.add_error_handler(Exception, _internal_error)
+    app.add_error_handler(redis.RedisError, _redis_unavailable)
     app.set_error_serializer(_error_json)
     signature = None
     if settings.webhook_hmac_key.strip():
@@ -159,6 +166,7 @@ def build_ingress(
     app.add_route("/tasks", Threaded(TaskListResource(tasks=tasks)))
     add_dashboard_routes(app, settings, broker=broker, tasks=tasks, clock=clock)
     collectors = spool_collectors(spool.depth, spool.depth_bytes) if spool is not None else []
+    collectors += broker_queue_collectors(settings)
     app.add_route(
         "/metrics",
         Threaded(
@@ -176,6 +184,15 @@ def _error_json(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPErro
     """Every error answer has the callback endpoint's shape: ``{"error": "..."}``."""
     resp.data = orjson.dumps({"error": exc.title or exc.status})
     resp.content_type = falcon.MEDIA_JSON
+
+
+async def _redis_unavailable(
+    req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any, ws: Any = None
+) -> None:
+    """A read endpoint that could not reach Redis (the callback endpoint spools instead): 503,
+    as for object storage, and a log line without a trace."""
+    log.warning("%s %s: Redis unavailable: %s: %s", req.method, req.path, type(exc).__name__, exc)
+    raise falcon.HTTPServiceUnavailable(title="Redis unavailable")
 
 
 async def _internal_error(

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import Collector
 
+    from shared.settings import Settings
+
 log = logging.getLogger(__name__)
 
 #: prometheus_client's switch to multiprocess mode: the directory the processes share.
@@ -230,6 +232,10 @@ def spool_collectors(depth: Callable[[], int], depth_bytes: Callable[[], int]) -
     ]
 
 
+#: How long a scrape waits for Redis to read the queue's depths, in seconds.
+DEFAULT_SCRAPE_TIMEOUT_S = 2.0
+
+
 def queue_collectors(
     client: redis.Redis,
     *,
@@ -262,6 +268,24 @@ def queue_collectors(
             labels=("queue", "state"),
         ),
     ]
+
+
+def broker_queue_collectors(settings: Settings) -> list[Collector]:
+    """:func:`queue_collectors` of the callback queue when the broker is Redis (none for RabbitMQ,
+    which shows its queues itself), on a client of its own that waits at most
+    ``DEFAULT_SCRAPE_TIMEOUT_S``. Served by the ingress and the workers alike: with every worker
+    down, the queue growing must still show."""
+    from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, queue_is_in_redis
+    from shared.redis_client import connect_redis
+
+    if not queue_is_in_redis(settings):
+        return []
+    return queue_collectors(
+        connect_redis(settings.queue_url, timeout_s=DEFAULT_SCRAPE_TIMEOUT_S),
+        namespace=BROKER_NAMESPACE,
+        queues=[CALLBACK_QUEUE],
+        heartbeat_timeout_ms=settings.redelivery_s * 1000,
+    )
 
 
 # --- serving and the multiprocess directory ------------------------------------------------------

@@ -32,24 +32,21 @@ from shared.errors import ConfigError
 from shared.metrics import (
     MetricsServer,
     WorkerMetrics,
+    broker_queue_collectors,
     create_worker_metrics,
     exposition_registry,
     mark_process_dead,
     multiprocess_dir,
-    queue_collectors,
     remove_stale_dirs,
     serve_registry,
     use_multiprocess_dir,
 )
-from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, queue_is_in_redis
-from shared.redis_client import connect_redis
+from shared.queue import PROCESS_CALLBACK
 from shared.settings import Settings
 from workers.metrics_port import PortClaim, claim_port
 
 log = logging.getLogger(__name__)
 
-#: Redis socket timeout when the queue's depths are read for a scrape, seconds.
-DEFAULT_SCRAPE_TIMEOUT_S = 2.0
 #: The ``role`` part of the workers' default metrics directory (see shared.metrics).
 ROLE = "worker"
 
@@ -153,15 +150,9 @@ def serve_worker_metrics(settings: Settings, directory: Path) -> WorkerMetricsSe
     When the port cannot be had, log why and return None: the worker works on, unwatched."""
     for stale in remove_stale_dirs(ROLE):
         log.info("removed the metrics of a stopped dramatiq instance: %s", stale)
-    collectors = []
-    if queue_is_in_redis(settings):
-        collectors = queue_collectors(
-            connect_redis(settings.queue_url, timeout_s=DEFAULT_SCRAPE_TIMEOUT_S),
-            namespace=BROKER_NAMESPACE,
-            queues=[CALLBACK_QUEUE],
-            heartbeat_timeout_ms=settings.redelivery_s * 1000,
-        )
-    registry = exposition_registry(None, multiprocess_dir=str(directory), collectors=collectors)
+    registry = exposition_registry(
+        None, multiprocess_dir=str(directory), collectors=broker_queue_collectors(settings)
+    )
     host, port = settings.worker_metrics_host, settings.worker_metrics_port
     claim: PortClaim | None = None
     try:

@@ -13,9 +13,12 @@ import redis
 from falcon import testing
 
 from ingress.app import create_app
+from shared.callback import Callback
 from shared.logs import JsonFormatter
+from shared.queue import create_broker, enqueue_callback
 from shared.settings import Settings
 from tests.support.metrics import Samples, parse_metrics
+from tests.support.pipeline import queued_callback
 from tests.support.procs import free_port
 
 PATH = "/callbacks/midjourney"
@@ -83,6 +86,23 @@ def test_while_redis_is_down_failures_spooled_callbacks_and_the_spool_depth_are_
     assert served[("mjhook_callbacks_spooled_total", frozenset())] == 1
     assert served[("mjhook_spool_callbacks", frozenset())] == 1
     assert served[("mjhook_spool_bytes", frozenset())] > 0
+
+
+def test_the_queue_depths_are_served_by_the_ingress_too(redis_url: str) -> None:
+    """README: the ingress's /metrics has the queue's depths. With every worker down (no worker
+    /metrics at all) the queue growing is exactly what must show."""
+    # Given two callbacks queued and no worker running
+    client = redis.Redis.from_url(redis_url)
+    broker = create_broker(Settings(redis_url=redis_url), client=client, middleware=[])
+    for task_id in ("q0", "q1"):
+        enqueue_callback(broker, Callback.from_message(queued_callback(task_id)))
+    app = testing.TestClient(create_app(Settings(redis_url=redis_url, spool_dir=""), redis_client=client))
+    # When the ingress is scraped
+    served = scrape(app)
+    # Then the ready queue's depth is there
+    depth = frozenset({("queue", "callbacks"), ("state", "ready")})
+    assert served[("mjhook_queue_messages", depth)] == 2
+    assert served[("mjhook_queue_messages", frozenset({("queue", "callbacks"), ("state", "dead")}))] == 0
 
 
 @pytest.fixture

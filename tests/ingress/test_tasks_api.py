@@ -14,6 +14,7 @@ from falcon import testing
 from ingress.app import create_app
 from shared.callback import Callback
 from shared.settings import Settings
+from tests.support.procs import free_port
 from tests.support.servers import FileServer, png_bytes
 from workers.runtime import build_parts, wait_for_bucket
 
@@ -121,3 +122,20 @@ def test_the_bearer_scheme_is_case_insensitive(stack: Stack, scheme: str) -> Non
     assert stack.app.simulate_get("/tasks", headers={"Authorization": f"{scheme} {TOKEN}"}).status_code == 200
     wrong_case = {"Authorization": f"{scheme} {TOKEN.upper()}"}
     assert stack.app.simulate_get("/tasks", headers=wrong_case).status_code == 401
+
+
+def test_read_endpoints_answer_503_while_redis_is_unreachable(caplog: pytest.LogCaptureFixture) -> None:
+    """As /dashboard/status does, and /tasks/{id} when object storage is away: 503, not a 500
+    "internal error" with a traceback logged at every dashboard refresh."""
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        spool_dir="",
+        s3_endpoint="http://127.0.0.1:9",
+        redis_timeout_s=0.5,
+    )
+    app = testing.TestClient(create_app(settings))
+    for path in ("/tasks", "/tasks/some-task", "/dashboard/status"):
+        response = app.simulate_get(path)
+        assert response.status_code == 503
+        assert response.json == {"error": "Redis unavailable"}
+    assert not [record for record in caplog.records if record.exc_info]
