@@ -78,7 +78,13 @@ def test_a_success_the_provider_disowns_becomes_a_failure(
 
 @pytest.mark.parametrize(
     "answer",
-    [info(TaskStatus.GENERATING), ProviderRefused("bad key", code=401), ProviderRefused("credits", code=402)],
+    [
+        info(TaskStatus.GENERATING),
+        # a record not filled in yet: its empty list must not replace the callback's files
+        info(TaskStatus.SUCCESS, ()),
+        ProviderRefused("bad key", code=401),
+        ProviderRefused("credits", code=402),
+    ],
 )
 def test_when_the_provider_cannot_say_now_the_task_is_retried(answer: TaskRecordInfo | Exception) -> None:
     with pytest.raises(VerificationPending):
