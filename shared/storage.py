@@ -214,6 +214,11 @@ class ObjectStore:
             source_url_sha256=_user_metadata(metadata, SOURCE_URL_SHA256_META),
         )
 
+    def remove(self, key: str) -> None:
+        """Delete the object; nothing happens when it does not exist."""
+        with _storage_errors():
+            self._client.remove_object(self.bucket, key)
+
     def list_keys(self, prefix: str) -> list[str]:
         with _storage_errors():
             return [

@@ -13,7 +13,7 @@ from concurrent.futures import Executor
 from shared import storage
 from shared.callback import Callback
 from shared.clock import utc_iso
-from shared.errors import DownloadFailed, DownloadRefused
+from shared.errors import DownloadFailed, DownloadRefused, MjhookError
 from shared.json_limits import DEFAULT_MAX_JSON_DEPTH
 from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.storage import ObjectStore
@@ -106,6 +106,10 @@ class CallbackProcessor:
             # Redis holds our token, checked in the same call (TaskBusy: retried later).
             lease.confirm()
             self._store.put_json(storage.manifest_key(task_id), manifest)
+            if callback.succeeded:
+                # After the manifest: a crash in between leaves an object it does not list (removed
+                # by the retry), never a manifest listing a removed file.
+                self._remove_undescribed_files(task_id, images, lease)
             reason = _reason(callback, errors)
             self._tasks.move(task_id, status, holder=lease.token, code=str(callback.code), reason=reason)
             self._metrics.tasks.labels(status.value).inc()
@@ -161,6 +165,14 @@ class CallbackProcessor:
                     transient.append(exc)
                 errors.append(FileError(index, url, f"gave up after retries: {exc}"))
                 failed.append(type(exc).__name__)
+            except MjhookError:
+                raise
+            except Exception as exc:  # the backstop: see _unexpected_error
+                error = _unexpected_error(callback.task_id, index, url, exc)
+                if not final_attempt:
+                    transient.append(DownloadFailed(error.reason))
+                errors.append(error)
+                failed.append(type(exc).__name__)
         if transient:
             raise DownloadFailed(
                 f"{len(transient)} of {len(todo)} files of {callback.task_id} failed for now: {transient[0]}"
@@ -192,6 +204,21 @@ class CallbackProcessor:
             fetched.close()
         return ImageEntry(index, url, key, fetched.size, fetched.sha256, fetched.media.content_type)
 
+    def _remove_undescribed_files(self, task_id: str, images: list[ImageEntry], lease: Lease) -> None:
+        """Delete the task's file objects (``{index}.{ext}``) that ``images``, the manifest about to
+        be written, does not describe: those of an earlier result this one replaced with a file of
+        another type, or whose replacement failed, or at an index past this callback's URLs. The
+        bucket then holds what the manifest lists; ``lease`` is checked before each deletion, as
+        before each upload (the key may be the new holder's file by now)."""
+        prefix = storage.task_prefix(task_id)
+        described = {image.key for image in images}
+        for key in self._store.list_keys(prefix):
+            if key in described or not _STORED_FILE.fullmatch(key[len(prefix) :]):
+                continue
+            lease.check()
+            self._store.remove(key)
+            log.info("task %s: removed %s, which the new manifest does not describe", task_id, key)
+
     def _already_stored(self, callback: Callback) -> tuple[dict[int, ImageEntry], set[int]]:
         """Files an earlier, interrupted attempt stored completely (their sha256 recorded) from the
         URL this callback lists at their index, and the indices of the other files stored at an
@@ -221,6 +248,15 @@ class CallbackProcessor:
                 continue
             found[index] = ImageEntry(index, url, key, info.size, info.sha256, info.content_type)
         return found, replaced - found.keys()
+
+
+def _unexpected_error(task_id: str, index: int, url: str, exc: Exception) -> FileError:
+    """File ``index``'s error for an exception outside our error tree (a bug, or an input nothing
+    foresaw), logged with its traceback. Retried like a transient failure (it may be a glitch no
+    one mapped), and on the final attempt recorded as the file's error: letting it escape would
+    leave even the final attempt without a manifest and the task's other files unrecorded."""
+    log.error("task %s: file #%d failed unexpectedly", task_id, index, exc_info=exc)
+    return FileError(index, url, f"unexpected error: {type(exc).__name__}: {exc}")
 
 
 def _reason(callback: Callback, errors: list[FileError]) -> str:

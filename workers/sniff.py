@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.errors import DownloadRefused
+
 #: Bytes needed to recognise every type below.
 SNIFF_BYTES = 64
 
@@ -23,10 +25,32 @@ WEBP = MediaType("webp", "image/webp", "image")
 MP4 = MediaType("mp4", "video/mp4", "video")
 WEBM = MediaType("webm", "video/webm", "video")
 
+#: Major brands of an ISO-BMFF ``ftyp`` box that make the file an MP4 video: ISO base media
+#: (``isom``, ``iso2``..``iso9``), MPEG-4 (``mp41``, ``mp42``), H.264 (``avc1``), DASH segments,
+#: iTunes video (``M4V ``), mobile MP4 (``mmp4``) and Adobe's F4V. Any other major brand (QuickTime
+#: ``qt  ``, 3GPP ``3gp*``, audio ``M4A ``, HEIF/AVIF images, camera raw files) is not stored.
+MP4_BRANDS = frozenset(
+    {b"isom", *(f"iso{n}".encode() for n in range(2, 10)), b"mp41", b"mp42", b"avc1", b"dash"}
+    | {b"M4V ", b"mmp4", b"f4v "}
+)
+#: Brands of still images and image sequences in the same container (HEIF, HEIC, AVIF, MIAF): a
+#: file listing one, even among its compatible brands, is a picture, which must not get the video
+#: size cap and skip the pixel check.
+IMAGE_BRANDS = frozenset(
+    {b"mif1", b"mif2", b"msf1", b"miaf", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"}
+    | {b"hevm", b"hevs", b"avif", b"avis", b"avio", b"MA1A", b"MA1B", b"jpgs"}
+)
+#: Where an ``ftyp`` box's brands sit: its major brand, then (after the minor version) the
+#: compatible brands, four bytes each, up to the box's size.
+_MAJOR_BRAND = slice(8, 12)
+_COMPATIBLE_FROM = 16
+
 
 def sniff_media(head: bytes) -> MediaType | None:
     """The media type of a file starting with ``head`` (give it :data:`SNIFF_BYTES` bytes when
-    the file has them), or None when it is none of png, jpeg, gif, webp, mp4, webm."""
+    the file has them), or None when it is none of png, jpeg, gif, webp, mp4, webm. Raises
+    :class:`DownloadRefused`, naming the brand, for an ISO-BMFF file that is not an MP4 video (an
+    AVIF or HEIC image, a QuickTime movie, a 3GP clip)."""
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return PNG
     if head.startswith(b"\xff\xd8\xff"):
@@ -36,8 +60,31 @@ def sniff_media(head: bytes) -> MediaType | None:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return WEBP
     if head[4:8] == b"ftyp":
-        return MP4
+        return _iso_bmff_video(head)
     # Matroska's EBML header; WebM names its doc type "webm" within the first bytes.
     if head.startswith(b"\x1a\x45\xdf\xa3") and b"webm" in head[:SNIFF_BYTES]:
         return WEBM
     return None
+
+
+def _iso_bmff_video(head: bytes) -> MediaType | None:
+    """MP4 when the ``ftyp`` box at the start of ``head`` names an MP4 major brand and no image
+    brand among the compatible ones it holds within ``head``; None when ``head`` is too short to
+    hold the major brand."""
+    major = head[_MAJOR_BRAND]
+    if len(major) < 4:
+        return None
+    end = min(int.from_bytes(head[:4], "big"), len(head))
+    compatible = {head[at : at + 4] for at in range(_COMPATIBLE_FROM, end - 3, 4)}
+    if major not in MP4_BRANDS:
+        raise DownloadRefused(f"an ISO-BMFF file of brand {_brand(major)}, not an MP4 video")
+    images = sorted(compatible & IMAGE_BRANDS)
+    if images:
+        brands = f"brand {_brand(major)}, compatible with {_brand(images[0])}"
+        raise DownloadRefused(f"an ISO-BMFF image ({brands}), not an MP4 video")
+    return MP4
+
+
+def _brand(brand: bytes) -> str:
+    """A brand as readable text, whatever bytes it holds (it is the sender's)."""
+    return repr(brand.decode("latin-1"))

@@ -113,3 +113,25 @@ def test_other_requests_are_signed_with_their_own_body_hash(s3_server: S3Server,
     body = store.get_bytes("tasks/t/manifest.json")
     assert body is not None
     assert headers[PAYLOAD_SHA256_HEADER] == hashlib.sha256(body).hexdigest()
+
+
+def test_remove_deletes_an_object_and_a_missing_one_is_no_error(s3_server: S3Server, s3_bucket: str) -> None:
+    """Given a store holding a task's file and its manifest
+    When the file is removed, and then removed again
+    Then the file is gone, the manifest is kept, and the second removal changes nothing."""
+    store, _ = _store(s3_server, s3_bucket)
+    body = b"\x89PNG\r\n\x1a\n stale"
+    store.put_file(
+        "tasks/t/0.png",
+        io.BytesIO(body),
+        size=len(body),
+        content_type="image/png",
+        sha256=hashlib.sha256(body).hexdigest(),
+    )
+    store.put_json("tasks/t/manifest.json", {"taskId": "t"})
+
+    store.remove("tasks/t/0.png")
+    store.remove("tasks/t/0.png")
+
+    assert store.list_keys("tasks/t/") == ["tasks/t/manifest.json"]
+    assert store.stat("tasks/t/0.png") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import orjson
 import pytest
 import redis
+from PIL import Image
 
 from shared import keys
 from shared.callback import Callback
@@ -23,7 +25,9 @@ from shared.storage import ObjectStore
 from shared.taskstate import TaskState, TaskStore
 from tests.support.pipeline import nested_prompt_json
 from tests.support.servers import FileServer, png_bytes
+from workers.fetch import ByteBudget, FetchedFile, FetchLimits, ResultFetcher, create_http_client
 from workers.lease import LeaseManager
+from workers.pipeline import CallbackProcessor
 from workers.runtime import build_parts, wait_for_bucket
 
 PROMPT = '{"prompt":"a beautiful landscape","model":"midjourney"}'
@@ -362,3 +366,145 @@ def test_a_trickling_file_is_recorded_as_too_slow_on_the_last_attempt(harness: H
     [error] = harness.manifest("task-1")["errors"]  # type: ignore[misc]
     assert error["index"] == 1
     assert "too slow" in error["reason"]
+
+
+def encoded_image(fmt: str, seed: int, size: int = 32) -> bytes:
+    """A small image of one seeded colour, encoded by Pillow as ``fmt`` (JPEG, AVIF...)."""
+    out = io.BytesIO()
+    Image.frombytes("RGB", (size, size), bytes([seed % 256]) * size * size * 3).save(out, format=fmt)
+    return out.getvalue()
+
+
+def test_an_avif_result_is_refused_naming_its_brand_and_nothing_is_stored_as_a_video(
+    harness: Harness,
+) -> None:
+    """Given a task whose second result file is an AVIF image: ISO-BMFF like an MP4, served as
+    image/avif
+    When it is processed
+    Then the AVIF is an error of the manifest naming its brand, and no object of the task is an
+    ``.mp4`` (it used to be stored as ``1.mp4``, video/mp4, under the video cap, no pixel check)."""
+    urls, _ = serve_pngs(harness.files, 1)
+    urls.append(harness.files.add("/img1.avif", encoded_image("AVIF", 3), content_type="image/avif"))
+    assert harness.process(callback(urls)) is TaskState.PARTIAL
+    [error] = harness.manifest("task-1")["errors"]  # type: ignore[misc]
+    assert error["index"] == 1
+    assert "'avif'" in error["reason"]
+    assert "not an MP4 video" in error["reason"]
+    assert harness.store.list_keys("tasks/task-1/") == ["tasks/task-1/0.png", "tasks/task-1/manifest.json"]
+
+
+class FetcherWithABug(ResultFetcher):
+    """A worker's fetcher (without the SSRF guard: the file server is on 127.0.0.1) that raises,
+    for ``broken_url``, an exception outside mjhook's error tree, as a bug or an input nothing
+    foresaw would (an OverflowError: a port past 2**63)."""
+
+    def __init__(self, broken_url: str) -> None:
+        client = create_http_client(connect_timeout_s=2, read_timeout_s=2, max_redirects=3, max_connections=4)
+        super().__init__(client, FetchLimits(max_image_bytes=1 << 20, max_video_bytes=1 << 20))
+        self._broken_url = broken_url
+
+    def fetch(self, url: str, *, budget: ByteBudget | None = None) -> FetchedFile:
+        if url == self._broken_url:
+            raise OverflowError("Python int too large to convert to C int")
+        return super().fetch(url, budget=budget)
+
+
+@pytest.mark.parametrize("final_attempt", [False, True], ids=["first-attempt", "final-attempt"])
+def test_a_file_whose_download_raises_outside_the_error_tree_is_its_error_and_the_rest_are_stored(
+    harness: Harness, caplog: pytest.LogCaptureFixture, final_attempt: bool
+) -> None:
+    """Given a task of three files, the second of which makes the fetcher raise an OverflowError
+    When an attempt processes it
+    Then the other files are stored and the exception is logged with its traceback; an attempt
+    that is not the last is retried (a glitch nobody mapped may pass), and the final attempt
+    records that file in the manifest's errors with the exception's type and message and ends
+    partial. The exception used to escape the processor: no manifest, even on the final attempt."""
+    urls, images = serve_pngs(harness.files, 3)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        processor = CallbackProcessor(
+            tasks=harness.tasks,
+            leases=LeaseManager(harness.redis, ttl_s=30),
+            store=harness.store,
+            fetcher=FetcherWithABug(urls[1]),
+            pool=pool,
+            metrics=create_worker_metrics(),
+        )
+        with caplog.at_level(logging.ERROR, logger="workers.pipeline"):
+            if not final_attempt:
+                with pytest.raises(DownloadFailed, match="unexpected error: OverflowError"):
+                    processor.process(callback(urls))
+            state = processor.process(callback(urls), final_attempt=True)
+    assert state is TaskState.PARTIAL
+    manifest = harness.manifest("task-1")
+    assert manifest["errors"] == [
+        {
+            "index": 1,
+            "sourceUrl": urls[1],
+            "reason": "unexpected error: OverflowError: Python int too large to convert to C int",
+        }
+    ]
+    assert [image["index"] for image in manifest["images"]] == [0, 2]  # type: ignore[attr-defined]
+    assert harness.object_bytes("tasks/task-1/2.png") == images[2]
+    logged = [record for record in caplog.records if record.exc_info]
+    assert len(logged) == (1 if final_attempt else 2)
+    assert all(record.exc_info[0] is OverflowError for record in logged)  # type: ignore[index]
+
+
+def described_keys(manifest: dict[str, object], task_id: str = "task-1") -> set[str]:
+    """The keys a task's manifest describes: its files and itself."""
+    return {image["key"] for image in manifest["images"]} | {f"tasks/{task_id}/manifest.json"}  # type: ignore[attr-defined]
+
+
+def test_a_replaced_file_of_another_type_leaves_no_stale_object_beside_the_manifest(harness: Harness) -> None:
+    """Given a first success whose file 0 is a PNG and file 1 is gone: the task ends partial
+    When a later success of the task lists other results, and its file 0 is a JPEG
+    Then the bucket holds the files the new manifest describes, not also the first result's
+    ``0.png`` beside ``0.jpg`` (two objects for index 0, one of them described by nothing)."""
+    first = [harness.files.add("/a0.png", png_bytes(1)), harness.files.url("/a1-gone.png")]
+    assert harness.process(callback(first), final_attempt=True) is TaskState.PARTIAL
+    second = [
+        harness.files.add("/b0.jpg", encoded_image("JPEG", 7), content_type="image/jpeg"),
+        harness.files.add("/b1.png", png_bytes(2)),
+    ]
+    assert harness.process(callback(second), final_attempt=True) is TaskState.STORED
+    manifest = harness.manifest("task-1")
+    assert [image["key"] for image in manifest["images"]] == ["tasks/task-1/0.jpg", "tasks/task-1/1.png"]  # type: ignore[attr-defined]
+    assert set(harness.store.list_keys("tasks/task-1/")) == described_keys(manifest)
+
+
+def test_a_replaced_file_whose_new_download_fails_is_removed_not_left_undescribed(harness: Harness) -> None:
+    """Given a first success whose files 0 and 1 are stored and file 2 is gone: the task is partial
+    When a later success lists other URLs, and its file 1 is gone (404)
+    Then the manifest records file 1 as an error and the first result's ``1.png`` is deleted:
+    no object is left that the manifest does not describe."""
+    first, _ = serve_pngs(harness.files, 2, prefix="/a")
+    first.append(harness.files.url("/a2-gone.png"))
+    assert harness.process(callback(first)) is TaskState.PARTIAL
+    second = [harness.files.add("/b0.png", png_bytes(5)), harness.files.url("/b1-gone.png")]
+    assert harness.process(callback(second), final_attempt=True) is TaskState.PARTIAL
+    manifest = harness.manifest("task-1")
+    assert [error["index"] for error in manifest["errors"]] == [1]  # type: ignore[attr-defined]
+    assert set(harness.store.list_keys("tasks/task-1/")) == {
+        "tasks/task-1/0.png",
+        "tasks/task-1/manifest.json",
+    }
+
+
+def test_files_of_an_earlier_result_past_the_new_urls_are_removed(harness: Harness) -> None:
+    """Given a first success with four files, the last one gone: the task ends partial
+    When a later success of the task lists two files
+    Then the first result's file 2 (past the new list) is deleted: the bucket holds the two new
+    files and the manifest describing them."""
+    first, _ = serve_pngs(harness.files, 3, prefix="/a")
+    first.append(harness.files.url("/a3-gone.png"))
+    assert harness.process(callback(first)) is TaskState.PARTIAL
+    second, images = serve_pngs(harness.files, 2, prefix="/b")
+    assert harness.process(callback(second)) is TaskState.STORED
+    manifest = harness.manifest("task-1")
+    assert set(harness.store.list_keys("tasks/task-1/")) == described_keys(manifest)
+    assert described_keys(manifest) == {
+        "tasks/task-1/0.png",
+        "tasks/task-1/1.png",
+        "tasks/task-1/manifest.json",
+    }
+    assert harness.object_bytes("tasks/task-1/1.png") == images[1]
