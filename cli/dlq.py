@@ -15,6 +15,7 @@ from rich.text import Text
 
 from cli.output import echo_json, format_age, list_options, printable_text
 from cli.services import enqueue_broker, queue_redis, reported_failures, task_store
+from cli.settings import pass_settings
 from shared.clock import utc_iso
 from shared.dead_letters import DeadLetter, count_dead, dead_ids, list_dead, purge_dead, replay_dead
 from shared.printable import printable
@@ -35,7 +36,7 @@ def dlq() -> None:
 
 @dlq.command("list")
 @list_options(DEFAULT_LIST_LIMIT)
-@click.pass_obj
+@pass_settings
 def list_command(settings: Settings, as_json: bool, limit: int) -> None:
     """Dead letters, most recent first, with their taskId and reason.
 
@@ -90,7 +91,7 @@ def _letter_json(letter: DeadLetter, now_ms: int) -> dict[str, object]:
 
 @dlq.command()
 @click.argument("ids", nargs=-1)
-@click.pass_obj
+@pass_settings
 def replay(settings: Settings, ids: tuple[str, ...]) -> None:
     """Put dead letters (the IDs given, or all) back on the queue with their retries reset.
 
@@ -128,7 +129,7 @@ def purge_command(*, is_terminal: Callable[[], bool] = stdin_is_terminal) -> cli
     @click.command("purge")
     @click.argument("ids", nargs=-1)
     @click.option("--yes", is_flag=True, help="Purge without asking.")
-    @click.pass_obj
+    @pass_settings
     def purge(settings: Settings, ids: tuple[str, ...], yes: bool) -> None:
         """Drop dead letters (the IDs given, or all) for good.
 
@@ -154,10 +155,10 @@ def _confirm_purge(client: redis.Redis, ids: tuple[str, ...]) -> list[str]:
     while the question was on screen is kept. Nothing to drop: no question. Answering no: exit
     code 1."""
     if ids:
-        named = ", ".join(printable(dead_id) for dead_id in ids[:MAX_IDS_ASKED])
-        more = f" and {len(ids) - MAX_IDS_ASKED} more" if len(ids) > MAX_IDS_ASKED else ""
-        question = f"Purge {len(ids)} dead letter(s) of {CALLBACK_QUEUE} for good: {named}{more}?"
-        chosen = list(ids)
+        chosen = list(dict.fromkeys(ids))  # an id named twice is purged once
+        named = ", ".join(printable(dead_id) for dead_id in chosen[:MAX_IDS_ASKED])
+        more = f" and {len(chosen) - MAX_IDS_ASKED} more" if len(chosen) > MAX_IDS_ASKED else ""
+        question = f"Purge {len(chosen)} dead letter(s) of {CALLBACK_QUEUE} for good: {named}{more}?"
     else:
         with reported_failures():
             chosen = dead_ids(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)

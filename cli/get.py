@@ -4,11 +4,13 @@ each file against the sha256 its manifest records."""
 from __future__ import annotations
 
 import hashlib
+import io
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -23,10 +25,14 @@ from rich.progress import (
 )
 
 from cli.services import reported_failures
+from cli.settings import pass_settings
 from shared.callback import TASK_ID_PATTERN
 from shared.printable import printable
 from shared.settings import Settings
 from shared.storage import MANIFEST_NAME, ObjectStore, create_object_store, manifest_key, task_prefix
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 #: A file name taken from the manifest and written into the output directory: no separators, no
 #: leading dot, so a tampered manifest cannot write outside it.
@@ -53,7 +59,7 @@ class ManifestFile:
     default=None,
     help="Directory to write into, made if missing [default: ./TASK_ID].",
 )
-@click.pass_obj
+@pass_settings
 def get(settings: Settings, task_id: str, out_dir: Path | None) -> None:
     """Download TASK_ID's files and manifest.json from object storage, checking each file's sha256
     against the manifest.
@@ -74,9 +80,11 @@ def get(settings: Settings, task_id: str, out_dir: Path | None) -> None:
             )
         manifest = _parse_manifest(body)
         files = manifest_files(manifest, task_id)
-        directory.mkdir(parents=True, exist_ok=True)
+        with writing(directory):
+            directory.mkdir(parents=True, exist_ok=True)
         problems = _download_all(store, files, directory)
-    (directory / MANIFEST_NAME).write_bytes(body)
+    with writing(directory / MANIFEST_NAME):
+        (directory / MANIFEST_NAME).write_bytes(body)
     status = printable(manifest.get("status"))
     click.echo(f"{task_id}: {status}, {len(files) - len(problems)} file(s) in {directory}")
     for error in manifest.get("errors") or []:
@@ -157,16 +165,38 @@ def download_verified(
         on_chunk(chunk)
 
     try:
-        with part.open("wb") as sink:
+        with writing(part), _DownloadFile(part) as sink:
             found = store.stream_to(file.key, sink, on_chunk=take)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    if not found:
-        part.unlink()
-        return f"{file.key}: listed in the manifest but not in the bucket"
-    if digest.hexdigest() != file.sha256:
-        part.unlink()
-        return f"{file.key}: sha256 {digest.hexdigest()} does not match the manifest's {file.sha256}"
-    part.replace(directory / file.name)
-    return None
+        if not found:
+            return f"{file.key}: listed in the manifest but not in the bucket"
+        if digest.hexdigest() != file.sha256:
+            return f"{file.key}: sha256 {digest.hexdigest()} does not match the manifest's {file.sha256}"
+        with writing(directory / file.name):
+            part.replace(directory / file.name)
+        return None
+    finally:
+        part.unlink(missing_ok=True)  # a file is kept only under its own name, once it matched
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """A local file or directory that cannot be made or written (a file in the way, no permission,
+    disk full) as one line naming ``path``, exit code 1."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or f"{type(exc).__name__}: {exc}"
+        raise click.ClickException(f"cannot write {printable(path)}: {reason}") from exc
+
+
+class _DownloadFile(io.BufferedWriter):
+    """The ``.part`` file a download streams into. Its write errors are reported as this file's
+    here: inside ``ObjectStore.stream_to`` an OSError would be taken for object storage's."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(io.FileIO(path, "w"))
+        self._path = path
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        with writing(self._path):
+            return super().write(data)

@@ -10,18 +10,19 @@ from cli.dlq import dlq
 from cli.get import get
 from cli.recover import recover
 from cli.rejected import rejected
+from cli.settings import SettingsFromEnv
 from cli.simulate import simulate
 from cli.status import status
 from cli.submit import submit, upscale, vary
 from cli.tasks import tasks
-from shared.settings import Settings
 
 
 @click.group()
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """mjhook: Midjourney result callbacks into your own object storage."""
-    ctx.obj = Settings.from_env(os.environ)
+    # Read when a command runs (cli/settings.py): past its --help, and reported like its failures
+    ctx.obj = SettingsFromEnv(os.environ)
 
 
 main.add_command(status)

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NoReturn
 
 import click
 import redis
 
 from cli.output import echo_json
 from cli.services import DEFAULT_REDIS_TIMEOUT_S
+from cli.settings import pass_settings
 from cli.submit import EXIT_REFUSED, EXIT_UNAVAILABLE
 from shared.callback import callback_limits
-from shared.errors import ConfigError, ProviderError, ProviderUnavailable
+from shared.errors import ConfigError, ProviderError, ProviderUnavailable, QueueUnavailable
 from shared.polling import PollOutcome, ResultPoller
 from shared.printable import printable
 from shared.provider import create_provider_client
@@ -68,20 +70,21 @@ class Row:
     help="The window of submission times: 90s, 30m, 2h, 1d, 1h30m.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
-@click.pass_obj
+@pass_settings
 def recover(settings: Settings, since_s: int, as_json: bool) -> None:
     """Poll every task submitted in the last --since that is not stored; queue the finished ones.
 
     A task already stored is skipped; one whose result is queued again after it was processed
     is a duplicate the workers ignore, unless it had failed. Exit code 3 when the provider refuses
-    the account (bad key), 4 when it is unavailable (the tasks listed so far were handled)."""
+    the account (bad key), 4 when it is unavailable, 1 when Redis or the queue is (the tasks listed
+    so far were handled)."""
     try:
         provider = create_provider_client(settings)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     client = connect_redis(settings.redis_url, timeout_s=DEFAULT_REDIS_TIMEOUT_S)
     rows: list[Row] = []
-    failure: ProviderError | None = None
+    failure: ProviderError | QueueUnavailable | None = None
     try:
         tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
         broker = create_broker(settings, middleware=[])
@@ -94,7 +97,7 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
                 continue
             try:
                 result = poller.poll(task_id)
-            except ProviderError as exc:
+            except (ProviderError, QueueUnavailable) as exc:
                 failure = exc
                 break
             rows.append(Row(task_id, state, result.outcome.value, result.detail))
@@ -105,8 +108,16 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
         client.close()
     _print(rows, as_json)
     if failure is not None:
-        click.echo(f"Error: stopped: {printable(failure)}", err=True)
-        raise SystemExit(EXIT_UNAVAILABLE if isinstance(failure, ProviderUnavailable) else EXIT_REFUSED)
+        _stop(failure)
+
+
+def _stop(failure: ProviderError | QueueUnavailable) -> NoReturn:
+    """One line saying why the rows printed are all there are, and its exit code."""
+    if isinstance(failure, QueueUnavailable):
+        click.echo(f"Error: stopped: the queue refused: {printable(failure)}", err=True)
+        raise SystemExit(1)
+    click.echo(f"Error: stopped: {printable(failure)}", err=True)
+    raise SystemExit(EXIT_UNAVAILABLE if isinstance(failure, ProviderUnavailable) else EXIT_REFUSED)
 
 
 def _print(rows: list[Row], as_json: bool) -> None:

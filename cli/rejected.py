@@ -9,6 +9,7 @@ from rich.table import Table
 
 from cli.output import echo_json, list_options, printable_text
 from cli.services import reported_failures, task_store
+from cli.settings import pass_settings
 from shared.callback import callback_limits
 from shared.printable import printable
 from shared.queue import enqueue_broker_beside, queue_callback
@@ -28,7 +29,7 @@ def rejected() -> None:
 
 @rejected.command("list")
 @list_options(DEFAULT_LIST_LIMIT)
-@click.pass_obj
+@pass_settings
 def list_command(settings: Settings, as_json: bool, limit: int) -> None:
     """Rejected callbacks, most recent first, with the answer they got and the start of the body.
 
@@ -65,7 +66,7 @@ def list_command(settings: Settings, as_json: bool, limit: int) -> None:
 
 @rejected.command()
 @click.argument("ids", nargs=-1, required=True)
-@click.pass_obj
+@pass_settings
 def replay(settings: Settings, ids: tuple[str, ...]) -> None:
     """Queue the rejected callbacks IDS as if the ingress had accepted them when they came.
 

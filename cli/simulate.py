@@ -11,6 +11,7 @@ import click
 
 from cli.output import echo_json
 from cli.services import reported_failures
+from cli.settings import pass_settings
 from shared.logs import configure_logging
 from shared.printable import printable
 from shared.settings import Settings
@@ -180,7 +181,7 @@ def serve(port: int, generation_delay: float, rate_limit: int, public_url: str, 
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @provider_options
-@click.pass_obj
+@pass_settings
 def load(
     settings: Settings,
     /,

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from cli.output import echo_json, format_age
 from cli.services import queue_redis, reported_failures, task_store
+from cli.settings import pass_settings
 from shared.clock import utc_iso
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, queue_is_in_redis
 from shared.queue_stats import QueueStats, StatusSnapshot, read_status
@@ -35,7 +36,7 @@ DEFAULT_INTERVAL_S = 2.0
     show_default=True,
     help="Seconds between refreshes with --watch.",
 )
-@click.pass_obj
+@pass_settings
 def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> None:
     """Queue depths, live workers and task counts, from Redis only.
 

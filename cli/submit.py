@@ -17,6 +17,7 @@ from typing import NoReturn
 import click
 import redis
 
+from cli.settings import pass_settings
 from shared.errors import ConfigError, ProviderError, ProviderRefused, ProviderUnavailable
 from shared.printable import printable
 from shared.settings import Settings
@@ -50,7 +51,7 @@ SPEEDS = ("relaxed", "fast", "turbo")
     multiple=True,
     help="An input image (repeatable); needed by the reference and video task types.",
 )
-@click.pass_obj
+@pass_settings
 def submit(
     settings: Settings,
     prompt: str,
@@ -81,7 +82,7 @@ def submit(
 @click.command()
 @click.argument("task_id")
 @click.argument("index", type=click.IntRange(0, 3))
-@click.pass_obj
+@pass_settings
 def upscale(settings: Settings, task_id: str, index: int) -> None:
     """Upscale image INDEX (0-3) of TASK_ID; print the new taskId."""
     _run(settings, lambda submitter: submitter.upscale(task_id, index))
@@ -90,7 +91,7 @@ def upscale(settings: Settings, task_id: str, index: int) -> None:
 @click.command()
 @click.argument("task_id")
 @click.argument("index", type=click.IntRange(0, 3))
-@click.pass_obj
+@pass_settings
 def vary(settings: Settings, task_id: str, index: int) -> None:
     """A variation of image INDEX (0-3) of TASK_ID; print the new taskId."""
     _run(settings, lambda submitter: submitter.vary(task_id, index))

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from cli.output import echo_json, printable_text
 from cli.services import reported_failures, task_store
+from cli.settings import pass_settings
 from shared.clock import utc_iso
 from shared.settings import Settings
 from shared.taskstate import TaskRecord, TaskState
@@ -25,7 +26,7 @@ DEFAULT_LIMIT = 20
 )
 @click.option("--limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
-@click.pass_obj
+@pass_settings
 def tasks(settings: Settings, state: str | None, limit: int, as_json: bool) -> None:
     """The most recently changed tasks, newest first.
 

@@ -197,16 +197,17 @@ def replay_dead(
     ids: Sequence[str] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> ReplayResult:
-    """Put dead letters (``ids``, or all when None) back on their queue through ``broker``, as new
-    messages with their retries reset, and remove each from the dead letters only once the broker
-    took it. Stops at the first enqueue the broker refuses (``error`` says why). Two replays at once
-    may enqueue a message twice; the workers' dedup makes the second one harmless."""
+    """Put dead letters (``ids``, each once however often named, or all when None) back on their
+    queue through ``broker``, as new messages with their retries reset, and remove each from the
+    dead letters only once the broker took it. Stops at the first enqueue the broker refuses
+    (``error`` says why). Two replays at once may enqueue a message twice; the workers' dedup makes
+    the second one harmless."""
     dead_key = keys.broker_dead(namespace, queue)
     bodies_key = keys.broker_dead_messages(namespace, queue)
     if ids is None:
         ids = dead_ids(client, namespace=namespace, queue=queue)
     result = ReplayResult()
-    for batch in _batches(ids):
+    for batch in _unique_batches(ids):
         present = _present(client, dead_key, batch)
         bodies = cast(list[bytes | None], client.hmget(bodies_key, batch))
         for dead_id, body in zip(batch, bodies, strict=True):
@@ -244,14 +245,15 @@ def fresh_copy(message: dramatiq.Message[Any], *, now_ms: int) -> dramatiq.Messa
 def purge_dead(
     client: redis.Redis, *, namespace: str, queue: str, ids: Sequence[str] | None = None
 ) -> PurgeResult:
-    """Drop dead letters for good: ``ids``, or all there are now when None."""
+    """Drop dead letters for good: ``ids`` (each once however often named), or all there are now
+    when None."""
     dead_key = keys.broker_dead(namespace, queue)
     bodies_key = keys.broker_dead_messages(namespace, queue)
     if ids is None:
         ids = dead_ids(client, namespace=namespace, queue=queue)
     removed: list[str] = []
     missing: list[str] = []
-    for batch in _batches(ids):
+    for batch in _unique_batches(ids):
         present = _present(client, dead_key, batch)
         removed.extend(dead_id for dead_id in batch if dead_id in present)
         missing.extend(dead_id for dead_id in batch if dead_id not in present)
@@ -272,7 +274,9 @@ def _remove(client: redis.Redis, dead_key: str, bodies_key: str, ids: Sequence[s
     pipe.execute()
 
 
-def _batches(ids: Iterable[str]) -> Iterable[list[str]]:
-    ids = list(ids)
+def _unique_batches(ids: Iterable[str]) -> Iterable[list[str]]:
+    """``ids`` without repeats (each where it first came), ``DEFAULT_BATCH`` at a time: an id named
+    twice is replayed or purged, and counted, once."""
+    ids = list(dict.fromkeys(ids))
     for start in range(0, len(ids), DEFAULT_BATCH):
         yield ids[start : start + DEFAULT_BATCH]

@@ -20,7 +20,7 @@ from dramatiq.middleware import Middleware
 from shared import keys
 from shared.callback import Callback
 from shared.errors import ConfigError, QueueUnavailable
-from shared.settings import Settings
+from shared.settings import AMQP_SCHEMES, REDIS_SCHEMES, Settings
 from shared.taskstate import QueuedMessage, TaskStore
 
 #: The dramatiq queue holding callbacks to process.
@@ -29,8 +29,6 @@ CALLBACK_QUEUE = "callbacks"
 PROCESS_CALLBACK = "process_callback"
 #: dramatiq's key namespace in Redis.
 BROKER_NAMESPACE = "dramatiq"
-#: URL schemes of a broker whose queues live in Redis; any other is RabbitMQ's.
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def queue_is_in_redis(settings: Settings) -> bool:
@@ -57,7 +55,7 @@ def create_broker(
             heartbeat_timeout=settings.redelivery_s * 1000,
             dead_message_ttl=settings.dead_message_ttl_s * 1000,
         )
-    if url.startswith(("amqp://", "amqps://")):
+    if url.startswith(AMQP_SCHEMES):
         # Publisher confirms: enqueue returns only once RabbitMQ has the message (durably queued).
         return _RabbitmqBroker(
             url=url,

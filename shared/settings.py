@@ -16,6 +16,13 @@ ENV_PREFIX = "MJHOOK_"
 KIB = 1024
 MIB = 1024 * KIB
 
+#: What a misspelled ``MJHOOK_*`` name is told (pydantic's own words: "Extra inputs are not permitted").
+UNKNOWN_SETTING = "no such setting (misspelled?)"
+#: URL schemes of a Redis (``MJHOOK_REDIS_URL``, and a broker whose queues live in Redis).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: URL schemes of a RabbitMQ broker.
+AMQP_SCHEMES = ("amqp://", "amqps://")
+
 
 class Settings(BaseModel):
     """mjhook's configuration. Each field ``name`` is read from ``MJHOOK_NAME``."""
@@ -158,6 +165,18 @@ class Settings(BaseModel):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        # redis-py would refuse "127.0.0.1:6379" only at the first command, with a bare ValueError
+        return _with_scheme(value, REDIS_SCHEMES)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str) -> str:
+        # Empty: the queue is in the Redis of redis_url
+        return _with_scheme(value, REDIS_SCHEMES + AMQP_SCHEMES) if value else value
+
     @property
     def callback_tokens(self) -> tuple[str, ...]:
         """The accepted ``?token=`` values; several (comma-separated) allow a rotation."""
@@ -181,7 +200,16 @@ class Settings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: "
+                + (UNKNOWN_SETTING if err["type"] == "extra_forbidden" else err["msg"])
                 for err in exc.errors()
             )
             raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def _with_scheme(url: str, schemes: tuple[str, ...]) -> str:
+    """``url`` when it starts with one of ``schemes``, else a ValueError naming them (not the URL,
+    which may hold a password)."""
+    if not url.startswith(schemes):
+        raise ValueError(f"the URL must start with {', '.join(schemes)}")
+    return url

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import dramatiq
 import orjson
 import pytest
 import redis
@@ -15,10 +17,11 @@ from click.testing import CliRunner, Result
 
 from cli.dlq import purge_command
 from shared import keys
-from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK
 from shared.settings import Settings
 from tests.cli.conftest import RunCli, dead_letters_from_real_workers
 from tests.support.pipeline import queued_callback
+from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +201,51 @@ def test_purge_all_at_a_terminal_drops_only_what_the_question_counted(
     assert result.exit_code == 0, result.output
     assert "3 dead letter(s) purged" in result.stdout
     assert dead_letter_ids(three_dead_letters) == ["late-1"]
+
+
+def plant_dead_letter(client: redis.Redis, task_id: str) -> str:
+    """A dead letter of ``task_id``'s callback, as dramatiq's nack leaves it (dispatch.lua); its id."""
+    redis_id = str(uuid.uuid4())
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=CALLBACK_QUEUE,
+        actor_name=PROCESS_CALLBACK,
+        args=(queued_callback(task_id),),
+        kwargs={},
+        options={"redis_message_id": redis_id, "retries": 3},
+    )
+    client.zadd(DEAD, {redis_id: int(time.time() * 1000)})
+    client.hset(keys.broker_dead_messages(BROKER_NAMESPACE, CALLBACK_QUEUE), redis_id, message.encode())
+    return redis_id
+
+
+def test_replay_of_an_id_named_twice_queues_it_once(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
+) -> None:
+    """Given one dead letter
+    When `mjhook dlq replay ID ID` names it twice
+    Then one message is back on the queue and one is reported replayed."""
+    dead_id = plant_dead_letter(client, "twice")
+    result = run_cli({"MJHOOK_REDIS_URL": redis_server.url}, "dlq", "replay", dead_id, dead_id)
+    assert result.exit_code == 0, result.output
+    assert client.llen(READY) == 1
+    assert client.zcard(DEAD) == 0
+    assert result.stdout.count(f"replayed {dead_id} as ") == 1
+    assert f"1 dead letter(s) replayed onto {CALLBACK_QUEUE}" in result.stdout
+
+
+def test_purge_of_an_id_named_twice_asks_about_and_counts_it_once(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
+) -> None:
+    """Given two dead letters
+    When `mjhook dlq purge ID ID` names one twice, from a script, then the other twice at a
+    terminal, answered yes
+    Then each purge reports one purged, and the question counted and named it once."""
+    env = {"MJHOOK_REDIS_URL": redis_server.url}
+    first, second = plant_dead_letter(client, "one"), plant_dead_letter(client, "two")
+    scripted = run_cli(env, "dlq", "purge", first, first)
+    asked = run_purge(env, second, second, terminal=True, answer="y\n")
+    for result in (scripted, asked):
+        assert result.exit_code == 0, result.output
+        assert f"1 dead letter(s) purged from {CALLBACK_QUEUE}" in result.stdout
+    assert f"Purge 1 dead letter(s) of {CALLBACK_QUEUE} for good: {second}? [y/N]" in asked.stderr
+    assert client.zcard(DEAD) == 0

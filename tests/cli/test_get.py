@@ -12,7 +12,7 @@ import pytest
 
 from shared.callback import Callback
 from shared.settings import Settings
-from shared.storage import ObjectStore
+from shared.storage import ObjectStore, create_object_store
 from shared.taskstate import TaskState
 from tests.cli.conftest import RunCli
 from tests.support.pipeline import queued_callback
@@ -113,3 +113,71 @@ def test_a_hostile_source_url_in_the_manifest_is_printed_without_its_terminal_co
     assert "not stored: #1 " in result.stdout
     assert "\\x1b[2J\\x1b]0;pwned\\x07.png" in result.stdout
     assert not {"\x1b", "\x07"} & set(result.stdout)
+
+
+#: Bytes of the file of ``t-big``: more than a write buffer, so a download writes it straight through.
+BIG_FILE_BYTES = 256 * 1024
+
+
+@pytest.fixture
+def big_task(app_env: dict[str, str]) -> bytes:
+    """Given task ``t-big`` in the bucket: one file of BIG_FILE_BYTES and its manifest; the file."""
+    store = create_object_store(Settings.from_env(app_env))
+    store.ensure_bucket()
+    data = png_bytes(0) + bytes(BIG_FILE_BYTES)
+    digest = hashlib.sha256(data).hexdigest()
+    store.put_file(
+        "tasks/t-big/0.png", io.BytesIO(data), size=len(data), content_type="image/png", sha256=digest
+    )
+    image = {"index": 0, "key": "tasks/t-big/0.png", "size": len(data), "sha256": digest}
+    store.put_json("tasks/t-big/manifest.json", {"taskId": "t-big", "status": "stored", "images": [image]})
+    return data
+
+
+def test_an_out_directory_that_cannot_be_made_is_one_error_line_naming_it(
+    app_env: dict[str, str], big_task: bytes, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Given a regular file where --out wants a directory (a typo, a wrong variable)
+    When `mjhook get t-big --out FILE/out` runs
+    Then it exits 1 with one `Error:` line naming the directory and why: no traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    result = run_cli(app_env, "get", "t-big", "--out", str(blocker / "out"))
+    assert result.exit_code == 1, result.output
+    assert result.stderr == f"Error: cannot write {blocker / 'out'}: Not a directory\n"
+    assert blocker.read_bytes() == b""
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to fill a disk")
+def test_a_full_disk_is_one_error_line_naming_the_file_and_keeps_no_part_of_it(
+    app_env: dict[str, str], big_task: bytes, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Given an --out directory whose disk is full for the file being downloaded (its .part file
+    leads to /dev/full)
+    When `mjhook get t-big` writes it
+    Then it exits 1 with one `Error:` line naming that file, not blaming object storage, and the
+    .part file is gone, with no manifest written."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0.png.part").symlink_to("/dev/full")
+    result = run_cli(app_env, "get", "t-big", "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert (
+        result.stderr.splitlines()[-1] == f"Error: cannot write {out / '0.png.part'}: No space left on device"
+    )
+    assert "object storage" not in result.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_a_directory_where_a_file_goes_is_one_error_line_naming_it(
+    app_env: dict[str, str], big_task: bytes, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Given an --out directory holding a directory named like the task's file
+    When `mjhook get t-big` has downloaded the file and moves it into place
+    Then it exits 1 with one `Error:` line naming that path, and keeps no .part file."""
+    out = tmp_path / "out"
+    (out / "0.png" / "inside").mkdir(parents=True)
+    result = run_cli(app_env, "get", "t-big", "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[-1] == f"Error: cannot write {out / '0.png'}: Is a directory"
+    assert sorted(path.name for path in out.iterdir()) == ["0.png"]

@@ -17,6 +17,7 @@ from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
 from tests.cli.conftest import RunCli
+from tests.support.procs import free_port
 from tests.support.provider import StartSimulator
 
 PUBLIC_URL = "https://hooks.example.com/"
@@ -170,6 +171,32 @@ def test_recover_takes_only_the_window_and_says_so_in_text(
     assert result.exit_code == 0, result.output
     assert "0 task(s)" in result.stdout
     assert run_cli(env, "recover", "--since", "soon").exit_code == 2
+
+
+def test_recover_stops_at_a_queue_that_refuses_with_the_rows_so_far_and_one_error_line(
+    run_cli: RunCli, redis_server: Any, start_simulator: StartSimulator, client: redis.Redis
+) -> None:
+    """Given two tasks submitted whose callbacks never came, the older one stored meanwhile
+    When recover runs while the queue (MJHOOK_BROKER_URL, a Redis of its own) is down
+    Then it lists the stored one, stops at the other with one `Error:` line saying the queue refused,
+    exit code 1, and that task stays submitted: no traceback."""
+    sim = start_simulator(faults=FaultConfig(drop_share=1.0))
+    env = cli_env(redis_server, sim, MJHOOK_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
+    stored, waiting = (run_cli(env, "submit", f"task {i}").stdout.strip() for i in range(2))
+    now_ms = int(time.time() * 1000)
+    client.zadd(keys.SUBMITTED, {stored: now_ms - 2000, waiting: now_ms - 1000})
+    TaskStore(client, ttl_s=3600).move(stored, TaskState.STORED)
+    wait_finished(sim, waiting)
+
+    result = run_cli(env, "recover", "--since", "1h")
+
+    assert result.exit_code == 1, result.output
+    assert f"{stored}  stored -> skipped: already stored" in result.stdout
+    assert waiting not in result.stdout
+    assert "1 task(s): 0 queued" in result.stdout
+    assert result.stderr.startswith("Error: stopped: the queue refused: cannot enqueue: ConnectionError")
+    assert result.stderr.count("\n") == 1
+    assert record(client, waiting)["state"] == "submitted"
 
 
 class HostileProvider(BaseHTTPRequestHandler):

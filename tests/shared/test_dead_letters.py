@@ -154,3 +154,33 @@ def test_purge_drops_the_given_dead_letters_or_all(client: redis.Redis, broker: 
     assert sorted(result.removed) == sorted([second, third])
     assert client.zcard(DEAD) == 0
     assert client.hlen(DEAD_BODIES) == 0
+
+
+def test_an_id_named_twice_is_replayed_once(client: redis.Redis, broker: RedisBroker) -> None:
+    """Given one dead letter
+    When a replay names its id twice, and an id that is not dead twice
+    Then one message is back on the queue, the replay lists it once, and the other id is missing
+    once."""
+    dead_id = kill(broker, queued_callback("twice"))
+
+    named = [dead_id, "nope", dead_id, "nope"]
+    result = replay_dead(client, broker, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, ids=named)
+
+    assert [old for old, _ in result.replayed] == [dead_id]
+    assert result.missing == ["nope"]
+    assert client.llen(READY) == 1
+    assert client.zcard(DEAD) == 0
+
+
+def test_an_id_named_twice_is_purged_and_counted_once(client: redis.Redis, broker: RedisBroker) -> None:
+    """Given two dead letters
+    When a purge names them with repeats, in an order of its own
+    Then each is removed and counted once, in the order first named."""
+    first, second = (kill(broker, queued_callback(f"t{i}")) for i in range(2))
+
+    result = purge_dead(
+        client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, ids=[second, first, second, "nope", "nope"]
+    )
+
+    assert (result.removed, result.missing) == ([second, first], ["nope"])
+    assert client.zcard(DEAD) == 0

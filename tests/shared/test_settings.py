@@ -43,6 +43,14 @@ def test_a_misspelled_variable_is_an_error_not_a_silent_default() -> None:
         Settings.from_env({"MJHOOK_REDIS_ULR": "redis://x"})
 
 
+def test_a_misspelled_variable_is_said_to_be_no_setting() -> None:
+    """Given a misspelled MJHOOK_* name
+    When the settings are read
+    Then the error says that no such setting exists, not pydantic's "Extra inputs"."""
+    with pytest.raises(ConfigError, match=r"MJHOOK_DEAD_MESSAGE_TTL: no such setting \(misspelled\?\)$"):
+        Settings.from_env({"MJHOOK_DEAD_MESSAGE_TTL": "86400"})
+
+
 def test_a_bad_value_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="MJHOOK_MAX_RETRIES"):
         Settings.from_env({"MJHOOK_MAX_RETRIES": "many"})
@@ -53,3 +61,33 @@ def test_fetch_ports_are_a_comma_separated_list() -> None:
     assert Settings.from_env({"MJHOOK_FETCH_PORTS": "443, 8443"}).fetch_ports == (443, 8443)
     with pytest.raises(ConfigError, match="MJHOOK_FETCH_PORTS"):
         Settings.from_env({"MJHOOK_FETCH_PORTS": "https"})
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:6379", "localhost", "http://127.0.0.1:6379/0", "", ":pw@host:1"])
+def test_a_redis_url_without_a_redis_scheme_is_refused_at_start_up(url: str) -> None:
+    """Given MJHOOK_REDIS_URL without redis://, rediss:// or unix:// (a host and port alone)
+    When the settings are read, as every entry point does at start-up
+    Then a ConfigError names the variable and the schemes, and not the URL (it may hold a
+    password), instead of redis-py's ValueError at the first command; each of those schemes is
+    taken."""
+    with pytest.raises(ConfigError, match=r"MJHOOK_REDIS_URL.*redis://, rediss://, unix://") as raised:
+        Settings.from_env({"MJHOOK_REDIS_URL": url})
+    assert "MJHOOK_BROKER_URL" not in str(raised.value)
+    assert ":pw@" not in str(raised.value)
+    for redis_url in ("redis://r:6379/0", "rediss://r:6380/1", "unix:///run/redis.sock"):
+        assert Settings.from_env({"MJHOOK_REDIS_URL": redis_url}).queue_url == redis_url
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:5672", "rabbitmq", "http://127.0.0.1:5672/", "kafka://x:9092"])
+def test_a_broker_url_without_a_broker_scheme_is_refused_at_start_up(url: str) -> None:
+    """Given MJHOOK_BROKER_URL set without a Redis or RabbitMQ scheme
+    When the settings are read
+    Then a ConfigError names that variable and the schemes it may use; each of those is taken, and
+    an empty broker URL still means the Redis URL."""
+    with pytest.raises(
+        ConfigError, match=r"MJHOOK_BROKER_URL.*redis://, rediss://, unix://, amqp://, amqps://"
+    ):
+        Settings.from_env({"MJHOOK_BROKER_URL": url})
+    for broker_url in ("redis://q/0", "rediss://q/0", "unix:///q.sock", "amqp://q:5672", "amqps://q:5671"):
+        assert Settings.from_env({"MJHOOK_BROKER_URL": broker_url}).queue_url == broker_url
+    assert Settings.from_env({"MJHOOK_BROKER_URL": ""}).queue_url == Settings().redis_url
