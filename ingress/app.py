@@ -15,6 +15,7 @@ import falcon.asgi
 import orjson
 import redis
 from falcon import media
+from minio.error import S3Error
 
 from ingress.dashboard import DASHBOARD_PATH, add_dashboard_routes
 from ingress.intake import CallbackIntake
@@ -120,6 +121,7 @@ def build_ingress(
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(redis.RedisError, _redis_unavailable)
+    app.add_error_handler(S3Error, _storage_refused)
     app.set_error_serializer(_error_json)
     signature = None
     if settings.webhook_hmac_key.strip():
@@ -193,6 +195,16 @@ async def _redis_unavailable(
     as for object storage, and a log line without a trace."""
     log.warning("%s %s: Redis unavailable: %s: %s", req.method, req.path, type(exc).__name__, exc)
     raise falcon.HTTPServiceUnavailable(title="Redis unavailable")
+
+
+async def _storage_refused(
+    req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any, ws: Any = None
+) -> None:
+    """Object storage refused a read endpoint's request (AccessDenied: the ingress's keys or
+    policy): 503 naming the S3 code, and a log line to fix the configuration by."""
+    code = getattr(exc, "code", "") or type(exc).__name__
+    log.warning("%s %s: object storage refused: %s", req.method, req.path, code)
+    raise falcon.HTTPServiceUnavailable(title=f"object storage refused the request: {code}")
 
 
 async def _internal_error(

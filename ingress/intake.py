@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import dramatiq
 import redis
@@ -26,13 +27,18 @@ log = logging.getLogger(__name__)
 #: After Redis failed, new callbacks go straight to the spool for this long, seconds, so the
 #: provider is not kept waiting on connection attempts during an outage.
 DEFAULT_REDIS_PAUSE_S = 1.0
+#: Threads of one process for the acknowledgements' blocking work (spool appends, and enqueues
+#: that cannot share the group commit: RabbitMQ, a queue in another Redis).
+DEFAULT_INTAKE_THREADS = 8
 
 
 class CallbackIntake:
     """Queues a valid callback durably: in Redis, or while Redis cannot take it, in the spool.
 
     :meth:`accept` runs on the ingress's event loop; :meth:`enqueue` is its blocking twin, for the
-    spool's drainer thread."""
+    spool's drainer thread. The blocking work of an acknowledgement runs on threads of its own
+    (``threads``), not the loop's default pool, where the read endpoints and the keeping of refused
+    bodies wait on Redis too: while Redis hangs, they must not hold up a callback's spool append."""
 
     def __init__(
         self,
@@ -43,8 +49,10 @@ class CallbackIntake:
         spool: Spool | None = None,
         pause_s: float = DEFAULT_REDIS_PAUSE_S,
         monotonic: Callable[[], float] = time.monotonic,
+        threads: int = DEFAULT_INTAKE_THREADS,
     ) -> None:
         self._broker = broker
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="intake")
         self.tasks = tasks
         self._spool = spool
         # When the queue is a Redis broker on the task-state Redis, state and message go in one call.
@@ -71,9 +79,9 @@ class CallbackIntake:
                 return
             except QueueUnavailable as exc:
                 log.warning("Redis unavailable (%s): spooling callbacks locally", exc)
-                self._redis_paused_until = self._monotonic() + self._pause_s
+                self._pause()
         # An fsync: off the event loop, which other requests share.
-        await asyncio.to_thread(self._spool.append, callback)
+        await self._in_thread(self._spool.append, callback)
 
     def enqueue(self, callback: Callback) -> None:
         """Record ``callback`` as received and put it on the queue, blocking (the spool's drainer)."""
@@ -86,9 +94,27 @@ class CallbackIntake:
     def _failed(self) -> None:
         """Redis (or the broker) refused an enqueue; a hook for counting."""
 
+    def _enqueue_unless_paused(self, callback: Callback) -> None:
+        """:meth:`enqueue`, unless Redis failed since this callback was handed to a thread: those
+        waiting behind a hung enqueue go to the spool at once instead of each waiting it out."""
+        if self._spool is not None and self._monotonic() < self._redis_paused_until:
+            raise QueueUnavailable("Redis failed a moment ago")
+        try:
+            self.enqueue(callback)
+        except QueueUnavailable:
+            # Paused here, before this thread takes the next one (the loop would learn it later).
+            self._pause()
+            raise
+
+    def _pause(self) -> None:
+        self._redis_paused_until = self._monotonic() + self._pause_s
+
+    async def _in_thread(self, work: Callable[[Callback], None], callback: Callback) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._threads, work, callback)
+
     async def _enqueue_async(self, callback: Callback) -> None:
         if self._acks is None:
-            await asyncio.to_thread(self.enqueue, callback)
+            await self._in_thread(self._enqueue_unless_paused, callback)
             return
         assert isinstance(self._broker, RedisBroker)
         loop = asyncio.get_running_loop()

@@ -51,13 +51,13 @@ class Spool:
 
     def depth_bytes(self) -> int:
         """Bytes waiting in every spool file of the directory."""
-        return sum(path.stat().st_size for path in self._files())
+        return sum(_size(path) for path in self._files())
 
     def depth(self) -> int:
         """Callbacks waiting in every spool file of the directory."""
         total = 0
         for path in self._files():
-            with path.open("rb") as handle:
+            with suppress(FileNotFoundError), path.open("rb") as handle:  # drained meanwhile: none
                 total += sum(1 for line in handle if line.strip())
         return total
 
@@ -65,7 +65,7 @@ class Spool:
         """Hand every spooled callback to ``accept`` in order, oldest file first; stop at the first
         failure and keep what is left. Returns how many were accepted."""
         drained = 0
-        for path in sorted(self._files(), key=lambda p: p.stat().st_mtime):
+        for path in sorted(self._files(), key=_modified):
             done, finished = self._drain_file(path, accept)
             drained += done
             if not finished:
@@ -81,13 +81,30 @@ class Spool:
             lines = [line for line in _read_all(fd).splitlines() if line.strip()]
             for done, line in enumerate(lines):
                 if not _hand_over(line, accept, source=path.name):
-                    _rewrite(path, lines[done:])
+                    if done:  # a round that took nothing leaves the file as it is
+                        _rewrite(path, lines[done:])
                     return done, False
             path.unlink()
             return len(lines), True
 
     def _files(self) -> list[Path]:
         return list(self.directory.glob(SPOOL_GLOB)) if self.directory.exists() else []
+
+
+def _size(path: Path) -> int:
+    """``path``'s size; 0 once another process drained and removed it."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _modified(path: Path) -> float:
+    """When ``path`` was last written; removed meanwhile, it sorts first and is found gone."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _hand_over(line: bytes, accept: Callable[[Callback], None], *, source: str) -> bool:

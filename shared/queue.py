@@ -20,6 +20,7 @@ from dramatiq.middleware import Middleware
 from shared import keys
 from shared.callback import Callback
 from shared.errors import ConfigError, QueueUnavailable
+from shared.redis_client import connect_redis
 from shared.settings import AMQP_SCHEMES, REDIS_SCHEMES, Settings
 from shared.taskstate import QueuedMessage, TaskStore
 
@@ -132,8 +133,15 @@ def enqueue_broker_beside(settings: Settings, task_client: redis.Redis) -> drama
     """A broker that only enqueues (no middleware), on ``task_client`` (the task store's Redis
     client) when the queue lives in that Redis, so that a task's state and its message can be
     written in one call (:func:`writes_with_state`)."""
-    same_redis = settings.queue_url == settings.redis_url
-    return create_broker(settings, client=task_client if same_redis else None, middleware=[])
+    if settings.queue_url == settings.redis_url:
+        client = task_client
+    elif queue_is_in_redis(settings):
+        # A queue in a Redis of its own waits no longer than the task store's (redis-py's own
+        # default, 5 s per try, would hold the provider past its answer deadline while it hangs).
+        client = connect_redis(settings.queue_url, timeout_s=settings.redis_timeout_s)
+    else:
+        client = None
+    return create_broker(settings, client=client, middleware=[])
 
 
 def writes_with_state(broker: dramatiq.Broker, tasks: TaskStore) -> bool:

@@ -179,7 +179,7 @@ class ObjectStore:
             try:
                 response = self._client.get_object(self.bucket, key)
             except S3Error as exc:
-                if exc.code == "NoSuchKey":
+                if exc.code in _MISSING:
                     return False
                 raise
             try:
@@ -202,7 +202,7 @@ class ObjectStore:
             try:
                 info = self._client.stat_object(self.bucket, key)
             except S3Error as exc:
-                if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                if exc.code in _MISSING:
                     return None
                 raise
         metadata = info.metadata or {}
@@ -235,6 +235,10 @@ class ObjectStore:
 def _user_metadata(metadata: Mapping[str, str], name: str) -> str | None:
     """One ``x-amz-meta-*`` value of a stat's response headers, however the store cased it."""
     return metadata.get("x-amz-meta-" + name) or metadata.get("X-Amz-Meta-" + name.title()) or None
+
+
+#: S3 error codes of an object that is not there; a bucket not made yet holds no object either.
+_MISSING = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchBucket"})
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import orjson
@@ -189,3 +190,58 @@ def test_a_full_spool_with_redis_down_is_a_503(tmp_path: Path) -> None:
         "/callbacks/midjourney", body=orjson.dumps(body), headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 503
+
+
+def test_an_append_is_not_refused_because_another_file_was_drained_meanwhile(tmp_path: Path) -> None:
+    """Given another process's spool file spooled and drained (removed) over and over, as drainer
+    threads do while Redis comes and goes, when this process appends, then no append is refused:
+    sizing the spool met files removed between listing and stat, and answered 503 for them."""
+    other = Spool(tmp_path, max_bytes=1 << 30, pid=lambda: 999)
+    mine = Spool(tmp_path, max_bytes=1 << 30, pid=lambda: 1)
+    stop = threading.Event()
+    counts = {"appended": 0, "drained": 0}
+
+    def spool_and_drain() -> None:
+        while not stop.is_set():
+            other.append(callback("other"))
+            counts["appended"] += 1
+            counts["drained"] += other.drain(lambda _callback: None)  # this process's file too
+            other.depth()
+
+    churn = threading.Thread(target=spool_and_drain)
+    churn.start()
+    refused: list[str] = []
+    try:
+        for _ in range(3000):
+            try:
+                mine.append(callback("mine"))
+            except SpoolUnavailable as exc:
+                refused.append(str(exc))
+    finally:
+        stop.set()
+        churn.join()
+    assert refused == []
+    assert counts["drained"] + mine.depth() == 3000 + counts["appended"]  # each line once
+
+
+def test_a_drain_that_takes_nothing_leaves_the_file_as_it_is(tmp_path: Path) -> None:
+    """While Redis is down every drain round fails on the first line: it must not copy, fsync and
+    rename the whole file (up to MJHOOK_SPOOL_MAX_BYTES per round and process, on a disk that may
+    be filling up) when nothing left it."""
+    spool = Spool(tmp_path, max_bytes=1 << 30, pid=lambda: 7)
+    for i in range(200):
+        spool.append(callback(f"t{i}"))
+    path = tmp_path / "spool-7.jsonl"
+    before = path.stat()
+
+    def redis_down(_callback: Callback) -> None:
+        raise QueueUnavailable("cannot record the task: ConnectionError")
+
+    assert spool.drain(redis_down) == 0
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_size,
+    )
+    assert not list(tmp_path.glob("*.tmp"))

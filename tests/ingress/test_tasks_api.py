@@ -14,6 +14,7 @@ from falcon import testing
 from ingress.app import create_app
 from shared.callback import Callback
 from shared.settings import Settings
+from shared.taskstate import TaskStore
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, png_bytes
 from workers.runtime import build_parts, wait_for_bucket
@@ -139,3 +140,52 @@ def test_read_endpoints_answer_503_while_redis_is_unreachable(caplog: pytest.Log
         assert response.status_code == 503
         assert response.json == {"error": "Redis unavailable"}
     assert not [record for record in caplog.records if record.exc_info]
+
+
+def test_a_received_task_is_readable_before_any_worker_made_the_bucket(
+    redis_server, s3_server, s3_bucket
+) -> None:
+    """A fresh deployment: the ingress acknowledged a callback, and no worker has started yet to
+    make the bucket. The task reads as received, with no manifest (it was a 500)."""
+    settings = Settings(
+        redis_url=redis_server.url,
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        s3_bucket=s3_bucket,  # not made
+        spool_dir="",
+    )
+    client = redis.Redis.from_url(redis_server.url)
+    app = testing.TestClient(create_app(settings, redis_client=client))
+    body = {
+        "code": 200,
+        "msg": "ok",
+        "data": {"taskId": "fresh-1", "resultUrls": ["https://example.com/a.png"]},
+    }
+    assert app.simulate_post("/callbacks/midjourney", json=body).status_code == 200
+    response = app.simulate_get("/tasks/fresh-1")
+    assert response.status_code == 200
+    assert (response.json["state"], response.json["manifest"], response.json["images"]) == (
+        "received",
+        None,
+        [],
+    )
+    client.close()
+
+
+def test_a_read_object_storage_refuses_is_a_503_naming_why(redis_server, s3_server, s3_bucket) -> None:
+    """Keys the store does not accept (AccessDenied and the like): 503 with the S3 code, not a 500."""
+    settings = Settings(
+        redis_url=redis_server.url,
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key="nobody",
+        s3_secret_key="wrong-secret",
+        s3_bucket=s3_bucket,
+        spool_dir="",
+    )
+    client = redis.Redis.from_url(redis_server.url)
+    TaskStore(client, ttl_s=3600).mark_received("t-1", "now")
+    response = testing.TestClient(create_app(settings, redis_client=client)).simulate_get("/tasks/t-1")
+    assert response.status_code == 503
+    assert response.json["error"].startswith("object storage refused the request: ")
+    client.close()

@@ -1,0 +1,117 @@
+"""The intake's blocking work while Redis misbehaves: a real Redis for task records, a real spool,
+and a broker that hangs on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import orjson
+import redis
+from dramatiq.brokers.stub import StubBroker
+from falcon import testing
+
+from ingress.app import build_ingress
+from ingress.intake import CallbackIntake
+from ingress.spool import Spool
+from shared.callback import Callback
+from shared.queue import enqueue_broker_beside
+from shared.settings import Settings
+from shared.taskstate import TaskStore
+from tests.support.procs import free_port
+
+PATH = "/callbacks/midjourney"
+JSON = {"Content-Type": "application/json"}
+
+
+def callback(task_id: str) -> Callback:
+    return Callback(task_id, 200, "success", None, ("https://example.com/a.png",), "2026-11-26T00:00:00.000Z")
+
+
+def test_a_callback_is_spooled_while_every_thread_of_the_default_pool_waits_on_redis(tmp_path: Path) -> None:
+    """Given Redis away and the event loop's default thread pool held entirely (the read endpoints
+    and the keeping of refused bodies wait there on a hung Redis), when a valid callback arrives,
+    then it is spooled and answered 200 all the same: its blocking work has threads of its own."""
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", spool_dir=str(tmp_path))
+    ingress = build_ingress(settings)
+    pool_size = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
+
+    async def scenario() -> int:
+        loop = asyncio.get_running_loop()
+        release = threading.Event()
+        held = [loop.run_in_executor(None, release.wait) for _ in range(pool_size)]
+        try:
+            async with testing.ASGIConductor(ingress.app) as conductor:
+                answer = conductor.simulate_post(PATH, body=orjson.dumps(body("spooled-1")), headers=JSON)
+                response = await asyncio.wait_for(answer, timeout=30)
+                return response.status_code
+        finally:
+            release.set()
+            await asyncio.gather(*held)
+
+    assert asyncio.run(scenario()) == 200
+    assert ingress.spool is not None
+    assert ingress.spool.depth() == 1
+
+
+def body(task_id: str) -> dict[str, Any]:
+    return {
+        "code": 200,
+        "msg": "ok",
+        "data": {"taskId": task_id, "resultUrls": ["https://example.com/a.png"]},
+    }
+
+
+class HangingBroker(StubBroker):
+    """A queue whose first enqueue hangs until released and then fails (a Redis that hung);
+    counts the enqueues it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        self.asked += 1
+        self.entered.set()
+        self.release.wait(30)
+        raise redis.ConnectionError("Timeout reading from socket")
+
+
+def test_callbacks_waiting_behind_a_hung_enqueue_are_spooled_without_trying_it(
+    client: redis.Redis, tmp_path: Path
+) -> None:
+    """Given a queue in a Redis of its own that hangs, and one thread for the blocking enqueues,
+    when five callbacks arrive together and the first enqueue times out, then all five are
+    spooled and answered, and the four queued behind it never tried the queue: each would have
+    waited out the timeout again, past the provider's 15 s deadline."""
+    broker = HangingBroker()
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    intake = CallbackIntake(broker=broker, tasks=TaskStore(client, ttl_s=3600), spool=spool, threads=1)
+
+    async def scenario() -> None:
+        accepted = [asyncio.create_task(intake.accept(callback(f"t{i}"))) for i in range(5)]
+        await asyncio.to_thread(broker.entered.wait, 10)
+        broker.release.set()
+        await asyncio.wait_for(asyncio.gather(*accepted), timeout=30)
+
+    asyncio.run(scenario())
+    assert broker.asked == 1
+    assert spool.depth() == 5
+
+
+def test_a_queue_in_a_redis_of_its_own_waits_no_longer_than_the_task_store(redis_server) -> None:
+    """redis-py's default socket timeout (5 s, per try) is not MJHOOK_REDIS_TIMEOUT_S."""
+    settings = Settings(
+        redis_url=redis_server.url,
+        broker_url=f"redis://127.0.0.1:{free_port()}/0",
+        redis_timeout_s=0.75,
+    )
+    broker = enqueue_broker_beside(settings, redis.Redis.from_url(redis_server.url))
+    kwargs = broker.client.connection_pool.connection_kwargs  # type: ignore[attr-defined]
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.75, 0.75)
