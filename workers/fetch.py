@@ -1,7 +1,9 @@
 """Download one result file: streamed, capped, timed out, sniffed, hashed.
 
 Files spool in memory up to a threshold and then to a temporary file, so a 500 MB video costs
-disk, not memory."""
+disk, not memory. Nothing a server sends is held whole before a cap judges it: redirects are
+followed here without reading their bodies, and bodies are read raw and decoded (one layer at
+most) in bounded steps."""
 
 from __future__ import annotations
 
@@ -9,13 +11,17 @@ import hashlib
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import IO
 
+import httpcore
 import httpx
 
 from shared.errors import DownloadFailed, DownloadRefused, MjhookError, ResultLinkGone, TransientError
+from shared.http_backend import limited_waits
 from workers.dimensions import (
     DEFAULT_HEAD_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -30,6 +36,12 @@ from workers.sniff import SNIFF_BYTES, MediaType, sniff_media
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 #: HTTP statuses of an expired or revoked link: the provider may give a fresh one for the file.
 LINK_GONE_STATUSES = frozenset({403, 404, 410})
+#: Headers of every request: images and videos are compressed already, so we ask for no encoding.
+REQUEST_HEADERS = {"Accept-Encoding": "identity"}
+#: Content codings decoded anyway (one layer at most), with the zlib window bits that read them.
+DECODED_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+#: Most bytes one decoding step may produce, so the caps judge a bomb's output before more exists.
+DECODE_STEP_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +55,7 @@ class FetchLimits:
     max_image_side: int = DEFAULT_MAX_SIDE
     #: Slowest average rate, bytes/s, a download may keep up once it has run ``min_rate_after_s``
     #: seconds; 0: none. The read timeout bounds the wait for one chunk, not a trickle of them.
+    #: Judged on the raw body bytes received since before the first connect (:class:`DownloadPace`).
     min_rate: int = 0
     min_rate_after_s: float = 60.0
 
@@ -77,9 +90,64 @@ class FetchedFile:
         self.body.close()
 
 
+class DownloadPace:
+    """The minimum average rate of one download (``FetchLimits.min_rate`` after ``min_rate_after_s``),
+    on the clock from before its first connect: redirect hops, response headers and a body that
+    decodes to nothing yet all take time without adding bytes. The raw body bytes received count.
+
+    It is also the :class:`shared.http_backend.WaitLimit` of the download: the guarded transport
+    waits on a socket only until the average would fall below the minimum, so a server trickling
+    its headers (or anything else between two chunks) is given up as soon as one trickling its
+    body."""
+
+    def __init__(self, limits: FetchLimits, monotonic: Callable[[], float]) -> None:
+        self._min_rate = limits.min_rate
+        self._after_s = limits.min_rate_after_s
+        self._monotonic = monotonic
+        self._started = monotonic()
+        self._received = 0
+
+    def counted(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """``chunks`` (raw body bytes), each counted and the average checked when it arrives."""
+        for chunk in chunks:
+            self._received += len(chunk)
+            self.check()
+            yield chunk
+
+    def check(self) -> None:
+        """Give up (:class:`DownloadFailed`, transient: the server may be slow for now) once the
+        download has run long enough to judge and averaged less than the minimum."""
+        if not self._min_rate:
+            return
+        elapsed = self._monotonic() - self._started
+        if elapsed > self._due_s():
+            raise DownloadFailed(
+                f"too slow: {self._received} bytes in {elapsed:.0f} s,"
+                f" under {self._min_rate} bytes/s on average"
+            )
+
+    def wait(self, timeout: float | None, late: type[httpcore.TimeoutException]) -> float | None:
+        """``timeout`` cut to the time left before the average falls below the minimum; ``late``
+        once there is none."""
+        if not self._min_rate:
+            return timeout
+        left = self._due_s() - (self._monotonic() - self._started)
+        if left <= 0:
+            raise late(f"under {self._min_rate} bytes/s on average")
+        return left if timeout is None else min(timeout, left)
+
+    def _due_s(self) -> float:
+        """Seconds after the start by which the bytes received so far are too few: the average
+        is judged after ``min_rate_after_s``, and is under the minimum after received/min_rate."""
+        return max(self._after_s, self._received / self._min_rate)
+
+
 class ResultFetcher:
     """Fetches result files with one pooled ``httpx.Client`` shared by all threads of a worker
-    process. Redirects, their limit and timeouts are the client's settings."""
+    process. Timeouts are the client's settings; redirects are followed here, each hop a request
+    of its own through the client's (guarded) transport, at most ``client.max_redirects``. The
+    minimum rate bounds every socket wait through a transport of :mod:`workers.guard`; through
+    another it is judged as each body chunk arrives."""
 
     def __init__(
         self,
@@ -142,36 +210,49 @@ class ResultFetcher:
         return FetchedFile(source_url=url, media=media, size=size, sha256=digest, body=body)
 
     def _stream_into(self, url: str, sink: IO[bytes], budget: ByteBudget) -> tuple[MediaType, int, str]:
-        cap = max(self._limits.max_image_bytes, self._limits.max_video_bytes)
+        pace = DownloadPace(self._limits, self._monotonic)
         try:
-            with self._client.stream("GET", url) as response:
+            with limited_waits(pace), closing(self._follow_redirects(url)) as response:
                 _check_status(response)
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > cap:
-                    raise DownloadRefused(f"file of {declared} bytes is over the {cap}-byte cap")
-                return self._copy(response, sink, budget)
-        except httpx.TooManyRedirects:
-            raise DownloadRefused("too many redirects") from None
+                _check_declared_size(response, self._largest_cap())
+                return self._copy(response, pace, sink, budget)
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise DownloadRefused(f"unusable URL: {exc}") from None
         except UnicodeError as exc:  # a redirect to a host whose IDNA label does not decode
             raise DownloadRefused(f"unusable URL: {exc}") from None
         except httpx.TimeoutException as exc:
+            pace.check()  # a wait cut short by the minimum rate says so
             raise DownloadFailed(f"timed out: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
             raise DownloadFailed(f"transfer failed: {type(exc).__name__}") from exc
 
+    def _follow_redirects(self, url: str) -> httpx.Response:
+        """The first answer to ``url`` that is not a redirect, body unread. httpx's own redirect
+        handling reads the body of every redirect whole into memory, decoded and uncapped; here
+        each redirect is closed unread (its connection is dropped rather than reused) and the
+        next hop is sent as a request of its own, so the guarded transport checks its URL and
+        the address it connects to."""
+        target = httpx.URL(url)
+        hops = self._client.max_redirects
+        for _ in range(hops + 1):
+            request = self._client.build_request("GET", target, headers=REQUEST_HEADERS)
+            response = self._client.send(request, stream=True, follow_redirects=False)
+            if not response.has_redirect_location:
+                return response
+            response.close()
+            target = _redirect_target(target, response.headers["Location"])
+        raise DownloadRefused(f"too many redirects (more than {hops})")
+
     def _copy(
-        self, response: httpx.Response, sink: IO[bytes], budget: ByteBudget
+        self, response: httpx.Response, pace: DownloadPace, sink: IO[bytes], budget: ByteBudget
     ) -> tuple[MediaType, int, str]:
+        chunks = decoded(pace.counted(response.iter_raw()), response.headers.get("Content-Encoding", ""))
         digest = hashlib.sha256()
         head = b""
         media: MediaType | None = None
-        cap = max(self._limits.max_image_bytes, self._limits.max_video_bytes)
+        cap = self._largest_cap()
         size = 0
-        started = self._monotonic()
-        for chunk in response.iter_bytes():
-            self._check_rate(size + len(chunk), self._monotonic() - started)
+        for chunk in chunks:
             if media is None:
                 head += chunk
                 if len(head) >= SNIFF_BYTES:
@@ -188,15 +269,8 @@ class ResultFetcher:
                 raise DownloadRefused(f"file is over the {cap}-byte cap")
         return media, size, digest.hexdigest()
 
-    def _check_rate(self, size: int, elapsed_s: float) -> None:
-        """Give up on a download that has averaged less than the minimum rate since it started,
-        once it has run long enough to judge: a server trickling bytes would otherwise hold a
-        worker thread until the task's time limit. Transient: the server may be slow for now."""
-        limits = self._limits
-        if limits.min_rate and elapsed_s > limits.min_rate_after_s and size < limits.min_rate * elapsed_s:
-            raise DownloadFailed(
-                f"too slow: {size} bytes in {elapsed_s:.0f} s, under {limits.min_rate} bytes/s on average"
-            )
+    def _largest_cap(self) -> int:
+        return max(self._limits.max_image_bytes, self._limits.max_video_bytes)
 
     def _check_dimensions(self, media: MediaType, head: bytes) -> None:
         """Refuse an image declaring too many pixels, or not declaring its size within ``head``
@@ -226,6 +300,75 @@ def _check_status(response: httpx.Response) -> None:
     raise DownloadRefused(f"HTTP {status}")
 
 
+def _check_declared_size(response: httpx.Response, cap: int) -> None:
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise DownloadRefused(f"file of {declared} bytes is over the {cap}-byte cap")
+
+
+def _redirect_target(url: httpx.URL, location: str) -> httpx.URL:
+    """Where a redirect from ``url`` leads: its ``Location``, absolute or relative. One that does
+    not parse is refused: it would not parse the next time either."""
+    try:
+        return url.join(location)
+    except httpx.InvalidURL as exc:
+        raise DownloadRefused(f"unusable URL in a redirect: {exc}") from None
+
+
+def refuse_unusable_redirect(response: httpx.Response) -> None:
+    """A response hook of the client: refuse a redirect whose ``Location`` does not parse. httpx
+    parses it as the answer arrives, followed or not, and reports a failure as a protocol error,
+    which would be retried as transient."""
+    if response.has_redirect_location:
+        _redirect_target(response.request.url, response.headers["Location"])
+
+
+def decoded(chunks: Iterable[bytes], content_encoding: str) -> Iterator[bytes]:
+    """The body ``chunks`` sent with ``content_encoding``, decoded.
+
+    We ask for identity, yet some servers encode all the same (an object stored gzipped is
+    served so whatever the request accepts), so one gzip or deflate layer is decoded rather than
+    refusing such files; it is decoded here, in steps of at most ``DECODE_STEP_BYTES``, so the
+    caps judge a bomb's output before more of it exists (httpx decodes each network read whole,
+    through every layer, in one call). Stacked or other encodings are refused: nothing honest
+    sends them to a client asking for identity, and each layer multiplies what a byte can
+    expand to."""
+    codings = [c for c in (part.strip().lower() for part in content_encoding.split(",")) if c]
+    layers = [c for c in codings if c != "identity"]
+    if not layers:
+        return iter(chunks)
+    if len(layers) > 1 or layers[0] not in DECODED_ENCODINGS:
+        raise DownloadRefused(
+            f"content encoding {content_encoding[:64]!r} refused: identity was asked for,"
+            " and at most one gzip or deflate layer is decoded"
+        )
+    return _inflated(chunks, DECODED_ENCODINGS[layers[0]])
+
+
+def _inflated(chunks: Iterable[bytes], wbits: int) -> Iterator[bytes]:
+    inflater = zlib.decompressobj(wbits)
+    try:
+        for chunk in chunks:
+            yield from _inflate(inflater, chunk)
+    except zlib.error as exc:
+        raise DownloadFailed(f"transfer failed: undecodable encoded body ({exc})") from None
+    if not inflater.eof:
+        raise DownloadFailed("transfer failed: the encoded body ends early")
+
+
+def _inflate(inflater: zlib._Decompress, data: bytes) -> Iterator[bytes]:
+    """What ``data`` decodes to, at most ``DECODE_STEP_BYTES`` a piece."""
+    while not inflater.eof:
+        piece = inflater.decompress(data, DECODE_STEP_BYTES)
+        data = inflater.unconsumed_tail
+        if piece:
+            yield piece
+        if not data and len(piece) < DECODE_STEP_BYTES:
+            break  # all of data taken in, and no output pending
+    if inflater.eof and (data or inflater.unused_data):
+        raise DownloadRefused("data after the end of the encoded body")
+
+
 def create_http_client(
     *,
     connect_timeout_s: float,
@@ -235,12 +378,16 @@ def create_http_client(
     transport: httpx.BaseTransport | None = None,
 ) -> httpx.Client:
     """The pooled client a worker process shares between its threads. ``trust_env`` is off: no
-    proxy or .netrc from the environment decides where result downloads go."""
+    proxy or .netrc from the environment decides where result downloads go. The client follows
+    no redirect itself: :class:`ResultFetcher` follows up to ``max_redirects`` (kept on the
+    client), without reading their bodies; a redirect to a URL that does not parse is refused
+    (:func:`refuse_unusable_redirect`)."""
     return httpx.Client(
         timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        follow_redirects=max_redirects > 0,
+        follow_redirects=False,
         max_redirects=max_redirects,
+        event_hooks={"response": [refuse_unusable_redirect]},
         headers={"User-Agent": "mjhook/0.1 (+result fetcher)"},
         trust_env=False,
         transport=transport,

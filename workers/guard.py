@@ -2,7 +2,7 @@
 
 Result URLs come from the internet but are fetched from inside the operator's network, so a
 hostile URL must not reach loopback, private networks or cloud metadata. The guard checks every
-request (each redirect hop too, since httpx sends every hop through the transport) and again the
+request (each redirect hop too: the fetcher sends every hop as a request of its own) and again the
 address actually connected to: the host is resolved once, every answer is checked, and the socket
 goes to a checked address, so no second DNS answer (rebinding) decides where a connection goes."""
 
@@ -20,7 +20,7 @@ import httpcore
 import httpx
 
 from shared.errors import ConfigError, DownloadRefused
-from shared.http_backend import pool_over
+from shared.http_backend import WaitLimitedBackend, pool_over
 from shared.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -32,6 +32,9 @@ SAFE_SCHEMES = frozenset({"http", "https"})
 DEFAULT_PORTS = frozenset({80, 443})
 #: Longest result URL accepted, in characters.
 DEFAULT_MAX_URL_LENGTH = 4096
+#: The ports TCP has; a URL may spell any number, and getaddrinfo fails outside the error tree
+#: (OverflowError) on one past them.
+TCP_PORTS = range(1, 65536)
 #: Resolved addresses tried, in order, before a connection counts as failed; bounds the connect
 #: time to this many connect timeouts.
 DEFAULT_MAX_ADDRESSES_TRIED = 4
@@ -261,6 +264,8 @@ def check_target(scheme: str, host: str, port: int, policy: FetchPolicy) -> Pars
     name = _normal_host(host)
     if not name:
         raise DownloadRefused("the URL has no host")
+    if port not in TCP_PORTS:
+        raise DownloadRefused(f"unusable URL: port {port} is not a TCP port (1-65535)")
     ip = parse_ip_literal(name)
     allow_listed = policy.allows_host(name) or (ip is not None and policy.allows_address(ip))
     if not allow_listed and port not in policy.ports:
@@ -380,8 +385,9 @@ class GuardedTransport(httpx.HTTPTransport):
         ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
         super().__init__(verify=ssl_context, limits=limits, trust_env=False)
         self._policy = policy
-        # The pool HTTPTransport built would connect on its own; this one connects through the guard.
-        self._pool = pool_over(backend, ssl_context=ssl_context, limits=limits)
+        # The pool HTTPTransport built would connect on its own; this one connects through the
+        # guard, and waits on sockets no longer than a download's minimum rate allows (fetch.py).
+        self._pool = pool_over(WaitLimitedBackend(backend), ssl_context=ssl_context, limits=limits)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         check_url(request.url, self._policy)

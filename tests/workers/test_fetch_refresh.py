@@ -12,7 +12,7 @@ import pytest
 from shared.errors import DownloadFailed, DownloadRefused, ResultLinkGone
 from simulator import FaultConfig, RunningSimulator
 from tests.support.provider import StartSimulator, client_for
-from tests.support.servers import FileServer
+from tests.support.servers import FileServer, png_bytes
 from workers.fetch import FetchLimits, ResultFetcher, create_http_client
 
 LIMITS = FetchLimits(max_image_bytes=5_000_000, max_video_bytes=5_000_000)
@@ -99,3 +99,29 @@ def test_other_refusals_are_not_refreshed(
         with pytest.raises(DownloadRefused, match="HTTP 418"):
             ResultFetcher(http, LIMITS, refresh_url=refresh).fetch(url)
     assert asked == []
+
+
+def test_a_link_redirecting_to_an_expired_file_is_refreshed(
+    http: httpx.Client, file_server: FileServer
+) -> None:
+    # Given a result URL that redirects (the fetcher follows it itself) to a file answering 410,
+    # and a provider handing out a fresh link for it
+    file_server.add("/expired.png", b"gone", status=410)
+    url = file_server.add_redirect("/result.png", "/expired.png")
+    image = png_bytes(3)
+    fresh = file_server.add("/fresh.png", image)
+    asked: list[str] = []
+
+    def refresh(link: str) -> str:
+        asked.append(link)
+        return fresh
+
+    # When it is fetched
+    fetched = ResultFetcher(http, LIMITS, refresh_url=refresh).fetch(url)
+    # Then the fresh link was asked for the result URL, and its file is the one fetched
+    try:
+        assert asked == [url]
+        assert fetched.sha256 == hashlib.sha256(image).hexdigest()
+        assert fetched.source_url == url
+    finally:
+        fetched.close()

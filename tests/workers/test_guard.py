@@ -309,6 +309,26 @@ def test_redirects_to_hostile_targets_are_refused_before_connecting(internet: Fa
     assert set(internet.connects) == {(PUBLIC_V4, 80)}
 
 
+@pytest.mark.parametrize("port", [0, 65536, 2**63])
+@pytest.mark.parametrize("via", ["given", "redirect"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_port_no_tcp_connection_can_use_is_refused_before_resolving_or_connecting(
+    internet: FakeInternet, host: str, port: int, via: str
+) -> None:
+    # Given an allow-listed host (any port goes there) named with a port outside 1-65535, as the
+    # result URL or as the target of a public server's redirect
+    policy = FetchPolicy.from_allow(["127.0.0.1", "localhost"])
+    target = f"http://{host}:{port}/a.png"
+    url = target if via == "given" else redirect_to(target)
+    # When it is fetched
+    with pytest.raises(DownloadRefused, match=f"port {port} is not a TCP port"):
+        guarded_fetcher(internet, policy).fetch(url)
+    # Then it is refused as an unusable URL (getaddrinfo would raise OverflowError, outside the
+    # error tree), before the host is resolved or connected to
+    assert internet.resolved == ([] if via == "given" else ["public.example"])
+    assert internet.connects == ([] if via == "given" else [(PUBLIC_V4, 80)])
+
+
 def test_a_name_with_one_public_and_one_private_address_is_refused(internet: FakeInternet) -> None:
     with pytest.raises(DownloadRefused, match=r"mixed\.example \(10\.0\.0\.5\).*private network"):
         guarded_fetcher(internet).fetch("http://mixed.example/image.png")

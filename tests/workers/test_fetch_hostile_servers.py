@@ -1,0 +1,355 @@
+"""What a hostile result server cannot make a download hold: memory past the caps (redirect
+bodies, content-encoding bombs) or a worker thread past the minimum rate (trickled headers, a
+trickled gzip header), and which of its answers are refused for good rather than retried.
+
+Only 127.0.0.1 is ever connected to: the file server and the scripted server listen there, and
+the guarded fetcher gets a resolver that refuses to resolve and a connector that opens sockets
+to 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import socket
+import struct
+import threading
+import time
+import tracemalloc
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import httpcore
+import pytest
+
+from shared.errors import DownloadFailed, DownloadRefused, MjhookError
+from tests.support.servers import FileServer, png_bytes
+from workers.fetch import FetchedFile, FetchLimits, ResultFetcher, create_http_client
+from workers.guard import FetchPolicy, create_guarded_transport
+from workers.sniff import PNG
+
+MIB = 1 << 20
+#: Most memory a download capped at 1 MiB may take at its peak (buffers, a 64 KiB network read).
+MEMORY_CEILING = 16 * MIB
+#: How long the scripted trickles would last if nothing gave up on them.
+TRICKLE_S = 6.0
+ONE_MIB_CAPS = FetchLimits(max_image_bytes=MIB, max_video_bytes=MIB, spool_memory_bytes=1024)
+#: 100 KB/s on average once a download has run 0.3 s.
+SLOW_LIMITS = FetchLimits(max_image_bytes=MIB, max_video_bytes=MIB, min_rate=100_000, min_rate_after_s=0.3)
+
+
+class ScriptedServer:
+    """A raw HTTP server on 127.0.0.1 that answers every request with a script of (bytes, pause)
+    steps, for answers the file server cannot give (trickled headers, a trickled gzip header,
+    a redirect with a body), and keeps each request's head."""
+
+    def __init__(self, steps: Sequence[tuple[bytes, float]]) -> None:
+        self._steps = list(steps)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(8)
+        self._sock.settimeout(0.1)
+        self.port: int = self._sock.getsockname()[1]
+        self.requests: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            self.requests.append(head)
+            for payload, pause in self._steps:
+                if self._stop.is_set():
+                    return
+                conn.sendall(payload)
+                time.sleep(pause)
+        except OSError:
+            pass  # the client gave up, which is what most of these tests provoke
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[Sequence[tuple[bytes, float]]], ScriptedServer]]:
+    servers: list[ScriptedServer] = []
+
+    def start(steps: Sequence[tuple[bytes, float]]) -> ScriptedServer:
+        servers.append(ScriptedServer(steps))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def no_dns(host: str, port: int) -> list[str]:
+    raise AssertionError(f"nothing here may be resolved, asked for {host}")
+
+
+def loopback_connector(
+    host: str,
+    port: int,
+    timeout: float | None = None,
+    local_address: str | None = None,
+    socket_options: Iterable[Any] | None = None,
+) -> httpcore.NetworkStream:
+    if host != "127.0.0.1":
+        raise AssertionError(f"connection to {host}:{port} asked for")
+    return httpcore.SyncBackend().connect_tcp(host, port, timeout, local_address, socket_options)
+
+
+def loopback_fetcher(limits: FetchLimits, *, read_timeout_s: float = 2.0) -> ResultFetcher:
+    """The worker's fetcher (guarded transport) allowed to reach 127.0.0.1 only."""
+    transport = create_guarded_transport(
+        FetchPolicy.from_allow(["127.0.0.1"]), resolver=no_dns, connector=loopback_connector
+    )
+    client = create_http_client(
+        connect_timeout_s=2,
+        read_timeout_s=read_timeout_s,
+        max_redirects=3,
+        max_connections=4,
+        transport=transport,
+    )
+    return ResultFetcher(client, limits)
+
+
+Outcome = FetchedFile | MjhookError
+
+
+def outcome_of(fetch: Callable[[], FetchedFile]) -> Outcome:
+    """The file fetched, or the error of the error tree that refused or gave it up."""
+    try:
+        return fetch()
+    except MjhookError as exc:
+        return exc
+
+
+def outcome_and_peak_memory(fetch: Callable[[], FetchedFile]) -> tuple[Outcome, int]:
+    """The outcome, and the most memory Python held at once meanwhile (bytes, all threads)."""
+    tracemalloc.start()
+    try:
+        return outcome_of(fetch), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def outcome_and_seconds(fetch: Callable[[], FetchedFile]) -> tuple[Outcome, float]:
+    started = time.monotonic()
+    return outcome_of(fetch), time.monotonic() - started
+
+
+def png_head(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk: what the sniffer and the dimension check read."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    crc = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + crc
+
+
+def answer(headers: str, body: bytes = b"") -> bytes:
+    return f"HTTP/1.1 {headers}\r\nConnection: close\r\n\r\n".encode() + body
+
+
+# --- redirects: followed by the fetcher, their bodies never read -------------------------------
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["plain-40MiB", "gzip-gzip-bomb-100MiB"])
+def test_a_redirect_body_is_not_read_into_memory(file_server: FileServer, encoded: bool) -> None:
+    # Given a result server whose 302 carries a large body (40 MiB; or a few hundred bytes of
+    # "Content-Encoding: gzip, gzip" decoding to 100 MiB), and an image cap of 1 MiB
+    image = png_bytes(4, 16, 16)
+    target = file_server.add("/final.png", image)
+    if encoded:
+        body, headers = gzip.compress(gzip.compress(bytes(100 * MIB))), {"Content-Encoding": "gzip, gzip"}
+    else:
+        body, headers = bytes(40 * MIB), {}
+    url = file_server.add(
+        "/r.png", body, status=302, content_type="text/html", headers={"Location": target, **headers}
+    )
+    # When it is fetched
+    outcome, peak = outcome_and_peak_memory(lambda: loopback_fetcher(ONE_MIB_CAPS).fetch(url))
+    # Then the redirect is followed without its body being read, let alone decoded
+    assert peak < MEMORY_CEILING, f"{peak / MIB:.0f} MiB held following one redirect of {len(body)} bytes"
+    assert isinstance(outcome, FetchedFile), outcome
+    assert outcome.sha256 == hashlib.sha256(image).hexdigest()
+    outcome.close()
+
+
+def test_a_redirect_trickling_its_body_is_not_waited_for(
+    file_server: FileServer, scripted: Callable[[Sequence[tuple[bytes, float]]], ScriptedServer]
+) -> None:
+    # Given a 302 that announces a 100 kB body and sends 10 bytes of it every 0.2 s
+    target = file_server.add("/final.png", png_bytes(5, 16, 16))
+    steps = [(answer(f"302 Found\r\nLocation: {target}\r\nContent-Length: 100000"), 0.2)]
+    steps += [(b"x" * 10, 0.2)] * int(TRICKLE_S / 0.2)
+    server = scripted(steps)
+    # When it is fetched (no minimum rate)
+    outcome, seconds = outcome_and_seconds(
+        lambda: loopback_fetcher(FetchLimits(max_image_bytes=MIB, max_video_bytes=MIB)).fetch(
+            server.url("/r")
+        )
+    )
+    # Then the target is fetched at once: nothing waits for the redirect's body
+    assert isinstance(outcome, FetchedFile), outcome
+    assert seconds < 2, f"the redirect held the download {seconds:.1f} s"
+    outcome.close()
+
+
+@pytest.mark.parametrize("location", ["http://[::1/a.png", "http://a\x7fb/a.png"])
+def test_a_redirect_to_an_unparseable_url_is_refused_not_retried(
+    file_server: FileServer, location: str
+) -> None:
+    # Given a result server that redirects to a URL that cannot be parsed
+    url = file_server.add_redirect("/r.png", location)
+    # When it is fetched
+    with pytest.raises(DownloadRefused, match="unusable URL in a redirect"):
+        loopback_fetcher(FetchLimits(max_image_bytes=MIB, max_video_bytes=MIB)).fetch(url)
+    # Then it is refused for good (not a DownloadFailed retried for ~45 minutes), after one request
+    assert file_server.hits["/r.png"] == 1
+
+
+# --- content encoding: identity asked for, one layer decoded in bounded steps -------------------
+
+
+@pytest.mark.parametrize(
+    ("coding", "encode"),
+    [("gzip", gzip.compress), ("deflate", zlib.compress)],
+)
+def test_identity_is_asked_for_and_one_layer_sent_anyway_is_decoded(
+    scripted: Callable[[Sequence[tuple[bytes, float]]], ScriptedServer],
+    coding: str,
+    encode: Callable[[bytes], bytes],
+) -> None:
+    # Given a server that encodes its PNG whatever the request accepts
+    image = png_bytes(6, 32, 32)
+    wire = encode(image)
+    server = scripted(
+        [(answer(f"200 OK\r\nContent-Encoding: {coding}\r\nContent-Length: {len(wire)}", wire), 0)]
+    )
+    # When it is fetched
+    fetched = loopback_fetcher(ONE_MIB_CAPS).fetch(server.url("/a.png"))
+    # Then the request asked for no encoding, and the file is the decoded bytes, hashed as stored
+    try:
+        assert b"accept-encoding: identity\r\n" in server.requests[0].lower()
+        assert (fetched.media, fetched.size) == (PNG, len(image))
+        assert fetched.sha256 == hashlib.sha256(image).hexdigest()
+        assert fetched.body.read() == image
+    finally:
+        fetched.close()
+
+
+def test_a_gzip_bomb_is_refused_at_the_cap_before_it_is_decoded_whole(file_server: FileServer) -> None:
+    # Given a file served "Content-Encoding: gzip" of about 100 kB that decodes to a PNG header
+    # followed by 100 MiB of zeros, and an image cap of 1 MiB
+    wire = gzip.compress(png_head(64, 64) + bytes(100 * MIB))
+    url = file_server.add("/bomb.png", wire, headers={"Content-Encoding": "gzip"})
+    # When it is fetched
+    outcome, peak = outcome_and_peak_memory(lambda: loopback_fetcher(ONE_MIB_CAPS).fetch(url))
+    # Then it is refused for its size, having decoded little more than the cap
+    assert isinstance(outcome, DownloadRefused), outcome
+    assert str(outcome) == f"file is over the {MIB}-byte cap"
+    assert peak < MEMORY_CEILING, (
+        f"{peak / MIB:.0f} MiB held to refuse a 1 MiB-capped file of {len(wire)} bytes"
+    )
+
+
+@pytest.mark.parametrize("coding", ["gzip, gzip", "br", "gzip, identity, deflate"])
+def test_stacked_or_unknown_encodings_are_refused_undecoded(file_server: FileServer, coding: str) -> None:
+    # Given a 1 MiB cap and a file of a few hundred bytes, "Content-Encoding: gzip, gzip",
+    # decoding to a PNG header and 100 MiB of zeros (the same bytes under the other labels)
+    wire = gzip.compress(gzip.compress(png_head(64, 64) + bytes(100 * MIB)))
+    url = file_server.add("/bomb.png", wire, headers={"Content-Encoding": coding})
+    # When it is fetched
+    outcome, peak = outcome_and_peak_memory(lambda: loopback_fetcher(ONE_MIB_CAPS).fetch(url))
+    # Then it is refused for its encoding, nothing of it decoded
+    assert isinstance(outcome, DownloadRefused), outcome
+    assert "at most one gzip or deflate layer" in str(outcome)
+    assert peak < MEMORY_CEILING, f"{peak / MIB:.0f} MiB held to refuse {len(wire)} bytes"
+
+
+def test_a_gzip_body_cut_short_is_transient_not_stored_truncated(file_server: FileServer) -> None:
+    # Given a complete HTTP answer whose gzip stream stops before its end (no trailer)
+    wire = gzip.compress(png_bytes(7, 32, 32))[:-12]
+    url = file_server.add("/cut.png", wire, headers={"Content-Encoding": "gzip"})
+    # Then the file is not stored cut short: it may be whole the next time
+    with pytest.raises(DownloadFailed, match="ends early"):
+        loopback_fetcher(ONE_MIB_CAPS).fetch(url)
+
+
+def test_data_after_the_end_of_a_gzip_body_is_refused(file_server: FileServer) -> None:
+    # Given a gzip stream of a PNG followed by bytes that belong to no gzip stream
+    wire = gzip.compress(png_bytes(8, 32, 32)) + b"<script>appended</script>"
+    url = file_server.add("/tail.png", wire, headers={"Content-Encoding": "gzip"})
+    # Then the file is refused rather than stored without what followed
+    with pytest.raises(DownloadRefused, match="after the end of the encoded body"):
+        loopback_fetcher(ONE_MIB_CAPS).fetch(url)
+
+
+# --- the minimum rate: from before the connect to the last byte, headers included ---------------
+
+
+def test_trickled_response_headers_are_given_up_as_too_slow(
+    scripted: Callable[[Sequence[tuple[bytes, float]]], ScriptedServer],
+) -> None:
+    # Given a server that sends one header line every 0.25 s (well within the 1 s read timeout)
+    # for 6 s before its body
+    body = png_bytes(1, 16, 16)
+    steps = [(b"HTTP/1.1 200 OK\r\n", 0.25)] + [(b"X-Pad: a\r\n", 0.25)] * int(TRICKLE_S / 0.25)
+    steps += [(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body, 0.0)]
+    server = scripted(steps)
+    # When the minimum average is 100 KB/s after 0.3 s
+    outcome, seconds = outcome_and_seconds(
+        lambda: loopback_fetcher(SLOW_LIMITS, read_timeout_s=1.0).fetch(server.url("/slow.png"))
+    )
+    # Then it is given up as too slow (transient) long before the trickle ends
+    assert isinstance(outcome, DownloadFailed), outcome
+    assert "too slow: 0 bytes in" in str(outcome)
+    assert seconds < TRICKLE_S / 2, f"trickled headers held the download {seconds:.1f} s"
+
+
+def test_a_trickled_gzip_header_is_given_up_as_too_slow(
+    scripted: Callable[[Sequence[tuple[bytes, float]]], ScriptedServer],
+) -> None:
+    # Given a gzip-encoded answer whose gzip header carries a file name (FNAME) sent one byte
+    # every 0.25 s: raw body bytes keep coming, but none decodes to anything yet
+    image = png_bytes(2, 16, 16)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = deflate.compress(image) + deflate.flush()
+    gz_head = b"\x1f\x8b\x08\x08" + b"\x00\x00\x00\x00" + b"\x00\xff"
+    gz_tail = b"\x00" + payload + struct.pack("<II", zlib.crc32(image), len(image))
+    steps = [(answer("200 OK\r\nContent-Encoding: gzip") + gz_head, 0.25)]
+    steps += [(b"a", 0.25)] * int(TRICKLE_S / 0.25)
+    steps += [(gz_tail, 0.0)]
+    assert gzip.decompress(b"".join(step for step, _ in steps).split(b"\r\n\r\n", 1)[1]) == image
+    server = scripted(steps)
+    # When the minimum average is 100 KB/s after 0.3 s
+    outcome, seconds = outcome_and_seconds(
+        lambda: loopback_fetcher(SLOW_LIMITS, read_timeout_s=1.0).fetch(server.url("/slow.png"))
+    )
+    # Then it is given up as too slow long before the trickle ends
+    assert isinstance(outcome, DownloadFailed), outcome
+    assert "too slow" in str(outcome)
+    assert seconds < TRICKLE_S / 2, f"a trickled gzip header held the download {seconds:.1f} s"
