@@ -52,6 +52,8 @@ class ScriptedServer:
         self._sock.settimeout(0.1)
         self.port: int = self._sock.getsockname()[1]
         self.requests: list[bytes] = []
+        #: Steps sent so far, over all connections.
+        self.sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -81,11 +83,16 @@ class ScriptedServer:
                 if self._stop.is_set():
                     return
                 conn.sendall(payload)
+                self.sent += 1
                 time.sleep(pause)
         except OSError:
             pass  # the client gave up, which is what most of these tests provoke
         finally:
             conn.close()
+
+    @property
+    def steps(self) -> int:
+        return len(self._steps)
 
     def close(self) -> None:
         self._stop.set()
@@ -157,9 +164,11 @@ def outcome_and_peak_memory(fetch: Callable[[], FetchedFile]) -> tuple[Outcome, 
         tracemalloc.stop()
 
 
-def outcome_and_seconds(fetch: Callable[[], FetchedFile]) -> tuple[Outcome, float]:
-    started = time.monotonic()
-    return outcome_of(fetch), time.monotonic() - started
+def outcome_and_steps_sent(fetch: Callable[[], FetchedFile], server: ScriptedServer) -> tuple[Outcome, int]:
+    """The outcome, and how many steps of its script ``server`` had sent when it came: fewer than
+    all of them means the fetcher did not wait the trickle out."""
+    outcome = outcome_of(fetch)
+    return outcome, server.sent
 
 
 def png_head(width: int, height: int) -> bytes:
@@ -207,14 +216,15 @@ def test_a_redirect_trickling_its_body_is_not_waited_for(
     steps += [(b"x" * 10, 0.2)] * int(TRICKLE_S / 0.2)
     server = scripted(steps)
     # When it is fetched (no minimum rate)
-    outcome, seconds = outcome_and_seconds(
+    outcome, sent = outcome_and_steps_sent(
         lambda: loopback_fetcher(FetchLimits(max_image_bytes=MIB, max_video_bytes=MIB)).fetch(
             server.url("/r")
-        )
+        ),
+        server,
     )
-    # Then the target is fetched at once: nothing waits for the redirect's body
+    # Then the target is fetched without waiting for the redirect's body to end
     assert isinstance(outcome, FetchedFile), outcome
-    assert seconds < 2, f"the redirect held the download {seconds:.1f} s"
+    assert sent < server.steps
     outcome.close()
 
 
@@ -321,13 +331,13 @@ def test_trickled_response_headers_are_given_up_as_too_slow(
     steps += [(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body, 0.0)]
     server = scripted(steps)
     # When the minimum average is 100 KB/s after 0.3 s
-    outcome, seconds = outcome_and_seconds(
-        lambda: loopback_fetcher(SLOW_LIMITS, read_timeout_s=1.0).fetch(server.url("/slow.png"))
+    outcome, sent = outcome_and_steps_sent(
+        lambda: loopback_fetcher(SLOW_LIMITS, read_timeout_s=1.0).fetch(server.url("/slow.png")), server
     )
-    # Then it is given up as too slow (transient) long before the trickle ends
+    # Then it is given up as too slow (transient) before the trickle ends
     assert isinstance(outcome, DownloadFailed), outcome
     assert "too slow: 0 bytes in" in str(outcome)
-    assert seconds < TRICKLE_S / 2, f"trickled headers held the download {seconds:.1f} s"
+    assert sent < server.steps
 
 
 def test_a_trickled_gzip_header_is_given_up_as_too_slow(
@@ -346,10 +356,10 @@ def test_a_trickled_gzip_header_is_given_up_as_too_slow(
     assert gzip.decompress(b"".join(step for step, _ in steps).split(b"\r\n\r\n", 1)[1]) == image
     server = scripted(steps)
     # When the minimum average is 100 KB/s after 0.3 s
-    outcome, seconds = outcome_and_seconds(
-        lambda: loopback_fetcher(SLOW_LIMITS, read_timeout_s=1.0).fetch(server.url("/slow.png"))
+    outcome, sent = outcome_and_steps_sent(
+        lambda: loopback_fetcher(SLOW_LIMITS, read_timeout_s=1.0).fetch(server.url("/slow.png")), server
     )
-    # Then it is given up as too slow long before the trickle ends
+    # Then it is given up as too slow before the trickle ends
     assert isinstance(outcome, DownloadFailed), outcome
     assert "too slow" in str(outcome)
-    assert seconds < TRICKLE_S / 2, f"a trickled gzip header held the download {seconds:.1f} s"
+    assert sent < server.steps
