@@ -11,7 +11,7 @@ import falcon
 
 from shared import storage
 from shared.callback import TASK_ID_PATTERN
-from shared.errors import StorageUnavailable
+from shared.errors import BucketMissing, StorageUnavailable
 from shared.storage import ObjectStore
 from shared.taskstate import TaskState, TaskStore
 
@@ -68,6 +68,8 @@ class TaskResource:
         record = self._tasks.get(task_id)
         try:
             manifest = self._store.get_json(storage.manifest_key(task_id))
+        except BucketMissing:
+            manifest = None  # no worker has started yet to make it: nothing is stored
         except StorageUnavailable as exc:
             raise falcon.HTTPServiceUnavailable(title="object storage unavailable") from exc
         if record is None and manifest is None:

@@ -28,6 +28,10 @@ class StorageUnavailable(TransientError):
     """Object storage did not answer or answered with a server error."""
 
 
+class BucketMissing(StorageUnavailable):
+    """The bucket does not exist (yet): the workers make it when they start."""
+
+
 class DownloadFailed(TransientError):
     """A result file could not be fetched this time (timeout, reset, 5xx)."""
 

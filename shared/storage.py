@@ -19,7 +19,7 @@ from minio.credentials.credentials import Credentials
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 from minio.helpers import MIN_PART_SIZE
 
-from shared.errors import ConfigError, StorageUnavailable
+from shared.errors import BucketMissing, ConfigError, StorageUnavailable
 from shared.settings import Settings
 
 #: User metadata key holding a stored file's sha256 (sent as ``x-amz-meta-sha256``).
@@ -237,8 +237,8 @@ def _user_metadata(metadata: Mapping[str, str], name: str) -> str | None:
     return metadata.get("x-amz-meta-" + name) or metadata.get("X-Amz-Meta-" + name.title()) or None
 
 
-#: S3 error codes of an object that is not there; a bucket not made yet holds no object either.
-_MISSING = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchBucket"})
+#: S3 error codes of an object that is not there (in a bucket that is).
+_MISSING = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
 
 
 @contextmanager
@@ -249,6 +249,9 @@ def _storage_errors() -> Iterator[None]:
     except (urllib3.exceptions.HTTPError, OSError, ServerError, InvalidResponseError) as exc:
         raise StorageUnavailable(f"object storage unavailable: {type(exc).__name__}") from exc
     except S3Error as exc:
+        if exc.code == "NoSuchBucket":
+            bucket = getattr(exc, "bucket_name", None) or "?"
+            raise BucketMissing(f"object storage has no bucket {bucket!r} (NoSuchBucket)") from exc
         status = exc.response.status if exc.response is not None else 0
         if status >= 500 or exc.code in ("SlowDown", "ServiceUnavailable", "InternalError"):
             raise StorageUnavailable(f"object storage error: {exc.code}") from exc
