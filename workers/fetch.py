@@ -8,6 +8,7 @@ most) in bounded steps."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import tempfile
 import threading
 import time
@@ -38,8 +39,8 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429})
 LINK_GONE_STATUSES = frozenset({403, 404, 410})
 #: Headers of every request: images and videos are compressed already, so we ask for no encoding.
 REQUEST_HEADERS = {"Accept-Encoding": "identity"}
-#: Content codings decoded anyway (one layer at most), with the zlib window bits that read them.
-DECODED_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+#: Content codings decoded anyway (one layer at most).
+DECODED_ENCODINGS = frozenset({"gzip", "x-gzip", "deflate"})
 #: Most bytes one decoding step may produce, so the caps judge a bomb's output before more exists.
 DECODE_STEP_BYTES = 64 * 1024
 
@@ -330,25 +331,38 @@ def decoded(chunks: Iterable[bytes], content_encoding: str) -> Iterator[bytes]:
     served so whatever the request accepts), so one gzip or deflate layer is decoded rather than
     refusing such files; it is decoded here, in steps of at most ``DECODE_STEP_BYTES``, so the
     caps judge a bomb's output before more of it exists (httpx decodes each network read whole,
-    through every layer, in one call). Stacked or other encodings are refused: nothing honest
-    sends them to a client asking for identity, and each layer multiplies what a byte can
-    expand to."""
+    through every layer, in one call). Stacked layers are refused: nothing honest sends them to a
+    client asking for identity, and each one multiplies what a byte can expand to. A label we do
+    not decode (``none`` or ``binary`` in a misconfigured object's metadata, or ``br``) leaves the
+    bytes as sent, judged like any others by the caps and the type check."""
     codings = [c for c in (part.strip().lower() for part in content_encoding.split(",")) if c]
-    layers = [c for c in codings if c != "identity"]
+    layers = [c for c in codings if c in DECODED_ENCODINGS]
     if not layers:
         return iter(chunks)
-    if len(layers) > 1 or layers[0] not in DECODED_ENCODINGS:
+    if len(layers) > 1:
         raise DownloadRefused(
             f"content encoding {content_encoding[:64]!r} refused: identity was asked for,"
             " and at most one gzip or deflate layer is decoded"
         )
-    return _inflated(chunks, DECODED_ENCODINGS[layers[0]])
+    return _inflated(chunks, deflate=layers[0] == "deflate")
 
 
-def _inflated(chunks: Iterable[bytes], wbits: int) -> Iterator[bytes]:
+def _inflated(chunks: Iterable[bytes], *, deflate: bool) -> Iterator[bytes]:
+    """gzip, or "deflate": zlib-wrapped as the standard says, or the bare deflate stream many
+    servers send under that name (told apart by the zlib header, as httpx did)."""
+    chunks = iter(chunks)
+    head = b""
+    wbits = 16 + zlib.MAX_WBITS
+    if deflate:
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= 2:
+                break
+        wrapped = len(head) >= 2 and head[0] & 0x0F == 8 and int.from_bytes(head[:2], "big") % 31 == 0
+        wbits = zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS
     inflater = zlib.decompressobj(wbits)
     try:
-        for chunk in chunks:
+        for chunk in itertools.chain([head] if head else [], chunks):
             yield from _inflate(inflater, chunk)
     except zlib.error as exc:
         raise DownloadFailed(f"transfer failed: undecodable encoded body ({exc})") from None

@@ -64,7 +64,7 @@ class ResultVerifier:
             return self._disowned(callback, "the provider does not know this task")
         if info.status is TaskStatus.GENERATING:
             raise VerificationPending(f"the provider still reports task {callback.task_id} as generating")
-        if info.status is TaskStatus.SUCCESS and not info.result_urls:
+        if info.status is TaskStatus.SUCCESS and not info.result_urls and callback.result_urls:
             # A record not filled in yet: adopting its empty list would fail a task that has files.
             raise VerificationPending(
                 f"the provider reports task {callback.task_id} done but lists no results yet"

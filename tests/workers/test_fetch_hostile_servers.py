@@ -286,8 +286,8 @@ def test_a_gzip_bomb_is_refused_at_the_cap_before_it_is_decoded_whole(file_serve
     )
 
 
-@pytest.mark.parametrize("coding", ["gzip, gzip", "br", "gzip, identity, deflate"])
-def test_stacked_or_unknown_encodings_are_refused_undecoded(file_server: FileServer, coding: str) -> None:
+@pytest.mark.parametrize("coding", ["gzip, gzip", "gzip, identity, deflate", "x-gzip, br, deflate"])
+def test_stacked_encodings_are_refused_undecoded(file_server: FileServer, coding: str) -> None:
     # Given a 1 MiB cap and a file of a few hundred bytes, "Content-Encoding: gzip, gzip",
     # decoding to a PNG header and 100 MiB of zeros (the same bytes under the other labels)
     wire = gzip.compress(gzip.compress(png_head(64, 64) + bytes(100 * MIB)))
@@ -298,6 +298,48 @@ def test_stacked_or_unknown_encodings_are_refused_undecoded(file_server: FileSer
     assert isinstance(outcome, DownloadRefused), outcome
     assert "at most one gzip or deflate layer" in str(outcome)
     assert peak < MEMORY_CEILING, f"{peak / MIB:.0f} MiB held to refuse {len(wire)} bytes"
+
+
+def test_bytes_under_an_encoding_we_do_not_decode_are_judged_as_sent(file_server: FileServer) -> None:
+    # Given the same bomb labelled "br" (not decoded here)
+    wire = gzip.compress(gzip.compress(png_head(64, 64) + bytes(100 * MIB)))
+    url = file_server.add("/bomb.png", wire, headers={"Content-Encoding": "br"})
+    # Then its bytes, as sent, are no image: refused, nothing of it decoded
+    outcome, peak = outcome_and_peak_memory(lambda: loopback_fetcher(ONE_MIB_CAPS).fetch(url))
+    assert isinstance(outcome, DownloadRefused), outcome
+    assert "not an image or video" in str(outcome)
+    assert peak < MEMORY_CEILING
+
+
+@pytest.mark.parametrize("coding", ["none", "binary"])
+def test_a_png_under_a_label_that_encodes_nothing_is_stored(file_server: FileServer, coding: str) -> None:
+    """A misconfigured object's metadata ("Content-Encoding: none"): httpx ignored such labels,
+    and so do we (session 7's first version refused them)."""
+    image = png_bytes(12, 32, 32)
+    url = file_server.add("/label.png", image, headers={"Content-Encoding": coding})
+    fetched = loopback_fetcher(ONE_MIB_CAPS).fetch(url)
+    try:
+        assert (fetched.media, fetched.sha256) == (PNG, hashlib.sha256(image).hexdigest())
+    finally:
+        fetched.close()
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["zlib-wrapped", "bare"])
+def test_deflate_is_decoded_wrapped_or_bare(file_server: FileServer, wrapped: bool) -> None:
+    """RFC 9110's deflate is zlib-wrapped; many servers send the bare stream under that name,
+    which httpx decoded too (told apart by the zlib header)."""
+    image = png_bytes(11, 32, 32)
+    compressor = zlib.compressobj(wbits=zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+    url = file_server.add(
+        "/deflated.png",
+        compressor.compress(image) + compressor.flush(),
+        headers={"Content-Encoding": "deflate"},
+    )
+    fetched = loopback_fetcher(ONE_MIB_CAPS).fetch(url)
+    try:
+        assert (fetched.media, fetched.sha256) == (PNG, hashlib.sha256(image).hexdigest())
+    finally:
+        fetched.close()
 
 
 def test_a_gzip_body_cut_short_is_transient_not_stored_truncated(file_server: FileServer) -> None:

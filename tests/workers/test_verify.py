@@ -89,3 +89,10 @@ def test_a_success_the_provider_disowns_becomes_a_failure(
 def test_when_the_provider_cannot_say_now_the_task_is_retried(answer: TaskRecordInfo | Exception) -> None:
     with pytest.raises(VerificationPending):
         verifier(answer).verify(CALLBACK)
+
+
+def test_a_success_without_urls_that_the_provider_lists_without_results_is_not_waited_for() -> None:
+    """Nothing to wait for: both say there are no files; the task fails now, with its manifest."""
+    empty = Callback("t1", 200, "success", None, (), "now")
+    checked, verification = verifier(info(TaskStatus.SUCCESS, ())).verify(empty)
+    assert (checked.result_urls, verification.mismatch) == ((), False)
