@@ -83,8 +83,11 @@ class CallbackProcessor:
             if self._verifier is not None and callback.succeeded:
                 callback, verification = self._verifier.verify(callback)
             failed_files: list[str] = []
+            earlier: set[str] = set()
             if callback.succeeded:
-                images, errors, failed_files = self._store_files(callback, lease, final_attempt=final_attempt)
+                images, errors, failed_files, earlier = self._store_files(
+                    callback, lease, final_attempt=final_attempt
+                )
             else:
                 images, errors = [], []
             status = outcome(callback, images, errors)
@@ -106,10 +109,9 @@ class CallbackProcessor:
             # Redis holds our token, checked in the same call (TaskBusy: retried later).
             lease.confirm()
             self._store.put_json(storage.manifest_key(task_id), manifest)
-            if callback.succeeded:
-                # After the manifest: a crash in between leaves an object it does not list (removed
-                # by the retry), never a manifest listing a removed file.
-                self._remove_undescribed_files(task_id, images, lease)
+            # After the manifest: a crash in between leaves an object it does not list (removed
+            # by the retry), never a manifest listing a removed file.
+            self._remove_undescribed_files(task_id, earlier - {image.key for image in images}, lease)
             reason = _reason(callback, errors)
             self._tasks.move(task_id, status, holder=lease.token, code=str(callback.code), reason=reason)
             self._metrics.tasks.labels(status.value).inc()
@@ -134,9 +136,10 @@ class CallbackProcessor:
 
     def _store_files(
         self, callback: Callback, lease: Lease, *, final_attempt: bool
-    ) -> tuple[list[ImageEntry], list[FileError], list[str]]:
-        """The files stored, those given up, and the error class of each given up."""
-        already, replaced = self._already_stored(callback)
+    ) -> tuple[list[ImageEntry], list[FileError], list[str], set[str]]:
+        """The files stored, those given up, the error class of each given up, and the keys of the
+        task's files stored before this attempt."""
+        already, replaced, earlier = self._already_stored(callback)
         if replaced:
             # These downloads overwrite files the manifest of an earlier outcome may describe: from
             # now on, a give-up must fail the task, not bring back that manifest's outcome.
@@ -177,7 +180,7 @@ class CallbackProcessor:
             raise DownloadFailed(
                 f"{len(transient)} of {len(todo)} files of {callback.task_id} failed for now: {transient[0]}"
             )
-        return images, errors, failed
+        return images, errors, failed, earlier
 
     def _store_one(self, task_id: str, index: int, url: str, budget: ByteBudget, lease: Lease) -> ImageEntry:
         """Download ``url`` and store it as file ``index`` of the task; :class:`TaskBusy` instead
@@ -204,32 +207,32 @@ class CallbackProcessor:
             fetched.close()
         return ImageEntry(index, url, key, fetched.size, fetched.sha256, fetched.media.content_type)
 
-    def _remove_undescribed_files(self, task_id: str, images: list[ImageEntry], lease: Lease) -> None:
-        """Delete the task's file objects (``{index}.{ext}``) that ``images``, the manifest about to
-        be written, does not describe: those of an earlier result this one replaced with a file of
-        another type, or whose replacement failed, or at an index past this callback's URLs. The
-        bucket then holds what the manifest lists; ``lease`` is checked before each deletion, as
-        before each upload (the key may be the new holder's file by now)."""
-        prefix = storage.task_prefix(task_id)
-        described = {image.key for image in images}
-        for key in self._store.list_keys(prefix):
-            if key in described or not _STORED_FILE.fullmatch(key[len(prefix) :]):
-                continue
+    def _remove_undescribed_files(self, task_id: str, keys: set[str], lease: Lease) -> None:
+        """Delete ``keys``: file objects stored before this attempt that its manifest does not
+        describe (an earlier result's file this one replaced with one of another type, or whose
+        replacement failed, or at an index past this callback's URLs), so the bucket holds what
+        the manifest lists. What was stored before is what this attempt listed at its start: no
+        other worker writes while it holds the lease. ``lease`` is checked before each deletion,
+        as before each upload (the key may be the new holder's file by now)."""
+        for key in sorted(keys):
             lease.check()
             self._store.remove(key)
             log.info("task %s: removed %s, which the new manifest does not describe", task_id, key)
 
-    def _already_stored(self, callback: Callback) -> tuple[dict[int, ImageEntry], set[int]]:
+    def _already_stored(self, callback: Callback) -> tuple[dict[int, ImageEntry], set[int], set[str]]:
         """Files an earlier, interrupted attempt stored completely (their sha256 recorded) from the
         URL this callback lists at their index, and the indices of the other files stored at an
         index it lists, which are fetched again to replace them: an earlier callback of the task may
         have listed other results, and a file stored before sources were recorded cannot prove
-        where it came from."""
+        where it came from. Also the keys of every file of the task stored so far."""
         prefix = storage.task_prefix(callback.task_id)
         found: dict[int, ImageEntry] = {}
         replaced: set[int] = set()
+        stored: set[str] = set()
         for key in self._store.list_keys(prefix):
             match = _STORED_FILE.fullmatch(key[len(prefix) :])
+            if match:
+                stored.add(key)
             if not match or int(match[1]) >= len(callback.result_urls):
                 continue
             index = int(match[1])
@@ -247,7 +250,7 @@ class CallbackProcessor:
                 )
                 continue
             found[index] = ImageEntry(index, url, key, info.size, info.sha256, info.content_type)
-        return found, replaced - found.keys()
+        return found, replaced - found.keys(), stored
 
 
 def _unexpected_error(task_id: str, index: int, url: str, exc: Exception) -> FileError:
