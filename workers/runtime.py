@@ -24,7 +24,7 @@ from shared.provider import create_provider_client
 from shared.redis_client import connect_redis
 from shared.settings import Settings
 from shared.storage import ObjectStore, create_object_store
-from shared.taskstate import TaskState, TaskStore
+from shared.taskstate import UNSETTLED_STATES, TaskState, TaskStore
 from workers.fetch import FetchLimits, ResultFetcher, create_http_client
 from workers.guard import guarded_transport_from_settings
 from workers.lease import LeaseManager
@@ -180,13 +180,27 @@ class WorkerRuntime(Middleware):
             callback = Callback.from_message(message.args[0])
         except (MjhookError, IndexError, TypeError, AttributeError):
             return
+        state = self._give_up(callback.task_id, reason)
+        if state in UNSETTLED_STATES:
+            # Left to the worker holding the lease. A lease whose holder could not release it
+            # (Redis away for a moment) is nobody's, and nobody would settle the task: look once
+            # more when any such lease must have lapsed.
+            timer = threading.Timer(
+                self._settings.lease_ttl_s + 1, self._give_up, args=(callback.task_id, reason)
+            )
+            timer.daemon = True
+            timer.start()
+
+    def _give_up(self, task_id: str, reason: str) -> TaskState | None:
+        assert self._parts is not None
         try:
-            state = self._parts.tasks.give_up(callback.task_id, reason)
+            state = self._parts.tasks.give_up(task_id, reason)
         except Exception:
-            log.exception("could not record the failure of %s", callback.task_id)
-            return
+            log.exception("could not record the failure of %s", task_id)
+            return None
         if state is not TaskState.FAILED:
-            log.info("task %s stays %s; its message was %s", callback.task_id, state.value, reason)
+            log.info("task %s stays %s; its message was %s", task_id, state.value, reason)
+        return state
 
     def _record_dead_reason(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, reason: str

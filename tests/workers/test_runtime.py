@@ -295,6 +295,23 @@ def test_a_message_given_up_for_its_own_error_leaves_a_task_another_worker_took_
         assert_left_to_the_holder(tasks, None)
 
 
+def test_a_task_left_to_a_lease_nobody_holds_any_more_is_failed_once_it_lapsed(
+    short_lease: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a task processing under a lease its worker could not release (Redis away at that
+    moment: the key stays until its TTL), when the queue gives up on its message, then the task
+    is left alone at first (a live holder would settle it) and failed, with the reason, once that
+    lease has lapsed: nobody else would ever settle it."""
+    tasks.move("task-1", TaskState.PROCESSING)
+    tasks.client.set(keys.lease("task-1"), "a token nobody renews", px=1000)
+
+    give_up(short_lease, callback([file_server.url("/0.png")]), DownloadFailed("connection reset"))
+
+    assert tasks.get("task-1").state is TaskState.PROCESSING  # type: ignore[union-attr]
+    wait_for(lambda: tasks.get("task-1").state is TaskState.FAILED, timeout_s=15, what="the failure")  # type: ignore[union-attr]
+    assert tasks.get("task-1").fields["reason"] == "gave up: DownloadFailed: connection reset"  # type: ignore[union-attr]
+
+
 def assert_left_to_the_holder(tasks: TaskStore, outcome: TaskState | None) -> None:
     record = tasks.get("task-1")
     assert record is not None
