@@ -2,11 +2,12 @@
 callback URL, record it as ``submitted`` (so the polling fallback finds it if no callback comes)
 and print its taskId.
 
-Exit codes: 0 submitted and recorded; 1 Redis unavailable (nothing submitted) or an unreadable
-provider answer; 2 configuration or usage (MJHOOK_PROVIDER_API_KEY, MJHOOK_PUBLIC_URL);
-3 the provider refused (bad key, no credits, invalid request: do not retry as is); 4 the provider
-is unavailable or rate limiting, still after retries (try again later); 5 submitted (the taskId is
-printed) but not recorded, so nothing polls for it."""
+Exit codes: 0 submitted and recorded; 1 Redis unavailable (nothing submitted) or a provider
+answer in its format without a taskId; 2 configuration or usage (MJHOOK_PROVIDER_API_KEY,
+MJHOOK_PUBLIC_URL); 3 the provider refused (bad key, no credits, invalid request, 501, 505: do not
+retry as is); 4 the provider is unavailable, rate limiting or answering outside its format, still
+after retries (try again later); 5 submitted (the taskId is printed) but not recorded, so nothing
+polls for it."""
 
 from __future__ import annotations
 

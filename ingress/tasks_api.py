@@ -99,10 +99,13 @@ class TaskListResource:
         self._tasks = tasks
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        state = req.get_param("state")
+        # A blank parameter (``?state=&limit=``, as a form or a template leaves it) is an absent one.
+        state = req.get_param("state") or None
         if state is not None and state not in {s.value for s in TaskState}:
             raise falcon.HTTPBadRequest(title=f"unknown state {state!r}")
-        limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_LIST_LIMIT) or DEFAULT_LIST_LIMIT
+        limit = DEFAULT_LIST_LIMIT
+        if req.get_param("limit"):
+            limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_LIST_LIMIT) or limit
         records = self._tasks.recent(state=TaskState(state) if state else None, limit=limit)
         resp.media = {
             "tasks": [

@@ -93,6 +93,13 @@ def test_recent_tasks_are_listed_by_state(stack: Stack) -> None:
     assert stack.app.simulate_get("/tasks", params={"state": "bogus"}, headers=AUTH).status_code == 400
 
 
+def test_blank_list_parameters_mean_absent_ones(stack: Stack) -> None:
+    """README spells the endpoint ``GET /tasks?state=&limit=``: blank, they are the defaults."""
+    response = stack.app.simulate_get("/tasks", query_string="state=&limit=", headers=AUTH)
+    assert response.status_code == 200
+    assert {task["taskId"] for task in response.json["tasks"]} == {"stored-1", "failed-1"}
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
 def test_read_endpoints_need_the_api_token(stack: Stack, headers: dict[str, str]) -> None:
     for path in ("/tasks/stored-1", "/tasks"):
