@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 CODE_FAILURE = 500
 #: Provider answers about one task (not the account) saying it does not know it.
 TASK_UNKNOWN_CODES = frozenset({400, 404, 422})
+#: The provider's body code for "generation failed", which any endpoint may answer: for
+#: ``record-info`` the task's final outcome, not a refusal of our account.
+GENERATION_FAILED = 501
 #: Appended to ``msg``, so a manifest tells a polled result from a called-back one.
 POLLED_MSG_SUFFIX = " (polled from record-info)"
 
@@ -77,24 +80,31 @@ class ResultPoller:
         """Poll ``task_id``. Provider errors about the account or its availability (401, 402, 429,
         5xx, unreachable) raise :class:`~shared.errors.ProviderError`; redis and queue errors
         raise too."""
+        received_at = utc_iso(self._clock())
         try:
             info = self._provider.record_info(task_id)
         except ProviderRefused as exc:
             if exc.code in TASK_UNKNOWN_CODES:
                 return PollResult(task_id, PollOutcome.UNKNOWN, str(exc))
+            if exc.code == GENERATION_FAILED:
+                msg = (exc.provider_msg or "generation failed") + POLLED_MSG_SUFFIX
+                return self._queue(Callback(task_id, CODE_FAILURE, msg, None, (), received_at), "failed")
             raise
         if not info.finished:
             return PollResult(task_id, PollOutcome.GENERATING, f"successFlag {info.success_flag}")
         try:
-            callback = callback_from_record(info, received_at=utc_iso(self._clock()), limits=self._limits)
+            callback = callback_from_record(info, received_at=received_at, limits=self._limits)
         except InvalidCallback as exc:
             return PollResult(task_id, PollOutcome.UNUSABLE, f"its result cannot be used: {exc.reason}")
+        return self._queue(callback, info.status.value)
+
+    def _queue(self, callback: Callback, status: str) -> PollResult:
         # Queued first, then marked: a task marked ``received`` without its message would be
         # lost to the poller, while a message for a task still ``submitted`` is processed anyway.
         enqueue_callback(self._broker, callback)
-        self._tasks.mark_received(task_id, callback.received_at)
-        log.info("task %s: result polled from the provider and queued (%s)", task_id, info.status.value)
-        return PollResult(task_id, PollOutcome.QUEUED, callback.msg, succeeded=callback.succeeded)
+        self._tasks.mark_received(callback.task_id, callback.received_at)
+        log.info("task %s: result polled from the provider and queued (%s)", callback.task_id, status)
+        return PollResult(callback.task_id, PollOutcome.QUEUED, callback.msg, succeeded=callback.succeeded)
 
 
 def callback_from_record(info: TaskRecordInfo, *, received_at: str, limits: CallbackLimits) -> Callback:

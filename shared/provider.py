@@ -52,8 +52,11 @@ DEFAULT_ATTEMPTS = 5
 #: Wait before the first retry, seconds; doubled before each further one, up to the cap.
 DEFAULT_BACKOFF_S = 1.0
 DEFAULT_MAX_BACKOFF_S = 30.0
-#: Longest ``Retry-After`` honoured, seconds (a longer one is cut to this).
+#: Longest ``Retry-After`` waited for, seconds; asked for longer, the call gives up at once
+#: (transient: the caller comes back later) rather than retry before the provider wants it.
 MAX_RETRY_AFTER_S = 60.0
+#: The code a 2xx answer not in the provider's format is given (a proxy's page, a cut-off body).
+UNREADABLE = 502
 
 
 class TaskStatus(enum.StrEnum):
@@ -214,7 +217,16 @@ class ProviderClient:
                 error = _error(code, msg, path)
                 if not isinstance(error, ProviderUnavailable):
                     raise error
+                if response.is_success and code == UNREADABLE and not idempotent:
+                    # A 2xx reached the provider: it may have created the task, so not again.
+                    raise ProviderUnavailable(
+                        f"{error} (the request reached the provider: it may have been taken)",
+                        code=code,
+                        provider_msg=msg,
+                    )
                 retry_after = _retry_after(response)
+                if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
+                    raise error  # retrying sooner than the provider asks would only use up the attempts
             if attempt == self._attempts:
                 raise error
             self._sleep(self._delay(attempt, retry_after))
@@ -305,8 +317,8 @@ def _decode(response: httpx.Response) -> tuple[int, str, Any]:
             code = response.status_code
         return code, msg if isinstance(msg, str) else "", document.get("data")
     if response.is_success:
-        # Not the provider's answer shape (a proxy's page?): worth another try.
-        return 502, "unreadable answer", None
+        # Not the provider's answer shape (a proxy's page?): worth another try, if idempotent.
+        return UNREADABLE, "unreadable answer", None
     return response.status_code, response.reason_phrase, None
 
 

@@ -93,7 +93,10 @@ def build_parts(
     )
     polling = None
     if provider is not None and broker is not None:
-        polling = build_polling(settings, client=client, tasks=tasks, provider=provider, broker=broker)
+        # One attempt per poll: a pass comes again every interval anyway, and a poll waiting out
+        # retries (4 x a 60 s Retry-After) would outlive the pass's lock: two passes at once.
+        polled = create_provider_client(settings, attempts=1)
+        polling = build_polling(settings, client=client, tasks=tasks, provider=polled, broker=broker)
     return WorkerParts(processor=processor, tasks=tasks, store=store, polling=polling)
 
 

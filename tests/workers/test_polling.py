@@ -8,9 +8,11 @@ from typing import Any
 
 import dramatiq
 import httpx
+import pytest
 import redis
 
 from shared import keys
+from shared.errors import ProviderUnavailable
 from shared.polling import ResultPoller
 from shared.provider import ProviderClient
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, create_broker
@@ -261,3 +263,97 @@ def test_the_next_name_lapses_a_little_after_its_message_is_due(client: redis.Re
     chain = PollChain(client, enqueue=Enqueued(), period_s=5, next_slack_s=10)
     chain.run("m", lambda: None)
     assert 5_000 < client.pttl(keys.POLL_NEXT) <= 15_000
+
+
+# --- review findings of session 7 -----------------------------------------------------------------
+
+
+def mock_provider(handle: Any, **options: Any) -> ProviderClient:
+    """A provider answering through ``handle`` in process (httpx's MockTransport: no socket)."""
+    return ProviderClient(
+        "http://provider.invalid", "k", http=httpx.Client(transport=httpx.MockTransport(handle)), **options
+    )
+
+
+def silent_poller(
+    client: redis.Redis, provider: ProviderClient, clock: FakeClock
+) -> tuple[SilentTaskPoller, TaskStore]:
+    tasks = TaskStore(client, ttl_s=86_400, clock=clock)
+    broker = create_broker(Settings(redis_url="redis://unused"), client=client, middleware=[])
+    poller = SilentTaskPoller(
+        submitted=SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock),
+        tasks=tasks,
+        poller=ResultPoller(provider=provider, tasks=tasks, broker=broker, clock=clock),
+        grace_s=GRACE_S,
+        interval_s=INTERVAL_S,
+        give_up_s=GIVE_UP_S,
+        clock=clock,
+    )
+    return poller, tasks
+
+
+def test_a_task_whose_record_info_answers_generation_failed_gets_its_failure_queued(
+    client: redis.Redis,
+) -> None:
+    """provider-api.md: any endpoint may answer body code 501, "generation failed". For
+    record-info that is the task's outcome: its failure is queued like a failure callback (a
+    manifest with the reason), and the pass goes on to the next task. It was taken for a refusal
+    of the account: the pass stopped there, every pass, and the task stayed submitted for good."""
+    done = {
+        "taskId": "t-done",
+        "successFlag": 1,
+        "resultInfoJson": {"resultUrls": ["https://cdn.example/0.png"]},
+    }
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.params["taskId"] == "t-501":
+            return httpx.Response(200, json={"code": 501, "msg": "nsfw content", "data": None})
+        return httpx.Response(200, json={"code": 200, "msg": "success", "data": done})
+
+    clock = FakeClock()
+    poller, tasks = silent_poller(client, mock_provider(handle), clock)
+    submitted = SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock)
+    submitted.record("t-501", {})
+    clock.now += 1
+    submitted.record("t-done", {})
+    clock.now += GRACE_S
+
+    summary = poller.run_once()
+
+    assert (summary.stopped, summary.polled, summary.queued) == ("", 2, 2)
+    queued = [
+        dramatiq.Message.decode(body).args[0]
+        for body in client.hvals(keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE))
+    ]
+    failure = next(message for message in queued if message["taskId"] == "t-501")
+    assert (failure["code"], failure["msg"]) == (500, "nsfw content (polled from record-info)")
+    assert tasks.get("t-501").state is TaskState.RECEIVED  # type: ignore[union-attr]
+
+
+def test_a_submission_answered_2xx_unreadably_is_not_sent_again() -> None:
+    """A 2xx answer reached the provider, which may have created the task: sending the request
+    again could create a second one, and spend a second credit (docs/delivery.md)."""
+    posts: list[bytes] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        posts.append(request.content)
+        return httpx.Response(200, content=b'{"code": 200, "msg": "success", "data": {"taskId": "t')
+
+    provider = mock_provider(handle, sleep=lambda _s: None)
+    with pytest.raises(ProviderUnavailable, match="may have been taken"):
+        provider.generate("a cat", callback_url="https://hooks.example/cb")
+    assert len(posts) == 1
+
+
+def test_a_retry_after_longer_than_the_client_waits_is_not_cut_short() -> None:
+    """Asked to come back in 120 s, retrying after 60 only uses up the attempts while the
+    provider is still limiting: the call gives up at once (transient), the caller comes later."""
+    waits: list[float] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": "120"}, json={"code": 429, "msg": "slow down"})
+
+    provider = mock_provider(handle, sleep=waits.append)
+    with pytest.raises(ProviderUnavailable):
+        provider.record_info("t1")
+    assert waits == []

@@ -3,6 +3,7 @@ real Redis, SeaweedFS and a file server; object storage "down" is an endpoint no
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +18,7 @@ from shared.errors import DownloadFailed, StorageUnavailable, TaskBusy
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.redis_client import connect_redis
 from shared.settings import Settings
+from shared.submitted import SubmittedTasks
 from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, TaskState, TaskStore
 from tests.support.pipeline import queued_callback, wait_for
 from tests.support.procs import free_port
@@ -332,3 +334,34 @@ def test_a_message_given_up_as_busy_fails_a_task_nobody_holds_any_more(
     assert record is not None
     assert record.state is TaskState.FAILED
     assert record.fields["reason"].startswith("gave up: TaskBusy: ")
+
+
+def test_a_poll_pass_makes_one_attempt_per_task_while_the_provider_limits(
+    settings: Settings, file_server: FileServer
+) -> None:
+    """Given the provider answering record-info 429 (come back in 1 s), when a worker's poll pass
+    reaches an overdue task, then it asks once and the pass stops: a pass comes again every
+    interval, while waiting out the client's retries (up to 4 x 60 s) would outlive the pass's
+    lock and let a second pass start beside it."""
+    file_server.add(
+        "/api/v1/mj/record-info",
+        b'{"code": 429, "msg": "rate limited"}',
+        status=429,
+        content_type="application/json",
+        headers={"Retry-After": "1"},
+    )
+    runtime = WorkerRuntime(
+        settings.model_copy(update={"provider_url": file_server.base_url, "provider_api_key": "k"}),
+        broker=StubBroker(),
+    )
+    polling = runtime.parts().polling
+    assert polling is not None
+    long_ago = time.time() - 10 * settings.poll_grace_s
+    client = runtime.parts().tasks.client
+    back_then = TaskStore(client, ttl_s=86_400, clock=lambda: long_ago)
+    SubmittedTasks(client, back_then, ttl_s=86_400, clock=lambda: long_ago).record("t-limited", {})
+
+    summary = polling.poller.run_once()
+
+    assert "429" in summary.stopped
+    assert file_server.hits["/api/v1/mj/record-info"] == 1
