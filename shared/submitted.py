@@ -18,9 +18,6 @@ from shared.clock import utc_iso
 from shared.redis_client import as_text
 from shared.taskstate import TaskState, TaskStore
 
-#: Overdue tasks considered in one poll pass at most (the oldest first).
-DEFAULT_SCAN_LIMIT = 10_000
-
 
 class SubmittedTasks:
     """Records and finds submitted tasks. ``clock`` returns Unix seconds."""
@@ -49,28 +46,53 @@ class SubmittedTasks:
         pipe.zremrangebyscore(keys.SUBMITTED, "-inf", now_ms - self._ttl_s * 1000)
         pipe.execute()
 
-    def overdue(self, grace_s: float, *, limit: int = DEFAULT_SCAN_LIMIT) -> list[tuple[str, float]]:
-        """Tasks still ``submitted`` ``grace_s`` seconds or more after their submission, as
-        (taskId, submit time in Unix seconds), the oldest first."""
-        cutoff_ms = int((self._clock() - grace_s) * 1000)
-        index = keys.state_index(TaskState.SUBMITTED)
-        return _pairs(
-            self._client.zrangebyscore(index, "-inf", cutoff_ms, start=0, num=limit, withscores=True)
-        )
+    def due(self, grace_s: float, interval_s: float, *, limit: int) -> list[tuple[str, float]]:
+        """Up to ``limit`` tasks still ``submitted`` ``grace_s`` seconds or more after their
+        submission and not polled within ``interval_s`` seconds, as (taskId, submit time in Unix
+        seconds): those never polled first, the oldest submission first; then the longest
+        unpolled. Chosen among all such tasks, however many wait (a window of the oldest ones
+        would poll those again and again, and never reach a newer one)."""
+        now = self._clock()
+        cutoff = now - grace_s
+        waiting = keys.state_index(TaskState.SUBMITTED)
+        never = [
+            pair
+            for pair in _flat_pairs(self._client.zdiff([waiting, keys.POLLED], withscores=True))
+            if pair[1] <= cutoff
+        ][:limit]
+        return never + self._longest_unpolled(waiting, cutoff, now - interval_s, limit - len(never))
+
+    def _longest_unpolled(
+        self, waiting: str, cutoff: float, polled_before: float, limit: int
+    ) -> list[tuple[str, float]]:
+        """Up to ``limit`` tasks waiting since ``cutoff`` or before, polled last before
+        ``polled_before`` (Unix seconds), the longest unpolled first: read from the poll marks in
+        pages, skipping marks of tasks no longer waiting."""
+        found: list[tuple[str, float]] = []
+        start = 0
+        page = max(limit, 100)
+        while len(found) < limit:
+            marks = _pairs(
+                self._client.zrangebyscore(
+                    keys.POLLED, "-inf", int(polled_before * 1000), start=start, num=page, withscores=True
+                )
+            )
+            if not marks:
+                break
+            start += len(marks)
+            submitted_ms = self._client.zmscore(waiting, [task_id for task_id, _ in marks])
+            found += [
+                (task_id, at / 1000)
+                for (task_id, _), at in zip(marks, submitted_ms, strict=True)
+                if at is not None and at / 1000 <= cutoff
+            ]
+        return found[:limit]
 
     def since(self, since_s: float) -> list[tuple[str, float]]:
         """Every task mjhook submitted in the last ``since_s`` seconds, whatever its state now, as
         (taskId, submit time in Unix seconds), the oldest first."""
         cutoff_ms = int((self._clock() - since_s) * 1000)
         return _pairs(self._client.zrangebyscore(keys.SUBMITTED, cutoff_ms, "+inf", withscores=True))
-
-    def last_polled(self, task_ids: list[str]) -> dict[str, float]:
-        """When each of ``task_ids`` was last polled (Unix seconds); those never polled (or not
-        within ``poll_give_up_s``) are left out."""
-        if not task_ids:
-            return {}
-        scores = self._client.zmscore(keys.POLLED, task_ids)
-        return {task_id: score / 1000 for task_id, score in zip(task_ids, scores, strict=True) if score}
 
     def mark_polled(self, task_id: str, *, keep_s: float) -> None:
         """Note that ``task_id`` was polled now; marks older than ``keep_s`` seconds are dropped."""
@@ -88,3 +110,11 @@ class SubmittedTasks:
 def _pairs(raw: object) -> list[tuple[str, float]]:
     pairs = cast(list[tuple[bytes, float]], raw)
     return [(as_text(member), score / 1000) for member, score in pairs]
+
+
+def _flat_pairs(raw: object) -> list[tuple[str, float]]:
+    """:func:`_pairs` of a reply redis-py leaves flat (member, score, member, score, ...)."""
+    flat = cast(list[bytes], raw)
+    return [
+        (as_text(member), float(score) / 1000) for member, score in zip(flat[::2], flat[1::2], strict=True)
+    ]

@@ -189,12 +189,7 @@ class SilentTaskPoller:
     def _due(self) -> list[tuple[str, float]]:
         """Up to ``batch`` overdue tasks not polled within ``interval_s``: those never polled
         first, then the longest unpolled, each group the oldest submission first."""
-        overdue = self._submitted.overdue(self._grace_s)
-        last = self._submitted.last_polled([task_id for task_id, _ in overdue])
-        cutoff = self._clock() - self._interval_s
-        due = [(task_id, at) for task_id, at in overdue if last.get(task_id, 0.0) <= cutoff]
-        due.sort(key=lambda pair: (last.get(pair[0], 0.0), pair[1]))
-        return due[: self._batch]
+        return self._submitted.due(self._grace_s, self._interval_s, limit=self._batch)
 
     def _give_up(self, task_id: str, reason: str) -> int:
         before = self._tasks.move_from(task_id, TaskState.SUBMITTED, TaskState.FAILED, reason=reason[:500])

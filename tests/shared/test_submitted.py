@@ -97,7 +97,7 @@ def test_state_counts_keep_their_shape_and_submitted_ones_are_counted_apart(
     assert TaskStore(client, ttl_s=3600).submitted_counts(clock.now, 5) == {"submitted": 3, "overdue": 3}
 
 
-def test_overdue_lists_waiting_tasks_past_the_grace_oldest_first(
+def test_due_lists_waiting_tasks_past_the_grace_never_polled_first(
     tasks: TaskStore, submitted: SubmittedTasks, clock: FakeClock
 ) -> None:
     submitted.record("first", {})
@@ -107,17 +107,42 @@ def test_overdue_lists_waiting_tasks_past_the_grace_oldest_first(
     submitted.record("third", {})
     tasks.mark_received("second", "now")
     clock.now += 3
-    assert submitted.overdue(5) == [("first", 1_000_000.0)]
-    assert [task_id for task_id, _ in submitted.overdue(0)] == ["first", "third"]
-    assert [task_id for task_id, _ in submitted.since(9)] == ["second", "third"]
+    assert submitted.due(5, 30, limit=10) == [("first", 1_000_000.0)]
+    assert [task_id for task_id, _ in submitted.due(0, 30, limit=10)] == ["first", "third"]
+    submitted.mark_polled("first", keep_s=1000)
+    assert [task_id for task_id, _ in submitted.due(0, 30, limit=10)] == ["third"]  # polled just now
+    clock.now += 31
+    assert [task_id for task_id, _ in submitted.due(0, 30, limit=10)] == ["third", "first"]
+    assert [task_id for task_id, _ in submitted.due(0, 30, limit=1)] == ["third"]
+    assert [task_id for task_id, _ in submitted.since(40)] == ["second", "third"]
 
 
-def test_poll_marks_are_kept_until_forgotten_or_too_old(submitted: SubmittedTasks, clock: FakeClock) -> None:
+def test_poll_marks_are_kept_until_forgotten_or_too_old(
+    client: redis.Redis, submitted: SubmittedTasks, clock: FakeClock
+) -> None:
     submitted.mark_polled("a", keep_s=100)
     clock.now += 60
     submitted.mark_polled("b", keep_s=100)
-    assert submitted.last_polled(["a", "b", "c"]) == {"a": 1_000_000.0, "b": 1_000_060.0}
+    assert client.zmscore(keys.POLLED, ["a", "b", "c"]) == [1_000_000_000.0, 1_000_060_000.0, None]
     submitted.forget_polled("b")
     clock.now += 50
     submitted.mark_polled("c", keep_s=100)  # "a" is now 110 s old: dropped
-    assert set(submitted.last_polled(["a", "b", "c"])) == {"c"}
+    assert client.zmscore(keys.POLLED, ["a", "b", "c"]) == [None, None, 1_000_110_000.0]
+
+
+def test_due_reaches_a_task_never_polled_behind_any_number_of_polled_ones(
+    client: redis.Redis, tasks: TaskStore, submitted: SubmittedTasks, clock: FakeClock
+) -> None:
+    """The review's case: 10,000 older tasks all polled within the interval (the old scan window
+    held exactly those), and a newer one never polled: it is the one due, first."""
+    old = [f"old-{i}" for i in range(10_000)]
+    pipe = client.pipeline(transaction=False)
+    waiting = keys.state_index(TaskState.SUBMITTED)
+    pipe.zadd(waiting, {task_id: int(clock.now * 1000) for task_id in old})
+    pipe.execute()
+    clock.now += 1
+    submitted.record("newest", {})
+    clock.now += 100
+    client.zadd(keys.POLLED, {task_id: int(clock.now * 1000) for task_id in old})
+    clock.now += 10
+    assert submitted.due(50, 30, limit=5) == [("newest", 1_000_001.0)]
