@@ -102,6 +102,7 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
                 break
             rows.append(Row(task_id, state, result.outcome.value, result.detail))
     except redis.RedisError as exc:
+        _print(rows, as_json)  # the tasks handled before Redis failed: some may be queued already
         raise click.ClickException(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
     finally:
         provider.close()

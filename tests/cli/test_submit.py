@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -19,6 +20,7 @@ from simulator import FaultConfig, RunningSimulator
 from tests.cli.conftest import RunCli
 from tests.support.procs import free_port
 from tests.support.provider import StartSimulator
+from tests.support.servers import start_redis
 
 PUBLIC_URL = "https://hooks.example.com/"
 
@@ -197,6 +199,35 @@ def test_recover_stops_at_a_queue_that_refuses_with_the_rows_so_far_and_one_erro
     assert result.stderr.startswith("Error: stopped: the queue refused: cannot enqueue: ConnectionError")
     assert result.stderr.count("\n") == 1
     assert record(client, waiting)["state"] == "submitted"
+
+
+def test_recover_lists_the_rows_so_far_when_redis_fails_on_the_way(
+    run_cli: RunCli, redis_server: Any, start_simulator: StartSimulator, client: redis.Redis, tmp_path: Path
+) -> None:
+    """Given two tasks submitted whose callbacks never came, the older one stored meanwhile, and a
+    queue in a Redis of its own, when recover runs while the task Redis refuses writes (a replica
+    gone: reads work), then it lists the stored one before its `Error:` line: the operator learns
+    what was handled (it printed nothing)."""
+    sim = start_simulator(faults=FaultConfig(drop_share=1.0))
+    queue = start_redis(tmp_path / "queue")
+    try:
+        env = cli_env(redis_server, sim, MJHOOK_BROKER_URL=queue.url)
+        stored, waiting = (run_cli(env, "submit", f"task {i}").stdout.strip() for i in range(2))
+        now_ms = int(time.time() * 1000)
+        client.zadd(keys.SUBMITTED, {stored: now_ms - 2000, waiting: now_ms - 1000})
+        TaskStore(client, ttl_s=3600).move(stored, TaskState.STORED)
+        wait_finished(sim, waiting)
+        client.config_set("min-replicas-to-write", "1")
+        try:
+            result = run_cli(env, "recover", "--since", "1h")
+        finally:
+            client.config_set("min-replicas-to-write", "0")
+    finally:
+        queue.stop()
+
+    assert result.exit_code == 1, result.output
+    assert f"{stored}  stored -> skipped: already stored" in result.stdout
+    assert result.stderr.startswith("Error: Redis unavailable: ")
 
 
 class HostileProvider(BaseHTTPRequestHandler):
