@@ -57,6 +57,9 @@ DEFAULT_MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 60.0
 #: The code a 2xx answer not in the provider's format is given (a proxy's page, a cut-off body).
 UNREADABLE = 502
+#: A gateway's answers (not the provider's body) when the provider did not answer it in time or
+#: at all: the request may have reached the provider all the same.
+GATEWAY_TIMEOUTS = frozenset({502, 504})
 
 
 class TaskStatus(enum.StrEnum):
@@ -217,8 +220,10 @@ class ProviderClient:
                 error = _error(code, msg, path)
                 if not isinstance(error, ProviderUnavailable):
                     raise error
-                if response.is_success and code == UNREADABLE and not idempotent:
-                    # A 2xx reached the provider: it may have created the task, so not again.
+                reached = response.is_success and code == UNREADABLE  # a 2xx: the provider had it
+                gateway = response.status_code in GATEWAY_TIMEOUTS and code == response.status_code
+                if (reached or gateway) and not idempotent:
+                    # It may have created the task: not again (a second task, a second credit).
                     raise ProviderUnavailable(
                         f"{error} (the request reached the provider: it may have been taken)",
                         code=code,

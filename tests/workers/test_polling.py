@@ -345,6 +345,25 @@ def test_a_submission_answered_2xx_unreadably_is_not_sent_again() -> None:
     assert len(posts) == 1
 
 
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_submission_a_gateway_timed_out_is_not_sent_again(status: int) -> None:
+    """A gateway's 502/504 (not the provider's body): the request may have reached the provider,
+    which may have created the task. A read of record-info is retried as before."""
+    calls: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(status, content=b"<html>gateway timeout</html>")
+
+    provider = mock_provider(handle, sleep=lambda _s: None)
+    with pytest.raises(ProviderUnavailable, match="may have been taken"):
+        provider.generate("a cat", callback_url="https://hooks.example/cb")
+    assert len(calls) == 1
+    with pytest.raises(ProviderUnavailable):
+        provider.record_info("t1")
+    assert len(calls) == 1 + 5
+
+
 def test_a_retry_after_longer_than_the_client_waits_is_not_cut_short() -> None:
     """Asked to come back in 120 s, retrying after 60 only uses up the attempts while the
     provider is still limiting: the call gives up at once (transient), the caller comes later."""
