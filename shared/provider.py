@@ -217,6 +217,12 @@ class ProviderClient:
                 code, msg, data = _decode(response)
                 if code == CODE_OK:
                     return data
+                if code == response.status_code == 404 and msg == response.reason_phrase:
+                    # Not the provider saying it does not know a task: no such endpoint there.
+                    raise ProviderRefused(
+                        f"{method} {path} answered HTTP 404 without the provider's answer:"
+                        " no such endpoint (check MJHOOK_PROVIDER_URL)"
+                    )
                 error = _error(code, msg, path)
                 if not isinstance(error, ProviderUnavailable):
                     raise error

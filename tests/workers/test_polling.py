@@ -345,6 +345,27 @@ def test_a_submission_answered_2xx_unreadably_is_not_sent_again() -> None:
     assert len(posts) == 1
 
 
+def test_a_404_page_that_is_not_the_providers_answer_stops_the_pass_instead_of_failing_tasks(
+    client: redis.Redis,
+) -> None:
+    """A wrong MJHOOK_PROVIDER_URL answers every record-info with a web server's 404 page: that is
+    no word from the provider about the task, so the pass stops (and says why) rather than count
+    the task unknown, which would fail every task once its wait is over."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, content=b"<html>Not Found</html>")
+
+    clock = FakeClock()
+    poller, tasks = silent_poller(client, mock_provider(handle), clock)
+    SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock).record("t1", {})
+    clock.now += GIVE_UP_S * 2
+
+    summary = poller.run_once()
+
+    assert "no such endpoint (check MJHOOK_PROVIDER_URL)" in summary.stopped
+    assert tasks.get("t1").state is TaskState.SUBMITTED  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("status", [502, 504])
 def test_a_submission_a_gateway_timed_out_is_not_sent_again(status: int) -> None:
     """A gateway's 502/504 (not the provider's body): the request may have reached the provider,
