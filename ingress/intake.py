@@ -27,9 +27,13 @@ log = logging.getLogger(__name__)
 #: After Redis failed, new callbacks go straight to the spool for this long, seconds, so the
 #: provider is not kept waiting on connection attempts during an outage.
 DEFAULT_REDIS_PAUSE_S = 1.0
-#: Threads of one process for the acknowledgements' blocking work (spool appends, and enqueues
-#: that cannot share the group commit: RabbitMQ, a queue in another Redis).
+#: Threads of one process for the enqueues that cannot share the group commit (RabbitMQ, a queue
+#: in another Redis); the spool's appends have threads of their own.
 DEFAULT_INTAKE_THREADS = 8
+#: Longest an acknowledgement waits for such an enqueue before it spools the callback instead,
+#: seconds: a broker blocking its publishers (RabbitMQ's memory alarm) never fails, and the
+#: provider hangs up after 15 s. The enqueue may still land later: the workers deduplicate.
+DEFAULT_ENQUEUE_DEADLINE_S = 5.0
 
 
 class CallbackIntake:
@@ -50,9 +54,13 @@ class CallbackIntake:
         pause_s: float = DEFAULT_REDIS_PAUSE_S,
         monotonic: Callable[[], float] = time.monotonic,
         threads: int = DEFAULT_INTAKE_THREADS,
+        enqueue_deadline_s: float = DEFAULT_ENQUEUE_DEADLINE_S,
     ) -> None:
         self._broker = broker
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="intake")
+        # Appends serialize on the spool file's lock anyway; never behind a hung enqueue.
+        self._spool_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spool")
+        self._enqueue_deadline_s = enqueue_deadline_s
         self.tasks = tasks
         self._spool = spool
         # When the queue is a Redis broker on the task-state Redis, state and message go in one call.
@@ -81,7 +89,7 @@ class CallbackIntake:
                 log.warning("Redis unavailable (%s): spooling callbacks locally", exc)
                 self._pause()
         # An fsync: off the event loop, which other requests share.
-        await self._in_thread(self._spool.append, callback)
+        await asyncio.get_running_loop().run_in_executor(self._spool_threads, self._spool.append, callback)
 
     def enqueue(self, callback: Callback) -> None:
         """Record ``callback`` as received and put it on the queue, blocking (the spool's drainer)."""
@@ -109,12 +117,27 @@ class CallbackIntake:
     def _pause(self) -> None:
         self._redis_paused_until = self._monotonic() + self._pause_s
 
-    async def _in_thread(self, work: Callable[[Callback], None], callback: Callback) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._threads, work, callback)
+    async def _enqueue_in_thread(self, callback: Callback) -> None:
+        """The blocking enqueue on a thread; with a spool to fall back on, waited for at most
+        ``enqueue_deadline_s`` (then :class:`QueueUnavailable`, and the callback is spooled)."""
+        done = asyncio.get_running_loop().run_in_executor(
+            self._threads, self._enqueue_unless_paused, callback
+        )
+        if self._spool is None:
+            await done
+            return
+        try:
+            await asyncio.wait_for(done, self._enqueue_deadline_s)
+        except TimeoutError:
+            self._failed()
+            self._pause()
+            raise QueueUnavailable(
+                f"the queue did not answer within {self._enqueue_deadline_s:g} s"
+            ) from None
 
     async def _enqueue_async(self, callback: Callback) -> None:
         if self._acks is None:
-            await self._in_thread(self._enqueue_unless_paused, callback)
+            await self._enqueue_in_thread(callback)
             return
         assert isinstance(self._broker, RedisBroker)
         loop = asyncio.get_running_loop()

@@ -115,3 +115,38 @@ def test_a_queue_in_a_redis_of_its_own_waits_no_longer_than_the_task_store(redis
     broker = enqueue_broker_beside(settings, redis.Redis.from_url(redis_server.url))
     kwargs = broker.client.connection_pool.connection_kwargs  # type: ignore[attr-defined]
     assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.75, 0.75)
+
+
+class BlockingBroker(StubBroker):
+    """A queue that blocks its publishers and never fails (RabbitMQ's memory alarm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        self.release.wait(60)
+        return message
+
+
+def test_callbacks_are_spooled_when_the_queue_blocks_past_the_deadline(
+    client: redis.Redis, tmp_path: Path
+) -> None:
+    """Given a queue that blocks its publishers without ever failing, when callbacks arrive, then
+    each is spooled and answered once the enqueue deadline passed: waiting on would keep the
+    provider past its 15 s, and the pause then sends the next ones straight to the spool."""
+    broker = BlockingBroker()
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    intake = CallbackIntake(
+        broker=broker, tasks=TaskStore(client, ttl_s=3600), spool=spool, threads=2, enqueue_deadline_s=0.3
+    )
+
+    async def scenario() -> None:
+        accepted = [asyncio.create_task(intake.accept(callback(f"t{i}"))) for i in range(4)]
+        await asyncio.wait_for(asyncio.gather(*accepted), timeout=20)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        broker.release.set()
+    assert spool.depth() == 4
