@@ -214,10 +214,10 @@ class ProviderClient:
                 if not _may_retry(exc, idempotent=idempotent):
                     raise error from exc
             else:
-                code, msg, data = _decode(response)
+                code, msg, data, own = _decode(response)
                 if code == CODE_OK:
                     return data
-                if code == response.status_code == 404 and msg == response.reason_phrase:
+                if not own and response.status_code == 404:
                     # Not the provider saying it does not know a task: no such endpoint there.
                     raise ProviderRefused(
                         f"{method} {path} answered HTTP 404 without the provider's answer:"
@@ -245,7 +245,7 @@ class ProviderClient:
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return min(retry_after, MAX_RETRY_AFTER_S)
+            return retry_after  # at most MAX_RETRY_AFTER_S: a longer one ends the call (_call)
         return float(min(self._backoff_s * 2 ** (attempt - 1), self._max_backoff_s))
 
     def close(self) -> None:
@@ -315,8 +315,9 @@ def _result_urls(result_info: Any) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def _decode(response: httpx.Response) -> tuple[int, str, Any]:
-    """(code, msg, data): the body's, or the HTTP status's when the body is not the provider's."""
+def _decode(response: httpx.Response) -> tuple[int, str, Any, bool]:
+    """(code, msg, data, own): the body's, or the HTTP status's when the body is not the
+    provider's; ``own`` says which."""
     try:
         document = orjson.loads(response.content)
     except orjson.JSONDecodeError:
@@ -326,11 +327,11 @@ def _decode(response: httpx.Response) -> tuple[int, str, Any]:
         msg = document.get("msg")
         if code == CODE_OK and not response.is_success:
             code = response.status_code
-        return code, msg if isinstance(msg, str) else "", document.get("data")
+        return code, msg if isinstance(msg, str) else "", document.get("data"), True
     if response.is_success:
         # Not the provider's answer shape (a proxy's page?): worth another try, if idempotent.
-        return UNREADABLE, "unreadable answer", None
-    return response.status_code, response.reason_phrase, None
+        return UNREADABLE, "unreadable answer", None, False
+    return response.status_code, response.reason_phrase, None, False
 
 
 def _error(code: int, msg: str, path: str) -> ProviderError:
