@@ -57,7 +57,6 @@ def build_parts(
     client = connect_redis(settings.redis_url)
     provider = create_provider_client(settings) if settings.provider_api_key else None
     tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
-    leases = LeaseManager(client, ttl_s=settings.lease_ttl_s)
     store = create_object_store(settings, pool_size=settings.download_concurrency * 2)
     http = create_http_client(
         connect_timeout_s=settings.connect_timeout_s,
@@ -82,7 +81,7 @@ def build_parts(
     pool = ThreadPoolExecutor(max_workers=settings.download_concurrency, thread_name_prefix="fetch")
     processor = CallbackProcessor(
         tasks=tasks,
-        leases=leases,
+        leases=LeaseManager(client, ttl_s=settings.lease_ttl_s),
         store=store,
         fetcher=fetcher,
         pool=pool,
