@@ -32,6 +32,11 @@ class BucketMissing(StorageUnavailable):
     """The bucket does not exist (yet): the workers make it when they start."""
 
 
+class ObjectChanged(TransientError):
+    """A conditional write to object storage was refused: the object is no longer what the writer
+    read (another writer got there first)."""
+
+
 class DownloadFailed(TransientError):
     """A result file could not be fetched this time (timeout, reset, 5xx)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from minio.credentials.credentials import Credentials
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 from minio.helpers import MIN_PART_SIZE
 
-from shared.errors import BucketMissing, ConfigError, StorageUnavailable
+from shared.errors import BucketMissing, ConfigError, ObjectChanged, StorageUnavailable
 from shared.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: User metadata key holding a stored file's sha256 (sent as ``x-amz-meta-sha256``).
 SHA256_META = "sha256"
@@ -40,6 +43,15 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 PAYLOAD_SHA256_HEADER = "x-amz-content-sha256"
 #: Largest file minio sends in one PUT (5 MiB, its smallest multipart part); larger ones go in parts.
 SINGLE_PUT_MAX_BYTES = MIN_PART_SIZE
+
+#: Stand-ins minio passes through untouched (an ``x-amz-`` prefix), renamed to the real
+#: conditional-write headers by :class:`KnownHashMinio` (minio 7.2 would send ``If-Match`` given as
+#: metadata as ``x-amz-meta-if-match``).
+_IF_MATCH_MARK = "x-amz-mjhook-if-match"
+_IF_NONE_MATCH_MARK = "x-amz-mjhook-if-none-match"
+_CONDITION_HEADERS = {_IF_MATCH_MARK: "If-Match", _IF_NONE_MATCH_MARK: "If-None-Match"}
+#: S3 error codes of a conditional write refused because the object is not as expected.
+_CHANGED = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
 
 def task_prefix(task_id: str) -> str:
@@ -68,13 +80,28 @@ class StoredObject:
         return self.source_url_sha256 is not None and self.source_url_sha256 == source_url_digest(url)
 
 
+@dataclass(frozen=True, slots=True)
+class Precondition:
+    """What a conditional write expects of the object it replaces: its ETag, or (``etag`` None)
+    that there is none yet. The write is refused (:class:`ObjectChanged`) when another writer
+    got there first."""
+
+    etag: str | None
+
+    def headers(self) -> dict[str, str]:
+        if self.etag is None:
+            return {_IF_NONE_MATCH_MARK: "*"}
+        return {_IF_MATCH_MARK: '"' + self.etag.strip('"') + '"'}
+
+
 def source_url_digest(url: str) -> str:
     """What :data:`SOURCE_URL_SHA256_META` holds for ``url``: its hex sha256."""
     return hashlib.sha256(url.encode()).hexdigest()
 
 
 class KnownHashMinio(Minio):
-    """A ``Minio`` client that signs a one-request upload with the body's sha256 when the caller
+    """A ``Minio`` client that sends the conditional-write headers of a :class:`Precondition` (which
+    minio 7.2's ``put_object`` cannot), and that signs a one-request upload with the body's sha256 when the caller
     already knows it (``put_file``: the fetcher hashed every byte as it arrived), instead of hashing
     the body a second time: a whole sha256 pass per stored file. A store that checks the signed
     hash against the bytes it receives (AWS S3, MinIO; SeaweedFS checks neither hash) then refuses
@@ -88,6 +115,7 @@ class KnownHashMinio(Minio):
         body: bytes | None = None,
         creds: Credentials | None = None,
     ) -> tuple[dict[str, Any], Any]:
+        headers = _with_conditions(headers)
         known = (headers or {}).get(PAYLOAD_SHA256_HEADER)
         if not known or not body or creds is None or self._base_url.is_https:
             # No known hash (or HTTPS, where minio sends UNSIGNED-PAYLOAD): minio's own way.
@@ -97,6 +125,13 @@ class KnownHashMinio(Minio):
         built["Content-Length"] = str(len(body))
         built[PAYLOAD_SHA256_HEADER] = known
         return built, date
+
+
+def _with_conditions(headers: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``headers`` with the stand-ins of :class:`Precondition` under their real names."""
+    if not headers or not any(mark in headers for mark in _CONDITION_HEADERS):
+        return headers
+    return {_CONDITION_HEADERS.get(key, key): value for key, value in headers.items()}
 
 
 def _without_payload_hash(headers: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -111,6 +146,8 @@ class ObjectStore:
     def __init__(self, client: Minio, bucket: str) -> None:
         self._client = client
         self.bucket = bucket
+        #: False once the store answered a conditional write NotImplemented: writes are plain then.
+        self._conditions = True
 
     def ensure_bucket(self) -> None:
         """Create the bucket when it does not exist."""
@@ -153,12 +190,33 @@ class ObjectStore:
                 metadata=metadata,
             )
 
-    def put_json(self, key: str, document: Any) -> None:
+    def put_json(self, key: str, document: Any, *, precondition: Precondition | None = None) -> None:
+        """Store ``document`` as JSON; with a ``precondition``, only while the object is as it
+        expects (else :class:`ObjectChanged`, nothing written). A store that does not implement
+        conditional writes (it answers NotImplemented) gets a plain write, and a warning, once."""
         body = orjson.dumps(document, option=orjson.OPT_INDENT_2)
+        conditions = precondition.headers() if precondition is not None and self._conditions else None
         with _storage_errors():
-            self._client.put_object(
-                self.bucket, key, io.BytesIO(body), len(body), content_type="application/json"
-            )
+            try:
+                self._put_bytes(key, body, conditions)
+            except S3Error as exc:
+                if conditions is not None and exc.code in _CHANGED:
+                    raise ObjectChanged(f"{key} changed since it was read ({exc.code})") from exc
+                if conditions is None or exc.code != "NotImplemented":
+                    raise
+                log.warning("object storage does not implement conditional writes; writing %s plainly", key)
+                self._conditions = False
+                self._put_bytes(key, body, None)
+
+    def _put_bytes(self, key: str, body: bytes, headers: dict[str, str] | None) -> None:
+        self._client.put_object(
+            self.bucket,
+            key,
+            io.BytesIO(body),
+            len(body),
+            content_type="application/json",
+            metadata=headers,  # type: ignore[arg-type]  # minio's alias is narrower than it takes
+        )
 
     def get_bytes(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
@@ -220,12 +278,16 @@ class ObjectStore:
             self._client.remove_object(self.bucket, key)
 
     def list_keys(self, prefix: str) -> list[str]:
+        return list(self.list_etags(prefix))
+
+    def list_etags(self, prefix: str) -> dict[str, str]:
+        """Every object under ``prefix``, by key, with its ETag (unquoted)."""
         with _storage_errors():
-            return [
-                obj.object_name
+            return {
+                obj.object_name: (obj.etag or "").strip('"')
                 for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
                 if obj.object_name
-            ]
+            }
 
     def presigned_url(self, key: str, *, expires_s: int) -> str:
         with _storage_errors():

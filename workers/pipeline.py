@@ -7,16 +7,16 @@ import contextvars
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 
 from shared import storage
 from shared.callback import Callback
 from shared.clock import utc_iso
-from shared.errors import DownloadFailed, DownloadRefused, MjhookError
+from shared.errors import DownloadFailed, DownloadRefused, MjhookError, ObjectChanged, TaskBusy
 from shared.json_limits import DEFAULT_MAX_JSON_DEPTH
 from shared.metrics import WorkerMetrics, create_worker_metrics
-from shared.storage import ObjectStore
+from shared.storage import ObjectStore, Precondition
 from shared.taskstate import FINAL_STATES, TaskState, TaskStore
 from workers.fetch import ByteBudget, ResultFetcher
 from workers.lease import Lease, LeaseManager
@@ -79,6 +79,9 @@ class CallbackProcessor:
                 self._metrics.tasks.labels("duplicate").inc()
                 return known
             self._tasks.move(task_id, TaskState.PROCESSING, holder=lease.token)
+            # What the task's prefix holds now; its manifest's ETag fences this attempt's manifest.
+            listing = self._store.list_etags(storage.task_prefix(task_id))
+            manifest_key = storage.manifest_key(task_id)
             verification = None
             if self._verifier is not None and callback.succeeded:
                 callback, verification = self._verifier.verify(callback)
@@ -86,7 +89,7 @@ class CallbackProcessor:
             earlier: set[str] = set()
             if callback.succeeded:
                 images, errors, failed_files, earlier = self._store_files(
-                    callback, lease, final_attempt=final_attempt
+                    callback, listing, lease, final_attempt=final_attempt
                 )
             else:
                 images, errors = [], []
@@ -106,9 +109,11 @@ class CallbackProcessor:
             # A worker whose lease lapsed (Redis away for longer than its TTL) or was taken may
             # have been overtaken: the new holder's manifest and state must stand, so the manifest
             # waits for Redis to confirm the lease is still ours, and the state moves only while
-            # Redis holds our token, checked in the same call (TaskBusy: retried later).
+            # Redis holds our token, checked in the same call (TaskBusy: retried later). A manifest
+            # write that outlives the lease after that confirmation is fenced by the store: it
+            # replaces only the manifest this attempt found at its start.
             lease.confirm()
-            self._store.put_json(storage.manifest_key(task_id), manifest)
+            self._write_manifest(manifest_key, manifest, listing.get(manifest_key))
             # After the manifest: a crash in between leaves an object it does not list (removed
             # by the retry), never a manifest listing a removed file.
             self._remove_undescribed_files(task_id, earlier - {image.key for image in images}, lease)
@@ -119,6 +124,14 @@ class CallbackProcessor:
                 self._metrics.files_failed.labels(error_class).inc()
             log.info("task %s %s (%d stored, %d failed)", task_id, status.value, len(images), len(errors))
             return status
+
+    def _write_manifest(self, key: str, manifest: dict[str, object], found_etag: str | None) -> None:
+        """Write the manifest only over the one found at the start (or where there was none):
+        another worker's manifest written meanwhile stands, and this attempt is retried later."""
+        try:
+            self._store.put_json(key, manifest, precondition=Precondition(found_etag))
+        except ObjectChanged as exc:
+            raise TaskBusy(f"{key} was written by another worker meanwhile: {exc}") from exc
 
     def _settled_state(self, callback: Callback) -> TaskState | None:
         """The state to keep when this callback changes nothing: a stored task stays stored, and a
@@ -135,11 +148,11 @@ class CallbackProcessor:
         return None
 
     def _store_files(
-        self, callback: Callback, lease: Lease, *, final_attempt: bool
+        self, callback: Callback, listing: Mapping[str, str], lease: Lease, *, final_attempt: bool
     ) -> tuple[list[ImageEntry], list[FileError], list[str], set[str]]:
         """The files stored, those given up, the error class of each given up, and the keys of the
-        task's files stored before this attempt."""
-        already, replaced, earlier = self._already_stored(callback)
+        task's files stored before this attempt (``listing``: the task's objects then)."""
+        already, replaced, earlier = self._already_stored(callback, listing)
         if replaced:
             # These downloads overwrite files the manifest of an earlier outcome may describe: from
             # now on, a give-up must fail the task, not bring back that manifest's outcome.
@@ -219,7 +232,9 @@ class CallbackProcessor:
             self._store.remove(key)
             log.info("task %s: removed %s, which the new manifest does not describe", task_id, key)
 
-    def _already_stored(self, callback: Callback) -> tuple[dict[int, ImageEntry], set[int], set[str]]:
+    def _already_stored(
+        self, callback: Callback, listing: Mapping[str, str]
+    ) -> tuple[dict[int, ImageEntry], set[int], set[str]]:
         """Files an earlier, interrupted attempt stored completely (their sha256 recorded) from the
         URL this callback lists at their index, and the indices of the other files stored at an
         index it lists, which are fetched again to replace them: an earlier callback of the task may
@@ -229,7 +244,7 @@ class CallbackProcessor:
         found: dict[int, ImageEntry] = {}
         replaced: set[int] = set()
         stored: set[str] = set()
-        for key in self._store.list_keys(prefix):
+        for key in listing:
             match = _STORED_FILE.fullmatch(key[len(prefix) :])
             if match:
                 stored.add(key)

@@ -12,7 +12,14 @@ import pytest
 import urllib3
 
 from shared.settings import Settings
-from shared.storage import PAYLOAD_SHA256_HEADER, SINGLE_PUT_MAX_BYTES, ObjectStore, create_object_store
+from shared.errors import ObjectChanged
+from shared.storage import (
+    PAYLOAD_SHA256_HEADER,
+    SINGLE_PUT_MAX_BYTES,
+    ObjectStore,
+    Precondition,
+    create_object_store,
+)
 from tests.support.servers import S3Server
 from tests.support.stack import app_environment
 
@@ -135,3 +142,82 @@ def test_remove_deletes_an_object_and_a_missing_one_is_no_error(s3_server: S3Ser
 
     assert store.list_keys("tasks/t/") == ["tasks/t/manifest.json"]
     assert store.stat("tasks/t/0.png") is None
+
+
+def test_a_conditional_write_replaces_only_the_object_it_expects(s3_server: S3Server, s3_bucket: str) -> None:
+    """Given a manifest written where there was none, and its ETag as a listing shows it
+    When another write expects no manifest, or expects an ETag the manifest no longer has
+    Then the store refuses it (ObjectChanged) and the object keeps its bytes; a write expecting
+    the listed ETag replaces it, and its conditions reached the store as real headers."""
+    store, pools = _store(s3_server, s3_bucket)
+    key = "tasks/t/manifest.json"
+    store.put_json(key, {"writer": "first"}, precondition=Precondition(None))
+    first_etag = store.list_etags("tasks/t/")[key]
+
+    with pytest.raises(ObjectChanged):
+        store.put_json(key, {"writer": "second"}, precondition=Precondition(None))
+    store.put_json(key, {"writer": "third"}, precondition=Precondition(first_etag))
+    with pytest.raises(ObjectChanged):
+        store.put_json(key, {"writer": "fourth"}, precondition=Precondition(first_etag))
+
+    assert store.get_json(key) == {"writer": "third"}
+    conditions = [
+        {name: value for name, value in headers.items() if name.lower().startswith(("if-", "x-amz-mjhook"))}
+        for headers in _puts(pools[0])
+    ]
+    assert conditions == [
+        {"If-None-Match": "*"},
+        {"If-None-Match": "*"},
+        {"If-Match": f'"{first_etag}"'},
+        {"If-Match": f'"{first_etag}"'},
+    ]
+
+
+class NoConditionsPoolManager(RecordingPoolManager):
+    """A store that does not implement conditional writes: it answers them 501 NotImplemented, as
+    AWS S3 did before it had them (stands in for that store; the rest reaches the real one)."""
+
+    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:
+        headers = kw.get("headers") or {}
+        if method == "PUT" and ("If-Match" in headers or "If-None-Match" in headers):
+            self.sent.append((method, dict(headers)))
+            body = (
+                b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code>'
+                b"<Message>A header you provided implies functionality that is not implemented</Message>"
+                b"</Error>"
+            )
+            return urllib3.HTTPResponse(
+                body=body, status=501, headers={"Content-Type": "application/xml"}, preload_content=True
+            )
+        return super().urlopen(method, url, redirect=redirect, **kw)
+
+
+def test_a_store_without_conditional_writes_gets_plain_ones(
+    s3_server: S3Server, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a store that answers conditional writes 501 NotImplemented
+    When a manifest is written with a precondition, twice
+    Then both are stored plainly (a warning says so once), not failed as an outage."""
+    env = app_environment(
+        redis_url="redis://127.0.0.1:9/0",
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        s3_bucket=s3_bucket,
+    )
+    pools: list[NoConditionsPoolManager] = []
+
+    def factory(**kwargs: Any) -> NoConditionsPoolManager:
+        pools.append(NoConditionsPoolManager(**kwargs))
+        return pools[-1]
+
+    store = create_object_store(Settings.from_env(env), http_factory=factory)
+    store.ensure_bucket()
+    key = "tasks/t/manifest.json"
+    with caplog.at_level("WARNING", logger="shared.storage"):
+        store.put_json(key, {"writer": "first"}, precondition=Precondition(None))
+        store.put_json(key, {"writer": "second"}, precondition=Precondition("0" * 32))
+    assert store.get_json(key) == {"writer": "second"}
+    assert [record.getMessage() for record in caplog.records] == [
+        f"object storage does not implement conditional writes; writing {key} plainly"
+    ]

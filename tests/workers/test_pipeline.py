@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from shared.callback import Callback
 from shared.errors import DownloadFailed, TaskBusy
 from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.settings import Settings
-from shared.storage import ObjectStore
+from shared.storage import ObjectStore, Precondition, create_object_store
 from shared.taskstate import TaskState, TaskStore
 from tests.support.pipeline import nested_prompt_json
 from tests.support.servers import FileServer, png_bytes
@@ -508,3 +509,56 @@ def test_files_of_an_earlier_result_past_the_new_urls_are_removed(harness: Harne
         "tasks/task-1/manifest.json",
     }
     assert harness.object_bytes("tasks/task-1/1.png") == images[1]
+
+
+class StalledManifestStore(ObjectStore):
+    """A worker's own store whose first manifest write waits for ``release``: a write slower than
+    the lease's TTL (an S3 stall), after the worker confirmed its lease."""
+
+    def __init__(self, settings: Settings) -> None:
+        store = create_object_store(settings)
+        super().__init__(store._client, store.bucket)
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def put_json(self, key: str, document: object, *, precondition: Precondition | None = None) -> None:
+        if key.endswith("/manifest.json") and not self.reached.is_set():
+            self.reached.set()
+            assert self.release.wait(30)
+        super().put_json(key, document, precondition=precondition)
+
+
+def test_a_manifest_write_outliving_its_lease_never_replaces_the_new_holders_manifest(
+    harness: Harness,
+) -> None:
+    """Given a worker processing a failure report of a task, whose manifest write stalls after it
+    confirmed its lease
+    When its lease lapses meanwhile and another worker stores the task's success
+    Then the stalled write lands nowhere: the manifest stays the new holder's ``stored`` one, as the
+    task's state says, and the first worker retries later (TaskBusy). Without a fence the late
+    write replaced it: a ``failed`` manifest beside a ``stored`` state and stored files."""
+    urls, images = serve_pngs(harness.files, 2)
+    stalled = StalledManifestStore(harness.settings)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = CallbackProcessor(
+            tasks=harness.tasks,
+            leases=LeaseManager(harness.redis, ttl_s=30),
+            store=stalled,
+            fetcher=FetcherWithABug("http://127.0.0.1:9/never"),
+            pool=pool,
+            metrics=create_worker_metrics(),
+        )
+        report = pool.submit(first.process, callback([], code=501))
+        assert stalled.reached.wait(30)
+        harness.redis.delete(keys.lease("task-1"))  # lapsed: Redis away longer than the TTL
+
+        assert harness.process(callback(urls)) is TaskState.STORED
+        stored = harness.manifest("task-1")
+        stalled.release.set()
+        with pytest.raises(TaskBusy, match="written by another worker meanwhile"):
+            report.result(timeout=30)
+
+    assert harness.manifest("task-1") == stored
+    assert stored["status"] == "stored"
+    assert harness.tasks.get("task-1").state is TaskState.STORED  # type: ignore[union-attr]
+    assert [harness.object_bytes(f"tasks/task-1/{i}.png") for i in range(2)] == images
