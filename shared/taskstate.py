@@ -246,10 +246,12 @@ class TaskStore:
         return _record(task_id, self._client.hgetall(keys.task(task_id)))
 
     def counts(self) -> dict[str, int]:
-        """How many tasks are in each state (within the record TTL)."""
+        """How many tasks are in each state: those whose record has not expired (a state index is
+        trimmed only when a task enters that state; one nothing enters keeps older members)."""
+        alive = self._alive_since_ms()
         pipe = self._client.pipeline(transaction=False)
         for state in COUNTED_STATES:
-            pipe.zcard(keys.state_index(state))
+            pipe.zcount(keys.state_index(state), alive, "+inf")
         return dict(zip((s.value for s in COUNTED_STATES), pipe.execute(), strict=True))
 
     def submitted_counts(self, now: float, grace_s: float) -> dict[str, int]:
@@ -257,11 +259,19 @@ class TaskStore:
         them waiting ``grace_s`` seconds or more, so the polling fallback is after them
         (``overdue``). ``now`` is Unix seconds."""
         index = keys.state_index(TaskState.SUBMITTED)
+        alive = self._alive_since_ms(now)
         pipe = self._client.pipeline(transaction=False)
-        pipe.zcard(index)
-        pipe.zcount(index, "-inf", int((now - grace_s) * 1000))
+        pipe.zcount(index, alive, "+inf")
+        pipe.zcount(index, alive, int((now - grace_s) * 1000))
         submitted, overdue = pipe.execute()
         return {"submitted": int(submitted), "overdue": int(overdue)}
+
+    def _alive_since_ms(self, now: float | None = None) -> str:
+        """The lowest state-index score (ms) of a task whose record has not expired at ``now``
+        (Unix seconds, default the clock's): a record lives ``ttl_s`` after its last move, which
+        is its score in its state's index."""
+        now = self._clock() if now is None else now
+        return f"({int(now * 1000) - self._ttl_s * 1000}"
 
     def recent(self, *, state: TaskState | None = None, limit: int = 20) -> list[TaskRecord]:
         """The ``limit`` most recently changed tasks, newest first; only those now in ``state``

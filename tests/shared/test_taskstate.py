@@ -303,3 +303,23 @@ def test_a_task_whose_key_is_not_a_record_fails_alone_in_its_batch(
     assert fine is None
     assert tasks.get("fine") is not None
     assert client.llen(queue) == 0
+
+
+def test_state_counts_leave_out_tasks_whose_record_has_expired(client: redis.Redis) -> None:
+    """Given a failed and a partial task, and then, past the record TTL, traffic only in other
+    states (no task enters ``failed`` or ``partial`` to trim their indexes)
+    When the states are counted
+    Then the expired ones are not (``mjhook status`` counted them for good), and a task mjhook
+    submitted that expired is not counted as still waiting either."""
+    now = [1_000_000.0]
+    tasks = TaskStore(client, ttl_s=60, clock=lambda: now[0])
+    tasks.move("t-failed", TaskState.FAILED, reason="x")
+    tasks.move("t-partial", TaskState.PARTIAL)
+    tasks.mark_submitted("t-submitted")
+    now[0] += 61
+    tasks.move("t-new", TaskState.STORED)
+
+    counts = tasks.counts()
+
+    assert (counts["failed"], counts["partial"], counts["stored"]) == (0, 0, 1)
+    assert tasks.submitted_counts(now[0], grace_s=30) == {"submitted": 0, "overdue": 0}
