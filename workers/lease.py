@@ -79,7 +79,10 @@ class Lease:
 
     def check(self) -> None:
         """Raise :class:`TaskBusy` (retry later) when the lease is known to be lost: what the
-        renewals found, without asking Redis (cheap enough before every file)."""
+        renewals found, or that none succeeded for a whole TTL (a renewal blocked on an unreachable
+        Redis reports nothing for seconds), without asking Redis (cheap enough before every file)."""
+        if self._clock() - self._renewed_at >= self._ttl_ms / 1000:
+            self._lose("not renewed within its TTL")
         if self.lost.is_set():
             raise self._busy()
 

@@ -130,3 +130,21 @@ def test_checking_a_lease_asks_nothing_of_redis(client: redis.Redis) -> None:
             lease.confirm()
         with pytest.raises(TaskBusy):
             lease.check()
+
+
+def test_a_lease_no_renewal_reached_for_a_whole_ttl_fails_the_check_before_the_renewer_says_so(
+    client: redis.Redis,
+) -> None:
+    """Given a held lease whose renewals have not got through for a whole TTL (its renewer blocked
+    on an unreachable Redis, which takes seconds to report it): by the holder's own clock the lease
+    has lapsed, and another worker may hold the task
+    When the holder checks it before writing a file
+    Then the check refuses (TaskBusy) without asking Redis; it passed until the renewer noticed."""
+    now = [0.0]
+    leases = LeaseManager(client, ttl_s=30, clock=lambda: now[0])
+    with leases.hold("t1") as lease:
+        lease.check()
+        now[0] = 30.0
+        with pytest.raises(TaskBusy):
+            lease.check()
+        assert lease.lost.is_set()
