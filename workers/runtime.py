@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: How long a worker waits at boot for object storage to let it make the bucket, in seconds.
 DEFAULT_BUCKET_WAIT_S = 120.0
+#: Longest wait between two tries of a give-up Redis refused, in seconds (1, 2, 4, ... up to it).
+GIVE_UP_RETRY_MAX_S = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,27 +184,33 @@ class WorkerRuntime(Middleware):
             callback = Callback.from_message(message.args[0])
         except (MjhookError, IndexError, TypeError, AttributeError):
             return
-        state = self._give_up(callback.task_id, reason)
-        if state in UNSETTLED_STATES:
-            # Left to the worker holding the lease. A lease whose holder could not release it
-            # (Redis away for a moment) is nobody's, and nobody would settle the task: look once
-            # more when any such lease must have lapsed.
-            timer = threading.Timer(
-                self._settings.lease_ttl_s + 1, self._give_up, args=(callback.task_id, reason)
-            )
-            timer.daemon = True
-            timer.start()
+        self._give_up(callback.task_id, reason, looks=1)
 
-    def _give_up(self, task_id: str, reason: str) -> TaskState | None:
+    def _give_up(self, task_id: str, reason: str, *, looks: int, failures: int = 0) -> None:
+        """Record the give-up; ``looks``: how many more times to look at a task some worker's
+        lease holds. A task left to the worker holding its lease is looked at once more when any
+        such lease must have lapsed (one whose holder could not release it, Redis away for a
+        moment, is nobody's, and nobody would settle the task). A give-up Redis refused is tried
+        again, less and less often, until Redis takes it: the task must not stay unsettled."""
         assert self._parts is not None
         try:
             state = self._parts.tasks.give_up(task_id, reason)
         except Exception:
-            log.exception("could not record the failure of %s", task_id)
-            return None
+            log.exception("could not record the failure of %s; trying again", task_id)
+            delay = min(GIVE_UP_RETRY_MAX_S, 2**failures)
+            self._later(delay, task_id, reason, looks=looks, failures=failures + 1)
+            return
         if state is not TaskState.FAILED:
             log.info("task %s stays %s; its message was %s", task_id, state.value, reason)
-        return state
+        if state in UNSETTLED_STATES and looks > 0:
+            self._later(self._settings.lease_ttl_s + 1, task_id, reason, looks=looks - 1, failures=0)
+
+    def _later(self, delay_s: float, task_id: str, reason: str, *, looks: int, failures: int) -> None:
+        timer = threading.Timer(
+            delay_s, self._give_up, args=(task_id, reason), kwargs={"looks": looks, "failures": failures}
+        )
+        timer.daemon = True
+        timer.start()
 
     def _record_dead_reason(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, reason: str

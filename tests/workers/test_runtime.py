@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import dramatiq
 import pytest
@@ -22,7 +23,8 @@ from shared.submitted import SubmittedTasks
 from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, TaskState, TaskStore
 from tests.support.pipeline import queued_callback, wait_for
 from tests.support.procs import free_port
-from tests.support.servers import FileServer, png_bytes
+from tests.support.servers import FileServer, S3Server, png_bytes, start_redis
+from tests.support.stack import app_environment
 from workers.lease import LeaseManager
 from workers.retries import DurableRetries
 from workers.runtime import WorkerRuntime, wait_for_bucket
@@ -365,3 +367,36 @@ def test_a_poll_pass_makes_one_attempt_per_task_while_the_provider_limits(
 
     assert "429" in summary.stopped
     assert file_server.hits["/api/v1/mj/record-info"] == 1
+
+
+def test_a_give_up_redis_refused_is_recorded_once_redis_is_back(
+    tmp_path: Path, s3_server: S3Server, s3_bucket: str, file_server: FileServer
+) -> None:
+    """Given a task being processed, and the queue giving up on its message while Redis is down
+    (the outage that failed its last attempt)
+    When Redis comes back
+    Then the task is failed with the reason: the give-up is tried again until Redis takes it. It
+    was tried once, and the task stayed ``processing`` for good, with no reason."""
+    redis_server = start_redis(tmp_path / "redis", appendonly=True)
+    try:
+        settings = Settings.from_env(
+            app_environment(
+                redis_url=redis_server.url,
+                s3_endpoint=s3_server.endpoint,
+                s3_access_key=s3_server.access_key,
+                s3_secret_key=s3_server.secret_key,
+                s3_bucket=s3_bucket,
+            )
+        )
+        runtime = WorkerRuntime(settings)
+        tasks = runtime.parts().tasks
+        tasks.move("task-1", TaskState.PROCESSING)
+        redis_server.stop()
+
+        give_up(runtime, callback([file_server.url("/0.png")]), DownloadFailed("connection reset"))
+        redis_server.start()
+
+        wait_for(lambda: tasks.get("task-1").state is TaskState.FAILED, timeout_s=20, what="the failure")  # type: ignore[union-attr]
+        assert tasks.get("task-1").fields["reason"] == "gave up: DownloadFailed: connection reset"  # type: ignore[union-attr]
+    finally:
+        redis_server.kill()
