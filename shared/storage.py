@@ -100,13 +100,14 @@ def source_url_digest(url: str) -> str:
 
 
 class KnownHashMinio(Minio):
-    """A ``Minio`` client that sends the conditional-write headers of a :class:`Precondition` (which
-    minio 7.2's ``put_object`` cannot), and that signs a one-request upload with the body's sha256 when the caller
-    already knows it (``put_file``: the fetcher hashed every byte as it arrived), instead of hashing
-    the body a second time: a whole sha256 pass per stored file. A store that checks the signed
-    hash against the bytes it receives (AWS S3, MinIO; SeaweedFS checks neither hash) then refuses
-    a body that is not what was downloaded. ``_build_headers`` is minio's own (7.2) hook;
-    tests/shared/test_storage.py proves on every run that the signed hash is still the caller's."""
+    """A ``Minio`` client that sends the conditional-write headers of a :class:`Precondition`
+    (which minio 7.2's ``put_object`` cannot), and that signs a one-request upload with the body's
+    sha256 when the caller already knows it (``put_file``: the fetcher hashed every byte as it
+    arrived), instead of hashing the body a second time: a whole sha256 pass per stored file. A
+    store that checks the signed hash against the bytes it receives (AWS S3, MinIO; SeaweedFS
+    checks neither hash) then refuses a body that is not what was downloaded. ``_build_headers`` is
+    minio's own (7.2) hook; tests/shared/test_storage.py proves on every run that the signed hash is
+    still the caller's."""
 
     def _build_headers(
         self,

@@ -8,7 +8,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
+from concurrent.futures import Executor, wait
 
 from shared import storage
 from shared.callback import Callback
@@ -17,7 +17,7 @@ from shared.errors import DownloadFailed, DownloadRefused, MjhookError, ObjectCh
 from shared.json_limits import DEFAULT_MAX_JSON_DEPTH
 from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.storage import ObjectStore, Precondition
-from shared.taskstate import FINAL_STATES, TaskState, TaskStore
+from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, TaskState, TaskStore
 from workers.fetch import ByteBudget, ResultFetcher
 from workers.lease import Lease, LeaseManager
 from workers.manifest import FileError, ImageEntry, build_manifest, outcome
@@ -78,13 +78,19 @@ class CallbackProcessor:
             if known is not None:
                 self._metrics.tasks.labels("duplicate").inc()
                 return known
+            verification = None
+            if self._verifier is not None and callback.succeeded:
+                callback, verification = self._verifier.verify(callback)
+                # A success the provider disowns is a failure report now: it may change no more
+                # than one would (never a task that has files).
+                known = self._settled_state(callback)
+                if known is not None:
+                    self._metrics.tasks.labels("duplicate").inc()
+                    return known
             self._tasks.move(task_id, TaskState.PROCESSING, holder=lease.token)
             # What the task's prefix holds now; its manifest's ETag fences this attempt's manifest.
             listing = self._store.list_etags(storage.task_prefix(task_id))
             manifest_key = storage.manifest_key(task_id)
-            verification = None
-            if self._verifier is not None and callback.succeeded:
-                callback, verification = self._verifier.verify(callback)
             failed_files: list[str] = []
             earlier: set[str] = set()
             if callback.succeeded:
@@ -135,15 +141,22 @@ class CallbackProcessor:
 
     def _settled_state(self, callback: Callback) -> TaskState | None:
         """The state to keep when this callback changes nothing: a stored task stays stored, and a
-        failure report never overwrites a task that has files."""
+        failure report never overwrites a task that has an outcome, also while an attempt of a
+        later success is pending (the task is ``processing`` then, its outcome kept beside)."""
         record = self._tasks.get(callback.task_id)
         if record is None:
             return None
         if record.state is TaskState.STORED:
             log.info("task %s already stored: duplicate callback ignored", callback.task_id)
             return record.state
-        if not callback.succeeded and record.state in FINAL_STATES:
-            log.info("task %s is %s: failure callback ignored", callback.task_id, record.state.value)
+        outcome = record.fields.get(OUTCOME_FIELD, "")
+        if not callback.succeeded and (record.state in FINAL_STATES or outcome):
+            log.info(
+                "task %s is %s (outcome %s): failure report ignored",
+                callback.task_id,
+                record.state.value,
+                outcome or record.state.value,
+            )
             return record.state
         return None
 
@@ -170,25 +183,32 @@ class CallbackProcessor:
         errors: list[FileError] = []
         failed: list[str] = []
         transient: list[DownloadFailed] = []
-        for (index, url), future in zip(todo, futures, strict=True):
-            try:
-                images.append(future.result())
-            except DownloadRefused as exc:
-                errors.append(FileError(index, url, str(exc)))
-                failed.append(type(exc).__name__)
-            except DownloadFailed as exc:
-                if not final_attempt:
-                    transient.append(exc)
-                errors.append(FileError(index, url, f"gave up after retries: {exc}"))
-                failed.append(type(exc).__name__)
-            except MjhookError:
-                raise
-            except Exception as exc:  # the backstop: see _unexpected_error
-                error = _unexpected_error(callback.task_id, index, url, exc)
-                if not final_attempt:
-                    transient.append(DownloadFailed(error.reason))
-                errors.append(error)
-                failed.append(type(exc).__name__)
+        try:
+            for (index, url), future in zip(todo, futures, strict=True):
+                try:
+                    images.append(future.result())
+                except DownloadRefused as exc:
+                    errors.append(FileError(index, url, str(exc)))
+                    failed.append(type(exc).__name__)
+                except DownloadFailed as exc:
+                    if not final_attempt:
+                        transient.append(exc)
+                    errors.append(FileError(index, url, f"gave up after retries: {exc}"))
+                    failed.append(type(exc).__name__)
+                except MjhookError:
+                    raise
+                except Exception as exc:  # the backstop: see _unexpected_error
+                    error = _unexpected_error(callback.task_id, index, url, exc)
+                    if not final_attempt:
+                        transient.append(DownloadFailed(error.reason))
+                    errors.append(error)
+                    failed.append(type(exc).__name__)
+        finally:
+            # An attempt that raises leaves no upload running: its lease is released next, and a
+            # write landing after that could replace the next holder's file.
+            for future in futures:
+                future.cancel()
+            wait(futures)
         if transient:
             raise DownloadFailed(
                 f"{len(transient)} of {len(todo)} files of {callback.task_id} failed for now: {transient[0]}"

@@ -13,7 +13,7 @@ from shared.taskstate import TaskState, TaskStore
 from tests.cli.conftest import RunCli
 from tests.support.clock import FakeClock
 from tests.support.pipeline import queued_callback
-from workers.runtime import build_parts
+from workers.runtime import build_parts, wait_for_bucket
 
 
 @pytest.fixture
@@ -73,6 +73,7 @@ def test_a_reason_from_a_callback_reaches_the_terminal_without_its_controls(
 ) -> None:
     # Given a failed generation whose msg carries terminal controls, processed by the worker pipeline
     parts = build_parts(Settings.from_env(app_env))
+    wait_for_bucket(parts.store, timeout_s=30)
     failed = Callback.from_message(queued_callback("t-hostile", code=500, msg=HOSTILE_MSG))
     assert parts.processor.process(failed) is TaskState.FAILED
     # When an operator lists the tasks

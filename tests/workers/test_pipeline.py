@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import IO, Any
 
 import orjson
 import pytest
@@ -19,17 +20,20 @@ from PIL import Image
 
 from shared import keys
 from shared.callback import Callback
-from shared.errors import DownloadFailed, TaskBusy
+from shared.errors import DownloadFailed, ProviderRefused, StorageUnavailable, TaskBusy
 from shared.metrics import WorkerMetrics, create_worker_metrics
+from shared.provider import TaskRecordInfo
 from shared.settings import Settings
 from shared.storage import ObjectStore, Precondition, create_object_store
-from shared.taskstate import TaskState, TaskStore
+from shared.taskstate import OUTCOME_FIELD, TaskState, TaskStore
 from tests.support.pipeline import nested_prompt_json
+from tests.support.procs import free_port
 from tests.support.servers import FileServer, png_bytes
 from workers.fetch import ByteBudget, FetchedFile, FetchLimits, ResultFetcher, create_http_client
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
 from workers.runtime import build_parts, wait_for_bucket
+from workers.verify import ResultVerifier
 
 PROMPT = '{"prompt":"a beautiful landscape","model":"midjourney"}'
 
@@ -562,3 +566,114 @@ def test_a_manifest_write_outliving_its_lease_never_replaces_the_new_holders_man
     assert stored["status"] == "stored"
     assert harness.tasks.get("task-1").state is TaskState.STORED  # type: ignore[union-attr]
     assert [harness.object_bytes(f"tasks/task-1/{i}.png") for i in range(2)] == images
+
+
+def broken_storage_processor(harness: Harness, pool: ThreadPoolExecutor) -> CallbackProcessor:
+    """A worker on the harness's Redis whose object storage does not answer."""
+    down = harness.settings.model_copy(update={"s3_endpoint": f"http://127.0.0.1:{free_port()}"})
+    return CallbackProcessor(
+        tasks=harness.tasks,
+        leases=LeaseManager(harness.redis, ttl_s=30),
+        store=create_object_store(down),
+        fetcher=FetcherWithABug("http://127.0.0.1:9/never"),
+        pool=pool,
+        metrics=create_worker_metrics(),
+    )
+
+
+def test_a_failure_report_never_overwrites_an_outcome_kept_while_a_retry_is_pending(
+    harness: Harness,
+) -> None:
+    """Given a task that ended partial (file 0 stored, file 1 gone), and a duplicate success whose
+    attempt met object storage down: the task is ``processing`` until its retry, the outcome
+    ``partial`` kept beside
+    When a failure report of the task is processed meanwhile (a replayed dead letter, a poll)
+    Then it changes nothing: the manifest stays partial, file 0 stays described, and the retry
+    settles the task partial again. It used to write a ``failed`` manifest over the result."""
+    urls = [harness.files.add("/0.png", png_bytes(0)), harness.files.url("/gone.png")]
+    assert harness.process(callback(urls)) is TaskState.PARTIAL
+    with ThreadPoolExecutor(max_workers=2) as pool, pytest.raises(StorageUnavailable):
+        broken_storage_processor(harness, pool).process(callback(urls))
+    assert harness.tasks.get("task-1").fields[OUTCOME_FIELD] == "partial"  # type: ignore[union-attr]
+
+    harness.process(callback([], code=501))
+
+    assert harness.manifest("task-1")["status"] == "partial"
+    assert harness.tasks.get("task-1").state is TaskState.PROCESSING  # type: ignore[union-attr]
+    assert harness.process(callback(urls)) is TaskState.PARTIAL
+    assert harness.manifest("task-1")["status"] == "partial"
+
+
+def test_a_success_the_provider_disowns_never_overwrites_a_task_with_files(harness: Harness) -> None:
+    """Given a task that ended partial (file 0 stored), and result verification on
+    When another success message of it is processed and the provider no longer knows the task (its
+    record aged out: a dead letter replayed days later)
+    Then that disowned success, a failure report now, changes nothing: manifest and state stay
+    partial. It used to pass the duplicate check as a success, then end ``failed`` over the files."""
+    urls = [harness.files.add("/0.png", png_bytes(0)), harness.files.url("/gone.png")]
+    assert harness.process(callback(urls)) is TaskState.PARTIAL
+
+    def record_info(task_id: str) -> TaskRecordInfo:
+        raise ProviderRefused("no such task", code=404)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        verifying = CallbackProcessor(
+            tasks=harness.tasks,
+            leases=LeaseManager(harness.redis, ttl_s=30),
+            store=harness.store,
+            fetcher=FetcherWithABug("http://127.0.0.1:9/never"),
+            pool=pool,
+            metrics=create_worker_metrics(),
+            verifier=ResultVerifier(record_info),
+        )
+        assert verifying.process(callback(urls)) is TaskState.PARTIAL
+
+    assert harness.manifest("task-1")["status"] == "partial"
+    assert harness.tasks.get("task-1").state is TaskState.PARTIAL  # type: ignore[union-attr]
+
+
+class FailingThenSlowStore(ObjectStore):
+    """A worker's store whose upload of file 0 fails (object storage answering 503 for it) while
+    its upload of file 1 is under way and slow: it gives the attempt up to 3 s to let its lease go
+    (``redis`` shows it) before it writes, and notes whether the lease was still held then."""
+
+    def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
+        store = create_object_store(settings)
+        super().__init__(store._client, store.bucket)
+        self._redis = redis_client
+        self.file_1_started = threading.Event()
+        self.lease_held_at_write: bool | None = None
+
+    def put_file(self, key: str, data: IO[bytes], **kwargs: Any) -> None:
+        if key.endswith("/0.png"):
+            assert self.file_1_started.wait(30)
+            raise StorageUnavailable("object storage error: SlowDown")
+        self.file_1_started.set()
+        lease_key = keys.lease("task-1")
+        deadline = time.monotonic() + 3
+        while self._redis.exists(lease_key) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.lease_held_at_write = bool(self._redis.exists(lease_key))
+        super().put_file(key, data, **kwargs)
+
+
+def test_an_attempt_that_raises_leaves_no_upload_running_past_its_lease(harness: Harness) -> None:
+    """Given a worker whose upload of file 0 fails while its upload of file 1 is still under way
+    When the attempt raises
+    Then it waited for that upload, its lease held all along: no write of it can land once the
+    lease is released and another worker may store the task. The attempt used to raise and let
+    the lease go at once, and the late upload could replace the next holder's file."""
+    urls = [harness.files.add("/a0.png", png_bytes(0)), harness.files.add("/a1.png", png_bytes(1))]
+    store = FailingThenSlowStore(harness.settings, harness.redis)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = CallbackProcessor(
+            tasks=harness.tasks,
+            leases=LeaseManager(harness.redis, ttl_s=30),
+            store=store,
+            fetcher=FetcherWithABug("http://127.0.0.1:9/never"),
+            pool=pool,
+            metrics=create_worker_metrics(),
+        )
+        with pytest.raises(StorageUnavailable):
+            first.process(callback(urls))
+        assert store.lease_held_at_write is True
