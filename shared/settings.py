@@ -165,6 +165,14 @@ class Settings(BaseModel):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("callback_token", "webhook_hmac_key", "api_token")
+    @classmethod
+    def _a_set_secret_holds_one(cls, value: str) -> str:
+        # Only blanks and commas would turn the check off while the operator believes it is on.
+        if value and not value.replace(",", "").strip():
+            raise ValueError("is set but holds no token (only blanks or commas): it would turn the check off")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:

@@ -91,3 +91,16 @@ def test_a_broker_url_without_a_broker_scheme_is_refused_at_start_up(url: str) -
     for broker_url in ("redis://q/0", "rediss://q/0", "unix:///q.sock", "amqp://q:5672", "amqps://q:5671"):
         assert Settings.from_env({"MJHOOK_BROKER_URL": broker_url}).queue_url == broker_url
     assert Settings.from_env({"MJHOOK_BROKER_URL": ""}).queue_url == Settings().redis_url
+
+
+@pytest.mark.parametrize("name", ["MJHOOK_CALLBACK_TOKEN", "MJHOOK_WEBHOOK_HMAC_KEY", "MJHOOK_API_TOKEN"])
+@pytest.mark.parametrize("value", [" ", ",", " , ,"])
+def test_a_secret_set_to_blanks_or_commas_alone_is_refused_at_start_up(name: str, value: str) -> None:
+    """Given a token or key variable set, but to blanks or commas alone (a quoting slip in an .env)
+    When the settings are read
+    Then a ConfigError names the variable: such a value turned the check it enables off, silently,
+    while the operator believed it on; empty still means off, and a real value is taken."""
+    with pytest.raises(ConfigError, match=f"{name}.*holds no token"):
+        Settings.from_env({name: value})
+    assert Settings.from_env({name: ""}) == Settings()
+    assert Settings.from_env({name: "s3cret, next"}) != Settings()
