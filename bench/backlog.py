@@ -11,10 +11,13 @@ third with ``--count`` 4-image success callbacks, only to measure their memory. 
 is INFO used_memory after minus before, divided by the count.
 
 Draining all 100k on 2 cores would take many minutes, so each phase drains only a few thousand:
-the workers are pointed at one Redis, its rate measured over 5 windows, the workers stopped, the
-Redis topped up again to its backlog. Phases alternate (10k, 100k, 10k, 100k ...); the figure is
-the median of the per-round ratios of the 100k rate to the 10k rate. Target: >= 0.9 (no fall
-beyond the run-to-run noise).
+the workers are pointed at one Redis and its rate measured over 5 windows, the Redis topped up to
+its backlog before each window (while the workers drain; the top-up's time is in no window), then
+the workers stopped. A window that starts with less than 80 % of its backlog queued measures a
+smaller backlog: it is flagged and left out of its phase's median, and a phase with no window left
+fails (its figure says FAILED, and the script exits with status 1 after saving). Phases alternate
+(10k, 100k, 10k, 100k ...); the figure is the median of the per-round ratios of the 100k rate to
+the 10k rate. Target: >= 0.9 (no fall beyond the run-to-run noise).
 
 ``--full-drain`` instead fills one Redis with ``--count`` failure callbacks and lets the workers
 drain all of it, timing each tenth of the drain (from a backlog of 100 % to 90 %, ... to 0 %): the
@@ -30,15 +33,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from common import (
     WORKER_PROCESSES,
     WORKER_THREADS,
     DurableRedis,
+    exit_if_failed,
     interleave,
     make_intake,
     median,
@@ -72,6 +77,8 @@ MESSAGES_KEY = keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE)
 FAILED_KEY = keys.state_index("failed")
 #: "Must not fall": the 100k rate at least the 10k rate, less 10 % for run-to-run noise.
 TARGET_RATIO = 0.9
+#: A drain window counts only when at least this share of its backlog is queued at its start.
+MIN_BACKLOG_SHARE = 0.8
 
 
 class Backlog:
@@ -118,23 +125,58 @@ class Backlog:
         return int(self.client.info("memory")["used_memory"])
 
 
+class Drained(Protocol):
+    """What a drain phase reads and does: a :class:`Backlog`."""
+
+    size: int
+    client: Any
+
+    def top_up(self) -> None: ...
+
+
 def drain_phase(backlog: Backlog, out: Path, window_s: float) -> dict[str, Any]:
-    """Top ``backlog`` up, let fresh workers drain it for ``WINDOWS`` windows, stop them."""
+    """Let fresh workers drain ``backlog`` for ``WINDOWS`` windows (see :func:`measure_windows`),
+    stop them."""
     backlog.top_up()
     with ExitStack() as stack:
         workers = start_workers(
             backlog.env, out / backlog.name, processes=WORKER_PROCESSES, threads=WORKER_THREADS
         )
         stack.callback(workers.terminate)
-        windows = []
-        done, at = backlog.client.zcard(FAILED_KEY), time.monotonic()
-        for _ in range(WINDOWS):
-            queued = backlog.client.llen(QUEUE_KEY)
-            time.sleep(window_s)
-            done_now, now = backlog.client.zcard(FAILED_KEY), time.monotonic()
-            windows.append({"backlog_at_start": queued, "per_s": (done_now - done) / (now - at)})
-            done, at = done_now, now
-    return {"per_s": median([w["per_s"] for w in windows]), "windows": windows}
+        windows = measure_windows(backlog, window_s)
+    return phase_rate(windows, backlog.size)
+
+
+def measure_windows(
+    backlog: Drained,
+    window_s: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[dict[str, Any]]:
+    """The drain rate (callbacks recorded failed per second) in each of ``WINDOWS`` windows of
+    ``window_s`` seconds, the workers running. The backlog is topped up to its size before each
+    window, so that every window measures it near that size; the top-up's own time (the workers
+    drain meanwhile) falls in no window."""
+    windows = []
+    for _ in range(WINDOWS):
+        backlog.top_up()
+        queued = int(backlog.client.llen(QUEUE_KEY))
+        done, at = int(backlog.client.zcard(FAILED_KEY)), clock()
+        sleep(window_s)
+        done_now, now = int(backlog.client.zcard(FAILED_KEY)), clock()
+        windows.append({"backlog_at_start": queued, "per_s": (done_now - done) / (now - at)})
+    return windows
+
+
+def phase_rate(windows: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    """A phase's rate: the median over its windows that started with at least
+    ``MIN_BACKLOG_SHARE`` of ``size`` queued; the others are flagged ``below_backlog`` and left
+    out (NaN when none is left)."""
+    floor = MIN_BACKLOG_SHARE * size
+    flagged = [window | {"below_backlog": window["backlog_at_start"] < floor} for window in windows]
+    kept = [window["per_s"] for window in flagged if not window["below_backlog"]]
+    return {"per_s": median(kept), "windows": flagged, "windows_kept": len(kept)}
 
 
 def full_drain(backlog: Backlog, out: Path, *, poll_s: float, timeout_s: float) -> dict[str, Any]:
@@ -247,7 +289,9 @@ def main() -> None:
             memory = {backlog.name: measure_fill(backlog) for backlog in (small, large, grids)}
         phases = {b.name: (lambda _, b=b: drain_phase(b, out, args.window)) for b in (small, large)}
         results = interleave(phases, args.rounds)
-    save(out, "backlog", summarize(results, args, memory))
+    report = summarize(results, args, memory)
+    save(out, "backlog", report)
+    exit_if_failed(report["failures"])
 
 
 def measure_fill(backlog: Backlog) -> dict[str, Any]:
@@ -288,28 +332,50 @@ def breakdown(backlog: Backlog) -> dict[str, int]:
 def summarize(
     results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, memory: Any
 ) -> dict[str, Any]:
-    rows: list[list[object]] = [["backlog", "round", *(f"w{i + 1} /s" for i in range(WINDOWS)), "median /s"]]
+    """Print the table and the figure; the report. A window below its backlog (flagged ``*``) is
+    left out of its phase's median; ``failures`` lists the phases with no window left, and the
+    figure says FAILED when there is one."""
+    header: list[object] = [
+        "backlog",
+        "round",
+        *(f"w{i + 1} /s" for i in range(WINDOWS)),
+        "median /s",
+        "queued at start",
+    ]
+    rows: list[list[object]] = [header]
     for name, phases in results.items():
         for number, phase in enumerate(phases):
-            rows.append([name, number + 1, *(w["per_s"] for w in phase["windows"]), phase["per_s"]])
+            rates = [f"{w['per_s']:.3g}" + ("*" if w["below_backlog"] else "") for w in phase["windows"]]
+            queued = " ".join(str(w["backlog_at_start"]) for w in phase["windows"])
+            rows.append([name, number + 1, *rates, phase["per_s"], queued])
     print_table(rows)
+    flagged = sum(w["below_backlog"] for phases in results.values() for p in phases for w in p["windows"])
+    if flagged:
+        print(f"* {flagged} window(s) started below {MIN_BACKLOG_SHARE:.0%} of their backlog: left out")
+    failures = [
+        f"{name} phase {number + 1}: every window started below {MIN_BACKLOG_SHARE:.0%} of its backlog"
+        for name, phases in results.items()
+        for number, phase in enumerate(phases)
+        if not phase["windows_kept"]
+    ]
     pairs = zip(results["large"], results["small"], strict=True)
     value = median([ratio(large["per_s"], small["per_s"]) for large, small in pairs])
+    which = f"at {args.count} vs {args.count // 10} queued"
     return {
         "settings": run_settings(args),
         "memory": memory,
-        "figures": {
-            "drain_large_vs_small": drain_figure(f"at {args.count} vs {args.count // 10} queued", value)
-        },
+        "figures": {"drain_large_vs_small": drain_figure(which, value, valid=not failures)},
         "phases": results,
+        "failures": failures,
     }
 
 
-def drain_figure(which: str, value: float) -> list[object]:
-    """Print the drain-rate ratio ``value`` (``which`` rates it compares) with its verdict; the
-    figure as the report keeps it."""
-    print(f"drain rate {which}: {value:.3g}x (target >= {TARGET_RATIO}) {verdict(value, TARGET_RATIO)}")
-    return [value, TARGET_RATIO, verdict(value, TARGET_RATIO)]
+def drain_figure(which: str, value: float, *, valid: bool = True) -> list[object]:
+    """Print the drain-rate ratio ``value`` (``which`` rates it compares) with its verdict (FAILED
+    unless ``valid``); the figure as the report keeps it."""
+    result = verdict(value, TARGET_RATIO, valid=valid)
+    print(f"drain rate {which}: {value:.3g}x (target >= {TARGET_RATIO}) {result}")
+    return [value, TARGET_RATIO, result]
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:

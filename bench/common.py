@@ -158,10 +158,29 @@ def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else float("nan")
 
 
-def verdict(value: float, target: float, *, at_most: bool = False) -> str:
-    """'PASS' or 'MISS' for ``value`` against ``target`` (a minimum unless ``at_most``)."""
+#: The verdict of a figure whose runs did not do their work (failed requests, tasks not stored):
+#: their timings say nothing about the target.
+FAILED = "FAILED"
+
+
+def verdict(value: float, target: float, *, at_most: bool = False, valid: bool = True) -> str:
+    """'PASS' or 'MISS' for ``value`` against ``target`` (a minimum unless ``at_most``); 'FAILED'
+    whatever the value when the runs behind it are not ``valid``."""
+    if not valid:
+        return FAILED
     met = value <= target if at_most else value >= target
     return "PASS" if met else "MISS"
+
+
+def exit_if_failed(failures: Sequence[str]) -> None:
+    """Print each of ``failures`` (the runs that did not do their work) and exit with status 1;
+    return when there are none. Called after the report is saved, so it keeps the evidence."""
+    if not failures:
+        return
+    print(f"{FAILED}: {len(failures)} run(s) did not do their work; their figures are not results:")
+    for failure in failures:
+        print(f"  {failure}")
+    sys.exit(1)
 
 
 def machine() -> dict[str, Any]:

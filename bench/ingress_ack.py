@@ -6,6 +6,11 @@ baselines run in the same interleaved rounds: a bare Falcon app under the same g
     .venv/bin/python bench/ingress_ack.py [--seconds 12] [--rounds 3] [--connections 32]
 
 Targets: mjhook >= 0.7x bare Falcon and >= 1.0x Express requests/s; mjhook p99 <= 10 ms.
+Only successful answers count: requests/s is the answers below 400 per second (wrk counts the
+others as status errors; the receivers answer the POST 2xx or an error). A round with any socket
+or status error, an ingress round that left fewer messages queued than it acknowledged, or a
+paced round in which a callback went unacknowledged or an attempt failed (timed out, refused) is
+failed: the figures resting on it say FAILED, and the script exits with status 1 after saving.
 Also reported: CPU milliseconds per request of each server (and of Redis), from /proc, and
 ``bare_falcon_gthread``: the same bare app as WSGI under gunicorn's gthread worker (the ingress's
 settings until session 3), a reference, not the target's baseline.
@@ -33,6 +38,7 @@ from typing import Any
 
 from common import (
     REPO_ROOT,
+    exit_if_failed,
     interleave,
     median,
     mjhook_env,
@@ -49,7 +55,8 @@ from common import (
 from shared import keys
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from simulator import RunningSimulator, SimulatorConfig, run_simulator
-from simulator.load import run_load
+from simulator.callbacks import DeliveryAttempt
+from simulator.load import LoadReport, percentile, run_load
 from tests.support.procs import ManagedProcess, free_port, wait_for_http
 
 WRK_SCRIPT = REPO_ROOT / "bench" / "wrk" / "post_callback.lua"
@@ -61,6 +68,11 @@ WARMUP_S = 2
 TARGET_VS_BARE = 0.7
 TARGET_VS_EXPRESS = 1.0
 TARGET_P99_MS = 10.0
+#: wrk's errors without an answer; its ``status`` errors are answers of 400 and above.
+SOCKET_ERRORS = ("connect", "read", "write", "timeout")
+#: The receivers that queue what they acknowledge: each of their rounds must leave as many
+#: messages in the durable queue as it acknowledged.
+INGRESSES = ("mjhook", "mjhook_fsync_everysec", "candidate")
 #: The ingress's settings before its asyncio worker (session 2): the same bare app as WSGI under
 #: gthread, for comparison (not the target's baseline, which runs under the ingress's own settings).
 GTHREAD_ARGS = ("-k", "gthread", "--threads", "8")
@@ -112,19 +124,42 @@ def start_express(stack: ExitStack, out: Path) -> Target:
 
 
 def run_wrk(wrk: str, url: str, args: argparse.Namespace, *, seconds: int, prefix: str) -> dict[str, Any]:
-    """One wrk run; its summary (see bench/wrk/post_callback.lua) with requests/s and ms added."""
+    """One wrk run; its summary (see bench/wrk/post_callback.lua) with the figures of
+    :func:`wrk_figures` added."""
     argv = [
         wrk, f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{seconds}s", "--timeout", "10s",
         "-s", str(WRK_SCRIPT), url + CALLBACK_PATH, "--", prefix,
     ]  # fmt: skip
     output = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
-    result: dict[str, Any] = json.loads(line.removeprefix("WRK_JSON "))
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    result["p50_ms"] = result["latency_us"]["p50"] / 1000
-    result["p99_ms"] = result["latency_us"]["p99"] / 1000
-    result["failed"] = sum(result["errors"].values())
-    return result
+    return wrk_figures(json.loads(line.removeprefix("WRK_JSON ")))
+
+
+def wrk_figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """wrk's summary with ``acked`` (answers below 400: the acknowledgements), ``rps`` (those per
+    second: a 4xx or 5xx answer is no throughput), ``p50_ms``/``p99_ms`` (of every answer) and
+    ``failed`` (socket and status errors) added."""
+    acked = summary["requests"] - summary["errors"]["status"]
+    seconds = summary["duration_us"] / 1e6
+    return summary | {
+        "acked": acked,
+        "rps": acked / seconds if seconds > 0 else 0.0,
+        "p50_ms": summary["latency_us"]["p50"] / 1000,
+        "p99_ms": summary["latency_us"]["p99"] / 1000,
+        "failed": sum(summary["errors"].values()),
+    }
+
+
+def round_problems(run: dict[str, Any], *, queues: bool) -> list[str]:
+    """Why a wrk round of a receiver did not do its work (none: it did): socket errors, answers of
+    400 and above, or (``queues``: an ingress) fewer messages queued than it acknowledged."""
+    errors = run["errors"]
+    problems = [f"{errors[name]} {name} errors" for name in SOCKET_ERRORS if errors[name]]
+    if errors["status"]:
+        problems.append(f"{errors['status']} answers >= 400")
+    if queues and run["queued"] < run["acked"]:
+        problems.append(f"{run['queued']} messages queued for {run['acked']} acknowledged")
+    return problems
 
 
 def measured_run(
@@ -165,7 +200,9 @@ def paced_run(
 ) -> dict[str, Any]:
     """Callbacks at a steady rate from the provider simulator (16 delivery threads), as the
     provider sends them: the latency of each answer as the provider sees it, without queueing
-    in the load generator."""
+    in the load generator. Rounds run one after another, so this round's delivery attempts are
+    those the simulator recorded after the ones before it."""
+    earlier = len(sim.attempts())
     with fsync_policy(redis_client, target.appendfsync):
         report = run_load(
             sim,
@@ -173,13 +210,37 @@ def paced_run(
             rate_per_s=args.paced_rate,
             callback_url=target.url + CALLBACK_PATH,
         )
+    return paced_figures(report, sim.attempts()[earlier:])
+
+
+def paced_figures(report: LoadReport, attempts: Sequence[DeliveryAttempt]) -> dict[str, Any]:
+    """A paced round's figures: p50/p99 of every delivery attempt (``attempts``, this round's), a
+    timed-out or refused one at the time it took, not only of the acknowledged ones as the load
+    report gives them; the acknowledged tasks of those sent, and the attempts not acknowledged."""
+    latencies_ms = [attempt.duration_s * 1000 for attempt in attempts]
     return {
-        "p50_ms": report.ack_latency_p50_ms,
-        "p99_ms": report.ack_latency_p99_ms,
+        "p50_ms": percentile(latencies_ms, 0.5),
+        "p99_ms": percentile(latencies_ms, 0.99),
         "acknowledged": report.acknowledged,
         "sent": report.tasks,
+        "attempts": len(attempts),
+        "attempts_not_acknowledged": sum(not attempt.acknowledged for attempt in attempts),
+        "settled": report.settled,
         "per_s": report.ack_throughput_per_s,
     }
+
+
+def paced_problems(run: dict[str, Any]) -> list[str]:
+    """Why a paced round did not do its work (none: it did): a callback never acknowledged, a
+    delivery attempt that failed (its retry may have been acknowledged), callbacks still due."""
+    problems = []
+    if run["acknowledged"] != run["sent"]:
+        problems.append(f"{run['acknowledged']} of {run['sent']} callbacks acknowledged")
+    if run["attempts_not_acknowledged"]:
+        problems.append(f"{run['attempts_not_acknowledged']} delivery attempts not acknowledged")
+    if not run["settled"]:
+        problems.append("callbacks still due when the wait ended")
+    return problems
 
 
 def paired_ratio(results: dict[str, list[dict[str, Any]]], a: str, b: str) -> float:
@@ -273,7 +334,9 @@ def main() -> None:
             paced = interleave(
                 {t.name: (lambda n, t=t: paced_run(sim, t, client, args)) for t in targets}, args.rounds
             )
-    save(out, "ingress_ack", summarize(results, paced, args, queue))
+    report = summarize(results, paced, args, queue)
+    save(out, "ingress_ack", report)
+    exit_if_failed(report["failures"])
 
 
 def start_gunicorn_target(
@@ -298,6 +361,9 @@ def summarize(
     args: argparse.Namespace,
     queue: dict[str, Any],
 ) -> dict[str, Any]:
+    """Print the tables and figures; the report. Each run gets its ``problems``; ``failures``
+    lists the failed rounds, and a figure resting on one says FAILED."""
+    failures = mark_problems(results, paced)
     keys_ = ("rps", "p50_ms", "p99_ms", "server_cpu_ms_per_req", "redis_cpu_ms_per_req")
     medians = {
         name: {key: median([run[key] for run in runs]) for key in keys_} for name, runs in results.items()
@@ -305,12 +371,12 @@ def summarize(
     rows: list[list[object]] = [
         [
             "receiver",
-            "req/s",
+            "ok req/s",
             "p50 ms",
             "p99 ms",
             "server CPU ms/req",
             "redis CPU ms/req",
-            "req/s per round",
+            "ok req/s per round",
             "failed",
         ]
     ]
@@ -325,12 +391,15 @@ def summarize(
         for name, runs in paced.items()
     }
     if paced:
-        print(f"paced at {args.paced_rate:g}/s (the provider simulator's deliveries):")
-        paced_rows: list[list[object]] = [["receiver", "p50 ms", "p99 ms", "acked/s", "acked/sent"]]
+        print(f"paced at {args.paced_rate:g}/s (the provider simulator's deliveries, all attempts):")
+        paced_rows: list[list[object]] = [
+            ["receiver", "p50 ms", "p99 ms", "acked/s", "acked/sent", "attempts not acked"]
+        ]
         for name, runs in paced.items():
             m = paced_medians[name]
             acked = f"{sum(r['acknowledged'] for r in runs)}/{sum(r['sent'] for r in runs)}"
-            paced_rows.append([name, m["p50_ms"], m["p99_ms"], m["per_s"], acked])
+            not_acked = sum(r["attempts_not_acknowledged"] for r in runs)
+            paced_rows.append([name, m["p50_ms"], m["p99_ms"], m["per_s"], acked, not_acked])
         print_table(paced_rows)
     report: dict[str, Any] = {
         "settings": vars(args) | {"candidate": str(args.candidate or "")},
@@ -339,19 +408,70 @@ def summarize(
         "paced_medians": paced_medians,
         "runs": results,
         "paced_runs": paced,
+        "failures": failures,
     }
     if "mjhook" not in medians:
         return report
+    figures = judge_figures(results, paced, medians, paced_medians)
+    for name, (value, target, result) in figures.items():
+        print(f"{name}: {value:.3g} (target {'<=' if name.endswith('_ms') else '>='} {target}) {result}")
+    ingresses = [name for name in INGRESSES if name in results]
+    queue["acked_in_rounds"] = sum(run["acked"] for name in ingresses for run in results[name])
+    queue["queued_in_rounds"] = sum(run["queued"] for name in ingresses for run in results[name])
+    print(
+        f"Redis queue after each round of {' and '.join(ingresses)}: {queue['queued_in_rounds']} queued "
+        f"in all, {queue['acked_in_rounds']} acknowledged as wrk counted (it counts a few answers fewer "
+        f"than were sent), AOF {queue['aof_enabled']} fsync {queue['appendfsync']}"
+    )
+    return report | {"figures": figures, "queue": queue}
+
+
+def mark_problems(
+    results: dict[str, list[dict[str, Any]]], paced: dict[str, list[dict[str, Any]]]
+) -> list[str]:
+    """Set each run's ``problems`` (:func:`round_problems`, :func:`paced_problems`); one line per
+    failed round."""
+    for name, runs in results.items():
+        for run in runs:
+            run["problems"] = round_problems(run, queues=name in INGRESSES)
+    for runs in paced.values():
+        for run in runs:
+            run["problems"] = paced_problems(run)
+    return [
+        f"{name} {kind} {number + 1}: {'; '.join(run['problems'])}"
+        for kind, runs_of in (("round", results), ("paced round", paced))
+        for name, runs in runs_of.items()
+        for number, run in enumerate(runs)
+        if run["problems"]
+    ]
+
+
+def all_ok(runs: Sequence[dict[str, Any]]) -> bool:
+    return not any(run["problems"] for run in runs)
+
+
+def judge_figures(
+    results: dict[str, list[dict[str, Any]]],
+    paced: dict[str, list[dict[str, Any]]],
+    medians: dict[str, dict[str, float]],
+    paced_medians: dict[str, dict[str, float]],
+) -> dict[str, list[Any]]:
+    """Each figure as [value, target, verdict]; the verdict is FAILED when a round it rests on
+    failed (see :func:`mark_problems`, which must have run)."""
     p99 = medians["mjhook"]["p99_ms"]
     figures: dict[str, Any] = {
-        "mjhook_p99_ms": [p99, TARGET_P99_MS, verdict(p99, TARGET_P99_MS, at_most=True)]
+        "mjhook_p99_ms": [
+            p99,
+            TARGET_P99_MS,
+            verdict(p99, TARGET_P99_MS, at_most=True, valid=all_ok(results["mjhook"])),
+        ]
     }
     if "mjhook" in paced_medians:
         paced_p99 = paced_medians["mjhook"]["p99_ms"]
         figures["mjhook_paced_p99_ms"] = [
             paced_p99,
             TARGET_P99_MS,
-            verdict(paced_p99, TARGET_P99_MS, at_most=True),
+            verdict(paced_p99, TARGET_P99_MS, at_most=True, valid=all_ok(paced["mjhook"])),
         ]
     pairs = [("mjhook", "bare_falcon", TARGET_VS_BARE), ("mjhook", "express", TARGET_VS_EXPRESS)]
     pairs += [("mjhook", "bare_falcon_gthread", TARGET_VS_BARE)]
@@ -363,19 +483,9 @@ def summarize(
     for a, b, target in pairs:
         if a in medians and b in medians:
             value = paired_ratio(results, a, b)
-            figures[f"{a}_rps_vs_{b}"] = [value, target, verdict(value, target)]
-    for name, (value, target, result) in figures.items():
-        print(f"{name}: {value:.3g} (target {'<=' if name.endswith('_ms') else '>='} {target}) {result}")
-    ingresses = [name for name in ("mjhook", "mjhook_fsync_everysec", "candidate") if name in results]
-    acked = sum(run["requests"] - run["errors"]["status"] for name in ingresses for run in results[name])
-    queue["acked_in_rounds"] = acked
-    queue["queued_in_rounds"] = sum(run["queued"] for name in ingresses for run in results[name])
-    print(
-        f"Redis queue after each round of {' and '.join(ingresses)}: {queue['queued_in_rounds']} queued "
-        f"in all, {acked} acknowledged as wrk counted (it counts a few answers fewer than were sent), "
-        f"AOF {queue['aof_enabled']} fsync {queue['appendfsync']}"
-    )
-    return report | {"figures": figures, "queue": queue}
+            valid = all_ok(results[a]) and all_ok(results[b])
+            figures[f"{a}_rps_vs_{b}"] = [value, target, verdict(value, target, valid=valid)]
+    return figures
 
 
 if __name__ == "__main__":

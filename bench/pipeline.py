@@ -10,7 +10,10 @@ interleaved rounds on the same files:
 
 Each task is a grid of 4 PNGs of SIZExSIZE (1024: ~1.4-1.8 MB each), as the provider sends them.
 Callbacks are posted 16 at a time (the simulator's delivery threads). Targets: mjhook >= 0.8x raw
-and >= 5x naive (tasks/s).
+and >= 5x naive (tasks/s). Only stored tasks count: tasks/s and MB/s are the stored tasks and
+their files' bytes per second, and a run that did not store every task (a task ending partial or
+failed) is failed: the figures resting on it say FAILED, and the script exits with status 1 after
+saving. (raw and naive stop the benchmark at the first file they cannot copy or store.)
 
 Loopback has no network: a file arrives as fast as the CPU copies it, so nothing is gained by
 downloading several at once on 2 cores. A real CDN takes a while per file; the simulator models
@@ -39,6 +42,7 @@ from common import (
     REPO_ROOT,
     WORKER_PROCESSES,
     WORKER_THREADS,
+    exit_if_failed,
     interleave,
     median,
     mjhook_env,
@@ -74,15 +78,16 @@ TARGET_VS_NAIVE = 5.0
 
 @dataclass(frozen=True)
 class Grid:
-    """One simulated task's result: its prompt and 4 signed URLs of the simulator's files."""
+    """One simulated task's result: its prompt, 4 signed URLs of the simulator's files and
+    their bytes in all."""
 
     prompt_json: str
     urls: tuple[str, ...]
+    size: int
 
 
-def make_grids(sim: RunningSimulator, count: int) -> tuple[list[Grid], int]:
-    """``count`` finished grids, their files made (and cached) now, before any timing; and the
-    total bytes of their files."""
+def make_grids(sim: RunningSimulator, count: int) -> list[Grid]:
+    """``count`` finished grids, their files made (and cached) now, before any timing."""
     tasks = [
         sim.provider.submit(
             task_type="mj_txt2img",
@@ -94,8 +99,14 @@ def make_grids(sim: RunningSimulator, count: int) -> tuple[list[Grid], int]:
         for n in range(count)
     ]
     sim.wait_idle(30.0)
-    total = sum(len(sim.expected_file(t.task_id, i)) for t in tasks for i in range(len(t.result_urls)))
-    return [Grid(t.prompt_json, tuple(t.result_urls)) for t in tasks], total
+    return [
+        Grid(
+            t.prompt_json,
+            tuple(t.result_urls),
+            sum(len(sim.expected_file(t.task_id, i)) for i in range(len(t.result_urls))),
+        )
+        for t in tasks
+    ]
 
 
 def callback_body(task_id: str, grid: Grid) -> dict[str, Any]:
@@ -142,9 +153,14 @@ def run_mjhook(ingress_url: str, redis_client: Any, grids: list[Grid], number: i
         time.sleep(0.1)
     finished = max(updated for _, updated in records) / 1000  # the last task's final transition
     states = Counter(state for state, _ in records)
-    return {"seconds": finished - started, "states": dict(states), "ok": states["stored"] == len(grids)} | (
-        _latency_summary(latencies)
-    )
+    stored = [grid for grid, (state, _) in zip(grids, records, strict=True) if state == "stored"]
+    return {
+        "seconds": finished - started,
+        "states": dict(states),
+        "stored": len(stored),
+        "stored_bytes": sum(grid.size for grid in stored),
+        "ok": dict(states) == {"stored": len(grids)},
+    } | _latency_summary(latencies)
 
 
 # --- raw: download and PUT, same concurrency, nothing else --------------------------------------
@@ -177,8 +193,9 @@ def run_raw(pool: Any, bucket: str, grids: list[Grid], number: int) -> dict[str,
     ]
     batches = [jobs[i::WORKER_PROCESSES] for i in range(WORKER_PROCESSES)]
     started = time.time()
-    copied = sum(pool.map(_raw_batch, batches))
-    return {"seconds": time.time() - started, "bytes": copied, "ok": True}
+    copied = sum(pool.map(_raw_batch, batches))  # a file not copied raises: no partial run
+    seconds = time.time() - started
+    return {"seconds": seconds, "bytes": copied, "stored": len(grids), "stored_bytes": copied, "ok": True}
 
 
 # --- naive -------------------------------------------------------------------------------------
@@ -201,8 +218,10 @@ def start_naive(stack: ExitStack, s3: Any, bucket: str, out: Path) -> str:
 def run_naive(naive_url: str, grids: list[Grid], number: int) -> dict[str, Any]:
     bodies = [callback_body(f"naive-r{number}-{n:04d}", grid) for n, grid in enumerate(grids)]
     started = time.time()
+    # Each answer is 200 only once the task's files are stored; any other raises: no partial run.
     latencies = post_callbacks(naive_url + CALLBACK_PATH, bodies)
-    return {"seconds": time.time() - started, "ok": True} | _latency_summary(latencies)
+    stored = {"stored": len(grids), "stored_bytes": sum(grid.size for grid in grids), "ok": True}
+    return {"seconds": time.time() - started} | stored | _latency_summary(latencies)
 
 
 def _latency_summary(latencies: list[float]) -> dict[str, Any]:
@@ -240,7 +259,7 @@ def main() -> None:
         )
         stack.callback(sim.stop)
         print(f"making {files_per_run} result files ...", flush=True)
-        grids, total_bytes = make_grids(sim, args.tasks)
+        grids = make_grids(sim, args.tasks)
         env = mjhook_env(redis, s3, out)
         _, ingress_url = start_gunicorn(stack, "ingress.wsgi:app", env, out / "ingress.log")
         workers = start_workers(env, out, processes=WORKER_PROCESSES, threads=WORKER_THREADS)
@@ -259,18 +278,30 @@ def main() -> None:
         }
         variants = {name: run for name, run in variants.items() if not args.only or name in args.only}
         results = interleave(variants, args.rounds)
-    save(out, "pipeline", summarize(results, args, total_bytes))
+    report = summarize(results, args, sum(grid.size for grid in grids))
+    save(out, "pipeline", report)
+    exit_if_failed(report["failures"])
 
 
 def summarize(
     results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, total_bytes: int
 ) -> dict[str, Any]:
+    """Print the table and figures; the report. tasks/s and MB/s count the stored tasks and their
+    bytes only (``total_bytes``: those of every task of a run); ``failures`` lists the runs that
+    did not store every task, and a figure resting on one says FAILED."""
     for runs in results.values():
         for run in runs:
-            run["tasks_per_s"] = args.tasks / run["seconds"]
-            run["mb_per_s"] = total_bytes / 1e6 / run["seconds"]
+            run["tasks_per_s"] = run["stored"] / run["seconds"]
+            run["mb_per_s"] = run["stored_bytes"] / 1e6 / run["seconds"]
+    failures = [
+        f"{name} round {number + 1}: {run['stored']} of {args.tasks} tasks stored"
+        + (f" ({run['states']})" if "states" in run else "")
+        for name, runs in results.items()
+        for number, run in enumerate(runs)
+        if not run["ok"]
+    ]
     rows: list[list[object]] = [
-        ["variant", "tasks/s", "MB/s", "s per run", "ack p99 ms", "acks > 15 s", "all ok"]
+        ["variant", "stored tasks/s", "stored MB/s", "s per run", "ack p99 ms", "acks > 15 s", "all stored"]
     ]
     for name, runs in results.items():
         rows.append([
@@ -288,14 +319,17 @@ def summarize(
         if "mjhook" in results and other in results:
             pairs = zip(results["mjhook"], results[other], strict=True)
             value = median([ratio(a["tasks_per_s"], b["tasks_per_s"]) for a, b in pairs])
-            figures[f"mjhook_vs_{other}"] = [value, target, verdict(value, target)]
-            print(f"mjhook vs {other}: {value:.3g}x tasks/s (target >= {target}) {verdict(value, target)}")
+            valid = all(run["ok"] for run in results["mjhook"] + results[other])
+            result = verdict(value, target, valid=valid)
+            figures[f"mjhook_vs_{other}"] = [value, target, result]
+            print(f"mjhook vs {other}: {value:.3g}x stored tasks/s (target >= {target}) {result}")
     return {
         "settings": vars(args) | {"worker_processes": WORKER_PROCESSES, "worker_threads": WORKER_THREADS},
         "files_per_run": args.tasks * 4,
         "bytes_per_run": total_bytes,
         "figures": figures,
         "runs": results,
+        "failures": failures,
     }
 
 
