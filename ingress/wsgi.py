@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from ingress.app import build_ingress
+from ingress.wsgi_bridge import AsgiOrWsgi
 from shared.logs import configure_logging
 from shared.metrics import MULTIPROC_ENV
 from shared.settings import Settings
@@ -17,4 +18,6 @@ configure_logging(settings.log_level, settings.log_format)
 ingress = build_ingress(settings, metrics_dir=os.environ.get(MULTIPROC_ENV) or None)
 # gunicorn imports this module in each worker process (no preload), so each drains the spool.
 drainer = ingress.start_drainer()
-app = ingress.app
+# The asgi worker (ingress/gunicorn_conf.py) calls the ASGI app as it is; gunicorn run without
+# those settings (outside the project root, no -c) calls it as WSGI: see ingress/wsgi_bridge.py.
+app = AsgiOrWsgi(ingress.app)

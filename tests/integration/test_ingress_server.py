@@ -18,18 +18,24 @@ from tests.support.servers import RedisServer
 from tests.support.stack import REPO_ROOT, _gunicorn_isolation_args
 
 
+def start_plain_gunicorn(
+    redis_server: RedisServer, *, cwd: Path, log_path: Path
+) -> tuple[ManagedProcess, str]:
+    """The contract's plain ``gunicorn ingress.wsgi:app`` (no ``-c``) run in ``cwd``; its base URL."""
+    port = free_port()
+    argv = [venv_bin("gunicorn"), "ingress.wsgi:app", "-b", f"127.0.0.1:{port}", *_gunicorn_isolation_args()]
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MJHOOK_")}
+    env |= {"MJHOOK_REDIS_URL": redis_server.url, "MJHOOK_SPOOL_DIR": ""}
+    return ManagedProcess(argv, log_path=log_path, cwd=cwd, env=env), f"http://127.0.0.1:{port}"
+
+
 def test_the_plain_contract_command_serves_the_ingress_with_its_settings(
     redis_server: RedisServer, client: redis.Redis, tmp_path: Path
 ) -> None:
     """``gunicorn ingress.wsgi:app`` without ``-c`` (the contract's command), run from the project
     root: gunicorn reads ./gunicorn.conf.py, so the ASGI app gets its asgi worker, and callbacks
     sent at once over many connections are each acknowledged, recorded and queued once."""
-    port = free_port()
-    argv = [venv_bin("gunicorn"), "ingress.wsgi:app", "-b", f"127.0.0.1:{port}", *_gunicorn_isolation_args()]
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MJHOOK_")}
-    env |= {"MJHOOK_REDIS_URL": redis_server.url, "MJHOOK_SPOOL_DIR": ""}
-    proc = ManagedProcess(argv, log_path=tmp_path / "ingress.log", cwd=REPO_ROOT, env=env)
-    base_url = f"http://127.0.0.1:{port}"
+    proc, base_url = start_plain_gunicorn(redis_server, cwd=REPO_ROOT, log_path=tmp_path / "ingress.log")
     try:
         wait_for_http(f"{base_url}/healthz", 30.0, proc=proc)
         task_ids = [f"plain-{n}" for n in range(48)]
@@ -53,3 +59,45 @@ def test_the_plain_contract_command_serves_the_ingress_with_its_settings(
     assert queued == sorted(task_ids)
     tasks = TaskStore(client, ttl_s=3600)
     assert all(tasks.get(task_id) is not None for task_id in task_ids)
+
+
+def test_the_plain_contract_command_serves_outside_the_project_root_and_says_how_to_do_better(
+    redis_server: RedisServer, client: redis.Redis, tmp_path: Path
+) -> None:
+    """Given ``gunicorn ingress.wsgi:app`` without ``-c`` run from another directory (a systemd
+    unit, a supervisor: no ./gunicorn.conf.py there, so gunicorn's default sync worker calls the
+    app as WSGI), when callbacks and reads arrive, then each is answered as under the asgi worker
+    (not 500), every callback is recorded and queued once, and the log names the ``-c`` to use."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc, base_url = start_plain_gunicorn(redis_server, cwd=elsewhere, log_path=tmp_path / "ingress.log")
+    task_ids = [f"elsewhere-{n}" for n in range(8)]
+    try:
+        wait_for_http(f"{base_url}/healthz", 30.0, proc=proc)
+        with httpx.Client(base_url=base_url) as http:
+            acks = [
+                http.post(
+                    "/callbacks/midjourney",
+                    content=orjson.dumps(success(task_id)),
+                    headers={"Content-Type": "application/json"},
+                )
+                for task_id in task_ids
+            ]
+            malformed = http.post(
+                "/callbacks/midjourney", content=b"{", headers={"Content-Type": "application/json"}
+            )
+            ready = http.get("/readyz")
+            metrics = http.get("/metrics")
+    finally:
+        proc.terminate()
+    assert [ack.status_code for ack in acks] == [200] * len(task_ids)
+    assert acks[0].json() == {"status": "received", "taskId": task_ids[0]}
+    assert malformed.status_code == 400
+    assert "error" in malformed.json()
+    assert (ready.status_code, metrics.status_code) == (200, 200)
+    assert "mjhook" in metrics.text
+    log = (tmp_path / "ingress.log").read_text()
+    assert "Using worker: sync" in log
+    assert "-c ingress/gunicorn_conf.py" in log
+    queued = sorted(message["args"][0]["taskId"] for message in queued_messages(client))  # type: ignore[index]
+    assert queued == sorted(task_ids)
