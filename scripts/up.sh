@@ -3,23 +3,48 @@
 # ones are already given, then the ingress and the workers. Ctrl-C stops everything.
 #   MJHOOK_REDIS_URL    use this Redis if it answers PING (default redis://127.0.0.1:6379/0)
 #   MJHOOK_S3_ENDPOINT  use this S3 instead of starting SeaweedFS on 127.0.0.1:8333
-#   UP_EXTRA            more Procfile processes to run too (make demo: "sim demo"); none by default
+#   UP_INGRESS_PORT     the ingress's port on 127.0.0.1 (default 8000)
+#   UP_EXTRA            more Procfile processes to run too (make demo: "sim demo"); none by default.
+#                       With `sim` (the provider simulator on :8090) the stack is its client, with its
+#                       key, unless MJHOOK_PROVIDER_URL is set.
+# ./.env, when present, sets variables over the shell's, as honcho would (honcho itself is given
+# no env file: every process gets what is decided here).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=${VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH"
 
+if [ -f .env ]; then
+  # honcho's own parser, so that a value means what it meant when honcho read the file.
+  eval "$("$VENV/bin/python" - <<'PY'
+import re, shlex
+from honcho.environ import parse
+with open(".env") as f:
+    for name, value in parse(f.read()).items():
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            print(f"export {name}={shlex.quote(value)}")
+PY
+)"
+fi
+
+redis_answers() {  # URL: does a Redis answer PING there? (redis-py: it knows unix:// too)
+  "$VENV/bin/python" -c 'import sys, redis
+redis.Redis.from_url(sys.argv[1], socket_connect_timeout=2, socket_timeout=2).ping()' "$1" >/dev/null 2>&1
+}
+
 default_redis_url=redis://127.0.0.1:6379/0
 redis_url=${MJHOOK_REDIS_URL:-$default_redis_url}
 names=()
+# Settings chosen here rather than by the user: the banner gives them to mjhook in another shell.
+chosen=(MJHOOK_REDIS_URL)
 
-if command -v redis-cli >/dev/null 2>&1 && [ "$(redis-cli -u "$redis_url" ping 2>/dev/null)" = PONG ]; then
+if redis_answers "$redis_url"; then
   redis_line="already running at $redis_url"
 elif [ "$redis_url" != "$default_redis_url" ]; then
   echo "up: nothing answers at MJHOOK_REDIS_URL=$redis_url; unset it to start a local Redis" >&2
   exit 1
 elif ! command -v redis-server >/dev/null 2>&1; then
-  echo "up: redis-server is not installed (apt-get install redis-server)" >&2
+  echo "up: redis-server is not installed (make up installs it; or apt-get install redis-server)" >&2
   exit 1
 else
   mkdir -p .data/redis
@@ -37,6 +62,7 @@ else
   export MJHOOK_S3_ENDPOINT=http://127.0.0.1:8333
   export MJHOOK_S3_ACCESS_KEY=${MJHOOK_S3_ACCESS_KEY:-mjhook}
   export MJHOOK_S3_SECRET_KEY=${MJHOOK_S3_SECRET_KEY:-mjhook-secret}
+  chosen+=(MJHOOK_S3_ENDPOINT MJHOOK_S3_ACCESS_KEY MJHOOK_S3_SECRET_KEY)
   # The gateway accepts exactly these credentials.
   "$VENV/bin/python" - <<'PY'
 import json, os
@@ -53,16 +79,34 @@ PY
   s3_line="$MJHOOK_S3_ENDPOINT (SeaweedFS, key $MJHOOK_S3_ACCESS_KEY, data in .data/s3;"
   s3_line+=" master :9333, volume :8080, filer :8888)"
 fi
+
+export UP_INGRESS_PORT=${UP_INGRESS_PORT:-8000}
 names+=(ingress worker)
 read -r -a extra <<< "${UP_EXTRA:-}"
 names+=(${extra[@]+"${extra[@]}"})
 
+if [[ " ${extra[*]+"${extra[*]}"} " == *" sim "* ]]; then
+  # The simulator (Procfile `sim`) is the provider: its API, its default key (cli/simulate.py), and
+  # its result files on loopback, which the downloader refuses unless allowed.
+  if [ -z "${MJHOOK_PROVIDER_URL:-}" ]; then
+    export MJHOOK_PROVIDER_URL=http://127.0.0.1:8090 MJHOOK_PROVIDER_API_KEY=sim-api-key
+    chosen+=(MJHOOK_PROVIDER_URL MJHOOK_PROVIDER_API_KEY)
+  fi
+  export MJHOOK_FETCH_ALLOW="127.0.0.1${MJHOOK_FETCH_ALLOW:+,$MJHOOK_FETCH_ALLOW}"
+fi
+
 echo "redis    $redis_line"
 echo "s3       $s3_line, bucket ${MJHOOK_S3_BUCKET:-midjourney}"
-echo "ingress  http://127.0.0.1:8000 (GET /healthz)"
+echo "ingress  http://127.0.0.1:$UP_INGRESS_PORT (GET /healthz)"
 echo "worker   dramatiq workers.tasks (metrics: http://127.0.0.1:${MJHOOK_WORKER_METRICS_PORT:-9191}/metrics)"
 for name in ${extra[@]+"${extra[@]}"}; do
   echo "$(printf '%-8s' "$name") $(sed -n "s/^$name: //p" Procfile)"
 done
+[ -z "${MJHOOK_PROVIDER_URL:-}" ] || echo "provider $MJHOOK_PROVIDER_URL"
+exports=""
+for name in "${chosen[@]}"; do
+  exports+=" $name=$(printf '%q' "${!name}")"
+done
+echo "mjhook   in another shell (mjhook simulate load, mjhook get ...), first: export$exports"
 echo "starting: ${names[*]}"
-exec honcho start -f Procfile "${names[@]}"
+exec honcho start -e /dev/null -f Procfile "${names[@]}"

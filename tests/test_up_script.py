@@ -1,0 +1,281 @@
+"""`make up` / `make demo` (Makefile, scripts/up.sh, Procfile, scripts/demo_load.sh) as a newcomer
+meets them. scripts/up.sh runs in a copy of the files it reads, with a stub `honcho` that records
+its arguments and the environment it was given, and exits: nothing of the stack starts. Every run
+names a private Redis (or a port where nothing answers): none probes the shared one on 6379."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import RedisServer
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+#: A URL where no Redis answers (nothing listens on port 1).
+DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
+
+
+def stub(path: Path, body: str) -> None:
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """What scripts/up.sh reads, copied: the scripts, Procfile, Makefile, and a `.venv/bin` with
+    the project's python and a stub honcho writing its arguments and environment to honcho.json."""
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "scripts", repo / "scripts")
+    for name in ("Procfile", "Makefile", "pyproject.toml"):
+        shutil.copy2(ROOT / name, repo / name)
+    bin_dir = repo / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (repo / ".venv" / ".installed").touch()  # the venv counts as installed for make
+    stub(bin_dir / "python", f'exec {shlex.quote(str(VENV_PYTHON))} "$@"\n')
+    stub(
+        bin_dir / "honcho",
+        'exec python -c \'import json, os, sys; json.dump({"argv": sys.argv[1:], "env": dict(os.environ)}, '
+        f'open(sys.argv[1], "w"))\' {tmp_path}/honcho.json "$@"\n',
+    )
+    return repo
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MJHOOK_", "UP_", "GUNICORN_"))}
+    env.update(extra, VENV=".venv")
+    return env
+
+
+def run_up(repo: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(repo / "scripts" / "up.sh")],
+        env=clean_env(**extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def honcho_call(repo: Path) -> dict[str, object] | None:
+    record = repo.parent / "honcho.json"
+    return json.loads(record.read_text()) if record.exists() else None
+
+
+def honcho_env(repo: Path) -> dict[str, str]:
+    call = honcho_call(repo)
+    assert call is not None, "up.sh did not start honcho"
+    return call["env"]  # type: ignore[return-value]
+
+
+# --- Redis: which one, decided as the processes will see it ------------------------------------
+
+
+def test_a_unix_socket_redis_url_that_answers_is_used(repo: Path, tmp_path: Path) -> None:
+    """Given MJHOOK_REDIS_URL=unix://... where a Redis answers (Settings accept it), when make up
+    starts, then it uses that Redis (a redis-cli probe would refuse the scheme and stop make up)."""
+    sock = tmp_path / "r.sock"
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result = run_up(repo, MJHOOK_REDIS_URL=f"unix://{sock}")
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert result.returncode == 0, result.stderr
+    assert f"already running at unix://{sock}" in result.stdout
+    assert honcho_env(repo)["MJHOOK_REDIS_URL"] == f"unix://{sock}"
+
+
+def test_the_redis_url_in_dotenv_is_the_one_probed(repo: Path, redis_server: RedisServer) -> None:
+    """Given a shell whose MJHOOK_REDIS_URL answers, and a ./.env naming another where nothing
+    answers (honcho would give the processes the .env's), when make up starts, then it stops with
+    an error naming the .env's URL and starts nothing."""
+    (repo / ".env").write_text(f"MJHOOK_REDIS_URL={DEAD_REDIS_URL}\n")
+    result = run_up(repo, MJHOOK_REDIS_URL=redis_server.url)
+    assert result.returncode != 0
+    assert DEAD_REDIS_URL in result.stderr
+    assert honcho_call(repo) is None
+
+
+def test_the_processes_get_what_up_decided_from_dotenv(repo: Path, redis_server: RedisServer) -> None:
+    """Given a ./.env naming an S3 endpoint and a Redis that answers, when make up starts, then it
+    starts no SeaweedFS, says which store it uses, and honcho reads no env file of its own: the
+    processes get exactly the values up.sh decided from."""
+    (repo / ".env").write_text(
+        f"MJHOOK_REDIS_URL={redis_server.url}\nMJHOOK_S3_ENDPOINT='http://127.0.0.1:9/'\n"
+    )
+    result = run_up(repo)
+    assert result.returncode == 0, result.stderr
+    assert "using http://127.0.0.1:9/" in result.stdout
+    call = honcho_call(repo)
+    assert call is not None
+    argv = call["argv"]
+    assert argv[argv.index("-e") + 1] == "/dev/null"  # type: ignore[union-attr]
+    assert "s3" not in argv  # type: ignore[operator]
+    env = honcho_env(repo)
+    assert (env["MJHOOK_REDIS_URL"], env["MJHOOK_S3_ENDPOINT"]) == (redis_server.url, "http://127.0.0.1:9/")
+
+
+# --- what the banner tells the user -------------------------------------------------------------
+
+
+def test_the_banner_gives_another_shell_the_s3_keys_up_invented(
+    repo: Path, redis_server: RedisServer
+) -> None:
+    """Given make up starting its own SeaweedFS with a key pair it makes up, when it prints where
+    each part listens, then it prints an `export` line that, run in another shell, gives `mjhook
+    simulate load` / `mjhook get` the same Redis, endpoint and keys (else: AccessDenied)."""
+    result = run_up(repo, MJHOOK_REDIS_URL=redis_server.url)
+    assert result.returncode == 0, result.stderr
+    export_line = next(line for line in result.stdout.splitlines() if "export MJHOOK_" in line)
+    exported = dict(
+        word.split("=", 1) for word in shlex.split(export_line.split("export", 1)[1]) if "=" in word
+    )
+    env = honcho_env(repo)
+    for name in ("MJHOOK_REDIS_URL", "MJHOOK_S3_ENDPOINT", "MJHOOK_S3_ACCESS_KEY", "MJHOOK_S3_SECRET_KEY"):
+        assert exported[name] == env[name], name
+
+
+def test_the_readme_tells_the_by_hand_path_to_run_the_export_line() -> None:
+    readme = (ROOT / "README.md").read_text()
+    by_hand = readme.split("## Try it without a provider account", 1)[1].split("\n## ", 1)[0]
+    assert "export" in by_hand
+    assert "MJHOOK_S3_SECRET_KEY" in by_hand
+
+
+# --- the ingress's port -------------------------------------------------------------------------
+
+
+def procfile_ingress_bind(**env: str) -> list[str]:
+    """The addresses gunicorn binds for the Procfile's ingress line, expanded by a shell as honcho
+    does with ``env``."""
+    line = next(
+        entry.split(":", 1)[1]
+        for entry in (ROOT / "Procfile").read_text().splitlines()
+        if entry.startswith("ingress:")
+    )
+    argv = subprocess.run(
+        ["sh", "-c", f"set -- {line.replace('exec ', '', 1)}; printf '%s\\n' \"$@\""],
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    probe = (
+        "import sys, json\n"
+        "from gunicorn.app.wsgiapp import WSGIApplication\n"
+        f"sys.argv = {argv!r}\n"
+        "print(json.dumps(WSGIApplication('%(prog)s [OPTIONS] [APP_MODULE]').cfg.bind))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_the_ingress_listens_on_8000_unless_up_ingress_port_says_otherwise() -> None:
+    assert procfile_ingress_bind() == ["127.0.0.1:8000"]
+    assert procfile_ingress_bind(UP_INGRESS_PORT="8123") == ["127.0.0.1:8123"]
+
+
+def test_the_banner_names_the_ingress_port_asked_for(repo: Path, redis_server: RedisServer) -> None:
+    result = run_up(repo, MJHOOK_REDIS_URL=redis_server.url, UP_INGRESS_PORT="8123")
+    assert result.returncode == 0, result.stderr
+    assert "ingress  http://127.0.0.1:8123" in result.stdout
+    assert honcho_env(repo)["UP_INGRESS_PORT"] == "8123"
+
+
+def test_the_demo_load_calls_back_the_ingress_on_its_port(repo: Path, tmp_path: Path) -> None:
+    """Given the ingress on UP_INGRESS_PORT=8123, when scripts/demo_load.sh submits its tasks (to a
+    stub curl and mjhook), then it waits for that ingress and names it as the callBackUrl."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    stub(stubs / "curl", f'echo "$*" >> {tmp_path}/curl.calls\necho \'{{"data": {{"taskId": "t1"}}}}\'\n')
+    stub(stubs / "mjhook", 'echo \'[{"taskId": "t1", "state": "stored"}]\'\n')
+    stub(stubs / "sleep", "exit 0\n")
+    env = clean_env(UP_INGRESS_PORT="8123", DEMO_TASKS="1")
+    env["PATH"] = f"{stubs}:{VENV_PYTHON.parent}:{env['PATH']}"
+    result = subprocess.run(
+        ["bash", str(repo / "scripts" / "demo_load.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "demo: done" in result.stdout, result.stderr
+    calls = (tmp_path / "curl.calls").read_text()
+    assert "http://127.0.0.1:8123/healthz" in calls
+    assert "http://127.0.0.1:8123/callbacks/midjourney" in calls
+    assert ":8000" not in calls
+
+
+# --- make demo: the stack is the simulator's client ---------------------------------------------
+
+
+def test_make_demo_points_the_stack_at_the_simulator(repo: Path, redis_server: RedisServer) -> None:
+    """Given make demo (up.sh with the simulator), when the stack starts, then the workers and the
+    CLI talk to the simulator with its key (README: MJHOOK_PROVIDER_URL is the simulator's in make
+    demo), and may download its loopback files, the user's own allowances kept."""
+    dry_run = subprocess.run(["make", "-n", "demo"], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert 'UP_EXTRA="sim demo"' in dry_run.stdout
+    result = run_up(
+        repo, MJHOOK_REDIS_URL=redis_server.url, UP_EXTRA="sim demo", MJHOOK_FETCH_ALLOW="10.0.0.0/8"
+    )
+    assert result.returncode == 0, result.stderr
+    env = honcho_env(repo)
+    assert env["MJHOOK_PROVIDER_URL"] == "http://127.0.0.1:8090"
+    assert env["MJHOOK_PROVIDER_API_KEY"] == "sim-api-key"
+    assert env["MJHOOK_FETCH_ALLOW"] == "127.0.0.1,10.0.0.0/8"
+    assert honcho_call(repo)["argv"][-2:] == ["sim", "demo"]  # type: ignore[index]
+
+
+def test_make_demo_keeps_a_provider_the_user_set_in_dotenv(repo: Path, redis_server: RedisServer) -> None:
+    (repo / ".env").write_text("MJHOOK_PROVIDER_URL=http://127.0.0.1:9\nMJHOOK_PROVIDER_API_KEY=mine\n")
+    result = run_up(repo, MJHOOK_REDIS_URL=redis_server.url, UP_EXTRA="sim demo")
+    assert result.returncode == 0, result.stderr
+    env = honcho_env(repo)
+    assert (env["MJHOOK_PROVIDER_URL"], env["MJHOOK_PROVIDER_API_KEY"]) == ("http://127.0.0.1:9", "mine")
+
+
+def test_plain_make_up_leaves_the_provider_alone(repo: Path, redis_server: RedisServer) -> None:
+    result = run_up(repo, MJHOOK_REDIS_URL=redis_server.url)
+    assert result.returncode == 0, result.stderr
+    assert "MJHOOK_PROVIDER_URL" not in honcho_env(repo)
+
+
+# --- a fresh machine ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["up", "demo"])
+def test_make_installs_redis_server_on_a_fresh_machine(repo: Path, tmp_path: Path, target: str) -> None:
+    """Given a machine without redis-server (README: `make` installs everything else it needs),
+    when the newcomer runs make up (or make demo) first, then make apt-installs redis-server."""
+    farm = tmp_path / "bin"  # a PATH like a fresh machine's: /usr/bin but redis, apt-get and sudo stubbed
+    farm.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if not tool.name.startswith("redis") and tool.name not in ("apt-get", "sudo"):
+            (farm / tool.name).symlink_to(tool)
+    stub(farm / "apt-get", f'echo "$*" >> {tmp_path}/apt-get.calls\n')
+    stub(farm / "sudo", '"$@"\n')
+    env = clean_env(MJHOOK_REDIS_URL=DEAD_REDIS_URL)
+    env["PATH"] = str(farm)
+    result = subprocess.run(["make", target], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+    calls = (tmp_path / "apt-get.calls").read_text() if (tmp_path / "apt-get.calls").exists() else ""
+    assert "install -y redis-server" in calls, result.stderr
