@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import urllib3
 
-from shared.settings import Settings
 from shared.errors import ObjectChanged
+from shared.settings import Settings
 from shared.storage import (
     PAYLOAD_SHA256_HEADER,
     SINGLE_PUT_MAX_BYTES,
