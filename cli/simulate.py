@@ -19,9 +19,20 @@ from shared.storage import create_object_store
 from simulator import FaultConfig, RunningSimulator, SimulatorConfig, run_simulator
 from simulator.api_requests import deliverable_url
 from simulator.config import DEFAULT_CALLBACK_TIMEOUT_S, DEFAULT_GENERATION_DELAY_S, DEFAULT_URL_TTL_S
-from simulator.load import DEFAULT_SETTLE_TIMEOUT_S, DEFAULT_STORE_TIMEOUT_S, run_load
+from simulator.load import (
+    DEFAULT_DOWNLOAD_GRACE_S,
+    DEFAULT_SETTLE_TIMEOUT_S,
+    DEFAULT_STORE_TIMEOUT_S,
+    MAX_DELIVERY_THREADS,
+    MIN_DELIVERY_THREADS,
+    delivery_threads_for,
+    run_load,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The largest --width and --height, pixels: a PNG is made in memory per request.
+MAX_IMAGE_SIDE = 8192
 
 #: Option name -> (FaultConfig field, help). Shares are 0.0-1.0.
 FAULT_SHARES = {
@@ -55,11 +66,11 @@ def provider_options(function: F) -> F:
             show_default=True,
             help="Seconds to wait for a callback's answer.",
         ),
-        click.option("--width", type=click.IntRange(min=1), default=1024, show_default=True),
-        click.option("--height", type=click.IntRange(min=1), default=1024, show_default=True),
+        click.option("--width", type=click.IntRange(1, MAX_IMAGE_SIDE), default=1024, show_default=True),
+        click.option("--height", type=click.IntRange(1, MAX_IMAGE_SIDE), default=1024, show_default=True),
         click.option(
             "--url-ttl",
-            type=float,
+            type=click.FloatRange(min=0, min_open=True),
             default=DEFAULT_URL_TTL_S,
             show_default=True,
             help="Seconds a result URL stays valid and the media is kept (no fresh link after).",
@@ -166,18 +177,33 @@ def serve(port: int, generation_delay: float, rate_limit: int, public_url: str, 
     "--port", type=click.IntRange(0, 65535), default=0, help="Port for result files [default: free]."
 )
 @click.option(
+    "--concurrency",
+    type=click.IntRange(1, MAX_DELIVERY_THREADS),
+    default=None,
+    help=f"Callbacks in flight at most [default: RATE x --callback-timeout, {MIN_DELIVERY_THREADS}"
+    f"-{MAX_DELIVERY_THREADS}]. Fewer, with a slow receiver, send below --rate (the report says).",
+)
+@click.option(
     "--settle-timeout",
-    type=float,
+    type=click.FloatRange(min=0),
     default=DEFAULT_SETTLE_TIMEOUT_S,
     show_default=True,
     help="Seconds, after the last callback is due, to wait for answers, duplicates and retries.",
 )
 @click.option(
     "--store-timeout",
-    type=float,
+    type=click.FloatRange(min=0),
     default=DEFAULT_STORE_TIMEOUT_S,
     show_default=True,
     help="Seconds to wait for manifests in the bucket (MJHOOK_S3_*); 0 skips the bucket.",
+)
+@click.option(
+    "--download-grace",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_DOWNLOAD_GRACE_S,
+    show_default=True,
+    help="With --store-timeout 0: seconds to keep serving result files after the callbacks, until"
+    " each was downloaded once (the files are gone when the command ends).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @provider_options
@@ -189,18 +215,21 @@ def load(
     rate: float,
     callback_url: str,
     port: int,
+    concurrency: int | None,
     settle_timeout: float,
     store_timeout: float,
+    download_grace: float,
     as_json: bool,
     **options: Any,
 ) -> None:
-    """Fire TASKS callbacks at RATE per second at mjhook, then report acknowledgements and, read
-    from the bucket, how many tasks ended stored."""
+    """Fire TASKS callbacks at RATE per second at mjhook, then report acknowledgements, the rate
+    actually sent at, downloads and, read from the bucket, how many tasks ended stored."""
     if not deliverable_url(callback_url):
         raise click.BadParameter(
             f"{printable(callback_url)} is no http or https URL with a host", param_hint="--callback-url"
         )
-    config = _config(options, port=port)
+    threads = delivery_threads_for(rate, options["callback_timeout"]) if concurrency is None else concurrency
+    config = _config(options, port=port, delivery_threads=threads)
     with reported_failures():
         store = create_object_store(settings) if store_timeout > 0 else None
         with _start_simulator(config) as sim:
@@ -212,6 +241,7 @@ def load(
                 store=store,
                 settle_timeout_s=settle_timeout,
                 store_timeout_s=store_timeout,
+                download_grace_s=download_grace,
             )
     if as_json:
         echo_json(report.to_dict())

@@ -58,6 +58,7 @@ def deliverable_url(url: str) -> bool:
         parts = urlsplit(url)
         host, _port = parts.hostname, parts.port  # .port raises ValueError too: out of range, not a number
         httpx.URL(url).host  # noqa: B018 - an xn-- label that does not decode (as the sender will)
+        (host or "").encode("idna")  # as getaddrinfo will: UnicodeError for a label over 63 characters
     except (ValueError, httpx.InvalidURL):  # "http://[::1", "host:99999", "host:abc", "xn--a.com"
         return False
     return parts.scheme in ("http", "https") and bool(host)
@@ -68,7 +69,7 @@ def parse_generate(body: Any) -> GenerateRequest:
     task_type = body.get("taskType")
     if task_type is None:
         raise ProviderError(CODE_BAD_REQUEST, "taskType is required")
-    if task_type not in GENERATE_TASK_TYPES:
+    if not isinstance(task_type, str) or task_type not in GENERATE_TASK_TYPES:
         raise ProviderError(
             CODE_VALIDATION, f"taskType must be one of {', '.join(sorted(GENERATE_TASK_TYPES))}"
         )

@@ -68,6 +68,9 @@ class DeliveryAttempt:
     #: Monotonic seconds when the request started, and how long until its answer.
     started_at: float
     duration_s: float
+    #: Monotonic seconds when the attempt was due (``started_at`` is later when every delivery
+    #: thread was busy).
+    due_at: float
 
     @property
     def acknowledged(self) -> bool:
@@ -108,14 +111,17 @@ class CallbackDelivery:
         """Send ``body`` to ``url`` in ``delay_s`` seconds, retrying on the provider's schedule."""
         task_id = str(body["data"]["taskId"])
         content = orjson.dumps(body)
-        self._scheduler.call_later(delay_s, lambda: self._attempt(url, task_id, content, delivery, 1))
+        due = time.monotonic() + delay_s
+        self._scheduler.call_later(delay_s, lambda: self._attempt(url, task_id, content, delivery, 1, due))
 
     def attempts(self, task_id: str | None = None) -> list[DeliveryAttempt]:
         """Attempts so far, oldest first: all of them, or those of one task."""
         with self._lock:
             return list(self._attempts if task_id is None else self._by_task.get(task_id, ()))
 
-    def _attempt(self, url: str, task_id: str, content: bytes, delivery: int, attempt: int) -> None:
+    def _attempt(
+        self, url: str, task_id: str, content: bytes, delivery: int, attempt: int, due: float
+    ) -> None:
         headers = {"Content-Type": "application/json"}
         if self._hmac_key:
             timestamp = int(self._clock())
@@ -127,7 +133,7 @@ class CallbackDelivery:
         try:
             with deadline(self._timeout_s):
                 status = self._client.post(url, content=content, headers=headers).status_code
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # not only httpx's: the idna codec's UnicodeError fails an attempt too
             error = f"{type(exc).__name__}: {exc}"
         if status is not None and time.monotonic() - started > self._timeout_s:
             status, error = None, f"Timeout: the answer ({status}) took longer than {self._timeout_s:g} s"
@@ -140,6 +146,7 @@ class CallbackDelivery:
             error=error,
             started_at=started,
             duration_s=time.monotonic() - started,
+            due_at=due,
         )
         with self._lock:
             self._attempts.append(record)
@@ -150,7 +157,8 @@ class CallbackDelivery:
         if attempt > len(self._retry_delays_s):
             log.info("callback %s: no acknowledgement after %d attempts; giving up", task_id, attempt)
             return
+        delay_s = self._retry_delays_s[attempt - 1]
+        retry_due = time.monotonic() + delay_s
         self._scheduler.call_later(
-            self._retry_delays_s[attempt - 1],
-            lambda: self._attempt(url, task_id, content, delivery, attempt + 1),
+            delay_s, lambda: self._attempt(url, task_id, content, delivery, attempt + 1, retry_due)
         )

@@ -20,6 +20,11 @@ FILES_ROUTE = "/files/{task_id}/{name}"
 FILE_NAME_PATTERN = re.compile(r"(?P<index>0|[1-9][0-9]{0,2})\.(?P<ext>png|mp4)")
 #: Hex digits of the HMAC kept in a URL (128 bits).
 SIGNATURE_HEX_CHARS = 32
+#: An expiry as issued: ASCII digits, Unix seconds. The cap keeps int() in its limits (and far
+#: past any date a link could carry); "²" or a 5000-digit number is a bad signature, not a crash.
+EXPIRES_PATTERN = re.compile(r"[0-9]{1,15}")
+#: A signature as issued (compare_digest raises TypeError on a str with non-ASCII characters).
+SIGNATURE_PATTERN = re.compile(rf"[0-9a-f]{{{SIGNATURE_HEX_CHARS}}}")
 
 
 class LinkCheck(enum.Enum):
@@ -58,7 +63,9 @@ class LinkSigner:
 
     def check(self, ref: FileRef, *, expires: str, signature: str) -> LinkCheck:
         """Whether a request for ``ref`` carrying ``exp`` and ``sig`` may have the file."""
-        if not expires.isdigit() or not hmac.compare_digest(signature, self._sign(ref, int(expires))):
+        if EXPIRES_PATTERN.fullmatch(expires) is None or SIGNATURE_PATTERN.fullmatch(signature) is None:
+            return LinkCheck.BAD_SIGNATURE
+        if not hmac.compare_digest(signature, self._sign(ref, int(expires))):
             return LinkCheck.BAD_SIGNATURE
         if int(expires) < self._clock():
             return LinkCheck.EXPIRED
@@ -66,12 +73,19 @@ class LinkSigner:
 
     def parse(self, url: str) -> FileRef | None:
         """The file a URL of ours names (signature and expiry not checked), or None when the
-        URL is not one of ours."""
-        parts = urlsplit(url)
+        URL is not one of ours (or not a URL at all). The path of ``base_url`` (a simulator
+        behind a proxy at ``/sim``) comes before ``/files/...``."""
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # "http://[::1"
+            return None
         ours = urlsplit(self.base_url)
         if (parts.scheme, parts.netloc) != (ours.scheme, ours.netloc):
             return None
-        segments = parts.path.split("/")
+        base_path = ours.path.rstrip("/")
+        if not parts.path.startswith(base_path + "/"):
+            return None
+        segments = parts.path[len(base_path) :].split("/")
         if len(segments) != 4 or segments[:2] != ["", "files"]:
             return None
         match = FILE_NAME_PATTERN.fullmatch(segments[3])

@@ -1,5 +1,6 @@
 """Load mode: submit many tasks to an in-process simulator, fire their callbacks at mjhook at a
-steady rate, then report what was acknowledged and, from the bucket, what ended stored."""
+steady rate, then report what was acknowledged, how many result files were downloaded and, from
+the bucket, what ended stored."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
+from shared.errors import StorageUnavailable
 from shared.storage import MANIFEST_NAME, manifest_key, task_prefix
 from simulator.server import RunningSimulator
 
@@ -18,7 +20,14 @@ from simulator.server import RunningSimulator
 DEFAULT_SETTLE_TIMEOUT_S = 30.0
 #: How long to wait for the manifests of acknowledged tasks, seconds.
 DEFAULT_STORE_TIMEOUT_S = 120.0
+#: Without a bucket to wait for: how long, after the callbacks, the result files stay served
+#: until each was downloaded once (mjhook acknowledges first and downloads afterwards), seconds.
+DEFAULT_DOWNLOAD_GRACE_S = 60.0
 POLL_INTERVAL_S = 0.5
+#: Delivery threads of load mode: enough for the callbacks of ``rate x callback timeout``
+#: seconds in flight at once (each may wait that long for its answer), within these bounds.
+MIN_DELIVERY_THREADS = 16
+MAX_DELIVERY_THREADS = 1024
 
 
 class ManifestReader(Protocol):
@@ -44,8 +53,19 @@ class LoadReport:
     #: From the first callback sent to the last acknowledged, seconds.
     send_duration_s: float
     ack_throughput_per_s: float
+    #: From when each acknowledged attempt was due to its answer: waiting for a free delivery
+    #: thread counts, not only the receiver's answer time.
     ack_latency_p50_ms: float
     ack_latency_p99_ms: float
+    #: The rate the first attempts were actually sent at, per second (below ``rate_per_s`` when
+    #: ``delivery_threads`` were all waiting on slow answers); None for fewer than two.
+    send_rate_per_s: float | None = None
+    #: Callbacks the simulator could have in flight at once.
+    delivery_threads: int = 0
+    #: Result files of the acknowledged tasks, and how many of them were downloaded (served
+    #: whole at least once) before the report was made.
+    result_files: int = 0
+    result_files_served: int = 0
     #: Manifest status -> tasks (``stored``, ``partial``, ``failed``, ``missing``); None when
     #: the bucket was not read.
     manifests: dict[str, int] | None = None
@@ -56,23 +76,32 @@ class LoadReport:
     #: made; False when the wait ended with some still due: they were never sent (a retry is due
     #: 1, 5 and 15 minutes after a failed attempt, scaled by ``--time-scale``).
     settled: bool = True
+    #: Why the bucket could not be read when the wait for manifests ended (``manifests`` is
+    #: None then); None when it was read, or not asked for.
+    bucket_unavailable: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def format_text(self) -> str:
+        sent = "n/a" if self.send_rate_per_s is None else f"{self.send_rate_per_s:.1f}/s"
         lines = [
-            f"load: {self.tasks} tasks at {self.rate_per_s:g}/s -> {self.callback_url}",
+            f"load: {self.tasks} tasks at {self.rate_per_s:g}/s asked, sent at {sent}"
+            f" (at most {self.delivery_threads} in flight) -> {self.callback_url}",
             f"callbacks: {self.acknowledged} acknowledged, {self.unacknowledged} not acknowledged, "
             f"{self.dropped} dropped ({self.callback_attempts} attempts) in {self.send_duration_s:.2f} s"
             f" = {self.ack_throughput_per_s:.1f}/s",
-            f"ack latency: p50 {self.ack_latency_p50_ms:.1f} ms, p99 {self.ack_latency_p99_ms:.1f} ms",
+            f"ack latency from when due: p50 {self.ack_latency_p50_ms:.1f} ms,"
+            f" p99 {self.ack_latency_p99_ms:.1f} ms",
+            f"result files: {self.result_files_served} of {self.result_files} downloaded",
         ]
         if not self.settled:
             lines.append(
                 "not settled: callbacks (retries or duplicates) were still due when the wait ended"
                 " and were not sent; a longer --settle-timeout or a smaller --time-scale sends them"
             )
+        if self.bucket_unavailable is not None:
+            lines.append(f"bucket: unavailable ({self.bucket_unavailable}); nothing read about stored tasks")
         if self.manifests is not None:
             counts = ", ".join(f"{count} {status}" for status, count in self.manifests.items())
             lines.append(
@@ -90,6 +119,13 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
+def delivery_threads_for(rate_per_s: float, callback_timeout_s: float) -> int:
+    """Delivery threads to fire callbacks at ``rate_per_s`` per second even when each answer
+    takes the whole ``callback_timeout_s`` seconds: that many callbacks are in flight at once
+    (at least :data:`MIN_DELIVERY_THREADS`, at most :data:`MAX_DELIVERY_THREADS`)."""
+    return min(MAX_DELIVERY_THREADS, max(MIN_DELIVERY_THREADS, math.ceil(rate_per_s * callback_timeout_s)))
+
+
 def run_load(
     sim: RunningSimulator,
     *,
@@ -100,12 +136,16 @@ def run_load(
     task_type: str = "mj_txt2img",
     settle_timeout_s: float = DEFAULT_SETTLE_TIMEOUT_S,
     store_timeout_s: float = DEFAULT_STORE_TIMEOUT_S,
+    download_grace_s: float = 0.0,
     clock: Callable[[], float] = time.time,
 ) -> LoadReport:
     """Submit ``tasks`` tasks whose callbacks fire at ``rate_per_s`` per second towards
-    ``callback_url``; wait until every callback, duplicate and retry was sent and answered (or
-    ``settle_timeout_s`` seconds after the last is due), then (given a ``store``) for the
-    manifests of the acknowledged tasks."""
+    ``callback_url`` (as fast as ``sim``'s delivery threads allow; the report says how fast they
+    went); wait until every callback, duplicate and retry was sent and answered (or
+    ``settle_timeout_s`` seconds after the last is due), then, given a ``store``, for the
+    manifests of the acknowledged tasks (a bucket failing until ``store_timeout_s`` is said in
+    the report); without one, up to ``download_grace_s`` seconds (default 0) until each result
+    file of the acknowledged tasks was downloaded once, since ``sim`` stops serving them after."""
     if tasks < 1 or rate_per_s <= 0:
         raise ValueError("tasks must be at least 1 and the rate positive")
     started_wall = clock()
@@ -125,11 +165,26 @@ def run_load(
     # callback was sent and acknowledged or given up on, so the report counts every attempt.
     settled = sim.wait_idle(tasks / rate_per_s + settle_timeout_s)
     report = _callback_report(sim, task_ids, tasks=tasks, rate_per_s=rate_per_s, callback_url=callback_url)
-    report = replace(report, settled=settled)
-    if store is None:
-        return report
     acked = {task_id for task_id in task_ids if any(a.acknowledged for a in sim.attempts(task_id))}
-    manifests = _wait_for_manifests(store, sim.provider.task_id_prefix, acked, timeout_s=store_timeout_s)
+    files = sim.provider.result_files(acked)
+    manifests: dict[str, dict[str, Any]] = {}
+    bucket_error: str | None = None
+    if store is None:
+        served = sim.provider.wait_served(files, download_grace_s)
+    else:
+        manifests, bucket_error = _wait_for_manifests(
+            store, sim.provider.task_id_prefix, acked, timeout_s=store_timeout_s
+        )
+        served = sim.provider.wait_served(files, 0.0)
+    report = replace(
+        report,
+        settled=settled,
+        result_files=len(files),
+        result_files_served=len(served),
+        bucket_unavailable=bucket_error,
+    )
+    if store is None or bucket_error is not None:
+        return report
     return _with_store(report, manifests, acked, started_wall)
 
 
@@ -143,7 +198,7 @@ def _callback_report(
     if acks:
         first = min(attempt.started_at for attempt in attempts)
         duration = max(attempt.started_at + attempt.duration_s for attempt in acks) - first
-    latencies_ms = [attempt.duration_s * 1000 for attempt in acks]
+    latencies_ms = [(attempt.started_at + attempt.duration_s - attempt.due_at) * 1000 for attempt in acks]
     return LoadReport(
         tasks=tasks,
         rate_per_s=rate_per_s,
@@ -156,26 +211,47 @@ def _callback_report(
         ack_throughput_per_s=len(acked) / duration if duration > 0 else 0.0,
         ack_latency_p50_ms=percentile(latencies_ms, 0.5),
         ack_latency_p99_ms=percentile(latencies_ms, 0.99),
+        send_rate_per_s=_send_rate([a.started_at for a in attempts if a.attempt == 1 and a.delivery == 0]),
+        delivery_threads=sim.config.delivery_threads,
     )
+
+
+def _send_rate(starts: list[float]) -> float | None:
+    """Sends per second over the spread of ``starts`` (monotonic seconds); None for fewer than two."""
+    spread = max(starts, default=0.0) - min(starts, default=0.0)
+    return (len(starts) - 1) / spread if len(starts) > 1 and spread > 0 else None
 
 
 def _wait_for_manifests(
     store: ManifestReader, prefix: str, task_ids: set[str], *, timeout_s: float
-) -> dict[str, dict[str, Any]]:
-    """The manifests of ``task_ids`` that appear within ``timeout_s`` seconds."""
+) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """The manifests of ``task_ids`` that appear within ``timeout_s`` seconds, and why the bucket
+    could not be read when the wait ended on a failure (None when it ended on a read). A failing
+    read is tried again until then."""
     found: dict[str, dict[str, Any]] = {}
     listing = task_prefix(prefix).rstrip("/")  # "tasks/<prefix>": every task of this run
     deadline = time.monotonic() + timeout_s
     while True:
-        present = {key for key in store.list_keys(listing) if key.endswith("/" + MANIFEST_NAME)}
-        for task_id in task_ids - found.keys():
-            if manifest_key(task_id) in present:
-                manifest = store.get_json(manifest_key(task_id))
-                if isinstance(manifest, dict):
-                    found[task_id] = manifest
-        if len(found) == len(task_ids) or time.monotonic() >= deadline:
-            return found
+        error: str | None = None
+        try:
+            _read_manifests(store, listing, task_ids, found)
+        except StorageUnavailable as exc:
+            error = str(exc)
+        if (error is None and len(found) == len(task_ids)) or time.monotonic() >= deadline:
+            return found, error
         time.sleep(POLL_INTERVAL_S)
+
+
+def _read_manifests(
+    store: ManifestReader, listing: str, task_ids: set[str], found: dict[str, dict[str, Any]]
+) -> None:
+    """Add to ``found`` the manifests of ``task_ids`` now under ``listing``."""
+    present = {key for key in store.list_keys(listing) if key.endswith("/" + MANIFEST_NAME)}
+    for task_id in task_ids - found.keys():
+        if manifest_key(task_id) in present:
+            manifest = store.get_json(manifest_key(task_id))
+            if isinstance(manifest, dict):
+                found[task_id] = manifest
 
 
 def _with_store(

@@ -7,7 +7,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +51,9 @@ class FileAnswer:
 
 
 class Provider:
-    """The provider's state and rules. ``clock`` gives Unix seconds (link expiry, task times)."""
+    """The provider's state and rules. Tasks complete on ``generation``, a scheduler of their
+    own: callbacks waiting on a slow receiver must not hold back other tasks' results.
+    ``clock`` gives Unix seconds (link expiry, task times)."""
 
     def __init__(
         self,
@@ -61,7 +63,7 @@ class Provider:
         files: FileCache,
         faults: FaultPlan,
         delivery: CallbackDelivery,
-        scheduler: Scheduler,
+        generation: Scheduler,
         admission: Admission,
         task_id_prefix: str,
         clock: Callable[[], float] = time.time,
@@ -71,13 +73,16 @@ class Provider:
         self.delivery = delivery
         self._files = files
         self._faults = faults
-        self._scheduler = scheduler
+        self._generation = generation
         self._admission = admission
         self._task_id_prefix = task_id_prefix
         self._clock = clock
         self._tasks: dict[str, Task] = {}
         self._numbers = itertools.count()
         self._lock = threading.Lock()
+        #: (taskId, index) of the result files served whole at least once.
+        self._served: set[tuple[str, int]] = set()
+        self._served_changed = threading.Condition(self._lock)
 
     @property
     def task_id_prefix(self) -> str:
@@ -190,7 +195,7 @@ class Provider:
         log.debug("task %s (%s) submitted", task.task_id, task_type)
         if delay_s is None:
             delay_s = self.config.generation_delay_s + faults.jitter * self.config.generation_jitter_s
-        self._scheduler.call_later(delay_s, lambda: self._complete(task))
+        self._generation.call_later(delay_s, lambda: self._complete(task))
         return task
 
     def _complete(self, task: Task) -> None:
@@ -241,7 +246,24 @@ class Provider:
         # A valid link of a task this process never saw (a restart) still serves its bytes.
         fault = FileFault.NONE if task is None else self._faults.on_request(task.number, ref.index)
         data = self._files.get(ref.task_id, ref.index, ref.ext)
+        if fault not in (FileFault.ERROR, FileFault.TRUNCATED):
+            with self._served_changed:
+                self._served.add((ref.task_id, ref.index))
+                self._served_changed.notify_all()
         return FileAnswer(check, fault, data, KINDS[ref.ext].content_type)
+
+    def result_files(self, task_ids: Collection[str]) -> set[tuple[str, int]]:
+        """(taskId, index) of every result file of those of ``task_ids`` that succeeded."""
+        with self._lock:
+            tasks = [self._tasks[task_id] for task_id in task_ids if task_id in self._tasks]
+            return {(task.task_id, index) for task in tasks for index in range(len(task.result_urls))}
+
+    def wait_served(self, files: set[tuple[str, int]], timeout_s: float) -> set[tuple[str, int]]:
+        """Those of ``files`` served whole (no error or truncation fault) at least once, waiting
+        up to ``timeout_s`` seconds for all of them to be."""
+        with self._served_changed:
+            self._served_changed.wait_for(lambda: files <= self._served, max(0.0, timeout_s))
+            return files & self._served
 
     def expected_file(self, task_id: str, index: int) -> bytes:
         """The bytes of result ``index`` of ``task_id``, as served."""

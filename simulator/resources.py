@@ -10,7 +10,7 @@ from typing import Any
 import falcon
 import orjson
 
-from simulator.errors import CODE_BAD_REQUEST, CODE_OK, CODE_SERVER_ERROR, ProviderError
+from simulator.errors import CODE_BAD_REQUEST, CODE_OK, CODE_SERVER_ERROR, CODE_VALIDATION, ProviderError
 from simulator.faults import FileFault
 from simulator.links import FILE_NAME_PATTERN, FileRef, LinkCheck
 from simulator.provider import Provider
@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 
 #: A slow file is sent in this many pieces, spread over the configured delay.
 SLOW_FILE_PIECES = 20
+#: Where the provider's API is; what is not under it (the result files) is plain HTTP.
+API_ROOT = "/api/"
+#: The largest API request body kept, bytes (a prompt is at most 2000 characters).
+MAX_BODY_BYTES = 1024 * 1024
 
 
 def _answer(resp: falcon.Response, data: Any) -> None:
@@ -26,8 +30,14 @@ def _answer(resp: falcon.Response, data: Any) -> None:
 
 
 def _read_json(req: falcon.Request) -> Any:
+    """The JSON request body; code 422 beyond :data:`MAX_BODY_BYTES` (read to its end piece by
+    piece, not kept, so the client gets the answer rather than a reset connection)."""
+    body = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        req.bounded_stream.exhaust()
+        raise ProviderError(CODE_VALIDATION, f"The request body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        return orjson.loads(req.bounded_stream.read())
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ProviderError(CODE_BAD_REQUEST, "The request body is not valid JSON") from None
 
@@ -126,7 +136,9 @@ def _trickle(data: bytes, duration_s: float) -> Iterator[bytes]:
 
 class ProviderErrorHandler:
     """Failures of API calls in the provider's body shape, ``{"code", "msg", "data": null}``,
-    with HTTP status 200 (or the body code, when ``mirror_code``)."""
+    with HTTP status 200 (or the body code, when ``mirror_code``). An unexpected error outside
+    the API (a result file) is HTTP 500: a downloader would store a JSON body with status 200
+    as the file."""
 
     def __init__(self, *, mirror_code: bool = False) -> None:
         self._mirror_code = mirror_code
@@ -138,6 +150,8 @@ class ProviderErrorHandler:
             code, msg = exc.code, exc.msg
         else:
             log.exception("unhandled error on %s %s", req.method, req.path)
+            if not req.path.startswith(API_ROOT):
+                raise falcon.HTTPInternalServerError()
             code, msg = CODE_SERVER_ERROR, "Server error"
         resp.media = {"code": code, "msg": msg, "data": None}
         resp.status = code if self._mirror_code else falcon.HTTP_200

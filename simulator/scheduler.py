@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class Scheduler:
             return self._changed.wait_for(lambda: not self._heap and self._running == 0, timeout_s)
 
     def stop(self) -> None:
-        """Drop what is not yet due; let running jobs finish in the background."""
+        """Drop what is not yet due and what is due but not started; let running jobs finish in
+        the background."""
         with self._changed:
             self._stopped = True
             self._heap.clear()
@@ -69,14 +70,16 @@ class Scheduler:
                     continue
                 _, _, job = heapq.heappop(self._heap)
                 self._running += 1
-                self._pool.submit(self._run, job)
+                # Counted down when done, and also when stop() cancels it before it ran.
+                self._pool.submit(self._run, job).add_done_callback(self._finished)
 
     def _run(self, job: Callable[[], None]) -> None:
         try:
             job()
         except Exception:
             log.exception("scheduled job failed")
-        finally:
-            with self._changed:
-                self._running -= 1
-                self._changed.notify_all()
+
+    def _finished(self, _future: Future[None]) -> None:
+        with self._changed:
+            self._running -= 1
+            self._changed.notify_all()

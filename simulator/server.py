@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 #: On stop, how long running callback deliveries may take to finish, seconds.
 STOP_GRACE_S = 2.0
+#: Threads completing tasks, apart from the delivery threads (each may wait seconds on a slow
+#: receiver). Completing is quick: the results, their links, the callbacks queued.
+GENERATION_THREADS = 2
 
 
 class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
@@ -61,7 +64,8 @@ class RunningSimulator:
         config: SimulatorConfig,
         provider: Provider,
         server: _ThreadingWSGIServer,
-        scheduler: Scheduler,
+        generation: Scheduler,
+        deliveries: Scheduler,
         client: httpx.Client,
         base_url: str,
     ) -> None:
@@ -69,7 +73,8 @@ class RunningSimulator:
         self.provider = provider
         self.base_url = base_url
         self._server = server
-        self._scheduler = scheduler
+        self._generation = generation
+        self._deliveries = deliveries
         self._client = client
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="simulator-http", daemon=True
@@ -96,16 +101,22 @@ class RunningSimulator:
         return self.provider.expected_file(task_id, index)
 
     def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no task is generating and no callback is pending or being sent."""
-        return self._scheduler.wait_idle(timeout_s)
+        """Wait until no task is generating and no callback is pending or being sent; False
+        when ``timeout_s`` seconds passed first."""
+        deadline = time.monotonic() + timeout_s
+        # In this order: completing a task queues its callbacks, a callback queues no task.
+        return self._generation.wait_idle(timeout_s) and self._deliveries.wait_idle(
+            max(0.0, deadline - time.monotonic())
+        )
 
     def stop(self) -> None:
         """Stop sending, stop serving, close the port. Pending callbacks are dropped."""
-        self._scheduler.stop()
+        self._generation.stop()
+        self._deliveries.stop()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5.0)
-        self._scheduler.wait_idle(STOP_GRACE_S)
+        self._deliveries.wait_idle(STOP_GRACE_S)
         self._client.close()
 
     def __enter__(self) -> RunningSimulator:
@@ -129,7 +140,8 @@ def run_simulator(
     config = config or SimulatorConfig()
     server = _ThreadingWSGIServer((config.host, config.port), _QuietHandler)
     base_url = config.public_url.rstrip("/") or f"http://{config.host}:{server.server_port}"
-    scheduler = Scheduler(threads=config.delivery_threads)
+    generation = Scheduler(threads=GENERATION_THREADS, name="simulator-generation")
+    deliveries = Scheduler(threads=config.delivery_threads, name="simulator-delivery")
     # trust_env off: no proxy from the environment decides where callbacks go. The timeout bounds
     # each connect, read and write; the deadline of CallbackDelivery bounds the whole answer.
     limits = httpx.Limits(max_connections=config.delivery_threads)
@@ -148,14 +160,14 @@ def run_simulator(
         files=FileCache(_file_maker(config), max_files=config.file_cache_size),
         faults=FaultPlan(config.faults),
         delivery=CallbackDelivery(
-            scheduler=scheduler,
+            scheduler=deliveries,
             client=client,
             retry_delays_s=config.scaled_retry_delays_s,
             timeout_s=config.callback_timeout_s,
             hmac_key=config.hmac_key,
             clock=clock,
         ),
-        scheduler=scheduler,
+        generation=generation,
         admission=Admission(
             rate_limit=config.rate_limit, window_s=config.rate_window_s, credits=config.credits
         ),
@@ -164,7 +176,13 @@ def run_simulator(
     )
     server.set_app(create_app(provider))
     return RunningSimulator(
-        config=config, provider=provider, server=server, scheduler=scheduler, client=client, base_url=base_url
+        config=config,
+        provider=provider,
+        server=server,
+        generation=generation,
+        deliveries=deliveries,
+        client=client,
+        base_url=base_url,
     )
 
 

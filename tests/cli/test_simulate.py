@@ -49,10 +49,43 @@ def test_a_port_in_use_is_one_line_error(run_cli: RunCli, taken_port: int, comma
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1:abc/cb", "http://[::1", "http://", "ftp://127.0.0.1/cb", "http://xn--a.example/"],
+    [
+        "http://127.0.0.1:abc/cb",
+        "http://[::1",
+        "http://",
+        "ftp://127.0.0.1/cb",
+        "http://xn--a.example/",
+        f"http://{'a' * 64}.test/cb",  # a label over 63 characters
+    ],
 )
 def test_load_refuses_a_callback_url_no_callback_can_reach(run_cli: RunCli, url: str) -> None:
     result = run_cli({}, "simulate", "load", "--tasks", "1", "--callback-url", url, "--store-timeout", "0")
     assert result.exit_code == 2, result.output  # a usage error, before the simulator starts
     assert "--callback-url" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--url-ttl", "0"],
+        ["--settle-timeout", "-1"],
+        ["--store-timeout", "-1"],
+        ["--download-grace", "-1"],
+        ["--concurrency", "0"],
+        ["--width", "0"],
+        ["--height", "8193"],
+    ],
+    ids=lambda option: " ".join(option),
+)
+def test_load_refuses_option_values_out_of_range(run_cli: RunCli, option: list[str]) -> None:
+    # Given an option value the simulator cannot work with
+    url = "http://127.0.0.1:9/callbacks/midjourney"
+    # When load is started with it
+    result = run_cli(
+        {}, "simulate", "load", "--tasks", "1", "--callback-url", url, "--store-timeout", "0", *option
+    )
+    # Then it is a usage error naming the option, before the simulator starts
+    assert result.exit_code == 2, result.output
+    assert option[0] in result.stderr
     assert "Traceback" not in result.output

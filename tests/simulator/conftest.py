@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from simulator import RunningSimulator, SimulatorConfig, run_simulator
-from tests.simulator.support import Received, Receiver, SimFactory, TricklingReceiver
+from tests.simulator.support import HOLD_LIMIT_S, Received, Receiver, SimFactory, TricklingReceiver
 
 #: Small and fast unless a test says otherwise.
 TEST_CONFIG: dict[str, Any] = {
@@ -46,6 +47,7 @@ def receiver() -> Iterator[Receiver]:
             state.record(Received(self.path, dict(self.headers.items()), body, time.monotonic()))
             status, delay = state.next_answer()
             time.sleep(delay)
+            state.released.wait(HOLD_LIMIT_S)
             payload = b'{"status": "received"}'
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -138,11 +140,14 @@ def trickling_receiver() -> Iterator[TricklingReceiver]:
 
 @pytest.fixture
 def make_sim() -> Iterator[SimFactory]:
-    """Start simulators with :data:`TEST_CONFIG` plus the given fields; all stop at teardown."""
+    """Start simulators with :data:`TEST_CONFIG` plus the given fields (and ``transport`` in place
+    of the callback client's network); all stop at teardown."""
     started: list[RunningSimulator] = []
 
-    def make(clock: Callable[[], float] = time.time, **fields: Any) -> RunningSimulator:
-        sim = run_simulator(SimulatorConfig(**{**TEST_CONFIG, **fields}), clock=clock)
+    def make(
+        clock: Callable[[], float] = time.time, transport: httpx.BaseTransport | None = None, **fields: Any
+    ) -> RunningSimulator:
+        sim = run_simulator(SimulatorConfig(**{**TEST_CONFIG, **fields}), clock=clock, transport=transport)
         started.append(sim)
         return sim
 

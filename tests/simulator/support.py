@@ -13,6 +13,9 @@ import orjson
 
 from simulator import RunningSimulator
 
+#: The longest a :class:`Receiver` holds a request while ``released`` is clear, seconds.
+HOLD_LIMIT_S = 30.0
+
 
 @dataclass(frozen=True)
 class Received:
@@ -25,16 +28,24 @@ class Received:
         return orjson.loads(self.body)
 
 
+def _opened() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class Receiver:
     """A callback endpoint on 127.0.0.1 that records every request. It answers the statuses in
-    ``script`` in order, then ``default_status``; ``delays_s`` holds the request before answering."""
+    ``script`` in order, then ``default_status``; ``delays_s`` holds the request before answering,
+    and so does ``released`` while it is clear (at most :data:`HOLD_LIMIT_S` seconds)."""
 
     url: str = ""
     requests: list[Received] = field(default_factory=list)
     script: list[int] = field(default_factory=list)
     delays_s: list[float] = field(default_factory=list)
     default_status: int = 200
+    released: threading.Event = field(default_factory=_opened)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_answer(self) -> tuple[int, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -70,6 +71,9 @@ def test_details_follow_the_providers_shape_while_generating_and_when_done(sim: 
         (b'{"taskType": "mj_txt2img"}', 400),
         (b'{"taskType": "mj_txt2img", "prompt": "   "}', 400),
         (b'{"taskType": "mj_paint", "prompt": "x"}', 422),
+        # A taskType that is no string (not hashable, so no set lookup may see it)
+        (b'{"taskType": ["mj_txt2img"], "prompt": "x"}', 422),
+        (b'{"taskType": {"a": 1}, "prompt": "x"}', 422),
         (orjson.dumps({"taskType": "mj_txt2img", "prompt": "x" * 2001}), 422),
         (b'{"taskType": "mj_txt2img", "prompt": "x", "speed": "warp"}', 422),
         (b'{"taskType": "mj_img2img", "prompt": "x"}', 422),
@@ -82,6 +86,13 @@ def test_details_follow_the_providers_shape_while_generating_and_when_done(sim: 
         (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "http://127.0.0.1:99999/cb"}', 422),
         (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "http://xn--a.example/cb"}', 422),
         (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "http://127.0.0.1:port/cb"}', 422),
+        # A host label over 63 characters: the idna codec refuses it before any lookup
+        (
+            orjson.dumps(
+                {"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": f"http://{'a' * 64}.test/cb"}
+            ),
+            422,
+        ),
     ],
 )
 def test_bad_requests_are_400_and_invalid_values_422(sim: RunningSimulator, body: bytes, code: int) -> None:
@@ -91,6 +102,22 @@ def test_bad_requests_are_400_and_invalid_values_422(sim: RunningSimulator, body
         )
     assert answer.json()["code"] == code
     assert answer.json()["data"] is None
+
+
+def test_a_request_body_over_a_megabyte_is_refused_as_invalid(sim: RunningSimulator) -> None:
+    # Given a generate request whose prompt alone is a little over 1 MiB
+    body = orjson.dumps({"taskType": "mj_txt2img", "prompt": "x" * (1024 * 1024)})
+    # When it is sent
+    with api(sim) as client:
+        answer = client.post(
+            "/api/v1/mj/generate", content=body, headers={"Content-Type": "application/json"}
+        )
+    # Then it is refused as too large (code 422), not read whole and judged on its prompt
+    assert answer.json() == {
+        "code": 422,
+        "msg": "The request body is larger than 1048576 bytes",
+        "data": None,
+    }
 
 
 def test_unknown_tasks_are_404(sim: RunningSimulator) -> None:
@@ -175,6 +202,30 @@ def test_download_url_gives_a_fresh_link_for_our_urls_only(sim: RunningSimulator
     assert foreign["code"] == 422
     assert missing["code"] == 400
     assert file.content == sim.expected_file(task_id, 2)
+
+
+def test_download_url_refuses_a_malformed_url_as_invalid(sim: RunningSimulator) -> None:
+    # Given a URL urlsplit cannot parse (an unclosed IPv6 bracket)
+    with api(sim) as client:
+        # When download-url is asked for a fresh link to it
+        answer = client.post("/api/v1/common/download-url", json={"url": "http://[::1"}).json()
+    # Then it is not one of ours: code 422, not a server error
+    assert answer["code"] == 422, answer
+
+
+def test_download_url_accepts_its_own_urls_under_a_public_url_with_a_path(make_sim: SimFactory) -> None:
+    # Given a simulator behind a reverse proxy at /sim: its result URLs name the public base
+    sim = make_sim(public_url="http://127.0.0.1:9/sim")
+    with api(sim) as client:
+        client.base_url = httpx.URL(f"http://127.0.0.1:{sim.port}")  # the API itself, reached directly
+        task_id = submit(client)
+        url = result_urls(wait_done(client, task_id))[0]
+        # When download-url is asked for a fresh link to one of them
+        answer = client.post("/api/v1/common/download-url", json={"url": url}).json()
+    # Then it is one of ours, and the fresh link is under the public base too
+    assert url.startswith(f"http://127.0.0.1:9/sim/files/{task_id}/0.png?")
+    assert answer["code"] == 200, answer
+    assert answer["data"].startswith(f"http://127.0.0.1:9/sim/files/{task_id}/0.png?")
 
 
 def _txt2img() -> dict[str, Any]:

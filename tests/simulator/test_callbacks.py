@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import time
 
+import httpx
 import orjson
 
 from simulator import FaultConfig, RunningSimulator
@@ -117,6 +118,24 @@ def test_a_timeout_or_refused_connection_counts_as_a_failed_attempt(
     assert [a.status for a in sim.attempts(refused)] == [None, None, None, None]
 
 
+def test_an_error_outside_httpx_while_sending_is_a_failed_attempt_and_retried(make_sim: SimFactory) -> None:
+    # Given a network that fails a send with a UnicodeError (what the idna codec raises for a
+    # host label over 63 characters), not an httpx error
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise UnicodeError("encoding with 'idna' codec failed (UnicodeError: label empty or too long)")
+
+    sim = make_sim(time_scale=0.0001, transport=httpx.MockTransport(refuse))
+    with api(sim) as client:
+        task_id = submit(client, callBackUrl="http://127.0.0.1:9/callbacks/midjourney")
+        wait_done(client, task_id)
+    assert sim.wait_idle(5.0)
+
+    # Then every attempt is recorded as failed, and retried on the schedule until the provider gives up
+    attempts = sim.attempts(task_id)
+    assert [a.attempt for a in attempts] == [1, 2, 3, 4]
+    assert all(a.status is None and "UnicodeError" in (a.error or "") for a in attempts)
+
+
 def test_an_answer_trickling_past_the_timeout_is_a_timeout_and_retried(
     make_sim: SimFactory, trickling_receiver: TricklingReceiver
 ) -> None:
@@ -159,3 +178,24 @@ def test_tasks_without_a_callback_url_are_only_polled(sim: RunningSimulator, rec
         done = wait_done(client, task_id)
     assert done["successFlag"] == 1
     assert sim.attempts(task_id) == []
+
+
+def test_a_slow_callback_receiver_does_not_hold_back_other_tasks_generation(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given one delivery thread, busy with a callback the receiver holds unanswered
+    sim = make_sim(delivery_threads=1, callback_timeout_s=60.0)
+    receiver.released.clear()
+    try:
+        with api(sim) as client:
+            held = submit(client, callBackUrl=receiver.url)
+            receiver.wait_for(1)
+            # When another task is submitted
+            other = submit(client)
+            # Then it finishes generating while that callback is still unanswered
+            done = wait_done(client, other, timeout_s=5.0)
+            unanswered = sim.attempts(held)
+    finally:
+        receiver.released.set()
+    assert done["successFlag"] == 1
+    assert unanswered == []

@@ -7,12 +7,15 @@ import io
 import time
 
 import av
+import falcon
+import falcon.testing
 import httpx
 import pytest
 from PIL import Image
 
 from simulator import FaultConfig, RunningSimulator, expected_file
 from simulator.files import FileCache, png_bytes
+from simulator.resources import ProviderErrorHandler
 from simulator.video import video_layout
 from tests.simulator.support import FakeClock, SimFactory, api, result_urls, submit, wait_done
 from workers.sniff import MP4, PNG, sniff_media
@@ -143,6 +146,49 @@ def test_the_file_cache_keeps_the_most_recently_used_files() -> None:
     cache.get("a", 0, "png")
     cache.get("b", 0, "png")
     assert made == [("a", 0, "png"), ("b", 0, "png"), ("c", 0, "png"), ("b", 0, "png")]
+
+
+@pytest.mark.parametrize(
+    ("exp", "sig"),
+    [
+        ("\u00b2", "0" * 32),  # "²".isdigit() is True, int("²") raises
+        ("9" * 5000, "0" * 32),  # past int()'s 4300-digit limit
+        ("1", "\u00e9" * 32),  # compare_digest refuses non-ASCII strings
+    ],
+    ids=["superscript-two", "5000-digits", "non-ascii-signature"],
+)
+def test_an_odd_expiry_or_signature_is_403_not_a_json_body_with_status_200(
+    sim: RunningSimulator, exp: str, sig: str
+) -> None:
+    # Given a result file request whose exp or sig no link of ours carries
+    # When it is made
+    answer = httpx.get(
+        f"{sim.base_url}/files/{sim.provider.task_id_prefix}000000/0.png",
+        params={"exp": exp, "sig": sig},
+        trust_env=False,
+    )
+    # Then it is refused as a bad signature, not answered 200 with an error body a downloader
+    # would store as the image
+    assert answer.status_code == 403, (answer.status_code, answer.text)
+
+
+def test_an_unexpected_error_serving_a_file_is_http_500_and_in_the_api_the_providers_body() -> None:
+    # Given an app whose file route and API route both fail unexpectedly
+    class Failing:
+        def on_get(self, req: falcon.Request, resp: falcon.Response, **params: str) -> None:
+            raise RuntimeError("boom")
+
+    app = falcon.App()
+    app.add_error_handler(Exception, ProviderErrorHandler())
+    app.add_route("/files/{task_id}/{name}", Failing())
+    app.add_route("/api/v1/mj/record-info", Failing())
+    client = falcon.testing.TestClient(app)
+    # When each is requested
+    file = client.simulate_get("/files/t/0.png")
+    info = client.simulate_get("/api/v1/mj/record-info")
+    # Then the file is an HTTP error, the API call the provider's code 500 in a 200 answer
+    assert file.status_code == 500
+    assert (info.status_code, info.json["code"]) == (200, 500)
 
 
 def test_unknown_file_names_are_404(sim: RunningSimulator) -> None:

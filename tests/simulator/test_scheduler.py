@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from simulator.scheduler import Scheduler
 
@@ -48,3 +49,25 @@ def test_stop_drops_jobs_not_yet_due() -> None:
     scheduler.call_later(0.2, ran.set)
     scheduler.stop()
     assert not ran.wait(0.4)
+
+
+def test_jobs_cancelled_by_stop_before_they_start_no_longer_count_as_running() -> None:
+    # Given one thread busy with a job, and a second job due but waiting for that thread
+    scheduler = Scheduler(threads=1)
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def busy() -> None:
+        started.set()
+        release.wait(5.0)
+
+    scheduler.call_later(0.0, busy)
+    scheduler.call_later(0.0, lambda: ran.append("queued"))
+    assert started.wait(5.0)
+    time.sleep(0.1)  # let the timer hand the second job to the pool
+    # When the scheduler stops (cancelling the queued job) and the busy job finishes
+    scheduler.stop()
+    release.set()
+    # Then the scheduler becomes idle: the cancelled job is not counted as running forever
+    assert scheduler.wait_idle(5.0)
+    assert ran == []
