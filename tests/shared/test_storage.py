@@ -38,7 +38,9 @@ class RecordingPoolManager(urllib3.PoolManager):
         return super().urlopen(method, url, redirect=redirect, **kw)
 
 
-def _store(s3_server: S3Server, bucket: str) -> tuple[ObjectStore, list[RecordingPoolManager]]:
+def _store(
+    s3_server: S3Server, bucket: str, pool_class: type[RecordingPoolManager] = RecordingPoolManager
+) -> tuple[ObjectStore, list[RecordingPoolManager]]:
     env = app_environment(
         redis_url="redis://127.0.0.1:9/0",
         s3_endpoint=s3_server.endpoint,
@@ -49,7 +51,7 @@ def _store(s3_server: S3Server, bucket: str) -> tuple[ObjectStore, list[Recordin
     pools: list[RecordingPoolManager] = []
 
     def factory(**kwargs: Any) -> RecordingPoolManager:
-        pools.append(RecordingPoolManager(**kwargs))
+        pools.append(pool_class(**kwargs))
         return pools[-1]
 
     store = create_object_store(Settings.from_env(env), http_factory=factory)
@@ -198,21 +200,7 @@ def test_a_store_without_conditional_writes_gets_plain_ones(
     """Given a store that answers conditional writes 501 NotImplemented
     When a manifest is written with a precondition, twice
     Then both are stored plainly (a warning says so once), not failed as an outage."""
-    env = app_environment(
-        redis_url="redis://127.0.0.1:9/0",
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_bucket=s3_bucket,
-    )
-    pools: list[NoConditionsPoolManager] = []
-
-    def factory(**kwargs: Any) -> NoConditionsPoolManager:
-        pools.append(NoConditionsPoolManager(**kwargs))
-        return pools[-1]
-
-    store = create_object_store(Settings.from_env(env), http_factory=factory)
-    store.ensure_bucket()
+    store, _ = _store(s3_server, s3_bucket, NoConditionsPoolManager)
     key = "tasks/t/manifest.json"
     with caplog.at_level("WARNING", logger="shared.storage"):
         store.put_json(key, {"writer": "first"}, precondition=Precondition(None))

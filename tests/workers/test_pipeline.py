@@ -414,6 +414,27 @@ class FetcherWithABug(ResultFetcher):
         return super().fetch(url, budget=budget)
 
 
+def processor(
+    harness: Harness,
+    pool: ThreadPoolExecutor,
+    *,
+    store: ObjectStore | None = None,
+    fetcher: ResultFetcher | None = None,
+    verifier: ResultVerifier | None = None,
+) -> CallbackProcessor:
+    """A worker's processor on the harness's Redis, with ``store`` (default the harness's) and
+    ``fetcher`` (default one whose only URL it refuses to fetch is never asked of it)."""
+    return CallbackProcessor(
+        tasks=harness.tasks,
+        leases=LeaseManager(harness.redis, ttl_s=30),
+        store=harness.store if store is None else store,
+        fetcher=FetcherWithABug("http://127.0.0.1:9/never") if fetcher is None else fetcher,
+        pool=pool,
+        metrics=create_worker_metrics(),
+        verifier=verifier,
+    )
+
+
 @pytest.mark.parametrize("final_attempt", [False, True], ids=["first-attempt", "final-attempt"])
 def test_a_file_whose_download_raises_outside_the_error_tree_is_its_error_and_the_rest_are_stored(
     harness: Harness, caplog: pytest.LogCaptureFixture, final_attempt: bool
@@ -426,19 +447,12 @@ def test_a_file_whose_download_raises_outside_the_error_tree_is_its_error_and_th
     partial. The exception used to escape the processor: no manifest, even on the final attempt."""
     urls, images = serve_pngs(harness.files, 3)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        processor = CallbackProcessor(
-            tasks=harness.tasks,
-            leases=LeaseManager(harness.redis, ttl_s=30),
-            store=harness.store,
-            fetcher=FetcherWithABug(urls[1]),
-            pool=pool,
-            metrics=create_worker_metrics(),
-        )
+        buggy = processor(harness, pool, fetcher=FetcherWithABug(urls[1]))
         with caplog.at_level(logging.ERROR, logger="workers.pipeline"):
             if not final_attempt:
                 with pytest.raises(DownloadFailed, match="unexpected error: OverflowError"):
-                    processor.process(callback(urls))
-            state = processor.process(callback(urls), final_attempt=True)
+                    buggy.process(callback(urls))
+            state = buggy.process(callback(urls), final_attempt=True)
     assert state is TaskState.PARTIAL
     manifest = harness.manifest("task-1")
     assert manifest["errors"] == [
@@ -544,14 +558,7 @@ def test_a_manifest_write_outliving_its_lease_never_replaces_the_new_holders_man
     urls, images = serve_pngs(harness.files, 2)
     stalled = StalledManifestStore(harness.settings)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        first = CallbackProcessor(
-            tasks=harness.tasks,
-            leases=LeaseManager(harness.redis, ttl_s=30),
-            store=stalled,
-            fetcher=FetcherWithABug("http://127.0.0.1:9/never"),
-            pool=pool,
-            metrics=create_worker_metrics(),
-        )
+        first = processor(harness, pool, store=stalled)
         report = pool.submit(first.process, callback([], code=501))
         assert stalled.reached.wait(30)
         harness.redis.delete(keys.lease("task-1"))  # lapsed: Redis away longer than the TTL
@@ -571,14 +578,7 @@ def test_a_manifest_write_outliving_its_lease_never_replaces_the_new_holders_man
 def broken_storage_processor(harness: Harness, pool: ThreadPoolExecutor) -> CallbackProcessor:
     """A worker on the harness's Redis whose object storage does not answer."""
     down = harness.settings.model_copy(update={"s3_endpoint": f"http://127.0.0.1:{free_port()}"})
-    return CallbackProcessor(
-        tasks=harness.tasks,
-        leases=LeaseManager(harness.redis, ttl_s=30),
-        store=create_object_store(down),
-        fetcher=FetcherWithABug("http://127.0.0.1:9/never"),
-        pool=pool,
-        metrics=create_worker_metrics(),
-    )
+    return processor(harness, pool, store=create_object_store(down))
 
 
 def test_a_failure_report_never_overwrites_an_outcome_kept_while_a_retry_is_pending(
@@ -617,15 +617,7 @@ def test_a_success_the_provider_disowns_never_overwrites_a_task_with_files(harne
         raise ProviderRefused("no such task", code=404)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        verifying = CallbackProcessor(
-            tasks=harness.tasks,
-            leases=LeaseManager(harness.redis, ttl_s=30),
-            store=harness.store,
-            fetcher=FetcherWithABug("http://127.0.0.1:9/never"),
-            pool=pool,
-            metrics=create_worker_metrics(),
-            verifier=ResultVerifier(record_info),
-        )
+        verifying = processor(harness, pool, verifier=ResultVerifier(record_info))
         assert verifying.process(callback(urls)) is TaskState.PARTIAL
 
     assert harness.manifest("task-1")["status"] == "partial"
@@ -666,14 +658,7 @@ def test_an_attempt_that_raises_leaves_no_upload_running_past_its_lease(harness:
     urls = [harness.files.add("/a0.png", png_bytes(0)), harness.files.add("/a1.png", png_bytes(1))]
     store = FailingThenSlowStore(harness.settings, harness.redis)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        first = CallbackProcessor(
-            tasks=harness.tasks,
-            leases=LeaseManager(harness.redis, ttl_s=30),
-            store=store,
-            fetcher=FetcherWithABug("http://127.0.0.1:9/never"),
-            pool=pool,
-            metrics=create_worker_metrics(),
-        )
+        first = processor(harness, pool, store=store)
         with pytest.raises(StorageUnavailable):
             first.process(callback(urls))
         assert store.lease_held_at_write is True
