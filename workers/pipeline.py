@@ -13,7 +13,14 @@ from concurrent.futures import Executor, wait
 from shared import storage
 from shared.callback import Callback
 from shared.clock import utc_iso
-from shared.errors import DownloadFailed, DownloadRefused, MjhookError, ObjectChanged, TaskBusy
+from shared.errors import (
+    DownloadFailed,
+    DownloadRefused,
+    MjhookError,
+    ObjectChanged,
+    StorageUnavailable,
+    TaskBusy,
+)
 from shared.json_limits import DEFAULT_MAX_JSON_DEPTH
 from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.storage import ObjectStore, Precondition
@@ -130,6 +137,31 @@ class CallbackProcessor:
                 self._metrics.files_failed.labels(error_class).inc()
             log.info("task %s %s (%d stored, %d failed)", task_id, status.value, len(images), len(errors))
             return status
+
+    def record_failure(self, callback: Callback, reason: str) -> None:
+        """Write the manifest of a task the queue gave up on (its state is ``failed`` now, with
+        the reason it recorded, else ``reason``), where the task has none: its presence says the
+        task is over, for whoever watches the bucket. A manifest written meanwhile stands, and
+        object storage being down (often why the queue gave up) leaves the task without one."""
+        record = self._tasks.get(callback.task_id)
+        recorded = record.fields.get("reason", "") if record is not None else ""
+        manifest = build_manifest(
+            callback,
+            status=TaskState.FAILED,
+            images=[],
+            errors=[FileError(None, None, recorded or reason)],
+            completed_at=utc_iso(self._clock()),
+            max_json_depth=self._max_json_depth,
+        )
+        key = storage.manifest_key(callback.task_id)
+        try:
+            self._store.put_json(key, manifest, precondition=Precondition(None))
+        except ObjectChanged:
+            return  # the task has a manifest: it stands
+        except StorageUnavailable as exc:
+            log.warning("task %s failed without a manifest: %s", callback.task_id, exc)
+            return
+        log.info("task %s: wrote the manifest of its failure", callback.task_id)
 
     def _write_manifest(self, key: str, manifest: dict[str, object], found_etag: str | None) -> None:
         """Write the manifest only over the one found at the start (or where there was none):

@@ -184,30 +184,34 @@ class WorkerRuntime(Middleware):
             callback = Callback.from_message(message.args[0])
         except (MjhookError, IndexError, TypeError, AttributeError):
             return
-        self._give_up(callback.task_id, reason, looks=1)
+        self._give_up(callback, reason, looks=1)
 
-    def _give_up(self, task_id: str, reason: str, *, looks: int, failures: int = 0) -> None:
+    def _give_up(self, callback: Callback, reason: str, *, looks: int, failures: int = 0) -> None:
         """Record the give-up; ``looks``: how many more times to look at a task some worker's
         lease holds. A task left to the worker holding its lease is looked at once more when any
         such lease must have lapsed (one whose holder could not release it, Redis away for a
         moment, is nobody's, and nobody would settle the task). A give-up Redis refused is tried
-        again, less and less often, until Redis takes it: the task must not stay unsettled."""
+        again, less and less often, until Redis takes it: the task must not stay unsettled. A
+        task left failed gets a manifest saying so where it has none."""
         assert self._parts is not None
+        task_id = callback.task_id
         try:
             state = self._parts.tasks.give_up(task_id, reason)
         except Exception:
             log.exception("could not record the failure of %s; trying again", task_id)
             delay = min(GIVE_UP_RETRY_MAX_S, 2**failures)
-            self._later(delay, task_id, reason, looks=looks, failures=failures + 1)
+            self._later(delay, callback, reason, looks=looks, failures=failures + 1)
             return
-        if state is not TaskState.FAILED:
+        if state is TaskState.FAILED:
+            self._parts.processor.record_failure(callback, reason)
+        else:
             log.info("task %s stays %s; its message was %s", task_id, state.value, reason)
         if state in UNSETTLED_STATES and looks > 0:
-            self._later(self._settings.lease_ttl_s + 1, task_id, reason, looks=looks - 1, failures=0)
+            self._later(self._settings.lease_ttl_s + 1, callback, reason, looks=looks - 1, failures=0)
 
-    def _later(self, delay_s: float, task_id: str, reason: str, *, looks: int, failures: int) -> None:
+    def _later(self, delay_s: float, callback: Callback, reason: str, *, looks: int, failures: int) -> None:
         timer = threading.Timer(
-            delay_s, self._give_up, args=(task_id, reason), kwargs={"looks": looks, "failures": failures}
+            delay_s, self._give_up, args=(callback, reason), kwargs={"looks": looks, "failures": failures}
         )
         timer.daemon = True
         timer.start()

@@ -400,3 +400,62 @@ def test_a_give_up_redis_refused_is_recorded_once_redis_is_back(
         assert tasks.get("task-1").fields["reason"] == "gave up: DownloadFailed: connection reset"  # type: ignore[union-attr]
     finally:
         redis_server.kill()
+
+
+def test_a_task_given_up_gets_the_manifest_of_its_failure_where_it_has_none(
+    runtime: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a task whose last attempt raised before it wrote a manifest (here: its lease held by
+    a worker that then crashed, so nobody settles it)
+    When the queue gives up on its message
+    Then the task is failed, and the bucket says so too: a manifest with status failed, the
+    callback's fields and the reason as its error. A task failed this way had no manifest, so
+    whoever waits for manifests in the bucket waited for good."""
+    urls = [file_server.url("/0.png")]
+    tasks.move("task-1", TaskState.PROCESSING)
+
+    give_up(runtime, callback(urls), TaskBusy("task task-1 is being processed"))
+
+    manifest = runtime.parts().store.get_json("tasks/task-1/manifest.json")
+    assert manifest["status"] == "failed"
+    assert (manifest["taskId"], manifest["code"], manifest["images"]) == ("task-1", 200, [])
+    assert manifest["errors"] == [
+        {"index": None, "sourceUrl": None, "reason": "gave up: TaskBusy: task task-1 is being processed"}
+    ]
+    assert tasks.get("task-1").state is TaskState.FAILED  # type: ignore[union-attr]
+
+
+def test_a_manifest_a_task_has_stands_when_a_later_message_is_given_up(
+    runtime: WorkerRuntime, tasks: TaskStore
+) -> None:
+    """Given a task failed by the provider's own failure report, with its manifest
+    When a duplicate message of it is given up
+    Then that manifest stays as it was (the provider's code and message), and so does the state."""
+    failure = Callback(
+        task_id="task-1",
+        code=501,
+        msg="generation failed",
+        prompt_json=None,
+        result_urls=(),
+        received_at="2026-11-25T00:00:00.000Z",
+    )
+    assert runtime.parts().processor.process(failure) is TaskState.FAILED
+    store = runtime.parts().store
+    before = store.get_json("tasks/task-1/manifest.json")
+
+    give_up(runtime, failure, TaskBusy("task task-1 is being processed"))
+
+    assert store.get_json("tasks/task-1/manifest.json") == before
+    assert before["code"] == 501
+
+
+def test_a_task_given_up_while_storage_is_down_is_failed_without_a_manifest(
+    storage_down: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Object storage down is often why the queue gave up: the failure is recorded in Redis all
+    the same, and the manifest that cannot be written is no error of the give-up."""
+    tasks.move("task-1", TaskState.PROCESSING)
+
+    give_up(storage_down, callback([file_server.url("/0.png")]), StorageUnavailable("down"))
+
+    assert tasks.get("task-1").state is TaskState.FAILED  # type: ignore[union-attr]
