@@ -17,7 +17,7 @@ from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from ingress.group_commit import GroupCommit
 from ingress.spool import Spool
 from shared.callback import Callback
-from shared.errors import QueueUnavailable
+from shared.errors import MjhookError, QueueUnavailable
 from shared.queue import queue_callback, redis_queued_message, writes_with_state
 from shared.taskstate import Received, TaskState, TaskStore
 
@@ -150,8 +150,14 @@ class CallbackIntake:
         queued = redis_queued_message(self._broker, callback)
         try:
             await self._group.submit(Received(callback.task_id, callback.received_at, queued))
+        except MjhookError:
+            raise  # the task's own trouble (an unusable record): 503, not the spool
         except (redis.RedisError, OSError) as exc:
             self._failed()
+            raise QueueUnavailable(f"cannot record the task: {type(exc).__name__}") from exc
+        except Exception as exc:
+            # Nothing unforeseen in a round may answer 500: the spool keeps the callback.
+            log.exception("recording task %s failed unexpectedly", callback.task_id)
             raise QueueUnavailable(f"cannot record the task: {type(exc).__name__}") from exc
 
     async def _record_received(self, received: list[Received]) -> list[TaskState | Exception | None]:

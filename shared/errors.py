@@ -37,6 +37,16 @@ class ObjectChanged(TransientError):
     read (another writer got there first)."""
 
 
+class TaskRecordUnusable(TransientError):
+    """A task's record in Redis is not one mjhook can read: its key holds another type, or a state
+    this version does not know (written by hand, by another application, or by another version).
+    Nothing can be recorded of the task until someone looks at it; not a Redis outage."""
+
+    def __init__(self, task_id: str, why: str) -> None:
+        super().__init__(f"the record of task {task_id} in Redis is unusable: {why}")
+        self.task_id = task_id
+
+
 class DownloadFailed(TransientError):
     """A result file could not be fetched this time (timeout, reset, 5xx)."""
 

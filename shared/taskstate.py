@@ -5,6 +5,7 @@ by polling the provider)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.exceptions import NoScriptError, ResponseError
 
 from shared import keys
-from shared.errors import LeaseHeld
+from shared.errors import LeaseHeld, TaskRecordUnusable
 from shared.redis_client import as_text
+
+log = logging.getLogger(__name__)
 
 #: Recently changed tasks kept in the recent index.
 DEFAULT_RECENT_KEEP = 10_000
@@ -145,7 +148,7 @@ class TaskStore:
                 reply = loaded
         if isinstance(reply, Exception):
             return [reply] * len(received)
-        return [old if isinstance(old, Exception) else _state(old) for old in reply]
+        return [_state_or_error(item.task_id, old) for item, old in zip(received, reply, strict=True)]
 
     def _received_many_call(self, received: Sequence[Received]) -> tuple[Any, ...]:
         """The EVALSHA command of received.lua for ``received``."""
@@ -243,7 +246,16 @@ class TaskStore:
         return self._move(task_id, state, fields, only_if_new=False, lease=holder)
 
     def get(self, task_id: str) -> TaskRecord | None:
-        return _record(task_id, self._client.hgetall(keys.task(task_id)))
+        """The task's record, None when there is none; :class:`TaskRecordUnusable` when its key
+        holds something else."""
+        try:
+            raw = self._client.hgetall(keys.task(task_id))
+        except redis.ResponseError as exc:
+            unusable = _unusable(task_id, exc)
+            if unusable is None:
+                raise
+            raise unusable from exc
+        return _record(task_id, raw)
 
     def counts(self) -> dict[str, int]:
         """How many tasks are in each state: those whose record has not expired (a state index is
@@ -282,7 +294,14 @@ class TaskStore:
         pipe = self._client.pipeline(transaction=False)
         for task_id in task_ids:
             pipe.hgetall(keys.task(task_id))
-        records = (_record(task_id, raw) for task_id, raw in zip(task_ids, pipe.execute(), strict=True))
+        records = []
+        for task_id, raw in zip(task_ids, pipe.execute(raise_on_error=False), strict=True):
+            try:
+                if isinstance(raw, Exception):
+                    raise _unusable(task_id, raw) or raw
+                records.append(_record(task_id, raw))
+            except TaskRecordUnusable as exc:
+                log.warning("left out of the list: %s", exc)
         return [record for record in records if record is not None]
 
     def per_minute(self, states: Iterable[TaskState], *, minutes: int) -> dict[str, tuple[int, ...]]:
@@ -331,10 +350,16 @@ class TaskStore:
             *_lease_rule(lease),
             *pairs,
         ]
-        reply = self._transition(keys=script_keys, args=args)
+        try:
+            reply = self._transition(keys=script_keys, args=args)
+        except redis.ResponseError as exc:
+            unusable = _unusable(task_id, exc)
+            if unusable is None:
+                raise
+            raise unusable from exc
         if isinstance(reply, list):
             raise LeaseHeld(task_id, _state(reply[1]), by_other=lease is not _LeaseRule.FREE)
-        return _state(reply)
+        return _state(reply, task_id)
 
 
 async def _on_connection(connection: AsyncConnection, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -385,12 +410,42 @@ def _guard(or_from: TaskState | Collection[TaskState] | None) -> str:
     return " ".join(sorted(TaskState(state).value for state in or_from))
 
 
-def _state(raw: object) -> TaskState | None:
-    return TaskState(as_text(cast(bytes | str, raw))) if raw else None
+def _state(raw: object, task_id: str = "?") -> TaskState | None:
+    """The state Redis holds (None: no record); :class:`TaskRecordUnusable` for one this version
+    does not know."""
+    if not raw:
+        return None
+    text = as_text(cast(bytes | str, raw))
+    try:
+        return TaskState(text)
+    except ValueError:
+        raise TaskRecordUnusable(task_id, f"a state this version does not know: {text[:40]!r}") from None
+
+
+def _state_or_error(task_id: str, raw: object) -> TaskState | Exception | None:
+    """:func:`_state` of one task of a group-commit round, its error (a key that holds something
+    else than a record, an unknown state) as its result: the others of the round stand."""
+    if isinstance(raw, Exception):
+        return _unusable(task_id, raw) or raw
+    try:
+        return _state(raw, task_id)
+    except TaskRecordUnusable as exc:
+        return exc
+
+
+def _unusable(task_id: str, exc: Exception) -> TaskRecordUnusable | None:
+    """The error of a task whose key holds something else than a record (Redis's WRONGTYPE);
+    None for another error."""
+    if "WRONGTYPE" not in str(exc):
+        return None
+    return TaskRecordUnusable(task_id, "its key holds something else than a task record")
 
 
 def _record(task_id: str, raw: Mapping[bytes | str, bytes | str]) -> TaskRecord | None:
     if not raw:
         return None
     fields = {as_text(k): as_text(v) for k, v in raw.items()}
-    return TaskRecord(task_id=task_id, state=TaskState(fields["state"]), fields=fields)
+    state = _state(fields.get("state", ""), task_id)
+    if state is None:
+        raise TaskRecordUnusable(task_id, "a record without a state")
+    return TaskRecord(task_id=task_id, state=state, fields=fields)

@@ -13,14 +13,16 @@
 -- are a message id and body to enqueue in the same call, whatever the guards decide (a duplicate
 -- is queued again; the worker deduplicates), and the field pairs start at ARGV[12].
 -- Returns the previous state, or false when there was none; {"lease", previous state or ""}
--- when the lease rule refused the move (nothing changed then).
+-- when the lease rule refused the move (nothing changed then). The record is read first: a key
+-- that holds something else than a record fails the call before anything is written or queued
+-- (Redis keeps what a script wrote before an error).
+local old = redis.call('HGET', KEYS[1], 'state')
 local first_field = 10
 if #KEYS == 5 then
   redis.call('HSET', KEYS[5], ARGV[10], ARGV[11])
   redis.call('RPUSH', KEYS[4], ARGV[10])
   first_field = 12
 end
-local old = redis.call('HGET', KEYS[1], 'state')
 if ARGV[5] ~= '0' and old and not string.find(' ' .. ARGV[5] .. ' ', ' ' .. old .. ' ', 1, true) then
   return old
 end

@@ -281,17 +281,37 @@ def test_concurrent_acks_are_each_recorded_and_queued_once(client: redis.Redis) 
     assert all(tasks.get(task_id) is not None for task_id in task_ids)
 
 
-def test_a_callback_redis_refuses_fails_alone_in_its_round(client: redis.Redis) -> None:
+@pytest.mark.parametrize("spooling", [False, True], ids=["no-spool", "spool"])
+def test_a_callback_redis_refuses_fails_alone_in_its_round(
+    client: redis.Redis, tmp_path: Path, spooling: bool
+) -> None:
     """A callback whose task key holds something else (written by another program) is answered
     503, so the provider retries it, and nothing of it is queued; the callbacks beside it in the
-    same concurrent burst are acknowledged and queued."""
-    app = make_app(client)
+    same concurrent burst are acknowledged and queued. With a spool (the default) too: such a
+    callback was taken for a Redis outage, answered 200 and spooled, where no drain could ever
+    queue it, and the process paused Redis, spooling the callbacks after it."""
+    spool_dir = tmp_path / "spool"
+    app = make_app(client, spool_dir=str(spool_dir) if spooling else "")
     client.set(keys.task("clobbered"), "not a task record")
     task_ids = ["before", "clobbered", "after"]
 
     assert ack_concurrently(app, task_ids) == [200, 503, 200]
+    assert post(app, orjson.dumps(success("later"))).status_code == 200
     queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
-    assert sorted(queued) == ["after", "before"]
+    assert sorted(queued) == ["after", "before", "later"]
+    assert not spool_dir.exists() or not any(spool_dir.iterdir())
+
+
+def test_a_record_in_a_state_this_version_does_not_know_is_a_503_of_its_own(client: redis.Redis) -> None:
+    """Given a task record in a state this version does not know (written by another version, or
+    by hand)
+    When its callback arrives in a round with others
+    Then it alone is answered 503, naming the unusable record; the others are acknowledged. Such a
+    record failed the whole round with a ValueError: 500 for every callback in it."""
+    app = make_app(client)
+    client.hset(keys.task("odd"), mapping={"state": "archived", "updatedAt": "1"})
+
+    assert ack_concurrently(app, ["before", "odd", "after"]) == [200, 503, 200]
 
 
 def test_a_script_flush_between_acks_loses_nothing(client: redis.Redis) -> None:

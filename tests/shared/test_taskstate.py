@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from shared import keys
-from shared.errors import LeaseHeld, TaskBusy
+from shared.errors import LeaseHeld, TaskBusy, TaskRecordUnusable
 from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, QueuedMessage, Received, TaskState, TaskStore
 from tests.support.acks import with_ack_connection
 from tests.support.servers import RedisServer
@@ -288,7 +288,8 @@ def test_a_task_whose_key_is_not_a_record_fails_alone_in_its_batch(
     client: redis.Redis, redis_server: RedisServer
 ) -> None:
     """A key that holds something else than a task record (written by another program) fails its
-    own task, with nothing of it queued; the other tasks of the same call are recorded."""
+    own task, as an unusable record (not a Redis outage), with nothing of it queued; the other
+    tasks of the same call are recorded."""
     client.set(keys.task("clobbered"), "not a hash")
     queue = keys.broker_queue("dramatiq", "callbacks")
     message = QueuedMessage(queue, keys.broker_messages("dramatiq", "callbacks"), "m1", b"{}")
@@ -298,8 +299,10 @@ def test_a_task_whose_key_is_not_a_record_fails_alone_in_its_batch(
     clobbered, fine = with_ack_connection(
         redis_server.url, lambda connection: tasks.mark_received_many(batch, connection=connection)
     )
-    assert isinstance(clobbered, redis.ResponseError)
-    assert "WRONGTYPE" in str(clobbered)
+    assert isinstance(clobbered, TaskRecordUnusable)
+    assert str(clobbered) == (
+        "the record of task clobbered in Redis is unusable: its key holds something else than a task record"
+    )
     assert fine is None
     assert tasks.get("fine") is not None
     assert client.llen(queue) == 0
