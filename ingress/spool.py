@@ -19,11 +19,15 @@ from pathlib import Path
 import orjson
 
 from shared.callback import Callback
-from shared.errors import MjhookError, SpoolUnavailable
+from shared.errors import MjhookError, QueueUnavailable, SpoolUnavailable
 
 log = logging.getLogger(__name__)
 
 SPOOL_GLOB = "spool-*.jsonl"
+#: Where the drain sets aside a spooled callback the queue refuses for good (its task's record is
+#: unusable, an unforeseen error): in the spool's own format, so that renaming it to
+#: ``spool-0.jsonl`` hands its lines to the next drain once the cause is fixed.
+UNQUEUED_NAME = "unqueued.jsonl"
 
 
 class Spool:
@@ -80,12 +84,17 @@ class Spool:
                 return 0, True  # gone, or another process is draining it
             lines = [line for line in _read_all(fd).splitlines() if line.strip()]
             for done, line in enumerate(lines):
-                if not _hand_over(line, accept, source=path.name):
+                if not _hand_over(line, accept, source=path.name, set_aside=self._set_aside):
                     if done:  # a round that took nothing leaves the file as it is
                         _rewrite(path, lines[done:])
                     return done, False
             path.unlink()
             return len(lines), True
+
+    def _set_aside(self, line: bytes) -> None:
+        """Append ``line`` to the unqueued file, fsync'd (an error stops the drain there)."""
+        with _locked(self.directory / UNQUEUED_NAME, create=True) as fd:
+            _append_whole(fd, line + b"\n")
 
     def _files(self) -> list[Path]:
         return list(self.directory.glob(SPOOL_GLOB)) if self.directory.exists() else []
@@ -107,9 +116,14 @@ def _modified(path: Path) -> float:
         return 0.0
 
 
-def _hand_over(line: bytes, accept: Callable[[Callback], None], *, source: str) -> bool:
-    """Pass one spooled line on; False when ``accept`` could not take it (try again later).
-    An unreadable line cannot become readable: it is logged in full and dropped."""
+def _hand_over(
+    line: bytes, accept: Callable[[Callback], None], *, source: str, set_aside: Callable[[bytes], None]
+) -> bool:
+    """Pass one spooled line on; False when ``accept`` could not take it (the queue unavailable:
+    try again later). An unreadable line cannot become readable: it is logged in full and
+    dropped. One the queue refuses for good (its task's record is unusable, an unforeseen error)
+    would stop every drain there, and each try could queue its message once more: it is set
+    aside in the unqueued file, with an error in the log, and the drain goes on."""
     try:
         callback = Callback.from_message(orjson.loads(line))
     except (orjson.JSONDecodeError, MjhookError, AttributeError):
@@ -117,9 +131,19 @@ def _hand_over(line: bytes, accept: Callable[[Callback], None], *, source: str) 
         return True
     try:
         accept(callback)
-    except MjhookError as exc:
+    except QueueUnavailable as exc:
         log.info("spool drain paused: %s", exc)
         return False
+    except Exception as exc:
+        log.error(
+            "setting aside spooled callback %s in %s: it cannot be queued (%s: %s)",
+            callback.task_id,
+            UNQUEUED_NAME,
+            type(exc).__name__,
+            exc,
+            exc_info=not isinstance(exc, MjhookError),
+        )
+        set_aside(line)
     return True
 
 
@@ -148,6 +172,9 @@ class SpoolDrainer:
                     log.info("drained %d spooled callbacks into the queue", drained)
             except OSError as exc:
                 log.warning("spool drain failed: %s", exc)
+            except Exception:
+                # Whatever a round meets, the thread goes on: it alone drains this process's spool.
+                log.exception("spool drain failed")
             if self._stop.wait(self._interval_s):
                 return
 

@@ -197,10 +197,13 @@ class WorkerRuntime(Middleware):
         task_id = callback.task_id
         try:
             state = self._parts.tasks.give_up(task_id, reason)
-        except Exception:
-            log.exception("could not record the failure of %s; trying again", task_id)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("could not record the failure of %s (%s); trying again", task_id, exc)
             delay = min(GIVE_UP_RETRY_MAX_S, 2**failures)
             self._later(delay, callback, reason, looks=looks, failures=failures + 1)
+            return
+        except Exception:
+            log.exception("could not record the failure of %s", task_id)  # an unusable record
             return
         if state is TaskState.FAILED:
             self._parts.processor.record_failure(callback, reason)

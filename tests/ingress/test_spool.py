@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -14,11 +15,14 @@ import redis
 from falcon import testing
 
 from ingress.app import build_ingress
-from ingress.spool import Spool
+from ingress.spool import UNQUEUED_NAME, Spool, SpoolDrainer
+from shared import keys
 from shared.callback import Callback
 from shared.errors import QueueUnavailable, SpoolUnavailable
 from shared.redis_client import connect_redis
 from shared.settings import Settings
+from tests.ingress.test_callbacks import queued_messages
+from tests.support.pipeline import wait_for
 
 #: Nothing listens on port 1.
 DEAD_REDIS = "redis://127.0.0.1:1/0"
@@ -245,3 +249,70 @@ def test_a_drain_that_takes_nothing_leaves_the_file_as_it_is(tmp_path: Path) -> 
         before.st_size,
     )
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        pytest.param(lambda c: c.set(keys.task("poison"), "not a task record"), id="key-of-another-type"),
+        pytest.param(lambda c: c.hset(keys.task("poison"), "state", "archived"), id="unknown-state"),
+    ],
+)
+def test_a_spooled_callback_the_queue_refuses_for_good_is_set_aside_and_the_rest_drains(
+    tmp_path: Path, client: redis.Redis, redis_server, poison: Callable[[redis.Redis], object]
+) -> None:
+    """Given spooled callbacks, the first of a task whose record Redis holds unusable (a key of
+    another type, a state this version does not know)
+    When drain rounds run
+    Then that one is set aside in unqueued.jsonl, in the spool's own format (renamed to a spool
+    file, it is drained again), with its message queued at most once, and the callbacks behind it
+    are queued. It used to stop every drain there, for good, and queue its message once more on
+    each try."""
+    poison(client)
+    spool_dir = tmp_path / "spool"
+    settings = Settings(redis_url=redis_server.url, spool_dir=str(spool_dir))
+    ingress = build_ingress(settings, redis_client=client)
+    assert ingress.spool is not None
+    ingress.spool.append(callback("poison"))
+    ingress.spool.append(callback("innocent"))
+
+    for _ in range(3):
+        ingress.spool.drain(ingress.intake.enqueue)
+
+    queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
+    assert "innocent" in queued
+    assert queued.count("poison") <= 1
+    assert ingress.spool.depth() == 0
+    set_aside = (spool_dir / UNQUEUED_NAME).read_bytes().splitlines()
+    assert [Callback.from_message(orjson.loads(line)).task_id for line in set_aside] == ["poison"]
+
+
+class SpoolWithABug(Spool):
+    """A spool whose first drain round raises an error nobody foresaw (a bug, an odd record)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, max_bytes=1 << 20, pid=lambda: 11)
+        self.rounds = 0
+
+    def drain(self, accept: Callable[[Callback], None]) -> int:
+        self.rounds += 1
+        if self.rounds == 1:
+            raise ValueError("'archived' is not a valid TaskState")
+        return super().drain(accept)
+
+
+def test_the_drainer_goes_on_after_a_round_that_raised(tmp_path: Path) -> None:
+    """Given a drainer whose first round raises an unforeseen error
+    When it runs on
+    Then later rounds still drain: the thread alone drains its process's spool, and it used to end
+    at the first error that was not an OSError, leaving callbacks answered 200 in the spool."""
+    spool = SpoolWithABug(tmp_path)
+    spool.append(callback("t1"))
+    taken: list[str] = []
+    drainer = SpoolDrainer(spool, lambda cb: taken.append(cb.task_id), interval_s=0.05)
+    drainer.start()
+    try:
+        wait_for(lambda: taken == ["t1"], timeout_s=10, what="the second round's drain")
+    finally:
+        drainer.stop()
+    assert spool.rounds >= 2
