@@ -90,7 +90,12 @@ class RejectLog:
             pipe.ltrim(keys.REJECTED, 0, self._keep - 1)
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            log.warning("could not keep a rejected callback for inspection: %s", type(exc).__name__)
+            # Kept in the log instead (the entry is JSON: the body's controls are escaped).
+            log.warning(
+                "could not keep a rejected callback for inspection in Redis (%s); the entry: %s",
+                type(exc).__name__,
+                entry.decode(),
+            )
 
 
 @dataclass(frozen=True, slots=True)

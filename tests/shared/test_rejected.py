@@ -239,3 +239,28 @@ def test_a_queue_that_refuses_stops_the_replay_and_keeps_the_entries(client: red
     assert result.error == "cannot enqueue: ConnectionError"
     # the refused one and the one after it stay kept, for another try
     assert sorted(entry.id for entry in list_rejected(client)) == sorted([second.id, third.id])
+
+
+def test_a_rejected_callback_redis_cannot_take_is_kept_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Given Redis unreachable (nothing listens on port 1)
+    When a callback is refused
+    Then its entry, body included (as JSON: controls escaped), goes to the log instead; it was
+    lost, with only the error's type logged, although bad input must be kept for inspection."""
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    body = callback_body("t-while-down").replace(b"a lake", b"a lake\x1b[2J")  # a raw ESC
+    with caplog.at_level("WARNING", logger="shared.rejected"):
+        RejectLog(dead, keep=10, body_bytes=16 * 1024, clock=lambda: AT).record(
+            Rejection(
+                status=401,
+                reason="missing or wrong token",
+                body=body,
+                size=len(body),
+                remote_addr="203.0.113.9",
+                content_type="application/json",
+            )
+        )
+    [message] = [record.getMessage() for record in caplog.records]
+    assert message.startswith("could not keep a rejected callback for inspection in Redis (ConnectionError)")
+    entry = orjson.loads(message.split("; the entry: ", 1)[1])
+    assert (entry["status"], entry["body"]) == (401, body.decode())
+    assert "\x1b" not in message
