@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 
 #: Paths that need MJHOOK_API_TOKEN (when set).
 READ_PREFIXES = ("/tasks", "/dashboard")
+#: Threads per worker process for the task and dashboard reads (Redis, object storage): their
+#: own, so that a slow store under a busy dashboard cannot take the loop's default pool, which
+#: /readyz and the keeping of refused callbacks use.
+DEFAULT_READ_THREADS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,14 +164,18 @@ def build_ingress(
         else store
     )
     tasks = intake.tasks
+    read_pool = ThreadPoolExecutor(max_workers=DEFAULT_READ_THREADS, thread_name_prefix="reads")
     app.add_route(
         "/tasks/{task_id}",
         Threaded(
-            TaskResource(tasks=tasks, store=store, presigner=presigner, expiry_s=settings.presign_expiry_s)
+            TaskResource(tasks=tasks, store=store, presigner=presigner, expiry_s=settings.presign_expiry_s),
+            executor=read_pool,
         ),
     )
-    app.add_route("/tasks", Threaded(TaskListResource(tasks=tasks)))
-    add_dashboard_routes(app, settings, broker=broker, tasks=tasks, clock=clock)
+    app.add_route("/tasks", Threaded(TaskListResource(tasks=tasks), executor=read_pool))
+    add_dashboard_routes(
+        app, settings, broker=broker, tasks=tasks, presigner=presigner, read_pool=read_pool, clock=clock
+    )
     collectors = spool_collectors(spool.depth, spool.depth_bytes) if spool is not None else []
     collectors += broker_queue_collectors(settings)
     app.add_route(

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
 from importlib import resources
 from urllib.parse import urlsplit
 
@@ -25,10 +27,14 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from ingress.threaded import Threaded
+from shared.errors import StorageUnavailable
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from shared.queue_stats import read_status
 from shared.settings import Settings
+from shared.storage import ObjectStore
 from shared.taskstate import TaskStore
+
+log = logging.getLogger(__name__)
 
 #: The page; the only path under which ``?token=`` stands in for the Authorization header.
 DASHBOARD_PATH = "/dashboard"
@@ -36,14 +42,18 @@ DASHBOARD_PATH = "/dashboard"
 STATUS_PATH = "/dashboard/status"
 #: The page, a package resource of ``ingress``.
 PAGE_RESOURCE = "static/dashboard.html"
+#: A key presigned once at start-up to learn the origin presigned URLs name (on AWS S3 the host
+#: names the bucket: ``https://<bucket>.s3.<region>.amazonaws.com``). With the region configured,
+#: presigning is computed locally: no request.
+ORIGIN_PROBE_KEY = "tasks/origin-probe/0.png"
 
 _INLINE_BLOCK = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 
 class DashboardPage:
     """``GET /dashboard``: the page, with a Content-Security-Policy that lets it run its own inline
-    script and style (by hash), talk to this origin only, and show images from ``image_origins``
-    (where presigned URLs point)."""
+    script and style (by hash), talk to this origin only, and show images and videos from
+    ``image_origins`` (where presigned URLs point)."""
 
     def __init__(self, html: bytes, *, image_origins: Iterable[str]) -> None:
         self._html = html
@@ -70,7 +80,8 @@ class DashboardPage:
 
 def content_security_policy(html: str, image_origins: Iterable[str]) -> str:
     """A policy allowing exactly the inline ``<script>`` and ``<style>`` blocks of ``html`` (by
-    their sha256), requests to the page's own origin, and images from ``image_origins``."""
+    their sha256), requests to the page's own origin, and images and videos from
+    ``image_origins``."""
     hashes: dict[str, list[str]] = {"script": [], "style": []}
     for match in _INLINE_BLOCK.finditer(html):
         digest = base64.b64encode(hashlib.sha256(match.group(2).encode()).digest()).decode()
@@ -81,6 +92,7 @@ def content_security_policy(html: str, image_origins: Iterable[str]) -> str:
         "style-src": hashes["style"] or ["'none'"],
         "connect-src": ["'self'"],
         "img-src": ["'self'", *image_origins],
+        "media-src": [*image_origins] or ["'none'"],
         "base-uri": ["'none'"],
         "form-action": ["'none'"],
         "frame-ancestors": ["'none'"],
@@ -92,6 +104,20 @@ def origin(url: str) -> str:
     """``scheme://host[:port]`` of ``url``."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def presigned_origin(presigner: ObjectStore, *, fallback: str) -> str:
+    """The origin of the URLs ``presigner`` makes, learnt from one it makes now (the endpoint's
+    origin is not it on AWS S3). Presigning sends no request when the region is configured;
+    without one, minio asks the store for it, and a store that does not answer leaves
+    ``fallback``'s origin (logged)."""
+    try:
+        return origin(presigner.presigned_url(ORIGIN_PROBE_KEY, expires_s=60))
+    except StorageUnavailable as exc:
+        log.warning(
+            "dashboard: no presigned URL to learn the image origin from (%s); using %s", exc, fallback
+        )
+        return origin(fallback)
 
 
 class DashboardStatusResource:
@@ -141,14 +167,15 @@ def add_dashboard_routes(
     *,
     broker: dramatiq.Broker,
     tasks: TaskStore,
+    presigner: ObjectStore,
+    read_pool: Executor | None = None,
     clock: Callable[[], float] = time.time,
 ) -> None:
     """Register the page and its status endpoint. Queue depths are read from the Redis of the
-    ingress's own ``broker``; images come from the endpoint presigned URLs name."""
-    image_endpoint = settings.s3_public_endpoint or settings.s3_endpoint
-    app.add_route(
-        DASHBOARD_PATH, Threaded(DashboardPage.from_package(image_origins=[origin(image_endpoint)]))
-    )
+    ingress's own ``broker``, in ``read_pool`` (None: the loop's default pool); images and videos
+    come from the origin of the URLs ``presigner`` makes."""
+    image_origin = presigned_origin(presigner, fallback=settings.s3_public_endpoint or settings.s3_endpoint)
+    app.add_route(DASHBOARD_PATH, Threaded(DashboardPage.from_package(image_origins=[image_origin])))
     app.add_route(
         STATUS_PATH,
         Threaded(
@@ -158,6 +185,7 @@ def add_dashboard_routes(
                 heartbeat_timeout_ms=settings.redelivery_s * 1000,
                 poll_grace_s=settings.poll_grace_s,
                 clock=clock,
-            )
+            ),
+            executor=read_pool,
         ),
     )

@@ -18,6 +18,10 @@ from shared.taskstate import TaskState, TaskStore
 #: Most tasks one list request returns.
 MAX_LIST_LIMIT = 200
 DEFAULT_LIST_LIMIT = 20
+#: Most characters of a task's reason the list returns (a cut one ends in an ellipsis). A failure's
+#: reason is the provider's ``msg``, anyone's text up to the body limit, and the dashboard lists
+#: 50 tasks every few seconds; ``GET /tasks/{taskId}`` has the whole message, in the manifest.
+MAX_LISTED_REASON_CHARS = 1024
 
 
 class ApiTokenGuard:
@@ -52,7 +56,9 @@ class ApiTokenGuard:
 
 
 class TaskResource:
-    """``GET /tasks/{taskId}``."""
+    """``GET /tasks/{taskId}``: the task's state, manifest and a presigned URL (with its
+    ``contentType`` from the manifest) for each file the manifest lists under the task's own
+    prefix; the URLs are credentials for a while, so the answer must not be cached."""
 
     def __init__(
         self, *, tasks: TaskStore, store: ObjectStore, presigner: ObjectStore, expiry_s: int
@@ -75,21 +81,29 @@ class TaskResource:
         if record is None and manifest is None:
             raise falcon.HTTPNotFound(title="unknown task")
         state = record.state.value if record is not None else manifest["status"]
-        images = [
-            {
-                "index": image["index"],
-                "key": image["key"],
-                "url": self._presigner.presigned_url(image["key"], expires_s=self._expiry_s),
-            }
-            for image in (manifest or {}).get("images", [])
-        ]
         resp.media = {
             "taskId": task_id,
             "state": state,
             "reason": record.fields.get("reason") if record is not None else None,
             "manifest": manifest,
-            "images": images,
+            "images": self._images(task_id, manifest),
         }
+        resp.cache_control = ["no-store"]
+
+    def _images(self, task_id: str, manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """The manifest's files, each with a presigned URL: only keys under the task's prefix
+        are presigned, whatever else a manifest names (the bucket's writers are not this code)."""
+        prefix = storage.task_prefix(task_id)
+        return [
+            {
+                "index": image["index"],
+                "key": image["key"],
+                "url": self._presigner.presigned_url(image["key"], expires_s=self._expiry_s),
+                "contentType": image.get("contentType"),
+            }
+            for image in (manifest or {}).get("images", [])
+            if isinstance(image, dict) and str(image.get("key")).startswith(prefix)
+        ]
 
 
 class TaskListResource:
@@ -114,8 +128,15 @@ class TaskListResource:
                     "state": record.state.value,
                     "updatedAt": int(record.fields.get("updatedAt", 0)),
                     "receivedAt": record.fields.get("receivedAt"),
-                    "reason": record.fields.get("reason"),
+                    "reason": _shortened(record.fields.get("reason"), MAX_LISTED_REASON_CHARS),
                 }
                 for record in records
             ]
         }
+
+
+def _shortened(text: str | None, max_chars: int) -> str | None:
+    """``text`` cut to ``max_chars`` characters, the last an ellipsis when cut (None stays None)."""
+    if text is None or len(text) <= max_chars:
+        return text
+    return text[: max_chars - 1] + "\u2026"

@@ -329,7 +329,12 @@ def _unexpected_error(task_id: str, index: int, url: str, exc: Exception) -> Fil
     return FileError(index, url, f"unexpected error: {type(exc).__name__}: {exc}")
 
 
-def _reason(callback: Callback, errors: list[FileError]) -> str:
+def _reason(callback: Callback, errors: list[FileError], *, max_chars: int = 1024) -> str:
+    """The task's reason as recorded in Redis: at most ``max_chars`` characters, the last one an
+    ellipsis when cut. A failure's ``msg`` is anyone's text up to the body limit, and the task
+    list returns every reason at each dashboard refresh; the whole of it is in the manifest."""
     if not callback.succeeded:
-        return callback.msg or f"provider reported code {callback.code}"
-    return "; ".join(f"#{e.index}: {e.reason}" if e.index is not None else e.reason for e in errors)
+        reason = callback.msg or f"provider reported code {callback.code}"
+    else:
+        reason = "; ".join(f"#{e.index}: {e.reason}" if e.index is not None else e.reason for e in errors)
+    return reason if len(reason) <= max_chars else reason[: max_chars - 1] + "\u2026"

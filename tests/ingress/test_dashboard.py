@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import socket
+from urllib.parse import urlsplit
 
 import falcon
 import pytest
@@ -18,6 +20,7 @@ from shared.callback import Callback
 from shared.queue import CALLBACK_QUEUE, create_broker, enqueue_callback
 from shared.rejected import Rejection, RejectLog
 from shared.settings import Settings
+from shared.storage import create_object_store
 from shared.taskstate import TaskState, TaskStore
 from tests.support.pipeline import queued_callback
 from tests.support.procs import free_port
@@ -57,8 +60,78 @@ def test_the_page_is_served_as_html_that_runs_only_its_own_code(app: testing.Tes
         digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
         assert f"'sha256-{digest}'" in policy
     assert "img-src 'self' http://files.example.test:9000;" in policy
+    assert "media-src http://files.example.test:9000;" in policy  # stored videos
     assert "connect-src 'self';" in policy
     assert "default-src 'none';" in policy
+
+
+def directive(policy: str, name: str) -> list[str]:
+    """The sources of directive ``name`` of a Content-Security-Policy."""
+    return next(d.split()[1:] for d in policy.split(";") if d.split() and d.split()[0] == name)
+
+
+@pytest.fixture
+def no_name_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any name lookup but of the loopback (the tests' Redis) fails the test: nothing reaches out."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host not in ("127.0.0.1", "localhost"):
+            raise AssertionError(f"the test must not look up {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+
+
+@pytest.mark.usefixtures("no_name_lookups")
+@pytest.mark.parametrize("endpoint", ["https://s3.amazonaws.com", "https://s3.eu-west-1.amazonaws.com"])
+def test_on_aws_the_page_allows_images_and_videos_from_where_presigned_urls_point(
+    client: redis.Redis, redis_server: RedisServer, endpoint: str
+) -> None:
+    """Given AWS S3, where minio presigns virtual-hosted URLs (the bucket in the host), when the page
+    is served, then its policy allows images and videos from the origin those URLs name, learnt
+    without a request (presigning is local with the region configured)."""
+    settings = Settings(
+        redis_url=redis_server.url,
+        s3_endpoint=endpoint,
+        s3_region="eu-west-1",
+        s3_access_key="AKIAEXAMPLE",
+        s3_secret_key="secret",
+        s3_bucket="midjourney",
+        api_token=TOKEN,
+        spool_dir="",
+    )
+    app = testing.TestClient(create_app(settings, redis_client=client))
+    policy = app.simulate_get("/dashboard", params={"token": TOKEN}).headers["Content-Security-Policy"]
+
+    # The URL GET /tasks/{taskId} hands the page, made the way ingress/app.py makes its presigner
+    url = urlsplit(create_object_store(settings).presigned_url("tasks/t1/0.png", expires_s=3600))
+    image_origin = f"{url.scheme}://{url.netloc}"
+    assert image_origin == "https://midjourney.s3.eu-west-1.amazonaws.com"
+    assert image_origin in directive(policy, "img-src")
+    assert directive(policy, "media-src") == [image_origin]
+
+
+def test_without_a_region_and_the_store_away_the_page_allows_the_endpoint(
+    client: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Given no region configured (minio must ask the store for it to presign) and a store that
+    does not answer, when the ingress starts, then it serves all the same, and the page allows
+    images from the endpoint's origin."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    settings = Settings(
+        redis_url=redis_server.url,
+        s3_endpoint=endpoint,
+        s3_region="",
+        s3_access_key="key",
+        s3_secret_key="secret",
+        api_token=TOKEN,
+        spool_dir="",
+    )
+    app = testing.TestClient(create_app(settings, redis_client=client))
+    policy = app.simulate_get("/dashboard", headers=AUTH).headers["Content-Security-Policy"]
+    assert directive(policy, "img-src") == ["'self'", endpoint]
+    assert directive(policy, "media-src") == [endpoint]
 
 
 def test_the_page_never_puts_data_into_html(app: testing.TestClient) -> None:

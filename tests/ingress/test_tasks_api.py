@@ -2,31 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
+import orjson
 import pytest
 import redis
 from falcon import testing
 
 from ingress.app import create_app
+from ingress.tasks_api import MAX_LISTED_REASON_CHARS
 from shared.callback import Callback
 from shared.settings import Settings
-from shared.taskstate import TaskStore
+from shared.taskstate import TaskState, TaskStore
+from simulator.video import mp4_bytes
+from tests.ingress.test_callbacks import HeldReadsRedis
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, png_bytes
-from workers.runtime import build_parts, wait_for_bucket
+from workers.runtime import WorkerParts, build_parts, wait_for_bucket
 
 TOKEN = "read-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+#: What the dashboard's script asks for on every refresh (LIST_LIMIT in dashboard.html).
+DASHBOARD_LIST_LIMIT = 50
+#: A generous bound for one page of the dashboard's task list, bytes.
+MAX_LIST_BYTES = 1024 * 1024
+#: What a recorded reason may hold at most (workers/pipeline.py), characters.
+MAX_RECORDED_REASON_CHARS = 1024
 
 
 @dataclass
 class Stack:
     app: testing.TestClient
     images: list[bytes]
+    settings: Settings
+    parts: WorkerParts
+    files: FileServer
 
 
 @pytest.fixture
@@ -52,7 +68,9 @@ def stack(redis_server, s3_server, s3_bucket, file_server: FileServer) -> Iterat
             )
         )
     client = redis.Redis.from_url(redis_server.url)
-    yield Stack(testing.TestClient(create_app(settings, redis_client=client)), images)
+    yield Stack(
+        testing.TestClient(create_app(settings, redis_client=client)), images, settings, parts, file_server
+    )
     client.close()
 
 
@@ -64,10 +82,46 @@ def test_a_stored_task_comes_with_working_presigned_urls(stack: Stack) -> None:
     assert body["state"] == "stored"
     assert body["manifest"]["status"] == "stored"
     assert [image["key"] for image in body["images"]] == ["tasks/stored-1/0.png", "tasks/stored-1/1.png"]
+    assert [image["contentType"] for image in body["images"]] == ["image/png", "image/png"]
     for image, original in zip(body["images"], stack.images, strict=True):
         downloaded = httpx.get(image["url"], timeout=10)
         assert downloaded.status_code == 200
         assert hashlib.sha256(downloaded.content).digest() == hashlib.sha256(original).digest()
+
+
+def test_an_answer_with_presigned_urls_is_not_cached(stack: Stack) -> None:
+    """The URLs are credentials for a while: no browser or proxy cache keeps them."""
+    response = stack.app.simulate_get("/tasks/stored-1", headers=AUTH)
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_stored_video_says_it_is_a_video(stack: Stack) -> None:
+    """Given a video task stored by the pipeline (0.mp4), when it is read, then its file comes with
+    the manifest's content type, so that the dashboard shows it as a video, not a broken image."""
+    url = stack.files.add("/v/0.mp4", mp4_bytes("video-1", 0), content_type="video/mp4")
+    stack.parts.processor.process(Callback("video-1", 200, "success", None, (url,), "t"))
+    images = stack.app.simulate_get("/tasks/video-1", headers=AUTH).json["images"]
+    assert [(image["key"], image["contentType"]) for image in images] == [
+        ("tasks/video-1/0.mp4", "video/mp4")
+    ]
+
+
+def test_only_files_under_the_tasks_own_prefix_are_presigned(stack: Stack) -> None:
+    """Given a manifest that names, beside its own file, another task's file and a key outside
+    every task (the bucket has other writers than the workers), when the task is read, then only
+    its own file gets a presigned URL."""
+    manifest = stack.parts.store.get_json("tasks/stored-1/manifest.json")
+    own = manifest["images"][0]
+    manifest["images"] = [
+        own,
+        {**own, "index": 1, "key": "tasks/stored-2/0.png"},
+        {**own, "index": 2, "key": "secrets/credentials.json"},
+        {**own, "index": 3, "key": "tasks/stored-10/0.png"},
+    ]
+    stack.parts.store.put_json("tasks/stored-1/manifest.json", manifest)
+    body = stack.app.simulate_get("/tasks/stored-1", headers=AUTH).json
+    assert [image["key"] for image in body["images"]] == ["tasks/stored-1/0.png"]
+    assert len(body["manifest"]["images"]) == 4  # the manifest itself is shown as it is
 
 
 def test_a_failed_task_says_why(stack: Stack) -> None:
@@ -195,4 +249,82 @@ def test_a_read_object_storage_refuses_is_a_503_naming_why(redis_server, s3_serv
     response = testing.TestClient(create_app(settings, redis_client=client)).simulate_get("/tasks/t-1")
     assert response.status_code == 503
     assert response.json["error"].startswith("object storage refused the request: ")
+    client.close()
+
+
+def test_a_failure_records_a_short_reason_and_keeps_the_whole_message(stack: Stack) -> None:
+    """Given a failure callback whose msg is as long as the body limit allows (anyone's text),
+    when the pipeline records it, then the task's reason is its first KiB with an ellipsis, and
+    the whole message is in the manifest."""
+    msg = "x" * (stack.settings.max_body_bytes - 1024)
+    stack.parts.processor.process(Callback("forged-1", 501, msg, None, (), "t"))
+    body = stack.app.simulate_get("/tasks/forged-1", headers=AUTH).json
+    assert body["state"] == "failed"
+    assert body["reason"] == "x" * (MAX_RECORDED_REASON_CHARS - 1) + "\u2026"
+    assert body["manifest"]["msg"] == msg
+
+
+def test_the_task_list_does_not_carry_whole_provider_messages(stack: Stack) -> None:
+    """Given as many forged failure callbacks as the dashboard lists, each msg as long as the body
+    limit allows (the ingress takes it as it is), when the dashboard's list is read, then it is a
+    few KiB a task, not the messages whole (~13 MB at every refresh)."""
+    msg = "x" * (stack.settings.max_body_bytes - 1024)
+    body = orjson.dumps({"code": 501, "msg": msg, "data": {"taskId": "forged-0", "resultUrls": []}})
+    accepted = stack.app.simulate_post(
+        "/callbacks/midjourney", body=body, headers={"Content-Type": "application/json"}
+    )
+    assert accepted.status_code == 200
+    for i in range(DASHBOARD_LIST_LIMIT):
+        stack.parts.processor.process(Callback(f"forged-{i}", 501, msg, None, (), "t"))
+    response = stack.app.simulate_get("/tasks", params={"limit": str(DASHBOARD_LIST_LIMIT)}, headers=AUTH)
+    assert response.status_code == 200
+    assert len(response.json["tasks"]) == DASHBOARD_LIST_LIMIT
+    assert len(response.content) <= MAX_LIST_BYTES, f"one refresh of /tasks is {len(response.content)} bytes"
+
+
+def test_the_task_list_shortens_a_long_reason_recorded_elsewhere(stack: Stack, redis_server) -> None:
+    """Given a task whose recorded reason is long (written before reasons were capped, or by
+    another writer than the pipeline), when the tasks are listed, then its reason is cut to
+    MAX_LISTED_REASON_CHARS with an ellipsis, and a short reason is listed whole."""
+    tasks = TaskStore(redis.Redis.from_url(redis_server.url), ttl_s=3600)
+    tasks.move("long-1", TaskState.FAILED, reason="y" * 100_000)
+    listed = {task["taskId"]: task for task in stack.app.simulate_get("/tasks", headers=AUTH).json["tasks"]}
+    assert listed["long-1"]["reason"] == "y" * (MAX_LISTED_REASON_CHARS - 1) + "\u2026"
+    assert listed["failed-1"]["reason"] == "boom"
+
+
+def test_reads_held_up_never_hold_up_readyz_or_a_refusal(redis_server) -> None:
+    """Given a task-list read stuck on Redis in each thread of the event loop's default pool (one
+    here), and more waiting (a slow store under a dashboard polling many tasks), when /readyz is
+    asked and a malformed callback arrives, then both are answered: the read endpoints wait in a
+    pool of their own, not in the one /readyz and the keeping of refusals use."""
+    client = HeldReadsRedis.from_url(redis_server.url)
+    client.release, client.reading = threading.Event(), threading.Event()
+    app = create_app(Settings(redis_url=redis_server.url, spool_dir=""), redis_client=client)
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        waiting = ThreadPoolExecutor(max_workers=1)  # the test's own, outside both pools
+        async with testing.ASGIConductor(app) as conductor:
+            reads = [asyncio.create_task(conductor.simulate_get("/tasks")) for _ in range(3)]
+            try:
+                assert await loop.run_in_executor(waiting, client.reading.wait, 10)
+                # Bounds well under the 10 s after which a held read gives up by itself
+                ready = await asyncio.wait_for(conductor.simulate_get("/readyz"), timeout=5)
+                refused = await asyncio.wait_for(
+                    conductor.simulate_post(
+                        "/callbacks/midjourney", body=b"{", headers={"Content-Type": "application/json"}
+                    ),
+                    timeout=5,
+                )
+            finally:
+                client.release.set()
+                waiting.shutdown()
+            listed = [response.status_code for response in await asyncio.gather(*reads)]
+            return ready.status_code, refused.status_code, listed
+
+    ready, refused, listed = asyncio.run(scenario())
+    assert (ready, refused) == (200, 400)
+    assert listed == [200, 200, 200]
     client.close()

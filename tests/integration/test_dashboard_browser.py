@@ -13,6 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from simulator.video import mp4_bytes
 from tests.support.browser import Chromium, Element, chromium_path, parse_dom
 from tests.support.pipeline import callback, post_callback, read_manifest, wait_for
 from tests.support.servers import FileServer, png_bytes
@@ -24,8 +25,15 @@ TOKEN = "browser-secret"
 SCREENSHOT = REPO_ROOT / "test-output" / "dashboard.png"
 STORED_ID = "mj-dash-stored-1"
 FAILED_ID = "mj-dash-failed-1"
+VIDEO_ID = "mj-dash-video-1"
+BIDI_ID = "mj-dash-bidi-1"
 #: A provider message (a failed task's reason) that would become markup if put in as HTML.
 HOSTILE_MSG = '<img src=x id="injected" onerror="document.title=1"><b>boom</b>'
+#: A reason that, its overrides live, displays as "quota exceeded at file https://evil.example/invoice.pdf"
+#: written backwards; an ESC and a newline besides (what shared/printable.py escapes).
+BIDI_MSG = "quota exceeded \u202efdp.eciovni/elpmaxe.live//:sptth ta elif\u202c \x1b[2J\nfixed"
+#: Bidirectional overrides and isolates.
+BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 
 
 @pytest.fixture
@@ -133,3 +141,59 @@ def test_the_dashboard_shows_stored_tasks_with_their_images(
     with Image.open(io.BytesIO(shot.read_bytes())) as image:
         assert image.format == "PNG"
         assert image.size == (1280, 900)
+
+
+def test_a_stored_video_is_shown_as_a_muted_video_not_a_broken_image(
+    stack: str, chromium: Chromium, file_server: FileServer, s3_server: Any, s3_bucket: str
+) -> None:
+    # Given a video task stored from a real callback (the contract stores it as 0.mp4)
+    url = file_server.add("/v/0.mp4", mp4_bytes(VIDEO_ID, 0), content_type="video/mp4")
+    with httpx.Client(base_url=stack, timeout=10) as http:
+        assert post_callback(http, callback(VIDEO_ID, [url])).status_code == 200
+    manifest = wait_for(lambda: read_manifest(s3_server.client(), s3_bucket, VIDEO_ID), timeout_s=30)
+    assert [image["key"] for image in manifest["images"]] == [f"tasks/{VIDEO_ID}/0.mp4"]
+
+    # When the operator opens the dashboard
+    def judged() -> list[Element] | None:  # the thumbnail exists and the browser has judged it
+        elements = parse_dom(chromium.dump_dom(f"{stack}/dashboard?token={TOKEN}", budget_ms=8000))
+        shown = [e for e in elements if e.attrs.get("data-key") == f"tasks/{VIDEO_ID}/0.mp4"]
+        return shown if shown and all("data-loaded" in e.attrs for e in shown) else None
+
+    shown = wait_for(judged, timeout_s=60, what="the video's thumbnail")
+
+    # Then it is one muted video that loads only its metadata, from its presigned URL (the page's
+    # policy allows media from there), not an image that failed to load
+    assert [e.tag for e in shown] == ["video"]
+    video = shown[0].attrs
+    assert "muted" in video
+    assert video["preload"] == "metadata"
+    assert video["data-loaded"] == "1", "the video's metadata did not load"
+    src = urlsplit(video["src"])
+    assert src.path == f"/{s3_bucket}/tasks/{VIDEO_ID}/0.mp4"
+    assert "X-Amz-Signature" in parse_qs(src.query)
+
+
+def test_a_reason_is_shown_with_its_bidi_overrides_and_controls_escaped(
+    stack: str, chromium: Chromium
+) -> None:
+    # Given a failed task whose reason (the provider's msg) carries bidi overrides and controls
+    failed = callback(BIDI_ID, [], code=500)
+    failed["msg"] = BIDI_MSG
+    with httpx.Client(base_url=stack, timeout=10) as http:
+        assert post_callback(http, failed).status_code == 200
+
+    # When the operator opens the dashboard
+    def reason_cell() -> Element | None:
+        elements = parse_dom(chromium.dump_dom(f"{stack}/dashboard?token={TOKEN}"))
+        rows = [e for e in elements if e.tag == "tr" and e.attrs.get("data-task-id") == BIDI_ID]
+        cells = [e for e in elements if e.tag == "td" and "reason" in e.attrs.get("class", "")]
+        return next(iter(cells), None) if rows else None
+
+    cell = wait_for(reason_cell, timeout_s=60, what="the failed task's row")
+
+    # Then none of them is live: each shows as its escape, as the CLI shows it
+    live = sorted(f"U+{ord(c):04X}" for c in set(cell.text) & (BIDI | {"\x1b", "\n"}))
+    assert not live, f"the reason cell renders controls live: {live}"
+    assert cell.text == (
+        "quota exceeded \\u202efdp.eciovni/elpmaxe.live//:sptth ta elif\\u202c \\x1b[2J\\x0afixed"
+    )
