@@ -80,8 +80,8 @@ class Provider:
         self._tasks: dict[str, Task] = {}
         self._numbers = itertools.count()
         self._lock = threading.Lock()
-        #: (taskId, index) of the result files served whole at least once.
-        self._served: set[tuple[str, int]] = set()
+        #: When each result file was served whole (``clock``), by (taskId, index), oldest first.
+        self._served: dict[tuple[str, int], list[float]] = {}
         self._served_changed = threading.Condition(self._lock)
 
     @property
@@ -248,7 +248,7 @@ class Provider:
         data = self._files.get(ref.task_id, ref.index, ref.ext)
         if fault not in (FileFault.ERROR, FileFault.TRUNCATED):
             with self._served_changed:
-                self._served.add((ref.task_id, ref.index))
+                self._served.setdefault((ref.task_id, ref.index), []).append(self._clock())
                 self._served_changed.notify_all()
         return FileAnswer(check, fault, data, KINDS[ref.ext].content_type)
 
@@ -262,8 +262,14 @@ class Provider:
         """Those of ``files`` served whole (no error or truncation fault) at least once, waiting
         up to ``timeout_s`` seconds for all of them to be."""
         with self._served_changed:
-            self._served_changed.wait_for(lambda: files <= self._served, max(0.0, timeout_s))
-            return files & self._served
+            self._served_changed.wait_for(lambda: files <= self._served.keys(), max(0.0, timeout_s))
+            return files & self._served.keys()
+
+    def whole_serves(self) -> dict[tuple[str, int], list[float]]:
+        """When each result file was served whole (no error or truncation fault), by (taskId,
+        index): the request times (Unix seconds, ``clock``), oldest first, one per download."""
+        with self._lock:
+            return {file: list(times) for file, times in self._served.items()}
 
     def expected_file(self, task_id: str, index: int) -> bytes:
         """The bytes of result ``index`` of ``task_id``, as served."""

@@ -10,7 +10,7 @@ import pytest
 
 from simulator import FaultConfig
 from simulator.faults import FaultPlan, FileFault
-from tests.simulator.support import Receiver, SimFactory, api, result_urls, submit, wait_done
+from tests.simulator.support import FakeClock, Receiver, SimFactory, api, result_urls, submit, wait_done
 
 
 def test_the_same_seed_gives_the_same_decisions_and_shares_are_respected() -> None:
@@ -78,6 +78,25 @@ def test_a_5xx_file_fails_first_then_serves(make_sim: SimFactory) -> None:
         url = result_urls(wait_done(client, task_id))[0]
         statuses = [client.get(url).status_code for _ in range(3)]
     assert statuses == [503, 200, 200]
+
+
+def test_each_whole_serve_of_a_file_is_recorded_with_its_time(make_sim: SimFactory) -> None:
+    """Given a result file that answers 503 on its first request
+    When it is requested three times, the clock moving on between them
+    Then the two whole serves are recorded at their times, the 503 is not, and another file of
+    the task that was never requested has none."""
+    clock = FakeClock()
+    sim = make_sim(clock=clock, faults=FaultConfig(file_error_share=1.0, file_fault_repeats=1))
+    with api(sim) as client:
+        task_id = submit(client)
+        url = result_urls(wait_done(client, task_id))[0]
+        started = clock.now
+        for _ in range(3):
+            client.get(url)
+            clock.advance(10)
+    serves = sim.provider.whole_serves()
+    assert serves == {(task_id, 0): [started + 10, started + 20]}
+    assert sim.provider.wait_served({(task_id, 0), (task_id, 1)}, 0.0) == {(task_id, 0)}
 
 
 def test_a_truncated_file_breaks_off_then_serves_whole(make_sim: SimFactory) -> None:
