@@ -13,16 +13,28 @@ start), and kills the S3 store (SeaweedFS) for a while.
 
 When everything has settled (bounded by ``--settle``) it prints, for the tasks sent: how many the
 ingress acknowledged (a 2xx seen by the simulator), how many ended stored, partial, failed (by
-reason), and two counts that must be 0:
+reason), and the counts that must be 0:
 
-- lost: acknowledged, yet no manifest in the bucket and no final state in Redis;
+- lost: acknowledged, yet neither a manifest with a final status in the bench's bucket nor a
+  ``failed`` state with a reason in Redis (a task the queue gave up on while object storage was
+  down has only that). Redis saying stored or partial is not enough: only the bucket shows what
+  was stored;
+- incomplete: a manifest whose images and errors do not name each file the simulator served
+  exactly once, or that says stored with an error or a file missing;
+- unexplained: failed or partial without a reason (every error must give a non-blank one);
 - stored twice: more than one object for one (task, index) under ``tasks/{id}/``, or a manifest
-  listing an index twice. (Downloading a file twice is not storing it twice.)
+  listing an index twice;
+- downloaded again: a file the simulator served whole after the run had seen its task stored in
+  Redis (polled every ``STORED_POLL_S``), that is a download for a task already stored. Retries
+  before that (a 503, a cut-short body, a task not stored yet) do not count; a second download
+  that starts within one poll of the store goes unseen.
 
 Every stored file is read back and its sha256 compared with the bytes the simulator served.
-Exit code 1 when anything was lost, stored twice or corrupted. When some tasks are lost, every
-worker pool is then restarted cleanly and they are looked for once more: what comes back was
-stranded in a live worker, not destroyed (the report says which).
+Exit code 1 (``FAILED`` and why) when any of those is not 0, a file is corrupted, or the run did
+not do its work: a callback never acknowledged, none acknowledged at all, not settled within
+``--settle``, or tasks stored but no file read back. When some tasks are lost, every worker pool
+is then restarted cleanly and they are looked for once more: what comes back was stranded in a
+live worker, not destroyed (the report says which).
 """
 
 from __future__ import annotations
@@ -33,11 +45,12 @@ import json
 import random
 import re
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, redirect_stdout, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,7 +63,15 @@ if str(REPO_ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from bench.common import BUCKET, machine, mjhook_env, run_dir, start_redis, start_s3  # noqa: E402
+from bench.common import (  # noqa: E402
+    BUCKET,
+    exit_if_failed,
+    machine,
+    mjhook_env,
+    run_dir,
+    start_redis,
+    start_s3,
+)
 from shared import keys  # noqa: E402
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE  # noqa: E402
 from shared.storage import MANIFEST_NAME, ObjectStore, task_prefix  # noqa: E402
@@ -94,6 +115,10 @@ POLL_INTERVAL_S = 1.0
 #: How long the diagnosis of lost tasks waits after restarting the worker pools, seconds.
 RECOVERY_TIMEOUT_S = 60.0
 READ_THREADS = 8
+#: How often the run looks for tasks newly stored in Redis, seconds: a file served after the look
+#: that saw its task stored was downloaded again; one served within this much of the store is not
+#: told apart from the downloads that stored it.
+STORED_POLL_S = 0.2
 _FILE_NAME = re.compile(r"(\d+)\.([a-z0-9]+)")
 
 
@@ -147,8 +172,8 @@ LONG = ChaosConfig(
 
 @dataclass
 class ChaosReport:
-    """Where every callback of a chaos run ended. ``ok`` when nothing was lost, stored twice or
-    corrupted."""
+    """Where every callback of a chaos run ended. ``ok`` when the run did its work and nothing was
+    lost, incomplete, unexplained, stored twice, downloaded again or corrupted (``failures``)."""
 
     sent: int
     acknowledged: int
@@ -160,14 +185,24 @@ class ChaosReport:
     stored: int
     partial: int
     failed: int
+    #: Of ``failed``: known only from Redis (the queue gave up while object storage was down).
+    failed_without_manifest: int
     failed_reasons: dict[str, int]
     #: Reasons of the files a partial task could not store.
     partial_reasons: dict[str, int]
     lost: list[str]
-    #: Redis state -> lost tasks in it (``processing``: a worker took it and never finished).
+    #: Why the lost tasks are lost -> how many: their Redis state when the bucket has no manifest
+    #: (``processing``: a worker took it and never finished; ``stored``: Redis says stored, the
+    #: bucket has nothing), or ``manifest <status>`` for a manifest whose status is not final.
     lost_states: dict[str, int]
+    #: Tasks whose manifest does not name each served file once, or says stored without all.
+    incomplete: list[str]
     stored_twice: list[str]
-    #: Failed or partial tasks that give no reason.
+    #: ``task/index`` of the files served whole after the run saw their task stored.
+    downloaded_again: list[str]
+    #: Tasks the run saw stored while it ran: ``downloaded_again`` looks only at their files.
+    seen_stored: int
+    #: Failed or partial tasks that give no reason (or a blank one for some file).
     unexplained: list[str]
     files_verified: int
     sha256_mismatches: list[str]
@@ -187,19 +222,40 @@ class ChaosReport:
     lost_after_worker_restart: list[str] | None = None
 
     @property
+    def failures(self) -> list[str]:
+        """Why the run fails: the promise broken somewhere, or a run that did not do its work."""
+        checks = [
+            (self.acknowledged == 0, "no callback acknowledged"),
+            (self.unacknowledged > 0, f"{self.unacknowledged} callback(s) never acknowledged"),
+            (not self.settled, "not settled within --settle"),
+            (bool(self.lost), f"{len(self.lost)} lost"),
+            (bool(self.incomplete), f"{len(self.incomplete)} incomplete"),
+            (bool(self.unexplained), f"{len(self.unexplained)} failed without a reason"),
+            (bool(self.stored_twice), f"{len(self.stored_twice)} stored twice"),
+            (bool(self.downloaded_again), f"{len(self.downloaded_again)} file(s) downloaded again"),
+            (bool(self.sha256_mismatches), f"{len(self.sha256_mismatches)} sha256 mismatch(es)"),
+            (self.stored > 0 and self.files_verified == 0, "tasks stored, yet no file read back"),
+            (self.stored > 0 and self.seen_stored == 0, "no task seen stored: downloads again unchecked"),
+        ]
+        return [what for failed, what in checks if failed]
+
+    @property
     def ok(self) -> bool:
-        return not (self.lost or self.stored_twice or self.sha256_mismatches)
+        return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+        return {**asdict(self), "ok": self.ok, "failures": self.failures}
 
     def format_text(self) -> str:
         lines = [
             f"sent {self.sent} | acknowledged {self.acknowledged} | not acknowledged "
             f"{self.unacknowledged}  ({self.delivery_attempts} deliveries, {self.duplicates_sent} "
             f"duplicates sent, {self.deliveries_acknowledged} answered 2xx)",
-            f"stored {self.stored} | partial {self.partial} | failed {self.failed} | "
-            f"lost {len(self.lost)} | stored twice {len(self.stored_twice)}",
+            f"stored {self.stored} | partial {self.partial} | failed {self.failed} "
+            f"({self.failed_without_manifest} without a manifest) | lost {len(self.lost)} | "
+            f"incomplete {len(self.incomplete)}",
+            f"stored twice {len(self.stored_twice)} | downloaded again {len(self.downloaded_again)} "
+            f"(of the files of {self.seen_stored} tasks seen stored while running)",
             *_reason_lines("failed by reason", self.failed_reasons),
             *_reason_lines("partial: files not stored, by reason", self.partial_reasons),
             f"sha256: {self.files_verified} stored files read back, {len(self.sha256_mismatches)} mismatches",
@@ -214,15 +270,20 @@ class ChaosReport:
             f"settled: {self.settled} ({self.settle_s:.1f} s after the last disruption); "
             f"whole run {self.duration_s:.1f} s",
         ]
-        for name, ids in (("lost", self.lost), ("stored twice", self.stored_twice)):
-            if ids:
-                lines.append(f"{name}: {', '.join(ids[:20])}")
+        named = (
+            ("lost", self.lost),
+            ("incomplete", self.incomplete),
+            ("unexplained", self.unexplained),
+            ("stored twice", self.stored_twice),
+            ("downloaded again", self.downloaded_again),
+        )
+        lines += [f"{name}: {', '.join(ids[:20])}" for name, ids in named if ids]
         if self.lost:
-            lines.append(f"lost tasks by Redis state: {self.lost_states}")
+            lines.append(f"lost tasks by Redis state (or manifest status): {self.lost_states}")
         if self.lost_after_worker_restart is not None:
             still = len(self.lost_after_worker_restart)
             lines.append(f"after a clean restart of every worker pool: {still} still lost")
-        lines.append("OK" if self.ok else "FAIL")
+        lines.append("OK" if self.ok else f"FAIL: {'; '.join(self.failures)}")
         return "\n".join(lines)
 
 
@@ -292,6 +353,8 @@ class ChaosStack:
         self.pools[number].kill()
         self._generation[number] += 1
         self.pools[number] = self._start_pool(number)
+        if held == 0:
+            return f"no message in flight after {BUSY_WAIT_S:g} s: killed anyway"
         return f"{held} messages in flight"
 
     def restart_redis(self) -> str:
@@ -450,6 +513,49 @@ def redis_records(client: redis.Redis, task_ids: Iterable[str]) -> dict[str, dic
     }
 
 
+class StoredWatch:
+    """When the run first saw each acknowledged task ``stored`` in Redis (``stored_at``, Unix
+    seconds from ``clock``), looking every ``interval_s`` seconds in a thread of its own. Redis
+    says stored only after the manifest is written, and the time is taken after the answer: a
+    file served after it was downloaded for a task already stored."""
+
+    def __init__(
+        self,
+        *,
+        read_states: Callable[[list[str]], Mapping[str, str | None]],
+        acknowledged: Callable[[], set[str]],
+        clock: Callable[[], float] = time.time,
+        interval_s: float = STORED_POLL_S,
+    ) -> None:
+        self._read_states = read_states
+        self._acknowledged = acknowledged
+        self._clock = clock
+        self._interval_s = interval_s
+        self.stored_at: dict[str, float] = {}
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="chaos-stored-watch", daemon=True)
+
+    def look(self) -> None:
+        """Look once at the acknowledged tasks not seen stored yet."""
+        states = self._read_states(sorted(self._acknowledged() - self.stored_at.keys()))
+        seen = self._clock()
+        self.stored_at.update({task_id: seen for task_id, state in states.items() if state == "stored"})
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop looking (at once, or after the look under way); safe to call again."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            with suppress(redis.RedisError, OSError):  # Redis restarting: look again next time
+                self.look()
+
+
 # --- the count ----------------------------------------------------------------------------------
 
 
@@ -509,63 +615,129 @@ def verify_files(
     return len(entries), bad
 
 
+def downloaded_again(
+    serves: Mapping[tuple[str, int], list[float]], stored_at: Mapping[str, float]
+) -> list[str]:
+    """``task/index`` of the files served whole (``serves``: their request times) after their task
+    was seen stored (``stored_at``: when; both Unix seconds): a download of a stored task. Those
+    before, however many (retries, an attempt that died before its manifest), do not count."""
+    return sorted(
+        f"{task_id}/{index}"
+        for (task_id, index), times in serves.items()
+        if task_id in stored_at and any(t > stored_at[task_id] for t in times)
+    )
+
+
 def reason_group(reason: str) -> str:
     """A reason without what differs from task to task (URLs, file indexes), for counting."""
     reason = re.sub(r"https?://\S+", "<url>", reason)
     return re.sub(r"#\d+: ", "", reason).strip() or "(none)"
 
 
-def outcome_of(manifest: dict[str, Any] | None, record: dict[str, str]) -> str | None:
-    """The task's final status: its manifest's, else its Redis state if final, else None."""
-    if manifest is not None:
-        return str(manifest.get("status"))
-    state = record.get("state")
-    return state if state in FINAL_STATES else None
+def error_reasons(manifest: Mapping[str, Any]) -> list[str]:
+    """The reason of each of the manifest's errors, stripped ("" where it gives none)."""
+    return [str(error.get("reason") or "").strip() for error in manifest.get("errors", [])]
 
 
-def failure_reason(manifest: dict[str, Any] | None, record: dict[str, str]) -> str:
-    if record.get("reason"):
-        return record["reason"]
+def failure_reason(manifest: Mapping[str, Any] | None, record: Mapping[str, str]) -> str:
+    """Why a failed task failed, "" when nothing says: "" too when some error of its manifest gives
+    no reason; else the reason in Redis, else its errors', else the message of a failure report."""
+    recorded = record.get("reason", "").strip()
     if manifest is None:
+        return recorded
+    errors = error_reasons(manifest)
+    if not all(errors):
         return ""
-    errors = "; ".join(str(error.get("reason", "")) for error in manifest.get("errors", []))
-    return errors or (str(manifest.get("msg") or "") if manifest.get("code") != 200 else "")
+    if recorded or errors:
+        return recorded or "; ".join(errors)
+    return str(manifest.get("msg") or "").strip() if manifest.get("code") != 200 else ""
+
+
+def names_every_file(manifest: Mapping[str, Any], result_count: int) -> bool:
+    """Whether the manifest accounts for the task's ``result_count`` files (indexes 0 .. count-1):
+    stored lists each once as an image and has no error; partial names each once among images and
+    errors, with at least one of both; failed stores none (its errors may name no file: a failure
+    report, a task the queue gave up on)."""
+    images = [image.get("index") for image in manifest.get("images", [])]
+    errors = [error.get("index") for error in manifest.get("errors", [])]
+    every_file = Counter(range(result_count))
+    status = manifest.get("status")
+    if status == "stored":
+        return not errors and Counter(images) == every_file
+    if status == "partial":
+        return bool(images) and bool(errors) and Counter(images + errors) == every_file
+    return not images
 
 
 @dataclass
 class Outcomes:
     by_status: Counter[str] = field(default_factory=Counter)
+    failed_without_manifest: int = 0
     failed_reasons: Counter[str] = field(default_factory=Counter)
     partial_reasons: Counter[str] = field(default_factory=Counter)
     lost: list[str] = field(default_factory=list)
+    lost_states: Counter[str] = field(default_factory=Counter)
+    incomplete: list[str] = field(default_factory=list)
     unexplained: list[str] = field(default_factory=list)
     disagreements: list[str] = field(default_factory=list)
 
 
 def classify(
-    acked: set[str], manifests: dict[str, dict[str, Any]], records: dict[str, dict[str, str]]
+    acked: set[str],
+    manifests: Mapping[str, Mapping[str, Any]],
+    records: Mapping[str, Mapping[str, str]],
+    result_counts: Mapping[str, int],
 ) -> Outcomes:
+    """Where each acknowledged task ended: the status of its manifest in the bench's bucket, checked
+    against the ``result_counts`` the simulator served (0 for a task absent); without one, failed
+    if Redis says so with a reason; else lost."""
     found = Outcomes()
     for task_id in sorted(acked):
         manifest, record = manifests.get(task_id), records.get(task_id, {})
-        status = outcome_of(manifest, record)
-        if status is None:
-            found.lost.append(task_id)
-            continue
-        found.by_status[status] += 1
-        if manifest is not None and record.get("state") != status:
-            found.disagreements.append(task_id)
-        if status == "failed":
-            reason = failure_reason(manifest, record)
-            found.failed_reasons[reason_group(reason)] += 1
-            if not reason:
-                found.unexplained.append(task_id)
-        elif status == "partial":
-            errors = manifest.get("errors", []) if manifest else []
-            found.partial_reasons.update(reason_group(str(e.get("reason", ""))) for e in errors)
-            if not errors:
-                found.unexplained.append(task_id)
+        if manifest is None:
+            _classify_without_manifest(found, task_id, record)
+        else:
+            _classify_manifest(found, task_id, manifest, record, result_counts.get(task_id, 0))
     return found
+
+
+def _classify_without_manifest(found: Outcomes, task_id: str, record: Mapping[str, str]) -> None:
+    # The queue writes a failed manifest where it gives up, unless object storage is down: then
+    # Redis alone shows the failure. Nothing else stands without a manifest.
+    reason = failure_reason(None, record)
+    if record.get("state") == "failed" and reason:
+        found.by_status["failed"] += 1
+        found.failed_without_manifest += 1
+        found.failed_reasons[reason_group(reason)] += 1
+    else:
+        found.lost.append(task_id)
+        found.lost_states[record.get("state") or "(none)"] += 1
+
+
+def _classify_manifest(
+    found: Outcomes, task_id: str, manifest: Mapping[str, Any], record: Mapping[str, str], result_count: int
+) -> None:
+    status = str(manifest.get("status"))
+    if status not in FINAL_STATES:
+        found.lost.append(task_id)
+        found.lost_states[f"manifest {status}"] += 1
+        return
+    if record.get("state") != status:
+        found.disagreements.append(task_id)
+    if not names_every_file(manifest, result_count):
+        found.incomplete.append(task_id)
+        return
+    found.by_status[status] += 1
+    if status == "failed":
+        reason = failure_reason(manifest, record)
+        found.failed_reasons[reason_group(reason)] += 1
+        if not reason:
+            found.unexplained.append(task_id)
+    elif status == "partial":
+        reasons = error_reasons(manifest)
+        found.partial_reasons.update(reason_group(reason) for reason in reasons)
+        if not all(reasons):
+            found.unexplained.append(task_id)
 
 
 def held_delayed(client: redis.Redis) -> int:
@@ -578,16 +750,26 @@ def dead_letter_count(client: redis.Redis) -> int:
     return int(client.zcard(keys.broker_dead(BROKER_NAMESPACE, CALLBACK_QUEUE)))
 
 
+def result_counts(sim: RunningSimulator, task_ids: Iterable[str]) -> Counter[str]:
+    """How many result files the simulator made for each of ``task_ids`` (none: a failed one)."""
+    return Counter(task_id for task_id, _ in sim.provider.result_files(set(task_ids)))
+
+
 def count_outcomes(
-    chaos: ChaosStack, sim: RunningSimulator, task_ids: list[str], timing: dict[str, Any]
+    chaos: ChaosStack,
+    sim: RunningSimulator,
+    task_ids: list[str],
+    stored_at: Mapping[str, float],
+    timing: dict[str, Any],
 ) -> ChaosReport:
+    """The report: ``stored_at`` says when the run first saw each task stored (Unix seconds)."""
     attempts = sim.attempts()
     acked = acknowledged_tasks(sim)
     store = chaos.store()
     bucket = read_bucket(store, sim.provider.task_id_prefix)
     client = chaos.client
     records = redis_records(client, task_ids)
-    outcomes = classify(acked, bucket.manifests, records)
+    outcomes = classify(acked, bucket.manifests, records, result_counts(sim, acked))
     verified, mismatches = verify_files(store, sim, bucket.manifests)
     return ChaosReport(
         sent=len(task_ids),
@@ -599,13 +781,15 @@ def count_outcomes(
         stored=outcomes.by_status["stored"],
         partial=outcomes.by_status["partial"],
         failed=outcomes.by_status["failed"],
+        failed_without_manifest=outcomes.failed_without_manifest,
         failed_reasons=dict(outcomes.failed_reasons),
         partial_reasons=dict(outcomes.partial_reasons),
         lost=outcomes.lost,
-        lost_states=dict(
-            Counter(records.get(task_id, {}).get("state", "(none)") for task_id in outcomes.lost)
-        ),
+        lost_states=dict(outcomes.lost_states),
+        incomplete=outcomes.incomplete,
         stored_twice=stored_twice(bucket),
+        downloaded_again=downloaded_again(sim.provider.whole_serves(), stored_at),
+        seen_stored=len(stored_at),
         unexplained=outcomes.unexplained,
         files_verified=verified,
         sha256_mismatches=mismatches,
@@ -629,6 +813,12 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
     with ExitStack() as stack:
         chaos = ChaosStack(stack, config, out)
         sim = start_simulator(stack, config)
+        watch = StoredWatch(
+            read_states=lambda ids: redis_states(chaos.client, ids),
+            acknowledged=lambda: acknowledged_tasks(sim),
+        )
+        watch.start()
+        stack.callback(watch.stop)
         task_ids = submit_tasks(sim, config, chaos.callback_url)
         started = time.monotonic()
         disruptions = run_disruptions(chaos, plan, started)
@@ -641,7 +831,10 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
             "disruptions": disruptions,
             "config": {**asdict(config), "faults": asdict(config.seeded_faults), "out_dir": str(out)},
         }
-        report = count_outcomes(chaos, sim, task_ids, timing)
+        watch.stop()
+        with suppress(redis.RedisError, OSError):
+            watch.look()  # the tasks stored since its last look
+        report = count_outcomes(chaos, sim, task_ids, watch.stored_at, timing)
         if report.lost:
             report.lost_after_worker_restart = lost_after_worker_restart(chaos, sim, report.lost)
         return report
@@ -654,7 +847,7 @@ def lost_after_worker_restart(chaos: ChaosStack, sim: RunningSimulator, lost: li
     wait_to_settle(chaos, sim, time.monotonic() + RECOVERY_TIMEOUT_S)
     present = read_bucket(chaos.store(), sim.provider.task_id_prefix).manifests
     records = redis_records(chaos.client, lost)
-    return classify(set(lost), present, records).lost
+    return classify(set(lost), present, records, result_counts(sim, lost)).lost
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -688,15 +881,20 @@ def config_from_args(args: argparse.Namespace) -> ChaosConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, run: Callable[[ChaosConfig], ChaosReport] = run_chaos) -> None:
+    """Run (``run``: the chaos run itself unless a test says otherwise), save and print the report;
+    exit with status 1 when the run failed, after saving it."""
     args = parse_args(argv)
     measured_on = machine()  # the load average before the run, not after it
-    report = run_chaos(config_from_args(args))
+    report = run(config_from_args(args))
     out = Path(report.config["out_dir"])
     (out / "chaos.json").write_text(json.dumps({"machine": measured_on, **report.to_dict()}, indent=2))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
-    return 0 if report.ok else 1
+    failures = [f"chaos run: {'; '.join(report.failures)}"] if report.failures else []
+    # With --json, stdout holds the report alone.
+    with redirect_stdout(sys.stderr if args.json else sys.stdout):
+        exit_if_failed(failures)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,13 +1,14 @@
 """The chaos run (bench/chaos.py), short form: callbacks from the provider simulator while a worker
-pool is SIGKILLed, Redis restarts and the object store is down; nothing acknowledged may be lost
-or stored twice. Plus the smallest reproduction of what the chaos run found: a retry waiting out
-its backoff in a worker when Redis restarted was stranded until that worker process exited
-(dramatiq's consumer drops its in-memory delay queue on a connection error; workers/stranded.py
-now hands such messages back)."""
+pool is SIGKILLed, Redis restarts and the object store is down; nothing acknowledged may be lost,
+left incomplete or unexplained, stored twice or downloaded again. Plus the smallest reproduction
+of what the chaos run found: a retry waiting out its backoff in a worker when Redis restarted was
+stranded until that worker process exited (dramatiq's consumer drops its in-memory delay queue on
+a connection error; workers/stranded.py now hands such messages back)."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,10 @@ pytestmark = pytest.mark.integration
 CHAOS_PATH = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
 #: Longer than dramatiq's idle poll (1 s), so every consumer meets the outage.
 REDIS_DOWN_S = 2.0
+#: How a pool kill reads in the report: with messages in flight, or the fallback after waiting.
+POOL_KILL = re.compile(
+    r"kill-workers pool \d: ([1-9]\d* messages in flight|no message in flight .* killed anyway)"
+)
 
 
 def load_chaos() -> ModuleType:
@@ -59,16 +64,32 @@ def test_nothing_acknowledged_is_lost_or_stored_twice_while_the_stack_is_broken(
     # When the run has settled
     report = chaos.run_chaos(config)
     summary = report.format_text()
-    # Then the ingress acknowledged every callback
+    # Then the stack was broken as planned: a pool killed (holding messages, or saying it held
+    # none), Redis restarted, the store down
+    whats = [event["what"] for event in report.disruptions]
+    kinds = sorted(what.split(" ")[0].rstrip(":") for what in whats)
+    assert kinds == ["kill-workers", "restart-redis", "s3-outage"], summary
+    assert any(POOL_KILL.fullmatch(what) for what in whats), summary
+    assert report.settled, summary
+    # And the ingress acknowledged every callback
+    assert report.acknowledged == report.sent == 60, summary
     assert report.unacknowledged == 0, summary
-    # And every acknowledged task ended stored, partial or failed, each failure with its reason
+    # And every acknowledged task ended stored, partial or failed, each failure with its reason,
+    # the printed counts adding up to the acknowledged tasks
     assert report.lost == [], summary
-    assert report.stored + report.partial + report.failed == report.acknowledged, summary
+    assert report.incomplete == [], summary
+    counted = report.stored + report.partial + report.failed + len(report.lost) + len(report.incomplete)
+    assert counted == report.acknowledged, summary
     assert report.unexplained == [], summary
-    # And no file was stored twice, and every stored file has the bytes the provider served
+    assert report.dead_letters == 0, summary
+    # And no file was stored twice or downloaded again once stored, and every stored file has the
+    # bytes the provider served
     assert report.stored_twice == [], summary
+    assert report.seen_stored >= report.stored - len(report.state_disagreements), summary
+    assert report.downloaded_again == [], summary
     assert report.sha256_mismatches == [], summary
     assert report.files_verified > 0, summary
+    assert report.ok, summary
 
 
 def test_a_retry_waiting_out_its_backoff_survives_a_redis_restart(
