@@ -100,8 +100,8 @@ class TaskStore:
         self._recent_keep = recent_keep
         self._clock = clock
         lua = resources.files("shared").joinpath("lua")
-        self._transition = client.register_script(lua.joinpath("transition.lua").read_text())
-        self._received = client.register_script(lua.joinpath("received.lua").read_text())
+        self._transition = client.register_script(_script(lua.joinpath("transition.lua").read_text()))
+        self._received = client.register_script(_script(lua.joinpath("received.lua").read_text()))
 
     @property
     def client(self) -> redis.Redis:
@@ -251,7 +251,7 @@ class TaskStore:
         try:
             raw = self._client.hgetall(keys.task(task_id))
         except redis.ResponseError as exc:
-            unusable = _unusable(task_id, exc)
+            unusable = _unusable(task_id, exc, own_key=True)
             if unusable is None:
                 raise
             raise unusable from exc
@@ -298,7 +298,7 @@ class TaskStore:
         for task_id, raw in zip(task_ids, pipe.execute(raise_on_error=False), strict=True):
             try:
                 if isinstance(raw, Exception):
-                    raise _unusable(task_id, raw) or raw
+                    raise _unusable(task_id, raw, own_key=True) or raw
                 records.append(_record(task_id, raw))
             except TaskRecordUnusable as exc:
                 log.warning("left out of the list: %s", exc)
@@ -422,6 +422,11 @@ def _state(raw: object, task_id: str = "?") -> TaskState | None:
         raise TaskRecordUnusable(task_id, f"a state this version does not know: {text[:40]!r}") from None
 
 
+def _script(source: str) -> str:
+    """A Lua script of shared/lua with the states this version knows filled in."""
+    return source.replace("{KNOWN_STATES}", " ".join(state.value for state in TaskState))
+
+
 def _state_or_error(task_id: str, raw: object) -> TaskState | Exception | None:
     """:func:`_state` of one task of a group-commit round, its error (a key that holds something
     else than a record, an unknown state) as its result: the others of the round stand."""
@@ -433,12 +438,20 @@ def _state_or_error(task_id: str, raw: object) -> TaskState | Exception | None:
         return exc
 
 
-def _unusable(task_id: str, exc: Exception) -> TaskRecordUnusable | None:
-    """The error of a task whose key holds something else than a record (Redis's WRONGTYPE);
-    None for another error."""
-    if "WRONGTYPE" not in str(exc):
-        return None
-    return TaskRecordUnusable(task_id, "its key holds something else than a task record")
+#: The error a script of shared/lua answers for a task's record it cannot use.
+_TASK_RECORD_ERROR = "TASKRECORD "
+
+
+def _unusable(task_id: str, exc: Exception, *, own_key: bool = False) -> TaskRecordUnusable | None:
+    """The error of a task whose record is unusable: a script's TASKRECORD error, or (``own_key``:
+    a command on the task's key alone) Redis's WRONGTYPE; None for another error (an error of a
+    shared key is no task's own)."""
+    message = str(exc)
+    if message.startswith(_TASK_RECORD_ERROR):
+        return TaskRecordUnusable(task_id, message[len(_TASK_RECORD_ERROR) :])
+    if own_key and message.startswith("WRONGTYPE"):
+        return TaskRecordUnusable(task_id, "its key holds something else than a task record")
+    return None
 
 
 def _record(task_id: str, raw: Mapping[bytes | str, bytes | str]) -> TaskRecord | None:

@@ -7,14 +7,17 @@
 -- KEYS[4..] the task hashes, one per task
 -- ARGV[1] now (ms)   ARGV[2] ttl (s)   ARGV[3] recent cap   ARGV[4] state index key prefix
 -- ARGV[5..] four per task: task id, receivedAt, message id ('' for none), message body
--- Returns one entry per task: its previous state, '' when it had none, or an error when its key
--- holds something else than a task record (then nothing of that task is written or queued). A
+-- Returns one entry per task: its previous state, '' when it had none, or a TASKRECORD error when
+-- its key holds something else than a task record or a state not in KNOWN_STATES (then nothing of
+-- that task is written or queued). KNOWN_STATES is filled in when the script is loaded. A
 -- task already known keeps its state unless it was "submitted"; its message is queued anyway (a
 -- duplicate is queued again; the worker deduplicates).
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local prefix = ARGV[4]
 local index = prefix .. 'received'
+local known = {}
+for state in string.gmatch('{KNOWN_STATES}', '%S+') do known[state] = true end
 local bodies, ids, members, olds = {}, {}, {}, {}
 for n = 4, #KEYS do
   local at = 5 + (n - 4) * 4
@@ -22,7 +25,9 @@ for n = 4, #KEYS do
   local old = redis.pcall('HGET', KEYS[n], 'state')
   if type(old) == 'table' then
     -- An error reply: the key holds something else than a task record.
-    olds[#olds + 1] = old
+    olds[#olds + 1] = {err = 'TASKRECORD its key holds something else than a task record'}
+  elseif old and not known[old] then
+    olds[#olds + 1] = {err = 'TASKRECORD a state this version does not know: ' .. string.sub(old, 1, 40)}
   else
     olds[#olds + 1] = old or ''
     if message_id ~= '' then

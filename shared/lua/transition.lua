@@ -13,10 +13,19 @@
 -- are a message id and body to enqueue in the same call, whatever the guards decide (a duplicate
 -- is queued again; the worker deduplicates), and the field pairs start at ARGV[12].
 -- Returns the previous state, or false when there was none; {"lease", previous state or ""}
--- when the lease rule refused the move (nothing changed then). The record is read first: a key
--- that holds something else than a record fails the call before anything is written or queued
+-- when the lease rule refused the move (nothing changed then). The record is judged first, and a
+-- key that holds something else than a record, or a state not in KNOWN_STATES (filled in when the
+-- script is loaded), fails the call with a TASKRECORD error before anything is written or queued
 -- (Redis keeps what a script wrote before an error).
-local old = redis.call('HGET', KEYS[1], 'state')
+local old = redis.pcall('HGET', KEYS[1], 'state')
+if type(old) == 'table' then
+  return redis.error_reply('TASKRECORD its key holds something else than a task record')
+end
+local known = {}
+for state in string.gmatch('{KNOWN_STATES}', '%S+') do known[state] = true end
+if old and not known[old] then
+  return redis.error_reply('TASKRECORD a state this version does not know: ' .. string.sub(old, 1, 40))
+end
 local first_field = 10
 if #KEYS == 5 then
   redis.call('HSET', KEYS[5], ARGV[10], ARGV[11])

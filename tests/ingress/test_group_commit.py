@@ -306,12 +306,18 @@ def test_a_record_in_a_state_this_version_does_not_know_is_a_503_of_its_own(clie
     """Given a task record in a state this version does not know (written by another version, or
     by hand)
     When its callback arrives in a round with others
-    Then it alone is answered 503, naming the unusable record; the others are acknowledged. Such a
-    record failed the whole round with a ValueError: 500 for every callback in it."""
+    Then it alone is answered 503, naming the unusable record, and nothing of it is queued (each
+    retry of the 503 queued a message the workers could only dead-letter); the others are
+    acknowledged. Such a record failed the whole round with a ValueError: 500 for every callback."""
     app = make_app(client)
     client.hset(keys.task("odd"), mapping={"state": "archived", "updatedAt": "1"})
 
     assert ack_concurrently(app, ["before", "odd", "after"]) == [200, 503, 200]
+    response = post(app, orjson.dumps(success("odd")))
+    assert response.status_code == 503
+    assert "archived" not in response.text  # the reason is logged, not told to the caller
+    queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
+    assert sorted(queued) == ["after", "before"]
 
 
 def test_a_script_flush_between_acks_loses_nothing(client: redis.Redis) -> None:

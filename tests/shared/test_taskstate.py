@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import redis
 
@@ -230,6 +232,8 @@ def _dump(client: redis.Redis) -> dict[str, object]:
             content = client.hgetall(key)
         elif kind == "list":
             content = client.lrange(key, 0, -1)
+        elif kind == "string":
+            content = client.get(key)
         else:
             content = client.zrange(key, 0, -1, withscores=True)
         dumped[key.decode()] = (kind, content, client.ttl(key) > 0)
@@ -326,3 +330,28 @@ def test_state_counts_leave_out_tasks_whose_record_has_expired(client: redis.Red
 
     assert (counts["failed"], counts["partial"], counts["stored"]) == (0, 0, 1)
     assert tasks.submitted_counts(now[0], grace_s=30) == {"submitted": 0, "overdue": 0}
+
+
+@pytest.mark.parametrize(
+    "unusable",
+    [
+        pytest.param(lambda c: c.set(keys.task("t1"), "not a hash"), id="key-of-another-type"),
+        pytest.param(lambda c: c.hset(keys.task("t1"), "state", "archived"), id="unknown-state"),
+    ],
+)
+def test_a_move_of_a_task_whose_record_is_unusable_changes_and_queues_nothing(
+    client: redis.Redis, unusable: Callable[[redis.Redis], object]
+) -> None:
+    """Given a task whose key holds another type, or a state this version does not know
+    When it is marked received with its message (the spool's drain, a threaded enqueue)
+    Then TaskRecordUnusable is raised and nothing is written or queued: the message was queued
+    before the record was judged, once more on each try."""
+    unusable(client)
+    before = _dump(client)
+    queue = keys.broker_queue("dramatiq", "callbacks")
+    message = QueuedMessage(queue, keys.broker_messages("dramatiq", "callbacks"), "m1", b"{}")
+
+    with pytest.raises(TaskRecordUnusable, match="the record of task t1 in Redis is unusable"):
+        TaskStore(client, ttl_s=3600).mark_received("t1", "now", enqueue=message)
+
+    assert _dump(client) == before
