@@ -73,6 +73,8 @@ class StoredObject:
     content_type: str
     sha256: str | None
     source_url_sha256: str | None = None
+    #: The store's ETag of the object, unquoted.
+    etag: str = ""
 
     def came_from(self, url: str) -> bool:
         """Whether the object was downloaded from ``url``; False when it was stored without its
@@ -84,9 +86,13 @@ class StoredObject:
 class Precondition:
     """What a conditional write expects of the object it replaces: its ETag, or (``etag`` None)
     that there is none yet. The write is refused (:class:`ObjectChanged`) when another writer
-    got there first."""
+    got there first. An empty ETag (a listing that gave none) expects nothing: a plain write."""
 
     etag: str | None
+
+    @property
+    def fences(self) -> bool:
+        return self.etag != ""
 
     def headers(self) -> dict[str, str]:
         if self.etag is None:
@@ -192,22 +198,44 @@ class ObjectStore:
             )
 
     def put_json(self, key: str, document: Any, *, precondition: Precondition | None = None) -> None:
-        """Store ``document`` as JSON; with a ``precondition``, only while the object is as it
-        expects (else :class:`ObjectChanged`, nothing written). A store that does not implement
-        conditional writes (it answers NotImplemented) gets a plain write, and a warning, once."""
+        """Store ``document`` as JSON, in one PUT whatever its size (a multipart upload would carry
+        no condition); with a ``precondition``, only while the object is as it expects (else
+        :class:`ObjectChanged`, nothing written). A refusal of our own write (its answer lost and
+        the request sent again) is no refusal. A store that does not implement conditional writes
+        (it answers NotImplemented; a warning says so, once) has the object read first: the check
+        and the write are then two steps, not one."""
         body = orjson.dumps(document, option=orjson.OPT_INDENT_2)
-        conditions = precondition.headers() if precondition is not None and self._conditions else None
         with _storage_errors():
-            try:
-                self._put_bytes(key, body, conditions)
-            except S3Error as exc:
-                if conditions is not None and exc.code in _CHANGED:
-                    raise ObjectChanged(f"{key} changed since it was read ({exc.code})") from exc
-                if conditions is None or exc.code != "NotImplemented":
-                    raise
-                log.warning("object storage does not implement conditional writes; writing %s plainly", key)
-                self._conditions = False
+            if precondition is None or not precondition.fences:
                 self._put_bytes(key, body, None)
+                return
+            if not self._conditions:
+                self._check(key, precondition)
+                self._put_bytes(key, body, None)
+                return
+            try:
+                self._put_bytes(key, body, precondition.headers())
+            except S3Error as exc:
+                if exc.code in _CHANGED:
+                    if self._etag(key) == hashlib.md5(body, usedforsecurity=False).hexdigest():
+                        return
+                    raise ObjectChanged(f"{key} changed since it was read ({exc.code})") from exc
+                if exc.code != "NotImplemented":
+                    raise
+                log.warning("object storage does not implement conditional writes; %s is read first", key)
+                self._conditions = False
+                self._check(key, precondition)
+                self._put_bytes(key, body, None)
+
+    def _check(self, key: str, precondition: Precondition) -> None:
+        """Raise :class:`ObjectChanged` unless the object is now as ``precondition`` expects."""
+        if self._etag(key) != precondition.etag:
+            raise ObjectChanged(f"{key} changed since it was read")
+
+    def _etag(self, key: str) -> str | None:
+        """The object's ETag (unquoted), or None when it does not exist."""
+        stored = self.stat(key)
+        return stored.etag if stored is not None else None
 
     def _put_bytes(self, key: str, body: bytes, headers: dict[str, str] | None) -> None:
         self._client.put_object(
@@ -217,6 +245,7 @@ class ObjectStore:
             len(body),
             content_type="application/json",
             metadata=headers,  # type: ignore[arg-type]  # minio's alias is narrower than it takes
+            part_size=max(MIN_PART_SIZE, len(body)),
         )
 
     def get_bytes(self, key: str) -> bytes | None:
@@ -271,6 +300,7 @@ class ObjectStore:
             content_type=info.content_type or "",
             sha256=_user_metadata(metadata, SHA256_META),
             source_url_sha256=_user_metadata(metadata, SOURCE_URL_SHA256_META),
+            etag=(info.etag or "").strip('"'),
         )
 
     def remove(self, key: str) -> None:

@@ -194,18 +194,67 @@ class NoConditionsPoolManager(RecordingPoolManager):
         return super().urlopen(method, url, redirect=redirect, **kw)
 
 
-def test_a_store_without_conditional_writes_gets_plain_ones(
+def test_a_store_without_conditional_writes_has_the_object_read_first(
     s3_server: S3Server, s3_bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Given a store that answers conditional writes 501 NotImplemented
-    When a manifest is written with a precondition, twice
-    Then both are stored plainly (a warning says so once), not failed as an outage."""
+    When manifests are written with preconditions
+    Then each is checked by reading the object first (a warning says so, once): one expecting no
+    object where there is one is refused, one expecting the ETag there is written, and none fails
+    as an outage. Such writes were plain: a give-up's manifest replaced the one a task had."""
     store, _ = _store(s3_server, s3_bucket, NoConditionsPoolManager)
     key = "tasks/t/manifest.json"
     with caplog.at_level("WARNING", logger="shared.storage"):
         store.put_json(key, {"writer": "first"}, precondition=Precondition(None))
-        store.put_json(key, {"writer": "second"}, precondition=Precondition("0" * 32))
-    assert store.get_json(key) == {"writer": "second"}
+        with pytest.raises(ObjectChanged):
+            store.put_json(key, {"writer": "second"}, precondition=Precondition(None))
+        store.put_json(key, {"writer": "third"}, precondition=Precondition(store.list_etags("tasks/t/")[key]))
+    assert store.get_json(key) == {"writer": "third"}
     assert [record.getMessage() for record in caplog.records] == [
-        f"object storage does not implement conditional writes; writing {key} plainly"
+        f"object storage does not implement conditional writes; {key} is read first"
     ]
+
+
+def test_a_big_manifest_is_written_in_one_conditional_put(s3_server: S3Server, s3_bucket: str) -> None:
+    """Given a manifest over 5 MiB (a deep promptJson under a raised MJHOOK_MAX_PROMPT_JSON_BYTES)
+    When it is written expecting no manifest where there is one
+    Then it is refused: it goes in one PUT carrying the condition. minio sent it as a multipart
+    upload, whose condition the store never checked: the fence was gone."""
+    store, pools = _store(s3_server, s3_bucket)
+    key = "tasks/t/manifest.json"
+    store.put_json(key, {"writer": "first"}, precondition=Precondition(None))
+    big = {"params": ["0" * 100] * (SINGLE_PUT_MAX_BYTES // 90)}
+
+    with pytest.raises(ObjectChanged):
+        store.put_json(key, big, precondition=Precondition(None))
+    assert store.get_json(key) == {"writer": "first"}
+    assert [method for method, _ in pools[0].sent].count("POST") == 0  # no multipart upload begun
+
+
+class AnswerLostPoolManager(RecordingPoolManager):
+    """A real store whose answer to the first conditional PUT is lost on the way back: the request
+    is sent again, as urllib3 does after a read error, and its answer is the one the client gets."""
+
+    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:
+        headers = kw.get("headers") or {}
+        if method == "PUT" and "If-None-Match" in headers and not getattr(self, "lost", False):
+            self.lost = True
+            super().urlopen(method, url, redirect=redirect, **kw).drain_conn()
+        return super().urlopen(method, url, redirect=redirect, **kw)
+
+
+def test_a_conditional_write_refused_because_it_landed_already_is_no_refusal(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    """Given a conditional write that landed, whose answer was lost and the request sent again
+    When the store refuses the second request (the object is there now: our own)
+    Then the write counts as done. It was taken for another worker's write: the attempt was
+    retried, and on its last one the task could end failed beside its own stored manifest."""
+    store, _ = _store(s3_server, s3_bucket, AnswerLostPoolManager)
+    key = "tasks/t/manifest.json"
+
+    store.put_json(key, {"writer": "us"}, precondition=Precondition(None))
+
+    assert store.get_json(key) == {"writer": "us"}
+    with pytest.raises(ObjectChanged):
+        store.put_json(key, {"writer": "another"}, precondition=Precondition(None))

@@ -26,6 +26,7 @@ from shared.provider import TaskRecordInfo
 from shared.settings import Settings
 from shared.storage import ObjectStore, Precondition, create_object_store
 from shared.taskstate import OUTCOME_FIELD, TaskState, TaskStore
+from tests.shared.test_storage import NoConditionsPoolManager
 from tests.support.pipeline import nested_prompt_json
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, png_bytes
@@ -662,3 +663,22 @@ def test_an_attempt_that_raises_leaves_no_upload_running_past_its_lease(harness:
         with pytest.raises(StorageUnavailable):
             first.process(callback(urls))
         assert store.lease_held_at_write is True
+
+
+def test_a_give_up_keeps_the_manifest_a_task_has_on_a_store_without_conditional_writes(
+    harness: Harness,
+) -> None:
+    """Given a store that does not implement conditional writes, and a task failed by the
+    provider's own report, with its manifest
+    When a duplicate message of it is given up and its failure manifest written
+    Then the task's manifest stands: the store is read first. The write was plain there: the
+    give-up's manifest replaced the provider's code and message."""
+    plain = create_object_store(harness.settings, http_factory=NoConditionsPoolManager)
+    failure = callback([], code=501)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        worker = processor(harness, pool, store=plain)
+        assert worker.process(failure) is TaskState.FAILED
+        before = harness.manifest("task-1")
+        assert harness.tasks.give_up("task-1", "gave up: TaskBusy: busy") is TaskState.FAILED
+        worker.record_failure(failure, "gave up: TaskBusy: busy")
+    assert harness.manifest("task-1") == before
