@@ -15,8 +15,9 @@ VENV=${VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH"
 
 if [ -f .env ]; then
-  # honcho's own parser, so that a value means what it meant when honcho read the file.
-  eval "$("$VENV/bin/python" - <<'PY'
+  # honcho's own parser, so that a value means what it meant when honcho read the file. A .env it
+  # cannot read stops here: started without it, the stack would drop its settings (a token) unsaid.
+  dotenv=$("$VENV/bin/python" - <<'PY'
 import re, shlex
 from honcho.environ import parse
 with open(".env") as f:
@@ -24,7 +25,8 @@ with open(".env") as f:
         if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             print(f"export {name}={shlex.quote(value)}")
 PY
-)"
+) || { echo "up: cannot read .env (see the error above); fix it or move it away" >&2; exit 1; }
+  eval "$dotenv"
 fi
 
 redis_answers() {  # URL: does a Redis answer PING there? (redis-py: it knows unix:// too)

@@ -50,8 +50,10 @@ def repo(tmp_path: Path) -> Path:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without mjhook's settings, plus ``extra``; a Redis URL where
+    nothing answers unless ``extra`` names one, so that no path of up.sh probes the shared 6379."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MJHOOK_", "UP_", "GUNICORN_"))}
-    env.update(extra, VENV=".venv")
+    env.update({"MJHOOK_REDIS_URL": DEAD_REDIS_URL, **extra}, VENV=".venv")
     return env
 
 
@@ -279,3 +281,19 @@ def test_make_installs_redis_server_on_a_fresh_machine(repo: Path, tmp_path: Pat
     result = subprocess.run(["make", target], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
     calls = (tmp_path / "apt-get.calls").read_text() if (tmp_path / "apt-get.calls").exists() else ""
     assert "install -y redis-server" in calls, result.stderr
+
+
+def test_a_dotenv_honcho_cannot_read_stops_make_up(repo: Path, redis_server: RedisServer) -> None:
+    """Given a ./.env with an unbalanced quote on one line (honcho's parser refuses the file)
+    When make up starts
+    Then it stops with an error naming .env and starts nothing. It started the stack without any
+    of the .env's settings, a callback token among them: the check silently off."""
+    (repo / ".env").write_text(
+        f"MJHOOK_REDIS_URL={redis_server.url}\n"
+        "MJHOOK_CALLBACK_TOKEN=s3cret\n"
+        "MJHOOK_PUBLIC_URL=https://hooks.example.test/it's-ours\n"
+    )
+    result = run_up(repo, MJHOOK_REDIS_URL=redis_server.url)
+    assert result.returncode != 0
+    assert "up: cannot read .env" in result.stderr
+    assert honcho_call(repo) is None
