@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Hex digits of an entry's sha256 that make its id.
 ID_HEX_DIGITS = 16
+#: Most characters of a refused body written to the log when Redis cannot keep its entry.
+LOGGED_BODY_CHARS = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,31 +72,33 @@ class RejectLog:
             body, lossy = kept.decode("utf-8"), False
         except UnicodeDecodeError:
             body, lossy = kept.decode("utf-8", "replace"), True
-        entry = orjson.dumps(
-            {
-                "at": utc_iso(self._clock()),
-                "status": rejection.status,
-                "reason": rejection.reason,
-                "remoteAddr": rejection.remote_addr,
-                "contentType": rejection.content_type,
-                "bodySize": rejection.size,
-                "body": body,
-                "truncated": rejection.partial or len(rejection.body) > self._body_bytes,
-                # Bytes that are not UTF-8 were replaced: the kept body is not the one received.
-                "bodyLossy": lossy,
-            }
-        )
+        fields = {
+            "at": utc_iso(self._clock()),
+            "status": rejection.status,
+            "reason": rejection.reason,
+            "remoteAddr": rejection.remote_addr,
+            "contentType": rejection.content_type,
+            "bodySize": rejection.size,
+            "body": body,
+            "truncated": rejection.partial or len(rejection.body) > self._body_bytes,
+            # Bytes that are not UTF-8 were replaced: the kept body is not the one received.
+            "bodyLossy": lossy,
+        }
+        entry = orjson.dumps(fields)
         try:
             pipe = self._client.pipeline(transaction=False)
             pipe.lpush(keys.REJECTED, entry)
             pipe.ltrim(keys.REJECTED, 0, self._keep - 1)
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            # Kept in the log instead (the entry is JSON: the body's controls are escaped).
+            # Kept in the log instead (the entry is JSON: the body's controls are escaped), its body
+            # cut shorter: refusals cost the sender nothing, and the log is not capped as the list is.
+            if len(body) > LOGGED_BODY_CHARS:
+                fields.update(body=body[:LOGGED_BODY_CHARS], truncated=True)
             log.warning(
                 "could not keep a rejected callback for inspection in Redis (%s); the entry: %s",
                 type(exc).__name__,
-                entry.decode(),
+                orjson.dumps(fields).decode(),
             )
 
 

@@ -206,7 +206,10 @@ class WorkerRuntime(Middleware):
             log.exception("could not record the failure of %s", task_id)  # an unusable record
             return
         if state is TaskState.FAILED:
-            self._parts.processor.record_failure(callback, reason)
+            try:
+                self._parts.processor.record_failure(callback, reason)
+            except Exception:
+                log.exception("task %s failed without a manifest", task_id)
         else:
             log.info("task %s stays %s; its message was %s", task_id, state.value, reason)
         if state in UNSETTLED_STATES and looks > 0:

@@ -11,7 +11,15 @@ import redis
 from shared import keys
 from shared.callback import Callback, CallbackLimits
 from shared.errors import QueueUnavailable
-from shared.rejected import RejectedCallback, Rejection, RejectLog, list_rejected, read_entry, replay_rejected
+from shared.rejected import (
+    LOGGED_BODY_CHARS,
+    RejectedCallback,
+    Rejection,
+    RejectLog,
+    list_rejected,
+    read_entry,
+    replay_rejected,
+)
 from tests.support.servers import RedisServer
 
 AT = 1_795_000_000.25  # 2026-11-18T11:06:40.250Z
@@ -264,3 +272,19 @@ def test_a_rejected_callback_redis_cannot_take_is_kept_in_the_log(caplog: pytest
     entry = orjson.loads(message.split("; the entry: ", 1)[1])
     assert (entry["status"], entry["body"]) == (401, body.decode())
     assert "\x1b" not in message
+
+
+def test_a_refused_body_logged_for_want_of_redis_is_cut_shorter(caplog: pytest.LogCaptureFixture) -> None:
+    """Refusals cost the sender nothing: while Redis is away, a logged body is cut at
+    LOGGED_BODY_CHARS (marked truncated), not kept whole up to the list's 16 KiB."""
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    body = b"x" * 10_000
+    with caplog.at_level("WARNING", logger="shared.rejected"):
+        RejectLog(dead, keep=10, body_bytes=16 * 1024, clock=lambda: AT).record(
+            Rejection(
+                status=400, reason="not JSON", body=body, size=len(body), remote_addr="", content_type=""
+            )
+        )
+    [message] = [record.getMessage() for record in caplog.records]
+    entry = orjson.loads(message.split("; the entry: ", 1)[1])
+    assert (len(entry["body"]), entry["truncated"], entry["bodySize"]) == (LOGGED_BODY_CHARS, True, 10_000)
