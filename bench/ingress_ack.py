@@ -30,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -170,10 +171,13 @@ def measured_run(
     empty Redis, as the workers keep it in service: left to pile up (no worker runs here), the
     queue grows by ~100,000 messages a round and Redis's AOF rewrites (a fork, and a child
     using a core) would land on the ingresses' rounds only."""
-    redis_client.flushall()
+    compact_redis(redis_client)
+    rewrites = redis_client.info("persistence")["aof_rewrites"]
     server_cpu, redis_cpu = tree_cpu_seconds(target.pid), tree_cpu_seconds(redis_pid)
     with fsync_policy(redis_client, target.appendfsync):
         result = run_wrk(wrk, target.url, args, seconds=args.seconds, prefix=f"{target.name}-r{number}")
+    # A round that queues ~100,000 messages makes Redis rewrite its AOF once or more: counted.
+    result["aof_rewrites"] = redis_client.info("persistence")["aof_rewrites"] - rewrites
     requests = max(result["requests"], 1)
     result["server_cpu_ms_per_req"] = (tree_cpu_seconds(target.pid) - server_cpu) * 1000 / requests
     result["redis_cpu_ms_per_req"] = (tree_cpu_seconds(redis_pid) - redis_cpu) * 1000 / requests
@@ -202,7 +206,9 @@ def paced_run(
     provider sends them: the latency of each answer as the provider sees it, without queueing
     in the load generator. Rounds run one after another, so this round's delivery attempts are
     those the simulator recorded after the ones before it."""
+    compact_redis(redis_client)
     earlier = len(sim.attempts())
+    rewrites = redis_client.info("persistence")["aof_rewrites"]
     with fsync_policy(redis_client, target.appendfsync):
         report = run_load(
             sim,
@@ -210,7 +216,31 @@ def paced_run(
             rate_per_s=args.paced_rate,
             callback_url=target.url + CALLBACK_PATH,
         )
-    return paced_figures(report, sim.attempts()[earlier:])
+    figures = paced_figures(report, sim.attempts()[earlier:])
+    figures["aof_rewrites"] = redis_client.info("persistence")["aof_rewrites"] - rewrites
+    return figures
+
+
+def compact_redis(redis_client: Any, *, timeout_s: float = 120.0) -> None:
+    """Empty Redis and rewrite its AOF, waiting for the rewrite: a paced round starts as a queue
+    the workers keep drained would be, not behind the ~100,000 messages a saturated round leaves
+    (no worker runs here), whose AOF rewrite (a fork of a big process, then its child's writes
+    beside every fsync of ``appendfsync always``) landed on paced rounds as 20 ms stalls."""
+    deadline = time.monotonic() + timeout_s
+    _wait_for_rewrite(redis_client, deadline)  # Redis takes no second rewrite while one runs
+    redis_client.flushall()
+    redis_client.bgrewriteaof()
+    _wait_for_rewrite(redis_client, deadline)
+
+
+def _wait_for_rewrite(redis_client: Any, deadline: float) -> None:
+    """Wait until Redis rewrites its AOF no more (none running, none scheduled)."""
+    while time.monotonic() < deadline:
+        info = redis_client.info("persistence")
+        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+            return
+        time.sleep(0.05)
+    raise RuntimeError("Redis did not finish rewriting its AOF in time")
 
 
 def paced_figures(report: LoadReport, attempts: Sequence[DeliveryAttempt]) -> dict[str, Any]:
@@ -378,13 +408,15 @@ def summarize(
             "redis CPU ms/req",
             "ok req/s per round",
             "failed",
+            "AOF rewrites",
         ]
     ]
     for name, runs in results.items():
         m = medians[name]
         per_round = " ".join(f"{run['rps']:.0f}" for run in runs)
         failed = sum(run["failed"] for run in runs)
-        rows.append([name, *(m[key] for key in keys_), per_round, failed])
+        rewrites = sum(run.get("aof_rewrites", 0) for run in runs)
+        rows.append([name, *(m[key] for key in keys_), per_round, failed, rewrites])
     print_table(rows)
     paced_medians = {
         name: {key: median([run[key] for run in runs]) for key in ("p50_ms", "p99_ms", "per_s")}
@@ -393,13 +425,14 @@ def summarize(
     if paced:
         print(f"paced at {args.paced_rate:g}/s (the provider simulator's deliveries, all attempts):")
         paced_rows: list[list[object]] = [
-            ["receiver", "p50 ms", "p99 ms", "acked/s", "acked/sent", "attempts not acked"]
+            ["receiver", "p50 ms", "p99 ms", "acked/s", "acked/sent", "attempts not acked", "AOF rewrites"]
         ]
         for name, runs in paced.items():
             m = paced_medians[name]
             acked = f"{sum(r['acknowledged'] for r in runs)}/{sum(r['sent'] for r in runs)}"
             not_acked = sum(r["attempts_not_acknowledged"] for r in runs)
-            paced_rows.append([name, m["p50_ms"], m["p99_ms"], m["per_s"], acked, not_acked])
+            rewrites = sum(r.get("aof_rewrites", 0) for r in runs)
+            paced_rows.append([name, m["p50_ms"], m["p99_ms"], m["per_s"], acked, not_acked, rewrites])
         print_table(paced_rows)
     report: dict[str, Any] = {
         "settings": vars(args) | {"candidate": str(args.candidate or "")},
