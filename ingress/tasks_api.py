@@ -12,16 +12,17 @@ import falcon
 from shared import storage
 from shared.callback import TASK_ID_PATTERN
 from shared.errors import BucketMissing, StorageUnavailable
+from shared.printable import shortened
 from shared.storage import ObjectStore
-from shared.taskstate import TaskState, TaskStore
+from shared.taskstate import MAX_REASON_CHARS, TaskState, TaskStore
 
 #: Most tasks one list request returns.
 MAX_LIST_LIMIT = 200
 DEFAULT_LIST_LIMIT = 20
-#: Most characters of a task's reason the list returns (a cut one ends in an ellipsis). A failure's
-#: reason is the provider's ``msg``, anyone's text up to the body limit, and the dashboard lists
-#: 50 tasks every few seconds; ``GET /tasks/{taskId}`` has the whole message, in the manifest.
-MAX_LISTED_REASON_CHARS = 1024
+#: Most characters of a task's reason the list returns (a cut one ends in an ellipsis): what the
+#: workers record, also for reasons recorded longer elsewhere. The dashboard lists 50 tasks every
+#: few seconds; ``GET /tasks/{taskId}`` has the whole message, in the manifest.
+MAX_LISTED_REASON_CHARS = MAX_REASON_CHARS
 
 
 class ApiTokenGuard:
@@ -128,15 +129,13 @@ class TaskListResource:
                     "state": record.state.value,
                     "updatedAt": int(record.fields.get("updatedAt", 0)),
                     "receivedAt": record.fields.get("receivedAt"),
-                    "reason": _shortened(record.fields.get("reason"), MAX_LISTED_REASON_CHARS),
+                    "reason": _listed(record.fields.get("reason")),
                 }
                 for record in records
             ]
         }
 
 
-def _shortened(text: str | None, max_chars: int) -> str | None:
-    """``text`` cut to ``max_chars`` characters, the last an ellipsis when cut (None stays None)."""
-    if text is None or len(text) <= max_chars:
-        return text
-    return text[: max_chars - 1] + "\u2026"
+def _listed(reason: str | None) -> str | None:
+    """``reason`` as the list returns it (None stays None)."""
+    return None if reason is None else shortened(reason, MAX_LISTED_REASON_CHARS)

@@ -35,6 +35,11 @@ def printable_json(text: str) -> str:
     return _UNPRINTABLE_IN_JSON.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
+def shortened(text: str, max_chars: int) -> str:
+    """``text`` cut to ``max_chars`` characters, the last one an ellipsis when it was cut."""
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "\u2026"
+
+
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -24,6 +24,9 @@ from shared.redis_client import as_text
 
 log = logging.getLogger(__name__)
 
+#: Most characters of the reason a task's record keeps (a failure's ``msg`` is anyone's text up to
+#: the body limit; the whole of it is in the manifest).
+MAX_REASON_CHARS = 1024
 #: Recently changed tasks kept in the recent index.
 DEFAULT_RECENT_KEEP = 10_000
 

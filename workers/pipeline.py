@@ -23,8 +23,9 @@ from shared.errors import (
 )
 from shared.json_limits import DEFAULT_MAX_JSON_DEPTH
 from shared.metrics import WorkerMetrics, create_worker_metrics
+from shared.printable import shortened
 from shared.storage import ObjectStore, Precondition
-from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, TaskState, TaskStore
+from shared.taskstate import FINAL_STATES, MAX_REASON_CHARS, OUTCOME_FIELD, TaskState, TaskStore
 from workers.fetch import ByteBudget, ResultFetcher
 from workers.lease import Lease, LeaseManager
 from workers.manifest import FileError, ImageEntry, build_manifest, outcome
@@ -329,12 +330,11 @@ def _unexpected_error(task_id: str, index: int, url: str, exc: Exception) -> Fil
     return FileError(index, url, f"unexpected error: {type(exc).__name__}: {exc}")
 
 
-def _reason(callback: Callback, errors: list[FileError], *, max_chars: int = 1024) -> str:
-    """The task's reason as recorded in Redis: at most ``max_chars`` characters, the last one an
-    ellipsis when cut. A failure's ``msg`` is anyone's text up to the body limit, and the task
-    list returns every reason at each dashboard refresh; the whole of it is in the manifest."""
+def _reason(callback: Callback, errors: list[FileError]) -> str:
+    """The task's reason as recorded in Redis, shortened to MAX_REASON_CHARS: the task list returns
+    every reason at each dashboard refresh; the whole of it is in the manifest."""
     if not callback.succeeded:
         reason = callback.msg or f"provider reported code {callback.code}"
     else:
         reason = "; ".join(f"#{e.index}: {e.reason}" if e.index is not None else e.reason for e in errors)
-    return reason if len(reason) <= max_chars else reason[: max_chars - 1] + "\u2026"
+    return shortened(reason, MAX_REASON_CHARS)
