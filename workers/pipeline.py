@@ -76,24 +76,18 @@ class CallbackProcessor:
         """Bring the task to a final state and return it. Transient trouble raises (the queue
         retries) unless ``final_attempt``, when it is recorded as the file's failure instead."""
         task_id = callback.task_id
-        known = self._settled_state(callback)
-        if known is not None:
-            self._metrics.tasks.labels("duplicate").inc()
+        if (known := self._settled_state(callback)) is not None:
             return known
         with self._leases.hold(task_id) as lease:
             # Another worker may have finished the task while we waited for the lease.
-            known = self._settled_state(callback)
-            if known is not None:
-                self._metrics.tasks.labels("duplicate").inc()
+            if (known := self._settled_state(callback)) is not None:
                 return known
             verification = None
             if self._verifier is not None and callback.succeeded:
                 callback, verification = self._verifier.verify(callback)
                 # A success the provider disowns is a failure report now: it may change no more
                 # than one would (never a task that has files).
-                known = self._settled_state(callback)
-                if known is not None:
-                    self._metrics.tasks.labels("duplicate").inc()
+                if (known := self._settled_state(callback)) is not None:
                     return known
             self._tasks.move(task_id, TaskState.PROCESSING, holder=lease.token)
             # What the task's prefix holds now; its manifest's ETag fences this attempt's manifest.
@@ -175,12 +169,14 @@ class CallbackProcessor:
     def _settled_state(self, callback: Callback) -> TaskState | None:
         """The state to keep when this callback changes nothing: a stored task stays stored, and a
         failure report never overwrites a task that has an outcome, also while an attempt of a
-        later success is pending (the task is ``processing`` then, its outcome kept beside)."""
+        later success is pending (the task is ``processing`` then, its outcome kept beside). Such a
+        callback is counted as a duplicate."""
         record = self._tasks.get(callback.task_id)
         if record is None:
             return None
         if record.state is TaskState.STORED:
             log.info("task %s already stored: duplicate callback ignored", callback.task_id)
+            self._metrics.tasks.labels("duplicate").inc()
             return record.state
         outcome = record.fields.get(OUTCOME_FIELD, "")
         if not callback.succeeded and (record.state in FINAL_STATES or outcome):
@@ -190,6 +186,7 @@ class CallbackProcessor:
                 record.state.value,
                 outcome or record.state.value,
             )
+            self._metrics.tasks.labels("duplicate").inc()
             return record.state
         return None
 
