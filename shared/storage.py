@@ -153,7 +153,7 @@ class ObjectStore:
     def __init__(self, client: Minio, bucket: str) -> None:
         self._client = client
         self.bucket = bucket
-        #: False once the store answered a conditional write NotImplemented: writes are plain then.
+        #: False once the store answered a conditional write NotImplemented: the object is read first then.
         self._conditions = True
 
     def ensure_bucket(self) -> None:
