@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from importlib import resources
@@ -251,13 +252,8 @@ class TaskStore:
     def get(self, task_id: str) -> TaskRecord | None:
         """The task's record, None when there is none; :class:`TaskRecordUnusable` when its key
         holds something else."""
-        try:
+        with _record_errors(task_id, own_key=True):
             raw = self._client.hgetall(keys.task(task_id))
-        except redis.ResponseError as exc:
-            unusable = _unusable(task_id, exc, own_key=True)
-            if unusable is None:
-                raise
-            raise unusable from exc
         return _record(task_id, raw)
 
     def counts(self) -> dict[str, int]:
@@ -353,13 +349,8 @@ class TaskStore:
             *_lease_rule(lease),
             *pairs,
         ]
-        try:
+        with _record_errors(task_id):
             reply = self._transition(keys=script_keys, args=args)
-        except redis.ResponseError as exc:
-            unusable = _unusable(task_id, exc)
-            if unusable is None:
-                raise
-            raise unusable from exc
         if isinstance(reply, list):
             raise LeaseHeld(task_id, _state(reply[1]), by_other=lease is not _LeaseRule.FREE)
         return _state(reply, task_id)
@@ -443,6 +434,19 @@ def _state_or_error(task_id: str, raw: object) -> TaskState | Exception | None:
 
 #: The error a script of shared/lua answers for a task's record it cannot use.
 _TASK_RECORD_ERROR = "TASKRECORD "
+
+
+@contextmanager
+def _record_errors(task_id: str, *, own_key: bool = False) -> Iterator[None]:
+    """Raise :class:`TaskRecordUnusable` for a Redis error that says the task's record is unusable
+    (see :func:`_unusable`); any other error as it is."""
+    try:
+        yield
+    except redis.ResponseError as exc:
+        unusable = _unusable(task_id, exc, own_key=own_key)
+        if unusable is None:
+            raise
+        raise unusable from exc
 
 
 def _unusable(task_id: str, exc: Exception, *, own_key: bool = False) -> TaskRecordUnusable | None:
