@@ -134,7 +134,8 @@ class CallbackProcessor:
             return status
 
     def record_failure(self, callback: Callback, reason: str) -> None:
-        """Write the manifest of a task the queue gave up on (its state is ``failed`` now, with
+        """Write the manifest of a task the queue or the polling fallback gave up on (its state is
+        ``failed`` now, with
         the reason it recorded, else ``reason``), where the task has none: its presence says the
         task is over, for whoever watches the bucket. A manifest written meanwhile stands, and
         object storage being down (often why the queue gave up) leaves the task without one."""

@@ -22,9 +22,10 @@ import redis
 from dramatiq.middleware import Middleware
 
 from shared import keys
-from shared.callback import callback_limits
+from shared.callback import Callback, callback_limits
+from shared.clock import utc_iso
 from shared.errors import ProviderError
-from shared.polling import PollOutcome, ResultPoller
+from shared.polling import CODE_FAILURE, PollOutcome, ResultPoller
 from shared.provider import ProviderClient
 from shared.redis_client import as_text
 from shared.settings import Settings
@@ -133,8 +134,9 @@ class PassSummary:
 class SilentTaskPoller:
     """One pass: every task still ``submitted`` ``grace_s`` after submission, not polled in the
     last ``interval_s``, is polled (the longest waiting first); a finished one is queued like a
-    callback; one still without a result ``give_up_s`` after submission is ``failed``. ``clock``
-    returns Unix seconds; ``monotonic`` times the pass budget."""
+    callback; one still without a result ``give_up_s`` after submission is ``failed``, and gets
+    the manifest of its failure from ``record_failure`` (the processor's: where the task has none).
+    ``clock`` returns Unix seconds; ``monotonic`` times the pass budget."""
 
     def __init__(
         self,
@@ -145,6 +147,7 @@ class SilentTaskPoller:
         grace_s: float,
         interval_s: float,
         give_up_s: float,
+        record_failure: Callable[[Callback, str], None] | None = None,
         batch: int = DEFAULT_BATCH,
         budget_s: float = DEFAULT_PASS_BUDGET_S,
         clock: Callable[[], float] = time.time,
@@ -156,6 +159,7 @@ class SilentTaskPoller:
         self._grace_s = grace_s
         self._interval_s = interval_s
         self._give_up_s = give_up_s
+        self._record_failure = record_failure
         self._batch = batch
         self._budget_s = budget_s
         self._clock = clock
@@ -192,11 +196,19 @@ class SilentTaskPoller:
         return self._submitted.due(self._grace_s, self._interval_s, limit=self._batch)
 
     def _give_up(self, task_id: str, reason: str) -> int:
-        before = self._tasks.move_from(task_id, TaskState.SUBMITTED, TaskState.FAILED, reason=reason[:500])
+        reason = reason[:500]
+        before = self._tasks.move_from(task_id, TaskState.SUBMITTED, TaskState.FAILED, reason=reason)
         self._submitted.forget_polled(task_id)
         if before not in (None, TaskState.SUBMITTED):
             return 0  # its result arrived meanwhile
         log.warning("task %s given up: %s", task_id, reason)
+        if self._record_failure is not None:
+            # No callback came: the manifest says what mjhook gave up on, as a failure (code 500).
+            report = Callback(task_id, CODE_FAILURE, reason, None, (), utc_iso(self._clock()))
+            try:
+                self._record_failure(report, reason)
+            except Exception:
+                log.exception("task %s failed without a manifest", task_id)
         return 1
 
 
@@ -253,8 +265,10 @@ def build_polling(
     tasks: TaskStore,
     provider: ProviderClient,
     broker: dramatiq.Broker,
+    record_failure: Callable[[Callback, str], None] | None = None,
 ) -> Polling:
-    """The polling fallback from settings: a pass every ``poll_interval_s``."""
+    """The polling fallback from settings: a pass every ``poll_interval_s``; a task it gives up
+    on gets its manifest from ``record_failure``."""
 
     def enqueue(message: dramatiq.Message[Any], delay_ms: int) -> None:
         broker.enqueue(message, delay=delay_ms or None)
@@ -267,6 +281,7 @@ def build_polling(
         grace_s=settings.poll_grace_s,
         interval_s=settings.poll_interval_s,
         give_up_s=settings.poll_give_up_s,
+        record_failure=record_failure,
     )
     chain = PollChain(
         client,

@@ -97,7 +97,14 @@ def build_parts(
         # One attempt per poll: a pass comes again every interval anyway, and a poll waiting out
         # retries (4 x a 60 s Retry-After) would outlive the pass's lock: two passes at once.
         polled = create_provider_client(settings, attempts=1)
-        polling = build_polling(settings, client=client, tasks=tasks, provider=polled, broker=broker)
+        polling = build_polling(
+            settings,
+            client=client,
+            tasks=tasks,
+            provider=polled,
+            broker=broker,
+            record_failure=processor.record_failure,
+        )
     return WorkerParts(processor=processor, tasks=tasks, store=store, polling=polling)
 
 

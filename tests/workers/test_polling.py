@@ -4,6 +4,7 @@ the silent tasks, and the chain of self-scheduling messages that runs one pass a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -12,6 +13,7 @@ import pytest
 import redis
 
 from shared import keys
+from shared.callback import Callback
 from shared.errors import ProviderUnavailable
 from shared.polling import ResultPoller
 from shared.provider import ProviderClient
@@ -22,6 +24,7 @@ from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
 from tests.support.provider import StartSimulator, client_for
 from workers.polling import POLL_QUEUE, POLL_SILENT_TASKS, PollChain, SilentTaskPoller
+from workers.runtime import WorkerRuntime, build_parts, wait_for_bucket
 
 GRACE_S = 100
 INTERVAL_S = 30
@@ -48,6 +51,7 @@ class Pass:
         client: redis.Redis,
         *,
         provider: ProviderClient | None = None,
+        record_failure: Callable[[Callback, str], None] | None = None,
         **client_options: Any,
     ) -> None:
         self.clock = FakeClock()
@@ -63,6 +67,7 @@ class Pass:
             grace_s=GRACE_S,
             interval_s=INTERVAL_S,
             give_up_s=GIVE_UP_S,
+            record_failure=record_failure,
             clock=self.clock,
         )
 
@@ -147,6 +152,31 @@ def test_a_task_without_a_result_is_given_up_as_failed_with_the_reason(
         assert words in record.fields["reason"]
     # No longer waiting: the next pass has nothing to do
     assert run.poller.run_once().polled == 0
+
+
+def test_a_task_given_up_gets_the_manifest_of_its_failure(
+    start_simulator: StartSimulator, client: redis.Redis, app_env: dict[str, str]
+) -> None:
+    """Given a worker whose object storage works, and a task the provider never finished
+    When the pass gives up on it
+    Then the bucket says so too: a manifest with status failed, code 500 and the reason. Without
+    it, whoever waits for manifests in the bucket waited for good: no callback ever comes."""
+    runtime = WorkerRuntime(Settings.from_env(app_env))
+    store = runtime.parts().store
+    wait_for_bucket(store, timeout_s=30)
+    sim = start_simulator()
+    run = Pass(sim, client, record_failure=runtime.parts().processor.record_failure)
+    busy = generating(sim)
+    run.submitted.record(busy, {})
+    run.clock.now += GIVE_UP_S
+
+    assert run.poller.run_once().given_up == 1
+
+    manifest = store.get_json(f"tasks/{busy}/manifest.json")
+    assert (manifest["taskId"], manifest["status"], manifest["code"]) == (busy, "failed", 500)
+    assert manifest["images"] == []
+    assert "no result from the provider within 1000 s" in manifest["msg"]
+    assert [error["reason"] for error in manifest["errors"]] == [run.tasks.get(busy).fields["reason"]]  # type: ignore[union-attr]
 
 
 def test_a_refused_account_stops_the_pass_and_fails_no_task(
@@ -397,3 +427,35 @@ def test_a_retry_after_longer_than_the_client_waits_is_not_cut_short() -> None:
     with pytest.raises(ProviderUnavailable):
         provider.record_info("t1")
     assert waits == []
+
+
+def test_the_workers_polling_gives_a_task_it_gives_up_on_a_manifest(
+    start_simulator: StartSimulator, client: redis.Redis, app_env: dict[str, str]
+) -> None:
+    """The polling a worker builds from settings (workers.runtime.build_parts) writes the failure
+    manifest of a task it gives up on, through the worker's own processor."""
+    sim = start_simulator()
+    settings = Settings.from_env(
+        {
+            **app_env,
+            "MJHOOK_PROVIDER_URL": sim.base_url,
+            "MJHOOK_PROVIDER_API_KEY": sim.api_key,
+            "MJHOOK_POLL_GRACE_S": "0",
+            "MJHOOK_POLL_GIVE_UP_S": "1",
+        }
+    )
+    parts = build_parts(settings, broker=create_broker(settings, client=client, middleware=[]))
+    assert parts.polling is not None
+    wait_for_bucket(parts.store, timeout_s=30)
+    busy = generating(sim)
+
+    def two_seconds_ago() -> float:
+        return time.time() - 2
+
+    tasks = TaskStore(client, ttl_s=86_400, clock=two_seconds_ago)
+    SubmittedTasks(client, tasks, ttl_s=86_400, clock=two_seconds_ago).record(busy, {})
+
+    summary = parts.polling.poller.run_once()
+    assert summary.given_up == 1, summary
+
+    assert parts.store.get_json(f"tasks/{busy}/manifest.json")["status"] == "failed"
