@@ -12,6 +12,7 @@ from cli.recover import recover
 from cli.rejected import rejected
 from cli.settings import SettingsFromEnv
 from cli.simulate import simulate
+from cli.spool import spool
 from cli.status import status
 from cli.submit import submit, upscale, vary
 from cli.tasks import tasks
@@ -35,3 +36,4 @@ main.add_command(upscale)
 main.add_command(vary)
 main.add_command(recover)
 main.add_command(rejected)
+main.add_command(spool)

@@ -25,9 +25,13 @@ log = logging.getLogger(__name__)
 
 SPOOL_GLOB = "spool-*.jsonl"
 #: Where the drain sets aside a spooled callback the queue refuses for good (its task's record is
-#: unusable, an unforeseen error): in the spool's own format, so that renaming it to
-#: ``spool-0.jsonl`` hands its lines to the next drain once the cause is fixed.
+#: unusable, an unforeseen error): in the spool's own format, so that its lines can be handed
+#: back to the drain once the cause is fixed (:meth:`Spool.requeue_unqueued`, ``mjhook spool
+#: requeue``).
 UNQUEUED_NAME = "unqueued.jsonl"
+#: The spool file :meth:`Spool.requeue_unqueued` moves set-aside lines into: no process appends
+#: to it otherwise, and every drain takes it like any other spool file.
+REQUEUED_NAME = "spool-requeued.jsonl"
 
 
 class Spool:
@@ -64,6 +68,30 @@ class Spool:
             with suppress(FileNotFoundError), path.open("rb") as handle:  # drained meanwhile: none
                 total += sum(1 for line in handle if line.strip())
         return total
+
+    def unqueued(self) -> int:
+        """Callbacks the drain set aside in the unqueued file."""
+        with suppress(FileNotFoundError), (self.directory / UNQUEUED_NAME).open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
+        return 0
+
+    def requeue_unqueued(self) -> int:
+        """Hand the callbacks set aside in the unqueued file back to the drain (once what refused
+        them is fixed): they move, fsync'd, into a spool file that the next drain of any ingress
+        process queues (a line refused again is set aside again). Returns how many moved. A crash
+        between the two writes leaves a line in both: queued twice at worst, which the workers
+        deduplicate, never lost."""
+        try:
+            with _locked(self.directory / UNQUEUED_NAME, create=False) as fd:
+                lines = [line for line in _read_all(fd).splitlines() if line.strip()]
+                if lines:
+                    with _locked(self.directory / REQUEUED_NAME, create=True) as target:
+                        _append_whole(target, b"".join(line + b"\n" for line in lines))
+                (self.directory / UNQUEUED_NAME).unlink()
+        except FileNotFoundError:
+            return 0  # nothing set aside
+        _fsync_dir(self.directory)
+        return len(lines)
 
     def drain(self, accept: Callable[[Callback], None]) -> int:
         """Hand every spooled callback to ``accept`` in order, oldest file first; stop at the first

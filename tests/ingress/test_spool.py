@@ -287,6 +287,41 @@ def test_a_spooled_callback_the_queue_refuses_for_good_is_set_aside_and_the_rest
     assert [Callback.from_message(orjson.loads(line)).task_id for line in set_aside] == ["poison"]
 
 
+def test_callbacks_set_aside_are_queued_once_requeued_after_their_cause_is_fixed(
+    tmp_path: Path, client: redis.Redis, redis_server
+) -> None:
+    """Given a spooled callback set aside because its task's record was unusable
+    When the record is mended and the set-aside callbacks are requeued
+    Then the next drain queues it, and nothing is left aside or waiting."""
+    client.set(keys.task("poison"), "not a task record")
+    settings = Settings(redis_url=redis_server.url, spool_dir=str(tmp_path / "spool"))
+    ingress = build_ingress(settings, redis_client=client)
+    assert ingress.spool is not None
+    ingress.spool.append(callback("poison"))
+    ingress.spool.drain(ingress.intake.enqueue)
+    assert (ingress.spool.unqueued(), ingress.spool.depth()) == (1, 0)
+    client.delete(keys.task("poison"))
+
+    assert ingress.spool.requeue_unqueued() == 1
+    assert (ingress.spool.unqueued(), ingress.spool.depth()) == (0, 1)
+    ingress.spool.drain(ingress.intake.enqueue)
+
+    assert [message["args"][0]["taskId"] for message in queued_messages(client)] == ["poison"]  # type: ignore[index]
+    assert (ingress.spool.unqueued(), ingress.spool.depth()) == (0, 0)
+    assert ingress.spool.requeue_unqueued() == 0
+
+
+def test_a_requeue_adds_to_lines_requeued_before_instead_of_replacing_them(tmp_path: Path) -> None:
+    """Two requeues before any drain keep the lines of both."""
+    spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 11)
+    for task_id in ("a", "b"):
+        (tmp_path / UNQUEUED_NAME).write_bytes(orjson.dumps(callback(task_id).to_message()) + b"\n")
+        assert spool.requeue_unqueued() == 1
+    taken: list[str] = []
+    spool.drain(lambda cb: taken.append(cb.task_id))
+    assert taken == ["a", "b"]
+
+
 class SpoolWithABug(Spool):
     """A spool whose first drain round raises an error nobody foresaw (a bug, an odd record)."""
 

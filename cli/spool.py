@@ -1,0 +1,72 @@
+"""``mjhook spool``: the ingress's local spool on this host (callbacks acknowledged while Redis was
+away, waiting for a drain), and the callbacks its drain set aside because the queue refused them
+for good; hand those back to the drain once their cause is fixed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.output import echo_json
+from cli.settings import pass_settings
+from ingress.spool import UNQUEUED_NAME, Spool
+from shared.printable import printable
+from shared.settings import Settings
+
+
+@click.group()
+def spool() -> None:
+    """The ingress's local spool on this host: status, requeue."""
+
+
+@spool.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_settings
+def status_command(settings: Settings, as_json: bool) -> None:
+    """Callbacks waiting in the spool for a drain, and those set aside (unqueued.jsonl).
+
+    JSON: {"directory", "waiting", "waitingBytes", "setAside"}.
+    """
+    found = _spool(settings)
+    try:
+        waiting, waiting_bytes, set_aside = found.depth(), found.depth_bytes(), found.unqueued()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the spool in {printable(found.directory)}: {exc}") from None
+    if as_json:
+        echo_json(
+            {
+                "directory": str(found.directory),
+                "waiting": waiting,
+                "waitingBytes": waiting_bytes,
+                "setAside": set_aside,
+            }
+        )
+        return
+    click.echo(f"spool {printable(found.directory)}: {waiting} callbacks waiting ({waiting_bytes} bytes)")
+    if set_aside:
+        click.echo(f"{set_aside} set aside in {UNQUEUED_NAME}: `mjhook spool requeue` once fixed")
+
+
+@spool.command("requeue")
+@pass_settings
+def requeue_command(settings: Settings) -> None:
+    """Hand the callbacks the drain set aside (the queue refused them for good: their task's
+    record in Redis unusable, an unforeseen error; the ingress log says which) back to the
+    spool, once their cause is fixed. Every running ingress process drains the spool into the
+    queue within MJHOOK_SPOOL_DRAIN_INTERVAL_S; one refused again is set aside again."""
+    found = _spool(settings)
+    try:
+        moved = found.requeue_unqueued()
+    except OSError as exc:
+        raise click.ClickException(f"cannot requeue in {printable(found.directory)}: {exc}") from None
+    if moved:
+        click.echo(f"{moved} callbacks moved back into the spool; the ingress drains them into the queue")
+    else:
+        click.echo("nothing set aside")
+
+
+def _spool(settings: Settings) -> Spool:
+    if not settings.spool_dir:
+        raise click.ClickException("the spool is off: MJHOOK_SPOOL_DIR is empty")
+    return Spool(Path(settings.spool_dir), max_bytes=settings.spool_max_bytes)
