@@ -41,6 +41,10 @@ SUBMITTED = PREFIX + ":submitted"
 #: An entry is removed when its task's wait is over; older than ``poll_give_up_s``, trimmed.
 POLLED = PREFIX + ":polled"
 
+#: Sorted set, scratch of one ``SubmittedTasks.due`` call: the waiting tasks never polled, made
+#: and deleted inside one MULTI/EXEC, so it never outlives the call.
+DUE_SCRATCH = PREFIX + ":due:{token}"
+
 #: String: the token of the one poll pass running now (a lock). Expires after the pass's lock TTL,
 #: so a crashed worker's lock lapses.
 POLL_LOCK = PREFIX + ":poll:lock"

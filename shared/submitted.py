@@ -8,6 +8,7 @@ submitted, whatever became of it; the state index of ``submitted`` (kept by
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import cast
 
@@ -55,12 +56,21 @@ class SubmittedTasks:
         now = self._clock()
         cutoff = now - grace_s
         waiting = keys.state_index(TaskState.SUBMITTED)
-        never = [
-            pair
-            for pair in _flat_pairs(self._client.zdiff([waiting, keys.POLLED], withscores=True))
-            if pair[1] <= cutoff
-        ][:limit]
+        never = self._never_polled(waiting, cutoff, limit)
         return never + self._longest_unpolled(waiting, cutoff, now - interval_s, limit - len(never))
+
+    def _never_polled(self, waiting: str, cutoff: float, limit: int) -> list[tuple[str, float]]:
+        """Up to ``limit`` tasks waiting since ``cutoff`` (Unix seconds) or before and never
+        polled, the oldest first. Redis works out the difference in a scratch key and sends only
+        those (however many tasks wait, a pass reads no more than its batch)."""
+        if limit <= 0:
+            return []
+        scratch = keys.DUE_SCRATCH.format(token=uuid.uuid4().hex)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zdiffstore(scratch, [waiting, keys.POLLED])
+        pipe.zrangebyscore(scratch, "-inf", cutoff * 1000, start=0, num=limit, withscores=True)
+        pipe.delete(scratch)
+        return _pairs(pipe.execute()[1])
 
     def _longest_unpolled(
         self, waiting: str, cutoff: float, polled_before: float, limit: int
@@ -110,11 +120,3 @@ class SubmittedTasks:
 def _pairs(raw: object) -> list[tuple[str, float]]:
     pairs = cast(list[tuple[bytes, float]], raw)
     return [(as_text(member), score / 1000) for member, score in pairs]
-
-
-def _flat_pairs(raw: object) -> list[tuple[str, float]]:
-    """:func:`_pairs` of a reply redis-py leaves flat (member, score, member, score, ...)."""
-    flat = cast(list[bytes], raw)
-    return [
-        (as_text(member), float(score) / 1000) for member, score in zip(flat[::2], flat[1::2], strict=True)
-    ]

@@ -146,3 +146,23 @@ def test_due_reaches_a_task_never_polled_behind_any_number_of_polled_ones(
     client.zadd(keys.POLLED, {task_id: int(clock.now * 1000) for task_id in old})
     clock.now += 10
     assert submitted.due(50, 30, limit=5) == [("newest", 1_000_001.0)]
+
+
+def test_due_reads_no_more_than_its_limit_of_never_polled_tasks_and_leaves_no_scratch_key(
+    client: redis.Redis, submitted: SubmittedTasks, clock: FakeClock
+) -> None:
+    """Given 20,000 tasks waiting, never polled, all due
+    When a pass asks for 5
+    Then it gets the 5 oldest, and Redis sent about 5 tasks' worth of bytes, not 20,000 (the old
+    read sent every never-polled waiting task on each pass); the scratch set is gone."""
+    waiting = keys.state_index(TaskState.SUBMITTED)
+    client.zadd(waiting, {f"task-{i:05d}": int(clock.now * 1000) + i for i in range(20_000)})
+    clock.now += 100
+    sent_before = int(client.info("stats")["total_net_output_bytes"])
+
+    due = submitted.due(50, 30, limit=5)
+
+    sent = int(client.info("stats")["total_net_output_bytes"]) - sent_before
+    assert [task_id for task_id, _ in due] == [f"task-{i:05d}" for i in range(5)]
+    assert sent < 20_000  # the stats reply itself is a few KB; all 20,000 ids would be > 300 KB
+    assert client.keys(keys.DUE_SCRATCH.format(token="*")) == []
