@@ -41,6 +41,11 @@ SUBMITTED = PREFIX + ":submitted"
 #: An entry is removed when its task's wait is over; older than ``poll_give_up_s``, trimmed.
 POLLED = PREFIX + ":polled"
 
+#: Sorted set of give-ups waiting for a second look (their task was left to a lease holder that
+#: may be gone), each a JSON member ``{"callback", "reason"}`` scored by when it is due (ms);
+#: removed once looked at, so no worker stopping meanwhile loses one.
+GIVE_UPS_PENDING = PREFIX + ":giveups"
+
 #: Sorted set, scratch of one ``SubmittedTasks.due`` call: the waiting tasks never polled, made
 #: and deleted inside one MULTI/EXEC, so it never outlives the call.
 DUE_SCRATCH = PREFIX + ":due:{token}"

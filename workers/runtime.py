@@ -31,6 +31,7 @@ from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
 from workers.polling import PollChain, Polling, build_polling
 from workers.retries import retry_enqueue_error
+from workers.second_look import PendingGiveUps, SecondLook, SecondLookSweeper
 from workers.verify import ResultVerifier
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 DEFAULT_BUCKET_WAIT_S = 120.0
 #: Longest wait between two tries of a give-up Redis refused, in seconds (1, 2, 4, ... up to it).
 GIVE_UP_RETRY_MAX_S = 60
+#: How often a worker takes the due second looks: half the lease TTL, within these bounds (s).
+SECOND_LOOK_MIN_INTERVAL_S = 0.5
+SECOND_LOOK_MAX_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,8 @@ class WorkerParts:
     processor: CallbackProcessor
     tasks: TaskStore
     store: ObjectStore
+    #: Give-ups waiting for a second look (any worker's).
+    pending: PendingGiveUps
     #: The polling fallback; None without a provider API key or a broker to enqueue on.
     polling: Polling | None = None
 
@@ -105,7 +111,9 @@ def build_parts(
             broker=broker,
             record_failure=processor.record_failure,
         )
-    return WorkerParts(processor=processor, tasks=tasks, store=store, polling=polling)
+    return WorkerParts(
+        processor=processor, tasks=tasks, store=store, pending=PendingGiveUps(client), polling=polling
+    )
 
 
 def wait_for_bucket(
@@ -148,9 +156,29 @@ class WorkerRuntime(Middleware):
         self._metrics = metrics
         self._lock = threading.Lock()
         self._parts: WorkerParts | None = None
+        self._sweeper: SecondLookSweeper | None = None
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         wait_for_bucket(self.parts().store)
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.start_second_looks()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self._sweeper is not None:
+            self._sweeper.stop()
+
+    def start_second_looks(self) -> SecondLookSweeper:
+        """Take the due second looks at given-up tasks (any worker's) from now on, in a thread."""
+        lease_ttl_s = self._settings.lease_ttl_s
+        self._sweeper = SecondLookSweeper(
+            self.parts().pending,
+            self._look_again,
+            interval_s=max(SECOND_LOOK_MIN_INTERVAL_S, min(SECOND_LOOK_MAX_INTERVAL_S, lease_ttl_s / 2)),
+            hold_s=lease_ttl_s + 1,
+        )
+        self._sweeper.start()
+        return self._sweeper
 
     def parts(self) -> WorkerParts:
         with self._lock:
@@ -194,24 +222,29 @@ class WorkerRuntime(Middleware):
         self._give_up(callback, reason, looks=1)
 
     def _give_up(self, callback: Callback, reason: str, *, looks: int, failures: int = 0) -> None:
-        """Record the give-up; ``looks``: how many more times to look at a task some worker's
-        lease holds. A task left to the worker holding its lease is looked at once more when any
-        such lease must have lapsed (one whose holder could not release it, Redis away for a
-        moment, is nobody's, and nobody would settle the task). A give-up Redis refused is tried
-        again, less and less often, until Redis takes it: the task must not stay unsettled. A
-        task left failed gets a manifest saying so where it has none."""
+        """Record the give-up (:meth:`_try_give_up`); one Redis refused is tried again, less and
+        less often, until Redis takes it: the task must not stay unsettled."""
+        if not self._try_give_up(callback, reason, looks=looks):
+            delay = min(GIVE_UP_RETRY_MAX_S, 2**failures)
+            self._later(delay, callback, reason, looks=looks, failures=failures + 1)
+
+    def _try_give_up(self, callback: Callback, reason: str, *, looks: int) -> bool:
+        """Record the give-up; False when Redis refused it. ``looks``: how many more times to look
+        at a task some worker's lease holds. A task left to the worker holding its lease is looked
+        at once more when any such lease must have lapsed (one whose holder could not release
+        it, Redis away for a moment, is nobody's, and nobody would settle the task): that second
+        look waits in Redis (workers/second_look.py), for any worker to take. A task left failed
+        gets a manifest saying so where it has none."""
         assert self._parts is not None
         task_id = callback.task_id
         try:
             state = self._parts.tasks.give_up(task_id, reason)
         except (redis.RedisError, OSError) as exc:
             log.warning("could not record the failure of %s (%s); trying again", task_id, exc)
-            delay = min(GIVE_UP_RETRY_MAX_S, 2**failures)
-            self._later(delay, callback, reason, looks=looks, failures=failures + 1)
-            return
+            return False
         except Exception:
             log.exception("could not record the failure of %s", task_id)  # an unusable record
-            return
+            return True
         if state is TaskState.FAILED:
             try:
                 self._parts.processor.record_failure(callback, reason)
@@ -220,7 +253,16 @@ class WorkerRuntime(Middleware):
         else:
             log.info("task %s stays %s; its message was %s", task_id, state.value, reason)
         if state in UNSETTLED_STATES and looks > 0:
-            self._later(self._settings.lease_ttl_s + 1, callback, reason, looks=looks - 1, failures=0)
+            after_s = self._settings.lease_ttl_s + 1
+            try:
+                self._parts.pending.add(callback, reason, after_s=after_s)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("could not keep the second look at %s in Redis (%s): kept here", task_id, exc)
+                self._later(after_s, callback, reason, looks=looks - 1, failures=0)
+        return True
+
+    def _look_again(self, look: SecondLook) -> bool:
+        return self._try_give_up(look.callback, look.reason, looks=0)
 
     def _later(self, delay_s: float, callback: Callback, reason: str, *, looks: int, failures: int) -> None:
         timer = threading.Timer(

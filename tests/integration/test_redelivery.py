@@ -13,12 +13,17 @@ from typing import Any
 import httpx
 import pytest
 
+from shared import keys
+from shared.callback import Callback
 from shared.queue import CALLBACK_QUEUE, create_broker
+from shared.redis_client import connect_redis
 from shared.settings import Settings
+from shared.taskstate import TaskState, TaskStore
 from tests.support.pipeline import callback, post_callback, read_manifest, wait_for
 from tests.support.servers import FileServer, png_bytes
 from tests.support.stack import start_ingress, start_workers
 from workers.heartbeat import beat
+from workers.second_look import PendingGiveUps
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +150,28 @@ def test_sigterm_lets_the_task_in_flight_finish(
     assert manifest is not None
     assert manifest["status"] == "stored"
     assert file_server.hits["/inflight.png"] == 1
+
+
+def test_a_running_worker_takes_a_second_look_another_worker_left_in_redis(
+    app_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Given a give-up left for a second look by a worker that is gone, at a task still
+    processing under no lease
+    When a real worker process runs
+    Then it takes the look and fails the task with the reason."""
+    settings = Settings.from_env(app_env)
+    client = connect_redis(settings.redis_url)
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("orphan-1", TaskState.PROCESSING)
+    PendingGiveUps(client).add(
+        Callback("orphan-1", 200, "success", None, (), "2026-11-25T00:00:00.000Z"),
+        "gave up: DownloadFailed: reset",
+        after_s=0,
+    )
+    workers = start_workers({**app_env, **FAST_REDELIVERY}, tmp_path, processes=1, threads=1)
+    try:
+        wait_for(lambda: tasks.get("orphan-1").state is TaskState.FAILED, timeout_s=30, what="the failure")  # type: ignore[union-attr]
+        wait_for(lambda: client.zcard(keys.GIVE_UPS_PENDING) == 0, timeout_s=10, what="the look done")
+    finally:
+        workers.terminate()
+    assert tasks.get("orphan-1").fields["reason"] == "gave up: DownloadFailed: reset"  # type: ignore[union-attr]

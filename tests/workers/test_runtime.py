@@ -312,8 +312,38 @@ def test_a_task_left_to_a_lease_nobody_holds_any_more_is_failed_once_it_lapsed(
     give_up(short_lease, callback([file_server.url("/0.png")]), DownloadFailed("connection reset"))
 
     assert tasks.get("task-1").state is TaskState.PROCESSING  # type: ignore[union-attr]
-    wait_for(lambda: tasks.get("task-1").state is TaskState.FAILED, timeout_s=15, what="the failure")  # type: ignore[union-attr]
+    sweeper = short_lease.start_second_looks()
+    try:
+        wait_for(lambda: tasks.get("task-1").state is TaskState.FAILED, timeout_s=15, what="the failure")  # type: ignore[union-attr]
+    finally:
+        sweeper.stop()
     assert tasks.get("task-1").fields["reason"] == "gave up: DownloadFailed: connection reset"  # type: ignore[union-attr]
+
+
+def test_the_second_look_at_a_task_left_to_a_stale_lease_waits_in_redis_for_any_worker(
+    settings: Settings, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a task left to a lease nobody holds any more when the queue gave up on its message
+    When the worker that gave up stops before the lease lapsed, and another worker runs
+    Then the other one fails the task with the reason once the lease lapsed: the second look was
+    a timer in the memory of the first worker, lost with it (the task stayed processing)."""
+    one_second = settings.model_copy(update={"lease_ttl_s": 1})
+    tasks.move("task-1", TaskState.PROCESSING)
+    tasks.client.set(keys.lease("task-1"), "a token nobody renews", px=1000)
+
+    first = WorkerRuntime(one_second)
+    first.parts()
+    give_up(first, callback([file_server.url("/0.png")]), DownloadFailed("reset"))
+
+    assert tasks.get("task-1").state is TaskState.PROCESSING  # type: ignore[union-attr]
+    assert tasks.client.zcard(keys.GIVE_UPS_PENDING) == 1
+    sweeper = WorkerRuntime(one_second).start_second_looks()
+    try:
+        wait_for(lambda: tasks.get("task-1").state is TaskState.FAILED, timeout_s=15, what="the failure")  # type: ignore[union-attr]
+        wait_for(lambda: tasks.client.zcard(keys.GIVE_UPS_PENDING) == 0, timeout_s=5, what="the look done")
+    finally:
+        sweeper.stop()
+    assert tasks.get("task-1").fields["reason"] == "gave up: DownloadFailed: reset"  # type: ignore[union-attr]
 
 
 def assert_left_to_the_holder(tasks: TaskStore, outcome: TaskState | None) -> None:

@@ -1,0 +1,59 @@
+"""Give-ups waiting for a second look in Redis (workers/second_look.py), against a real Redis."""
+
+from __future__ import annotations
+
+import redis
+
+from shared import keys
+from shared.callback import Callback
+from tests.support.clock import FakeClock
+from workers.second_look import PendingGiveUps, SecondLook, SecondLookSweeper
+
+
+def callback(task_id: str) -> Callback:
+    return Callback(task_id, 200, "success", None, (), "2026-11-25T00:00:00.000Z")
+
+
+def test_a_second_look_is_due_after_its_delay_and_again_when_its_taker_never_finished(
+    client: redis.Redis,
+) -> None:
+    clock = FakeClock()
+    pending = PendingGiveUps(client, clock=clock)
+    pending.add(callback("t-1"), "gave up: TaskBusy", after_s=10)
+
+    clock.now += 9
+    assert pending.take_due(hold_s=5) == []
+    clock.now += 1
+    [look] = pending.take_due(hold_s=5)
+    assert (look.callback, look.reason) == (callback("t-1"), "gave up: TaskBusy")
+    # Taken: not due for anybody else while its taker works on it ...
+    assert pending.take_due(hold_s=5) == []
+    # ... and due again once the hold is over, its taker gone without saying it was done
+    clock.now += 5
+    [again] = pending.take_due(hold_s=5)
+    pending.done(again.member)
+    clock.now += 100
+    assert pending.take_due(hold_s=5) == []
+
+
+def test_a_sweep_keeps_a_look_redis_refused_to_record_and_drops_an_unreadable_one(
+    client: redis.Redis,
+) -> None:
+    clock = FakeClock()
+    pending = PendingGiveUps(client, clock=clock)
+    pending.add(callback("refused"), "r", after_s=0)
+    pending.add(callback("recorded"), "r", after_s=0)
+    client.zadd(keys.GIVE_UPS_PENDING, {b"not json": 0})
+    seen: list[str] = []
+
+    def look(second: SecondLook) -> bool:
+        seen.append(second.callback.task_id)
+        return second.callback.task_id == "recorded"
+
+    sweeper = SecondLookSweeper(pending, look, interval_s=60, hold_s=1)
+    assert sweeper.sweep() == 1
+
+    assert sorted(seen) == ["recorded", "refused"]
+    members = client.zrange(keys.GIVE_UPS_PENDING, 0, -1)
+    assert len(members) == 1
+    assert b"refused" in members[0]

@@ -1,0 +1,118 @@
+"""Give-ups waiting for a second look, kept in Redis.
+
+When the queue gives up on a message of a task some worker's lease holds, the task is left to that
+holder. If the lease was a stale one (its worker could not release it), nobody would ever settle
+the task, so it is looked at again once any such lease must have lapsed. That second look is kept
+in Redis, not in the memory of the worker that gave up: any worker takes it when it is due, and a
+worker stopping meanwhile loses none (one taken and not finished is due again later)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+import orjson
+import redis
+
+from shared import keys
+from shared.callback import Callback
+from shared.errors import MjhookError
+
+log = logging.getLogger(__name__)
+
+#: Second looks one sweep takes at most; the rest wait for the next sweep.
+DEFAULT_TAKE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SecondLook:
+    #: The member as stored: what :meth:`PendingGiveUps.done` removes.
+    member: bytes
+    callback: Callback
+    reason: str
+
+
+class PendingGiveUps:
+    """The second looks waiting in Redis. ``clock`` returns Unix seconds."""
+
+    def __init__(self, client: redis.Redis, *, clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self._clock = clock
+        source = resources.files("shared").joinpath("lua", "take_due.lua").read_text()
+        self._take_due = client.register_script(source)
+
+    def add(self, callback: Callback, reason: str, *, after_s: float) -> None:
+        """Look at ``callback``'s task again in ``after_s`` seconds, to record ``reason``."""
+        member = orjson.dumps({"callback": callback.to_message(), "reason": reason})
+        self._client.zadd(keys.GIVE_UPS_PENDING, {member: self._due_ms(after_s)})
+
+    def take_due(self, *, hold_s: float, limit: int = DEFAULT_TAKE) -> list[SecondLook]:
+        """The second looks due now, taken for ``hold_s`` seconds: due again then unless
+        :meth:`done` removed them. An unreadable member is dropped."""
+        now_ms = self._due_ms(0)
+        taken = self._take_due(keys=[keys.GIVE_UPS_PENDING], args=[now_ms, self._due_ms(hold_s), limit])
+        looks = []
+        for member in taken:
+            try:
+                entry = orjson.loads(member)
+                callback = Callback.from_message(entry["callback"])
+                looks.append(SecondLook(member, callback, str(entry["reason"])))
+            except (orjson.JSONDecodeError, MjhookError, KeyError, TypeError, AttributeError):
+                log.error("dropping an unreadable pending give-up: %r", member)
+                self.done(member)
+        return looks
+
+    def done(self, member: bytes) -> None:
+        self._client.zrem(keys.GIVE_UPS_PENDING, member)
+
+    def _due_ms(self, after_s: float) -> int:
+        return int((self._clock() + after_s) * 1000)
+
+
+class SecondLookSweeper:
+    """Every ``interval_s`` seconds, in a daemon thread, hands each due second look to ``look``,
+    which returns True once the look is recorded (False: Redis refused it, take it again later)."""
+
+    def __init__(
+        self,
+        pending: PendingGiveUps,
+        look: Callable[[SecondLook], bool],
+        *,
+        interval_s: float,
+        hold_s: float,
+    ) -> None:
+        self._pending = pending
+        self._look = look
+        self._interval_s = interval_s
+        self._hold_s = hold_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="second-looks", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._interval_s + 5)
+
+    def sweep(self) -> int:
+        """Look at every due second look now; returns how many were recorded."""
+        recorded = 0
+        for look in self._pending.take_due(hold_s=self._hold_s):
+            if self._look(look):
+                self._pending.done(look.member)
+                recorded += 1
+        return recorded
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.sweep()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("could not take the pending give-ups: %s", exc)
+            except Exception:
+                log.exception("could not take the pending give-ups")
