@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, wait
 
+import orjson
+
 from shared import storage
 from shared.callback import Callback
 from shared.clock import utc_iso
@@ -134,30 +136,65 @@ class CallbackProcessor:
             return status
 
     def record_failure(self, callback: Callback, reason: str) -> None:
-        """Write the manifest of a task the queue or the polling fallback gave up on (its state is
-        ``failed`` now, with
-        the reason it recorded, else ``reason``), where the task has none: its presence says the
-        task is over, for whoever watches the bucket. A manifest written meanwhile stands, and
-        object storage being down (often why the queue gave up) leaves the task without one."""
-        record = self._tasks.get(callback.task_id)
-        recorded = record.fields.get("reason", "") if record is not None else ""
+        """Make the bucket agree with a task the queue or the polling fallback gave up on (its
+        state is ``failed`` now, with the reason it recorded, else ``reason``): its presence says
+        the task is over, for whoever watches the bucket. A manifest that describes what the
+        bucket holds of the task stands (the provider's own failure report, say). Else the task
+        gets a failed manifest describing the files stored from the URLs ``callback`` lists, and
+        the task's other files (an earlier result's, which a later one began to replace) are
+        removed after it: never a manifest describing bytes no longer stored, nor a stored file
+        no manifest describes. Done under the task's lease (a worker that took the task meanwhile
+        settles it instead), and only while the task is still ``failed``. Object storage being
+        down (often why the queue gave up) leaves the task without a manifest."""
+        task_id = callback.task_id
+        try:
+            with self._leases.hold(task_id) as lease:
+                record = self._tasks.get(task_id)
+                if record is None or record.state is not TaskState.FAILED:
+                    return  # settled otherwise meanwhile
+                self._write_failure(callback, record.fields.get("reason", "") or reason, lease)
+        except TaskBusy:
+            log.info("task %s: a worker took it meanwhile; it settles it", task_id)
+        except ObjectChanged:
+            log.info("task %s: its manifest was written meanwhile; it stands", task_id)
+        except StorageUnavailable as exc:
+            log.warning("task %s failed without a manifest: %s", task_id, exc)
+
+    def _write_failure(self, callback: Callback, reason: str, lease: Lease) -> None:
+        listing = self._store.list_etags(storage.task_prefix(callback.task_id))
+        manifest_key = storage.manifest_key(callback.task_id)
+        found, _, stored = self._already_stored(callback, listing)
+        if manifest_key in listing and self._describes_bucket(manifest_key, stored):
+            return
         manifest = build_manifest(
             callback,
             status=TaskState.FAILED,
-            images=[],
-            errors=[FileError(None, None, recorded or reason)],
+            images=list(found.values()),
+            errors=[FileError(None, None, reason)],
             completed_at=utc_iso(self._clock()),
             max_json_depth=self._max_json_depth,
         )
-        key = storage.manifest_key(callback.task_id)
-        try:
-            self._store.put_json(key, manifest, precondition=Precondition(None))
-        except ObjectChanged:
-            return  # the task has a manifest: it stands
-        except StorageUnavailable as exc:
-            log.warning("task %s failed without a manifest: %s", callback.task_id, exc)
-            return
+        lease.confirm()
+        self._store.put_json(manifest_key, manifest, precondition=Precondition(listing.get(manifest_key)))
+        described = {image.key for image in found.values()}
+        self._remove_undescribed_files(callback.task_id, stored - described, lease)
         log.info("task %s: wrote the manifest of its failure", callback.task_id)
+
+    def _describes_bucket(self, manifest_key: str, stored: set[str]) -> bool:
+        """Whether the task's manifest lists exactly the files ``stored``, each with the sha256
+        recorded on the object (a manifest of another shape describes nothing)."""
+        try:
+            manifest = self._store.get_json(manifest_key)
+            described = {image["key"]: image["sha256"] for image in manifest["images"]}
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return False
+        if set(described) != stored:
+            return False
+        for key, sha256 in described.items():
+            info = self._store.stat(key)
+            if info is None or info.sha256 != sha256:
+                return False
+        return True
 
     def _write_manifest(self, key: str, manifest: dict[str, object], found_etag: str | None) -> None:
         """Write the manifest only over the one found at the start (or where there was none):

@@ -3,6 +3,7 @@ real Redis, SeaweedFS and a file server; object storage "down" is an endpoint no
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -218,7 +219,8 @@ def test_a_partial_task_given_up_after_a_file_of_it_was_replaced_fails(
     """The review's reproduction. Given a task that ended partial (file 0 stored, file 1 gone),
     when a success callback with other URLs replaces file 0 and its attempt is given up before
     its manifest is written (its lease lapsed while file 1 downloaded), then the task is failed,
-    with why, not partial: the manifest left no longer describes file 0."""
+    with why, not partial, and so is its manifest, which describes file 0 as it is stored now:
+    the partial manifest left there described file 0's earlier bytes."""
     a_urls = [file_server.add("/a0.png", png_bytes(0)), file_server.url("/a1.png")]
     assert short_lease.parts().processor.process(callback(a_urls)) is TaskState.PARTIAL
     store = short_lease.parts().store
@@ -236,7 +238,11 @@ def test_a_partial_task_given_up_after_a_file_of_it_was_replaced_fails(
     )
 
     assert store.get_bytes("tasks/task-1/0.png") == png_bytes(10)
-    assert store.get_json("tasks/task-1/manifest.json")["images"][0]["sourceUrl"] == a_urls[0]
+    manifest = store.get_json("tasks/task-1/manifest.json")
+    assert manifest["status"] == "failed"
+    assert [(image["key"], image["sourceUrl"], image["sha256"]) for image in manifest["images"]] == [
+        ("tasks/task-1/0.png", b_urls[0], hashlib.sha256(png_bytes(10)).hexdigest())
+    ]
     record = tasks.get("task-1")
     assert record is not None
     assert record.state is TaskState.FAILED
@@ -489,3 +495,54 @@ def test_a_task_given_up_while_storage_is_down_is_failed_without_a_manifest(
     give_up(storage_down, callback([file_server.url("/0.png")]), StorageUnavailable("down"))
 
     assert tasks.get("task-1").state is TaskState.FAILED  # type: ignore[union-attr]
+
+
+def test_a_task_given_up_with_a_file_stored_gets_a_manifest_describing_it(
+    runtime: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a task whose first file is stored and whose second keeps failing for now
+    When the queue gives up on it
+    Then its failed manifest describes the stored file: the bucket holds only what its manifest
+    describes. The manifest said no images, and `mjhook get` never fetched the stored file."""
+    urls = [file_server.add("/a0.png", png_bytes(0)), file_server.add("/a1.png", b"busy", status=503)]
+    with pytest.raises(DownloadFailed) as raised:
+        runtime.parts().processor.process(callback(urls))
+
+    give_up(runtime, callback(urls), raised.value)
+
+    store = runtime.parts().store
+    manifest = store.get_json("tasks/task-1/manifest.json")
+    assert manifest["status"] == "failed"
+    assert [(image["key"], image["sha256"]) for image in manifest["images"]] == [
+        ("tasks/task-1/0.png", hashlib.sha256(png_bytes(0)).hexdigest())
+    ]
+    assert sorted(store.list_keys("tasks/task-1/")) == ["tasks/task-1/0.png", "tasks/task-1/manifest.json"]
+    assert tasks.get("task-1").state is TaskState.FAILED  # type: ignore[union-attr]
+
+
+def test_a_task_given_up_while_its_files_were_being_replaced_has_no_file_its_manifest_misdescribes(
+    runtime: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a task that ended partial (file 0 stored, file 1 gone), and a later success listing
+    other results whose attempt replaced file 0 and failed for now on file 1
+    When the queue gives up on the later success
+    Then every file the manifest describes has the sha256 and size it says, and the bucket holds
+    no other file: the partial manifest stood, describing file 0's earlier bytes."""
+    processor = runtime.parts().processor
+    first = [file_server.add("/a0.png", png_bytes(0)), file_server.add("/a1.png", b"", status=404)]
+    assert processor.process(callback(first)) is TaskState.PARTIAL
+    second = [file_server.add("/b0.png", png_bytes(7)), file_server.add("/b1.png", b"busy", status=503)]
+    with pytest.raises(DownloadFailed) as raised:
+        processor.process(callback(second))
+
+    give_up(runtime, callback(second), raised.value)
+
+    store = runtime.parts().store
+    manifest = store.get_json("tasks/task-1/manifest.json")
+    assert manifest["status"] == "failed"
+    for image in manifest["images"]:
+        body = store.get_bytes(image["key"])
+        assert body is not None
+        assert (hashlib.sha256(body).hexdigest(), len(body)) == (image["sha256"], image["size"])
+    files = {key for key in store.list_keys("tasks/task-1/") if not key.endswith("manifest.json")}
+    assert files == {image["key"] for image in manifest["images"]}
