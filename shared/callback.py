@@ -146,6 +146,23 @@ def _from_fields(fields: dict[str, Any], task_id: Any, limits: CallbackLimits) -
     )
 
 
+def without_callback_url(prompt_json: str | None) -> str | None:
+    """``promptJson`` without its ``callBackUrl``: the provider echoes the request's parameters,
+    and the callback URL ``mjhook submit`` sends carries ``MJHOOK_CALLBACK_TOKEN``, which must not
+    land in the manifest (anyone reading the task could forge callbacks). Any other string is
+    kept as it came."""
+    if prompt_json is None:
+        return None
+    try:
+        params = orjson.loads(prompt_json)
+    except orjson.JSONDecodeError:
+        return prompt_json
+    if not isinstance(params, dict) or "callBackUrl" not in params:
+        return prompt_json
+    params.pop("callBackUrl")
+    return orjson.dumps(params).decode()
+
+
 def parse_prompt(
     prompt_json: str | None, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH
 ) -> tuple[dict[str, Any] | None, str | None]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import dramatiq
 import orjson
 
-from shared.callback import CODE_SUCCESS, Callback, CallbackLimits, parse_callback
+from shared.callback import CODE_SUCCESS, Callback, CallbackLimits, parse_callback, without_callback_url
 from shared.clock import utc_iso
 from shared.errors import InvalidCallback, ProviderRefused
 from shared.provider import ProviderClient, TaskRecordInfo
@@ -123,21 +123,8 @@ def callback_from_record(info: TaskRecordInfo, *, received_at: str, limits: Call
         "msg": msg + POLLED_MSG_SUFFIX,
         "data": {
             "taskId": info.task_id,
-            "promptJson": _without_callback_url(info.param_json),
+            "promptJson": without_callback_url(info.param_json),
             "resultUrls": list(info.result_urls) if info.succeeded else [],
         },
     }
     return parse_callback(orjson.dumps(body), received_at=received_at, limits=limits)
-
-
-def _without_callback_url(param_json: str | None) -> str | None:
-    if param_json is None:
-        return None
-    try:
-        params = orjson.loads(param_json)
-    except orjson.JSONDecodeError:
-        return param_json
-    if not isinstance(params, dict) or "callBackUrl" not in params:
-        return param_json
-    params.pop("callBackUrl")
-    return orjson.dumps(params).decode()

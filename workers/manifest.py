@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from shared.callback import Callback, parse_prompt
+from shared.callback import Callback, parse_prompt, without_callback_url
 from shared.taskstate import TaskState
 
 
@@ -42,17 +42,20 @@ def build_manifest(
     completed_at: str,
     max_json_depth: int,
 ) -> dict[str, Any]:
-    """The manifest's fields. ``promptJson`` is always kept raw; it is parsed into ``params`` and
+    """The manifest's fields. ``promptJson`` is kept raw but for a ``callBackUrl`` in it (removed:
+    it carries the callback token, see :func:`~shared.callback.without_callback_url`); it is
+    parsed into ``params`` and
     ``prompt`` only when it nests at most ``max_json_depth`` levels (``MJHOOK_MAX_JSON_DEPTH``),
     else both are None. The workers pass the setting (``workers.runtime.build_parts`` builds the
     processor from it); the processor's own default, 32, serves tests and scripts."""
-    params, prompt = parse_prompt(callback.prompt_json, max_depth=max_json_depth)
+    prompt_json = without_callback_url(callback.prompt_json)
+    params, prompt = parse_prompt(prompt_json, max_depth=max_json_depth)
     return {
         "taskId": callback.task_id,
         "status": status.value,
         "code": callback.code,
         "msg": callback.msg,
-        "promptJson": callback.prompt_json,
+        "promptJson": prompt_json,
         "params": params,
         "prompt": prompt,
         "images": [asdict(image) for image in sorted(images, key=lambda i: i.index)],

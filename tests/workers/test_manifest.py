@@ -81,6 +81,24 @@ def test_malformed_prompt_json_stays_raw_with_null_params() -> None:
     assert manifest["prompt"] is None
 
 
+def test_the_callback_url_the_provider_echoes_in_prompt_json_stays_out_of_the_manifest() -> None:
+    """The provider's promptJson holds the request's parameters, callBackUrl among them, and the
+    one `mjhook submit` sends carries the callback token: anyone reading the task (GET /tasks,
+    the bucket) could have forged callbacks with it. The polling fallback already removed it."""
+    params = {"prompt": "a fox", "callBackUrl": "https://hooks.example/callbacks/midjourney?token=s3cr3t"}
+    manifest = build_manifest(
+        callback(prompt_json=orjson.dumps(params).decode()),
+        status=TaskState.STORED,
+        images=[IMAGE],
+        errors=[],
+        completed_at="x",
+        max_json_depth=DEFAULT_MAX_JSON_DEPTH,
+    )
+    assert "s3cr3t" not in orjson.dumps(manifest).decode()
+    assert manifest["params"] == {"prompt": "a fox"}
+    assert orjson.loads(manifest["promptJson"]) == {"prompt": "a fox"}
+
+
 @pytest.mark.parametrize(
     ("max_json_depth", "depth", "parsed"),
     [(8, 20, False), (8, 9, False), (8, 8, True), (64, 40, True)],
