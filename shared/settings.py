@@ -36,7 +36,8 @@ class Settings(BaseModel):
     s3_endpoint: str = "http://127.0.0.1:8333"
     s3_access_key: str = ""
     s3_secret_key: str = ""
-    s3_region: str = "us-east-1"
+    #: Empty: an AWS endpoint's own region, else us-east-1 (see shared/storage.py ``_region``).
+    s3_region: str = ""
     s3_bucket: str = "midjourney"
     #: The S3 endpoint as seen by whoever opens presigned download URLs (e.g. the host's name for
     #: a MinIO that the stack reaches as http://minio:9000); empty: ``s3_endpoint``.

@@ -18,13 +18,15 @@ import urllib3
 from minio import Minio
 from minio.credentials.credentials import Credentials
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
-from minio.helpers import MIN_PART_SIZE
+from minio.helpers import MIN_PART_SIZE, BaseURL
 
 from shared.errors import BucketMissing, ConfigError, ObjectChanged, StorageUnavailable
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: The region requests to a store that is not AWS are signed for (MinIO's default).
+DEFAULT_REGION = "us-east-1"
 #: User metadata key holding a stored file's sha256 (sent as ``x-amz-meta-sha256``).
 SHA256_META = "sha256"
 #: User metadata key holding the sha256 of the URL a file was downloaded from (sent as
@@ -376,7 +378,20 @@ def create_object_store(
         access_key=settings.s3_access_key or None,
         secret_key=settings.s3_secret_key or None,
         secure=parts.scheme == "https",
-        region=settings.s3_region,
+        region=_region(settings.s3_region, parts.scheme, parts.netloc),
         http_client=http,
     )
     return ObjectStore(client, settings.s3_bucket)
+
+
+def _region(configured: str, scheme: str, netloc: str) -> str | None:
+    """The region requests are signed for: the one configured; else the one an AWS endpoint's
+    host names (``s3.eu-west-1.amazonaws.com``: a region passed to minio would replace it in
+    the host); else, for AWS's global endpoint, None (minio asks AWS for the bucket's); else
+    (MinIO, SeaweedFS: any region signs) :data:`DEFAULT_REGION`, so presigning needs no request."""
+    if configured:
+        return configured
+    found = BaseURL(f"{scheme}://{netloc}", None).region
+    if found is None:
+        return DEFAULT_REGION
+    return found or None

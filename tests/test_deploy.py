@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from shared.settings import ENV_PREFIX, Settings
+from shared.storage import create_object_store
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -291,12 +292,22 @@ def test_app_services_pass_every_setting(services: dict[str, dict[str, Any]]) ->
         )
 
 
+#: Settings whose compose default is the stack's own, not the settings' default.
+STACK_DEFAULTS = {
+    # Presigned links must name MinIO as the host reaches it, not as http://minio:9000.
+    "MJHOOK_S3_PUBLIC_ENDPOINT": "http://127.0.0.1:9000",
+}
+
+
 def test_compose_defaults_are_the_settings_defaults(services: dict[str, dict[str, Any]]) -> None:
     defaults = Settings()
     for name in APP_SERVICES:
         for variable, value in environment_of(services[name]).items():
             match = INTERPOLATION.fullmatch(value or "")
             if not variable.startswith(ENV_PREFIX) or match is None or match["name"] != variable:
+                continue
+            if variable in STACK_DEFAULTS:
+                assert match["arg"] == STACK_DEFAULTS[variable], f"{name}: {variable}"
                 continue
             field = setting_field(variable)
             assert match["op"] == ":-", f"{name}: {variable} has no default"
@@ -325,6 +336,28 @@ def test_app_environment_makes_valid_settings_wired_to_the_stack(
         }
         assert settings.s3_access_key == minio_env["MINIO_ROOT_USER"] != ""
         assert settings.s3_secret_key == minio_env["MINIO_ROOT_PASSWORD"] != ""
+
+
+def test_presigned_links_of_the_stack_name_minio_where_the_host_reaches_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Under `docker compose up` with no .env, the links GET /tasks/{taskId} and the dashboard
+    hand out name MinIO's port published on the host: they named http://minio:9000, which only
+    the stack's own network resolves (every browser and host script failed on them)."""
+    resolved = {
+        variable: interpolate(value, {})
+        for variable, value in environment_of(services["ingress"]).items()
+        if value is not None
+    }
+    settings = Settings.from_env(resolved)
+    published = {interpolate(port, {}) for port in services["minio"]["ports"]}
+    link = urlsplit(
+        create_object_store(settings, endpoint=settings.s3_public_endpoint).presigned_url(
+            "tasks/t1/0.png", expires_s=60
+        )
+    )
+    assert link.hostname not in services
+    assert f"{link.hostname}:{link.port}:9000" in published
 
 
 def test_depends_on_targets_are_healthchecked(services: dict[str, dict[str, Any]]) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import urllib3
@@ -14,6 +15,7 @@ import urllib3
 from shared.errors import ObjectChanged
 from shared.settings import Settings
 from shared.storage import (
+    DEFAULT_REGION,
     PAYLOAD_SHA256_HEADER,
     SINGLE_PUT_MAX_BYTES,
     ObjectStore,
@@ -258,3 +260,55 @@ def test_a_conditional_write_refused_because_it_landed_already_is_no_refusal(
     assert store.get_json(key) == {"writer": "us"}
     with pytest.raises(ObjectChanged):
         store.put_json(key, {"writer": "another"}, precondition=Precondition(None))
+
+
+class OfflinePool(urllib3.PoolManager):
+    """Answers every request itself (HEAD of the bucket: 404, anything else: 200), never
+    connecting anywhere, and records what was sent."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent: list[tuple[str, str, bytes | None]] = []
+
+    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:  # type: ignore[override]
+        self.sent.append((method, url, kw.get("body")))
+        return urllib3.HTTPResponse(body=b"", status=404 if method == "HEAD" else 200, preload_content=True)
+
+
+def offline_store(endpoint: str, **settings: Any) -> tuple[ObjectStore, list[OfflinePool]]:
+    pools: list[OfflinePool] = []
+
+    def factory(**kwargs: Any) -> OfflinePool:
+        pools.append(OfflinePool(**kwargs))
+        return pools[-1]
+
+    configured = Settings(s3_endpoint=endpoint, s3_access_key="AKIDEXAMPLE", s3_secret_key="x", **settings)
+    return create_object_store(configured, http_factory=factory), pools
+
+
+def test_an_aws_regional_endpoint_is_used_in_its_region() -> None:
+    """Given AWS S3 in eu-west-1 and no region configured
+    When the worker makes its bucket and a link is presigned
+    Then every request goes to that endpoint, the bucket is made in eu-west-1, and the link names
+    it. The region setting's old default, us-east-1, replaced the host's: the bucket was made in
+    us-east-1 and every request went there."""
+    store, pools = offline_store("https://s3.eu-west-1.amazonaws.com", s3_bucket="acme-results")
+
+    store.ensure_bucket()
+    link = store.presigned_url("tasks/t/0.png", expires_s=600)
+
+    hosts = {urlsplit(url).netloc for _, url, _ in pools[0].sent}
+    assert hosts <= {"s3.eu-west-1.amazonaws.com", "acme-results.s3.eu-west-1.amazonaws.com"}
+    [create] = [body for method, _, body in pools[0].sent if method == "PUT"]
+    assert b"<LocationConstraint>eu-west-1</LocationConstraint>" in (create or b"")
+    assert urlsplit(link).netloc == "acme-results.s3.eu-west-1.amazonaws.com"
+
+
+@pytest.mark.parametrize("region", ["", "eu-central-1"])
+def test_a_store_that_is_not_aws_presigns_without_a_request(region: str) -> None:
+    """MinIO and SeaweedFS sign with any region: without one configured, us-east-1, so the
+    ingress presigns links without asking the store (which may be away)."""
+    store, pools = offline_store("http://127.0.0.1:9000", s3_region=region)
+    link = store.presigned_url("tasks/t/0.png", expires_s=600)
+    assert pools[0].sent == []
+    assert f"%2F{region or DEFAULT_REGION}%2Fs3%2Faws4_request" in link
