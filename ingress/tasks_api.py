@@ -82,12 +82,17 @@ class TaskResource:
         if record is None and manifest is None:
             raise falcon.HTTPNotFound(title="unknown task")
         state = record.state.value if record is not None else manifest["status"]
+        try:
+            # Presigning may ask the store for the bucket's region (AWS's global endpoint).
+            images = self._images(task_id, manifest)
+        except StorageUnavailable as exc:
+            raise falcon.HTTPServiceUnavailable(title="object storage unavailable") from exc
         resp.media = {
             "taskId": task_id,
             "state": state,
             "reason": record.fields.get("reason") if record is not None else None,
             "manifest": manifest,
-            "images": self._images(task_id, manifest),
+            "images": images,
         }
         resp.cache_control = ["no-store"]
 

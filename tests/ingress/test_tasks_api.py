@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import falcon
 import httpx
 import orjson
 import pytest
@@ -16,8 +17,9 @@ import redis
 from falcon import testing
 
 from ingress.app import create_app
-from ingress.tasks_api import MAX_LISTED_REASON_CHARS
+from ingress.tasks_api import MAX_LISTED_REASON_CHARS, TaskResource
 from shared.callback import Callback
+from shared.errors import StorageUnavailable
 from shared.settings import Settings
 from shared.taskstate import TaskState, TaskStore
 from simulator.video import mp4_bytes
@@ -328,3 +330,26 @@ def test_reads_held_up_never_hold_up_readyz_or_a_refusal(redis_server) -> None:
     assert (ready, refused) == (200, 400)
     assert listed == [200, 200, 200]
     client.close()
+
+
+class PresignerAway:
+    """A presigner whose store does not answer: minio asks AWS's global endpoint for a bucket's
+    region before it presigns, when none is configured."""
+
+    def presigned_url(self, key: str, *, expires_s: int) -> str:
+        raise StorageUnavailable("the region lookup failed: connection refused")
+
+
+def test_presigning_object_storage_cannot_serve_is_a_503(stack: Stack) -> None:
+    """It was a 500 "internal error" with a traceback, while the manifest read meeting the same
+    store answered 503."""
+    resource = TaskResource(
+        tasks=stack.parts.tasks, store=stack.parts.store, presigner=PresignerAway(), expiry_s=60
+    )
+    app = falcon.App()
+    app.add_route("/tasks/{task_id}", resource)
+
+    response = testing.TestClient(app).simulate_get("/tasks/stored-1")
+
+    assert response.status_code == 503
+    assert response.json["title"] == "object storage unavailable"
