@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for both roles. The default command runs the ingress; the worker runs the same image
-# with `dramatiq workers.tasks ...` (see docker-compose.yml, which also sets its healthcheck).
+# with `python -m workers workers.tasks ...` (dramatiq, logging in MJHOOK_LOG_FORMAT; see
+# docker-compose.yml, which also sets its healthcheck).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

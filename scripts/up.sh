@@ -100,7 +100,7 @@ fi
 echo "redis    $redis_line"
 echo "s3       $s3_line, bucket ${MJHOOK_S3_BUCKET:-midjourney}"
 echo "ingress  http://127.0.0.1:$UP_INGRESS_PORT (GET /healthz)"
-echo "worker   dramatiq workers.tasks (metrics: http://127.0.0.1:${MJHOOK_WORKER_METRICS_PORT:-9191}/metrics)"
+echo "worker   python -m workers workers.tasks (metrics: http://127.0.0.1:${MJHOOK_WORKER_METRICS_PORT:-9191}/metrics)"
 for name in ${extra[@]+"${extra[@]}"}; do
   echo "$(printf '%-8s' "$name") $(sed -n "s/^$name: //p" Procfile)"
 done

@@ -243,8 +243,10 @@ def entry_point_problems(argv: list[str]) -> list[str]:
             problems.append(f"gunicorn: {module} defines no {attribute}")
         if "-c" in argv and not (ROOT / argv[argv.index("-c") + 1]).is_file():
             problems.append(f"gunicorn: no config file {argv[argv.index('-c') + 1]}")
-    elif program == "dramatiq":
-        modules = [arg for arg in argv[1:] if not arg.startswith("-") and not arg.isdigit()]
+    elif program == "dramatiq" or argv[:3] == ["python", "-m", "workers"]:
+        # `python -m workers` is dramatiq with mjhook's logging (workers/__main__.py)
+        arguments = argv[1:] if program == "dramatiq" else argv[3:]
+        modules = [arg for arg in arguments if not arg.startswith("-") and not arg.isdigit()]
         module = modules[0]
         if importlib.util.find_spec(module) is None:
             problems.append(f"dramatiq: no module {module}")
@@ -417,7 +419,7 @@ def test_services_run_real_entry_points(
         next(arguments for keyword, arguments in reversed(dockerfile) if keyword == "CMD")
     )
     assert commands["ingress"][:2] == ["gunicorn", "ingress.wsgi:app"]
-    assert commands["worker"][:2] == ["dramatiq", "workers.tasks"]
+    assert commands["worker"][:4] == ["python", "-m", "workers", "workers.tasks"]
     assert commands["Dockerfile CMD"] == commands["ingress"], "the image's default is the ingress"
     problems = [
         f"{name}: {problem}" for name, argv in commands.items() for problem in entry_point_problems(argv)
@@ -462,7 +464,8 @@ def test_worker_healthcheck_tells_live_workers_from_none(services: dict[str, dic
     """Run the worker's healthcheck here, with the module name swapped for a unique marker so that
     processes of anyone else on this machine cannot sway it."""
     code = healthcheck_python_code(healthcheck_test(services["worker"]) or [])
-    module = command_of(services["worker"])[1]
+    module = "workers.tasks"
+    assert module in command_of(services["worker"])
     assert code is not None, "the worker's healthcheck is not a python program"
     assert f'b"{module}"' in code, "the healthcheck does not look for the worker module"
     marker = f"mjhook-test-{uuid.uuid4().hex}"

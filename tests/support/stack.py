@@ -96,13 +96,15 @@ def start_workers(
     *,
     extra_args: Sequence[str] = (),
     timeout_s: float = WORKERS_START_TIMEOUT_S,
+    launcher: Sequence[str] | None = None,
 ) -> ManagedProcess:
     """Run ``dramatiq workers.tasks``; return once every worker process is consuming.
 
-    The log is ``log_dir/workers.log``; `extra_args` go to dramatiq.
+    The log is ``log_dir/workers.log``; `extra_args` go to dramatiq. ``launcher``: the command
+    in place of ``dramatiq`` (``python -m workers``, say).
     """
     argv = [
-        venv_bin("dramatiq"), "workers.tasks",
+        *(launcher or [venv_bin("dramatiq")]), "workers.tasks",
         "--processes", str(processes),
         "--threads", str(threads),
         *extra_args,
