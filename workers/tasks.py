@@ -22,6 +22,7 @@ from workers.polling import POLL_QUEUE, POLL_SILENT_TASKS, PollKeeper
 from workers.retries import DurableRetries
 from workers.runtime import WorkerRuntime
 from workers.stranded import MessagesInHand
+from workers.time_limit import end_time_limits_first
 
 settings = Settings.from_env(os.environ)
 configure_logging(settings.log_level, settings.log_format)
@@ -50,6 +51,9 @@ broker.add_middleware(
 broker.add_middleware(CurrentMessage())
 broker.add_middleware(BrokerHeartbeat(interval_s=settings.redelivery_s / 4, in_hand=in_hand))
 broker.add_middleware(PollKeeper(runtime.poll_chain, interval_s=settings.poll_interval_s))
+# Last, so that its after-hook runs first: no waiting after-hook (a retry's enqueue, a give-up,
+# through a broker outage) is interrupted by the message's time limit (workers/time_limit.py).
+end_time_limits_first(broker)
 dramatiq.set_broker(broker)
 
 
