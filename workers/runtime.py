@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 
 #: How long a worker waits at boot for object storage to let it make the bucket, in seconds.
 DEFAULT_BUCKET_WAIT_S = 120.0
-#: Longest wait between two tries of a give-up Redis refused, in seconds (1, 2, 4, ... up to it).
-GIVE_UP_RETRY_MAX_S = 60
+#: Waits between two tries of a give-up Redis refused, in seconds: the first, doubling up to the
+#: longest (the message's time limit has ended: workers/time_limit.py).
+GIVE_UP_RETRY_FIRST_S = 0.25
+GIVE_UP_RETRY_MAX_S = 5.0
 #: How often a worker takes the due second looks: half the lease TTL, within these bounds (s).
 SECOND_LOOK_MIN_INTERVAL_S = 0.5
 SECOND_LOOK_MAX_INTERVAL_S = 5.0
@@ -148,12 +150,14 @@ class WorkerRuntime(Middleware):
         *,
         broker: dramatiq.Broker | None = None,
         metrics: WorkerMetrics | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """``broker``: where the polling fallback enqueues (no polling without it); ``metrics``:
-        where the processor counts."""
+        where the processor counts; ``sleep`` waits between two tries of a give-up."""
         self._settings = settings
         self._broker = broker
         self._metrics = metrics
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._parts: WorkerParts | None = None
         self._sweeper: SecondLookSweeper | None = None
@@ -203,7 +207,8 @@ class WorkerRuntime(Middleware):
         state, with the reason, instead of leaving it ``processing`` forever; a task that has an
         outcome keeps it, and a task some worker holds (its lease: that worker is processing
         another message of it) keeps its state, which the holder settles (:meth:`TaskStore.give_up`,
-        which checks the lease in the same script call as the move)."""
+        which checks the lease in the same script call as the move). Both the reason kept beside
+        the dead letter and the give-up wait for Redis, before the message is dead-lettered."""
         if exception is None or not message.failed:
             return
         failure = f"{type(exception).__name__}: {exception}"
@@ -212,39 +217,51 @@ class WorkerRuntime(Middleware):
             # Dead-lettered because its retry could not be queued: a replay meets that error first.
             failure = f"the retry could not be queued: {enqueue_error} (after {failure})"
         reason = f"gave up: {failure}"[:500]
-        self._record_dead_reason(broker, message, reason)
-        if self._parts is None:
-            return
         try:
-            callback = Callback.from_message(message.args[0])
+            callback = Callback.from_message(message.args[0]) if self._parts is not None else None
         except (MjhookError, IndexError, TypeError, AttributeError):
-            return
-        self._give_up(callback, reason, looks=1)
+            callback = None
+        # Before the message is dead-lettered (after this hook), however long Redis is away: a
+        # worker stopping meanwhile leaves the message unacknowledged, to be redelivered, where a
+        # give-up kept in this process's memory was lost with it (the task processing for good).
+        self._patiently(
+            "keep why the message was dead-lettered",
+            lambda: self._record_dead_reason(broker, message, reason),
+        )
+        if callback is not None:
+            self._patiently(
+                f"record the failure of {callback.task_id}", lambda: self._give_up(callback, reason)
+            )
 
-    def _give_up(self, callback: Callback, reason: str, *, looks: int, failures: int = 0) -> None:
-        """Record the give-up (:meth:`_try_give_up`); one Redis refused is tried again, less and
-        less often, until Redis takes it: the task must not stay unsettled."""
-        if not self._try_give_up(callback, reason, looks=looks):
-            delay = min(GIVE_UP_RETRY_MAX_S, 2**failures)
-            self._later(delay, callback, reason, looks=looks, failures=failures + 1)
+    def _patiently(self, what: str, action: Callable[[], None]) -> None:
+        """Run ``action`` until Redis takes it: tried again after 0.25 s, doubling up to
+        :data:`GIVE_UP_RETRY_MAX_S`, while it raises a Redis or connection error."""
+        delay = GIVE_UP_RETRY_FIRST_S
+        while True:
+            try:
+                action()
+                return
+            except (redis.RedisError, OSError) as exc:
+                log.warning("could not %s (%s); trying again in %.2g s", what, exc, delay)
+            self._sleep(delay)
+            delay = min(delay * 2, GIVE_UP_RETRY_MAX_S)
 
-    def _try_give_up(self, callback: Callback, reason: str, *, looks: int) -> bool:
-        """Record the give-up; False when Redis refused it. ``looks``: how many more times to look
-        at a task some worker's lease holds. A task left to the worker holding its lease is looked
-        at once more when any such lease must have lapsed (one whose holder could not release
-        it, Redis away for a moment, is nobody's, and nobody would settle the task): that second
-        look waits in Redis (workers/second_look.py), for any worker to take. A task left failed
-        gets a manifest saying so where it has none."""
+    def _give_up(self, callback: Callback, reason: str, *, looks: int = 1) -> None:
+        """Record the give-up; Redis errors raise. ``looks``: how many more times to look at a task
+        some worker's lease holds. A task left to the worker holding its lease is looked at once
+        more when any such lease must have lapsed (one whose holder could not release it, Redis
+        away for a moment, is nobody's, and nobody would settle the task): that second look waits
+        in Redis (workers/second_look.py), for any worker to take. A task left failed gets a
+        manifest saying so where it has none."""
         assert self._parts is not None
         task_id = callback.task_id
         try:
             state = self._parts.tasks.give_up(task_id, reason)
-        except (redis.RedisError, OSError) as exc:
-            log.warning("could not record the failure of %s (%s); trying again", task_id, exc)
-            return False
+        except (redis.RedisError, OSError):
+            raise
         except Exception:
             log.exception("could not record the failure of %s", task_id)  # an unusable record
-            return True
+            return
         if state is TaskState.FAILED:
             try:
                 self._parts.processor.record_failure(callback, reason)
@@ -253,35 +270,22 @@ class WorkerRuntime(Middleware):
         else:
             log.info("task %s stays %s; its message was %s", task_id, state.value, reason)
         if state in UNSETTLED_STATES and looks > 0:
-            after_s = self._settings.lease_ttl_s + 1
-            try:
-                self._parts.pending.add(callback, reason, after_s=after_s)
-            except (redis.RedisError, OSError) as exc:
-                log.warning("could not keep the second look at %s in Redis (%s): kept here", task_id, exc)
-                self._later(after_s, callback, reason, looks=looks - 1, failures=0)
-        return True
+            self._parts.pending.add(callback, reason, after_s=self._settings.lease_ttl_s + 1)
 
     def _look_again(self, look: SecondLook) -> bool:
-        return self._try_give_up(look.callback, look.reason, looks=0)
-
-    def _later(self, delay_s: float, callback: Callback, reason: str, *, looks: int, failures: int) -> None:
-        timer = threading.Timer(
-            delay_s, self._give_up, args=(callback, reason), kwargs={"looks": looks, "failures": failures}
-        )
-        timer.daemon = True
-        timer.start()
+        try:
+            self._give_up(look.callback, look.reason, looks=0)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("could not look again at %s (%s); it stays pending", look.callback.task_id, exc)
+            return False
+        return True
 
     def _record_dead_reason(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, reason: str
     ) -> None:
         """Keep the reason next to the dead letter the broker is about to make (``mjhook dlq list``):
-        dramatiq stores the message without the error that killed it."""
+        dramatiq stores the message without the error that killed it. Redis errors raise."""
         redis_message_id = message.options.get("redis_message_id")
         if not isinstance(broker, RedisBroker) or not redis_message_id:
             return
-        try:
-            record_dead_reason(
-                broker.client, redis_message_id, reason, ttl_s=self._settings.dead_message_ttl_s
-            )
-        except (redis.RedisError, OSError):
-            log.warning("could not record why message %s was dead-lettered", redis_message_id)
+        record_dead_reason(broker.client, redis_message_id, reason, ttl_s=self._settings.dead_message_ttl_s)

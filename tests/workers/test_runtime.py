@@ -4,6 +4,7 @@ real Redis, SeaweedFS and a file server; object storage "down" is an endpoint no
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -405,14 +406,17 @@ def test_a_poll_pass_makes_one_attempt_per_task_while_the_provider_limits(
     assert file_server.hits["/api/v1/mj/record-info"] == 1
 
 
-def test_a_give_up_redis_refused_is_recorded_once_redis_is_back(
+def test_a_give_up_redis_refused_waits_for_redis_before_the_message_is_dead_lettered(
     tmp_path: Path, s3_server: S3Server, s3_bucket: str, file_server: FileServer
 ) -> None:
     """Given a task being processed, and the queue giving up on its message while Redis is down
     (the outage that failed its last attempt)
     When Redis comes back
-    Then the task is failed with the reason: the give-up is tried again until Redis takes it. It
-    was tried once, and the task stayed ``processing`` for good, with no reason."""
+    Then the hook (after which dramatiq dead-letters the message) returns only once the task is
+    failed with the reason and the dead letter's reason is kept: a worker stopping during the
+    outage leaves the message unacknowledged, to be redelivered. The give-up was retried by a
+    timer in the worker's memory, lost with it (the task processing for good), and the dead
+    letter's reason was dropped."""
     redis_server = start_redis(tmp_path / "redis", appendonly=True)
     try:
         settings = Settings.from_env(
@@ -427,13 +431,37 @@ def test_a_give_up_redis_refused_is_recorded_once_redis_is_back(
         runtime = WorkerRuntime(settings)
         tasks = runtime.parts().tasks
         tasks.move("task-1", TaskState.PROCESSING)
+        broker = create_broker(settings, client=connect_redis(settings.redis_url), middleware=[])
+        message = dramatiq.MessageProxy(
+            dramatiq.Message(
+                queue_name=CALLBACK_QUEUE,
+                actor_name=PROCESS_CALLBACK,
+                args=(callback([file_server.url("/0.png")]).to_message(),),
+                kwargs={},
+                options={"redis_message_id": "m-1"},
+            )
+        )
+        message.fail()
         redis_server.stop()
 
-        give_up(runtime, callback([file_server.url("/0.png")]), DownloadFailed("connection reset"))
+        hook = threading.Thread(
+            target=runtime.after_process_message,
+            args=(broker, message),
+            kwargs={"exception": DownloadFailed("connection reset")},
+        )
+        hook.start()
+        hook.join(timeout=2)
+        assert hook.is_alive(), "the hook returned while Redis was down: the give-up was left to memory"
         redis_server.start()
+        hook.join(timeout=30)
 
-        wait_for(lambda: tasks.get("task-1").state is TaskState.FAILED, timeout_s=20, what="the failure")  # type: ignore[union-attr]
-        assert tasks.get("task-1").fields["reason"] == "gave up: DownloadFailed: connection reset"  # type: ignore[union-attr]
+        assert not hook.is_alive()
+        record = tasks.get("task-1")
+        assert record is not None
+        assert record.state is TaskState.FAILED
+        assert record.fields["reason"] == "gave up: DownloadFailed: connection reset"
+        kept = tasks.client.get(keys.dead_reason("m-1"))
+        assert kept == b"gave up: DownloadFailed: connection reset"
     finally:
         redis_server.kill()
 
