@@ -14,7 +14,9 @@ How many leading bytes each format needs:
 
 from __future__ import annotations
 
+import io
 import struct
+from typing import IO
 
 from shared.errors import DownloadRefused
 from workers.sniff import GIF, JPEG, PNG, WEBP, MediaType
@@ -76,6 +78,49 @@ def _gif(head: bytes) -> tuple[int, int] | None:
         return None
     width, height = struct.unpack_from("<HH", head, 6)
     return width, height
+
+
+def gif_canvas(body: IO[bytes]) -> tuple[int, int] | None:
+    """The canvas a decoder draws the GIF ``body`` (positioned at its start) on: its logical
+    screen grown to every frame's extent (left + width, top + height, 16 bits each), as decoders
+    grow it (Pillow does, and browsers for the first frame): a GIF declaring a 1x1 screen may
+    hold a 60000x60000 frame. Read by walking the file's blocks, skipping their data unread; a
+    file cut short is judged on the frames before the cut. None without a logical screen."""
+    header = body.read(13)
+    if len(header) < 13:
+        return None
+    width, height, packed = struct.unpack_from("<HHB", header, 6)
+    _skip_color_table(body, packed)
+    while (introducer := body.read(1)) in (b"!", b","):
+        if introducer == b"!":  # an extension: its label, then its data sub-blocks
+            if not body.read(1) or not _skip_sub_blocks(body):
+                break
+            continue
+        descriptor = body.read(9)
+        if len(descriptor) < 9:
+            break
+        left, top, frame_width, frame_height, packed = struct.unpack("<HHHHB", descriptor)
+        width, height = max(width, left + frame_width), max(height, top + frame_height)
+        _skip_color_table(body, packed)
+        if not body.read(1) or not _skip_sub_blocks(body):  # LZW code size, then the image data
+            break
+    return width, height
+
+
+def _skip_color_table(body: IO[bytes], packed: int) -> None:
+    """Past the color table a GIF block's packed byte announces (bit 7 set: 3 x 2^(n+1) bytes)."""
+    if packed & 0x80:
+        body.seek(3 << ((packed & 0x07) + 1), io.SEEK_CUR)
+
+
+def _skip_sub_blocks(body: IO[bytes]) -> bool:
+    """Past a run of data sub-blocks (each a length byte, then that many bytes) and the empty
+    one ending it; False when the file ends first."""
+    while size := body.read(1):
+        if size == b"\x00":
+            return True
+        body.seek(size[0], io.SEEK_CUR)
+    return False
 
 
 def _webp(head: bytes) -> tuple[int, int] | None:

@@ -8,6 +8,7 @@ most) in bounded steps."""
 from __future__ import annotations
 
 import hashlib
+import http.cookiejar
 import itertools
 import tempfile
 import threading
@@ -16,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import httpcore
 import httpx
@@ -28,9 +29,10 @@ from workers.dimensions import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     check_dimensions,
+    gif_canvas,
     read_dimensions,
 )
-from workers.sniff import SNIFF_BYTES, MediaType, sniff_media
+from workers.sniff import GIF, MediaType, bytes_to_sniff, sniff_media
 
 #: HTTP statuses below 500 worth another try later. Every 5xx is too (a CDN's 520-524 as much as
 #: a 503); every other non-2xx status is final.
@@ -59,6 +61,9 @@ class FetchLimits:
     #: Judged on the raw body bytes received since before the first connect (:class:`DownloadPace`).
     min_rate: int = 0
     min_rate_after_s: float = 60.0
+    #: Longest a download may run in all, seconds, from before its first connect; 0: no bound.
+    #: The workers set the task's time limit: dramatiq's cannot interrupt a download under way.
+    max_seconds: float = 0.0
 
 
 class ByteBudget:
@@ -104,6 +109,7 @@ class DownloadPace:
     def __init__(self, limits: FetchLimits, monotonic: Callable[[], float]) -> None:
         self._min_rate = limits.min_rate
         self._after_s = limits.min_rate_after_s
+        self._max_s = limits.max_seconds
         self._monotonic = monotonic
         self._started = monotonic()
         self._received = 0
@@ -117,27 +123,33 @@ class DownloadPace:
 
     def check(self) -> None:
         """Give up (:class:`DownloadFailed`, transient: the server may be slow for now) once the
-        download has run long enough to judge and averaged less than the minimum."""
-        if not self._min_rate:
-            return
+        download has run long enough to judge and averaged less than the minimum, or has run
+        longer than ``max_seconds`` in all (however fast: a server keeping just above the
+        minimum could otherwise hold a worker thread for days)."""
         elapsed = self._monotonic() - self._started
-        if elapsed > self._due_s():
+        if self._max_s and elapsed > self._max_s:
+            raise DownloadFailed(
+                f"too long: {self._received} bytes in {elapsed:.0f} s, over the {self._max_s:.0f} s"
+                " a download may take"
+            )
+        if self._min_rate and elapsed > self._rate_due_s():
             raise DownloadFailed(
                 f"too slow: {self._received} bytes in {elapsed:.0f} s,"
                 f" under {self._min_rate} bytes/s on average"
             )
 
     def wait(self, timeout: float | None, late: type[httpcore.TimeoutException]) -> float | None:
-        """``timeout`` cut to the time left before the average falls below the minimum; ``late``
-        once there is none."""
-        if not self._min_rate:
+        """``timeout`` cut to the time left before the average falls below the minimum or the
+        download's time is up; ``late`` once there is none."""
+        due = [due for due in (self._max_s, self._min_rate and self._rate_due_s()) if due]
+        if not due:
             return timeout
-        left = self._due_s() - (self._monotonic() - self._started)
+        left = min(due) - (self._monotonic() - self._started)
         if left <= 0:
-            raise late(f"under {self._min_rate} bytes/s on average")
+            raise late(f"under {self._min_rate} bytes/s on average, or over {self._max_s:.0f} s")
         return left if timeout is None else min(timeout, left)
 
-    def _due_s(self) -> float:
+    def _rate_due_s(self) -> float:
         """Seconds after the start by which the bytes received so far are too few: the average
         is judged after ``min_rate_after_s``, and is under the minimum after received/min_rate."""
         return max(self._after_s, self._received / self._min_rate)
@@ -202,8 +214,7 @@ class ResultFetcher:
         try:
             media, size, digest = self._stream_into(url, body, budget)
             if media.kind == "image":
-                body.seek(0)
-                self._check_dimensions(media, body.read(DEFAULT_HEAD_BYTES))
+                self._check_dimensions(media, body)
         except BaseException:
             body.close()
             raise
@@ -247,16 +258,29 @@ class ResultFetcher:
     def _copy(
         self, response: httpx.Response, pace: DownloadPace, sink: IO[bytes], budget: ByteBudget
     ) -> tuple[MediaType, int, str]:
-        chunks = decoded(pace.counted(response.iter_raw()), response.headers.get("Content-Encoding", ""))
+        cap = self._largest_cap()
+        raw = 0
+
+        def raw_capped(chunks: Iterable[bytes]) -> Iterator[bytes]:
+            """The raw body bytes, capped too: an encoded body can carry any number of bytes
+            that decode to nothing (empty blocks, a long header field) before a small image."""
+            nonlocal raw
+            for chunk in chunks:
+                raw += len(chunk)
+                if raw > cap:
+                    raise DownloadRefused(f"the body sent is over the {cap}-byte cap")
+                yield chunk
+
+        encoding = response.headers.get("Content-Encoding", "")
+        chunks = decoded(raw_capped(pace.counted(response.iter_raw())), encoding)
         digest = hashlib.sha256()
         head = b""
         media: MediaType | None = None
-        cap = self._largest_cap()
         size = 0
         for chunk in chunks:
             if media is None:
                 head += chunk
-                if len(head) >= SNIFF_BYTES:
+                if len(head) >= bytes_to_sniff(head):
                     media, cap = self._identify(head)
             size += len(chunk)
             if size > cap:
@@ -273,14 +297,21 @@ class ResultFetcher:
     def _largest_cap(self) -> int:
         return max(self._limits.max_image_bytes, self._limits.max_video_bytes)
 
-    def _check_dimensions(self, media: MediaType, head: bytes) -> None:
-        """Refuse an image declaring too many pixels, or not declaring its size within ``head``
-        (no decoder could open it either, or a JPEG's metadata pushes its frame header beyond)."""
+    def _check_dimensions(self, media: MediaType, body: IO[bytes]) -> None:
+        """Refuse an image declaring too many pixels, or not declaring its size within its first
+        ``DEFAULT_HEAD_BYTES`` (no decoder could open it either, or a JPEG's metadata pushes its
+        frame header beyond); a GIF also by the canvas its frames extend to."""
+        body.seek(0)
+        head = body.read(DEFAULT_HEAD_BYTES)
         size = read_dimensions(head, media)
         if size is None:
             raise DownloadRefused(f"{media.ext} image that declares no size in its first {len(head)} bytes")
         limits = self._limits
         check_dimensions(*size, max_pixels=limits.max_image_pixels, max_side=limits.max_image_side)
+        if media == GIF:
+            body.seek(0)
+            canvas = gif_canvas(body) or size
+            check_dimensions(*canvas, max_pixels=limits.max_image_pixels, max_side=limits.max_image_side)
 
     def _identify(self, head: bytes) -> tuple[MediaType, int]:
         media = sniff_media(head)
@@ -403,6 +434,19 @@ def create_http_client(
         max_redirects=max_redirects,
         event_hooks={"response": [refuse_unusable_redirect]},
         headers={"User-Agent": "mjhook/0.1 (+result fetcher)"},
+        # No cookie jar: one client serves every download of the process, and hosts the
+        # callbacks name would fill a jar without end and have their cookies sent back later.
+        cookies=NoCookies(),
         trust_env=False,
         transport=transport,
     )
+
+
+class NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing."""
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return

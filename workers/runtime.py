@@ -76,17 +76,7 @@ def build_parts(
         transport=guarded_transport_from_settings(settings),
     )
     fetcher = ResultFetcher(
-        http,
-        FetchLimits(
-            max_image_bytes=settings.max_image_bytes,
-            max_video_bytes=settings.max_video_bytes,
-            spool_memory_bytes=settings.spool_memory_bytes,
-            max_image_pixels=settings.max_image_pixels,
-            max_image_side=settings.max_image_side,
-            min_rate=settings.min_download_rate,
-            min_rate_after_s=settings.min_download_rate_after_s,
-        ),
-        refresh_url=provider.download_url if provider is not None else None,
+        http, fetch_limits(settings), refresh_url=provider.download_url if provider is not None else None
     )
     pool = ThreadPoolExecutor(max_workers=settings.download_concurrency, thread_name_prefix="fetch")
     processor = CallbackProcessor(
@@ -115,6 +105,21 @@ def build_parts(
         )
     return WorkerParts(
         processor=processor, tasks=tasks, store=store, pending=PendingGiveUps(client), polling=polling
+    )
+
+
+def fetch_limits(settings: Settings) -> FetchLimits:
+    """What one download may take, from settings: a download runs no longer than the task's
+    time limit, which dramatiq cannot enforce on a download under way."""
+    return FetchLimits(
+        max_image_bytes=settings.max_image_bytes,
+        max_video_bytes=settings.max_video_bytes,
+        spool_memory_bytes=settings.spool_memory_bytes,
+        max_image_pixels=settings.max_image_pixels,
+        max_image_side=settings.max_image_side,
+        min_rate=settings.min_download_rate,
+        min_rate_after_s=settings.min_download_rate_after_s,
+        max_seconds=settings.task_time_limit_s,
     )
 
 

@@ -6,8 +6,12 @@ from dataclasses import dataclass
 
 from shared.errors import DownloadRefused
 
-#: Bytes needed to recognise every type below.
+#: Bytes needed to recognise every type below, but for an ISO-BMFF file's whole ``ftyp`` box
+#: (:func:`bytes_to_sniff`).
 SNIFF_BYTES = 64
+#: Longest ``ftyp`` box accepted: every compatible brand in it is read before the type is told
+#: (a real one lists a handful); a longer box is refused.
+MAX_FTYP_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,15 @@ _MAJOR_BRAND = slice(8, 12)
 _COMPATIBLE_FROM = 16
 
 
+def bytes_to_sniff(head: bytes) -> int:
+    """How many leading bytes :func:`sniff_media` needs to judge a file starting with ``head``:
+    :data:`SNIFF_BYTES`, or for an ISO-BMFF file its whole ``ftyp`` box (at most
+    :data:`MAX_FTYP_BYTES`: an image brand listed past the first bytes must be seen too)."""
+    if head[4:8] == b"ftyp":
+        return max(SNIFF_BYTES, min(int.from_bytes(head[:4], "big"), MAX_FTYP_BYTES))
+    return SNIFF_BYTES
+
+
 def sniff_media(head: bytes) -> MediaType | None:
     """The media type of a file starting with ``head`` (give it :data:`SNIFF_BYTES` bytes when
     the file has them), or None when it is none of png, jpeg, gif, webp, mp4, webm. Raises
@@ -69,12 +82,16 @@ def sniff_media(head: bytes) -> MediaType | None:
 
 def _iso_bmff_video(head: bytes) -> MediaType | None:
     """MP4 when the ``ftyp`` box at the start of ``head`` names an MP4 major brand and no image
-    brand among the compatible ones it holds within ``head``; None when ``head`` is too short to
-    hold the major brand."""
+    brand among the compatible ones it holds within ``head`` (give it :func:`bytes_to_sniff`
+    bytes); None when ``head`` is too short to hold the major brand. A box of an impossible size
+    (under 16 bytes, or over :data:`MAX_FTYP_BYTES`) is refused."""
     major = head[_MAJOR_BRAND]
     if len(major) < 4:
         return None
-    end = min(int.from_bytes(head[:4], "big"), len(head))
+    box = int.from_bytes(head[:4], "big")
+    if not _COMPATIBLE_FROM <= box <= MAX_FTYP_BYTES:
+        raise DownloadRefused(f"an ISO-BMFF file whose ftyp box declares {box} bytes")
+    end = min(box, len(head))
     compatible = {head[at : at + 4] for at in range(_COMPATIBLE_FROM, end - 3, 4)}
     if major not in MP4_BRANDS:
         raise DownloadRefused(f"an ISO-BMFF file of brand {_brand(major)}, not an MP4 video")
