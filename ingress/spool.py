@@ -81,15 +81,19 @@ class Spool:
         process queues (a line refused again is set aside again). Returns how many moved. A crash
         between the two writes leaves a line in both: queued twice at worst, which the workers
         deduplicate, never lost."""
-        try:
-            with _locked(self.directory / UNQUEUED_NAME, create=False) as fd:
-                lines = [line for line in _read_all(fd).splitlines() if line.strip()]
-                if lines:
-                    with _locked(self.directory / REQUEUED_NAME, create=True) as target:
+        if not (self.directory / UNQUEUED_NAME).exists():
+            return 0
+        # The requeued file first, then the unqueued one: the order a drain of the requeued file
+        # takes them in (setting a line aside again), so neither waits on the other for good.
+        with _locked(self.directory / REQUEUED_NAME, create=True) as target:
+            try:
+                with _locked(self.directory / UNQUEUED_NAME, create=False) as fd:
+                    lines = [line for line in _read_all(fd).splitlines() if line.strip()]
+                    if lines:
                         _append_whole(target, b"".join(line + b"\n" for line in lines))
-                (self.directory / UNQUEUED_NAME).unlink()
-        except FileNotFoundError:
-            return 0  # nothing set aside
+                    (self.directory / UNQUEUED_NAME).unlink()
+            except FileNotFoundError:
+                return 0  # taken meanwhile
         _fsync_dir(self.directory)
         return len(lines)
 

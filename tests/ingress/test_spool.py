@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 import orjson
@@ -15,7 +16,7 @@ import redis
 from falcon import testing
 
 from ingress.app import build_ingress
-from ingress.spool import UNQUEUED_NAME, Spool, SpoolDrainer
+from ingress.spool import REQUEUED_NAME, UNQUEUED_NAME, Spool, SpoolDrainer
 from shared import keys
 from shared.callback import Callback
 from shared.errors import QueueUnavailable, SpoolUnavailable
@@ -23,6 +24,7 @@ from shared.redis_client import connect_redis
 from shared.settings import Settings
 from tests.ingress.test_callbacks import queued_messages
 from tests.support.pipeline import wait_for
+from tests.support.stack import REPO_ROOT
 
 #: Nothing listens on port 1.
 DEAD_REDIS = "redis://127.0.0.1:1/0"
@@ -320,6 +322,50 @@ def test_a_requeue_adds_to_lines_requeued_before_instead_of_replacing_them(tmp_p
     taken: list[str] = []
     spool.drain(lambda cb: taken.append(cb.task_id))
     assert taken == ["a", "b"]
+
+
+def test_a_requeue_during_a_drain_setting_a_requeued_line_aside_again_waits_for_it(tmp_path: Path) -> None:
+    """Given a drain of the requeued file setting a line aside again (its cause is not fixed)
+    When `mjhook spool requeue` runs meanwhile (another process)
+    Then both finish, and every line ends requeued: they took the two files' locks in opposite
+    orders and waited on each other for good (the CLI hung, and so did the drain thread)."""
+    (tmp_path / REQUEUED_NAME).write_bytes(orjson.dumps(callback("earlier").to_message()) + b"\n")
+    (tmp_path / UNQUEUED_NAME).write_bytes(orjson.dumps(callback("aside").to_message()) + b"\n")
+    spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 1)
+    program = (
+        "from pathlib import Path; from ingress.spool import Spool; "
+        f"print(Spool(Path({str(tmp_path)!r}), max_bytes=1 << 20).requeue_unqueued())"
+    )
+    requeue: list[subprocess.Popen[bytes]] = []
+
+    def refuse_again(cb: Callback) -> None:
+        # The drain holds the requeued file's lock now, and the operator runs the requeue.
+        requeue.append(
+            subprocess.Popen([sys.executable, "-c", program], cwd=REPO_ROOT, stdout=subprocess.PIPE)
+        )
+        with suppress(subprocess.TimeoutExpired):
+            requeue[0].wait(timeout=2)  # it cannot finish while the drain holds the file
+        raise RuntimeError("its task's record is still unusable")
+
+    drainer = threading.Thread(target=spool.drain, args=(refuse_again,), daemon=True)
+    drainer.start()
+    try:
+        drainer.join(timeout=15)
+        assert not drainer.is_alive(), "the drain waits for the requeue's lock"
+        out, _ = requeue[0].communicate(timeout=15)
+    finally:
+        for proc in requeue:
+            if proc.poll() is None:
+                proc.kill()  # releases its locks: the drain goes on
+            proc.wait()
+        drainer.join(timeout=30)
+    assert out.strip() == b"2"
+    requeued = (tmp_path / REQUEUED_NAME).read_bytes().splitlines()
+    assert sorted(Callback.from_message(orjson.loads(line)).task_id for line in requeued) == [
+        "aside",
+        "earlier",
+    ]
+    assert not (tmp_path / UNQUEUED_NAME).exists()
 
 
 class SpoolWithABug(Spool):
