@@ -8,9 +8,13 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.support.pipeline import wait_for
 from tests.support.procs import venv_bin
 from tests.support.stack import REPO_ROOT, start_workers
+
+pytestmark = pytest.mark.integration
 
 
 def test_every_line_the_workers_log_in_json_format_is_a_json_object(
