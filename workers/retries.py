@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
 import redis
@@ -31,6 +31,8 @@ from dramatiq.middleware import Retries
 from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: What a broker raises while it cannot be reached (dramatiq's own, or redis-py's from a script).
 #: redis-py's BusyLoadingError (LOADING: Redis reading its data back at start) is one of these.
@@ -122,26 +124,33 @@ class _PatientBroker:
         return self._broker.get_actor(actor_name)
 
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
-        """The broker's ``enqueue``, tried again while Redis cannot be reached or refuses writes;
-        another error Redis answers is raised at the :data:`OTHER_ERROR_ATTEMPTS`-th attempt."""
-        wait_s = FIRST_DELAY_S
-        other_errors = 0
-        while True:
-            try:
-                return self._broker.enqueue(message, delay=delay)
-            except CONNECTION_ERRORS as exc:
-                why = type(exc).__name__
-            except redis.ResponseError as exc:
-                if not refuses_writes(exc):
-                    other_errors += 1
-                    if other_errors >= OTHER_ERROR_ATTEMPTS:
-                        raise
-                why = f"{type(exc).__name__}: {exc}"
-            log.warning(
-                "cannot enqueue the retry of message %s yet (%s); trying again in %.2f s",
-                message.message_id,
-                why,
-                wait_s,
-            )
-            self._sleep(wait_s)
-            wait_s = min(wait_s * 2, MAX_DELAY_S)
+        """The broker's ``enqueue``, tried again while Redis cannot be reached or refuses writes
+        (:func:`patiently`)."""
+        return patiently(
+            lambda: self._broker.enqueue(message, delay=delay),
+            what=f"enqueue the retry of message {message.message_id}",
+            sleep=self._sleep,
+        )
+
+
+def patiently(action: Callable[[], T], *, what: str, sleep: Callable[[float], None] = time.sleep) -> T:
+    """``action()``, tried again with a capped backoff (:data:`FIRST_DELAY_S` doubling up to
+    :data:`MAX_DELAY_S`) for as long as Redis cannot be reached or refuses writes; any other error
+    Redis answers is raised at the :data:`OTHER_ERROR_ATTEMPTS`-th attempt (waiting would not
+    mend it). ``what`` names the action in the log."""
+    wait_s = FIRST_DELAY_S
+    other_errors = 0
+    while True:
+        try:
+            return action()
+        except CONNECTION_ERRORS as exc:
+            why = type(exc).__name__
+        except redis.ResponseError as exc:
+            if not refuses_writes(exc):
+                other_errors += 1
+                if other_errors >= OTHER_ERROR_ATTEMPTS:
+                    raise
+            why = f"{type(exc).__name__}: {exc}"
+        log.warning("cannot %s yet (%s); trying again in %.2f s", what, why, wait_s)
+        sleep(wait_s)
+        wait_s = min(wait_s * 2, MAX_DELAY_S)

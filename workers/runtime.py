@@ -30,7 +30,7 @@ from workers.guard import guarded_transport_from_settings
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
 from workers.polling import PollChain, Polling, build_polling
-from workers.retries import retry_enqueue_error
+from workers.retries import patiently, retry_enqueue_error
 from workers.second_look import PendingGiveUps, SecondLook, SecondLookSweeper
 from workers.verify import ResultVerifier
 
@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 
 #: How long a worker waits at boot for object storage to let it make the bucket, in seconds.
 DEFAULT_BUCKET_WAIT_S = 120.0
-#: Waits between two tries of a give-up Redis refused, in seconds: the first, doubling up to the
-#: longest (the message's time limit has ended: workers/time_limit.py).
-GIVE_UP_RETRY_FIRST_S = 0.25
-GIVE_UP_RETRY_MAX_S = 5.0
 #: How often a worker takes the due second looks: half the lease TTL, within these bounds (s).
 SECOND_LOOK_MIN_INTERVAL_S = 0.5
 SECOND_LOOK_MAX_INTERVAL_S = 5.0
@@ -239,17 +235,12 @@ class WorkerRuntime(Middleware):
             )
 
     def _patiently(self, what: str, action: Callable[[], None]) -> None:
-        """Run ``action`` until Redis takes it: tried again after 0.25 s, doubling up to
-        :data:`GIVE_UP_RETRY_MAX_S`, while it raises a Redis or connection error."""
-        delay = GIVE_UP_RETRY_FIRST_S
-        while True:
-            try:
-                action()
-                return
-            except (redis.RedisError, OSError) as exc:
-                log.warning("could not %s (%s); trying again in %.2g s", what, exc, delay)
-            self._sleep(delay)
-            delay = min(delay * 2, GIVE_UP_RETRY_MAX_S)
+        """Run ``action`` until Redis takes it (:func:`workers.retries.patiently`); an error Redis
+        will never get over (a key of the wrong type) is logged after a few attempts instead."""
+        try:
+            patiently(action, what=what, sleep=self._sleep)
+        except redis.ResponseError as exc:
+            log.error("could not %s: %s", what, exc)
 
     def _give_up(self, callback: Callback, reason: str, *, looks: int = 1) -> None:
         """Record the give-up; Redis errors raise. ``looks``: how many more times to look at a task
