@@ -16,7 +16,13 @@ from cli.services import DEFAULT_REDIS_TIMEOUT_S
 from cli.settings import pass_settings
 from cli.submit import EXIT_REFUSED, EXIT_UNAVAILABLE
 from shared.callback import callback_limits
-from shared.errors import ConfigError, ProviderError, ProviderUnavailable, QueueUnavailable
+from shared.errors import (
+    ConfigError,
+    ProviderError,
+    ProviderUnavailable,
+    QueueUnavailable,
+    TaskRecordUnusable,
+)
 from shared.polling import PollOutcome, ResultPoller
 from shared.printable import printable
 from shared.provider import create_provider_client
@@ -90,7 +96,12 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
         broker = create_broker(settings, middleware=[])
         poller = ResultPoller(provider=provider, tasks=tasks, broker=broker, limits=callback_limits(settings))
         for task_id, _ in SubmittedTasks(client, tasks, ttl_s=settings.task_ttl_s).since(since_s):
-            record = tasks.get(task_id)
+            try:
+                record = tasks.get(task_id)
+            except TaskRecordUnusable as exc:
+                # One odd record is no reason to stop recovering every other task.
+                rows.append(Row(task_id, "unusable", "skipped", printable(exc)))
+                continue
             state = record.state.value if record is not None else "expired"
             if record is not None and record.state is TaskState.STORED:
                 rows.append(Row(task_id, state, "skipped", "already stored"))
@@ -100,6 +111,9 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
             except (ProviderError, QueueUnavailable) as exc:
                 failure = exc
                 break
+            except TaskRecordUnusable as exc:
+                rows.append(Row(task_id, "unusable", "queued, unmarked", printable(exc)))
+                continue
             rows.append(Row(task_id, state, result.outcome.value, result.detail))
     except redis.RedisError as exc:
         _print(rows, as_json)  # the tasks handled before Redis failed: some may be queued already

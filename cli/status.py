@@ -48,18 +48,20 @@ def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> N
     {} and "workers" null, and RabbitMQ is not contacted.
     """
     read = status_reader(settings)
-    try:
-        if watch and as_json:
-            _stream_json(read, interval)
-        elif watch:
-            _live_view(read, interval)
+    if not watch:
+        # Ctrl-C here is click's "Aborted!", exit 1: a script must not take no output for a reading.
+        with reported_failures():
+            snapshot = read()
+        if as_json:
+            echo_json(snapshot.to_json())
         else:
-            with reported_failures():
-                snapshot = read()
-            if as_json:
-                echo_json(snapshot.to_json())
-            else:
-                Console().print(render_status(snapshot))
+            Console().print(render_status(snapshot))
+        return
+    try:
+        if as_json:
+            _stream_json(read, interval)
+        else:
+            _live_view(read, interval)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a watch ends
 

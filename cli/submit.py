@@ -108,7 +108,7 @@ def _run(settings: Settings, submit_with: Callable[[TaskSubmitter], Submission])
             _fail(f"{exc} (try again later)", EXIT_UNAVAILABLE)
         except ProviderError as exc:
             raise click.ClickException(printable(exc)) from exc
-    click.echo(submission.task_id)
+    click.echo(printable(submission.task_id))  # the provider's words: no terminal control
     if submission.not_recorded:
         _fail(
             f"task {submission.task_id} was submitted but not recorded ({submission.not_recorded}): "

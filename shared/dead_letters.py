@@ -25,7 +25,7 @@ from dramatiq.errors import BrokerConnectionError, DecodeError
 
 from shared import keys
 from shared.callback import Callback
-from shared.errors import InvalidCallback
+from shared.errors import InvalidCallback, TaskRecordUnusable
 from shared.queue import PROCESS_CALLBACK
 from shared.redis_client import as_text
 from shared.taskstate import TaskState, TaskStore
@@ -182,7 +182,10 @@ def _find_reason(
             Callback.from_message(payload)
         except InvalidCallback as exc:
             return f"InvalidCallback: {exc.reason}", ReasonSource.VALIDATION
-    record = tasks.get(task_id) if tasks is not None and task_id is not None else None
+    try:
+        record = tasks.get(task_id) if tasks is not None and task_id is not None else None
+    except TaskRecordUnusable:
+        record = None  # an odd task record must not hide the dead letters from whoever lists them
     if record is not None and record.state is TaskState.FAILED and record.fields.get("reason"):
         return record.fields["reason"], ReasonSource.TASK
     return "no reason recorded", ReasonSource.UNKNOWN
@@ -207,7 +210,7 @@ def replay_dead(
     if ids is None:
         ids = dead_ids(client, namespace=namespace, queue=queue)
     result = ReplayResult()
-    for batch in _unique_batches(ids):
+    for batch in _unique_batches(ids, unusable=result.missing):
         present = _present(client, dead_key, batch)
         bodies = cast(list[bytes | None], client.hmget(bodies_key, batch))
         for dead_id, body in zip(batch, bodies, strict=True):
@@ -253,7 +256,7 @@ def purge_dead(
         ids = dead_ids(client, namespace=namespace, queue=queue)
     removed: list[str] = []
     missing: list[str] = []
-    for batch in _unique_batches(ids):
+    for batch in _unique_batches(ids, unusable=missing):
         present = _present(client, dead_key, batch)
         removed.extend(dead_id for dead_id in batch if dead_id in present)
         missing.extend(dead_id for dead_id in batch if dead_id not in present)
@@ -274,9 +277,20 @@ def _remove(client: redis.Redis, dead_key: str, bodies_key: str, ids: Sequence[s
     pipe.execute()
 
 
-def _unique_batches(ids: Iterable[str]) -> Iterable[list[str]]:
+def _unique_batches(ids: Iterable[str], *, unusable: list[str]) -> Iterable[list[str]]:
     """``ids`` without repeats (each where it first came), ``DEFAULT_BATCH`` at a time: an id named
-    twice is replayed or purged, and counted, once."""
+    twice is replayed or purged, and counted, once. An id that is no UTF-8 text (a byte a terminal
+    passed through undecoded) names no dead letter: it goes to ``unusable`` instead."""
     ids = list(dict.fromkeys(ids))
+    unusable.extend(dead_id for dead_id in ids if not _encodable(dead_id))
+    ids = [dead_id for dead_id in ids if _encodable(dead_id)]
     for start in range(0, len(ids), DEFAULT_BATCH):
         yield ids[start : start + DEFAULT_BATCH]
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

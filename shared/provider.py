@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -373,12 +374,16 @@ def _task_id(data: Any) -> str:
     return task_id
 
 
+#: An integer as a provider may spell one in a string: ASCII digits, maybe a minus sign.
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def _int_or_none(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         return int(value)
     return None
 

@@ -16,6 +16,7 @@ import redis
 
 from shared.callback import CALLBACK_PATH, TASK_ID_PATTERN
 from shared.errors import ConfigError
+from shared.printable import printable
 from shared.provider import ProviderClient, create_provider_client
 from shared.redis_client import connect_redis
 from shared.settings import Settings
@@ -111,7 +112,9 @@ class TaskSubmitter:
                 return Submission(task_id, task_type, params)
             except (redis.RedisError, OSError) as exc:
                 reason = f"Redis unavailable: {type(exc).__name__}: {exc}"
-        log.warning("task %s submitted but not recorded (%s): nothing will poll for it", task_id, reason)
+        log.warning(
+            "task %s submitted but not recorded (%s): nothing will poll for it", printable(task_id), reason
+        )
         return Submission(task_id, task_type, params, not_recorded=reason)
 
 

@@ -464,7 +464,10 @@ def _unusable(task_id: str, exc: Exception, *, own_key: bool = False) -> TaskRec
 def _record(task_id: str, raw: Mapping[bytes | str, bytes | str]) -> TaskRecord | None:
     if not raw:
         return None
-    fields = {as_text(k): as_text(v) for k, v in raw.items()}
+    try:
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
+    except UnicodeDecodeError:
+        raise TaskRecordUnusable(task_id, "a record that is not UTF-8 text") from None
     state = _state(fields.get("state", ""), task_id)
     if state is None:
         raise TaskRecordUnusable(task_id, "a record without a state")
