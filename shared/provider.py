@@ -58,9 +58,6 @@ DEFAULT_MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 60.0
 #: The code a 2xx answer not in the provider's format is given (a proxy's page, a cut-off body).
 UNREADABLE = 502
-#: A gateway's answers (not the provider's body) when the provider did not answer it in time or
-#: at all: the request may have reached the provider all the same.
-GATEWAY_TIMEOUTS = frozenset({502, 504})
 
 
 class TaskStatus(enum.StrEnum):
@@ -228,7 +225,10 @@ class ProviderClient:
                 if not isinstance(error, ProviderUnavailable):
                     raise error
                 reached = response.is_success and code == UNREADABLE  # a 2xx: the provider had it
-                gateway = response.status_code in GATEWAY_TIMEOUTS and code == response.status_code
+                # A 5xx without the provider's body is a gateway's or a CDN's (502, 504, a CDN's
+                # 520 or 524: the origin did not answer in time, or sent nothing usable): the
+                # request may have reached the provider all the same.
+                gateway = not own and response.status_code >= 500
                 if (reached or gateway) and not idempotent:
                     # It may have created the task: not again (a second task, a second credit).
                     raise ProviderUnavailable(

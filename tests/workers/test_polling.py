@@ -396,10 +396,11 @@ def test_a_404_page_that_is_not_the_providers_answer_stops_the_pass_instead_of_f
     assert tasks.get("t1").state is TaskState.SUBMITTED  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("status", [502, 504])
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 520, 524])
 def test_a_submission_a_gateway_timed_out_is_not_sent_again(status: int) -> None:
-    """A gateway's 502/504 (not the provider's body): the request may have reached the provider,
-    which may have created the task. A read of record-info is retried as before."""
+    """A gateway's or CDN's 5xx (not the provider's body; a CDN's 520 and 524 were sent again, up
+    to 5 tasks and 5 credits for one submit): the request may have reached the provider, which
+    may have created the task. A read of record-info is retried as before."""
     calls: list[str] = []
 
     def handle(request: httpx.Request) -> httpx.Response:
