@@ -92,6 +92,10 @@ class ResultPoller:
             raise
         if not info.finished:
             return PollResult(task_id, PollOutcome.GENERATING, f"successFlag {info.success_flag}")
+        if info.succeeded and not info.result_urls:
+            # A record says success before it lists its files: queued so, the task would fail for
+            # good, while the next poll finds them (the verifier waits for them too).
+            return PollResult(task_id, PollOutcome.GENERATING, "success without its results listed yet")
         try:
             callback = callback_from_record(info, received_at=received_at, limits=self._limits)
         except InvalidCallback as exc:

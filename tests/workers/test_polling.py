@@ -460,3 +460,38 @@ def test_the_workers_polling_gives_a_task_it_gives_up_on_a_manifest(
     assert summary.given_up == 1, summary
 
     assert parts.store.get_json(f"tasks/{busy}/manifest.json")["status"] == "failed"
+
+
+def test_a_success_listed_before_its_results_is_polled_again_not_queued_empty(client: redis.Redis) -> None:
+    """record-info may say success (successFlag 1) before it lists the files: queued so, the task
+    failed for good ("success but listed no URLs"), while the next poll lists all four."""
+    urls = [f"https://tempfile.example/abc_0_{i}.jpeg" for i in range(4)]
+    answers: list[dict[str, Any]] = [
+        {"taskId": "t1", "successFlag": 1, "resultInfoJson": {"resultUrls": []}},
+        {
+            "taskId": "t1",
+            "successFlag": 1,
+            "resultInfoJson": {"resultUrls": [{"resultUrl": url} for url in urls]},
+        },
+    ]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        data = answers.pop(0) if len(answers) > 1 else answers[0]
+        return httpx.Response(200, json={"code": 200, "msg": "success", "data": data})
+
+    clock = FakeClock()
+    poller, tasks = silent_poller(client, mock_provider(handle, attempts=1), clock)
+    SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock).record("t1", {})
+    clock.now += GRACE_S
+
+    poller.run_once()
+    assert tasks.get("t1").state is TaskState.SUBMITTED  # type: ignore[union-attr]
+    clock.now += INTERVAL_S + 1
+    poller.run_once()
+
+    queued = [
+        dramatiq.Message.decode(body).args[0]
+        for body in client.hvals(keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE))
+    ]
+    assert [message["resultUrls"] for message in queued] == [urls]
+    assert tasks.get("t1").state is TaskState.RECEIVED  # type: ignore[union-attr]
