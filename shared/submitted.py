@@ -47,6 +47,23 @@ class SubmittedTasks:
         pipe.zremrangebyscore(keys.SUBMITTED, "-inf", now_ms - self._ttl_s * 1000)
         pipe.execute()
 
+    def wait_again(self, task_id: str) -> bool:
+        """Hand a task whose result was called back but could not be verified with the provider
+        (down past every retry) back to the polling fallback: ``submitted`` again, as if
+        submitted now, polled once the grace has passed. Only from ``received`` or
+        ``processing``: a task that moved on keeps its state (False)."""
+        now = self._clock()
+        before = self._tasks.move_from(
+            task_id,
+            (TaskState.RECEIVED, TaskState.PROCESSING),
+            TaskState.SUBMITTED,
+            submittedAt=utc_iso(now),
+        )
+        if before not in (None, TaskState.RECEIVED, TaskState.PROCESSING):
+            return False
+        self._client.zadd(keys.SUBMITTED, {task_id: int(now * 1000)})
+        return True
+
     def due(self, grace_s: float, interval_s: float, *, limit: int) -> list[tuple[str, float]]:
         """Up to ``limit`` tasks still ``submitted`` ``grace_s`` seconds or more after their
         submission and not polled within ``interval_s`` seconds, as (taskId, submit time in Unix

@@ -22,11 +22,13 @@ from shared.errors import (
     ObjectChanged,
     StorageUnavailable,
     TaskBusy,
+    TransientError,
 )
 from shared.json_limits import DEFAULT_MAX_JSON_DEPTH
 from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.printable import shortened
 from shared.storage import ObjectStore, Precondition
+from shared.submitted import SubmittedTasks
 from shared.taskstate import FINAL_STATES, MAX_REASON_CHARS, OUTCOME_FIELD, TaskState, TaskStore
 from workers.fetch import ByteBudget, ResultFetcher
 from workers.lease import Lease, LeaseManager
@@ -45,7 +47,8 @@ _STORED_FILE = re.compile(r"(\d+)\.([a-z0-9]+)")
 class CallbackProcessor:
     """The worker's whole job for one callback. ``clock`` returns Unix seconds; ``timer`` seconds
     from any origin (it times downloads and uploads for ``metrics``, default: new ones);
-    ``max_json_depth`` is the deepest ``promptJson`` parsed into the manifest's ``params``, in levels."""
+    ``max_json_depth`` is the deepest ``promptJson`` parsed into the manifest's ``params``, in levels;
+    ``poll_later`` takes over a task whose result ``verifier`` could not check on its last attempt."""
 
     def __init__(
         self,
@@ -59,6 +62,7 @@ class CallbackProcessor:
         metrics: WorkerMetrics | None = None,
         timer: Callable[[], float] = time.perf_counter,
         verifier: ResultVerifier | None = None,
+        poll_later: SubmittedTasks | None = None,
         max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
     ) -> None:
@@ -71,6 +75,7 @@ class CallbackProcessor:
         self._metrics = create_worker_metrics() if metrics is None else metrics
         self._timer = timer
         self._verifier = verifier
+        self._poll_later = poll_later
         self._max_task_bytes = max_task_bytes
         self._max_json_depth = max_json_depth
 
@@ -86,7 +91,17 @@ class CallbackProcessor:
                 return known
             verification = None
             if self._verifier is not None and callback.succeeded:
-                callback, verification = self._verifier.verify(callback)
+                try:
+                    callback, verification = self._verifier.verify(callback)
+                except TransientError as exc:
+                    # Nothing says the result is false: on the last attempt the polling fallback
+                    # takes the task over, rather than fail it for the provider's outage.
+                    if not final_attempt or self._poll_later is None:
+                        raise
+                    if not self._poll_later.wait_again(task_id):
+                        raise
+                    log.warning("task %s left to the polling fallback: %s", task_id, exc)
+                    return TaskState.SUBMITTED
                 # A success the provider disowns is a failure report now: it may change no more
                 # than one would (never a task that has files).
                 if (known := self._settled_state(callback)) is not None:

@@ -24,6 +24,7 @@ from shared.provider import create_provider_client
 from shared.redis_client import connect_redis
 from shared.settings import Settings
 from shared.storage import ObjectStore, create_object_store
+from shared.submitted import SubmittedTasks
 from shared.taskstate import UNSETTLED_STATES, TaskState, TaskStore
 from workers.fetch import FetchLimits, ResultFetcher, create_http_client
 from workers.guard import guarded_transport_from_settings
@@ -83,6 +84,8 @@ def build_parts(
         pool=pool,
         metrics=metrics,
         verifier=ResultVerifier(provider.record_info) if provider and settings.verify_results else None,
+        # Polling runs where there is a broker to queue what it finds.
+        poll_later=SubmittedTasks(client, tasks, ttl_s=settings.task_ttl_s) if provider and broker else None,
         max_task_bytes=settings.max_task_bytes,
         max_json_depth=settings.max_json_depth,
     )

@@ -3,6 +3,7 @@ the silent tasks, and the chain of self-scheduling messages that runs one pass a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -495,3 +496,45 @@ def test_a_success_listed_before_its_results_is_polled_again_not_queued_empty(cl
     ]
     assert [message["resultUrls"] for message in queued] == [urls]
     assert tasks.get("t1").state is TaskState.RECEIVED  # type: ignore[union-attr]
+
+
+def test_a_result_the_provider_cannot_verify_on_the_last_attempt_is_left_to_polling(
+    start_simulator: StartSimulator, client: redis.Redis, app_env: dict[str, str]
+) -> None:
+    """Given a genuine result called back, and the provider in maintenance through the message's
+    last attempt (an outage longer than the queue's ~45 minutes of retries)
+    When that attempt runs
+    Then the task is not failed (nothing says its result is false): it waits for the polling
+    fallback, which queues the result once the provider answers again. It ended failed, with a
+    failed manifest, its result links still valid."""
+    sim = start_simulator()
+    with client_for(sim) as provider:
+        task_id = provider.generate("a quiet harbour", callback_url="http://127.0.0.1:9/cb")
+        deadline = time.monotonic() + 10
+        while not (info := provider.record_info(task_id)).finished:
+            assert time.monotonic() < deadline, "the simulator did not finish the task"
+            time.sleep(0.02)
+    callback = Callback(task_id, 200, "success", None, info.result_urls, "2026-11-25T00:00:00.000Z")
+    settings = Settings.from_env(
+        {
+            **app_env,
+            "MJHOOK_PROVIDER_URL": sim.base_url,
+            "MJHOOK_PROVIDER_API_KEY": sim.api_key,
+            "MJHOOK_PROVIDER_RETRIES": "0",
+            "MJHOOK_POLL_GRACE_S": "0",
+        }
+    )
+    parts = build_parts(settings, broker=create_broker(settings, client=client, middleware=[]))
+    assert parts.polling is not None
+    wait_for_bucket(parts.store, timeout_s=30)
+    parts.tasks.mark_received(task_id, callback.received_at)
+    sim.provider.config = dataclasses.replace(sim.provider.config, maintenance=True)
+
+    with pytest.raises(ProviderUnavailable):
+        parts.processor.process(callback)  # not the last attempt: retried as before
+    assert parts.processor.process(callback, final_attempt=True) is TaskState.SUBMITTED
+    assert parts.tasks.get(task_id).state is TaskState.SUBMITTED  # type: ignore[union-attr]
+
+    sim.provider.config = dataclasses.replace(sim.provider.config, maintenance=False)
+    assert parts.polling.poller.run_once().queued == 1
+    assert parts.tasks.get(task_id).state is TaskState.RECEIVED  # type: ignore[union-attr]
