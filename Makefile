@@ -15,8 +15,12 @@ apt_need = command -v $(1) >/dev/null 2>&1 || { \
 
 venv: $(STAMP)
 
+# Debian/Ubuntu's python3 makes no venv without python3-venv: installed when it fails (a failed
+# try leaves a venv without pip, made again).
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV) || { \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y python3-venv && \
+		$(PYTHON) -m venv --clear $(VENV); }
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
