@@ -110,5 +110,6 @@ for name in "${chosen[@]}"; do
   exports+=" $name=$(printf '%q' "${!name}")"
 done
 echo "mjhook   in another shell (mjhook simulate load, mjhook get ...), first: export$exports"
+echo "         and . $VENV/bin/activate (or call $VENV/bin/mjhook)"
 echo "starting: ${names[*]}"
 exec honcho start -e /dev/null -f Procfile "${names[@]}"
