@@ -1,13 +1,17 @@
-"""What the CLI tests share: running ``mjhook`` in-process, and dead letters made by real workers."""
+"""What the CLI tests share: running ``mjhook`` in-process, dead letters made by real workers, and
+a provider on loopback answering what a test says."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import dramatiq
+import orjson
 import pytest
 import redis
 from click.testing import CliRunner, Result
@@ -17,6 +21,7 @@ from shared import keys
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.settings import Settings
 from tests.support.pipeline import wait_for
+from tests.support.servers import RedisServer
 from tests.support.stack import start_workers
 
 RunCli = Callable[..., Result]
@@ -59,3 +64,43 @@ def dead_letters_from_real_workers(
         dead = keys.broker_dead(BROKER_NAMESPACE, CALLBACK_QUEUE)
         wait_for(lambda: client.zcard(dead) == len(payloads), timeout_s=30, what="the dead letters")
     client.close()
+
+
+@pytest.fixture
+def provider_answering() -> Iterator[Any]:
+    """``provider_answering(body)``: the URL of a provider on loopback answering every POST so."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(answer: dict[str, Any]) -> str:
+        body = orjson.dumps(answer)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def submit_env(redis_server: RedisServer, provider_url: str) -> dict[str, str]:
+    return {
+        "MJHOOK_REDIS_URL": redis_server.url,
+        "MJHOOK_PROVIDER_URL": provider_url,
+        "MJHOOK_PROVIDER_API_KEY": "k",
+        "MJHOOK_PUBLIC_URL": "https://hooks.example.com",
+    }

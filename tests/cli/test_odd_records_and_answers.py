@@ -4,11 +4,8 @@ rest of the work done."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import dramatiq
@@ -20,7 +17,7 @@ import cli.status
 from shared import keys
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK
 from shared.taskstate import TaskState, TaskStore
-from tests.cli.conftest import RunCli
+from tests.cli.conftest import RunCli, submit_env
 from tests.support.pipeline import queued_callback
 from tests.support.procs import free_port
 from tests.support.servers import RedisServer
@@ -116,46 +113,6 @@ def test_ctrl_c_during_a_one_shot_status_is_no_success(
     result = run_cli({"MJHOOK_REDIS_URL": redis_server.url}, "status", "--json")
     assert result.stdout == ""
     assert result.exit_code == 1
-
-
-@pytest.fixture
-def provider_answering() -> Iterator[Any]:
-    """``provider_answering(body)``: the URL of a provider on loopback answering every POST so."""
-    servers: list[ThreadingHTTPServer] = []
-
-    def start(answer: dict[str, Any]) -> str:
-        body = orjson.dumps(answer)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-def submit_env(redis_server: RedisServer, provider_url: str) -> dict[str, str]:
-    return {
-        "MJHOOK_REDIS_URL": redis_server.url,
-        "MJHOOK_PROVIDER_URL": provider_url,
-        "MJHOOK_PROVIDER_API_KEY": "k",
-        "MJHOOK_PUBLIC_URL": "https://hooks.example.com",
-    }
 
 
 def test_a_hostile_task_id_from_the_provider_reaches_no_terminal_raw(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from shared import keys
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
-from tests.cli.conftest import RunCli
+from tests.cli.conftest import RunCli, submit_env
 from tests.support.procs import free_port
 from tests.support.provider import StartSimulator
 from tests.support.servers import start_redis
@@ -230,38 +228,12 @@ def test_recover_lists_the_rows_so_far_when_redis_fails_on_the_way(
     assert result.stderr.startswith("Error: Redis unavailable: ")
 
 
-class HostileProvider(BaseHTTPRequestHandler):
-    """A provider whose refusal message carries terminal controls."""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = orjson.dumps({"code": 401, "msg": "bad key\x1b[2J\x1b]0;pwned\x07", "data": None})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 def test_a_providers_message_reaches_the_terminal_without_its_controls(
-    run_cli: RunCli, redis_server: Any
+    run_cli: RunCli, redis_server: Any, provider_answering: Any
 ) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), HostileProvider)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        env = {
-            "MJHOOK_REDIS_URL": redis_server.url,
-            "MJHOOK_PROVIDER_URL": f"http://127.0.0.1:{server.server_address[1]}",
-            "MJHOOK_PROVIDER_API_KEY": "k",
-            "MJHOOK_PUBLIC_URL": PUBLIC_URL,
-        }
-        result = run_cli(env, "submit", "x")
-    finally:
-        server.shutdown()
-        server.server_close()
+    url = provider_answering({"code": 401, "msg": "bad key\x1b[2J\x1b]0;pwned\x07", "data": None})
+    env = {**submit_env(redis_server, url), "MJHOOK_PUBLIC_URL": PUBLIC_URL}
+    result = run_cli(env, "submit", "x")
     assert result.exit_code == 3, result.output
     assert "bad key\\x1b[2J\\x1b]0;pwned\\x07" in result.output
     assert not {"\x1b", "\x07"} & set(result.output)

@@ -25,7 +25,7 @@ from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
 from tests.support.provider import StartSimulator, client_for
 from workers.polling import POLL_QUEUE, POLL_SILENT_TASKS, PollChain, SilentTaskPoller
-from workers.runtime import WorkerRuntime, build_parts, wait_for_bucket
+from workers.runtime import WorkerParts, WorkerRuntime, build_parts, wait_for_bucket
 
 GRACE_S = 100
 INTERVAL_S = 30
@@ -431,24 +431,33 @@ def test_a_retry_after_longer_than_the_client_waits_is_not_cut_short() -> None:
     assert waits == []
 
 
+def polling_worker(
+    sim: RunningSimulator, client: redis.Redis, app_env: dict[str, str], **settings: str
+) -> WorkerParts:
+    """A worker's parts as build_parts makes them, its provider the simulator, polling with no
+    grace, the bucket made; ``settings`` add or override ``MJHOOK_*`` variables."""
+    configured = Settings.from_env(
+        {
+            **app_env,
+            "MJHOOK_PROVIDER_URL": sim.base_url,
+            "MJHOOK_PROVIDER_API_KEY": sim.api_key,
+            "MJHOOK_POLL_GRACE_S": "0",
+            **settings,
+        }
+    )
+    parts = build_parts(configured, broker=create_broker(configured, client=client, middleware=[]))
+    wait_for_bucket(parts.store, timeout_s=30)
+    return parts
+
+
 def test_the_workers_polling_gives_a_task_it_gives_up_on_a_manifest(
     start_simulator: StartSimulator, client: redis.Redis, app_env: dict[str, str]
 ) -> None:
     """The polling a worker builds from settings (workers.runtime.build_parts) writes the failure
     manifest of a task it gives up on, through the worker's own processor."""
     sim = start_simulator()
-    settings = Settings.from_env(
-        {
-            **app_env,
-            "MJHOOK_PROVIDER_URL": sim.base_url,
-            "MJHOOK_PROVIDER_API_KEY": sim.api_key,
-            "MJHOOK_POLL_GRACE_S": "0",
-            "MJHOOK_POLL_GIVE_UP_S": "1",
-        }
-    )
-    parts = build_parts(settings, broker=create_broker(settings, client=client, middleware=[]))
+    parts = polling_worker(sim, client, app_env, MJHOOK_POLL_GIVE_UP_S="1")
     assert parts.polling is not None
-    wait_for_bucket(parts.store, timeout_s=30)
     busy = generating(sim)
 
     def two_seconds_ago() -> float:
@@ -515,18 +524,8 @@ def test_a_result_the_provider_cannot_verify_on_the_last_attempt_is_left_to_poll
             assert time.monotonic() < deadline, "the simulator did not finish the task"
             time.sleep(0.02)
     callback = Callback(task_id, 200, "success", None, info.result_urls, "2026-11-25T00:00:00.000Z")
-    settings = Settings.from_env(
-        {
-            **app_env,
-            "MJHOOK_PROVIDER_URL": sim.base_url,
-            "MJHOOK_PROVIDER_API_KEY": sim.api_key,
-            "MJHOOK_PROVIDER_RETRIES": "0",
-            "MJHOOK_POLL_GRACE_S": "0",
-        }
-    )
-    parts = build_parts(settings, broker=create_broker(settings, client=client, middleware=[]))
+    parts = polling_worker(sim, client, app_env, MJHOOK_PROVIDER_RETRIES="0")
     assert parts.polling is not None
-    wait_for_bucket(parts.store, timeout_s=30)
     parts.tasks.mark_received(task_id, callback.received_at)
     sim.provider.config = dataclasses.replace(sim.provider.config, maintenance=True)
 
