@@ -250,8 +250,8 @@ class WorkerRuntime(Middleware):
         some worker's lease holds. A task left to the worker holding its lease is looked at once
         more when any such lease must have lapsed (one whose holder could not release it, Redis
         away for a moment, is nobody's, and nobody would settle the task): that second look waits
-        in Redis (workers/second_look.py), for any worker to take. A task left failed gets a
-        manifest saying so where it has none."""
+        in Redis (workers/second_look.py), for any worker to take. A task left failed gets the
+        bucket to agree (:meth:`CallbackProcessor.record_failure`: a failed manifest)."""
         assert self._parts is not None
         task_id = callback.task_id
         try:
