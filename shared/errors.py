@@ -100,7 +100,19 @@ class ProviderError(MjhookError):
 
 class ProviderUnavailable(ProviderError, TransientError):
     """Rate limited (429), in maintenance (455), a server error (5xx) or unreachable, still after
-    the client's own retries: try again later."""
+    the client's own retries: try again later; ``retry_after``: not before these many seconds, as
+    the provider asked (None: it did not say)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        provider_msg: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, provider_msg=provider_msg)
+        self.retry_after = retry_after
 
 
 class ProviderRefused(ProviderError, PermanentError):

@@ -46,6 +46,10 @@ POLLED = PREFIX + ":polled"
 #: removed once looked at, so no worker stopping meanwhile loses one.
 GIVE_UPS_PENDING = PREFIX + ":giveups"
 
+#: String: set while the provider asked the polling fallback to wait (a ``Retry-After`` on a
+#: poll); expires when that wait is over. No pass polls while it exists.
+POLL_HOLD = PREFIX + ":poll:hold"
+
 #: Sorted set, scratch of one ``SubmittedTasks.due`` call: the waiting tasks never polled, made
 #: and deleted inside one MULTI/EXEC, so it never outlives the call.
 DUE_SCRATCH = PREFIX + ":due:{token}"

@@ -237,6 +237,7 @@ class ProviderClient:
                         provider_msg=msg,
                     )
                 retry_after = _retry_after(response)
+                error.retry_after = retry_after
                 if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
                     raise error  # retrying sooner than the provider asks would only use up the attempts
             if attempt == self._attempts:

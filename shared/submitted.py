@@ -121,6 +121,15 @@ class SubmittedTasks:
         cutoff_ms = int((self._clock() - since_s) * 1000)
         return _pairs(self._client.zrangebyscore(keys.SUBMITTED, cutoff_ms, "+inf", withscores=True))
 
+    def hold_polls(self, seconds: float) -> None:
+        """No task is polled for ``seconds`` (the provider asked so, with a ``Retry-After``)."""
+        self._client.set(keys.POLL_HOLD, "1", px=max(1, int(seconds * 1000)))
+
+    def polls_held_s(self) -> float:
+        """Seconds left of a hold of the polls (0: none)."""
+        left_ms = int(self._client.pttl(keys.POLL_HOLD))
+        return max(0, left_ms) / 1000
+
     def mark_polled(self, task_id: str, *, keep_s: float) -> None:
         """Note that ``task_id`` was polled now; marks older than ``keep_s`` seconds are dropped."""
         now_ms = int(self._clock() * 1000)

@@ -24,7 +24,7 @@ from dramatiq.middleware import Middleware
 from shared import keys
 from shared.callback import Callback, callback_limits
 from shared.clock import utc_iso
-from shared.errors import ProviderError
+from shared.errors import ProviderError, ProviderUnavailable
 from shared.polling import CODE_FAILURE, PollOutcome, ResultPoller
 from shared.provider import ProviderClient
 from shared.redis_client import as_text
@@ -166,6 +166,9 @@ class SilentTaskPoller:
         self._monotonic = monotonic
 
     def run_once(self) -> PassSummary:
+        held_s = self._submitted.polls_held_s()
+        if held_s:
+            return PassSummary(stopped=f"the provider asked to wait: {held_s:.0f} s left")
         deadline = self._monotonic() + self._budget_s
         polled = queued = given_up = 0
         for task_id, submitted_at in self._due():
@@ -175,6 +178,9 @@ class SilentTaskPoller:
             try:
                 result = self._poller.poll(task_id)
             except ProviderError as exc:
+                if isinstance(exc, ProviderUnavailable) and exc.retry_after:
+                    # Asked again every pass, the provider would go on limiting us.
+                    self._submitted.hold_polls(exc.retry_after)
                 log.warning("poll pass stopped after %d tasks: %s", polled, exc)
                 return PassSummary(polled, queued, given_up, stopped=str(exc))
             polled += 1

@@ -431,6 +431,31 @@ def test_a_retry_after_longer_than_the_client_waits_is_not_cut_short() -> None:
     assert waits == []
 
 
+def test_a_pass_the_provider_asked_to_wait_holds_every_pass_until_then(client: redis.Redis) -> None:
+    """Given the provider answering a poll 429 with Retry-After 120
+    When passes come every interval meanwhile
+    Then they poll nothing until those 120 s are over: each asked again (once a pass, 4 times in
+    the 120 s), and the provider went on limiting us."""
+    calls: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(429, headers={"Retry-After": "120"}, json={"code": 429, "msg": "slow down"})
+
+    clock = FakeClock()
+    poller, tasks = silent_poller(client, mock_provider(handle, attempts=1), clock)
+    SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock).record("t1", {})
+    clock.now += GRACE_S
+
+    assert "429" in poller.run_once().stopped
+    clock.now += INTERVAL_S + 1
+    summary = poller.run_once()
+
+    assert calls == ["/api/v1/mj/record-info"]
+    assert summary.stopped.startswith("the provider asked to wait")
+    assert 60_000 < client.pttl(keys.POLL_HOLD) <= 120_000
+
+
 def polling_worker(
     sim: RunningSimulator, client: redis.Redis, app_env: dict[str, str], **settings: str
 ) -> WorkerParts:
