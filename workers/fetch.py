@@ -141,10 +141,10 @@ class DownloadPace:
     def wait(self, timeout: float | None, late: type[httpcore.TimeoutException]) -> float | None:
         """``timeout`` cut to the time left before the average falls below the minimum or the
         download's time is up; ``late`` once there is none."""
-        due = [due for due in (self._max_s, self._min_rate and self._rate_due_s()) if due]
-        if not due:
+        deadlines = [s for s in (self._max_s, self._min_rate and self._rate_due_s()) if s]
+        if not deadlines:
             return timeout
-        left = min(due) - (self._monotonic() - self._started)
+        left = min(deadlines) - (self._monotonic() - self._started)
         if left <= 0:
             raise late(f"under {self._min_rate} bytes/s on average, or over {self._max_s:.0f} s")
         return left if timeout is None else min(timeout, left)
@@ -306,12 +306,11 @@ class ResultFetcher:
         size = read_dimensions(head, media)
         if size is None:
             raise DownloadRefused(f"{media.ext} image that declares no size in its first {len(head)} bytes")
-        limits = self._limits
-        check_dimensions(*size, max_pixels=limits.max_image_pixels, max_side=limits.max_image_side)
         if media == GIF:
             body.seek(0)
-            canvas = gif_canvas(body) or size
-            check_dimensions(*canvas, max_pixels=limits.max_image_pixels, max_side=limits.max_image_side)
+            size = gif_canvas(body) or size  # the screen grown to every frame: it holds the screen
+        limits = self._limits
+        check_dimensions(*size, max_pixels=limits.max_image_pixels, max_side=limits.max_image_side)
 
     def _identify(self, head: bytes) -> tuple[MediaType, int]:
         media = sniff_media(head)
