@@ -178,9 +178,10 @@ class CallbackProcessor:
     def _write_failure(self, callback: Callback, reason: str, lease: Lease) -> None:
         listing = self._store.list_etags(storage.task_prefix(callback.task_id))
         manifest_key = storage.manifest_key(callback.task_id)
-        found, _, stored = self._already_stored(callback, listing)
+        stored = set(_file_keys(callback.task_id, listing))
         if manifest_key in listing and self._describes_bucket(manifest_key, stored):
             return
+        found, _, _ = self._already_stored(callback, listing)
         manifest = build_manifest(
             callback,
             status=TaskState.FAILED,
@@ -343,17 +344,12 @@ class CallbackProcessor:
         index it lists, which are fetched again to replace them: an earlier callback of the task may
         have listed other results, and a file stored before sources were recorded cannot prove
         where it came from. Also the keys of every file of the task stored so far."""
-        prefix = storage.task_prefix(callback.task_id)
+        stored = _file_keys(callback.task_id, listing)
         found: dict[int, ImageEntry] = {}
         replaced: set[int] = set()
-        stored: set[str] = set()
-        for key in listing:
-            match = _STORED_FILE.fullmatch(key[len(prefix) :])
-            if match:
-                stored.add(key)
-            if not match or int(match[1]) >= len(callback.result_urls):
+        for key, index in stored.items():
+            if index >= len(callback.result_urls):
                 continue
-            index = int(match[1])
             url = callback.result_urls[index]
             info = self._store.stat(key)
             if info is None:
@@ -368,7 +364,18 @@ class CallbackProcessor:
                 )
                 continue
             found[index] = ImageEntry(index, url, key, info.size, info.sha256, info.content_type)
-        return found, replaced - found.keys(), stored
+        return found, replaced - found.keys(), set(stored)
+
+
+def _file_keys(task_id: str, listing: Mapping[str, str]) -> dict[str, int]:
+    """The keys of the task's files (``{index}.{ext}`` under its prefix) in ``listing``, with
+    their index."""
+    prefix = storage.task_prefix(task_id)
+    return {
+        key: int(match[1])
+        for key in listing
+        if (match := _STORED_FILE.fullmatch(key[len(prefix) :])) is not None
+    }
 
 
 def _unexpected_error(task_id: str, index: int, url: str, exc: Exception) -> FileError:
