@@ -63,17 +63,11 @@ class Spool:
 
     def depth(self) -> int:
         """Callbacks waiting in every spool file of the directory."""
-        total = 0
-        for path in self._files():
-            with suppress(FileNotFoundError), path.open("rb") as handle:  # drained meanwhile: none
-                total += sum(1 for line in handle if line.strip())
-        return total
+        return sum(_lines(path) for path in self._files())
 
     def unqueued(self) -> int:
         """Callbacks the drain set aside in the unqueued file."""
-        with suppress(FileNotFoundError), (self.directory / UNQUEUED_NAME).open("rb") as handle:
-            return sum(1 for line in handle if line.strip())
-        return 0
+        return _lines(self.directory / UNQUEUED_NAME)
 
     def requeue_unqueued(self) -> int:
         """Hand the callbacks set aside in the unqueued file back to the drain (once what refused
@@ -130,6 +124,13 @@ class Spool:
 
     def _files(self) -> list[Path]:
         return list(self.directory.glob(SPOOL_GLOB)) if self.directory.exists() else []
+
+
+def _lines(path: Path) -> int:
+    """The callbacks (non-blank lines) in ``path``; 0 once another process drained and removed it."""
+    with suppress(FileNotFoundError), path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
+    return 0
 
 
 def _size(path: Path) -> int:
