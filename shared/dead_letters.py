@@ -281,11 +281,11 @@ def _unique_batches(ids: Iterable[str], *, unusable: list[str]) -> Iterable[list
     """``ids`` without repeats (each where it first came), ``DEFAULT_BATCH`` at a time: an id named
     twice is replayed or purged, and counted, once. An id that is no UTF-8 text (a byte a terminal
     passed through undecoded) names no dead letter: it goes to ``unusable`` instead."""
-    ids = list(dict.fromkeys(ids))
-    unusable.extend(dead_id for dead_id in ids if not _encodable(dead_id))
-    ids = [dead_id for dead_id in ids if _encodable(dead_id)]
-    for start in range(0, len(ids), DEFAULT_BATCH):
-        yield ids[start : start + DEFAULT_BATCH]
+    usable: list[str] = []
+    for dead_id in dict.fromkeys(ids):
+        (usable if _encodable(dead_id) else unusable).append(dead_id)
+    for start in range(0, len(usable), DEFAULT_BATCH):
+        yield usable[start : start + DEFAULT_BATCH]
 
 
 def _encodable(text: str) -> bool:
