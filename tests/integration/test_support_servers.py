@@ -169,7 +169,7 @@ def test_s3_rejects_wrong_credentials(s3_server: S3Server) -> None:
         intruder.list_buckets()
 
 
-def test_s3_stop_and_start_keep_the_data(tmp_path: Path) -> None:
+def test_s3_killed_and_started_again_keeps_the_data(tmp_path: Path) -> None:
     server = start_s3(tmp_path / "s3")
     try:
         client = server.client()
@@ -177,7 +177,7 @@ def test_s3_stop_and_start_keep_the_data(tmp_path: Path) -> None:
         before = png_bytes(10)
         client.put_object("keep", "before.png", io.BytesIO(before), len(before))
 
-        server.stop()  # graceful: takes ~16 s
+        server.kill()  # a crash: acknowledged writes survive it
         assert not server.is_running()
         server.start()
 
@@ -186,7 +186,7 @@ def test_s3_stop_and_start_keep_the_data(tmp_path: Path) -> None:
         after = png_bytes(11)
         client.put_object("keep", "after.png", io.BytesIO(after), len(after))
 
-        server.kill()  # a crash: acknowledged writes survive too
+        server.kill()
         server.start()
 
         assert client.get_object("keep", "before.png").read() == before

@@ -29,8 +29,6 @@ REDIS_START_TIMEOUT_S = 10.0
 REDIS_STOP_TIMEOUT_S = 10.0
 # A first start takes ~3 s; the deadline covers a slow CI disk and volume growth lag.
 S3_START_TIMEOUT_S = 60.0
-# SIGTERM makes weed wait 15 s for the filer's gRPC streams before it gives up on them.
-S3_STOP_TIMEOUT_S = 30.0
 S3_PROBE_BUCKET = "probe"
 # Small volumes so that every bucket (a SeaweedFS collection) finds room.
 S3_VOLUME_SIZE_LIMIT_MB = 64
@@ -114,8 +112,8 @@ def _minio_client(endpoint_host: str, access_key: str, secret_key: str, **http: 
 class S3Server:
     """A single-process SeaweedFS (master, volume, filer, S3 gateway) on 127.0.0.1.
 
-    `stop()`/`start()` keep every port and the data directory. SeaweedFS keeps
-    its gRPC Unix sockets in /tmp whatever TMPDIR says; `stop()` removes ours.
+    `kill()`/`start()` keep every port and the data directory. SeaweedFS keeps
+    its gRPC Unix sockets in /tmp whatever TMPDIR says; `kill()` removes ours.
     """
 
     _PORT_NAMES = (
@@ -215,12 +213,6 @@ class S3Server:
 
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.is_running()
-
-    def stop(self, timeout_s: float = S3_STOP_TIMEOUT_S) -> None:
-        """Graceful SIGTERM shutdown; takes ~16 s (weed waits on its gRPC streams)."""
-        if self.proc is not None:
-            self.proc.terminate(timeout_s)
-        self._remove_sockets()
 
     def kill(self) -> None:
         """SIGKILL: instant. Acknowledged writes survive a restart all the same."""
