@@ -13,7 +13,10 @@ class ConfigError(MjhookError):
 
 
 class TransientError(MjhookError):
-    """Worth trying again later: the same input may succeed."""
+    """Worth trying again later: the same input may succeed. ``retry_after``: not before these
+    many seconds, when whoever refused said so (a provider's ``Retry-After``); None: it did not."""
+
+    retry_after: float | None = None
 
 
 class QueueUnavailable(TransientError):
@@ -100,8 +103,7 @@ class ProviderError(MjhookError):
 
 class ProviderUnavailable(ProviderError, TransientError):
     """Rate limited (429), in maintenance (455), a server error (5xx) or unreachable, still after
-    the client's own retries: try again later; ``retry_after``: not before these many seconds, as
-    the provider asked (None: it did not say)."""
+    the client's own retries: try again later, not before ``retry_after`` seconds if it is set."""
 
     def __init__(
         self,

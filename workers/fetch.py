@@ -197,7 +197,9 @@ class ResultFetcher:
         try:
             fresh = refresh_url(url)
         except TransientError as exc:
-            raise DownloadFailed(f"{gone}; no fresh link for now: {exc}") from exc
+            failed = DownloadFailed(f"{gone}; no fresh link for now: {exc}")
+            failed.retry_after = exc.retry_after  # the provider's Retry-After, for the queue's retry
+            raise failed from exc
         except MjhookError as exc:
             raise DownloadRefused(f"{gone}; no fresh link: {exc}") from exc
         try:

@@ -294,9 +294,14 @@ class CallbackProcessor:
                 future.cancel()
             wait(futures)
         if transient:
-            raise DownloadFailed(
+            failed_for_now = DownloadFailed(
                 f"{len(transient)} of {len(todo)} files of {callback.task_id} failed for now: {transient[0]}"
             )
+            # The retry waits for the longest Retry-After a fresh link's request was answered.
+            failed_for_now.retry_after = max(
+                (exc.retry_after for exc in transient if exc.retry_after is not None), default=None
+            )
+            raise failed_for_now
         return images, errors, failed, earlier
 
     def _store_one(self, task_id: str, index: int, url: str, budget: ByteBudget, lease: Lease) -> ImageEntry:

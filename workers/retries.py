@@ -30,6 +30,8 @@ import redis
 from dramatiq.middleware import Retries
 from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError
 
+from shared.errors import TransientError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -95,9 +97,12 @@ class DurableRetries(Retries):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        patient = _PatientBroker(
+            broker, self._sleep, not_before_ms=self._not_before_ms(broker, message, exception)
+        )
         try:
             super().after_process_message(  # type: ignore[no-untyped-call]
-                _PatientBroker(broker, self._sleep), message, result=result, exception=exception
+                patient, message, result=result, exception=exception
             )
         except redis.ResponseError as exc:
             # Raised, it would be logged by dramatiq and the message acknowledged: lost. Failed, the
@@ -112,13 +117,31 @@ class DurableRetries(Retries):
             message.options[RETRY_ENQUEUE_ERROR_OPTION] = error
             message.fail()
 
+    def _not_before_ms(
+        self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, exception: BaseException | None
+    ) -> int:
+        """The shortest delay of the retry: the ``Retry-After`` the attempt was answered (a
+        :class:`~shared.errors.TransientError`'s ``retry_after``), at most the actor's longest
+        backoff (a provider asking for days would otherwise park the message that long); 0 when
+        none was given. dramatiq's own backoff stands when it is longer."""
+        retry_after = exception.retry_after if isinstance(exception, TransientError) else None
+        if not retry_after or retry_after <= 0:
+            return 0
+        actor = broker.get_actor(message.actor_name)
+        longest = message.options.get("max_backoff", actor.options.get("max_backoff", self.max_backoff))
+        return int(min(retry_after * 1000, longest))
+
 
 class _PatientBroker:
-    """``broker`` for Retries' use: its ``enqueue`` tries again until the broker takes it."""
+    """``broker`` for Retries' use: its ``enqueue`` tries again until the broker takes it, and
+    delays the retry by at least ``not_before_ms``."""
 
-    def __init__(self, broker: dramatiq.Broker, sleep: Callable[[float], None]) -> None:
+    def __init__(
+        self, broker: dramatiq.Broker, sleep: Callable[[float], None], *, not_before_ms: int = 0
+    ) -> None:
         self._broker = broker
         self._sleep = sleep
+        self._not_before_ms = not_before_ms
 
     def get_actor(self, actor_name: str) -> dramatiq.Actor[Any, Any]:
         return self._broker.get_actor(actor_name)
@@ -126,6 +149,13 @@ class _PatientBroker:
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
         """The broker's ``enqueue``, tried again while Redis cannot be reached or refuses writes
         (:func:`patiently`)."""
+        if self._not_before_ms > (delay or 0):
+            log.info(
+                "message %s: retried in %d ms, as the provider asked (Retry-After)",
+                message.message_id,
+                self._not_before_ms,
+            )
+            delay = self._not_before_ms
         return patiently(
             lambda: self._broker.enqueue(message, delay=delay),
             what=f"enqueue the retry of message {message.message_id}",

@@ -20,7 +20,13 @@ from PIL import Image
 
 from shared import keys
 from shared.callback import Callback
-from shared.errors import DownloadFailed, ProviderRefused, StorageUnavailable, TaskBusy
+from shared.errors import (
+    DownloadFailed,
+    ProviderRefused,
+    ProviderUnavailable,
+    StorageUnavailable,
+    TaskBusy,
+)
 from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.provider import TaskRecordInfo
 from shared.settings import Settings
@@ -434,6 +440,26 @@ def processor(
         metrics=create_worker_metrics(),
         verifier=verifier,
     )
+
+
+def test_a_retry_for_want_of_fresh_links_waits_as_long_as_the_provider_asked(harness: Harness) -> None:
+    """Given a task whose two result links expired (410) and a provider that answers the fresh-link
+    requests with Retry-After 120 and 300 (rate limited), when an attempt processes it, then it
+    fails for now carrying the longest of them, which the queue's retry waits for
+    (tests/workers/test_retries.py)."""
+    urls = [harness.files.add(f"/expired-{i}.png", b"gone", status=410) for i in range(2)]
+    waits = {urls[0]: 120.0, urls[1]: 300.0}
+
+    def rate_limited(url: str) -> str:
+        raise ProviderUnavailable("provider answered 429 (rate limited)", code=429, retry_after=waits[url])
+
+    client = create_http_client(connect_timeout_s=2, read_timeout_s=2, max_redirects=3, max_connections=4)
+    limits = FetchLimits(max_image_bytes=1 << 20, max_video_bytes=1 << 20)
+    with ThreadPoolExecutor(max_workers=4) as pool, client:
+        fetcher = ResultFetcher(client, limits, refresh_url=rate_limited)
+        with pytest.raises(DownloadFailed, match="no fresh link for now") as caught:
+            processor(harness, pool, fetcher=fetcher).process(callback(urls))
+    assert caught.value.retry_after == 300.0
 
 
 @pytest.mark.parametrize("final_attempt", [False, True], ids=["first-attempt", "final-attempt"])

@@ -4,6 +4,7 @@ restarts or refuses writes (workers/retries.py)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from dramatiq.brokers.stub import StubBroker
 from redis._parsers import BaseParser
 
 from shared import keys
+from shared.errors import ProviderUnavailable
 from shared.queue import BROKER_NAMESPACE
 from shared.redis_client import connect_redis
 from tests.support.servers import RedisServer
@@ -248,3 +250,50 @@ def test_a_message_out_of_retries_is_failed_without_any_enqueue() -> None:
         DurableRetries().after_process_message(NoEnqueue(), message, exception=exc)  # type: ignore[arg-type]
     assert message.failed
     assert retry_enqueue_error(message) is None  # the runtime gives the attempt's error as the reason
+
+
+def _retry_eta_ms(redis_url: str) -> int:
+    """The eta of the one retry waiting in the delay queue of actor ``flaky``."""
+    client = connect_redis(redis_url)
+    (encoded,) = client.hvals(keys.broker_messages(BROKER_NAMESPACE, "flaky-q.DQ"))
+    eta = dramatiq.Message.decode(encoded).options["eta"]
+    assert isinstance(eta, int)
+    return eta
+
+
+@pytest.mark.parametrize(
+    ("retry_after_s", "max_backoff_ms", "expected_delay_ms"),
+    [
+        (600.0, 3_600_000, 600_000),  # the provider's wait, longer than the first backoff (~15 s)
+        (10 * 86_400.0, 3_600_000, 3_600_000),  # days: no longer than the actor's longest backoff
+    ],
+)
+def test_a_retry_waits_as_long_as_the_provider_asked(
+    redis_server: RedisServer, retry_after_s: float, max_backoff_ms: int, expected_delay_ms: int
+) -> None:
+    """Given an attempt the provider answered with a Retry-After (rate limited, in maintenance),
+    when its retry is enqueued, then it is delayed that long (at most the actor's longest
+    backoff), not by dramatiq's first backoff, which would ask again before the provider wants."""
+    retries = DurableRetries()
+    broker = make_broker(redis_server.url, retries)
+    broker.get_actor("flaky").options["max_backoff"] = max_backoff_ms
+    unavailable = ProviderUnavailable("provider answered 429", code=429, retry_after=retry_after_s)
+    before_ms = int(time.time() * 1000)
+    try:
+        raise unavailable
+    except ProviderUnavailable as exc:
+        retries.after_process_message(broker, failed_attempt(broker), exception=exc)
+    delay_ms = _retry_eta_ms(redis_server.url) - before_ms
+    assert expected_delay_ms <= delay_ms <= expected_delay_ms + 60_000
+
+
+def test_a_retry_the_provider_set_no_time_for_keeps_dramatiqs_backoff(redis_server: RedisServer) -> None:
+    retries = DurableRetries()
+    broker = make_broker(redis_server.url, retries)
+    before_ms = int(time.time() * 1000)
+    try:
+        raise ProviderUnavailable("provider answered 503", code=503)
+    except ProviderUnavailable as exc:
+        retries.after_process_message(broker, failed_attempt(broker), exception=exc)
+    # dramatiq's first backoff: its 15 s default, halved at most by jitter
+    assert 0 < _retry_eta_ms(redis_server.url) - before_ms <= 60_000
