@@ -46,6 +46,8 @@ class TaskState(StrEnum):
 FINAL_STATES = frozenset({TaskState.STORED, TaskState.PARTIAL, TaskState.FAILED})
 #: States of a task without an outcome yet (or being processed again after one).
 UNSETTLED_STATES = frozenset(TaskState) - FINAL_STATES
+#: The outcomes a task processed again goes back to when the queue gives up on it (:meth:`TaskStore.give_up`).
+_RESTORABLE_OUTCOMES = frozenset({TaskState.STORED.value, TaskState.PARTIAL.value})
 #: The record's field naming the final state the task last reached: written with it, and kept
 #: while a later callback of the task is processed, until that one replaces a stored file (then
 #: empty: :meth:`TaskStore.forget_outcome`).
@@ -199,30 +201,38 @@ class TaskStore:
         record was written before outcomes were recorded (it has no ``outcome`` field). Each move
         checks the lease in the same script call, so a worker taking the task meanwhile is never
         overruled."""
-        record = self.get(task_id)
-        try:
-            if record is not None and record.state in UNSETTLED_STATES:
-                outcome = record.fields.get(OUTCOME_FIELD, "")
-                if outcome in (TaskState.STORED, TaskState.PARTIAL):
-                    before = self._move(
-                        task_id,
-                        TaskState(outcome),
-                        {},
-                        only_if_new=True,
-                        or_from=record.state,
-                        lease=_LeaseRule.FREE,
-                    )
-                    return TaskState(outcome) if before in (record.state, None) else before
-            before = self._move(
-                task_id,
-                TaskState.FAILED,
-                {"reason": reason},
-                only_if_new=True,
-                or_from=UNSETTLED_STATES,
-                lease=_LeaseRule.FREE,
+        # The outcome is read and moved to under WATCH: a whole attempt that replaced a file and
+        # forgot the outcome in between (:meth:`forget_outcome`) makes the move abort, and the
+        # record is judged again.
+        while True:
+            try:
+                return self._give_up_once(task_id, reason)
+            except redis.WatchError:
+                continue
+
+    def _give_up_once(self, task_id: str, reason: str) -> TaskState:
+        key = keys.task(task_id)
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.watch(key)  # type: ignore[no-untyped-call]
+            with _record_errors(task_id, own_key=True):
+                record = _record(task_id, pipe.hgetall(key))
+            outcome = record.fields.get(OUTCOME_FIELD, "") if record is not None else ""
+            state, fields, or_from = TaskState.FAILED, {"reason": reason}, UNSETTLED_STATES
+            if record is not None and record.state in UNSETTLED_STATES and outcome in _RESTORABLE_OUTCOMES:
+                state, fields, or_from = TaskState(outcome), {}, frozenset({record.state})
+            pipe.multi()
+            script_keys, args = self._move_call(
+                task_id, state, fields, only_if_new=True, or_from=or_from, lease=_LeaseRule.FREE
             )
-        except LeaseHeld as held:
-            return TaskState(held.state) if held.state else TaskState.PROCESSING
+            self._transition(keys=script_keys, args=args, client=pipe)
+            try:
+                with _record_errors(task_id):
+                    (reply,) = pipe.execute()
+                before = self._move_reply(task_id, reply, lease=_LeaseRule.FREE)
+            except LeaseHeld as held:
+                return TaskState(held.state) if held.state else TaskState.PROCESSING
+        if state is not TaskState.FAILED:
+            return state if before in (*or_from, None) else cast(TaskState, before)
         return before if before in FINAL_STATES else TaskState.FAILED
 
     def forget_outcome(self, task_id: str, *, holder: str) -> TaskState | None:
@@ -329,6 +339,25 @@ class TaskStore:
         """``only_if_new``: move only a task without a record, or (``or_from``) one in that state
         or in one of those states. ``lease``: None, whoever holds the task's lease; ``_LeaseRule.FREE``, only
         while no worker holds it; a token, only while the lease holds it (else :class:`LeaseHeld`)."""
+        script_keys, args = self._move_call(
+            task_id, state, fields, only_if_new=only_if_new, or_from=or_from, enqueue=enqueue, lease=lease
+        )
+        with _record_errors(task_id):
+            reply = self._transition(keys=script_keys, args=args)
+        return self._move_reply(task_id, reply, lease=lease)
+
+    def _move_call(
+        self,
+        task_id: str,
+        state: TaskState,
+        fields: Mapping[str, str],
+        *,
+        only_if_new: bool,
+        or_from: TaskState | Collection[TaskState] | None = None,
+        enqueue: QueuedMessage | None = None,
+        lease: str | _LeaseRule | None = None,
+    ) -> tuple[list[str], list[str | int | bytes]]:
+        """transition.lua's keys and arguments for a move (see :meth:`_move`)."""
         now_ms = int(self._clock() * 1000)
         guard = "0" if not only_if_new else _guard(or_from)
         if state in FINAL_STATES:
@@ -349,8 +378,12 @@ class TaskStore:
             *_lease_rule(lease),
             *pairs,
         ]
-        with _record_errors(task_id):
-            reply = self._transition(keys=script_keys, args=args)
+        return script_keys, args
+
+    @staticmethod
+    def _move_reply(task_id: str, reply: object, *, lease: str | _LeaseRule | None) -> TaskState | None:
+        """The state a task had before a move, from transition.lua's reply; :class:`LeaseHeld` when
+        the lease rule refused it."""
         if isinstance(reply, list):
             raise LeaseHeld(task_id, _state(reply[1]), by_other=lease is not _LeaseRule.FREE)
         return _state(reply, task_id)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
 
-from shared import keys
+from shared import keys, taskstate
 from shared.errors import LeaseHeld, TaskBusy, TaskRecordUnusable
 from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, QueuedMessage, Received, TaskState, TaskStore
 from tests.support.acks import with_ack_connection
@@ -115,6 +116,38 @@ def test_giving_up_on_a_task_processed_again_brings_back_its_outcome_unless_a_fi
     assert (record.state, record.fields["reason"]) == expected
     assert tasks.counts()[outcome.value] == (0 if replaced else 1)
     assert tasks.counts()["processing"] == 0
+
+
+def test_a_file_replaced_between_the_give_ups_read_and_its_move_fails_the_task(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a task processed again after it ended stored, when a whole attempt of another worker
+    (its lease taken, the outcome forgotten as it replaces a file, the attempt failing, the lease
+    released) runs between the give-up's read of the record and its move, then the give-up does
+    not bring back the stored outcome over the replaced file: the task fails with its reason."""
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("t1", TaskState.STORED, reason="earlier")
+    tasks.move("t1", TaskState.PROCESSING)
+    read_record = taskstate._record
+    attempts: list[str] = []
+
+    def read_then_another_attempt(task_id: str, raw: Any) -> Any:
+        record = read_record(task_id, raw)
+        if not attempts:
+            attempts.append(task_id)
+            other_worker = TaskStore(client, ttl_s=3600)  # through another connection of the pool
+            client.set(keys.lease(task_id), "other worker")
+            other_worker.forget_outcome(task_id, holder="other worker")
+            client.delete(keys.lease(task_id))
+        return record
+
+    monkeypatch.setattr(taskstate, "_record", read_then_another_attempt)
+
+    assert tasks.give_up("t1", "gave up: X") is TaskState.FAILED
+    assert attempts == ["t1"]
+    record = tasks.get("t1")
+    assert record is not None
+    assert (record.state, record.fields["reason"]) == (TaskState.FAILED, "gave up: X")
 
 
 @pytest.mark.parametrize(
