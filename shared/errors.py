@@ -54,6 +54,11 @@ class DownloadFailed(TransientError):
     """A result file could not be fetched this time (timeout, reset, 5xx)."""
 
 
+class FreshLinkPending(DownloadFailed):
+    """A result link expired and the provider could not give a fresh one for now (unreachable,
+    rate limited, in maintenance): only the provider can mend it, not another download."""
+
+
 class TaskBusy(TransientError):
     """Another worker holds the lease on this task right now."""
 

@@ -22,7 +22,14 @@ from typing import IO, Any
 import httpcore
 import httpx
 
-from shared.errors import DownloadFailed, DownloadRefused, MjhookError, ResultLinkGone, TransientError
+from shared.errors import (
+    DownloadFailed,
+    DownloadRefused,
+    FreshLinkPending,
+    MjhookError,
+    ResultLinkGone,
+    TransientError,
+)
 from shared.http_backend import limited_waits
 from workers.dimensions import (
     DEFAULT_HEAD_BYTES,
@@ -197,7 +204,7 @@ class ResultFetcher:
         try:
             fresh = refresh_url(url)
         except TransientError as exc:
-            failed = DownloadFailed(f"{gone}; no fresh link for now: {exc}")
+            failed = FreshLinkPending(f"{gone}; no fresh link for now: {exc}")
             failed.retry_after = exc.retry_after  # the provider's Retry-After, for the queue's retry
             raise failed from exc
         except MjhookError as exc:

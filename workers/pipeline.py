@@ -18,6 +18,7 @@ from shared.clock import utc_iso
 from shared.errors import (
     DownloadFailed,
     DownloadRefused,
+    FreshLinkPending,
     MjhookError,
     ObjectChanged,
     StorageUnavailable,
@@ -48,7 +49,8 @@ class CallbackProcessor:
     """The worker's whole job for one callback. ``clock`` returns Unix seconds; ``timer`` seconds
     from any origin (it times downloads and uploads for ``metrics``, default: new ones);
     ``max_json_depth`` is the deepest ``promptJson`` parsed into the manifest's ``params``, in levels;
-    ``poll_later`` takes over a task whose result ``verifier`` could not check on its last attempt."""
+    ``poll_later`` takes over a task whose result ``verifier`` could not check, or whose expired links
+    the provider could not renew, on its last attempt."""
 
     def __init__(
         self,
@@ -96,12 +98,7 @@ class CallbackProcessor:
                 except TransientError as exc:
                     # Nothing says the result is false: on the last attempt the polling fallback
                     # takes the task over, rather than fail it for the provider's outage.
-                    if not final_attempt or self._poll_later is None:
-                        raise
-                    if not self._poll_later.wait_again(task_id):
-                        raise
-                    log.warning("task %s left to the polling fallback: %s", task_id, exc)
-                    return TaskState.SUBMITTED
+                    return self._left_to_polling(task_id, exc, final_attempt=final_attempt)
                 # A success the provider disowns is a failure report now: it may change no more
                 # than one would (never a task that has files).
                 if (known := self._settled_state(callback)) is not None:
@@ -113,9 +110,15 @@ class CallbackProcessor:
             failed_files: list[str] = []
             earlier: set[str] = set()
             if callback.succeeded:
-                images, errors, failed_files, earlier = self._store_files(
-                    callback, listing, lease, final_attempt=final_attempt
-                )
+                try:
+                    images, errors, failed_files, earlier = self._store_files(
+                        callback, listing, lease, final_attempt=final_attempt
+                    )
+                except FreshLinkPending as exc:
+                    # Expired links only the provider can renew, and it cannot for now: on the
+                    # last attempt the polling fallback takes the task over (the files stored so
+                    # far are kept, and not downloaded again), rather than fail those files.
+                    return self._left_to_polling(task_id, exc, final_attempt=final_attempt)
             else:
                 images, errors = [], []
             status = outcome(callback, images, errors)
@@ -149,6 +152,15 @@ class CallbackProcessor:
                 self._metrics.files_failed.labels(error_class).inc()
             log.info("task %s %s (%d stored, %d failed)", task_id, status.value, len(images), len(errors))
             return status
+
+    def _left_to_polling(self, task_id: str, exc: TransientError, *, final_attempt: bool) -> TaskState:
+        """``submitted`` again, for the polling fallback to queue the task's result once the
+        provider answers (:meth:`SubmittedTasks.wait_again`); ``exc`` raised instead when this is
+        not the last attempt (the queue retries), without a fallback, or for a task that moved on."""
+        if not final_attempt or self._poll_later is None or not self._poll_later.wait_again(task_id):
+            raise exc
+        log.warning("task %s left to the polling fallback: %s", task_id, exc)
+        return TaskState.SUBMITTED
 
     def record_failure(self, callback: Callback, reason: str) -> None:
         """Make the bucket agree with a task the queue or the polling fallback gave up on (its
@@ -275,7 +287,9 @@ class CallbackProcessor:
                     errors.append(FileError(index, url, str(exc)))
                     failed.append(type(exc).__name__)
                 except DownloadFailed as exc:
-                    if not final_attempt:
+                    if not final_attempt or (
+                        isinstance(exc, FreshLinkPending) and self._poll_later is not None
+                    ):
                         transient.append(exc)
                     errors.append(FileError(index, url, f"gave up after retries: {exc}"))
                     failed.append(type(exc).__name__)
@@ -294,7 +308,9 @@ class CallbackProcessor:
                 future.cancel()
             wait(futures)
         if transient:
-            failed_for_now = DownloadFailed(
+            # Fresh links alone wait for the provider (the polling fallback, on the last attempt).
+            pending_links = all(isinstance(exc, FreshLinkPending) for exc in transient)
+            failed_for_now = (FreshLinkPending if pending_links else DownloadFailed)(
                 f"{len(transient)} of {len(todo)} files of {callback.task_id} failed for now: {transient[0]}"
             )
             # The retry waits for the longest Retry-After a fresh link's request was answered.

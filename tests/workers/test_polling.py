@@ -15,7 +15,7 @@ import redis
 
 from shared import keys
 from shared.callback import Callback
-from shared.errors import ProviderUnavailable
+from shared.errors import FreshLinkPending, ProviderUnavailable
 from shared.polling import ResultPoller
 from shared.provider import ProviderClient
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, create_broker
@@ -562,3 +562,39 @@ def test_a_result_the_provider_cannot_verify_on_the_last_attempt_is_left_to_poll
     sim.provider.config = dataclasses.replace(sim.provider.config, maintenance=False)
     assert parts.polling.poller.run_once().queued == 1
     assert parts.tasks.get(task_id).state is TaskState.RECEIVED  # type: ignore[union-attr]
+
+
+def test_a_result_whose_links_the_provider_cannot_renew_on_the_last_attempt_is_left_to_polling(
+    start_simulator: StartSimulator, client: redis.Redis, app_env: dict[str, str]
+) -> None:
+    """Given a result whose links expired before the download, and the provider in maintenance
+    through the message's last attempt (no fresh link: an outage longer than the queue's retries)
+    When that attempt runs
+    Then the task is not recorded partial with those files failed: it waits for the polling
+    fallback, which queues the result once the provider answers again, and the next attempt
+    stores every file through fresh links."""
+    sim = start_simulator(faults=FaultConfig(file_expired_share=1.0))
+    with client_for(sim) as provider:
+        task_id = provider.generate("a quiet harbour", callback_url="http://127.0.0.1:9/cb")
+        deadline = time.monotonic() + 10
+        while not (info := provider.record_info(task_id)).finished:
+            assert time.monotonic() < deadline, "the simulator did not finish the task"
+            time.sleep(0.02)
+    callback = Callback(task_id, 200, "success", None, info.result_urls, "2026-11-25T00:00:00.000Z")
+    parts = polling_worker(sim, client, app_env, MJHOOK_PROVIDER_RETRIES="0", MJHOOK_VERIFY_RESULTS="false")
+    assert parts.polling is not None
+    parts.tasks.mark_received(task_id, callback.received_at)
+    sim.provider.config = dataclasses.replace(sim.provider.config, maintenance=True)
+
+    with pytest.raises(FreshLinkPending):
+        parts.processor.process(callback)  # not the last attempt: retried as before
+    assert parts.processor.process(callback, final_attempt=True) is TaskState.SUBMITTED
+    assert parts.tasks.get(task_id).state is TaskState.SUBMITTED  # type: ignore[union-attr]
+
+    sim.provider.config = dataclasses.replace(sim.provider.config, maintenance=False)
+    assert parts.polling.poller.run_once().queued == 1
+    (queued,) = [
+        dramatiq.Message.decode(body).args[0]
+        for body in client.hvals(keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE))
+    ]
+    assert parts.processor.process(Callback.from_message(queued)) is TaskState.STORED
