@@ -17,8 +17,9 @@ from ingress.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureVerif
 from ingress.sources import SourceFilter
 from shared.callback import Callback, CallbackLimits, parse_callback
 from shared.clock import utc_iso
-from shared.errors import InvalidCallback, TransientError
+from shared.errors import InvalidCallback, TaskRecordUnusable, TransientError
 from shared.logs import task_context
+from shared.printable import shortened
 from shared.rejected import Rejection, RejectLog
 
 log = logging.getLogger(__name__)
@@ -67,33 +68,39 @@ class CallbackResource:
                 )
         except InvalidCallback as exc:
             # Kept in Redis from a thread: a slow or absent Redis must not stall the event loop.
-            await asyncio.to_thread(
-                self._rejects.record,
-                Rejection(
-                    status=exc.status,
-                    reason=exc.reason,
-                    body=body,
-                    size=max(len(body), req.content_length or 0),
-                    partial=len(body) > self._max_body_bytes,
-                    remote_addr=self._client_address(req),
-                    content_type=req.content_type or "",
-                ),
-            )
+            await asyncio.to_thread(self._rejects.record, self._rejection(req, body, exc.status, exc.reason))
             resp.status = exc.status
             resp.media = {"error": exc.reason}
             return
         with task_context(callback.task_id):
-            await self._acknowledge(callback, resp)
+            await self._acknowledge(callback, req, body, resp)
 
-    async def _acknowledge(self, callback: Callback, resp: falcon.asgi.Response) -> None:
+    async def _acknowledge(
+        self, callback: Callback, req: falcon.asgi.Request, body: bytes, resp: falcon.asgi.Response
+    ) -> None:
         try:
             await self._intake.accept(callback)
         except TransientError as exc:
             log.warning("callback %s not queued: %s", callback.task_id, exc)
+            if isinstance(exc, TaskRecordUnusable):
+                # Not an outage the provider's retries may outlast: kept, for a replay once the
+                # record is mended (`mjhook rejected replay`).
+                await asyncio.to_thread(self._rejects.record, self._rejection(req, body, 503, str(exc)))
             resp.status = falcon.HTTP_503
             resp.media = {"error": "cannot queue the callback durably right now; retry later"}
             return
         resp.media = {"status": "received", "taskId": callback.task_id}
+
+    def _rejection(self, req: falcon.asgi.Request, body: bytes, status: int, reason: str) -> Rejection:
+        return Rejection(
+            status=status,
+            reason=reason,
+            body=body,
+            size=max(len(body), req.content_length or 0),
+            partial=len(body) > self._max_body_bytes,
+            remote_addr=self._client_address(req),
+            content_type=req.content_type or "",
+        )
 
     async def _read_body(self, req: falcon.asgi.Request) -> bytes:
         """At most ``max_body_bytes`` + 1 bytes: enough to refuse a larger body, and to keep
@@ -119,6 +126,13 @@ class CallbackResource:
         media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
         if media_type not in JSON_TYPES and not media_type.endswith("+json"):
             raise InvalidCallback("Content-Type must be application/json", status=415)
+        encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            # A compressed body read as JSON would be refused as text that is not UTF-8.
+            raise InvalidCallback(
+                f"Content-Encoding {shortened(encoding, 40)!r} is not supported: send the JSON as it is",
+                status=415,
+            )
         return parse_callback(body, received_at=utc_iso(self._clock()), limits=self._limits)
 
 

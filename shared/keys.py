@@ -31,6 +31,10 @@ DEAD_REASON = PREFIX + ":dead:{redis_message_id}"
 
 #: List of rejected callbacks (reason, status, capped raw body), newest first; capped in length.
 REJECTED = PREFIX + ":rejected"
+#: The same for callbacks refused for a missing or wrong token or signature, or their source
+#: (401/403), capped on its own: whoever lacks the token can fill only this one, never push the
+#: refusals of callbacks that passed those checks out of :data:`REJECTED`.
+REJECTED_UNAUTHENTICATED = REJECTED + ":unauthenticated"
 
 #: Sorted set of the taskIds mjhook itself submitted to the provider, scored by submit time (ms),
 #: whatever their state now (``mjhook recover`` reads it). Entries older than ``task_ttl_s`` are

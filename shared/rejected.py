@@ -2,9 +2,12 @@
 once the cause is mended (a wrong token or key configured, a limit set too low), replays them.
 
 Each is one JSON entry in the Redis list ``keys.REJECTED``, newest first, the list capped in
-length: when, why (status and reason), from where, and the start of the body. An entry's id is
-derived from its bytes (:func:`entry_id`), so entries written before ids existed have one too,
-and an id stays valid while entries come and go around it."""
+length: when, why (status and reason), from where, and the start of the body. Refusals for a
+missing or wrong token or signature, or for their source (401, 403), go to a list of their own,
+``keys.REJECTED_UNAUTHENTICATED``, capped alike: anyone can send those, and they must not push the
+others out. The two are listed as one. An entry's id is derived from its bytes (:func:`entry_id`),
+so entries written before ids existed have one too, and an id stays valid while entries come and
+go around it."""
 
 from __future__ import annotations
 
@@ -29,6 +32,14 @@ log = logging.getLogger(__name__)
 ID_HEX_DIGITS = 16
 #: Most characters of a refused body written to the log when Redis cannot keep its entry.
 LOGGED_BODY_CHARS = 2048
+#: The statuses of refusals anyone can cause (no token, signature or allowed source needed).
+UNAUTHENTICATED_STATUSES = frozenset({401, 403})
+#: Every list of kept refusals.
+REJECTED_LISTS = (keys.REJECTED, keys.REJECTED_UNAUTHENTICATED)
+
+
+def _list_for(status: int) -> str:
+    return keys.REJECTED_UNAUTHENTICATED if status in UNAUTHENTICATED_STATUSES else keys.REJECTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +97,10 @@ class RejectLog:
         }
         entry = orjson.dumps(fields)
         try:
+            kept_in = _list_for(rejection.status)
             pipe = self._client.pipeline(transaction=False)
-            pipe.lpush(keys.REJECTED, entry)
-            pipe.ltrim(keys.REJECTED, 0, self._keep - 1)
+            pipe.lpush(kept_in, entry)
+            pipe.ltrim(kept_in, 0, self._keep - 1)
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
             # Kept in the log instead (the entry is JSON: the body's controls are escaped), its body
@@ -118,8 +130,9 @@ class RejectedCallback:
     body: str
     truncated: bool
     body_lossy: bool
-    #: The entry as stored, to remove exactly it.
+    #: The entry as stored, and the list holding it, to remove exactly it.
     raw: bytes = field(repr=False)
+    list_key: str = keys.REJECTED
 
     @property
     def replay_refusal(self) -> str | None:
@@ -157,9 +170,9 @@ def entry_id(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:ID_HEX_DIGITS]
 
 
-def read_entry(raw: bytes) -> RejectedCallback:
-    """``raw`` (one entry of the list) read back; an entry that is not what :class:`RejectLog`
-    writes comes back with an empty ``at`` and its bytes as the body."""
+def read_entry(raw: bytes, list_key: str = keys.REJECTED) -> RejectedCallback:
+    """``raw`` (one entry of the list ``list_key``) read back; an entry that is not what
+    :class:`RejectLog` writes comes back with an empty ``at`` and its bytes as the body."""
     try:
         document = orjson.loads(raw)
         if not isinstance(document, dict):
@@ -177,6 +190,7 @@ def read_entry(raw: bytes) -> RejectedCallback:
             # Written before the flag: the writer always replaced what was not UTF-8.
             body_lossy=bool(document.get("bodyLossy", "\ufffd" in str(document.get("body", "")))),
             raw=raw,
+            list_key=list_key,
         )
     except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
         text = raw.decode("utf-8", "replace")
@@ -192,17 +206,33 @@ def read_entry(raw: bytes) -> RejectedCallback:
             truncated=False,
             body_lossy=False,
             raw=raw,
+            list_key=list_key,
         )
 
 
 def count_rejected(client: redis.Redis) -> int:
-    return int(client.llen(keys.REJECTED))
+    """How many refusals are kept, in both lists."""
+    pipe = client.pipeline(transaction=False)
+    for list_key in REJECTED_LISTS:
+        pipe.llen(list_key)
+    return sum(int(length) for length in pipe.execute())
 
 
 def list_rejected(client: redis.Redis, *, limit: int | None = None) -> list[RejectedCallback]:
-    """The kept entries, newest first, at most ``limit``."""
+    """The kept entries of both lists, newest first (an unreadable entry last), at most ``limit``."""
     end = -1 if limit is None else limit - 1
-    return [read_entry(raw) for raw in cast(list[bytes], client.lrange(keys.REJECTED, 0, end))]
+    pipe = client.pipeline(transaction=False)
+    for list_key in REJECTED_LISTS:
+        pipe.lrange(list_key, 0, end)
+    entries = [
+        read_entry(raw, list_key)
+        for list_key, raws in zip(REJECTED_LISTS, pipe.execute(), strict=True)
+        for raw in cast(list[bytes], raws)
+    ]
+    # ISO 8601 UTC times of one format: their text sorts as the times do (a stable sort keeps each
+    # list's own order among equal times).
+    entries.sort(key=lambda entry: entry.at, reverse=True)
+    return entries if limit is None else entries[:limit]
 
 
 @dataclass(slots=True)
@@ -252,7 +282,7 @@ def replay_rejected(
         result.replayed.append((entry.id, callback.task_id))
         try:
             # A readable entry is JSON, so UTF-8: decoded, it is encoded back to the same bytes.
-            client.lrem(keys.REJECTED, 1, entry.raw.decode())
+            client.lrem(entry.list_key, 1, entry.raw.decode())
         except (redis.RedisError, OSError) as exc:
             result.error = f"{entry.id} was queued but is still listed ({type(exc).__name__})"
             return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import threading
 from typing import Any
 
@@ -13,8 +14,10 @@ from falcon import testing
 
 from ingress.app import create_app
 from shared import keys
+from shared.callback import CallbackLimits
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.redis_client import connect_redis
+from shared.rejected import list_rejected, replay_rejected
 from shared.settings import Settings
 from shared.taskstate import TaskState, TaskStore
 from tests.support.servers import RedisServer
@@ -101,6 +104,47 @@ def test_bad_input_gets_a_clear_4xx_is_kept_and_queues_nothing(
     assert reason in kept["reason"]
     assert kept["bodySize"] == len(body)
     assert len(kept["body"]) <= Settings().rejected_body_bytes
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br, gzip"])
+def test_a_compressed_body_gets_a_415_naming_its_encoding(client: redis.Redis, encoding: str) -> None:
+    """A body sent with a Content-Encoding was read as JSON and refused 400 as text that is not
+    UTF-8, its kept copy lossy; it is a 415 saying the encoding is not supported."""
+    app = make_app(client)
+    body = gzip.compress(orjson.dumps(success()))
+    response = app.simulate_post(
+        PATH, body=body, headers={"Content-Type": "application/json", "Content-Encoding": encoding}
+    )
+    assert response.status_code == 415
+    assert f"Content-Encoding {encoding!r} is not supported" in response.json["error"]
+    assert queued_messages(client) == []
+    identity = app.simulate_post(
+        PATH, body=orjson.dumps(success()), headers={**JSON, "Content-Encoding": "Identity"}
+    )
+    assert identity.status_code == 200
+
+
+def test_a_callback_whose_task_record_is_unusable_is_kept_for_a_replay(client: redis.Redis) -> None:
+    """Given a task record Redis holds in a state this version does not know (a newer version
+    wrote it), when its callback arrives, then it is answered 503 as before, and kept with its
+    reason in the rejected list: once the record is mended, `mjhook rejected replay` queues it
+    (it was kept nowhere, lost once the provider's three retries had failed too)."""
+    client.hset(keys.task("odd"), mapping={"state": "archived", "updatedAt": "1"})
+    app = make_app(client)
+    body = orjson.dumps(success("odd"))
+
+    assert post(app, body).status_code == 503
+
+    [entry] = list_rejected(client)
+    assert (entry.status, entry.body.encode()) == (503, body)
+    assert "archived" in entry.reason
+    client.delete(keys.task("odd"))
+    queued: list[str] = []
+    replayed = replay_rejected(
+        client, [entry.id], limits=CallbackLimits(), queue=lambda callback: queued.append(callback.task_id)
+    )
+    assert replayed.replayed == [(entry.id, "odd")]
+    assert queued == ["odd"]
 
 
 def test_a_body_over_the_limit_is_kept_marked_as_cut_short(client: redis.Redis) -> None:

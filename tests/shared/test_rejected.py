@@ -16,6 +16,7 @@ from shared.rejected import (
     RejectedCallback,
     Rejection,
     RejectLog,
+    count_rejected,
     list_rejected,
     read_entry,
     replay_rejected,
@@ -72,7 +73,7 @@ class Queue:
 
 def test_a_kept_entry_reads_back_with_an_id_made_of_its_bytes(client: redis.Redis) -> None:
     entry = keep(client, callback_body("t-1"))
-    [raw] = client.lrange(keys.REJECTED, 0, -1)
+    [raw] = client.lrange(keys.REJECTED_UNAUTHENTICATED, 0, -1)  # a 401: the list anyone can fill
     assert entry.id == hashlib.sha256(raw).hexdigest()[:16]
     assert (entry.at, entry.status, entry.reason) == (
         "2026-11-18T11:06:40.250Z",
@@ -288,3 +289,31 @@ def test_a_refused_body_logged_for_want_of_redis_is_cut_shorter(caplog: pytest.L
     [message] = [record.getMessage() for record in caplog.records]
     entry = orjson.loads(message.split("; the entry: ", 1)[1])
     assert (len(entry["body"]), entry["truncated"], entry["bodySize"]) == (LOGGED_BODY_CHARS, True, 10_000)
+
+
+def test_refusals_anyone_can_cause_cannot_push_out_the_others(client: redis.Redis) -> None:
+    """Given a callback that passed the token check but was refused by a limit set too low (the
+    only copy once the provider stops retrying), when anyone without the token sends as many junk
+    requests as the log keeps (401), then the genuine refusal is still kept: the 401/403 refusals
+    fill a list of their own, capped alike. Both are listed as one, newest first, and replayed."""
+    now = [AT]
+    log = RejectLog(client, keep=3, body_bytes=16 * 1024, clock=lambda: now[0])
+
+    def refuse(body: bytes, status: int, reason: str) -> None:
+        now[0] += 1
+        log.record(Rejection(status, reason, body, len(body), "203.0.113.9", "application/json"))
+
+    refuse(callback_body("genuine", urls=5), 400, "too many resultUrls")
+    for i in range(5):
+        refuse(callback_body(f"junk-{i}"), 401, "missing or wrong token")
+
+    listed = list_rejected(client)
+    assert [entry.status for entry in listed] == [401, 401, 401, 400]  # newest first, each list capped
+    assert orjson.loads(listed[-1].body)["data"]["taskId"] == "genuine"
+    assert count_rejected(client) == 4
+    assert [entry.id for entry in list_rejected(client, limit=2)] == [entry.id for entry in listed[:2]]
+
+    queue = Queue()
+    result = replay_rejected(client, [listed[0].id, listed[-1].id], limits=CallbackLimits(), queue=queue)
+    assert [task_id for _, task_id in result.replayed] == ["junk-4", "genuine"]
+    assert [entry.id for entry in list_rejected(client)] == [entry.id for entry in listed[1:3]]
