@@ -59,16 +59,34 @@ class Ingress:
     intake: CallbackIntake
     spool: Spool | None
     settings: Settings
+    drainer: SpoolDrainer | None = None
 
     def start_drainer(self) -> SpoolDrainer | None:
-        """Drain the spool now and then every ``spool_drain_interval_s`` (None: no spool)."""
-        if self.spool is None:
-            return None
-        drainer = SpoolDrainer(
-            self.spool, self.intake.enqueue, interval_s=self.settings.spool_drain_interval_s
-        )
-        drainer.start()
-        return drainer
+        """Drain the spool now and then every ``spool_drain_interval_s`` (None: no spool). The app
+        starts it itself at the ASGI lifespan's startup (:class:`DrainsWhileServed`); this is for
+        a server that sends no lifespan events (a WSGI worker, through ingress/wsgi_bridge.py)."""
+        if self.drainer is not None:
+            self.drainer.start()
+        return self.drainer
+
+
+class DrainsWhileServed:
+    """Falcon middleware: the spool's drainer runs from the ASGI lifespan's startup to its
+    shutdown, so that the app from :func:`create_app` drains what it spooled under any ASGI server
+    (gunicorn's asgi worker, uvicorn, ...): a callback answered 200 from the spool while Redis was
+    away is queued once it is back. No per-request hook: nothing on the acknowledgement path."""
+
+    def __init__(self, drainer: SpoolDrainer) -> None:
+        self._drainer = drainer
+
+    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        self._drainer.start()
+
+    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        # Not waited for: no thread of the loop's pool (it may be held, by reads on a hung Redis),
+        # and a round cut off by the process's exit leaves its file in the spool for the next
+        # start (its callbacks queued once more at worst: the workers deduplicate by taskId).
+        self._drainer.stop(wait=False)
 
 
 def create_app(
@@ -114,12 +132,20 @@ def build_ingress(
         spool=spool,
     )
 
+    drainer = (
+        SpoolDrainer(spool, intake.enqueue, interval_s=settings.spool_drain_interval_s)
+        if spool is not None
+        else None
+    )
+    middleware: list[Any] = [
+        RequestMetrics(metrics, ack_path=CALLBACK_PATH),
+        ApiTokenGuard(settings.api_token, prefixes=READ_PREFIXES, query_token_paths=(DASHBOARD_PATH,)),
+    ]
+    if drainer is not None:
+        middleware.append(DrainsWhileServed(drainer))
     app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response] = falcon.asgi.App(
         media_type=falcon.MEDIA_JSON,
-        middleware=(
-            RequestMetrics(metrics, ack_path=CALLBACK_PATH),
-            ApiTokenGuard(settings.api_token, prefixes=READ_PREFIXES, query_token_paths=(DASHBOARD_PATH,)),
-        ),
+        middleware=middleware,
     )
     json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
@@ -188,7 +214,7 @@ def build_ingress(
     )
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(client))
-    return Ingress(app=app, intake=intake, spool=spool, settings=settings)
+    return Ingress(app=app, intake=intake, spool=spool, settings=settings, drainer=drainer)
 
 
 def _error_json(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:

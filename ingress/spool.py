@@ -189,13 +189,22 @@ class SpoolDrainer:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spool-drainer", daemon=True)
+        self._starting = threading.Lock()
+        self._started = False
 
     def start(self) -> None:
-        self._thread.start()
+        """Start draining; a drainer started before (by the ASGI lifespan and by ingress/wsgi.py)
+        goes on as it is."""
+        with self._starting:
+            if not self._started:
+                self._started = True
+                self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop after the round running now (if any); ``wait``: until then."""
         self._stop.set()
-        self._thread.join(timeout=self._interval_s + 5)
+        if wait and self._started:
+            self._thread.join(timeout=self._interval_s + 5)
 
     def _run(self) -> None:
         while True:

@@ -17,6 +17,7 @@ configure_logging(settings.log_level, settings.log_format)
 # /metrics, answered by any of them, adds up all of them.
 ingress = build_ingress(settings, metrics_dir=os.environ.get(MULTIPROC_ENV) or None)
 # gunicorn imports this module in each worker process (no preload), so each drains the spool.
+# (The app starts the same drainer at the ASGI lifespan's startup; a WSGI worker sends none.)
 drainer = ingress.start_drainer()
 # The asgi worker (ingress/gunicorn_conf.py) calls the ASGI app as it is; gunicorn run without
 # those settings (outside the project root, no -c) calls it as WSGI: see ingress/wsgi_bridge.py.

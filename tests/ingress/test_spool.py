@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 import redis
 from falcon import testing
 
-from ingress.app import build_ingress
+from ingress.app import build_ingress, create_app
 from ingress.spool import REQUEUED_NAME, UNQUEUED_NAME, Spool, SpoolDrainer
 from shared import keys
 from shared.callback import Callback
@@ -24,6 +26,7 @@ from shared.redis_client import connect_redis
 from shared.settings import Settings
 from tests.ingress.test_callbacks import queued_messages
 from tests.support.pipeline import wait_for
+from tests.support.servers import RedisServer
 from tests.support.stack import REPO_ROOT
 
 #: Nothing listens on port 1.
@@ -397,3 +400,42 @@ def test_the_drainer_goes_on_after_a_round_that_raised(tmp_path: Path) -> None:
     finally:
         drainer.stop()
     assert spool.rounds >= 2
+
+
+def test_the_app_create_app_builds_drains_its_spool_while_an_asgi_server_serves_it(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Given the app of the contract's builder, `create_app(settings)`, served by an ASGI server
+    (falcon's conductor runs the lifespan as uvicorn or gunicorn's asgi worker do)
+    When a callback arrives while Redis is down, and Redis comes back
+    Then it is answered 200 from the spool and then queued: only ingress/wsgi.py started a
+    drainer, so such an app kept what it acknowledged on disk for good."""
+    settings = Settings(
+        redis_url=redis_server.url,
+        spool_dir=str(tmp_path / "spool"),
+        spool_drain_interval_s=0.2,
+        redis_timeout_s=0.5,
+        s3_region="us-east-1",
+    )
+    app = create_app(settings)
+    body = orjson.dumps({"code": 200, "msg": "success", "data": {"taskId": "t-spooled", "resultUrls": []}})
+
+    async def serve() -> None:
+        async with testing.ASGIConductor(app) as conductor:
+            redis_server.kill()
+            answer = await conductor.simulate_post(
+                "/callbacks/midjourney", body=body, headers={"Content-Type": "application/json"}
+            )
+            assert answer.status_code == 200
+            assert Spool(tmp_path / "spool", max_bytes=1 << 20).depth() == 1
+            redis_server.start()
+            client = redis_server.client()
+            deadline = time.monotonic() + 30
+            while not client.exists(keys.task("t-spooled")):
+                assert time.monotonic() < deadline, "the spooled callback was never queued"
+                await asyncio.sleep(0.05)
+
+    asyncio.run(serve())
+    assert [message["args"][0]["taskId"] for message in queued_messages(redis_server.client())] == [  # type: ignore[index]
+        "t-spooled"
+    ]
