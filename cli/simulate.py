@@ -12,21 +12,23 @@ import click
 from cli.output import echo_json
 from cli.services import reported_failures
 from cli.settings import pass_settings
+from shared.errors import ConfigError
 from shared.logs import configure_logging
 from shared.printable import printable
 from shared.settings import Settings
 from shared.storage import create_object_store
+from shared.submit import callback_url as configured_callback_url
 from simulator import FaultConfig, RunningSimulator, SimulatorConfig, run_simulator
 from simulator.api_requests import deliverable_url
 from simulator.config import DEFAULT_CALLBACK_TIMEOUT_S, DEFAULT_GENERATION_DELAY_S, DEFAULT_URL_TTL_S
 from simulator.load import (
     DEFAULT_DOWNLOAD_GRACE_S,
-    DEFAULT_SETTLE_TIMEOUT_S,
     DEFAULT_STORE_TIMEOUT_S,
     MAX_DELIVERY_THREADS,
     MIN_DELIVERY_THREADS,
     delivery_threads_for,
     run_load,
+    settle_timeout_for,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,7 +51,17 @@ FAULT_SHARES = {
 def provider_options(function: F) -> F:
     """Options shared by ``serve`` and ``load``: the simulated provider and its faults."""
     options = [
-        click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on."),
+        click.option(
+            "--host",
+            default="127.0.0.1",
+            show_default=True,
+            help="Address to listen on (0.0.0.0 needs --public-url).",
+        ),
+        click.option(
+            "--public-url",
+            default="",
+            help="Base of result URLs, as clients reach the simulator [default: http://HOST:PORT].",
+        ),
         click.option("--api-key", default="sim-api-key", show_default=True, help="Accepted Bearer key."),
         click.option("--hmac-key", default="", help="Sign callbacks with this webhook HMAC key."),
         click.option(
@@ -96,6 +108,11 @@ def provider_options(function: F) -> F:
 
 
 def _config(options: dict[str, Any], **overrides: Any) -> SimulatorConfig:
+    public_url = options.pop("public_url")
+    if public_url and not deliverable_url(public_url):
+        raise click.BadParameter(
+            f"{printable(public_url)} is no http or https URL with a host", param_hint="--public-url"
+        )
     try:
         faults = FaultConfig(
             seed=options.pop("seed"),
@@ -104,6 +121,7 @@ def _config(options: dict[str, Any], **overrides: Any) -> SimulatorConfig:
         )
         return SimulatorConfig(
             host=options.pop("host"),
+            public_url=public_url,
             api_key=options.pop("api_key"),
             hmac_key=options.pop("hmac_key"),
             time_scale=options.pop("time_scale"),
@@ -145,12 +163,37 @@ def simulate() -> None:
     help="Seconds from submission to result and callback.",
 )
 @click.option("--rate-limit", type=click.IntRange(min=0), default=0, help="Submissions per 10 s (0: none).")
-@click.option("--public-url", default="", help="Base of result URLs [default: http://HOST:PORT].")
+@click.option(
+    "--credits",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Submissions the account can pay for, code 402 after [default: unlimited].",
+)
+@click.option("--maintenance", is_flag=True, help="Answer every API call with code 455 (maintenance).")
+@click.option(
+    "--http-status-mirrors-code",
+    is_flag=True,
+    help="Answer API failures with the body's code as HTTP status too [default: 200].",
+)
 @provider_options
-def serve(port: int, generation_delay: float, rate_limit: int, public_url: str, **options: Any) -> None:
+def serve(
+    port: int,
+    generation_delay: float,
+    rate_limit: int,
+    credits: int | None,
+    maintenance: bool,
+    http_status_mirrors_code: bool,
+    **options: Any,
+) -> None:
     """Serve the provider's API, result files and callbacks until Ctrl-C."""
     config = _config(
-        options, port=port, generation_delay_s=generation_delay, rate_limit=rate_limit, public_url=public_url
+        options,
+        port=port,
+        generation_delay_s=generation_delay,
+        rate_limit=rate_limit,
+        credits=credits,
+        maintenance=maintenance,
+        http_status_mirrors_code=http_status_mirrors_code,
     )
     sim = _start_simulator(config)
     configure_logging("INFO")
@@ -172,7 +215,12 @@ def serve(port: int, generation_delay: float, rate_limit: int, public_url: str, 
     show_default=True,
     help="Callbacks/s.",
 )
-@click.option("--callback-url", required=True, help="mjhook's callback URL (with ?token= if it needs one).")
+@click.option(
+    "--callback-url",
+    default=None,
+    help="mjhook's callback URL (with ?token= if it needs one) [default: MJHOOK_PUBLIC_URL +"
+    " /callbacks/midjourney, with MJHOOK_CALLBACK_TOKEN].",
+)
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=0, help="Port for result files [default: free]."
 )
@@ -186,9 +234,9 @@ def serve(port: int, generation_delay: float, rate_limit: int, public_url: str, 
 @click.option(
     "--settle-timeout",
     type=click.FloatRange(min=0),
-    default=DEFAULT_SETTLE_TIMEOUT_S,
-    show_default=True,
-    help="Seconds, after the last callback is due, to wait for answers, duplicates and retries.",
+    default=None,
+    help="Seconds, after the last callback is due, to wait for answers, duplicates and retries"
+    " [default: enough for every retry: 1+5+15 min x --time-scale, 4 x --callback-timeout, + 30 s].",
 )
 @click.option(
     "--store-timeout",
@@ -213,33 +261,35 @@ def load(
     /,
     task_count: int,
     rate: float,
-    callback_url: str,
+    callback_url: str | None,
     port: int,
     concurrency: int | None,
-    settle_timeout: float,
+    settle_timeout: float | None,
     store_timeout: float,
     download_grace: float,
     as_json: bool,
     **options: Any,
 ) -> None:
     """Fire TASKS callbacks at RATE per second at mjhook, then report acknowledgements, the rate
-    actually sent at, downloads and, read from the bucket, how many tasks ended stored."""
-    if not deliverable_url(callback_url):
-        raise click.BadParameter(
-            f"{printable(callback_url)} is no http or https URL with a host", param_hint="--callback-url"
-        )
+    actually sent at, downloads and, read from the bucket, how many tasks ended stored.
+
+    The tasks exist only in this command's own simulator, whose API it names when it starts:
+    workers that verify results (MJHOOK_PROVIDER_API_KEY) must have MJHOOK_PROVIDER_URL pointing
+    at it (a fixed --port), or they find none of these tasks and end them failed."""
+    callback_url = _load_callback_url(settings, callback_url)
     threads = delivery_threads_for(rate, options["callback_timeout"]) if concurrency is None else concurrency
     config = _config(options, port=port, delivery_threads=threads)
     with reported_failures():
         store = create_object_store(settings) if store_timeout > 0 else None
         with _start_simulator(config) as sim:
+            _say_which_provider(sim, settings)
             report = run_load(
                 sim,
                 tasks=task_count,
                 rate_per_s=rate,
                 callback_url=callback_url,
                 store=store,
-                settle_timeout_s=settle_timeout,
+                settle_timeout_s=settle_timeout_for(config) if settle_timeout is None else settle_timeout,
                 store_timeout_s=store_timeout,
                 download_grace_s=download_grace,
             )
@@ -247,3 +297,40 @@ def load(
         echo_json(report.to_dict())
     else:
         click.echo(report.format_text())
+
+
+def _load_callback_url(settings: Settings, given: str | None) -> str:
+    """``--callback-url``, else mjhook's own (``MJHOOK_PUBLIC_URL`` + the callback path, with the
+    token); a usage error when neither is there or it is no URL a callback can reach."""
+    if given is None:
+        try:
+            given = configured_callback_url(settings)
+        except ConfigError:
+            raise click.UsageError(
+                "Missing option --callback-url: give it, or set MJHOOK_PUBLIC_URL"
+                " (the callbacks then go to MJHOOK_PUBLIC_URL/callbacks/midjourney)"
+            ) from None
+    if not deliverable_url(given):
+        raise click.BadParameter(
+            f"{printable(given)} is no http or https URL with a host", param_hint="--callback-url"
+        )
+    return given
+
+
+def _say_which_provider(sim: RunningSimulator, settings: Settings) -> None:
+    """Name the API of this run's simulator (on stderr: ``--json`` keeps stdout), and warn when
+    mjhook is set to verify results with another provider, which does not know these tasks."""
+    click.echo(
+        f"load: this run's provider API is {sim.base_url} (Authorization: Bearer {sim.api_key}),"
+        " until the run ends",
+        err=True,
+    )
+    provider_url = settings.provider_url.rstrip("/")
+    if settings.provider_api_key and settings.verify_results and provider_url != sim.base_url:
+        click.echo(
+            f"load: warning: MJHOOK_PROVIDER_URL is {printable(provider_url)}: workers verifying"
+            " results with it find none of these tasks and end them failed; start them with"
+            f" MJHOOK_PROVIDER_URL={sim.base_url} MJHOOK_PROVIDER_API_KEY={sim.api_key} (and a"
+            " fixed --port), or MJHOOK_VERIFY_RESULTS=false",
+            err=True,
+        )

@@ -13,7 +13,10 @@ from simulator.errors import CODE_BAD_REQUEST, CODE_VALIDATION, ProviderError
 from simulator.tasks import GENERATE_TASK_TYPES, IMAGES_PER_GRID, REFERENCE_TASK_TYPES
 
 MAX_PROMPT_CHARS = 2000
-SPEEDS = frozenset({"relaxed", "relax", "fast", "turbo"})
+#: The ``speed`` values the provider documents, spelled exactly so. Of the other optional fields
+#: (``aspectRatio``, ``version``, ``stylization``, ``weirdness``, ``variety``) the provider facts
+#: we build against list no values, so the simulator takes them as sent.
+SPEEDS = frozenset({"relaxed", "fast", "turbo"})
 #: Request fields echoed in the callback's ``promptJson``.
 PROMPT_FIELDS = ("taskType", "aspectRatio", "version", "speed", "stylization", "weirdness", "variety")
 
@@ -79,7 +82,7 @@ def parse_generate(body: Any) -> GenerateRequest:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ProviderError(CODE_VALIDATION, f"prompt is longer than {MAX_PROMPT_CHARS} characters")
     speed = body.get("speed")
-    if speed is not None and (not isinstance(speed, str) or speed.lower() not in SPEEDS):
+    if speed is not None and (not isinstance(speed, str) or speed not in SPEEDS):
         raise ProviderError(CODE_VALIDATION, "speed must be relaxed, fast or turbo")
     if task_type in REFERENCE_TASK_TYPES and not _has_file_urls(body):
         raise ProviderError(CODE_VALIDATION, f"fileUrls is required for {task_type}")

@@ -6,6 +6,7 @@ multiplied by ``time_scale`` (the provider's 1/5/15 minutes are too long for a t
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from simulator.files import DEFAULT_HEIGHT, DEFAULT_WIDTH
@@ -84,7 +85,8 @@ class SimulatorConfig:
     host: str = "127.0.0.1"
     #: 0 picks a free port.
     port: int = 0
-    #: Base of result URLs; empty means ``http://{host}:{port}`` as bound.
+    #: Base of result URLs; empty means ``http://{host}:{port}`` as bound (so a wildcard
+    #: ``host``, 0.0.0.0, needs one).
     public_url: str = ""
     #: The Bearer key the API accepts.
     api_key: str = "sim-api-key"
@@ -126,6 +128,12 @@ class SimulatorConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
+        if is_wildcard(self.host) and not self.public_url:
+            raise ValueError(
+                f"host {self.host or '(empty)'} listens on every address but is none to download"
+                " from: result URLs need public_url (--public-url), the base URL clients reach"
+                " the simulator at"
+            )
         if self.time_scale <= 0:
             raise ValueError("time_scale must be positive")
         if self.image_width < 1 or self.image_height < 1:
@@ -144,3 +152,11 @@ class SimulatorConfig:
     def scaled_retry_delays_s(self) -> tuple[float, ...]:
         """The retry schedule in real seconds: each delay is counted from the previous attempt."""
         return tuple(delay * self.time_scale for delay in self.retry_delays_s)
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether ``host`` means every address of the machine (``""``, ``0.0.0.0``, ``::``)."""
+    try:
+        return not host or ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a name
+        return False

@@ -14,9 +14,11 @@ from typing import Any, Protocol
 
 from shared.errors import StorageUnavailable
 from shared.storage import MANIFEST_NAME, manifest_key, task_prefix
+from simulator.config import SimulatorConfig
 from simulator.server import RunningSimulator
 
-#: After the last callback is due, how long its answers, duplicates and retries may take, seconds.
+#: After the last callback is due, how long its answers, duplicates and retries may take, seconds
+#: (:func:`run_load`'s default; ``mjhook simulate load`` waits :func:`settle_timeout_for`).
 DEFAULT_SETTLE_TIMEOUT_S = 30.0
 #: How long to wait for the manifests of acknowledged tasks, seconds.
 DEFAULT_STORE_TIMEOUT_S = 120.0
@@ -79,6 +81,9 @@ class LoadReport:
     #: Why the bucket could not be read when the wait for manifests ended (``manifests`` is
     #: None then); None when it was read, or not asked for.
     bucket_unavailable: str | None = None
+    #: How long after the last callback was due the run waited at most for callbacks to settle,
+    #: seconds.
+    settle_timeout_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,7 +103,8 @@ class LoadReport:
         if not self.settled:
             lines.append(
                 "not settled: callbacks (retries or duplicates) were still due when the wait ended"
-                " and were not sent; a longer --settle-timeout or a smaller --time-scale sends them"
+                f" ({self.settle_timeout_s:g} s after the last was due) and were not sent; a longer"
+                " --settle-timeout or a smaller --time-scale sends them"
             )
         if self.bucket_unavailable is not None:
             lines.append(f"bucket: unavailable ({self.bucket_unavailable}); nothing read about stored tasks")
@@ -124,6 +130,21 @@ def delivery_threads_for(rate_per_s: float, callback_timeout_s: float) -> int:
     takes the whole ``callback_timeout_s`` seconds: that many callbacks are in flight at once
     (at least :data:`MIN_DELIVERY_THREADS`, at most :data:`MAX_DELIVERY_THREADS`)."""
     return min(MAX_DELIVERY_THREADS, max(MIN_DELIVERY_THREADS, math.ceil(rate_per_s * callback_timeout_s)))
+
+
+def settle_timeout_for(config: SimulatorConfig) -> float:
+    """How long after it is due a callback of ``config`` may still be sent, plus
+    :data:`DEFAULT_SETTLE_TIMEOUT_S` for the answers: a duplicate's delay, then the first
+    attempt and every retry each taking the whole callback timeout, with the (scaled) retry
+    delays between them, seconds. 1350.2 s for the provider's 1/5/15 minutes (time scale 1)
+    and 15 s timeouts; 91.5 s at time scale 0.001."""
+    attempts = len(config.scaled_retry_delays_s) + 1
+    return (
+        config.faults.duplicate_delay_s
+        + sum(config.scaled_retry_delays_s)
+        + attempts * config.callback_timeout_s
+        + DEFAULT_SETTLE_TIMEOUT_S
+    )
 
 
 def run_load(
@@ -179,6 +200,7 @@ def run_load(
     report = replace(
         report,
         settled=settled,
+        settle_timeout_s=settle_timeout_s,
         result_files=len(files),
         result_files_served=len(served),
         bucket_unavailable=bucket_error,

@@ -48,6 +48,9 @@ class FileAnswer:
     content_type: str = ""
     #: False once the provider no longer keeps the task's media (404 whatever the link).
     kept: bool = True
+    #: When the request came (Unix seconds, the provider's clock): what :meth:`Provider.sent_whole`
+    #: records once the last byte of ``data`` went out.
+    requested_at: float = 0.0
 
 
 class Provider:
@@ -80,7 +83,8 @@ class Provider:
         self._tasks: dict[str, Task] = {}
         self._numbers = itertools.count()
         self._lock = threading.Lock()
-        #: When each result file was served whole (``clock``), by (taskId, index), oldest first.
+        #: When each result file sent whole was requested (``clock``), by (taskId, index), oldest
+        #: first.
         self._served: dict[tuple[str, int], list[float]] = {}
         self._served_changed = threading.Condition(self._lock)
 
@@ -234,7 +238,8 @@ class Provider:
 
     def open_file(self, ref: FileRef, *, expires: str, signature: str) -> FileAnswer:
         """A request for a result file: its link check, whether the media is still kept, the
-        fault to inject, and the bytes."""
+        fault to inject, and the bytes. It counts as a download only once the HTTP layer sent
+        them all (:meth:`sent_whole`)."""
         check = self.links.check(ref, expires=expires, signature=signature)
         if check is not LinkCheck.VALID:
             return FileAnswer(check)
@@ -246,11 +251,15 @@ class Provider:
         # A valid link of a task this process never saw (a restart) still serves its bytes.
         fault = FileFault.NONE if task is None else self._faults.on_request(task.number, ref.index)
         data = self._files.get(ref.task_id, ref.index, ref.ext)
-        if fault not in (FileFault.ERROR, FileFault.TRUNCATED):
-            with self._served_changed:
-                self._served.setdefault((ref.task_id, ref.index), []).append(self._clock())
-                self._served_changed.notify_all()
-        return FileAnswer(check, fault, data, KINDS[ref.ext].content_type)
+        return FileAnswer(check, fault, data, KINDS[ref.ext].content_type, requested_at=self._clock())
+
+    def sent_whole(self, ref: FileRef, *, requested_at: float) -> None:
+        """Record a download of result file ``ref``: its last byte was sent, for the request
+        that came at ``requested_at`` (Unix seconds, ``clock``). A download broken off midway,
+        or cut short by the truncation fault, never gets here."""
+        with self._served_changed:
+            self._served.setdefault((ref.task_id, ref.index), []).append(requested_at)
+            self._served_changed.notify_all()
 
     def result_files(self, task_ids: Collection[str]) -> set[tuple[str, int]]:
         """(taskId, index) of every result file of those of ``task_ids`` that succeeded."""
@@ -259,15 +268,15 @@ class Provider:
             return {(task.task_id, index) for task in tasks for index in range(len(task.result_urls))}
 
     def wait_served(self, files: set[tuple[str, int]], timeout_s: float) -> set[tuple[str, int]]:
-        """Those of ``files`` served whole (no error or truncation fault) at least once, waiting
-        up to ``timeout_s`` seconds for all of them to be."""
+        """Those of ``files`` sent whole (to the last byte) at least once, waiting up to
+        ``timeout_s`` seconds for all of them to be."""
         with self._served_changed:
             self._served_changed.wait_for(lambda: files <= self._served.keys(), max(0.0, timeout_s))
             return files & self._served.keys()
 
     def whole_serves(self) -> dict[tuple[str, int], list[float]]:
-        """When each result file was served whole (no error or truncation fault), by (taskId,
-        index): the request times (Unix seconds, ``clock``), oldest first, one per download."""
+        """When each result file was sent whole (to the last byte), by (taskId, index): the
+        request times (Unix seconds, ``clock``), oldest first, one per download."""
         with self._lock:
             return {file: list(times) for file, times in self._served.items()}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import falcon
@@ -121,10 +121,22 @@ class FileResource:
         if answer.fault is FileFault.TRUNCATED:
             # Content-Length promises the whole file; the connection ends halfway.
             resp.stream = iter([answer.data[: len(answer.data) // 2]])
-        elif answer.fault is FileFault.SLOW:
-            resp.stream = _trickle(answer.data, self._provider.config.faults.file_slow_delay_s)
+            return
+        if answer.fault is FileFault.SLOW:
+            pieces: Iterable[bytes] = _trickle(answer.data, self._provider.config.faults.file_slow_delay_s)
         else:
-            resp.data = answer.data
+            pieces = [answer.data]
+        resp.stream = _calling_when_sent(
+            pieces, lambda: self._provider.sent_whole(ref, requested_at=answer.requested_at)
+        )
+
+
+def _calling_when_sent(pieces: Iterable[bytes], on_sent: Callable[[], None]) -> Iterator[bytes]:
+    """``pieces``, then ``on_sent()``: the server asks for the next piece only once it wrote the
+    one before, so that runs after the last byte went out. A client hanging up midway makes the
+    write fail, and the server closes this generator without running it."""
+    yield from pieces
+    on_sent()
 
 
 def _trickle(data: bytes, duration_s: float) -> Iterator[bytes]:

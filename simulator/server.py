@@ -32,10 +32,19 @@ STOP_GRACE_S = 2.0
 #: Threads completing tasks, apart from the delivery threads (each may wait seconds on a slow
 #: receiver). Completing is quick: the results, their links, the callbacks queued.
 GENERATION_THREADS = 2
+#: Connections the kernel holds for the server until it accepts them (socketserver's default is
+#: 5). Every API call and result file is a connection of its own (HTTP/1.0): a burst beyond the
+#: backlog (mjhook's workers fetch 4 files per task at once) has its SYNs dropped, and each
+#: dropped one costs its client a retransmission, a second or more.
+LISTEN_BACKLOG = 1024
 
 
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+class SimulatorHTTPServer(socketserver.ThreadingMixIn, WSGIServer):
+    """The simulator's HTTP server: a thread per connection, a listen backlog for bursts, no
+    host name lookup."""
+
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
     # A slow-file fault keeps a request thread busy for seconds; stopping must not wait for it.
     block_on_close = False
     allow_reuse_address = True
@@ -63,7 +72,7 @@ class RunningSimulator:
         *,
         config: SimulatorConfig,
         provider: Provider,
-        server: _ThreadingWSGIServer,
+        server: SimulatorHTTPServer,
         generation: Scheduler,
         deliveries: Scheduler,
         client: httpx.Client,
@@ -138,7 +147,7 @@ def run_simulator(
     (default: a :class:`DeadlineTransport`, which stops waiting for an answer after
     ``config.callback_timeout_s`` in all)."""
     config = config or SimulatorConfig()
-    server = _ThreadingWSGIServer((config.host, config.port), _QuietHandler)
+    server = SimulatorHTTPServer((config.host, config.port), _QuietHandler)
     base_url = config.public_url.rstrip("/") or f"http://{config.host}:{server.server_port}"
     generation = Scheduler(threads=GENERATION_THREADS, name="simulator-generation")
     deliveries = Scheduler(threads=config.delivery_threads, name="simulator-delivery")

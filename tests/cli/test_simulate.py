@@ -1,14 +1,20 @@
 """``mjhook simulate``: a port already taken, or a callback URL no callback can reach, is said in
-one line, not a traceback."""
+one line, not a traceback; ``serve`` answers as the account and the provider are set to."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.cli.conftest import RunCli
+from tests.support.procs import ManagedProcess, free_port, venv_bin, wait_for_port
+
+#: A callback URL nothing answers at: for runs refused before any callback is sent.
+UNREACHED_CALLBACK_URL = "http://127.0.0.1:9/callbacks/midjourney"
 
 
 @pytest.fixture
@@ -89,3 +95,59 @@ def test_load_refuses_option_values_out_of_range(run_cli: RunCli, option: list[s
     assert result.exit_code == 2, result.output
     assert option[0] in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["serve"], ["load", "--tasks", "1", "--callback-url", UNREACHED_CALLBACK_URL, "--store-timeout", "0"]],
+    ids=["serve", "load"],
+)
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (["--host", "::"], "result URLs need public_url (--public-url)"),
+        (["--public-url", "sim.example:8090"], "Invalid value for --public-url"),
+    ],
+    ids=["wildcard host", "no URL"],
+)
+def test_result_urls_no_client_can_reach_are_refused(
+    run_cli: RunCli, taken_port: int, command: list[str], option: list[str], said: str
+) -> None:
+    # Given a wildcard address to listen on and no public URL, or a public URL that is no URL
+    # When the simulator is told to issue result URLs under it (on a taken port: a simulator
+    # that started anyway would stop there, rather than serve on)
+    result = run_cli({}, "simulate", *command, "--port", str(taken_port), *option)
+    # Then it is a usage error saying so, before anything listens
+    assert result.exit_code == 2, result.output
+    assert said in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "status"),
+    [
+        (["--credits", "0"], 402, 200),
+        (["--maintenance"], 455, 200),
+        (["--credits", "0", "--http-status-mirrors-code"], 402, 402),
+    ],
+    ids=["no credits", "maintenance", "status mirrors code"],
+)
+def test_serve_answers_as_an_account_without_credits_or_a_provider_in_maintenance(
+    tmp_path: Path, options: list[str], code: int, status: int
+) -> None:
+    # Given `mjhook simulate serve` started with the option
+    port = free_port()
+    argv = [venv_bin("mjhook"), "simulate", "serve", "--port", str(port), *options]
+    with ManagedProcess(argv, log_path=tmp_path / "serve.log") as serve:
+        wait_for_port("127.0.0.1", port, 30.0, proc=serve)
+        # When a task is submitted to it
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": "Bearer sim-api-key"},
+            trust_env=False,
+            timeout=10.0,
+        ) as client:
+            answer = client.post("/api/v1/mj/generate", json={"taskType": "mj_txt2img", "prompt": "a cat"})
+    # Then it is refused with the provider's code, in the body and, when told, in the status
+    assert answer.json() == {"code": code, "msg": answer.json()["msg"], "data": None}
+    assert answer.status_code == status

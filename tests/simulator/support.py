@@ -132,6 +132,18 @@ def wait_done(client: httpx.Client, task_id: str, timeout_s: float = 10.0) -> di
     raise AssertionError(f"task {task_id} still generating after {timeout_s} s")
 
 
+def wait_for_serves(
+    sim: RunningSimulator, file: tuple[str, int], count: int, timeout_s: float = 5.0
+) -> dict[tuple[str, int], list[float]]:
+    """Wait until ``file`` (taskId, index) was sent whole ``count`` times; return
+    ``whole_serves()``. A download is recorded once its last byte went out, which can be a moment
+    after the client has it."""
+    deadline = time.monotonic() + timeout_s
+    while len(sim.provider.whole_serves().get(file, [])) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return sim.provider.whole_serves()
+
+
 def result_urls(data: dict[str, Any]) -> list[str]:
     return [entry["resultUrl"] for entry in data["resultInfoJson"]["resultUrls"]]
 

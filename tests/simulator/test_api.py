@@ -9,6 +9,7 @@ import httpx
 import orjson
 import pytest
 
+from cli.submit import SPEEDS as SUBMIT_SPEEDS
 from simulator import FaultConfig, RunningSimulator
 from tests.simulator.support import SimFactory, api, details, result_urls, submit, wait_done
 
@@ -76,6 +77,10 @@ def test_details_follow_the_providers_shape_while_generating_and_when_done(sim: 
         (b'{"taskType": {"a": 1}, "prompt": "x"}', 422),
         (orjson.dumps({"taskType": "mj_txt2img", "prompt": "x" * 2001}), 422),
         (b'{"taskType": "mj_txt2img", "prompt": "x", "speed": "warp"}', 422),
+        # Only the documented spellings: relaxed, fast, turbo
+        (b'{"taskType": "mj_txt2img", "prompt": "x", "speed": "relax"}', 422),
+        (b'{"taskType": "mj_txt2img", "prompt": "x", "speed": "FAST"}', 422),
+        (b'{"taskType": "mj_txt2img", "prompt": "x", "speed": 1}', 422),
         (b'{"taskType": "mj_img2img", "prompt": "x"}', 422),
         (b'{"taskType": "mj_txt2img", "prompt": "x", "callBackUrl": "ftp://h/cb"}', 422),
         # A callBackUrl no callback could reach: unparsable, without a host, or a bad port
@@ -102,6 +107,16 @@ def test_bad_requests_are_400_and_invalid_values_422(sim: RunningSimulator, body
         )
     assert answer.json()["code"] == code
     assert answer.json()["data"] is None
+
+
+@pytest.mark.parametrize("speed", SUBMIT_SPEEDS)
+def test_every_speed_mjhook_submit_offers_is_accepted(sim: RunningSimulator, speed: str) -> None:
+    # Given a speed `mjhook submit --speed` sends (the provider documents relaxed, fast, turbo)
+    with api(sim) as client:
+        # When a task is submitted with it, Then it is accepted, the speed kept in its paramJson
+        task_id = submit(client, speed=speed)
+        prompt = orjson.loads(details(client, task_id)["paramJson"])
+    assert prompt["speed"] == speed
 
 
 def test_a_request_body_over_a_megabyte_is_refused_as_invalid(sim: RunningSimulator) -> None:

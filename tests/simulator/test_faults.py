@@ -10,7 +10,16 @@ import pytest
 
 from simulator import FaultConfig
 from simulator.faults import FaultPlan, FileFault
-from tests.simulator.support import FakeClock, Receiver, SimFactory, api, result_urls, submit, wait_done
+from tests.simulator.support import (
+    FakeClock,
+    Receiver,
+    SimFactory,
+    api,
+    result_urls,
+    submit,
+    wait_done,
+    wait_for_serves,
+)
 
 
 def test_the_same_seed_gives_the_same_decisions_and_shares_are_respected() -> None:
@@ -94,7 +103,8 @@ def test_each_whole_serve_of_a_file_is_recorded_with_its_time(make_sim: SimFacto
         for _ in range(3):
             client.get(url)
             clock.advance(10)
-    serves = sim.provider.whole_serves()
+    # (recorded just after the last byte went out, so possibly a moment after the client has it)
+    serves = wait_for_serves(sim, (task_id, 0), 2)
     assert serves == {(task_id, 0): [started + 10, started + 20]}
     assert sim.provider.wait_served({(task_id, 0), (task_id, 1)}, 0.0) == {(task_id, 0)}
 
@@ -120,6 +130,27 @@ def test_a_slow_file_takes_the_configured_time(make_sim: SimFactory) -> None:
         took = time.monotonic() - started
     assert response.content == sim.expected_file(task_id, 0)
     assert took >= 0.3
+
+
+def test_a_download_broken_off_midway_is_no_download(make_sim: SimFactory) -> None:
+    # Given a result file sent slowly, over a second
+    sim = make_sim(faults=FaultConfig(file_slow_share=1.0, file_slow_delay_s=1.0))
+    with api(sim) as client:
+        task_id = submit(client)
+        url = result_urls(wait_done(client, task_id))[0]
+        # When a client reads its first piece and hangs up
+        with client.stream("GET", url) as answer:
+            first = next(answer.iter_raw())
+        # Then, however long the rest would have taken, the file does not count as downloaded
+        broken_off = sim.provider.wait_served({(task_id, 0)}, 2.0)
+        # And once a client got all of it, it does
+        whole = client.get(url)
+    assert answer.status_code == 200
+    assert 0 < len(first) < len(whole.content)
+    assert broken_off == set()
+    assert whole.content == sim.expected_file(task_id, 0)
+    assert sim.provider.wait_served({(task_id, 0)}, 5.0) == {(task_id, 0)}
+    assert len(sim.provider.whole_serves()[task_id, 0]) == 1
 
 
 def test_an_expired_url_is_410_until_refreshed(make_sim: SimFactory) -> None:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from cli.main import main
 from shared.clock import utc_iso
 from shared.errors import StorageUnavailable
-from simulator import FaultConfig
-from simulator.load import percentile, run_load
+from simulator import FaultConfig, SimulatorConfig
+from simulator.config import PROVIDER_RETRY_DELAYS_S
+from simulator.load import percentile, run_load, settle_timeout_for
 from simulator.tasks import SuccessFlag
 from tests.simulator.support import Receiver, SimFactory
 
@@ -64,14 +68,23 @@ def _now_iso() -> str:
     return utc_iso(time.time())
 
 
-def _load_cli(*args: str) -> Any:
-    """``mjhook simulate load`` with 8x8 images and no bucket; the JSON report."""
-    result = CliRunner().invoke(
+def _invoke_load(*args: str, env: Mapping[str, str] | None = None) -> Result:
+    """``mjhook simulate load`` with 8x8 images, no bucket and a JSON report, seeing only the
+    ``MJHOOK_*`` variables of ``env``."""
+    overrides: dict[str, str | None] = {key: None for key in os.environ if key.startswith("MJHOOK_")}
+    overrides.update(env or {})
+    return CliRunner().invoke(
         main,
         ["simulate", "load", "--store-timeout", "0", "--width", "8", "--height", "8", "--json", *args],
+        env=overrides,
     )
+
+
+def _load_cli(*args: str, env: Mapping[str, str] | None = None) -> Any:
+    """:func:`_invoke_load`, which must succeed; the JSON report."""
+    result = _invoke_load(*args, env=env)
     assert result.exit_code == 0, result.output
-    return orjson.loads(result.output)
+    return orjson.loads(result.stdout)
 
 
 def test_load_reports_acknowledgements_latency_and_stored_tasks(
@@ -201,6 +214,93 @@ def test_the_cli_sizes_delivery_for_the_rate_so_slow_answers_do_not_hold_callbac
     assert all_held == [True]
     assert report["acknowledged"] == 48
     assert report["delivery_threads"] >= 48
+
+
+def test_the_cli_issues_result_urls_under_the_public_url(receiver: Receiver) -> None:
+    # Given a load run told the base URL clients reach its simulator at
+    _load_cli(
+        "--tasks", "1", "--rate", "100", "--callback-url", receiver.url, "--download-grace", "0",
+        "--public-url", "http://127.0.0.1:9/sim",
+    )  # fmt: skip
+    # Then the result URLs of its callbacks are under it, not under the address it listens on
+    [body] = receiver.bodies()
+    urls = body["data"]["resultUrls"]
+    assert len(urls) == 4
+    assert all(url.startswith("http://127.0.0.1:9/sim/files/") for url in urls), urls
+
+
+def test_the_cli_calls_back_mjhooks_public_url_when_no_callback_url_is_given(receiver: Receiver) -> None:
+    # Given mjhook's settings name its public URL and callback token, and no --callback-url
+    parts = urlsplit(receiver.url)
+    env = {"MJHOOK_PUBLIC_URL": f"http://{parts.netloc}/", "MJHOOK_CALLBACK_TOKEN": "t0ken"}
+    # When load runs
+    report = _load_cli("--tasks", "2", "--rate", "100", "--download-grace", "0", env=env)
+    # Then the callbacks go to the public URL's callback path, with the token, as mjhook submit's
+    assert report["acknowledged"] == 2
+    assert [request.path for request in receiver.requests] == ["/callbacks/midjourney?token=t0ken"] * 2
+    assert report["callback_url"] == f"{receiver.url}?token=t0ken"
+
+
+def test_the_cli_without_a_callback_url_or_public_url_says_which_to_give() -> None:
+    result = _invoke_load("--tasks", "1", "--rate", "100")
+    assert result.exit_code == 2, result.output
+    assert "Missing option --callback-url" in result.stderr
+    assert "MJHOOK_PUBLIC_URL" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_the_cli_waits_by_default_long_enough_for_every_retry(receiver: Receiver) -> None:
+    # Given the provider's retry schedule, 1, 5 and 15 minutes x --time-scale, and 15 s timeouts
+    # When load runs without --settle-timeout
+    report = _load_cli(
+        "--tasks", "1", "--rate", "100", "--callback-url", receiver.url, "--download-grace", "0"
+    )
+    scaled = _load_cli(
+        "--tasks", "1", "--rate", "100", "--callback-url", receiver.url, "--download-grace", "0",
+        "--time-scale", "0.01", "--callback-timeout", "2",
+    )  # fmt: skip
+    # Then it would have waited for the last retry: the delays plus four whole timeouts
+    assert report["settle_timeout_s"] >= sum(PROVIDER_RETRY_DELAYS_S) + 4 * 15.0
+    assert scaled["settle_timeout_s"] >= sum(PROVIDER_RETRY_DELAYS_S) * 0.01 + 4 * 2.0
+    assert scaled["settle_timeout_s"] < report["settle_timeout_s"]
+    assert report["settled"]
+
+
+def test_the_settle_timeout_covers_a_duplicate_and_its_retries() -> None:
+    config = SimulatorConfig(
+        time_scale=0.1, callback_timeout_s=3.0, faults=FaultConfig(duplicate_delay_s=0.5)
+    )
+    # The duplicate waits 0.5 s, then four attempts of 3 s with 6, 30 and 90 s between them
+    assert settle_timeout_for(config) >= 0.5 + 4 * 3.0 + 6.0 + 30.0 + 90.0
+
+
+def test_the_cli_names_its_provider_api_and_warns_when_mjhook_verifies_with_another(
+    receiver: Receiver,
+) -> None:
+    # Given mjhook set to verify results with a provider of its own (make demo's `serve` on :8090)
+    env = {"MJHOOK_PROVIDER_URL": "http://127.0.0.1:8090", "MJHOOK_PROVIDER_API_KEY": "sim-api-key"}
+    # When load runs its own simulator
+    result = _invoke_load(
+        "--tasks", "1", "--rate", "100", "--callback-url", receiver.url, "--download-grace", "0",
+        "--api-key", "load-key", env=env,
+    )  # fmt: skip
+    # Then it says where its API is, with which key, and that the workers would disown its tasks
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout)["acknowledged"] == 1
+    assert "this run's provider API is http://127.0.0.1:" in result.stderr
+    assert "Bearer load-key" in result.stderr
+    assert "warning: MJHOOK_PROVIDER_URL is http://127.0.0.1:8090" in result.stderr
+    assert "end them failed" in result.stderr
+
+
+def test_the_cli_does_not_warn_when_mjhook_does_not_verify(receiver: Receiver) -> None:
+    result = _invoke_load(
+        "--tasks", "1", "--rate", "100", "--callback-url", receiver.url, "--download-grace", "0",
+        env={"MJHOOK_PROVIDER_URL": "http://127.0.0.1:8090"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "this run's provider API is" in result.stderr
+    assert "warning" not in result.stderr
 
 
 def test_ack_latency_counts_from_when_each_callback_was_due(make_sim: SimFactory, receiver: Receiver) -> None:
