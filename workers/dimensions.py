@@ -10,7 +10,7 @@ How many leading bytes each format needs:
   each up to 64 KiB and repeatable; typical files have it within a few KiB, files carrying a
   large ICC profile or thumbnail may not. :data:`DEFAULT_HEAD_BYTES` (64 KiB) covers the common
   case; :func:`read_dimensions` returns None when the header is not within the bytes given, and
-  the caller decides (refuse, or read further)."""
+  :func:`jpeg_frame_size` walks a whole file's segments, skipping their data, to find it."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ from workers.sniff import GIF, JPEG, PNG, WEBP, MediaType
 #: Leading bytes to hand :func:`read_dimensions`: enough for PNG, GIF and WEBP, and for JPEG
 #: unless its metadata segments before the frame header exceed it.
 DEFAULT_HEAD_BYTES = 64 * 1024
+#: Most marker segments walked before a JPEG's frame header: real files have a few dozen (an ICC
+#: profile is split in at most 255); one made of tiny segments would make the walk long.
+MAX_JPEG_SEGMENTS = 1024
 #: Leading bytes that always suffice, per format (JPEG has no such bound).
 HEAD_BYTES_NEEDED = {PNG: 24, GIF: 10, WEBP: 30}
 #: Most pixels (width x height) an image may declare: 100 megapixels.
@@ -148,32 +151,46 @@ def _webp(head: bytes) -> tuple[int, int] | None:
 
 
 def _jpeg(head: bytes) -> tuple[int, int] | None:
-    """Walks the marker segments after SOI up to the first SOFn, within ``head``."""
-    if not head.startswith(b"\xff\xd8"):
+    """The frame header's size, within ``head``."""
+    return jpeg_frame_size(io.BytesIO(head))
+
+
+def jpeg_frame_size(body: IO[bytes]) -> tuple[int, int] | None:
+    """The size the frame header (SOFn) of the JPEG ``body`` (positioned at its start) declares,
+    found by walking the marker segments after SOI, each segment's data skipped unread: however
+    much metadata (an ICC profile, EXIF with a thumbnail) comes first. None: not a JPEG, malformed,
+    cut off or at its image data (SOS) before a frame header, or more than
+    :data:`MAX_JPEG_SEGMENTS` segments before one (a file of tiny segments would make this walk
+    long)."""
+    if body.read(2) != b"\xff\xd8":
         return None
-    pos = 2
-    while pos + 1 < len(head):
-        if head[pos] != 0xFF:
+    for _ in range(MAX_JPEG_SEGMENTS):
+        if body.read(1) != b"\xff":
             return None  # not at a marker: malformed
-        marker = head[pos + 1]
-        if marker == 0xFF:  # fill byte before the marker
-            pos += 1
-            continue
-        pos += 2
-        if marker in _JPEG_STANDALONE:
-            continue
-        if marker in (_JPEG_SOS, _JPEG_EOI) or pos + 2 > len(head):
+        marker = body.read(1)
+        while marker == b"\xff":  # fill bytes before the marker
+            marker = body.read(1)
+        if not marker:
             return None
-        (length,) = struct.unpack_from(">H", head, pos)
+        code = marker[0]
+        if code in _JPEG_STANDALONE:
+            continue
+        if code in (_JPEG_SOS, _JPEG_EOI):
+            return None
+        field = body.read(2)
+        if len(field) < 2:
+            return None
+        (length,) = struct.unpack(">H", field)
         if length < 2:
             return None
-        if marker in _JPEG_SOF:
+        if code in _JPEG_SOF:
             # Segment: length (2), precision (1), height (2), width (2).
-            if pos + 7 > len(head):
+            frame = body.read(5)
+            if len(frame) < 5:
                 return None
-            height, width = struct.unpack_from(">HH", head, pos + 3)
+            height, width = struct.unpack_from(">HH", frame, 1)
             return width, height
-        pos += length
+        body.seek(length - 2, io.SEEK_CUR)
     return None
 
 

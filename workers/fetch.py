@@ -37,9 +37,10 @@ from workers.dimensions import (
     DEFAULT_MAX_SIDE,
     check_dimensions,
     gif_canvas,
+    jpeg_frame_size,
     read_dimensions,
 )
-from workers.sniff import GIF, MediaType, bytes_to_sniff, sniff_media
+from workers.sniff import GIF, JPEG, MediaType, bytes_to_sniff, sniff_media
 
 #: HTTP statuses below 500 worth another try later. Every 5xx is too (a CDN's 520-524 as much as
 #: a 503); every other non-2xx status is final.
@@ -307,14 +308,22 @@ class ResultFetcher:
         return max(self._limits.max_image_bytes, self._limits.max_video_bytes)
 
     def _check_dimensions(self, media: MediaType, body: IO[bytes]) -> None:
-        """Refuse an image declaring too many pixels, or not declaring its size within its first
-        ``DEFAULT_HEAD_BYTES`` (no decoder could open it either, or a JPEG's metadata pushes its
-        frame header beyond); a GIF also by the canvas its frames extend to."""
+        """Refuse an image declaring too many pixels, or not declaring its size where a decoder
+        looks for it (no decoder could open it either): within its first ``DEFAULT_HEAD_BYTES``,
+        or for a JPEG before its image data, however much metadata comes first; a GIF also by
+        the canvas its frames extend to."""
         body.seek(0)
-        head = body.read(DEFAULT_HEAD_BYTES)
-        size = read_dimensions(head, media)
-        if size is None:
-            raise DownloadRefused(f"{media.ext} image that declares no size in its first {len(head)} bytes")
+        if media == JPEG:
+            size = jpeg_frame_size(body)
+            if size is None:
+                raise DownloadRefused("jpg image that declares no size before its image data")
+        else:
+            head = body.read(DEFAULT_HEAD_BYTES)
+            size = read_dimensions(head, media)
+            if size is None:
+                raise DownloadRefused(
+                    f"{media.ext} image that declares no size in its first {len(head)} bytes"
+                )
         if media == GIF:
             body.seek(0)
             size = gif_canvas(body) or size  # the screen grown to every frame: it holds the screen

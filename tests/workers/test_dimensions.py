@@ -14,7 +14,9 @@ from shared.errors import DownloadRefused
 from workers.dimensions import (
     DEFAULT_HEAD_BYTES,
     HEAD_BYTES_NEEDED,
+    MAX_JPEG_SEGMENTS,
     check_dimensions,
+    jpeg_frame_size,
     read_dimensions,
 )
 from workers.sniff import GIF, JPEG, MP4, PNG, WEBM, WEBP, MediaType, sniff_media
@@ -118,6 +120,35 @@ def test_a_jpeg_whose_frame_header_lies_beyond_the_head_gives_none() -> None:
     assert read_dimensions(data[:DEFAULT_HEAD_BYTES], JPEG) is None
     # and with enough bytes it is found
     assert read_dimensions(data, JPEG) == (800, 600)
+
+
+def test_a_jpeg_file_is_walked_to_its_frame_header_skipping_metadata_unread() -> None:
+    # Given a 200 KB ICC profile before SOF0, in a file object that counts what is read of it
+    data = encode((800, 600), "JPEG", icc_profile=bytes(range(256)) * 800)
+    body = CountingReader(data)
+    # When its frame header is looked for, then it is found, the segments' data skipped unread
+    assert jpeg_frame_size(body) == (800, 600)
+    assert body.bytes_read < 2_000
+
+
+def test_a_jpeg_of_more_tiny_segments_than_a_real_file_has_gives_none() -> None:
+    # Given MAX_JPEG_SEGMENTS empty comment segments (4 bytes each) before a valid frame header
+    data = encode((40, 30), "JPEG")
+    padded = data[:2] + b"\xff\xfe\x00\x02" * MAX_JPEG_SEGMENTS + data[2:]
+    # Then the walk gives up rather than go on through the whole file
+    assert jpeg_frame_size(io.BytesIO(padded)) is None
+    assert jpeg_frame_size(io.BytesIO(data[:2] + b"\xff\xfe\x00\x02" * 10 + data[2:])) == (40, 30)
+
+
+class CountingReader(io.BytesIO):
+    """A file object that counts the bytes read from it (a seek reads nothing)."""
+
+    bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self.bytes_read += len(chunk)
+        return chunk
 
 
 def test_jpeg_fill_bytes_and_standalone_markers_are_skipped() -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterator
 
 import pytest
+from PIL import Image
 
 from shared.errors import DownloadFailed, DownloadRefused
 from tests.support.servers import FileServer, png_bytes
 from workers.fetch import ByteBudget, FetchLimits, ResultFetcher, create_http_client
-from workers.sniff import PNG
+from workers.sniff import JPEG, PNG
 
 
 @pytest.fixture
@@ -32,6 +34,23 @@ def test_a_png_is_streamed_hashed_and_sniffed(fetcher: ResultFetcher, file_serve
         assert fetched.size == len(image)
         assert fetched.sha256 == hashlib.sha256(image).hexdigest()
         assert fetched.body.read() == image
+    finally:
+        fetched.close()
+
+
+def test_a_jpeg_whose_metadata_runs_past_64_kib_is_fetched(
+    fetcher: ResultFetcher, file_server: FileServer
+) -> None:
+    """A valid JPEG with a 200 KB ICC profile (split over APP2 segments before its frame header)
+    was refused as declaring no size in its first 64 KiB; any decoder opens it."""
+    out = io.BytesIO()
+    Image.new("RGB", (800, 600), (10, 20, 30)).save(out, "JPEG", icc_profile=bytes(range(256)) * 800)
+    photo = out.getvalue()
+    url = file_server.add("/photo.jpg", photo, content_type="image/jpeg")
+    fetched = fetcher.fetch(url)
+    try:
+        assert fetched.media == JPEG
+        assert fetched.sha256 == hashlib.sha256(photo).hexdigest()
     finally:
         fetched.close()
 
