@@ -5,15 +5,18 @@ from __future__ import annotations
 import gc
 
 from gunicorn.config import Config
+from gunicorn.workers.gasgi import ASGIWorker
 
 from ingress import gunicorn_conf
+from ingress.gunicorn_worker import BoundedASGIWorker
 
 
 def test_the_ingress_runs_on_gunicorns_asyncio_worker_with_uvloop() -> None:
     config = Config()
     for name in ("worker_class", "asgi_loop", "workers", "worker_connections", "timeout", "keepalive"):
         config.set(name, getattr(gunicorn_conf, name))
-    assert config.worker_class_str == "asgi"
+    assert config.worker_class is BoundedASGIWorker
+    assert issubclass(BoundedASGIWorker, ASGIWorker)  # gunicorn's own asyncio worker
     assert config.asgi_loop == "uvloop"
     assert config.worker_connections == 1000
 

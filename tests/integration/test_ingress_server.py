@@ -4,18 +4,21 @@ must still do (acknowledge concurrent callbacks each once, keep serving reads)."
 from __future__ import annotations
 
 import os
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 import redis
 
 from shared.taskstate import TaskStore
 from tests.ingress.test_callbacks import queued_messages, success
 from tests.support.procs import ManagedProcess, free_port, venv_bin, wait_for_http
 from tests.support.servers import RedisServer
-from tests.support.stack import REPO_ROOT, _gunicorn_isolation_args
+from tests.support.stack import REPO_ROOT, _gunicorn_isolation_args, start_ingress
 
 
 def start_plain_gunicorn(
@@ -54,7 +57,7 @@ def test_the_plain_contract_command_serves_the_ingress_with_its_settings(
         assert httpx.get(f"{base_url}/readyz").status_code == 200  # its Redis PING runs in a thread
     finally:
         proc.terminate()
-    assert "Using worker: asgi" in (tmp_path / "ingress.log").read_text()
+    assert "Using worker: ingress.gunicorn_worker.BoundedASGIWorker" in (tmp_path / "ingress.log").read_text()
     queued = sorted(message["args"][0]["taskId"] for message in queued_messages(client))  # type: ignore[index]
     assert queued == sorted(task_ids)
     tasks = TaskStore(client, ttl_s=3600)
@@ -101,3 +104,81 @@ def test_the_plain_contract_command_serves_outside_the_project_root_and_says_how
     assert "-c ingress/gunicorn_conf.py" in log
     queued = sorted(message["args"][0]["taskId"] for message in queued_messages(client))  # type: ignore[index]
     assert queued == sorted(task_ids)
+
+
+def ingress_only(redis_server: RedisServer, tmp_path: Path, *extra_args: str) -> tuple[ManagedProcess, int]:
+    """The ingress as compose runs it (``-c ingress/gunicorn_conf.py``), one worker process, on
+    this test's Redis; its port."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MJHOOK_")}
+    env |= {"MJHOOK_REDIS_URL": redis_server.url, "MJHOOK_SPOOL_DIR": str(tmp_path / "spool")}
+    proc, base_url = start_ingress(env, tmp_path, extra_args=["--workers", "1", *extra_args])
+    return proc, int(base_url.rsplit(":", 1)[1])
+
+
+def post_on(sock: socket.socket, task_id: str) -> bytes:
+    """POST a valid callback on ``sock`` and read the answer until the server closes."""
+    body = orjson.dumps(success(task_id))
+    sock.sendall(
+        b"POST /callbacks/midjourney HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /callbacks/midj"], ids=["nothing", "half a request line"])
+def test_a_connection_that_never_completes_its_headers_is_closed(
+    redis_server: RedisServer, tmp_path: Path, sent: bytes
+) -> None:
+    """Given the ingress with gunicorn's timeout at 2 s (the headers' deadline is 10 s, or that
+    when shorter), when a client connects and sends nothing, or half a request line, then the
+    ingress closes the connection; gunicorn's asgi worker held it for good (it bounds a body and
+    a second request, not the first request's headers), so such clients used up its sockets."""
+    proc, port = ingress_only(redis_server, tmp_path, "--timeout", "2")
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            idle.sendall(sent)
+            idle.settimeout(30)
+            assert idle.recv(4096) == b""  # closed by the server (a timeout here raises)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert post_on(sock, "after-idle").startswith(b"HTTP/1.1 200")
+    finally:
+        proc.terminate()
+
+
+def test_connections_over_the_cap_are_closed_and_the_ones_within_it_served(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Given one worker process allowed 4 connections (worker_connections, which gunicorn's asgi
+    worker did not enforce: idle connections piled up until its open files ran out), when 4 are
+    open and idle, then a fifth is closed as soon as it is made, while the open ones are served
+    a callback each; once they are gone, a new connection is served."""
+    proc, port = ingress_only(redis_server, tmp_path, "--worker-connections", "4")
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as over:
+            try:
+                refused = over.recv(4096)
+            except ConnectionResetError:
+                refused = b""
+            assert refused == b""
+        assert all(post_on(sock, f"held-{n}").startswith(b"HTTP/1.1 200") for n, sock in enumerate(held))
+        for sock in held:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while True:  # the server counts a connection gone once it has seen it close
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                try:
+                    answer = post_on(sock, "after")
+                except ConnectionResetError:
+                    answer = b""
+            if answer or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert answer.startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in held:
+            sock.close()
+        proc.terminate()
