@@ -14,16 +14,19 @@ Draining all 100k on 2 cores would take many minutes, so each phase drains only 
 the workers are pointed at one Redis and its rate measured over 5 windows, the Redis topped up to
 its backlog before each window (while the workers drain; the top-up's time is in no window), then
 the workers stopped. A window that starts with less than 80 % of its backlog queued measures a
-smaller backlog: it is flagged and left out of its phase's median, and a phase with no window left
-fails (its figure says FAILED, and the script exits with status 1 after saving). Phases alternate
+smaller backlog: it is flagged and left out of its phase's median. A phase with no window left, or
+whose median rate is not above 0 (nothing drained), fails: its figure says FAILED, and the script
+exits with status 1 after saving. Phases alternate
 (10k, 100k, 10k, 100k ...); the figure is the median of the per-round ratios of the 100k rate to
 the 10k rate. Target: >= 0.9 (no fall beyond the run-to-run noise).
 
 ``--full-drain`` instead fills one Redis with ``--count`` failure callbacks and lets the workers
 drain all of it, timing each tenth of the drain (from a backlog of 100 % to 90 %, ... to 0 %): the
 figure is the median rate of the first three tenths (the backlog at 70-100 %) over that of the
-last three (0-30 %), with the same target, and every callback must end recorded as failed with
-nothing left queued or dead-lettered.
+last three (0-30 %), with the same target. The wait ends once every callback reached a final state
+(stored, partial or failed) or after ``--drain-timeout``; the run fails (FAILED, status 1 after
+saving) unless every callback ended recorded as failed, nothing is left queued or dead-lettered
+and each tenth was timed.
 
     .venv/bin/python bench/backlog.py --full-drain [--count 100000]
 """
@@ -40,10 +43,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from common import (
+    FAILED,
     WORKER_PROCESSES,
     WORKER_THREADS,
     DurableRedis,
     exit_if_failed,
+    exit_on_sigterm,
     interleave,
     make_intake,
     median,
@@ -62,6 +67,7 @@ from shared import keys
 from shared.callback import Callback
 from shared.clock import utc_iso
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from shared.taskstate import FINAL_STATES, TaskState
 from tests.support.servers import S3Server
 from tests.support.stack import start_workers
 
@@ -75,6 +81,10 @@ RESULT_URL = (
 QUEUE_KEY = keys.broker_queue(BROKER_NAMESPACE, CALLBACK_QUEUE)
 MESSAGES_KEY = keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE)
 FAILED_KEY = keys.state_index("failed")
+#: The state a drained callback (a provider failure) must end in.
+AWAITED_STATE = TaskState.FAILED.value
+#: The index of each final state: a callback in one of them is drained, whichever it is.
+FINAL_STATE_KEYS = {state.value: keys.state_index(state.value) for state in sorted(FINAL_STATES)}
 #: "Must not fall": the 100k rate at least the 10k rate, less 10 % for run-to-run noise.
 TARGET_RATIO = 0.9
 #: A drain window counts only when at least this share of its backlog is queued at its start.
@@ -180,7 +190,8 @@ def phase_rate(windows: list[dict[str, Any]], size: int) -> dict[str, Any]:
 
 
 def full_drain(backlog: Backlog, out: Path, *, poll_s: float, timeout_s: float) -> dict[str, Any]:
-    """Fill ``backlog`` to its size, let fresh workers drain all of it, and time each tenth."""
+    """Fill ``backlog`` to its size, let fresh workers drain all of it (at most ``timeout_s``
+    seconds), and time each tenth."""
     print(f"filling {backlog.name}: {backlog.size} failure callbacks ...", flush=True)
     enqueued_per_s = backlog.fill(backlog.size)
     print(f"draining all of it with {WORKER_PROCESSES}x{WORKER_THREADS} workers ...", flush=True)
@@ -190,22 +201,46 @@ def full_drain(backlog: Backlog, out: Path, *, poll_s: float, timeout_s: float) 
             backlog.env, out / backlog.name, processes=WORKER_PROCESSES, threads=WORKER_THREADS
         )
         stack.callback(workers.terminate)
-        started = time.monotonic()
-        # (seconds since the workers were ready, callbacks done): one mark per poll
-        marks = [(0.0, int(backlog.client.zcard(FAILED_KEY)))]
-        while marks[-1][1] < count and marks[-1][0] < timeout_s:
-            time.sleep(poll_s)
-            marks.append((time.monotonic() - started, int(backlog.client.zcard(FAILED_KEY))))
-    tenths = drain_tenths(marks, count)
+        marks, ended = await_drain(backlog.client, count, poll_s=poll_s, timeout_s=timeout_s)
     return {
         "callbacks": count,
+        "timeout_s": timeout_s,
         "enqueued_per_s": enqueued_per_s,
         "seconds": marks[-1][0],
         "done": marks[-1][1],
+        "ended": ended,
         "left_queued": int(backlog.client.llen(QUEUE_KEY)),
         "dead": int(backlog.client.zcard(keys.broker_dead(BROKER_NAMESPACE, CALLBACK_QUEUE))),
-        "tenths": tenths,
+        "tenths": drain_tenths(marks, count),
     }
+
+
+def ended_counts(client: Any) -> dict[str, int]:
+    """How many callbacks are in each final state (stored, partial, failed)."""
+    return {state: int(client.zcard(key)) for state, key in FINAL_STATE_KEYS.items()}
+
+
+def await_drain(
+    client: Any,
+    count: int,
+    *,
+    poll_s: float,
+    timeout_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[list[tuple[float, int]], dict[str, int]]:
+    """Poll every ``poll_s`` seconds until ``count`` callbacks reached a final state, whichever
+    (one that ended otherwise than failed would keep a wait for failed ones going until the
+    timeout), or ``timeout_s`` seconds passed. Returns the marks (seconds since the first poll,
+    callbacks ended), one per poll, and the last poll's count of each final state."""
+    started = clock()
+    ended = ended_counts(client)
+    marks = [(0.0, sum(ended.values()))]
+    while marks[-1][1] < count and marks[-1][0] < timeout_s:
+        sleep(poll_s)
+        ended = ended_counts(client)
+        marks.append((clock() - started, sum(ended.values())))
+    return marks, ended
 
 
 def drain_tenths(marks: list[tuple[float, int]], count: int) -> list[dict[str, float]]:
@@ -240,28 +275,57 @@ def crossing_time(marks: list[tuple[float, int]], done: float) -> float:
     raise ValueError(f"the drain never reached {done}")
 
 
+def full_drain_problems(drain: dict[str, Any]) -> list[str]:
+    """Why a full drain did not do its work (none: it did): callbacks that reached no final state
+    in time or ended otherwise than failed, messages left queued or dead-lettered, tenths not
+    timed."""
+    count = drain["callbacks"]
+    problems = []
+    if drain["done"] < count:
+        problems.append(f"{drain['done']} of {count} callbacks ended within {drain['timeout_s']:.0f} s")
+    problems += [
+        f"{number} callbacks ended {state}, not {AWAITED_STATE}"
+        for state, number in drain["ended"].items()
+        if state != AWAITED_STATE and number
+    ]
+    if drain["left_queued"]:
+        problems.append(f"{drain['left_queued']} messages left queued")
+    if drain["dead"]:
+        problems.append(f"{drain['dead']} messages dead-lettered")
+    if len(drain["tenths"]) != 10:
+        problems.append("the tenths of the drain were not timed")
+    return problems
+
+
 def summarize_full_drain(drain: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Print the table and the figures; the report. ``failures`` lists what went wrong (see
+    :func:`full_drain_problems`), and then both figures say FAILED."""
     print_table(
         [["backlog from", "callbacks/s"]]
         + [[f"{t['backlog_from_pct']} %", t["per_s"]] for t in drain["tenths"]]
     )
     rates = [t["per_s"] for t in drain["tenths"]]
     value = ratio(median(rates[:3]), median(rates[-3:])) if len(rates) == 10 else float("nan")
-    complete = drain["done"] == drain["callbacks"] and drain["left_queued"] == 0 and drain["dead"] == 0
+    ended = ", ".join(f"{number} {state}" for state, number in drain["ended"].items())
     print(
-        f"{drain['done']} of {drain['callbacks']} drained in {drain['seconds']:.0f} s, "
+        f"{drain['done']} of {drain['callbacks']} ended in {drain['seconds']:.0f} s ({ended}), "
         f"{drain['left_queued']} left queued, {drain['dead']} dead-lettered"
     )
+    problems = full_drain_problems(drain)
+    failures = [f"full drain: {'; '.join(problems)}"] if problems else []
+    which = "with the backlog at 70-100 % vs 0-30 %"
     return {
         "settings": run_settings(args),
         "full_drain": drain,
         "figures": {
-            "drain_full_large_vs_small": drain_figure("with the backlog at 70-100 % vs 0-30 %", value),
-            "drained_completely": [complete, True, "PASS" if complete else "MISS"],
+            "drain_full_large_vs_small": drain_figure(which, value, valid=not failures),
+            "drained_completely": [not failures, True, FAILED if failures else "PASS"],
         },
+        "failures": failures,
     }
 
 
+@exit_on_sigterm
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -277,21 +341,27 @@ def main() -> None:
         s3 = start_s3(stack, out / "s3")
         if args.full_drain:
             drain = Backlog("drain", start_redis(stack, out / "redis-drain"), s3, out, args.count)
-            report = full_drain(drain, out, poll_s=0.1, timeout_s=args.drain_timeout)
-            save(out, "backlog", summarize_full_drain(report, args))
-            return
-        small = Backlog("small", start_redis(stack, out / "redis-small"), s3, out, args.count // 10)
-        large = Backlog("large", start_redis(stack, out / "redis-large"), s3, out, args.count)
-        with ExitStack() as grids_stack:  # only measured, never drained: stopped right after
-            grids = Backlog(
-                "grids", start_redis(grids_stack, out / "redis-grids"), s3, out, args.count, success=True
+            report = summarize_full_drain(
+                full_drain(drain, out, poll_s=0.1, timeout_s=args.drain_timeout), args
             )
-            memory = {backlog.name: measure_fill(backlog) for backlog in (small, large, grids)}
-        phases = {b.name: (lambda _, b=b: drain_phase(b, out, args.window)) for b in (small, large)}
-        results = interleave(phases, args.rounds)
-    report = summarize(results, args, memory)
+        else:
+            report = drain_phases(stack, s3, out, args)
     save(out, "backlog", report)
     exit_if_failed(report["failures"])
+
+
+def drain_phases(stack: ExitStack, s3: S3Server, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Measure the memory per queued callback, then the interleaved drain phases (10k, 100k ...)
+    with their Redis servers started on ``stack``; the report."""
+    small = Backlog("small", start_redis(stack, out / "redis-small"), s3, out, args.count // 10)
+    large = Backlog("large", start_redis(stack, out / "redis-large"), s3, out, args.count)
+    with ExitStack() as grids_stack:  # only measured, never drained: stopped right after
+        grids = Backlog(
+            "grids", start_redis(grids_stack, out / "redis-grids"), s3, out, args.count, success=True
+        )
+        memory = {backlog.name: measure_fill(backlog) for backlog in (small, large, grids)}
+    phases = {b.name: (lambda _, b=b: drain_phase(b, out, args.window)) for b in (small, large)}
+    return summarize(interleave(phases, args.rounds), args, memory)
 
 
 def measure_fill(backlog: Backlog) -> dict[str, Any]:
@@ -333,8 +403,8 @@ def summarize(
     results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, memory: Any
 ) -> dict[str, Any]:
     """Print the table and the figure; the report. A window below its backlog (flagged ``*``) is
-    left out of its phase's median; ``failures`` lists the phases with no window left, and the
-    figure says FAILED when there is one."""
+    left out of its phase's median; ``failures`` lists the phases with no window left or nothing
+    drained (:func:`phase_problem`), and the figure says FAILED when there is one."""
     header: list[object] = [
         "backlog",
         "round",
@@ -353,10 +423,10 @@ def summarize(
     if flagged:
         print(f"* {flagged} window(s) started below {MIN_BACKLOG_SHARE:.0%} of their backlog: left out")
     failures = [
-        f"{name} phase {number + 1}: every window started below {MIN_BACKLOG_SHARE:.0%} of its backlog"
+        f"{name} phase {number + 1}: {problem}"
         for name, phases in results.items()
         for number, phase in enumerate(phases)
-        if not phase["windows_kept"]
+        if (problem := phase_problem(phase))
     ]
     pairs = zip(results["large"], results["small"], strict=True)
     value = median([ratio(large["per_s"], small["per_s"]) for large, small in pairs])
@@ -368,6 +438,16 @@ def summarize(
         "phases": results,
         "failures": failures,
     }
+
+
+def phase_problem(phase: dict[str, Any]) -> str | None:
+    """Why a drain phase measured nothing (None: it did): no window started at its backlog, or
+    the workers drained nothing in those that did."""
+    if not phase["windows_kept"]:
+        return f"every window started below {MIN_BACKLOG_SHARE:.0%} of its backlog"
+    if not phase["per_s"] > 0:
+        return f"nothing drained (median {phase['per_s']:.3g} callbacks/s)"
+    return None
 
 
 def drain_figure(which: str, value: float, *, valid: bool = True) -> list[object]:

@@ -66,6 +66,7 @@ import redis  # noqa: E402
 from bench.common import (  # noqa: E402
     BUCKET,
     exit_if_failed,
+    exit_on_sigterm,
     machine,
     mjhook_env,
     run_dir,
@@ -881,6 +882,7 @@ def config_from_args(args: argparse.Namespace) -> ChaosConfig:
     )
 
 
+@exit_on_sigterm
 def main(argv: list[str] | None = None, *, run: Callable[[ChaosConfig], ChaosReport] = run_chaos) -> None:
     """Run (``run``: the chaos run itself unless a test says otherwise), save and print the report;
     exit with status 1 when the run failed, after saving it."""

@@ -8,17 +8,20 @@ numbers drift; ratios of neighbours much less.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from types import FrameType
+from typing import Any, ParamSpec, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # `python bench/x.py` puts bench/ on sys.path, not the root that holds tests/ and the app packages.
@@ -38,8 +41,10 @@ from tests.support.stack import app_environment  # noqa: E402
 OUT_ROOT = REPO_ROOT / "bench" / "out"
 #: The gunicorn settings of the ingress; baselines served by gunicorn use the very same file.
 GUNICORN_CONF = REPO_ROOT / "ingress" / "gunicorn_conf.py"
-#: dramatiq's defaults, as `dramatiq workers.tasks` (the Procfile) runs them on this machine.
-WORKER_PROCESSES = os.cpu_count() or 1
+#: The worker pool production runs: the Procfile's and docker-compose.yml's
+#: `python -m workers workers.tasks --processes 2 --threads 8`, whatever this machine's core count
+#: (tests/bench/test_common.py checks the Procfile agrees).
+WORKER_PROCESSES = 2
 WORKER_THREADS = 8
 #: MJHOOK_DOWNLOAD_CONCURRENCY's default: parallel downloads per worker process.
 DOWNLOAD_CONCURRENCY = 8
@@ -47,6 +52,7 @@ BUCKET = "bench"
 MIB = 1024 * 1024
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def run_dir(name: str) -> Path:
@@ -139,14 +145,23 @@ def start_gunicorn(
     return proc, base_url
 
 
-def interleave(variants: Mapping[str, Callable[[int], T]], rounds: int) -> dict[str, list[T]]:
+def interleave(
+    variants: Mapping[str, Callable[[int], T]],
+    rounds: int,
+    *,
+    stop: Callable[[T], bool] = lambda _: False,
+) -> dict[str, list[T]]:
     """Run every variant once per round, in the same order (A, B, A, B ...); each gets the round
-    number. Returns each variant's results in round order."""
+    number. Returns each variant's results in round order; a run for which ``stop`` is true ends
+    the rounds there (the variants after it in that round get one run fewer)."""
     results: dict[str, list[T]] = {name: [] for name in variants}
     for number in range(rounds):
         for name, run in variants.items():
             print(f"  round {number + 1}/{rounds}: {name} ...", flush=True)
-            results[name].append(run(number))
+            results[name].append(result := run(number))
+            if stop(result):
+                print(f"  {name} round {number + 1} did not finish: no more rounds", flush=True)
+                return results
     return results
 
 
@@ -181,6 +196,25 @@ def exit_if_failed(failures: Sequence[str]) -> None:
     for failure in failures:
         print(f"  {failure}")
     sys.exit(1)
+
+
+def exit_on_sigterm(main: Callable[P, T]) -> Callable[P, T]:
+    """``main`` with SIGTERM raising SystemExit (status 143) while it runs, as Ctrl-C raises
+    KeyboardInterrupt: its ExitStack unwinds and stops the servers it started, which run in
+    sessions of their own and would outlive a script killed by the default action."""
+
+    def raise_exit(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    @functools.wraps(main)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        previous = signal.signal(signal.SIGTERM, raise_exit)
+        try:
+            return main(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return run
 
 
 def machine() -> dict[str, Any]:

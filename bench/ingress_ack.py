@@ -8,12 +8,13 @@ baselines run in the same interleaved rounds: a bare Falcon app under the same g
 Targets: mjhook >= 0.7x bare Falcon and >= 1.0x Express requests/s; mjhook p99 <= 10 ms.
 Only successful answers count: requests/s is the answers below 400 per second (wrk counts the
 others as status errors; the receivers answer the POST 2xx or an error). A round with any socket
-or status error, an ingress round that left fewer messages queued than it acknowledged, or a
-paced round in which a callback went unacknowledged or an attempt failed (timed out, refused) is
-failed: the figures resting on it say FAILED, and the script exits with status 1 after saving.
-Also reported: CPU milliseconds per request of each server (and of Redis), from /proc, and
-``bare_falcon_gthread``: the same bare app as WSGI under gunicorn's gthread worker (the ingress's
-settings until session 3), a reference, not the target's baseline.
+or status error, an ingress round (saturated or paced) that left fewer messages queued than it
+acknowledged, or a paced round in which a callback went unacknowledged or an attempt failed (timed
+out, refused) is failed: the figures resting on it say FAILED, and the script exits with status 1
+after saving. Also reported: CPU milliseconds per request of each server (and of Redis), from
+/proc, and ``bare_falcon_gthread``: the same bare app as WSGI under gunicorn's gthread worker (the
+ingress's settings until session 3), a reference, not the target's baseline: its ratio is in the
+report's ``references``, with no target and no verdict.
 ``mjhook_fsync_everysec`` (only with ``--only``): the same mjhook ingress, measured while Redis
 runs with ``appendfsync everysec`` (the faster setting, which may lose the last second of
 acknowledged callbacks in a power loss; see README, "Redis restarted") instead of the default
@@ -38,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    FAILED,
     REPO_ROOT,
     exit_if_failed,
+    exit_on_sigterm,
     interleave,
     median,
     mjhook_env,
@@ -74,6 +77,14 @@ SOCKET_ERRORS = ("connect", "read", "write", "timeout")
 #: The receivers that queue what they acknowledge: each of their rounds must leave as many
 #: messages in the durable queue as it acknowledged.
 INGRESSES = ("mjhook", "mjhook_fsync_everysec", "candidate")
+#: Every receiver ``--only`` may name; ``candidate`` needs ``--candidate``.
+RECEIVERS = ("mjhook", "bare_falcon", "express", "candidate", "bare_falcon_gthread", "mjhook_fsync_everysec")
+#: The receivers run without ``--only``.
+DEFAULT_RECEIVERS = ("mjhook", "bare_falcon", "express", "candidate", "bare_falcon_gthread")
+#: The verdict of a reference figure: a comparison with no target.
+REFERENCE = "REFERENCE"
+#: Ratios reported for comparison only, not judged.
+REFERENCE_PAIRS = (("mjhook", "bare_falcon_gthread"),)
 #: The ingress's settings before its asyncio worker (session 2): the same bare app as WSGI under
 #: gthread, for comparison (not the target's baseline, which runs under the ingress's own settings).
 GTHREAD_ARGS = ("-k", "gthread", "--threads", "8")
@@ -204,8 +215,9 @@ def paced_run(
 ) -> dict[str, Any]:
     """Callbacks at a steady rate from the provider simulator (16 delivery threads), as the
     provider sends them: the latency of each answer as the provider sees it, without queueing
-    in the load generator. Rounds run one after another, so this round's delivery attempts are
-    those the simulator recorded after the ones before it."""
+    in the load generator, and (``queued``) how many messages the round left in the durable queue.
+    Rounds run one after another, so this round's delivery attempts are those the simulator
+    recorded after the ones before it."""
     compact_redis(redis_client)
     earlier = len(sim.attempts())
     rewrites = redis_client.info("persistence")["aof_rewrites"]
@@ -216,7 +228,7 @@ def paced_run(
             rate_per_s=args.paced_rate,
             callback_url=target.url + CALLBACK_PATH,
         )
-    figures = paced_figures(report, sim.attempts()[earlier:])
+    figures = paced_figures(report, sim.attempts()[earlier:], queued=int(redis_client.llen(QUEUE_KEY)))
     figures["aof_rewrites"] = redis_client.info("persistence")["aof_rewrites"] - rewrites
     return figures
 
@@ -243,10 +255,11 @@ def _wait_for_rewrite(redis_client: Any, deadline: float) -> None:
     raise RuntimeError("Redis did not finish rewriting its AOF in time")
 
 
-def paced_figures(report: LoadReport, attempts: Sequence[DeliveryAttempt]) -> dict[str, Any]:
+def paced_figures(report: LoadReport, attempts: Sequence[DeliveryAttempt], *, queued: int) -> dict[str, Any]:
     """A paced round's figures: p50/p99 of every delivery attempt (``attempts``, this round's), a
     timed-out or refused one at the time it took, not only of the acknowledged ones as the load
-    report gives them; the acknowledged tasks of those sent, and the attempts not acknowledged."""
+    report gives them; the acknowledged tasks of those sent, the attempts not acknowledged, and
+    the messages ``queued`` after the round."""
     latencies_ms = [attempt.duration_s * 1000 for attempt in attempts]
     return {
         "p50_ms": percentile(latencies_ms, 0.5),
@@ -257,12 +270,14 @@ def paced_figures(report: LoadReport, attempts: Sequence[DeliveryAttempt]) -> di
         "attempts_not_acknowledged": sum(not attempt.acknowledged for attempt in attempts),
         "settled": report.settled,
         "per_s": report.ack_throughput_per_s,
+        "queued": queued,
     }
 
 
-def paced_problems(run: dict[str, Any]) -> list[str]:
+def paced_problems(run: dict[str, Any], *, queues: bool) -> list[str]:
     """Why a paced round did not do its work (none: it did): a callback never acknowledged, a
-    delivery attempt that failed (its retry may have been acknowledged), callbacks still due."""
+    delivery attempt that failed (its retry may have been acknowledged), callbacks still due, or
+    (``queues``: an ingress) fewer messages queued than callbacks acknowledged."""
     problems = []
     if run["acknowledged"] != run["sent"]:
         problems.append(f"{run['acknowledged']} of {run['sent']} callbacks acknowledged")
@@ -270,6 +285,8 @@ def paced_problems(run: dict[str, Any]) -> list[str]:
         problems.append(f"{run['attempts_not_acknowledged']} delivery attempts not acknowledged")
     if not run["settled"]:
         problems.append("callbacks still due when the wait ended")
+    if queues and run["queued"] < run["acknowledged"]:
+        problems.append(f"{run['queued']} messages queued for {run['acknowledged']} acknowledged")
     return problems
 
 
@@ -278,7 +295,7 @@ def paired_ratio(results: dict[str, list[dict[str, Any]]], a: str, b: str) -> fl
     return median([ratio(x["rps"], y["rps"]) for x, y in zip(results[a], results[b], strict=True)])
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -288,9 +305,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument(
         "--only",
-        nargs="*",
-        help="receivers to run: mjhook bare_falcon express candidate bare_falcon_gthread"
-        " mjhook_fsync_everysec",
+        nargs="+",
+        choices=RECEIVERS,
+        metavar="RECEIVER",
+        help=f"receivers to run: {' '.join(RECEIVERS)}",
     )
     parser.add_argument("--candidate", type=Path, help="also serve the ingress from this tree")
     parser.add_argument("--candidate-env", action="append", default=[], metavar="NAME=VALUE")
@@ -299,13 +317,17 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--paced-seconds", type=float, default=10.0)
     parser.add_argument("--candidate-app", default="ingress.wsgi:app", help="the candidate's app")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.only and "candidate" in args.only and not args.candidate:
+        parser.error("--only candidate needs --candidate DIR")
+    return args
 
 
+@exit_on_sigterm
 def main() -> None:
     args = parse_args()
     wrk = ensure_wrk()
-    wanted = set(args.only or ("mjhook", "bare_falcon", "express", "candidate", "bare_falcon_gthread"))
+    wanted = set(args.only or DEFAULT_RECEIVERS)
     if "express" in wanted:
         ensure_express()
     out = run_dir("ingress_ack")
@@ -448,6 +470,9 @@ def summarize(
     figures = judge_figures(results, paced, medians, paced_medians)
     for name, (value, target, result) in figures.items():
         print(f"{name}: {value:.3g} (target {'<=' if name.endswith('_ms') else '>='} {target}) {result}")
+    references = reference_figures(results)
+    for name, (value, _, result) in references.items():
+        print(f"{name}: {value:.3g} (a reference, no target) {result}")
     ingresses = [name for name in INGRESSES if name in results]
     queue["acked_in_rounds"] = sum(run["acked"] for name in ingresses for run in results[name])
     queue["queued_in_rounds"] = sum(run["queued"] for name in ingresses for run in results[name])
@@ -456,7 +481,7 @@ def summarize(
         f"in all, {queue['acked_in_rounds']} acknowledged as wrk counted (it counts a few answers fewer "
         f"than were sent), AOF {queue['aof_enabled']} fsync {queue['appendfsync']}"
     )
-    return report | {"figures": figures, "queue": queue}
+    return report | {"figures": figures, "references": references, "queue": queue}
 
 
 def mark_problems(
@@ -467,9 +492,9 @@ def mark_problems(
     for name, runs in results.items():
         for run in runs:
             run["problems"] = round_problems(run, queues=name in INGRESSES)
-    for runs in paced.values():
+    for name, runs in paced.items():
         for run in runs:
-            run["problems"] = paced_problems(run)
+            run["problems"] = paced_problems(run, queues=name in INGRESSES)
     return [
         f"{name} {kind} {number + 1}: {'; '.join(run['problems'])}"
         for kind, runs_of in (("round", results), ("paced round", paced))
@@ -507,7 +532,6 @@ def judge_figures(
             verdict(paced_p99, TARGET_P99_MS, at_most=True, valid=all_ok(paced["mjhook"])),
         ]
     pairs = [("mjhook", "bare_falcon", TARGET_VS_BARE), ("mjhook", "express", TARGET_VS_EXPRESS)]
-    pairs += [("mjhook", "bare_falcon_gthread", TARGET_VS_BARE)]
     pairs += [
         ("mjhook_fsync_everysec", "mjhook", 1.0),
         ("mjhook_fsync_everysec", "bare_falcon", TARGET_VS_BARE),
@@ -519,6 +543,22 @@ def judge_figures(
             valid = all_ok(results[a]) and all_ok(results[b])
             figures[f"{a}_rps_vs_{b}"] = [value, target, verdict(value, target, valid=valid)]
     return figures
+
+
+def reference_figures(results: dict[str, list[dict[str, Any]]]) -> dict[str, list[Any]]:
+    """The ratios of ``REFERENCE_PAIRS`` that ran, each as [value, None (no target), REFERENCE],
+    FAILED instead when a round it rests on failed (see :func:`mark_problems`, which must have
+    run)."""
+    references: dict[str, list[Any]] = {}
+    for a, b in REFERENCE_PAIRS:
+        if a in results and b in results:
+            valid = all_ok(results[a]) and all_ok(results[b])
+            references[f"{a}_rps_vs_{b}"] = [
+                paired_ratio(results, a, b),
+                None,
+                REFERENCE if valid else FAILED,
+            ]
+    return references
 
 
 if __name__ == "__main__":

@@ -112,3 +112,125 @@ def test_phases_near_their_backlogs_are_judged_on_the_ratio() -> None:
 
     assert report["figures"]["drain_large_vs_small"] == [0.95, 0.9, "PASS"]
     assert report["failures"] == []
+
+
+class EndingRedis:
+    """The final-state indexes a full drain reads: each poll (one fake sleep) ``per_poll`` more
+    callbacks end in ``state``, up to ``count``."""
+
+    def __init__(self, count: int, per_poll: int, state: str) -> None:
+        self.count = count
+        self.per_poll = per_poll
+        self.key = backlog.FINAL_STATE_KEYS[state]
+        self.ended = 0
+        self.now = 0.0
+
+    def zcard(self, key: str) -> int:
+        assert key in backlog.FINAL_STATE_KEYS.values()
+        return self.ended if key == self.key else 0
+
+    def sleep(self, seconds: float) -> None:
+        self.ended = min(self.count, self.ended + self.per_poll)
+        self.now += seconds
+
+
+def full_drain_result(**changes: Any) -> dict[str, Any]:
+    """A full drain of 1000 callbacks, all ended failed in 10 s (100/s in each tenth)."""
+    tenths = [
+        {"backlog_from_pct": 100 - 10 * tenth, "backlog_at_start": 1000 - 100 * tenth, "per_s": 100.0}
+        for tenth in range(10)
+    ]
+    drain = {
+        "callbacks": 1000,
+        "timeout_s": 3600.0,
+        "enqueued_per_s": 3000.0,
+        "seconds": 10.0,
+        "done": 1000,
+        "ended": {"failed": 1000, "partial": 0, "stored": 0},
+        "left_queued": 0,
+        "dead": 0,
+        "tenths": tenths,
+    }
+    return drain | changes
+
+
+FULL_DRAIN_ARGS = argparse.Namespace(count=1000, rounds=1, window=2.0, full_drain=True, drain_timeout=3600.0)
+
+
+def test_the_drain_wait_ends_when_every_callback_ended_in_any_final_state() -> None:
+    """Given 1000 callbacks that all end stored, not failed, 250 per poll
+    When the full drain waits for them (a timeout of an hour)
+    Then it stops after 4 polls, not at the timeout, and counts them stored."""
+    redis = EndingRedis(1000, per_poll=250, state="stored")
+
+    marks, ended = backlog.await_drain(
+        redis, 1000, poll_s=1.0, timeout_s=3600.0, clock=lambda: redis.now, sleep=redis.sleep
+    )
+
+    assert marks == [(0.0, 0), (1.0, 250), (2.0, 500), (3.0, 750), (4.0, 1000)]
+    assert ended == {"failed": 0, "partial": 0, "stored": 1000}
+
+
+def test_a_full_drain_that_timed_out_fails_its_figures() -> None:
+    """Given a full drain that hit its timeout with 400 of 1000 callbacks ended (600 queued)
+    When it is summarized
+    Then both figures say FAILED and the failure says what was left (so main exits 1)."""
+    drain = full_drain_result(
+        done=400, ended={"failed": 400, "partial": 0, "stored": 0}, left_queued=600, tenths=[]
+    )
+
+    report = backlog.summarize_full_drain(drain, FULL_DRAIN_ARGS)
+
+    assert math.isnan(report["figures"]["drain_full_large_vs_small"][0])
+    assert report["figures"]["drain_full_large_vs_small"][2] == "FAILED"
+    assert report["figures"]["drained_completely"] == [False, True, "FAILED"]
+    assert report["failures"] == [
+        "full drain: 400 of 1000 callbacks ended within 3600 s; 600 messages left queued;"
+        " the tenths of the drain were not timed"
+    ]
+
+
+def test_callbacks_of_a_full_drain_that_ended_otherwise_than_failed_fail_it() -> None:
+    """Given a full drain in which every callback ended, 3 stored, 2 partial, 1 dead-lettered
+    When it is summarized
+    Then the figures say FAILED and the failure names each."""
+    drain = full_drain_result(ended={"failed": 995, "partial": 2, "stored": 3}, dead=1)
+
+    report = backlog.summarize_full_drain(drain, FULL_DRAIN_ARGS)
+
+    assert report["figures"]["drain_full_large_vs_small"][2] == "FAILED"
+    assert report["failures"] == [
+        "full drain: 2 callbacks ended partial, not failed; 3 callbacks ended stored, not failed;"
+        " 1 messages dead-lettered"
+    ]
+
+
+def test_a_complete_full_drain_is_judged_on_its_ratio() -> None:
+    """Given a full drain in which every callback ended failed at 100/s throughout
+    When it is summarized
+    Then the figure is 1.0x, PASS, and no failure is listed."""
+    report = backlog.summarize_full_drain(full_drain_result(), FULL_DRAIN_ARGS)
+
+    assert report["figures"]["drain_full_large_vs_small"] == [1.0, 0.9, "PASS"]
+    assert report["figures"]["drained_completely"] == [True, True, "PASS"]
+    assert report["failures"] == []
+
+
+def test_drain_phases_in_which_nothing_drained_fail_the_figure() -> None:
+    """Given both phases at their backlogs (every window kept) but nothing recorded in any window
+    (0 callbacks/s: the workers retried every message, say)
+    When the rounds are summarized
+    Then the figure is FAILED, not a MISS, and both phases are listed."""
+    args = argparse.Namespace(count=10_000, rounds=1, window=2.0, full_drain=False, drain_timeout=60.0)
+    results = {
+        "small": [backlog.phase_rate([window(1000, 0.0)] * backlog.WINDOWS, 1000)],
+        "large": [backlog.phase_rate([window(10_000, 0.0)] * backlog.WINDOWS, 10_000)],
+    }
+
+    report = backlog.summarize(results, args, memory={})
+
+    assert report["figures"]["drain_large_vs_small"][2] == "FAILED"
+    assert report["failures"] == [
+        "small phase 1: nothing drained (median 0 callbacks/s)",
+        "large phase 1: nothing drained (median 0 callbacks/s)",
+    ]

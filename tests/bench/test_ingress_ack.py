@@ -1,5 +1,5 @@
-"""bench/ingress_ack.py: only successful answers count, and a round that did not do its work fails
-the figures resting on it."""
+"""bench/ingress_ack.py: only successful answers count, a round that did not do its work fails
+the figures resting on it, a reference is not judged, and --only names receivers that exist."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ingress_ack
+import pytest
 
 APPENDFSYNC = {"aof_enabled": 1, "appendfsync": "always"}
 NO_PACING = argparse.Namespace(paced_rate=0, candidate=None)
@@ -119,7 +120,7 @@ def test_the_paced_p99_counts_an_attempt_that_timed_out_and_its_round_fails() ->
     When its figures are read and the rounds summarized
     Then its p99 is the 10 s attempt, not 2 ms, and the paced figure is FAILED."""
     attempts = [ACKED] * 20 + [Attempt(10.0, acknowledged=False), ACKED]
-    paced_run = ingress_ack.paced_figures(Load(tasks=20, acknowledged=20), attempts)
+    paced_run = ingress_ack.paced_figures(Load(tasks=20, acknowledged=20), attempts, queued=20)
     args = argparse.Namespace(paced_rate=20.0, candidate=None)
 
     report = ingress_ack.summarize(
@@ -137,7 +138,7 @@ def test_a_paced_round_with_a_callback_never_acknowledged_fails() -> None:
     When the rounds are summarized
     Then the paced figure is FAILED and the failure says how many were acknowledged."""
     attempts = [ACKED] * 19 + [Attempt(0.003, acknowledged=False)]
-    paced_run = ingress_ack.paced_figures(Load(tasks=20, acknowledged=19), attempts)
+    paced_run = ingress_ack.paced_figures(Load(tasks=20, acknowledged=19), attempts, queued=19)
     args = argparse.Namespace(paced_rate=20.0, candidate=None)
 
     report = ingress_ack.summarize(
@@ -154,7 +155,7 @@ def test_clean_rounds_keep_their_verdicts_and_list_no_failure() -> None:
     """Given clean rounds: every answer 2xx and queued, every paced callback acknowledged at once
     When the rounds are summarized
     Then the figures are judged on their values (PASS or MISS) and no failure is listed."""
-    paced_run = ingress_ack.paced_figures(Load(tasks=20, acknowledged=20), [ACKED] * 20)
+    paced_run = ingress_ack.paced_figures(Load(tasks=20, acknowledged=20), [ACKED] * 20, queued=20)
     args = argparse.Namespace(paced_rate=20.0, candidate=None)
     results = {"mjhook": [wrk_round(60_000)], "bare_falcon": [wrk_round(120_000)]}
 
@@ -163,3 +164,62 @@ def test_clean_rounds_keep_their_verdicts_and_list_no_failure() -> None:
     assert report["failures"] == []
     assert report["figures"]["mjhook_rps_vs_bare_falcon"] == [0.5, 0.7, "MISS"]
     assert report["figures"]["mjhook_paced_p99_ms"] == [2.0, 10.0, "PASS"]
+
+
+def test_a_paced_ingress_round_that_queued_less_than_it_acknowledged_fails() -> None:
+    """Given paced rounds of 20 callbacks, all acknowledged at once, of which mjhook queued 19
+    and bare Falcon (which queues nothing) none
+    When the rounds are summarized
+    Then mjhook's paced round is failed and so is its paced figure; bare Falcon's is not."""
+    paced = {
+        "mjhook": [ingress_ack.paced_figures(Load(tasks=20, acknowledged=20), [ACKED] * 20, queued=19)],
+        "bare_falcon": [ingress_ack.paced_figures(Load(tasks=20, acknowledged=20), [ACKED] * 20, queued=0)],
+    }
+    args = argparse.Namespace(paced_rate=20.0, candidate=None)
+    results = {"mjhook": [wrk_round(100_000)], "bare_falcon": [wrk_round(120_000)]}
+
+    report = ingress_ack.summarize(results, paced, args, dict(APPENDFSYNC))
+
+    assert report["failures"] == ["mjhook paced round 1: 19 messages queued for 20 acknowledged"]
+    assert report["figures"]["mjhook_paced_p99_ms"][2] == "FAILED"
+    assert report["paced_runs"]["bare_falcon"][0]["problems"] == []
+
+
+def test_the_ratio_to_bare_falcon_under_gthread_is_a_reference_without_a_verdict() -> None:
+    """Given clean rounds of mjhook, bare Falcon and bare Falcon under gthread (the ingress's old
+    settings), mjhook at half the gthread app's rate
+    When the rounds are summarized
+    Then the gthread ratio is reported as a reference (no target, no PASS or MISS), apart from the
+    judged figures."""
+    results = {
+        "mjhook": [wrk_round(60_000)],
+        "bare_falcon": [wrk_round(60_000)],
+        "bare_falcon_gthread": [wrk_round(120_000)],
+    }
+
+    report = ingress_ack.summarize(results, {}, NO_PACING, dict(APPENDFSYNC))
+
+    assert report["references"] == {"mjhook_rps_vs_bare_falcon_gthread": [0.5, None, "REFERENCE"]}
+    assert set(report["figures"]) == {"mjhook_p99_ms", "mjhook_rps_vs_bare_falcon"}
+
+
+@pytest.mark.parametrize(
+    "only",
+    [["--only"], ["--only", "mjhook", "bare_flacon"], ["--only", "candidate"]],
+    ids=["none", "unknown", "candidate-without-tree"],
+)
+def test_only_must_name_receivers_that_can_run(only: list[str]) -> None:
+    """Given --only naming nothing, a receiver that does not exist, or the candidate without
+    --candidate
+    When the arguments are parsed
+    Then the script stops with a usage error (status 2) instead of measuring nothing."""
+    with pytest.raises(SystemExit) as stopped:
+        ingress_ack.parse_args(only)
+
+    assert stopped.value.code == 2
+
+
+def test_only_picks_the_receivers_named() -> None:
+    args = ingress_ack.parse_args(["--only", "mjhook", "mjhook_fsync_everysec"])
+
+    assert args.only == ["mjhook", "mjhook_fsync_everysec"]
