@@ -11,7 +11,6 @@ import errno
 import fcntl
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
@@ -20,6 +19,7 @@ import orjson
 
 from shared.callback import Callback
 from shared.errors import MjhookError, QueueUnavailable, SpoolUnavailable
+from shared.periodic import PeriodicThread
 
 log = logging.getLogger(__name__)
 
@@ -181,44 +181,29 @@ def _hand_over(
 
 
 class SpoolDrainer:
-    """Drains the spool at start-up and then every ``interval_s`` seconds, in a daemon thread."""
+    """Drains the spool at start-up and then every ``interval_s`` seconds, in a daemon thread
+    (whatever a round meets, the next one comes: it alone drains this process's spool)."""
 
     def __init__(self, spool: Spool, accept: Callable[[Callback], None], *, interval_s: float) -> None:
         self._spool = spool
         self._accept = accept
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="spool-drainer", daemon=True)
-        self._starting = threading.Lock()
-        self._started = False
+        self._thread = PeriodicThread(
+            self._drain, interval_s=interval_s, name="spool-drainer", what="spool drain", first_at_once=True
+        )
 
     def start(self) -> None:
         """Start draining; a drainer started before (by the ASGI lifespan and by ingress/wsgi.py)
         goes on as it is."""
-        with self._starting:
-            if not self._started:
-                self._started = True
-                self._thread.start()
+        self._thread.start()
 
     def stop(self, *, wait: bool = True) -> None:
         """Stop after the round running now (if any); ``wait``: until then."""
-        self._stop.set()
-        if wait and self._started:
-            self._thread.join(timeout=self._interval_s + 5)
+        self._thread.stop(wait=wait)
 
-    def _run(self) -> None:
-        while True:
-            try:
-                drained = self._spool.drain(self._accept)
-                if drained:
-                    log.info("drained %d spooled callbacks into the queue", drained)
-            except OSError as exc:
-                log.warning("spool drain failed: %s", exc)
-            except Exception:
-                # Whatever a round meets, the thread goes on: it alone drains this process's spool.
-                log.exception("spool drain failed")
-            if self._stop.wait(self._interval_s):
-                return
+    def _drain(self) -> None:
+        drained = self._spool.drain(self._accept)
+        if drained:
+            log.info("drained %d spooled callbacks into the queue", drained)
 
 
 @contextmanager

@@ -12,7 +12,6 @@ and then lost track of (see :mod:`workers.stranded`)."""
 from __future__ import annotations
 
 import logging
-import threading
 
 import dramatiq
 import redis
@@ -20,6 +19,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware
 
+from shared.periodic import PeriodicThread
 from shared.worker_registry import forget_worker, record_worker_beat
 from workers.stranded import MessagesInHand, StrandedMessageRescuer
 
@@ -36,8 +36,7 @@ class BrokerHeartbeat(Middleware):
     def __init__(self, *, interval_s: float, in_hand: MessagesInHand) -> None:
         self._interval_s = interval_s
         self._in_hand = in_hand
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: PeriodicThread | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if not isinstance(broker, RedisBroker):
@@ -48,29 +47,27 @@ class BrokerHeartbeat(Middleware):
         except (redis.RedisError, OSError) as exc:
             log.warning("could not register this worker: %s", type(exc).__name__)
         rescuer = StrandedMessageRescuer(broker, worker.consumers, self._in_hand)
-        self._thread = threading.Thread(
-            target=self._run, args=(broker, rescuer), name="heartbeat", daemon=True
+
+        def beat_and_rescue() -> None:
+            beat(broker)
+            rescuer.check()
+
+        # Whatever a beat meets, the next one comes: a heartbeat thread ended by an error nobody
+        # foresaw would make this live worker look dead, its messages handed to others.
+        self._thread = PeriodicThread(
+            beat_and_rescue, interval_s=self._interval_s, name="heartbeat", what="broker heartbeat"
         )
         self._thread.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self._interval_s + 5)
+            self._thread.stop()
         if isinstance(broker, RedisBroker):
             try:
                 # A worker stopped cleanly stops counting at once, not after the heartbeat timeout.
                 forget_worker(broker.client, broker.broker_id)
             except (redis.RedisError, OSError) as exc:
                 log.warning("could not unregister this worker: %s", type(exc).__name__)
-
-    def _run(self, broker: RedisBroker, rescuer: StrandedMessageRescuer) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                beat(broker)
-                rescuer.check()
-            except (redis.RedisError, OSError) as exc:
-                log.warning("broker heartbeat failed: %s", type(exc).__name__)
 
 
 def beat(broker: RedisBroker) -> None:

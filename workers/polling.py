@@ -10,7 +10,6 @@ break)."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from shared import keys
 from shared.callback import Callback, callback_limits
 from shared.clock import utc_iso
 from shared.errors import ProviderError, ProviderUnavailable
+from shared.periodic import PeriodicThread
 from shared.polling import CODE_FAILURE, PollOutcome, ResultPoller
 from shared.provider import ProviderClient
 from shared.redis_client import as_text
@@ -225,31 +225,28 @@ class PollKeeper(Middleware):
 
     def __init__(self, chain: Callable[[], PollChain | None], *, interval_s: float) -> None:
         self._chain = chain
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PeriodicThread(
+            self._check,
+            interval_s=interval_s,
+            name="poll-keeper",
+            what="checking the poll schedule",
+            first_at_once=True,
+        )
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self._thread = threading.Thread(target=self._run, name="poll-keeper", daemon=True)
         self._thread.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._thread.stop()
 
-    def _run(self) -> None:
-        while True:
-            try:
-                chain = self._chain()
-                if chain is None:
-                    log.info("polling of silent tasks is off: MJHOOK_PROVIDER_API_KEY is not set")
-                    return
-                chain.ensure_scheduled()
-            except Exception as exc:
-                log.warning("could not check the poll schedule: %s: %s", type(exc).__name__, exc)
-            if self._stop.wait(self._interval_s):
-                return
+    def _check(self) -> bool:
+        """Kick a poll when none is scheduled; False (no more checks) when polling is off."""
+        chain = self._chain()
+        if chain is None:
+            log.info("polling of silent tasks is off: MJHOOK_PROVIDER_API_KEY is not set")
+            return False
+        chain.ensure_scheduled()
+        return True
 
 
 @dataclass(frozen=True, slots=True)

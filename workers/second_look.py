@@ -9,7 +9,6 @@ worker stopping meanwhile loses none (one taken and not finished is due again la
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import redis
 from shared import keys
 from shared.callback import Callback
 from shared.errors import MjhookError
+from shared.periodic import PeriodicThread
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +87,16 @@ class SecondLookSweeper:
     ) -> None:
         self._pending = pending
         self._look = look
-        self._interval_s = interval_s
         self._hold_s = hold_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="second-looks", daemon=True)
+        self._thread = PeriodicThread(
+            self.sweep, interval_s=interval_s, name="second-looks", what="taking the pending give-ups"
+        )
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self._interval_s + 5)
+        self._thread.stop()
 
     def sweep(self) -> int:
         """Look at every due second look now; returns how many were recorded."""
@@ -107,12 +106,3 @@ class SecondLookSweeper:
                 self._pending.done(look.member)
                 recorded += 1
         return recorded
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                self.sweep()
-            except (redis.RedisError, OSError) as exc:
-                log.warning("could not take the pending give-ups: %s", exc)
-            except Exception:
-                log.exception("could not take the pending give-ups")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -10,7 +12,9 @@ from dramatiq.brokers.redis import RedisBroker
 
 from shared.queue import CALLBACK_QUEUE, create_broker
 from shared.settings import Settings
+from workers import heartbeat
 from workers.heartbeat import beat
+from workers.stranded import MessagesInHand
 
 HEARTBEATS = "dramatiq:__heartbeats__"
 
@@ -49,3 +53,30 @@ def test_a_beat_requeues_the_messages_of_a_dead_worker_at_once(broker: RedisBrok
     assert client.lrange(f"dramatiq:{CALLBACK_QUEUE}", 0, -1) == [b"m1"]
     assert client.zscore(HEARTBEATS, "dead-worker") is None
     assert client.smembers(f"dramatiq:__acks__.live-worker.{CALLBACK_QUEUE}") == {b"m2"}
+
+
+def test_the_heartbeat_goes_on_after_a_beat_raised_an_error_nobody_foresaw(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a first beat that raises an error outside Redis's (a bug, an odd reply)
+    Then the beats go on: the heartbeat thread ended there, and the live worker, its beat stale,
+    looked dead, its messages handed to other workers while it still worked on them."""
+    attempts: list[int] = []
+
+    def flaky_beat(broker: RedisBroker) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ValueError("an odd reply")
+        beat(broker)
+
+    monkeypatch.setattr(heartbeat, "beat", flaky_beat)
+    middleware = heartbeat.BrokerHeartbeat(interval_s=0.05, in_hand=MessagesInHand())
+    middleware.after_worker_boot(broker, SimpleNamespace(consumers={}))  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + 10
+        while len(attempts) < 3:
+            assert time.monotonic() < deadline, f"the heartbeat stopped after {len(attempts)} beat(s)"
+            time.sleep(0.02)
+    finally:
+        middleware.before_worker_shutdown(broker, SimpleNamespace(consumers={}))  # type: ignore[arg-type]
+    assert broker.client.zscore(HEARTBEATS, broker.broker_id) is not None
