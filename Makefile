@@ -39,6 +39,11 @@ test: venv services
 	@$(call apt_need,wrk,wrk)
 	@# Headless Chromium drives the dashboard in tests/integration/test_dashboard_browser.py.
 	@$(call apt_need,chromium,chromium)
+	@# RabbitMQ on 127.0.0.1:5672 carries the queue of tests/integration/test_scale_out.py's amqp://
+	@# run (in a vhost of its own): installed and started where it is missing.
+	@$(call apt_need,rabbitmqctl,rabbitmq-server)
+	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 5672), 2)" 2>/dev/null || \
+		$(SUDO) service rabbitmq-server start || $(SUDO) rabbitmq-server -detached
 	$(BIN)/pytest -q
 
 lint: venv

@@ -130,3 +130,5 @@ def test_object_storage_down_backs_off_and_stores_when_it_returns(
     finally:
         workers.terminate()
         ingress.terminate()
+        if not s3_server.is_running():  # the session's S3 serves the tests after this one
+            s3_server.start()

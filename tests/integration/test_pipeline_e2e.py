@@ -4,7 +4,6 @@ SeaweedFS, with result files served by a local HTTP server."""
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,8 +77,12 @@ def test_callbacks_in_the_providers_format_end_stored(
         hits_before = file_server.hits
         assert post(callback("mj-success-1", urls)).status_code == 200
         redis = redis_server.client()
-        wait_for(lambda: redis.llen("dramatiq:callbacks") == 0 and not redis.keys("dramatiq:__acks__.*"))
-        time.sleep(0.5)
+        # Processed: off the queue, acknowledged, and no retry waiting in the delay queue.
+        wait_for(
+            lambda: redis.llen("dramatiq:callbacks") == 0
+            and redis.llen("dramatiq:callbacks.DQ") == 0
+            and not redis.keys("dramatiq:__acks__.*")
+        )
         assert file_server.hits == hits_before
         assert read_manifest(s3, s3_bucket, "mj-success-1") == manifest
         assert redis.hget("mjhook:task:mj-success-1", "state") == b"stored"

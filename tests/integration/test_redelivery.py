@@ -95,7 +95,7 @@ def test_a_long_task_is_not_mistaken_for_a_dead_worker(
                 timeout_s=90,
                 what=f"manifest of {task_id}",
             )
-        logs = busy.log_text()
+        logs = busy.log_text(tail_chars=None)
     finally:
         maintainer.stop()
         busy.terminate()
