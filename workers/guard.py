@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -379,7 +380,12 @@ class GuardedTransport(httpx.HTTPTransport):
     connects through a :class:`GuardedBackend`. Build it with :func:`create_guarded_transport`."""
 
     def __init__(
-        self, policy: FetchPolicy, *, backend: GuardedBackend, limits: httpx.Limits, verify: bool = True
+        self,
+        policy: FetchPolicy,
+        *,
+        backend: GuardedBackend,
+        limits: httpx.Limits,
+        verify: bool | ssl.SSLContext = True,
     ) -> None:
         # trust_env off, as in create_http_client: nothing in the environment steers downloads.
         ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
@@ -400,12 +406,13 @@ def create_guarded_transport(
     resolver: Resolver = resolve_host,
     connector: Connector | None = None,
     limits: httpx.Limits | None = None,
-    verify: bool = True,
+    verify: bool | ssl.SSLContext = True,
 ) -> GuardedTransport:
     """A transport for :func:`workers.fetch.create_http_client` that only reaches what ``policy``
     allows. ``resolver`` defaults to ``socket.getaddrinfo``, ``connector`` to httpcore's own
     socket opener; ``limits`` default to httpx's (a client's ``limits`` do not reach a transport
-    passed to it)."""
+    passed to it); ``verify``: certificates checked against certifi's CAs (True), or a context
+    of one's own (a test's CA)."""
     backend = GuardedBackend(policy, resolver=resolver, connector=connector)
     return GuardedTransport(policy, backend=backend, limits=limits or httpx.Limits(), verify=verify)
 
