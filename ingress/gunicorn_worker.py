@@ -49,7 +49,10 @@ class BoundedASGIProtocol(ASGIProtocol):  # type: ignore[misc]
         if not worker.may_open_another():
             self._close_now()
             return
-        self._headers_deadline = worker.loop.call_later(worker.headers_timeout_s, self._headers_too_late)
+        if self._callback_parser is not None:
+            # HTTP/1 only: uWSGI and HTTP/2 connections never report their headers through
+            # _on_headers_complete (h2c waiting for its preface has gunicorn's own timer).
+            self._headers_deadline = worker.loop.call_later(worker.headers_timeout_s, self._headers_too_late)
 
     def _on_headers_complete(self) -> Any:
         if self._headers_deadline is not None:
@@ -71,7 +74,8 @@ class BoundedASGIProtocol(ASGIProtocol):  # type: ignore[misc]
         """Close the connection and wake its handler, which then ends (as gunicorn's own
         keepalive timeout does)."""
         self._close_transport()
-        self._request_ready.set()
+        if self._request_ready is not None:
+            self._request_ready.set()
 
 
 class BoundedASGIWorker(ASGIWorker):  # type: ignore[misc]
@@ -86,9 +90,7 @@ class BoundedASGIWorker(ASGIWorker):  # type: ignore[misc]
 
     def init_process(self) -> None:
         self.connection_cap = min(self.worker_connections, _open_file_limit() - FD_RESERVE)
-        # gasgi builds each connection's protocol by this module-level name; this process's
-        # connections are to be ours.
-        gasgi.ASGIProtocol = BoundedASGIProtocol
+        use_bounded_protocol()
         super().init_process()
 
     def may_open_another(self) -> bool:
@@ -105,6 +107,16 @@ class BoundedASGIWorker(ASGIWorker):  # type: ignore[misc]
                 self.connection_cap,
             )
         return False
+
+
+def use_bounded_protocol() -> None:
+    """Make this process's asgi connections :class:`BoundedASGIProtocol`'s."""
+    # gasgi builds each connection's protocol by this module-level name.
+    gasgi.ASGIProtocol = BoundedASGIProtocol
+    # gunicorn caches whether its C parser (gunicorn_h1c, its [fast] extra) is there on the class
+    # it is asked from, and reads the cache from ASGIProtocol: asked first from ours, it would
+    # miss it (and fall back to the Python parser).
+    ASGIProtocol._check_h1c_protocol_available()
 
 
 def _open_file_limit() -> int:
