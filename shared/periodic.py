@@ -35,28 +35,40 @@ class PeriodicThread:
     ) -> None:
         self._step = step
         self._interval_s = interval_s
+        self._name = name
         self._what = what
         self._first_at_once = first_at_once
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._starting = threading.Lock()
-        self._started = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the thread; one started before goes on as it is."""
+        """Start the thread; one running goes on as it is. Started again after :meth:`stop` (an
+        ASGI app served through a second lifespan), a new thread takes over."""
         with self._starting:
-            if not self._started:
-                self._started = True
-                self._thread.start()
+            if self._thread is not None and self._thread.is_alive() and not self._stop.is_set():
+                return
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run, args=(self._stop,), name=self._name, daemon=True
+            )
+            self._thread.start()
 
     def stop(self, *, wait: bool = True) -> None:
         """No step after the one running now (if any); ``wait``: until it is over."""
-        self._stop.set()
-        if wait and self._started:
-            self._thread.join(timeout=self._interval_s + 5)
+        with self._starting:
+            self._stop.set()
+            thread = self._thread
+        if wait and thread is not None:
+            thread.join(timeout=self._interval_s + 5)
 
-    def _run(self) -> None:
-        if not self._first_at_once and self._stop.wait(self._interval_s):
+    @property
+    def running(self) -> bool:
+        """Whether a thread runs and was not told to stop."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    def _run(self, stop: threading.Event) -> None:
+        if not self._first_at_once and stop.wait(self._interval_s):
             return
         while True:
             try:
@@ -66,5 +78,5 @@ class PeriodicThread:
                 log.warning("%s failed: %s: %s", self._what, type(exc).__name__, exc)
             except Exception:
                 log.exception("%s failed", self._what)
-            if self._stop.wait(self._interval_s):
+            if stop.wait(self._interval_s):
                 return

@@ -439,3 +439,39 @@ def test_the_app_create_app_builds_drains_its_spool_while_an_asgi_server_serves_
     assert [message["args"][0]["taskId"] for message in queued_messages(redis_server.client())] == [  # type: ignore[index]
         "t-spooled"
     ]
+
+
+def test_the_app_drains_its_spool_in_a_second_lifespan_too(tmp_path: Path, redis_server: RedisServer) -> None:
+    """An app served through a second lifespan (an embedding server restarting it) starts its
+    drainer again: the first lifespan's shutdown stopped it, and a start after a stop did nothing."""
+    settings = Settings(
+        redis_url=redis_server.url,
+        spool_dir=str(tmp_path / "spool"),
+        spool_drain_interval_s=0.2,
+        redis_timeout_s=0.5,
+        s3_region="us-east-1",
+    )
+    app = create_app(settings)
+    body = orjson.dumps({"code": 200, "msg": "success", "data": {"taskId": "t-second", "resultUrls": []}})
+
+    async def first_lifespan() -> None:
+        async with testing.ASGIConductor(app):
+            pass  # startup, then shutdown: the drainer is stopped
+
+    async def second_lifespan() -> None:
+        async with testing.ASGIConductor(app) as conductor:
+            redis_server.kill()
+            answer = await conductor.simulate_post(
+                "/callbacks/midjourney", body=body, headers={"Content-Type": "application/json"}
+            )
+            assert answer.status_code == 200
+            assert Spool(tmp_path / "spool", max_bytes=1 << 20).depth() == 1
+            redis_server.start()
+            client = redis_server.client()
+            deadline = time.monotonic() + 15
+            while not client.exists(keys.task("t-second")):
+                assert time.monotonic() < deadline, "acknowledged from the spool, never drained"
+                await asyncio.sleep(0.05)
+
+    asyncio.run(first_lifespan())
+    asyncio.run(second_lifespan())

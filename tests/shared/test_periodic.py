@@ -21,7 +21,7 @@ def test_the_first_step_runs_at_once_when_asked_and_no_step_after_a_stop() -> No
     thread.start()  # a second start changes nothing (the ASGI lifespan and wsgi.py both start)
     assert ran.wait(10)
     thread.stop()
-    assert not thread._thread.is_alive()
+    assert not thread.running
 
 
 def test_without_first_at_once_a_thread_stopped_before_its_interval_runs_no_step() -> None:
@@ -30,7 +30,7 @@ def test_without_first_at_once_a_thread_stopped_before_its_interval_runs_no_step
     thread.start()
     thread.stop()
     assert steps == []
-    assert not thread._thread.is_alive()
+    assert not thread.running
 
 
 def test_a_step_that_raises_is_logged_and_the_next_step_comes(caplog: pytest.LogCaptureFixture) -> None:
@@ -70,6 +70,29 @@ def test_a_step_returning_false_ends_the_thread() -> None:
 
     thread = PeriodicThread(step, interval_s=0.01, name="t", what="the step", first_at_once=True)
     thread.start()
-    thread._thread.join(10)
-    assert not thread._thread.is_alive()
+    thread.stop()  # waits for the thread, which ended by itself at the first step
+    assert not thread.running
     assert steps == [1]
+
+
+def test_a_thread_started_again_after_a_stop_runs_steps_again() -> None:
+    """An ASGI app served through a second lifespan starts its spool drainer again after its first
+    lifespan's shutdown stopped it: a start after a stop did nothing, and the callbacks the app
+    then acknowledged from its spool were never drained."""
+    runs: list[int] = []
+    ran_again = threading.Event()
+
+    def step() -> None:
+        runs.append(1)
+        if len(runs) == 2:
+            ran_again.set()
+
+    thread = PeriodicThread(step, interval_s=LONG_S, name="t", what="the step", first_at_once=True)
+    thread.start()
+    thread.stop()
+    thread.start()
+    try:
+        assert ran_again.wait(10)
+        assert thread.running
+    finally:
+        thread.stop()
