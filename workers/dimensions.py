@@ -27,6 +27,9 @@ DEFAULT_HEAD_BYTES = 64 * 1024
 #: Most marker segments walked before a JPEG's frame header: real files have a few dozen (an ICC
 #: profile is split in at most 255); one made of tiny segments would make the walk long.
 MAX_JPEG_SEGMENTS = 1024
+#: Most fill bytes (0xFF) before one marker: they are padding, a few at most; a file of nothing
+#: else would be walked a byte at a time to its end.
+MAX_JPEG_FILL_BYTES = 64
 #: Leading bytes that always suffice, per format (JPEG has no such bound).
 HEAD_BYTES_NEEDED = {PNG: 24, GIF: 10, WEBP: 30}
 #: Most pixels (width x height) an image may declare: 100 megapixels.
@@ -160,15 +163,19 @@ def jpeg_frame_size(body: IO[bytes]) -> tuple[int, int] | None:
     found by walking the marker segments after SOI, each segment's data skipped unread: however
     much metadata (an ICC profile, EXIF with a thumbnail) comes first. None: not a JPEG, malformed,
     cut off or at its image data (SOS) before a frame header, or more than
-    :data:`MAX_JPEG_SEGMENTS` segments before one (a file of tiny segments would make this walk
-    long)."""
+    :data:`MAX_JPEG_SEGMENTS` segments before one, or more than :data:`MAX_JPEG_FILL_BYTES` fill
+    bytes before a marker (a file of tiny segments or of fill bytes would make the walk long)."""
     if body.read(2) != b"\xff\xd8":
         return None
     for _ in range(MAX_JPEG_SEGMENTS):
         if body.read(1) != b"\xff":
             return None  # not at a marker: malformed
         marker = body.read(1)
-        while marker == b"\xff":  # fill bytes before the marker
+        fill = 0
+        while marker == b"\xff":  # fill bytes before the marker: a few at most in a real file
+            fill += 1
+            if fill > MAX_JPEG_FILL_BYTES:
+                return None
             marker = body.read(1)
         if not marker:
             return None

@@ -14,6 +14,7 @@ from shared.errors import DownloadRefused
 from workers.dimensions import (
     DEFAULT_HEAD_BYTES,
     HEAD_BYTES_NEEDED,
+    MAX_JPEG_FILL_BYTES,
     MAX_JPEG_SEGMENTS,
     check_dimensions,
     jpeg_frame_size,
@@ -138,6 +139,17 @@ def test_a_jpeg_of_more_tiny_segments_than_a_real_file_has_gives_none() -> None:
     # Then the walk gives up rather than go on through the whole file
     assert jpeg_frame_size(io.BytesIO(padded)) is None
     assert jpeg_frame_size(io.BytesIO(data[:2] + b"\xff\xfe\x00\x02" * 10 + data[2:])) == (40, 30)
+
+
+def test_a_run_of_fill_bytes_longer_than_padding_gives_none_without_reading_it_all() -> None:
+    # Given SOI and then 2 MB of fill bytes (0xFF): a "JPEG" anyone can serve as a result URL
+    body = CountingReader(b"\xff\xd8" + b"\xff" * 2_000_000)
+    # Then no frame header is found, and the walk stops at the padding's bound, not the file's end
+    assert jpeg_frame_size(body) is None
+    assert body.bytes_read <= 2 + MAX_JPEG_FILL_BYTES + 2
+    # while a few fill bytes before a marker are skipped
+    data = encode((40, 30), "JPEG")
+    assert jpeg_frame_size(io.BytesIO(data[:2] + b"\xff" * MAX_JPEG_FILL_BYTES + data[2:])) == (40, 30)
 
 
 class CountingReader(io.BytesIO):
