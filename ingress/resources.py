@@ -54,12 +54,16 @@ class CallbackResource:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         body = await self._read_body(req)
+        # Whether the sender passed every check of who it is configured (source, token, and the
+        # signature): its refusal is kept apart from those anyone can cause (shared/rejected.py).
+        vouched = False
         try:
             if self._sources is not None and not self._sources.allows_all:  # headers cost ~10 µs
                 self._sources.check(req.remote_addr, req.headers)
+            self._check_token(req)
+            vouched = self._signature is None
             if len(body) > self._max_body_bytes:
                 raise InvalidCallback(f"body larger than {self._max_body_bytes} bytes", status=413)
-            self._check_token(req)
             callback = self._parse(req, body)
             if self._signature is not None:
                 # The signed taskId is in the body, so the signature is checked after parsing.
@@ -68,7 +72,8 @@ class CallbackResource:
                 )
         except InvalidCallback as exc:
             # Kept in Redis from a thread: a slow or absent Redis must not stall the event loop.
-            await asyncio.to_thread(self._rejects.record, self._rejection(req, body, exc.status, exc.reason))
+            rejection = self._rejection(req, body, exc.status, exc.reason, vouched=vouched)
+            await asyncio.to_thread(self._rejects.record, rejection)
             resp.status = exc.status
             resp.media = {"error": exc.reason}
             return
@@ -85,13 +90,16 @@ class CallbackResource:
             if isinstance(exc, TaskRecordUnusable):
                 # Not an outage the provider's retries may outlast: kept, for a replay once the
                 # record is mended (`mjhook rejected replay`).
-                await asyncio.to_thread(self._rejects.record, self._rejection(req, body, 503, str(exc)))
+                rejection = self._rejection(req, body, 503, str(exc), vouched=True)
+                await asyncio.to_thread(self._rejects.record, rejection)
             resp.status = falcon.HTTP_503
             resp.media = {"error": "cannot queue the callback durably right now; retry later"}
             return
         resp.media = {"status": "received", "taskId": callback.task_id}
 
-    def _rejection(self, req: falcon.asgi.Request, body: bytes, status: int, reason: str) -> Rejection:
+    def _rejection(
+        self, req: falcon.asgi.Request, body: bytes, status: int, reason: str, *, vouched: bool
+    ) -> Rejection:
         return Rejection(
             status=status,
             reason=reason,
@@ -100,6 +108,7 @@ class CallbackResource:
             partial=len(body) > self._max_body_bytes,
             remote_addr=self._client_address(req),
             content_type=req.content_type or "",
+            vouched=vouched,
         )
 
     async def _read_body(self, req: falcon.asgi.Request) -> bytes:

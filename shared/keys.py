@@ -31,8 +31,8 @@ DEAD_REASON = PREFIX + ":dead:{redis_message_id}"
 
 #: List of rejected callbacks (reason, status, capped raw body), newest first; capped in length.
 REJECTED = PREFIX + ":rejected"
-#: The same for callbacks refused for a missing or wrong token or signature, or their source
-#: (401/403), capped on its own: whoever lacks the token can fill only this one, never push the
+#: The same for callbacks of senders that did not pass the source, token and signature checks
+#: configured, capped on its own: whoever lacks the token can fill only this one, never push the
 #: refusals of callbacks that passed those checks out of :data:`REJECTED`.
 REJECTED_UNAUTHENTICATED = REJECTED + ":unauthenticated"
 

@@ -2,12 +2,13 @@
 once the cause is mended (a wrong token or key configured, a limit set too low), replays them.
 
 Each is one JSON entry in the Redis list ``keys.REJECTED``, newest first, the list capped in
-length: when, why (status and reason), from where, and the start of the body. Refusals for a
-missing or wrong token or signature, or for their source (401, 403), go to a list of their own,
-``keys.REJECTED_UNAUTHENTICATED``, capped alike: anyone can send those, and they must not push the
-others out. The two are listed as one. An entry's id is derived from its bytes (:func:`entry_id`),
-so entries written before ids existed have one too, and an id stays valid while entries come and
-go around it."""
+length: when, why (status and reason), from where, and the start of the body. Refusals of
+senders that did not pass every check of who they are configured (the source, the token, the
+signature: a 401 or 403, and with a webhook key set any refusal before its signature was checked)
+go to a list of their own, ``keys.REJECTED_UNAUTHENTICATED``, capped alike: anyone can cause those,
+and they must not push the others out. The two are listed as one. An entry's id is derived from
+its bytes (:func:`entry_id`), so entries written before ids existed have one too, and an id stays
+valid while entries come and go around it."""
 
 from __future__ import annotations
 
@@ -32,14 +33,8 @@ log = logging.getLogger(__name__)
 ID_HEX_DIGITS = 16
 #: Most characters of a refused body written to the log when Redis cannot keep its entry.
 LOGGED_BODY_CHARS = 2048
-#: The statuses of refusals anyone can cause (no token, signature or allowed source needed).
-UNAUTHENTICATED_STATUSES = frozenset({401, 403})
 #: Every list of kept refusals.
 REJECTED_LISTS = (keys.REJECTED, keys.REJECTED_UNAUTHENTICATED)
-
-
-def _list_for(status: int) -> str:
-    return keys.REJECTED_UNAUTHENTICATED if status in UNAUTHENTICATED_STATUSES else keys.REJECTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +50,9 @@ class Rejection:
     content_type: str
     #: ``body`` is not all of it: the ingress stopped reading (a body over its size limit).
     partial: bool = False
+    #: The sender passed every check of who it is that is configured (source, token, signature);
+    #: else the refusal is kept in the list anyone can fill.
+    vouched: bool = True
 
 
 class RejectLog:
@@ -97,7 +95,7 @@ class RejectLog:
         }
         entry = orjson.dumps(fields)
         try:
-            kept_in = _list_for(rejection.status)
+            kept_in = keys.REJECTED if rejection.vouched else keys.REJECTED_UNAUTHENTICATED
             pipe = self._client.pipeline(transaction=False)
             pipe.lpush(kept_in, entry)
             pipe.ltrim(kept_in, 0, self._keep - 1)

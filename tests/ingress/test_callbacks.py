@@ -124,6 +124,30 @@ def test_a_compressed_body_gets_a_415_naming_its_encoding(client: redis.Redis, e
     assert identity.status_code == 200
 
 
+def test_refusals_of_senders_without_the_token_cannot_push_out_a_genuine_one(client: redis.Redis) -> None:
+    """Given a token-protected ingress keeping 3 refusals in each list, and a genuine refusal (a
+    callback that carried the token, refused as malformed), when someone without the token sends
+    5 bodies, over the size limit or not, then the genuine refusal is still kept: the token is
+    checked before the size (a 413 of a sender without it went to the genuine ones' list)."""
+    app = make_app(client, callback_token="s3cret", rejected_keep=3, max_body_bytes=2048)
+    assert post(app, b'{"code": 200, "data": {"taskId": "../x"}}', query="token=s3cret").status_code == 400
+    for junk in (b"x" * 5000, b"{", b"x" * 5000, orjson.dumps(success()), b"x" * 5000):
+        assert post(app, junk).status_code == 401
+    listed = list_rejected(client)
+    assert [entry.status for entry in listed] == [401, 401, 401, 400]
+
+
+def test_with_only_a_webhook_key_every_refusal_before_the_signature_is_kept_apart(
+    client: redis.Redis,
+) -> None:
+    """A body refused before its signature could be checked (malformed: no taskId to check it for)
+    comes from a sender nobody vouched for: kept in the list anyone can fill."""
+    app = make_app(client, webhook_hmac_key="k" * 32, rejected_keep=3)
+    assert post(app, b"{not json").status_code == 400
+    assert client.llen(keys.REJECTED) == 0
+    assert client.llen(keys.REJECTED_UNAUTHENTICATED) == 1
+
+
 def test_a_callback_whose_task_record_is_unusable_is_kept_for_a_replay(client: redis.Redis) -> None:
     """Given a task record Redis holds in a state this version does not know (a newer version
     wrote it), when its callback arrives, then it is answered 503 as before, and kept with its

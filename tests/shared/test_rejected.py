@@ -53,6 +53,7 @@ def keep(
             size=len(body),
             remote_addr="203.0.113.9",
             content_type="application/json",
+            vouched=status not in (401, 403),
         )
     )
     return list_rejected(client, limit=1)[0]
@@ -294,18 +295,21 @@ def test_a_refused_body_logged_for_want_of_redis_is_cut_shorter(caplog: pytest.L
 def test_refusals_anyone_can_cause_cannot_push_out_the_others(client: redis.Redis) -> None:
     """Given a callback that passed the token check but was refused by a limit set too low (the
     only copy once the provider stops retrying), when anyone without the token sends as many junk
-    requests as the log keeps (401), then the genuine refusal is still kept: the 401/403 refusals
-    fill a list of their own, capped alike. Both are listed as one, newest first, and replayed."""
+    requests as the log keeps, then the genuine refusal is still kept: refusals of senders not
+    vouched for fill a list of their own, capped alike. Both are listed as one, newest first, and
+    replayed."""
     now = [AT]
     log = RejectLog(client, keep=3, body_bytes=16 * 1024, clock=lambda: now[0])
 
-    def refuse(body: bytes, status: int, reason: str) -> None:
+    def refuse(body: bytes, status: int, reason: str, *, vouched: bool) -> None:
         now[0] += 1
-        log.record(Rejection(status, reason, body, len(body), "203.0.113.9", "application/json"))
+        log.record(
+            Rejection(status, reason, body, len(body), "203.0.113.9", "application/json", vouched=vouched)
+        )
 
-    refuse(callback_body("genuine", urls=5), 400, "too many resultUrls")
+    refuse(callback_body("genuine", urls=5), 400, "too many resultUrls", vouched=True)
     for i in range(5):
-        refuse(callback_body(f"junk-{i}"), 401, "missing or wrong token")
+        refuse(callback_body(f"junk-{i}"), 401, "missing or wrong token", vouched=False)
 
     listed = list_rejected(client)
     assert [entry.status for entry in listed] == [401, 401, 401, 400]  # newest first, each list capped
