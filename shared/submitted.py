@@ -19,6 +19,14 @@ from shared.clock import utc_iso
 from shared.redis_client import as_text
 from shared.taskstate import TaskState, TaskStore
 
+#: Times a task's message hands it back to the polling fallback (a result the provider could not
+#: verify, or expired links it could not renew, on the message's last attempt) before a last
+#: attempt ends it instead: a provider that answers polls but keeps refusing the rest would
+#: otherwise send the task round for good, never ending.
+MAX_POLL_HANDOFFS = 3
+#: The task record's field counting those hand-offs.
+HANDOFFS_FIELD = "pollHandOffs"
+
 
 class SubmittedTasks:
     """Records and finds submitted tasks. ``clock`` returns Unix seconds."""
@@ -47,22 +55,37 @@ class SubmittedTasks:
         pipe.zremrangebyscore(keys.SUBMITTED, "-inf", now_ms - self._ttl_s * 1000)
         pipe.execute()
 
+    def may_wait_again(self, task_id: str) -> bool:
+        """Whether the task was handed back to the polling fallback fewer than
+        :data:`MAX_POLL_HANDOFFS` times (:meth:`wait_again`)."""
+        return self._handoffs(task_id) < MAX_POLL_HANDOFFS
+
     def wait_again(self, task_id: str) -> bool:
-        """Hand a task whose result was called back but could not be verified with the provider
-        (down past every retry) back to the polling fallback: ``submitted`` again, as if
-        submitted now, polled once the grace has passed. Only from ``received`` or
-        ``processing``: a task that moved on keeps its state (False)."""
+        """Hand a task whose result was called back but could not be verified with the provider,
+        or whose expired links it could not renew (down past every retry), back to the polling
+        fallback: ``submitted`` again, as if submitted now, polled once the grace has passed.
+        Only from ``received`` or ``processing``: a task that moved on keeps its state (False);
+        and at most :data:`MAX_POLL_HANDOFFS` times (then False)."""
+        handoffs = self._handoffs(task_id)
+        if handoffs >= MAX_POLL_HANDOFFS:
+            return False
         now = self._clock()
         before = self._tasks.move_from(
             task_id,
             (TaskState.RECEIVED, TaskState.PROCESSING),
             TaskState.SUBMITTED,
             submittedAt=utc_iso(now),
+            **{HANDOFFS_FIELD: str(handoffs + 1)},
         )
         if before not in (None, TaskState.RECEIVED, TaskState.PROCESSING):
             return False
         self._client.zadd(keys.SUBMITTED, {task_id: int(now * 1000)})
         return True
+
+    def _handoffs(self, task_id: str) -> int:
+        record = self._tasks.get(task_id)
+        count = record.fields.get(HANDOFFS_FIELD, "") if record is not None else ""
+        return int(count) if count.isdigit() else 0
 
     def due(self, grace_s: float, interval_s: float, *, limit: int) -> list[tuple[str, float]]:
         """Up to ``limit`` tasks still ``submitted`` ``grace_s`` seconds or more after their

@@ -267,6 +267,13 @@ class CallbackProcessor:
             # now on, a give-up must fail the task, not bring back that manifest's outcome.
             self._tasks.forget_outcome(callback.task_id, holder=lease.token)
         todo = [(i, url) for i, url in enumerate(callback.result_urls) if i not in already]
+        # On the last attempt, expired links the provider cannot renew now leave the task to the
+        # polling fallback (a few times at most), instead of failing those files.
+        links_may_wait = (
+            final_attempt
+            and self._poll_later is not None
+            and self._poll_later.may_wait_again(callback.task_id)
+        )
         budget = ByteBudget(max(0, self._max_task_bytes - sum(image.size for image in already.values())))
         # Each download runs in a copy of this context, so its log lines carry the taskId too.
         futures = [
@@ -287,9 +294,7 @@ class CallbackProcessor:
                     errors.append(FileError(index, url, str(exc)))
                     failed.append(type(exc).__name__)
                 except DownloadFailed as exc:
-                    if not final_attempt or (
-                        isinstance(exc, FreshLinkPending) and self._poll_later is not None
-                    ):
+                    if not final_attempt or (isinstance(exc, FreshLinkPending) and links_may_wait):
                         transient.append(exc)
                     errors.append(FileError(index, url, f"gave up after retries: {exc}"))
                     failed.append(type(exc).__name__)

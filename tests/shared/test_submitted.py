@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from shared import keys
-from shared.submitted import SubmittedTasks
+from shared.submitted import MAX_POLL_HANDOFFS, SubmittedTasks
 from shared.taskstate import TaskState, TaskStore
 
 
@@ -166,3 +166,21 @@ def test_due_reads_no_more_than_its_limit_of_never_polled_tasks_and_leaves_no_sc
     assert [task_id for task_id, _ in due] == [f"task-{i:05d}" for i in range(5)]
     assert sent < 20_000  # the stats reply itself is a few KB; all 20,000 ids would be > 300 KB
     assert client.keys(keys.DUE_SCRATCH.format(token="*")) == []
+
+
+def test_a_task_is_handed_back_to_polling_a_few_times_at_most(
+    tasks: TaskStore, submitted: SubmittedTasks
+) -> None:
+    """Given a task whose last attempts keep handing it back to the polling fallback (the provider
+    answers polls, and then keeps refusing the fresh links), then after MAX_POLL_HANDOFFS the
+    hand-off is refused and the task keeps its state: its message ends it. Each hand-off reset its
+    wait, so it went round for good."""
+    for _ in range(MAX_POLL_HANDOFFS):
+        tasks.mark_received("t1", "2026-11-25T00:00:00.000Z")  # polled: its result queued again
+        assert submitted.may_wait_again("t1")
+        assert submitted.wait_again("t1")
+        assert tasks.get("t1").state is TaskState.SUBMITTED  # type: ignore[union-attr]
+    tasks.mark_received("t1", "2026-11-25T00:00:00.000Z")
+    assert not submitted.may_wait_again("t1")
+    assert not submitted.wait_again("t1")
+    assert tasks.get("t1").state is TaskState.RECEIVED  # type: ignore[union-attr]

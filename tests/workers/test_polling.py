@@ -20,7 +20,8 @@ from shared.polling import ResultPoller
 from shared.provider import ProviderClient
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, create_broker
 from shared.settings import Settings
-from shared.submitted import SubmittedTasks
+from shared.storage import manifest_key
+from shared.submitted import HANDOFFS_FIELD, MAX_POLL_HANDOFFS, SubmittedTasks
 from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
 from tests.support.provider import StartSimulator, client_for
@@ -598,3 +599,28 @@ def test_a_result_whose_links_the_provider_cannot_renew_on_the_last_attempt_is_l
         for body in client.hvals(keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE))
     ]
     assert parts.processor.process(Callback.from_message(queued)) is TaskState.STORED
+
+
+def test_links_the_provider_cannot_renew_after_the_last_hand_off_fail_their_files(
+    start_simulator: StartSimulator, client: redis.Redis, app_env: dict[str, str]
+) -> None:
+    """Given a task already handed back to polling MAX_POLL_HANDOFFS times, its links expired and
+    the provider in maintenance again through the last attempt, then the files are recorded
+    failed with the reason, the task ends: it is not handed back once more."""
+    sim = start_simulator(faults=FaultConfig(file_expired_share=1.0))
+    with client_for(sim) as provider:
+        task_id = provider.generate("a quiet harbour", callback_url="http://127.0.0.1:9/cb")
+        deadline = time.monotonic() + 10
+        while not (info := provider.record_info(task_id)).finished:
+            assert time.monotonic() < deadline, "the simulator did not finish the task"
+            time.sleep(0.02)
+    callback = Callback(task_id, 200, "success", None, info.result_urls, "2026-11-25T00:00:00.000Z")
+    parts = polling_worker(sim, client, app_env, MJHOOK_PROVIDER_RETRIES="0", MJHOOK_VERIFY_RESULTS="false")
+    parts.tasks.mark_received(task_id, callback.received_at)
+    parts.tasks.move(task_id, TaskState.RECEIVED, **{HANDOFFS_FIELD: str(MAX_POLL_HANDOFFS)})
+    sim.provider.config = dataclasses.replace(sim.provider.config, maintenance=True)
+
+    assert parts.processor.process(callback, final_attempt=True) is TaskState.FAILED
+    manifest = parts.store.get_json(manifest_key(task_id))
+    assert all("no fresh link for now" in error["reason"] for error in manifest["errors"])
+    assert len(manifest["errors"]) == len(info.result_urls)
