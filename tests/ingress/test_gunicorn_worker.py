@@ -63,10 +63,12 @@ class WorkerStandIn:
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # the uWSGI path makes a StreamReader, which takes the current one
     yield loop
     for task in asyncio.all_tasks(loop):
         task.cancel()
     loop.run_until_complete(asyncio.sleep(0))
+    asyncio.set_event_loop(None)
     loop.close()
 
 
