@@ -79,9 +79,11 @@ def test_callbacks_in_the_providers_format_end_stored(
         redis = redis_server.client()
         # Processed: off the queue, acknowledged, and no retry waiting in the delay queue.
         wait_for(
-            lambda: redis.llen("dramatiq:callbacks") == 0
-            and redis.llen("dramatiq:callbacks.DQ") == 0
-            and not redis.keys("dramatiq:__acks__.*")
+            lambda: (
+                redis.llen("dramatiq:callbacks") == 0
+                and redis.llen("dramatiq:callbacks.DQ") == 0
+                and not redis.keys("dramatiq:__acks__.*")
+            )
         )
         assert file_server.hits == hits_before
         assert read_manifest(s3, s3_bucket, "mj-success-1") == manifest
