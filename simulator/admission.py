@@ -27,6 +27,7 @@ class Admission:
         self._credits = credits
         self._clock = clock
         self._recent: deque[float] = deque()
+        self._rate_limited = 0
         self._lock = threading.Lock()
 
     def admit(self) -> None:
@@ -36,12 +37,19 @@ class Admission:
             while self._recent and self._recent[0] <= now - self._window_s:
                 self._recent.popleft()
             if self._rate_limit and len(self._recent) >= self._rate_limit:
+                self._rate_limited += 1
                 raise ProviderError(CODE_RATE_LIMITED, "Rate limited: too many requests, try again later")
             if self._credits is not None:
                 if self._credits <= 0:
                     raise ProviderError(CODE_NO_CREDITS, "The current credits are insufficient")
                 self._credits -= 1
             self._recent.append(now)
+
+    @property
+    def rate_limited(self) -> int:
+        """How many submissions were answered 429 so far."""
+        with self._lock:
+            return self._rate_limited
 
     @property
     def credits(self) -> int | None:

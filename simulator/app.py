@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import falcon
 import orjson
 from falcon import media
@@ -26,8 +29,11 @@ RECORD_INFO_PATH = "/api/v1/mj/record-info"
 DOWNLOAD_URL_PATH = "/api/v1/common/download-url"
 
 
-def create_app(provider: Provider) -> falcon.App[falcon.Request, falcon.Response]:
-    """The provider's API and its result files, served from ``provider``."""
+def create_app(
+    provider: Provider, *, sleep: Callable[[float], None] = time.sleep
+) -> falcon.App[falcon.Request, falcon.Response]:
+    """The provider's API and its result files, served from ``provider``; ``sleep`` makes the
+    pauses of a slow file, in seconds."""
     app = falcon.App(media_type=falcon.MEDIA_JSON)
     json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
@@ -40,5 +46,5 @@ def create_app(provider: Provider) -> falcon.App[falcon.Request, falcon.Response
     app.add_route(VARY_PATH, DeriveResource(provider, task_type=VARY_TASK_TYPE))
     app.add_route(RECORD_INFO_PATH, RecordInfoResource(provider))
     app.add_route(DOWNLOAD_URL_PATH, DownloadUrlResource(provider))
-    app.add_route("/files/{task_id}/{name}", FileResource(provider))
+    app.add_route("/files/{task_id}/{name}", FileResource(provider, sleep=sleep))
     return app

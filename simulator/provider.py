@@ -77,7 +77,7 @@ class Provider:
         self._files = files
         self._faults = faults
         self._generation = generation
-        self._admission = admission
+        self.admission = admission
         self._task_id_prefix = task_id_prefix
         self._clock = clock
         self._tasks: dict[str, Task] = {}
@@ -106,7 +106,7 @@ class Provider:
     def generate(self, body: Any) -> Task:
         """``POST /api/v1/mj/generate``."""
         request = parse_generate(body)
-        self._admission.admit()
+        self.admission.admit()
         prompt = {"prompt": request.prompt, "model": "midjourney"}
         prompt.update({name: request.params[name] for name in PROMPT_FIELDS if name in request.params})
         return self.submit(
@@ -128,7 +128,7 @@ class Provider:
             raise ProviderError(CODE_VALIDATION, "the task has not finished generating")
         if source.success_flag is not SuccessFlag.SUCCESS:
             raise ProviderError(CODE_GENERATION_FAILED, "the task's generation failed")
-        self._admission.admit()
+        self.admission.admit()
         source_prompt = orjson.loads(source.prompt_json).get("prompt")
         prompt = {
             "prompt": source_prompt,

@@ -95,10 +95,11 @@ class DownloadUrlResource:
 class FileResource:
     """``GET /files/{task_id}/{index}.{ext}?exp=&sig=``: 403 for a bad signature, 410 once
     expired, 404 once the media is no longer kept, and the injected faults (503, slow,
-    truncated)."""
+    truncated). ``sleep`` makes the pauses of a slow file, in seconds."""
 
-    def __init__(self, provider: Provider) -> None:
+    def __init__(self, provider: Provider, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self._provider = provider
+        self._sleep = sleep
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str, name: str) -> None:
         match = FILE_NAME_PATTERN.fullmatch(name)
@@ -123,7 +124,9 @@ class FileResource:
             resp.stream = iter([answer.data[: len(answer.data) // 2]])
             return
         if answer.fault is FileFault.SLOW:
-            pieces: Iterable[bytes] = _trickle(answer.data, self._provider.config.faults.file_slow_delay_s)
+            pieces: Iterable[bytes] = _trickle(
+                answer.data, self._provider.config.faults.file_slow_delay_s, self._sleep
+            )
         else:
             pieces = [answer.data]
         resp.stream = _calling_when_sent(
@@ -139,10 +142,10 @@ def _calling_when_sent(pieces: Iterable[bytes], on_sent: Callable[[], None]) -> 
     on_sent()
 
 
-def _trickle(data: bytes, duration_s: float) -> Iterator[bytes]:
+def _trickle(data: bytes, duration_s: float, sleep: Callable[[float], None]) -> Iterator[bytes]:
     piece = max(1, -(-len(data) // SLOW_FILE_PIECES))
     for start in range(0, len(data), piece):
-        time.sleep(duration_s / SLOW_FILE_PIECES)
+        sleep(duration_s / SLOW_FILE_PIECES)
         yield data[start : start + piece]
 
 

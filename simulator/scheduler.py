@@ -43,6 +43,12 @@ class Scheduler:
         with self._changed:
             return not self._heap and self._running == 0
 
+    def pending(self) -> int:
+        """How many jobs are not handed to the pool yet: not due, or due and not yet taken by the
+        timer thread."""
+        with self._changed:
+            return len(self._heap)
+
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until :meth:`idle`; False when ``timeout_s`` seconds passed first."""
         with self._changed:

@@ -140,12 +140,13 @@ def run_simulator(
     *,
     clock: Callable[[], float] = time.time,
     transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RunningSimulator:
     """Start a simulator on ``config.host``:``config.port`` (default 127.0.0.1 and a free port)
     in background threads and return its handle. ``clock`` gives Unix seconds (link expiry,
     task times, signature timestamps); ``transport`` replaces the callback client's network
     (default: a :class:`DeadlineTransport`, which stops waiting for an answer after
-    ``config.callback_timeout_s`` in all)."""
+    ``config.callback_timeout_s`` in all); ``sleep`` makes the pauses of a slow file, in seconds."""
     config = config or SimulatorConfig()
     server = SimulatorHTTPServer((config.host, config.port), _QuietHandler)
     base_url = config.public_url.rstrip("/") or f"http://{config.host}:{server.server_port}"
@@ -183,7 +184,7 @@ def run_simulator(
         task_id_prefix=config.task_id_prefix or f"mjsim-{secrets.token_hex(4)}-",
         clock=clock,
     )
-    server.set_app(create_app(provider))
+    server.set_app(create_app(provider, sleep=sleep))
     return RunningSimulator(
         config=config,
         provider=provider,

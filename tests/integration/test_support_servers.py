@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import signal
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -45,11 +44,10 @@ def test_terminate_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path: Path) 
     proc = ManagedProcess(_python(code), log_path=tmp_path / "stubborn.log")
     wait_until(lambda: "ignoring" in proc.log_since_start(), 10, what="the handler", proc=proc)
 
-    started = time.monotonic()
     status = proc.terminate(timeout_s=0.5)
 
     assert status == -signal.SIGKILL
-    assert time.monotonic() - started < 5
+    assert "did not exit 0.5s after SIGTERM: SIGKILL" in proc.log_text()
     assert not proc.is_running()
 
 
@@ -63,11 +61,11 @@ def test_waiting_on_a_process_that_exits_fails_at_once_with_its_log(tmp_path: Pa
     assert proc.returncode == 3
 
 
-def test_waiting_past_the_deadline_raises() -> None:
-    started = time.monotonic()
-    with pytest.raises(ProcessStartError, match="timed out"):
-        wait_for_http(f"http://127.0.0.1:{free_port()}/healthz", 0.3)
-    assert time.monotonic() - started < 3
+def test_waiting_past_the_deadline_raises_saying_what_it_waited_for() -> None:
+    url = f"http://127.0.0.1:{free_port()}/healthz"
+    with pytest.raises(ProcessStartError) as caught:
+        wait_for_http(url, 0.3)
+    assert str(caught.value).startswith(f"timed out after 0.3s waiting for GET {url} -> 200 (last error:")
 
 
 def test_app_environment_replaces_callers_mjhook_variables() -> None:
@@ -239,13 +237,15 @@ def test_file_server_redirects(file_server: FileServer) -> None:
 
 def test_file_server_streams_slowly_when_asked(file_server: FileServer) -> None:
     body = bytes(4 * 1024)
-    url = file_server.add("/slow", body, chunk_size=1024, chunk_delay_s=0.1, delay_s=0.1)
+    url = file_server.add("/slow", body, chunk_size=1024, chunk_delay_s=0.1)
 
-    started = time.monotonic()
-    response = httpx.get(url)
+    with httpx.stream("GET", url) as response:
+        pieces = list(response.iter_raw())
 
-    assert response.content == body
-    assert time.monotonic() - started >= 0.4  # 0.1 before the headers + 3 pauses of 0.1
+    assert b"".join(pieces) == body
+    # Sent a piece at a time with pauses between (a client stalled longer than a pause may get two
+    # at once, never all four in one read)
+    assert len(pieces) > 1
 
 
 def test_file_server_headers_replace_the_defaults(file_server: FileServer) -> None:

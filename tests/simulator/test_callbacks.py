@@ -80,13 +80,11 @@ def test_non_2xx_answers_are_retried_on_the_scaled_1_5_15_minute_schedule(
     assert [a.attempt for a in attempts] == [1, 2, 3]
     assert len({r.body for r in requests}) == 1
     assert len(receiver.requests) == 3
-    # And the gaps follow 1 min : 5 min at time_scale 0.001: never shorter than 60 ms and 300 ms
-    # (a busy machine may make them longer, so only lower bounds are checked)
-    first_gap = attempts[1].started_at - attempts[0].started_at
-    second_gap = attempts[2].started_at - attempts[1].started_at
-    assert first_gap >= 0.055
-    assert second_gap >= 0.29
-    assert second_gap > first_gap
+    # And each retry was due its step of the schedule (1 min, then 5 min, at time_scale 0.001)
+    # after the attempt before it ended (it is scheduled as that attempt is recorded: never sooner)
+    first, second, third = attempts
+    assert second.due_at >= first.started_at + first.duration_s + 0.06
+    assert third.due_at >= second.started_at + second.duration_s + 0.3
 
 
 def test_the_provider_gives_up_after_three_retries(make_sim: SimFactory, receiver: Receiver) -> None:
@@ -147,11 +145,12 @@ def test_an_answer_trickling_past_the_timeout_is_a_timeout_and_retried(
         wait_done(client, task_id)
     assert sim.wait_idle(10.0)
 
-    # Then the provider stops waiting after 1 s for the whole answer: a timeout, retried
+    # Then the provider stops reading after 1 s for the whole answer: a timeout while reading it
+    # (not an answer read to its end and found late), retried
     first, retry = sim.attempts(task_id)
     assert (first.status, retry.status) == (None, 200)
-    assert "Timeout" in (first.error or "")
-    assert 0.9 <= first.duration_s < 2.0
+    assert (first.error or "").startswith("ReadTimeout"), first.error
+    assert first.duration_s >= 0.9
     assert (first.attempt, retry.attempt) == (1, 2)
     assert trickling_receiver.requests == 2
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import httpx
 import pytest
 
-from simulator import FaultConfig
+from simulator import FaultConfig, SimulatorConfig, run_simulator
 from simulator.faults import FaultPlan, FileFault
+from simulator.resources import SLOW_FILE_PIECES
+from tests.simulator.conftest import TEST_CONFIG
 from tests.simulator.support import (
     FakeClock,
     Receiver,
@@ -20,6 +21,7 @@ from tests.simulator.support import (
     wait_done,
     wait_for_serves,
 )
+from tests.support.provider import RecordingSleep
 
 
 def test_the_same_seed_gives_the_same_decisions_and_shares_are_respected() -> None:
@@ -120,16 +122,20 @@ def test_a_truncated_file_breaks_off_then_serves_whole(make_sim: SimFactory) -> 
     assert whole.content == sim.expected_file(task_id, 0)
 
 
-def test_a_slow_file_takes_the_configured_time(make_sim: SimFactory) -> None:
-    sim = make_sim(faults=FaultConfig(file_slow_share=1.0, file_slow_delay_s=0.4))
-    with api(sim) as client:
-        task_id = submit(client)
-        url = result_urls(wait_done(client, task_id))[0]
-        started = time.monotonic()
-        response = client.get(url)
-        took = time.monotonic() - started
-    assert response.content == sim.expected_file(task_id, 0)
-    assert took >= 0.3
+def test_a_slow_file_pauses_the_configured_time_in_all_before_its_pieces() -> None:
+    # Given a slow-file fault of 0.4 s, and a sleep that records the pauses asked of it
+    sleep = RecordingSleep()
+    faults = FaultConfig(file_slow_share=1.0, file_slow_delay_s=0.4)
+    with run_simulator(SimulatorConfig(**{**TEST_CONFIG, "faults": faults}), sleep=sleep) as sim:
+        with api(sim) as client:
+            task_id = submit(client)
+            url = result_urls(wait_done(client, task_id))[0]
+            # When the file is downloaded
+            response = client.get(url)
+        expected = sim.expected_file(task_id, 0)
+    # Then it came whole, after a pause of its share of the 0.4 s before each of its pieces
+    assert response.content == expected
+    assert sleep.calls == [pytest.approx(0.4 / SLOW_FILE_PIECES)] * SLOW_FILE_PIECES
 
 
 def test_a_download_broken_off_midway_is_no_download(make_sim: SimFactory) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from simulator.scheduler import Scheduler
+from tests.support.pipeline import wait_for
 
 
 def test_jobs_run_in_due_order_and_the_scheduler_reports_idle() -> None:
@@ -64,7 +64,8 @@ def test_jobs_cancelled_by_stop_before_they_start_no_longer_count_as_running() -
     scheduler.call_later(0.0, busy)
     scheduler.call_later(0.0, lambda: ran.append("queued"))
     assert started.wait(5.0)
-    time.sleep(0.1)  # let the timer hand the second job to the pool
+    # (in the pool's queue, not still in the timer's heap, where stop() would merely drop it)
+    wait_for(lambda: scheduler.pending() == 0, timeout_s=5.0, what="the second job handed to the pool")
     # When the scheduler stops (cancelling the queued job) and the busy job finishes
     scheduler.stop()
     release.set()

@@ -1,6 +1,7 @@
 """Stranded messages in a live worker: ids in its ack set that the process never received or lost
 are requeued and run once; a message the process still holds is never requeued. A real Redis and
-a real dramatiq worker; the rescuer's checks are run by the test, ``LOOK_GAP_S`` apart."""
+a real dramatiq worker; the rescuer's checks are run by the test, each after a fetch of every live
+consumer thread (what the rescuer's confirmation waits for), not after a guessed time."""
 
 from __future__ import annotations
 
@@ -22,9 +23,6 @@ from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from shared.redis_client import connect_redis
 from tests.support.servers import RedisServer
 from workers.stranded import MessagesInHand, StrandedMessageRescuer
-
-#: Time between two checks: the idle consumer (timeout 100 ms) completes a fetch within it.
-LOOK_GAP_S = 0.3
 
 
 @pytest.fixture
@@ -79,11 +77,14 @@ def wait_for_a_fetch(thread: Any) -> None:
     wait_for(fetched)
 
 
-def look(rescuer: StrandedMessageRescuer, times: int) -> list[int]:
-    """``times`` checks, ``LOOK_GAP_S`` apart; what each requeued."""
+def look(rescuer: StrandedMessageRescuer, worker: dramatiq.Worker, times: int) -> list[int]:
+    """``times`` checks, each once every live consumer thread of ``worker`` has completed a fetch
+    since the check before (a dead one fetches nothing more); what each requeued."""
     requeued = []
     for _ in range(times):
-        time.sleep(LOOK_GAP_S)
+        for thread in worker.consumers.values():
+            if thread.is_alive():
+                wait_for_a_fetch(thread)
         requeued.append(rescuer.check())
     return requeued
 
@@ -135,11 +136,11 @@ def test_a_message_a_live_worker_lost_is_requeued_and_runs_once(
     strand(broker, actor.message("lost").copy(options=options), queue_name)
     rescuer = StrandedMessageRescuer(broker, worker.consumers, in_hand)
     # When the rescuer looks: missed; missed with the consumer's next fetch done; missed again
-    assert look(rescuer, 3) == [0, 0, 1]
+    assert look(rescuer, worker, 3) == [0, 0, 1]
     # Then the message runs, once, and nothing is left pending
     assert done.wait(10)
     worker.join()
-    assert look(rescuer, 3) == [0, 0, 0]
+    assert look(rescuer, worker, 3) == [0, 0, 0]
     assert ran == ["lost"]
     assert acked(broker, queue_name) == set()
     assert broker.client.hlen(keys.broker_messages(BROKER_NAMESPACE, queue_name)) == 0
@@ -180,7 +181,7 @@ def test_a_message_in_flight_is_not_requeued_even_once_its_consumer_was_rebuilt(
     assert message.message_id not in thread.consumer.queued_message_ids
     rescuer = StrandedMessageRescuer(broker, worker.consumers, in_hand)
     # When the rescuer looks, again and again
-    assert look(rescuer, 6) == [0] * 6
+    assert look(rescuer, worker, 6) == [0] * 6
     # Then the id stays in the ack set, and the message runs once
     assert acked(broker, CALLBACK_QUEUE) == in_flight
     assert broker.client.llen(keys.broker_queue(BROKER_NAMESPACE, CALLBACK_QUEUE)) == 0
@@ -213,13 +214,13 @@ def test_a_lost_message_is_requeued_while_the_worker_threads_are_busy_with_other
     strand(broker, actor.message("lost"), CALLBACK_QUEUE)
     rescuer = StrandedMessageRescuer(broker, worker.consumers, in_hand)
     # When the rescuer looks while the thread is busy
-    assert look(rescuer, 3) == [0, 0, 1]
+    assert look(rescuer, worker, 3) == [0, 0, 1]
     # Then the lost message is requeued, not the busy one, and each runs once
     assert busy_id in acked(broker, CALLBACK_QUEUE)
     release.set()
     worker.join()
     wait_for(lambda: ran == ["busy", "lost"])
-    assert look(rescuer, 3) == [0, 0, 0]
+    assert look(rescuer, worker, 3) == [0, 0, 0]
     assert ran == ["busy", "lost"]
 
 
@@ -246,11 +247,11 @@ def test_a_lost_message_waits_while_a_worker_thread_holds_a_message_not_recorded
     strand(broker, actor.message("lost"), CALLBACK_QUEUE)
     rescuer = StrandedMessageRescuer(broker, worker.consumers, in_hand)
     # When the rescuer looks while that message is not recorded
-    assert look(rescuer, 4) == [0] * 4
+    assert look(rescuer, worker, 4) == [0] * 4
     # Then, once the thread is done with it, the lost message is requeued and runs once
     release.set()
     wait_for(lambda: ran == ["busy"] and worker.work_queue.unfinished_tasks == 0)
-    assert look(rescuer, 1) == [1]
+    assert look(rescuer, worker, 1) == [1]
     worker.join()
     wait_for(lambda: ran == ["busy", "lost"])
     assert ran == ["busy", "lost"]
@@ -284,7 +285,7 @@ def test_retries_held_by_a_delay_consumer_that_died_are_requeued(
     del thread.requeue_messages  # dramatiq's own again, for the worker's stop
     rescuer = StrandedMessageRescuer(broker, worker.consumers, in_hand)
     # When the rescuer looks (no fetch of that thread can be on the way any more)
-    assert look(rescuer, 3) == [0, 0, 1]
+    assert look(rescuer, worker, 3) == [0, 0, 1]
     # Then the retry is back on the delay queue for a worker that still consumes it
     assert acked(broker, dq_name(CALLBACK_QUEUE)) == set()
     queued = broker.client.lrange(keys.broker_queue(BROKER_NAMESPACE, dq_name(CALLBACK_QUEUE)), 0, -1)
