@@ -148,6 +148,7 @@ class DashboardStatusResource:
             resp.media = self._read()
         except redis.RedisError as exc:
             raise falcon.HTTPServiceUnavailable(title="Redis unavailable") from exc
+        resp.cache_control = ["no-store"]  # needs the API token: no cache keeps it
 
     def _read(self) -> dict[str, object]:
         return read_status(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Collection
 from typing import Any
 
@@ -11,10 +12,12 @@ import falcon
 
 from shared import storage
 from shared.callback import TASK_ID_PATTERN
-from shared.errors import BucketMissing, StorageUnavailable
+from shared.errors import BucketMissing, StorageUnavailable, TaskRecordUnusable
 from shared.printable import shortened
 from shared.storage import ObjectStore
 from shared.taskstate import MAX_REASON_CHARS, TaskState, TaskStore
+
+log = logging.getLogger(__name__)
 
 #: Most tasks one list request returns.
 MAX_LIST_LIMIT = 200
@@ -72,16 +75,17 @@ class TaskResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         if not TASK_ID_PATTERN.fullmatch(task_id):
             raise falcon.HTTPNotFound(title="unknown task")
-        record = self._tasks.get(task_id)
         try:
-            manifest = self._store.get_json(storage.manifest_key(task_id))
-        except BucketMissing:
-            manifest = None  # no worker has started yet to make it: nothing is stored
-        except StorageUnavailable as exc:
-            raise falcon.HTTPServiceUnavailable(title="object storage unavailable") from exc
+            record = self._tasks.get(task_id)
+        except TaskRecordUnusable as exc:
+            # Another version's record (a rolling deploy), or one written by hand: say so, no 500.
+            log.warning("GET /tasks/%s: %s", task_id, exc)
+            raise falcon.HTTPServiceUnavailable(title="the task's record in Redis is unusable") from exc
+        manifest = self._manifest(task_id)
         if record is None and manifest is None:
             raise falcon.HTTPNotFound(title="unknown task")
-        state = record.state.value if record is not None else manifest["status"]
+        status = manifest.get("status") if manifest is not None else None
+        state = record.state.value if record is not None else status if isinstance(status, str) else None
         try:
             # Presigning may ask the store for the bucket's region (AWS's global endpoint).
             images = self._images(task_id, manifest)
@@ -96,20 +100,45 @@ class TaskResource:
         }
         resp.cache_control = ["no-store"]
 
+    def _manifest(self, task_id: str) -> dict[str, Any] | None:
+        """The task's manifest, None when there is none or it is not one this code could have
+        written (not a JSON object: the bucket's writers are not this code), said in the log."""
+        try:
+            manifest = self._store.get_json(storage.manifest_key(task_id))
+        except BucketMissing:
+            return None  # no worker has started yet to make it: nothing is stored
+        except StorageUnavailable as exc:
+            raise falcon.HTTPServiceUnavailable(title="object storage unavailable") from exc
+        except ValueError as exc:  # not JSON
+            log.warning("GET /tasks/%s: its manifest is not JSON: %s", task_id, exc)
+            return None
+        if manifest is not None and not isinstance(manifest, dict):
+            log.warning("GET /tasks/%s: its manifest is not a JSON object", task_id)
+            return None
+        return manifest
+
     def _images(self, task_id: str, manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
-        """The manifest's files, each with a presigned URL: only keys under the task's prefix
-        are presigned, whatever else a manifest names (the bucket's writers are not this code)."""
+        """The manifest's files, each with a presigned URL: only entries naming an integer index
+        and a key under the task's prefix, without ``..`` (the bucket's writers are not this
+        code); the download is served as the media type a worker stores, or as an attachment."""
         prefix = storage.task_prefix(task_id)
-        return [
-            {
-                "index": image["index"],
-                "key": image["key"],
-                "url": self._presigner.presigned_url(image["key"], expires_s=self._expiry_s),
-                "contentType": image.get("contentType"),
-            }
-            for image in (manifest or {}).get("images", [])
-            if isinstance(image, dict) and str(image.get("key")).startswith(prefix)
-        ]
+        listed = (manifest or {}).get("images")
+        images = []
+        for image in listed if isinstance(listed, list) else []:
+            if not isinstance(image, dict):
+                continue
+            index, key, content_type = image.get("index"), image.get("key"), image.get("contentType")
+            if not (isinstance(index, int) and isinstance(key, str) and key.startswith(prefix)):
+                continue
+            if ".." in key.split("/"):
+                continue
+            url = self._presigner.presigned_url(
+                key,
+                expires_s=self._expiry_s,
+                content_type=content_type if isinstance(content_type, str) else None,
+            )
+            images.append({"index": index, "key": key, "url": url, "contentType": content_type})
+        return images
 
 
 class TaskListResource:
@@ -139,6 +168,7 @@ class TaskListResource:
                 for record in records
             ]
         }
+        resp.cache_control = ["no-store"]  # needs the API token: no cache keeps it
 
 
 def _listed(reason: str | None) -> str | None:

@@ -322,15 +322,34 @@ class ObjectStore:
                 if obj.object_name
             }
 
-    def presigned_url(self, key: str, *, expires_s: int) -> str:
+    def presigned_url(self, key: str, *, expires_s: int, content_type: str | None = None) -> str:
+        """A download URL of ``key`` valid ``expires_s`` seconds. The store is told how to serve
+        it: as ``content_type`` when it is a media type the workers store, else as an attachment of
+        no particular type, so that an object another writer put there (HTML, SVG) is never
+        rendered as a page from the bucket's origin."""
+        headers: dict[str, str | list[str] | tuple[str]]
+        if content_type in SERVED_CONTENT_TYPES:
+            headers = {"response-content-type": content_type}
+        else:
+            headers = {
+                "response-content-type": "application/octet-stream",
+                "response-content-disposition": "attachment",
+            }
         with _storage_errors():
-            return self._client.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+            return self._client.presigned_get_object(
+                self.bucket, key, expires=timedelta(seconds=expires_s), response_headers=headers
+            )
 
 
 def _user_metadata(metadata: Mapping[str, str], name: str) -> str | None:
     """One ``x-amz-meta-*`` value of a stat's response headers, however the store cased it."""
     return metadata.get("x-amz-meta-" + name) or metadata.get("X-Amz-Meta-" + name.title()) or None
 
+
+#: The media types the workers store (workers/sniff.py), served as such by presigned URLs.
+SERVED_CONTENT_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/gif", "image/webp", "video/mp4", "video/webm"}
+)
 
 #: S3 error codes of an object that is not there (in a bucket that is).
 _MISSING = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})

@@ -311,7 +311,9 @@ class TaskStore:
                 records.append(_record(task_id, raw))
             except TaskRecordUnusable as exc:
                 log.warning("left out of the list: %s", exc)
-        return [record for record in records if record is not None]
+        # A state index can still name a task that has moved on since (its record expired and
+        # a later callback made it anew, leaving the old index's entry): only those now in it.
+        return [record for record in records if record is not None and state in (None, record.state)]
 
     def per_minute(self, states: Iterable[TaskState], *, minutes: int) -> dict[str, tuple[int, ...]]:
         """For each state, how many tasks entered it (and are still in it) in each of the

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import falcon
 import httpx
@@ -15,6 +17,7 @@ import orjson
 import pytest
 import redis
 from falcon import testing
+from minio import Minio
 
 from ingress.app import create_app
 from ingress.tasks_api import MAX_LISTED_REASON_CHARS, TaskResource
@@ -336,7 +339,7 @@ class PresignerAway:
     """A presigner whose store does not answer: minio asks AWS's global endpoint for a bucket's
     region before it presigns, when none is configured."""
 
-    def presigned_url(self, key: str, *, expires_s: int) -> str:
+    def presigned_url(self, key: str, *, expires_s: int, content_type: str | None = None) -> str:
         raise StorageUnavailable("the region lookup failed: connection refused")
 
 
@@ -353,3 +356,103 @@ def test_presigning_object_storage_cannot_serve_is_a_503(stack: Stack) -> None:
 
     assert response.status_code == 503
     assert response.json["title"] == "object storage unavailable"
+
+
+def put_raw(stack: Stack, key: str, data: bytes, content_type: str) -> None:
+    """An object put in the task's bucket by another writer than the workers."""
+    endpoint = urlsplit(stack.settings.s3_endpoint)
+    s3 = Minio(
+        endpoint.netloc,
+        access_key=stack.settings.s3_access_key,
+        secret_key=stack.settings.s3_secret_key,
+        secure=False,
+    )
+    s3.put_object(stack.settings.s3_bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "status", "images"),
+    [
+        ([1, 2], 404, None),  # a JSON list: no manifest, and no record either
+        ({"images": "abc"}, 200, []),
+        ({"status": "stored", "images": [{"key": "tasks/odd-1/0.png"}]}, 200, []),  # no index
+        ({"status": "stored", "images": [{"index": 0, "key": "tasks/odd-1/../stored-1/0.png"}]}, 200, []),
+        ({"images": [None, {"index": 1, "key": "tasks/odd-1/1.png"}]}, 200, [1]),  # no status either
+    ],
+    ids=["list", "images-not-a-list", "no-index", "dot-dot", "no-status"],
+)
+def test_a_manifest_this_code_did_not_write_is_read_without_a_500(
+    stack: Stack, manifest: object, status: int, images: list[int] | None
+) -> None:
+    """Given a manifest another writer of the bucket put there (its task has no record: expired),
+    the task reads with the entries that are usable; each of these answered 500 with a traceback
+    at every dashboard refresh."""
+    stack.parts.store.put_json("tasks/odd-1/manifest.json", manifest)
+    response = stack.app.simulate_get("/tasks/odd-1", headers=AUTH)
+    assert response.status_code == status, response.text
+    if images is not None:
+        assert [image["index"] for image in response.json["images"]] == images
+
+
+def test_a_manifest_that_is_not_json_reads_as_none(stack: Stack) -> None:
+    put_raw(stack, "tasks/stored-1/manifest.json", b"not json", "application/json")
+    response = stack.app.simulate_get("/tasks/stored-1", headers=AUTH)
+    assert response.status_code == 200
+    assert (response.json["state"], response.json["manifest"], response.json["images"]) == (
+        "stored",
+        None,
+        [],
+    )
+
+
+def test_a_record_this_version_cannot_read_is_a_503_not_a_500(stack: Stack) -> None:
+    client = redis.Redis.from_url(stack.settings.redis_url)
+    client.hset("mjhook:task:stored-1", mapping={"state": "archived"})  # a newer version's state
+    response = stack.app.simulate_get("/tasks/stored-1", headers=AUTH)
+    assert response.status_code == 503
+    assert "unusable" in response.json["error"]
+    client.close()
+
+
+def test_a_presigned_download_is_served_as_stored_media_or_as_an_attachment(stack: Stack) -> None:
+    """Given an HTML file another writer put under the task's prefix and listed in its manifest,
+    its presigned URL makes the store serve it as an attachment of no particular type, never a page
+    rendered from the bucket's origin; a stored PNG is served as one."""
+    put_raw(stack, "tasks/odd-2/0.html", b"<script>alert(1)</script>", "text/html")
+    png = png_bytes(3)
+    put_raw(stack, "tasks/odd-2/1.png", png, "image/png")
+    stack.parts.store.put_json(
+        "tasks/odd-2/manifest.json",
+        {
+            "status": "stored",
+            "images": [
+                {"index": 0, "key": "tasks/odd-2/0.html", "contentType": "text/html"},
+                {"index": 1, "key": "tasks/odd-2/1.png", "contentType": "image/png"},
+            ],
+        },
+    )
+    html, image = stack.app.simulate_get("/tasks/odd-2", headers=AUTH).json["images"]
+    served_html = httpx.get(html["url"])
+    assert served_html.headers["content-type"] == "application/octet-stream"
+    assert served_html.headers["content-disposition"] == "attachment"
+    served_png = httpx.get(image["url"])
+    assert (served_png.headers["content-type"], served_png.content) == ("image/png", png)
+
+
+@pytest.mark.parametrize("path", ["/tasks", "/dashboard/status"])
+def test_read_answers_that_need_the_token_are_never_cached(stack: Stack, path: str) -> None:
+    response = stack.app.simulate_get(path, headers=AUTH)
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_a_list_by_state_has_only_tasks_now_in_it(stack: Stack) -> None:
+    """A task whose record expired and was made anew by a later callback is still in its old
+    state's index until the next task enters that state: listed by that state, it was returned
+    with another state."""
+    client = redis.Redis.from_url(stack.settings.redis_url)
+    client.delete("mjhook:task:stored-1")
+    TaskStore(client, ttl_s=3600).mark_received("stored-1", "2026-11-26T00:00:00.000Z")
+    listed = stack.app.simulate_get("/tasks", params={"state": "stored"}, headers=AUTH).json["tasks"]
+    assert [task["state"] for task in listed] == []
+    client.close()
