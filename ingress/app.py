@@ -49,6 +49,8 @@ READ_PREFIXES = ("/tasks", "/dashboard")
 #: own, so that a slow store under a busy dashboard cannot take the loop's default pool, which
 #: /readyz and the keeping of refused callbacks use.
 DEFAULT_READ_THREADS = 8
+#: Seconds a read endpoint waits for object storage to answer (connect aside), with no retry.
+STORE_READ_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,19 +185,26 @@ def build_ingress(
             clock=clock,
         ),
     )
-    store = create_object_store(settings)
+    # A read endpoint answers 503 soon rather than wait on a hung store (the workers' client
+    # waits longer, and retries: their downloads are worth it, a dashboard refresh is not).
+    store = create_object_store(settings, read_timeout_s=STORE_READ_TIMEOUT_S, retries=0)
     presigner = (
-        create_object_store(settings, endpoint=settings.s3_public_endpoint)
+        create_object_store(
+            settings, endpoint=settings.s3_public_endpoint, read_timeout_s=STORE_READ_TIMEOUT_S, retries=0
+        )
         if settings.s3_public_endpoint
         else store
     )
     tasks = intake.tasks
     read_pool = ThreadPoolExecutor(max_workers=DEFAULT_READ_THREADS, thread_name_prefix="reads")
+    # Reads of object storage on threads of their own: a hung store holding them all leaves the
+    # Redis reads (the task list, the dashboard's numbers) answering.
+    store_pool = ThreadPoolExecutor(max_workers=DEFAULT_READ_THREADS, thread_name_prefix="store-reads")
     app.add_route(
         "/tasks/{task_id}",
         Threaded(
             TaskResource(tasks=tasks, store=store, presigner=presigner, expiry_s=settings.presign_expiry_s),
-            executor=read_pool,
+            executor=store_pool,
         ),
     )
     app.add_route("/tasks", Threaded(TaskListResource(tasks=tasks), executor=read_pool))

@@ -380,17 +380,19 @@ def create_object_store(
     pool_size: int = 16,
     endpoint: str | None = None,
     http_factory: Callable[..., urllib3.PoolManager] = urllib3.PoolManager,
+    read_timeout_s: float = 60.0,
+    retries: int = 2,
 ) -> ObjectStore:
     """An :class:`ObjectStore` for the settings' endpoint (or ``endpoint``, e.g. the public one
     presigned URLs must name) and bucket. Timeouts are short and the client retries only briefly
-    itself: a longer outage is the queue's job (dramatiq retries)."""
+    itself (``retries`` times): a longer outage is the queue's job (dramatiq retries)."""
     parts = urlsplit(endpoint or settings.s3_endpoint)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError("MJHOOK_S3_ENDPOINT must be an http:// or https:// URL")
     http = http_factory(
-        timeout=urllib3.Timeout(connect=5.0, read=60.0),
+        timeout=urllib3.Timeout(connect=5.0, read=read_timeout_s),
         maxsize=pool_size,
-        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        retries=urllib3.Retry(total=retries, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
     client = KnownHashMinio(
         parts.netloc,

@@ -3,10 +3,12 @@ through falcon's TestClient against a real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
 import socket
+import threading
 from urllib.parse import urlsplit
 
 import falcon
@@ -14,7 +16,7 @@ import pytest
 import redis
 from falcon import testing
 
-from ingress.app import create_app
+from ingress.app import DEFAULT_READ_THREADS, create_app
 from ingress.dashboard import DashboardStatusResource
 from shared.callback import Callback
 from shared.queue import CALLBACK_QUEUE, create_broker, enqueue_callback
@@ -235,3 +237,61 @@ def test_status_is_503_while_redis_is_unreachable() -> None:
     assert response.json == {"error": "Redis unavailable"}
     # The page itself needs no Redis.
     assert app.simulate_get("/dashboard", headers=AUTH).status_code == 200
+
+
+class HungStore:
+    """An S3 endpoint on 127.0.0.1 that takes connections and never answers; counts them."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+
+    def close(self) -> None:
+        self._listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+def test_a_hung_object_store_leaves_the_dashboards_numbers_and_list_answering(
+    client: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Given an object store that takes connections and never answers, and as many task reads
+    waiting on it as the read threads (the page asks for up to 50 a refresh), when the page asks
+    for its numbers and its list (Redis alone), then they are answered while every one of those
+    reads still waits: they shared the read threads, and waited behind the store for minutes."""
+    store = HungStore()
+    settings = settings_for(redis_server.url, api_token=TOKEN, s3_endpoint=f"http://127.0.0.1:{store.port}")
+    app = create_app(settings, redis_client=client)
+
+    async def scenario() -> tuple[int, int, int, list[int]]:
+        async with testing.ASGIConductor(app) as conductor:
+            hung = [
+                asyncio.create_task(conductor.simulate_get(f"/tasks/t-{i}", headers=AUTH))
+                for i in range(DEFAULT_READ_THREADS)
+            ]
+            while len(store.connections) < DEFAULT_READ_THREADS:  # every read thread waits on the store
+                await asyncio.sleep(0.02)
+            status = await conductor.simulate_get("/dashboard/status", headers=AUTH)
+            listed = await conductor.simulate_get("/tasks", headers=AUTH)
+            still_waiting = sum(not task.done() for task in hung)
+            answers = await asyncio.gather(*hung)
+        return status.status_code, listed.status_code, still_waiting, [a.status_code for a in answers]
+
+    try:
+        status, listed, still_waiting, answers = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert (status, listed) == (200, 200)
+    assert still_waiting == DEFAULT_READ_THREADS
+    assert answers == [503] * DEFAULT_READ_THREADS  # the store's read timed out: said, not hung
