@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
+import falcon.asgi
 import orjson
 import pytest
 import redis
@@ -402,14 +403,8 @@ def test_the_drainer_goes_on_after_a_round_that_raised(tmp_path: Path) -> None:
     assert spool.rounds >= 2
 
 
-def test_the_app_create_app_builds_drains_its_spool_while_an_asgi_server_serves_it(
-    tmp_path: Path, redis_server: RedisServer
-) -> None:
-    """Given the app of the contract's builder, `create_app(settings)`, served by an ASGI server
-    (falcon's conductor runs the lifespan as uvicorn or gunicorn's asgi worker do)
-    When a callback arrives while Redis is down, and Redis comes back
-    Then it is answered 200 from the spool and then queued: only ingress/wsgi.py started a
-    drainer, so such an app kept what it acknowledged on disk for good."""
+def spooling_app(tmp_path: Path, redis_server: RedisServer) -> falcon.asgi.App:  # type: ignore[type-arg]
+    """The app of the contract's builder, `create_app(settings)`, spooling into ``tmp_path``."""
     settings = Settings(
         redis_url=redis_server.url,
         spool_dir=str(tmp_path / "spool"),
@@ -417,61 +412,54 @@ def test_the_app_create_app_builds_drains_its_spool_while_an_asgi_server_serves_
         redis_timeout_s=0.5,
         s3_region="us-east-1",
     )
-    app = create_app(settings)
-    body = orjson.dumps({"code": 200, "msg": "success", "data": {"taskId": "t-spooled", "resultUrls": []}})
+    return create_app(settings)
 
-    async def serve() -> None:
-        async with testing.ASGIConductor(app) as conductor:
-            redis_server.kill()
-            answer = await conductor.simulate_post(
-                "/callbacks/midjourney", body=body, headers={"Content-Type": "application/json"}
-            )
-            assert answer.status_code == 200
-            assert Spool(tmp_path / "spool", max_bytes=1 << 20).depth() == 1
-            redis_server.start()
-            client = redis_server.client()
-            deadline = time.monotonic() + 30
-            while not client.exists(keys.task("t-spooled")):
-                assert time.monotonic() < deadline, "the spooled callback was never queued"
-                await asyncio.sleep(0.05)
 
-    asyncio.run(serve())
-    assert [message["args"][0]["taskId"] for message in queued_messages(redis_server.client())] == [  # type: ignore[index]
-        "t-spooled"
-    ]
+async def spooled_then_drained(
+    app: falcon.asgi.App,
+    redis_server: RedisServer,
+    spool_dir: Path,
+    task_id: str,  # type: ignore[type-arg]
+) -> None:
+    """Serve ``app`` for one lifespan (falcon's conductor runs it, as uvicorn or gunicorn's asgi
+    worker do): a callback arriving while Redis is down is answered 200 from the spool, and once
+    Redis is back, it is queued."""
+    async with testing.ASGIConductor(app) as conductor:
+        redis_server.kill()
+        body = orjson.dumps({"code": 200, "msg": "success", "data": {"taskId": task_id, "resultUrls": []}})
+        answer = await conductor.simulate_post(
+            "/callbacks/midjourney", body=body, headers={"Content-Type": "application/json"}
+        )
+        assert answer.status_code == 200
+        assert Spool(spool_dir, max_bytes=1 << 20).depth() == 1
+        redis_server.start()
+        client = redis_server.client()
+        deadline = time.monotonic() + 30
+        while not client.exists(keys.task(task_id)):
+            assert time.monotonic() < deadline, "acknowledged from the spool, never drained"
+            await asyncio.sleep(0.05)
+
+
+def test_the_app_create_app_builds_drains_its_spool_while_an_asgi_server_serves_it(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Only ingress/wsgi.py started a drainer, so the app of the contract's builder, served by
+    another ASGI server, kept what it acknowledged from the spool on disk for good."""
+    asyncio.run(
+        spooled_then_drained(spooling_app(tmp_path, redis_server), redis_server, tmp_path / "spool", "t1")
+    )
+    queued = [message["args"][0]["taskId"] for message in queued_messages(redis_server.client())]  # type: ignore[index]
+    assert queued == ["t1"]
 
 
 def test_the_app_drains_its_spool_in_a_second_lifespan_too(tmp_path: Path, redis_server: RedisServer) -> None:
     """An app served through a second lifespan (an embedding server restarting it) starts its
     drainer again: the first lifespan's shutdown stopped it, and a start after a stop did nothing."""
-    settings = Settings(
-        redis_url=redis_server.url,
-        spool_dir=str(tmp_path / "spool"),
-        spool_drain_interval_s=0.2,
-        redis_timeout_s=0.5,
-        s3_region="us-east-1",
-    )
-    app = create_app(settings)
-    body = orjson.dumps({"code": 200, "msg": "success", "data": {"taskId": "t-second", "resultUrls": []}})
+    app = spooling_app(tmp_path, redis_server)
 
-    async def first_lifespan() -> None:
+    async def a_lifespan_without_callbacks() -> None:
         async with testing.ASGIConductor(app):
             pass  # startup, then shutdown: the drainer is stopped
 
-    async def second_lifespan() -> None:
-        async with testing.ASGIConductor(app) as conductor:
-            redis_server.kill()
-            answer = await conductor.simulate_post(
-                "/callbacks/midjourney", body=body, headers={"Content-Type": "application/json"}
-            )
-            assert answer.status_code == 200
-            assert Spool(tmp_path / "spool", max_bytes=1 << 20).depth() == 1
-            redis_server.start()
-            client = redis_server.client()
-            deadline = time.monotonic() + 15
-            while not client.exists(keys.task("t-second")):
-                assert time.monotonic() < deadline, "acknowledged from the spool, never drained"
-                await asyncio.sleep(0.05)
-
-    asyncio.run(first_lifespan())
-    asyncio.run(second_lifespan())
+    asyncio.run(a_lifespan_without_callbacks())
+    asyncio.run(spooled_then_drained(app, redis_server, tmp_path / "spool", "t2"))
