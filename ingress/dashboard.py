@@ -42,6 +42,8 @@ DASHBOARD_PATH = "/dashboard"
 STATUS_PATH = "/dashboard/status"
 #: The page, a package resource of ``ingress``.
 PAGE_RESOURCE = "static/dashboard.html"
+#: The image origins on AWS S3 when its URLs' host could not be learnt (the bucket's region).
+AWS_ORIGINS = "https://*.amazonaws.com"
 #: A key presigned once at start-up to learn the origin presigned URLs name (on AWS S3 the host
 #: names the bucket: ``https://<bucket>.s3.<region>.amazonaws.com``). With the region configured,
 #: presigning is computed locally: no request.
@@ -110,14 +112,16 @@ def presigned_origin(presigner: ObjectStore, *, fallback: str) -> str:
     """The origin of the URLs ``presigner`` makes, learnt from one it makes now (the endpoint's
     origin is not it on AWS S3). Presigning sends no request when the region is configured;
     without one, minio asks the store for it, and a store that does not answer leaves
-    ``fallback``'s origin (logged)."""
+    ``fallback``'s origin (logged); on AWS, whose later URLs name a regional host the fallback
+    does not, any of its hosts over https."""
     try:
         return origin(presigner.presigned_url(ORIGIN_PROBE_KEY, expires_s=60))
     except StorageUnavailable as exc:
-        log.warning(
-            "dashboard: no presigned URL to learn the image origin from (%s); using %s", exc, fallback
-        )
-        return origin(fallback)
+        chosen = origin(fallback)
+        if (urlsplit(fallback).hostname or "").endswith(".amazonaws.com"):
+            chosen = AWS_ORIGINS
+        log.warning("dashboard: no presigned URL to learn the image origin from (%s); using %s", exc, chosen)
+        return chosen
 
 
 class DashboardStatusResource:

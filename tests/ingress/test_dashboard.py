@@ -17,8 +17,9 @@ import redis
 from falcon import testing
 
 from ingress.app import DEFAULT_READ_THREADS, create_app
-from ingress.dashboard import DashboardStatusResource
+from ingress.dashboard import AWS_ORIGINS, DashboardStatusResource, presigned_origin
 from shared.callback import Callback
+from shared.errors import StorageUnavailable
 from shared.queue import CALLBACK_QUEUE, create_broker, enqueue_callback
 from shared.rejected import Rejection, RejectLog
 from shared.settings import Settings
@@ -295,3 +296,26 @@ def test_a_hung_object_store_leaves_the_dashboards_numbers_and_list_answering(
     assert (status, listed) == (200, 200)
     assert still_waiting == DEFAULT_READ_THREADS
     assert answers == [503] * DEFAULT_READ_THREADS  # the store's read timed out: said, not hung
+
+
+class StoreAway:
+    """A presigner whose store does not answer (minio asks AWS's global endpoint for a bucket's
+    region before it presigns, when none is configured)."""
+
+    def presigned_url(self, key: str, *, expires_s: int, content_type: str | None = None) -> str:
+        raise StorageUnavailable("the region lookup failed: connection refused")
+
+
+@pytest.mark.parametrize(
+    ("fallback", "allowed"),
+    [
+        ("https://s3.amazonaws.com", AWS_ORIGINS),  # later URLs name the bucket's regional host
+        ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+    ],
+    ids=["aws", "elsewhere"],
+)
+def test_the_image_origin_when_no_url_could_be_presigned_at_start(fallback: str, allowed: str) -> None:
+    """On AWS's global endpoint without a region, AWS unreachable when the ingress started: the
+    page allowed https://s3.amazonaws.com, and the presigned URLs made later name
+    https://BUCKET.s3.REGION.amazonaws.com: every thumbnail was blocked until a restart."""
+    assert presigned_origin(StoreAway(), fallback=fallback) == allowed  # type: ignore[arg-type]
