@@ -9,19 +9,12 @@ import redis
 from shared import keys
 from shared.submitted import MAX_POLL_HANDOFFS, SubmittedTasks
 from shared.taskstate import TaskState, TaskStore
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_000_000.0)
 
 
 @pytest.fixture

@@ -12,15 +12,8 @@ from shared import keys, taskstate
 from shared.errors import LeaseHeld, TaskBusy, TaskRecordUnusable
 from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, QueuedMessage, Received, TaskState, TaskStore
 from tests.support.acks import with_ack_connection
+from tests.support.clock import FakeClock
 from tests.support.servers import RedisServer
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_received_is_recorded_only_for_a_new_task(client: redis.Redis) -> None:
@@ -35,7 +28,7 @@ def test_received_is_recorded_only_for_a_new_task(client: redis.Redis) -> None:
 
 
 def test_moves_keep_the_state_counts_and_the_recent_index(client: redis.Redis) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     tasks = TaskStore(client, ttl_s=3600, recent_keep=2, clock=clock)
     for task_id in ("a", "b", "c"):
         clock.now += 1
@@ -295,7 +288,7 @@ def test_the_batched_received_call_does_what_one_call_per_task_does(redis_server
     outcomes = []
     for db, batched in ((1, False), (2, True)):
         client = redis.Redis.from_url(f"{redis_server.url}/{db}")
-        clock = FakeClock()
+        clock = FakeClock(1_000_000.0)
         tasks = TaskStore(client, ttl_s=3600, recent_keep=4, clock=clock)
         tasks.mark_received("old", "t0")
         tasks.mark_submitted("submitted", prompt="p")

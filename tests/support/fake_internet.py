@@ -11,6 +11,7 @@ from typing import Any
 
 import httpcore
 
+from tests.support.clock import FakeClock
 from workers.fetch import FetchLimits, ResultFetcher, create_http_client
 from workers.guard import FetchPolicy, create_guarded_transport
 
@@ -19,14 +20,6 @@ DNS = {"cdn.example": [PUBLIC_V4], "other.example": [PUBLIC_V4]}
 
 #: A response: raw bytes (head and body) produced piece by piece.
 Responder = Callable[[], Iterable[bytes]]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class ScriptedStream(httpcore.NetworkStream):

@@ -14,7 +14,8 @@ from PIL import Image
 
 from shared.errors import DownloadFailed, DownloadRefused
 from shared.settings import Settings
-from tests.support.fake_internet import FakeClock, FakeInternet, head
+from tests.support.clock import FakeClock
+from tests.support.fake_internet import FakeInternet, head
 from tests.support.servers import png_bytes
 from workers.fetch import ByteBudget, FetchLimits
 from workers.runtime import fetch_limits

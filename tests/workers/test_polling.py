@@ -24,6 +24,7 @@ from shared.storage import manifest_key
 from shared.submitted import HANDOFFS_FIELD, MAX_POLL_HANDOFFS, SubmittedTasks
 from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
+from tests.support.clock import FakeClock
 from tests.support.provider import StartSimulator, client_for
 from workers.polling import POLL_QUEUE, POLL_SILENT_TASKS, PollChain, SilentTaskPoller
 from workers.runtime import WorkerParts, WorkerRuntime, build_parts, wait_for_bucket
@@ -31,14 +32,6 @@ from workers.runtime import WorkerParts, WorkerRuntime, build_parts, wait_for_bu
 GRACE_S = 100
 INTERVAL_S = 30
 GIVE_UP_S = 1000
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 2_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- one pass ---------------------------------------------------------------------------------
@@ -56,7 +49,7 @@ class Pass:
         record_failure: Callable[[Callback, str], None] | None = None,
         **client_options: Any,
     ) -> None:
-        self.clock = FakeClock()
+        self.clock = FakeClock(2_000_000.0)
         self.client = client
         self.tasks = TaskStore(client, ttl_s=86_400, clock=self.clock)
         self.submitted = SubmittedTasks(client, self.tasks, ttl_s=86_400, clock=self.clock)
@@ -342,7 +335,7 @@ def test_a_task_whose_record_info_answers_generation_failed_gets_its_failure_que
             return httpx.Response(200, json={"code": 501, "msg": "nsfw content", "data": None})
         return httpx.Response(200, json={"code": 200, "msg": "success", "data": done})
 
-    clock = FakeClock()
+    clock = FakeClock(2_000_000.0)
     poller, tasks = silent_poller(client, mock_provider(handle), clock)
     submitted = SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock)
     submitted.record("t-501", {})
@@ -387,7 +380,7 @@ def test_a_404_page_that_is_not_the_providers_answer_stops_the_pass_instead_of_f
     def handle(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, content=b"<html>Not Found</html>")
 
-    clock = FakeClock()
+    clock = FakeClock(2_000_000.0)
     poller, tasks = silent_poller(client, mock_provider(handle), clock)
     SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock).record("t1", {})
     clock.now += GIVE_UP_S * 2
@@ -443,7 +436,7 @@ def test_a_pass_the_provider_asked_to_wait_holds_every_pass_until_then(client: r
         calls.append(request.url.path)
         return httpx.Response(429, headers={"Retry-After": "120"}, json={"code": 429, "msg": "slow down"})
 
-    clock = FakeClock()
+    clock = FakeClock(2_000_000.0)
     poller, tasks = silent_poller(client, mock_provider(handle, attempts=1), clock)
     SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock).record("t1", {})
     clock.now += GRACE_S
@@ -527,7 +520,7 @@ def test_a_success_listed_before_its_results_is_polled_again_not_queued_empty(cl
         data = answers.pop(0) if len(answers) > 1 else answers[0]
         return httpx.Response(200, json={"code": 200, "msg": "success", "data": data})
 
-    clock = FakeClock()
+    clock = FakeClock(2_000_000.0)
     poller, tasks = silent_poller(client, mock_provider(handle, attempts=1), clock)
     SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock).record("t1", {})
     clock.now += GRACE_S
