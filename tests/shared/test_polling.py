@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import dramatiq
@@ -19,7 +18,7 @@ from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, create_broker
 from shared.settings import Settings
 from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
-from tests.support.provider import StartSimulator, client_for
+from tests.support.provider import StartSimulator, client_for, generated
 
 CALLBACK = "http://127.0.0.1:9/callbacks/midjourney?token=secret"
 
@@ -38,13 +37,7 @@ def poller_for(
 
 
 def finished_task(sim: RunningSimulator) -> str:
-    with client_for(sim) as provider:
-        task_id = provider.generate("a quiet harbour", aspect_ratio="3:2", callback_url=CALLBACK)
-        deadline = time.monotonic() + 10
-        while not provider.record_info(task_id).finished:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-    return task_id
+    return generated(sim, callback_url=CALLBACK, aspect_ratio="3:2").task_id
 
 
 def test_a_finished_task_is_queued_like_its_callback_and_marked_received(

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from shared.provider import ProviderClient
+from shared.provider import ProviderClient, TaskRecordInfo
 from simulator import RunningSimulator, SimulatorConfig, run_simulator
 
 #: Small images, a short generation, callback retries after milliseconds.
@@ -73,3 +73,15 @@ def client_for(
         sleep=sleep or RecordingSleep(),
         **options,
     )
+
+
+def generated(sim: RunningSimulator, *, callback_url: str, **options: Any) -> TaskRecordInfo:
+    """A task generated through ``sim``'s API (``options``: generate's, e.g. ``aspect_ratio``),
+    once the simulator has finished it: its record-info."""
+    with client_for(sim) as provider:
+        task_id = provider.generate("a quiet harbour", callback_url=callback_url, **options)
+        deadline = time.monotonic() + 10
+        while not (info := provider.record_info(task_id)).finished:
+            assert time.monotonic() < deadline, "the simulator did not finish the task"
+            time.sleep(0.02)
+    return info
