@@ -55,9 +55,6 @@ def make_broker(redis_url: str, retries: DurableRetries) -> RedisBroker:
 def test_the_retry_is_enqueued_once_redis_is_back(aof_redis_server: RedisServer) -> None:
     """Redis is down when the attempt fails: the retry waits for it, lands in the delay queue once
     it is back, and only then does the hook return (so the worker acknowledges after it)."""
-    retries = DurableRetries()
-    broker = make_broker(aof_redis_server.url, retries)
-    aof_redis_server.stop()
     waits: list[float] = []
     restarted = threading.Event()
 
@@ -67,7 +64,9 @@ def test_the_retry_is_enqueued_once_redis_is_back(aof_redis_server: RedisServer)
             aof_redis_server.start()
             restarted.set()
 
-    retries._sleep = sleep
+    retries = DurableRetries(sleep=sleep)
+    broker = make_broker(aof_redis_server.url, retries)
+    aof_redis_server.stop()
     try:
         raise RuntimeError("Redis went away mid-task")
     except RuntimeError as exc:
@@ -87,9 +86,6 @@ def test_the_retry_is_enqueued_once_redis_takes_writes_again(redis_server: Redis
     and only then does the hook return."""
     parameter, refuse, accept = WRITE_REFUSALS[refusal]
     admin = redis_server.client()
-    retries = DurableRetries()
-    broker = make_broker(redis_server.url, retries)
-    admin.config_set(parameter, refuse)
     waits: list[float] = []
 
     def sleep(seconds: float) -> None:
@@ -97,7 +93,9 @@ def test_the_retry_is_enqueued_once_redis_takes_writes_again(redis_server: Redis
         if len(waits) == 3:  # an operator mends it after a few refused attempts
             admin.config_set(parameter, accept)
 
-    retries._sleep = sleep
+    retries = DurableRetries(sleep=sleep)
+    broker = make_broker(redis_server.url, retries)
+    admin.config_set(parameter, refuse)
     try:
         raise RuntimeError("boom")
     except RuntimeError as exc:
@@ -113,12 +111,11 @@ def test_a_retry_redis_will_never_take_dead_letters_the_message(redis_server: Re
     enqueued, then it is tried OTHER_ERROR_ATTEMPTS times and the message is failed (the worker
     dead-letters it) instead of the hook raising (the worker would acknowledge it: lost), carrying
     the enqueue error for the runtime's reason."""
-    retries = DurableRetries()
+    waits: list[float] = []
+    retries = DurableRetries(sleep=waits.append)
     broker = make_broker(redis_server.url, retries)
     admin = redis_server.client()
     admin.set(keys.broker_messages(BROKER_NAMESPACE, "flaky-q.DQ"), "not a hash")
-    waits: list[float] = []
-    retries._sleep = waits.append
     message = failed_attempt(broker)
     try:
         raise RuntimeError("boom")
