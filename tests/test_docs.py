@@ -19,5 +19,10 @@ def test_every_setting_is_documented() -> None:
 
 
 def test_every_cli_command_is_documented() -> None:
-    for name in main.commands:
+    """Every command, and every subcommand of a group on a line naming its group (the README's
+    table writes `mjhook dlq list / replay [ID...] / purge`)."""
+    for name, command in main.commands.items():
         assert f"mjhook {name}" in README, name
+        lines = [line for line in README.splitlines() if f"mjhook {name} " in line]
+        for sub in getattr(command, "commands", {}):
+            assert any(re.search(rf"\b{re.escape(sub)}\b", line) for line in lines), f"mjhook {name} {sub}"

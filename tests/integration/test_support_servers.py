@@ -83,7 +83,6 @@ def test_app_environment_replaces_callers_mjhook_variables() -> None:
     assert env["PYTHONPATH"].split(":") == [str(REPO_ROOT), "/elsewhere"]
     assert env["MJHOOK_REDIS_URL"] == "redis://127.0.0.1:1/0"
     assert env["MJHOOK_FETCH_ALLOW"] == "127.0.0.1,::1,localhost"
-    assert (REPO_ROOT / "tests" / "conftest.py").exists()
 
 
 # --- redis ----------------------------------------------------------------------------
