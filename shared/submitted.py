@@ -85,7 +85,7 @@ class SubmittedTasks:
     def _handoffs(self, task_id: str) -> int:
         record = self._tasks.get(task_id)
         count = record.fields.get(HANDOFFS_FIELD, "") if record is not None else ""
-        return int(count) if count.isdigit() else 0
+        return int(count) if count.isascii() and count.isdigit() else 0
 
     def due(self, grace_s: float, interval_s: float, *, limit: int) -> list[tuple[str, float]]:
         """Up to ``limit`` tasks still ``submitted`` ``grace_s`` seconds or more after their
