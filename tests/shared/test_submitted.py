@@ -177,3 +177,11 @@ def test_a_task_is_handed_back_to_polling_a_few_times_at_most(
     assert not submitted.may_wait_again("t1")
     assert not submitted.wait_again("t1")
     assert tasks.get("t1").state is TaskState.RECEIVED  # type: ignore[union-attr]
+
+
+def test_a_hand_off_count_that_is_no_number_counts_as_none(
+    tasks: TaskStore, submitted: SubmittedTasks
+) -> None:
+    tasks.mark_received("t1", "2026-11-25T00:00:00.000Z")
+    tasks.move("t1", TaskState.RECEIVED, pollHandOffs="²")  # a digit to str.isdigit, not to int()
+    assert submitted.may_wait_again("t1")
