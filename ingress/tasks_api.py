@@ -128,15 +128,19 @@ class TaskResource:
             if not isinstance(image, dict):
                 continue
             index, key, content_type = image.get("index"), image.get("key"), image.get("contentType")
-            if not (isinstance(index, int) and isinstance(key, str) and key.startswith(prefix)):
+            if isinstance(index, bool) or not isinstance(index, int):
                 continue
-            if ".." in key.split("/"):
+            if not (isinstance(key, str) and key.startswith(prefix)) or ".." in key.split("/"):
                 continue
-            url = self._presigner.presigned_url(
-                key,
-                expires_s=self._expiry_s,
-                content_type=content_type if isinstance(content_type, str) else None,
-            )
+            try:
+                url = self._presigner.presigned_url(
+                    key,
+                    expires_s=self._expiry_s,
+                    content_type=content_type if isinstance(content_type, str) else None,
+                )
+            except ValueError as exc:  # a key the client will not sign (a "." segment)
+                log.warning("GET /tasks/%s: %r left out: %s", task_id, shortened(key, 200), exc)
+                continue
             images.append({"index": index, "key": key, "url": url, "contentType": content_type})
         return images
 

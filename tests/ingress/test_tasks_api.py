@@ -378,8 +378,10 @@ def put_raw(stack: Stack, key: str, data: bytes, content_type: str) -> None:
         ({"status": "stored", "images": [{"key": "tasks/odd-1/0.png"}]}, 200, []),  # no index
         ({"status": "stored", "images": [{"index": 0, "key": "tasks/odd-1/../stored-1/0.png"}]}, 200, []),
         ({"images": [None, {"index": 1, "key": "tasks/odd-1/1.png"}]}, 200, [1]),  # no status either
+        ({"status": "stored", "images": [{"index": 0, "key": "tasks/odd-1/./0.png"}]}, 200, []),
+        ({"status": "stored", "images": [{"index": True, "key": "tasks/odd-1/0.png"}]}, 200, []),
     ],
-    ids=["list", "images-not-a-list", "no-index", "dot-dot", "no-status"],
+    ids=["list", "images-not-a-list", "no-index", "dot-dot", "no-status", "dot", "bool-index"],
 )
 def test_a_manifest_this_code_did_not_write_is_read_without_a_500(
     stack: Stack, manifest: object, status: int, images: list[int] | None
