@@ -476,6 +476,19 @@ def called_back(sim: RunningSimulator) -> Callback:
     return Callback(info.task_id, 200, "success", None, info.result_urls, "2026-11-25T00:00:00.000Z")
 
 
+def received_while_in_maintenance(
+    sim: RunningSimulator, client: redis.Redis, app_env: dict[str, str], **settings: str
+) -> tuple[Callback, WorkerParts]:
+    """A task the simulator finished, its success callback received, and a polling worker making
+    one attempt per provider call (``settings`` add to it); then the provider goes into
+    maintenance."""
+    callback = called_back(sim)
+    parts = polling_worker(sim, client, app_env, MJHOOK_PROVIDER_RETRIES="0", **settings)
+    parts.tasks.mark_received(callback.task_id, callback.received_at)
+    sim.provider.config = dataclasses.replace(sim.provider.config, maintenance=True)
+    return callback, parts
+
+
 def test_the_workers_polling_gives_a_task_it_gives_up_on_a_manifest(
     start_simulator: StartSimulator, client: redis.Redis, app_env: dict[str, str]
 ) -> None:
@@ -543,12 +556,9 @@ def test_a_result_the_provider_cannot_verify_on_the_last_attempt_is_left_to_poll
     fallback, which queues the result once the provider answers again. It ended failed, with a
     failed manifest, its result links still valid."""
     sim = start_simulator()
-    callback = called_back(sim)
+    callback, parts = received_while_in_maintenance(sim, client, app_env)
     task_id = callback.task_id
-    parts = polling_worker(sim, client, app_env, MJHOOK_PROVIDER_RETRIES="0")
     assert parts.polling is not None
-    parts.tasks.mark_received(task_id, callback.received_at)
-    sim.provider.config = dataclasses.replace(sim.provider.config, maintenance=True)
 
     with pytest.raises(ProviderUnavailable):
         parts.processor.process(callback)  # not the last attempt: retried as before
@@ -570,12 +580,9 @@ def test_a_result_whose_links_the_provider_cannot_renew_on_the_last_attempt_is_l
     fallback, which queues the result once the provider answers again, and the next attempt
     stores every file through fresh links."""
     sim = start_simulator(faults=FaultConfig(file_expired_share=1.0))
-    callback = called_back(sim)
+    callback, parts = received_while_in_maintenance(sim, client, app_env, MJHOOK_VERIFY_RESULTS="false")
     task_id = callback.task_id
-    parts = polling_worker(sim, client, app_env, MJHOOK_PROVIDER_RETRIES="0", MJHOOK_VERIFY_RESULTS="false")
     assert parts.polling is not None
-    parts.tasks.mark_received(task_id, callback.received_at)
-    sim.provider.config = dataclasses.replace(sim.provider.config, maintenance=True)
 
     with pytest.raises(FreshLinkPending):
         parts.processor.process(callback)  # not the last attempt: retried as before
@@ -598,12 +605,9 @@ def test_links_the_provider_cannot_renew_after_the_last_hand_off_fail_their_file
     the provider in maintenance again through the last attempt, then the files are recorded
     failed with the reason, the task ends: it is not handed back once more."""
     sim = start_simulator(faults=FaultConfig(file_expired_share=1.0))
-    callback = called_back(sim)
+    callback, parts = received_while_in_maintenance(sim, client, app_env, MJHOOK_VERIFY_RESULTS="false")
     task_id = callback.task_id
-    parts = polling_worker(sim, client, app_env, MJHOOK_PROVIDER_RETRIES="0", MJHOOK_VERIFY_RESULTS="false")
-    parts.tasks.mark_received(task_id, callback.received_at)
     parts.tasks.move(task_id, TaskState.RECEIVED, **{HANDOFFS_FIELD: str(MAX_POLL_HANDOFFS)})
-    sim.provider.config = dataclasses.replace(sim.provider.config, maintenance=True)
 
     assert parts.processor.process(callback, final_attempt=True) is TaskState.FAILED
     manifest = parts.store.get_json(manifest_key(task_id))
