@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -187,14 +188,9 @@ def build_ingress(
     )
     # A read endpoint answers 503 soon rather than wait on a hung store (the workers' client
     # waits longer, and retries: their downloads are worth it, a dashboard refresh is not).
-    store = create_object_store(settings, read_timeout_s=STORE_READ_TIMEOUT_S, retries=0)
-    presigner = (
-        create_object_store(
-            settings, endpoint=settings.s3_public_endpoint, read_timeout_s=STORE_READ_TIMEOUT_S, retries=0
-        )
-        if settings.s3_public_endpoint
-        else store
-    )
+    read_store = partial(create_object_store, settings, read_timeout_s=STORE_READ_TIMEOUT_S, retries=0)
+    store = read_store()
+    presigner = read_store(endpoint=settings.s3_public_endpoint) if settings.s3_public_endpoint else store
     tasks = intake.tasks
     read_pool = ThreadPoolExecutor(max_workers=DEFAULT_READ_THREADS, thread_name_prefix="reads")
     # Reads of object storage on threads of their own: a hung store holding them all leaves the
