@@ -71,9 +71,7 @@ class CallbackResource:
                     callback.task_id, req.get_header(TIMESTAMP_HEADER), req.get_header(SIGNATURE_HEADER)
                 )
         except InvalidCallback as exc:
-            # Kept in Redis from a thread: a slow or absent Redis must not stall the event loop.
-            rejection = self._rejection(req, body, exc.status, exc.reason, vouched=vouched)
-            await asyncio.to_thread(self._rejects.record, rejection)
+            await self._keep(req, body, exc.status, exc.reason, vouched=vouched)
             resp.status = exc.status
             resp.media = {"error": exc.reason}
             return
@@ -90,17 +88,18 @@ class CallbackResource:
             if isinstance(exc, TaskRecordUnusable):
                 # Not an outage the provider's retries may outlast: kept, for a replay once the
                 # record is mended (`mjhook rejected replay`).
-                rejection = self._rejection(req, body, 503, str(exc), vouched=True)
-                await asyncio.to_thread(self._rejects.record, rejection)
+                await self._keep(req, body, 503, str(exc), vouched=True)
             resp.status = falcon.HTTP_503
             resp.media = {"error": "cannot queue the callback durably right now; retry later"}
             return
         resp.media = {"status": "received", "taskId": callback.task_id}
 
-    def _rejection(
+    async def _keep(
         self, req: falcon.asgi.Request, body: bytes, status: int, reason: str, *, vouched: bool
-    ) -> Rejection:
-        return Rejection(
+    ) -> None:
+        """Keep the refused callback for inspection, from a thread: a slow or absent Redis must
+        not stall the event loop."""
+        rejection = Rejection(
             status=status,
             reason=reason,
             body=body,
@@ -110,6 +109,7 @@ class CallbackResource:
             content_type=req.content_type or "",
             vouched=vouched,
         )
+        await asyncio.to_thread(self._rejects.record, rejection)
 
     async def _read_body(self, req: falcon.asgi.Request) -> bytes:
         """At most ``max_body_bytes`` + 1 bytes: enough to refuse a larger body, and to keep
