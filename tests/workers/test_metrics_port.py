@@ -11,8 +11,9 @@ from shared.errors import ConfigError
 from tests.support.procs import free_port
 from workers.metrics_port import claim_port
 
-#: Stands for the dramatiq main process of another instance.
-OTHER_INSTANCE = 1
+#: Stands for the dramatiq main process of another instance: this process's own pid, which cannot be
+#: its parent (pid 1 could: a test run whose parent exited is adopted by init).
+OTHER_INSTANCE = os.getpid()
 
 
 def test_the_processes_of_one_instance_share_a_port_and_another_instance_is_refused() -> None:
