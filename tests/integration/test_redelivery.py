@@ -72,11 +72,11 @@ def test_a_long_task_is_not_mistaken_for_a_dead_worker(
     app_env: dict[str, str], tmp_path: Path, file_server: FileServer, s3_server: Any, s3_bucket: str
 ) -> None:
     env = {**app_env, **FAST_REDELIVERY}
-    # Given downloads lasting about two redelivery timeouts each, and a one-thread worker that
-    # takes two of them at once (one running, one prefetched), so its main consumer stops talking
+    # Given two downloads lasting about two redelivery timeouts each, and a one-thread worker that
+    # takes both at once (one running, one prefetched), so its main consumer stops talking
     # to Redis (dramatiq #692). (Its idle delay-queue consumer still beats in dramatiq 2; the
     # heartbeat thread that also covers a busy delay queue is proven in tests/workers/test_heartbeat.py.)
-    images = {f"long-{i}": png_bytes(10 + i, 512, 512) for i in range(3)}
+    images = {f"long-{i}": png_bytes(10 + i, 512, 512) for i in range(2)}
     urls = {
         task_id: file_server.add(f"/{task_id}.png", image, chunk_size=8192, chunk_delay_s=0.05)
         for task_id, image in images.items()
