@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import falcon
-import orjson
 
-from simulator.errors import CODE_BAD_REQUEST, CODE_OK, CODE_SERVER_ERROR, CODE_VALIDATION, ProviderError
+from simulator.bodies import read_json
+from simulator.errors import CODE_BAD_REQUEST, CODE_OK, CODE_SERVER_ERROR, ProviderError
 from simulator.faults import FileFault
 from simulator.links import FILE_NAME_PATTERN, FileRef, LinkCheck
 from simulator.provider import Provider
@@ -21,25 +21,10 @@ log = logging.getLogger(__name__)
 SLOW_FILE_PIECES = 20
 #: Where the provider's API is; what is not under it (the result files) is plain HTTP.
 API_ROOT = "/api/"
-#: The largest API request body kept, bytes (a prompt is at most 2000 characters).
-MAX_BODY_BYTES = 1024 * 1024
 
 
 def _answer(resp: falcon.Response, data: Any) -> None:
     resp.media = {"code": CODE_OK, "msg": "success", "data": data}
-
-
-def _read_json(req: falcon.Request) -> Any:
-    """The JSON request body; code 422 beyond :data:`MAX_BODY_BYTES` (read to its end piece by
-    piece, not kept, so the client gets the answer rather than a reset connection)."""
-    body = req.bounded_stream.read(MAX_BODY_BYTES + 1)
-    if len(body) > MAX_BODY_BYTES:
-        req.bounded_stream.exhaust()
-        raise ProviderError(CODE_VALIDATION, f"The request body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ProviderError(CODE_BAD_REQUEST, "The request body is not valid JSON") from None
 
 
 class GenerateResource:
@@ -50,7 +35,7 @@ class GenerateResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._provider.authorize(req.auth)
-        task = self._provider.generate(_read_json(req))
+        task = self._provider.generate(read_json(req))
         _answer(resp, {"taskId": task.task_id})
 
 
@@ -63,7 +48,7 @@ class DeriveResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._provider.authorize(req.auth)
-        task = self._provider.derive(_read_json(req), task_type=self._task_type)
+        task = self._provider.derive(read_json(req), task_type=self._task_type)
         _answer(resp, {"taskId": task.task_id})
 
 
@@ -89,7 +74,7 @@ class DownloadUrlResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._provider.authorize(req.auth)
-        _answer(resp, self._provider.download_url(_read_json(req)))
+        _answer(resp, self._provider.download_url(read_json(req)))
 
 
 class FileResource:

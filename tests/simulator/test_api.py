@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from typing import Any
 
 import httpx
@@ -196,6 +197,66 @@ def test_no_credits_left_is_code_402(make_sim: SimFactory) -> None:
     assert codes == [200, 402]
 
 
+def test_a_body_nested_too_deeply_is_code_422_and_costs_no_credit_nor_task(make_sim: SimFactory) -> None:
+    # Given a provider with one credit, and a generate request with a field nested 300 deep (orjson
+    # reads that, but could not write it into the task's paramJson)
+    sim = make_sim(credits=1)
+    deep = b'{"taskType": "mj_txt2img", "prompt": "x", "extra": ' + b"[" * 300 + b"]" * 300 + b"}"
+    with api(sim) as client:
+        # When it is sent, and then a good request
+        refused = client.post(
+            "/api/v1/mj/generate", content=deep, headers={"Content-Type": "application/json"}
+        )
+        accepted = client.post("/api/v1/mj/generate", json=_txt2img()).json()
+    # Then the deep one is refused as invalid (not code 500), and the credit and the first task
+    # number went to the good one
+    assert refused.json() == {
+        "code": 422,
+        "msg": "The request body nests deeper than 64 levels",
+        "data": None,
+    }
+    assert accepted["code"] == 200
+    assert sim.provider.task(accepted["data"]["taskId"]).number == 0
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b'{"taskType": "mj_txt2img", "prompt": "a cat"}'],
+        [b'{"taskType": "mj_txt', b'2img", "prompt": "a cat"}'],
+    ],
+    ids=["one chunk", "two chunks"],
+)
+def test_a_chunked_body_is_read(sim: RunningSimulator, chunks: list[bytes]) -> None:
+    # Given a generate request whose body is sent in chunks (a client streaming it: no Content-Length)
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
+    # When it is sent, Then the task is created
+    answer = _raw_post(sim, "/api/v1/mj/generate", b"Transfer-Encoding: chunked\r\n", body)
+    assert answer["code"] == 200, answer
+    assert sim.provider.task(answer["data"]["taskId"]).task_type == "mj_txt2img"
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "msg"),
+    [
+        (b"zz\r\n{}\r\n0\r\n\r\n", 400, "The request body's chunks are malformed"),
+        (b"10\r\n{}", 400, "The request body ended inside a chunk"),
+        (b"2\r\n{}XX0\r\n\r\n", 400, "The request body's chunks are malformed"),
+        (
+            b"100001\r\n" + b" " * 0x100001 + b"\r\n0\r\n\r\n",
+            422,
+            "The request body is larger than 1048576 bytes",
+        ),
+    ],
+    ids=["size not hex", "cut inside a chunk", "no CRLF after a chunk", "over a megabyte"],
+)
+def test_a_malformed_or_oversized_chunked_body_is_refused_with_a_code(
+    sim: RunningSimulator, body: bytes, code: int, msg: str
+) -> None:
+    answer = _raw_post(sim, "/api/v1/mj/generate", b"Transfer-Encoding: chunked\r\n", body)
+    assert answer == {"code": code, "msg": msg, "data": None}
+
+
 def test_maintenance_is_code_455_and_can_mirror_into_the_http_status(make_sim: SimFactory) -> None:
     sim = make_sim(maintenance=True, http_status_mirrors_code=True)
     with api(sim) as client:
@@ -241,6 +302,22 @@ def test_download_url_accepts_its_own_urls_under_a_public_url_with_a_path(make_s
     assert url.startswith(f"http://127.0.0.1:9/sim/files/{task_id}/0.png?")
     assert answer["code"] == 200, answer
     assert answer["data"].startswith(f"http://127.0.0.1:9/sim/files/{task_id}/0.png?")
+
+
+def _raw_post(sim: RunningSimulator, path: str, headers: bytes, body: bytes) -> Any:
+    """POST ``body`` as it is (httpx would frame it itself), with the API key; the answer's JSON."""
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {sim.provider.config.api_key}\r\n"
+        "Content-Type: application/json\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=10) as connection:
+        connection.sendall(request + headers + b"\r\n" + body)
+        connection.shutdown(socket.SHUT_WR)
+        answer = b"".join(iter(lambda: connection.recv(65536), b""))
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0]
+    assert re.match(rb"HTTP/1\.[01] 200 ", status_line), head
+    return orjson.loads(payload)
 
 
 def _txt2img() -> dict[str, Any]:

@@ -1,0 +1,79 @@
+"""The JSON body of an API request, read within limits: by its Content-Length, or chunk by chunk
+(``Transfer-Encoding: chunked``, which wsgiref passes on undecoded)."""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO
+
+import falcon
+import orjson
+
+from shared.errors import InvalidCallback
+from shared.json_limits import check_depth
+from simulator.errors import CODE_BAD_REQUEST, CODE_VALIDATION, ProviderError
+
+#: The largest API request body kept, bytes (a prompt is at most 2000 characters).
+MAX_BODY_BYTES = 1024 * 1024
+#: Deepest nesting of a request body: a generate request is 2 deep; orjson reads up to 1024
+#: levels but writes at most 254, so a deeper ``paramJson`` could not even be recorded.
+MAX_BODY_DEPTH = 64
+#: Longest chunk-size line (the size in hex, extensions) or trailer line, bytes.
+MAX_CHUNK_LINE_BYTES = 1024
+#: Most trailer lines after the last chunk.
+MAX_TRAILERS = 64
+
+
+def read_json(req: falcon.Request) -> Any:
+    """The JSON request body; code 400 when it is no JSON (or its chunks are malformed), 422
+    beyond :data:`MAX_BODY_BYTES` (read to its end piece by piece, not kept, so the client gets
+    the answer rather than a reset connection) or :data:`MAX_BODY_DEPTH`."""
+    if "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
+        # The server's own input file: Falcon reads a body only by its Content-Length.
+        body = _read_chunked(req.env["wsgi.input"], MAX_BODY_BYTES + 1)
+    else:
+        body = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            req.bounded_stream.exhaust()
+    if len(body) > MAX_BODY_BYTES:
+        raise ProviderError(CODE_VALIDATION, f"The request body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ProviderError(CODE_BAD_REQUEST, "The request body is not valid JSON") from None
+    try:
+        check_depth(document, MAX_BODY_DEPTH)
+    except InvalidCallback:
+        too_deep = f"The request body nests deeper than {MAX_BODY_DEPTH} levels"
+        raise ProviderError(CODE_VALIDATION, too_deep) from None
+    return document
+
+
+def _read_chunked(stream: BinaryIO, limit: int) -> bytes:
+    """A chunked body, decoded: at most ``limit`` bytes of it (the rest is not read: the server
+    closes the connection after each request)."""
+    pieces: list[bytes] = []
+    size = 0
+    while size < limit:
+        line = stream.readline(MAX_CHUNK_LINE_BYTES + 1)
+        digits = line.split(b";", 1)[0].strip()
+        if not line.endswith(b"\n") or not digits or any(c not in b"0123456789abcdefABCDEF" for c in digits):
+            raise ProviderError(CODE_BAD_REQUEST, "The request body's chunks are malformed")
+        length = int(digits, 16)
+        if length == 0:
+            _skip_trailers(stream)
+            break
+        chunk = stream.read(min(length, limit - size))
+        if len(chunk) < min(length, limit - size):
+            raise ProviderError(CODE_BAD_REQUEST, "The request body ended inside a chunk")
+        pieces.append(chunk)
+        size += len(chunk)
+        if size < limit and stream.readline(3) not in (b"\r\n", b"\n"):
+            raise ProviderError(CODE_BAD_REQUEST, "The request body's chunks are malformed")
+    return b"".join(pieces)
+
+
+def _skip_trailers(stream: BinaryIO) -> None:
+    for _ in range(MAX_TRAILERS):
+        if stream.readline(MAX_CHUNK_LINE_BYTES + 1) in (b"\r\n", b"\n", b""):
+            return
+    raise ProviderError(CODE_BAD_REQUEST, "The request body has too many trailers")
