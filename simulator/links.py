@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import math
 import re
 import time
 from collections.abc import Callable
@@ -55,9 +56,10 @@ class LinkSigner:
         self._clock = clock
 
     def link(self, ref: FileRef, *, ttl_s: float) -> str:
-        """A URL for ``ref`` valid ``ttl_s`` seconds from now (a negative ``ttl_s`` gives one
-        that has already expired)."""
-        expires = int(self._clock() + ttl_s)
+        """A URL for ``ref`` valid at least ``ttl_s`` seconds from now (its expiry, in whole
+        seconds, is rounded up: never early); a negative ``ttl_s`` gives one that has already
+        expired."""
+        expires = math.ceil(self._clock() + ttl_s)
         path = FILES_ROUTE.format(task_id=ref.task_id, name=ref.name)
         return f"{self.base_url}{path}?exp={expires}&sig={self._sign(ref, expires)}"
 

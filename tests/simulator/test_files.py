@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import av
 import falcon
@@ -15,6 +16,7 @@ from PIL import Image
 
 from simulator import FaultConfig, RunningSimulator, expected_file
 from simulator.files import FileCache, png_bytes
+from simulator.links import FileRef, LinkCheck, LinkSigner
 from simulator.resources import ProviderErrorHandler
 from simulator.video import video_layout
 from tests.simulator.support import FakeClock, SimFactory, api, result_urls, submit, wait_done
@@ -146,6 +148,26 @@ def test_the_file_cache_keeps_the_most_recently_used_files() -> None:
     cache.get("a", 0, "png")
     cache.get("b", 0, "png")
     assert made == [("a", 0, "png"), ("b", 0, "png"), ("c", 0, "png"), ("b", 0, "png")]
+
+
+@pytest.mark.parametrize("ttl_s", [0.3, 1.0, 1200.0])
+def test_a_link_is_valid_for_its_whole_ttl_never_less(ttl_s: float) -> None:
+    # Given a link issued at a moment between two whole seconds
+    clock = FakeClock(1000.6)
+    signer = LinkSigner(secret=b"k", base_url="http://127.0.0.1:9", clock=clock)
+    ref = FileRef("t", 0, "png")
+    query = parse_qs(urlsplit(signer.link(ref, ttl_s=ttl_s)).query)
+
+    def check() -> LinkCheck:
+        return signer.check(ref, expires=query["exp"][0], signature=query["sig"][0])
+
+    # Then it is valid at once, and still at the end of its time to live
+    valid_at_once = check()
+    clock.advance(ttl_s)
+    valid_at_the_end = check()
+    # And no longer a second after it (its expiry is in whole seconds)
+    clock.advance(1.0)
+    assert (valid_at_once, valid_at_the_end, check()) == (LinkCheck.VALID, LinkCheck.VALID, LinkCheck.EXPIRED)
 
 
 @pytest.mark.parametrize(
