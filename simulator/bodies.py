@@ -1,5 +1,5 @@
 """The JSON body of an API request, read within limits: by its Content-Length, or chunk by chunk
-(``Transfer-Encoding: chunked``, which wsgiref passes on undecoded)."""
+(``Transfer-Encoding: chunked``, which wsgiref, the simulator's server, passes on undecoded)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ def read_json(req: falcon.Request) -> Any:
     """The JSON request body; code 400 when it is no JSON (or its chunks are malformed), 422
     beyond :data:`MAX_BODY_BYTES` (read to its end piece by piece, not kept, so the client gets
     the answer rather than a reset connection) or :data:`MAX_BODY_DEPTH`."""
-    if "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
-        # The server's own input file: Falcon reads a body only by its Content-Length.
+    chunked = "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+    if chunked and req.env.get("wsgi.input_terminated"):
+        # A server that decodes chunks itself (gunicorn) says so: its input ends with the body.
+        body = req.stream.read(MAX_BODY_BYTES + 1)
+    elif chunked:
+        # wsgiref's input is the connection itself, and Falcon reads a body only by its length.
         body = _read_chunked(req.env["wsgi.input"], MAX_BODY_BYTES + 1)
     else:
         body = req.bounded_stream.read(MAX_BODY_BYTES + 1)
