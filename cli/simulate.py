@@ -45,6 +45,18 @@ FAULT_SHARES = {
     "--file-slow-share": ("file_slow_share", "Files sent slowly (see --file-slow-delay)."),
     "--file-truncated-share": ("file_truncated_share", "Files cut short on their first request(s)."),
     "--file-expired-share": ("file_expired_share", "Files whose URL is issued already expired."),
+    "--task-id-spelling-share": (
+        "task_id_spelling_share",
+        "Tasks whose callback spells the id task_id, not taskId.",
+    ),
+    "--malformed-prompt-share": (
+        "malformed_prompt_share",
+        "Tasks whose callback's promptJson is not valid JSON (cut in half).",
+    ),
+    "--failed-after-creation-share": (
+        "failed_after_creation_share",
+        "Of the failing tasks (--fail-share), those whose record-info says successFlag 3, not 2.",
+    ),
 }
 
 

@@ -35,21 +35,47 @@ def webhook_signature(key: str, task_id: str, timestamp: int) -> str:
     return base64.b64encode(digest).decode()
 
 
+#: How the callback's ``data`` names the task: ``taskId``, or ``task_id`` in some of the provider's
+#: samples (the ``task_id_spelling_share`` fault).
+TASK_ID_FIELD = "taskId"
+SNAKE_TASK_ID_FIELD = "task_id"
+
+
 def callback_body(
-    task_id: str, prompt_json: str, result_urls: list[str], *, failed: bool = False
+    task_id: str,
+    prompt_json: str,
+    result_urls: list[str],
+    *,
+    failed: bool = False,
+    id_field: str = TASK_ID_FIELD,
 ) -> dict[str, Any]:
-    """A callback in the provider's exact format; a failure has code 500 and no URLs."""
+    """A callback in the provider's exact format; a failure has code 500 and no URLs. ``id_field``
+    is the key of the id in ``data`` (``taskId``, or ``task_id`` as some samples spell it)."""
+    if id_field not in (TASK_ID_FIELD, SNAKE_TASK_ID_FIELD):
+        raise ValueError(f"not a spelling of the task id: {id_field}")
     if failed:
         return {
             "code": 500,
             "msg": "Midjourney generation failed",
-            "data": {"taskId": task_id, "promptJson": prompt_json, "resultUrls": []},
+            "data": {id_field: task_id, "promptJson": prompt_json, "resultUrls": []},
         }
     return {
         "code": 200,
         "msg": "success",
-        "data": {"taskId": task_id, "promptJson": prompt_json, "resultUrls": result_urls},
+        "data": {id_field: task_id, "promptJson": prompt_json, "resultUrls": result_urls},
     }
+
+
+def malformed_prompt_json(prompt_json: str) -> str:
+    """``prompt_json`` cut in half: no longer valid JSON (a JSON object cut short never is), as
+    the provider's docs warn ``promptJson`` can be."""
+    return prompt_json[: len(prompt_json) // 2]
+
+
+def body_task_id(body: dict[str, Any]) -> str:
+    """The task id of a callback ``body``, whichever way its ``data`` spells it."""
+    data = body["data"]
+    return str(data[TASK_ID_FIELD] if TASK_ID_FIELD in data else data[SNAKE_TASK_ID_FIELD])
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +134,9 @@ class CallbackDelivery:
         self._lock = threading.Lock()
 
     def deliver(self, url: str, body: dict[str, Any], *, delay_s: float = 0.0, delivery: int = 0) -> None:
-        """Send ``body`` to ``url`` in ``delay_s`` seconds, retrying on the provider's schedule."""
-        task_id = str(body["data"]["taskId"])
+        """Send ``body`` to ``url`` in ``delay_s`` seconds, retrying on the provider's schedule.
+        The signature (with a webhook key) covers the task's id however ``body`` spells it."""
+        task_id = body_task_id(body)
         content = orjson.dumps(body)
         due = time.monotonic() + delay_s
         self._scheduler.call_later(delay_s, lambda: self._attempt(url, task_id, content, delivery, 1, due))

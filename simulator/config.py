@@ -51,6 +51,15 @@ class FaultConfig:
     file_fault_repeats: int = 1
     #: Seconds between a callback and its duplicate.
     duplicate_delay_s: float = 0.2
+    #: Tasks whose callback spells the id ``task_id`` in ``data`` instead of ``taskId`` (some of
+    #: the provider's samples do); the API and the signature name the same id as ever.
+    task_id_spelling_share: float = 0.0
+    #: Tasks whose callback carries a ``promptJson`` that is not valid JSON (the task's cut in
+    #: half); record-info keeps the well-formed one.
+    malformed_prompt_share: float = 0.0
+    #: Of the tasks whose generation fails (``failure_share``), those whose record-info says
+    #: successFlag 3 (created but generation failed) instead of 2; their callback is the same.
+    failed_after_creation_share: float = 0.0
 
     def __post_init__(self) -> None:
         shares = {
@@ -61,6 +70,9 @@ class FaultConfig:
             "file_slow_share": self.file_slow_share,
             "file_truncated_share": self.file_truncated_share,
             "file_expired_share": self.file_expired_share,
+            "task_id_spelling_share": self.task_id_spelling_share,
+            "malformed_prompt_share": self.malformed_prompt_share,
+            "failed_after_creation_share": self.failed_after_creation_share,
         }
         for name, share in shares.items():
             if not 0.0 <= share <= 1.0:

@@ -41,6 +41,12 @@ class TaskFaults:
     drop: bool = False
     #: 0.0-1.0: the share of the configured generation jitter this task waits.
     jitter: float = 0.0
+    #: The callback spells the id ``task_id`` instead of ``taskId``.
+    task_id_spelling: bool = False
+    #: The callback's ``promptJson`` is not valid JSON.
+    malformed_prompt: bool = False
+    #: A failed task's record says successFlag 3 (created but generation failed), not 2.
+    failed_after_creation: bool = False
 
 
 class FaultPlan:
@@ -54,13 +60,18 @@ class FaultPlan:
 
     def for_task(self, number: int) -> TaskFaults:
         rng = random.Random(f"task:{self.config.seed}:{number}")
-        # Always four draws in this order, so changing one share leaves the other decisions be.
-        fails, duplicate, drop, jitter = (rng.random() for _ in range(4))
+        # Always seven draws in this order, so changing one share leaves the other decisions be;
+        # the last three came later, drawn after the first four so those stay what they were.
+        fails, duplicate, drop, jitter, spelling, malformed, after_creation = (rng.random() for _ in range(7))
+        failed = fails < self.config.failure_share
         return TaskFaults(
-            fails=fails < self.config.failure_share,
+            fails=failed,
             duplicate=duplicate < self.config.duplicate_share,
             drop=drop < self.config.drop_share,
             jitter=jitter,
+            task_id_spelling=spelling < self.config.task_id_spelling_share,
+            malformed_prompt=malformed < self.config.malformed_prompt_share,
+            failed_after_creation=failed and after_creation < self.config.failed_after_creation_share,
         )
 
     def for_file(self, number: int, index: int) -> FileFault:

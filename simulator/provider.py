@@ -15,7 +15,13 @@ import orjson
 
 from simulator.admission import Admission
 from simulator.api_requests import PROMPT_FIELDS, parse_derive, parse_download_url, parse_generate
-from simulator.callbacks import CallbackDelivery, callback_body
+from simulator.callbacks import (
+    SNAKE_TASK_ID_FIELD,
+    TASK_ID_FIELD,
+    CallbackDelivery,
+    callback_body,
+    malformed_prompt_json,
+)
 from simulator.config import SimulatorConfig
 from simulator.errors import (
     CODE_GENERATION_FAILED,
@@ -207,7 +213,9 @@ class Provider:
         with self._lock:
             task.completed_at = now
             if task.faults.fails:
-                task.success_flag = SuccessFlag.FAILED
+                task.success_flag = (
+                    SuccessFlag.CREATE_FAILED if task.faults.failed_after_creation else SuccessFlag.FAILED
+                )
                 task.error_code = CODE_GENERATION_FAILED
                 task.error_message = FAILURE_MSG
             else:
@@ -215,7 +223,15 @@ class Provider:
                 task.result_urls = [self._result_link(task, index) for index in range(task.result_count)]
         if not task.callback_url or task.faults.drop:
             return
-        body = callback_body(task.task_id, task.prompt_json, task.result_urls, failed=task.faults.fails)
+        # The callback may spell the id task_id and carry a malformed promptJson (the faults);
+        # the task, and so record-info, keeps the well-formed promptJson.
+        body = callback_body(
+            task.task_id,
+            malformed_prompt_json(task.prompt_json) if task.faults.malformed_prompt else task.prompt_json,
+            task.result_urls,
+            failed=task.faults.fails,
+            id_field=SNAKE_TASK_ID_FIELD if task.faults.task_id_spelling else TASK_ID_FIELD,
+        )
         self.delivery.deliver(task.callback_url, body)
         if task.faults.duplicate:
             self.delivery.deliver(

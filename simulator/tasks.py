@@ -29,7 +29,8 @@ class SuccessFlag(enum.IntEnum):
     GENERATING = 0
     SUCCESS = 1
     FAILED = 2
-    #: Created, but generation failed upstream (not produced by the simulator's faults).
+    #: Created, but generation failed upstream: the simulator's failed tasks picked by
+    #: ``failed_after_creation_share`` (the others say FAILED).
     CREATE_FAILED = 3
 
 

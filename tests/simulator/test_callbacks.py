@@ -9,6 +9,7 @@ import time
 
 import httpx
 import orjson
+import pytest
 
 from simulator import FaultConfig, RunningSimulator
 from simulator.callbacks import webhook_signature
@@ -198,3 +199,107 @@ def test_a_slow_callback_receiver_does_not_hold_back_other_tasks_generation(
         receiver.released.set()
     assert done["successFlag"] == 1
     assert unanswered == []
+
+
+def test_a_callback_can_spell_the_id_task_id_signed_for_the_same_id(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given a provider whose callbacks all spell the id task_id, signing them
+    sim = make_sim(hmac_key="shh-its-a-key", faults=FaultConfig(task_id_spelling_share=1.0))
+    with api(sim) as client:
+        # When a task is submitted (the API's answer names it taskId: submit() checks so)
+        task_id = submit(client, callBackUrl=receiver.url)
+        [request] = receiver.wait_for(1)
+        record = details(client, task_id)
+    assert sim.wait_idle(5.0)
+
+    # Then its callback names the id task_id, in taskId's place, and taskId not at all
+    body = request.json()
+    assert body == {
+        "code": 200,
+        "msg": "success",
+        "data": {
+            "task_id": task_id,
+            "promptJson": body["data"]["promptJson"],
+            "resultUrls": result_urls(record),
+        },
+    }
+    assert list(body["data"]) == ["task_id", "promptJson", "resultUrls"]
+    # And the signature covers that same id
+    timestamp = int(request.headers["X-Webhook-Timestamp"])
+    assert request.headers["X-Webhook-Signature"] == webhook_signature("shh-its-a-key", task_id, timestamp)
+    # And the API keeps taskId; the delivery is recorded under the task's id
+    assert record["taskId"] == task_id
+    assert [a.status for a in sim.attempts(task_id)] == [200]
+
+
+def test_at_the_default_task_id_spelling_share_callbacks_name_the_id_taskId(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given the task_id spelling share at its default, 0.0
+    faults = FaultConfig(seed=5, failure_share=0.5)
+    assert faults.task_id_spelling_share == 0.0
+    sim = make_sim(faults=faults)
+    # When tasks, some failing, call back
+    with api(sim) as client:
+        task_ids = [submit(client, callBackUrl=receiver.url) for _ in range(8)]
+        receiver.wait_for(8)
+    # Then every callback names the id taskId, as before the switch existed
+    bodies = receiver.bodies()
+    assert sorted(body["data"]["taskId"] for body in bodies) == sorted(task_ids)
+    assert all(list(body["data"]) == ["taskId", "promptJson", "resultUrls"] for body in bodies)
+    assert {body["code"] for body in bodies} == {200, 500}
+
+
+def test_a_callback_can_carry_a_malformed_prompt_json_while_the_task_keeps_it_whole(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given a provider whose callbacks all carry a malformed promptJson
+    sim = make_sim(faults=FaultConfig(malformed_prompt_share=1.0))
+    with api(sim) as client:
+        # When a task is submitted and calls back
+        task_id = submit(client, prompt="a lighthouse", callBackUrl=receiver.url)
+        [request] = receiver.wait_for(1)
+        record = wait_done(client, task_id)
+        # (an upscale starts from the task's own promptJson)
+        upscale = client.post("/api/v1/mj/generateUpscale", json={"taskId": task_id, "imageIndex": 0}).json()
+
+    # Then the callback's promptJson is no JSON: the task's cut in half
+    body = request.json()
+    sent = body["data"]["promptJson"]
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(sent)
+    whole = sim.provider.task(task_id).prompt_json
+    assert sent == whole[: len(whole) // 2]
+    # And the rest of the callback is as ever
+    assert body["code"] == 200
+    assert body["data"]["taskId"] == task_id
+    assert body["data"]["resultUrls"] == result_urls(record)
+    # And the task keeps the well-formed one: record-info's paramJson parses, and an upscale
+    # takes its prompt from it
+    assert orjson.loads(whole)["prompt"] == "a lighthouse"
+    assert orjson.loads(record["paramJson"])["prompt"] == "a lighthouse"
+    assert upscale["code"] == 200, upscale
+    upscaled = sim.provider.task(upscale["data"]["taskId"]).prompt_json
+    assert orjson.loads(upscaled)["prompt"] == "a lighthouse"
+
+
+def test_at_the_default_malformed_prompt_share_callbacks_carry_the_tasks_prompt_json(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given the malformed promptJson share at its default, 0.0
+    faults = FaultConfig(seed=5, failure_share=0.5)
+    assert faults.malformed_prompt_share == 0.0
+    sim = make_sim(faults=faults)
+    # When tasks, some failing, call back
+    with api(sim) as client:
+        for _ in range(8):
+            submit(client, prompt="a lighthouse", callBackUrl=receiver.url)
+        receiver.wait_for(8)
+    # Then every callback carries its task's well-formed promptJson, as before the switch existed
+    bodies = receiver.bodies()
+    for body in bodies:
+        sent = body["data"]["promptJson"]
+        assert sent == sim.provider.task(body["data"]["taskId"]).prompt_json
+        assert orjson.loads(sent)["prompt"] == "a lighthouse"
+    assert {body["code"] for body in bodies} == {200, 500}

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections import Counter
 
 import httpx
+import orjson
 import pytest
 
+from cli.simulate import _config as cli_config
+from cli.simulate import serve
 from simulator import FaultConfig, SimulatorConfig, run_simulator
 from simulator.faults import FaultPlan, FileFault
 from simulator.resources import SLOW_FILE_PIECES
+from simulator.tasks import SuccessFlag
 from tests.simulator.conftest import TEST_CONFIG
 from tests.simulator.support import (
     FakeClock,
@@ -170,3 +174,168 @@ def test_an_expired_url_is_410_until_refreshed(make_sim: SimFactory) -> None:
     assert expired == 410
     assert refreshed.status_code == 200
     assert refreshed.content == sim.expected_file(task_id, 0)
+
+
+#: The three shares added after the first four decisions (failure, duplicate, drop, jitter).
+LATER_SHARES = ("task_id_spelling_share", "malformed_prompt_share", "failed_after_creation_share")
+#: What seed 11 decided for tasks 0-19 at failure 0.4, duplicate 0.3, drop 0.2 before the later
+#: shares existed (computed with that code): seeded runs must stay what they were.
+SEED_11_FAILS = [0, 4, 5, 7, 9, 13, 14, 17, 18]
+SEED_11_DUPLICATES = [2, 3, 8, 11, 12, 13, 15, 18, 19]
+SEED_11_DROPS = [1, 6, 9, 10, 14, 16, 18]
+SEED_11_JITTERS = [0.8973133665506324, 0.7600366774777695, 0.06906202015176643]
+
+
+@pytest.mark.parametrize("later", [0.0, 1.0])
+def test_the_later_shares_leave_the_first_four_decisions_as_they_were(later: float) -> None:
+    # Given seed 11's shares of failures, duplicates and drops, and the later shares at `later`
+    config = FaultConfig(
+        seed=11, failure_share=0.4, duplicate_share=0.3, drop_share=0.2, **dict.fromkeys(LATER_SHARES, later)
+    )
+    # When the plan decides tasks 0-19
+    plan = [FaultPlan(config).for_task(number) for number in range(20)]
+    # Then the same tasks fail, are duplicated and dropped, with the same jitter, as before the
+    # later shares existed
+    assert [number for number, t in enumerate(plan) if t.fails] == SEED_11_FAILS
+    assert [number for number, t in enumerate(plan) if t.duplicate] == SEED_11_DUPLICATES
+    assert [number for number, t in enumerate(plan) if t.drop] == SEED_11_DROPS
+    assert [t.jitter for t in plan[:3]] == SEED_11_JITTERS
+    # And the later faults hit every task (the failed-after-creation one every failing task), or none
+    on = later == 1.0
+    assert all(t.task_id_spelling is on and t.malformed_prompt is on for t in plan)
+    assert all(t.failed_after_creation is (on and t.fails) for t in plan)
+
+
+def test_the_later_shares_change_no_earlier_decision_and_are_respected() -> None:
+    # Given the same seed and shares, with and without the later shares
+    base = FaultConfig(seed=7, failure_share=0.3, duplicate_share=0.1, drop_share=0.2)
+    later = FaultConfig(
+        seed=7,
+        failure_share=0.3,
+        duplicate_share=0.1,
+        drop_share=0.2,
+        task_id_spelling_share=0.3,
+        malformed_prompt_share=0.4,
+        failed_after_creation_share=0.5,
+    )
+    # When each plans 1000 tasks
+    without = [FaultPlan(base).for_task(number) for number in range(1000)]
+    with_later = [FaultPlan(later).for_task(number) for number in range(1000)]
+    # Then every earlier decision is the same
+    earlier = [(t.fails, t.duplicate, t.drop, t.jitter) for t in without]
+    assert [(t.fails, t.duplicate, t.drop, t.jitter) for t in with_later] == earlier
+    # And without the later shares none of their faults happens; with them, in their shares
+    assert not any(t.task_id_spelling or t.malformed_prompt or t.failed_after_creation for t in without)
+    assert 230 <= sum(t.task_id_spelling for t in with_later) <= 370
+    assert 330 <= sum(t.malformed_prompt for t in with_later) <= 470
+    # (failed after creation only among the failing tasks, about half of them)
+    failing = [t for t in with_later if t.fails]
+    assert not any(t.failed_after_creation for t in with_later if not t.fails)
+    assert 0.35 * len(failing) <= sum(t.failed_after_creation for t in failing) <= 0.65 * len(failing)
+
+
+@pytest.mark.parametrize("name", LATER_SHARES)
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_a_later_share_outside_0_to_1_is_refused(name: str, share: float) -> None:
+    with pytest.raises(ValueError, match=name):
+        FaultConfig(**{name: share})
+
+
+def test_the_cli_passes_the_later_shares_to_the_fault_config() -> None:
+    # Given the serve command's options, the later shares given
+    args = ["--task-id-spelling-share", "0.25", "--malformed-prompt-share", "0.5"]
+    args += ["--failed-after-creation-share", "0.75"]
+    options = dict(serve.make_context("serve", args).params)
+    # When they are turned into the simulator's config
+    faults = cli_config(options).faults
+    # Then each lands in its FaultConfig field; unset, each is 0
+    assert (faults.task_id_spelling_share, faults.malformed_prompt_share) == (0.25, 0.5)
+    assert faults.failed_after_creation_share == 0.75
+    defaults = cli_config(dict(serve.make_context("serve", []).params)).faults
+    assert [getattr(defaults, name) for name in LATER_SHARES] == [0.0, 0.0, 0.0]
+
+
+def test_a_failed_task_can_be_recorded_as_created_but_failed_with_the_same_callback(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given a provider whose failed tasks all fail after creation, and one whose tasks do not fail
+    failing = make_sim(faults=FaultConfig(failure_share=1.0, failed_after_creation_share=1.0))
+    succeeding = make_sim(faults=FaultConfig(failed_after_creation_share=1.0))
+    # When a task is submitted to each
+    with api(failing) as client:
+        failed = submit(client, callBackUrl=receiver.url)
+        failed_record = wait_done(client, failed)
+        [request] = receiver.wait_for(1)
+    with api(succeeding) as client:
+        succeeded_record = wait_done(client, submit(client))
+
+    # Then the failed one's record-info says successFlag 3, created but generation failed
+    assert failed_record["successFlag"] == 3
+    assert failed_record["errorCode"] == 501
+    assert failed_record["errorMessage"] == "Midjourney generation failed"
+    assert result_urls(failed_record) == []
+    assert failing.provider.task(failed).success_flag is SuccessFlag.CREATE_FAILED
+    # And its callback is the failure's as ever: code 500, no URLs
+    body = request.json()
+    assert (body["code"], body["msg"]) == (500, "Midjourney generation failed")
+    assert body["data"] == {
+        "taskId": failed,
+        "promptJson": failing.provider.task(failed).prompt_json,
+        "resultUrls": [],
+    }
+    # And a task that does not fail is not touched by the share
+    assert succeeded_record["successFlag"] == 1
+
+
+def test_at_the_default_failed_after_creation_share_failed_tasks_say_successFlag_2(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given failing tasks, the failed-after-creation share at its default, 0.0
+    faults = FaultConfig(failure_share=1.0)
+    assert faults.failed_after_creation_share == 0.0
+    sim = make_sim(faults=faults)
+    # When tasks fail
+    with api(sim) as client:
+        task_ids = [submit(client, callBackUrl=receiver.url) for _ in range(5)]
+        records = [wait_done(client, task_id) for task_id in task_ids]
+        receiver.wait_for(5)
+    # Then each record says successFlag 2, as before the switch existed, and each callback code 500
+    assert [record["successFlag"] for record in records] == [2] * 5
+    assert all(record["errorCode"] == 501 for record in records)
+    assert [body["code"] for body in receiver.bodies()] == [500] * 5
+
+
+def test_the_later_faults_leave_failed_duplicated_and_dropped_callbacks_as_seeded(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given seed 11's failures, duplicates and drops, planned without the later shares
+    earlier = FaultConfig(seed=11, failure_share=0.4, duplicate_share=0.3, drop_share=0.2)
+    plan = [FaultPlan(earlier).for_task(number) for number in range(10)]
+    # When a provider with the same seed and shares, and every later share at 1.0, runs 10 tasks
+    faults = FaultConfig(
+        seed=11, failure_share=0.4, duplicate_share=0.3, drop_share=0.2, **dict.fromkeys(LATER_SHARES, 1.0)
+    )
+    sim = make_sim(faults=faults)
+    with api(sim) as client:
+        task_ids = [submit(client, callBackUrl=receiver.url) for _ in range(10)]
+        records = [wait_done(client, task_id) for task_id in task_ids]
+    assert sim.wait_idle(5.0)
+
+    # Then the same tasks are called back twice, once, or not at all, and the same ones fail
+    bodies = receiver.bodies()
+    sent = Counter(body["data"]["task_id"] for body in bodies)
+    for task_id, expected in zip(task_ids, plan, strict=True):
+        want = 0 if expected.drop else 2 if expected.duplicate else 1
+        assert sent[task_id] == want, task_id
+    failed = {body["data"]["task_id"] for body in bodies if body["code"] == 500}
+    assert failed == {t for t, e in zip(task_ids, plan, strict=True) if e.fails and not e.drop}
+    flags = [3 if expected.fails else 1 for expected in plan]
+    assert [record["successFlag"] for record in records] == flags
+    # And every callback shows the later faults: task_id spelling, malformed promptJson
+    assert all("taskId" not in body["data"] for body in bodies)
+    for body in bodies:
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(body["data"]["promptJson"])
+    assert any(e.drop for e in plan)
+    assert any(e.duplicate and not e.drop for e in plan)
+    assert any(e.fails and not e.drop for e in plan)
