@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from cli.output import echo_json
+from cli.params import FiniteFloatRange, seconds
 from cli.services import reported_failures
 from cli.settings import pass_settings
 from shared.errors import ConfigError
@@ -35,6 +36,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: The largest --width and --height, pixels: a PNG is made in memory per request.
 MAX_IMAGE_SIDE = 8192
+#: Bounds of load's --rate, callbacks per second: a callback every 1000 s at the slowest.
+MIN_LOAD_RATE = 0.001
+MAX_LOAD_RATE = 100_000.0
+#: The largest --time-scale: the provider's 21 minutes of retries made 35 hours.
+MAX_TIME_SCALE = 100.0
 
 #: Option name -> (FaultConfig field, help). Shares are 0.0-1.0.
 FAULT_SHARES = {
@@ -78,14 +84,14 @@ def provider_options(function: F) -> F:
         click.option("--hmac-key", default="", help="Sign callbacks with this webhook HMAC key."),
         click.option(
             "--time-scale",
-            type=click.FloatRange(min=0, min_open=True),
+            type=FiniteFloatRange(min=0, min_open=True, max=MAX_TIME_SCALE),
             default=1.0,
             show_default=True,
             help="Factor on the 1/5/15-minute callback retry schedule (0.001 -> 60/300/900 ms).",
         ),
         click.option(
             "--callback-timeout",
-            type=click.FloatRange(min=0, min_open=True),
+            type=seconds(min=0, min_open=True),
             default=DEFAULT_CALLBACK_TIMEOUT_S,
             show_default=True,
             help="Seconds to wait for a callback's answer.",
@@ -94,7 +100,7 @@ def provider_options(function: F) -> F:
         click.option("--height", type=click.IntRange(1, MAX_IMAGE_SIDE), default=1024, show_default=True),
         click.option(
             "--url-ttl",
-            type=click.FloatRange(min=0, min_open=True),
+            type=seconds(min=0, min_open=True),
             default=DEFAULT_URL_TTL_S,
             show_default=True,
             help="Seconds a result URL stays valid and the media is kept (no fresh link after).",
@@ -102,13 +108,13 @@ def provider_options(function: F) -> F:
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault decisions."),
         *(
             click.option(
-                name, field, type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help=text
+                name, field, type=FiniteFloatRange(0.0, 1.0), default=0.0, show_default=True, help=text
             )
             for name, (field, text) in FAULT_SHARES.items()
         ),
         click.option(
             "--file-slow-delay",
-            type=click.FloatRange(min=0),
+            type=seconds(),
             default=2.0,
             show_default=True,
             help="Seconds a slow file takes.",
@@ -169,7 +175,7 @@ def simulate() -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8090, show_default=True)
 @click.option(
     "--generation-delay",
-    type=click.FloatRange(min=0),
+    type=seconds(),
     default=DEFAULT_GENERATION_DELAY_S,
     show_default=True,
     help="Seconds from submission to result and callback.",
@@ -222,7 +228,7 @@ def serve(
 @click.option("--tasks", "task_count", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=MIN_LOAD_RATE, max=MAX_LOAD_RATE),
     default=20.0,
     show_default=True,
     help="Callbacks/s.",
@@ -245,21 +251,21 @@ def serve(
 )
 @click.option(
     "--settle-timeout",
-    type=click.FloatRange(min=0),
+    type=seconds(),
     default=None,
     help="Seconds, after the last callback is due, to wait for answers, duplicates and retries"
     " [default: enough for every retry: 1+5+15 min x --time-scale, 4 x --callback-timeout, + 30 s].",
 )
 @click.option(
     "--store-timeout",
-    type=click.FloatRange(min=0),
+    type=seconds(),
     default=DEFAULT_STORE_TIMEOUT_S,
     show_default=True,
     help="Seconds to wait for manifests in the bucket (MJHOOK_S3_*); 0 skips the bucket.",
 )
 @click.option(
     "--download-grace",
-    type=click.FloatRange(min=0),
+    type=seconds(),
     default=DEFAULT_DOWNLOAD_GRACE_S,
     show_default=True,
     help="With --store-timeout 0: seconds to keep serving result files after the callbacks, until"
@@ -309,6 +315,10 @@ def load(
         echo_json(report.to_dict())
     else:
         click.echo(report.format_text())
+    if report.problems:
+        # The report says what went wrong (its "problem:" lines, or the JSON's figures); a script
+        # running the load learns it from the exit status.
+        raise SystemExit(1)
 
 
 def _load_callback_url(settings: Settings, given: str | None) -> str:

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.output import echo_json, format_age
+from cli.params import seconds
 from cli.services import queue_redis, reported_failures, task_store
 from cli.settings import pass_settings
 from shared.clock import utc_iso
@@ -31,7 +32,7 @@ DEFAULT_INTERVAL_S = 2.0
 @click.option("--watch", is_flag=True, help="Refresh a live view until Ctrl-C.")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1),
+    type=seconds(min=0.1),
     default=DEFAULT_INTERVAL_S,
     show_default=True,
     help="Seconds between refreshes with --watch.",

@@ -8,12 +8,14 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 from shared.errors import StorageUnavailable
 from shared.storage import MANIFEST_NAME, manifest_key, task_prefix
+from simulator.callbacks import DeliveryAttempt
 from simulator.config import SimulatorConfig
 from simulator.server import RunningSimulator
 
@@ -52,13 +54,16 @@ class LoadReport:
     #: Tasks completed without a callback (the drop fault).
     dropped: int
     callback_attempts: int
-    #: From the first callback sent to the last acknowledged, seconds.
-    send_duration_s: float
-    ack_throughput_per_s: float
+    #: From the first callback sent to the last first attempt acknowledged, seconds: the receiver's
+    #: pace under the load (retries and duplicates, due minutes or a moment later, left out); None
+    #: with fewer than two first attempts acknowledged.
+    send_duration_s: float | None
+    #: First attempts acknowledged per second over ``send_duration_s``; None likewise.
+    ack_throughput_per_s: float | None
     #: From when each acknowledged attempt was due to its answer: waiting for a free delivery
-    #: thread counts, not only the receiver's answer time.
-    ack_latency_p50_ms: float
-    ack_latency_p99_ms: float
+    #: thread counts, not only the receiver's answer time; None when none was acknowledged.
+    ack_latency_p50_ms: float | None
+    ack_latency_p99_ms: float | None
     #: The rate the first attempts were actually sent at, per second (below ``rate_per_s`` when
     #: ``delivery_threads`` were all waiting on slow answers); None for fewer than two.
     send_rate_per_s: float | None = None
@@ -84,20 +89,45 @@ class LoadReport:
     #: How long after the last callback was due the run waited at most for callbacks to settle,
     #: seconds.
     settle_timeout_s: float = 0.0
+    #: Per acknowledged task, from when its callback was first due to its first acknowledgement,
+    #: the wait for any retry included (1, 5, 15 minutes x ``--time-scale``); None when none was.
+    task_latency_p50_ms: float | None = None
+    task_latency_p99_ms: float | None = None
+    #: Of the tasks with a manifest, those the load saw no callback of acknowledged (an answer
+    #: after the callback timeout, a dropped callback stored through polling).
+    manifests_unacknowledged: int = 0
+
+    @property
+    def problems(self) -> list[str]:
+        """Why the run did not show every callback acknowledged and every acknowledged task in
+        the bucket (none: it did). A task that ended failed or partial is an outcome, not one."""
+        problems = []
+        if self.unacknowledged:
+            problems.append(
+                f"{self.unacknowledged} of {self.tasks - self.dropped} callbacks never acknowledged"
+            )
+        if not self.settled:
+            problems.append("callbacks still due when the wait ended")
+        if self.bucket_unavailable is not None:
+            problems.append(f"the bucket could not be read: {self.bucket_unavailable}")
+        missing = (self.manifests or {}).get("missing", 0)
+        if missing:
+            problems.append(f"{missing} acknowledged tasks without a manifest")
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def format_text(self) -> str:
-        sent = "n/a" if self.send_rate_per_s is None else f"{self.send_rate_per_s:.1f}/s"
         lines = [
-            f"load: {self.tasks} tasks at {self.rate_per_s:g}/s asked, sent at {sent}"
+            f"load: {self.tasks} tasks at {self.rate_per_s:g}/s asked, sent at {_per_s(self.send_rate_per_s)}"
             f" (at most {self.delivery_threads} in flight) -> {self.callback_url}",
             f"callbacks: {self.acknowledged} acknowledged, {self.unacknowledged} not acknowledged, "
-            f"{self.dropped} dropped ({self.callback_attempts} attempts) in {self.send_duration_s:.2f} s"
-            f" = {self.ack_throughput_per_s:.1f}/s",
-            f"ack latency from when due: p50 {self.ack_latency_p50_ms:.1f} ms,"
-            f" p99 {self.ack_latency_p99_ms:.1f} ms",
+            f"{self.dropped} dropped ({self.callback_attempts} attempts); first attempts acknowledged"
+            f" in {_seconds(self.send_duration_s)} = {_per_s(self.ack_throughput_per_s)}",
+            f"ack latency from when due: p50 {_ms(self.ack_latency_p50_ms)},"
+            f" p99 {_ms(self.ack_latency_p99_ms)} per attempt; p50 {_ms(self.task_latency_p50_ms)},"
+            f" p99 {_ms(self.task_latency_p99_ms)} per task (retries waited for)",
             f"result files: {self.result_files_served} of {self.result_files} downloaded",
         ]
         if not self.settled:
@@ -107,14 +137,33 @@ class LoadReport:
                 " --settle-timeout or a smaller --time-scale sends them"
             )
         if self.bucket_unavailable is not None:
-            lines.append(f"bucket: unavailable ({self.bucket_unavailable}); nothing read about stored tasks")
+            read = "nothing read about stored tasks" if self.manifests is None else "what was read before:"
+            lines.append(f"bucket: unavailable at the end ({self.bucket_unavailable}); {read}")
         if self.manifests is not None:
             counts = ", ".join(f"{count} {status}" for status, count in self.manifests.items())
             lines.append(
-                f"bucket: {counts} after {self.store_duration_s or 0.0:.2f} s"
-                f" = {self.stored_throughput_per_s or 0.0:.1f} stored/s"
+                f"bucket: {counts} after {_seconds(self.store_duration_s)}"
+                f" = {_per_s(self.stored_throughput_per_s, 'stored/s')}"
             )
+            if self.manifests_unacknowledged:
+                lines.append(
+                    f"  ({self.manifests_unacknowledged} of them of tasks whose callback was not seen"
+                    " acknowledged: answered after the callback timeout, or dropped and polled)"
+                )
+        lines.extend(f"problem: {problem}" for problem in self.problems)
         return "\n".join(lines)
+
+
+def _per_s(value: float | None, unit: str = "/s") -> str:
+    return "n/a" if value is None else f"{value:.1f}{unit}"
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -166,9 +215,17 @@ def run_load(
     ``settle_timeout_s`` seconds after the last is due), then, given a ``store``, for the
     manifests of the acknowledged tasks (a bucket failing until ``store_timeout_s`` is said in
     the report); without one, up to ``download_grace_s`` seconds (default 0) until each result
-    file of the acknowledged tasks was downloaded once, since ``sim`` stops serving them after."""
-    if tasks < 1 or rate_per_s <= 0:
+    file of the acknowledged tasks was downloaded once, since ``sim`` stops serving them after.
+
+    A ``store`` that refuses to be read for another reason than an outage (wrong credentials)
+    raises before any callback is sent."""
+    if tasks < 1 or not 0 < rate_per_s < math.inf:
         raise ValueError("tasks must be at least 1 and the rate positive")
+    listing = task_prefix(sim.provider.task_id_prefix).rstrip("/")  # "tasks/<prefix>": this run's
+    if store is not None:
+        # An outage may be over by the end (and the workers make a missing bucket): not raised.
+        with suppress(StorageUnavailable):
+            store.list_keys(listing)
     started_wall = clock()
     submitted = [
         sim.provider.submit(
@@ -180,6 +237,7 @@ def run_load(
         )
         for number in range(tasks)
     ]
+    run_ids = {task.task_id for task in submitted}
     task_ids = {task.task_id for task in submitted if not task.faults.drop}
     # Not just until every task is acknowledged: a duplicate (or a retry of one) is sent after
     # its original's ack, and stopping the simulator drops what is still due. Idle means every
@@ -194,7 +252,7 @@ def run_load(
         served = sim.provider.wait_served(files, download_grace_s)
     else:
         manifests, bucket_error = _wait_for_manifests(
-            store, sim.provider.task_id_prefix, acked, timeout_s=store_timeout_s
+            store, listing, run_ids, wait_for=acked, timeout_s=store_timeout_s
         )
         served = sim.provider.wait_served(files, 0.0)
     report = replace(
@@ -205,7 +263,7 @@ def run_load(
         result_files_served=len(served),
         bucket_unavailable=bucket_error,
     )
-    if store is None or bucket_error is not None:
+    if store is None or (bucket_error is not None and not manifests):
         return report
     return _with_store(report, manifests, acked, started_wall)
 
@@ -216,11 +274,20 @@ def _callback_report(
     attempts = [attempt for attempt in sim.attempts() if attempt.task_id in task_ids]
     acks = [attempt for attempt in attempts if attempt.acknowledged]
     acked = {attempt.task_id for attempt in acks}
-    duration = 0.0
-    if acks:
-        first = min(attempt.started_at for attempt in attempts)
-        duration = max(attempt.started_at + attempt.duration_s for attempt in acks) - first
-    latencies_ms = [(attempt.started_at + attempt.duration_s - attempt.due_at) * 1000 for attempt in acks]
+    firsts = [attempt for attempt in attempts if attempt.attempt == 1 and attempt.delivery == 0]
+    first_acks = [attempt for attempt in firsts if attempt.acknowledged]
+    duration = None
+    if len(first_acks) > 1:
+        duration = max(_answered(a) for a in first_acks) - min(a.started_at for a in firsts)
+    latencies_ms = [(_answered(attempt) - attempt.due_at) * 1000 for attempt in acks]
+    # A task's wait: from its first callback's due time to the first answer 2xx of any delivery.
+    first_due = {attempt.task_id: attempt.due_at for attempt in firsts}
+    first_ack: dict[str, float] = {}
+    for attempt in acks:
+        first_ack[attempt.task_id] = min(first_ack.get(attempt.task_id, math.inf), _answered(attempt))
+    task_latencies_ms = [
+        (at - first_due[task_id]) * 1000 for task_id, at in first_ack.items() if task_id in first_due
+    ]
     return LoadReport(
         tasks=tasks,
         rate_per_s=rate_per_s,
@@ -230,12 +297,23 @@ def _callback_report(
         dropped=tasks - len(task_ids),
         callback_attempts=len(attempts),
         send_duration_s=duration,
-        ack_throughput_per_s=len(acked) / duration if duration > 0 else 0.0,
-        ack_latency_p50_ms=percentile(latencies_ms, 0.5),
-        ack_latency_p99_ms=percentile(latencies_ms, 0.99),
-        send_rate_per_s=_send_rate([a.started_at for a in attempts if a.attempt == 1 and a.delivery == 0]),
+        ack_throughput_per_s=len(first_acks) / duration if duration else None,
+        ack_latency_p50_ms=_percentile_or_none(latencies_ms, 0.5),
+        ack_latency_p99_ms=_percentile_or_none(latencies_ms, 0.99),
+        send_rate_per_s=_send_rate([a.started_at for a in firsts]),
         delivery_threads=sim.config.delivery_threads,
+        task_latency_p50_ms=_percentile_or_none(task_latencies_ms, 0.5),
+        task_latency_p99_ms=_percentile_or_none(task_latencies_ms, 0.99),
     )
+
+
+def _answered(attempt: DeliveryAttempt) -> float:
+    """When ``attempt``'s answer came, monotonic seconds."""
+    return attempt.started_at + attempt.duration_s
+
+
+def _percentile_or_none(values: list[float], share: float) -> float | None:
+    return percentile(values, share) if values else None
 
 
 def _send_rate(starts: list[float]) -> float | None:
@@ -245,13 +323,13 @@ def _send_rate(starts: list[float]) -> float | None:
 
 
 def _wait_for_manifests(
-    store: ManifestReader, prefix: str, task_ids: set[str], *, timeout_s: float
+    store: ManifestReader, listing: str, task_ids: set[str], *, wait_for: set[str], timeout_s: float
 ) -> tuple[dict[str, dict[str, Any]], str | None]:
-    """The manifests of ``task_ids`` that appear within ``timeout_s`` seconds, and why the bucket
-    could not be read when the wait ended on a failure (None when it ended on a read). A failing
-    read is tried again until then."""
+    """The manifests of ``task_ids`` (under ``listing``) read until those of ``wait_for`` are all
+    there or ``timeout_s`` seconds have passed, and why the bucket could not be read when the
+    wait ended on a failure (None when it ended on a read). What was read before a failure is
+    kept. An outage is tried again until then; any other failure (a refusal) ends the wait."""
     found: dict[str, dict[str, Any]] = {}
-    listing = task_prefix(prefix).rstrip("/")  # "tasks/<prefix>": every task of this run
     deadline = time.monotonic() + timeout_s
     while True:
         error: str | None = None
@@ -259,7 +337,9 @@ def _wait_for_manifests(
             _read_manifests(store, listing, task_ids, found)
         except StorageUnavailable as exc:
             error = str(exc)
-        if (error is None and len(found) == len(task_ids)) or time.monotonic() >= deadline:
+        except Exception as exc:  # S3's refusals (credentials, policy): asking again changes nothing
+            return found, f"{type(exc).__name__}: {exc}"
+        if (error is None and wait_for <= found.keys()) or time.monotonic() >= deadline:
             return found, error
         time.sleep(POLL_INTERVAL_S)
 
@@ -282,7 +362,7 @@ def _with_store(
     statuses = Counter(str(manifest.get("status")) for manifest in manifests.values())
     counts = {status: statuses.get(status, 0) for status in ("stored", "partial", "failed")}
     counts.update({status: n for status, n in statuses.items() if status not in counts})
-    counts["missing"] = len(acked) - len(manifests)
+    counts["missing"] = len(acked - manifests.keys())
     finished = [_unix(str(manifest.get("completedAt", ""))) for manifest in manifests.values()]
     last = max((when for when in finished if when is not None), default=None)
     duration = None if last is None else max(0.0, last - started_wall)
@@ -293,6 +373,7 @@ def _with_store(
             "manifests": counts,
             "store_duration_s": duration,
             "stored_throughput_per_s": throughput,
+            "manifests_unacknowledged": len(manifests.keys() - acked),
         }
     )
 

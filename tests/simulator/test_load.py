@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import main
@@ -22,6 +23,7 @@ from simulator.config import PROVIDER_RETRY_DELAYS_S
 from simulator.load import percentile, run_load, settle_timeout_for
 from simulator.tasks import SuccessFlag
 from tests.simulator.support import Receiver, SimFactory
+from tests.support.procs import free_port
 
 
 class FakeBucket:
@@ -362,7 +364,7 @@ def test_a_bucket_failing_until_the_timeout_keeps_the_callback_report(
     assert report.acknowledged == 3
     assert report.manifests is None
     assert report.bucket_unavailable == "object storage did not answer"
-    assert "bucket: unavailable (object storage did not answer)" in report.format_text()
+    assert "bucket: unavailable at the end (object storage did not answer)" in report.format_text()
 
 
 def test_percentiles_use_the_nearest_rank() -> None:
@@ -370,3 +372,156 @@ def test_percentiles_use_the_nearest_rank() -> None:
     assert percentile(values, 0.5) == 50.0
     assert percentile(values, 0.99) == 99.0
     assert percentile([], 0.5) == 0.0
+
+
+def test_ack_throughput_is_over_first_attempts_and_task_latency_waits_for_retries(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given 20 callbacks at 200/s, the first answered 500: its retry is due 1 minute x 0.01 later
+    sim = make_sim(time_scale=0.01)
+    receiver.script = [500]
+    # When the load run returns
+    report = run_load(sim, tasks=20, rate_per_s=200.0, callback_url=receiver.url)
+    # Then the throughput counts the first attempts acknowledged over their own span, not the
+    # retry's wait (which the span of every acknowledgement would include)
+    attempts = sim.attempts()
+    firsts = [a for a in attempts if a.attempt == 1]
+    retried = [a for a in attempts if a.attempt == 2]
+    assert len(firsts) == 20
+    assert len(retried) == 1
+    assert retried[0].acknowledged
+    first_acks = [a for a in firsts if a.acknowledged]
+    span = max(a.started_at + a.duration_s for a in first_acks) - min(a.started_at for a in firsts)
+    assert report.send_duration_s == span
+    assert report.ack_throughput_per_s == 19 / span
+    assert report.send_duration_s < retried[0].started_at - min(a.started_at for a in firsts)
+    # And the retried task's latency, from when its callback was first due to its acknowledgement,
+    # holds the wait for the retry (due 0.6 s after the first attempt), which the per-attempt
+    # figure leaves out
+    waited_ms = {a.task_id: (a.started_at + a.duration_s - a.due_at) * 1000 for a in firsts if a.acknowledged}
+    [refused] = [a for a in firsts if not a.acknowledged]
+    waited_ms[refused.task_id] = (retried[0].started_at + retried[0].duration_s - refused.due_at) * 1000
+    assert waited_ms[refused.task_id] >= PROVIDER_RETRY_DELAYS_S[0] * 0.01 * 1000
+    assert report.task_latency_p99_ms == percentile(list(waited_ms.values()), 0.99)
+    assert report.task_latency_p99_ms == waited_ms[refused.task_id]
+    assert report.ack_latency_p99_ms is not None
+    assert report.ack_latency_p99_ms < waited_ms[refused.task_id]
+
+
+def test_with_one_task_or_none_acknowledged_the_figures_say_n_a_not_zero(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given one task acknowledged: no span to measure a throughput over
+    one = run_load(make_sim(), tasks=1, rate_per_s=1.0, callback_url=receiver.url)
+    # And a run where no callback is acknowledged
+    receiver.default_status = 500
+    none = run_load(make_sim(time_scale=0.0001), tasks=2, rate_per_s=100.0, callback_url=receiver.url)
+    # Then the figures that do not exist are None in the report, and n/a in its text
+    assert (one.acknowledged, one.send_duration_s, one.ack_throughput_per_s) == (1, None, None)
+    assert one.ack_latency_p50_ms is not None
+    assert "acknowledged in n/a = n/a" in one.format_text()
+    assert none.acknowledged == 0
+    assert (none.ack_latency_p50_ms, none.ack_latency_p99_ms, none.ack_throughput_per_s) == (None, None, None)
+    assert (none.task_latency_p50_ms, none.task_latency_p99_ms) == (None, None)
+    assert "p50 n/a, p99 n/a per attempt" in none.format_text()
+    assert "problem: 2 of 2 callbacks never acknowledged" in none.format_text()
+
+
+def test_a_task_stored_though_its_callback_was_not_seen_acknowledged_is_counted(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given a receiver that refuses every callback of one task (mjhook answering after the
+    # callback timeout, say), though that task ends stored too
+    sim = make_sim(time_scale=0.0001)
+    refused = f"{sim.provider.task_id_prefix}000001"
+    receiver.script = [200]  # the first task's callback, due 100 ms before the second's
+    receiver.default_status = 500
+    report = run_load(
+        sim,
+        tasks=2,
+        rate_per_s=10.0,
+        callback_url=receiver.url,
+        store=FakeBucket(receiver, partial=""),
+        store_timeout_s=5.0,
+    )
+    # Then the bucket's count has every task of the run with a manifest, the refused one said apart
+    assert {a.task_id for a in sim.attempts() if not a.acknowledged} == {refused}
+    assert report.acknowledged == 1
+    assert report.manifests is not None
+    assert (report.manifests["stored"], report.manifests["missing"]) == (2, 0)
+    assert report.manifests_unacknowledged == 1
+    assert "1 of them of tasks whose callback was not seen acknowledged" in report.format_text()
+
+
+class PartlyReadBucket:
+    """A bucket that lists one task's manifest once, then fails every read."""
+
+    def __init__(self, bucket: FakeBucket) -> None:
+        self._bucket = bucket
+        self._listed_one = False
+
+    def list_keys(self, prefix: str) -> list[str]:
+        if self._listed_one:
+            raise StorageUnavailable("object storage did not answer")
+        keys = self._bucket.list_keys(prefix)[:1]
+        self._listed_one = bool(keys)
+        return keys
+
+    def get_json(self, key: str) -> Any:
+        return self._bucket.get_json(key)
+
+
+def test_manifests_read_before_the_bucket_failed_are_kept(make_sim: SimFactory, receiver: Receiver) -> None:
+    # Given a bucket that answered with one task's manifest, then failed until the timeout
+    sim = make_sim()
+    bucket = PartlyReadBucket(FakeBucket(receiver, partial=""))
+    # When a load run of 3 tasks waits for their manifests
+    report = run_load(
+        sim, tasks=3, rate_per_s=100.0, callback_url=receiver.url, store=bucket, store_timeout_s=1.0
+    )
+    # Then what was read is reported beside the failure, not dropped
+    assert report.bucket_unavailable == "object storage did not answer"
+    assert report.manifests is not None
+    assert (report.manifests["stored"], report.manifests["missing"]) == (1, 2)
+    assert "bucket: unavailable at the end (object storage did not answer); what was read before:" in (
+        report.format_text()
+    )
+
+
+class RefusingBucket:
+    """A bucket refusing this client (wrong credentials): no outage, asking again changes nothing."""
+
+    def list_keys(self, prefix: str) -> list[str]:
+        raise PermissionError("SignatureDoesNotMatch")
+
+    def get_json(self, key: str) -> Any:
+        raise PermissionError("SignatureDoesNotMatch")
+
+
+def test_a_bucket_refusing_the_client_stops_the_run_before_any_callback(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    sim = make_sim()
+    with pytest.raises(PermissionError, match="SignatureDoesNotMatch"):
+        run_load(sim, tasks=3, rate_per_s=100.0, callback_url=receiver.url, store=RefusingBucket())
+    assert sim.provider.tasks() == []
+    assert receiver.requests == []
+
+
+def test_the_cli_exits_1_when_callbacks_were_not_acknowledged() -> None:
+    # Given a callback URL nothing listens on
+    url = f"http://127.0.0.1:{free_port()}/callbacks/midjourney"
+    # When the load runs against it
+    result = _invoke_load(*("--tasks", "2", "--rate", "100", "--time-scale", "0.0001", "--callback-url", url))
+    # Then it still prints its report, and its exit status says the run did not do its work
+    assert result.exit_code == 1, result.output
+    report = orjson.loads(result.stdout)
+    assert (report["acknowledged"], report["unacknowledged"]) == (0, 2)
+
+
+@pytest.mark.parametrize("option", ["--rate", "--time-scale", "--settle-timeout", "--callback-timeout"])
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_the_cli_refuses_a_number_that_is_not_finite(option: str, value: str) -> None:
+    result = _invoke_load("--callback-url", "http://127.0.0.1:9/cb", option, value)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
