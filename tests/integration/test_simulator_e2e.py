@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from simulator import FaultConfig, RunningSimulator, SimulatorConfig, run_simulator
+from tests.simulator.support import api
 from tests.support.pipeline import CALLBACK_PATH, read_manifest, wait_for
 from tests.support.stack import start_ingress, start_workers
 
@@ -70,14 +71,9 @@ def test_tasks_of_the_simulated_provider_end_stored_with_the_served_bytes(
     callback_url = ingress_url + CALLBACK_PATH
     s3 = s3_server.client()
     try:
-        with httpx.Client(
-            base_url=simulator.base_url,
-            headers={"Authorization": f"Bearer {simulator.api_key}"},
-            trust_env=False,
-            timeout=10,
-        ) as api:
+        with api(simulator) as provider:
 
-            def submit(path: str, body: dict[str, Any], client: httpx.Client = api) -> str:
+            def submit(path: str, body: dict[str, Any], client: httpx.Client = provider) -> str:
                 answer = client.post(path, json={**body, "callBackUrl": callback_url}).json()
                 assert answer["code"] == 200, answer
                 return str(answer["data"]["taskId"])
@@ -86,12 +82,7 @@ def test_tasks_of_the_simulated_provider_end_stored_with_the_served_bytes(
             # a provider sending a malformed promptJson
             odd: dict[str, str] = {}
             for name, sim in odd_simulators.items():
-                with httpx.Client(
-                    base_url=sim.base_url,
-                    headers={"Authorization": f"Bearer {sim.api_key}"},
-                    trust_env=False,
-                    timeout=10,
-                ) as odd_api:
+                with api(sim) as odd_api:
                     odd[name] = submit(
                         "/api/v1/mj/generate", {"taskType": "mj_txt2img", "prompt": name}, odd_api
                     )

@@ -233,24 +233,6 @@ def test_a_callback_can_spell_the_id_task_id_signed_for_the_same_id(
     assert [a.status for a in sim.attempts(task_id)] == [200]
 
 
-def test_at_the_default_task_id_spelling_share_callbacks_name_the_id_taskId(
-    make_sim: SimFactory, receiver: Receiver
-) -> None:
-    # Given the task_id spelling share at its default, 0.0
-    faults = FaultConfig(seed=5, failure_share=0.5)
-    assert faults.task_id_spelling_share == 0.0
-    sim = make_sim(faults=faults)
-    # When tasks, some failing, call back
-    with api(sim) as client:
-        task_ids = [submit(client, callBackUrl=receiver.url) for _ in range(8)]
-        receiver.wait_for(8)
-    # Then every callback names the id taskId, as before the switch existed
-    bodies = receiver.bodies()
-    assert sorted(body["data"]["taskId"] for body in bodies) == sorted(task_ids)
-    assert all(list(body["data"]) == ["taskId", "promptJson", "resultUrls"] for body in bodies)
-    assert {body["code"] for body in bodies} == {200, 500}
-
-
 def test_a_callback_can_carry_a_malformed_prompt_json_while_the_task_keeps_it_whole(
     make_sim: SimFactory, receiver: Receiver
 ) -> None:
@@ -284,20 +266,22 @@ def test_a_callback_can_carry_a_malformed_prompt_json_while_the_task_keeps_it_wh
     assert orjson.loads(upscaled)["prompt"] == "a lighthouse"
 
 
-def test_at_the_default_malformed_prompt_share_callbacks_carry_the_tasks_prompt_json(
+def test_at_the_default_shares_callbacks_name_the_id_taskId_and_carry_the_tasks_prompt_json(
     make_sim: SimFactory, receiver: Receiver
 ) -> None:
-    # Given the malformed promptJson share at its default, 0.0
+    # Given the task_id spelling and malformed promptJson shares at their default, 0.0
     faults = FaultConfig(seed=5, failure_share=0.5)
-    assert faults.malformed_prompt_share == 0.0
+    assert (faults.task_id_spelling_share, faults.malformed_prompt_share) == (0.0, 0.0)
     sim = make_sim(faults=faults)
     # When tasks, some failing, call back
     with api(sim) as client:
-        for _ in range(8):
-            submit(client, prompt="a lighthouse", callBackUrl=receiver.url)
+        task_ids = [submit(client, prompt="a lighthouse", callBackUrl=receiver.url) for _ in range(8)]
         receiver.wait_for(8)
-    # Then every callback carries its task's well-formed promptJson, as before the switch existed
+    # Then every callback names the id taskId and carries its task's well-formed promptJson, as
+    # before the switches existed
     bodies = receiver.bodies()
+    assert sorted(body["data"]["taskId"] for body in bodies) == sorted(task_ids)
+    assert all(list(body["data"]) == ["taskId", "promptJson", "resultUrls"] for body in bodies)
     for body in bodies:
         sent = body["data"]["promptJson"]
         assert sent == sim.provider.task(body["data"]["taskId"]).prompt_json

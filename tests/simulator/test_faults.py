@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import httpx
-import orjson
 import pytest
 
 from cli.simulate import _config as cli_config
 from cli.simulate import serve
 from simulator import FaultConfig, SimulatorConfig, run_simulator
+from simulator.callbacks import body_task_id
 from simulator.faults import FaultPlan, FileFault
 from simulator.resources import SLOW_FILE_PIECES
 from simulator.tasks import SuccessFlag
@@ -62,24 +63,29 @@ def test_shares_adding_up_to_more_than_one_are_refused() -> None:
         FaultConfig(file_error_share=0.6, file_slow_share=0.6)
 
 
+@pytest.mark.parametrize("later", [0.0, 1.0], ids=["later shares off", "later shares on"])
 def test_failed_duplicated_and_dropped_callbacks_match_the_seeded_plan(
-    make_sim: SimFactory, receiver: Receiver
+    make_sim: SimFactory, receiver: Receiver, later: float
 ) -> None:
+    # Given seed 11's plan of failures, duplicates and drops (made without the later shares)
     faults = FaultConfig(seed=11, failure_share=0.4, duplicate_share=0.3, drop_share=0.2)
     plan = [FaultPlan(faults).for_task(number) for number in range(10)]
-    sim = make_sim(faults=faults)
+    # When a provider with that seed runs 10 tasks, the later shares (task_id spelling, malformed
+    # promptJson, successFlag 3) off or all on
+    sim = make_sim(faults=replace(faults, **dict.fromkeys(LATER_SHARES, later)))
     with api(sim) as client:
         task_ids = [submit(client, callBackUrl=receiver.url) for _ in range(10)]
         for task_id in task_ids:
             wait_done(client, task_id)
     assert sim.wait_idle(5.0)
 
+    # Then the planned tasks are called back twice, once or not at all, and the planned ones fail
     bodies = receiver.bodies()
-    sent = Counter(body["data"]["taskId"] for body in bodies)
+    sent = Counter(body_task_id(body) for body in bodies)
     for task_id, expected in zip(task_ids, plan, strict=True):
         want = 0 if expected.drop else 2 if expected.duplicate else 1
         assert sent[task_id] == want, task_id
-    failed = {body["data"]["taskId"] for body in bodies if body["code"] == 500}
+    failed = {body_task_id(body) for body in bodies if body["code"] == 500}
     assert failed == {t for t, e in zip(task_ids, plan, strict=True) if e.fails and not e.drop}
     assert any(e.drop for e in plan)
     assert any(e.duplicate and not e.drop for e in plan)
@@ -303,39 +309,3 @@ def test_at_the_default_failed_after_creation_share_failed_tasks_say_successFlag
     assert [record["successFlag"] for record in records] == [2] * 5
     assert all(record["errorCode"] == 501 for record in records)
     assert [body["code"] for body in receiver.bodies()] == [500] * 5
-
-
-def test_the_later_faults_leave_failed_duplicated_and_dropped_callbacks_as_seeded(
-    make_sim: SimFactory, receiver: Receiver
-) -> None:
-    # Given seed 11's failures, duplicates and drops, planned without the later shares
-    earlier = FaultConfig(seed=11, failure_share=0.4, duplicate_share=0.3, drop_share=0.2)
-    plan = [FaultPlan(earlier).for_task(number) for number in range(10)]
-    # When a provider with the same seed and shares, and every later share at 1.0, runs 10 tasks
-    faults = FaultConfig(
-        seed=11, failure_share=0.4, duplicate_share=0.3, drop_share=0.2, **dict.fromkeys(LATER_SHARES, 1.0)
-    )
-    sim = make_sim(faults=faults)
-    with api(sim) as client:
-        task_ids = [submit(client, callBackUrl=receiver.url) for _ in range(10)]
-        records = [wait_done(client, task_id) for task_id in task_ids]
-    assert sim.wait_idle(5.0)
-
-    # Then the same tasks are called back twice, once, or not at all, and the same ones fail
-    bodies = receiver.bodies()
-    sent = Counter(body["data"]["task_id"] for body in bodies)
-    for task_id, expected in zip(task_ids, plan, strict=True):
-        want = 0 if expected.drop else 2 if expected.duplicate else 1
-        assert sent[task_id] == want, task_id
-    failed = {body["data"]["task_id"] for body in bodies if body["code"] == 500}
-    assert failed == {t for t, e in zip(task_ids, plan, strict=True) if e.fails and not e.drop}
-    flags = [3 if expected.fails else 1 for expected in plan]
-    assert [record["successFlag"] for record in records] == flags
-    # And every callback shows the later faults: task_id spelling, malformed promptJson
-    assert all("taskId" not in body["data"] for body in bodies)
-    for body in bodies:
-        with pytest.raises(orjson.JSONDecodeError):
-            orjson.loads(body["data"]["promptJson"])
-    assert any(e.drop for e in plan)
-    assert any(e.duplicate and not e.drop for e in plan)
-    assert any(e.fails and not e.drop for e in plan)
