@@ -215,11 +215,8 @@ def test_the_later_shares_leave_the_first_four_decisions_as_they_were(later: flo
 def test_the_later_shares_change_no_earlier_decision_and_are_respected() -> None:
     # Given the same seed and shares, with and without the later shares
     base = FaultConfig(seed=7, failure_share=0.3, duplicate_share=0.1, drop_share=0.2)
-    later = FaultConfig(
-        seed=7,
-        failure_share=0.3,
-        duplicate_share=0.1,
-        drop_share=0.2,
+    later = replace(
+        base,
         task_id_spelling_share=0.3,
         malformed_prompt_share=0.4,
         failed_after_creation_share=0.5,
