@@ -9,7 +9,7 @@ import falcon
 import orjson
 
 from shared.errors import InvalidCallback
-from shared.json_limits import check_depth
+from shared.json_limits import check_depth, max_nesting
 from simulator.errors import CODE_BAD_REQUEST, CODE_VALIDATION, ProviderError
 
 #: The largest API request body kept, bytes (a prompt is at most 2000 characters).
@@ -40,15 +40,18 @@ def read_json(req: falcon.Request) -> Any:
             req.bounded_stream.exhaust()
     if len(body) > MAX_BODY_BYTES:
         raise ProviderError(CODE_VALIDATION, f"The request body is larger than {MAX_BODY_BYTES} bytes")
+    too_deep = ProviderError(CODE_VALIDATION, f"The request body nests deeper than {MAX_BODY_DEPTH} levels")
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
+        # orjson refuses more than 1024 levels itself: too deep still, whether valid or not.
+        if max_nesting(body) > MAX_BODY_DEPTH:
+            raise too_deep from None
         raise ProviderError(CODE_BAD_REQUEST, "The request body is not valid JSON") from None
     try:
         check_depth(document, MAX_BODY_DEPTH)
     except InvalidCallback:
-        too_deep = f"The request body nests deeper than {MAX_BODY_DEPTH} levels"
-        raise ProviderError(CODE_VALIDATION, too_deep) from None
+        raise too_deep from None
     return document
 
 
@@ -77,7 +80,8 @@ def _read_chunked(stream: BinaryIO, limit: int) -> bytes:
 
 
 def _skip_trailers(stream: BinaryIO) -> None:
-    for _ in range(MAX_TRAILERS):
+    """Read the trailer lines (at most :data:`MAX_TRAILERS`) and the blank line ending them."""
+    for _ in range(MAX_TRAILERS + 1):
         if stream.readline(MAX_CHUNK_LINE_BYTES + 1) in (b"\r\n", b"\n", b""):
             return
     raise ProviderError(CODE_BAD_REQUEST, "The request body has too many trailers")

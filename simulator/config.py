@@ -55,7 +55,7 @@ class FaultConfig:
     #: the provider's samples do); the API and the signature name the same id as ever.
     task_id_spelling_share: float = 0.0
     #: Tasks whose callback carries a ``promptJson`` that is not valid JSON (the task's cut in
-    #: half); record-info keeps the well-formed one.
+    #: half); the task keeps the well-formed one (its upscales and variations start from it).
     malformed_prompt_share: float = 0.0
     #: Of the tasks whose generation fails (``failure_share``), those whose record-info says
     #: successFlag 3 (created but generation failed) instead of 2; their callback is the same.

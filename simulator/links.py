@@ -58,8 +58,9 @@ class LinkSigner:
     def link(self, ref: FileRef, *, ttl_s: float) -> str:
         """A URL for ``ref`` valid at least ``ttl_s`` seconds from now (its expiry, in whole
         seconds, is rounded up: never early); a negative ``ttl_s`` gives one that has already
-        expired."""
-        expires = math.ceil(self._clock() + ttl_s)
+        expired (rounded down: never valid)."""
+        at = self._clock() + ttl_s
+        expires = math.ceil(at) if ttl_s >= 0 else math.floor(at)
         path = FILES_ROUTE.format(task_id=ref.task_id, name=ref.name)
         return f"{self.base_url}{path}?exp={expires}&sig={self._sign(ref, expires)}"
 

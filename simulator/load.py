@@ -73,8 +73,9 @@ class LoadReport:
     #: whole at least once) before the report was made.
     result_files: int = 0
     result_files_served: int = 0
-    #: Manifest status -> tasks (``stored``, ``partial``, ``failed``, ``missing``); None when
-    #: the bucket was not read.
+    #: Manifest status -> tasks of the run (``stored``, ``partial``, ``failed``; ``missing``:
+    #: acknowledged ones without a manifest, or ``unread`` when the bucket failed at the end);
+    #: None when the bucket was not read.
     manifests: dict[str, int] | None = None
     #: From the start of the run to the last manifest's ``completedAt``, seconds.
     store_duration_s: float | None = None
@@ -83,8 +84,9 @@ class LoadReport:
     #: made; False when the wait ended with some still due: they were never sent (a retry is due
     #: 1, 5 and 15 minutes after a failed attempt, scaled by ``--time-scale``).
     settled: bool = True
-    #: Why the bucket could not be read when the wait for manifests ended (``manifests`` is
-    #: None then); None when it was read, or not asked for.
+    #: Why the bucket could not be read when the wait for manifests ended (``manifests`` holds
+    #: what was read before, with ``unread`` instead of ``missing``, or is None when nothing was);
+    #: None when it was read, or not asked for.
     bucket_unavailable: str | None = None
     #: How long after the last callback was due the run waited at most for callbacks to settle,
     #: seconds.
@@ -116,7 +118,7 @@ class LoadReport:
         return problems
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "problems": self.problems}
 
     def format_text(self) -> str:
         lines = [
@@ -143,7 +145,7 @@ class LoadReport:
             counts = ", ".join(f"{count} {status}" for status, count in self.manifests.items())
             lines.append(
                 f"bucket: {counts} after {_seconds(self.store_duration_s)}"
-                f" = {_per_s(self.stored_throughput_per_s, 'stored/s')}"
+                f" = {_per_s(self.stored_throughput_per_s, ' stored/s')}"
             )
             if self.manifests_unacknowledged:
                 lines.append(
@@ -243,8 +245,9 @@ def run_load(
     # its original's ack, and stopping the simulator drops what is still due. Idle means every
     # callback was sent and acknowledged or given up on, so the report counts every attempt.
     settled = sim.wait_idle(tasks / rate_per_s + settle_timeout_s)
-    report = _callback_report(sim, task_ids, tasks=tasks, rate_per_s=rate_per_s, callback_url=callback_url)
-    acked = {task_id for task_id in task_ids if any(a.acknowledged for a in sim.attempts(task_id))}
+    report, acked = _callback_report(
+        sim, task_ids, tasks=tasks, rate_per_s=rate_per_s, callback_url=callback_url
+    )
     files = sim.provider.result_files(acked)
     manifests: dict[str, dict[str, Any]] = {}
     bucket_error: str | None = None
@@ -265,12 +268,14 @@ def run_load(
     )
     if store is None or (bucket_error is not None and not manifests):
         return report
-    return _with_store(report, manifests, acked, started_wall)
+    return _with_store(report, manifests, acked, started_wall, read_whole=bucket_error is None)
 
 
 def _callback_report(
     sim: RunningSimulator, task_ids: set[str], *, tasks: int, rate_per_s: float, callback_url: str
-) -> LoadReport:
+) -> tuple[LoadReport, set[str]]:
+    """The callback figures of ``task_ids``, and the tasks among them acknowledged (from one
+    reading of the simulator's attempts, so both agree)."""
     attempts = [attempt for attempt in sim.attempts() if attempt.task_id in task_ids]
     acks = [attempt for attempt in attempts if attempt.acknowledged]
     acked = {attempt.task_id for attempt in acks}
@@ -288,7 +293,7 @@ def _callback_report(
     task_latencies_ms = [
         (at - first_due[task_id]) * 1000 for task_id, at in first_ack.items() if task_id in first_due
     ]
-    return LoadReport(
+    report = LoadReport(
         tasks=tasks,
         rate_per_s=rate_per_s,
         callback_url=callback_url,
@@ -305,6 +310,7 @@ def _callback_report(
         task_latency_p50_ms=_percentile_or_none(task_latencies_ms, 0.5),
         task_latency_p99_ms=_percentile_or_none(task_latencies_ms, 0.99),
     )
+    return report, acked
 
 
 def _answered(attempt: DeliveryAttempt) -> float:
@@ -357,24 +363,30 @@ def _read_manifests(
 
 
 def _with_store(
-    report: LoadReport, manifests: dict[str, dict[str, Any]], acked: set[str], started_wall: float
+    report: LoadReport,
+    manifests: dict[str, dict[str, Any]],
+    acked: set[str],
+    started_wall: float,
+    *,
+    read_whole: bool,
 ) -> LoadReport:
+    """``report`` with the bucket's figures from ``manifests``. An acknowledged task without one
+    is ``missing`` when the bucket was ``read_whole`` at the end, else ``unread`` (its manifest
+    may be there)."""
     statuses = Counter(str(manifest.get("status")) for manifest in manifests.values())
     counts = {status: statuses.get(status, 0) for status in ("stored", "partial", "failed")}
     counts.update({status: n for status, n in statuses.items() if status not in counts})
-    counts["missing"] = len(acked - manifests.keys())
+    counts["missing" if read_whole else "unread"] = len(acked - manifests.keys())
     finished = [_unix(str(manifest.get("completedAt", ""))) for manifest in manifests.values()]
     last = max((when for when in finished if when is not None), default=None)
     duration = None if last is None else max(0.0, last - started_wall)
     throughput = counts["stored"] / duration if duration else None
-    return LoadReport(
-        **{
-            **report.to_dict(),
-            "manifests": counts,
-            "store_duration_s": duration,
-            "stored_throughput_per_s": throughput,
-            "manifests_unacknowledged": len(manifests.keys() - acked),
-        }
+    return replace(
+        report,
+        manifests=counts,
+        store_duration_s=duration,
+        stored_throughput_per_s=throughput,
+        manifests_unacknowledged=len(manifests.keys() - acked),
     )
 
 

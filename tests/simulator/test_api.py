@@ -197,11 +197,14 @@ def test_no_credits_left_is_code_402(make_sim: SimFactory) -> None:
     assert codes == [200, 402]
 
 
-def test_a_body_nested_too_deeply_is_code_422_and_costs_no_credit_nor_task(make_sim: SimFactory) -> None:
+@pytest.mark.parametrize("depth", [300, 1100], ids=["orjson reads it", "orjson refuses it"])
+def test_a_body_nested_too_deeply_is_code_422_and_costs_no_credit_nor_task(
+    make_sim: SimFactory, depth: int
+) -> None:
     # Given a provider with one credit, and a generate request with a field nested 300 deep (orjson
-    # reads that, but could not write it into the task's paramJson)
+    # reads that, but could not write it into the task's paramJson) or 1100 (orjson refuses it)
     sim = make_sim(credits=1)
-    deep = b'{"taskType": "mj_txt2img", "prompt": "x", "extra": ' + b"[" * 300 + b"]" * 300 + b"}"
+    deep = b'{"taskType": "mj_txt2img", "prompt": "x", "extra": ' + b"[" * depth + b"]" * depth + b"}"
     with api(sim) as client:
         # When it is sent, and then a good request
         refused = client.post(

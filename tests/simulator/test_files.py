@@ -150,6 +150,15 @@ def test_the_file_cache_keeps_the_most_recently_used_files() -> None:
     assert made == [("a", 0, "png"), ("b", 0, "png"), ("c", 0, "png"), ("b", 0, "png")]
 
 
+@pytest.mark.parametrize("ttl_s", [-0.5, -60.0])
+def test_a_link_given_a_negative_ttl_is_expired_when_issued(ttl_s: float) -> None:
+    clock = FakeClock(1000.6)
+    signer = LinkSigner(secret=b"k", base_url="http://127.0.0.1:9", clock=clock)
+    ref = FileRef("t", 0, "png")
+    query = parse_qs(urlsplit(signer.link(ref, ttl_s=ttl_s)).query)
+    assert signer.check(ref, expires=query["exp"][0], signature=query["sig"][0]) is LinkCheck.EXPIRED
+
+
 @pytest.mark.parametrize("ttl_s", [0.3, 1.0, 1200.0])
 def test_a_link_is_valid_for_its_whole_ttl_never_less(ttl_s: float) -> None:
     # Given a link issued at a moment between two whole seconds

@@ -450,7 +450,10 @@ def test_a_task_stored_though_its_callback_was_not_seen_acknowledged_is_counted(
     assert report.manifests is not None
     assert (report.manifests["stored"], report.manifests["missing"]) == (2, 0)
     assert report.manifests_unacknowledged == 1
-    assert "1 of them of tasks whose callback was not seen acknowledged" in report.format_text()
+    assert report.stored_throughput_per_s is not None
+    text = report.format_text()
+    assert "1 of them of tasks whose callback was not seen acknowledged" in text
+    assert f"= {report.stored_throughput_per_s:.1f} stored/s" in text
 
 
 class PartlyReadBucket:
@@ -479,10 +482,13 @@ def test_manifests_read_before_the_bucket_failed_are_kept(make_sim: SimFactory, 
     report = run_load(
         sim, tasks=3, rate_per_s=100.0, callback_url=receiver.url, store=bucket, store_timeout_s=1.0
     )
-    # Then what was read is reported beside the failure, not dropped
+    # Then what was read is reported beside the failure, not dropped, and the tasks not read are
+    # unread, not missing (their manifests are there): the one problem is the bucket
     assert report.bucket_unavailable == "object storage did not answer"
     assert report.manifests is not None
-    assert (report.manifests["stored"], report.manifests["missing"]) == (1, 2)
+    assert (report.manifests["stored"], report.manifests["unread"]) == (1, 2)
+    assert "missing" not in report.manifests
+    assert report.problems == ["the bucket could not be read: object storage did not answer"]
     assert "bucket: unavailable at the end (object storage did not answer); what was read before:" in (
         report.format_text()
     )
@@ -517,6 +523,7 @@ def test_the_cli_exits_1_when_callbacks_were_not_acknowledged() -> None:
     assert result.exit_code == 1, result.output
     report = orjson.loads(result.stdout)
     assert (report["acknowledged"], report["unacknowledged"]) == (0, 2)
+    assert report["problems"] == ["2 of 2 callbacks never acknowledged"]
 
 
 @pytest.mark.parametrize("option", ["--rate", "--time-scale", "--settle-timeout", "--callback-timeout"])
