@@ -215,8 +215,8 @@ def run_load(
     ``callback_url`` (as fast as ``sim``'s delivery threads allow; the report says how fast they
     went); wait until every callback, duplicate and retry was sent and answered (or
     ``settle_timeout_s`` seconds after the last is due), then, given a ``store``, for the
-    manifests of the acknowledged tasks (a bucket failing until ``store_timeout_s`` is said in
-    the report); without one, up to ``download_grace_s`` seconds (default 0) until each result
+    manifests of the acknowledged tasks (counting those of the run's other tasks found meanwhile;
+    a bucket failing until ``store_timeout_s`` is said in the report); without one, up to ``download_grace_s`` seconds (default 0) until each result
     file of the acknowledged tasks was downloaded once, since ``sim`` stops serving them after.
 
     A ``store`` that refuses to be read for another reason than an outage (wrong credentials)
