@@ -22,12 +22,16 @@ from shared.submit import callback_url as configured_callback_url
 from simulator import FaultConfig, RunningSimulator, SimulatorConfig, run_simulator
 from simulator.api_requests import deliverable_url
 from simulator.config import DEFAULT_CALLBACK_TIMEOUT_S, DEFAULT_GENERATION_DELAY_S, DEFAULT_URL_TTL_S
+from simulator.control import MAX_LOAD_RATE, MIN_LOAD_RATE, run_load_in
 from simulator.load import (
     DEFAULT_DOWNLOAD_GRACE_S,
     DEFAULT_STORE_TIMEOUT_S,
     MAX_DELIVERY_THREADS,
     MIN_DELIVERY_THREADS,
+    LoadReport,
+    check_bucket,
     delivery_threads_for,
+    read_bucket,
     run_load,
     settle_timeout_for,
 )
@@ -36,9 +40,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: The largest --width and --height, pixels: a PNG is made in memory per request.
 MAX_IMAGE_SIDE = 8192
-#: Bounds of load's --rate, callbacks per second: a callback every 1000 s at the slowest.
-MIN_LOAD_RATE = 0.001
-MAX_LOAD_RATE = 100_000.0
+#: A bucket prefix no task has: listed once before a load in a running simulator, so that a
+#: store refusing the credentials says so before the run.
+LOAD_CHECK_LISTING = "tasks/.load-check/"
 #: The largest --time-scale: the provider's 21 minutes of retries made 35 hours.
 MAX_TIME_SCALE = 100.0
 
@@ -271,6 +275,13 @@ def serve(
     help="With --store-timeout 0: seconds to keep serving result files after the callbacks, until"
     " each was downloaded once (the files are gone when the command ends).",
 )
+@click.option(
+    "--simulator-url",
+    default=None,
+    help="Run the load in the simulator serving there (`mjhook simulate serve`, with --api-key):"
+    " its tasks, faults and result files, so that workers verifying with it know the tasks. The"
+    " simulator options here, --port, --concurrency and --download-grace, are then its own.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @provider_options
 @pass_settings
@@ -285,6 +296,7 @@ def load(
     settle_timeout: float | None,
     store_timeout: float,
     download_grace: float,
+    simulator_url: str | None,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -293,14 +305,28 @@ def load(
 
     The tasks exist only in this command's own simulator, whose API it names when it starts:
     workers that verify results (MJHOOK_PROVIDER_API_KEY) must have MJHOOK_PROVIDER_URL pointing
-    at it (a fixed --port), or they find none of these tasks and end them failed."""
+    at it (a fixed --port), or they find none of these tasks and end them failed. With
+    --simulator-url the tasks are that running simulator's instead (make demo's, say)."""
     callback_url = _load_callback_url(settings, callback_url)
+    if simulator_url is not None:
+        report = _load_in(
+            settings,
+            simulator_url,
+            options["api_key"],
+            task_count,
+            rate,
+            callback_url,
+            settle_timeout,
+            store_timeout,
+        )
+        _print_load_report(report, as_json=as_json)
+        return
     threads = delivery_threads_for(rate, options["callback_timeout"]) if concurrency is None else concurrency
     config = _config(options, port=port, delivery_threads=threads)
     with reported_failures():
         store = create_object_store(settings) if store_timeout > 0 else None
         with _start_simulator(config) as sim:
-            _say_which_provider(sim, settings)
+            _say_which_provider(sim.base_url, sim.api_key, settings, own=True)
             report = run_load(
                 sim,
                 tasks=task_count,
@@ -311,6 +337,42 @@ def load(
                 store_timeout_s=store_timeout,
                 download_grace_s=download_grace,
             )
+    _print_load_report(report, as_json=as_json)
+
+
+def _load_in(
+    settings: Settings,
+    simulator_url: str,
+    api_key: str,
+    tasks: int,
+    rate: float,
+    callback_url: str,
+    settle_timeout: float | None,
+    store_timeout: float,
+) -> LoadReport:
+    """``load --simulator-url``: the callbacks fired by that running simulator, the bucket read
+    here."""
+    if not deliverable_url(simulator_url):
+        raise click.BadParameter(
+            f"{printable(simulator_url)} is no http or https URL with a host", param_hint="--simulator-url"
+        )
+    _say_which_provider(simulator_url.rstrip("/"), api_key, settings, own=False)
+    with reported_failures():
+        store = create_object_store(settings) if store_timeout > 0 else None
+        if store is not None:
+            check_bucket(store, LOAD_CHECK_LISTING)
+        run = run_load_in(
+            simulator_url,
+            api_key,
+            tasks=tasks,
+            rate_per_s=rate,
+            callback_url=callback_url,
+            settle_timeout_s=settle_timeout,
+        )
+        return run.report if store is None else read_bucket(run, store, timeout_s=store_timeout)
+
+
+def _print_load_report(report: LoadReport, *, as_json: bool) -> None:
     if as_json:
         echo_json(report.to_dict())
     else:
@@ -339,20 +401,21 @@ def _load_callback_url(settings: Settings, given: str | None) -> str:
     return given
 
 
-def _say_which_provider(sim: RunningSimulator, settings: Settings) -> None:
-    """Name the API of this run's simulator (on stderr: ``--json`` keeps stdout), and warn when
-    mjhook is set to verify results with another provider, which does not know these tasks."""
+def _say_which_provider(base_url: str, api_key: str, settings: Settings, *, own: bool) -> None:
+    """Name the API of this run's simulator (``own``: started for the run; on stderr: ``--json``
+    keeps stdout), and warn when mjhook is set to verify results with another provider, which
+    does not know these tasks."""
+    until = ", until the run ends" if own else ""
     click.echo(
-        f"load: this run's provider API is {sim.base_url} (Authorization: Bearer {sim.api_key}),"
-        " until the run ends",
-        err=True,
+        f"load: this run's provider API is {base_url} (Authorization: Bearer {api_key}){until}", err=True
     )
     provider_url = settings.provider_url.rstrip("/")
-    if settings.provider_api_key and settings.verify_results and provider_url != sim.base_url:
+    if settings.provider_api_key and settings.verify_results and provider_url != base_url:
+        how = "(and a fixed --port)" if own else "(or give --simulator-url their provider's)"
         click.echo(
             f"load: warning: MJHOOK_PROVIDER_URL is {printable(provider_url)}: workers verifying"
             " results with it find none of these tasks and end them failed; start them with"
-            f" MJHOOK_PROVIDER_URL={sim.base_url} MJHOOK_PROVIDER_API_KEY={sim.api_key} (and a"
-            " fixed --port), or MJHOOK_VERIFY_RESULTS=false",
+            f" MJHOOK_PROVIDER_URL={base_url} MJHOOK_PROVIDER_API_KEY={api_key} {how},"
+            " or MJHOOK_VERIFY_RESULTS=false",
             err=True,
         )

@@ -11,13 +11,15 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.errors import StorageUnavailable
 from shared.storage import MANIFEST_NAME, manifest_key, task_prefix
 from simulator.callbacks import DeliveryAttempt
 from simulator.config import SimulatorConfig
-from simulator.server import RunningSimulator
+
+if TYPE_CHECKING:  # simulator.server serves the load control routes, which run loads
+    from simulator.server import RunningSimulator
 
 #: After the last callback is due, how long its answers, duplicates and retries may take, seconds
 #: (:func:`run_load`'s default; ``mjhook simulate load`` waits :func:`settle_timeout_for`).
@@ -198,6 +200,43 @@ def settle_timeout_for(config: SimulatorConfig) -> float:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CallbackRun:
+    """The callbacks of a load run, fired and answered: their report, and what reading the
+    bucket needs (which tasks, under which prefix, since when). ``mjhook simulate load
+    --simulator-url`` gets it from a running ``serve`` as :meth:`to_dict` gave it."""
+
+    report: LoadReport
+    #: Every task of the run, and those whose callback was acknowledged.
+    task_ids: frozenset[str]
+    acknowledged: frozenset[str]
+    #: Where in the bucket the run's tasks are ("tasks/<taskId prefix>").
+    listing: str
+    #: When the first task was submitted, Unix seconds.
+    started_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "report": self.report.to_dict(),
+            "taskIds": sorted(self.task_ids),
+            "acknowledged": sorted(self.acknowledged),
+            "listing": self.listing,
+            "startedAt": self.started_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CallbackRun:
+        """The run :meth:`to_dict` described (a ``KeyError`` or ``TypeError`` when it is not one)."""
+        report = {name: data["report"][name] for name in LoadReport.__dataclass_fields__}
+        return cls(
+            report=LoadReport(**report),
+            task_ids=frozenset(map(str, data["taskIds"])),
+            acknowledged=frozenset(map(str, data["acknowledged"])),
+            listing=str(data["listing"]),
+            started_at=float(data["startedAt"]),
+        )
+
+
 def run_load(
     sim: RunningSimulator,
     *,
@@ -212,23 +251,64 @@ def run_load(
     clock: Callable[[], float] = time.time,
 ) -> LoadReport:
     """Submit ``tasks`` tasks whose callbacks fire at ``rate_per_s`` per second towards
-    ``callback_url`` (as fast as ``sim``'s delivery threads allow; the report says how fast they
-    went); wait until every callback, duplicate and retry was sent and answered (or
-    ``settle_timeout_s`` seconds after the last is due), then, given a ``store``, for the
-    manifests of the acknowledged tasks (counting those of the run's other tasks found meanwhile;
-    a bucket failing until ``store_timeout_s`` is said in the report); without one, up to ``download_grace_s`` seconds (default 0) until each result
-    file of the acknowledged tasks was downloaded once, since ``sim`` stops serving them after.
+    ``callback_url`` and wait for them (:func:`fire_callbacks`), then, given a ``store``, for the
+    manifests of the acknowledged tasks (:func:`read_bucket`); without one, up to
+    ``download_grace_s`` seconds (default 0) until each result file of the acknowledged tasks was
+    downloaded once, since ``sim`` stops serving them after.
 
     A ``store`` that refuses to be read for another reason than an outage (wrong credentials)
     raises before any callback is sent."""
+    if store is not None:
+        check_bucket(store, bucket_listing(sim))
+    run = fire_callbacks(
+        sim,
+        tasks=tasks,
+        rate_per_s=rate_per_s,
+        callback_url=callback_url,
+        task_type=task_type,
+        settle_timeout_s=settle_timeout_s,
+        clock=clock,
+    )
+    files = sim.provider.result_files(run.acknowledged)
+    if store is None:
+        report = run.report
+        served = sim.provider.wait_served(files, download_grace_s)
+    else:
+        report = read_bucket(run, store, timeout_s=store_timeout_s)
+        served = sim.provider.wait_served(files, 0.0)
+    return replace(report, result_files=len(files), result_files_served=len(served))
+
+
+def bucket_listing(sim: RunningSimulator) -> str:
+    """Where in the bucket the tasks of ``sim`` are stored: "tasks/<its taskId prefix>"."""
+    return task_prefix(sim.provider.task_id_prefix).rstrip("/")
+
+
+def check_bucket(store: ManifestReader, listing: str) -> None:
+    """Read ``listing`` once, so that a store refusing this client (wrong credentials) raises
+    before a run rather than after it. An outage is not raised: it may be over by the end (and
+    the workers make a missing bucket)."""
+    with suppress(StorageUnavailable):
+        store.list_keys(listing)
+
+
+def fire_callbacks(
+    sim: RunningSimulator,
+    *,
+    tasks: int,
+    rate_per_s: float,
+    callback_url: str,
+    task_type: str = "mj_txt2img",
+    settle_timeout_s: float = DEFAULT_SETTLE_TIMEOUT_S,
+    clock: Callable[[], float] = time.time,
+) -> CallbackRun:
+    """Submit ``tasks`` tasks to ``sim`` whose callbacks fire at ``rate_per_s`` per second towards
+    ``callback_url`` (as fast as ``sim``'s delivery threads allow; the report says how fast they
+    went), and wait until every callback, duplicate and retry was sent and answered (or
+    ``settle_timeout_s`` seconds after the last is due)."""
     if tasks < 1 or not 0 < rate_per_s < math.inf:
         raise ValueError("tasks must be at least 1 and the rate positive")
-    listing = task_prefix(sim.provider.task_id_prefix).rstrip("/")  # "tasks/<prefix>": this run's
-    if store is not None:
-        # An outage may be over by the end (and the workers make a missing bucket): not raised.
-        with suppress(StorageUnavailable):
-            store.list_keys(listing)
-    started_wall = clock()
+    started_at = clock()
     submitted = [
         sim.provider.submit(
             task_type=task_type,
@@ -239,36 +319,36 @@ def run_load(
         )
         for number in range(tasks)
     ]
-    run_ids = {task.task_id for task in submitted}
-    task_ids = {task.task_id for task in submitted if not task.faults.drop}
+    called_back = {task.task_id for task in submitted if not task.faults.drop}
     # Not just until every task is acknowledged: a duplicate (or a retry of one) is sent after
     # its original's ack, and stopping the simulator drops what is still due. Idle means every
     # callback was sent and acknowledged or given up on, so the report counts every attempt.
     settled = sim.wait_idle(tasks / rate_per_s + settle_timeout_s)
     report, acked = _callback_report(
-        sim, task_ids, tasks=tasks, rate_per_s=rate_per_s, callback_url=callback_url
+        sim, called_back, tasks=tasks, rate_per_s=rate_per_s, callback_url=callback_url
     )
-    files = sim.provider.result_files(acked)
-    manifests: dict[str, dict[str, Any]] = {}
-    bucket_error: str | None = None
-    if store is None:
-        served = sim.provider.wait_served(files, download_grace_s)
-    else:
-        manifests, bucket_error = _wait_for_manifests(
-            store, listing, run_ids, wait_for=acked, timeout_s=store_timeout_s
-        )
-        served = sim.provider.wait_served(files, 0.0)
-    report = replace(
-        report,
-        settled=settled,
-        settle_timeout_s=settle_timeout_s,
-        result_files=len(files),
-        result_files_served=len(served),
-        bucket_unavailable=bucket_error,
+    return CallbackRun(
+        report=replace(report, settled=settled, settle_timeout_s=settle_timeout_s),
+        task_ids=frozenset(task.task_id for task in submitted),
+        acknowledged=frozenset(acked),
+        listing=bucket_listing(sim),
+        started_at=started_at,
     )
-    if store is None or (bucket_error is not None and not manifests):
+
+
+def read_bucket(run: CallbackRun, store: ManifestReader, *, timeout_s: float) -> LoadReport:
+    """``run``'s report with what the bucket says of its tasks: their manifests, waited for until
+    every acknowledged task has one or ``timeout_s`` seconds passed (counting those of the run's
+    other tasks found meanwhile; a bucket failing until then is said in the report)."""
+    manifests, bucket_error = _wait_for_manifests(
+        store, run.listing, set(run.task_ids), wait_for=set(run.acknowledged), timeout_s=timeout_s
+    )
+    report = replace(run.report, bucket_unavailable=bucket_error)
+    if bucket_error is not None and not manifests:
         return report
-    return _with_store(report, manifests, acked, started_wall, read_whole=bucket_error is None)
+    return _with_store(
+        report, manifests, set(run.acknowledged), run.started_at, read_whole=bucket_error is None
+    )
 
 
 def _callback_report(

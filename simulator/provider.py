@@ -105,6 +105,11 @@ class Provider:
         """Raise the provider's 455 in maintenance, 401 unless ``Bearer <api key>``."""
         if self.config.maintenance:
             raise ProviderError(CODE_MAINTENANCE, "The system is under maintenance, please try again later")
+        self.check_key(authorization)
+
+    def check_key(self, authorization: str | None) -> None:
+        """Raise the provider's 401 unless ``Bearer <api key>`` (maintenance or not: the
+        simulator's own control routes are no provider API)."""
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or key.strip() != self.config.api_key:
             raise ProviderError(CODE_UNAUTHORIZED, "You do not have access permissions")

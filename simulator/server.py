@@ -11,12 +11,14 @@ from collections.abc import Callable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+import falcon
 import httpx
 
 from simulator.admission import Admission
 from simulator.app import create_app
 from simulator.callbacks import CallbackDelivery, DeliveryAttempt
 from simulator.config import SimulatorConfig
+from simulator.control import LOADS_PATH, LoadsResource
 from simulator.deadline import DeadlineTransport
 from simulator.faults import FaultPlan
 from simulator.files import FileCache, expected_file
@@ -73,6 +75,7 @@ class RunningSimulator:
         config: SimulatorConfig,
         provider: Provider,
         server: SimulatorHTTPServer,
+        app: falcon.App[falcon.Request, falcon.Response],
         generation: Scheduler,
         deliveries: Scheduler,
         client: httpx.Client,
@@ -85,6 +88,9 @@ class RunningSimulator:
         self._generation = generation
         self._deliveries = deliveries
         self._client = client
+        # The simulator's own control routes need the running simulator; added before it serves.
+        app.add_route(LOADS_PATH, loads := LoadsResource(self))
+        app.add_route(LOADS_PATH + "/{load_id}", loads, suffix="load")
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="simulator-http", daemon=True
         )
@@ -184,11 +190,13 @@ def run_simulator(
         task_id_prefix=config.task_id_prefix or f"mjsim-{secrets.token_hex(4)}-",
         clock=clock,
     )
-    server.set_app(create_app(provider, sleep=sleep))
+    app = create_app(provider, sleep=sleep)
+    server.set_app(app)
     return RunningSimulator(
         config=config,
         provider=provider,
         server=server,
+        app=app,
         generation=generation,
         deliveries=deliveries,
         client=client,
