@@ -43,8 +43,9 @@ def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> N
 
     JSON: {"queues": {NAME: {"ready", "delayed", "in_flight", "dead", "held_by_dead",
     "oldest_ready_age_s"}}, "workers", "tasks": {STATE: N}, "per_minute": {STATE: [10 counts,
-    oldest minute first]}, "taken_at_ms"}. Workers are live worker processes: a heartbeat within
-    MJHOOK_REDELIVERY_S, from a broker that registered as a worker or holds messages.
+    oldest minute first]}, "submitted": {...}, "rejected": N, "taken_at_ms"}. Workers are live
+    worker processes: a heartbeat within MJHOOK_REDELIVERY_S, from a broker that registered as a
+    worker or holds messages.
     With the queue in RabbitMQ (MJHOOK_BROKER_URL=amqp://...), only the task numbers: "queues" is
     {} and "workers" null, and RabbitMQ is not contacted.
     """
