@@ -229,7 +229,7 @@ class Provider:
         if not task.callback_url or task.faults.drop:
             return
         # The callback may spell the id task_id and carry a malformed promptJson (the faults);
-        # the task, and so record-info, keeps the well-formed promptJson.
+        # the task keeps the well-formed promptJson (its upscales and variations start from it).
         body = callback_body(
             task.task_id,
             malformed_prompt_json(task.prompt_json) if task.faults.malformed_prompt else task.prompt_json,
