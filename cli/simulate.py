@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import click
@@ -280,7 +281,7 @@ def serve(
     default=None,
     help="Run the load in the simulator serving there (`mjhook simulate serve`, with --api-key):"
     " its tasks, faults and result files, so that workers verifying with it know the tasks. The"
-    " simulator options here, --port, --concurrency and --download-grace, are then its own.",
+    " simulator options here, --port and --concurrency, are then its own.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @provider_options
@@ -318,6 +319,7 @@ def load(
             callback_url,
             settle_timeout,
             store_timeout,
+            download_grace,
         )
         _print_load_report(report, as_json=as_json)
         return
@@ -349,6 +351,7 @@ def _load_in(
     callback_url: str,
     settle_timeout: float | None,
     store_timeout: float,
+    download_grace: float,
 ) -> LoadReport:
     """``load --simulator-url``: the callbacks fired by that running simulator, the bucket read
     here."""
@@ -361,15 +364,16 @@ def _load_in(
         store = create_object_store(settings) if store_timeout > 0 else None
         if store is not None:
             check_bucket(store, LOAD_CHECK_LISTING)
-        run = run_load_in(
+        return run_load_in(
             simulator_url,
             api_key,
             tasks=tasks,
             rate_per_s=rate,
             callback_url=callback_url,
             settle_timeout_s=settle_timeout,
+            read_bucket=None if store is None else partial(read_bucket, store=store, timeout_s=store_timeout),
+            download_grace_s=download_grace,
         )
-        return run.report if store is None else read_bucket(run, store, timeout_s=store_timeout)
 
 
 def _print_load_report(report: LoadReport, *, as_json: bool) -> None:

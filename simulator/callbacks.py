@@ -12,7 +12,8 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +132,8 @@ class CallbackDelivery:
         self._clock = clock
         self._attempts: list[DeliveryAttempt] = []
         self._by_task: dict[str, list[DeliveryAttempt]] = {}
+        #: Deliveries per task not yet acknowledged nor given up on.
+        self._outstanding: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def deliver(self, url: str, body: dict[str, Any], *, delay_s: float = 0.0, delivery: int = 0) -> None:
@@ -139,7 +142,14 @@ class CallbackDelivery:
         task_id = body_task_id(body)
         content = orjson.dumps(body)
         due = time.monotonic() + delay_s
+        with self._lock:
+            self._outstanding[task_id] += 1
         self._scheduler.call_later(delay_s, lambda: self._attempt(url, task_id, content, delivery, 1, due))
+
+    def outstanding(self, task_ids: Collection[str]) -> int:
+        """Deliveries of ``task_ids`` still to be acknowledged or given up on."""
+        with self._lock:
+            return sum(self._outstanding[task_id] for task_id in task_ids)
 
     def attempts(self, task_id: str | None = None) -> list[DeliveryAttempt]:
         """Attempts so far, oldest first: all of them, or those of one task."""
@@ -179,10 +189,11 @@ class CallbackDelivery:
             self._attempts.append(record)
             self._by_task.setdefault(task_id, []).append(record)
         log.info("callback %s attempt %d -> %s", task_id, attempt, status or error)
-        if record.acknowledged:
-            return
-        if attempt > len(self._retry_delays_s):
-            log.info("callback %s: no acknowledgement after %d attempts; giving up", task_id, attempt)
+        if record.acknowledged or attempt > len(self._retry_delays_s):
+            if not record.acknowledged:
+                log.info("callback %s: no acknowledgement after %d attempts; giving up", task_id, attempt)
+            with self._lock:
+                self._outstanding[task_id] -= 1
             return
         delay_s = self._retry_delays_s[attempt - 1]
         retry_due = time.monotonic() + delay_s

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import falcon
 import httpx
+import orjson
 
 from shared.errors import ProviderRefused, ProviderUnavailable
 from simulator.api_requests import deliverable_url
@@ -32,7 +33,7 @@ from simulator.errors import (
     CODE_VALIDATION,
     ProviderError,
 )
-from simulator.load import CallbackRun, fire_callbacks, settle_timeout_for
+from simulator.load import CallbackRun, LoadReport, fire_callbacks, settle_timeout_for
 from simulator.tasks import GENERATE_TASK_TYPES
 
 if TYPE_CHECKING:
@@ -57,23 +58,28 @@ class LoadsResource:
     def __init__(self, sim: RunningSimulator) -> None:
         self._sim = sim
         self._lock = threading.Lock()
-        #: loadId -> its run, None while it runs, or why it failed (insertion order: oldest first).
-        self._runs: dict[str, CallbackRun | str | None] = {}
+        #: loadId -> its run and its result files, None while it runs, or why it failed
+        #: (insertion order: oldest first).
+        self._runs: dict[str, tuple[CallbackRun, set[tuple[str, int]]] | str | None] = {}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._sim.provider.check_key(req.auth)
         params = _load_params(read_json(req), default_settle_s=settle_timeout_for(self._sim.config))
         load_id = secrets.token_hex(8)
         with self._lock:
-            if None in self._runs.values():
-                raise ProviderError(CODE_RATE_LIMITED, "A load run is in progress; wait for it to end")
+            running = [other for other, run in self._runs.items() if run is None]
+            if running:
+                raise ProviderError(
+                    CODE_RATE_LIMITED, f"A load run is in progress ({running[0]}); wait for it to end"
+                )
             self._runs[load_id] = None
             while len(self._runs) > KEPT_RUNS:
                 del self._runs[next(iter(self._runs))]
         threading.Thread(
             target=self._run, args=(load_id, params), name=f"load-{load_id}", daemon=True
         ).start()
-        resp.media = {"code": 200, "msg": "success", "data": {"loadId": load_id}}
+        data = {"loadId": load_id, "settleTimeout": params["settle_timeout_s"]}
+        resp.media = {"code": 200, "msg": "success", "data": data}
 
     def on_get_load(self, req: falcon.Request, resp: falcon.Response, load_id: str) -> None:
         self._sim.provider.check_key(req.auth)
@@ -83,24 +89,27 @@ class LoadsResource:
             run = self._runs[load_id]
         if isinstance(run, str):
             raise ProviderError(CODE_SERVER_ERROR, f"The load run failed: {run}")
-        data = {"done": False} if run is None else {"done": True, "run": run.to_dict()}
+        if run is None:
+            data: dict[str, Any] = {"done": False}
+        else:
+            # The result files downloaded so far: mjhook acknowledges first and downloads after.
+            ended, files = run
+            served = len(self._sim.provider.wait_served(files, 0.0))
+            report = replace(ended.report, result_files=len(files), result_files_served=served)
+            data = {"done": True, "run": replace(ended, report=report).to_dict()}
         resp.media = {"code": 200, "msg": "success", "data": data}
 
     def _run(self, load_id: str, params: dict[str, Any]) -> None:
         try:
             run = fire_callbacks(self._sim, **params)
             files = self._sim.provider.result_files(run.acknowledged)
-            served = self._sim.provider.wait_served(files, 0.0)
-            run = replace(
-                run, report=replace(run.report, result_files=len(files), result_files_served=len(served))
-            )
         except Exception as exc:  # the client polling for it must learn it, not wait forever
             log.exception("load run %s failed", load_id)
             with self._lock:
-                self._runs[load_id] = type(exc).__name__
+                self._runs[load_id] = f"{type(exc).__name__}: {exc}"
             return
         with self._lock:
-            self._runs[load_id] = run
+            self._runs[load_id] = (run, files)
 
 
 def _load_params(body: Any, *, default_settle_s: float) -> dict[str, Any]:
@@ -138,6 +147,10 @@ def _number(value: Any, name: str, low: float, high: float) -> float:
 
 #: How often the client asks whether a load run it started has ended, seconds.
 POLL_INTERVAL_S = 0.5
+#: Beyond a run's send window and settle time, how long the client waits for it to be reported.
+RUN_GRACE_S = 60.0
+#: Times a poll that got no answer is tried again (after POLL_INTERVAL_S each) before giving up.
+POLL_RETRIES = 5
 
 
 def run_load_in(
@@ -148,12 +161,18 @@ def run_load_in(
     rate_per_s: float,
     callback_url: str,
     settle_timeout_s: float | None = None,
+    read_bucket: Callable[[CallbackRun], LoadReport] | None = None,
+    download_grace_s: float = 0.0,
     transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], None] = time.sleep,
-) -> CallbackRun:
-    """Start a load run in the simulator serving at ``simulator_url`` and wait until it reports
-    its callbacks fired and answered (it ends within its send window and settle time). Raises
-    :class:`ProviderUnavailable` when it cannot be reached or does not end in time, and
+    monotonic: Callable[[], float] = time.monotonic,
+) -> LoadReport:
+    """Start a load run in the simulator serving at ``simulator_url``, wait for its callbacks
+    (at most its send window and settle time plus :data:`RUN_GRACE_S`), then ``read_bucket``
+    for the run's report with the bucket's figures; without one, wait up to
+    ``download_grace_s`` seconds until each result file was downloaded once. The result files
+    downloaded are counted by the simulator at the end. Raises :class:`ProviderUnavailable` when
+    it cannot be reached, answers what is not a load run, or the run does not end in time, and
     :class:`ProviderRefused` when it refuses (a wrong key, another run in progress)."""
     body: dict[str, Any] = {"tasks": tasks, "rate": rate_per_s, "callbackUrl": callback_url}
     if settle_timeout_s is not None:
@@ -165,26 +184,72 @@ def run_load_in(
         timeout=10.0,
         transport=transport,
     ) as client:
-        load_id = str(_data_of(client, "POST", LOADS_PATH, body)["loadId"])
-        while not (state := _data_of(client, "GET", f"{LOADS_PATH}/{load_id}"))["done"]:
+        started = _data_of(client, "POST", LOADS_PATH, body)
+        load_id, settle_s = started.get("loadId"), started.get("settleTimeout")
+        if not isinstance(load_id, str) or not isinstance(settle_s, int | float):
+            raise ProviderUnavailable(f"the simulator at {client.base_url} started no load run: {started!r}")
+        poll = _Poller(client, f"{LOADS_PATH}/{load_id}", sleep=sleep)
+        deadline = monotonic() + tasks / rate_per_s + settle_s + RUN_GRACE_S
+        while (run := poll.run()) is None:
+            if monotonic() >= deadline:
+                raise ProviderUnavailable(f"load run {load_id} did not end in time; its report stays there")
             sleep(POLL_INTERVAL_S)
-    try:
-        return CallbackRun.from_dict(state["run"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProviderUnavailable(f"the simulator's load report is unreadable: {exc!r}") from exc
+        if read_bucket is not None:
+            report = read_bucket(run)
+            served = poll.run()
+        else:
+            report, served = run.report, run
+            grace_ends = monotonic() + download_grace_s
+            while served.report.result_files_served < served.report.result_files and monotonic() < grace_ends:
+                sleep(POLL_INTERVAL_S)
+                served = poll.run() or served
+    return replace(report, result_files_served=(served or run).report.result_files_served)
 
 
-def _data_of(client: httpx.Client, method: str, path: str, body: Any = None) -> Any:
-    """The ``data`` of an answer with body code 200; the provider's errors raised."""
+class _Poller:
+    """Asks for one load run: its :class:`CallbackRun` once it ended (its downloads counted
+    anew each time), None while it runs. A poll without an answer is tried again."""
+
+    def __init__(self, client: httpx.Client, path: str, *, sleep: Callable[[float], None]) -> None:
+        self._client = client
+        self._path = path
+        self._sleep = sleep
+
+    def run(self) -> CallbackRun | None:
+        for retry in range(POLL_RETRIES + 1):
+            try:
+                state = _data_of(self._client, "GET", self._path)
+                break
+            except ProviderUnavailable:
+                if retry == POLL_RETRIES:
+                    raise
+                self._sleep(POLL_INTERVAL_S)
+        if state.get("done") is False:
+            return None
+        try:
+            return CallbackRun.from_json(orjson.dumps(state.get("run")))
+        except ValueError as exc:
+            raise ProviderUnavailable(f"the simulator's load report is unreadable: {exc}") from exc
+
+
+def _data_of(client: httpx.Client, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    """The ``data`` object of an answer with body code 200; the provider's errors raised."""
+    where = f"the simulator at {client.base_url}"
     try:
         answer = client.request(method, path, json=body)
+    except httpx.HTTPError as exc:
+        raise ProviderUnavailable(f"{where} did not answer: {type(exc).__name__}: {exc}") from exc
+    try:
         payload = answer.json()
-        code, data = payload["code"], payload["data"]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-        raise ProviderUnavailable(f"the simulator at {client.base_url} did not answer: {exc!r}") from exc
+        code, msg, data = payload["code"], str(payload.get("msg", "")), payload["data"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ProviderUnavailable(
+            f"{where} answered HTTP {answer.status_code} without the provider's body: is it a"
+            " `mjhook simulate serve`, given by its address alone (no path)?"
+        ) from None
     if code == 200 and isinstance(data, dict):
         return data
-    message = f"the simulator at {client.base_url} answered code {code}: {payload.get('msg', '')}"
+    message = f"{where} answered code {code}: {msg}"
     if code in (401, 404, 422, 429):
-        raise ProviderRefused(message, code=code, provider_msg=str(payload.get("msg", "")))
-    raise ProviderUnavailable(message, code=code, provider_msg=str(payload.get("msg", "")))
+        raise ProviderRefused(message, code=code, provider_msg=msg)
+    raise ProviderUnavailable(message, code=code if isinstance(code, int) else None, provider_msg=msg)

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydantic import TypeAdapter
+
 from shared.errors import StorageUnavailable
 from shared.storage import MANIFEST_NAME, manifest_key, task_prefix
 from simulator.callbacks import DeliveryAttempt
@@ -225,16 +227,32 @@ class CallbackRun:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CallbackRun:
-        """The run :meth:`to_dict` described (a ``KeyError`` or ``TypeError`` when it is not one)."""
-        report = {name: data["report"][name] for name in LoadReport.__dataclass_fields__}
+    def from_json(cls, raw: bytes | str) -> CallbackRun:
+        """The run :meth:`to_dict` described, as JSON; ``ValueError`` (pydantic's
+        ``ValidationError``) when it is not one, every field of the type it must have."""
+        data = _RUN_ANSWER.validate_json(raw, strict=True)
         return cls(
-            report=LoadReport(**report),
-            task_ids=frozenset(map(str, data["taskIds"])),
-            acknowledged=frozenset(map(str, data["acknowledged"])),
-            listing=str(data["listing"]),
-            started_at=float(data["startedAt"]),
+            report=data.report,
+            task_ids=frozenset(data.taskIds),
+            acknowledged=frozenset(data.acknowledged),
+            listing=data.listing,
+            started_at=data.startedAt,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _RunAnswer:
+    """:meth:`CallbackRun.to_dict`'s shape, in its wire names (the report's ``problems`` are
+    derived, not read)."""
+
+    report: LoadReport
+    taskIds: list[str]
+    acknowledged: list[str]
+    listing: str
+    startedAt: float
+
+
+_RUN_ANSWER = TypeAdapter(_RunAnswer)
 
 
 def run_load(
@@ -321,9 +339,10 @@ def fire_callbacks(
     ]
     called_back = {task.task_id for task in submitted if not task.faults.drop}
     # Not just until every task is acknowledged: a duplicate (or a retry of one) is sent after
-    # its original's ack, and stopping the simulator drops what is still due. Idle means every
-    # callback was sent and acknowledged or given up on, so the report counts every attempt.
-    settled = sim.wait_idle(tasks / rate_per_s + settle_timeout_s)
+    # its original's ack, and stopping the simulator drops what is still due. Settled means every
+    # callback of these tasks was sent and acknowledged or given up on, so the report counts every
+    # attempt (another client's tasks, in a shared ``serve``, are not waited for).
+    settled = sim.wait_settled([task.task_id for task in submitted], tasks / rate_per_s + settle_timeout_s)
     report, acked = _callback_report(
         sim, called_back, tasks=tasks, rate_per_s=rate_per_s, callback_url=callback_url
     )

@@ -214,6 +214,12 @@ class Provider:
         return task
 
     def _complete(self, task: Task) -> None:
+        try:
+            self._complete_and_call_back(task)
+        finally:
+            task.callbacks_queued = True
+
+    def _complete_and_call_back(self, task: Task) -> None:
         now = self._clock()
         with self._lock:
             task.completed_at = now
@@ -242,6 +248,12 @@ class Provider:
             self.delivery.deliver(
                 task.callback_url, body, delay_s=self.config.faults.duplicate_delay_s, delivery=1
             )
+
+    def settled(self, task_ids: Collection[str]) -> bool:
+        """Whether every task of ``task_ids`` completed and no callback of theirs is waiting to be
+        sent or answered (each acknowledged, or given up on after its retries)."""
+        tasks = [self.task(task_id) for task_id in task_ids]
+        return all(task.callbacks_queued for task in tasks) and self.delivery.outstanding(task_ids) == 0
 
     def _kept(self, task: Task) -> bool:
         """Whether the provider still keeps the task's media: until ``url_ttl_s`` seconds after

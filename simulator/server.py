@@ -7,7 +7,7 @@ import secrets
 import socketserver
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -29,6 +29,8 @@ from simulator.tasks import Task
 
 log = logging.getLogger(__name__)
 
+#: How often :meth:`RunningSimulator.wait_settled` looks at its tasks, seconds.
+SETTLED_POLL_S = 0.02
 #: On stop, how long running callback deliveries may take to finish, seconds.
 STOP_GRACE_S = 2.0
 #: Threads completing tasks, apart from the delivery threads (each may wait seconds on a slow
@@ -123,6 +125,17 @@ class RunningSimulator:
         return self._generation.wait_idle(timeout_s) and self._deliveries.wait_idle(
             max(0.0, deadline - time.monotonic())
         )
+
+    def wait_settled(self, task_ids: Collection[str], timeout_s: float) -> bool:
+        """Wait until the tasks of ``task_ids`` completed and each of their callbacks was
+        acknowledged or given up on, whatever else the simulator is doing (a ``serve`` shared with
+        other clients); False when ``timeout_s`` seconds passed first."""
+        deadline = time.monotonic() + timeout_s
+        while not self.provider.settled(task_ids):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(SETTLED_POLL_S)
+        return True
 
     def stop(self) -> None:
         """Stop sending, stop serving, close the port. Pending callbacks are dropped."""

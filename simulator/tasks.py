@@ -68,6 +68,8 @@ class Task:
     result_urls: list[str] = field(default_factory=list)
     error_code: int | None = None
     error_message: str | None = None
+    #: Set once the task completed and its callbacks (none, one, or with a duplicate) were queued.
+    callbacks_queued: bool = False
 
     @property
     def result_count(self) -> int:

@@ -60,6 +60,8 @@ def test_a_load_in_the_simulator_the_workers_verify_with_ends_stored_and_is_read
     report = orjson.loads(result.stdout)
     assert (report["acknowledged"], report["problems"]) == (6, [])
     assert report["manifests"] == {"stored": 6, "partial": 0, "failed": 0, "missing": 0}
+    # And the result files mjhook downloaded meanwhile were counted by the simulator at the end
+    assert report["result_files_served"] == report["result_files"] == 24
     assert "warning" not in result.stderr
     # And each was verified with that simulator, its files the bytes it served
     prefix = f"tasks/{simulator.provider.task_id_prefix}"

@@ -13,11 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
-from shared.errors import ProviderRefused
+from shared.errors import ProviderRefused, ProviderUnavailable
 from simulator.control import LOADS_PATH, run_load_in
-from simulator.load import CallbackRun, bucket_listing, read_bucket
-from tests.simulator.support import Receiver, SimFactory
+from simulator.load import CallbackRun, LoadReport, bucket_listing, read_bucket
+from tests.simulator.support import Receiver, SimFactory, api, submit
 from tests.simulator.test_load import FakeBucket
+from tests.support.procs import free_port
 
 
 def test_a_load_run_in_a_running_simulator_fires_its_callbacks_and_reports_them(
@@ -25,27 +26,74 @@ def test_a_load_run_in_a_running_simulator_fires_its_callbacks_and_reports_them(
 ) -> None:
     # Given a running simulator
     sim = make_sim()
+    runs: list[CallbackRun] = []
+
+    def read(run: CallbackRun) -> LoadReport:
+        runs.append(run)
+        return read_bucket(run, FakeBucket(receiver, partial=""), timeout_s=5.0)
+
     # When a load run of 5 tasks is started in it through its control route, and waited for
-    run = run_load_in(sim.base_url, sim.api_key, tasks=5, rate_per_s=100.0, callback_url=receiver.url)
+    report = run_load_in(
+        sim.base_url, sim.api_key, tasks=5, rate_per_s=100.0, callback_url=receiver.url, read_bucket=read
+    )
     # Then its callbacks came from that simulator's own tasks, and the report counts them
+    [run] = runs
     sent = {body["data"]["taskId"] for body in receiver.bodies()}
     assert sent == run.task_ids == run.acknowledged
     assert all(sim.provider.task(task_id).callback_url == receiver.url for task_id in sent)
-    assert (run.report.tasks, run.report.acknowledged, run.report.unacknowledged) == (5, 5, 0)
-    assert run.report.settled
-    assert run.report.result_files == 20
+    assert (report.tasks, report.acknowledged, report.unacknowledged) == (5, 5, 0)
+    assert report.settled
+    assert report.result_files == 20
     assert run.listing == bucket_listing(sim)
-    assert run.report.problems == []
+    assert report.problems == []
     # And the bucket is read for those tasks as for a run of its own
-    report = read_bucket(run, FakeBucket(receiver, partial=""), timeout_s=5.0)
     assert report.manifests == {"stored": 5, "partial": 0, "failed": 0, "missing": 0}
+    # And the run, as the simulator described it, is the run
+    assert CallbackRun.from_json(orjson.dumps(run.to_dict())) == run
 
 
-def test_the_run_as_the_simulator_described_it_is_the_run(make_sim: SimFactory, receiver: Receiver) -> None:
-    run = run_load_in(
-        make_sim().base_url, "sim-api-key", tasks=2, rate_per_s=100.0, callback_url=receiver.url
+def test_another_clients_task_still_calling_back_does_not_hold_the_load_run(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given a simulator (the provider's real retry schedule) with another client's task whose
+    # callback goes where nothing listens: its retries are due 1, 5 and 15 minutes later
+    sim = make_sim(time_scale=1.0)
+    with api(sim) as client:
+        submit(client, callBackUrl=f"http://127.0.0.1:{free_port()}/cb")
+    # When a load run is made there, allowed to settle 5 s after its last callback is due
+    report = run_load_in(
+        sim.base_url, sim.api_key, tasks=3, rate_per_s=100.0, callback_url=receiver.url, settle_timeout_s=5.0
     )
-    assert CallbackRun.from_dict(orjson.loads(orjson.dumps(run.to_dict()))) == run
+    # Then it settled on its own callbacks, not waiting for the other task's retries
+    assert (report.acknowledged, report.settled, report.problems) == (3, True, [])
+
+
+def test_the_result_files_downloaded_are_counted_when_the_run_is_reported(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given a load run whose result files are downloaded only after the callbacks were answered
+    # (as mjhook acknowledges first), here while the bucket is read
+    sim = make_sim()
+
+    def download_then_read(run: CallbackRun) -> LoadReport:
+        with httpx.Client(trust_env=False) as client:
+            for body in receiver.bodies():
+                for url in body["data"]["resultUrls"]:
+                    assert client.get(url).status_code == 200
+        # (the simulator counts a file once its last byte went out, a moment after the client has it)
+        sim.provider.wait_served(sim.provider.result_files(run.acknowledged), 5.0)
+        return run.report
+
+    report = run_load_in(
+        sim.base_url,
+        sim.api_key,
+        tasks=2,
+        rate_per_s=100.0,
+        callback_url=receiver.url,
+        read_bucket=download_then_read,
+    )
+    # Then the report counts them downloaded, not what was downloaded when the callbacks ended
+    assert (report.result_files, report.result_files_served) == (8, 8)
 
 
 def test_the_control_routes_want_the_api_key(make_sim: SimFactory, receiver: Receiver) -> None:
@@ -101,7 +149,8 @@ def test_one_load_run_at_a_time_and_an_unknown_one_is_404(make_sim: SimFactory, 
         unknown = client.get(f"{LOADS_PATH}/no-such-run").json()
         receiver.released.set()
     assert first["code"] == 200
-    assert (second["code"], second["msg"]) == (429, "A load run is in progress; wait for it to end")
+    assert second["code"] == 429
+    assert second["msg"] == f"A load run is in progress ({first['data']['loadId']}); wait for it to end"
     assert running == {"code": 200, "msg": "success", "data": {"done": False}}
     assert unknown["code"] == 404
 
@@ -118,17 +167,9 @@ def test_the_cli_runs_the_load_in_the_simulator_the_workers_verify_with(
         main,
         [
             *("simulate", "load", "--simulator-url", sim.base_url, "--api-key", sim.api_key),
-            *(
-                "--tasks",
-                "3",
-                "--rate",
-                "100",
-                "--callback-url",
-                receiver.url,
-                "--store-timeout",
-                "0",
-                "--json",
-            ),
+            *("--tasks", "3", "--rate", "100", "--callback-url", receiver.url, "--json"),
+            # no bucket, and no wait for downloads (nothing downloads here)
+            *("--store-timeout", "0", "--download-grace", "0"),
         ],
         env=env,
     )
@@ -155,3 +196,101 @@ def test_the_cli_says_when_the_simulator_refuses_the_key(make_sim: SimFactory, r
     )
     assert result.exit_code == 1
     assert "answered code 401" in result.output
+
+
+def _scripted(answers: dict[str, Any]) -> httpx.MockTransport:
+    """A simulator answering POST and GET with the provider-shaped bodies (or HTTP errors) given."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        answer = answers[request.method]
+        if isinstance(answer, list):
+            answer = answer.pop(0) if len(answer) > 1 else answer[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return httpx.Response(200, json=answer)
+
+    return httpx.MockTransport(handle)
+
+
+def _ok(data: Any) -> dict[str, Any]:
+    return {"code": 200, "msg": "success", "data": data}
+
+
+STARTED = _ok({"loadId": "x", "settleTimeout": 1})
+
+
+class FakeTime:
+    """Monotonic seconds that move only when slept."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("answers", "match"),
+    [
+        ({"POST": _ok({})}, "started no load run"),
+        (
+            {"POST": _ok({"loadId": "x", "settleTimeout": 1}), "GET": _ok({"done": True, "run": {}})},
+            "unreadable",
+        ),
+        (
+            {
+                "POST": _ok({"loadId": "x", "settleTimeout": 1}),
+                "GET": _ok({"done": True, "run": {"report": 1}}),
+            },
+            "unreadable",
+        ),
+        (
+            {"POST": _ok({"loadId": "x", "settleTimeout": 1}), "GET": _ok({"done": False})},
+            "did not end in time",
+        ),
+        ({"POST": {"title": "404 Not Found"}}, "without the provider's body"),
+        ({"POST": {"code": 500, "msg": "Server error", "data": None}}, "answered code 500"),
+    ],
+    ids=["no load id", "empty run", "hostile run", "never ends", "not the simulator", "code 500"],
+)
+def test_answers_that_are_no_load_run_are_said_not_tracebacks(answers: dict[str, Any], match: str) -> None:
+    time = FakeTime()
+    with pytest.raises(ProviderUnavailable, match=match):
+        run_load_in(
+            "http://127.0.0.1:9",
+            "k",
+            tasks=1,
+            rate_per_s=1.0,
+            callback_url="http://127.0.0.1:9/cb",
+            transport=_scripted(answers),
+            sleep=time.sleep,
+            monotonic=time.monotonic,
+        )
+
+
+def test_a_poll_without_an_answer_is_asked_again(make_sim: SimFactory, receiver: Receiver) -> None:
+    # Given a simulator whose first answer to a poll is lost
+    sim = make_sim()
+    real = httpx.HTTPTransport()
+    lost = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and not lost:
+            lost.append(request)
+            raise httpx.ReadTimeout("lost", request=request)
+        return real.handle_request(request)
+
+    # When a load run is waited for, Then the poll is asked again and the run reported
+    report = run_load_in(
+        sim.base_url,
+        sim.api_key,
+        tasks=2,
+        rate_per_s=100.0,
+        callback_url=receiver.url,
+        transport=httpx.MockTransport(handle),
+    )
+    assert len(lost) == 1
+    assert report.acknowledged == 2
