@@ -3,10 +3,12 @@ simulator (``mjhook simulate serve``), so that ``mjhook simulate load --simulato
 callbacks from the provider mjhook's workers already know (they verify results with it).
 
 ``POST /sim/v1/loads`` with ``{"tasks", "rate", "callbackUrl"[, "taskType", "settleTimeout"]}``
-starts one (one at a time: code 429 while another runs) and answers ``{"loadId"}``;
-``GET /sim/v1/loads/{loadId}`` answers ``{"done": false}``, then ``{"done": true, "run": ...}``
-(:meth:`simulator.load.CallbackRun.to_dict`). Both take the API key; the answers have the
-provider's body shape."""
+starts one (one at a time: code 429 while another runs) and answers ``{"loadId",
+"settleTimeout"}``; ``GET /sim/v1/loads/{loadId}`` answers ``{"done": false}``, then ``{"done":
+true, "run": ...}`` (:meth:`simulator.load.CallbackRun.to_dict`), its result files downloaded
+counted anew at each asking (mjhook downloads after it acknowledged). A run waits for its own
+tasks' callbacks only, whatever else the simulator serves. Both take the API key; the answers
+have the provider's body shape. :func:`run_load_in` is their client."""
 
 from __future__ import annotations
 
