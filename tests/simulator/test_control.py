@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from cli.main import main
 from shared.errors import ProviderRefused, ProviderUnavailable
+from simulator import RunningSimulator
 from simulator.control import LOADS_PATH, run_load_in
 from simulator.load import CallbackRun, LoadReport, bucket_listing, read_bucket
 from tests.simulator.support import Receiver, SimFactory, api, submit
@@ -84,14 +85,7 @@ def test_the_result_files_downloaded_are_counted_when_the_run_is_reported(
         sim.provider.wait_served(sim.provider.result_files(run.acknowledged), 5.0)
         return run.report
 
-    report = run_load_in(
-        sim.base_url,
-        sim.api_key,
-        tasks=2,
-        rate_per_s=100.0,
-        callback_url=receiver.url,
-        read_bucket=download_then_read,
-    )
+    report = _two_tasks(sim, receiver, read_bucket=download_then_read)
     # Then the report counts them downloaded, not what was downloaded when the callbacks ended
     assert (report.result_files, report.result_files_served) == (8, 8)
 
@@ -284,13 +278,13 @@ def test_a_poll_without_an_answer_is_asked_again(make_sim: SimFactory, receiver:
         return real.handle_request(request)
 
     # When a load run is waited for, Then the poll is asked again and the run reported
-    report = run_load_in(
-        sim.base_url,
-        sim.api_key,
-        tasks=2,
-        rate_per_s=100.0,
-        callback_url=receiver.url,
-        transport=httpx.MockTransport(handle),
-    )
+    report = _two_tasks(sim, receiver, transport=httpx.MockTransport(handle))
     assert len(lost) == 1
     assert report.acknowledged == 2
+
+
+def _two_tasks(sim: RunningSimulator, receiver: Receiver, **options: Any) -> LoadReport:
+    """A load run of 2 tasks at 100/s in ``sim``, calling back ``receiver``."""
+    return run_load_in(
+        sim.base_url, sim.api_key, tasks=2, rate_per_s=100.0, callback_url=receiver.url, **options
+    )
