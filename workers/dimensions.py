@@ -30,6 +30,13 @@ MAX_JPEG_SEGMENTS = 1024
 #: Most fill bytes (0xFF) before one marker: they are padding, a few at most; a file of nothing
 #: else would be walked a byte at a time to its end.
 MAX_JPEG_FILL_BYTES = 64
+#: Most chunks walked before a PNG's image data (IDAT): real files have a few dozen.
+MAX_PNG_CHUNKS = 1024
+#: Most blocks (frames, extensions, stray bytes) and data sub-blocks walked in a GIF: a real one
+#: of 64 MiB in 255-byte sub-blocks has ~263,000 of them; one made of empty extensions or 1-byte
+#: sub-blocks would make the walk long.
+MAX_GIF_BLOCKS = 100_000
+MAX_GIF_SUB_BLOCKS = 1_000_000
 #: Leading bytes that always suffice, per format (JPEG has no such bound).
 HEAD_BYTES_NEEDED = {PNG: 24, GIF: 10, WEBP: 30}
 #: Most pixels (width x height) an image may declare: 100 megapixels.
@@ -78,6 +85,27 @@ def _png(head: bytes) -> tuple[int, int] | None:
     return width, height
 
 
+def png_single_header(body: IO[bytes]) -> None:
+    """Raise :class:`DownloadRefused` when the PNG ``body`` (positioned at its start) has another
+    header (IHDR) among the chunks before its image data: a PNG has one, first, and decoders take
+    the last one they meet (Pillow does), so a 1x1 header may hide a 12000x12000 one. Also when
+    more than :data:`MAX_PNG_CHUNKS` chunks come first. Walks the chunks, their data unread."""
+    body.seek(8)  # the signature
+    headers = 0
+    for _ in range(MAX_PNG_CHUNKS):
+        chunk = body.read(8)
+        if len(chunk) < 8:
+            return
+        length, kind = struct.unpack(">I4s", chunk)
+        if kind in (b"IDAT", b"IEND"):
+            return
+        headers += kind == b"IHDR"
+        if headers > 1:
+            raise DownloadRefused("png image with more than one header (IHDR)")
+        body.seek(length + 4, io.SEEK_CUR)  # the data, then its CRC
+    raise DownloadRefused(f"png image with more than {MAX_PNG_CHUNKS} chunks before its image data")
+
+
 def _gif(head: bytes) -> tuple[int, int] | None:
     # "GIF87a"/"GIF89a", then the logical screen: width, height, 16-bit little-endian.
     if len(head) < 10:
@@ -90,43 +118,63 @@ def gif_canvas(body: IO[bytes]) -> tuple[int, int] | None:
     """The canvas a decoder draws the GIF ``body`` (positioned at its start) on: its logical
     screen grown to every frame's extent (left + width, top + height, 16 bits each), as decoders
     grow it (Pillow does, and browsers for the first frame): a GIF declaring a 1x1 screen may
-    hold a 60000x60000 frame. Read by walking the file's blocks, skipping their data unread; a
-    file cut short is judged on the frames before the cut. None without a logical screen."""
+    hold a 60000x60000 frame. Read by walking the file's blocks, skipping their data unread, and
+    any stray byte between blocks (decoders skip them too, and read the frames after); a file cut
+    short is judged on the frames before the cut. None without a logical screen. Raises
+    :class:`DownloadRefused` past :data:`MAX_GIF_BLOCKS` blocks or :data:`MAX_GIF_SUB_BLOCKS`
+    sub-blocks (a file of empty extensions would make the walk long)."""
     header = body.read(13)
     if len(header) < 13:
         return None
     width, height, packed = struct.unpack_from("<HHB", header, 6)
     _skip_color_table(body, packed)
-    while (introducer := body.read(1)) in (b"!", b","):
+    walk = _GifWalk()
+    while (introducer := body.read(1)) not in (b"", b";"):  # ";" is the trailer
+        walk.block()
         if introducer == b"!":  # an extension: its label, then its data sub-blocks
-            if not body.read(1) or not _skip_sub_blocks(body):
+            if not body.read(1) or not walk.skip_sub_blocks(body):
                 break
-            continue
-        descriptor = body.read(9)
-        if len(descriptor) < 9:
-            break
-        left, top, frame_width, frame_height, packed = struct.unpack("<HHHHB", descriptor)
-        width, height = max(width, left + frame_width), max(height, top + frame_height)
-        _skip_color_table(body, packed)
-        if not body.read(1) or not _skip_sub_blocks(body):  # LZW code size, then the image data
-            break
+        elif introducer == b",":
+            descriptor = body.read(9)
+            if len(descriptor) < 9:
+                break
+            left, top, frame_width, frame_height, packed = struct.unpack("<HHHHB", descriptor)
+            width, height = max(width, left + frame_width), max(height, top + frame_height)
+            _skip_color_table(body, packed)
+            if not body.read(1) or not walk.skip_sub_blocks(body):  # LZW code size, then the data
+                break
     return width, height
+
+
+class _GifWalk:
+    """Counts the blocks and sub-blocks of one GIF walk, refusing the file past the bounds."""
+
+    def __init__(self) -> None:
+        self._blocks = 0
+        self._sub_blocks = 0
+
+    def block(self) -> None:
+        self._blocks += 1
+        if self._blocks > MAX_GIF_BLOCKS:
+            raise DownloadRefused(f"gif image of more than {MAX_GIF_BLOCKS} blocks")
+
+    def skip_sub_blocks(self, body: IO[bytes]) -> bool:
+        """Past a run of data sub-blocks (each a length byte, then that many bytes) and the empty
+        one ending it; False when the file ends first."""
+        while size := body.read(1):
+            if size == b"\x00":
+                return True
+            self._sub_blocks += 1
+            if self._sub_blocks > MAX_GIF_SUB_BLOCKS:
+                raise DownloadRefused(f"gif image of more than {MAX_GIF_SUB_BLOCKS} data sub-blocks")
+            body.seek(size[0], io.SEEK_CUR)
+        return False
 
 
 def _skip_color_table(body: IO[bytes], packed: int) -> None:
     """Past the color table a GIF block's packed byte announces (bit 7 set: 3 x 2^(n+1) bytes)."""
     if packed & 0x80:
         body.seek(3 << ((packed & 0x07) + 1), io.SEEK_CUR)
-
-
-def _skip_sub_blocks(body: IO[bytes]) -> bool:
-    """Past a run of data sub-blocks (each a length byte, then that many bytes) and the empty
-    one ending it; False when the file ends first."""
-    while size := body.read(1):
-        if size == b"\x00":
-            return True
-        body.seek(size[0], io.SEEK_CUR)
-    return False
 
 
 def _webp(head: bytes) -> tuple[int, int] | None:

@@ -38,9 +38,10 @@ from workers.dimensions import (
     check_dimensions,
     gif_canvas,
     jpeg_frame_size,
+    png_single_header,
     read_dimensions,
 )
-from workers.sniff import GIF, JPEG, MediaType, bytes_to_sniff, sniff_media
+from workers.sniff import GIF, JPEG, PNG, MediaType, bytes_to_sniff, ends_whole, sniff_media
 
 #: HTTP statuses below 500 worth another try later. Every 5xx is too (a CDN's 520-524 as much as
 #: a 503); every other non-2xx status is final.
@@ -237,7 +238,11 @@ class ResultFetcher:
             with limited_waits(pace), closing(self._follow_redirects(url)) as response:
                 _check_status(response)
                 _check_declared_size(response, self._largest_cap())
-                return self._copy(response, pace, sink, budget)
+                media, size, digest = self._copy(response, pace, sink, budget)
+                if _close_delimited(response) and not ends_whole(media, sink, size):
+                    # Without a length or chunks, a connection closed early looks like the end.
+                    raise DownloadFailed(f"the body ended early: a {media.ext} file cut short")
+                return media, size, digest
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise DownloadRefused(f"unusable URL: {exc}") from None
         except UnicodeError as exc:  # a redirect to a host whose IDNA label does not decode
@@ -315,7 +320,7 @@ class ResultFetcher:
         body.seek(0)
         if media == JPEG:
             size = jpeg_frame_size(body)
-            if size is None:
+            if size is None or 0 in size:  # a height of 0: "defined later", which no decoder reads
                 raise DownloadRefused("jpg image that declares no size before its image data")
         else:
             head = body.read(DEFAULT_HEAD_BYTES)
@@ -324,6 +329,8 @@ class ResultFetcher:
                 raise DownloadRefused(
                     f"{media.ext} image that declares no size in its first {len(head)} bytes"
                 )
+        if media == PNG:
+            png_single_header(body)  # a second header would be the one decoders use
         if media == GIF:
             body.seek(0)
             size = gif_canvas(body) or size  # the screen grown to every frame: it holds the screen
@@ -338,15 +345,27 @@ class ResultFetcher:
         return media, cap
 
 
+#: Answers that carry the whole file: 200, and 203 (a proxy's copy of it).
+WHOLE_FILE_STATUSES = frozenset({200, 203})
+
+
 def _check_status(response: httpx.Response) -> None:
     status = response.status_code
-    if 200 <= status < 300:
+    if status in WHOLE_FILE_STATUSES:
         return
+    if 200 <= status < 300:  # 206 to a request for the whole file, 204: no file to store as it is
+        raise DownloadFailed(f"HTTP {status}: not the whole file")
     if status >= 500 or status in RETRYABLE_STATUSES:
         raise DownloadFailed(f"HTTP {status}")
     if status in LINK_GONE_STATUSES:
         raise ResultLinkGone(f"HTTP {status}")
     raise DownloadRefused(f"HTTP {status}")
+
+
+def _close_delimited(response: httpx.Response) -> bool:
+    """Whether the body's end is only the connection closing (no Content-Length, not chunked)."""
+    chunked = "chunked" in response.headers.get("transfer-encoding", "").lower()
+    return "content-length" not in response.headers and not chunked
 
 
 def _check_declared_size(response: httpx.Response, cap: int) -> None:

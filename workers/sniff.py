@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import IO
 
 from shared.errors import DownloadRefused
 
@@ -105,3 +106,28 @@ def _iso_bmff_video(head: bytes) -> MediaType | None:
 def _brand(brand: bytes) -> str:
     """A brand as readable text, whatever bytes it holds (it is the sender's)."""
     return repr(brand.decode("latin-1"))
+
+
+#: The last bytes of a whole file, per format: PNG's IEND chunk, JPEG's end of image, GIF's trailer.
+_ENDINGS = {
+    PNG: b"\x00\x00\x00\x00IEND\xaeB`\x82",
+    JPEG: b"\xff\xd9",
+    GIF: b";",
+}
+
+
+def ends_whole(media: MediaType, body: IO[bytes], size: int) -> bool:
+    """Whether ``body`` (``size`` bytes) ends as a whole file of ``media`` does: PNG, JPEG and GIF
+    with their closing bytes, WEBP at the length its RIFF header declares. Formats without such an
+    end (MP4, WebM) are taken as whole. Leaves ``body``'s position anywhere."""
+    if media == WEBP:
+        body.seek(4)
+        declared = body.read(4)
+        return len(declared) == 4 and int.from_bytes(declared, "little") + 8 == size
+    ending = _ENDINGS.get(media)
+    if ending is None:
+        return True
+    if size < len(ending):
+        return False
+    body.seek(size - len(ending))
+    return body.read(len(ending)) == ending

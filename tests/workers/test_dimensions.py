@@ -14,10 +14,15 @@ from shared.errors import DownloadRefused
 from workers.dimensions import (
     DEFAULT_HEAD_BYTES,
     HEAD_BYTES_NEEDED,
+    MAX_GIF_BLOCKS,
+    MAX_GIF_SUB_BLOCKS,
     MAX_JPEG_FILL_BYTES,
     MAX_JPEG_SEGMENTS,
+    MAX_PNG_CHUNKS,
     check_dimensions,
+    gif_canvas,
     jpeg_frame_size,
+    png_single_header,
     read_dimensions,
 )
 from workers.sniff import GIF, JPEG, MP4, PNG, WEBM, WEBP, MediaType, sniff_media
@@ -256,3 +261,75 @@ def test_a_real_oversized_jpeg_is_refused() -> None:
     assert size == (20_001, 8)
     with pytest.raises(DownloadRefused):
         check_dimensions(*size)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _ihdr(width: int, height: int) -> bytes:
+    return _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+
+
+def test_a_png_with_a_second_header_before_its_image_data_is_refused() -> None:
+    # Given a PNG whose first header says 1x1 and a second one 12000x12000 (decoders take the last)
+    forged = b"\x89PNG\r\n\x1a\n" + _ihdr(1, 1) + _png_chunk(b"tEXt", b"a\x00b") + _ihdr(12000, 12000)
+    # Then it is refused, while a PNG with one header passes
+    with pytest.raises(DownloadRefused, match="more than one header"):
+        png_single_header(io.BytesIO(forged + _png_chunk(b"IEND", b"")))
+    png_single_header(io.BytesIO(encode((4, 4), "PNG")))
+
+
+def test_a_png_of_more_chunks_before_its_image_data_than_a_real_one_has_is_refused() -> None:
+    chunks = _png_chunk(b"tEXt", b"a\x00b") * (MAX_PNG_CHUNKS + 1)
+    with pytest.raises(DownloadRefused, match=f"more than {MAX_PNG_CHUNKS} chunks"):
+        png_single_header(io.BytesIO(b"\x89PNG\r\n\x1a\n" + _ihdr(1, 1) + chunks))
+
+
+def _gif(*blocks: bytes) -> bytes:
+    """A GIF declaring a 1x1 screen, without a color table, then ``blocks`` and the trailer."""
+    return b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0, 0, 0) + b"".join(blocks) + b";"
+
+
+def _frame(width: int, height: int) -> bytes:
+    return b"," + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00"
+
+
+def test_a_gif_frame_after_a_stray_byte_still_grows_the_canvas() -> None:
+    # Given a frame of 12000x12000 after a byte that starts no block (decoders skip it and read on)
+    assert gif_canvas(io.BytesIO(_gif(b"\x00", _frame(12000, 12000)))) == (12000, 12000)
+
+
+class CountingReads(io.BytesIO):
+    """A file that counts the reads made of it."""
+
+    reads = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.reads += 1
+        return super().read(size)
+
+
+@pytest.mark.parametrize(
+    ("blocks", "message", "most_reads"),
+    [
+        # each empty extension: its introducer, label and end read
+        (b"!\xfe\x00" * (3 * MAX_GIF_BLOCKS), f"more than {MAX_GIF_BLOCKS} blocks", 3 * MAX_GIF_BLOCKS + 3),
+        # each 1-byte sub-block: its length read (the byte is skipped by a seek)
+        (
+            b"," + bytes(9) + b"\x02" + b"\x01X" * (3 * MAX_GIF_SUB_BLOCKS) + b"\x00",
+            "data sub-blocks",
+            MAX_GIF_SUB_BLOCKS + 10,
+        ),
+    ],
+    ids=["empty extensions", "1-byte sub-blocks"],
+)
+def test_a_gif_of_more_blocks_than_a_real_one_has_is_refused_without_walking_it_all(
+    blocks: bytes, message: str, most_reads: int
+) -> None:
+    # Given a GIF of three times more blocks (or sub-blocks) than the walk's bound
+    body = CountingReads(_gif(blocks, _frame(2, 2)))
+    # Then it is refused, the walk stopped at the bound rather than at the end of the file
+    with pytest.raises(DownloadRefused, match=message):
+        gif_canvas(body)
+    assert body.reads <= most_reads

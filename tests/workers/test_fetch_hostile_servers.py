@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import socket
 import struct
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpcore
 import pytest
+from PIL import Image
 
 from shared.errors import DownloadFailed, DownloadRefused, MjhookError
 from tests.support.servers import FileServer, png_bytes
@@ -405,3 +407,69 @@ def test_a_trickled_gzip_header_is_given_up_as_too_slow(
     assert isinstance(outcome, DownloadFailed), outcome
     assert "too slow" in str(outcome)
     assert sent < server.steps
+
+
+def _encoded(size: tuple[int, int], fmt: str) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 90)).save(out, format=fmt)
+    return out.getvalue()
+
+
+# --- bodies that are not the whole file ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "cut"),
+    [
+        (png_bytes(7, 64, 64), True),
+        (png_bytes(7, 64, 64), False),
+        (_encoded((48, 48), "JPEG"), True),
+        (_encoded((48, 48), "JPEG"), False),
+        (_encoded((48, 48), "GIF"), True),
+        (_encoded((48, 48), "WEBP"), True),
+        (_encoded((48, 48), "WEBP"), False),
+    ],
+    ids=["png cut", "png whole", "jpeg cut", "jpeg whole", "gif cut", "webp cut", "webp whole"],
+)
+def test_a_body_ended_by_the_connection_closing_is_stored_only_whole(
+    scripted: Callable[[Sequence[tuple[bytes, float]]], ScriptedServer], image: bytes, cut: bool
+) -> None:
+    # Given an answer with neither a Content-Length nor chunks: its end is the connection closing,
+    # here after the whole image, or after half of it (the server stopped, cleanly)
+    body = image[: len(image) // 2] if cut else image
+    server = scripted([(answer("200 OK", body), 0.0)])
+    # When it is fetched
+    outcome = outcome_of(lambda: loopback_fetcher(ONE_MIB_CAPS).fetch(server.url("/x")))
+    # Then a cut image is not stored (it may be whole the next time), a whole one is
+    if cut:
+        assert isinstance(outcome, DownloadFailed), outcome
+        assert "ended early" in str(outcome)
+    else:
+        assert isinstance(outcome, FetchedFile), outcome
+        assert outcome.sha256 == hashlib.sha256(image).hexdigest()
+        outcome.close()
+
+
+@pytest.mark.parametrize("status", [206, 204])
+def test_an_answer_that_is_not_the_whole_file_is_not_stored(file_server: FileServer, status: int) -> None:
+    # Given a result server answering 206 Partial Content (no range was asked for) with the start
+    # of the image, or 204 No Content
+    image = png_bytes(9, 64, 64)
+    url = file_server.add(
+        "/part.png", image[:3000], status=status, headers={"Content-Range": f"bytes 0-2999/{len(image)}"}
+    )
+    # Then it is not stored as the file: transient, the next try may have the whole
+    with pytest.raises(DownloadFailed, match=f"HTTP {status}: not the whole file"):
+        loopback_fetcher(ONE_MIB_CAPS).fetch(url)
+
+
+def test_a_jpeg_declaring_a_height_of_0_is_refused(file_server: FileServer) -> None:
+    # Given a JPEG whose frame header says 20000 wide and 0 high ("defined later", which no
+    # decoder reads)
+    image = _encoded((8, 8), "JPEG")
+    frame = image.index(b"\xff\xc0")
+    forged = image[: frame + 5] + struct.pack(">HH", 0, 20000) + image[frame + 9 :]
+    url = file_server.add("/zero.jpg", forged, content_type="image/jpeg")
+    # Then it is refused as declaring no size, not stored
+    with pytest.raises(DownloadRefused, match="declares no size"):
+        loopback_fetcher(ONE_MIB_CAPS).fetch(url)
