@@ -136,7 +136,7 @@ def build_ingress(
     )
 
     drainer = (
-        SpoolDrainer(spool, intake.enqueue, interval_s=settings.spool_drain_interval_s)
+        SpoolDrainer(spool, intake.drain_one, interval_s=settings.spool_drain_interval_s)
         if spool is not None
         else None
     )

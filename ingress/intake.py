@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import dramatiq
 import redis
@@ -98,6 +99,22 @@ class CallbackIntake:
         except QueueUnavailable:
             self._failed()
             raise
+
+    def drain_one(self, callback: Callback) -> None:
+        """:meth:`enqueue` for the spool's drainer, given up after ``enqueue_deadline_s``
+        (:class:`QueueUnavailable`: the drain pauses): the drainer holds the spool file's lock,
+        and a broker blocking its publishers for good (RabbitMQ's memory alarm) must not keep the
+        acknowledgements that spool meanwhile waiting on that lock. The enqueue may still land
+        later: the workers deduplicate."""
+        done = self._threads.submit(self._enqueue_unless_paused, callback)
+        try:
+            done.result(timeout=self._enqueue_deadline_s)
+        except FutureTimeout:
+            self._failed()
+            self._pause()
+            raise QueueUnavailable(
+                f"the queue did not answer within {self._enqueue_deadline_s:g} s"
+            ) from None
 
     def _failed(self) -> None:
         """Redis (or the broker) refused an enqueue; a hook for counting."""

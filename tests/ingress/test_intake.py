@@ -123,10 +123,45 @@ class BlockingBroker(StubBroker):
     def __init__(self) -> None:
         super().__init__()
         self.release = threading.Event()
+        #: Released once per publisher that entered (and is held).
+        self.entered = threading.Semaphore(0)
 
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        self.entered.release()
         self.release.wait(60)
         return message
+
+
+def test_a_spool_append_never_waits_on_a_drain_blocked_in_the_queue(
+    client: redis.Redis, tmp_path: Path
+) -> None:
+    """Given a queue that blocks its publishers for good and a callback spooled for it, when the
+    spool's drain (the ingress's drainer: ``drain_one``) is blocked in that queue while holding
+    the spool file's lock, then the next callback is still spooled and answered: the drain gives
+    its enqueue up at the deadline and lets go of the file."""
+    broker = BlockingBroker()
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    # (no pause after a failure: every enqueue reaches the blocked queue)
+    intake = CallbackIntake(
+        broker=broker, tasks=TaskStore(client, ttl_s=3600), spool=spool, enqueue_deadline_s=0.3, pause_s=0
+    )
+    drained: list[int] = []
+
+    async def scenario() -> None:
+        await intake.accept(callback("t0"))  # spooled once the deadline passed
+        assert broker.entered.acquire(timeout=10)  # (the acknowledgement's own enqueue, held)
+        draining = threading.Thread(target=lambda: drained.append(spool.drain(intake.drain_one)))
+        draining.start()
+        assert await asyncio.to_thread(broker.entered.acquire, timeout=10)  # the drain's, held
+        await asyncio.wait_for(intake.accept(callback("t1")), timeout=5)
+        await asyncio.to_thread(draining.join, 10)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        broker.release.set()
+    assert drained == [0]  # the drain paused at t0, which stays spooled with t1
+    assert spool.depth() == 2
 
 
 def test_callbacks_are_spooled_when_the_queue_blocks_past_the_deadline(
