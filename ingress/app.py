@@ -207,7 +207,7 @@ def build_ingress(
     add_dashboard_routes(
         app, settings, broker=broker, tasks=tasks, presigner=presigner, read_pool=read_pool, clock=clock
     )
-    collectors = spool_collectors(spool.depth, spool.depth_bytes) if spool is not None else []
+    collectors = spool_collectors(spool.depth, spool.depth_bytes, spool.unqueued) if spool is not None else []
     collectors += broker_queue_collectors(settings)
     app.add_route(
         "/metrics",

@@ -224,11 +224,19 @@ class ScrapeGauges:
         return [family]
 
 
-def spool_collectors(depth: Callable[[], int], depth_bytes: Callable[[], int]) -> list[Collector]:
-    """The ingress's spool, read from its directory when scraped."""
+def spool_collectors(
+    depth: Callable[[], int], depth_bytes: Callable[[], int], set_aside: Callable[[], int]
+) -> list[Collector]:
+    """The ingress's spool, read from its directory when scraped: what waits for a drain, and
+    what a drain set aside (acknowledged callbacks the queue refused for good: an alert)."""
     return [
         ScrapeGauges("mjhook_spool_callbacks", "Callbacks waiting in the spool.", lambda: [((), depth())]),
         ScrapeGauges("mjhook_spool_bytes", "Bytes waiting in the spool.", lambda: [((), depth_bytes())]),
+        ScrapeGauges(
+            "mjhook_spool_set_aside",
+            "Acknowledged callbacks the spool's drain set aside: the queue refused them for good.",
+            lambda: [((), set_aside())],
+        ),
     ]
 
 

@@ -13,6 +13,7 @@ import redis
 from falcon import testing
 
 from ingress.app import create_app
+from ingress.spool import UNQUEUED_NAME
 from shared.callback import Callback
 from shared.logs import JsonFormatter
 from shared.queue import create_broker, enqueue_callback
@@ -86,6 +87,17 @@ def test_while_redis_is_down_failures_spooled_callbacks_and_the_spool_depth_are_
     assert served[("mjhook_callbacks_spooled_total", frozenset())] == 1
     assert served[("mjhook_spool_callbacks", frozenset())] == 1
     assert served[("mjhook_spool_bytes", frozenset())] > 0
+    assert served[("mjhook_spool_set_aside", frozenset())] == 0
+
+
+def test_callbacks_a_drain_set_aside_are_shown(tmp_path: Path) -> None:
+    # Given an acknowledged callback a drain set aside (the queue refused it for good)
+    app = testing.TestClient(
+        create_app(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", spool_dir=str(tmp_path)))
+    )
+    (tmp_path / UNQUEUED_NAME).write_bytes(b'{"a spooled callback": 1}\n')
+    # Then the ingress's metrics count it, for an alert: nothing else shows it but a log line
+    assert scrape(app)[("mjhook_spool_set_aside", frozenset())] == 1
 
 
 def test_the_queue_depths_are_served_by_the_ingress_too(redis_url: str) -> None:
