@@ -16,7 +16,7 @@ from ingress.group_commit import GroupCommit
 from shared import keys
 from shared.redis_client import connect_redis
 from shared.taskstate import Received, TaskState, TaskStore
-from tests.ingress.test_callbacks import make_app, post, queued_messages, success
+from tests.ingress.test_callbacks import QUEUE_KEY, make_app, post, queued_messages, success
 from tests.support.acks import with_ack_connection
 from tests.support.servers import RedisServer
 
@@ -342,3 +342,17 @@ def test_a_redis_restart_between_acks_costs_no_detour(aof_redis_server: RedisSer
     queued = [message["args"][0]["taskId"] for message in queued_messages(client)]  # type: ignore[index]
     assert queued == ["before", "after"]
     assert not any(path.stat().st_size for path in spool_dir.glob("*"))
+
+
+@pytest.mark.parametrize("shared_key", ["queue", "messages", "recent"])
+def test_a_shared_key_holding_another_type_fails_the_round_before_any_task_is_recorded(
+    client: redis.Redis, shared_key: str
+) -> None:
+    # Given the queue's list, its messages' hash or the recent index holding a string (a mistaken SET)
+    key = {"queue": QUEUE_KEY, "messages": f"{QUEUE_KEY}.msgs", "recent": keys.RECENT}[shared_key]
+    client.set(key, "not what it should be")
+    # When a callback comes (no spool: the answer says whether it was queued)
+    response = post(make_app(client), orjson.dumps(success("wrongtype-1")))
+    # Then it is not acknowledged, and no task record says "received" with nothing queued for it
+    assert response.status_code == 503
+    assert client.hgetall(keys.task("wrongtype-1")) == {}
