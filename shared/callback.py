@@ -11,7 +11,7 @@ import orjson
 
 from shared.errors import InvalidCallback
 from shared.json_limits import DEFAULT_MAX_JSON_DEPTH, check_depth, document_depth
-from shared.settings import Settings
+from shared.settings import QUEUED_MAX_RESULT_URLS, QUEUED_MAX_URL_LENGTH, Settings
 
 #: A taskId becomes part of object keys (``tasks/{taskId}/...``) and Redis keys, so it is held
 #: to letters, digits, ``_`` and ``-``: no ``/``, no ``.``, no control characters.
@@ -47,7 +47,10 @@ def callback_limits(settings: Settings) -> CallbackLimits:
 #: A queued callback passed the ingress's (configurable) limits already; the worker re-checks
 #: its shape and taskId, not the sizes, so raising a limit never strands queued messages.
 _QUEUE_LIMITS = CallbackLimits(
-    max_result_urls=1 << 16, max_url_length=1 << 20, max_json_depth=1000, max_prompt_json_bytes=1 << 30
+    max_result_urls=QUEUED_MAX_RESULT_URLS,
+    max_url_length=QUEUED_MAX_URL_LENGTH,
+    max_json_depth=1000,
+    max_prompt_json_bytes=1 << 30,
 )
 
 

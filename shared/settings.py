@@ -24,6 +24,13 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 AMQP_SCHEMES = ("amqp://", "amqps://")
 
 
+#: The most result URLs, and the longest URL, a queued callback may carry (the worker re-checks a
+#: queued callback against these, not the ingress's settings): the ingress's own limits stay
+#: within them, so that no callback it acknowledged is unreadable to the drain or the worker.
+QUEUED_MAX_RESULT_URLS = 1 << 16
+QUEUED_MAX_URL_LENGTH = 1 << 20
+
+
 class Settings(BaseModel):
     """mjhook's configuration. Each field ``name`` is read from ``MJHOOK_NAME``."""
 
@@ -91,8 +98,8 @@ class Settings(BaseModel):
     # --- the ingress ------------------------------------------------------------------
     #: Largest callback body accepted, in bytes (413 above).
     max_body_bytes: int = Field(default=256 * KIB, ge=1 * KIB)
-    max_result_urls: int = Field(default=16, ge=1)
-    max_url_length: int = Field(default=4096, ge=64)
+    max_result_urls: int = Field(default=16, ge=1, le=QUEUED_MAX_RESULT_URLS)
+    max_url_length: int = Field(default=4096, ge=64, le=QUEUED_MAX_URL_LENGTH)
     #: Deepest JSON nesting accepted in a callback body (400 above) and in its promptJson
     #: (kept raw but not parsed above). A callback itself nests 3 deep.
     max_json_depth: int = Field(default=32, ge=3, le=1000)

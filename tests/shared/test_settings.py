@@ -104,3 +104,14 @@ def test_a_secret_set_to_blanks_or_commas_alone_is_refused_at_start_up(name: str
         Settings.from_env({name: value})
     assert Settings.from_env({name: ""}) == Settings()
     assert Settings.from_env({name: "s3cret, next"}) != Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("MJHOOK_MAX_URL_LENGTH", str((1 << 20) + 1)), ("MJHOOK_MAX_RESULT_URLS", str((1 << 16) + 1))],
+)
+def test_a_callback_limit_past_what_a_queued_callback_may_carry_is_refused(variable: str, value: str) -> None:
+    # The drain and the worker re-check a queued callback against fixed limits: an ingress allowed
+    # more would acknowledge callbacks they then drop as unreadable
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env({variable: value})
