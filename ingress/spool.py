@@ -47,7 +47,7 @@ class Spool:
         written (disk full, size limit reached, no permission)."""
         line = orjson.dumps(callback.to_message()) + b"\n"
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            _make_dir(self.directory)
             if self.depth_bytes() + len(line) > self._max_bytes:
                 raise SpoolUnavailable(f"spool is full ({self._max_bytes} bytes)")
             path = self.directory / f"spool-{self._pid()}.jsonl"
@@ -121,6 +121,7 @@ class Spool:
         """Append ``line`` to the unqueued file, fsync'd (an error stops the drain there)."""
         with _locked(self.directory / UNQUEUED_NAME, create=True) as fd:
             _append_whole(fd, line + b"\n")
+        _fsync_dir(self.directory)  # the file may be new: its entry too, before the line leaves
 
     def _files(self) -> list[Path]:
         return list(self.directory.glob(SPOOL_GLOB)) if self.directory.exists() else []
@@ -276,6 +277,18 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _make_dir(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each new entry fsync'd in its parent (a
+    callback appended and answered 200 must not vanish with a directory a crash forgot)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)
+        _fsync_dir(new.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

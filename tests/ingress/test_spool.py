@@ -463,3 +463,36 @@ def test_the_app_drains_its_spool_in_a_second_lifespan_too(tmp_path: Path, redis
 
     asyncio.run(a_lifespan_without_callbacks())
     asyncio.run(spooled_then_drained(app, redis_server, tmp_path / "spool", "t2"))
+
+
+def test_new_directories_and_the_set_aside_file_are_fsynced_where_they_are_entered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A callback answered 200 must survive a power loss: the spool directory a first append
+    creates is fsync'd in its parent (and so on up), and a set-aside line's file in the spool
+    directory, before the line leaves the spool file. (fsync's effect shows only after a crash:
+    the calls made are recorded, by path.)"""
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    spool_dir = tmp_path / "data" / "spool"
+    spool = Spool(spool_dir, max_bytes=1 << 20)
+    # When the first callback is spooled into a directory that does not exist yet
+    spool.append(callback("t1"))
+    # Then each new directory's entry was fsync'd in its parent
+    assert {str(tmp_path), str(tmp_path / "data")} <= set(synced)
+
+    def refuse_for_good(_: Callback) -> None:
+        raise RuntimeError("the queue refuses this one for good")
+
+    # When a drain sets it aside
+    synced.clear()
+    spool.drain(refuse_for_good)
+    # Then the set-aside file, and then its entry in the spool directory, were fsync'd
+    unqueued = synced.index(str(spool_dir / UNQUEUED_NAME))
+    assert str(spool_dir) in synced[unqueued + 1 :]
