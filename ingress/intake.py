@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 
 import dramatiq
 import redis
@@ -109,12 +108,8 @@ class CallbackIntake:
         done = self._threads.submit(self._enqueue_unless_paused, callback)
         try:
             done.result(timeout=self._enqueue_deadline_s)
-        except FutureTimeout:
-            self._failed()
-            self._pause()
-            raise QueueUnavailable(
-                f"the queue did not answer within {self._enqueue_deadline_s:g} s"
-            ) from None
+        except TimeoutError:  # concurrent.futures' is this one since Python 3.11
+            raise self._deadline_passed() from None
 
     def _failed(self) -> None:
         """Redis (or the broker) refused an enqueue; a hook for counting."""
@@ -146,11 +141,14 @@ class CallbackIntake:
         try:
             await asyncio.wait_for(done, self._enqueue_deadline_s)
         except TimeoutError:
-            self._failed()
-            self._pause()
-            raise QueueUnavailable(
-                f"the queue did not answer within {self._enqueue_deadline_s:g} s"
-            ) from None
+            raise self._deadline_passed() from None
+
+    def _deadline_passed(self) -> QueueUnavailable:
+        """An enqueue outlived ``enqueue_deadline_s``: counted as a failure, Redis paused, and the
+        error to raise (the callback is spooled, or the drain paused)."""
+        self._failed()
+        self._pause()
+        return QueueUnavailable(f"the queue did not answer within {self._enqueue_deadline_s:g} s")
 
     async def _enqueue_async(self, callback: Callback) -> None:
         if self._acks is None:
