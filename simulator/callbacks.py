@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,10 +146,10 @@ class CallbackDelivery:
             self._outstanding[task_id] += 1
         self._scheduler.call_later(delay_s, lambda: self._attempt(url, task_id, content, delivery, 1, due))
 
-    def outstanding(self, task_ids: Collection[str]) -> int:
-        """Deliveries of ``task_ids`` still to be acknowledged or given up on."""
+    def outstanding(self, task_id: str) -> int:
+        """Deliveries of ``task_id`` still to be acknowledged or given up on."""
         with self._lock:
-            return sum(self._outstanding[task_id] for task_id in task_ids)
+            return self._outstanding[task_id]
 
     def attempts(self, task_id: str | None = None) -> list[DeliveryAttempt]:
         """Attempts so far, oldest first: all of them, or those of one task."""

@@ -249,11 +249,10 @@ class Provider:
                 task.callback_url, body, delay_s=self.config.faults.duplicate_delay_s, delivery=1
             )
 
-    def settled(self, task_ids: Collection[str]) -> bool:
-        """Whether every task of ``task_ids`` completed and no callback of theirs is waiting to be
-        sent or answered (each acknowledged, or given up on after its retries)."""
-        tasks = [self.task(task_id) for task_id in task_ids]
-        return all(task.callbacks_queued for task in tasks) and self.delivery.outstanding(task_ids) == 0
+    def settled(self, task_id: str) -> bool:
+        """Whether the task completed and no callback of it is waiting to be sent or answered
+        (each acknowledged, or given up on after its retries). Once settled, it stays so."""
+        return self.task(task_id).callbacks_queued and self.delivery.outstanding(task_id) == 0
 
     def _kept(self, task: Task) -> bool:
         """Whether the provider still keeps the task's media: until ``url_ttl_s`` seconds after
