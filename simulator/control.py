@@ -198,14 +198,14 @@ def run_load_in(
             sleep(POLL_INTERVAL_S)
         if read_bucket is not None:
             report = read_bucket(run)
-            served = poll.run()
+            served = poll.run() or run
         else:
             report, served = run.report, run
             grace_ends = monotonic() + download_grace_s
             while served.report.result_files_served < served.report.result_files and monotonic() < grace_ends:
                 sleep(POLL_INTERVAL_S)
                 served = poll.run() or served
-    return replace(report, result_files_served=(served or run).report.result_files_served)
+    return replace(report, result_files_served=served.report.result_files_served)
 
 
 class _Poller:

@@ -19,6 +19,7 @@ from simulator.control import LOADS_PATH, run_load_in
 from simulator.load import CallbackRun, LoadReport, bucket_listing, read_bucket
 from tests.simulator.support import Receiver, SimFactory, api, submit
 from tests.simulator.test_load import FakeBucket
+from tests.support.clock import FakeClock
 from tests.support.procs import free_port
 
 
@@ -213,19 +214,6 @@ def _ok(data: Any) -> dict[str, Any]:
 STARTED = _ok({"loadId": "x", "settleTimeout": 1})
 
 
-class FakeTime:
-    """Monotonic seconds that move only when slept."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-    def monotonic(self) -> float:
-        return self.now
-
-
 @pytest.mark.parametrize(
     ("answers", "match"),
     [
@@ -251,7 +239,7 @@ class FakeTime:
     ids=["no load id", "empty run", "hostile run", "never ends", "not the simulator", "code 500"],
 )
 def test_answers_that_are_no_load_run_are_said_not_tracebacks(answers: dict[str, Any], match: str) -> None:
-    time = FakeTime()
+    time = FakeClock(0.0)
     with pytest.raises(ProviderUnavailable, match=match):
         run_load_in(
             "http://127.0.0.1:9",
@@ -261,7 +249,7 @@ def test_answers_that_are_no_load_run_are_said_not_tracebacks(answers: dict[str,
             callback_url="http://127.0.0.1:9/cb",
             transport=_scripted(answers),
             sleep=time.sleep,
-            monotonic=time.monotonic,
+            monotonic=time,
         )
 
 

@@ -1,4 +1,4 @@
-"""A clock for tests: Unix seconds that move only when told."""
+"""A clock for tests: seconds that move only when told, or slept."""
 
 from __future__ import annotations
 
@@ -9,3 +9,7 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        """A sleep that returns at once, the clock moved on by ``seconds``."""
+        self.now += seconds
