@@ -337,18 +337,19 @@ def fire_callbacks(
         )
         for number in range(tasks)
     ]
+    task_ids = [task.task_id for task in submitted]
     called_back = {task.task_id for task in submitted if not task.faults.drop}
     # Not just until every task is acknowledged: a duplicate (or a retry of one) is sent after
     # its original's ack, and stopping the simulator drops what is still due. Settled means every
     # callback of these tasks was sent and acknowledged or given up on, so the report counts every
     # attempt (another client's tasks, in a shared ``serve``, are not waited for).
-    settled = sim.wait_settled([task.task_id for task in submitted], tasks / rate_per_s + settle_timeout_s)
+    settled = sim.wait_settled(task_ids, tasks / rate_per_s + settle_timeout_s)
     report, acked = _callback_report(
         sim, called_back, tasks=tasks, rate_per_s=rate_per_s, callback_url=callback_url
     )
     return CallbackRun(
         report=replace(report, settled=settled, settle_timeout_s=settle_timeout_s),
-        task_ids=frozenset(task.task_id for task in submitted),
+        task_ids=frozenset(task_ids),
         acknowledged=frozenset(acked),
         listing=bucket_listing(sim),
         started_at=started_at,
