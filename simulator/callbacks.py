@@ -98,6 +98,8 @@ class DeliveryAttempt:
     #: Monotonic seconds when the attempt was due (``started_at`` is later when every delivery
     #: thread was busy).
     due_at: float
+    #: Unix seconds (the delivery's clock, the signature's) when the request started.
+    sent_at: float
 
     @property
     def acknowledged(self) -> bool:
@@ -160,8 +162,9 @@ class CallbackDelivery:
         self, url: str, task_id: str, content: bytes, delivery: int, attempt: int, due: float
     ) -> None:
         headers = {"Content-Type": "application/json"}
+        sent_at = self._clock()
         if self._hmac_key:
-            timestamp = int(self._clock())
+            timestamp = int(sent_at)
             headers[TIMESTAMP_HEADER] = str(timestamp)
             headers[SIGNATURE_HEADER] = webhook_signature(self._hmac_key, task_id, timestamp)
         started = time.monotonic()
@@ -184,6 +187,7 @@ class CallbackDelivery:
             started_at=started,
             duration_s=time.monotonic() - started,
             due_at=due,
+            sent_at=sent_at,
         )
         with self._lock:
             self._attempts.append(record)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +32,8 @@ DEFAULT_STORE_TIMEOUT_S = 120.0
 #: until each was downloaded once (mjhook acknowledges first and downloads afterwards), seconds.
 DEFAULT_DOWNLOAD_GRACE_S = 60.0
 POLL_INTERVAL_S = 0.5
+#: A manifest's ``receivedAt`` is in whole milliseconds (cut, not rounded), seconds.
+RECEIVED_AT_RESOLUTION_S = 0.001
 #: Delivery threads of load mode: enough for the callbacks of ``rate x callback timeout``
 #: seconds in flight at once (each may wait that long for its answer), within these bounds.
 MIN_DELIVERY_THREADS = 16
@@ -102,6 +104,10 @@ class LoadReport:
     #: Of the tasks with a manifest, those the load saw no callback of acknowledged (an answer
     #: after the callback timeout, a dropped callback stored through polling).
     manifests_unacknowledged: int = 0
+    #: Tasks whose manifest, not ``stored``, was written for an earlier callback than their last
+    #: acknowledged one when the wait ended: mjhook had not yet processed that one (a duplicate
+    #: may complete a partial task). Counted under their manifest's status too.
+    manifests_outdated: int = 0
 
     @property
     def problems(self) -> list[str]:
@@ -119,6 +125,11 @@ class LoadReport:
         missing = (self.manifests or {}).get("missing", 0)
         if missing:
             problems.append(f"{missing} acknowledged tasks without a manifest")
+        if self.manifests_outdated:
+            problems.append(
+                f"{self.manifests_outdated} manifests older than their task's last acknowledged"
+                " callback (not processed by the end of the wait)"
+            )
         return problems
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,6 +227,9 @@ class CallbackRun:
     listing: str
     #: When the first task was submitted, Unix seconds.
     started_at: float
+    #: Per task whose success callback was acknowledged more than once: when the last of them was
+    #: sent, Unix seconds (a manifest mjhook wrote for an earlier one may still be replaced).
+    resent_at: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -224,6 +238,7 @@ class CallbackRun:
             "acknowledged": sorted(self.acknowledged),
             "listing": self.listing,
             "startedAt": self.started_at,
+            "resentAt": dict(self.resent_at),
         }
 
     @classmethod
@@ -237,6 +252,7 @@ class CallbackRun:
             acknowledged=frozenset(data.acknowledged),
             listing=data.listing,
             started_at=data.startedAt,
+            resent_at=data.resentAt,
         )
 
 
@@ -250,6 +266,7 @@ class _RunAnswer:
     acknowledged: list[str]
     listing: str
     startedAt: float
+    resentAt: dict[str, float] = field(default_factory=dict)
 
 
 _RUN_ANSWER = TypeAdapter(_RunAnswer)
@@ -344,15 +361,19 @@ def fire_callbacks(
     # callback of these tasks was sent and acknowledged or given up on, so the report counts every
     # attempt (another client's tasks, in a shared ``serve``, are not waited for).
     settled = sim.wait_settled(task_ids, tasks / rate_per_s + settle_timeout_s)
+    # One reading of the attempts, so that the figures and the tasks acknowledged agree.
+    attempts = [attempt for attempt in sim.attempts() if attempt.task_id in called_back]
     report, acked = _callback_report(
-        sim, called_back, tasks=tasks, rate_per_s=rate_per_s, callback_url=callback_url
+        sim, attempts, called_back, tasks=tasks, rate_per_s=rate_per_s, callback_url=callback_url
     )
+    succeeded = {task.task_id for task in submitted if not task.faults.fails}
     return CallbackRun(
         report=replace(report, settled=settled, settle_timeout_s=settle_timeout_s),
         task_ids=frozenset(task_ids),
         acknowledged=frozenset(acked),
         listing=bucket_listing(sim),
         started_at=started_at,
+        resent_at=_resent_at(attempts, succeeded),
     )
 
 
@@ -360,23 +381,39 @@ def read_bucket(run: CallbackRun, store: ManifestReader, *, timeout_s: float) ->
     """``run``'s report with what the bucket says of its tasks: their manifests, waited for until
     every acknowledged task has one or ``timeout_s`` seconds passed (counting those of the run's
     other tasks found meanwhile; a bucket failing until then is said in the report)."""
-    manifests, bucket_error = _wait_for_manifests(
-        store, run.listing, set(run.task_ids), wait_for=set(run.acknowledged), timeout_s=timeout_s
-    )
+    wanted = _Wanted(set(run.task_ids), set(run.acknowledged), run.resent_at)
+    manifests, bucket_error = _wait_for_manifests(store, run.listing, wanted, timeout_s=timeout_s)
     report = replace(run.report, bucket_unavailable=bucket_error)
     if bucket_error is not None and not manifests:
         return report
+    report = replace(report, manifests_outdated=len(wanted.outdated(manifests)))
     return _with_store(
         report, manifests, set(run.acknowledged), run.started_at, read_whole=bucket_error is None
     )
 
 
+def _resent_at(attempts: list[DeliveryAttempt], succeeded: set[str]) -> dict[str, float]:
+    """Per task of ``succeeded`` whose success callback was acknowledged more than once, when
+    the last acknowledged one was sent, Unix seconds. mjhook processes each success callback of a
+    task not yet ``stored`` (a duplicate may complete a partial task, each writing its manifest)."""
+    sent: dict[str, list[float]] = {}
+    for attempt in attempts:
+        if attempt.acknowledged and attempt.task_id in succeeded:
+            sent.setdefault(attempt.task_id, []).append(attempt.sent_at)
+    return {task_id: max(times) for task_id, times in sent.items() if len(times) > 1}
+
+
 def _callback_report(
-    sim: RunningSimulator, task_ids: set[str], *, tasks: int, rate_per_s: float, callback_url: str
+    sim: RunningSimulator,
+    attempts: list[DeliveryAttempt],
+    task_ids: set[str],
+    *,
+    tasks: int,
+    rate_per_s: float,
+    callback_url: str,
 ) -> tuple[LoadReport, set[str]]:
-    """The callback figures of ``task_ids``, and the tasks among them acknowledged (from one
-    reading of the simulator's attempts, so both agree)."""
-    attempts = [attempt for attempt in sim.attempts() if attempt.task_id in task_ids]
+    """The callback figures of ``task_ids`` from their ``attempts``, and the tasks among them
+    acknowledged."""
     acks = [attempt for attempt in attempts if attempt.acknowledged]
     acked = {attempt.task_id for attempt in acks}
     firsts = [attempt for attempt in attempts if attempt.attempt == 1 and attempt.delivery == 0]
@@ -428,24 +465,52 @@ def _send_rate(starts: list[float]) -> float | None:
     return (len(starts) - 1) / spread if len(starts) > 1 and spread > 0 else None
 
 
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    """The manifests a load run reads: those of ``task_ids``, waited for until each of
+    ``acknowledged`` has one that is final. A manifest is final when ``stored`` (a later callback
+    changes nothing then) or written for the last callback of ``resent_at`` (its ``receivedAt`` is
+    not earlier than when that one was sent)."""
+
+    task_ids: set[str]
+    acknowledged: set[str]
+    resent_at: Mapping[str, float]
+
+    def final(self, task_id: str, manifest: Mapping[str, Any]) -> bool:
+        last_sent = self.resent_at.get(task_id)
+        if last_sent is None or manifest.get("status") == "stored":
+            return True
+        received = _unix(str(manifest.get("receivedAt", "")))
+        # No usable receivedAt (not mjhook's manifest): nothing says a later one is coming.
+        return received is None or received + RECEIVED_AT_RESOLUTION_S >= last_sent
+
+    def outdated(self, found: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        """The tasks of ``found`` whose manifest is not final."""
+        return {task_id for task_id, manifest in found.items() if not self.final(task_id, manifest)}
+
+    def complete(self, found: Mapping[str, Mapping[str, Any]]) -> bool:
+        return self.acknowledged <= found.keys() and not self.outdated(found) & self.acknowledged
+
+
 def _wait_for_manifests(
-    store: ManifestReader, listing: str, task_ids: set[str], *, wait_for: set[str], timeout_s: float
+    store: ManifestReader, listing: str, wanted: _Wanted, *, timeout_s: float
 ) -> tuple[dict[str, dict[str, Any]], str | None]:
-    """The manifests of ``task_ids`` (under ``listing``) read until those of ``wait_for`` are all
-    there or ``timeout_s`` seconds have passed, and why the bucket could not be read when the
-    wait ended on a failure (None when it ended on a read). What was read before a failure is
-    kept. An outage is tried again until then; any other failure (a refusal) ends the wait."""
+    """The manifests of ``wanted`` (under ``listing``) read until it is complete or ``timeout_s``
+    seconds have passed, and why the bucket could not be read when the wait ended on a failure
+    (None when it ended on a read). What was read before a failure is kept; a manifest not final
+    is read again. An outage is tried again until then; any other failure (a refusal) ends the
+    wait."""
     found: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout_s
     while True:
         error: str | None = None
         try:
-            _read_manifests(store, listing, task_ids, found)
+            _read_manifests(store, listing, (wanted.task_ids - found.keys()) | wanted.outdated(found), found)
         except StorageUnavailable as exc:
             error = str(exc)
         except Exception as exc:  # S3's refusals (credentials, policy): asking again changes nothing
             return found, f"{type(exc).__name__}: {exc}"
-        if (error is None and wait_for <= found.keys()) or time.monotonic() >= deadline:
+        if (error is None and wanted.complete(found)) or time.monotonic() >= deadline:
             return found, error
         time.sleep(POLL_INTERVAL_S)
 
@@ -453,9 +518,9 @@ def _wait_for_manifests(
 def _read_manifests(
     store: ManifestReader, listing: str, task_ids: set[str], found: dict[str, dict[str, Any]]
 ) -> None:
-    """Add to ``found`` the manifests of ``task_ids`` now under ``listing``."""
+    """Put into ``found`` the manifests of ``task_ids`` now under ``listing``."""
     present = {key for key in store.list_keys(listing) if key.endswith("/" + MANIFEST_NAME)}
-    for task_id in task_ids - found.keys():
+    for task_id in task_ids:
         if manifest_key(task_id) in present:
             manifest = store.get_json(manifest_key(task_id))
             if isinstance(manifest, dict):

@@ -20,7 +20,7 @@ from shared.clock import utc_iso
 from shared.errors import StorageUnavailable
 from simulator import FaultConfig, SimulatorConfig
 from simulator.config import PROVIDER_RETRY_DELAYS_S
-from simulator.load import percentile, run_load, settle_timeout_for
+from simulator.load import CallbackRun, fire_callbacks, percentile, run_load, settle_timeout_for
 from simulator.tasks import SuccessFlag
 from tests.simulator.support import Receiver, SimFactory
 from tests.support.procs import free_port
@@ -532,3 +532,91 @@ def test_the_cli_refuses_a_number_that_is_not_finite(option: str, value: str) ->
     result = _invoke_load("--callback-url", "http://127.0.0.1:9/cb", option, value)
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{option}'" in result.output
+
+
+class ProcessingBucket:
+    """Manifests written as mjhook writes them: one per callback the receiver got, ``lag_s``
+    seconds after it arrived (None: the first callback's only), each replacing the task's last,
+    with that callback's ``receivedAt``: ``partial`` for a task's first, ``stored`` for the next."""
+
+    def __init__(self, receiver: Receiver, *, lag_s: float | None) -> None:
+        self._receiver = receiver
+        self._lag_s = lag_s
+        self._wall_minus_monotonic = time.time() - time.monotonic()
+
+    def _manifests(self) -> dict[str, dict[str, Any]]:
+        manifests: dict[str, dict[str, Any]] = {}
+        seen: Counter[str] = Counter()
+        for request in sorted(self._receiver.requests, key=lambda request: request.at):
+            task_id = request.json()["data"]["taskId"]
+            seen[task_id] += 1
+            processed = self._lag_s is not None and time.monotonic() >= request.at + self._lag_s
+            if seen[task_id] == 1 or processed:
+                manifests[f"tasks/{task_id}/manifest.json"] = {
+                    "status": "partial" if seen[task_id] == 1 else "stored",
+                    "receivedAt": utc_iso(request.at + self._wall_minus_monotonic),
+                    "completedAt": _now_iso(),
+                }
+        return manifests
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return [key for key in self._manifests() if key.startswith(prefix)]
+
+    def get_json(self, key: str) -> Any:
+        return self._manifests().get(key)
+
+
+def test_a_partial_task_a_duplicate_completes_is_reported_stored(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given tasks whose callbacks come twice, the first ending partial and the duplicate, which
+    # mjhook processes 1.5 s after acknowledging it (past the load's settling), completing them
+    sim = make_sim(faults=FaultConfig(duplicate_share=1.0))
+    bucket = ProcessingBucket(receiver, lag_s=1.5)
+    # When the load reads the bucket
+    report = run_load(
+        sim, tasks=3, rate_per_s=100.0, callback_url=receiver.url, store=bucket, store_timeout_s=10.0
+    )
+    # Then it waited for the manifests of the duplicates, not the first ones it found
+    assert report.manifests == {"stored": 3, "partial": 0, "failed": 0, "missing": 0}
+    assert (report.manifests_outdated, report.problems) == (0, [])
+
+
+def test_a_manifest_older_than_the_last_acknowledged_callback_is_a_problem(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given tasks whose callbacks come twice, and a receiver that never processes the duplicates
+    sim = make_sim(faults=FaultConfig(duplicate_share=1.0))
+    bucket = ProcessingBucket(receiver, lag_s=None)
+    # When the load reads the bucket until its timeout
+    report = run_load(
+        sim, tasks=2, rate_per_s=100.0, callback_url=receiver.url, store=bucket, store_timeout_s=1.0
+    )
+    # Then the partial manifests are counted, and said to be older than a callback acknowledged
+    assert report.manifests == {"stored": 0, "partial": 2, "failed": 0, "missing": 0}
+    assert report.manifests_outdated == 2
+    assert report.problems == [
+        "2 manifests older than their task's last acknowledged callback"
+        " (not processed by the end of the wait)"
+    ]
+    assert orjson.loads(orjson.dumps(report.to_dict()))["manifests_outdated"] == 2
+
+
+def test_only_success_callbacks_acknowledged_twice_are_waited_for_again(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given every task called back twice, every other one a failed generation (mjhook ignores a
+    # failure report of a task that has an outcome: its first manifest stands)
+    sim = make_sim(faults=FaultConfig(duplicate_share=1.0, failure_share=0.5, seed=3))
+    run = fire_callbacks(sim, tasks=6, rate_per_s=100.0, callback_url=receiver.url)
+    # Then the run keeps, for the successes only, when their last callback was sent
+    failed = {task.task_id for task in sim.provider.tasks() if task.faults.fails}
+    assert failed
+    assert failed < run.task_ids
+    assert run.resent_at.keys() == run.task_ids - failed
+    for task_id, sent_at in run.resent_at.items():
+        attempts = sim.attempts(task_id)
+        assert sent_at == max(attempt.sent_at for attempt in attempts)
+        assert sent_at > min(attempt.sent_at for attempt in attempts)
+    # And a running simulator describes the run with them (``load --simulator-url``)
+    assert CallbackRun.from_json(orjson.dumps(run.to_dict())) == run
