@@ -452,8 +452,12 @@ def _state(raw: object, task_id: str = "?") -> TaskState | None:
 
 
 def _script(source: str) -> str:
-    """A Lua script of shared/lua with the states this version knows filled in."""
-    return source.replace("{KNOWN_STATES}", " ".join(state.value for state in TaskState))
+    """A Lua script of shared/lua with the states this version knows and the key type check
+    (wrong_key_type.lua) filled in."""
+    check = resources.files("shared").joinpath("lua", "wrong_key_type.lua").read_text()
+    return source.replace("{KNOWN_STATES}", " ".join(state.value for state in TaskState)).replace(
+        "{WRONG_KEY_TYPE}", check
+    )
 
 
 def _state_or_error(task_id: str, raw: object) -> TaskState | Exception | None:

@@ -18,16 +18,11 @@ local prefix = ARGV[4]
 local index = prefix .. 'received'
 local known = {}
 for state in string.gmatch('{KNOWN_STATES}', '%S+') do known[state] = true end
+{WRONG_KEY_TYPE}
 -- The shared keys first: one holding another type (a mistaken SET, say) fails the whole call
 -- before anything is written, rather than after the task records were (received, never queued).
-for _, shared in ipairs({{KEYS[1], 'zset'}, {index, 'zset'}, {KEYS[2], 'list'}, {KEYS[3], 'hash'}}) do
-  if shared[1] ~= '' then
-    local kind = redis.call('TYPE', shared[1])['ok']
-    if kind ~= 'none' and kind ~= shared[2] then
-      return redis.error_reply('WRONGTYPE ' .. shared[1] .. ' holds a ' .. kind .. ', not a ' .. shared[2])
-    end
-  end
-end
+local wrong = wrong_key_type({{KEYS[1], 'zset'}, {index, 'zset'}, {KEYS[2], 'list'}, {KEYS[3], 'hash'}})
+if wrong then return wrong end
 local bodies, ids, members, olds = {}, {}, {}, {}
 for n = 4, #KEYS do
   local at = 5 + (n - 4) * 4

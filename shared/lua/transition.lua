@@ -16,7 +16,9 @@
 -- when the lease rule refused the move (nothing changed then). The record is judged first, and a
 -- key that holds something else than a record, or a state not in KNOWN_STATES (filled in when the
 -- script is loaded), fails the call with a TASKRECORD error before anything is written or queued
--- (Redis keeps what a script wrote before an error).
+-- (Redis keeps what a script wrote before an error), and so does one of the other keys it writes
+-- or reads holding another type than its own (a mistaken SET, say).
+{WRONG_KEY_TYPE}
 local old = redis.pcall('HGET', KEYS[1], 'state')
 if type(old) == 'table' then
   return redis.error_reply('TASKRECORD its key holds something else than a task record')
@@ -26,6 +28,16 @@ for state in string.gmatch('{KNOWN_STATES}', '%S+') do known[state] = true end
 if old and not known[old] then
   return redis.error_reply('TASKRECORD a state this version does not know: ' .. string.sub(old, 1, 40))
 end
+local expected = {{KEYS[2], 'zset'}, {ARGV[7] .. ARGV[2], 'zset'}}
+if old then
+  expected[#expected + 1] = {ARGV[7] .. old, 'zset'}
+end
+if #KEYS == 5 then
+  expected[#expected + 1] = {KEYS[4], 'list'}
+  expected[#expected + 1] = {KEYS[5], 'hash'}
+end
+local wrong = wrong_key_type(expected)
+if wrong then return wrong end
 local first_field = 10
 if #KEYS == 5 then
   redis.call('HSET', KEYS[5], ARGV[10], ARGV[11])

@@ -381,3 +381,34 @@ def test_a_move_of_a_task_whose_record_is_unusable_changes_and_queues_nothing(
         TaskStore(client, ttl_s=3600).mark_received("t1", "now", enqueue=message)
 
     assert _dump(client) == before
+
+
+@pytest.mark.parametrize(
+    "shared_key",
+    [
+        keys.RECENT,
+        keys.STATE_INDEX_PREFIX + "received",
+        keys.STATE_INDEX_PREFIX + "submitted",
+        keys.broker_queue("dramatiq", "callbacks"),
+        keys.broker_messages("dramatiq", "callbacks"),
+    ],
+)
+def test_a_move_with_a_key_of_another_type_changes_and_queues_nothing(
+    client: redis.Redis, shared_key: str
+) -> None:
+    """Given a submitted task, and a key the move writes or reads holding another type than its
+    own (a mistaken SET)
+    When the task is marked received with its message (the spool's drain, a threaded enqueue)
+    Then Redis's WRONGTYPE error is raised before anything is written or queued: the message was
+    queued, and the record left submitted, before the index's write failed."""
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.mark_submitted("t1", callBackUrl="http://127.0.0.1/cb")
+    client.set(shared_key, "not what it should be")
+    before = _dump(client)
+    queue = keys.broker_queue("dramatiq", "callbacks")
+    message = QueuedMessage(queue, keys.broker_messages("dramatiq", "callbacks"), "m1", b"{}")
+
+    with pytest.raises(redis.ResponseError, match=f"WRONGTYPE {shared_key} holds a "):
+        tasks.mark_received("t1", "now", enqueue=message)
+
+    assert _dump(client) == before
