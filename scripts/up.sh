@@ -12,7 +12,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=${VENV:-.venv}
-export PATH="$PWD/$VENV/bin:$PATH"
+# The Makefile's VENV, relative to the project root or absolute.
+case $VENV in
+  /*) export PATH="$VENV/bin:$PATH" ;;
+  *) export PATH="$PWD/$VENV/bin:$PATH" ;;
+esac
 
 if [ -f .env ]; then
   # honcho's own parser, so that a value means what it meant when honcho read the file. A .env it
@@ -95,6 +99,11 @@ if [[ " ${extra[*]+"${extra[*]}"} " == *" sim "* ]]; then
     chosen+=(MJHOOK_PROVIDER_URL MJHOOK_PROVIDER_API_KEY)
   fi
   export MJHOOK_FETCH_ALLOW="127.0.0.1${MJHOOK_FETCH_ALLOW:+,$MJHOOK_FETCH_ALLOW}"
+  # Callbacks as the ingress checks them: signed with its first webhook key, when it has one
+  # (Procfile `sim`; scripts/demo_load.sh sends the first callback token).
+  UP_SIM_HMAC_KEY=$("$VENV/bin/python" -c 'import sys
+print(next((key.strip() for key in sys.argv[1].split(",") if key.strip()), ""))' "${MJHOOK_WEBHOOK_HMAC_KEY:-}")
+  export UP_SIM_HMAC_KEY
 fi
 
 echo "redis    $redis_line"
@@ -112,4 +121,17 @@ done
 echo "mjhook   in another shell (mjhook simulate load, mjhook get ...), first: export$exports"
 echo "         and . $VENV/bin/activate (or call $VENV/bin/mjhook)"
 echo "starting: ${names[*]}"
-exec honcho start -e /dev/null -f Procfile "${names[@]}"
+# honcho stops the stack on SIGINT (Ctrl-C) and SIGTERM, but dies of a SIGHUP (a closed terminal,
+# a lost SSH session) and leaves every process running (each in a session of its own). So honcho
+# ignores SIGHUP, and this shell turns one into a SIGTERM for it, then waits until it stopped all.
+trap '' HUP
+honcho start -e /dev/null -f Procfile "${names[@]}" &
+honcho_pid=$!
+trap 'kill -TERM "$honcho_pid" 2>/dev/null || true' HUP TERM
+trap '' INT  # Ctrl-C reaches honcho itself (this shell's process group); this shell waits for it
+status=0
+# `wait` returns early when a trap ran: wait again until honcho is gone.
+while kill -0 "$honcho_pid" 2>/dev/null; do
+  wait "$honcho_pid" && status=0 || status=$?
+done
+exit "$status"

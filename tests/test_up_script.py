@@ -5,10 +5,12 @@ names a private Redis (or a port where nothing answers): none probes the shared 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -297,3 +299,116 @@ def test_a_dotenv_honcho_cannot_read_stops_make_up(repo: Path, redis_server: Red
     assert result.returncode != 0
     assert "up: cannot read .env" in result.stderr
     assert honcho_call(repo) is None
+
+
+# --- the demo's callbacks pass the ingress's checks ---------------------------------------------
+
+
+def test_the_demo_load_sends_the_first_callback_token(repo: Path, tmp_path: Path) -> None:
+    """Given an ingress that asks for ?token= (a rotation: two tokens), when scripts/demo_load.sh
+    submits its tasks, then their callBackUrl carries the first, URL-quoted: without it every demo
+    callback was answered 401 and nothing was stored."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    stub(stubs / "curl", f'echo "$*" >> {tmp_path}/curl.calls\necho \'{{"data": {{"taskId": "t1"}}}}\'\n')
+    stub(stubs / "mjhook", 'echo \'[{"taskId": "t1", "state": "stored"}]\'\n')
+    stub(stubs / "sleep", "exit 0\n")
+    env = clean_env(DEMO_TASKS="1", MJHOOK_CALLBACK_TOKEN=" s3cret&1 , older")
+    env["PATH"] = f"{stubs}:{VENV_PYTHON.parent}:{env['PATH']}"
+    result = subprocess.run(
+        ["bash", str(repo / "scripts" / "demo_load.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "demo: done" in result.stdout, result.stderr
+    calls = (tmp_path / "curl.calls").read_text()
+    assert '"callBackUrl": "http://127.0.0.1:8000/callbacks/midjourney?token=s3cret%261"' in calls
+
+
+def test_make_demo_has_the_simulator_sign_with_the_first_webhook_key(
+    repo: Path, redis_server: RedisServer
+) -> None:
+    """Given an ingress checking signatures (two keys, a rotation), when make demo starts, then
+    the simulator is started with the first key: unsigned, every demo callback was refused."""
+    result = run_up(
+        repo, MJHOOK_REDIS_URL=redis_server.url, UP_EXTRA="sim demo", MJHOOK_WEBHOOK_HMAC_KEY=" k1 ,k2"
+    )
+    assert result.returncode == 0, result.stderr
+    env = honcho_env(repo)
+    assert env["UP_SIM_HMAC_KEY"] == "k1"
+    assert procfile_argv("sim", UP_SIM_HMAC_KEY="k1")[-2:] == ["--hmac-key", "k1"]
+    assert procfile_argv("sim")[-2:] == ["--hmac-key", ""]
+
+
+def test_make_up_takes_an_absolute_venv(repo: Path, redis_server: RedisServer) -> None:
+    venv = repo / ".venv"
+    result = subprocess.run(
+        ["bash", str(repo / "scripts" / "up.sh")],
+        env={**clean_env(MJHOOK_REDIS_URL=redis_server.url), "VENV": str(venv)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert honcho_call(repo) is not None
+
+
+@pytest.mark.parametrize(
+    ("sent", "honcho_got"),
+    [(signal.SIGHUP, "SIGTERM"), (signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")],
+)
+def test_a_hangup_or_ctrl_c_stops_the_stack_through_honcho(
+    repo: Path, tmp_path: Path, redis_server: RedisServer, sent: signal.Signals, honcho_got: str
+) -> None:
+    """Given make up running (honcho stubbed: it records SIGINT or SIGTERM, on which it stops
+    every process, as honcho does)
+    When its terminal goes away (SIGHUP to its whole process group), or Ctrl-C is pressed
+    (SIGINT to the group), or it is terminated
+    Then honcho gets a signal it stops the stack on, and make up ends after it. Honcho died of a
+    SIGHUP itself, and the processes it had started (each in a session of its own) kept running."""
+    fake_honcho = tmp_path / "honcho.py"
+    fake_honcho.write_text(
+        "import signal, sys, time\n"
+        "def stop(signum, frame):\n"
+        f"    open({str(tmp_path / 'honcho.signals')!r}, 'a').write(signal.Signals(signum).name)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "signal.signal(signal.SIGINT, stop)\n"
+        f"open({str(tmp_path / 'honcho.started')!r}, 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+    stub(repo / ".venv" / "bin" / "honcho", f'exec python {shlex.quote(str(fake_honcho))} "$@"\n')
+    up = subprocess.Popen(
+        ["bash", str(repo / "scripts" / "up.sh")],
+        env=clean_env(MJHOOK_REDIS_URL=redis_server.url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "honcho.started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if sent is signal.SIGTERM:
+            up.terminate()  # the shell alone, as a service manager would
+        else:
+            os.killpg(up.pid, sent)
+        assert up.wait(30) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(up.pid, signal.SIGKILL)
+    assert (tmp_path / "honcho.signals").read_text() == honcho_got
+
+
+def procfile_argv(name: str, **env: str) -> list[str]:
+    """The arguments of the Procfile's ``name`` line, expanded by a shell as honcho does with ``env``."""
+    line = next(
+        entry.split(":", 1)[1]
+        for entry in (ROOT / "Procfile").read_text().splitlines()
+        if entry.startswith(f"{name}:")
+    )
+    return subprocess.run(
+        ["sh", "-c", f"set -- {line.replace('exec ', '', 1)}; printf '%s\\n' \"$@\""],
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()

@@ -4,6 +4,7 @@ hosts) sharing one Redis and one S3 store."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import socket
 import subprocess
@@ -43,19 +44,28 @@ def rabbitmq_vhost() -> Iterator[str]:
     deadline = time.monotonic() + RABBITMQ_WAIT_S
     while not rabbitmq_answers() and time.monotonic() < deadline:
         time.sleep(0.5)
-    if not rabbitmq_answers() or shutil.which("rabbitmqctl") is None:
-        pytest.fail("RabbitMQ must run on 127.0.0.1:5672, rabbitmqctl on the PATH (`make test` starts it)")
+    ctl = rabbitmqctl()
+    if not rabbitmq_answers() or ctl is None:
+        pytest.fail("RabbitMQ must run on 127.0.0.1:5672, with rabbitmqctl (`make test` starts it)")
     vhost = f"mjhook-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, timeout=60)
+    subprocess.run([*ctl, "-q", "add_vhost", vhost], check=True, timeout=60)
     subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        timeout=60,
+        [*ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, timeout=60
     )
     try:
         yield vhost
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, timeout=60)
+        subprocess.run([*ctl, "-q", "delete_vhost", vhost], check=False, timeout=60)
+
+
+def rabbitmqctl() -> list[str] | None:
+    """The command that runs rabbitmqctl: Debian puts it in /usr/sbin (not on a user's PATH), and
+    it runs only as root or rabbitmq: through ``sudo -n`` for anyone else (README: ``make test``
+    as root or with sudo). None when it is not installed."""
+    found = shutil.which("rabbitmqctl") or shutil.which("rabbitmqctl", path="/usr/sbin:/usr/lib/rabbitmq/bin")
+    if found is None:
+        return None
+    return [found] if os.geteuid() == 0 else ["sudo", "-n", found]
 
 
 def serve(file_server: FileServer, task_ids: list[str]) -> dict[str, tuple[str, bytes]]:
