@@ -17,7 +17,7 @@ import redis
 from shared import keys
 from shared.clock import utc_iso
 from shared.redis_client import as_text
-from shared.taskstate import TaskState, TaskStore
+from shared.taskstate import TaskRecord, TaskState, TaskStore
 
 #: Times a task's message hands it back to the polling fallback (a result the provider could not
 #: verify, or expired links it could not renew, on the message's last attempt) before a last
@@ -58,15 +58,20 @@ class SubmittedTasks:
     def may_wait_again(self, task_id: str) -> bool:
         """Whether the task was handed back to the polling fallback fewer than
         :data:`MAX_POLL_HANDOFFS` times (:meth:`wait_again`)."""
-        return self._handoffs(task_id) < MAX_POLL_HANDOFFS
+        return _handoffs(self._tasks.get(task_id)) < MAX_POLL_HANDOFFS
 
     def wait_again(self, task_id: str) -> bool:
         """Hand a task whose result was called back but could not be verified with the provider,
         or whose expired links it could not renew (down past every retry), back to the polling
         fallback: ``submitted`` again, as if submitted now, polled once the grace has passed.
         Only from ``received`` or ``processing``: a task that moved on keeps its state (False);
-        and at most :data:`MAX_POLL_HANDOFFS` times (then False)."""
-        handoffs = self._handoffs(task_id)
+        and at most :data:`MAX_POLL_HANDOFFS` times (then False). A task another message of it
+        (a duplicate) handed back already is the fallback's too (True): that message's give-up must
+        not fail it."""
+        record = self._tasks.get(task_id)
+        if record is not None and record.state is TaskState.SUBMITTED:
+            return self._handed_back(task_id)
+        handoffs = _handoffs(record)
         if handoffs >= MAX_POLL_HANDOFFS:
             return False
         now = self._clock()
@@ -77,15 +82,18 @@ class SubmittedTasks:
             submittedAt=utc_iso(now),
             **{HANDOFFS_FIELD: str(handoffs + 1)},
         )
+        if before is TaskState.SUBMITTED:
+            return self._handed_back(task_id)
         if before not in (None, TaskState.RECEIVED, TaskState.PROCESSING):
             return False
         self._client.zadd(keys.SUBMITTED, {task_id: int(now * 1000)})
         return True
 
-    def _handoffs(self, task_id: str) -> int:
-        record = self._tasks.get(task_id)
-        count = record.fields.get(HANDOFFS_FIELD, "") if record is not None else ""
-        return int(count) if count.isascii() and count.isdigit() else 0
+    def _handed_back(self, task_id: str) -> bool:
+        """True for a task another message handed back: it is in the polling index (added there
+        if that message's hand-off was cut short before it, its time kept if not)."""
+        self._client.zadd(keys.SUBMITTED, {task_id: int(self._clock() * 1000)}, nx=True)
+        return True
 
     def due(self, grace_s: float, interval_s: float, *, limit: int) -> list[tuple[str, float]]:
         """Up to ``limit`` tasks still ``submitted`` ``grace_s`` seconds or more after their
@@ -164,6 +172,12 @@ class SubmittedTasks:
     def forget_polled(self, task_id: str) -> None:
         """Drop the poll mark of a task whose wait is over."""
         self._client.zrem(keys.POLLED, task_id)
+
+
+def _handoffs(record: TaskRecord | None) -> int:
+    """How many times the task of ``record`` was handed back to the polling fallback."""
+    count = record.fields.get(HANDOFFS_FIELD, "") if record is not None else ""
+    return int(count) if count.isascii() and count.isdigit() else 0
 
 
 def _pairs(raw: object) -> list[tuple[str, float]]:

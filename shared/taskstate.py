@@ -46,6 +46,9 @@ class TaskState(StrEnum):
 FINAL_STATES = frozenset({TaskState.STORED, TaskState.PARTIAL, TaskState.FAILED})
 #: States of a task without an outcome yet (or being processed again after one).
 UNSETTLED_STATES = frozenset(TaskState) - FINAL_STATES
+#: The states :meth:`TaskStore.give_up` fails a task in (a ``submitted`` one is the polling
+#: fallback's to end).
+_FAILABLE_STATES = UNSETTLED_STATES - {TaskState.SUBMITTED}
 #: The outcomes a task processed again goes back to when the queue gives up on it (:meth:`TaskStore.give_up`).
 _RESTORABLE_OUTCOMES = frozenset({TaskState.STORED.value, TaskState.PARTIAL.value})
 #: The record's field naming the final state the task last reached: written with it, and kept
@@ -198,9 +201,10 @@ class TaskStore:
         ended ``stored`` or ``partial`` goes back to that state (its files and manifest are still
         those), unless a file of it was replaced meanwhile (:meth:`forget_outcome`): then it ends
         ``failed`` with ``reason``. So does any other task, one without a record too, and one whose
-        record was written before outcomes were recorded (it has no ``outcome`` field). Each move
-        checks the lease in the same script call, so a worker taking the task meanwhile is never
-        overruled."""
+        record was written before outcomes were recorded (it has no ``outcome`` field). A task
+        ``submitted`` again keeps that state: another message of it handed it back to the polling
+        fallback, whose own give-up ends it. Each move checks the lease in the same script call, so
+        a worker taking the task meanwhile is never overruled."""
         # The outcome is read and moved to under WATCH: a whole attempt that replaced a file and
         # forgot the outcome in between (:meth:`forget_outcome`) makes the move abort, and the
         # record is judged again.
@@ -217,7 +221,7 @@ class TaskStore:
             with _record_errors(task_id, own_key=True):
                 record = _record(task_id, pipe.hgetall(key))
             outcome = record.fields.get(OUTCOME_FIELD, "") if record is not None else ""
-            state, fields, or_from = TaskState.FAILED, {"reason": reason}, UNSETTLED_STATES
+            state, fields, or_from = TaskState.FAILED, {"reason": reason}, _FAILABLE_STATES
             if record is not None and record.state in UNSETTLED_STATES and outcome in _RESTORABLE_OUTCOMES:
                 state, fields, or_from = TaskState(outcome), {}, frozenset({record.state})
             pipe.multi()
@@ -233,7 +237,7 @@ class TaskStore:
                 return TaskState(held.state) if held.state else TaskState.PROCESSING
         if state is not TaskState.FAILED:
             return state if before in (*or_from, None) else cast(TaskState, before)
-        return before if before in FINAL_STATES else TaskState.FAILED
+        return before if before in FINAL_STATES or before is TaskState.SUBMITTED else TaskState.FAILED
 
     def forget_outcome(self, task_id: str, *, holder: str) -> TaskState | None:
         """Empty the outcome a task being processed (``processing``) keeps from an earlier end, when

@@ -185,3 +185,37 @@ def test_a_hand_off_count_that_is_no_number_counts_as_none(
     tasks.mark_received("t1", "2026-11-25T00:00:00.000Z")
     tasks.move("t1", TaskState.RECEIVED, pollHandOffs="²")  # a digit to str.isdigit, not to int()
     assert submitted.may_wait_again("t1")
+
+
+def test_a_task_another_message_handed_back_is_left_to_the_fallback(
+    tasks: TaskStore, submitted: SubmittedTasks, clock: FakeClock
+) -> None:
+    """Given a task whose callback and its duplicate both reach their last attempt while the
+    provider cannot verify results: the first handed the task back to the polling fallback
+    When the second hands it back too, and the queue gives up on that message
+    Then the task stays submitted, due for a poll: the second's give-up failed it (a failed
+    manifest) and the fallback never looked at it again, its result lost."""
+    tasks.mark_received("t1", "2026-11-25T00:00:00.000Z")
+    assert submitted.wait_again("t1")
+
+    assert submitted.wait_again("t1")
+    assert tasks.give_up("t1", "gave up: the provider answered 455") is TaskState.SUBMITTED
+
+    assert tasks.get("t1").state is TaskState.SUBMITTED  # type: ignore[union-attr]
+    clock.now += 3600
+    assert [task_id for task_id, _ in submitted.due(60, 30, limit=10)] == ["t1"]
+
+
+def test_a_hand_back_cut_short_before_the_index_is_completed_by_the_next(
+    tasks: TaskStore, submitted: SubmittedTasks, client: redis.Redis, clock: FakeClock
+) -> None:
+    # Given a task moved back to submitted whose entry in the polling index was not written (its
+    # worker died between the two)
+    tasks.mark_received("t1", "2026-11-25T00:00:00.000Z")
+    assert submitted.wait_again("t1")
+    client.zrem(keys.SUBMITTED, "t1")
+    # When another message of it hands it back
+    assert submitted.wait_again("t1")
+    # Then it is in the index, due for a poll
+    clock.now += 3600
+    assert [task_id for task_id, _ in submitted.due(60, 30, limit=10)] == ["t1"]

@@ -145,8 +145,8 @@ def test_a_file_replaced_between_the_give_ups_read_and_its_move_fails_the_task(
 
 @pytest.mark.parametrize(
     "history",
-    [[], [TaskState.RECEIVED], [TaskState.SUBMITTED], [TaskState.RECEIVED, TaskState.PROCESSING]],
-    ids=["no record", "received", "submitted", "processing"],
+    [[], [TaskState.RECEIVED], [TaskState.RECEIVED, TaskState.PROCESSING]],
+    ids=["no record", "received", "processing"],
 )
 def test_giving_up_on_a_task_without_an_outcome_fails_it(
     client: redis.Redis, history: list[TaskState]
@@ -158,6 +158,16 @@ def test_giving_up_on_a_task_without_an_outcome_fails_it(
     record = tasks.get("t1")
     assert record is not None
     assert (record.state, record.fields["reason"]) == (TaskState.FAILED, "gave up: X")
+
+
+def test_giving_up_on_a_task_submitted_again_leaves_it_to_the_polling_fallback(client: redis.Redis) -> None:
+    """A message of a task another message handed back to polling: the fallback ends it."""
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("t1", TaskState.SUBMITTED)
+    assert tasks.give_up("t1", "gave up: X") is TaskState.SUBMITTED
+    record = tasks.get("t1")
+    assert record is not None
+    assert (record.state, "reason" in record.fields) == (TaskState.SUBMITTED, False)
 
 
 @pytest.mark.parametrize("state", sorted(FINAL_STATES))
