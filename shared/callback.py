@@ -4,6 +4,7 @@ queue as a plain dict, and rebuilt in the worker by the same code."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,19 @@ class Callback:
         return _from_fields(data, data.get("taskId"), _QUEUE_LIMITS)
 
 
+def check_result_urls(urls: Sequence[str], limits: CallbackLimits) -> None:
+    """:class:`InvalidCallback` when ``urls`` are more, or one of them longer, than ``limits``
+    allow: a callback's, or those the provider lists for a task."""
+    if len(urls) > limits.max_result_urls:
+        raise InvalidCallback(f"'data.resultUrls' has more than {limits.max_result_urls} entries")
+    if any(len(url) > limits.max_url_length for url in urls):
+        raise InvalidCallback(f"a result URL is longer than {limits.max_url_length} characters")
+
+
+#: A ``"callBackUrl"`` member's string value in JSON text, also in text cut short (to its end).
+_CALLBACK_URL_MEMBER = re.compile(r'("callBackUrl"\s*:\s*)"(?:[^"\\]|\\.)*"?')
+
+
 def parse_callback(body: bytes, *, received_at: str, limits: CallbackLimits) -> Callback:
     """Parse a callback body in the provider's format; raise :class:`InvalidCallback` saying what
     is wrong. Accepts ``data.taskId`` or ``data.task_id``."""
@@ -135,10 +149,7 @@ def _from_fields(fields: dict[str, Any], task_id: Any, limits: CallbackLimits) -
         urls = []
     if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
         raise InvalidCallback("'data.resultUrls' must be a list of strings")
-    if len(urls) > limits.max_result_urls:
-        raise InvalidCallback(f"'data.resultUrls' has more than {limits.max_result_urls} entries")
-    if any(len(url) > limits.max_url_length for url in urls):
-        raise InvalidCallback(f"a result URL is longer than {limits.max_url_length} characters")
+    check_result_urls(urls, limits)
     return Callback(
         task_id=task_id,
         code=code,
@@ -152,18 +163,20 @@ def _from_fields(fields: dict[str, Any], task_id: Any, limits: CallbackLimits) -
 def without_callback_url(prompt_json: str | None) -> str | None:
     """``promptJson`` without its ``callBackUrl``: the provider echoes the request's parameters,
     and the callback URL ``mjhook submit`` sends carries ``MJHOOK_CALLBACK_TOKEN``, which must not
-    land in the manifest (anyone reading the task could forge callbacks). Any other string is
-    kept as it came."""
+    land in the manifest (anyone reading the task could forge callbacks). Text that is no JSON
+    mjhook can read and write again (malformed, as the provider's docs warn, or nested past
+    orjson's limits) keeps its shape, the value of any ``"callBackUrl"`` in it emptied. Any other
+    string is kept as it came."""
     if prompt_json is None:
         return None
     try:
         params = orjson.loads(prompt_json)
-    except orjson.JSONDecodeError:
-        return prompt_json
-    if not isinstance(params, dict) or "callBackUrl" not in params:
-        return prompt_json
-    params.pop("callBackUrl")
-    return orjson.dumps(params).decode()
+        if not isinstance(params, dict) or "callBackUrl" not in params:
+            return prompt_json
+        params.pop("callBackUrl")
+        return orjson.dumps(params).decode()
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return _CALLBACK_URL_MEMBER.sub(r'\1""', prompt_json)
 
 
 def parse_prompt(

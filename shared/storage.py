@@ -45,6 +45,9 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 PAYLOAD_SHA256_HEADER = "x-amz-content-sha256"
 #: Largest file minio sends in one PUT (5 MiB, its smallest multipart part); larger ones go in parts.
 SINGLE_PUT_MAX_BYTES = MIN_PART_SIZE
+#: Parts of one multipart upload sent at once (minio's own default, named here: the connection
+#: pool is sized for it, :func:`pool_size_for`).
+PARALLEL_PART_UPLOADS = 3
 
 #: Stand-ins minio passes through untouched (an ``x-amz-`` prefix), renamed to the real
 #: conditional-write headers by :class:`KnownHashMinio` (minio 7.2 would send ``If-Match`` given as
@@ -197,6 +200,7 @@ class ObjectStore:
                 size,
                 content_type=content_type,
                 metadata=metadata,
+                num_parallel_uploads=PARALLEL_PART_UPLOADS,
             )
 
     def put_json(self, key: str, document: Any, *, precondition: Precondition | None = None) -> None:
@@ -372,6 +376,14 @@ def _storage_errors() -> Iterator[None]:
         raise
     except MinioException as exc:
         raise StorageUnavailable(f"object storage error: {type(exc).__name__}") from exc
+
+
+def pool_size_for(uploads: int) -> int:
+    """Connections to object storage for ``uploads`` files stored at once, each in up to
+    :data:`PARALLEL_PART_UPLOADS` parts at a time, and as many again for the other requests of
+    the tasks being processed (listings, stats, manifests): fewer, and urllib3 opens connections
+    it then throws away ("Connection pool is full")."""
+    return uploads * (PARALLEL_PART_UPLOADS + 1)
 
 
 def create_object_store(

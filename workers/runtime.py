@@ -16,14 +16,14 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
-from shared.callback import Callback
+from shared.callback import Callback, callback_limits
 from shared.dead_letters import record_dead_reason
 from shared.errors import MjhookError, StorageUnavailable
 from shared.metrics import WorkerMetrics
 from shared.provider import create_provider_client
 from shared.redis_client import connect_redis
 from shared.settings import Settings
-from shared.storage import ObjectStore, create_object_store
+from shared.storage import ObjectStore, create_object_store, pool_size_for
 from shared.submitted import SubmittedTasks
 from shared.taskstate import UNSETTLED_STATES, TaskState, TaskStore
 from workers.fetch import FetchLimits, ResultFetcher, create_http_client
@@ -64,7 +64,7 @@ def build_parts(
     client = connect_redis(settings.redis_url)
     provider = create_provider_client(settings) if settings.provider_api_key else None
     tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
-    store = create_object_store(settings, pool_size=settings.download_concurrency * 2)
+    store = create_object_store(settings, pool_size=pool_size_for(settings.download_concurrency))
     http = create_http_client(
         connect_timeout_s=settings.connect_timeout_s,
         read_timeout_s=settings.read_timeout_s,
@@ -83,7 +83,11 @@ def build_parts(
         fetcher=fetcher,
         pool=pool,
         metrics=metrics,
-        verifier=ResultVerifier(provider.record_info) if provider and settings.verify_results else None,
+        verifier=(
+            ResultVerifier(provider.record_info, limits=callback_limits(settings))
+            if provider and settings.verify_results
+            else None
+        ),
         # Polling runs where there is a broker to queue what it finds.
         poll_later=SubmittedTasks(client, tasks, ttl_s=settings.task_ttl_s) if provider and broker else None,
         max_task_bytes=settings.max_task_bytes,
@@ -268,7 +272,8 @@ class WorkerRuntime(Middleware):
                 log.exception("task %s failed without a manifest", task_id)
         else:
             log.info("task %s stays %s; its message was %s", task_id, state.value, reason)
-        if state in UNSETTLED_STATES and looks > 0:
+        # A task submitted again is the polling fallback's: no worker's lease to wait out.
+        if state in UNSETTLED_STATES and state is not TaskState.SUBMITTED and looks > 0:
             self._parts.pending.add(callback, reason, after_s=self._settings.lease_ttl_s + 1)
 
     def _look_again(self, look: SecondLook) -> bool:

@@ -11,8 +11,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from shared.callback import Callback
-from shared.errors import ProviderRefused, TransientError
+from shared.callback import Callback, CallbackLimits, check_result_urls
+from shared.errors import InvalidCallback, ProviderRefused, TransientError
 from shared.provider import TaskRecordInfo, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,14 @@ class Verification:
 
 
 class ResultVerifier:
-    """Checks a success callback with ``record_info`` (the provider client's method)."""
+    """Checks a success callback with ``record_info`` (the provider client's method). The result
+    URLs the provider lists must stay within ``limits``, as a callback's (default: the defaults)."""
 
-    def __init__(self, record_info: Callable[[str], TaskRecordInfo]) -> None:
+    def __init__(
+        self, record_info: Callable[[str], TaskRecordInfo], *, limits: CallbackLimits | None = None
+    ) -> None:
         self._record_info = record_info
+        self._limits = CallbackLimits() if limits is None else limits
 
     def verify(self, callback: Callback) -> tuple[Callback, Verification]:
         """The callback to process (with the provider's result URLs, or turned into a failure
@@ -72,6 +76,13 @@ class ResultVerifier:
         if info.status is TaskStatus.FAILED:
             detail = info.error_message or f"errorCode {info.error_code}"
             return self._disowned(callback, f"the provider reports the generation failed ({detail})")
+        try:
+            check_result_urls(info.result_urls, self._limits)
+        except InvalidCallback as exc:
+            # As the ingress refuses such a callback: thousands of downloads, a manifest of MBs.
+            return self._disowned(
+                callback, f"the provider's result URLs are past this mjhook's limits ({exc})"
+            )
         mismatch = info.result_urls != callback.result_urls
         reason = "the callback's result URLs differ from the provider's" if mismatch else "confirmed"
         if mismatch:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +24,7 @@ from shared.storage import (
     ObjectStore,
     Precondition,
     create_object_store,
+    pool_size_for,
 )
 from tests.support.servers import S3Server
 from tests.support.stack import app_environment
@@ -41,7 +45,11 @@ class RecordingPoolManager(urllib3.PoolManager):
 
 
 def _store(
-    s3_server: S3Server, bucket: str, pool_class: type[RecordingPoolManager] = RecordingPoolManager
+    s3_server: S3Server,
+    bucket: str,
+    pool_class: type[RecordingPoolManager] = RecordingPoolManager,
+    *,
+    pool_size: int = 16,
 ) -> tuple[ObjectStore, list[RecordingPoolManager]]:
     env = app_environment(
         redis_url="redis://127.0.0.1:9/0",
@@ -56,7 +64,7 @@ def _store(
         pools.append(pool_class(**kwargs))
         return pools[-1]
 
-    store = create_object_store(Settings.from_env(env), http_factory=factory)
+    store = create_object_store(Settings.from_env(env), http_factory=factory, pool_size=pool_size)
     store.ensure_bucket()
     pools[0].sent.clear()  # making the bucket is a PUT too
     return store, pools
@@ -312,3 +320,31 @@ def test_a_store_that_is_not_aws_presigns_without_a_request(region: str) -> None
     link = store.presigned_url("tasks/t/0.png", expires_s=600)
     assert pools[0].sent == []
     assert f"%2F{region or DEFAULT_REGION}%2Fs3%2Faws4_request" in link
+
+
+def test_the_pool_holds_the_connections_of_files_uploaded_at_once_in_parts(
+    s3_server: S3Server, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a store sized for 2 uploads at once (as a worker with MJHOOK_DOWNLOAD_CONCURRENCY=2)
+    When 2 files of 3 parts each are stored at once (their parts 3 at a time)
+    Then no connection is thrown away: a pool of twice the uploads (as it was) had urllib3 open
+    connections and discard them ("Connection pool is full")."""
+    store, _ = _store(s3_server, s3_bucket, pool_size=pool_size_for(2))
+    bodies = [os.urandom(2 * SINGLE_PUT_MAX_BYTES + 1000) for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def put(index: int) -> None:
+        body = bodies[index]
+        barrier.wait(10)
+        store.put_file(
+            f"tasks/t/{index}.mp4",
+            io.BytesIO(body),
+            size=len(body),
+            content_type="video/mp4",
+            sha256=hashlib.sha256(body).hexdigest(),
+        )
+
+    with caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"), ThreadPoolExecutor(2) as uploads:
+        list(uploads.map(put, range(2)))
+    assert [record.getMessage() for record in caplog.records if "pool is full" in record.getMessage()] == []
+    assert [store.get_bytes(f"tasks/t/{index}.mp4") for index in range(2)] == bodies

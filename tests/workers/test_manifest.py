@@ -123,3 +123,28 @@ def test_prompt_json_is_parsed_only_up_to_the_given_depth(
     assert manifest["promptJson"] == prompt_json
     assert manifest["params"] == (orjson.loads(prompt_json) if parsed else None)
     assert manifest["prompt"] == ("a fox" if parsed else None)
+
+
+@pytest.mark.parametrize(
+    "prompt_json",
+    [
+        # Malformed, as the provider's docs warn: a member cut short, then the text itself
+        '{"prompt": "a fox", "callBackUrl": "https://hooks.example/cb?token=s3cr3t", "version": ',
+        '{"prompt": "a fox", "callBackUrl" : "https://hooks.example/cb?token=s3cr3t',
+        # Read by orjson (1024 levels) but not written again (254)
+        '{"callBackUrl": "https://hooks.example/cb?token=s3cr3t", "deep": ' + "[" * 300 + "]" * 300 + "}",
+    ],
+    ids=["malformed", "cut-in-its-url", "too-deep-to-write"],
+)
+def test_the_callback_url_stays_out_of_a_prompt_json_that_is_no_json_mjhook_reads(prompt_json: str) -> None:
+    manifest = build_manifest(
+        callback(prompt_json=prompt_json),
+        status=TaskState.STORED,
+        images=[IMAGE],
+        errors=[],
+        completed_at="x",
+        max_json_depth=DEFAULT_MAX_JSON_DEPTH,
+    )
+    assert "s3cr3t" not in orjson.dumps(manifest).decode()
+    assert manifest["promptJson"].startswith('{"')
+    assert '"callBackUrl"' in manifest["promptJson"]  # its value emptied, the text's shape kept

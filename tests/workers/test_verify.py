@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.callback import Callback
+from shared.callback import Callback, CallbackLimits
 from shared.errors import ProviderRefused
 from shared.provider import TaskRecordInfo, TaskStatus
 from workers.verify import ResultVerifier, VerificationPending
@@ -96,3 +96,26 @@ def test_a_success_without_urls_that_the_provider_lists_without_results_is_not_w
     empty = Callback("t1", 200, "success", None, (), "now")
     checked, verification = verifier(info(TaskStatus.SUCCESS, ())).verify(empty)
     assert (checked.result_urls, verification.mismatch) == ((), False)
+
+
+@pytest.mark.parametrize(
+    ("urls", "reason"),
+    [
+        (tuple(f"https://cdn.example/{n}.png" for n in range(5)), "more than 4 entries"),
+        (("https://cdn.example/" + "a" * 100,), "longer than 64 characters"),
+    ],
+    ids=["too-many", "too-long"],
+)
+def test_provider_urls_past_the_callback_limits_fail_the_task(urls: tuple[str, ...], reason: str) -> None:
+    """Given limits of 4 URLs of 64 characters (MJHOOK_MAX_RESULT_URLS, MJHOOK_MAX_URL_LENGTH)
+    When the provider lists more, or a longer one, for a success called back
+    Then the task fails saying so, as the ingress refuses such a callback and the polling fallback
+    such an answer; those URLs were all downloaded, into a manifest of any size."""
+    limited = ResultVerifier(
+        lambda task_id: info(TaskStatus.SUCCESS, urls),
+        limits=CallbackLimits(max_result_urls=4, max_url_length=64),
+    )
+    checked, verification = limited.verify(CALLBACK)
+    assert (checked.succeeded, checked.result_urls) == (False, ())
+    assert reason in checked.msg
+    assert verification.mismatch
