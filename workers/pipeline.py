@@ -187,6 +187,39 @@ class CallbackProcessor:
         except StorageUnavailable as exc:
             log.warning("task %s failed without a manifest: %s", task_id, exc)
 
+    def agree_with_outcome(self, callback: Callback) -> None:
+        """Make the bucket agree with the outcome (``stored``, ``partial``) a task went back to when
+        the queue gave up on a later attempt of it (:meth:`TaskStore.give_up`): that attempt may
+        have stored a file at an index the outcome's manifest lists as failed (a link that works
+        now) and died before its manifest. Such files, which no manifest describes, are removed;
+        the manifest stands. Done under the task's lease (a worker that took the task meanwhile
+        settles it instead), only while the task is still in that outcome, and only by a manifest
+        this code wrote (any other leaves the bucket as it is)."""
+        task_id = callback.task_id
+        try:
+            with self._leases.hold(task_id) as lease:
+                record = self._tasks.get(task_id)
+                if record is None or record.state not in (TaskState.STORED, TaskState.PARTIAL):
+                    return
+                listing = self._store.list_etags(storage.task_prefix(task_id))
+                described = self._described(storage.manifest_key(task_id))
+                if described is not None:
+                    undescribed = set(_file_keys(task_id, listing)) - described.keys()
+                    self._remove_undescribed_files(task_id, undescribed, lease)
+        except TaskBusy:
+            log.info("task %s: a worker took it meanwhile; it settles it", task_id)
+        except StorageUnavailable as exc:
+            log.warning("task %s: files its manifest does not describe may be left: %s", task_id, exc)
+
+    def _described(self, manifest_key: str) -> dict[str, object] | None:
+        """Key -> sha256 of each file the manifest at ``manifest_key`` lists; None for a manifest
+        of another shape, or none."""
+        try:
+            manifest = self._store.get_json(manifest_key)
+            return {str(image["key"]): image["sha256"] for image in manifest["images"]}
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return None
+
     def _write_failure(self, callback: Callback, reason: str, lease: Lease) -> None:
         listing = self._store.list_etags(storage.task_prefix(callback.task_id))
         manifest_key = storage.manifest_key(callback.task_id)
@@ -211,12 +244,8 @@ class CallbackProcessor:
     def _describes_bucket(self, manifest_key: str, stored: set[str]) -> bool:
         """Whether the task's manifest lists exactly the files ``stored``, each with the sha256
         recorded on the object (a manifest of another shape describes nothing)."""
-        try:
-            manifest = self._store.get_json(manifest_key)
-            described = {image["key"]: image["sha256"] for image in manifest["images"]}
-        except (orjson.JSONDecodeError, TypeError, KeyError):
-            return False
-        if set(described) != stored:
+        described = self._described(manifest_key)
+        if described is None or set(described) != stored:
             return False
         for key, sha256 in described.items():
             info = self._store.stat(key)

@@ -708,3 +708,44 @@ def test_a_give_up_keeps_the_manifest_a_task_has_on_a_store_without_conditional_
         assert harness.tasks.give_up("task-1", "gave up: TaskBusy: busy") is TaskState.FAILED
         worker.record_failure(failure, "gave up: TaskBusy: busy")
     assert harness.manifest("task-1") == before
+
+
+class ManifestRefusingStore(ObjectStore):
+    """A worker's own store that stores files but fails every manifest write (object storage
+    down just then)."""
+
+    def __init__(self, settings: Settings) -> None:
+        store = create_object_store(settings)
+        super().__init__(store._client, store.bucket)
+
+    def put_json(self, key: str, document: object, *, precondition: Precondition | None = None) -> None:
+        if key.endswith("/manifest.json"):
+            raise StorageUnavailable("object storage error: SlowDown")
+        super().put_json(key, document, precondition=precondition)
+
+
+def test_a_give_up_back_to_partial_removes_the_file_its_manifest_does_not_describe(harness: Harness) -> None:
+    """Given a partial task (its second link answered 404), a later callback of which stored that
+    file (the link works now) and died before its manifest (object storage down)
+    When the queue gives up on that message, and the task goes back to partial
+    Then that file is removed, the manifest kept: the bucket holds what the manifest describes.
+    The file stayed, described by no manifest (README: the bucket holds only those files)."""
+    images = [png_bytes(n) for n in range(3)]
+    urls = [
+        harness.files.add("/p0.png", images[0]),
+        harness.files.add("/p1.png", b"not found", status=404),
+        harness.files.add("/p2.png", images[2]),
+    ]
+    assert harness.process(callback(urls), final_attempt=True) is TaskState.PARTIAL
+    before = harness.manifest("task-1")
+    harness.files.add("/p1.png", images[1])
+    with ThreadPoolExecutor(max_workers=2) as pool, pytest.raises(StorageUnavailable):
+        processor(harness, pool, store=ManifestRefusingStore(harness.settings)).process(callback(urls))
+    assert harness.object_bytes("tasks/task-1/1.png") == images[1]
+
+    assert harness.tasks.give_up("task-1", "gave up: StorageUnavailable") is TaskState.PARTIAL
+    harness.parts.processor.agree_with_outcome(callback(urls))  # type: ignore[attr-defined]
+
+    assert harness.object_bytes("tasks/task-1/1.png") is None
+    assert harness.manifest("task-1") == before
+    assert [harness.object_bytes(f"tasks/task-1/{n}.png") for n in (0, 2)] == [images[0], images[2]]

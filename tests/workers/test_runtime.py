@@ -4,6 +4,7 @@ real Redis, SeaweedFS and a file server; object storage "down" is an endpoint no
 from __future__ import annotations
 
 import hashlib
+import io
 import threading
 import time
 from collections.abc import Callable
@@ -267,6 +268,35 @@ def test_a_partial_task_given_up_before_any_file_of_it_was_replaced_stays_partia
     record = tasks.get("task-1")
     assert record is not None
     assert record.state is TaskState.PARTIAL
+
+
+def test_a_partial_task_given_up_keeps_only_the_files_its_manifest_describes(
+    runtime: WorkerRuntime, storage_down: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a task that ended partial (file 1 gone), whose later attempt stored file 1 (its link
+    works now) and died before its manifest (object storage down after the upload)
+    When the queue gives up on that message
+    Then the task is partial again and file 1 is removed, as its manifest does not describe it:
+    it stayed, in a bucket said to hold only the files the manifest lists."""
+    urls = [file_server.add("/0.png", png_bytes(0)), file_server.url("/1.png")]
+    assert runtime.parts().processor.process(callback(urls)) is TaskState.PARTIAL
+    store = runtime.parts().store
+    manifest = store.get_json("tasks/task-1/manifest.json")
+    image = png_bytes(1)
+    store.put_file(  # what the attempt that died stored
+        "tasks/task-1/1.png",
+        io.BytesIO(image),
+        size=len(image),
+        content_type="image/png",
+        sha256=hashlib.sha256(image).hexdigest(),
+    )
+
+    give_up(runtime, callback(urls), last_attempt(storage_down, callback(urls)))
+
+    assert tasks.get("task-1").state is TaskState.PARTIAL  # type: ignore[union-attr]
+    assert store.get_bytes("tasks/task-1/1.png") is None
+    assert store.get_json("tasks/task-1/manifest.json") == manifest
+    assert store.get_bytes("tasks/task-1/0.png") == png_bytes(0)
 
 
 @pytest.mark.parametrize("outcome", [None, TaskState.PARTIAL], ids=["new", "processed again"])
