@@ -4,12 +4,14 @@ get a fresh download link for a result file.
 Every answer is ``{"code", "msg", "data"}``; a body ``code`` other than 200 becomes a
 :class:`~shared.errors.ProviderRefused` (fix the request) or, for 429, 455 and 5xx, a
 :class:`~shared.errors.ProviderUnavailable` once the client's own retries (exponential backoff,
-honouring ``Retry-After``) are used up."""
+honouring ``Retry-After``) are used up. An answer that cannot be read (too large, not in that
+shape, a success without its details) is a :class:`~shared.errors.ProviderUnavailable` too."""
 
 from __future__ import annotations
 
 import email.utils
 import enum
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +23,8 @@ import httpx
 import orjson
 
 from shared.errors import ConfigError, ProviderError, ProviderRefused, ProviderUnavailable
+from shared.json_limits import DEFAULT_MAX_JSON_DEPTH, document_depth, max_nesting
+from shared.printable import shortened
 from shared.settings import Settings
 
 GENERATE_PATH = "/api/v1/mj/generate"
@@ -56,6 +60,18 @@ DEFAULT_MAX_BACKOFF_S = 30.0
 #: Longest ``Retry-After`` waited for, seconds; asked for longer, the call gives up at once
 #: (transient: the caller comes back later) rather than retry before the provider wants it.
 MAX_RETRY_AFTER_S = 60.0
+#: Longest ``Retry-After`` believed, seconds: one asking for longer (a far-future date, a broken
+#: proxy's number) is taken as this, so one answer cannot hold a retry or the polling for years.
+MAX_RETRY_AFTER_BELIEVED_S = 3600.0
+#: Largest answer read, bytes (decoded): the provider's answers are small JSON. A larger one is
+#: not read further and counts as unreadable, so a broken or hostile server cannot fill memory.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+#: Longest ``msg`` or ``errorMessage`` kept of an answer, characters (the rest is cut): they go
+#: into exception messages, logs and a manifest's ``msg``.
+MAX_MSG_CHARS = 1000
+#: Most digits of an integer field (``code``, ``successFlag``, ``errorCode``) written as a string:
+#: a longer one is no number (Python refuses int() of over 4300 digits, and is slow before that).
+MAX_INTEGER_DIGITS = 18
 #: The code a 2xx answer not in the provider's format is given (a proxy's page, a cut-off body).
 UNREADABLE = 502
 
@@ -172,10 +188,15 @@ class ProviderClient:
 
     def record_info(self, task_id: str) -> TaskRecordInfo:
         """The task's details (``record-info``). An unknown task is a :class:`ProviderRefused`
-        with ``code`` 404."""
+        with ``code`` 404 (the provider's own answer); a success without the details is a
+        :class:`ProviderUnavailable` (unreadable)."""
         data = self._call("GET", RECORD_INFO_PATH, params={"taskId": task_id}, idempotent=True)
         if not isinstance(data, Mapping):
-            raise ProviderRefused(f"provider has no details of task {task_id}", code=404)
+            # No word on the task (the provider says "unknown" with code 404): a cut-off or
+            # broken answer, to be asked again. Taken for "unknown", a verified success failed.
+            raise ProviderUnavailable(
+                f"provider answered record-info of task {task_id} without its details", code=UNREADABLE
+            )
         return parse_record_info(data, task_id=task_id)
 
     def download_url(self, url: str) -> str:
@@ -204,7 +225,7 @@ class ProviderClient:
         for attempt in range(1, self._attempts + 1):
             retry_after: float | None = None
             try:
-                response = self._http.request(method, url, json=body, params=params, headers=self._headers)
+                response, content = self._send(method, url, body, params)
             except httpx.HTTPError as exc:
                 error: ProviderError = ProviderUnavailable(
                     f"cannot reach the provider ({method} {path}): {type(exc).__name__}"
@@ -212,7 +233,7 @@ class ProviderClient:
                 if not _may_retry(exc, idempotent=idempotent):
                     raise error from exc
             else:
-                code, msg, data, own = _decode(response)
+                code, msg, data, own = _decode(response, content)
                 if code == CODE_OK:
                     return data
                 if not own and response.status_code == 404:
@@ -245,10 +266,19 @@ class ProviderClient:
             self._sleep(self._delay(attempt, retry_after))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _send(
+        self, method: str, url: str, body: Any, params: Mapping[str, str] | None
+    ) -> tuple[httpx.Response, bytes | None]:
+        """The answer and its body, streamed: None for a body over :data:`MAX_ANSWER_BYTES`."""
+        with self._http.stream(method, url, json=body, params=params, headers=self._headers) as response:
+            return response, _read_capped(response)
+
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after  # at most MAX_RETRY_AFTER_S: a longer one ends the call (_call)
-        return float(min(self._backoff_s * 2 ** (attempt - 1), self._max_backoff_s))
+        """Seconds before retry ``attempt + 1``: the backoff, or the ``Retry-After`` when longer
+        (at most MAX_RETRY_AFTER_S: a longer one ends the call); a ``Retry-After`` of 0 or a past
+        date does not remove the backoff."""
+        backoff = float(min(self._backoff_s * 2 ** (attempt - 1), self._max_backoff_s))
+        return backoff if retry_after is None else max(backoff, retry_after)
 
     def close(self) -> None:
         self._http.close()
@@ -282,9 +312,6 @@ def parse_record_info(data: Mapping[str, Any], *, task_id: str) -> TaskRecordInf
     """Normalise the ``data`` of ``record-info`` (lenient about what the provider's samples vary
     on: ``resultInfoJson`` as an object or a JSON string, URLs as objects or strings)."""
     success_flag = _int_or_none(data.get("successFlag"))
-    param_json = data.get("paramJson")
-    if isinstance(param_json, dict | list):
-        param_json = orjson.dumps(param_json).decode()
     return TaskRecordInfo(
         # The id asked about, not the answer's echo of it: that is the one we know the task by.
         task_id=task_id,
@@ -293,11 +320,22 @@ def parse_record_info(data: Mapping[str, Any], *, task_id: str) -> TaskRecordInf
         success_flag=success_flag,
         result_urls=_result_urls(data.get("resultInfoJson")),
         error_code=_int_or_none(data.get("errorCode")),
-        error_message=_str_or_none(data.get("errorMessage")) or None,
-        param_json=param_json if isinstance(param_json, str) else None,
+        error_message=_message(data.get("errorMessage")) or None,
+        param_json=_param_json(data.get("paramJson")),
         create_time=_str_or_none(data.get("createTime")),
         complete_time=_str_or_none(data.get("completeTime")),
     )
+
+
+def _param_json(value: Any) -> str | None:
+    """``paramJson`` as a JSON string (the provider sends a string or an object); None when absent,
+    of another type, or nested deeper than :data:`~shared.json_limits.DEFAULT_MAX_JSON_DEPTH`
+    (what a callback's ``promptJson`` needs; orjson cannot write more than 254 levels back)."""
+    if isinstance(value, str):
+        return value if max_nesting(value) <= DEFAULT_MAX_JSON_DEPTH else None
+    if isinstance(value, dict | list) and document_depth(value) <= DEFAULT_MAX_JSON_DEPTH:
+        return orjson.dumps(value).decode()
+    return None
 
 
 def _result_urls(result_info: Any) -> tuple[str, ...]:
@@ -317,23 +355,34 @@ def _result_urls(result_info: Any) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def _decode(response: httpx.Response) -> tuple[int, str, Any, bool]:
+def _read_capped(response: httpx.Response) -> bytes | None:
+    """The body of ``response``, or None once it grows past :data:`MAX_ANSWER_BYTES` (the rest is
+    not read)."""
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            return None
+    return bytes(body)
+
+
+def _decode(response: httpx.Response, body: bytes | None) -> tuple[int, str, Any, bool]:
     """(code, msg, data, own): the body's, or the HTTP status's when the body is not the
-    provider's; ``own`` says which."""
+    provider's (or was too large: None); ``own`` says which."""
     try:
-        document = orjson.loads(response.content)
+        document = orjson.loads(body) if body is not None else None
     except orjson.JSONDecodeError:
         document = None
-    if isinstance(document, dict) and _int_or_none(document.get("code")) is not None:
-        code = _int_or_none(document.get("code")) or 0
-        msg = document.get("msg")
+    code = _int_or_none(document.get("code")) if isinstance(document, dict) else None
+    if isinstance(document, dict) and code is not None:
         if code == CODE_OK and not response.is_success:
             code = response.status_code
-        return code, msg if isinstance(msg, str) else "", document.get("data"), True
+        return code, _message(document.get("msg")) or "", document.get("data"), True
     if response.is_success:
         # Not the provider's answer shape (a proxy's page?): worth another try, if idempotent.
-        return UNREADABLE, "unreadable answer", None, False
-    return response.status_code, response.reason_phrase, None, False
+        why = "" if body is not None else f": larger than {MAX_ANSWER_BYTES} bytes"
+        return UNREADABLE, "unreadable answer" + why, None, False
+    return response.status_code, shortened(response.reason_phrase, MAX_MSG_CHARS), None, False
 
 
 def _error(code: int, msg: str, path: str) -> ProviderError:
@@ -353,19 +402,22 @@ def _may_retry(exc: httpx.HTTPError, *, idempotent: bool) -> bool:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds (a number or an HTTP date), or None."""
-    value = response.headers.get("retry-after")
-    if not value:
+    """``Retry-After`` in seconds (delay-seconds, or an HTTP date: a past one is 0), at most
+    :data:`MAX_RETRY_AFTER_BELIEVED_S`; None when absent or unreadable (negative, ``inf``,
+    ``1e9``, no date)."""
+    value = response.headers.get("retry-after", "").strip()
+    seconds = float(value) if _DELAY_SECONDS.fullmatch(value) else _seconds_until(value)
+    if seconds is None or not math.isfinite(seconds):
         return None
+    return min(seconds, MAX_RETRY_AFTER_BELIEVED_S)
+
+
+def _seconds_until(date: str) -> float | None:
+    """Seconds from now to HTTP date ``date`` (0 when past), or None when it is no date."""
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, email.utils.parsedate_to_datetime(date).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _task_id(data: Any) -> str:
@@ -376,7 +428,9 @@ def _task_id(data: Any) -> str:
 
 
 #: An integer as a provider may spell one in a string: ASCII digits, maybe a minus sign.
-_INTEGER = re.compile(r"-?[0-9]+")
+_INTEGER = re.compile(rf"-?[0-9]{{1,{MAX_INTEGER_DIGITS}}}")
+#: ``Retry-After`` as delay-seconds: digits (RFC 9110), a fraction tolerated; no sign, no exponent.
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -391,3 +445,8 @@ def _int_or_none(value: Any) -> int | None:
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _message(value: Any) -> str | None:
+    """A ``msg`` or ``errorMessage`` cut to :data:`MAX_MSG_CHARS`, or None when not a string."""
+    return shortened(value, MAX_MSG_CHARS) if isinstance(value, str) else None

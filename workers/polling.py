@@ -10,6 +10,7 @@ break)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -23,10 +24,10 @@ from dramatiq.middleware import Middleware
 from shared import keys
 from shared.callback import Callback, callback_limits
 from shared.clock import utc_iso
-from shared.errors import ProviderError, ProviderUnavailable
+from shared.errors import ProviderError, ProviderRefused, ProviderUnavailable, QueueUnavailable
 from shared.periodic import PeriodicThread
-from shared.polling import CODE_FAILURE, PollOutcome, ResultPoller
-from shared.provider import ProviderClient
+from shared.polling import CODE_FAILURE, PollOutcome, PollResult, ResultPoller
+from shared.provider import MAX_RETRY_AFTER_BELIEVED_S, ProviderClient
 from shared.redis_client import as_text
 from shared.settings import Settings
 from shared.submitted import SubmittedTasks
@@ -48,6 +49,13 @@ LOCK_MARGIN_S = 60.0
 #: ``POLL_NEXT`` outlives the moment its message is due by this much: time for a busy worker to
 #: take the message, or for a dead worker's message to be redelivered.
 DEFAULT_NEXT_SLACK_S = 120.0
+#: Longest hold of every poll a ``Retry-After`` may ask for, seconds (the provider client reads
+#: none longer): a broken or hostile value must not stop the polling for good.
+MAX_POLL_HOLD_S = MAX_RETRY_AFTER_BELIEVED_S
+#: Refusals of mjhook's own account or configuration: bad key (401), no credits (402), no such
+#: endpoint (no code). Nothing about a task, and mended by the operator: no task is given up
+#: over them, past its give-up time or not.
+OWN_REFUSAL_CODES = frozenset({401, 402, None})
 
 
 def poll_message() -> dramatiq.Message[Any]:
@@ -129,14 +137,31 @@ class PassSummary:
     given_up: int = 0
     #: Why the pass stopped early (the provider unavailable or refusing the account), or "".
     stopped: str = ""
+    #: Tasks whose poll failed with an unexpected error (logged): the pass went on without them.
+    errors: int = 0
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What a pass did so far."""
+
+    polled: int = 0
+    queued: int = 0
+    given_up: int = 0
+    errors: int = 0
+
+    def summary(self, stopped: str = "") -> PassSummary:
+        return PassSummary(self.polled, self.queued, self.given_up, stopped, self.errors)
 
 
 class SilentTaskPoller:
     """One pass: every task still ``submitted`` ``grace_s`` after submission, not polled in the
     last ``interval_s``, is polled (the longest waiting first); a finished one is queued like a
-    callback; one still without a result ``give_up_s`` after submission is ``failed``, and gets
-    the manifest of its failure from ``record_failure`` (the processor's: where the task has none).
-    ``clock`` returns Unix seconds; ``monotonic`` times the pass budget."""
+    callback; one still without a result ``give_up_s`` after submission is ``failed``, whatever
+    its poll answered (but a refusal of the account), and gets the manifest of its failure from
+    ``record_failure`` (the processor's: where the task has none). A provider error stops the
+    pass; another error of one task is logged and the pass goes on. ``clock`` returns Unix
+    seconds; ``monotonic`` times the pass budget."""
 
     def __init__(
         self,
@@ -170,36 +195,70 @@ class SilentTaskPoller:
         if held_s:
             return PassSummary(stopped=f"the provider asked to wait: {held_s:.0f} s left")
         deadline = self._monotonic() + self._budget_s
-        polled = queued = given_up = 0
+        tally = _Tally()
         for task_id, submitted_at in self._due():
             if self._monotonic() > deadline:
                 break
             self._submitted.mark_polled(task_id, keep_s=self._give_up_s)
             try:
                 result = self._poller.poll(task_id)
+            except (redis.exceptions.RedisError, QueueUnavailable):
+                raise  # nothing can be recorded now: the pass ends (the chain logs why)
             except ProviderError as exc:
-                if isinstance(exc, ProviderUnavailable) and exc.retry_after:
-                    # Asked again every pass, the provider would go on limiting us.
-                    self._submitted.hold_polls(exc.retry_after)
-                log.warning("poll pass stopped after %d tasks: %s", polled, exc)
-                return PassSummary(polled, queued, given_up, stopped=str(exc))
-            polled += 1
-            if result.outcome is PollOutcome.QUEUED:
-                queued += 1
-                self._submitted.forget_polled(task_id)
-            elif result.outcome is PollOutcome.UNUSABLE:
-                given_up += self._give_up(task_id, f"the provider's answer: {result.detail}")
-            elif self._clock() - submitted_at >= self._give_up_s:
-                reason = f"no result from the provider within {int(self._give_up_s)} s of submission"
-                given_up += self._give_up(task_id, f"{reason} ({result.detail})")
-        if polled:
-            log.info("poll pass: %d polled, %d queued, %d given up", polled, queued, given_up)
-        return PassSummary(polled, queued, given_up)
+                return self._stop(tally, task_id, submitted_at, exc)
+            except Exception as exc:
+                log.exception("task %s: poll failed; the pass goes on", task_id)
+                tally.errors += 1
+                tally.given_up += self._give_up_if_due(task_id, submitted_at, f"poll failed: {exc!r}")
+                continue
+            self._count(tally, task_id, submitted_at, result)
+        if tally.polled or tally.errors:
+            log.info(
+                "poll pass: %d polled, %d queued, %d given up, %d errors",
+                tally.polled,
+                tally.queued,
+                tally.given_up,
+                tally.errors,
+            )
+        return tally.summary()
+
+    def _count(self, tally: _Tally, task_id: str, submitted_at: float, result: PollResult) -> None:
+        """Act on a poll's ``result``: a queued task's wait is over; an unusable or overdue one is
+        given up."""
+        tally.polled += 1
+        if result.outcome is PollOutcome.QUEUED:
+            tally.queued += 1
+            self._submitted.forget_polled(task_id)
+        elif result.outcome is PollOutcome.UNUSABLE:
+            tally.given_up += self._give_up(task_id, f"the provider's answer: {result.detail}")
+        else:
+            tally.given_up += self._give_up_if_due(task_id, submitted_at, result.detail)
+
+    def _stop(self, tally: _Tally, task_id: str, submitted_at: float, exc: ProviderError) -> PassSummary:
+        """End the pass on a provider error: the task is given up if overdue (a refusal of our
+        account aside: that says nothing of it), and polls are held for a ``Retry-After``."""
+        if not (isinstance(exc, ProviderRefused) and exc.code in OWN_REFUSAL_CODES):
+            # Else a task the provider always answers 5xx (or unreadably) was polled for good.
+            tally.given_up += self._give_up_if_due(task_id, submitted_at, f"its last poll: {exc}")
+        hold_s = _hold_s(exc)
+        if hold_s:
+            # Asked again every pass, the provider would go on limiting us.
+            self._submitted.hold_polls(hold_s)
+        log.warning("poll pass stopped after %d tasks: %s", tally.polled, exc)
+        return tally.summary(stopped=str(exc))
 
     def _due(self) -> list[tuple[str, float]]:
         """Up to ``batch`` overdue tasks not polled within ``interval_s``: those never polled
         first, then the longest unpolled, each group the oldest submission first."""
         return self._submitted.due(self._grace_s, self._interval_s, limit=self._batch)
+
+    def _give_up_if_due(self, task_id: str, submitted_at: float, detail: str) -> int:
+        """Give ``task_id`` up (1) when ``give_up_s`` have passed since ``submitted_at``, saying
+        ``detail`` (what its poll found) in the reason; else 0."""
+        if self._clock() - submitted_at < self._give_up_s:
+            return 0
+        reason = f"no result from the provider within {int(self._give_up_s)} s of submission"
+        return self._give_up(task_id, f"{reason} ({detail})")
 
     def _give_up(self, task_id: str, reason: str) -> int:
         reason = reason[:500]
@@ -216,6 +275,15 @@ class SilentTaskPoller:
             except Exception:
                 log.exception("task %s failed without a manifest", task_id)
         return 1
+
+
+def _hold_s(exc: ProviderError) -> float:
+    """How long to hold every poll after ``exc``, seconds: its ``Retry-After``, at most
+    :data:`MAX_POLL_HOLD_S`; 0 (no hold) without one, or for a value not finite or not positive."""
+    retry_after = exc.retry_after if isinstance(exc, ProviderUnavailable) else None
+    if retry_after is None or not math.isfinite(retry_after) or retry_after <= 0:
+        return 0.0
+    return min(retry_after, MAX_POLL_HOLD_S)
 
 
 class PollKeeper(Middleware):

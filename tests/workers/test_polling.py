@@ -26,7 +26,7 @@ from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
 from tests.support.clock import FakeClock
 from tests.support.provider import StartSimulator, client_for, generated
-from workers.polling import POLL_QUEUE, POLL_SILENT_TASKS, PollChain, SilentTaskPoller
+from workers.polling import MAX_POLL_HOLD_S, POLL_QUEUE, POLL_SILENT_TASKS, PollChain, SilentTaskPoller
 from workers.runtime import WorkerParts, WorkerRuntime, build_parts, wait_for_bucket
 
 GRACE_S = 100
@@ -613,3 +613,160 @@ def test_links_the_provider_cannot_renew_after_the_last_hand_off_fail_their_file
     manifest = parts.store.get_json(manifest_key(task_id))
     assert all("no fresh link for now" in error["reason"] for error in manifest["errors"])
     assert len(manifest["errors"]) == len(callback.result_urls)
+
+
+# --- a provider answering beyond reason, or failing for good ---------------------------------
+
+
+def overdue(
+    client: redis.Redis, provider: ProviderClient, *task_ids: str
+) -> tuple[SilentTaskPoller, TaskStore, FakeClock]:
+    """A poller of ``provider``, its tasks and its clock, once ``task_ids`` (submitted in that
+    order) are overdue."""
+    clock = FakeClock(2_000_000.0)
+    poller, tasks = silent_poller(client, provider, clock)
+    for task_id in task_ids:
+        SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock).record(task_id, {})
+        clock.now += 1
+    clock.now += GRACE_S
+    return poller, tasks, clock
+
+
+@pytest.mark.parametrize("value", ["inf", "1e9", "99999999999", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_retry_after_beyond_reason_holds_the_polls_an_hour_at_most(client: redis.Redis, value: str) -> None:
+    """Given the provider answering a poll 429 with a Retry-After of years, or of infinity
+    When a pass runs
+    Then it stops, holding the polls an hour at most. ``1e9`` held them ~31 years; ``inf``
+    raised OverflowError out of every pass, which never polled again."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": value}, json={"code": 429, "msg": "slow down"})
+
+    poller, _, _ = overdue(client, mock_provider(handle, attempts=1), "t1")
+
+    assert "429" in poller.run_once().stopped
+    assert client.pttl(keys.POLL_HOLD) <= MAX_POLL_HOLD_S * 1000
+
+
+class UnavailableProvider:
+    """A provider whose record-info is always unavailable, asking to come back after
+    ``retry_after`` seconds (as another client than shared.provider's might)."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+
+    def record_info(self, task_id: str) -> None:
+        raise ProviderUnavailable("provider answered 429", code=429, retry_after=self.retry_after)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "held"), [(float("inf"), False), (float("nan"), False), (-1.0, False), (1e9, True)]
+)
+def test_a_hold_is_cut_to_an_hour_whatever_retry_after_the_error_carries(
+    client: redis.Redis, retry_after: float, held: bool
+) -> None:
+    """Given a provider error asking to hold the polls for infinity, not a number, a negative
+    time or ~31 years (shared.provider reads none of them, but the error may come from elsewhere)
+    Then the polls are held an hour at most, or not at all: ``inf`` and ``nan`` raised out of
+    every pass."""
+    poller, _, _ = overdue(client, UnavailableProvider(retry_after), "t1")  # type: ignore[arg-type]
+
+    assert "429" in poller.run_once().stopped
+
+    assert (client.exists(keys.POLL_HOLD) == 1) is held
+    assert client.pttl(keys.POLL_HOLD) <= MAX_POLL_HOLD_S * 1000
+
+
+def finished_details(task_id: str, param_json: bytes = b'"{}"') -> bytes:
+    return (
+        b'{"code": 200, "msg": "success", "data": {"taskId": "%s", "successFlag": 1, "paramJson": %s,'
+        b' "resultInfoJson": {"resultUrls": [{"resultUrl": "https://cdn.example/0.png"}]}}}'
+        % (task_id.encode(), param_json)
+    )
+
+
+def test_one_tasks_unexpected_error_is_counted_and_the_pass_goes_on(client: redis.Redis) -> None:
+    """Given two overdue tasks, the first one's poll failing with an error that is no provider
+    error (a bug, a hostile answer no check foresaw)
+    When a pass runs
+    Then the second is polled and queued all the same; the first is counted an error, and given up
+    once its wait is over. The error ended the pass before the second, every pass, and the
+    first was polled for good."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.params["taskId"] == "t-bug":
+            raise RuntimeError("a bug")
+        return httpx.Response(200, content=finished_details("t-done"))
+
+    poller, tasks, clock = overdue(client, mock_provider(handle, attempts=1), "t-bug", "t-done")
+
+    summary = poller.run_once()
+
+    assert (summary.polled, summary.queued, summary.errors, summary.stopped) == (1, 1, 1, "")
+    assert tasks.get("t-done").state is TaskState.RECEIVED  # type: ignore[union-attr]
+    assert tasks.get("t-bug").state is TaskState.SUBMITTED  # type: ignore[union-attr]
+    clock.now += GIVE_UP_S
+    assert poller.run_once().given_up == 1
+    record = tasks.get("t-bug")
+    assert record is not None
+    assert record.state is TaskState.FAILED
+    assert "poll failed: RuntimeError('a bug')" in record.fields["reason"]
+
+
+def test_a_record_info_with_a_param_json_nested_too_deep_is_polled_like_any(client: redis.Redis) -> None:
+    """A paramJson object 300 levels deep raised TypeError out of the pass, before the tasks after
+    it and before the give-up check: the task was polled for good, its result never queued."""
+    deep = b"[" * 300 + b"]" * 300
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        task_id = request.url.params["taskId"]
+        return httpx.Response(
+            200, content=finished_details(task_id, deep if task_id == "t-deep" else b'"{}"')
+        )
+
+    poller, _, _ = overdue(client, mock_provider(handle, attempts=1), "t-deep", "t-plain")
+
+    summary = poller.run_once()
+
+    assert (summary.polled, summary.queued, summary.errors) == (2, 2, 0)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, json={"code": 500, "msg": "server error"}),
+        httpx.Response(200, json={"code": 455, "msg": "maintenance"}),
+        httpx.Response(200, json={"code": 505, "msg": "feature not available"}),
+        httpx.Response(200, content=b"<html>proxy error</html>"),
+        httpx.ConnectError("refused"),
+    ],
+    ids=["500", "455", "505", "unreadable", "unreachable"],
+)
+def test_a_task_whose_record_info_always_fails_is_given_up_after_its_wait(
+    client: redis.Redis, answer: httpx.Response | Exception
+) -> None:
+    """Given a task whose record-info always answers an error (README: MJHOOK_POLL_GIVE_UP_S)
+    When a pass polls it before its wait is over, and after
+    Then it is left submitted, and then failed with the reason: the give-up check came only after
+    a poll that succeeded, so the task was polled for good. A refusal of the account (401, a
+    wrong URL's 404 page) still fails no task: see the tests above."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    poller, tasks, clock = overdue(client, mock_provider(handle, attempts=1), "t1")
+    assert poller.run_once().stopped
+    assert tasks.get("t1").state is TaskState.SUBMITTED  # type: ignore[union-attr]
+
+    clock.now += GIVE_UP_S
+    summary = poller.run_once()
+
+    assert (summary.given_up, bool(summary.stopped)) == (1, True)
+    record = tasks.get("t1")
+    assert record is not None
+    assert record.state is TaskState.FAILED
+    assert (
+        "no result from the provider within 1000 s of submission (its last poll: " in record.fields["reason"]
+    )
