@@ -17,7 +17,15 @@ from cli.output import echo_json, format_age, list_options, printable_text
 from cli.services import enqueue_broker, queue_redis, reported_failures, task_store
 from cli.settings import pass_settings
 from shared.clock import utc_iso
-from shared.dead_letters import DeadLetter, count_dead, dead_ids, list_dead, purge_dead, replay_dead
+from shared.dead_letters import (
+    DeadLetter,
+    count_dead,
+    dead_among,
+    dead_ids,
+    list_dead,
+    purge_dead,
+    replay_dead,
+)
 from shared.printable import printable
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from shared.settings import Settings
@@ -96,7 +104,7 @@ def replay(settings: Settings, ids: tuple[str, ...]) -> None:
     """Put dead letters (the IDs given, or all) back on the queue with their retries reset.
 
     Each leaves the dead letters only once the broker has taken it. Exit code 1 when an ID is not
-    a dead letter or the broker refused one.
+    a dead letter, the broker refused one or Redis failed (after the lines of those replayed).
     """
     client = queue_redis(settings)
     with reported_failures():
@@ -150,15 +158,21 @@ def purge_command(*, is_terminal: Callable[[], bool] = stdin_is_terminal) -> cli
 
 
 def _confirm_purge(client: redis.Redis, ids: tuple[str, ...]) -> list[str]:
-    """Ask the operator whether to drop ``ids`` (all when empty), saying which or how many, and
-    return the ids agreed to: for "all", those there were when asked, so a letter dead-lettered
-    while the question was on screen is kept. Nothing to drop: no question. Answering no: exit
-    code 1."""
+    """Ask the operator whether to drop ``ids`` (all when empty), saying which or how many (of
+    ``ids``, those that are dead letters: the others are only said to be none), and return the ids
+    agreed to: for "all", those there were when asked, so a letter dead-lettered while the
+    question was on screen is kept. Nothing to drop: no question. Answering no: exit code 1."""
     if ids:
         chosen = list(dict.fromkeys(ids))  # an id named twice is purged once
-        named = ", ".join(printable(dead_id) for dead_id in chosen[:MAX_IDS_ASKED])
-        more = f" and {len(chosen) - MAX_IDS_ASKED} more" if len(chosen) > MAX_IDS_ASKED else ""
-        question = f"Purge {len(chosen)} dead letter(s) of {CALLBACK_QUEUE} for good: {named}{more}?"
+        with reported_failures():
+            dead = dead_among(client, chosen, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)
+        if not dead:
+            return chosen  # nothing to drop: the purge says which are not dead letters
+        named = ", ".join(printable(dead_id) for dead_id in dead[:MAX_IDS_ASKED])
+        more = f" and {len(dead) - MAX_IDS_ASKED} more" if len(dead) > MAX_IDS_ASKED else ""
+        others = len(chosen) - len(dead)
+        other = f" ({others} other id(s) named: not dead letters)" if others else ""
+        question = f"Purge {len(dead)} dead letter(s) of {CALLBACK_QUEUE} for good: {named}{more}{other}?"
     else:
         with reported_failures():
             chosen = dead_ids(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)

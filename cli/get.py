@@ -27,7 +27,7 @@ from rich.progress import (
 from cli.services import reported_failures
 from cli.settings import pass_settings
 from shared.callback import TASK_ID_PATTERN
-from shared.printable import printable
+from shared.printable import printable, shortened
 from shared.settings import Settings
 from shared.storage import MANIFEST_NAME, ObjectStore, create_object_store, manifest_key, task_prefix
 
@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 #: A file name taken from the manifest and written into the output directory: no separators, no
 #: leading dot, so a tampered manifest cannot write outside it.
 SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-#: A file is written under this suffix and renamed once its sha256 matched.
+#: A file is written under its name with a dot before and this suffix after, and renamed once its
+#: sha256 matched: a hidden name, which no name SAFE_FILE_NAME allows can be (a manifest listing
+#: ``0.png.part`` and ``0.png`` made one download land on the other).
 PART_SUFFIX = ".part"
 
 
@@ -112,7 +114,8 @@ def manifest_files(manifest: dict[str, Any], task_id: str) -> list[ManifestFile]
     if not isinstance(images, list):
         raise click.ClickException("the manifest has no 'images' list")
     prefix = task_prefix(task_id)
-    files = []
+    files: list[ManifestFile] = []
+    names: set[str] = set()
     for entry in images:
         key = entry.get("key") if isinstance(entry, dict) else None
         if not isinstance(key, str):
@@ -120,10 +123,21 @@ def manifest_files(manifest: dict[str, Any], task_id: str) -> list[ManifestFile]
         name = key[len(prefix) :] if key.startswith(prefix) else ""
         if not SAFE_FILE_NAME.fullmatch(name) or name == MANIFEST_NAME:
             raise click.ClickException(f"the manifest lists a file outside {prefix}: {entry!r}")
+        if name in names:  # downloaded twice into one file, and counted twice
+            raise click.ClickException(f"the manifest lists a file twice: {key}")
+        names.add(name)
         sha256 = entry.get("sha256")
         if not isinstance(sha256, str):
             raise click.ClickException(f"the manifest lists a file without sha256: {key}")
-        files.append(ManifestFile(key=key, name=name, size=int(entry.get("size") or 0), sha256=sha256))
+        size = entry.get("size")
+        if size is None:
+            size = 0  # unknown: it only sizes the progress bar
+        elif isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            shown = printable(shortened(repr(size), 40))
+            raise click.ClickException(
+                f"the manifest lists a file whose size is not a byte count: {key}: {shown}"
+            )
+        files.append(ManifestFile(key=key, name=name, size=size, sha256=sha256))
     return files
 
 
@@ -157,7 +171,7 @@ def download_verified(
 ) -> str | None:
     """Stream ``file`` into ``directory``, keeping it only when its sha256 matches the manifest's;
     None when it was kept, else what went wrong."""
-    part = directory / (file.name + PART_SUFFIX)
+    part = directory / f".{file.name}{PART_SUFFIX}"
     digest = hashlib.sha256()
 
     def take(chunk: bytes) -> None:

@@ -5,6 +5,7 @@ does for silent tasks (but now, and whatever their state)."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -12,6 +13,7 @@ import click
 import redis
 
 from cli.output import echo_json
+from cli.params import MAX_SECONDS
 from cli.services import DEFAULT_REDIS_TIMEOUT_S
 from cli.settings import pass_settings
 from cli.submit import EXIT_REFUSED, EXIT_UNAVAILABLE
@@ -37,15 +39,26 @@ DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 UNIT_S = (86_400, 3600, 60, 1)
 
 
-def parse_duration(text: str) -> int:
-    """``1h30m`` -> 5400 (seconds); a ValueError for anything else, or zero."""
+def parse_duration(text: str, *, max_s: float = MAX_SECONDS) -> int:
+    """``1h30m`` -> 5400 (seconds); a ValueError for anything else, zero, or more than ``max_s``
+    (a window past any record's life, and one whose start is no time a clock can hold)."""
     match = DURATION.fullmatch(text.strip())
     if match is None or not any(match.groups()):
         raise ValueError(f"not a duration: {text!r} (e.g. 90s, 30m, 2h, 1d, 1h30m)")
-    seconds = sum(int(part) * unit for part, unit in zip(match.groups(), UNIT_S, strict=True) if part)
+    parts = match.groups()
+    if any(len((part or "").lstrip("0")) > 15 for part in parts):  # no int of 5000 digits is made
+        raise ValueError(f"the duration must be at most {_days(max_s)}")
+    seconds = sum(int(part) * unit for part, unit in zip(parts, UNIT_S, strict=True) if part)
     if seconds <= 0:
         raise ValueError("the duration must be positive")
+    if seconds > max_s:
+        raise ValueError(f"the duration must be at most {_days(max_s)}")
     return seconds
+
+
+def _days(seconds: float) -> str:
+    """``seconds`` in whole days, rounded down: ``115d``."""
+    return f"{int(seconds // 86_400)}d"
 
 
 def _since_option(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -53,6 +66,30 @@ def _since_option(ctx: click.Context, param: click.Parameter, value: str) -> int
         return parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+#: A row's state when the task's record in Redis is unusable (another type, an unknown state).
+UNUSABLE_RECORD = "unusable"
+#: A row's outcome for a task not polled: already stored, or its record unusable.
+SKIPPED = "skipped"
+#: A row's outcome for a task whose result was queued, but whose record could not be marked.
+QUEUED_UNMARKED = "queued, unmarked"
+#: What the summary counts a row as, by its outcome (a skipped one: see :func:`_counted_as`).
+COUNTED_AS = {
+    PollOutcome.QUEUED.value: "queued",
+    PollOutcome.GENERATING.value: "still generating",
+    PollOutcome.UNKNOWN.value: "unknown to the provider",
+    PollOutcome.UNUSABLE.value: "with a result that cannot be used",
+    QUEUED_UNMARKED: "queued but unmarked (record unusable)",
+}
+#: The summary's counts, in order: these always, the others when there are some.
+ALWAYS_COUNTED = ("queued", "still generating", "unknown to the provider", "already stored")
+SUMMARY_ORDER = (
+    *ALWAYS_COUNTED,
+    "with a result that cannot be used",
+    "queued but unmarked (record unusable)",
+    "skipped (record unusable)",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +137,11 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
                 record = tasks.get(task_id)
             except TaskRecordUnusable as exc:
                 # One odd record is no reason to stop recovering every other task.
-                rows.append(Row(task_id, "unusable", "skipped", printable(exc)))
+                rows.append(Row(task_id, UNUSABLE_RECORD, SKIPPED, printable(exc)))
                 continue
             state = record.state.value if record is not None else "expired"
             if record is not None and record.state is TaskState.STORED:
-                rows.append(Row(task_id, state, "skipped", "already stored"))
+                rows.append(Row(task_id, state, SKIPPED, "already stored"))
                 continue
             try:
                 result = poller.poll(task_id)
@@ -112,7 +149,7 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
                 failure = exc
                 break
             except TaskRecordUnusable as exc:
-                rows.append(Row(task_id, "unusable", "queued, unmarked", printable(exc)))
+                rows.append(Row(task_id, UNUSABLE_RECORD, QUEUED_UNMARKED, printable(exc)))
                 continue
             rows.append(Row(task_id, state, result.outcome.value, result.detail))
     except redis.RedisError as exc:
@@ -141,10 +178,18 @@ def _print(rows: list[Row], as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row.task_id}  {row.state} -> {row.outcome}: {printable(row.detail)}")
-    counts = {outcome: sum(row.outcome == outcome for row in rows) for outcome in PollOutcome}
-    skipped = sum(row.outcome == "skipped" for row in rows)
-    click.echo(
-        f"{len(rows)} task(s): {counts[PollOutcome.QUEUED]} queued, "
-        f"{counts[PollOutcome.GENERATING]} still generating, "
-        f"{counts[PollOutcome.UNKNOWN]} unknown to the provider, {skipped} already stored"
-    )
+    click.echo(_summary(rows))
+
+
+def _summary(rows: list[Row]) -> str:
+    """How many rows, and how many came to each end: every row counted once, so the counts add up."""
+    counts = Counter(_counted_as(row) for row in rows)
+    ends = [*SUMMARY_ORDER, *(end for end in counts if end not in SUMMARY_ORDER)]
+    shown = [f"{counts[end]} {end}" for end in ends if counts[end] or end in ALWAYS_COUNTED]
+    return f"{len(rows)} task(s): " + ", ".join(shown)
+
+
+def _counted_as(row: Row) -> str:
+    if row.outcome == SKIPPED:
+        return "skipped (record unusable)" if row.state == UNUSABLE_RECORD else "already stored"
+    return COUNTED_AS.get(row.outcome, row.outcome)

@@ -73,8 +73,9 @@ def replay(settings: Settings, ids: tuple[str, ...]) -> None:
     Each is checked again like any callback (JSON, schema, taskId, the MJHOOK_* limits as they are
     now), but not against the token, signature or source address: naming it is vouching for it.
     A callback kept only in part (body larger than MJHOOK_REJECTED_BODY_BYTES) cannot be
-    replayed. Each leaves the list once queued. Exit code 1 when an ID is not kept, cannot be
-    replayed, or the queue refused.
+    replayed, nor one whose task's record in Redis is unusable (it stays listed; the others are
+    replayed). Each leaves the list once queued. Exit code 1 when an ID is not kept, cannot be
+    replayed, or the queue refused (the replay stops there).
     """
     store = task_store(settings)
     with reported_failures():

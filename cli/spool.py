@@ -4,6 +4,7 @@ for good; hand those back to the drain once their cause is fixed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -67,6 +68,17 @@ def requeue_command(settings: Settings) -> None:
 
 
 def _spool(settings: Settings) -> Spool:
+    """The spool of ``MJHOOK_SPOOL_DIR``, its path made absolute (the default, ``.data/spool``, is
+    relative: the one meant is the ingress's, not one under whatever directory this runs in); a
+    ClickException when that directory does not exist (no ingress spooled here: 0 waiting would
+    pass for a reading)."""
     if not settings.spool_dir:
         raise click.ClickException("the spool is off: MJHOOK_SPOOL_DIR is empty")
-    return Spool(Path(settings.spool_dir), max_bytes=settings.spool_max_bytes)
+    directory = Path(os.path.abspath(settings.spool_dir))
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise click.ClickException(
+            f"the spool directory {printable(directory)} {what}: not the ingress's spool, or it never "
+            "spooled (run this in the ingress's working directory, or set MJHOOK_SPOOL_DIR absolute)"
+        )
+    return Spool(directory, max_bytes=settings.spool_max_bytes)

@@ -80,6 +80,7 @@ class Spool:
         # The requeued file first, then the unqueued one: the order a drain of the requeued file
         # takes them in (setting a line aside again), so neither waits on the other for good.
         with _locked(self.directory / REQUEUED_NAME, create=True) as target:
+            _owned_like(target, self.directory)
             try:
                 with _locked(self.directory / UNQUEUED_NAME, create=False) as fd:
                     lines = [line for line in _read_all(fd).splitlines() if line.strip()]
@@ -108,6 +109,17 @@ class Spool:
                 fd = stack.enter_context(_locked(path, create=False, blocking=False))
             except (FileNotFoundError, BlockingIOError):
                 return 0, True  # gone, or another process is draining it
+            except OSError as exc:
+                # Not one this process may open (another user's file, 0600: one `mjhook spool
+                # requeue` run as root made before it gave its files the directory's owner, say):
+                # the files behind it, callbacks answered 200 too, must not wait on it for good.
+                log.error(
+                    "spool drain skips %s: it cannot be opened (%s: %s); the drain goes on with the others",
+                    path.name,
+                    type(exc).__name__,
+                    exc.strerror or exc,
+                )
+                return 0, True
             lines = [line for line in _read_all(fd).splitlines() if line.strip()]
             for done, line in enumerate(lines):
                 if not _hand_over(line, accept, source=path.name, set_aside=self._set_aside):
@@ -231,6 +243,17 @@ def _locked(path: Path, *, create: bool, blocking: bool = True) -> Iterator[int]
         yield fd
     finally:
         os.close(fd)
+
+
+def _owned_like(fd: int, directory: Path) -> None:
+    """Give the file ``fd`` the owner and group of ``directory`` (the ingress's user, whose
+    processes drain it) when it has others and this process may change them: a file made by
+    `mjhook spool requeue` run as root, mode 0600, would stay unreadable to every drain."""
+    if os.geteuid() != 0:
+        return  # only root makes files for another user; anyone else makes their own
+    wanted, current = os.stat(directory), os.fstat(fd)
+    if (current.st_uid, current.st_gid) != (wanted.st_uid, wanted.st_gid):
+        os.fchown(fd, wanted.st_uid, wanted.st_gid)
 
 
 def _append_whole(fd: int, line: bytes) -> None:

@@ -79,7 +79,7 @@ class ReplayResult:
     missing: list[str] = field(default_factory=list)
     #: Dead letters that cannot be decoded; left in place.
     unreadable: list[str] = field(default_factory=list)
-    #: Why the replay stopped early (the broker refused an enqueue), or None.
+    #: Why the replay stopped early (the broker refused an enqueue, Redis failed), or None.
     error: str | None = None
 
 
@@ -104,6 +104,17 @@ def dead_ids(client: redis.Redis, *, namespace: str, queue: str) -> list[str]:
         as_text(member)
         for member in cast(list[bytes], client.zrange(keys.broker_dead(namespace, queue), 0, -1))
     ]
+
+
+def dead_among(client: redis.Redis, ids: Iterable[str], *, namespace: str, queue: str) -> list[str]:
+    """Those of ``ids`` that are dead letters of ``queue`` now, each once, in the order first
+    named."""
+    dead_key = keys.broker_dead(namespace, queue)
+    found: list[str] = []
+    for batch in _unique_batches(ids, unusable=[]):
+        present = _present(client, dead_key, batch)
+        found.extend(dead_id for dead_id in batch if dead_id in present)
+    return found
 
 
 def list_dead(
@@ -202,17 +213,22 @@ def replay_dead(
 ) -> ReplayResult:
     """Put dead letters (``ids``, each once however often named, or all when None) back on their
     queue through ``broker``, as new messages with their retries reset, and remove each from the
-    dead letters only once the broker took it. Stops at the first enqueue the broker refuses
-    (``error`` says why). Two replays at once may enqueue a message twice; the workers' dedup makes
-    the second one harmless."""
+    dead letters only once the broker took it. Stops at the first enqueue the broker refuses, or
+    at Redis failing (``error`` says why; those replayed before it are in the result). Two
+    replays at once may enqueue a message twice; the workers' dedup makes the second harmless."""
     dead_key = keys.broker_dead(namespace, queue)
     bodies_key = keys.broker_dead_messages(namespace, queue)
     if ids is None:
         ids = dead_ids(client, namespace=namespace, queue=queue)
     result = ReplayResult()
     for batch in _unique_batches(ids, unusable=result.missing):
-        present = _present(client, dead_key, batch)
-        bodies = cast(list[bytes | None], client.hmget(bodies_key, batch))
+        try:
+            present = _present(client, dead_key, batch)
+            bodies = cast(list[bytes | None], client.hmget(bodies_key, batch))
+        except (redis.RedisError, OSError) as exc:
+            # Those replayed so far are on the queue: the result says so, and why it stopped.
+            result.error = f"Redis unavailable: {type(exc).__name__}: {exc}"
+            return result
         for dead_id, body in zip(batch, bodies, strict=True):
             if body is None or dead_id not in present:
                 result.missing.append(dead_id)
@@ -227,8 +243,15 @@ def replay_dead(
             except (redis.RedisError, BrokerConnectionError, OSError) as exc:
                 result.error = f"the broker refused the message: {type(exc).__name__}: {exc}"
                 return result
-            _remove(client, dead_key, bodies_key, [dead_id])
             result.replayed.append((dead_id, str(sent.options.get("redis_message_id", ""))))
+            try:
+                _remove(client, dead_key, bodies_key, [dead_id])
+            except (redis.RedisError, OSError) as exc:
+                # On the queue, and still a dead letter: a second replay would queue it again.
+                result.error = (
+                    f"{dead_id} was replayed but is still a dead letter: {type(exc).__name__}: {exc}"
+                )
+                return result
     return result
 
 

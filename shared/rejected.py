@@ -25,7 +25,7 @@ import redis
 from shared import keys
 from shared.callback import Callback, CallbackLimits, parse_callback
 from shared.clock import utc_iso
-from shared.errors import InvalidCallback, QueueUnavailable
+from shared.errors import InvalidCallback, QueueUnavailable, TaskRecordUnusable
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,8 @@ class RejectedReplay:
     replayed: list[tuple[str, str]] = field(default_factory=list)
     #: Asked for, but not (or no longer) kept.
     missing: list[str] = field(default_factory=list)
-    #: (entry id, why) of each entry that cannot be replayed: cut short, or still invalid.
+    #: (entry id, why) of each entry that cannot be replayed: cut short, still invalid, or its
+    #: task's record in Redis unusable.
     refused: list[tuple[str, str]] = field(default_factory=list)
     #: Why the replay stopped early (the queue refused), or None.
     error: str | None = None
@@ -255,7 +256,9 @@ def replay_rejected(
     """Check the entries ``ids`` again as callbacks (the body checks of the ingress, with
     ``limits``; not the token, signature or source checks: replaying is the operator vouching for
     them) and hand each valid one to ``queue``, with the time it first arrived; then drop it from
-    the list. An entry ``queue`` fails on stays, and the replay stops there."""
+    the list. An entry whose task's record ``queue`` finds unusable (:class:`TaskRecordUnusable`:
+    nothing of it recorded or queued) is refused and stays, and the others go on; one ``queue``
+    fails on otherwise (:class:`QueueUnavailable`) stays, and the replay stops there."""
     result = RejectedReplay()
     kept = {entry.id: entry for entry in list_rejected(client)}
     for wanted in dict.fromkeys(ids):
@@ -277,6 +280,10 @@ def replay_rejected(
         except QueueUnavailable as exc:
             result.error = str(exc)
             return result
+        except TaskRecordUnusable as exc:
+            # One task's odd record: the entry stays, and the others are replayed all the same.
+            result.refused.append((entry.id, str(exc)))
+            continue
         result.replayed.append((entry.id, callback.task_id))
         try:
             # A readable entry is JSON, so UTF-8: decoded, it is encoded back to the same bytes.

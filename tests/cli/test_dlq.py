@@ -249,3 +249,31 @@ def test_purge_of_an_id_named_twice_asks_about_and_counts_it_once(
         assert f"1 dead letter(s) purged from {CALLBACK_QUEUE}" in result.stdout
     assert f"Purge 1 dead letter(s) of {CALLBACK_QUEUE} for good: {second}? [y/N]" in asked.stderr
     assert client.zcard(DEAD) == 0
+
+
+def test_purge_at_a_terminal_asks_only_about_the_ids_that_are_dead_letters(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    """Given one dead letter
+    When `mjhook dlq purge` at a terminal names it and an id that is no dead letter, answered yes,
+    and then names only ids that are none
+    Then the question counts and names the dead letter alone, saying the other is none, and the
+    second purge asks nothing: each exits 1 naming what is not a dead letter. It asked to purge
+    2 dead letters, and then 1, of ids that were none."""
+    env = {"MJHOOK_REDIS_URL": redis_server.url}
+    dead_id = plant_dead_letter(client, "one")
+
+    mixed = run_purge(env, dead_id, "nope", terminal=True, answer="y\n")
+    none = run_purge(env, "nope", terminal=True)  # a question would meet the end of input
+
+    assert (
+        f"Purge 1 dead letter(s) of {CALLBACK_QUEUE} for good: {dead_id} (1 other id(s) named: "
+        "not dead letters)? [y/N]"
+    ) in mixed.stderr
+    assert f"1 dead letter(s) purged from {CALLBACK_QUEUE}" in mixed.stdout
+    assert "Purge" not in none.output
+    assert f"0 dead letter(s) purged from {CALLBACK_QUEUE}" in none.stdout
+    for result in (mixed, none):
+        assert result.exit_code == 1, result.output
+        assert result.stderr.endswith("Error: not a dead letter: nope\n")
+    assert client.zcard(DEAD) == 0

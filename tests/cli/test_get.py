@@ -159,11 +159,12 @@ def test_a_full_disk_is_one_error_line_naming_the_file_and_keeps_no_part_of_it(
     .part file is gone, with no manifest written."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "0.png.part").symlink_to("/dev/full")
+    (out / ".0.png.part").symlink_to("/dev/full")
     result = run_cli(app_env, "get", "t-big", "--out", str(out))
     assert result.exit_code == 1, result.output
     assert (
-        result.stderr.splitlines()[-1] == f"Error: cannot write {out / '0.png.part'}: No space left on device"
+        result.stderr.splitlines()[-1]
+        == f"Error: cannot write {out / '.0.png.part'}: No space left on device"
     )
     assert "object storage" not in result.stderr
     assert list(out.iterdir()) == []
@@ -181,3 +182,72 @@ def test_a_directory_where_a_file_goes_is_one_error_line_naming_it(
     assert result.exit_code == 1, result.output
     assert result.stderr.splitlines()[-1] == f"Error: cannot write {out / '0.png'}: Is a directory"
     assert sorted(path.name for path in out.iterdir()) == ["0.png"]
+
+
+def store_task(app_env: dict[str, str], task_id: str, files: dict[str, bytes], **image: object) -> None:
+    """Given ``task_id`` in the bucket: ``files`` (name: bytes) and a manifest listing them in that
+    order, each image entry with ``image``'s fields on top of what is true of it."""
+    store = create_object_store(Settings.from_env(app_env))
+    store.ensure_bucket()
+    images = []
+    for index, (name, data) in enumerate(files.items()):
+        key, digest = f"tasks/{task_id}/{name}", hashlib.sha256(data).hexdigest()
+        store.put_file(key, io.BytesIO(data), size=len(data), content_type="image/png", sha256=digest)
+        images.append({"index": index, "key": key, "size": len(data), "sha256": digest, **image})
+    store.put_json(
+        f"tasks/{task_id}/manifest.json", {"taskId": task_id, "status": "stored", "images": images}
+    )
+
+
+def test_a_file_named_like_another_ones_download_keeps_both(
+    app_env: dict[str, str], run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Given a manifest listing 0.png.part and then 0.png (a name SAFE_FILE_NAME allows)
+    When `mjhook get` downloads them
+    Then both are kept, each with its own bytes: 0.png was downloaded into 0.png.part, over the
+    file of that name, which was lost while 2 files were reported."""
+    store_task(app_env, "t-part", {"0.png.part": png_bytes(1), "0.png": png_bytes(2)})
+    out = tmp_path / "out"
+
+    result = run_cli(app_env, "get", "t-part", "--out", str(out))
+
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in out.iterdir()) == ["0.png", "0.png.part", "manifest.json"]
+    assert (out / "0.png.part").read_bytes() == png_bytes(1)
+    assert (out / "0.png").read_bytes() == png_bytes(2)
+    assert "stored, 2 file(s)" in result.stdout
+
+
+@pytest.mark.parametrize("size", ["12kB", [1], -1, True, 1.5])
+def test_a_file_size_that_is_no_byte_count_is_one_error_line(
+    app_env: dict[str, str], run_cli: RunCli, tmp_path: Path, size: object
+) -> None:
+    """Given a manifest whose file size is text, a list, negative, a boolean or a fraction
+    When `mjhook get` reads it
+    Then it exits 1 with one error line naming the file: a text or list was a traceback, the others
+    were taken as sizes."""
+    store_task(app_env, "t-size", {"0.png": png_bytes(1)}, size=size)
+
+    result = run_cli(app_env, "get", "t-size", "--out", str(tmp_path / "out"))
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("Error: the manifest lists a file whose size is not a byte count: ")
+    assert "tasks/t-size/0.png" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_a_manifest_listing_a_file_twice_is_refused(
+    app_env: dict[str, str], run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Given a manifest listing one file twice, when `mjhook get` reads it, then it exits 1 naming
+    the file: it wrote the file twice and counted it as two."""
+    store_task(app_env, "t-twice", {"0.png": png_bytes(1)})
+    store = create_object_store(Settings.from_env(app_env))
+    manifest = orjson.loads(store.get_bytes("tasks/t-twice/manifest.json") or b"")
+    manifest["images"] *= 2
+    store.put_json("tasks/t-twice/manifest.json", manifest)
+
+    result = run_cli(app_env, "get", "t-twice", "--out", str(tmp_path / "out"))
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr == "Error: the manifest lists a file twice: tasks/t-twice/0.png\n"

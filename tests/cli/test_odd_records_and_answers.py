@@ -4,9 +4,14 @@ rest of the work done."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import dramatiq
 import orjson
@@ -16,6 +21,7 @@ import redis
 import cli.status
 from shared import keys
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK
+from shared.rejected import Rejection, RejectLog, list_rejected
 from shared.taskstate import TaskState, TaskStore
 from tests.cli.conftest import RunCli, submit_env
 from tests.support.pipeline import queued_callback
@@ -132,3 +138,122 @@ def test_a_body_code_that_is_no_number_is_an_error_line(
     result = run_cli(submit_env(redis_server, url), "submit", "a fox")
     assert result.exit_code == 4, result.output
     assert result.stderr.startswith("Error:")
+
+
+def test_rejected_replay_goes_on_past_a_task_whose_record_is_unusable(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
+) -> None:
+    """Given three rejected callbacks, the second of a task whose record holds another type
+    When `mjhook rejected replay A B C` runs
+    Then A and C are queued and reported, B is reported as not replayable and stays listed, exit
+    code 1: the record's error escaped, with no line for A (queued and dropped from the list
+    already) and C never tried."""
+    log = RejectLog(client, keep=10, body_bytes=16 * 1024)
+    for task_id in ("r-ok1", "r-bad", "r-ok2"):
+        body = orjson.dumps(
+            {
+                "code": 200,
+                "msg": "success",
+                "data": {"taskId": task_id, "resultUrls": ["https://example.com/a.png"]},
+            }
+        )
+        log.record(
+            Rejection(401, "missing or wrong token", body, len(body), "203.0.113.9", "application/json")
+        )
+    ids = {orjson.loads(entry.body)["data"]["taskId"]: entry.id for entry in list_rejected(client)}
+    client.set(keys.task("r-bad"), "not a task record")
+
+    result = run_cli(
+        {"MJHOOK_REDIS_URL": redis_server.url}, "rejected", "replay", ids["r-ok1"], ids["r-bad"], ids["r-ok2"]
+    )
+
+    assert result.exit_code == 1, result.output
+    assert result.stdout.splitlines() == [
+        f"replayed {ids['r-ok1']}: task r-ok1 queued",
+        f"replayed {ids['r-ok2']}: task r-ok2 queued",
+        "2 rejected callback(s) replayed",
+    ]
+    assert result.stderr.startswith(
+        f"Error: cannot be replayed: {ids['r-bad']}: the record of task r-bad in Redis is unusable: "
+    )
+    assert [entry.id for entry in list_rejected(client)] == [ids["r-bad"]]
+    assert client.llen(keys.broker_queue(BROKER_NAMESPACE, CALLBACK_QUEUE)) == 2
+
+
+@contextmanager
+def record_info_provider(
+    answers: dict[str, dict[str, Any]], before: dict[str, Callable[[], object]]
+) -> Iterator[str]:
+    """A provider on loopback answering record-info with ``answers[taskId]``, after running
+    ``before[taskId]`` (if any); its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            task_id = parse_qs(urlsplit(self.path).query)["taskId"][0]
+            before.get(task_id, lambda: None)()
+            body = orjson.dumps(answers[task_id])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_recover_summary_counts_every_task_once_by_what_became_of_it(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
+) -> None:
+    """Given seven tasks submitted, each coming to another end: one finished (failed) and queued,
+    one still generating, one the provider does not know, one stored already, one whose result
+    cannot be used (more URLs than allowed), one whose record turns unusable while it is polled
+    (queued, not marked), one whose record is unusable from the start (skipped)
+    When `mjhook recover` runs
+    Then its summary counts each once under its own end, and the counts add up to seven: the
+    record's troubles were counted as "already stored" or not at all."""
+    flag = {"code": 200, "msg": "success"}
+    answers = {
+        "t-failed": {**flag, "data": {"successFlag": 2, "errorMessage": "banned prompt"}},
+        "t-generating": {**flag, "data": {"successFlag": 0}},
+        "t-unknown": {"code": 404, "msg": "not found", "data": None},
+        "t-too-many": {
+            **flag,
+            "data": {
+                "successFlag": 1,
+                "resultInfoJson": {"resultUrls": [f"https://e.com/{i}.png" for i in range(17)]},
+            },
+        },
+        "t-turns-odd": {**flag, "data": {"successFlag": 2, "errorMessage": "banned prompt"}},
+    }
+    now_ms = int(time.time() * 1000)
+    tasks = TaskStore(client, ttl_s=3600)
+    for age, task_id in enumerate([*answers, "t-stored", "t-odd"]):
+        client.zadd(keys.SUBMITTED, {task_id: now_ms - 10_000 + age})
+        if task_id != "t-odd":
+            tasks.move(task_id, TaskState.STORED if task_id == "t-stored" else TaskState.SUBMITTED)
+    client.set(keys.task("t-odd"), "not a task record")
+    turns_odd = {"t-turns-odd": lambda: client.set(keys.task("t-turns-odd"), "odd")}
+
+    with record_info_provider(answers, before=turns_odd) as provider_url:
+        env = {
+            "MJHOOK_REDIS_URL": redis_server.url,
+            "MJHOOK_PROVIDER_API_KEY": "k",
+            "MJHOOK_PROVIDER_URL": provider_url,
+        }
+        result = run_cli(env, "recover", "--since", "1h")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == (
+        "7 task(s): 1 queued, 1 still generating, 1 unknown to the provider, 1 already stored, "
+        "1 with a result that cannot be used, 1 queued but unmarked (record unusable), "
+        "1 skipped (record unusable)"
+    )

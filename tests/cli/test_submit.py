@@ -240,3 +240,22 @@ def test_a_providers_message_reaches_the_terminal_without_its_controls(
     assert result.exit_code == 3, result.output
     assert "bad key\\x1b[2J\\x1b]0;pwned\\x07" in result.output
     assert not {"\x1b", "\x07"} & set(result.output)
+
+
+@pytest.mark.parametrize("since", ["9" * 400 + "d", "116d", "10000000000000000000s"])
+def test_recover_refuses_a_window_longer_than_any_duration_option_takes(
+    run_cli: RunCli, redis_server: Any, since: str
+) -> None:
+    """Given a --since beyond MAX_SECONDS (~115 days; a task record lives 30 by default)
+    When `mjhook recover` runs
+    Then it is a usage error naming the longest one: one past what a float holds was an
+    OverflowError traceback."""
+    env = {
+        "MJHOOK_REDIS_URL": redis_server.url,
+        "MJHOOK_PROVIDER_API_KEY": "k",
+        "MJHOOK_PROVIDER_URL": f"http://127.0.0.1:{free_port()}",  # not reached
+    }
+    result = run_cli(env, "recover", "--since", since)
+    assert result.exit_code == 2, result.output
+    assert "the duration must be at most 115d" in result.stderr
+    assert run_cli(env, "recover", "--since", "115d").exit_code == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -496,3 +497,46 @@ def test_new_directories_and_the_set_aside_file_are_fsynced_where_they_are_enter
     # Then the set-aside file, and then its entry in the spool directory, were fsync'd
     unqueued = synced.index(str(spool_dir / UNQUEUED_NAME))
     assert str(spool_dir) in synced[unqueued + 1 :]
+
+
+def test_a_spool_file_the_drain_cannot_open_is_skipped_and_the_newer_ones_drain(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given the oldest entry of the spool one the drain cannot open (a file of another user,
+    mode 0600: here a directory named like a spool file, which not even root can open so) and a
+    newer spool file of callbacks answered 200
+    When a drain round runs
+    Then the newer file is drained, and the one skipped is named in an error in the log: the
+    drain stopped at the first, round after round, keeping every newer callback on disk."""
+    stuck = tmp_path / "spool-stuck.jsonl"
+    stuck.mkdir()
+    os.utime(stuck, (1_000_000, 1_000_000))  # the oldest: the drain comes to it first
+    spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 5)
+    spool.append(callback("behind"))
+    taken: list[str] = []
+
+    with caplog.at_level(logging.ERROR, logger="ingress.spool"):
+        drained = spool.drain(lambda cb: taken.append(cb.task_id))
+
+    assert (drained, taken) == (1, ["behind"])
+    assert not (tmp_path / "spool-5.jsonl").exists()
+    assert stuck.is_dir()
+    assert any("spool-stuck.jsonl" in record.getMessage() for record in caplog.records), caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root makes files another user then owns")
+def test_a_requeue_run_as_root_gives_the_requeued_file_to_the_spool_directorys_owner(tmp_path: Path) -> None:
+    """Given a spool directory owned by the ingress's user (here 65534) holding a set-aside callback
+    When `mjhook spool requeue` runs as root
+    Then the requeued spool file belongs to the ingress's user and group, so that its drain can
+    open it: made mode 0600 for root, it stopped every drain of that host at it."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    os.chown(spool_dir, 65534, 65534)
+    (spool_dir / UNQUEUED_NAME).write_bytes(orjson.dumps(callback("aside").to_message()) + b"\n")
+    os.chown(spool_dir / UNQUEUED_NAME, 65534, 65534)
+
+    assert Spool(spool_dir, max_bytes=1 << 20).requeue_unqueued() == 1
+
+    requeued = (spool_dir / REQUEUED_NAME).stat()
+    assert (requeued.st_uid, requeued.st_gid) == (65534, 65534)

@@ -3,6 +3,7 @@ and purge."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -27,6 +28,7 @@ from shared.settings import Settings
 from shared.taskstate import TaskState, TaskStore
 from tests.support.pipeline import queued_callback
 from tests.support.procs import free_port
+from tests.support.servers import start_redis
 
 DEAD = keys.broker_dead(BROKER_NAMESPACE, CALLBACK_QUEUE)
 DEAD_BODIES = keys.broker_dead_messages(BROKER_NAMESPACE, CALLBACK_QUEUE)
@@ -184,3 +186,33 @@ def test_an_id_named_twice_is_purged_and_counted_once(client: redis.Redis, broke
 
     assert (result.removed, result.missing) == ([second, first], ["nope"])
     assert client.zcard(DEAD) == 0
+
+
+def test_a_replay_redis_fails_midway_reports_what_it_replayed_before(
+    client: redis.Redis, broker: RedisBroker, tmp_path: Path
+) -> None:
+    """Given two dead letters, and a broker that takes messages (a queue of its own)
+    When a replay has queued the first and Redis then refuses to drop it from the dead letters
+    (it takes no more writes: a replica gone)
+    Then the replay reports the first replayed, and why it stopped: it raised, and the operator
+    learned nothing of the message already back on the queue."""
+    first, second = (kill(broker, queued_callback(f"t{i}")) for i in range(2))
+    queue = start_redis(tmp_path / "queue")
+    queue_client = queue.client()
+    try:
+        taking = create_broker(Settings(redis_url="redis://unused"), client=queue_client, middleware=[])
+        client.config_set("min-replicas-to-write", "1")
+        try:
+            result = replay_dead(
+                client, taking, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, ids=[first, second]
+            )
+        finally:
+            client.config_set("min-replicas-to-write", "0")
+        assert [old for old, _ in result.replayed] == [first]
+        assert queue_client.llen(READY) == 1  # the first is on the queue, the second was not tried
+    finally:
+        queue_client.close()
+        queue.kill()
+    assert result.error is not None
+    assert result.error.startswith(f"{first} was replayed but is still a dead letter: ")
+    assert client.zcard(DEAD) == 2
