@@ -205,7 +205,9 @@ class ProviderClient:
         if isinstance(data, Mapping):
             data = data.get("downloadUrl") or data.get("url")
         if not isinstance(data, str) or not data.startswith(("http://", "https://")):
-            raise ProviderError("provider answered download-url without a link")
+            # A broken answer, as record-info's without details: asked again later (the file
+            # recorded as failed for it, a link that comes next time was lost).
+            raise ProviderUnavailable("provider answered download-url without a link", code=UNREADABLE)
         return data
 
     # --- the transport ----------------------------------------------------------------

@@ -67,6 +67,10 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self._send_body(scripted)  # unless the client stops reading, as it should past its cap
 
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.do_GET()
+
     def _send_body(self, scripted: Answer) -> None:
         if not scripted.chunked:
             self.wfile.write(scripted.body)
@@ -276,5 +280,17 @@ def test_a_success_without_the_details_is_unreadable_not_an_unknown_task(
 
     with pytest.raises(ProviderUnavailable, match="without its details") as caught:
         client.record_info("t1")
+
+    assert isinstance(caught.value, TransientError)
+
+
+@pytest.mark.parametrize("data", [None, {}, {"downloadUrl": "ftp://cdn.example/0.png"}, 7], ids=str)
+def test_a_download_url_answer_without_a_link_is_unreadable(provider: ScriptedProvider, data: object) -> None:
+    """A ``code`` 200 without a link is a broken answer, asked again later (transient): as a plain
+    provider error (neither transient nor permanent) the file was recorded failed for good."""
+    client = provider.client(answer(200, data), sleep=RecordingSleep(), attempts=1)
+
+    with pytest.raises(ProviderUnavailable, match="without a link") as caught:
+        client.download_url("https://cdn.example/0.png")
 
     assert isinstance(caught.value, TransientError)
