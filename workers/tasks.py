@@ -15,6 +15,7 @@ from shared.errors import PermanentError
 from shared.logs import configure_logging
 from shared.queue import CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.settings import Settings
+from workers.consumers import ConsumerSupervisor
 from workers.heartbeat import BrokerHeartbeat
 from workers.log_context import TaskLogContext
 from workers.metrics import WorkerMetricsMiddleware, serve_worker_metrics, start_worker_metrics
@@ -50,6 +51,8 @@ broker.add_middleware(
 )
 broker.add_middleware(CurrentMessage())
 broker.add_middleware(BrokerHeartbeat(interval_s=settings.redelivery_s / 4, in_hand=in_hand))
+# A consumer thread that died (Redis refusing writes as it handed back its retries) comes back.
+broker.add_middleware(ConsumerSupervisor(interval_s=settings.redelivery_s / 4))
 broker.add_middleware(PollKeeper(runtime.poll_chain, interval_s=settings.poll_interval_s))
 # Last, so that its after-hook runs first: no waiting after-hook (a retry's enqueue, a give-up,
 # through a broker outage) is interrupted by the message's time limit (workers/time_limit.py).
