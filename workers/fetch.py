@@ -115,10 +115,13 @@ class DownloadPace:
     its headers (or anything else between two chunks) is given up as soon as one trickling its
     body."""
 
-    def __init__(self, limits: FetchLimits, monotonic: Callable[[], float]) -> None:
+    def __init__(
+        self, limits: FetchLimits, monotonic: Callable[[], float], *, max_seconds: float | None = None
+    ) -> None:
+        """``max_seconds``: this download's bound in all, seconds, when shorter than the limits'."""
         self._min_rate = limits.min_rate
         self._after_s = limits.min_rate_after_s
-        self._max_s = limits.max_seconds
+        self._max_s = _shorter(limits.max_seconds, max_seconds)
         self._monotonic = monotonic
         self._started = monotonic()
         self._received = 0
@@ -186,22 +189,31 @@ class ResultFetcher:
         self._refresh_url = refresh_url
         self._monotonic = monotonic
 
-    def fetch(self, url: str, *, budget: ByteBudget | None = None) -> FetchedFile:
+    def fetch(
+        self, url: str, *, budget: ByteBudget | None = None, max_seconds: float | None = None
+    ) -> FetchedFile:
         """Download ``url``, counting its bytes against ``budget`` (the task's total cap) when
-        given. Raises :class:`DownloadFailed` (try again later) or :class:`DownloadRefused` (never
-        store it) with a reason. When ``url`` answers 403, 404 or 410 and there is a
-        ``refresh_url``, the fresh link is tried once."""
+        given, within ``max_seconds`` in all when shorter than the limits' (a fresh link's
+        download included). Raises :class:`DownloadFailed` (try again later) or
+        :class:`DownloadRefused` (never store it) with a reason. When ``url`` answers 403, 404 or
+        410 and there is a ``refresh_url``, the fresh link is tried once."""
         budget = budget or ByteBudget(1 << 62)
+        deadline = None if max_seconds is None else self._monotonic() + max_seconds
         try:
-            return self._fetch_once(url, budget)
+            return self._fetch_once(url, budget, deadline)
         except ResultLinkGone as exc:
             if self._refresh_url is None:
                 raise
             gone = str(exc)
-        return self._fetch_refreshed(url, self._refresh_url, gone, budget)
+        return self._fetch_refreshed(url, self._refresh_url, gone, budget, deadline)
 
     def _fetch_refreshed(
-        self, url: str, refresh_url: Callable[[str], str], gone: str, budget: ByteBudget
+        self,
+        url: str,
+        refresh_url: Callable[[str], str],
+        gone: str,
+        budget: ByteBudget,
+        deadline: float | None,
     ) -> FetchedFile:
         try:
             fresh = refresh_url(url)
@@ -212,7 +224,7 @@ class ResultFetcher:
         except MjhookError as exc:
             raise DownloadRefused(f"{gone}; no fresh link: {exc}") from exc
         try:
-            fetched = self._fetch_once(fresh, budget)
+            fetched = self._fetch_once(fresh, budget, deadline)
         except DownloadRefused as exc:
             raise DownloadRefused(f"{gone}; its fresh link: {exc}") from exc
         except DownloadFailed as exc:
@@ -220,10 +232,11 @@ class ResultFetcher:
         fetched.source_url = url
         return fetched
 
-    def _fetch_once(self, url: str, budget: ByteBudget) -> FetchedFile:
+    def _fetch_once(self, url: str, budget: ByteBudget, deadline: float | None) -> FetchedFile:
+        """One download of ``url``, ended by ``deadline`` (monotonic seconds) when given."""
         body = tempfile.SpooledTemporaryFile(max_size=self._limits.spool_memory_bytes)  # noqa: SIM115
         try:
-            media, size, digest = self._stream_into(url, body, budget)
+            media, size, digest = self._stream_into(url, body, budget, deadline)
             if media.kind == "image":
                 self._check_dimensions(media, body)
         except BaseException:
@@ -232,8 +245,13 @@ class ResultFetcher:
         body.seek(0)
         return FetchedFile(source_url=url, media=media, size=size, sha256=digest, body=body)
 
-    def _stream_into(self, url: str, sink: IO[bytes], budget: ByteBudget) -> tuple[MediaType, int, str]:
-        pace = DownloadPace(self._limits, self._monotonic)
+    def _stream_into(
+        self, url: str, sink: IO[bytes], budget: ByteBudget, deadline: float | None
+    ) -> tuple[MediaType, int, str]:
+        left = None if deadline is None else deadline - self._monotonic()
+        if left is not None and left <= 0:
+            raise DownloadFailed("no time left for it: the attempt's downloads are over their time")
+        pace = DownloadPace(self._limits, self._monotonic, max_seconds=left)
         try:
             with limited_waits(pace), closing(self._follow_redirects(url)) as response:
                 _check_status(response)
@@ -486,3 +504,10 @@ class NoCookies(http.cookiejar.CookieJar):
 
     def extract_cookies(self, response: Any, request: Any) -> None:
         return
+
+
+def _shorter(limit_s: float, other_s: float | None) -> float:
+    """The shorter of a limit (0: none) and another bound (None: none), seconds; 0 for none."""
+    if other_s is None:
+        return limit_s
+    return min(limit_s, other_s) if limit_s else other_s

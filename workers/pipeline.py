@@ -50,7 +50,9 @@ class CallbackProcessor:
     from any origin (it times downloads and uploads for ``metrics``, default: new ones);
     ``max_json_depth`` is the deepest ``promptJson`` parsed into the manifest's ``params``, in levels;
     ``poll_later`` takes over a task whose result ``verifier`` could not check, or whose expired links
-    the provider could not renew, on its last attempt."""
+    the provider could not renew, on its last attempt; ``downloads_within_s``: seconds (``timer``'s)
+    after an attempt starts by which its downloads end, each given up for now (transient) when
+    still running or not yet started then (None: only each download's own bound)."""
 
     def __init__(
         self,
@@ -67,6 +69,7 @@ class CallbackProcessor:
         poll_later: SubmittedTasks | None = None,
         max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+        downloads_within_s: float | None = None,
     ) -> None:
         self._tasks = tasks
         self._leases = leases
@@ -80,11 +83,13 @@ class CallbackProcessor:
         self._poll_later = poll_later
         self._max_task_bytes = max_task_bytes
         self._max_json_depth = max_json_depth
+        self._downloads_within_s = downloads_within_s
 
     def process(self, callback: Callback, *, final_attempt: bool = False) -> TaskState:
         """Bring the task to a final state and return it. Transient trouble raises (the queue
         retries) unless ``final_attempt``, when it is recorded as the file's failure instead."""
         task_id = callback.task_id
+        started = self._timer()
         if (known := self._settled_state(callback)) is not None:
             return known
         with self._leases.hold(task_id) as lease:
@@ -112,7 +117,7 @@ class CallbackProcessor:
             if callback.succeeded:
                 try:
                     images, errors, failed_files, earlier = self._store_files(
-                        callback, listing, lease, final_attempt=final_attempt
+                        callback, listing, lease, final_attempt=final_attempt, started=started
                     )
                 except FreshLinkPending as exc:
                     # Expired links only the provider can renew, and it cannot for now: on the
@@ -286,10 +291,17 @@ class CallbackProcessor:
         return None
 
     def _store_files(
-        self, callback: Callback, listing: Mapping[str, str], lease: Lease, *, final_attempt: bool
+        self,
+        callback: Callback,
+        listing: Mapping[str, str],
+        lease: Lease,
+        *,
+        final_attempt: bool,
+        started: float,
     ) -> tuple[list[ImageEntry], list[FileError], list[str], set[str]]:
         """The files stored, those given up, the error class of each given up, and the keys of the
-        task's files stored before this attempt (``listing``: the task's objects then)."""
+        task's files stored before this attempt (``listing``: the task's objects then; ``started``:
+        when the attempt started, ``timer``'s seconds)."""
         already, replaced, earlier = self._already_stored(callback, listing)
         if replaced:
             # These downloads overwrite files the manifest of an earlier outcome may describe: from
@@ -304,10 +316,18 @@ class CallbackProcessor:
             and self._poll_later.may_wait_again(callback.task_id)
         )
         budget = ByteBudget(max(0, self._max_task_bytes - sum(image.size for image in already.values())))
+        deadline = None if self._downloads_within_s is None else started + self._downloads_within_s
         # Each download runs in a copy of this context, so its log lines carry the taskId too.
         futures = [
             self._pool.submit(
-                contextvars.copy_context().run, self._store_one, callback.task_id, i, url, budget, lease
+                contextvars.copy_context().run,
+                self._store_one,
+                callback.task_id,
+                i,
+                url,
+                budget,
+                lease,
+                deadline,
             )
             for i, url in todo
         ]
@@ -354,11 +374,15 @@ class CallbackProcessor:
             raise failed_for_now
         return images, errors, failed, earlier
 
-    def _store_one(self, task_id: str, index: int, url: str, budget: ByteBudget, lease: Lease) -> ImageEntry:
+    def _store_one(
+        self, task_id: str, index: int, url: str, budget: ByteBudget, lease: Lease, deadline: float | None
+    ) -> ImageEntry:
         """Download ``url`` and store it as file ``index`` of the task; :class:`TaskBusy` instead
-        when ``lease`` was lost meanwhile (the key may be the new holder's file by now)."""
+        when ``lease`` was lost meanwhile (the key may be the new holder's file by now). The
+        download ends by ``deadline`` (``timer``'s seconds; None: its own bound only)."""
         started = self._timer()
-        fetched = self._fetcher.fetch(url, budget=budget)
+        left = None if deadline is None else deadline - started
+        fetched = self._fetcher.fetch(url, budget=budget, max_seconds=left)
         self._metrics.download_seconds.observe(self._timer() - started)
         try:
             key = storage.file_key(task_id, index, fetched.media.ext)

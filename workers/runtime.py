@@ -55,6 +55,13 @@ class WorkerParts:
     polling: Polling | None = None
 
 
+#: Of the task time limit, the share an attempt's downloads must end within (queued behind other
+#: tasks' downloads or not): the rest is for the uploads behind them and the manifest, so that the
+#: attempt ends (and is retried) near the limit. dramatiq's own limit cannot interrupt a worker
+#: thread waiting on its downloads, so without this an attempt ran about twice the limit and more.
+DOWNLOADS_SHARE_OF_TIME_LIMIT = 0.8
+
+
 def build_parts(
     settings: Settings, *, broker: dramatiq.Broker | None = None, metrics: WorkerMetrics | None = None
 ) -> WorkerParts:
@@ -92,6 +99,7 @@ def build_parts(
         poll_later=SubmittedTasks(client, tasks, ttl_s=settings.task_ttl_s) if provider and broker else None,
         max_task_bytes=settings.max_task_bytes,
         max_json_depth=settings.max_json_depth,
+        downloads_within_s=settings.task_time_limit_s * DOWNLOADS_SHARE_OF_TIME_LIMIT,
     )
     polling = None
     if provider is not None and broker is not None:

@@ -415,10 +415,12 @@ class FetcherWithABug(ResultFetcher):
         super().__init__(client, FetchLimits(max_image_bytes=1 << 20, max_video_bytes=1 << 20))
         self._broken_url = broken_url
 
-    def fetch(self, url: str, *, budget: ByteBudget | None = None) -> FetchedFile:
+    def fetch(
+        self, url: str, *, budget: ByteBudget | None = None, max_seconds: float | None = None
+    ) -> FetchedFile:
         if url == self._broken_url:
             raise OverflowError("Python int too large to convert to C int")
-        return super().fetch(url, budget=budget)
+        return super().fetch(url, budget=budget, max_seconds=max_seconds)
 
 
 def processor(
@@ -428,6 +430,7 @@ def processor(
     store: ObjectStore | None = None,
     fetcher: ResultFetcher | None = None,
     verifier: ResultVerifier | None = None,
+    downloads_within_s: float | None = None,
 ) -> CallbackProcessor:
     """A worker's processor on the harness's Redis, with ``store`` (default the harness's) and
     ``fetcher`` (default one whose only URL it refuses to fetch is never asked of it)."""
@@ -439,6 +442,7 @@ def processor(
         pool=pool,
         metrics=create_worker_metrics(),
         verifier=verifier,
+        downloads_within_s=downloads_within_s,
     )
 
 
@@ -749,3 +753,21 @@ def test_a_give_up_back_to_partial_removes_the_file_its_manifest_does_not_descri
     assert harness.object_bytes("tasks/task-1/1.png") is None
     assert harness.manifest("task-1") == before
     assert [harness.object_bytes(f"tasks/task-1/{n}.png") for n in (0, 2)] == [images[0], images[2]]
+
+
+def test_an_attempts_downloads_end_by_its_deadline_running_or_queued(harness: Harness) -> None:
+    """Given an attempt whose downloads must end within 0.5 s (a share of the task time limit),
+    one download thread, a first file answering after 1.5 s and a second queued behind it
+    When the attempt runs
+    Then the first download is given up at that time and the second is not started: the attempt
+    fails for now (retried later). Each download had the whole limit from its own start, and
+    dramatiq's limit cannot interrupt a thread waiting on them: attempts ran past twice the limit."""
+    slow = harness.files.add("/slow.png", png_bytes(0), delay_s=1.5)
+    queued = harness.files.add("/queued.png", png_bytes(1))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        timed = processor(harness, pool, downloads_within_s=0.5)
+        with pytest.raises(DownloadFailed) as failed:
+            timed.process(callback([slow, queued]))
+    assert "too long" in str(failed.value)
+    assert harness.files.hits.get("/queued.png", 0) == 0
+    assert harness.tasks.get("task-1").state is TaskState.PROCESSING  # type: ignore[union-attr]
