@@ -47,9 +47,10 @@ class BrokerHeartbeat(Middleware):
         except (redis.RedisError, OSError) as exc:
             log.warning("could not register this worker: %s", type(exc).__name__)
         rescuer = StrandedMessageRescuer(broker, worker.consumers, self._in_hand)
+        beats = Beats(broker)
 
         def beat_and_rescue() -> None:
-            beat(broker)
+            beats()
             rescuer.check()
 
         # Whatever a beat meets, the next one comes: a heartbeat thread ended by an error nobody
@@ -70,8 +71,28 @@ class BrokerHeartbeat(Middleware):
                 log.warning("could not unregister this worker: %s", type(exc).__name__)
 
 
-def beat(broker: RedisBroker) -> None:
-    """One heartbeat with maintenance, for every queue this broker consumes (delay queues too)."""
+class Beats:
+    """This worker's beats, each with maintenance but the first after one that failed: after an
+    outage (Redis away, refusing writes) every live worker's heartbeat is stale until its own next
+    beat, and maintenance then takes them for dead and requeues the messages they hold (processed
+    twice, their retries and dead letters doubled). One interval later every live worker beat."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self._broker = broker
+        self._after_failure = False
+
+    def __call__(self) -> None:
+        try:
+            beat(self._broker, maintenance=not self._after_failure)
+        except BaseException:
+            self._after_failure = True
+            raise
+        self._after_failure = False
+
+
+def beat(broker: RedisBroker, *, maintenance: bool = True) -> None:
+    """One heartbeat, for every queue this broker consumes (delay queues too), with maintenance
+    (dead workers' messages requeued) unless told otherwise."""
     dispatch = broker.scripts["dispatch"]
     now_ms = current_millis()
     for queue_name in sorted(broker.get_declared_queues() | broker.delay_queues):
@@ -84,7 +105,7 @@ def beat(broker: RedisBroker) -> None:
                 broker.broker_id,
                 broker.heartbeat_timeout,
                 broker.dead_message_ttl,
-                1,  # do maintenance now, not by chance
+                int(maintenance),  # now, not by chance (dramatiq's 0.1 % of commands)
                 broker._max_unpack_size(),  # type: ignore[no-untyped-call]
             ],
         )

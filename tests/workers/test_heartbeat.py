@@ -12,6 +12,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from shared.queue import CALLBACK_QUEUE, create_broker
 from shared.settings import Settings
+from tests.support.procs import free_port
 from workers import heartbeat
 from workers.heartbeat import beat
 from workers.stranded import MessagesInHand
@@ -55,6 +56,31 @@ def test_a_beat_requeues_the_messages_of_a_dead_worker_at_once(broker: RedisBrok
     assert client.smembers(f"dramatiq:__acks__.live-worker.{CALLBACK_QUEUE}") == {b"m2"}
 
 
+def test_the_first_beat_after_an_outage_takes_no_live_worker_for_dead(broker: RedisBroker) -> None:
+    """Given a worker whose heartbeat went stale during an outage (Redis refusing writes), with a
+    message in hand, and this worker's beat failing in that outage
+    When Redis takes writes again
+    Then this worker's next beat leaves that worker's message alone (its own beat is due within an
+    interval), and only the one after requeues it, if the worker is still silent. The first beat
+    took every live worker for dead and requeued what they held: processed twice."""
+    client = broker.client
+    client.hset(f"dramatiq:{CALLBACK_QUEUE}.msgs", "m1", b"{}")
+    client.sadd(f"dramatiq:__acks__.other-worker.{CALLBACK_QUEUE}", "m1")
+    client.zadd(HEARTBEATS, {"other-worker": client.time()[0] * 1000 - 60_000})
+    beats = heartbeat.Beats(broker)
+    client.replicaof("127.0.0.1", str(free_port()))  # a master nobody answers for: READONLY
+    try:
+        with pytest.raises(redis.ResponseError, match="read only replica"):
+            beats()
+    finally:
+        client.replicaof("NO", "ONE")
+
+    beats()
+    assert client.smembers(f"dramatiq:__acks__.other-worker.{CALLBACK_QUEUE}") == {b"m1"}
+    beats()
+    assert client.lrange(f"dramatiq:{CALLBACK_QUEUE}", 0, -1) == [b"m1"]
+
+
 def test_the_heartbeat_goes_on_after_a_beat_raised_an_error_nobody_foresaw(
     broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -63,11 +89,11 @@ def test_the_heartbeat_goes_on_after_a_beat_raised_an_error_nobody_foresaw(
     looked dead, its messages handed to other workers while it still worked on them."""
     attempts: list[int] = []
 
-    def flaky_beat(broker: RedisBroker) -> None:
+    def flaky_beat(broker: RedisBroker, *, maintenance: bool = True) -> None:
         attempts.append(1)
         if len(attempts) == 1:
             raise ValueError("an odd reply")
-        beat(broker)
+        beat(broker, maintenance=maintenance)
 
     monkeypatch.setattr(heartbeat, "beat", flaky_beat)
     middleware = heartbeat.BrokerHeartbeat(interval_s=0.05, in_hand=MessagesInHand())
