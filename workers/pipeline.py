@@ -171,7 +171,9 @@ class CallbackProcessor:
         """Make the bucket agree with a task the queue or the polling fallback gave up on (its
         state is ``failed`` now, with the reason it recorded, else ``reason``): its presence says
         the task is over, for whoever watches the bucket. A manifest that describes what the
-        bucket holds of the task stands (the provider's own failure report, say). Else the task
+        bucket holds of the task stands (the provider's own failure report, say), and a ``stored``
+        or ``partial`` one is how the task ended: its state moves there (an attempt that wrote it
+        and failed before its last step, the state's move, was given up). Else the task
         gets a failed manifest describing the files stored from the URLs ``callback`` lists, and
         the task's other files (an earlier result's, which a later one began to replace) are
         removed after it: never a manifest describing bytes no longer stored, nor a stored file
@@ -230,6 +232,7 @@ class CallbackProcessor:
         manifest_key = storage.manifest_key(callback.task_id)
         stored = set(_file_keys(callback.task_id, listing))
         if manifest_key in listing and self._describes_bucket(manifest_key, stored):
+            self._adopt_outcome(callback.task_id, manifest_key, lease)
             return
         found, _, _ = self._already_stored(callback, listing)
         manifest = build_manifest(
@@ -245,6 +248,28 @@ class CallbackProcessor:
         described = {image.key for image in found.values()}
         self._remove_undescribed_files(callback.task_id, stored - described, lease)
         log.info("task %s: wrote the manifest of its failure", callback.task_id)
+
+    def _adopt_outcome(self, task_id: str, manifest_key: str, lease: Lease) -> None:
+        """Move the task to the outcome its manifest (describing the bucket) says, when that is
+        ``stored`` or ``partial``, with the manifest's code and the reasons of its errors."""
+        manifest = self._store.get_json(manifest_key)
+        status = manifest.get("status") if isinstance(manifest, dict) else None
+        if status not in (TaskState.STORED.value, TaskState.PARTIAL.value):
+            return
+        errors = manifest.get("errors")
+        reasons = (
+            [str(error.get("reason")) for error in errors if isinstance(error, dict)]
+            if isinstance(errors, list)
+            else []
+        )
+        self._tasks.move(
+            task_id,
+            TaskState(status),
+            holder=lease.token,
+            code=str(manifest.get("code", "")),
+            reason=shortened("; ".join(reasons), MAX_REASON_CHARS),
+        )
+        log.warning("task %s was given up, but its manifest says %s: it is %s", task_id, status, status)
 
     def _describes_bucket(self, manifest_key: str, stored: set[str]) -> bool:
         """Whether the task's manifest lists exactly the files ``stored``, each with the sha256

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dramatiq
 import pytest
+import redis
 from dramatiq.brokers.stub import StubBroker
 
 from shared import keys
@@ -541,6 +542,29 @@ def test_a_manifest_a_task_has_stands_when_a_later_message_is_given_up(
 
     assert store.get_json("tasks/task-1/manifest.json") == before
     assert before["code"] == 501
+
+
+def test_a_task_whose_last_attempt_stored_it_but_failed_to_say_so_ends_stored(
+    runtime: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a task whose last attempt stored every file and its manifest, and then failed to
+    move its state (Redis away for that last step): the task is still processing
+    When the queue gives up on its message
+    Then the task is stored, as its manifest says and its bucket holds: it was failed in Redis
+    while the bucket said stored."""
+    urls = [file_server.add("/0.png", png_bytes(0))]
+    assert runtime.parts().processor.process(callback(urls)) is TaskState.STORED
+    store = runtime.parts().store
+    manifest = store.get_json("tasks/task-1/manifest.json")
+    tasks.client.hdel(keys.task("task-1"), OUTCOME_FIELD)  # the state's move never happened
+    tasks.move("task-1", TaskState.PROCESSING)
+
+    give_up(runtime, callback(urls), redis.ConnectionError("Connection reset by peer"))
+
+    record = tasks.get("task-1")
+    assert record is not None
+    assert (record.state, record.fields["reason"], record.fields["code"]) == (TaskState.STORED, "", "200")
+    assert store.get_json("tasks/task-1/manifest.json") == manifest
 
 
 def test_a_task_given_up_while_storage_is_down_is_failed_without_a_manifest(
