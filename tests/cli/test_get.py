@@ -17,7 +17,8 @@ from shared.taskstate import TaskState
 from tests.cli.conftest import RunCli
 from tests.support.pipeline import queued_callback
 from tests.support.servers import FileServer, png_bytes
-from workers.runtime import build_parts, wait_for_bucket
+from tests.support.stack import ready_bucket
+from workers.runtime import build_parts
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.integration
 def store(app_env: dict[str, str], file_server: FileServer) -> ObjectStore:
     """Given task ``t-get`` stored by the worker pipeline: two PNGs and its manifest."""
     parts = build_parts(Settings.from_env(app_env))
-    wait_for_bucket(parts.store, timeout_s=30)
+    ready_bucket(parts.store)
     urls = [file_server.add(f"/img{i}.png", png_bytes(i)) for i in range(2)]
     callback = Callback.from_message(queued_callback("t-get", resultUrls=urls))
     assert parts.processor.process(callback) is TaskState.STORED
@@ -101,7 +102,7 @@ def test_a_hostile_source_url_in_the_manifest_is_printed_without_its_terminal_co
 ) -> None:
     # Given a task stored with one good file and one whose URL carries terminal controls
     parts = build_parts(Settings.from_env(app_env))
-    wait_for_bucket(parts.store, timeout_s=30)
+    ready_bucket(parts.store)
     good = file_server.add("/good.png", png_bytes(3))
     hostile = file_server.url("/\x1b[2J\x1b]0;pwned\x07.png")
     callback = Callback.from_message(queued_callback("t-hostile-url", resultUrls=[good, hostile]))

@@ -13,7 +13,8 @@ from shared.taskstate import TaskState, TaskStore
 from tests.cli.conftest import RunCli
 from tests.support.clock import FakeClock
 from tests.support.pipeline import queued_callback
-from workers.runtime import build_parts, wait_for_bucket
+from tests.support.stack import ready_bucket
+from workers.runtime import build_parts
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_a_reason_from_a_callback_reaches_the_terminal_without_its_controls(
 ) -> None:
     # Given a failed generation whose msg carries terminal controls, processed by the worker pipeline
     parts = build_parts(Settings.from_env(app_env))
-    wait_for_bucket(parts.store, timeout_s=30)
+    ready_bucket(parts.store)
     failed = Callback.from_message(queued_callback("t-hostile", code=500, msg=HOSTILE_MSG))
     assert parts.processor.process(failed) is TaskState.FAILED
     # When an operator lists the tasks

@@ -29,7 +29,8 @@ from simulator.video import mp4_bytes
 from tests.ingress.test_callbacks import HeldReadsRedis
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, png_bytes
-from workers.runtime import WorkerParts, build_parts, wait_for_bucket
+from tests.support.stack import ready_bucket
+from workers.runtime import WorkerParts, build_parts
 
 TOKEN = "read-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -63,7 +64,7 @@ def stack(redis_server, s3_server, s3_bucket, file_server: FileServer) -> Iterat
         spool_dir="",
     )
     parts = build_parts(settings)
-    wait_for_bucket(parts.store, timeout_s=30)
+    ready_bucket(parts.store)
     images = [png_bytes(seed) for seed in range(2)]
     urls = [file_server.add(f"/{i}.png", image) for i, image in enumerate(images)]
     for task_id, code in (("stored-1", 200), ("failed-1", 500)):

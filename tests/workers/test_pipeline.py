@@ -36,10 +36,11 @@ from tests.shared.test_storage import NoConditionsPoolManager
 from tests.support.pipeline import nested_prompt_json
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, png_bytes
+from tests.support.stack import ready_bucket
 from workers.fetch import ByteBudget, FetchedFile, FetchLimits, ResultFetcher, create_http_client
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
-from workers.runtime import build_parts, wait_for_bucket
+from workers.runtime import build_parts
 from workers.verify import ResultVerifier
 
 PROMPT = '{"prompt":"a beautiful landscape","model":"midjourney"}'
@@ -81,7 +82,7 @@ def harness(redis_server, s3_server, s3_bucket, file_server: FileServer) -> Iter
     client.flushdb()
     metrics = create_worker_metrics()
     parts = build_parts(settings, metrics=metrics)
-    wait_for_bucket(parts.store, timeout_s=30)
+    ready_bucket(parts.store)
     yield Harness(parts, parts.tasks, parts.store, file_server, client, metrics, settings)
     client.close()
 

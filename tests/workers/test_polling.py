@@ -26,8 +26,9 @@ from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
 from tests.support.clock import FakeClock
 from tests.support.provider import StartSimulator, client_for, generated
+from tests.support.stack import ready_bucket
 from workers.polling import MAX_POLL_HOLD_S, POLL_QUEUE, POLL_SILENT_TASKS, PollChain, SilentTaskPoller
-from workers.runtime import WorkerParts, WorkerRuntime, build_parts, wait_for_bucket
+from workers.runtime import WorkerParts, WorkerRuntime, build_parts
 
 GRACE_S = 100
 INTERVAL_S = 30
@@ -158,7 +159,7 @@ def test_a_task_given_up_gets_the_manifest_of_its_failure(
     it, whoever waits for manifests in the bucket waited for good: no callback ever comes."""
     runtime = WorkerRuntime(Settings.from_env(app_env))
     store = runtime.parts().store
-    wait_for_bucket(store, timeout_s=30)
+    ready_bucket(store)
     sim = start_simulator()
     run = Pass(sim, client, record_failure=runtime.parts().processor.record_failure)
     busy = generating(sim)
@@ -465,7 +466,7 @@ def polling_worker(
         }
     )
     parts = build_parts(configured, broker=create_broker(configured, client=client, middleware=[]))
-    wait_for_bucket(parts.store, timeout_s=30)
+    ready_bucket(parts.store)
     return parts
 
 

@@ -28,10 +28,10 @@ from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, TaskState, TaskStore
 from tests.support.pipeline import queued_callback, wait_for
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, S3Server, png_bytes, start_redis
-from tests.support.stack import app_environment
+from tests.support.stack import app_environment, ready_bucket
 from workers.lease import LeaseManager
 from workers.retries import DurableRetries
-from workers.runtime import WorkerRuntime, wait_for_bucket
+from workers.runtime import WorkerRuntime
 
 
 def callback(urls: list[str], *, task_id: str = "task-1") -> Callback:
@@ -77,7 +77,7 @@ def settings(app_env: dict[str, str]) -> Settings:
 def runtime(settings: Settings) -> WorkerRuntime:
     """A worker whose object storage works."""
     runtime = WorkerRuntime(settings)
-    wait_for_bucket(runtime.parts().store, timeout_s=30)
+    ready_bucket(runtime.parts().store)
     return runtime
 
 
@@ -200,7 +200,7 @@ def test_a_message_whose_retry_cannot_be_queued_is_given_up_with_the_enqueue_err
 def short_lease(settings: Settings) -> WorkerRuntime:
     """A worker on the same Redis and bucket whose 1 s lease is renewed every third of a second."""
     runtime = WorkerRuntime(settings.model_copy(update={"lease_ttl_s": 1}))
-    wait_for_bucket(runtime.parts().store, timeout_s=30)
+    ready_bucket(runtime.parts().store)
     return runtime
 
 
