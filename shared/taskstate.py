@@ -222,7 +222,7 @@ class TaskStore:
                 record = _record(task_id, pipe.hgetall(key))
             outcome = record.fields.get(OUTCOME_FIELD, "") if record is not None else ""
             state, fields, or_from = TaskState.FAILED, {"reason": reason}, _FAILABLE_STATES
-            if record is not None and record.state in UNSETTLED_STATES and outcome in _RESTORABLE_OUTCOMES:
+            if record is not None and record.state in _FAILABLE_STATES and outcome in _RESTORABLE_OUTCOMES:
                 state, fields, or_from = TaskState(outcome), {}, frozenset({record.state})
             pipe.multi()
             script_keys, args = self._move_call(

@@ -160,10 +160,14 @@ def test_giving_up_on_a_task_without_an_outcome_fails_it(
     assert (record.state, record.fields["reason"]) == (TaskState.FAILED, "gave up: X")
 
 
-def test_giving_up_on_a_task_submitted_again_leaves_it_to_the_polling_fallback(client: redis.Redis) -> None:
-    """A message of a task another message handed back to polling: the fallback ends it."""
+@pytest.mark.parametrize("outcome", ["", "partial"], ids=["new", "processed again"])
+def test_giving_up_on_a_task_submitted_again_leaves_it_to_the_polling_fallback(
+    client: redis.Redis, outcome: str
+) -> None:
+    """A message of a task another message handed back to polling (one that had ended partial
+    too): the fallback ends it."""
     tasks = TaskStore(client, ttl_s=3600)
-    tasks.move("t1", TaskState.SUBMITTED)
+    tasks.move("t1", TaskState.SUBMITTED, **{OUTCOME_FIELD: outcome})
     assert tasks.give_up("t1", "gave up: X") is TaskState.SUBMITTED
     record = tasks.get("t1")
     assert record is not None
