@@ -165,21 +165,26 @@ def test_the_readme_tells_the_by_hand_path_to_run_the_export_line() -> None:
 # --- the ingress's port -------------------------------------------------------------------------
 
 
-def procfile_ingress_bind(**env: str) -> list[str]:
-    """The addresses gunicorn binds for the Procfile's ingress line, expanded by a shell as honcho
-    does with ``env``."""
+def procfile_argv(name: str, **env: str) -> list[str]:
+    """The arguments of the Procfile's ``name`` line, expanded by a shell as honcho does with ``env``."""
     line = next(
         entry.split(":", 1)[1]
         for entry in (ROOT / "Procfile").read_text().splitlines()
-        if entry.startswith("ingress:")
+        if entry.startswith(f"{name}:")
     )
-    argv = subprocess.run(
+    return subprocess.run(
         ["sh", "-c", f"set -- {line.replace('exec ', '', 1)}; printf '%s\\n' \"$@\""],
         env=clean_env(**env),
         capture_output=True,
         text=True,
         check=True,
     ).stdout.splitlines()
+
+
+def procfile_ingress_bind(**env: str) -> list[str]:
+    """The addresses gunicorn binds for the Procfile's ingress line, expanded by a shell as honcho
+    does with ``env``."""
+    argv = procfile_argv("ingress", **env)
     probe = (
         "import sys, json\n"
         "from gunicorn.app.wsgiapp import WSGIApplication\n"
@@ -210,21 +215,31 @@ def test_the_banner_names_the_ingress_port_asked_for(repo: Path, redis_server: R
     assert honcho_env(repo)["UP_INGRESS_PORT"] == "8123"
 
 
-def test_the_demo_load_calls_back_the_ingress_on_its_port(repo: Path, tmp_path: Path) -> None:
-    """Given the ingress on UP_INGRESS_PORT=8123, when scripts/demo_load.sh submits its tasks (to a
-    stub curl and mjhook), then it waits for that ingress and names it as the callBackUrl."""
+def run_demo_load(repo: Path, tmp_path: Path, **env: str) -> str:
+    """Run scripts/demo_load.sh for one task with ``env``, curl and mjhook stubbed (the task at once
+    stored); what it asked curl, one line per call."""
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     stub(stubs / "curl", f'echo "$*" >> {tmp_path}/curl.calls\necho \'{{"data": {{"taskId": "t1"}}}}\'\n')
     stub(stubs / "mjhook", 'echo \'[{"taskId": "t1", "state": "stored"}]\'\n')
     stub(stubs / "sleep", "exit 0\n")
-    env = clean_env(UP_INGRESS_PORT="8123", DEMO_TASKS="1")
-    env["PATH"] = f"{stubs}:{VENV_PYTHON.parent}:{env['PATH']}"
+    environment = clean_env(DEMO_TASKS="1", **env)
+    environment["PATH"] = f"{stubs}:{VENV_PYTHON.parent}:{environment['PATH']}"
     result = subprocess.run(
-        ["bash", str(repo / "scripts" / "demo_load.sh")], env=env, capture_output=True, text=True, timeout=60
+        ["bash", str(repo / "scripts" / "demo_load.sh")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "demo: done" in result.stdout, result.stderr
-    calls = (tmp_path / "curl.calls").read_text()
+    return (tmp_path / "curl.calls").read_text()
+
+
+def test_the_demo_load_calls_back_the_ingress_on_its_port(repo: Path, tmp_path: Path) -> None:
+    """Given the ingress on UP_INGRESS_PORT=8123, when scripts/demo_load.sh submits its tasks (to a
+    stub curl and mjhook), then it waits for that ingress and names it as the callBackUrl."""
+    calls = run_demo_load(repo, tmp_path, UP_INGRESS_PORT="8123")
     assert "http://127.0.0.1:8123/healthz" in calls
     assert "http://127.0.0.1:8123/callbacks/midjourney" in calls
     assert ":8000" not in calls
@@ -308,18 +323,7 @@ def test_the_demo_load_sends_the_first_callback_token(repo: Path, tmp_path: Path
     """Given an ingress that asks for ?token= (a rotation: two tokens), when scripts/demo_load.sh
     submits its tasks, then their callBackUrl carries the first, URL-quoted: without it every demo
     callback was answered 401 and nothing was stored."""
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    stub(stubs / "curl", f'echo "$*" >> {tmp_path}/curl.calls\necho \'{{"data": {{"taskId": "t1"}}}}\'\n')
-    stub(stubs / "mjhook", 'echo \'[{"taskId": "t1", "state": "stored"}]\'\n')
-    stub(stubs / "sleep", "exit 0\n")
-    env = clean_env(DEMO_TASKS="1", MJHOOK_CALLBACK_TOKEN=" s3cret&1 , older")
-    env["PATH"] = f"{stubs}:{VENV_PYTHON.parent}:{env['PATH']}"
-    result = subprocess.run(
-        ["bash", str(repo / "scripts" / "demo_load.sh")], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert "demo: done" in result.stdout, result.stderr
-    calls = (tmp_path / "curl.calls").read_text()
+    calls = run_demo_load(repo, tmp_path, MJHOOK_CALLBACK_TOKEN=" s3cret&1 , older")
     assert '"callBackUrl": "http://127.0.0.1:8000/callbacks/midjourney?token=s3cret%261"' in calls
 
 
@@ -396,19 +400,3 @@ def test_a_hangup_or_ctrl_c_stops_the_stack_through_honcho(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(up.pid, signal.SIGKILL)
     assert (tmp_path / "honcho.signals").read_text() == honcho_got
-
-
-def procfile_argv(name: str, **env: str) -> list[str]:
-    """The arguments of the Procfile's ``name`` line, expanded by a shell as honcho does with ``env``."""
-    line = next(
-        entry.split(":", 1)[1]
-        for entry in (ROOT / "Procfile").read_text().splitlines()
-        if entry.startswith(f"{name}:")
-    )
-    return subprocess.run(
-        ["sh", "-c", f"set -- {line.replace('exec ', '', 1)}; printf '%s\\n' \"$@\""],
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()

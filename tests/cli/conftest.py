@@ -4,14 +4,12 @@ a provider on loopback answering what a test says."""
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import dramatiq
-import orjson
 import pytest
 import redis
 from click.testing import CliRunner, Result
@@ -20,6 +18,7 @@ from cli.main import main
 from shared import keys
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.settings import Settings
+from tests.support.json_http import json_server
 from tests.support.pipeline import wait_for
 from tests.support.servers import RedisServer
 from tests.support.stack import start_workers
@@ -69,32 +68,8 @@ def dead_letters_from_real_workers(
 @pytest.fixture
 def provider_answering() -> Iterator[Any]:
     """``provider_answering(body)``: the URL of a provider on loopback answering every POST so."""
-    servers: list[ThreadingHTTPServer] = []
-
-    def start(answer: dict[str, Any]) -> str:
-        body = orjson.dumps(answer)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    with ExitStack() as servers:
+        yield lambda answer: servers.enter_context(json_server(lambda method, path: answer))
 
 
 def submit_env(redis_server: RedisServer, provider_url: str) -> dict[str, str]:

@@ -4,12 +4,10 @@ rest of the work done."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,6 +22,7 @@ from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK
 from shared.rejected import Rejection, RejectLog, list_rejected
 from shared.taskstate import TaskState, TaskStore
 from tests.cli.conftest import RunCli, submit_env
+from tests.support.json_http import json_server
 from tests.support.pipeline import queued_callback
 from tests.support.procs import free_port
 from tests.support.servers import RedisServer
@@ -187,27 +186,13 @@ def record_info_provider(
     """A provider on loopback answering record-info with ``answers[taskId]``, after running
     ``before[taskId]`` (if any); its URL."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            task_id = parse_qs(urlsplit(self.path).query)["taskId"][0]
-            before.get(task_id, lambda: None)()
-            body = orjson.dumps(answers[task_id])
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(method: str, path: str) -> dict[str, Any]:
+        task_id = parse_qs(urlsplit(path).query)["taskId"][0]
+        before.get(task_id, lambda: None)()
+        return answers[task_id]
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with json_server(answer) as url:
+        yield url
 
 
 def test_the_recover_summary_counts_every_task_once_by_what_became_of_it(

@@ -14,6 +14,7 @@ from dramatiq.common import dq_name
 
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 from shared.redis_client import connect_redis
+from tests.support.pipeline import wait_for
 from tests.support.procs import free_port
 from tests.support.servers import RedisServer
 from workers.consumers import ConsumerSupervisor, died, revive_consumers
@@ -22,13 +23,6 @@ from workers.stranded import MessagesInHand
 
 #: How often the supervisor and the heartbeat (with its rescue of stranded messages) look, seconds.
 LOOK_S = 0.2
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -43,22 +37,6 @@ def broker(redis_server: RedisServer) -> Iterator[RedisBroker]:
     yield broker
     broker.client.replicaof("NO", "ONE")
     broker.close()
-
-
-@pytest.fixture
-def start_worker(broker: RedisBroker) -> Iterator[Callable[[], dramatiq.Worker]]:
-    workers: list[dramatiq.Worker] = []
-
-    def start() -> dramatiq.Worker:
-        worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-        worker.start()
-        workers.append(worker)
-        wait_for(lambda: all(thread.consumer is not None for thread in worker.consumers.values()))
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's death
@@ -85,10 +63,10 @@ def test_a_retry_held_when_redis_refused_writes_runs_once_redis_takes_them_again
     worker = start_worker()
     first = worker.consumers[dq_name(CALLBACK_QUEUE)]
     broker.enqueue(actor.message("retry"), delay=1500)
-    wait_for(lambda: first.delay_queue.qsize() == 1)
+    wait_for(lambda: first.delay_queue.qsize() == 1, timeout_s=30, what="the retry held")
 
     broker.client.replicaof("127.0.0.1", str(free_port()))  # a master nobody answers for: READONLY
-    wait_for(lambda: not first.is_alive())
+    wait_for(lambda: not first.is_alive(), timeout_s=30, what="the consumer's death")
     broker.client.replicaof("NO", "ONE")
 
     if supervised:

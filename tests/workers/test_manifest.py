@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -81,19 +83,24 @@ def test_malformed_prompt_json_stays_raw_with_null_params() -> None:
     assert manifest["prompt"] is None
 
 
+def stored_manifest(prompt_json: str, *, max_json_depth: int = DEFAULT_MAX_JSON_DEPTH) -> dict[str, Any]:
+    """The manifest of a stored task (one image) whose callback carries ``prompt_json``."""
+    return build_manifest(
+        callback(prompt_json=prompt_json),
+        status=TaskState.STORED,
+        images=[IMAGE],
+        errors=[],
+        completed_at="x",
+        max_json_depth=max_json_depth,
+    )
+
+
 def test_the_callback_url_the_provider_echoes_in_prompt_json_stays_out_of_the_manifest() -> None:
     """The provider's promptJson holds the request's parameters, callBackUrl among them, and the
     one `mjhook submit` sends carries the callback token: anyone reading the task (GET /tasks,
     the bucket) could have forged callbacks with it. The polling fallback already removed it."""
     params = {"prompt": "a fox", "callBackUrl": "https://hooks.example/callbacks/midjourney?token=s3cr3t"}
-    manifest = build_manifest(
-        callback(prompt_json=orjson.dumps(params).decode()),
-        status=TaskState.STORED,
-        images=[IMAGE],
-        errors=[],
-        completed_at="x",
-        max_json_depth=DEFAULT_MAX_JSON_DEPTH,
-    )
+    manifest = stored_manifest(orjson.dumps(params).decode())
     assert "s3cr3t" not in orjson.dumps(manifest).decode()
     assert manifest["params"] == {"prompt": "a fox"}
     assert orjson.loads(manifest["promptJson"]) == {"prompt": "a fox"}
@@ -111,14 +118,7 @@ def test_prompt_json_is_parsed_only_up_to_the_given_depth(
     prompt_json = nested_prompt_json(depth)
     assert document_depth(orjson.loads(prompt_json)) == depth
     # When the manifest is built with a limit of `max_json_depth`
-    manifest = build_manifest(
-        callback(prompt_json=prompt_json),
-        status=TaskState.STORED,
-        images=[IMAGE],
-        errors=[],
-        completed_at="x",
-        max_json_depth=max_json_depth,
-    )
+    manifest = stored_manifest(prompt_json, max_json_depth=max_json_depth)
     # Then it is parsed when within the limit, and otherwise kept raw only
     assert manifest["promptJson"] == prompt_json
     assert manifest["params"] == (orjson.loads(prompt_json) if parsed else None)
@@ -137,14 +137,7 @@ def test_prompt_json_is_parsed_only_up_to_the_given_depth(
     ids=["malformed", "cut-in-its-url", "too-deep-to-write"],
 )
 def test_the_callback_url_stays_out_of_a_prompt_json_that_is_no_json_mjhook_reads(prompt_json: str) -> None:
-    manifest = build_manifest(
-        callback(prompt_json=prompt_json),
-        status=TaskState.STORED,
-        images=[IMAGE],
-        errors=[],
-        completed_at="x",
-        max_json_depth=DEFAULT_MAX_JSON_DEPTH,
-    )
+    manifest = stored_manifest(prompt_json)
     assert "s3cr3t" not in orjson.dumps(manifest).decode()
     assert manifest["promptJson"].startswith('{"')
     assert '"callBackUrl"' in manifest["promptJson"]  # its value emptied, the text's shape kept

@@ -40,22 +40,6 @@ def broker(redis_server: RedisServer, in_hand: MessagesInHand) -> Iterator[Redis
     broker.close()
 
 
-@pytest.fixture
-def start_worker(broker: RedisBroker) -> Iterator[Callable[[], dramatiq.Worker]]:
-    workers: list[dramatiq.Worker] = []
-
-    def start() -> dramatiq.Worker:
-        worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-        worker.start()
-        workers.append(worker)
-        wait_for(lambda: all(thread.consumer is not None for thread in worker.consumers.values()))
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
-
-
 def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
