@@ -52,7 +52,8 @@ class CallbackProcessor:
     ``poll_later`` takes over a task whose result ``verifier`` could not check, or whose expired links
     the provider could not renew, on its last attempt; ``downloads_within_s``: seconds (``timer``'s)
     after an attempt starts by which its downloads end, each given up for now (transient) when
-    still running or not yet started then (None: only each download's own bound)."""
+    still running or not yet started then, but on the last attempt (None: only each download's
+    own bound)."""
 
     def __init__(
         self,
@@ -201,7 +202,9 @@ class CallbackProcessor:
         now) and died before its manifest. Such files, which no manifest describes, are removed;
         the manifest stands. Done under the task's lease (a worker that took the task meanwhile
         settles it instead), only while the task is still in that outcome, and only by a manifest
-        this code wrote (any other leaves the bucket as it is)."""
+        this code wrote (any other leaves the bucket as it is). A manifest that then describes the
+        bucket and says another outcome is how the task ended: that attempt wrote it and failed
+        before the state's move (a partial task whose files all came this time: stored)."""
         task_id = callback.task_id
         try:
             with self._leases.hold(task_id) as lease:
@@ -209,10 +212,13 @@ class CallbackProcessor:
                 if record is None or record.state not in (TaskState.STORED, TaskState.PARTIAL):
                     return
                 listing = self._store.list_etags(storage.task_prefix(task_id))
-                described = self._described(storage.manifest_key(task_id))
+                manifest_key = storage.manifest_key(task_id)
+                described = self._described(manifest_key)
                 if described is not None:
-                    undescribed = set(_file_keys(task_id, listing)) - described.keys()
-                    self._remove_undescribed_files(task_id, undescribed, lease)
+                    stored = set(_file_keys(task_id, listing))
+                    self._remove_undescribed_files(task_id, stored - described.keys(), lease)
+                    if self._describes_bucket(manifest_key, stored & described.keys()):
+                        self._adopt_outcome(task_id, manifest_key, lease, unless=record.state)
         except TaskBusy:
             log.info("task %s: a worker took it meanwhile; it settles it", task_id)
         except StorageUnavailable as exc:
@@ -249,12 +255,15 @@ class CallbackProcessor:
         self._remove_undescribed_files(callback.task_id, stored - described, lease)
         log.info("task %s: wrote the manifest of its failure", callback.task_id)
 
-    def _adopt_outcome(self, task_id: str, manifest_key: str, lease: Lease) -> None:
+    def _adopt_outcome(
+        self, task_id: str, manifest_key: str, lease: Lease, *, unless: TaskState | None = None
+    ) -> None:
         """Move the task to the outcome its manifest (describing the bucket) says, when that is
-        ``stored`` or ``partial``, with the manifest's code and the reasons of its errors."""
+        ``stored`` or ``partial`` (and not ``unless``, the state it has), with the manifest's code
+        and the reasons of its errors."""
         manifest = self._store.get_json(manifest_key)
         status = manifest.get("status") if isinstance(manifest, dict) else None
-        if status not in (TaskState.STORED.value, TaskState.PARTIAL.value):
+        if status not in (TaskState.STORED.value, TaskState.PARTIAL.value) or status == unless:
             return
         errors = manifest.get("errors")
         reasons = (
@@ -341,7 +350,10 @@ class CallbackProcessor:
             and self._poll_later.may_wait_again(callback.task_id)
         )
         budget = ByteBudget(max(0, self._max_task_bytes - sum(image.size for image in already.values())))
-        deadline = None if self._downloads_within_s is None else started + self._downloads_within_s
+        # Not on the last attempt: a file given up there for want of time (queued behind other
+        # tasks' downloads, say) would be recorded failed, its link never tried.
+        within_s = None if final_attempt else self._downloads_within_s
+        deadline = None if within_s is None else started + within_s
         # Each download runs in a copy of this context, so its log lines carry the taskId too.
         futures = [
             self._pool.submit(

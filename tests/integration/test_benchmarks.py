@@ -162,7 +162,7 @@ def test_the_memory_benchmark_stores_the_video_and_reads_the_worker_tree() -> No
 
 
 def test_the_backlog_benchmark_measures_memory_and_both_drain_phases() -> None:
-    report = run_benchmark("backlog.py", "--count", "3000", "--rounds", "1", "--window", "0.5")
+    report = run_benchmark("backlog.py", "--count", "2000", "--rounds", "1", "--window", "0.5")
     for kind in ("small", "large", "grids"):
         assert report["memory"][kind]["bytes_per_callback"] > 0, kind
     for phase in ("small", "large"):
@@ -174,10 +174,10 @@ def test_the_backlog_benchmark_measures_memory_and_both_drain_phases() -> None:
 
 
 def test_the_full_drain_drains_every_callback_and_times_each_tenth() -> None:
-    report = run_benchmark("backlog.py", "--full-drain", "--count", "1000", "--drain-timeout", "120")
+    report = run_benchmark("backlog.py", "--full-drain", "--count", "500", "--drain-timeout", "120")
     drain = report["full_drain"]
-    assert (drain["done"], drain["left_queued"], drain["dead"]) == (1000, 0, 0)
-    assert drain["ended"] == {"failed": 1000, "partial": 0, "stored": 0}
+    assert (drain["done"], drain["left_queued"], drain["dead"]) == (500, 0, 0)
+    assert drain["ended"] == {"failed": 500, "partial": 0, "stored": 0}
     assert [tenth["backlog_from_pct"] for tenth in drain["tenths"]] == list(range(100, 0, -10))
     assert all(tenth["per_s"] > 0 for tenth in drain["tenths"])
     assert report["figures"]["drained_completely"][0] is True

@@ -49,11 +49,11 @@ chaos = load_chaos()
 
 
 def test_nothing_acknowledged_is_lost_or_stored_twice_while_the_stack_is_broken(tmp_path: Path) -> None:
-    # Given 40 tasks whose callbacks (10% failures, 10% sent twice, some faulty result files) fall
-    # due 5 a second, while one worker pool is SIGKILLed, Redis restarts and S3 is down 3 s
+    # Given 30 tasks whose callbacks (10% failures, 10% sent twice, some faulty result files) fall
+    # due 6 a second, while one worker pool is SIGKILLed, Redis restarts and S3 is down 3 s
     config = chaos.ChaosConfig(
-        tasks=40,
-        rate_per_s=5.0,
+        tasks=30,
+        rate_per_s=6.0,
         worker_kills=1,
         redis_restarts=1,
         s3_outages=1,
@@ -72,7 +72,7 @@ def test_nothing_acknowledged_is_lost_or_stored_twice_while_the_stack_is_broken(
     assert any(POOL_KILL.fullmatch(what) for what in whats), summary
     assert report.settled, summary
     # And the ingress acknowledged every callback
-    assert report.acknowledged == report.sent == 40, summary
+    assert report.acknowledged == report.sent == 30, summary
     assert report.unacknowledged == 0, summary
     # And every acknowledged task ended stored, partial or failed, each failure with its reason,
     # the printed counts adding up to the acknowledged tasks

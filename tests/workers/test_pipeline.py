@@ -772,3 +772,11 @@ def test_an_attempts_downloads_end_by_its_deadline_running_or_queued(harness: Ha
     assert "too long" in str(failed.value)
     assert harness.files.hits.get("/queued.png", 0) == 0
     assert harness.tasks.get("task-1").state is TaskState.PROCESSING  # type: ignore[union-attr]
+
+    # And on the last attempt the downloads take the time they need (each within its own bound):
+    # a file given up there for want of time would be recorded failed, its link never tried
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        last = processor(harness, pool, downloads_within_s=0.5).process(
+            callback([slow, queued]), final_attempt=True
+        )
+    assert last is TaskState.STORED

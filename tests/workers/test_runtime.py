@@ -567,6 +567,28 @@ def test_a_task_whose_last_attempt_stored_it_but_failed_to_say_so_ends_stored(
     assert store.get_json("tasks/task-1/manifest.json") == manifest
 
 
+def test_a_partial_task_whose_later_attempt_stored_it_but_failed_to_say_so_ends_stored(
+    runtime: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a partial task (file 1 gone) whose later attempt got file 1 too and wrote a stored
+    manifest, then could not move the state (Redis away for that last step): the task is
+    processing, its recorded outcome still partial
+    When the queue gives up on that message (the outcome partial comes back)
+    Then the task is stored, as the manifest describing its bucket says: it stayed partial."""
+    urls = [file_server.add("/0.png", png_bytes(0)), file_server.url("/1.png")]
+    assert runtime.parts().processor.process(callback(urls)) is TaskState.PARTIAL
+    file_server.add("/1.png", png_bytes(1))
+    assert runtime.parts().processor.process(callback(urls)) is TaskState.STORED
+    tasks.move("task-1", TaskState.PROCESSING, **{OUTCOME_FIELD: "partial"})  # the move that failed
+
+    give_up(runtime, callback(urls), redis.ConnectionError("Connection reset by peer"))
+
+    record = tasks.get("task-1")
+    assert record is not None
+    assert (record.state, record.fields["reason"]) == (TaskState.STORED, "")
+    assert runtime.parts().store.get_json("tasks/task-1/manifest.json")["status"] == "stored"
+
+
 def test_a_task_given_up_while_storage_is_down_is_failed_without_a_manifest(
     storage_down: WorkerRuntime, tasks: TaskStore, file_server: FileServer
 ) -> None:
