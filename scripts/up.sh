@@ -124,8 +124,19 @@ echo "starting: ${names[*]}"
 # honcho stops the stack on SIGINT (Ctrl-C) and SIGTERM, but dies of a SIGHUP (a closed terminal,
 # a lost SSH session) and leaves every process running (each in a session of its own). So honcho
 # ignores SIGHUP, and this shell turns one into a SIGTERM for it, then waits until it stopped all.
+# Its output goes through a relay that ignores failed writes: after a hangup every write to the
+# terminal fails (EIO), and honcho, printing "SIGTERM received" first, would die of that instead.
+relay_dir=$(mktemp -d)
+mkfifo "$relay_dir/out"
 trap '' HUP
-honcho start -e /dev/null -f Procfile "${names[@]}" &
+(
+  trap '' INT  # it goes on relaying honcho's last lines after a Ctrl-C, until honcho closes
+  while IFS= read -r line || [ -n "$line" ]; do
+    printf '%s\n' "$line" 2>/dev/null || true
+  done < "$relay_dir/out"
+) &
+relay_pid=$!
+honcho start -e /dev/null -f Procfile "${names[@]}" > "$relay_dir/out" 2>&1 &
 honcho_pid=$!
 trap 'kill -TERM "$honcho_pid" 2>/dev/null || true' HUP TERM
 trap '' INT  # Ctrl-C reaches honcho itself (this shell's process group); this shell waits for it
@@ -134,4 +145,6 @@ status=0
 while kill -0 "$honcho_pid" 2>/dev/null; do
   wait "$honcho_pid" && status=0 || status=$?
 done
+wait "$relay_pid" 2>/dev/null || true
+rm -rf "$relay_dir"
 exit "$status"

@@ -6,13 +6,17 @@ names a private Redis (or a port where nothing answers): none probes the shared 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import pty
+import select
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -400,3 +404,54 @@ def test_a_hangup_or_ctrl_c_stops_the_stack_through_honcho(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(up.pid, signal.SIGKILL)
     assert (tmp_path / "honcho.signals").read_text() == honcho_got
+
+
+def test_a_closed_terminal_stops_the_stack_though_every_write_to_it_fails(
+    repo: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Given make up running in a terminal (a pty: its controlling terminal), honcho stubbed to
+    print "SIGTERM received" first on a SIGTERM, as honcho does, then stop the stack
+    When the terminal goes away (the pty's master closed: SIGHUP, and every write to it fails)
+    Then honcho still gets its SIGTERM and stops the stack: printing straight to the dead
+    terminal (EIO), it died of that before stopping anything."""
+    fake_honcho = tmp_path / "honcho.py"
+    fake_honcho.write_text(
+        "import signal, sys, time\n"
+        "def stop(signum, frame):\n"
+        "    print('SIGTERM received', flush=True)\n"
+        f"    open({str(tmp_path / 'honcho.signals')!r}, 'a').write(signal.Signals(signum).name)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('started', flush=True)\n"
+        f"open({str(tmp_path / 'honcho.started')!r}, 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+    stub(repo / ".venv" / "bin" / "honcho", f'exec python {shlex.quote(str(fake_honcho))} "$@"\n')
+    master, terminal = pty.openpty()
+
+    def in_its_own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    up = subprocess.Popen(
+        ["bash", str(repo / "scripts" / "up.sh")],
+        env=clean_env(MJHOOK_REDIS_URL=redis_server.url),
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        preexec_fn=in_its_own_terminal,
+    )
+    os.close(terminal)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "honcho.started").exists():
+            assert time.monotonic() < deadline, "honcho did not start"
+            with contextlib.suppress(OSError):
+                if select.select([master], [], [], 0.05)[0]:
+                    os.read(master, 65536)  # what make up prints, read so that it never blocks
+        os.close(master)
+        assert up.wait(30) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(up.pid, signal.SIGKILL)
+    assert (tmp_path / "honcho.signals").read_text() == "SIGTERM"
