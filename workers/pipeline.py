@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, wait
+from typing import Any
 
 import orjson
 
@@ -212,33 +213,33 @@ class CallbackProcessor:
                 if record is None or record.state not in (TaskState.STORED, TaskState.PARTIAL):
                     return
                 listing = self._store.list_etags(storage.task_prefix(task_id))
-                manifest_key = storage.manifest_key(task_id)
-                described = self._described(manifest_key)
-                if described is not None:
+                manifest = self._read_manifest(storage.manifest_key(task_id))
+                described = _described(manifest)
+                if manifest is not None and described is not None:
                     stored = set(_file_keys(task_id, listing))
                     self._remove_undescribed_files(task_id, stored - described.keys(), lease)
-                    if self._describes_bucket(manifest_key, stored & described.keys()):
-                        self._adopt_outcome(task_id, manifest_key, lease, unless=record.state)
+                    if self._describes_bucket(described, stored & described.keys()):
+                        self._adopt_outcome(task_id, manifest, lease, unless=record.state)
         except TaskBusy:
             log.info("task %s: a worker took it meanwhile; it settles it", task_id)
         except StorageUnavailable as exc:
             log.warning("task %s: files its manifest does not describe may be left: %s", task_id, exc)
 
-    def _described(self, manifest_key: str) -> dict[str, object] | None:
-        """Key -> sha256 of each file the manifest at ``manifest_key`` lists; None for a manifest
-        of another shape, or none."""
+    def _read_manifest(self, manifest_key: str) -> dict[str, Any] | None:
+        """The manifest at ``manifest_key``; None when there is none, or it is no JSON object."""
         try:
             manifest = self._store.get_json(manifest_key)
-            return {str(image["key"]): image["sha256"] for image in manifest["images"]}
-        except (orjson.JSONDecodeError, TypeError, KeyError):
+        except orjson.JSONDecodeError:
             return None
+        return manifest if isinstance(manifest, dict) else None
 
     def _write_failure(self, callback: Callback, reason: str, lease: Lease) -> None:
         listing = self._store.list_etags(storage.task_prefix(callback.task_id))
         manifest_key = storage.manifest_key(callback.task_id)
         stored = set(_file_keys(callback.task_id, listing))
-        if manifest_key in listing and self._describes_bucket(manifest_key, stored):
-            self._adopt_outcome(callback.task_id, manifest_key, lease)
+        manifest = self._read_manifest(manifest_key) if manifest_key in listing else None
+        if manifest is not None and self._describes_bucket(_described(manifest), stored):
+            self._adopt_outcome(callback.task_id, manifest, lease)
             return
         found, _, _ = self._already_stored(callback, listing)
         manifest = build_manifest(
@@ -256,13 +257,12 @@ class CallbackProcessor:
         log.info("task %s: wrote the manifest of its failure", callback.task_id)
 
     def _adopt_outcome(
-        self, task_id: str, manifest_key: str, lease: Lease, *, unless: TaskState | None = None
+        self, task_id: str, manifest: Mapping[str, Any], lease: Lease, *, unless: TaskState | None = None
     ) -> None:
         """Move the task to the outcome its manifest (describing the bucket) says, when that is
         ``stored`` or ``partial`` (and not ``unless``, the state it has), with the manifest's code
         and the reasons of its errors."""
-        manifest = self._store.get_json(manifest_key)
-        status = manifest.get("status") if isinstance(manifest, dict) else None
+        status = manifest.get("status")
         if status not in (TaskState.STORED.value, TaskState.PARTIAL.value) or status == unless:
             return
         errors = manifest.get("errors")
@@ -280,10 +280,10 @@ class CallbackProcessor:
         )
         log.warning("task %s was given up, but its manifest says %s: it is %s", task_id, status, status)
 
-    def _describes_bucket(self, manifest_key: str, stored: set[str]) -> bool:
-        """Whether the task's manifest lists exactly the files ``stored``, each with the sha256
-        recorded on the object (a manifest of another shape describes nothing)."""
-        described = self._described(manifest_key)
+    def _describes_bucket(self, described: Mapping[str, object] | None, stored: set[str]) -> bool:
+        """Whether the task's manifest, whose files are ``described`` (:func:`_described`), lists
+        exactly the files ``stored``, each with the sha256 recorded on the object (a manifest of
+        another shape describes nothing)."""
         if described is None or set(described) != stored:
             return False
         for key, sha256 in described.items():
@@ -481,6 +481,16 @@ class CallbackProcessor:
                 continue
             found[index] = ImageEntry(index, url, key, info.size, info.sha256, info.content_type)
         return found, replaced - found.keys(), set(stored)
+
+
+def _described(manifest: Mapping[str, Any] | None) -> dict[str, object] | None:
+    """Key -> sha256 of each file ``manifest`` lists; None for a manifest of another shape, or none."""
+    if manifest is None:
+        return None
+    try:
+        return {str(image["key"]): image["sha256"] for image in manifest["images"]}
+    except (TypeError, KeyError):
+        return None
 
 
 def _file_keys(task_id: str, listing: Mapping[str, str]) -> dict[str, int]:

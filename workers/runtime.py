@@ -278,16 +278,15 @@ class WorkerRuntime(Middleware):
                 self._parts.processor.record_failure(callback, reason)
             except Exception:
                 log.exception("task %s failed without a manifest", task_id)
-        elif state in (TaskState.STORED, TaskState.PARTIAL):
+        else:
+            log.info("task %s stays %s; its message was %s", task_id, state.value, reason)
+        if state in (TaskState.STORED, TaskState.PARTIAL):
             # Back to an earlier outcome, or that message was a duplicate: either way the bucket
             # must hold only what the outcome's manifest describes.
             try:
                 self._parts.processor.agree_with_outcome(callback)
             except Exception:
                 log.exception("task %s: its bucket could not be checked against its manifest", task_id)
-            log.info("task %s stays %s; its message was %s", task_id, state.value, reason)
-        else:
-            log.info("task %s stays %s; its message was %s", task_id, state.value, reason)
         # A task submitted again is the polling fallback's: no worker's lease to wait out.
         if state in UNSETTLED_STATES and state is not TaskState.SUBMITTED and looks > 0:
             self._parts.pending.add(callback, reason, after_s=self._settings.lease_ttl_s + 1)
