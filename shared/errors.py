@@ -78,6 +78,12 @@ class PermanentError(MjhookError):
     """Retrying cannot help: the reason is recorded and the task moves on."""
 
 
+class AttemptNeverEnds(PermanentError):
+    """This attempt at a message was started again and again, and never ended: the worker process
+    died during it each time (killed: out of memory, a crash in a library). Started once more it
+    would take its worker down again, and with it every message that worker held."""
+
+
 class InvalidCallback(PermanentError):
     """A callback body or request we refuse; ``status`` is the HTTP answer (400, 401, 413, 415)."""
 

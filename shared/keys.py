@@ -36,6 +36,10 @@ REJECTED = PREFIX + ":rejected"
 #: refusals of callbacks that passed those checks out of :data:`REJECTED`.
 REJECTED_UNAUTHENTICATED = REJECTED + ":unauthenticated"
 
+#: Integer: how often one attempt at a queued message was started (dramatiq message id, the
+#: message's enqueue time in ms, its retry count). Expires ``task_ttl_s`` after its last start.
+ATTEMPT_STARTS = PREFIX + ":starts:{message_id}:{enqueued_ms}:{retries}"
+
 #: Sorted set of the taskIds mjhook itself submitted to the provider, scored by submit time (ms),
 #: whatever their state now (``mjhook recover`` reads it). Entries older than ``task_ttl_s`` are
 #: trimmed on every write. The tasks still waiting for a result are ``state_index("submitted")``.
@@ -73,6 +77,10 @@ def task(task_id: str) -> str:
 
 def lease(task_id: str) -> str:
     return LEASE.format(task_id=task_id)
+
+
+def attempt_starts(message_id: str, enqueued_ms: int, retries: int) -> str:
+    return ATTEMPT_STARTS.format(message_id=message_id, enqueued_ms=enqueued_ms, retries=retries)
 
 
 def state_index(state: str) -> str:

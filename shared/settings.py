@@ -129,6 +129,9 @@ class Settings(BaseModel):
     #: How long a task's state record (dedup memory) is kept after its last change.
     task_ttl_s: int = Field(default=30 * 86400, ge=60)
     max_retries: int = Field(default=12, ge=0)
+    #: How often one attempt at a message may be started (its worker died during it, and it was
+    #: redelivered) before it is given up instead of started again.
+    max_attempt_starts: int = Field(default=3, ge=1)
     min_backoff_ms: int = Field(default=2000, ge=10)
     max_backoff_ms: int = Field(default=600_000, ge=10)
     #: Longest a single task may run before dramatiq interrupts it.

@@ -26,6 +26,7 @@ from shared.settings import Settings
 from shared.storage import ObjectStore, create_object_store, pool_size_for
 from shared.submitted import SubmittedTasks
 from shared.taskstate import UNSETTLED_STATES, TaskState, TaskStore
+from workers.attempt_starts import AttemptStarts
 from workers.fetch import FetchLimits, ResultFetcher, create_http_client
 from workers.guard import guarded_transport_from_settings
 from workers.lease import LeaseManager
@@ -51,6 +52,8 @@ class WorkerParts:
     store: ObjectStore
     #: Give-ups waiting for a second look (any worker's).
     pending: PendingGiveUps
+    #: How often each attempt at a message was started (a message killing its worker is given up).
+    starts: AttemptStarts
     #: The polling fallback; None without a provider API key or a broker to enqueue on.
     polling: Polling | None = None
 
@@ -115,7 +118,12 @@ def build_parts(
             record_failure=processor.record_failure,
         )
     return WorkerParts(
-        processor=processor, tasks=tasks, store=store, pending=PendingGiveUps(client), polling=polling
+        processor=processor,
+        tasks=tasks,
+        store=store,
+        pending=PendingGiveUps(client),
+        starts=AttemptStarts(client, max_starts=settings.max_attempt_starts, ttl_s=settings.task_ttl_s),
+        polling=polling,
     )
 
 

@@ -73,9 +73,11 @@ def process_callback(message: dict[str, Any]) -> None:
     """Process one queued callback (see :class:`workers.pipeline.CallbackProcessor`)."""
     current = CurrentMessage.get_current_message()
     retries = current.options.get("retries", 0) if current is not None else 0
-    runtime.parts().processor.process(
-        Callback.from_message(message), final_attempt=retries >= settings.max_retries
-    )
+    parts = runtime.parts()
+    if current is not None:
+        # Before anything that could take the process down (workers/attempt_starts.py).
+        parts.starts.start(current.message_id, enqueued_ms=current.message_timestamp, retries=retries)
+    parts.processor.process(Callback.from_message(message), final_attempt=retries >= settings.max_retries)
 
 
 @dramatiq.actor(

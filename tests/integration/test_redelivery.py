@@ -68,6 +68,44 @@ def test_a_worker_killed_mid_download_is_redelivered_and_completes(
     assert file_server.hits["/slow.png"] == 2
 
 
+def test_a_message_whose_worker_keeps_dying_is_given_up_with_the_reason(
+    app_env: dict[str, str], tmp_path: Path, file_server: FileServer, s3_server: Any, s3_bucket: str
+) -> None:
+    # Given workers that start an attempt at a message once at most (the default allows three)
+    env = {**app_env, **FAST_REDELIVERY, "MJHOOK_MAX_ATTEMPT_STARTS": "1"}
+    url = file_server.add("/poison.png", png_bytes(8, 512, 512), chunk_size=8192, chunk_delay_s=0.08)
+    ingress, base_url = start_ingress(env, tmp_path, extra_args=["--workers", "1"])
+    doomed = start_workers(env, tmp_path / "doomed", processes=1, threads=2)
+    tasks = TaskStore(connect_redis(Settings.from_env(env).redis_url), ttl_s=3600)
+    rescuer = None
+    try:
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            assert post_callback(http, callback("poison-1", [url])).status_code == 200
+        # When the worker dies during the message's attempt and the message is redelivered
+        wait_for(lambda: file_server.hits["/poison.png"] >= 1, timeout_s=30, what="download started")
+        doomed.kill()
+        rescuer = start_workers(env, tmp_path / "rescuer", processes=1, threads=2)
+        record = wait_for(
+            lambda: (r := tasks.get("poison-1")) is not None and r.state is TaskState.FAILED and r,
+            timeout_s=90,
+            what="the task failed",
+        )
+        manifest = wait_for(
+            lambda: read_manifest(s3_server.client(), s3_bucket, "poison-1"), timeout_s=30, what="manifest"
+        )
+    finally:
+        if rescuer is not None:
+            rescuer.terminate()
+        doomed.kill()
+        ingress.terminate()
+    # Then the attempt is not started again: the task fails, saying why, and the file was not
+    # fetched a second time
+    assert "AttemptNeverEnds: attempt 1 at this message was started 2 times" in record.fields["reason"]
+    assert manifest["status"] == "failed"
+    assert "never ended" in str(manifest["errors"])
+    assert file_server.hits["/poison.png"] == 1
+
+
 def test_a_long_task_is_not_mistaken_for_a_dead_worker(
     app_env: dict[str, str], tmp_path: Path, file_server: FileServer, s3_server: Any, s3_bucket: str
 ) -> None:
