@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from shared.errors import ConfigError, InvalidCallback
+from shared.settings import comma_list
 
 #: The request header holding the signing time, Unix seconds.
 TIMESTAMP_HEADER = "X-Webhook-Timestamp"
@@ -76,7 +77,7 @@ class SignatureVerifier:
         """A verifier for ``MJHOOK_WEBHOOK_HMAC_KEY``: comma-separated keys (whitespace around
         each ignored), each used as its UTF-8 bytes. Raises :class:`ConfigError` when no key
         is left."""
-        keys = [part.strip().encode() for part in value.split(",") if part.strip()]
+        keys = [key.encode() for key in comma_list(value)]
         if not keys:
             raise ConfigError("MJHOOK_WEBHOOK_HMAC_KEY holds no key")
         return cls(keys, window_s=window_s, clock=clock)

@@ -12,7 +12,8 @@ ingress_url=http://127.0.0.1:${UP_INGRESS_PORT:-8000}
 # With ?token= the first of MJHOOK_CALLBACK_TOKEN, when the ingress asks for one.
 callback_url=$ingress_url/callbacks/midjourney$(python -c 'import sys
 from urllib.parse import quote
-token = next((part.strip() for part in sys.argv[1].split(",") if part.strip()), "")
+from shared.settings import comma_list
+token = next(iter(comma_list(sys.argv[1])), "")
 print("?token=" + quote(token, safe="") if token else "")' "${MJHOOK_CALLBACK_TOKEN:-}")
 # The simulator's default key (cli/simulate.py), the one scripts/up.sh gives the stack.
 api_key=sim-api-key

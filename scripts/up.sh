@@ -102,7 +102,8 @@ if [[ " ${extra[*]+"${extra[*]}"} " == *" sim "* ]]; then
   # Callbacks as the ingress checks them: signed with its first webhook key, when it has one
   # (Procfile `sim`; scripts/demo_load.sh sends the first callback token).
   UP_SIM_HMAC_KEY=$("$VENV/bin/python" -c 'import sys
-print(next((key.strip() for key in sys.argv[1].split(",") if key.strip()), ""))' "${MJHOOK_WEBHOOK_HMAC_KEY:-}")
+from shared.settings import comma_list
+print(next(iter(comma_list(sys.argv[1])), ""))' "${MJHOOK_WEBHOOK_HMAC_KEY:-}")
   export UP_SIM_HMAC_KEY
 fi
 

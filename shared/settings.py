@@ -166,14 +166,14 @@ class Settings(BaseModel):
     @classmethod
     def _split_ports(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return tuple(int(part) for part in value.split(",") if part.strip())
+            return tuple(int(part) for part in comma_list(value))
         return value
 
     @field_validator("fetch_allow", "callback_allow_from", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
+            return comma_list(value)
         return value
 
     @field_validator("callback_token", "webhook_hmac_key", "api_token")
@@ -199,7 +199,12 @@ class Settings(BaseModel):
     @property
     def callback_tokens(self) -> tuple[str, ...]:
         """The accepted ``?token=`` values; several (comma-separated) allow a rotation."""
-        return tuple(token.strip() for token in self.callback_token.split(",") if token.strip())
+        return comma_list(self.callback_token)
+
+    @property
+    def webhook_hmac_keys(self) -> tuple[str, ...]:
+        """The webhook signing keys accepted; several (comma-separated) allow a rotation."""
+        return comma_list(self.webhook_hmac_key)
 
     @property
     def queue_url(self) -> str:
@@ -224,6 +229,12 @@ class Settings(BaseModel):
                 for err in exc.errors()
             )
             raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def comma_list(value: str) -> tuple[str, ...]:
+    """The items of a comma-separated setting, whitespace around each and empty ones left out
+    (``" a , b ,"`` is ``("a", "b")``): a rotation's keys or tokens, the first one in use."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 def _with_scheme(url: str, schemes: tuple[str, ...]) -> str:

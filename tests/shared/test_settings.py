@@ -28,6 +28,7 @@ def test_variables_are_read_and_typed() -> None:
             "MJHOOK_MAX_RETRIES": "3",
             "MJHOOK_FETCH_ALLOW": " 127.0.0.1, ::1 ,,localhost",
             "MJHOOK_CALLBACK_TOKEN": "new-secret,old-secret",
+            "MJHOOK_WEBHOOK_HMAC_KEY": " new-key , old-key ,",
             "PATH": "/usr/bin",
         }
     )
@@ -36,6 +37,7 @@ def test_variables_are_read_and_typed() -> None:
     assert settings.max_retries == 3
     assert settings.fetch_allow == ("127.0.0.1", "::1", "localhost")
     assert settings.callback_tokens == ("new-secret", "old-secret")
+    assert settings.webhook_hmac_keys == ("new-key", "old-key")
 
 
 def test_a_misspelled_variable_is_an_error_not_a_silent_default() -> None:
