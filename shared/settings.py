@@ -202,11 +202,6 @@ class Settings(BaseModel):
         return comma_list(self.callback_token)
 
     @property
-    def webhook_hmac_keys(self) -> tuple[str, ...]:
-        """The webhook signing keys accepted; several (comma-separated) allow a rotation."""
-        return comma_list(self.webhook_hmac_key)
-
-    @property
     def queue_url(self) -> str:
         """The broker URL actually used: ``broker_url``, else ``redis_url``."""
         return self.broker_url or self.redis_url
