@@ -22,8 +22,14 @@ from shared.storage import create_object_store
 from shared.submit import callback_url as configured_callback_url
 from simulator import FaultConfig, RunningSimulator, SimulatorConfig, run_simulator
 from simulator.api_requests import deliverable_url
-from simulator.config import DEFAULT_CALLBACK_TIMEOUT_S, DEFAULT_GENERATION_DELAY_S, DEFAULT_URL_TTL_S
-from simulator.control import MAX_LOAD_RATE, MIN_LOAD_RATE, run_load_in
+from simulator.config import (
+    DEFAULT_CALLBACK_RATE_PER_S,
+    DEFAULT_CALLBACK_TIMEOUT_S,
+    DEFAULT_GENERATION_DELAY_S,
+    DEFAULT_URL_TTL_S,
+)
+from simulator.control import MAX_LOAD_RATE, MAX_LOAD_TASKS, MIN_LOAD_RATE, run_load_in
+from simulator.files import MAX_IMAGE_SIDE
 from simulator.load import (
     DEFAULT_DOWNLOAD_GRACE_S,
     DEFAULT_STORE_TIMEOUT_S,
@@ -39,8 +45,6 @@ from simulator.load import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The largest --width and --height, pixels: a PNG is made in memory per request.
-MAX_IMAGE_SIDE = 8192
 #: A bucket prefix no task has: listed once before a load in a running simulator, so that a
 #: store refusing the credentials says so before the run.
 LOAD_CHECK_LISTING = "tasks/.load-check/"
@@ -130,6 +134,18 @@ def provider_options(function: F) -> F:
     return function
 
 
+def concurrency_option(default_help: str, fewer_help: str) -> Callable[[F], F]:
+    """``--concurrency``: callbacks in flight at most, its default said by ``default_help``, what
+    fewer do by ``fewer_help``."""
+    return click.option(
+        "--concurrency",
+        type=click.IntRange(1, MAX_DELIVERY_THREADS),
+        default=None,
+        help=f"Callbacks in flight at most [default: {default_help}, {MIN_DELIVERY_THREADS}"
+        f"-{MAX_DELIVERY_THREADS}]. Fewer, with {fewer_help}.",
+    )
+
+
 def _config(options: dict[str, Any], **overrides: Any) -> SimulatorConfig:
     public_url = options.pop("public_url")
     if public_url and not deliverable_url(public_url):
@@ -198,6 +214,10 @@ def simulate() -> None:
     is_flag=True,
     help="Answer API failures with the body's code as HTTP status too [default: 200].",
 )
+@concurrency_option(
+    f"{DEFAULT_CALLBACK_RATE_PER_S:g}/s x --callback-timeout",
+    "slow receivers, hold back the callbacks to the others",
+)
 @provider_options
 def serve(
     port: int,
@@ -206,12 +226,16 @@ def serve(
     credits: int | None,
     maintenance: bool,
     http_status_mirrors_code: bool,
+    concurrency: int | None,
     **options: Any,
 ) -> None:
-    """Serve the provider's API, result files and callbacks until Ctrl-C."""
+    """Serve the provider's API, result files and callbacks until Ctrl-C. The callbacks, of its
+    API's tasks and of load runs (``load --simulator-url``), share --concurrency."""
+    threads = _delivery_threads(concurrency, DEFAULT_CALLBACK_RATE_PER_S, options["callback_timeout"])
     config = _config(
         options,
         port=port,
+        delivery_threads=threads,
         generation_delay_s=generation_delay,
         rate_limit=rate_limit,
         credits=credits,
@@ -230,11 +254,11 @@ def serve(
 
 
 @simulate.command()
-@click.option("--tasks", "task_count", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--tasks", "task_count", type=click.IntRange(1, MAX_LOAD_TASKS), default=100, show_default=True)
 @click.option(
     "--rate",
     type=FiniteFloatRange(min=MIN_LOAD_RATE, max=MAX_LOAD_RATE),
-    default=20.0,
+    default=DEFAULT_CALLBACK_RATE_PER_S,
     show_default=True,
     help="Callbacks/s.",
 )
@@ -247,13 +271,7 @@ def serve(
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=0, help="Port for result files [default: free]."
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, MAX_DELIVERY_THREADS),
-    default=None,
-    help=f"Callbacks in flight at most [default: RATE x --callback-timeout, {MIN_DELIVERY_THREADS}"
-    f"-{MAX_DELIVERY_THREADS}]. Fewer, with a slow receiver, send below --rate (the report says).",
-)
+@concurrency_option("RATE x --callback-timeout", "a slow receiver, send below --rate (the report says)")
 @click.option(
     "--settle-timeout",
     type=seconds(),
@@ -281,7 +299,8 @@ def serve(
     default=None,
     help="Run the load in the simulator serving there (`mjhook simulate serve`, with --api-key):"
     " its tasks, faults and result files, so that workers verifying with it know the tasks. The"
-    " simulator options here, --port and --concurrency, are then its own.",
+    " simulator options here, --port and --concurrency, are then its own (serve's --concurrency"
+    " bounds the run's callbacks in flight).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @provider_options
@@ -323,7 +342,7 @@ def load(
         )
         _print_load_report(report, as_json=as_json)
         return
-    threads = delivery_threads_for(rate, options["callback_timeout"]) if concurrency is None else concurrency
+    threads = _delivery_threads(concurrency, rate, options["callback_timeout"])
     config = _config(options, port=port, delivery_threads=threads)
     with reported_failures():
         store = create_object_store(settings) if store_timeout > 0 else None
@@ -340,6 +359,12 @@ def load(
                 download_grace_s=download_grace,
             )
     _print_load_report(report, as_json=as_json)
+
+
+def _delivery_threads(concurrency: int | None, rate_per_s: float, callback_timeout_s: float) -> int:
+    """``--concurrency``, or by default enough to send ``rate_per_s`` callbacks per second whose
+    answers each take the whole callback timeout."""
+    return delivery_threads_for(rate_per_s, callback_timeout_s) if concurrency is None else concurrency
 
 
 def _load_in(

@@ -24,20 +24,14 @@ MAX_TRAILERS = 64
 
 
 def read_json(req: falcon.Request) -> Any:
-    """The JSON request body; code 400 when it is no JSON (or its chunks are malformed), 422
-    beyond :data:`MAX_BODY_BYTES` (read to its end piece by piece, not kept, so the client gets
-    the answer rather than a reset connection) or :data:`MAX_BODY_DEPTH`."""
-    chunked = "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
-    if chunked and req.env.get("wsgi.input_terminated"):
-        # A server that decodes chunks itself (gunicorn) says so: its input ends with the body.
-        body = req.stream.read(MAX_BODY_BYTES + 1)
-    elif chunked:
-        # wsgiref's input is the connection itself, and Falcon reads a body only by its length.
-        body = _read_chunked(req.env["wsgi.input"], MAX_BODY_BYTES + 1)
-    else:
-        body = req.bounded_stream.read(MAX_BODY_BYTES + 1)
-        if len(body) > MAX_BODY_BYTES:
-            req.bounded_stream.exhaust()
+    """The JSON request body; code 400 when it is no JSON (or its chunks are malformed, or it
+    stalls past the server's socket timeout), 422 beyond :data:`MAX_BODY_BYTES` (read to its end
+    piece by piece, not kept, so the client gets the answer rather than a reset connection) or
+    :data:`MAX_BODY_DEPTH`."""
+    try:
+        body = _read_body(req)
+    except OSError as exc:  # the server's socket timeout: a client stalling midway through its body
+        raise ProviderError(CODE_BAD_REQUEST, f"The request body could not be read: {exc}") from None
     if len(body) > MAX_BODY_BYTES:
         raise ProviderError(CODE_VALIDATION, f"The request body is larger than {MAX_BODY_BYTES} bytes")
     too_deep = ProviderError(CODE_VALIDATION, f"The request body nests deeper than {MAX_BODY_DEPTH} levels")
@@ -53,6 +47,23 @@ def read_json(req: falcon.Request) -> Any:
     except InvalidCallback:
         raise too_deep from None
     return document
+
+
+def _read_body(req: falcon.Request) -> bytes:
+    """The request body, at most :data:`MAX_BODY_BYTES` + 1 bytes of it (a longer one by its
+    Content-Length is read to its end)."""
+    chunked = "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+    if chunked and req.env.get("wsgi.input_terminated"):
+        # A server that decodes chunks itself (gunicorn) says so: its input ends with the body.
+        body: bytes = req.stream.read(MAX_BODY_BYTES + 1)
+    elif chunked:
+        # wsgiref's input is the connection itself, and Falcon reads a body only by its length.
+        body = _read_chunked(req.env["wsgi.input"], MAX_BODY_BYTES + 1)
+    else:
+        body = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            req.bounded_stream.exhaust()
+    return body
 
 
 def _read_chunked(stream: BinaryIO, limit: int) -> bytes:

@@ -1,5 +1,6 @@
-"""Deliver callbacks the way the provider does: POST JSON, wait up to 15 s for the whole answer,
-retry a non-2xx answer or a timeout after 1, 5 and 15 minutes (times ``time_scale``), then give up.
+"""Deliver callbacks the way the provider does: POST JSON, wait up to 15 s for the answer (its
+status, and its body up to :data:`MAX_ANSWER_BYTES`), retry a non-2xx answer or a timeout after 1,
+5 and 15 minutes (times ``time_scale``), then give up.
 
 Every attempt is recorded, so tests and the load report can see what was sent and answered.
 """
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 TIMESTAMP_HEADER = "X-Webhook-Timestamp"
 SIGNATURE_HEADER = "X-Webhook-Signature"
+#: The most of a receiver's answer to a callback read, bytes: the provider wants its status; a
+#: receiver answering gigabytes must not fill the simulator's memory.
+MAX_ANSWER_BYTES = 4096
 
 
 def webhook_signature(key: str, task_id: str, timestamp: int) -> str:
@@ -110,8 +114,9 @@ class CallbackDelivery:
     """Sends callbacks on ``scheduler`` threads with one pooled ``client``.
 
     An attempt gets ``timeout_s`` seconds in all, from connecting to the last byte of the answer
-    (the ``client`` should use a :class:`~simulator.deadline.DeadlineTransport`, which stops
-    waiting then; an answer completed later counts as a timeout whatever the transport).
+    read, at most :data:`MAX_ANSWER_BYTES` of its body (the ``client`` should use a
+    :class:`~simulator.deadline.DeadlineTransport`, which stops waiting then; an answer completed
+    later counts as a timeout whatever the transport).
     ``retry_delays_s`` are real seconds, each counted from the previous attempt;
     ``clock`` gives the Unix seconds of the signature timestamp.
     """
@@ -161,7 +166,9 @@ class CallbackDelivery:
     def _attempt(
         self, url: str, task_id: str, content: bytes, delivery: int, attempt: int, due: float
     ) -> None:
-        headers = {"Content-Type": "application/json"}
+        # identity: the answer's bytes read are the bytes sent (no decompressing a small answer
+        # into a large one).
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         sent_at = self._clock()
         if self._hmac_key:
             timestamp = int(sent_at)
@@ -172,7 +179,7 @@ class CallbackDelivery:
         error: str | None = None
         try:
             with deadline(self._timeout_s):
-                status = self._client.post(url, content=content, headers=headers).status_code
+                status = _answer_status(self._client, url, content, headers)
         except Exception as exc:  # not only httpx's: the idna codec's UnicodeError fails an attempt too
             error = f"{type(exc).__name__}: {exc}"
         if status is not None and time.monotonic() - started > self._timeout_s:
@@ -204,3 +211,16 @@ class CallbackDelivery:
         self._scheduler.call_later(
             delay_s, lambda: self._attempt(url, task_id, content, delivery, attempt + 1, retry_due)
         )
+
+
+def _answer_status(client: httpx.Client, url: str, content: bytes, headers: dict[str, str]) -> int:
+    """POST ``content`` to ``url`` and return the answer's status, having read at most
+    :data:`MAX_ANSWER_BYTES` of its body (the connection is closed, not reused, when it was
+    longer)."""
+    with client.stream("POST", url, content=content, headers=headers) as answer:
+        read = 0
+        for piece in answer.iter_raw(MAX_ANSWER_BYTES):
+            read += len(piece)
+            if read >= MAX_ANSWER_BYTES:
+                break
+        return answer.status_code

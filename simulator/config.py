@@ -7,9 +7,10 @@ multiplied by ``time_scale`` (the provider's 1/5/15 minutes are too long for a t
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass, field
 
-from simulator.files import DEFAULT_HEIGHT, DEFAULT_WIDTH
+from simulator.files import DEFAULT_CACHE_BYTES, DEFAULT_HEIGHT, DEFAULT_WIDTH, MAX_IMAGE_SIDE
 from simulator.video import DEFAULT_VIDEO_BYTES, MAX_VIDEO_BYTES, MIN_VIDEO_BYTES
 
 #: The provider's callback retry schedule: after 1, 5 and 15 minutes, then never again.
@@ -23,6 +24,19 @@ DEFAULT_GENERATION_DELAY_S = 1.0
 DEFAULT_URL_TTL_S = 14 * 86400.0
 #: A link from ``/api/v1/common/download-url`` is valid 20 minutes.
 REFRESHED_URL_TTL_S = 20 * 60.0
+#: Callbacks per second the default delivery pool keeps sending when every answer takes the whole
+#: callback timeout (and ``mjhook simulate load``'s default rate).
+DEFAULT_CALLBACK_RATE_PER_S = 20.0
+#: Callbacks in flight at once by default: 300, each waiting on its answer up to the default
+#: callback timeout (threads are started as needed, not beforehand).
+DEFAULT_DELIVERY_THREADS = math.ceil(DEFAULT_CALLBACK_RATE_PER_S * DEFAULT_CALLBACK_TIMEOUT_S)
+#: How long the simulator's HTTP server waits on a client's socket (a request's next bytes, or room
+#: to send the answer), seconds: a client stalling longer is hung up on.
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+#: Connections served at once; beyond, new ones wait in the listen backlog until one ends.
+DEFAULT_MAX_CONNECTIONS = 512
+#: How far the file fault shares may add up past 1 by float rounding (0.34 + 0.55 + 0.11).
+SHARE_SUM_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,7 +91,7 @@ class FaultConfig:
         for name, share in shares.items():
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {share}")
-        if self.file_fault_share > 1.0:
+        if self.file_fault_share > 1.0 + SHARE_SUM_TOLERANCE:
             raise ValueError("the file fault shares add up to more than 1")
         if self.file_fault_repeats < 0 or self.file_slow_delay_s < 0 or self.duplicate_delay_s < 0:
             raise ValueError("fault repeats and delays must not be negative")
@@ -111,16 +125,19 @@ class SimulatorConfig:
     generation_delay_s: float = DEFAULT_GENERATION_DELAY_S
     generation_jitter_s: float = 0.0
     callback_timeout_s: float = DEFAULT_CALLBACK_TIMEOUT_S
-    #: Threads sending callbacks (each waits up to ``callback_timeout_s`` on a slow receiver).
-    delivery_threads: int = 16
+    #: Threads sending callbacks: callbacks in flight at most (each waits up to
+    #: ``callback_timeout_s`` on a slow receiver, holding a thread).
+    delivery_threads: int = DEFAULT_DELIVERY_THREADS
     #: Size of generated PNGs, pixels. 1024x1024 is ~1.4-1.8 MB.
     image_width: int = DEFAULT_WIDTH
     image_height: int = DEFAULT_HEIGHT
     #: Size of the MP4 files of video tasks, bytes: exactly this, as many frames as fit (the
     #: default holds 2 s of 112x64 video; see ``simulator.video.video_layout``).
     video_bytes: int = DEFAULT_VIDEO_BYTES
-    #: Generated files kept in memory (least recently used are dropped).
+    #: Generated files kept in memory, at most this many and ``file_cache_bytes`` bytes (least
+    #: recently used are dropped; a file larger than that is made for each request).
     file_cache_size: int = 64
+    file_cache_bytes: int = DEFAULT_CACHE_BYTES
     #: Seconds a result URL stays valid, and the task's media is kept after it completed.
     url_ttl_s: float = DEFAULT_URL_TTL_S
     refreshed_url_ttl_s: float = REFRESHED_URL_TTL_S
@@ -135,6 +152,9 @@ class SimulatorConfig:
     maintenance: bool = False
     #: The HTTP status of API answers: 200 with the code in the body (False), or the body code.
     http_status_mirrors_code: bool = False
+    #: Seconds the HTTP server waits on a client's socket; connections served at once.
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Start of every taskId; empty means ``mjsim-<random hex>-``.
     task_id_prefix: str = ""
     faults: FaultConfig = field(default_factory=FaultConfig)
@@ -148,8 +168,8 @@ class SimulatorConfig:
             )
         if self.time_scale <= 0:
             raise ValueError("time_scale must be positive")
-        if self.image_width < 1 or self.image_height < 1:
-            raise ValueError("image sizes must be positive")
+        if not (1 <= self.image_width <= MAX_IMAGE_SIDE and 1 <= self.image_height <= MAX_IMAGE_SIDE):
+            raise ValueError(f"image sizes must be from 1 to {MAX_IMAGE_SIDE} pixels")
         if not MIN_VIDEO_BYTES <= self.video_bytes <= MAX_VIDEO_BYTES:
             raise ValueError(
                 f"video_bytes must be from {MIN_VIDEO_BYTES} (one 16x16 frame and its MP4 boxes) "
@@ -157,8 +177,12 @@ class SimulatorConfig:
             )
         if self.generation_delay_s < 0 or self.generation_jitter_s < 0:
             raise ValueError("generation delays must not be negative")
-        if self.delivery_threads < 1 or self.file_cache_size < 1:
-            raise ValueError("delivery_threads and file_cache_size must be at least 1")
+        if min(self.delivery_threads, self.file_cache_size, self.file_cache_bytes, self.max_connections) < 1:
+            raise ValueError(
+                "delivery_threads, file_cache_size, file_cache_bytes and max_connections must be at least 1"
+            )
+        if self.request_timeout_s <= 0:
+            raise ValueError("request_timeout_s must be positive")
 
     @property
     def scaled_retry_delays_s(self) -> tuple[float, ...]:

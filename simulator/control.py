@@ -126,7 +126,7 @@ def _load_params(body: Any, *, default_settle_s: float) -> dict[str, Any]:
     if not isinstance(callback_url, str) or not deliverable_url(callback_url):
         raise ProviderError(CODE_VALIDATION, "callbackUrl must be an http or https URL with a host")
     task_type = body.get("taskType", "mj_txt2img")
-    if task_type not in GENERATE_TASK_TYPES:
+    if not isinstance(task_type, str) or task_type not in GENERATE_TASK_TYPES:
         raise ProviderError(CODE_VALIDATION, f"taskType must be one of {sorted(GENERATE_TASK_TYPES)}")
     settle = body.get("settleTimeout")
     settle_s = default_settle_s if settle is None else _number(settle, "settleTimeout", 0.0, MAX_SETTLE_S)

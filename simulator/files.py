@@ -18,6 +18,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from simulator.seeding import file_rng
@@ -33,6 +34,12 @@ GRADIENT_STEP = 3
 
 DEFAULT_WIDTH = 1024
 DEFAULT_HEIGHT = 1024
+#: The largest width and height, pixels: a PNG is made in memory, ~4 times its raw pixels at
+#: its peak (~210 MB at 4096x4096, for a file of ~30 MB).
+MAX_IMAGE_SIDE = 4096
+#: Generated files kept in memory at most, bytes (a 1024x1024 PNG is ~1.4-1.8 MB, a 4096x4096 one
+#: ~25-30 MB).
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +110,24 @@ def sha256_hex(data: bytes) -> str:
 
 
 class FileCache:
-    """Generated files kept in memory, least recently used dropped first. Thread-safe; two
-    threads missing the same file at once may both make it (the bytes are identical)."""
+    """Generated files kept in memory, at most ``max_files`` of them and ``max_bytes`` bytes in
+    all, least recently used dropped first (a file larger than ``max_bytes`` is not kept).
+    Thread-safe; requests missing the same file at once wait for the one that makes it."""
 
-    def __init__(self, make: Callable[[str, int, str], bytes], *, max_files: int = 64) -> None:
+    def __init__(
+        self,
+        make: Callable[[str, int, str], bytes],
+        *,
+        max_files: int = 64,
+        max_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         self._make = make
         self._max_files = max_files
+        self._max_bytes = max_bytes
         self._files: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
+        self._bytes = 0
+        #: Files being made, for the requests missing them meanwhile.
+        self._making: dict[tuple[str, int, str], Future[bytes]] = {}
         self._lock = threading.Lock()
 
     def get(self, task_id: str, index: int, ext: str) -> bytes:
@@ -118,9 +136,33 @@ class FileCache:
             if key in self._files:
                 self._files.move_to_end(key)
                 return self._files[key]
-        data = self._make(task_id, index, ext)
+            making = self._making.get(key)
+            if making is None:
+                making = self._making[key] = Future()
+                maker = True
+            else:
+                maker = False
+        if not maker:
+            return making.result()
+        try:
+            data = self._make(task_id, index, ext)
+        except BaseException as exc:
+            with self._lock:
+                del self._making[key]
+            making.set_exception(exc)
+            raise
         with self._lock:
-            self._files[key] = data
-            while len(self._files) > self._max_files:
-                self._files.popitem(last=False)
+            del self._making[key]
+            self._keep(key, data)
+        making.set_result(data)
         return data
+
+    def _keep(self, key: tuple[str, int, str], data: bytes) -> None:
+        """Add ``data``, then drop the least recently used beyond the bounds (with the lock held)."""
+        if len(data) > self._max_bytes:
+            return
+        self._files[key] = data
+        self._bytes += len(data)
+        while len(self._files) > self._max_files or self._bytes > self._max_bytes:
+            _, dropped = self._files.popitem(last=False)
+            self._bytes -= len(dropped)

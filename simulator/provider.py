@@ -52,7 +52,8 @@ class FileAnswer:
     fault: FileFault = FileFault.NONE
     data: bytes = b""
     content_type: str = ""
-    #: False once the provider no longer keeps the task's media (404 whatever the link).
+    #: False once the provider no longer keeps the task's media (404 for any link signed as
+    #: issued, expired or not).
     kept: bool = True
     #: When the request came (Unix seconds, the provider's clock): what :meth:`Provider.sent_whole`
     #: records once the last byte of ``data`` went out.
@@ -273,13 +274,17 @@ class Provider:
         fault to inject, and the bytes. It counts as a download only once the HTTP layer sent
         them all (:meth:`sent_whole`)."""
         check = self.links.check(ref, expires=expires, signature=signature)
-        if check is not LinkCheck.VALID:
+        if check is LinkCheck.BAD_SIGNATURE:
             return FileAnswer(check)
         with self._lock:
             task = self._tasks.get(ref.task_id)
         if task is not None and not self._kept(task):
-            # A link refreshed near the end of the media's life outlives it.
+            # Gone whatever the link's expiry, as download-url says: a link refreshed near the end
+            # of the media's life outlives it, and a result link's expiry (rounded up to a whole
+            # second) may come a moment after it.
             return FileAnswer(check, kept=False)
+        if check is not LinkCheck.VALID:
+            return FileAnswer(check)
         # A valid link of a task this process never saw (a restart) still serves its bytes.
         fault = FileFault.NONE if task is None else self._faults.on_request(task.number, ref.index)
         data = self._files.get(ref.task_id, ref.index, ref.ext)

@@ -78,9 +78,9 @@ class DownloadUrlResource:
 
 
 class FileResource:
-    """``GET /files/{task_id}/{index}.{ext}?exp=&sig=``: 403 for a bad signature, 410 once
-    expired, 404 once the media is no longer kept, and the injected faults (503, slow,
-    truncated). ``sleep`` makes the pauses of a slow file, in seconds."""
+    """``GET /files/{task_id}/{index}.{ext}?exp=&sig=``: 403 for a bad signature, 404 once the
+    media is no longer kept (whatever the link's expiry), else 410 once expired, and the injected
+    faults (503, slow, truncated). ``sleep`` makes the pauses of a slow file, in seconds."""
 
     def __init__(self, provider: Provider, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self._provider = provider
@@ -96,10 +96,10 @@ class FileResource:
         )
         if answer.check is LinkCheck.BAD_SIGNATURE:
             raise falcon.HTTPForbidden(description="invalid signature")
-        if answer.check is LinkCheck.EXPIRED:
-            raise falcon.HTTPGone(description="this link has expired")
         if not answer.kept:
             raise falcon.HTTPNotFound(description="this file is no longer kept")
+        if answer.check is LinkCheck.EXPIRED:
+            raise falcon.HTTPGone(description="this link has expired")
         if answer.fault is FileFault.ERROR:
             raise falcon.HTTPServiceUnavailable(description="injected fault")
         resp.content_type = answer.content_type

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import socketserver
+import sys
 import threading
 import time
 from collections import deque
@@ -18,7 +20,7 @@ import httpx
 from simulator.admission import Admission
 from simulator.app import create_app
 from simulator.callbacks import CallbackDelivery, DeliveryAttempt
-from simulator.config import SimulatorConfig
+from simulator.config import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_S, SimulatorConfig
 from simulator.control import LOADS_PATH, LoadsResource
 from simulator.deadline import DeadlineTransport
 from simulator.faults import FaultPlan
@@ -42,17 +44,70 @@ GENERATION_THREADS = 2
 #: backlog (mjhook's workers fetch 4 files per task at once) has its SYNs dropped, and each
 #: dropped one costs its client a retransmission, a second or more.
 LISTEN_BACKLOG = 1024
+#: How often the accept loop, waiting for a connection to end (all ``max_connections`` served),
+#: looks whether the server is stopping, seconds.
+SLOT_POLL_S = 0.1
 
 
 class SimulatorHTTPServer(socketserver.ThreadingMixIn, WSGIServer):
-    """The simulator's HTTP server: a thread per connection, a listen backlog for bursts, no
-    host name lookup."""
+    """The simulator's HTTP server: a thread per connection, at most ``max_connections`` at once
+    (the next ones wait in the listen backlog), each hung up on when its client stalls
+    ``request_timeout_s`` seconds; no host name lookup."""
 
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
     # A slow-file fault keeps a request thread busy for seconds; stopping must not wait for it.
     block_on_close = False
     allow_reuse_address = True
+
+    def __init__(
+        self,
+        server_address: tuple[str, int],
+        handler: type[WSGIRequestHandler],
+        *,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self._request_timeout_s = request_timeout_s
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._closing = threading.Event()
+        super().__init__(server_address, handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        # Every read and write of the connection then waits at most this long: a client sending
+        # a byte now and then of a body it never finishes does not hold its thread for good.
+        connection.settimeout(self._request_timeout_s)
+        return connection, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # All connections served: the accept loop waits for one to end; new ones wait in the backlog.
+        while not self._slots.acquire(timeout=SLOT_POLL_S):
+            if self._closing.is_set():
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that stalled past the timeout or hung up is its own business, not a traceback.
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("connection from %s ended: %s", client_address, sys.exc_info()[1])
+            return
+        super().handle_error(request, client_address)
+
+    def shutdown(self) -> None:
+        self._closing.set()
+        super().shutdown()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host name (socket.getfqdn), which may leave the
@@ -174,7 +229,12 @@ def run_simulator(
     (default: a :class:`DeadlineTransport`, which stops waiting for an answer after
     ``config.callback_timeout_s`` in all); ``sleep`` makes the pauses of a slow file, in seconds."""
     config = config or SimulatorConfig()
-    server = SimulatorHTTPServer((config.host, config.port), _QuietHandler)
+    server = SimulatorHTTPServer(
+        (config.host, config.port),
+        _QuietHandler,
+        request_timeout_s=config.request_timeout_s,
+        max_connections=config.max_connections,
+    )
     base_url = config.public_url.rstrip("/") or f"http://{config.host}:{server.server_port}"
     generation = Scheduler(threads=GENERATION_THREADS, name="simulator-generation")
     deliveries = Scheduler(threads=config.delivery_threads, name="simulator-delivery")
@@ -193,7 +253,9 @@ def run_simulator(
         links=LinkSigner(
             secret=(config.url_secret or secrets.token_hex(16)).encode(), base_url=base_url, clock=clock
         ),
-        files=FileCache(_file_maker(config), max_files=config.file_cache_size),
+        files=FileCache(
+            _file_maker(config), max_files=config.file_cache_size, max_bytes=config.file_cache_bytes
+        ),
         faults=FaultPlan(config.faults),
         delivery=CallbackDelivery(
             scheduler=deliveries,

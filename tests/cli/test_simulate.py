@@ -98,6 +98,30 @@ def test_load_refuses_option_values_out_of_range(run_cli: RunCli, option: list[s
 
 
 @pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (["load", "--callback-url", UNREACHED_CALLBACK_URL, "--store-timeout", "0"], ["--tasks", "100001"]),
+        (["serve"], ["--width", "4097"]),
+        (["serve"], ["--height", "4097"]),
+        (["serve"], ["--concurrency", "0"]),
+        (["serve"], ["--concurrency", "1025"]),
+    ],
+    ids=lambda part: " ".join(part),
+)
+def test_values_beyond_the_simulators_limits_are_refused_before_it_starts(
+    run_cli: RunCli, taken_port: int, command: list[str], option: list[str]
+) -> None:
+    # Given more tasks than a load run may have (the control route's cap too), an image side
+    # beyond 4096 pixels, or a concurrency out of range
+    # When the simulator is told to use it (on a taken port: one that started anyway stops there)
+    result = run_cli({}, "simulate", *command, "--port", str(taken_port), *option)
+    # Then it is a usage error naming the option, before anything listens
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option[0]}'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
     "command",
     [["serve"], ["load", "--tasks", "1", "--callback-url", UNREACHED_CALLBACK_URL, "--store-timeout", "0"]],
     ids=["serve", "load"],

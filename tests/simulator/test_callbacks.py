@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import socket
+import threading
 import time
 
 import httpx
@@ -287,3 +289,59 @@ def test_at_the_default_shares_callbacks_name_the_id_taskId_and_carry_the_tasks_
         assert sent == sim.provider.task(body["data"]["taskId"]).prompt_json
         assert orjson.loads(sent)["prompt"] == "a lighthouse"
     assert {body["code"] for body in bodies} == {200, 500}
+
+
+#: A receiver's answer too long to keep: 64 MiB of body after a 200.
+HUGE_ANSWER_BYTES = 64 * 1024 * 1024
+HUGE_ANSWER_PIECE = b"x" * 65536
+
+
+def test_a_huge_answer_to_a_callback_is_taken_by_its_status_and_not_read_whole(make_sim: SimFactory) -> None:
+    # Given a receiver that answers 200 followed by a 64 MiB body, counting what it could send
+    # until the simulator hung up
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10.0)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/callbacks/midjourney"
+    request_heads: list[bytes] = []
+    sent: list[int] = []
+
+    def answer_hugely() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10.0)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            request_heads.append(head)
+            total = 0
+            try:
+                conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {HUGE_ANSWER_BYTES}\r\n\r\n".encode())
+                while total < HUGE_ANSWER_BYTES:
+                    conn.sendall(HUGE_ANSWER_PIECE)
+                    total += len(HUGE_ANSWER_PIECE)
+            except OSError:
+                pass  # the simulator hung up: what the test wants to see
+            sent.append(total)
+
+    thread = threading.Thread(target=answer_hugely, daemon=True)
+    thread.start()
+    try:
+        sim = make_sim()
+        with api(sim) as client:
+            # When a task calls it back
+            task_id = submit(client, callBackUrl=url)
+            wait_done(client, task_id)
+        thread.join(15.0)
+        assert sim.wait_idle(10.0)
+    finally:
+        listener.close()
+    # Then the callback counts as acknowledged on the answer's status
+    [attempt] = sim.attempts(task_id)
+    assert attempt.status == 200, attempt.error
+    # And the simulator read a few KiB of the body and closed the connection: the receiver could
+    # not send it whole (what it sent beyond sits in the kernel's socket buffers, a few MiB)
+    [total] = sent
+    assert total < HUGE_ANSWER_BYTES // 2
+    # And it asked for the answer as it is, not compressed
+    [head] = request_heads
+    assert b"\r\naccept-encoding: identity\r\n" in head.lower()

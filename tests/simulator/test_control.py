@@ -112,6 +112,14 @@ def test_the_control_routes_want_the_api_key(make_sim: SimFactory, receiver: Rec
             "taskType must be",
         ),
         (
+            {"tasks": 1, "rate": 1, "callbackUrl": "http://127.0.0.1:9/cb", "taskType": ["mj_txt2img"]},
+            "taskType must be",
+        ),
+        (
+            {"tasks": 1, "rate": 1, "callbackUrl": "http://127.0.0.1:9/cb", "taskType": {"a": 1}},
+            "taskType must be",
+        ),
+        (
             {"tasks": 1, "rate": 1, "callbackUrl": "http://127.0.0.1:9/cb", "settleTimeout": -1},
             "settleTimeout must be from",
         ),

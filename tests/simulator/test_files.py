@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 
 from simulator import FaultConfig, RunningSimulator, expected_file
-from simulator.files import FileCache, png_bytes
+from simulator.files import FileCache, png_bytes, sha256_hex
 from simulator.links import FileRef, LinkCheck, LinkSigner
 from simulator.resources import ProviderErrorHandler
 from simulator.video import video_layout
@@ -96,13 +97,14 @@ def test_links_expire_refuse_tampering_and_can_be_refreshed(make_sim: SimFactory
         # And the result link until its hour has passed
         still_valid = client.get(url).status_code
         clock.advance(3600)
-        expired = client.get(url).status_code
+        gone = client.get(url).status_code
 
     assert (valid, tampered, unsigned) == (200, 403, 403)
     assert refreshed == 200
     assert refreshed_later == 410
     assert still_valid == 200
-    assert expired == 410
+    # (the media goes with the result link: 404, as download-url says then)
+    assert gone == 404
 
 
 @pytest.mark.parametrize("expired_share", [0.0, 1.0], ids=["links", "links-issued-expired"])
@@ -127,10 +129,115 @@ def test_once_the_media_is_no_longer_kept_no_link_serves_it(
 
     assert early["code"] == 200
     assert early_file == 200
-    # Then no fresh link is given, and neither link serves the file
+    # Then no fresh link is given, and neither link serves the file: 404, the file is gone (not
+    # 410, which asks for a fresh link), even for a link issued already expired
     assert late == {"code": 404, "msg": "The file has expired and no longer exists", "data": None}
     assert fresh_file == 404
-    assert original == 410
+    assert original == 404
+
+
+def test_a_result_link_answers_404_from_when_the_media_is_gone_not_404_then_410(
+    make_sim: SimFactory,
+) -> None:
+    # Given media kept 600 s after the task completed, at a quarter past a whole second: its
+    # result link's expiry, rounded up to a whole second, comes 0.75 s after the media is gone
+    clock = FakeClock(1_000_000.25)
+    sim = make_sim(clock=clock, url_ttl_s=600.0)
+    statuses, refreshes = [], []
+    with api(sim) as client:
+        task_id = submit(client)
+        url = result_urls(wait_done(client, task_id))[0]
+        # When the link is asked for on the media's last moment, just after it, and once the
+        # link's own expiry has passed too
+        for step in (600.0, 0.25, 1.0):
+            clock.advance(step)
+            statuses.append(client.get(url).status_code)
+            refreshes.append(client.post("/api/v1/common/download-url", json={"url": url}).json()["code"])
+    # Then it serves the file, then answers 404 for good, as download-url does
+    assert statuses == [200, 404, 404]
+    assert refreshes == [200, 404, 404]
+
+
+def test_the_default_sizes_give_the_same_bytes_as_ever() -> None:
+    # Seeded output of the default sizes, as earlier versions made it: a test or a bench run
+    # comparing against recorded sha256s keeps working
+    assert sha256_hex(png_bytes("mjsim-pin-000000", 0)) == (
+        "e0e688a66d618562abb0e9edfae20aa7bfa9bbfff44f958c3c89036b69daf432"
+    )
+    assert sha256_hex(expected_file("mjsim-pin-000000", 0, ext="mp4")) == (
+        "fb0673c6d082b25462b2e6dbabde5696d1a172acf25b8c0afc0a429a7df49ace"
+    )
+
+
+def test_the_file_cache_is_bounded_by_bytes_too() -> None:
+    made: list[str] = []
+
+    def make(task_id: str, index: int, ext: str) -> bytes:
+        made.append(task_id)
+        return b"x" * (300 if task_id == "big" else 100)
+
+    # Given a cache of up to 10 files but 250 bytes, and files of 100 bytes
+    cache = FileCache(make, max_files=10, max_bytes=250)
+    for task_id in ("a", "b", "c", "a", "b", "c"):
+        cache.get(task_id, 0, "png")
+    # Then two fit: each third one drops the least recently used, and all are made again
+    assert made == ["a", "b", "c", "a", "b", "c"]
+    # And a file larger than the whole cache is served but not kept, dropping none
+    assert cache.get("big", 0, "png") == b"x" * 300
+    cache.get("big", 0, "png")
+    cache.get("c", 0, "png")
+    assert made[6:] == ["big", "big"]
+
+
+def test_requests_missing_the_same_file_together_wait_for_one_making_it() -> None:
+    # Given a file that takes a while to make, and four requests for it at once
+    requests = 4
+    calls: list[int] = []
+    all_called = threading.Event()
+    lock = threading.Lock()
+
+    def make(task_id: str, index: int, ext: str) -> bytes:
+        with lock:
+            calls.append(index)
+            if len(calls) == requests:
+                all_called.set()
+        # Each making waits for the other requests to make it too (a deadline, should none come)
+        all_called.wait(0.5)
+        return b"made once"
+
+    cache = FileCache(make)
+    start = threading.Barrier(requests)
+    got: list[bytes] = []
+
+    def request() -> None:
+        start.wait(5.0)
+        data = cache.get("t", 0, "png")
+        with lock:
+            got.append(data)
+
+    threads = [threading.Thread(target=request) for _ in range(requests)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10.0)
+    # Then it was made once, and every request has it
+    assert calls == [0]
+    assert got == [b"made once"] * requests
+
+
+def test_a_file_that_fails_to_be_made_fails_its_waiting_requests_and_is_tried_anew() -> None:
+    attempts: list[int] = []
+
+    def make(task_id: str, index: int, ext: str) -> bytes:
+        attempts.append(index)
+        if len(attempts) == 1:
+            raise ValueError("no such result file type")
+        return b"second time"
+
+    cache = FileCache(make)
+    with pytest.raises(ValueError, match="no such result file type"):
+        cache.get("t", 0, "png")
+    assert cache.get("t", 0, "png") == b"second time"
 
 
 def test_the_file_cache_keeps_the_most_recently_used_files() -> None:

@@ -8,6 +8,7 @@ import time
 from wsgiref.simple_server import WSGIRequestHandler
 
 from simulator.server import SimulatorHTTPServer
+from tests.simulator.support import SimFactory
 
 #: Connections opened at once: many more than socketserver's default backlog of 5.
 BURST = 64
@@ -44,3 +45,51 @@ def test_a_burst_of_connections_waits_in_the_backlog_until_accepted() -> None:
         for sock in burst:
             sock.close()
         server.server_close()
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    """Everything ``sock`` receives until the other end closes (its own timeout bounds each wait)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_client_stalling_midway_is_hung_up_on(make_sim: SimFactory) -> None:
+    # Given a simulator that waits at most 0.5 s on a client's socket
+    sim = make_sim(request_timeout_s=0.5)
+    with (
+        socket.create_connection(("127.0.0.1", sim.port), timeout=10.0) as in_headers,
+        socket.create_connection(("127.0.0.1", sim.port), timeout=10.0) as in_body,
+    ):
+        # When one client stops in the middle of its headers, another one byte into a 100-byte body
+        in_headers.sendall(b"GET /api/v1/mj/record-info?taskId=x HTTP/1.0\r\nAuthor")
+        in_body.sendall(
+            b"POST /api/v1/mj/generate HTTP/1.0\r\nAuthorization: Bearer "
+            + sim.api_key.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        # Then the first is hung up on, and the second told its body never came, then hung up on
+        assert _read_to_end(in_headers) == b""
+        answer = _read_to_end(in_body)
+    assert answer.startswith(b"HTTP/1.0 200 "), answer
+    assert b'"code":400' in answer
+    assert b"The request body could not be read" in answer
+    assert sim.provider.tasks() == []
+
+
+def test_beyond_max_connections_a_connection_waits_until_one_ends(make_sim: SimFactory) -> None:
+    # Given a simulator serving one connection at a time, hung up on after 0.5 s of silence
+    sim = make_sim(request_timeout_s=0.5, max_connections=1)
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=10.0) as idle:
+        # And a client connected that sends nothing
+        with socket.create_connection(("127.0.0.1", sim.port), timeout=10.0) as waiting:
+            # When another one asks for something
+            waiting.sendall(b"GET /files/x/nothing-here HTTP/1.0\r\n\r\n")
+            answer = _read_to_end(waiting)
+        # Then it is answered only once the idle one was hung up on: by then the idle
+        # connection's end is here already (without the cap, it is answered at once, and the
+        # idle one still open)
+        idle.setblocking(False)
+        assert idle.recv(1) == b""
+    assert answer.startswith(b"HTTP/1.0 404 "), answer
