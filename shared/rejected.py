@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 ID_HEX_DIGITS = 16
 #: Most characters of a refused body written to the log when Redis cannot keep its entry.
 LOGGED_BODY_CHARS = 2048
+#: The largest body size an entry records: a sender's Content-Length may claim any number, and
+#: JSON (orjson) writes no integer past 64 bits.
+MAX_RECORDED_SIZE = 2**63 - 1
 #: Every list of kept refusals.
 REJECTED_LISTS = (keys.REJECTED, keys.REJECTED_UNAUTHENTICATED)
 
@@ -87,7 +90,7 @@ class RejectLog:
             "reason": rejection.reason,
             "remoteAddr": rejection.remote_addr,
             "contentType": rejection.content_type,
-            "bodySize": rejection.size,
+            "bodySize": min(rejection.size, MAX_RECORDED_SIZE),
             "body": body,
             "truncated": rejection.partial or len(rejection.body) > self._body_bytes,
             # Bytes that are not UTF-8 were replaced: the kept body is not the one received.

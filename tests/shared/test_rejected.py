@@ -72,6 +72,25 @@ class Queue:
         self.queued.append(callback)
 
 
+def test_a_size_claimed_past_64_bits_is_kept_capped(client: redis.Redis) -> None:
+    # Given a refused body whose Content-Length claimed more than JSON's integers hold
+    RejectLog(client, keep=10, body_bytes=1024, clock=lambda: AT).record(
+        Rejection(
+            status=413,
+            reason="body too large",
+            body=b"{}",
+            size=10**23,
+            remote_addr="203.0.113.9",
+            content_type="application/json",
+            vouched=True,
+        )
+    )
+    # Then it is kept (it was a TypeError: the ingress answered 500 and kept nothing)
+    (entry,) = list_rejected(client, limit=1)
+    assert entry.body_size == 2**63 - 1
+    assert entry.status == 413
+
+
 def test_a_kept_entry_reads_back_with_an_id_made_of_its_bytes(client: redis.Redis) -> None:
     entry = keep(client, callback_body("t-1"))
     [raw] = client.lrange(keys.REJECTED_UNAUTHENTICATED, 0, -1)  # a 401: the list anyone can fill
