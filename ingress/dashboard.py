@@ -25,6 +25,7 @@ import falcon
 import falcon.asgi
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from minio.error import S3Error
 
 from ingress.threaded import Threaded
 from shared.errors import StorageUnavailable
@@ -113,10 +114,12 @@ def presigned_origin(presigner: ObjectStore, *, fallback: str) -> str:
     origin is not it on AWS S3). Presigning sends no request when the region is configured;
     without one, minio asks the store for it, and a store that does not answer leaves
     ``fallback``'s origin (logged); on AWS, whose later URLs name a regional host the fallback
-    does not, any of its hosts over https."""
+    does not, any of its hosts over https. A store that refuses the region lookup (wrong keys, a
+    policy without GetBucketLocation) is the same: the dashboard's detail must never stop the
+    ingress from starting, and taking callbacks."""
     try:
         return origin(presigner.presigned_url(ORIGIN_PROBE_KEY, expires_s=60))
-    except StorageUnavailable as exc:
+    except (StorageUnavailable, S3Error) as exc:
         chosen = origin(fallback)
         if (urlsplit(fallback).hostname or "").endswith(".amazonaws.com"):
             chosen = AWS_ORIGINS

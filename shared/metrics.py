@@ -346,7 +346,6 @@ def serve_registry(registry: CollectorRegistry, *, host: str, port: int) -> Metr
     import socketserver
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-    from prometheus_client import make_wsgi_app
     from prometheus_client.exposition import ThreadingWSGIServer
 
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
@@ -367,7 +366,12 @@ def serve_registry(registry: CollectorRegistry, *, host: str, port: int) -> Metr
         def log_message(self, format: str, *args: Any) -> None:
             pass  # one line on stderr per scrape would drown the worker's log
 
-    return MetricsServer(make_server(host, port, make_wsgi_app(registry), SharedPortServer, QuietHandler))
+    def metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        body, content_type = render(registry, environ.get("HTTP_ACCEPT"))
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return MetricsServer(make_server(host, port, metrics_app, SharedPortServer, QuietHandler))
 
 
 def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
@@ -375,7 +379,12 @@ def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[byte
     asks for OpenMetrics or a newer text version), and its content type."""
     from prometheus_client.exposition import choose_encoder
 
-    encode, content_type = choose_encoder(accept or "")
+    try:
+        encode, content_type = choose_encoder(accept or "")
+    except (TypeError, ValueError):
+        # prometheus_client compares a version it cannot read ("version=abc") and raises: a
+        # header anyone can send must not make a 500 (and a traceback in the log) of a scrape.
+        encode, content_type = choose_encoder("")
     return encode(registry), content_type
 
 

@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 import falcon
 import pytest
 import redis
+import urllib3
 from falcon import testing
+from minio.error import S3Error
 
 from ingress.app import DEFAULT_READ_THREADS, create_app
 from ingress.dashboard import AWS_ORIGINS, DashboardStatusResource, presigned_origin
@@ -304,6 +306,22 @@ class StoreAway:
 
     def presigned_url(self, key: str, *, expires_s: int, content_type: str | None = None) -> str:
         raise StorageUnavailable("the region lookup failed: connection refused")
+
+
+class StoreRefuses:
+    """A presigner whose store refuses the region lookup (wrong keys, no GetBucketLocation)."""
+
+    def presigned_url(self, key: str, *, expires_s: int, content_type: str | None = None) -> str:
+        response = urllib3.HTTPResponse(body=b"", status=403)
+        raise S3Error(response, "AccessDenied", "Access Denied", "/midjourney", "req-1", "host-1")
+
+
+@pytest.mark.parametrize("store", [StoreAway(), StoreRefuses()], ids=["away", "refuses"])
+def test_a_store_that_cannot_presign_at_start_leaves_the_fallback_origin(store: object) -> None:
+    """A refusal (S3Error) raised out of the dashboard's set-up: the ingress did not start, and
+    took no callback."""
+    fallback = "https://s3.amazonaws.com"
+    assert presigned_origin(store, fallback=fallback) == AWS_ORIGINS  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

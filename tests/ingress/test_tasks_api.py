@@ -21,6 +21,7 @@ from minio import Minio
 
 from ingress.app import create_app
 from ingress.tasks_api import MAX_LISTED_REASON_CHARS, TaskResource
+from shared import keys
 from shared.callback import Callback
 from shared.errors import StorageUnavailable
 from shared.settings import Settings
@@ -297,6 +298,19 @@ def test_the_task_list_shortens_a_long_reason_recorded_elsewhere(stack: Stack, r
     listed = {task["taskId"]: task for task in stack.app.simulate_get("/tasks", headers=AUTH).json["tasks"]}
     assert listed["long-1"]["reason"] == "y" * (MAX_LISTED_REASON_CHARS - 1) + "\u2026"
     assert listed["failed-1"]["reason"] == "boom"
+
+
+def test_a_record_with_an_unreadable_time_is_listed_without_it(stack: Stack, redis_server) -> None:
+    """Given a task record whose updatedAt is not whole milliseconds (written by hand or another
+    version), when the tasks are listed, then the list answers, that task without its time (the
+    whole list, and the dashboard with it, was a 500)."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset(keys.task("failed-1"), "updatedAt", "1700000000000.5")
+    response = stack.app.simulate_get("/tasks", headers=AUTH)
+    assert response.status_code == 200
+    listed = {task["taskId"]: task for task in response.json["tasks"]}
+    assert listed["failed-1"]["updatedAt"] is None
+    assert all(isinstance(task["updatedAt"], int) for key, task in listed.items() if key != "failed-1")
 
 
 def test_reads_held_up_never_hold_up_readyz_or_a_refusal(redis_server) -> None:

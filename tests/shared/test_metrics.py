@@ -170,6 +170,27 @@ def test_servers_sharing_a_port_each_answer_and_the_last_one_answers_alone() -> 
         scrape_value(second.port, "mjhook_test_server")
 
 
+@pytest.mark.parametrize(
+    "accept",
+    ["text/plain; version=abc", "application/openmetrics-text; version=abc", "text/plain; version=0.0.4"],
+)
+def test_a_scrape_with_any_accept_header_gets_the_metrics(accept: str) -> None:
+    """An Accept header prometheus_client cannot read ("version=abc") raised a TypeError: a 500
+    and a traceback per request, from anyone who can reach the endpoint."""
+    gauge = ScrapeGauges("mjhook_test_accept", "A gauge.", lambda: [((), 7)])
+    registry = exposition_registry(None, multiprocess_dir=None, collectors=[gauge])
+    body, content_type = render(registry, accept)
+    assert samples(body) == {("mjhook_test_accept", frozenset()): 7}
+    server = serve_registry(registry, host="127.0.0.1", port=0)
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{server.port}/metrics", headers={"Accept": accept}, timeout=10)
+    finally:
+        server.stop()
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == content_type
+    assert samples(answer.content) == {("mjhook_test_accept", frozenset()): 7}
+
+
 def test_a_port_held_by_a_socket_that_does_not_share_it_is_refused() -> None:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
