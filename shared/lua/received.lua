@@ -21,7 +21,10 @@ for state in string.gmatch('{KNOWN_STATES}', '%S+') do known[state] = true end
 {WRONG_KEY_TYPE}
 -- The shared keys first: one holding another type (a mistaken SET, say) fails the whole call
 -- before anything is written, rather than after the task records were (received, never queued).
-local wrong = wrong_key_type({{KEYS[1], 'zset'}, {index, 'zset'}, {KEYS[2], 'list'}, {KEYS[3], 'hash'}})
+-- The "submitted" index too, which a task leaving that state is removed from.
+local wrong = wrong_key_type({
+  {KEYS[1], 'zset'}, {index, 'zset'}, {prefix .. 'submitted', 'zset'}, {KEYS[2], 'list'}, {KEYS[3], 'hash'}
+})
 if wrong then return wrong end
 local bodies, ids, members, olds = {}, {}, {}, {}
 for n = 4, #KEYS do

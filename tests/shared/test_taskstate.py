@@ -426,3 +426,30 @@ def test_a_move_with_a_key_of_another_type_changes_and_queues_nothing(
         tasks.mark_received("t1", "now", enqueue=message)
 
     assert _dump(client) == before
+
+
+def test_a_round_with_a_submitted_task_and_its_index_of_another_type_writes_nothing(
+    client: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Given a submitted task, and its state index holding another type (a mistaken SET)
+    When a group-commit round marks it and a new task received
+    Then the round fails whole before anything is written: the new task was recorded received
+    (its callback spooled as well) before the index's removal failed."""
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.mark_submitted("t-submitted", callBackUrl="http://127.0.0.1/cb")
+    client.set(keys.STATE_INDEX_PREFIX + "submitted", "not what it should be")
+    before = _dump(client)
+    queue = keys.broker_queue("dramatiq", "callbacks")
+    messages = keys.broker_messages("dramatiq", "callbacks")
+    batch = [
+        Received("t-new", "now", QueuedMessage(queue, messages, "m1", b"{}")),
+        Received("t-submitted", "now", QueuedMessage(queue, messages, "m2", b"{}")),
+    ]
+
+    outcomes = with_ack_connection(
+        redis_server.url, lambda connection: tasks.mark_received_many(batch, connection=connection)
+    )
+
+    assert all(isinstance(outcome, redis.ResponseError) for outcome in outcomes), outcomes
+    assert "WRONGTYPE" in str(outcomes[0])
+    assert _dump(client) == before
