@@ -385,6 +385,7 @@ def test_redis_persists_and_never_evicts(services: dict[str, dict[str, Any]]) ->
     assert "--appendonly yes" in command
     assert "--appendfsync always" in command  # an acknowledged callback is on disk
     assert "--maxmemory-policy noeviction" in command
+    assert command_of(services["redis"])[-2:] == ["--save", ""]  # the AOF alone: no snapshot forks
     assert "redis-cli" in " ".join(healthcheck_test(services["redis"]) or [])
 
 
@@ -645,6 +646,7 @@ def test_make_ups_redis_persists_like_composes() -> None:
         ("--appendonly", "yes"),
         ("--appendfsync", "always"),
         ("--maxmemory-policy", "noeviction"),
+        ("--save", ""),
     ):
         assert redis_argv[redis_argv.index(flag) + 1] == value
 
