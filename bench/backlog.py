@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from common import (
     FAILED,
+    WORKER_LAUNCHER,
     WORKER_PROCESSES,
     WORKER_THREADS,
     DurableRedis,
@@ -150,7 +151,11 @@ def drain_phase(backlog: Backlog, out: Path, window_s: float) -> dict[str, Any]:
     backlog.top_up()
     with ExitStack() as stack:
         workers = start_workers(
-            backlog.env, out / backlog.name, processes=WORKER_PROCESSES, threads=WORKER_THREADS
+            backlog.env,
+            out / backlog.name,
+            processes=WORKER_PROCESSES,
+            threads=WORKER_THREADS,
+            launcher=WORKER_LAUNCHER,
         )
         stack.callback(workers.terminate)
         windows = measure_windows(backlog, window_s)
@@ -198,7 +203,11 @@ def full_drain(backlog: Backlog, out: Path, *, poll_s: float, timeout_s: float) 
     count = backlog.size
     with ExitStack() as stack:
         workers = start_workers(
-            backlog.env, out / backlog.name, processes=WORKER_PROCESSES, threads=WORKER_THREADS
+            backlog.env,
+            out / backlog.name,
+            processes=WORKER_PROCESSES,
+            threads=WORKER_THREADS,
+            launcher=WORKER_LAUNCHER,
         )
         stack.callback(workers.terminate)
         marks, ended = await_drain(backlog.client, count, poll_s=poll_s, timeout_s=timeout_s)

@@ -46,6 +46,9 @@ GUNICORN_CONF = REPO_ROOT / "ingress" / "gunicorn_conf.py"
 #: (tests/bench/test_common.py checks the Procfile agrees).
 WORKER_PROCESSES = 2
 WORKER_THREADS = 8
+#: ... started as they start it (its main process imports the settings and the logging set-up:
+#: ~11 MB more than plain ``dramatiq``'s, in the memory benchmark's figure).
+WORKER_LAUNCHER = (sys.executable, "-m", "workers")
 #: MJHOOK_DOWNLOAD_CONCURRENCY's default: parallel downloads per worker process.
 DOWNLOAD_CONCURRENCY = 8
 BUCKET = "bench"

@@ -26,6 +26,7 @@ from typing import Any
 from common import (
     BUCKET,
     MIB,
+    WORKER_LAUNCHER,
     WORKER_PROCESSES,
     WORKER_THREADS,
     exit_if_failed,
@@ -191,7 +192,9 @@ def main() -> None:
         stack.callback(video.server_close)
         stack.callback(video.shutdown)
         env = mjhook_env(redis, s3, out, MJHOOK_MAX_VIDEO_BYTES=str(size + 64 * MIB))
-        workers = start_workers(env, out, processes=args.processes, threads=WORKER_THREADS)
+        workers = start_workers(
+            env, out, processes=args.processes, threads=WORKER_THREADS, launcher=WORKER_LAUNCHER
+        )
         stack.callback(workers.terminate)
         time.sleep(2.0)  # let boot settle
         idle = tree_memory(workers.pid)

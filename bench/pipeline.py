@@ -41,6 +41,7 @@ import httpx
 from common import (
     DOWNLOAD_CONCURRENCY,
     REPO_ROOT,
+    WORKER_LAUNCHER,
     WORKER_PROCESSES,
     WORKER_THREADS,
     exit_if_failed,
@@ -315,7 +316,9 @@ def main() -> None:
         grids = make_grids(sim, args.tasks)
         env = mjhook_env(redis, s3, out)
         _, ingress_url = start_gunicorn(stack, "ingress.wsgi:app", env, out / "ingress.log")
-        workers = start_workers(env, out, processes=WORKER_PROCESSES, threads=WORKER_THREADS)
+        workers = start_workers(
+            env, out, processes=WORKER_PROCESSES, threads=WORKER_THREADS, launcher=WORKER_LAUNCHER
+        )
         stack.callback(workers.terminate)
         naive_url = start_naive(stack, s3, "naive", out)
         context = multiprocessing.get_context("spawn")
