@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 apt_need = command -v $(1) >/dev/null 2>&1 || { \
 	$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $(2); }
 
-.PHONY: venv services test lint up demo clean
+.PHONY: venv services test lint up demo clean bench-ingress bench-pipeline bench-memory bench-backlog bench-chaos
 
 venv: $(STAMP)
 
@@ -46,6 +46,17 @@ test: venv services
 	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 5672), 2)" 2>/dev/null || \
 		$(SUDO) service rabbitmq-server start || $(SUDO) rabbitmq-server -detached
 	$(BIN)/pytest -q
+
+# The benchmarks of bench/ (bench/README.md), one command each, with what they need installed; run
+# them one at a time on an otherwise quiet machine. ARGS passes options (make bench-ingress ARGS=--quick).
+bench-ingress: venv services
+	@$(call apt_need,wrk,wrk)
+	@$(call apt_need,node,nodejs)
+	@$(call apt_need,npm,npm)
+	$(BIN)/python bench/ingress_ack.py $(ARGS)
+
+bench-pipeline bench-memory bench-backlog bench-chaos: venv services
+	$(BIN)/python bench/$(patsubst bench-%,%,$@).py $(ARGS)
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

@@ -116,13 +116,14 @@ def ensure_wrk() -> str:
 
 
 def ensure_express() -> None:
-    """Express in bench/node/node_modules (npm install from bench/node/package.json)."""
+    """Express in bench/node/node_modules (npm ci from bench/node/package-lock.json)."""
     if (NODE_DIR / "node_modules" / "express").is_dir():
         return
     if not shutil.which("node") or not shutil.which("npm"):
         sys.exit("node and npm are needed for the Express baseline: sudo apt-get install -y nodejs npm")
-    print("installing express into bench/node (npm install) ...", flush=True)
-    subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
+    print("installing express into bench/node (npm ci) ...", flush=True)
+    # ci: exactly what package-lock.json says, which it leaves as it is (install may rewrite it)
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
 
 
 def start_express(stack: ExitStack, out: Path) -> Target:
