@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 from common import (
     FAILED,
     REPO_ROOT,
@@ -55,6 +56,7 @@ from common import (
     tree_cpu_seconds,
     verdict,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared import keys
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
@@ -165,14 +167,39 @@ def wrk_figures(summary: dict[str, Any]) -> dict[str, Any]:
 
 def round_problems(run: dict[str, Any], *, queues: bool) -> list[str]:
     """Why a wrk round of a receiver did not do its work (none: it did): socket errors, answers of
-    400 and above, or (``queues``: an ingress) fewer messages queued than it acknowledged."""
+    400 and above, or (``queues``: an ingress) fewer messages queued than it acknowledged: than
+    the ingress counted 200 answers to callbacks (``answered``), when its metrics say, else than
+    wrk counted (which leaves out the answers in flight when it stopped: up to one a connection)."""
     errors = run["errors"]
     problems = [f"{errors[name]} {name} errors" for name in SOCKET_ERRORS if errors[name]]
     if errors["status"]:
         problems.append(f"{errors['status']} answers >= 400")
-    if queues and run["queued"] < run["acked"]:
-        problems.append(f"{run['queued']} messages queued for {run['acked']} acknowledged")
+    acknowledged = run["acked"] if run.get("answered") is None else run["answered"]
+    if queues and run["queued"] < acknowledged:
+        problems.append(f"{run['queued']} messages queued for {acknowledged} acknowledged")
     return problems
+
+
+def callbacks_answered(base_url: str) -> int | None:
+    """How many callbacks the ingress at ``base_url`` answered 200 so far, by its own metrics
+    (``mjhook_http_requests``); None where there are none (the baselines, an older ingress)."""
+    try:
+        answer = httpx.get(base_url + "/metrics", timeout=10)
+    except httpx.HTTPError:
+        return None
+    if answer.status_code != 200:
+        return None
+    total = 0.0
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "mjhook_http_requests_total"
+                and labels.get("endpoint") == CALLBACK_PATH
+                and labels.get("status") == "200"
+            ):
+                total += sample.value
+    return int(total)
 
 
 def measured_run(
@@ -186,8 +213,12 @@ def measured_run(
     compact_redis(redis_client)
     rewrites = redis_client.info("persistence")["aof_rewrites"]
     server_cpu, redis_cpu = tree_cpu_seconds(target.pid), tree_cpu_seconds(redis_pid)
+    answered = callbacks_answered(target.url)
     with fsync_policy(redis_client, target.appendfsync):
         result = run_wrk(wrk, target.url, args, seconds=args.seconds, prefix=f"{target.name}-r{number}")
+    # Read before the queue: a callback answered 200 was queued before its answer.
+    answered_after = callbacks_answered(target.url)
+    result["answered"] = None if answered is None or answered_after is None else answered_after - answered
     # A round that queues ~100,000 messages makes Redis rewrite its AOF once or more: counted.
     result["aof_rewrites"] = redis_client.info("persistence")["aof_rewrites"] - rewrites
     requests = max(result["requests"], 1)

@@ -114,6 +114,20 @@ def test_an_ingress_round_that_queued_less_than_it_acknowledged_fails() -> None:
     assert report["queue"]["acked_in_rounds"] == 100_000
 
 
+def test_an_ingress_round_is_held_to_the_answers_it_counted_itself() -> None:
+    """Given an mjhook round whose ingress counted 100,032 callbacks answered 200 (wrk stopped
+    with 32 answers in flight, counting 100,000) and that left 100,000 messages queued
+    When the rounds are summarized
+    Then the round is failed: 32 acknowledged callbacks are missing from the queue (against
+    wrk's count the round passed)."""
+    run = wrk_round(100_000, queued=100_000) | {"answered": 100_032}
+    results = {"mjhook": [run], "bare_falcon": [wrk_round(120_000, queued=0)]}
+
+    report = ingress_ack.summarize(results, {}, NO_PACING, dict(APPENDFSYNC))
+
+    assert report["failures"] == ["mjhook round 1: 100000 messages queued for 100032 acknowledged"]
+
+
 def test_the_paced_p99_counts_an_attempt_that_timed_out_and_its_round_fails() -> None:
     """Given a paced round of 20 callbacks, all acknowledged in the end, the first attempt of one
     timed out after 10 s (its retry acknowledged in 2 ms)

@@ -203,5 +203,9 @@ def test_the_ingress_benchmark_measures_both_receivers_and_every_ack_was_queued(
     # answers fewer than the server sent, never more).
     [run] = report["runs"]["mjhook"]
     assert run["queued"] >= run["acked"]
+    # ... and the ingress's own count of callbacks answered 200 (its metrics) was read.
+    assert run["answered"] >= run["acked"]
+    assert run["queued"] >= run["answered"]
+    assert report["runs"]["bare_falcon"][0]["answered"] is None
     assert report["queue"]["aof_enabled"] == 1
     assert report["failures"] == []
