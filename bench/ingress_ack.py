@@ -547,8 +547,9 @@ def judge_figures(
     paced_medians: dict[str, dict[str, float]],
 ) -> dict[str, list[Any]]:
     """Each figure as [value, target, verdict]; the verdict is FAILED when a round it rests on
-    failed (see :func:`mark_problems`, which must have run)."""
-    p99 = medians["mjhook"]["p99_ms"]
+    failed (see :func:`mark_problems`, which must have run). The p99 figures are the worst
+    round's, not the median's: a tail that comes one round in three is a tail."""
+    p99 = max(run["p99_ms"] for run in results["mjhook"])
     figures: dict[str, Any] = {
         "mjhook_p99_ms": [
             p99,
@@ -557,7 +558,7 @@ def judge_figures(
         ]
     }
     if "mjhook" in paced_medians:
-        paced_p99 = paced_medians["mjhook"]["p99_ms"]
+        paced_p99 = max(run["p99_ms"] for run in paced["mjhook"])
         figures["mjhook_paced_p99_ms"] = [
             paced_p99,
             TARGET_P99_MS,

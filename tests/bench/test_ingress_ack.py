@@ -114,6 +114,19 @@ def test_an_ingress_round_that_queued_less_than_it_acknowledged_fails() -> None:
     assert report["queue"]["acked_in_rounds"] == 100_000
 
 
+def test_the_p99_figure_is_the_worst_rounds() -> None:
+    """Given three mjhook rounds whose p99s are 2, 2 and 30 ms
+    When the rounds are summarized
+    Then the p99 figure is 30 ms, a MISS: the median round (2 ms) hid a tail one round in three."""
+    rounds = [wrk_round(100_000) | {"p99_ms": p99} for p99 in (2.0, 30.0, 2.0)]
+    results = {"mjhook": rounds, "bare_falcon": [wrk_round(120_000, queued=0) for _ in range(3)]}
+
+    report = ingress_ack.summarize(results, {}, NO_PACING, dict(APPENDFSYNC))
+
+    assert report["figures"]["mjhook_p99_ms"][0] == 30.0
+    assert report["figures"]["mjhook_p99_ms"][2] == "MISS"
+
+
 def test_an_ingress_round_is_held_to_the_answers_it_counted_itself() -> None:
     """Given an mjhook round whose ingress counted 100,032 callbacks answered 200 (wrk stopped
     with 32 answers in flight, counting 100,000) and that left 100,000 messages queued
