@@ -184,6 +184,17 @@ class Settings(BaseModel):
             raise ValueError("is set but holds no token (only blanks or commas): it would turn the check off")
         return value
 
+    @field_validator("api_token")
+    @classmethod
+    def _a_header_can_carry_it(cls, value: str) -> str:
+        # Sent as "Authorization: Bearer <value>" (the dashboard's script does too): a header holds
+        # printable ASCII only, and its blanks at either end are not part of it.
+        # (Blanks and commas alone: refused as holding no token, by the check above.)
+        has_token = bool(value.replace(",", "").strip())
+        if has_token and (value != value.strip() or not all(" " < char <= "~" for char in value)):
+            raise ValueError("must be printable ASCII without blanks (it is sent in an Authorization header)")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
