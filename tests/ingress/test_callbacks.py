@@ -12,9 +12,11 @@ import pytest
 import redis
 from falcon import testing
 
+from ingress import resources
 from ingress.app import create_app
+from ingress.resources import PARSE_ON_LOOP_MAX_BYTES
 from shared import keys
-from shared.callback import CallbackLimits
+from shared.callback import CallbackLimits, parse_callback
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.redis_client import connect_redis
 from shared.rejected import list_rejected, replay_rejected
@@ -202,6 +204,29 @@ def test_a_rejection_is_kept_from_a_thread_not_on_the_event_loop(redis_server: R
     assert client.llen(keys.REJECTED) == 1
     assert client.pipeline_threads
     assert threading.current_thread().name not in client.pipeline_threads
+
+
+@pytest.mark.parametrize(("padding", "on_loop"), [(100, True), (PARSE_ON_LOOP_MAX_BYTES, False)])
+def test_only_a_large_body_is_parsed_off_the_event_loop(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch, padding: int, on_loop: bool
+) -> None:
+    """A large body (nested arrays anyone may send: ~30 ms to walk at 256 KiB) is parsed and
+    checked in a thread, so the loop answers other callbacks meanwhile; a callback of the usual
+    size is parsed on the loop (a thread hop would cost every acknowledgement). The TestClient
+    runs the app's loop in this thread."""
+    threads: list[str] = []
+
+    def recording_parse(body: bytes, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return parse_callback(body, **kwargs)
+
+    monkeypatch.setattr(resources, "parse_callback", recording_parse)
+    body = success()
+    body["extra"] = [[0] * 10] * (padding // 20)
+    app = make_app(client)
+    assert post(app, orjson.dumps(body)).status_code == 200
+    assert (threads == [threading.current_thread().name]) is on_loop
+    assert len(threads) == 1
 
 
 def test_the_reject_log_is_capped(client: redis.Redis) -> None:
