@@ -165,7 +165,7 @@ def create_worker_metrics(registry: CollectorRegistry | None = None) -> WorkerMe
         ),
         task_failures=Counter(
             "mjhook_task_failures",
-            "Tasks given up by the queue, by error class.",
+            "Callback messages the queue gave up on (dead-lettered), by error class; their task may keep another state.",
             ["reason"],
             registry=registry,
         ),

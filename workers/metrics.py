@@ -68,9 +68,11 @@ def start_worker_metrics(environ: Mapping[str, str]) -> tuple[WorkerMetrics, Pat
 
 class WorkerMetricsMiddleware(Middleware):
     """Times every message and counts how callback messages end when they raise: retried, or
-    given up (then the task is ``failed``). With ``serve``, each worker process calls it once
-    booted to serve the metrics of all the worker processes (see :func:`serve_worker_metrics`),
-    and stops what it returned once the worker has shut down.
+    given up (``mjhook_task_failures_total``, per message). Whether a give-up failed the task
+    (``mjhook_tasks_total{outcome="failed"}``) is :class:`workers.runtime.WorkerRuntime`'s to
+    count: it often leaves the task in another state. With ``serve``, each worker process calls
+    it once booted to serve the metrics of all the worker processes (see
+    :func:`serve_worker_metrics`), and stops what it returned once the worker has shut down.
 
     Place it before Retries: after-hooks run in reverse order, so it sees a message once Retries
     has decided whether it failed for good."""
@@ -115,7 +117,6 @@ class WorkerMetricsMiddleware(Middleware):
         reason = type(exception).__name__
         if message.failed:
             self._metrics.task_failures.labels(reason).inc()
-            self._metrics.tasks.labels("failed").inc()
         else:
             self._metrics.task_retries.labels(reason).inc()
 

@@ -25,6 +25,7 @@ from shared import keys
 from shared.callback import Callback, callback_limits
 from shared.clock import utc_iso
 from shared.errors import ProviderError, ProviderRefused, ProviderUnavailable, QueueUnavailable
+from shared.metrics import WorkerMetrics
 from shared.periodic import PeriodicThread
 from shared.polling import CODE_FAILURE, PollOutcome, PollResult, ResultPoller
 from shared.provider import MAX_RETRY_AFTER_BELIEVED_S, ProviderClient
@@ -159,9 +160,10 @@ class SilentTaskPoller:
     last ``interval_s``, is polled (the longest waiting first); a finished one is queued like a
     callback; one still without a result ``give_up_s`` after submission is ``failed``, whatever
     its poll answered (but a refusal of the account), and gets the manifest of its failure from
-    ``record_failure`` (the processor's: where the task has none). A provider error stops the
-    pass; another error of one task is logged and the pass goes on. ``clock`` returns Unix
-    seconds; ``monotonic`` times the pass budget."""
+    ``record_failure`` (the processor's: where the task has none), and is counted in
+    ``metrics`` (``mjhook_tasks_total{outcome="failed"}``). A provider error stops the pass;
+    another error of one task is logged and the pass goes on. ``clock`` returns Unix seconds;
+    ``monotonic`` times the pass budget."""
 
     def __init__(
         self,
@@ -173,6 +175,7 @@ class SilentTaskPoller:
         interval_s: float,
         give_up_s: float,
         record_failure: Callable[[Callback, str], None] | None = None,
+        metrics: WorkerMetrics | None = None,
         batch: int = DEFAULT_BATCH,
         budget_s: float = DEFAULT_PASS_BUDGET_S,
         clock: Callable[[], float] = time.time,
@@ -185,6 +188,7 @@ class SilentTaskPoller:
         self._interval_s = interval_s
         self._give_up_s = give_up_s
         self._record_failure = record_failure
+        self._metrics = metrics
         self._batch = batch
         self._budget_s = budget_s
         self._clock = clock
@@ -267,6 +271,9 @@ class SilentTaskPoller:
         if before not in (None, TaskState.SUBMITTED):
             return 0  # its result arrived meanwhile
         log.warning("task %s given up: %s", task_id, reason)
+        if self._metrics is not None:
+            # Ended here, not by a message: the message's end counts none.
+            self._metrics.tasks.labels(TaskState.FAILED.value).inc()
         if self._record_failure is not None:
             # No callback came: the manifest says what mjhook gave up on, as a failure (code 500).
             report = Callback(task_id, CODE_FAILURE, reason, None, (), utc_iso(self._clock()))
@@ -337,9 +344,10 @@ def build_polling(
     provider: ProviderClient,
     broker: dramatiq.Broker,
     record_failure: Callable[[Callback, str], None] | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> Polling:
     """The polling fallback from settings: a pass every ``poll_interval_s``; a task it gives up
-    on gets its manifest from ``record_failure``."""
+    on gets its manifest from ``record_failure`` and is counted failed in ``metrics``."""
 
     def enqueue(message: dramatiq.Message[Any], delay_ms: int) -> None:
         broker.enqueue(message, delay=delay_ms or None)
@@ -353,6 +361,7 @@ def build_polling(
         interval_s=settings.poll_interval_s,
         give_up_s=settings.poll_give_up_s,
         record_failure=record_failure,
+        metrics=metrics,
     )
     chain = PollChain(
         client,

@@ -19,7 +19,7 @@ from dramatiq.middleware import Middleware
 from shared.callback import Callback, callback_limits
 from shared.dead_letters import record_dead_reason
 from shared.errors import MjhookError, StorageUnavailable
-from shared.metrics import WorkerMetrics
+from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.provider import create_provider_client
 from shared.redis_client import connect_redis
 from shared.settings import Settings
@@ -54,6 +54,8 @@ class WorkerParts:
     pending: PendingGiveUps
     #: How often each attempt at a message was started (a message killing its worker is given up).
     starts: AttemptStarts
+    #: What the processor, the give-ups and the polling fallback count in.
+    metrics: WorkerMetrics
     #: The polling fallback; None without a provider API key or a broker to enqueue on.
     polling: Polling | None = None
 
@@ -70,7 +72,8 @@ def build_parts(
 ) -> WorkerParts:
     """The processor and what it is made of, for one worker process. With a provider API key,
     expired result links are refreshed, and with ``broker`` too, silent tasks are polled. The
-    processor counts in ``metrics`` (default: new ones)."""
+    processor, the polling fallback and the give-ups count in ``metrics`` (default: new ones)."""
+    metrics = create_worker_metrics() if metrics is None else metrics
     client = connect_redis(settings.redis_url)
     provider = create_provider_client(settings) if settings.provider_api_key else None
     tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
@@ -116,6 +119,7 @@ def build_parts(
             provider=polled,
             broker=broker,
             record_failure=processor.record_failure,
+            metrics=metrics,
         )
     return WorkerParts(
         processor=processor,
@@ -123,6 +127,7 @@ def build_parts(
         store=store,
         pending=PendingGiveUps(client),
         starts=AttemptStarts(client, max_starts=settings.max_attempt_starts, ttl_s=settings.task_ttl_s),
+        metrics=metrics,
         polling=polling,
     )
 
@@ -177,7 +182,8 @@ class WorkerRuntime(Middleware):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """``broker``: where the polling fallback enqueues (no polling without it); ``metrics``:
-        where the processor counts; ``sleep`` waits between two tries of a give-up."""
+        where the processor, the give-ups and the polling fallback count; ``sleep`` waits between
+        two tries of a give-up."""
         self._settings = settings
         self._broker = broker
         self._metrics = metrics
@@ -271,10 +277,16 @@ class WorkerRuntime(Middleware):
         more when any such lease must have lapsed (one whose holder could not release it, Redis
         away for a moment, is nobody's, and nobody would settle the task): that second look waits
         in Redis (workers/second_look.py), for any worker to take. A task left failed gets the
-        bucket to agree (:meth:`CallbackProcessor.record_failure`: a failed manifest)."""
+        bucket to agree (:meth:`CallbackProcessor.record_failure`: a failed manifest), and one
+        this give-up moved there is counted ``failed`` in ``mjhook_tasks_total`` (once: a task
+        that was failed already was counted when it failed; one left in another state ends later,
+        and is counted then)."""
         assert self._parts is not None
         task_id = callback.task_id
         try:
+            # Read first: give_up says the state it left the task in, not whether it moved it
+            # (a task failed before, a duplicate's message given up, is left failed too).
+            before = self._parts.tasks.get(task_id)
             state = self._parts.tasks.give_up(task_id, reason)
         except (redis.RedisError, OSError):
             raise
@@ -282,6 +294,8 @@ class WorkerRuntime(Middleware):
             log.exception("could not record the failure of %s", task_id)  # an unusable record
             return
         if state is TaskState.FAILED:
+            if before is None or before.state is not TaskState.FAILED:
+                self._parts.metrics.tasks.labels(TaskState.FAILED.value).inc()
             try:
                 self._parts.processor.record_failure(callback, reason)
             except Exception:

@@ -16,6 +16,7 @@ import redis
 from shared import keys
 from shared.callback import Callback
 from shared.errors import FreshLinkPending, ProviderUnavailable
+from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.polling import ResultPoller
 from shared.provider import ProviderClient
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, create_broker
@@ -52,6 +53,7 @@ class Pass:
     ) -> None:
         self.clock = FakeClock(2_000_000.0)
         self.client = client
+        self.metrics = create_worker_metrics()
         self.tasks = TaskStore(client, ttl_s=86_400, clock=self.clock)
         self.submitted = SubmittedTasks(client, self.tasks, ttl_s=86_400, clock=self.clock)
         broker = create_broker(Settings(redis_url="redis://unused"), client=client, middleware=[])
@@ -64,6 +66,7 @@ class Pass:
             interval_s=INTERVAL_S,
             give_up_s=GIVE_UP_S,
             record_failure=record_failure,
+            metrics=self.metrics,
             clock=self.clock,
         )
 
@@ -148,6 +151,40 @@ def test_a_task_without_a_result_is_given_up_as_failed_with_the_reason(
         assert words in record.fields["reason"]
     # No longer waiting: the next pass has nothing to do
     assert run.poller.run_once().polled == 0
+
+
+def failed_count(metrics: WorkerMetrics) -> float:
+    return metrics.registry.get_sample_value("mjhook_tasks_total", {"outcome": "failed"}) or 0.0
+
+
+def test_a_task_the_pass_gives_up_on_is_counted_failed_and_one_whose_result_came_is_not(
+    start_simulator: StartSimulator, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given two tasks past MJHOOK_POLL_GIVE_UP_S, one of them stored meanwhile (its callback came
+    while the pass ran: the give-up must not overrule it), when the pass gives up on both, then
+    only the one it failed is counted failed: no message's end counts it (none was given up)."""
+    sim = start_simulator()
+    run = Pass(sim, client)
+    busy, stored = generating(sim), generating(sim)
+    run.submitted.record(busy, {})
+    run.submitted.record(stored, {})
+    run.clock.now += GIVE_UP_S
+    polled: list[str] = []
+    poll = run.poller._poller.poll
+
+    def poll_then_store(task_id: str) -> Any:
+        result = poll(task_id)
+        polled.append(task_id)
+        if task_id == stored:
+            run.tasks.move(stored, TaskState.STORED)
+        return result
+
+    monkeypatch.setattr(run.poller._poller, "poll", poll_then_store)
+
+    assert run.poller.run_once().given_up == 1
+    assert sorted(polled) == sorted([busy, stored])
+    assert (run.state(busy), run.state(stored)) == (TaskState.FAILED, TaskState.STORED)
+    assert failed_count(run.metrics) == 1
 
 
 def test_a_task_given_up_gets_the_manifest_of_its_failure(
@@ -510,6 +547,8 @@ def test_the_workers_polling_gives_a_task_it_gives_up_on_a_manifest(
     assert summary.given_up == 1, summary
 
     assert parts.store.get_json(f"tasks/{busy}/manifest.json")["status"] == "failed"
+    # Counted in the worker's metrics, where its processor counts the tasks' other ends.
+    assert parts.metrics.registry.get_sample_value("mjhook_tasks_total", {"outcome": "failed"}) == 1
 
 
 def test_a_success_listed_before_its_results_is_polled_again_not_queued_empty(client: redis.Redis) -> None:

@@ -20,6 +20,7 @@ from shared import keys
 from shared.callback import Callback
 from shared.dead_letters import ReasonSource, list_dead
 from shared.errors import DownloadFailed, StorageUnavailable, TaskBusy
+from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.redis_client import connect_redis
 from shared.settings import Settings
@@ -30,6 +31,7 @@ from tests.support.procs import free_port
 from tests.support.servers import FileServer, S3Server, png_bytes, start_redis
 from tests.support.stack import app_environment, ready_bucket
 from workers.lease import LeaseManager
+from workers.metrics import WorkerMetricsMiddleware
 from workers.retries import DurableRetries
 from workers.runtime import WorkerRuntime
 
@@ -650,3 +652,114 @@ def test_a_task_given_up_while_its_files_were_being_replaced_has_no_file_its_man
         assert (hashlib.sha256(body).hexdigest(), len(body)) == (image["sha256"], image["size"])
     files = {key for key in store.list_keys("tasks/task-1/") if not key.endswith("manifest.json")}
     assert files == {image["key"] for image in manifest["images"]}
+
+
+# --- what a give-up counts ----------------------------------------------------------------------
+
+
+def tasks_counted(metrics: WorkerMetrics, outcome: str) -> float:
+    return metrics.registry.get_sample_value("mjhook_tasks_total", {"outcome": outcome}) or 0.0
+
+
+def dead_lettered(runtime: WorkerRuntime, callback: Callback, exception: BaseException) -> None:
+    """What dramatiq's hooks do once the queue gave up on ``callback``'s message: the runtime's
+    and the metrics middleware's (workers/tasks.py wires both to the runtime's metrics)."""
+    message = dramatiq.MessageProxy(
+        dramatiq.Message(
+            queue_name=CALLBACK_QUEUE,
+            actor_name=PROCESS_CALLBACK,
+            args=(callback.to_message(),),
+            kwargs={},
+            options={},
+        )
+    )
+    message.fail()
+    broker = StubBroker()
+    runtime.after_process_message(broker, message, exception=exception)
+    metrics = runtime.parts().metrics
+    WorkerMetricsMiddleware(metrics, directory=Path("unused")).after_process_message(
+        broker, message, exception=exception
+    )
+
+
+@pytest.fixture
+def shared_metrics() -> WorkerMetrics:
+    return create_worker_metrics()
+
+
+def test_a_duplicate_given_up_leaves_a_partial_task_partial_and_counts_no_failed_task(
+    settings: Settings, file_server: FileServer, shared_metrics: WorkerMetrics
+) -> None:
+    """The review's reproduction. Given a task that ended partial, when a duplicate callback's
+    message finds object storage down until the queue gives up on it, then the task stays partial
+    and is counted partial only: the message is counted given up (mjhook_task_failures), the
+    task not failed (it was counted both partial and failed)."""
+    runtime = WorkerRuntime(settings, metrics=shared_metrics)
+    ready_bucket(runtime.parts().store)
+    storage_down = WorkerRuntime(
+        settings.model_copy(update={"s3_endpoint": f"http://127.0.0.1:{free_port()}"}), metrics=shared_metrics
+    )
+    urls = [file_server.add("/0.png", png_bytes(0)), file_server.url("/gone.png")]
+    assert runtime.parts().processor.process(callback(urls)) is TaskState.PARTIAL
+
+    dead_lettered(storage_down, callback(urls), last_attempt(storage_down, callback(urls)))
+
+    assert runtime.parts().tasks.get("task-1").state is TaskState.PARTIAL  # type: ignore[union-attr]
+    assert tasks_counted(shared_metrics, "partial") == 1
+    assert tasks_counted(shared_metrics, "failed") == 0
+    failures = shared_metrics.registry.get_sample_value(
+        "mjhook_task_failures_total", {"reason": "StorageUnavailable"}
+    )
+    assert failures == 1
+
+
+@pytest.mark.parametrize("state", sorted(FINAL_STATES))
+def test_a_message_given_up_on_a_task_with_an_outcome_counts_no_failed_task(
+    storage_down: WorkerRuntime, tasks: TaskStore, state: TaskState
+) -> None:
+    """A failed one included: it was counted when it failed."""
+    tasks.move("task-1", state, reason="earlier outcome")
+
+    dead_lettered(storage_down, callback([]), StorageUnavailable("down"))
+
+    assert tasks.get("task-1").state is state  # type: ignore[union-attr]
+    assert tasks_counted(storage_down.parts().metrics, "failed") == 0
+
+
+def test_a_give_up_that_fails_the_task_counts_it_failed_once(
+    storage_down: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a task whose last attempt failed, when the queue gives up on its message, then the
+    task is failed and counted failed; a duplicate's message given up after it counts no more."""
+    urls = [file_server.add("/0.png", png_bytes(0))]
+    exception = last_attempt(storage_down, callback(urls))
+
+    dead_lettered(storage_down, callback(urls), exception)
+    assert tasks.get("task-1").state is TaskState.FAILED  # type: ignore[union-attr]
+    assert tasks_counted(storage_down.parts().metrics, "failed") == 1
+
+    dead_lettered(storage_down, callback(urls), exception)
+    assert tasks_counted(storage_down.parts().metrics, "failed") == 1
+
+
+def test_a_task_left_to_its_holder_is_counted_failed_only_by_the_second_look_that_fails_it(
+    short_lease: WorkerRuntime, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a task processing under a lease nobody renews, when the queue gives up on its
+    message, then the task is not counted failed while it is left to the holder, and is counted
+    failed once the second look failed it."""
+    tasks.move("task-1", TaskState.PROCESSING)
+    tasks.client.set(keys.lease("task-1"), "a token nobody renews", px=1000)
+    metrics = short_lease.parts().metrics
+
+    dead_lettered(short_lease, callback([file_server.url("/0.png")]), DownloadFailed("connection reset"))
+
+    assert tasks.get("task-1").state is TaskState.PROCESSING  # type: ignore[union-attr]
+    assert tasks_counted(metrics, "failed") == 0
+    sweeper = short_lease.start_second_looks()
+    try:
+        wait_for(lambda: tasks.client.zcard(keys.GIVE_UPS_PENDING) == 0, timeout_s=15, what="the second look")
+    finally:
+        sweeper.stop()
+    assert tasks.get("task-1").state is TaskState.FAILED  # type: ignore[union-attr]
+    assert tasks_counted(metrics, "failed") == 1
