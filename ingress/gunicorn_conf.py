@@ -28,8 +28,8 @@ _settings = Settings.from_env(os.environ)
 bind = "127.0.0.1:8000"
 #: gunicorn's own asyncio worker: an ack waits on Redis without holding a thread, and the acks
 #: of one process share their Redis round trips (ingress/group_commit.py). uvloop runs the loop.
-#: Ours adds what it lacks: a deadline on a new connection's headers, and the connection cap
-#: (ingress/gunicorn_worker.py).
+#: Ours adds what it lacks: a deadline on a new connection's headers and on each request's body,
+#: and the connection cap (ingress/gunicorn_worker.py).
 worker_class = "ingress.gunicorn_worker.BoundedASGIWorker"
 asgi_loop = "uvloop"
 #: ingress/wsgi.py starts the spool drainer in each worker process as it loads the app; the app's
@@ -39,8 +39,9 @@ workers = max(2, multiprocessing.cpu_count())
 #: Open connections per worker process (a slow client holds one, not a thread); enforced by the
 #: worker class, within the open-file limit.
 worker_connections = 1000
-#: Bounds the wait for a request's body (a new connection's headers: 10 s, the worker class's;
-#: the provider waits at most 15 s for an answer anyway).
+#: Bounds each wait for the next piece of a request's body. The worker class bounds a new
+#: connection's headers (10 s) and each request's whole body (10 s from its headers), or this when
+#: shorter; the provider waits at most 15 s for an answer anyway.
 timeout = 30
 graceful_timeout = 20
 keepalive = 5

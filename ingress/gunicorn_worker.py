@@ -8,8 +8,13 @@ which a genuine callback cannot even connect. :class:`BoundedASGIWorker` adds:
 
 - a deadline on the first request's headers (:data:`HEADERS_TIMEOUT_S` from the connection's
   start, or gunicorn's ``timeout`` when shorter; the provider waits 15 s for the whole answer
-  anyway): a connection without them by then is closed. Later requests on a connection are
-  bounded by ``keepalive`` as before;
+  anyway): a connection without them by then is closed. Later requests' headers on a connection
+  are bounded by ``keepalive`` as before;
+- a deadline on every request's body (:data:`BODY_TIMEOUT_S` from the end of its headers, or
+  gunicorn's ``timeout`` when shorter): a request whose body is not all in by then has its
+  connection closed (its app call sees ``http.disconnect``). gunicorn's ``timeout`` bounds only
+  each wait for the next piece of a body, so a client sending a byte now and then held its
+  connection for good;
 - a cap on open connections: ``worker_connections``, and never more than the process's open-file
   limit leaves room for (less :data:`FD_RESERVE` for Redis, the spool, metrics and logs); one
   over it is closed as soon as it is accepted. The soft open-file limit is raised to the hard
@@ -31,6 +36,10 @@ from gunicorn.workers.gasgi import ASGIWorker
 
 #: Seconds a new connection has to send its first request's headers.
 HEADERS_TIMEOUT_S = 10.0
+#: Seconds a request has, from the end of its headers, to send all of its body. The provider sends
+#: a small body in one go and gives up on the answer after 15 s anyway: a body still arriving
+#: 10 s on is a client holding the connection, not a callback.
+BODY_TIMEOUT_S = 10.0
 #: File descriptors kept free of connections for the process's own use.
 FD_RESERVE = 64
 #: Seconds between two log lines about connections refused over the cap.
@@ -38,10 +47,11 @@ CAP_WARNING_INTERVAL_S = 10.0
 
 
 class BoundedASGIProtocol(ASGIProtocol):  # type: ignore[misc]
-    """gunicorn's asgi protocol with a deadline on the first request's headers; a connection
-    over the worker's cap is closed as it is made."""
+    """gunicorn's asgi protocol with a deadline on the first request's headers and one on each
+    request's body; a connection over the worker's cap is closed as it is made."""
 
     _headers_deadline: asyncio.TimerHandle | None = None
+    _body_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -58,16 +68,38 @@ class BoundedASGIProtocol(ASGIProtocol):  # type: ignore[misc]
         if self._headers_deadline is not None:
             self._headers_deadline.cancel()
             self._headers_deadline = None
-        return super()._on_headers_complete()
+        skip_body = super()._on_headers_complete()
+        # Every request's, the first's and each kept-alive or pipelined one's (the parser reports
+        # each through here); a body-less one completes at once, in the same feed.
+        self._cancel_body_deadline()
+        self._body_deadline = self.worker.loop.call_later(self.worker.body_timeout_s, self._body_too_late)
+        return skip_body
+
+    def _on_message_complete(self) -> None:
+        self._cancel_body_deadline()
+        super()._on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._headers_deadline is not None:
             self._headers_deadline.cancel()
             self._headers_deadline = None
+        self._cancel_body_deadline()
         super().connection_lost(exc)
 
     def _headers_too_late(self) -> None:
         self._headers_deadline = None
+        self._close_now()
+
+    def _cancel_body_deadline(self) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
+
+    def _body_too_late(self) -> None:
+        """The request's body is not all in: close the connection. No 408: the app is already
+        running, and may have started its answer."""
+        self._body_deadline = None
+        self.log.debug("Request body not complete within %.1f s, closing", self.worker.body_timeout_s)
         self._close_now()
 
     def _close_now(self) -> None:
@@ -86,6 +118,7 @@ class BoundedASGIWorker(ASGIWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.connection_cap = self.worker_connections
         self.headers_timeout_s = min(HEADERS_TIMEOUT_S, self.cfg.timeout or HEADERS_TIMEOUT_S)
+        self.body_timeout_s = min(BODY_TIMEOUT_S, self.cfg.timeout or BODY_TIMEOUT_S)
         self._last_cap_warning = 0.0
 
     def init_process(self) -> None:

@@ -55,6 +55,7 @@ class WorkerStandIn:
         self.max_requests = 1 << 30
         self.alive = True
         self.headers_timeout_s = 10.0
+        self.body_timeout_s = 10.0
 
     def may_open_another(self) -> bool:
         return True
