@@ -165,7 +165,8 @@ def create_worker_metrics(registry: CollectorRegistry | None = None) -> WorkerMe
         ),
         task_failures=Counter(
             "mjhook_task_failures",
-            "Callback messages the queue gave up on (dead-lettered), by error class; their task may keep another state.",
+            "Callback messages the queue gave up on (dead-lettered), by error class;"
+            " their task may keep another state.",
             ["reason"],
             registry=registry,
         ),
