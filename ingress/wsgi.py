@@ -21,4 +21,4 @@ ingress = build_ingress(settings, metrics_dir=os.environ.get(MULTIPROC_ENV) or N
 drainer = ingress.start_drainer()
 # The asgi worker (ingress/gunicorn_conf.py) calls the ASGI app as it is; gunicorn run without
 # those settings (outside the project root, no -c) calls it as WSGI: see ingress/wsgi_bridge.py.
-app = AsgiOrWsgi(ingress.app)
+app = AsgiOrWsgi(ingress.app, max_body_bytes=settings.max_body_bytes)

@@ -10,6 +10,7 @@ and says in the log how to get its asgi worker and settings back."""
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from typing import Any
@@ -28,17 +29,29 @@ WSGI_WORKER_WARNING = (
 
 class AsgiOrWsgi:
     """``asgi_app`` as both: an ASGI call (scope, receive, send) goes to it unchanged; a WSGI call
-    (environ, start_response) to a2wsgi's bridge, made (with its event loop thread) at the first."""
+    (environ, start_response) to a2wsgi's bridge, made (with its event loop thread) at the first.
+    A WSGI request body without a Content-Length (sent chunked) is read first, up to
+    ``max_body_bytes`` + 1 bytes (enough for the app to refuse a larger one): a2wsgi reads a body
+    only as long as CONTENT_LENGTH says, and a chunked callback was an empty body, refused."""
 
-    def __init__(self, asgi_app: Any) -> None:
+    def __init__(self, asgi_app: Any, *, max_body_bytes: int) -> None:
         self.asgi_app = asgi_app
+        self._read_at_most = max_body_bytes + 1
         self._wsgi: ASGIMiddleware | None = None
         self._lock = threading.Lock()
 
     def __call__(self, *args: Any) -> Any:
         if len(args) == 3:
             return self.asgi_app(*args)
-        return self._bridge()(*args)
+        environ, start_response = args
+        if not environ.get("CONTENT_LENGTH") and (
+            environ.get("wsgi.input_terminated")
+            or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        ):
+            body = environ["wsgi.input"].read(self._read_at_most)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        return self._bridge()(environ, start_response)
 
     def _bridge(self) -> ASGIMiddleware:
         with self._lock:

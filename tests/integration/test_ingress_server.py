@@ -86,6 +86,17 @@ def test_the_plain_contract_command_serves_outside_the_project_root_and_says_how
                 )
                 for task_id in task_ids
             ]
+            # A body sent chunked (no Content-Length): a2wsgi read it as empty, refused 400
+            chunked = http.post(
+                "/callbacks/midjourney",
+                content=iter([orjson.dumps(success("elsewhere-chunked"))]),
+                headers={"Content-Type": "application/json"},
+            )
+            chunked_too_large = http.post(
+                "/callbacks/midjourney",
+                content=iter([b" " * (300 * 1024), orjson.dumps(success("elsewhere-large"))]),
+                headers={"Content-Type": "application/json"},
+            )
             malformed = http.post(
                 "/callbacks/midjourney", content=b"{", headers={"Content-Type": "application/json"}
             )
@@ -95,6 +106,12 @@ def test_the_plain_contract_command_serves_outside_the_project_root_and_says_how
         proc.terminate()
     assert [ack.status_code for ack in acks] == [200] * len(task_ids)
     assert acks[0].json() == {"status": "received", "taskId": task_ids[0]}
+    assert chunked.request.headers.get("transfer-encoding") == "chunked"
+    assert (chunked.status_code, chunked.json()) == (
+        200,
+        {"status": "received", "taskId": "elsewhere-chunked"},
+    )
+    assert chunked_too_large.status_code == 413  # read up to the limit, not cut into a body
     assert malformed.status_code == 400
     assert "error" in malformed.json()
     assert (ready.status_code, metrics.status_code) == (200, 200)
@@ -103,7 +120,7 @@ def test_the_plain_contract_command_serves_outside_the_project_root_and_says_how
     assert "Using worker: sync" in log
     assert "-c ingress/gunicorn_conf.py" in log
     queued = sorted(message["args"][0]["taskId"] for message in queued_messages(client))  # type: ignore[index]
-    assert queued == sorted(task_ids)
+    assert queued == sorted([*task_ids, "elsewhere-chunked"])
 
 
 def ingress_only(redis_server: RedisServer, tmp_path: Path, *extra_args: str) -> tuple[ManagedProcess, int]:
