@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from importlib import resources
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import hiredis
 import redis
@@ -91,6 +91,14 @@ class TaskRecord:
     task_id: str
     state: TaskState
     fields: Mapping[str, str]
+
+
+class GiveUp(NamedTuple):
+    """What :meth:`TaskStore.give_up` did: the state it left the task in, and whether it moved the
+    task to ``failed`` (False for a task that was failed already, or kept another state)."""
+
+    state: TaskState
+    failed_now: bool = False
 
 
 class TaskStore:
@@ -192,19 +200,21 @@ class TaskStore:
         state it had."""
         return self._move(task_id, state, fields, only_if_new=True, or_from=expected)
 
-    def give_up(self, task_id: str, reason: str) -> TaskState:
+    def give_up(self, task_id: str, reason: str) -> GiveUp:
         """Record that the queue gave up on a message of the task (retries exhausted, a permanent
-        error) for ``reason``, and return the state the task is left in. A task in a final state
-        keeps it, and its reason: that message was a duplicate, or another worker finished the
-        task meanwhile. A task a worker holds (its lease) keeps its state too: that worker is
-        processing another message of it and settles it. A task being processed again after it
-        ended ``stored`` or ``partial`` goes back to that state (its files and manifest are still
-        those), unless a file of it was replaced meanwhile (:meth:`forget_outcome`): then it ends
-        ``failed`` with ``reason``. So does any other task, one without a record too, and one whose
-        record was written before outcomes were recorded (it has no ``outcome`` field). A task
-        ``submitted`` again keeps that state: another message of it handed it back to the polling
-        fallback, whose own give-up ends it. Each move checks the lease in the same script call, so
-        a worker taking the task meanwhile is never overruled."""
+        error) for ``reason``, and return the state the task is left in (:class:`GiveUp`). A task
+        in a final state keeps it, and its reason: that message was a duplicate, or another worker
+        finished the task meanwhile. A task a worker holds (its lease) keeps its state too: that
+        worker is processing another message of it and settles it. A task being processed again
+        after it ended ``stored`` or ``partial`` goes back to that state (its files and manifest
+        are still those), unless a file of it was replaced meanwhile (:meth:`forget_outcome`):
+        then it ends ``failed`` with ``reason``. So does any other task, one without a record too,
+        and one whose record was written before outcomes were recorded (it has no ``outcome``
+        field). A task ``submitted`` again keeps that state: another message of it handed it back
+        to the polling fallback, whose own give-up ends it. Each move checks the lease in the same
+        script call, so a worker taking the task meanwhile is never overruled. The answer also says
+        whether this give-up moved the task to ``failed`` (from the move's own script call: of two
+        give-ups of one task at the same instant, one moves it, and says so)."""
         # The outcome is read and moved to under WATCH: a whole attempt that replaced a file and
         # forgot the outcome in between (:meth:`forget_outcome`) makes the move abort, and the
         # record is judged again.
@@ -214,7 +224,7 @@ class TaskStore:
             except redis.WatchError:
                 continue
 
-    def _give_up_once(self, task_id: str, reason: str) -> TaskState:
+    def _give_up_once(self, task_id: str, reason: str) -> GiveUp:
         key = keys.task(task_id)
         with self._client.pipeline(transaction=True) as pipe:
             pipe.watch(key)  # type: ignore[no-untyped-call]
@@ -234,10 +244,12 @@ class TaskStore:
                     (reply,) = pipe.execute()
                 before = self._move_reply(task_id, reply, lease=_LeaseRule.FREE)
             except LeaseHeld as held:
-                return TaskState(held.state) if held.state else TaskState.PROCESSING
+                return GiveUp(TaskState(held.state) if held.state else TaskState.PROCESSING)
         if state is not TaskState.FAILED:
-            return state if before in (*or_from, None) else cast(TaskState, before)
-        return before if before in FINAL_STATES or before is TaskState.SUBMITTED else TaskState.FAILED
+            return GiveUp(state if before in (*or_from, None) else cast(TaskState, before))
+        if before in FINAL_STATES or before is TaskState.SUBMITTED:
+            return GiveUp(before)
+        return GiveUp(TaskState.FAILED, failed_now=True)
 
     def forget_outcome(self, task_id: str, *, holder: str) -> TaskState | None:
         """Empty the outcome a task being processed (``processing``) keeps from an earlier end, when

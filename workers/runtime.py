@@ -284,18 +284,15 @@ class WorkerRuntime(Middleware):
         assert self._parts is not None
         task_id = callback.task_id
         try:
-            # Read first: give_up says the state it left the task in, not whether it moved it
-            # (a task failed before, a duplicate's message given up, is left failed too).
-            before = self._parts.tasks.get(task_id)
-            state = self._parts.tasks.give_up(task_id, reason)
+            state, failed_now = self._parts.tasks.give_up(task_id, reason)
         except (redis.RedisError, OSError):
             raise
         except Exception:
             log.exception("could not record the failure of %s", task_id)  # an unusable record
             return
+        if failed_now:
+            self._parts.metrics.tasks.labels(TaskState.FAILED.value).inc()
         if state is TaskState.FAILED:
-            if before is None or before.state is not TaskState.FAILED:
-                self._parts.metrics.tasks.labels(TaskState.FAILED.value).inc()
             try:
                 self._parts.processor.record_failure(callback, reason)
             except Exception:

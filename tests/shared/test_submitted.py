@@ -199,7 +199,7 @@ def test_a_task_another_message_handed_back_is_left_to_the_fallback(
     assert submitted.wait_again("t1")
 
     assert submitted.wait_again("t1")
-    assert tasks.give_up("t1", "gave up: the provider answered 455") is TaskState.SUBMITTED
+    assert tasks.give_up("t1", "gave up: the provider answered 455").state is TaskState.SUBMITTED
 
     assert tasks.get("t1").state is TaskState.SUBMITTED  # type: ignore[union-attr]
     clock.now += 3600

@@ -10,7 +10,15 @@ import redis
 
 from shared import keys, taskstate
 from shared.errors import LeaseHeld, TaskBusy, TaskRecordUnusable
-from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, QueuedMessage, Received, TaskState, TaskStore
+from shared.taskstate import (
+    FINAL_STATES,
+    OUTCOME_FIELD,
+    GiveUp,
+    QueuedMessage,
+    Received,
+    TaskState,
+    TaskStore,
+)
 from tests.support.acks import with_ack_connection
 from tests.support.clock import FakeClock
 from tests.support.servers import RedisServer
@@ -82,7 +90,7 @@ def test_a_final_state_is_kept_as_the_outcome_while_the_task_is_processed_again(
 def test_giving_up_keeps_a_final_state_and_its_reason(client: redis.Redis, state: TaskState) -> None:
     tasks = TaskStore(client, ttl_s=3600)
     tasks.move("t1", state, reason="earlier")
-    assert tasks.give_up("t1", "gave up: X") is state
+    assert tasks.give_up("t1", "gave up: X") == GiveUp(state, failed_now=False)
     record = tasks.get("t1")
     assert record is not None
     assert (record.state, record.fields["reason"]) == (state, "earlier")
@@ -103,7 +111,7 @@ def test_giving_up_on_a_task_processed_again_brings_back_its_outcome_unless_a_fi
         assert tasks.forget_outcome("t1", holder="token") is TaskState.PROCESSING
         client.delete(keys.lease("t1"))
     expected = (TaskState.FAILED, "gave up: X") if replaced else (outcome, "earlier")
-    assert tasks.give_up("t1", "gave up: X") is expected[0]
+    assert tasks.give_up("t1", "gave up: X") == GiveUp(expected[0], failed_now=replaced)
     record = tasks.get("t1")
     assert record is not None
     assert (record.state, record.fields["reason"]) == expected
@@ -136,7 +144,7 @@ def test_a_file_replaced_between_the_give_ups_read_and_its_move_fails_the_task(
 
     monkeypatch.setattr(taskstate, "_record", read_then_another_attempt)
 
-    assert tasks.give_up("t1", "gave up: X") is TaskState.FAILED
+    assert tasks.give_up("t1", "gave up: X") == GiveUp(TaskState.FAILED, failed_now=True)
     assert attempts == ["t1"]
     record = tasks.get("t1")
     assert record is not None
@@ -154,7 +162,7 @@ def test_giving_up_on_a_task_without_an_outcome_fails_it(
     tasks = TaskStore(client, ttl_s=3600)
     for state in history:
         tasks.move("t1", state)
-    assert tasks.give_up("t1", "gave up: X") is TaskState.FAILED
+    assert tasks.give_up("t1", "gave up: X") == GiveUp(TaskState.FAILED, failed_now=True)
     record = tasks.get("t1")
     assert record is not None
     assert (record.state, record.fields["reason"]) == (TaskState.FAILED, "gave up: X")
@@ -168,7 +176,7 @@ def test_giving_up_on_a_task_submitted_again_leaves_it_to_the_polling_fallback(
     too): the fallback ends it."""
     tasks = TaskStore(client, ttl_s=3600)
     tasks.move("t1", TaskState.SUBMITTED, **{OUTCOME_FIELD: outcome})
-    assert tasks.give_up("t1", "gave up: X") is TaskState.SUBMITTED
+    assert tasks.give_up("t1", "gave up: X") == GiveUp(TaskState.SUBMITTED, failed_now=False)
     record = tasks.get("t1")
     assert record is not None
     assert (record.state, "reason" in record.fields) == (TaskState.SUBMITTED, False)
@@ -192,7 +200,7 @@ def test_a_record_written_before_outcomes_fails_when_given_up(client: redis.Redi
     tasks.move("t1", TaskState.STORED)
     client.hdel(keys.task("t1"), OUTCOME_FIELD)
     tasks.move("t1", TaskState.PROCESSING)
-    assert tasks.give_up("t1", "gave up: X") is TaskState.FAILED
+    assert tasks.give_up("t1", "gave up: X") == GiveUp(TaskState.FAILED, failed_now=True)
 
 
 def test_giving_up_on_a_failed_task_processed_again_records_the_new_reason(client: redis.Redis) -> None:
@@ -200,7 +208,7 @@ def test_giving_up_on_a_failed_task_processed_again_records_the_new_reason(clien
     tasks = TaskStore(client, ttl_s=3600)
     tasks.move("t1", TaskState.FAILED, reason="generation failed")
     tasks.move("t1", TaskState.PROCESSING)
-    assert tasks.give_up("t1", "gave up: X") is TaskState.FAILED
+    assert tasks.give_up("t1", "gave up: X") == GiveUp(TaskState.FAILED, failed_now=True)
     assert tasks.get("t1").fields["reason"] == "gave up: X"  # type: ignore[union-attr]
 
 
@@ -250,7 +258,7 @@ def test_giving_up_leaves_a_task_a_worker_holds_alone(client: redis.Redis, outco
     tasks.move("t1", TaskState.PROCESSING)
     client.set(keys.lease("t1"), "a worker")
 
-    assert tasks.give_up("t1", "gave up: X") is TaskState.PROCESSING
+    assert tasks.give_up("t1", "gave up: X") == GiveUp(TaskState.PROCESSING, failed_now=False)
 
     record = tasks.get("t1")
     assert record is not None
@@ -259,7 +267,20 @@ def test_giving_up_leaves_a_task_a_worker_holds_alone(client: redis.Redis, outco
     assert tasks.counts()["failed"] == 0
 
     client.delete(keys.lease("t1"))
-    assert tasks.give_up("t1", "gave up: X") is (outcome or TaskState.FAILED)
+    assert tasks.give_up("t1", "gave up: X") == GiveUp(
+        outcome or TaskState.FAILED, failed_now=outcome is None
+    )
+
+
+def test_only_the_give_up_that_fails_a_task_says_it_did(client: redis.Redis) -> None:
+    """Given two give-ups of one task's messages (a duplicate's, say), the first moves it to
+    failed and says so; the second finds it failed already and says it did not: the answer comes
+    from the move's own script call, so no caller counts one failure twice."""
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("t1", TaskState.PROCESSING)
+    assert tasks.give_up("t1", "gave up: X") == GiveUp(TaskState.FAILED, failed_now=True)
+    assert tasks.give_up("t1", "gave up: Y") == GiveUp(TaskState.FAILED, failed_now=False)
+    assert tasks.get("t1").fields["reason"] == "gave up: X"  # type: ignore[union-attr]
 
 
 def _dump(client: redis.Redis) -> dict[str, object]:

@@ -710,7 +710,7 @@ def test_a_give_up_keeps_the_manifest_a_task_has_on_a_store_without_conditional_
         worker = processor(harness, pool, store=plain)
         assert worker.process(failure) is TaskState.FAILED
         before = harness.manifest("task-1")
-        assert harness.tasks.give_up("task-1", "gave up: TaskBusy: busy") is TaskState.FAILED
+        assert harness.tasks.give_up("task-1", "gave up: TaskBusy: busy").state is TaskState.FAILED
         worker.record_failure(failure, "gave up: TaskBusy: busy")
     assert harness.manifest("task-1") == before
 
@@ -748,7 +748,7 @@ def test_a_give_up_back_to_partial_removes_the_file_its_manifest_does_not_descri
         processor(harness, pool, store=ManifestRefusingStore(harness.settings)).process(callback(urls))
     assert harness.object_bytes("tasks/task-1/1.png") == images[1]
 
-    assert harness.tasks.give_up("task-1", "gave up: StorageUnavailable") is TaskState.PARTIAL
+    assert harness.tasks.give_up("task-1", "gave up: StorageUnavailable").state is TaskState.PARTIAL
     harness.parts.processor.agree_with_outcome(callback(urls))  # type: ignore[attr-defined]
 
     assert harness.object_bytes("tasks/task-1/1.png") is None

@@ -25,7 +25,7 @@ from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, cre
 from shared.redis_client import connect_redis
 from shared.settings import Settings
 from shared.submitted import SubmittedTasks
-from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, TaskState, TaskStore
+from shared.taskstate import FINAL_STATES, OUTCOME_FIELD, GiveUp, TaskState, TaskStore
 from tests.support.pipeline import queued_callback, wait_for
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, S3Server, png_bytes, start_redis
@@ -740,6 +740,32 @@ def test_a_give_up_that_fails_the_task_counts_it_failed_once(
 
     dead_lettered(storage_down, callback(urls), exception)
     assert tasks_counted(storage_down.parts().metrics, "failed") == 1
+
+
+def test_two_workers_giving_up_one_task_at_once_count_it_failed_once(
+    settings: Settings, tasks: TaskStore, shared_metrics: WorkerMetrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a task processing when the queue gives up on two messages of it in two workers at the
+    same instant, when the second worker's give-up runs whole between the first's start and its
+    move, then the task is counted failed once: only the give-up whose move failed it counts it
+    (the first's read of the task, before the move, said processing)."""
+    down = settings.model_copy(update={"s3_endpoint": f"http://127.0.0.1:{free_port()}"})
+    first, second = (WorkerRuntime(down, metrics=shared_metrics) for _ in range(2))
+    second.parts()
+    tasks.move("task-1", TaskState.PROCESSING)
+    first_store = first.parts().tasks
+    give_up = first_store.give_up
+
+    def the_other_worker_first(task_id: str, reason: str) -> GiveUp:
+        dead_lettered(second, callback([]), StorageUnavailable("down"))
+        return give_up(task_id, reason)
+
+    monkeypatch.setattr(first_store, "give_up", the_other_worker_first)
+
+    dead_lettered(first, callback([]), StorageUnavailable("down"))
+
+    assert tasks.get("task-1").state is TaskState.FAILED  # type: ignore[union-attr]
+    assert tasks_counted(shared_metrics, "failed") == 1
 
 
 def test_a_task_left_to_its_holder_is_counted_failed_only_by_the_second_look_that_fails_it(
