@@ -15,7 +15,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -89,6 +89,25 @@ class ByteBudget:
             if count > self._left:
                 raise DownloadRefused(f"the task's files are over its {self.total}-byte total cap")
             self._left -= count
+
+    @contextmanager
+    def drawing(self) -> Iterator[Callable[[int], None]]:
+        """For one download: a ``take`` whose bytes go back to the budget when the download raises
+        (refused, or failed for now). The cap is on the files a task keeps: a sibling cut short
+        or refused after its first megabytes must not get the task's other files refused."""
+        drawn = 0
+
+        def take(count: int) -> None:
+            nonlocal drawn
+            self.take(count)
+            drawn += count
+
+        try:
+            yield take
+        except BaseException:
+            with self._lock:
+                self._left += drawn
+            raise
 
 
 @dataclass(slots=True)
@@ -236,9 +255,10 @@ class ResultFetcher:
         """One download of ``url``, ended by ``deadline`` (monotonic seconds) when given."""
         body = tempfile.SpooledTemporaryFile(max_size=self._limits.spool_memory_bytes)  # noqa: SIM115
         try:
-            media, size, digest = self._stream_into(url, body, budget, deadline)
-            if media.kind == "image":
-                self._check_dimensions(media, body)
+            with budget.drawing() as take:
+                media, size, digest = self._stream_into(url, body, take, deadline)
+                if media.kind == "image":
+                    self._check_dimensions(media, body)
         except BaseException:
             body.close()
             raise
@@ -246,7 +266,7 @@ class ResultFetcher:
         return FetchedFile(source_url=url, media=media, size=size, sha256=digest, body=body)
 
     def _stream_into(
-        self, url: str, sink: IO[bytes], budget: ByteBudget, deadline: float | None
+        self, url: str, sink: IO[bytes], take: Callable[[int], None], deadline: float | None
     ) -> tuple[MediaType, int, str]:
         left = None if deadline is None else deadline - self._monotonic()
         if left is not None and left <= 0:
@@ -256,7 +276,7 @@ class ResultFetcher:
             with limited_waits(pace), closing(self._follow_redirects(url)) as response:
                 _check_status(response)
                 _check_declared_size(response, self._largest_cap())
-                media, size, digest = self._copy(response, pace, sink, budget)
+                media, size, digest = self._copy(response, pace, sink, take)
                 if _close_delimited(response) and not ends_whole(media, sink, size):
                     # Without a length or chunks, a connection closed early looks like the end.
                     raise DownloadFailed(f"the body ended early: a {media.ext} file cut short")
@@ -289,7 +309,7 @@ class ResultFetcher:
         raise DownloadRefused(f"too many redirects (more than {hops})")
 
     def _copy(
-        self, response: httpx.Response, pace: DownloadPace, sink: IO[bytes], budget: ByteBudget
+        self, response: httpx.Response, pace: DownloadPace, sink: IO[bytes], take: Callable[[int], None]
     ) -> tuple[MediaType, int, str]:
         cap = self._largest_cap()
         raw = 0
@@ -318,7 +338,7 @@ class ResultFetcher:
             size += len(chunk)
             if size > cap:
                 raise DownloadRefused(f"file is over the {cap}-byte cap")
-            budget.take(len(chunk))
+            take(len(chunk))  # the task's byte budget
             digest.update(chunk)
             sink.write(chunk)
         if media is None:

@@ -126,6 +126,38 @@ def test_a_tasks_total_byte_budget_is_shared_by_its_files(
         fetcher.fetch(url, budget=budget)
 
 
+@pytest.mark.parametrize("sibling_fate", ["refused", "failed for now"])
+def test_a_sibling_not_kept_gives_its_bytes_back_to_the_tasks_budget(
+    file_server: FileServer, sibling_fate: str
+) -> None:
+    """Given a task whose budget holds one of its files and little more, when a smaller sibling
+    is downloaded whole first and then refused (its canvas too wide) or failed for now (its body
+    ends before its Content-Length), then the file is still fetched: the cap is on the files a
+    task keeps, and a sibling that is not kept takes none of it."""
+    image = png_bytes(6)  # 256x256
+    if sibling_fate == "refused":
+        sibling_url = file_server.add("/sibling.png", png_bytes(7, width=310, height=100))
+        expected: type[Exception] = DownloadRefused
+    else:
+        sibling = png_bytes(7, width=200, height=100)
+        cut_short = {"Content-Length": str(len(sibling) + 1000)}
+        sibling_url = file_server.add("/sibling.png", sibling, headers=cut_short)
+        expected = DownloadFailed
+    client = create_http_client(connect_timeout_s=2, read_timeout_s=1, max_redirects=0, max_connections=2)
+    limits = FetchLimits(max_image_bytes=500_000, max_video_bytes=1_000_000, max_image_side=300)
+    fetcher = ResultFetcher(client, limits)
+    budget = ByteBudget(len(image) + 1000)
+    try:
+        with pytest.raises(expected):
+            fetcher.fetch(sibling_url, budget=budget)
+        fetched = fetcher.fetch(file_server.add("/image.png", image), budget=budget)
+        fetched.close()
+    finally:
+        client.close()
+    assert fetched.size == len(image)
+    assert file_server.hits["/sibling.png"] == 1
+
+
 def trickling_fetcher(min_rate: int) -> ResultFetcher:
     client = create_http_client(connect_timeout_s=2, read_timeout_s=2, max_redirects=0, max_connections=2)
     limits = FetchLimits(
