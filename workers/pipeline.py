@@ -8,7 +8,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, wait
+from concurrent.futures import Executor, Future, wait
 from typing import Any
 
 import orjson
@@ -397,7 +397,7 @@ class CallbackProcessor:
             # write landing after that could replace the next holder's file.
             for future in futures:
                 future.cancel()
-            wait(futures)
+            _wait_through_interrupts(futures)
         if transient:
             # Fresh links alone wait for the provider (the polling fallback, on the last attempt).
             pending_links = all(isinstance(exc, FreshLinkPending) for exc in transient)
@@ -502,6 +502,22 @@ def _file_keys(task_id: str, listing: Mapping[str, str]) -> dict[str, int]:
         for key in listing
         if (match := _STORED_FILE.fullmatch(key[len(prefix) :])) is not None
     }
+
+
+def _wait_through_interrupts(futures: list[Future[Any]]) -> None:
+    """Wait until every one of ``futures`` has ended, even when an exception raised into this
+    thread lands in the wait (dramatiq's time limit, or its shutdown, fire where they fire): it
+    is raised once they have all ended, so no upload of the attempt outlives it."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            wait(futures)
+        except BaseException as exc:  # raised again below, once the wait is over
+            interrupted = exc
+            continue
+        break
+    if interrupted is not None:
+        raise interrupted
 
 
 def _unexpected_error(task_id: str, index: int, url: str, exc: Exception) -> FileError:

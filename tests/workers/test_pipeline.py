@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import IO, Any
@@ -16,6 +16,7 @@ from typing import IO, Any
 import orjson
 import pytest
 import redis
+from dramatiq.middleware import TimeLimitExceeded
 from PIL import Image
 
 from shared import keys
@@ -37,6 +38,7 @@ from tests.support.pipeline import nested_prompt_json
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, png_bytes
 from tests.support.stack import ready_bucket
+from workers import pipeline
 from workers.fetch import ByteBudget, FetchedFile, FetchLimits, ResultFetcher, create_http_client
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
@@ -694,6 +696,31 @@ def test_an_attempt_that_raises_leaves_no_upload_running_past_its_lease(harness:
         with pytest.raises(StorageUnavailable):
             first.process(callback(urls))
         assert store.lease_held_at_write is True
+
+
+def test_a_time_limit_landing_in_the_wait_for_uploads_is_raised_once_they_ended(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given the same failing and slow uploads, when dramatiq's time limit is raised into the
+    worker's thread as it waits for the slow upload (it fires where it fires), then the attempt
+    still waits for that upload, its lease held, and raises the time limit after it."""
+    urls = [harness.files.add("/a0.png", png_bytes(0)), harness.files.add("/a1.png", png_bytes(1))]
+    store = FailingThenSlowStore(harness.settings, harness.redis)
+    waits: list[bool] = []
+
+    def interrupted_once(futures: list[Future[Any]]) -> Any:
+        waits.append(all(future.done() for future in futures))
+        if len(waits) == 1:
+            raise TimeLimitExceeded()
+        return wait(futures)
+
+    monkeypatch.setattr(pipeline, "wait", interrupted_once)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = processor(harness, pool, store=store)
+        with pytest.raises(TimeLimitExceeded):
+            first.process(callback(urls))
+        assert store.lease_held_at_write is True
+    assert waits[0] is False  # the upload of file 1 was under way when the time limit landed
 
 
 def test_a_give_up_keeps_the_manifest_a_task_has_on_a_store_without_conditional_writes(
