@@ -3,9 +3,9 @@ API every few seconds) and ``GET /dashboard/status`` (queue depths, live workers
 the ``mjhook status --json`` object).
 
 Both sit behind ``MJHOOK_API_TOKEN`` (:class:`ingress.tasks_api.ApiTokenGuard`). The page alone
-also takes the token as ``?token=<value>``, because a browser cannot send a header when it opens a
-URL; the page's script then sends it as a Bearer header to ``/dashboard/status`` and ``/tasks``,
-which accept the header only.
+also takes the token as ``?token=<value>`` (once: a URL naming it twice is refused), because a
+browser cannot send a header when it opens a URL; the page's script then sends it as a Bearer
+header to ``/dashboard/status`` and ``/tasks``, which accept the header only.
 """
 
 from __future__ import annotations

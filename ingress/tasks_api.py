@@ -34,7 +34,8 @@ class ApiTokenGuard:
     when a token is configured. Judged by the route the router matched, not the raw path: the
     router also takes ``//tasks`` and ``/tasks/`` to those routes. On the routes in
     ``query_token_paths`` (a page a browser opens, which cannot send a header) ``?token=<token>``
-    is accepted instead; API endpoints take the header only."""
+    is accepted instead, once: a request naming it more than once is refused, header or not (falcon
+    reads the last, the page's script would send the first). API endpoints take the header only."""
 
     def __init__(
         self, token: str, *, prefixes: tuple[str, ...], query_token_paths: Collection[str] = ()
@@ -49,14 +50,18 @@ class ApiTokenGuard:
         route = req.uri_template
         if not self._token or route is None or not route.startswith(self._prefixes):
             return
+        query_tokens = req.get_param_as_list("token") if route in self._query_token_paths else None
+        if query_tokens is not None and len(query_tokens) > 1:
+            raise _unauthorized("API token given more than once")
         scheme, _, given = (req.get_header("Authorization") or "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token):
             return
-        query_token = req.get_param("token") if route in self._query_token_paths else None
-        if query_token is None or not hmac.compare_digest(query_token.encode(), self._token):
-            raise falcon.HTTPUnauthorized(
-                title="missing or wrong API token", headers={"WWW-Authenticate": "Bearer"}
-            )
+        if not query_tokens or not hmac.compare_digest(query_tokens[0].encode(), self._token):
+            raise _unauthorized("missing or wrong API token")
+
+
+def _unauthorized(title: str) -> falcon.HTTPUnauthorized:
+    return falcon.HTTPUnauthorized(title=title, headers={"WWW-Authenticate": "Bearer"})
 
 
 class TaskResource:

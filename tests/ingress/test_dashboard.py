@@ -171,6 +171,27 @@ def test_the_page_takes_the_token_as_a_header_or_in_the_query(app: testing.TestC
     assert app.simulate_get("/dashboard/status", headers=AUTH).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        # Falcon reads the last value, URLSearchParams.get (the page's script) the first.
+        (f"token=wrong&token={TOKEN}", {}),
+        (f"token=&token={TOKEN}", {}),
+        # Identical repeats too: any repeat is refused, whatever the values.
+        (f"token={TOKEN}&token={TOKEN}", {}),
+        # Even with a good header: the page's script does not act on such a URL either.
+        ("token=wrong&token=wrong", AUTH),
+    ],
+)
+def test_the_page_refuses_a_token_given_more_than_once_in_the_query(
+    app: testing.TestClient, query: str, headers: dict[str, str]
+) -> None:
+    response = app.simulate_get("/dashboard", query_string=query, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.json == {"error": "API token given more than once"}
+
+
 def test_without_a_configured_token_the_dashboard_is_open(
     client: redis.Redis, redis_server: RedisServer
 ) -> None:
