@@ -21,6 +21,7 @@ from ingress.gunicorn_worker import BoundedASGIProtocol
 from tests.ingress.test_callbacks import success
 from tests.ingress.test_gunicorn_worker import RecordingTransport, WorkerStandIn
 from tests.integration.test_ingress_server import ingress_only, post_on
+from tests.support.raw_http import content_length, post_head, read_message, send_post
 from tests.support.servers import RedisServer
 
 #: A byte of body every this many seconds: far within gunicorn's timeout (2 s below) between two.
@@ -28,10 +29,7 @@ TRICKLE_INTERVAL_S = 0.3
 #: Bytes the trickling client would send: 20 s of trickle, far beyond the 2 s deadline.
 TRICKLE_BYTES = round(20 / TRICKLE_INTERVAL_S)
 
-HEADERS = (
-    b"POST /callbacks/midjourney HTTP/1.1\r\nHost: x\r\n"
-    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (TRICKLE_BYTES + 1000)
-)
+HEADERS = post_head("/callbacks/midjourney", TRICKLE_BYTES + 1000)
 
 
 def trickle_until_closed(sock: socket.socket) -> int:
@@ -55,24 +53,13 @@ def trickle_until_closed(sock: socket.socket) -> int:
 
 def keepalive_post(sock: socket.socket, task_id: str) -> bytes:
     """POST a valid callback on ``sock``, keeping the connection; the answer's head."""
-    body = orjson.dumps(success(task_id))
-    sock.sendall(
-        b"POST /callbacks/midjourney HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = sock.recv(65536)
-        assert chunk, "closed before answering"
-        answer += chunk
-    head, _, rest = answer.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(rest) < length:
-        rest += sock.recv(65536)
+    send_post(sock, "/callbacks/midjourney", orjson.dumps(success(task_id)))
+    answer = read_message(sock)
+    assert answer is not None, "closed before answering"
+    head, _ = answer
+    # Without it the answer's end is unknown, and bytes left unread would pass for the server
+    # cutting off the trickle that follows
+    assert content_length(head) is not None, head
     return head
 
 

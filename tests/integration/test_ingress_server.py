@@ -17,6 +17,7 @@ import redis
 from shared.taskstate import TaskStore
 from tests.ingress.test_callbacks import queued_messages, success
 from tests.support.procs import ManagedProcess, free_port, venv_bin, wait_for_http
+from tests.support.raw_http import read_until_closed, send_post
 from tests.support.servers import RedisServer
 from tests.support.stack import REPO_ROOT, _gunicorn_isolation_args, start_ingress
 
@@ -134,15 +135,8 @@ def ingress_only(redis_server: RedisServer, tmp_path: Path, *extra_args: str) ->
 
 def post_on(sock: socket.socket, task_id: str) -> bytes:
     """POST a valid callback on ``sock`` and read the answer until the server closes."""
-    body = orjson.dumps(success(task_id))
-    sock.sendall(
-        b"POST /callbacks/midjourney HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
-    answer = b""
-    while chunk := sock.recv(65536):
-        answer += chunk
-    return answer
+    send_post(sock, "/callbacks/midjourney", orjson.dumps(success(task_id)), close=True)
+    return read_until_closed(sock)
 
 
 @pytest.mark.parametrize("sent", [b"", b"POST /callbacks/midj"], ids=["nothing", "half a request line"])

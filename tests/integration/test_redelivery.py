@@ -7,6 +7,8 @@ import hashlib
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,33 +38,58 @@ FAST_REDELIVERY = {
 }
 
 
+@contextmanager
+def a_worker_killed_mid_download(
+    env: dict[str, str],
+    tmp_path: Path,
+    file_server: FileServer,
+    *,
+    task_id: str,
+    path: str,
+    before_rescue: Callable[[], object] = lambda: None,
+) -> Iterator[None]:
+    """Given the ingress and a worker, when a callback of ``task_id`` naming the file at ``path``
+    of ``file_server`` is acknowledged and the worker is SIGKILLed once that file's download has
+    started, then ``before_rescue`` runs and another worker is started; all of them stop when
+    the block ends."""
+    ingress, base_url = start_ingress(env, tmp_path, extra_args=["--workers", "1"])
+    doomed = start_workers(env, tmp_path / "doomed", processes=1, threads=2)
+    rescuer = None
+    try:
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            assert post_callback(http, callback(task_id, [file_server.url(path)])).status_code == 200
+        wait_for(lambda: file_server.hits[path] >= 1, timeout_s=30, what="download started")
+        doomed.kill()
+        before_rescue()
+        rescuer = start_workers(env, tmp_path / "rescuer", processes=1, threads=2)
+        yield
+    finally:
+        if rescuer is not None:
+            rescuer.terminate()
+        doomed.kill()
+        ingress.terminate()
+
+
 def test_a_worker_killed_mid_download_is_redelivered_and_completes(
     app_env: dict[str, str], tmp_path: Path, file_server: FileServer, s3_server: Any, s3_bucket: str
 ) -> None:
     env = {**app_env, **FAST_REDELIVERY}
     image = png_bytes(7, 512, 512)
     # Given a file that takes ~8 s to download
-    url = file_server.add("/slow.png", image, chunk_size=8192, chunk_delay_s=0.08)
-    ingress, base_url = start_ingress(env, tmp_path, extra_args=["--workers", "1"])
-    doomed = start_workers(env, tmp_path / "doomed", processes=1, threads=2)
-    rescuer = None
-    try:
-        with httpx.Client(base_url=base_url, timeout=10) as http:
-            assert post_callback(http, callback("crash-1", [url])).status_code == 200
-        # When the worker is SIGKILLed while the download is under way
-        wait_for(lambda: file_server.hits["/slow.png"] >= 1, timeout_s=30, what="download started")
-        doomed.kill()
-        file_server.add("/slow.png", image)
-        rescuer = start_workers(env, tmp_path / "rescuer", processes=1, threads=2)
+    file_server.add("/slow.png", image, chunk_size=8192, chunk_delay_s=0.08)
+    # When the worker is SIGKILLed while the download is under way (the file then served fast)
+    with a_worker_killed_mid_download(
+        env,
+        tmp_path,
+        file_server,
+        task_id="crash-1",
+        path="/slow.png",
+        before_rescue=lambda: file_server.add("/slow.png", image),
+    ):
         # Then another worker gets the message back and stores the task
         manifest = wait_for(
             lambda: read_manifest(s3_server.client(), s3_bucket, "crash-1"), timeout_s=90, what="manifest"
         )
-    finally:
-        if rescuer is not None:
-            rescuer.terminate()
-        doomed.kill()
-        ingress.terminate()
     assert manifest["status"] == "stored"
     assert manifest["images"][0]["sha256"] == hashlib.sha256(image).hexdigest()
     assert file_server.hits["/slow.png"] == 2
@@ -73,18 +100,10 @@ def test_a_message_whose_worker_keeps_dying_is_given_up_with_the_reason(
 ) -> None:
     # Given workers that start an attempt at a message once at most (the default allows three)
     env = {**app_env, **FAST_REDELIVERY, "MJHOOK_MAX_ATTEMPT_STARTS": "1"}
-    url = file_server.add("/poison.png", png_bytes(8, 512, 512), chunk_size=8192, chunk_delay_s=0.08)
-    ingress, base_url = start_ingress(env, tmp_path, extra_args=["--workers", "1"])
-    doomed = start_workers(env, tmp_path / "doomed", processes=1, threads=2)
+    file_server.add("/poison.png", png_bytes(8, 512, 512), chunk_size=8192, chunk_delay_s=0.08)
     tasks = TaskStore(connect_redis(Settings.from_env(env).redis_url), ttl_s=3600)
-    rescuer = None
-    try:
-        with httpx.Client(base_url=base_url, timeout=10) as http:
-            assert post_callback(http, callback("poison-1", [url])).status_code == 200
-        # When the worker dies during the message's attempt and the message is redelivered
-        wait_for(lambda: file_server.hits["/poison.png"] >= 1, timeout_s=30, what="download started")
-        doomed.kill()
-        rescuer = start_workers(env, tmp_path / "rescuer", processes=1, threads=2)
+    # When the worker dies during the message's attempt and the message is redelivered
+    with a_worker_killed_mid_download(env, tmp_path, file_server, task_id="poison-1", path="/poison.png"):
         record = wait_for(
             lambda: (r := tasks.get("poison-1")) is not None and r.state is TaskState.FAILED and r,
             timeout_s=90,
@@ -93,11 +112,6 @@ def test_a_message_whose_worker_keeps_dying_is_given_up_with_the_reason(
         manifest = wait_for(
             lambda: read_manifest(s3_server.client(), s3_bucket, "poison-1"), timeout_s=30, what="manifest"
         )
-    finally:
-        if rescuer is not None:
-            rescuer.terminate()
-        doomed.kill()
-        ingress.terminate()
     # Then the attempt is not started again: the task fails, saying why, and the file was not
     # fetched a second time
     assert "AttemptNeverEnds: attempt 1 at this message was started 2 times" in record.fields["reason"]

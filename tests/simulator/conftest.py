@@ -15,6 +15,7 @@ import pytest
 
 from simulator import RunningSimulator, SimulatorConfig, run_simulator
 from tests.simulator.support import HOLD_LIMIT_S, Received, Receiver, SimFactory, TricklingReceiver
+from tests.support.raw_http import read_message
 
 #: Small and fast unless a test says otherwise.
 TEST_CONFIG: dict[str, Any] = {
@@ -73,30 +74,6 @@ def receiver() -> Iterator[Receiver]:
 TRICKLED_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
-def _read_request(conn: socket.socket) -> None:
-    """Read one request, headers and Content-Length body, so closing leaves nothing unread."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        (
-            int(line.split(b":", 1)[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        ),
-        0,
-    )
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return
-        body += chunk
-
-
 @pytest.fixture
 def trickling_receiver() -> Iterator[TricklingReceiver]:
     state = TricklingReceiver()
@@ -108,7 +85,7 @@ def trickling_receiver() -> Iterator[TricklingReceiver]:
     def answer(conn: socket.socket) -> None:
         with conn:
             try:
-                _read_request(conn)
+                read_message(conn)  # the whole request, so closing leaves nothing unread
                 if not state.next_is_slow():
                     conn.sendall(TRICKLED_ANSWER)
                     return
