@@ -98,8 +98,22 @@ def check_result_urls(urls: Sequence[str], limits: CallbackLimits) -> None:
         raise InvalidCallback(f"a result URL is longer than {limits.max_url_length} characters")
 
 
-#: A ``"callBackUrl"`` member's string value in JSON text, also in text cut short (to its end).
-_CALLBACK_URL_MEMBER = re.compile(r'("callBackUrl"\s*:\s*)"(?:[^"\\]|\\.)*"?')
+#: The provider's ``callBackUrl`` key, matched loosely (any case, ``_`` between the words, as
+#: its ``taskId``/``task_id`` go): a key missed leaks the callback token, one too many is harmless.
+_CALLBACK_URL_KEY = r"call_?back_?url"
+_CALLBACK_URL_KEY_PATTERN = re.compile(_CALLBACK_URL_KEY, re.IGNORECASE)
+#: A ``callBackUrl``'s value in text that may be JSON or not, after the key (its opening quote,
+#: if any, left out of the match, so that a run of backslashes is not scanned from each of its
+#: characters): the key's closing quote (``"`` or ``'``, escaped ``\"`` too), ``:`` or ``=``, then
+#: a value quoted like that up to its closing quote (or the end, in text cut short), or a bare
+#: one up to a space, ``,``, ``}``, ``]``, a quote or a backslash. Quotes escaped up to 15
+#: backslashes deep (4 levels of JSON in JSON strings) are known: each one is compared at every
+#: character of the value, so they are kept short.
+_CALLBACK_URL_MEMBER = re.compile(
+    rf"""(?P<key>{_CALLBACK_URL_KEY}(?:\\*["'])?\s*[:=]\s*)"""
+    r"""(?:(?P<quote>\\{0,15}["']).*?(?:(?<!\\)(?P=quote)|\Z)|[^\s,}\]"'\\]*)""",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 def parse_callback(body: bytes, *, received_at: str, limits: CallbackLimits) -> Callback:
@@ -163,20 +177,46 @@ def _from_fields(fields: dict[str, Any], task_id: Any, limits: CallbackLimits) -
 def without_callback_url(prompt_json: str | None) -> str | None:
     """``promptJson`` without its ``callBackUrl``: the provider echoes the request's parameters,
     and the callback URL ``mjhook submit`` sends carries ``MJHOOK_CALLBACK_TOKEN``, which must not
-    land in the manifest (anyone reading the task could forge callbacks). Text that is no JSON
-    mjhook can read and write again (malformed, as the provider's docs warn, or nested past
-    orjson's limits) keeps its shape, the value of any ``"callBackUrl"`` in it emptied. Any other
-    string is kept as it came."""
-    if prompt_json is None:
-        return None
+    land in the manifest (anyone reading the task could forge callbacks).
+
+    In JSON mjhook can read and write again, a ``callBackUrl`` member is dropped from every
+    object at any depth, and every string (keys too) is scrubbed the same way, as JSON text if it
+    is some (a ``promptJson`` kept as a JSON string, say); the rest keeps its shape, and the text
+    is kept as it came when nothing was taken out. Any other text (malformed, as the provider's
+    docs warn, or nested past orjson's or Python's limits) keeps its shape, the value of any
+    ``callBackUrl`` in it emptied: quoted or not, after ``:`` or ``=``, or cut short. The key is
+    matched in any case, with or without ``_`` between its words."""
+    return None if prompt_json is None else _text_without_callback_urls(prompt_json)
+
+
+def _text_without_callback_urls(text: str) -> str:
+    if "\\" not in text and not _CALLBACK_URL_KEY_PATTERN.search(text):
+        return text  # no key, nor an escape that could spell one once the text is read as JSON
     try:
-        params = orjson.loads(prompt_json)
-        if not isinstance(params, dict) or "callBackUrl" not in params:
-            return prompt_json
-        params.pop("callBackUrl")
-        return orjson.dumps(params).decode()
-    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
-        return _CALLBACK_URL_MEMBER.sub(r'\1""', prompt_json)
+        document = orjson.loads(text)
+        scrubbed = _document_without_callback_urls(document)
+        if scrubbed == document:
+            return text
+        return orjson.dumps(scrubbed).decode()
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecursionError):
+        return _CALLBACK_URL_MEMBER.sub(lambda match: match["key"] + (match["quote"] or "") * 2, text)
+
+
+def _document_without_callback_urls(document: Any) -> Any:
+    """Parsed JSON without a ``callBackUrl`` member in any object, its strings scrubbed.
+    Recursive: a document nested past Python's limit raises :class:`RecursionError` (orjson
+    reads 1024 levels, though it writes far fewer)."""
+    if isinstance(document, str):
+        return _text_without_callback_urls(document)
+    if isinstance(document, list):
+        return [_document_without_callback_urls(item) for item in document]
+    if isinstance(document, dict):
+        return {
+            _text_without_callback_urls(key): _document_without_callback_urls(value)
+            for key, value in document.items()
+            if not _CALLBACK_URL_KEY_PATTERN.fullmatch(key)
+        }
+    return document
 
 
 def parse_prompt(

@@ -42,12 +42,12 @@ def build_manifest(
     completed_at: str,
     max_json_depth: int,
 ) -> dict[str, Any]:
-    """The manifest's fields. ``promptJson`` is kept raw but for a ``callBackUrl`` in it (removed:
-    it carries the callback token, see :func:`~shared.callback.without_callback_url`); it is
-    parsed into ``params`` and
-    ``prompt`` only when it nests at most ``max_json_depth`` levels (``MJHOOK_MAX_JSON_DEPTH``),
-    else both are None. The workers pass the setting (``workers.runtime.build_parts`` builds the
-    processor from it); the processor's own default, 32, serves tests and scripts."""
+    """The manifest's fields. ``promptJson`` is kept raw but for any ``callBackUrl`` in it
+    (removed, or its value emptied: it carries the callback token, see
+    :func:`~shared.callback.without_callback_url`); it is parsed into ``params`` and ``prompt``
+    only when it nests at most ``max_json_depth`` levels (``MJHOOK_MAX_JSON_DEPTH``), else both
+    are None. The workers pass the setting (``workers.runtime.build_parts`` builds the processor
+    from it); the processor's own default, 32, serves tests and scripts."""
     prompt_json = without_callback_url(callback.prompt_json)
     params, prompt = parse_prompt(prompt_json, max_depth=max_json_depth)
     return {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from shared.callback import Callback, CallbackLimits, parse_callback, parse_prompt
+from shared.callback import Callback, CallbackLimits, parse_callback, parse_prompt, without_callback_url
 from shared.errors import InvalidCallback
 
 LIMITS = CallbackLimits(max_result_urls=4, max_url_length=100)
@@ -129,3 +129,96 @@ def test_prompt_json_is_parsed_when_it_can_be(
     prompt_json: str | None, params: dict[str, object] | None, prompt: str | None
 ) -> None:
     assert parse_prompt(prompt_json) == (params, prompt)
+
+
+#: The callback URL ``mjhook submit`` sends, its token the secret the manifest must not hold.
+CALLBACK_URL = "http://h/callbacks/midjourney?token=SECRET"
+
+
+def as_json(document: object) -> str:
+    return orjson.dumps(document).decode()
+
+
+@pytest.mark.parametrize(
+    ("prompt_json", "expected"),
+    [
+        # A JSON string holding the request's JSON text: taken out of that text, still a string
+        (as_json(as_json({"callBackUrl": CALLBACK_URL, "v": 7})), as_json(as_json({"v": 7}))),
+        (as_json([{"prompt": "a fox", "callBackUrl": CALLBACK_URL}, 3]), as_json([{"prompt": "a fox"}, 3])),
+        (
+            as_json({"prompt": "a fox", "params": {"callBackUrl": CALLBACK_URL, "version": 7}}),
+            as_json({"prompt": "a fox", "params": {"version": 7}}),
+        ),
+        # JSON text in a string in JSON text in a string: each level read as JSON in turn
+        (
+            as_json(
+                {"prompt": "a fox", "request": as_json({"body": as_json({"callBackUrl": CALLBACK_URL})})}
+            ),
+            as_json({"prompt": "a fox", "request": as_json({"body": as_json({})})}),
+        ),
+        # Not JSON, in a string of JSON
+        (
+            as_json({"prompt": "a fox", "note": f"sent with callBackUrl={CALLBACK_URL} at noon"}),
+            as_json({"prompt": "a fox", "note": "sent with callBackUrl= at noon"}),
+        ),
+        # The key in another case or spelling
+        (as_json({"prompt": "a fox", "callbackURL": CALLBACK_URL}), as_json({"prompt": "a fox"})),
+        (as_json({"prompt": "a fox", "callback_url": CALLBACK_URL}), as_json({"prompt": "a fox"})),
+        # The key spelled with an escape, in the JSON text a string holds
+        (
+            as_json({"request": '{"\\u0063allBackUrl": "' + CALLBACK_URL + '"}'}),
+            as_json({"request": as_json({})}),
+        ),
+    ],
+    ids=[
+        "json-string",
+        "list",
+        "nested-object",
+        "json-in-strings",
+        "text-in-a-string",
+        "case",
+        "snake-case",
+        "escaped-key",
+    ],
+)
+def test_the_callback_url_is_taken_out_of_json_wherever_it_is(prompt_json: str, expected: str) -> None:
+    """Given a promptJson that is valid JSON with the callback URL anywhere but a top-level member
+    When it is scrubbed
+    Then no trace of the token is left, and the JSON keeps its shape but for the URL."""
+    scrubbed = without_callback_url(prompt_json)
+    assert scrubbed == expected
+    assert "SECRET" not in scrubbed
+
+
+@pytest.mark.parametrize(
+    ("prompt_json", "expected"),
+    [
+        (
+            f"{{'prompt': 'a fox', 'callBackUrl': '{CALLBACK_URL}', 'v': 7",
+            "{'prompt': 'a fox', 'callBackUrl': '', 'v': 7",
+        ),
+        (f"{{prompt: a fox, callBackUrl: {CALLBACK_URL}, v: 7", "{prompt: a fox, callBackUrl: , v: 7"),
+        (f"prompt=a fox callBackUrl={CALLBACK_URL}&v=7 end", "prompt=a fox callBackUrl= end"),
+        (
+            f'{{\\"prompt\\": \\"a fox\\", \\"callBackUrl\\": \\"{CALLBACK_URL}\\", \\"v\\": 7',
+            '{\\"prompt\\": \\"a fox\\", \\"callBackUrl\\": \\"\\", \\"v\\": 7',
+        ),
+        (
+            f"{{'prompt': 'a fox', 'callBackUrl': '{CALLBACK_URL[:-3]}",
+            "{'prompt': 'a fox', 'callBackUrl': ''",
+        ),
+        (
+            f'{{"prompt": "a fox", "CallBackURL": "{CALLBACK_URL}", "v": ',
+            '{"prompt": "a fox", "CallBackURL": "", "v": ',
+        ),
+    ],
+    ids=["single-quoted", "unquoted-key", "equals-sign", "escaped-quotes", "cut-short", "case"],
+)
+def test_the_callback_url_is_emptied_in_text_that_is_no_json(prompt_json: str, expected: str) -> None:
+    """Given a malformed promptJson (the provider's docs warn of it) holding the callback URL
+    written in some other way than a JSON member
+    When it is scrubbed
+    Then the URL's value is emptied and the rest of the text is kept as it came."""
+    scrubbed = without_callback_url(prompt_json)
+    assert scrubbed == expected
+    assert "SECRET" not in scrubbed
