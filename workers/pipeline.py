@@ -169,7 +169,7 @@ class CallbackProcessor:
         log.warning("task %s left to the polling fallback: %s", task_id, exc)
         return TaskState.SUBMITTED
 
-    def record_failure(self, callback: Callback, reason: str) -> None:
+    def record_failure(self, callback: Callback, reason: str) -> bool:
         """Make the bucket agree with a task the queue or the polling fallback gave up on (its
         state is ``failed`` now, with the reason it recorded, else ``reason``): its presence says
         the task is over, for whoever watches the bucket. A manifest that describes what the
@@ -180,23 +180,25 @@ class CallbackProcessor:
         the task's other files (an earlier result's, which a later one began to replace) are
         removed after it: never a manifest describing bytes no longer stored, nor a stored file
         no manifest describes. Done under the task's lease (a worker that took the task meanwhile
-        settles it instead), and only while the task is still ``failed``. Object storage being
-        down (often why the queue gave up) leaves the task without a manifest."""
+        settles it instead), and only while the task is still ``failed``. False when object
+        storage is down (often why the queue gave up): the task is without a manifest for now."""
         task_id = callback.task_id
         try:
             with self._leases.hold(task_id) as lease:
                 record = self._tasks.get(task_id)
                 if record is None or record.state is not TaskState.FAILED:
-                    return  # settled otherwise meanwhile
+                    return True  # settled otherwise meanwhile
                 self._write_failure(callback, record.fields.get("reason", "") or reason, lease)
         except TaskBusy:
             log.info("task %s: a worker took it meanwhile; it settles it", task_id)
         except ObjectChanged:
             log.info("task %s: its manifest was written meanwhile; it stands", task_id)
         except StorageUnavailable as exc:
-            log.warning("task %s failed without a manifest: %s", task_id, exc)
+            log.warning("task %s failed without a manifest for now: %s", task_id, exc)
+            return False
+        return True
 
-    def agree_with_outcome(self, callback: Callback) -> None:
+    def agree_with_outcome(self, callback: Callback) -> bool:
         """Make the bucket agree with the outcome (``stored``, ``partial``) a task went back to when
         the queue gave up on a later attempt of it (:meth:`TaskStore.give_up`): that attempt may
         have stored a file at an index the outcome's manifest lists as failed (a link that works
@@ -205,13 +207,14 @@ class CallbackProcessor:
         settles it instead), only while the task is still in that outcome, and only by a manifest
         this code wrote (any other leaves the bucket as it is). A manifest that then describes the
         bucket and says another outcome is how the task ended: that attempt wrote it and failed
-        before the state's move (a partial task whose files all came this time: stored)."""
+        before the state's move (a partial task whose files all came this time: stored). False
+        when object storage is down: files no manifest describes may be left for now."""
         task_id = callback.task_id
         try:
             with self._leases.hold(task_id) as lease:
                 record = self._tasks.get(task_id)
                 if record is None or record.state not in (TaskState.STORED, TaskState.PARTIAL):
-                    return
+                    return True
                 listing = self._store.list_etags(storage.task_prefix(task_id))
                 manifest = self._read_manifest(storage.manifest_key(task_id))
                 described = _described(manifest)
@@ -223,7 +226,9 @@ class CallbackProcessor:
         except TaskBusy:
             log.info("task %s: a worker took it meanwhile; it settles it", task_id)
         except StorageUnavailable as exc:
-            log.warning("task %s: files its manifest does not describe may be left: %s", task_id, exc)
+            log.warning("task %s: files its manifest does not describe may be left for now: %s", task_id, exc)
+            return False
+        return True
 
     def _read_manifest(self, manifest_key: str) -> dict[str, Any] | None:
         """The manifest at ``manifest_key``; None when there is none, or it is no JSON object."""

@@ -107,6 +107,7 @@ def build_parts(
         max_json_depth=settings.max_json_depth,
         downloads_within_s=settings.task_time_limit_s * DOWNLOADS_SHARE_OF_TIME_LIMIT,
     )
+    pending = PendingGiveUps(client)
     polling = None
     if provider is not None and broker is not None:
         # One attempt per poll: a pass comes again every interval anyway, and a poll waiting out
@@ -118,18 +119,32 @@ def build_parts(
             tasks=tasks,
             provider=polled,
             broker=broker,
-            record_failure=processor.record_failure,
+            record_failure=failure_recorder(processor, pending, look_again_s=settings.lease_ttl_s + 1),
             metrics=metrics,
         )
     return WorkerParts(
         processor=processor,
         tasks=tasks,
         store=store,
-        pending=PendingGiveUps(client),
+        pending=pending,
         starts=AttemptStarts(client, max_starts=settings.max_attempt_starts, ttl_s=settings.task_ttl_s),
         metrics=metrics,
         polling=polling,
     )
+
+
+def failure_recorder(
+    processor: CallbackProcessor, pending: PendingGiveUps, *, look_again_s: float
+) -> Callable[[Callback, str], None]:
+    """The polling fallback's way to give the bucket a failed task's manifest: the processor's
+    (:meth:`CallbackProcessor.record_failure`); one object storage could not take now is written
+    by a second look (any worker's, :meth:`WorkerRuntime._look_again`), however many it takes."""
+
+    def record_failure(callback: Callback, reason: str) -> None:
+        if not processor.record_failure(callback, reason):
+            pending.add(callback, reason, after_s=look_again_s)
+
+    return record_failure
 
 
 def fetch_limits(settings: Settings) -> FetchLimits:
@@ -263,7 +278,7 @@ class WorkerRuntime(Middleware):
                 f"record the failure of {callback.task_id}", lambda: self._give_up(callback, reason)
             )
 
-    def _patiently(self, what: str, action: Callable[[], None]) -> None:
+    def _patiently(self, what: str, action: Callable[[], object]) -> None:
         """Run ``action`` until Redis takes it (:func:`workers.retries.patiently`); an error Redis
         will never get over (a key of the wrong type) is logged after a few attempts instead."""
         try:
@@ -271,7 +286,7 @@ class WorkerRuntime(Middleware):
         except redis.ResponseError as exc:
             log.error("could not %s: %s", what, exc)
 
-    def _give_up(self, callback: Callback, reason: str, *, looks: int = 1) -> None:
+    def _give_up(self, callback: Callback, reason: str, *, looks: int = 1) -> bool:
         """Record the give-up; Redis errors raise. ``looks``: how many more times to look at a task
         some worker's lease holds. A task left to the worker holding its lease is looked at once
         more when any such lease must have lapsed (one whose holder could not release it, Redis
@@ -280,7 +295,9 @@ class WorkerRuntime(Middleware):
         bucket to agree (:meth:`CallbackProcessor.record_failure`: a failed manifest), and one
         this give-up moved there is counted ``failed`` in ``mjhook_tasks_total`` (once: a task
         that was failed already was counted when it failed; one left in another state ends later,
-        and is counted then)."""
+        and is counted then). A bucket object storage could not put right (down, as it often is
+        when the queue gives up) is put right by a later look, however many it takes: False then
+        (the look stays pending)."""
         assert self._parts is not None
         task_id = callback.task_id
         try:
@@ -289,34 +306,40 @@ class WorkerRuntime(Middleware):
             raise
         except Exception:
             log.exception("could not record the failure of %s", task_id)  # an unusable record
-            return
+            return True
         if failed_now:
             self._parts.metrics.tasks.labels(TaskState.FAILED.value).inc()
-        if state is TaskState.FAILED:
-            try:
-                self._parts.processor.record_failure(callback, reason)
-            except Exception:
-                log.exception("task %s failed without a manifest", task_id)
-        else:
+        if state is not TaskState.FAILED:
             log.info("task %s stays %s; its message was %s", task_id, state.value, reason)
-        if state in (TaskState.STORED, TaskState.PARTIAL):
-            # Back to an earlier outcome, or that message was a duplicate: either way the bucket
-            # must hold only what the outcome's manifest describes.
-            try:
-                self._parts.processor.agree_with_outcome(callback)
-            except Exception:
-                log.exception("task %s: its bucket could not be checked against its manifest", task_id)
+        bucket_agrees = self._bucket_agrees(callback, state, reason)
         # A task submitted again is the polling fallback's: no worker's lease to wait out.
-        if state in UNSETTLED_STATES and state is not TaskState.SUBMITTED and looks > 0:
+        left_to_a_holder = state in UNSETTLED_STATES and state is not TaskState.SUBMITTED
+        if looks > 0 and (left_to_a_holder or not bucket_agrees):
             self._parts.pending.add(callback, reason, after_s=self._settings.lease_ttl_s + 1)
+        return bucket_agrees
+
+    def _bucket_agrees(self, callback: Callback, state: TaskState, reason: str) -> bool:
+        """Make the bucket agree with the ``state`` a give-up left the task in; False when object
+        storage could not be reached for it."""
+        assert self._parts is not None
+        processor = self._parts.processor
+        try:
+            if state is TaskState.FAILED:
+                return processor.record_failure(callback, reason)
+            if state in (TaskState.STORED, TaskState.PARTIAL):
+                # Back to an earlier outcome, or that message was a duplicate: either way the
+                # bucket must hold only what the outcome's manifest describes.
+                return processor.agree_with_outcome(callback)
+        except Exception:
+            log.exception("task %s: its bucket could not be made to agree with it", callback.task_id)
+        return True
 
     def _look_again(self, look: SecondLook) -> bool:
         try:
-            self._give_up(look.callback, look.reason, looks=0)
+            return self._give_up(look.callback, look.reason, looks=0)
         except (redis.RedisError, OSError) as exc:
             log.warning("could not look again at %s (%s); it stays pending", look.callback.task_id, exc)
             return False
-        return True
 
     def _record_dead_reason(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, reason: str

@@ -33,7 +33,7 @@ from tests.support.stack import app_environment, ready_bucket
 from workers.lease import LeaseManager
 from workers.metrics import WorkerMetricsMiddleware
 from workers.retries import DurableRetries
-from workers.runtime import WorkerRuntime
+from workers.runtime import WorkerRuntime, failure_recorder
 
 
 def callback(urls: list[str], *, task_id: str = "task-1") -> Callback:
@@ -652,6 +652,110 @@ def test_a_task_given_up_while_its_files_were_being_replaced_has_no_file_its_man
         assert (hashlib.sha256(body).hexdigest(), len(body)) == (image["sha256"], image["size"])
     files = {key for key in store.list_keys("tasks/task-1/") if not key.endswith("manifest.json")}
     assert files == {image["key"] for image in manifest["images"]}
+
+
+def looked_at_again(runtime: WorkerRuntime) -> None:
+    """Run ``runtime``'s second looks until none is pending (each due a lease TTL + 1 s on)."""
+    sweeper = runtime.start_second_looks()
+    try:
+        wait_for(
+            lambda: runtime.parts().tasks.client.zcard(keys.GIVE_UPS_PENDING) == 0,
+            timeout_s=15,
+            what="the second looks",
+        )
+    finally:
+        sweeper.stop()
+
+
+@pytest.fixture
+def one_second_leases(settings: Settings) -> Settings:
+    """Second looks due 2 s after a give-up, taken every half second."""
+    return settings.model_copy(update={"lease_ttl_s": 1})
+
+
+def test_a_partial_task_given_up_while_storage_is_down_loses_its_undescribed_file_once_it_is_back(
+    one_second_leases: Settings, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a task that ended partial (file 1's link failed), and a duplicate whose attempt
+    stored file 1 (its link works now) before object storage went down
+    When the queue gives up on the duplicate while storage is still down (why it gave up)
+    Then the task is partial and, once storage is back, a second look removes file 1, which the
+    partial manifest lists as failed: the repair was logged and never tried again."""
+    runtime = WorkerRuntime(one_second_leases)
+    ready_bucket(runtime.parts().store)
+    urls = [file_server.add("/0.png", png_bytes(0)), file_server.url("/1.png")]
+    assert runtime.parts().processor.process(callback(urls)) is TaskState.PARTIAL
+    store = runtime.parts().store
+    manifest = store.get_json("tasks/task-1/manifest.json")
+    image = png_bytes(1)
+    sha256 = hashlib.sha256(image).hexdigest()
+    store.put_file(
+        "tasks/task-1/1.png", io.BytesIO(image), size=len(image), content_type="image/png", sha256=sha256
+    )
+    down = WorkerRuntime(
+        one_second_leases.model_copy(update={"s3_endpoint": f"http://127.0.0.1:{free_port()}"})
+    )
+    down.parts()
+
+    give_up(down, callback(urls), last_attempt(down, callback(urls)))
+
+    assert tasks.get("task-1").state is TaskState.PARTIAL  # type: ignore[union-attr]
+    assert store.get_bytes("tasks/task-1/1.png") == image  # storage was down: nothing removed yet
+    looked_at_again(runtime)
+    assert store.get_bytes("tasks/task-1/1.png") is None
+    assert store.get_json("tasks/task-1/manifest.json") == manifest
+
+
+def test_a_task_given_up_while_storage_is_down_gets_its_failed_manifest_once_it_is_back(
+    one_second_leases: Settings, tasks: TaskStore, file_server: FileServer
+) -> None:
+    """Given a task that ended partial and a later success whose attempt replaced file 0 and
+    failed for now on file 1
+    When the queue gives up on it while object storage is down
+    Then, once storage is back, a second look writes the failed manifest describing the bucket:
+    the partial one described file 0's earlier bytes for good."""
+    runtime = WorkerRuntime(one_second_leases)
+    ready_bucket(runtime.parts().store)
+    processor = runtime.parts().processor
+    first = [file_server.add("/a0.png", png_bytes(0)), file_server.add("/a1.png", b"", status=404)]
+    assert processor.process(callback(first)) is TaskState.PARTIAL
+    second = [file_server.add("/b0.png", png_bytes(7)), file_server.add("/b1.png", b"busy", status=503)]
+    with pytest.raises(DownloadFailed):
+        processor.process(callback(second))
+    down = WorkerRuntime(
+        one_second_leases.model_copy(update={"s3_endpoint": f"http://127.0.0.1:{free_port()}"})
+    )
+    down.parts()
+
+    give_up(down, callback(second), last_attempt(down, callback(second)))
+
+    assert tasks.get("task-1").state is TaskState.FAILED  # type: ignore[union-attr]
+    store = runtime.parts().store
+    assert store.get_json("tasks/task-1/manifest.json")["status"] == "partial"
+    looked_at_again(runtime)
+    manifest = store.get_json("tasks/task-1/manifest.json")
+    assert manifest["status"] == "failed"
+    for image in manifest["images"]:
+        body = store.get_bytes(image["key"])
+        assert body is not None
+        assert (hashlib.sha256(body).hexdigest(), len(body)) == (image["sha256"], image["size"])
+    files = {key for key in store.list_keys("tasks/task-1/") if not key.endswith("manifest.json")}
+    assert files == {image["key"] for image in manifest["images"]}
+
+
+def test_a_polling_give_up_whose_manifest_storage_cannot_take_is_looked_at_again(
+    storage_down: WorkerRuntime, tasks: TaskStore
+) -> None:
+    """The polling fallback's give-ups record their failed manifest through the same repair: one
+    object storage cannot take now waits in Redis for a second look, not in a log line."""
+    tasks.move("task-1", TaskState.FAILED, reason="no result from the provider")
+    parts = storage_down.parts()
+    record_failure = failure_recorder(parts.processor, parts.pending, look_again_s=0)
+
+    record_failure(callback([]), "no result from the provider")
+
+    (look,) = parts.pending.take_due(hold_s=60)
+    assert (look.callback.task_id, look.reason) == ("task-1", "no result from the provider")
 
 
 # --- what a give-up counts ----------------------------------------------------------------------
