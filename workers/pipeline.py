@@ -46,6 +46,12 @@ DEFAULT_MAX_TASK_BYTES = 4 << 30
 _STORED_FILE = re.compile(r"(\d+)\.([a-z0-9]+)")
 
 
+#: States of a task whose next move is a queued message's (a task handed back to the polling
+#: fallback, then queued again by a poll or a callback).
+_AWAITING_A_MESSAGE = frozenset({TaskState.RECEIVED, TaskState.SUBMITTED})
+_FINAL_VALUES = frozenset(state.value for state in FINAL_STATES)
+
+
 class CallbackProcessor:
     """The worker's whole job for one callback. ``clock`` returns Unix seconds; ``timer`` seconds
     from any origin (it times downloads and uploads for ``metrics``, default: new ones);
@@ -326,8 +332,21 @@ class CallbackProcessor:
                 outcome or record.state.value,
             )
             self._metrics.tasks.labels("duplicate").inc()
+            if record.state in _AWAITING_A_MESSAGE and outcome in _FINAL_VALUES:
+                return self._back_to_outcome(callback.task_id, record.state, TaskState(outcome))
             return record.state
         return None
+
+    def _back_to_outcome(self, task_id: str, state: TaskState, outcome: TaskState) -> TaskState:
+        """Move a task waiting for a message (handed back to the polling fallback, then queued
+        again) back to the ``outcome`` it kept, once that message turned out to change nothing:
+        no other message, poll or look would ever move it. One that moved on meanwhile keeps
+        its state."""
+        before = self._tasks.move_from(task_id, state, outcome)
+        if before is not state:
+            return before or outcome
+        log.info("task %s back to %s", task_id, outcome.value)
+        return outcome
 
     def _store_files(
         self,

@@ -32,6 +32,7 @@ from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.provider import TaskRecordInfo
 from shared.settings import Settings
 from shared.storage import ObjectStore, Precondition, create_object_store
+from shared.submitted import SubmittedTasks
 from shared.taskstate import OUTCOME_FIELD, TaskState, TaskStore
 from tests.shared.test_storage import NoConditionsPoolManager
 from tests.support.pipeline import nested_prompt_json
@@ -636,6 +637,37 @@ def test_a_failure_report_never_overwrites_an_outcome_kept_while_a_retry_is_pend
     assert harness.tasks.get("task-1").state is TaskState.PROCESSING  # type: ignore[union-attr]
     assert harness.process(callback(urls)) is TaskState.PARTIAL
     assert harness.manifest("task-1")["status"] == "partial"
+
+
+@pytest.mark.parametrize("queued_by", ["the poll", "the poll, not yet marked"])
+@pytest.mark.parametrize("outcome", [TaskState.FAILED, TaskState.PARTIAL])
+def test_a_failure_report_for_a_task_handed_back_to_polling_brings_back_its_outcome(
+    harness: Harness, outcome: TaskState, queued_by: str
+) -> None:
+    """Given a task with an outcome whose later success was handed back to the polling fallback
+    (its links could not be renewed on its last attempt), and a failure report queued for it (the
+    poll found it failed: queued, then the task marked received)
+    When the worker processes that report (before or after the mark)
+    Then the report changes nothing and the task is back in its outcome: it was left received,
+    which no message, poll or second look would ever move again."""
+    if outcome is TaskState.FAILED:
+        first = callback([], code=500)
+    else:
+        first = callback([harness.files.add("/0.png", png_bytes(0)), harness.files.url("/gone.png")])
+    assert harness.process(first) is outcome
+    manifest = harness.manifest("task-1")
+    harness.tasks.move("task-1", TaskState.PROCESSING)
+    assert SubmittedTasks(harness.redis, harness.tasks, ttl_s=3600).wait_again("task-1")
+    if queued_by == "the poll":
+        harness.tasks.mark_received("task-1", "2026-11-25T00:00:01.000Z")
+
+    assert harness.process(callback([], code=500)) is outcome
+    harness.tasks.mark_received("task-1", "2026-11-25T00:00:01.000Z")  # the poll's mark, if not yet
+
+    record = harness.tasks.get("task-1")
+    assert record is not None
+    assert (record.state, record.fields[OUTCOME_FIELD]) == (outcome, outcome.value)
+    assert harness.manifest("task-1") == manifest
 
 
 def test_a_success_the_provider_disowns_never_overwrites_a_task_with_files(harness: Harness) -> None:
