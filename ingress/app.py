@@ -100,7 +100,9 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
     """Build the ingress app (ASGI). Redis and the broker are made from ``settings`` unless
-    given; the acknowledgements' own asyncio connection is always to ``settings.redis_url``."""
+    given; the acknowledgements' own asyncio connection is always to ``settings.redis_url``. Its
+    metrics are its own process's: under several gunicorn workers, ``ingress/wsgi.py`` builds it
+    with :func:`build_ingress` and the directory they share their metrics in."""
     return build_ingress(settings, redis_client=redis_client, broker=broker, clock=clock).app
 
 

@@ -1,5 +1,7 @@
-"""gunicorn's entry point: ``gunicorn ingress.wsgi:app``. The only ingress module that reads
-the environment."""
+"""gunicorn's entry point: ``gunicorn ingress.wsgi:app``. With ``ingress/gunicorn_conf.py``
+(gunicorn's settings, which gunicorn loads before the app), the only ingress module that reads the
+environment. It builds the app as :func:`ingress.app.create_app` does, plus the directory the
+gunicorn workers share their metrics in."""
 
 from __future__ import annotations
 
