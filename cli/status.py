@@ -19,7 +19,7 @@ from cli.params import seconds
 from cli.services import queue_redis, reported_failures, task_store
 from cli.settings import pass_settings
 from shared.clock import utc_iso
-from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, queue_is_in_redis
+from shared.queue import BROKER_NAMESPACE, QUEUES, queue_is_in_redis
 from shared.queue_stats import QueueStats, StatusSnapshot, read_status
 from shared.settings import Settings
 
@@ -81,7 +81,7 @@ def status_reader(
             client,
             tasks,
             namespace=BROKER_NAMESPACE,
-            queues=[CALLBACK_QUEUE],
+            queues=list(QUEUES),
             heartbeat_timeout_ms=settings.redelivery_s * 1000,
             poll_grace_s=settings.poll_grace_s,
             now_ms=int(clock() * 1000),

@@ -28,6 +28,11 @@ from shared.taskstate import QueuedMessage, TaskStore
 CALLBACK_QUEUE = "callbacks"
 #: The actor (declared in workers/tasks.py) that processes one callback.
 PROCESS_CALLBACK = "process_callback"
+#: The dramatiq queue of the polling fallback's passes (workers/polling.py): apart from callbacks,
+#: so a backlog does not delay them.
+POLL_QUEUE = "poll"
+#: Every queue the workers consume, as ``mjhook status`` shows them.
+QUEUES = (CALLBACK_QUEUE, POLL_QUEUE)
 #: dramatiq's key namespace in Redis.
 BROKER_NAMESPACE = "dramatiq"
 

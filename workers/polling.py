@@ -29,6 +29,7 @@ from shared.metrics import WorkerMetrics
 from shared.periodic import PeriodicThread
 from shared.polling import CODE_FAILURE, PollOutcome, PollResult, ResultPoller
 from shared.provider import MAX_RETRY_AFTER_BELIEVED_S, ProviderClient
+from shared.queue import POLL_QUEUE
 from shared.redis_client import as_text
 from shared.settings import Settings
 from shared.submitted import SubmittedTasks
@@ -36,8 +37,6 @@ from shared.taskstate import TaskState, TaskStore
 
 log = logging.getLogger(__name__)
 
-#: The dramatiq queue of poll messages: apart from callbacks, so a backlog does not delay them.
-POLL_QUEUE = "poll"
 #: The actor (declared in workers/tasks.py) that runs one poll pass.
 POLL_SILENT_TASKS = "poll_silent_tasks"
 

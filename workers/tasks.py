@@ -13,13 +13,13 @@ from dramatiq.middleware import CurrentMessage, Retries, default_middleware
 from shared.callback import Callback
 from shared.errors import PermanentError
 from shared.logs import configure_logging
-from shared.queue import CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
+from shared.queue import CALLBACK_QUEUE, POLL_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.settings import Settings
 from workers.consumers import ConsumerSupervisor
 from workers.heartbeat import BrokerHeartbeat
 from workers.log_context import TaskLogContext
 from workers.metrics import WorkerMetricsMiddleware, serve_worker_metrics, start_worker_metrics
-from workers.polling import POLL_QUEUE, POLL_SILENT_TASKS, PollKeeper
+from workers.polling import POLL_SILENT_TASKS, PollKeeper
 from workers.retries import DurableRetries
 from workers.runtime import WorkerRuntime
 from workers.stranded import MessagesInHand

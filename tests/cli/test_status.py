@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pytest
 import redis
 from dramatiq.common import current_millis
@@ -19,6 +20,7 @@ from shared.callback import Callback
 from shared.queue import (
     BROKER_NAMESPACE,
     CALLBACK_QUEUE,
+    POLL_QUEUE,
     callback_message,
     create_broker,
     enqueue_callback,
@@ -86,6 +88,13 @@ def build_known_state(env: dict[str, str], log_dir: Path) -> None:
     # A dead worker: silent for longer than the redelivery timeout, still holding a message
     client.zadd(heartbeats, {"dead-worker": long_ago})
     client.sadd(keys.broker_acks(BROKER_NAMESPACE, "dead-worker", CALLBACK_QUEUE), "lost-message")
+    # The polling fallback's next pass, waiting in its own queue
+    ingress.enqueue(
+        dramatiq.Message(
+            queue_name=POLL_QUEUE, actor_name="poll_silent_tasks", args=(), kwargs={}, options={}
+        ),
+        delay=30_000,
+    )
 
 
 def assert_known_state(document: dict[str, Any]) -> None:
@@ -98,6 +107,13 @@ def assert_known_state(document: dict[str, Any]) -> None:
     }
     assert queue["held_by_dead"] == 1
     assert 0 <= queue["oldest_ready_age_s"] < 120
+    poll = document["queues"][POLL_QUEUE]
+    assert {key: poll[key] for key in CONTRACT_QUEUE_KEYS} == {
+        "ready": 0,
+        "delayed": 1,
+        "in_flight": 0,
+        "dead": 0,
+    }
     # The busy worker; not the stopped one, the dead one, nor the enqueue-only brokers
     assert document["workers"] == 1
     assert document["tasks"] == TASK_STATES

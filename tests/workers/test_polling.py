@@ -19,7 +19,7 @@ from shared.errors import FreshLinkPending, ProviderUnavailable
 from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.polling import ResultPoller
 from shared.provider import ProviderClient
-from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, create_broker
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, POLL_QUEUE, create_broker
 from shared.settings import Settings
 from shared.storage import manifest_key
 from shared.submitted import HANDOFFS_FIELD, MAX_POLL_HANDOFFS, SubmittedTasks
@@ -28,7 +28,7 @@ from simulator import FaultConfig, RunningSimulator
 from tests.support.clock import FakeClock
 from tests.support.provider import StartSimulator, client_for, generated
 from tests.support.stack import ready_bucket
-from workers.polling import MAX_POLL_HOLD_S, POLL_QUEUE, POLL_SILENT_TASKS, PollChain, SilentTaskPoller
+from workers.polling import MAX_POLL_HOLD_S, POLL_SILENT_TASKS, PollChain, SilentTaskPoller
 from workers.runtime import WorkerParts, WorkerRuntime, build_parts
 
 GRACE_S = 100
