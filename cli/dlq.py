@@ -49,7 +49,8 @@ def list_command(settings: Settings, as_json: bool, limit: int) -> None:
     """Dead letters, most recent first, with their taskId and reason.
 
     JSON: {"queue", "total", "messages": [{"id", "messageId", "taskId", "actor", "retries",
-    "deadAt", "ageSeconds", "reason", "reasonSource"}]}; "id" is what replay and purge take.
+    "deadAt", "ageSeconds", "reason", "reasonSource"}]}; "id" is what replay and purge take;
+    "deadAt" and "ageSeconds" are null for a letter whose time is no date (written by hand).
     """
     client = queue_redis(settings)
     with reported_failures():
@@ -84,14 +85,15 @@ def list_command(settings: Settings, as_json: bool, limit: int) -> None:
 
 
 def _letter_json(letter: DeadLetter, now_ms: int) -> dict[str, object]:
+    age_s = letter.age_s(now_ms)
     return {
         "id": letter.id,
         "messageId": letter.message_id,
         "taskId": letter.task_id,
         "actor": letter.actor,
         "retries": letter.retries,
-        "deadAt": utc_iso(letter.dead_at_ms / 1000),
-        "ageSeconds": round(letter.age_s(now_ms), 3),
+        "deadAt": None if letter.dead_at_ms is None else utc_iso(letter.dead_at_ms / 1000),
+        "ageSeconds": None if age_s is None else round(age_s, 3),
         "reason": letter.reason,
         "reasonSource": letter.reason_source.value,
     }
@@ -119,7 +121,7 @@ def replay(settings: Settings, ids: tuple[str, ...]) -> None:
         click.echo(f"replayed {printable(dead_id)} as {new_id}")
     click.echo(f"{len(result.replayed)} dead letter(s) replayed onto {CALLBACK_QUEUE}")
     problems = [f"not a dead letter: {dead_id}" for dead_id in result.missing]
-    problems += [f"cannot be decoded, left in place: {dead_id}" for dead_id in result.unreadable]
+    problems += [f"cannot be decoded, left in place: {printable(dead_id)}" for dead_id in result.unreadable]
     if result.error is not None:
         problems.append(f"stopped: {result.error}")
     _fail_on(problems)

@@ -24,8 +24,9 @@ from dramatiq.common import q_name
 from dramatiq.errors import BrokerConnectionError, DecodeError
 
 from shared import keys
-from shared.callback import Callback
+from shared.callback import TASK_ID_PATTERN, Callback
 from shared.errors import InvalidCallback, TaskRecordUnusable
+from shared.printable import shortened
 from shared.queue import PROCESS_CALLBACK
 from shared.redis_client import as_text
 from shared.taskstate import TaskState, TaskStore
@@ -39,6 +40,16 @@ DEFAULT_BATCH = 500
 
 #: Longest reason kept, in characters.
 MAX_REASON_CHARS = 500
+
+#: Longest taskId kept of one that is no task id (``TASK_ID_PATTERN``), in characters.
+MAX_ODD_TASK_ID_CHARS = 64
+
+#: Latest time of death a dead letter's score is taken as, Unix ms: the last a date can show
+#: (the end of year 9999).
+MAX_DEAD_AT_MS = 253_402_300_799_999
+
+#: Largest retry count a dead letter is read with: what JSON output takes (a signed 64-bit integer).
+MAX_RETRIES = 2**63 - 1
 
 
 class ReasonSource(StrEnum):
@@ -60,15 +71,16 @@ class DeadLetter:
     #: dramatiq's id of the message, the same over retries; None when the message is unreadable.
     message_id: str | None
     actor: str | None
+    #: The message's taskId; one that is no task id shortened to ``MAX_ODD_TASK_ID_CHARS``.
     task_id: str | None
     retries: int
-    #: When it was dead-lettered, Unix ms.
-    dead_at_ms: int
+    #: When it was dead-lettered, Unix ms; None when its score is no such time (written by hand).
+    dead_at_ms: int | None
     reason: str
     reason_source: ReasonSource
 
-    def age_s(self, now_ms: int) -> float:
-        return max(0.0, (now_ms - self.dead_at_ms) / 1000)
+    def age_s(self, now_ms: int) -> float | None:
+        return None if self.dead_at_ms is None else max(0.0, (now_ms - self.dead_at_ms) / 1000)
 
 
 @dataclass(slots=True)
@@ -142,16 +154,17 @@ def list_dead(
         bodies, recorded = pipe.execute()
         for dead_id, (_, score), body, reason in zip(ids, batch, bodies, recorded, strict=True):
             if body is not None:  # else dropped between our reads
-                letters.append(_dead_letter(dead_id, int(score), body, reason, tasks))
+                # A score no date shows (infinite, negative, past year 9999) was written by hand
+                dead_at_ms = int(score) if 0 <= score <= MAX_DEAD_AT_MS else None
+                letters.append(_dead_letter(dead_id, dead_at_ms, body, reason, tasks))
     return letters
 
 
 def _dead_letter(
-    dead_id: str, dead_at_ms: int, body: bytes, recorded: bytes | None, tasks: TaskStore | None
+    dead_id: str, dead_at_ms: int | None, body: bytes, recorded: bytes | None, tasks: TaskStore | None
 ) -> DeadLetter:
-    try:
-        message = dramatiq.Message.decode(body)
-    except DecodeError:
+    message = _decode(body)
+    if message is None:
         return DeadLetter(
             id=dead_id,
             message_id=None,
@@ -169,6 +182,8 @@ def _dead_letter(
         reason, source = as_text(recorded), ReasonSource.WORKER
     else:
         reason, source = _find_reason(message, payload, task_id, tasks)
+    if task_id is not None and not TASK_ID_PATTERN.fullmatch(task_id):
+        task_id = shortened(task_id, MAX_ODD_TASK_ID_CHARS)
     return DeadLetter(
         id=dead_id,
         message_id=message.message_id,
@@ -202,6 +217,25 @@ def _find_reason(
     return "no reason recorded", ReasonSource.UNKNOWN
 
 
+def _decode(body: bytes) -> dramatiq.Message[Any] | None:
+    """A dead letter's message; None when it is none, or one whose fields are not of the types
+    dramatiq writes (a letter written by hand or by another program): such a letter is listed as
+    one that cannot be decoded, and a replay leaves it in place and goes on."""
+    try:
+        message = dramatiq.Message.decode(body)
+    except DecodeError:
+        return None
+    options = message.options
+    retries = options.get("retries") if isinstance(options, dict) else None
+    usable = (
+        all(isinstance(text, str) for text in (message.queue_name, message.actor_name, message.message_id))
+        and isinstance(message.kwargs, dict)
+        and isinstance(options, dict)
+        and (retries is None or (isinstance(retries, int) and 0 <= retries <= MAX_RETRIES))
+    )
+    return message if usable else None
+
+
 def replay_dead(
     client: redis.Redis,
     broker: dramatiq.Broker,
@@ -213,7 +247,8 @@ def replay_dead(
 ) -> ReplayResult:
     """Put dead letters (``ids``, each once however often named, or all when None) back on their
     queue through ``broker``, as new messages with their retries reset, and remove each from the
-    dead letters only once the broker took it. Stops at the first enqueue the broker refuses, or
+    dead letters only once the broker took it. One that cannot be decoded is left in place
+    (``unreadable``) and the replay goes on. Stops at the first enqueue the broker refuses, or
     at Redis failing (``error`` says why; those replayed before it are in the result). Two
     replays at once may enqueue a message twice; the workers' dedup makes the second harmless."""
     dead_key = keys.broker_dead(namespace, queue)
@@ -233,13 +268,12 @@ def replay_dead(
             if body is None or dead_id not in present:
                 result.missing.append(dead_id)
                 continue
-            try:
-                message = fresh_copy(dramatiq.Message.decode(body), now_ms=int(clock() * 1000))
-            except DecodeError:
-                result.unreadable.append(dead_id)
+            message = _decode(body)
+            if message is None:
+                result.unreadable.append(dead_id)  # left in place: the others are replayed still
                 continue
             try:
-                sent = broker.enqueue(message)
+                sent = broker.enqueue(fresh_copy(message, now_ms=int(clock() * 1000)))
             except (redis.RedisError, BrokerConnectionError, OSError) as exc:
                 result.error = f"the broker refused the message: {type(exc).__name__}: {exc}"
                 return result

@@ -277,3 +277,92 @@ def test_purge_at_a_terminal_asks_only_about_the_ids_that_are_dead_letters(
         assert result.exit_code == 1, result.output
         assert result.stderr.endswith("Error: not a dead letter: nope\n")
     assert client.zcard(DEAD) == 0
+
+
+def odd_dead_letter(client: redis.Redis, dead_id: str, score: float, **fields: object) -> None:
+    """A dead letter written by hand: a callback message with ``fields`` replaced, at ``score``."""
+    message = {
+        "queue_name": CALLBACK_QUEUE,
+        "actor_name": PROCESS_CALLBACK,
+        "args": [queued_callback("odd")],
+        "kwargs": {},
+        "options": {},
+        "message_id": "m-odd",
+        "message_timestamp": 1,
+    }
+    client.zadd(DEAD, {dead_id: score})
+    client.hset(
+        keys.broker_dead_messages(BROKER_NAMESPACE, CALLBACK_QUEUE),
+        dead_id,
+        json.dumps({**message, **fields}),
+    )
+
+
+UNDECODABLE: dict[str, object] = {"taskId": None, "reason": "the message cannot be decoded"}
+NO_TIME: dict[str, object] = {"taskId": "odd", "deadAt": None, "ageSeconds": None}
+ODD_LETTERS: dict[str, tuple[dict[str, object], float, dict[str, object]]] = {
+    # case: (fields of the message, score, what the JSON list says of it)
+    "options-a-list": ({"options": [1, 2]}, 1_700_000_000_000, UNDECODABLE),
+    "retries-no-number": ({"options": {"retries": "x"}}, 1_700_000_000_000, UNDECODABLE),
+    "retries-past-64-bits": ({"options": {"retries": 2**64}}, 1_700_000_000_000, UNDECODABLE),
+    "score-past-any-date": ({}, 1e300, NO_TIME),
+    "score-minus-infinity": ({}, float("-inf"), NO_TIME),
+    "task-id-of-a-megabyte": (
+        {"args": [{"taskId": "T" * 1_000_000}]},
+        1_700_000_000_000,
+        {"taskId": "T" * 63 + "\u2026"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_LETTERS))
+def test_an_odd_dead_letter_is_listed_beside_the_others(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli, case: str
+) -> None:
+    """Given a dead letter and one written by hand: options no object, retries no number or past
+    what JSON takes, a score no date shows, a taskId of a megabyte
+    When the dead letters are listed, as JSON and as a table
+    Then both are, exit code 0: the odd one as one that cannot be decoded, without a time, or
+    with its taskId shortened. Each was a traceback that hid every dead letter, or a megabyte
+    of taskId on the terminal."""
+    fields, score, expected = ODD_LETTERS[case]
+    good = plant_dead_letter(client, "good")
+    odd_dead_letter(client, "odd-1", score, **fields)
+    env = {"MJHOOK_REDIS_URL": redis_server.url}
+
+    listed = run_cli(env, "dlq", "list", "--json")
+    table = run_cli(env, "dlq", "list")
+
+    assert listed.exit_code == 0, listed.output[:500]
+    messages = {message["id"]: message for message in json.loads(listed.stdout)["messages"]}
+    assert messages[good]["taskId"] == "good"
+    assert messages[good]["retries"] == 3
+    assert {name: messages["odd-1"][name] for name in expected} == expected
+    assert table.exit_code == 0, table.output[:500]
+    assert "good" in table.stdout
+    assert "odd-1" in table.stdout
+    assert len(table.stdout) < 10_000
+
+
+def test_a_replay_of_all_leaves_an_odd_dead_letter_and_replays_the_others(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
+) -> None:
+    """Given two dead letters, and between them in age one whose options are no object, its id
+    with a terminal control
+    When all are replayed
+    Then both others are on the queue and listed as replayed, and the odd one is said to be left
+    in place (exit code 1), and is: the replay raised at it, saying nothing of the one it had
+    replayed, and every replay after stopped there again."""
+    first, last = plant_dead_letter(client, "first"), plant_dead_letter(client, "last")
+    client.zadd(DEAD, {first: 1_000, last: 3_000})
+    odd_dead_letter(client, "odd\x1b", 2_000, options=[1])
+
+    result = run_cli({"MJHOOK_REDIS_URL": redis_server.url}, "dlq", "replay")
+
+    assert result.exit_code == 1, result.output
+    assert result.stdout.startswith(f"replayed {first} as ")
+    assert f"\nreplayed {last} as " in result.stdout
+    assert f"2 dead letter(s) replayed onto {CALLBACK_QUEUE}" in result.stdout
+    assert result.stderr == "Error: cannot be decoded, left in place: odd\\x1b\n"
+    assert client.llen(READY) == 2
+    assert dead_letter_ids(client) == ["odd\x1b"]

@@ -216,3 +216,24 @@ def test_a_replay_redis_fails_midway_reports_what_it_replayed_before(
     assert result.error is not None
     assert result.error.startswith(f"{first} was replayed but is still a dead letter: ")
     assert client.zcard(DEAD) == 2
+
+
+def test_a_replay_leaves_a_letter_of_the_wrong_shape_in_place_and_goes_on(
+    client: redis.Redis, broker: RedisBroker
+) -> None:
+    """Given a dead letter whose options are no object (written by hand), then a good one
+    When all are replayed
+    Then the good one is, and the odd one is reported unreadable and still dead: the replay
+    raised AttributeError at it, and the good one was never tried."""
+    client.zadd(DEAD, {"odd": 1})
+    body = {"queue_name": CALLBACK_QUEUE, "actor_name": PROCESS_CALLBACK, "args": [], "kwargs": {}}
+    client.hset(DEAD_BODIES, "odd", orjson.dumps({**body, "options": [1], "message_id": "m"}))
+    good = kill(broker, queued_callback("good"))
+
+    result = replay_dead(client, broker, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)
+
+    assert [old for old, _ in result.replayed] == [good]
+    assert (result.unreadable, result.error) == (["odd"], None)
+    assert client.llen(READY) == 1
+    assert client.zrange(DEAD, 0, -1) == [b"odd"]
+    assert client.hget(DEAD_BODIES, "odd") is not None
