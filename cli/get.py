@@ -41,6 +41,11 @@ SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: sha256 matched: a hidden name, which no name SAFE_FILE_NAME allows can be (a manifest listing
 #: ``0.png.part`` and ``0.png`` made one download land on the other).
 PART_SUFFIX = ".part"
+#: A file's sha256 as mjhook's manifests record it: 64 lowercase hex digits, so the manifest's own
+#: text never reaches the terminal in a mismatch line.
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: Characters of a malformed manifest entry shown in its error line.
+MAX_SHOWN_ENTRY_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +127,16 @@ def manifest_files(manifest: dict[str, Any], task_id: str) -> list[ManifestFile]
             key = ""
         name = key[len(prefix) :] if key.startswith(prefix) else ""
         if not SAFE_FILE_NAME.fullmatch(name) or name == MANIFEST_NAME:
-            raise click.ClickException(f"the manifest lists a file outside {prefix}: {entry!r}")
+            shown = printable(shortened(repr(entry), MAX_SHOWN_ENTRY_CHARS))
+            raise click.ClickException(f"the manifest lists a file outside {prefix}: {shown}")
         if name in names:  # downloaded twice into one file, and counted twice
             raise click.ClickException(f"the manifest lists a file twice: {key}")
         names.add(name)
         sha256 = entry.get("sha256")
-        if not isinstance(sha256, str):
-            raise click.ClickException(f"the manifest lists a file without sha256: {key}")
+        if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
+            raise click.ClickException(
+                f"the manifest lists a file without a sha256 of 64 lowercase hex digits: {key}"
+            )
         size = entry.get("size")
         if size is None:
             size = 0  # unknown: it only sizes the progress bar

@@ -16,7 +16,7 @@ from cli.services import reported_failures
 from cli.settings import pass_settings
 from shared.errors import ConfigError
 from shared.logs import configure_logging
-from shared.printable import printable
+from shared.printable import printable, printable_lines
 from shared.settings import Settings
 from shared.storage import create_object_store
 from shared.submit import callback_url as configured_callback_url
@@ -405,7 +405,9 @@ def _print_load_report(report: LoadReport, *, as_json: bool) -> None:
     if as_json:
         echo_json(report.to_dict())
     else:
-        click.echo(report.format_text())
+        # Its strings may come from a tampered manifest or, with --simulator-url, from that
+        # simulator's answer: shown, never acted on by the terminal
+        click.echo(printable_lines(report.format_text()))
     if report.problems:
         # The report says what went wrong (its "problem:" lines, or the JSON's figures); a script
         # running the load learns it from the exit status.

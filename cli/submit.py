@@ -19,14 +19,17 @@ import click
 import redis
 
 from cli.settings import pass_settings
+from shared.callback import TASK_ID_PATTERN
 from shared.errors import ConfigError, ProviderError, ProviderRefused, ProviderUnavailable
-from shared.printable import printable
+from shared.printable import printable, shortened
 from shared.settings import Settings
 from shared.submit import Submission, TaskSubmitter, open_submitter
 
 EXIT_REFUSED = 3
 EXIT_UNAVAILABLE = 4
 EXIT_NOT_RECORDED = 5
+#: Characters of the provider's taskId printed: one it answers is not bounded.
+MAX_SHOWN_TASK_ID_CHARS = 200
 
 #: ``taskType`` values of ``/api/v1/mj/generate``.
 TASK_TYPES = (
@@ -108,10 +111,19 @@ def _run(settings: Settings, submit_with: Callable[[TaskSubmitter], Submission])
             _fail(f"{exc} (try again later)", EXIT_UNAVAILABLE)
         except ProviderError as exc:
             raise click.ClickException(printable(exc)) from exc
-    click.echo(printable(submission.task_id))  # the provider's words: no terminal control
+    # The provider's words: no terminal control, and not megabytes of them
+    shown_id = printable(shortened(submission.task_id, MAX_SHOWN_TASK_ID_CHARS))
+    click.echo(shown_id)
+    if not TASK_ID_PATTERN.fullmatch(submission.task_id):
+        _fail(
+            "the task was submitted but its taskId is not one mjhook can use (1-128 letters, digits,"
+            " '_' or '-', starting with a letter or digit): the ingress refuses its callback and"
+            " nothing polls for it, so none of its results will be stored",
+            EXIT_NOT_RECORDED,
+        )
     if submission.not_recorded:
         _fail(
-            f"task {submission.task_id} was submitted but not recorded ({submission.not_recorded}): "
+            f"task {shown_id} was submitted but not recorded ({submission.not_recorded}): "
             "its callback is still processed, but nothing polls for it if the callback never comes",
             EXIT_NOT_RECORDED,
         )

@@ -16,7 +16,7 @@ import redis
 
 from shared.callback import CALLBACK_PATH, TASK_ID_PATTERN
 from shared.errors import ConfigError
-from shared.printable import printable
+from shared.printable import printable, shortened
 from shared.provider import ProviderClient, create_provider_client
 from shared.redis_client import connect_redis
 from shared.settings import Settings
@@ -24,6 +24,9 @@ from shared.submitted import SubmittedTasks
 from shared.taskstate import TaskStore
 
 log = logging.getLogger(__name__)
+
+#: Characters logged of a taskId the provider answered that mjhook cannot use (not bounded).
+MAX_LOGGED_TASK_ID_CHARS = 200
 
 
 def callback_url(settings: Settings) -> str:
@@ -113,7 +116,9 @@ class TaskSubmitter:
             except (redis.RedisError, OSError) as exc:
                 reason = f"Redis unavailable: {type(exc).__name__}: {exc}"
         log.warning(
-            "task %s submitted but not recorded (%s): nothing will poll for it", printable(task_id), reason
+            "task %s submitted but not recorded (%s): nothing will poll for it",
+            printable(shortened(task_id, MAX_LOGGED_TASK_ID_CHARS)),
+            reason,
         )
         return Submission(task_id, task_type, params, not_recorded=reason)
 

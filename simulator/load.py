@@ -38,6 +38,10 @@ RECEIVED_AT_RESOLUTION_S = 0.001
 #: seconds in flight at once (each may wait that long for its answer), within these bounds.
 MIN_DELIVERY_THREADS = 16
 MAX_DELIVERY_THREADS = 1024
+#: The statuses mjhook writes in a manifest, counted each in the report (0 included); any other
+#: is counted as OTHER_STATUS.
+MANIFEST_STATUSES = ("stored", "partial", "failed")
+OTHER_STATUS = "other"
 
 
 class ManifestReader(Protocol):
@@ -79,7 +83,8 @@ class LoadReport:
     #: whole at least once) before the report was made.
     result_files: int = 0
     result_files_served: int = 0
-    #: Manifest status -> tasks of the run (``stored``, ``partial``, ``failed``; ``missing``:
+    #: Manifest status -> tasks of the run (``stored``, ``partial``, ``failed``, ``other`` for
+    #: any other status, when there is one; ``missing``:
     #: acknowledged ones without a manifest, or ``unread`` when the bucket failed at the end);
     #: None when the bucket was not read.
     manifests: dict[str, int] | None = None
@@ -538,9 +543,10 @@ def _with_store(
     """``report`` with the bucket's figures from ``manifests``. An acknowledged task without one
     is ``missing`` when the bucket was ``read_whole`` at the end, else ``unread`` (its manifest
     may be there)."""
-    statuses = Counter(str(manifest.get("status")) for manifest in manifests.values())
-    counts = {status: statuses.get(status, 0) for status in ("stored", "partial", "failed")}
-    counts.update({status: n for status, n in statuses.items() if status not in counts})
+    statuses = Counter(_status_label(manifest.get("status")) for manifest in manifests.values())
+    counts = {status: statuses.get(status, 0) for status in MANIFEST_STATUSES}
+    if statuses[OTHER_STATUS]:
+        counts[OTHER_STATUS] = statuses[OTHER_STATUS]
     counts["missing" if read_whole else "unread"] = len(acked - manifests.keys())
     finished = [_unix(str(manifest.get("completedAt", ""))) for manifest in manifests.values()]
     last = max((when for when in finished if when is not None), default=None)
@@ -553,6 +559,12 @@ def _with_store(
         stored_throughput_per_s=throughput,
         manifests_unacknowledged=len(manifests.keys() - acked),
     )
+
+
+def _status_label(status: object) -> str:
+    """A manifest's status as the report counts it: one mjhook writes, else ``other`` (a tampered
+    or foreign manifest's status is no label to print, nor a key to add to the report)."""
+    return status if isinstance(status, str) and status in MANIFEST_STATUSES else OTHER_STATUS
 
 
 def _unix(iso: str) -> float | None:

@@ -252,3 +252,50 @@ def test_a_manifest_listing_a_file_twice_is_refused(
 
     assert result.exit_code == 1, result.output
     assert result.stderr == "Error: the manifest lists a file twice: tasks/t-twice/0.png\n"
+
+
+@pytest.mark.parametrize(
+    "sha256",
+    ["\x1b]0;pwned\x07\x1b[2J" + "A" * 100_000, "A" * 64, "0" * 63],
+    ids=["terminal-controls-and-megabytes", "uppercase", "too-short"],
+)
+def test_a_sha256_that_is_not_64_lowercase_hex_digits_is_one_error_line(
+    app_env: dict[str, str], run_cli: RunCli, tmp_path: Path, sha256: str
+) -> None:
+    """Given a manifest whose sha256 is terminal controls and 100 kB of text, uppercase or short
+    When `mjhook get` reads it
+    Then it exits 1 with one line naming the file and downloads nothing: the text was taken as the
+    sha256 to match, and printed raw in the mismatch line."""
+    store_task(app_env, "t-sha", {"0.png": png_bytes(1)}, sha256=sha256)
+    out = tmp_path / "out"
+
+    result = run_cli(app_env, "get", "t-sha", "--out", str(out))
+
+    assert result.exit_code == 1, result.output[:500]
+    assert result.stderr == (
+        "Error: the manifest lists a file without a sha256 of 64 lowercase hex digits: tasks/t-sha/0.png\n"
+    )
+    assert not out.exists()
+
+
+def test_an_entry_outside_the_task_is_shown_escaped_and_shortened(
+    app_env: dict[str, str], run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Given a manifest entry naming another task's file, with a megabyte of URL and terminal
+    controls in it
+    When `mjhook get` reads it
+    Then the error line shows the entry's first 200 characters, its controls as escapes: the
+    whole entry reached the terminal."""
+    store = create_object_store(Settings.from_env(app_env))
+    store.ensure_bucket()
+    entry = {"key": "tasks/other/0.png", "sourceUrl": "http://x/\x1b[2J" + "B" * 1_000_000}
+    store.put_json(
+        "tasks/t-entry/manifest.json", {"taskId": "t-entry", "status": "stored", "images": [entry]}
+    )
+
+    result = run_cli(app_env, "get", "t-entry", "--out", str(tmp_path / "out"))
+
+    assert result.exit_code == 1, result.output[:500]
+    start = "{'key': 'tasks/other/0.png', 'sourceUrl': 'http://x/\\x1b[2J"
+    shown = start + "B" * (199 - len(start)) + "\u2026"  # 200 characters, the last an ellipsis
+    assert result.stderr == f"Error: the manifest lists a file outside tasks/t-entry/: {shown}\n"

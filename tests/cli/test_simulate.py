@@ -6,11 +6,15 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from simulator.load import CallbackRun
 from tests.cli.conftest import RunCli
+from tests.simulator.test_load import bare_report
+from tests.support.json_http import json_server
 from tests.support.procs import ManagedProcess, free_port, venv_bin, wait_for_port
 
 #: A callback URL nothing answers at: for runs refused before any callback is sent.
@@ -175,3 +179,43 @@ def test_serve_answers_as_an_account_without_credits_or_a_provider_in_maintenanc
     # Then it is refused with the provider's code, in the body and, when told, in the status
     assert answer.json() == {"code": code, "msg": answer.json()["msg"], "data": None}
     assert answer.status_code == status
+
+
+#: Terminal controls: clear the screen, set the window title.
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07"
+
+
+def _remote_run() -> dict[str, Any]:
+    """A finished load run as a running simulator's control route describes it, its report's
+    strings and status labels carrying terminal controls."""
+    report = bare_report(UNREACHED_CALLBACK_URL + HOSTILE, manifests={"stored": 0, HOSTILE: 1})
+    run = CallbackRun(
+        report=report, task_ids=frozenset(), acknowledged=frozenset(), listing="tasks/t-", started_at=0.0
+    )
+    return run.to_dict()
+
+
+def test_a_remote_simulators_report_reaches_the_terminal_without_its_controls(run_cli: RunCli) -> None:
+    """Given a `simulate serve` (or what answers as one) whose load report carries terminal controls
+    When `mjhook simulate load --simulator-url` prints it as text
+    Then they are shown as escapes, none of them sent: the text report was echoed as it came."""
+
+    def answer(method: str, path: str) -> Any:
+        started = {"loadId": "l-1", "settleTimeout": 0}
+        return {
+            "code": 200,
+            "msg": "success",
+            "data": started if method == "POST" else {"run": _remote_run()},
+        }
+
+    with json_server(answer) as url:
+        result = run_cli(
+            {"MJHOOK_PROVIDER_URL": url, "MJHOOK_PROVIDER_API_KEY": "k"},
+            *("simulate", "load", "--simulator-url", url, "--api-key", "k", "--tasks", "1"),
+            *("--callback-url", UNREACHED_CALLBACK_URL, "--store-timeout", "0", "--download-grace", "0"),
+        )
+
+    assert result.exit_code == 0, result.output
+    assert f"-> {UNREACHED_CALLBACK_URL}\\x1b[2J\\x1b]0;pwned\\x07" in result.stdout
+    assert "bucket: 0 stored, 1 \\x1b[2J\\x1b]0;pwned\\x07 after" in result.stdout
+    assert not {"\x1b", "\x07"} & set(result.output)

@@ -259,3 +259,31 @@ def test_recover_refuses_a_window_longer_than_any_duration_option_takes(
     assert result.exit_code == 2, result.output
     assert "the duration must be at most 115d" in result.stderr
     assert run_cli(env, "recover", "--since", "115d").exit_code == 0
+
+
+def test_a_task_id_mjhook_cannot_use_is_printed_once_shortened_and_said_to_be_lost(
+    run_cli: RunCli, redis_server: Any, provider_answering: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a provider answering a taskId of a megabyte that starts with terminal controls
+    When a generation is submitted
+    Then stdout is that id escaped and cut to 200 characters, and the error says the ingress
+    refuses its callback: the id was printed whole twice, with "its callback is still
+    processed" though no callback with such an id is taken."""
+    task_id = "\x1b]0;pwned\x07" + "A" * 1_000_000
+    url = provider_answering({"code": 200, "msg": "success", "data": {"taskId": task_id}})
+
+    result = run_cli(submit_env(redis_server, url), "submit", "a cat")
+
+    assert result.exit_code == 5, result.output[:500]
+    assert result.stdout == "\\x1b]0;pwned\\x07" + "A" * 189 + "\u2026\n"
+    assert result.stderr.count("\n") == 1
+    assert "AAAA" not in result.stderr
+    assert "the ingress refuses its callback" in result.stderr
+    assert "still processed" not in result.stderr
+    logged = [
+        record.getMessage()
+        for record in caplog.records
+        if "submitted but not recorded" in record.getMessage()
+    ]
+    assert len(logged) == 1
+    assert len(logged[0]) < 500

@@ -7,12 +7,14 @@ import json
 import pytest
 import redis
 
+from shared import keys
 from shared.callback import Callback
 from shared.settings import Settings
 from shared.taskstate import TaskState, TaskStore
 from tests.cli.conftest import RunCli
 from tests.support.clock import FakeClock
 from tests.support.pipeline import queued_callback
+from tests.support.servers import RedisServer
 from tests.support.stack import ready_bucket
 from workers.runtime import build_parts
 
@@ -86,3 +88,32 @@ def test_a_reason_from_a_callback_reaches_the_terminal_without_its_controls(
     # and the JSON form keeps the reason exactly (JSON escapes controls itself)
     [row] = json.loads(run_cli(app_env, "tasks", "--json").stdout)
     assert row["reason"] == HOSTILE_MSG
+
+
+@pytest.mark.parametrize(
+    "updated_at",
+    ["\u00b2", "99999999999999999999", "9" * 5000],
+    ids=["superscript-digit", "beyond-the-calendar", "beyond-int-digit-limit"],
+)
+def test_a_record_time_no_clock_can_show_is_listed_without_one(
+    env: dict[str, str], redis_server: RedisServer, run_cli: RunCli, updated_at: str
+) -> None:
+    """Given a record whose updatedAt is a superscript digit (``str.isdigit`` takes it, ``int``
+    does not), a time past datetime's years, or more digits than ``int`` reads
+    When the tasks are listed, as JSON and as a table
+    Then that task is listed with no time (null, "-") and the others as ever: each was a
+    traceback, so one odd record hid every task."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset(keys.task("t-failed"), "updatedAt", updated_at)
+    client.close()
+
+    listed = run_cli(env, "tasks", "--json")
+    table = run_cli(env, "tasks")
+
+    assert listed.exit_code == 0, listed.output
+    rows = {row["taskId"]: row for row in json.loads(listed.stdout)}
+    assert rows["t-failed"]["updatedAt"] is None
+    assert rows["t-new"]["updatedAt"] == "2027-01-15T08:00:03.000Z"
+    assert table.exit_code == 0, table.output
+    [line] = [line for line in table.stdout.splitlines() if "t-failed" in line]
+    assert line.split("│")[3].strip() == "-"

@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +21,15 @@ from shared.clock import utc_iso
 from shared.errors import StorageUnavailable
 from simulator import FaultConfig, SimulatorConfig
 from simulator.config import PROVIDER_RETRY_DELAYS_S
-from simulator.load import CallbackRun, fire_callbacks, percentile, run_load, settle_timeout_for
+from simulator.load import (
+    CallbackRun,
+    LoadReport,
+    fire_callbacks,
+    percentile,
+    read_bucket,
+    run_load,
+    settle_timeout_for,
+)
 from simulator.tasks import SuccessFlag
 from tests.simulator.support import Receiver, SimFactory
 from tests.support.procs import free_port
@@ -620,3 +629,59 @@ def test_only_success_callbacks_acknowledged_twice_are_waited_for_again(
         assert sent_at > min(attempt.sent_at for attempt in attempts)
     # And a running simulator describes the run with them (``load --simulator-url``)
     assert CallbackRun.from_json(orjson.dumps(run.to_dict())) == run
+
+
+def bare_report(callback_url: str, **fields: Any) -> LoadReport:
+    """A load report of no callbacks to ``callback_url``, with ``fields`` on top."""
+    return replace(
+        LoadReport(
+            tasks=0,
+            rate_per_s=1.0,
+            callback_url=callback_url,
+            acknowledged=0,
+            unacknowledged=0,
+            dropped=0,
+            callback_attempts=0,
+            send_duration_s=None,
+            ack_throughput_per_s=None,
+            ack_latency_p50_ms=None,
+            ack_latency_p99_ms=None,
+        ),
+        **fields,
+    )
+
+
+class ManifestsOf:
+    """A bucket holding one manifest per task: ``{task_id: manifest}``."""
+
+    def __init__(self, manifests: Mapping[str, dict[str, Any]]) -> None:
+        self._by_key = {f"tasks/{task_id}/manifest.json": manifest for task_id, manifest in manifests.items()}
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return [key for key in self._by_key if key.startswith(prefix)]
+
+    def get_json(self, key: str) -> Any:
+        return self._by_key.get(key)
+
+
+def test_a_status_mjhook_does_not_write_is_counted_as_other() -> None:
+    # Given a run's tasks in a bucket: one stored, the others with a status that is terminal
+    # controls, a megabyte of text, no text, or none
+    hostile = "\x1b]0;pwned\x07\x1b[2J"
+    statuses = {"t-1": "stored", "t-2": hostile, "t-3": "x" * 1_000_000, "t-4": ["failed"], "t-5": None}
+    bucket = ManifestsOf({task_id: {"status": status} for task_id, status in statuses.items()})
+    report = bare_report("http://127.0.0.1:9/callbacks/midjourney")
+    run = CallbackRun(
+        report=report,
+        task_ids=frozenset(statuses),
+        acknowledged=frozenset(statuses),
+        listing="tasks/t-",
+        started_at=0.0,
+    )
+    # When the run's report reads the bucket
+    report = read_bucket(run, bucket, timeout_s=1.0)
+    # Then those statuses are counted together as "other": each was a label of its own, printed
+    # as it was, and a key of the JSON report
+    assert report.manifests == {"stored": 1, "partial": 0, "failed": 0, "other": 4, "missing": 0}
+    assert "bucket: 1 stored, 0 partial, 0 failed, 4 other, 0 missing" in report.format_text()
+    assert hostile not in report.format_text()
