@@ -3,10 +3,16 @@ the CLI) call :meth:`Settings.from_env`; everything else receives a Settings."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import httpx
+import pika
+import redis.connection
+from minio.helpers import BaseURL, check_bucket_name
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from shared.errors import ConfigError
 
@@ -197,15 +203,45 @@ class Settings(BaseModel):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str) -> str:
-        # redis-py would refuse "127.0.0.1:6379" only at the first command, with a bare ValueError
-        return _with_scheme(value, REDIS_SCHEMES)
+    def _redis_url_readable(cls, value: str) -> str:
+        return _redis_url(value)
 
     @field_validator("broker_url")
     @classmethod
-    def _broker_scheme(cls, value: str) -> str:
+    def _broker_url(cls, value: str) -> str:
         # Empty: the queue is in the Redis of redis_url
-        return _with_scheme(value, REDIS_SCHEMES + AMQP_SCHEMES) if value else value
+        if value and _with_scheme(value, REDIS_SCHEMES + AMQP_SCHEMES).startswith(AMQP_SCHEMES):
+            return _readable(value, pika.URLParameters, "RabbitMQ")
+        return _redis_url(value) if value else value
+
+    @field_validator("s3_endpoint", "s3_public_endpoint")
+    @classmethod
+    def _s3_endpoint(cls, value: str) -> str:
+        # Empty public endpoint: s3_endpoint's
+        return _readable(value, _minio_endpoint, "S3 endpoint") if value else value
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _s3_bucket(cls, value: str) -> str:
+        check_bucket_name(value)  # minio's ValueError says why (a bucket's name is no secret)
+        return value
+
+    @field_validator("provider_url", "public_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # Empty public URL: nothing can be submitted (the CLI says so when asked to)
+        return _readable(value, _httpx_url, "HTTP") if value else value
+
+    @model_validator(mode="after")
+    def _s3_keys_come_in_pairs(self) -> Settings:
+        # minio refuses one without the other only when the first client is made; no loc: the
+        # message names both
+        if bool(self.s3_access_key) != bool(self.s3_secret_key):
+            raise PydanticCustomError(
+                "s3_key_pair",
+                "MJHOOK_S3_ACCESS_KEY and MJHOOK_S3_SECRET_KEY must be set together, or neither",
+            )
+        return self
 
     @property
     def callback_tokens(self) -> tuple[str, ...]:
@@ -230,7 +266,8 @@ class Settings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: "
+                # No loc: a check of several settings, whose message names them
+                (f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: " if err["loc"] else "")
                 + (UNKNOWN_SETTING if err["type"] == "extra_forbidden" else err["msg"])
                 for err in exc.errors()
             )
@@ -249,3 +286,40 @@ def _with_scheme(url: str, schemes: tuple[str, ...]) -> str:
     if not url.startswith(schemes):
         raise ValueError(f"the URL must start with {', '.join(schemes)}")
     return url
+
+
+def _redis_url(url: str) -> str:
+    # redis-py would refuse "127.0.0.1:6379" only at the first command, with a bare ValueError
+    return _readable(_with_scheme(url, REDIS_SCHEMES), redis.connection.parse_url, "Redis")
+
+
+def _readable(url: str, parse: Callable[[str], object], kind: str) -> str:
+    """``url`` when ``parse`` (its client library's own parser, which connects nowhere) takes it,
+    else a ValueError with the parser's reason, without the URL's user and password."""
+    try:
+        parse(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ValueError(f"not a valid {kind} URL: {_without_credentials(str(exc), url)}") from None
+    return url
+
+
+def _without_credentials(reason: str, url: str) -> str:
+    """A parser's ``reason`` for refusing ``url``, with the URL's user and password (all between
+    ``//`` and the last ``@``) left out: a parser quotes them only as part of ``user:pw@host``."""
+    credentials = url.partition("//")[2].rpartition("@")[0]
+    if any(delimiter in credentials for delimiter in "/?#"):
+        # The parser cut the URL inside them: a piece of the password may be anywhere in its reason
+        return "its user or password holds a / ? or # that is not percent-encoded"
+    return reason.replace(f"{credentials}@", "***@") if credentials else reason
+
+
+def _minio_endpoint(url: str) -> None:
+    # shared/storage.py gives minio the endpoint's host and port alone (a path is ignored)
+    parts = urlsplit(url)
+    BaseURL(f"{parts.scheme}://{parts.netloc}", None)
+
+
+def _httpx_url(url: str) -> None:
+    # httpx takes a port past 65535 (the socket then raises OverflowError): urlsplit refuses it
+    urlsplit(url).port  # noqa: B018
+    httpx.URL(url)

@@ -48,17 +48,47 @@ def leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tu
     [
         ({"MJHOOK_DEAD_MESSAGE_TTL": "86400"}, "MJHOOK_DEAD_MESSAGE_TTL: no such setting (misspelled?)"),
         ({"MJHOOK_MAX_RETRIES": "-1"}, "MJHOOK_MAX_RETRIES: Input should be greater than or equal to 0"),
+        (
+            {"MJHOOK_REDIS_URL": "redis://:s3cr3t@127.0.0.1:99999/0"},
+            "MJHOOK_REDIS_URL: Value error, not a valid Redis URL: Port out of range 0-65535",
+        ),
+        (
+            {"MJHOOK_BROKER_URL": "amqp://guest:s3cr3t@[::1/"},
+            "MJHOOK_BROKER_URL: Value error, not a valid RabbitMQ URL: Invalid IPv6 URL",
+        ),
+        (
+            {"MJHOOK_S3_ENDPOINT": "http://u@127.0.0.1:1"},
+            "MJHOOK_S3_ENDPOINT: Value error, not a valid S3 endpoint URL:"
+            " username in endpoint is not allowed",
+        ),
+        (
+            {"MJHOOK_S3_BUCKET": "a..b"},
+            "MJHOOK_S3_BUCKET: Value error, bucket name a..b contains invalid successive characters",
+        ),
+        (
+            {"MJHOOK_S3_ACCESS_KEY": "k3y"},
+            "MJHOOK_S3_ACCESS_KEY and MJHOOK_S3_SECRET_KEY must be set together, or neither",
+        ),
     ],
-    ids=["misspelled", "out-of-range"],
+    ids=[
+        "misspelled",
+        "out-of-range",
+        "redis-port",
+        "broker-ipv6",
+        "s3-endpoint-user",
+        "s3-bucket",
+        "s3-key-alone",
+    ],
 )
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
 def test_a_bad_setting_is_one_error_line_for_every_command(
     run_cli: RunCli, args: tuple[str, ...], bad: dict[str, str], named: str
 ) -> None:
-    """Given a misspelled MJHOOK_* name, or a value out of its range
+    """Given a misspelled MJHOOK_* name, a value out of its range, or one its client library
+    (redis-py, pika, minio) cannot read
     When any command that uses the settings runs
     Then it prints one `Error:` line naming the variable and exits 1, before it does anything:
-    no traceback (run_cli lets one through)."""
+    no traceback (run_cli lets one through), and no password from a URL."""
     result = run_cli({"MJHOOK_REDIS_URL": nowhere(), **bad}, *args)
     assert result.exit_code == 1, result.output
     assert result.stderr == f"Error: invalid configuration: {named}\n"

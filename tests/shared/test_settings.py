@@ -127,3 +127,87 @@ def test_an_api_token_a_header_cannot_carry_is_refused(token: str) -> None:
 
 def test_an_api_token_of_base64_characters_is_taken() -> None:
     assert Settings.from_env({"MJHOOK_API_TOKEN": "q8Zk+fW3/xY=="}).api_token == "q8Zk+fW3/xY=="
+
+
+#: Settings whose client library refuses them (at the first command, or when its first client is
+#: made) with a bare ValueError, each with what the one-line error says about it. "s3cr3t" is a
+#: password in the URL, which the error must not show.
+UNREADABLE = [
+    ("MJHOOK_REDIS_URL", "redis://127.0.0.1:99999/0", "Port out of range"),
+    ("MJHOOK_REDIS_URL", "redis://:s3cr3t@127.0.0.1:99999/0", "Port out of range"),
+    ("MJHOOK_REDIS_URL", "redis://[::1/0", "Invalid IPv6 URL"),
+    ("MJHOOK_REDIS_URL", "redis://127.0.0.1:1/0?socket_timeout=abc", "'socket_timeout'"),
+    ("MJHOOK_REDIS_URL", "redis://:s3cr3t/x@127.0.0.1:6379/0", "not percent-encoded"),
+    ("MJHOOK_BROKER_URL", "redis://:s3cr3t@127.0.0.1:99999/0", "not a valid Redis URL"),
+    ("MJHOOK_BROKER_URL", "amqp://[::1", "Invalid IPv6 URL"),
+    ("MJHOOK_BROKER_URL", "amqp://127.0.0.1:99999/", "Port out of range"),
+    ("MJHOOK_BROKER_URL", "amqp://guest:s3cr3t@127.0.0.1:99999/", "Port out of range"),
+    ("MJHOOK_BROKER_URL", "amqp://127.0.0.1:1/?heartbeat=abc", "heartbeat"),
+    ("MJHOOK_BROKER_URL", "amqp://guest:s3cr3t/x@127.0.0.1:5672/", "not percent-encoded"),
+    ("MJHOOK_S3_ENDPOINT", "http://127.0.0.1:99999", "invalid port"),
+    ("MJHOOK_S3_ENDPOINT", "http://[::1", "Invalid IPv6 URL"),
+    ("MJHOOK_S3_ENDPOINT", "http://u@127.0.0.1:1", "username in endpoint"),
+    ("MJHOOK_S3_ENDPOINT", "http://u:s3cr3t@127.0.0.1:1", "username in endpoint"),
+    ("MJHOOK_S3_PUBLIC_ENDPOINT", "http://127.0.0.1:99999", "invalid port"),
+    ("MJHOOK_S3_BUCKET", "Bad_Bucket!", "invalid bucket name"),
+    ("MJHOOK_S3_BUCKET", "ab", "invalid bucket name"),
+    ("MJHOOK_S3_BUCKET", "a..b", "successive characters"),
+    ("MJHOOK_S3_BUCKET", "192.168.1.1", "IP address"),
+    ("MJHOOK_PROVIDER_URL", "http://127.0.0.1:99999", "Port out of range"),
+    ("MJHOOK_PROVIDER_URL", "https://u:s3cr3t@[::1", "Invalid IPv6 URL"),
+    ("MJHOOK_PUBLIC_URL", "https://127.0.0.1:99999", "Port out of range"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "reason"), UNREADABLE)
+def test_a_value_its_client_library_cannot_read_is_refused_at_start_up(
+    name: str, value: str, reason: str
+) -> None:
+    """Given a URL or bucket name its client library (redis-py, pika, minio, httpx) cannot read
+    When the settings are read, as every entry point does at start-up
+    Then a ConfigError names the variable and says what is wrong, on one line and without the
+    URL's password: not the library's ValueError traceback at the first command."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({name: value})
+    message = str(raised.value)
+    assert message.startswith(f"invalid configuration: {name}: ")
+    assert reason in message
+    assert "s3cr3t" not in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"MJHOOK_REDIS_URL": "redis://:pass@127.0.0.1:6379/0"},
+        {"MJHOOK_REDIS_URL": "rediss://user:pass@127.0.0.1:6380/1?socket_timeout=2.5"},
+        {"MJHOOK_REDIS_URL": "unix:///run/redis.sock?db=1"},
+        {"MJHOOK_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/"},
+        {"MJHOOK_BROKER_URL": "amqps://q:5671/?heartbeat=30"},
+        {"MJHOOK_BROKER_URL": "redis://:pass@[::1]:6379/0"},
+        {
+            "MJHOOK_S3_ENDPOINT": "http://127.0.0.1:8333",
+            "MJHOOK_S3_PUBLIC_ENDPOINT": "https://s3.example.com",
+        },
+        {"MJHOOK_S3_ENDPOINT": "http://[::1]:9000/", "MJHOOK_S3_BUCKET": "acme.results-2"},
+        {"MJHOOK_S3_ACCESS_KEY": "AKIDEXAMPLE", "MJHOOK_S3_SECRET_KEY": "s3cr3t"},
+        {"MJHOOK_PROVIDER_URL": "https://api.kie.ai:443", "MJHOOK_PUBLIC_URL": "https://hooks.example.com"},
+    ],
+)
+def test_readable_urls_and_names_are_taken_without_connecting(env: dict[str, str]) -> None:
+    settings = Settings.from_env(env)
+    assert {getattr(settings, key[len("MJHOOK_") :].lower()) for key in env} == set(env.values())
+
+
+@pytest.mark.parametrize("given", ["MJHOOK_S3_ACCESS_KEY", "MJHOOK_S3_SECRET_KEY"])
+def test_one_s3_key_without_the_other_is_refused_at_start_up(given: str) -> None:
+    """Given an S3 access key without its secret key, or the other way round
+    When the settings are read
+    Then a one-line ConfigError names both (minio refused it only when its first client was
+    made), and does not show the key."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({given: "k3y-value"})
+    assert str(raised.value) == (
+        "invalid configuration: MJHOOK_S3_ACCESS_KEY and MJHOOK_S3_SECRET_KEY must be set together,"
+        " or neither"
+    )
