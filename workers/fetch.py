@@ -48,8 +48,11 @@ from workers.sniff import GIF, JPEG, PNG, MediaType, bytes_to_sniff, ends_whole,
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 #: HTTP statuses of an expired or revoked link: the provider may give a fresh one for the file.
 LINK_GONE_STATUSES = frozenset({403, 404, 410})
-#: Headers of every request: images and videos are compressed already, so we ask for no encoding.
-REQUEST_HEADERS = {"Accept-Encoding": "identity"}
+#: Headers of every request: images and videos are compressed already, so we ask for no encoding;
+#: and each connection serves one download: bytes a server sent past an answer's end, kept in a
+#: connection left for reuse, were read as the next download's answer (a task's files are
+#: downloaded at once, on connections of their own, so little is lost).
+REQUEST_HEADERS = {"Accept-Encoding": "identity", "Connection": "close"}
 #: Content codings decoded anyway (one layer at most).
 DECODED_ENCODINGS = frozenset({"gzip", "x-gzip", "deflate"})
 #: Most bytes one decoding step may produce, so the caps judge a bomb's output before more exists.

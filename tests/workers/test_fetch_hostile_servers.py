@@ -473,3 +473,40 @@ def test_a_jpeg_declaring_a_height_of_0_is_refused(file_server: FileServer) -> N
     # Then it is refused as declaring no size, not stored
     with pytest.raises(DownloadRefused, match="declares no size"):
         loopback_fetcher(ONE_MIB_CAPS).fetch(url)
+
+
+# --- connections: never reused, so no answer is read as another's --------------------------------
+
+
+def test_bytes_sent_past_an_answer_are_never_read_as_the_next_download(
+    scripted: Callable[[Sequence[tuple[bytes, float]]], ScriptedServer],
+) -> None:
+    """Given a server (buggy, or another's same-origin host) that sends a second, whole answer in
+    the same write as its first, past the first's Content-Length, and keeps the connection open
+    When a task's file is downloaded from it, then another file of the same origin
+    Then the second download asks the server itself and gets its answer: a connection kept for
+    reuse handed the second download those stray bytes, a valid PNG stored as another file."""
+    first, stray = png_bytes(1, width=16, height=16), png_bytes(2, width=16, height=16)
+    keep_alive = "200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: keep-alive"
+    server = scripted(
+        [
+            (
+                answer_kept(keep_alive.format(len(first)), first)
+                + answer_kept(keep_alive.format(len(stray)), stray),
+                3.0,
+            )
+        ]
+    )
+    fetcher = loopback_fetcher(ONE_MIB_CAPS)
+
+    fetcher.fetch(server.url("/task-1/0.png")).close()
+    second = fetcher.fetch(server.url("/task-2/0.png"))
+    second.close()
+
+    assert second.sha256 == hashlib.sha256(first).hexdigest()
+    assert len(server.requests) == 2
+
+
+def answer_kept(headers: str, body: bytes) -> bytes:
+    """An answer that leaves the connection open (``answer``'s closes it)."""
+    return f"HTTP/1.1 {headers}\r\n\r\n".encode() + body
