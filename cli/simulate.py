@@ -27,6 +27,8 @@ from simulator.config import (
     DEFAULT_CALLBACK_TIMEOUT_S,
     DEFAULT_GENERATION_DELAY_S,
     DEFAULT_URL_TTL_S,
+    MAX_TASK_ID_PREFIX_CHARS,
+    TASK_ID_PREFIX_PATTERN,
 )
 from simulator.control import MAX_LOAD_RATE, MAX_LOAD_TASKS, MIN_LOAD_RATE, run_load_in
 from simulator.files import MAX_IMAGE_SIDE
@@ -112,7 +114,14 @@ def provider_options(function: F) -> F:
             type=seconds(min=0, min_open=True),
             default=DEFAULT_URL_TTL_S,
             show_default=True,
-            help="Seconds a result URL stays valid and the media is kept (no fresh link after).",
+            help="Seconds a result URL stays valid (410 after; download-url gives a fresh one).",
+        ),
+        click.option(
+            "--media-ttl",
+            type=seconds(min=0, min_open=True),
+            default=None,
+            help="Seconds the media is kept (404 and no fresh link after) [default: the longer of"
+            " 14 days and --url-ttl].",
         ),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault decisions."),
         *(
@@ -168,11 +177,22 @@ def _config(options: dict[str, Any], **overrides: Any) -> SimulatorConfig:
             image_width=options.pop("width"),
             image_height=options.pop("height"),
             url_ttl_s=options.pop("url_ttl"),
+            media_ttl_s=options.pop("media_ttl"),
             faults=faults,
             **overrides,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def _task_id_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--task-id-prefix``: empty, or the start of a taskId mjhook accepts."""
+    if value and TASK_ID_PREFIX_PATTERN.fullmatch(value) is None:
+        raise click.BadParameter(
+            f"{printable(value)} is no task id prefix: letters, digits, '_' or '-' (a letter or digit"
+            f" first), at most {MAX_TASK_ID_PREFIX_CHARS} characters"
+        )
+    return value
 
 
 def _start_simulator(config: SimulatorConfig) -> RunningSimulator:
@@ -201,7 +221,7 @@ def simulate() -> None:
     show_default=True,
     help="Seconds from submission to result and callback.",
 )
-@click.option("--rate-limit", type=click.IntRange(min=0), default=0, help="Submissions per 10 s (0: none).")
+@click.option("--rate-limit", type=click.IntRange(min=0), default=0, help="API calls per 10 s (0: none).")
 @click.option(
     "--credits",
     type=click.IntRange(min=0),
@@ -213,6 +233,13 @@ def simulate() -> None:
     "--http-status-mirrors-code",
     is_flag=True,
     help="Answer API failures with the body's code as HTTP status too [default: 200].",
+)
+@click.option(
+    "--task-id-prefix",
+    default="",
+    callback=_task_id_prefix,
+    help="Start of every taskId (letters, digits, '_' or '-'), so that file bytes and their sha256"
+    " can be known beforehand [default: mjsim-<random hex>-].",
 )
 @concurrency_option(
     f"{DEFAULT_CALLBACK_RATE_PER_S:g}/s x --callback-timeout",
@@ -226,6 +253,7 @@ def serve(
     credits: int | None,
     maintenance: bool,
     http_status_mirrors_code: bool,
+    task_id_prefix: str,
     concurrency: int | None,
     **options: Any,
 ) -> None:
@@ -241,6 +269,7 @@ def serve(
         credits=credits,
         maintenance=maintenance,
         http_status_mirrors_code=http_status_mirrors_code,
+        task_id_prefix=task_id_prefix,
     )
     sim = _start_simulator(config)
     configure_logging("INFO")

@@ -40,6 +40,7 @@ def create_app(
     errors = ProviderErrorHandler(mirror_code=provider.config.http_status_mirrors_code)
     app.add_error_handler(ProviderError, errors)
     app.add_error_handler(Exception, errors)
+    app.add_error_handler(falcon.HTTPError, errors)
 
     app.add_route(GENERATE_PATH, GenerateResource(provider))
     app.add_route(UPSCALE_PATH, DeriveResource(provider, task_type=UPSCALE_TASK_TYPE))

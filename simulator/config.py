@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from dataclasses import dataclass, field
 
 from simulator.files import DEFAULT_CACHE_BYTES, DEFAULT_HEIGHT, DEFAULT_WIDTH, MAX_IMAGE_SIDE
@@ -19,9 +20,11 @@ PROVIDER_RETRY_DELAYS_S = (60.0, 300.0, 900.0)
 DEFAULT_CALLBACK_TIMEOUT_S = 15.0
 #: Seconds from submission to result: short, for tests and load (the real provider takes ~30-60 s).
 DEFAULT_GENERATION_DELAY_S = 1.0
-#: Result URLs stay valid about 14 days, and the media as long (the provider keeps it 14-15 days):
-#: after that, download-url answers code 404 and no link serves the file.
+#: Result URLs stay valid about 14 days (then 410, and download-url gives a fresh link).
 DEFAULT_URL_TTL_S = 14 * 86400.0
+#: The provider keeps generated media 14-15 days: after that, download-url answers code 404 and no
+#: link serves the file (404).
+DEFAULT_MEDIA_TTL_S = 14 * 86400.0
 #: A link from ``/api/v1/common/download-url`` is valid 20 minutes.
 REFRESHED_URL_TTL_S = 20 * 60.0
 #: Callbacks per second the default delivery pool keeps sending when every answer takes the whole
@@ -35,6 +38,11 @@ DEFAULT_DELIVERY_THREADS = math.ceil(DEFAULT_CALLBACK_RATE_PER_S * DEFAULT_CALLB
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 #: Connections served at once; beyond, new ones wait in the listen backlog until one ends.
 DEFAULT_MAX_CONNECTIONS = 512
+#: Longest task id prefix: with a 6-digit (or longer) task number, a taskId stays within the
+#: 128 characters mjhook accepts.
+MAX_TASK_ID_PREFIX_CHARS = 100
+#: A taskId's start as mjhook accepts one: ASCII letters, digits, '_' or '-', a letter or digit first.
+TASK_ID_PREFIX_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_TASK_ID_PREFIX_CHARS - 1}}}")
 #: How far the file fault shares may add up past 1 by float rounding (0.34 + 0.55 + 0.11).
 SHARE_SUM_TOLERANCE = 1e-9
 
@@ -138,12 +146,17 @@ class SimulatorConfig:
     #: recently used are dropped; a file larger than that is made for each request).
     file_cache_size: int = 64
     file_cache_bytes: int = DEFAULT_CACHE_BYTES
-    #: Seconds a result URL stays valid, and the task's media is kept after it completed.
+    #: Seconds a result URL stays valid (410 after; download-url gives a fresh link while the media
+    #: is kept).
     url_ttl_s: float = DEFAULT_URL_TTL_S
+    #: Seconds the task's media is kept after it completed (404 for every link after, and from
+    #: download-url); None means the longer of :data:`DEFAULT_MEDIA_TTL_S` and ``url_ttl_s``, so
+    #: that a result link never outlives the media unless told to.
+    media_ttl_s: float | None = None
     refreshed_url_ttl_s: float = REFRESHED_URL_TTL_S
     #: Secret signing result URLs; empty means a random one per run.
     url_secret: str = ""
-    #: Task submissions allowed per ``rate_window_s`` (code 429 beyond); 0 means no limit.
+    #: API calls (any endpoint) allowed per ``rate_window_s`` (code 429 beyond); 0 means no limit.
     rate_limit: int = 0
     rate_window_s: float = 10.0
     #: Credits; each submission costs one (code 402 when none is left). None means unlimited.
@@ -155,7 +168,7 @@ class SimulatorConfig:
     #: Seconds the HTTP server waits on a client's socket; connections served at once.
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    #: Start of every taskId; empty means ``mjsim-<random hex>-``.
+    #: Start of every taskId (``TASK_ID_PREFIX_PATTERN``); empty means ``mjsim-<random hex>-``.
     task_id_prefix: str = ""
     faults: FaultConfig = field(default_factory=FaultConfig)
 
@@ -183,6 +196,21 @@ class SimulatorConfig:
             )
         if self.request_timeout_s <= 0:
             raise ValueError("request_timeout_s must be positive")
+        if self.url_ttl_s <= 0 or (self.media_ttl_s is not None and self.media_ttl_s <= 0):
+            raise ValueError("url_ttl_s and media_ttl_s must be positive")
+        if self.task_id_prefix and TASK_ID_PREFIX_PATTERN.fullmatch(self.task_id_prefix) is None:
+            raise ValueError(
+                f"task id prefix {self.task_id_prefix!r} must be letters, digits, '_' or '-' (a letter"
+                f" or digit first), at most {MAX_TASK_ID_PREFIX_CHARS} characters"
+            )
+
+    @property
+    def kept_s(self) -> float:
+        """Seconds the task's media is kept after it completed: ``media_ttl_s``, or by default the
+        longer of 14 days and ``url_ttl_s``."""
+        if self.media_ttl_s is not None:
+            return self.media_ttl_s
+        return max(DEFAULT_MEDIA_TTL_S, self.url_ttl_s)
 
     @property
     def scaled_retry_delays_s(self) -> tuple[float, ...]:

@@ -103,10 +103,12 @@ class Provider:
     # --- the API ----------------------------------------------------------------------
 
     def authorize(self, authorization: str | None) -> None:
-        """Raise the provider's 455 in maintenance, 401 unless ``Bearer <api key>``."""
+        """Raise the provider's 455 in maintenance, 401 unless ``Bearer <api key>``, 429 beyond
+        the rate limit (every API call counts)."""
         if self.config.maintenance:
             raise ProviderError(CODE_MAINTENANCE, "The system is under maintenance, please try again later")
         self.check_key(authorization)
+        self.admission.limit_rate()
 
     def check_key(self, authorization: str | None) -> None:
         """Raise the provider's 401 unless ``Bearer <api key>`` (maintenance or not: the
@@ -167,8 +169,8 @@ class Provider:
 
     def download_url(self, body: Any) -> str:
         """``POST /api/v1/common/download-url``: a fresh link, valid 20 minutes, for a result URL
-        of ours (422 for any other URL; 404 once the media is no longer kept, ``url_ttl_s`` after
-        the task completed, even when the URL was issued already expired by a fault)."""
+        of ours, expired or not (422 for any other URL; 404 once the media is no longer kept,
+        ``config.kept_s`` after the task completed)."""
         ref = self.links.parse(parse_download_url(body))
         if ref is None:
             raise ProviderError(CODE_VALIDATION, "Only URLs of files generated here are supported")
@@ -256,11 +258,12 @@ class Provider:
         return self.task(task_id).callbacks_queued and self.delivery.outstanding(task_id) == 0
 
     def _kept(self, task: Task) -> bool:
-        """Whether the provider still keeps the task's media: until ``url_ttl_s`` seconds after
-        it completed (the real one keeps it 14-15 days, so a fresh link stops helping then)."""
+        """Whether the provider still keeps the task's media: until ``config.kept_s`` seconds
+        after it completed (the real one keeps it 14-15 days, so a fresh link stops helping then),
+        whatever its result links' own expiry."""
         with self._lock:
             completed_at = task.completed_at
-        return completed_at is None or self._clock() - completed_at <= self.config.url_ttl_s
+        return completed_at is None or self._clock() - completed_at <= self.config.kept_s
 
     def _result_link(self, task: Task, index: int) -> str:
         expired = self._faults.for_file(task.number, index) is FileFault.EXPIRED

@@ -136,17 +136,22 @@ def _trickle(data: bytes, duration_s: float, sleep: Callable[[float], None]) -> 
 
 class ProviderErrorHandler:
     """Failures of API calls in the provider's body shape, ``{"code", "msg", "data": null}``,
-    with HTTP status 200 (or the body code, when ``mirror_code``). An unexpected error outside
-    the API (a result file) is HTTP 500: a downloader would store a JSON body with status 200
-    as the file."""
+    with HTTP status 200 (or the body code, when ``mirror_code``): Falcon's own HTTP errors under
+    the API too (an unknown path, 404, or method, 405, is that body code). An unexpected error
+    outside the API (a result file) is HTTP 500: a downloader would store a JSON body with status
+    200 as the file; Falcon's errors there keep Falcon's shape."""
 
     def __init__(self, *, mirror_code: bool = False) -> None:
         self._mirror_code = mirror_code
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
         if isinstance(exc, falcon.HTTPError):
-            raise exc
-        if isinstance(exc, ProviderError):
+            if not req.path.startswith(API_ROOT):
+                raise exc
+            code, msg = exc.status_code, exc.title
+            if self._mirror_code and exc.headers:
+                resp.set_headers(exc.headers)  # Allow, for a 405
+        elif isinstance(exc, ProviderError):
             code, msg = exc.code, exc.msg
         else:
             log.exception("unhandled error on %s %s", req.method, req.path)

@@ -4,6 +4,7 @@ one line, not a traceback; ``serve`` answers as the account and the provider are
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
+from simulator import expected_file
 from simulator.load import CallbackRun
 from tests.cli.conftest import RunCli
+from tests.simulator.support import result_urls, submit, wait_done
 from tests.simulator.test_load import bare_report
 from tests.support.json_http import json_server
 from tests.support.procs import ManagedProcess, free_port, venv_bin, wait_for_port
@@ -219,3 +222,70 @@ def test_a_remote_simulators_report_reaches_the_terminal_without_its_controls(ru
     assert f"-> {UNREACHED_CALLBACK_URL}\\x1b[2J\\x1b]0;pwned\\x07" in result.stdout
     assert "bucket: 0 stored, 1 \\x1b[2J\\x1b]0;pwned\\x07 after" in result.stdout
     assert not {"\x1b", "\x07"} & set(result.output)
+
+
+@pytest.mark.parametrize("prefix", ["a/b", "-starts-with-dash", "spa ce", "é", "x" * 101])
+def test_serve_refuses_a_task_id_prefix_mjhook_would_not_accept(
+    run_cli: RunCli, taken_port: int, prefix: str
+) -> None:
+    # When serve is given a taskId start that is not letters, digits, '_' or '-' (on a taken port:
+    # a simulator that started anyway would stop there)
+    result = run_cli({}, "simulate", "serve", "--port", str(taken_port), "--task-id-prefix", prefix)
+    # Then it is a usage error naming the option, before anything listens
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--task-id-prefix'" in result.stderr
+    assert "is no task id prefix" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_serve_takes_a_task_id_prefix_and_keeps_media_past_its_links_expiry(tmp_path: Path) -> None:
+    # Given `mjhook simulate serve` with a known taskId start, links valid 1 s and media kept a day
+    port = free_port()
+    argv = [
+        venv_bin("mjhook"),
+        "simulate",
+        "serve",
+        "--port",
+        str(port),
+        "--generation-delay",
+        "0",
+        "--task-id-prefix",
+        "cli-pin-",
+        "--url-ttl",
+        "1",
+        "--media-ttl",
+        "86400",
+    ]
+    with (
+        ManagedProcess(argv, log_path=tmp_path / "serve.log") as serve,
+        httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": "Bearer sim-api-key"},
+            trust_env=False,
+            timeout=10.0,
+        ) as client,
+    ):
+        wait_for_port("127.0.0.1", port, 30.0, proc=serve)
+        # When a task is submitted and its first result link left to expire
+        task_id = submit(client)
+        url = result_urls(wait_done(client, task_id))[0]
+        expired = _wait_for_status_other_than(client, url, 200)
+        fresh = client.post("/api/v1/common/download-url", json={"url": url}).json()
+        refreshed = client.get(fresh["data"])
+    # Then the taskId, and so the file's bytes, are known beforehand
+    assert task_id == "cli-pin-000000"
+    assert refreshed.status_code == 200
+    assert refreshed.content == expected_file("cli-pin-000000", 0)
+    # And the expired link of a kept file asks for a fresh one (410), which download-url gives
+    assert expired == 410
+    assert fresh["code"] == 200
+
+
+def _wait_for_status_other_than(client: httpx.Client, url: str, status: int, timeout_s: float = 15.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = client.get(url).status_code
+        if answer != status:
+            return answer
+        time.sleep(0.1)
+    raise AssertionError(f"{url} still answered {status} after {timeout_s} s")

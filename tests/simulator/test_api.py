@@ -184,10 +184,64 @@ def test_submissions_beyond_the_rate_limit_are_code_429(make_sim: SimFactory) ->
     sim = make_sim(rate_limit=3, rate_window_s=60.0)
     with api(sim) as client:
         codes = [client.post("/api/v1/mj/generate", json=_txt2img()).json()["code"] for _ in range(5)]
-        # Reading is not limited
-        info = client.get("/api/v1/mj/record-info", params={"taskId": "x"}).json()
     assert codes == [200, 200, 200, 429, 429]
-    assert info["code"] == 404
+
+
+def test_every_api_call_counts_toward_the_rate_limit_and_may_be_code_429(make_sim: SimFactory) -> None:
+    # Given a rate limit of 3 calls a minute
+    sim = make_sim(rate_limit=3, rate_window_s=60.0)
+    with api(sim) as client:
+        # When task details and a fresh link are asked for, then a task submitted
+        under = [
+            client.get("/api/v1/mj/record-info", params={"taskId": "x"}).json()["code"],
+            client.post("/api/v1/common/download-url", json={"url": "https://example.com/a.png"}).json()[
+                "code"
+            ],
+            client.post("/api/v1/mj/generate", json=_txt2img()).json()["code"],
+        ]
+        # And every endpoint once more
+        beyond = [
+            client.get("/api/v1/mj/record-info", params={"taskId": "x"}).json()["code"],
+            client.post("/api/v1/common/download-url", json={"url": "https://example.com/a.png"}).json()[
+                "code"
+            ],
+            client.post("/api/v1/mj/generate", json=_txt2img()).json()["code"],
+            client.post("/api/v1/mj/generateUpscale", json={"taskId": "x", "imageIndex": 0}).json()["code"],
+        ]
+    # Then the first three are answered, and every call after is code 429, as the provider may
+    assert under == [404, 422, 200]
+    assert beyond == [429, 429, 429, 429]
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["status 200", "status mirrors code"])
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("GET", "/api/v1/mj/nothing-here", 404),
+        ("POST", "/api/v2/mj/generate", 404),
+        ("GET", "/api/v1/mj/generate", 405),
+        ("DELETE", "/api/v1/mj/record-info", 405),
+    ],
+)
+def test_an_unknown_api_path_or_method_answers_in_the_providers_shape(
+    make_sim: SimFactory, mirror: bool, method: str, path: str, code: int
+) -> None:
+    # Given a simulator answering with HTTP 200, or with the body code as HTTP status
+    sim = make_sim(http_status_mirrors_code=mirror)
+    with api(sim) as client:
+        # When a path it has no route for, or a method the route has not, is asked for
+        answer = client.request(method, path)
+    # Then the answer is the provider's shape, its code the HTTP error's
+    assert answer.json() == {"code": code, "msg": answer.json()["msg"], "data": None}
+    assert answer.json()["msg"]
+    assert answer.status_code == (code if mirror else 200)
+
+
+def test_an_unknown_path_outside_the_api_keeps_falcons_404(sim: RunningSimulator) -> None:
+    with api(sim) as client:
+        answer = client.get("/nothing-here")
+    assert answer.status_code == 404
+    assert "code" not in answer.json()
 
 
 def test_no_credits_left_is_code_402(make_sim: SimFactory) -> None:

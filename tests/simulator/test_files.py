@@ -15,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from simulator import FaultConfig, RunningSimulator, expected_file
+from simulator import FaultConfig, RunningSimulator, SimulatorConfig, expected_file
 from simulator.files import FileCache, png_bytes, sha256_hex
 from simulator.links import FileRef, LinkCheck, LinkSigner
 from simulator.resources import ProviderErrorHandler
@@ -97,14 +97,40 @@ def test_links_expire_refuse_tampering_and_can_be_refreshed(make_sim: SimFactory
         # And the result link until its hour has passed
         still_valid = client.get(url).status_code
         clock.advance(3600)
-        gone = client.get(url).status_code
+        expired = client.get(url).status_code
 
     assert (valid, tampered, unsigned) == (200, 403, 403)
     assert refreshed == 200
     assert refreshed_later == 410
     assert still_valid == 200
-    # (the media goes with the result link: 404, as download-url says then)
-    assert gone == 404
+    # (the media is kept longer than the link: 410, ask for a fresh link)
+    assert expired == 410
+
+
+def test_a_result_link_that_expired_while_the_media_is_kept_can_be_refreshed(make_sim: SimFactory) -> None:
+    # Given result links valid 600 s, and the media kept as the provider keeps it (14 days)
+    clock = FakeClock()
+    sim = make_sim(clock=clock, url_ttl_s=600.0)
+    with api(sim) as client:
+        task_id = submit(client)
+        url = result_urls(wait_done(client, task_id))[0]
+        # When the link has expired on its own, a day later
+        clock.advance(86400)
+        expired = client.get(url).status_code
+        fresh = client.post("/api/v1/common/download-url", json={"url": url}).json()
+        refreshed = client.get(fresh["data"])
+    # Then it answers 410, as a link issued expired does, and download-url gives one that serves
+    assert expired == 410
+    assert fresh["code"] == 200
+    assert refreshed.status_code == 200
+    assert refreshed.content == sim.expected_file(task_id, 0)
+
+
+def test_the_media_is_kept_14_days_or_as_long_as_a_longer_result_link() -> None:
+    assert SimulatorConfig().kept_s == 14 * 86400
+    assert SimulatorConfig(url_ttl_s=600.0).kept_s == 14 * 86400
+    assert SimulatorConfig(url_ttl_s=30 * 86400.0).kept_s == 30 * 86400
+    assert SimulatorConfig(url_ttl_s=30 * 86400.0, media_ttl_s=600.0).kept_s == 600
 
 
 @pytest.mark.parametrize("expired_share", [0.0, 1.0], ids=["links", "links-issued-expired"])
@@ -113,7 +139,7 @@ def test_once_the_media_is_no_longer_kept_no_link_serves_it(
 ) -> None:
     # Given a provider that keeps media 600 s (with or without links issued already expired)
     clock = FakeClock()
-    sim = make_sim(clock=clock, url_ttl_s=600.0, faults=FaultConfig(file_expired_share=expired_share))
+    sim = make_sim(clock=clock, media_ttl_s=600.0, faults=FaultConfig(file_expired_share=expired_share))
     with api(sim) as client:
         task_id = submit(client)
         url = result_urls(wait_done(client, task_id))[0]
@@ -142,7 +168,7 @@ def test_a_result_link_answers_404_from_when_the_media_is_gone_not_404_then_410(
     # Given media kept 600 s after the task completed, at a quarter past a whole second: its
     # result link's expiry, rounded up to a whole second, comes 0.75 s after the media is gone
     clock = FakeClock(1_000_000.25)
-    sim = make_sim(clock=clock, url_ttl_s=600.0)
+    sim = make_sim(clock=clock, url_ttl_s=600.0, media_ttl_s=600.0)
     statuses, refreshes = [], []
     with api(sim) as client:
         task_id = submit(client)
