@@ -105,7 +105,12 @@ class CallbackIntake:
         and a broker blocking its publishers for good (RabbitMQ's memory alarm) must not keep the
         acknowledgements that spool meanwhile waiting on that lock. The enqueue may still land
         later: the workers deduplicate."""
-        done = self._threads.submit(self._enqueue_unless_paused, callback)
+        try:
+            done = self._threads.submit(self._enqueue_unless_paused, callback)
+        except RuntimeError as exc:
+            # The pool is shut down (the process exits mid-drain): not the queue refusing this
+            # callback for good, so it must stay spooled, not be set aside.
+            raise QueueUnavailable("the ingress is shutting down") from exc
         try:
             done.result(timeout=self._enqueue_deadline_s)
         except TimeoutError:  # concurrent.futures' is this one since Python 3.11

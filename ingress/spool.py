@@ -86,6 +86,8 @@ class Spool:
                     lines = [line for line in _read_all(fd).splitlines() if line.strip()]
                     if lines:
                         _append_whole(target, b"".join(line + b"\n" for line in lines))
+                    # The requeued file may be new: its entry too, before the lines leave.
+                    _fsync_dir(self.directory)
                     (self.directory / UNQUEUED_NAME).unlink()
             except FileNotFoundError:
                 return 0  # taken meanwhile
@@ -292,9 +294,14 @@ def _read_all(fd: int) -> bytes:
 
 
 def _rewrite(path: Path, lines: list[bytes]) -> None:
-    """Replace ``path`` atomically with ``lines`` (the part not drained yet)."""
+    """Replace ``path`` atomically with ``lines`` (the part not drained yet), mode 0600 like every
+    spool file: a spooled line may hold the callback's token (its promptJson echoes the URL)."""
     tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as handle:
+    # One a crash left behind may have another mode (or be a link): made anew, never reused.
+    with suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
         handle.write(b"".join(line + b"\n" for line in lines))
         handle.flush()
         os.fsync(handle.fileno())

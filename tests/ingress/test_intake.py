@@ -185,3 +185,23 @@ def test_callbacks_are_spooled_when_the_queue_blocks_past_the_deadline(
     finally:
         broker.release.set()
     assert spool.depth() == 4
+
+
+def test_a_drain_when_the_ingress_shuts_down_keeps_the_callbacks_spooled(
+    client: redis.Redis, tmp_path: Path
+) -> None:
+    """Given spooled callbacks and an intake whose threads were shut down (the ingress process
+    exits while its drainer is mid-round)
+    When the drain hands them to ``drain_one``
+    Then the drain pauses and they all stay spooled, none set aside in unqueued.jsonl: the pool's
+    refusal used to be taken for the queue refusing each of them for good."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    for i in range(3):
+        spool.append(callback(f"t{i}"))
+    intake = CallbackIntake(broker=StubBroker(), tasks=TaskStore(client, ttl_s=3600), spool=spool)
+    intake._threads.shutdown()  # what the interpreter's exit does to it; no public way in
+
+    assert spool.drain(intake.drain_one) == 0
+
+    assert spool.depth() == 3
+    assert spool.unqueued() == 0

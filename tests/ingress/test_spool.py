@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import falcon.asgi
 import orjson
@@ -72,6 +74,33 @@ def test_a_failed_drain_keeps_what_was_not_taken(tmp_path: Path) -> None:
     assert spool.depth() == 2
     assert spool.drain(lambda cb: taken.append(cb.task_id)) == 2
     assert taken == ["t0", "t1", "t2", "t3"]
+
+
+def test_a_spool_file_a_paused_drain_rewrote_stays_readable_by_its_owner_alone(tmp_path: Path) -> None:
+    """Given spooled callbacks (a line may hold the callback's token: its promptJson echoes the
+    callback URL) and a umask that lets others read new files
+    When a drain sets the first aside and pauses at the second, so that the rest of the file is
+    rewritten, and the one set aside is requeued
+    Then the rewritten file is mode 0600 like the one it replaces, and so is every other file the
+    spool made: the rewritten one used to take the umask's 0644."""
+    old_umask = os.umask(0o022)
+    try:
+        spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 11)
+        for i in range(3):
+            spool.append(callback(f"t{i}"))
+
+        def accept(cb: Callback) -> None:
+            if cb.task_id == "t0":
+                raise RuntimeError("the queue refuses this one for good")
+            raise QueueUnavailable("down again")
+
+        assert spool.drain(accept) == 1
+        assert spool.requeue_unqueued() == 1
+    finally:
+        os.umask(old_umask)
+    assert spool.depth() == 3
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    assert modes == {"spool-11.jsonl": 0o600, REQUEUED_NAME: 0o600}
 
 
 def test_a_restarted_ingress_drains_the_files_of_its_previous_processes(tmp_path: Path) -> None:
@@ -497,6 +526,37 @@ def test_new_directories_and_the_set_aside_file_are_fsynced_where_they_are_enter
     # Then the set-aside file, and then its entry in the spool directory, were fsync'd
     unqueued = synced.index(str(spool_dir / UNQUEUED_NAME))
     assert str(spool_dir) in synced[unqueued + 1 :]
+
+
+def test_a_requeue_fsyncs_the_requeued_files_entry_before_it_removes_the_unqueued_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a callback set aside and no requeued spool file yet
+    When it is requeued
+    Then the spool directory (holding the new requeued file's entry) is fsync'd before the
+    unqueued file is removed: a power loss between the two must not lose both. (The calls made
+    are recorded, in order.)"""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    (tmp_path / UNQUEUED_NAME).write_bytes(orjson.dumps(callback("aside").to_message()) + b"\n")
+    calls: list[tuple[str, str]] = []
+    fsync, unlink = os.fsync, os.unlink
+
+    def recording_fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def recording_unlink(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
+        calls.append(("unlink", os.fspath(path)))
+        unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "unlink", recording_unlink)
+
+    assert spool.requeue_unqueued() == 1
+
+    removed = calls.index(("unlink", str(tmp_path / UNQUEUED_NAME)))
+    assert ("fsync", str(tmp_path)) in calls[:removed]
+    assert spool.depth() == 1
 
 
 def test_a_spool_file_the_drain_cannot_open_is_skipped_and_the_newer_ones_drain(
