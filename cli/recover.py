@@ -110,22 +110,29 @@ class Row:
     default="2h",
     callback=_since_option,
     show_default=True,
-    help="The window of submission times: 90s, 30m, 2h, 1d, 1h30m.",
+    help="The window of submission times: 90s, 30m, 2h, 1d, 1h30m; capped at MJHOOK_TASK_TTL_S.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
 @pass_settings
 def recover(settings: Settings, since_s: int, as_json: bool) -> None:
     """Poll every task submitted in the last --since that is not stored; queue the finished ones.
 
-    A task already stored is skipped; one whose result is queued again after it was processed
-    is a duplicate the workers ignore, unless it had failed. Exit code 3 when the provider refuses
-    the account (bad key), 4 when it is unavailable, 1 when Redis or the queue is (the tasks listed
-    so far were handled)."""
+    The window goes back no further than MJHOOK_TASK_TTL_S: an older task's record is gone, and
+    nothing tells whether it was stored. A task already stored is skipped; one whose result is
+    queued again after it was processed is a duplicate the workers ignore, unless it had failed.
+    Exit code 3 when the provider refuses the account (bad key), 4 when it is unavailable, 1 when
+    Redis or the queue is (the tasks listed so far were handled)."""
     try:
         provider = create_provider_client(settings)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     client = connect_redis(settings.redis_url, timeout_s=DEFAULT_REDIS_TIMEOUT_S)
+    if since_s > settings.task_ttl_s:
+        click.echo(
+            f"Note: the window is capped at MJHOOK_TASK_TTL_S ({settings.task_ttl_s}s): older tasks"
+            " have no record left to tell whether they were stored, and are not polled.",
+            err=True,
+        )
     rows: list[Row] = []
     failure: ProviderError | QueueUnavailable | None = None
     try:
@@ -151,6 +158,12 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
             except TaskRecordUnusable as exc:
                 rows.append(Row(task_id, UNUSABLE_RECORD, QUEUED_UNMARKED, printable(exc)))
                 continue
+            except redis.RedisError as exc:
+                # A poll's only Redis call is the mark after its result was queued (the queue's
+                # errors are QueueUnavailable): the operator must learn that this one was queued.
+                note = f"Redis failed marking it received: {type(exc).__name__}"
+                rows.append(Row(task_id, state, PollOutcome.QUEUED.value, note))
+                raise
             rows.append(Row(task_id, state, result.outcome.value, result.detail))
     except redis.RedisError as exc:
         _print(rows, as_json)  # the tasks handled before Redis failed: some may be queued already

@@ -148,8 +148,10 @@ class SubmittedTasks:
 
     def since(self, since_s: float) -> list[tuple[str, float]]:
         """Every task mjhook submitted in the last ``since_s`` seconds, whatever its state now, as
-        (taskId, submit time in Unix seconds), the oldest first."""
-        cutoff_ms = int((self._clock() - since_s) * 1000)
+        (taskId, submit time in Unix seconds), the oldest first. The window is capped at the task
+        TTL (``ttl_s``): an older task's record is gone, and nothing says whether it ended (the
+        index keeps it until the next submission trims it)."""
+        cutoff_ms = int((self._clock() - min(since_s, self._ttl_s)) * 1000)
         return _pairs(self._client.zrangebyscore(keys.SUBMITTED, cutoff_ms, "+inf", withscores=True))
 
     def hold_polls(self, seconds: float) -> None:

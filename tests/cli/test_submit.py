@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
 import orjson
@@ -207,8 +207,9 @@ def test_recover_lists_the_rows_so_far_when_redis_fails_on_the_way(
 ) -> None:
     """Given two tasks submitted whose callbacks never came, the older one stored meanwhile, and a
     queue in a Redis of its own, when recover runs while the task Redis refuses writes (a replica
-    gone: reads work), then it lists the stored one before its `Error:` line: the operator learns
-    what was handled (it printed nothing)."""
+    gone: reads work), then it lists the stored one, and the other as queued with the mark that
+    failed, before its `Error:` line: the operator learns what was handled (it printed nothing,
+    then left out the task whose result was queued just before Redis failed)."""
     sim = start_simulator(faults=FaultConfig(drop_share=1.0))
     queue = start_redis(tmp_path / "queue")
     try:
@@ -223,12 +224,46 @@ def test_recover_lists_the_rows_so_far_when_redis_fails_on_the_way(
             result = run_cli(env, "recover", "--since", "1h")
         finally:
             client.config_set("min-replicas-to-write", "0")
+        queued = redis.Redis.from_url(queue.url)
+        try:
+            raw = cast(list[bytes], queued.hvals(keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE)))
+        finally:
+            queued.close()
     finally:
         queue.stop()
 
     assert result.exit_code == 1, result.output
     assert f"{stored}  stored -> skipped: already stored" in result.stdout
+    assert [dramatiq.Message.decode(body).args[0]["taskId"] for body in raw] == [waiting]
+    assert f"{waiting}  submitted -> queued: Redis failed marking it received: " in result.stdout
+    assert "2 task(s): 1 queued" in result.stdout
     assert result.stderr.startswith("Error: Redis unavailable: ")
+    assert record(client, waiting)["state"] == "submitted"
+
+
+def test_recover_leaves_out_a_task_submitted_before_the_task_ttl_and_says_so(
+    run_cli: RunCli, redis_server: Any, start_simulator: StartSimulator, client: redis.Redis
+) -> None:
+    """Given a task stored 40 days ago whose record expired (MJHOOK_TASK_TTL_S: 30 days) while its
+    entry in the submitted index stays (trimmed only when a task is submitted)
+    When recover runs with --since 60d
+    Then it is not polled (it was queued again, its manifest rewritten), and a note on stderr says
+    the window is capped at MJHOOK_TASK_TTL_S."""
+    sim = start_simulator(faults=FaultConfig(drop_share=1.0))
+    env = cli_env(redis_server, sim)
+    old = run_cli(env, "submit", "stored 40 days ago").stdout.strip()
+    wait_finished(sim, old)
+    client.delete(keys.task(old))
+    client.zadd(keys.SUBMITTED, {old: int((time.time() - 40 * 86400) * 1000)})
+
+    result = run_cli(env, "recover", "--since", "60d", "--json")
+
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout) == []
+    assert client.hlen(keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE)) == 0
+    assert "capped at MJHOOK_TASK_TTL_S (2592000s)" in result.stderr
+    within = run_cli(env, "recover", "--since", "30d", "--json")
+    assert (within.exit_code, within.stdout.strip(), within.stderr) == (0, "[]", "")
 
 
 def test_a_providers_message_reaches_the_terminal_without_its_controls(

@@ -110,6 +110,23 @@ def test_due_lists_waiting_tasks_past_the_grace_never_polled_first(
     assert [task_id for task_id, _ in submitted.since(40)] == ["second", "third"]
 
 
+def test_since_goes_back_no_further_than_the_task_ttl(
+    client: redis.Redis, submitted: SubmittedTasks, clock: FakeClock
+) -> None:
+    """Given a task submitted past the TTL (3600 s), its record gone but its index entry kept (the
+    index is trimmed only when a task is submitted), and one within it
+    When a window longer than the TTL is asked for
+    Then only the one within it is listed: nothing says whether the older one ended."""
+    submitted.record("old", {})
+    clock.now += 3000
+    submitted.record("new", {})
+    clock.now += 1000
+    client.delete(keys.task("old"))
+    assert [task_id for task_id, _ in submitted.since(10 * 3600)] == ["new"]
+    assert [task_id for task_id, _ in submitted.since(3600)] == ["new"]
+    assert client.zscore(keys.SUBMITTED, "old") is not None
+
+
 def test_poll_marks_are_kept_until_forgotten_or_too_old(
     client: redis.Redis, submitted: SubmittedTasks, clock: FakeClock
 ) -> None:
