@@ -692,7 +692,7 @@ def test_a_success_the_provider_disowns_never_overwrites_a_task_with_files(harne
 
 class FailingThenSlowStore(ObjectStore):
     """A worker's store whose upload of file 0 fails (object storage answering 503 for it) while
-    its upload of file 1 is under way and slow: it gives the attempt up to 3 s to let its lease go
+    its upload of file 1 is under way and slow: it gives the attempt up to 1 s to let its lease go
     (``redis`` shows it) before it writes, and notes whether the lease was still held then."""
 
     def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
@@ -708,7 +708,7 @@ class FailingThenSlowStore(ObjectStore):
             raise StorageUnavailable("object storage error: SlowDown")
         self.file_1_started.set()
         lease_key = keys.lease("task-1")
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 1
         while self._redis.exists(lease_key) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.lease_held_at_write = bool(self._redis.exists(lease_key))
