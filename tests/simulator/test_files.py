@@ -77,13 +77,17 @@ def test_video_tasks_yield_one_mp4_the_sniffer_recognises(sim: RunningSimulator)
         assert len(list(container.decode(video=0))) == video_layout(4096).frames
 
 
+def first_result_link(client: httpx.Client) -> str:
+    """The first result link of a task submitted through ``client`` and waited for."""
+    return result_urls(wait_done(client, submit(client)))[0]
+
+
 def test_links_expire_refuse_tampering_and_can_be_refreshed(make_sim: SimFactory) -> None:
     # Given result links (and media) that last an hour
     clock = FakeClock()
     sim = make_sim(clock=clock, url_ttl_s=3600.0)
     with api(sim) as client:
-        task_id = submit(client)
-        url = result_urls(wait_done(client, task_id))[0]
+        url = first_result_link(client)
         valid = client.get(url).status_code
         tampered = client.get(url.replace("/0.png", "/1.png")).status_code
         unsigned = client.get(url.split("?")[0]).status_code
@@ -141,8 +145,7 @@ def test_once_the_media_is_no_longer_kept_no_link_serves_it(
     clock = FakeClock()
     sim = make_sim(clock=clock, media_ttl_s=600.0, faults=FaultConfig(file_expired_share=expired_share))
     with api(sim) as client:
-        task_id = submit(client)
-        url = result_urls(wait_done(client, task_id))[0]
+        url = first_result_link(client)
         # And a fresh link, valid 20 minutes, asked for 10 s before the media's time is up
         clock.advance(590)
         early = client.post("/api/v1/common/download-url", json={"url": url}).json()
@@ -171,8 +174,7 @@ def test_a_result_link_answers_404_from_when_the_media_is_gone_not_404_then_410(
     sim = make_sim(clock=clock, url_ttl_s=600.0, media_ttl_s=600.0)
     statuses, refreshes = [], []
     with api(sim) as client:
-        task_id = submit(client)
-        url = result_urls(wait_done(client, task_id))[0]
+        url = first_result_link(client)
         # When the link is asked for on the media's last moment, just after it, and once the
         # link's own expiry has passed too
         for step in (600.0, 0.25, 1.0):
