@@ -9,7 +9,7 @@ from rich.table import Table
 from cli.output import echo_json, printable_text
 from cli.services import reported_failures, task_store
 from cli.settings import pass_settings
-from shared.clock import utc_iso
+from shared.clock import record_millis, utc_iso
 from shared.settings import Settings
 from shared.taskstate import TaskRecord, TaskState
 
@@ -62,10 +62,10 @@ def task_json(record: TaskRecord) -> dict[str, str | None]:
 
 
 def _iso_from_millis(value: str | None) -> str | None:
-    """Unix ms as ISO 8601 UTC, or None when ``value`` holds no time this version can show (written
-    by hand, another program or version, beyond the calendar): one such record must not fail the
-    whole list. Read as ``ingress.tasks_api._millis`` reads it, so both lists agree."""
+    """Unix ms as ISO 8601 UTC, or None when ``value`` holds no time this version can show (see
+    :func:`shared.clock.record_millis`, or beyond the calendar)."""
+    millis = record_millis(value)
     try:
-        return utc_iso(int(value) / 1000) if value is not None else None
-    except (ValueError, OverflowError, OSError):  # no integer, beyond a float or datetime's years
+        return utc_iso(millis / 1000) if millis is not None else None
+    except (OverflowError, OSError):  # beyond a float or datetime's years
         return None

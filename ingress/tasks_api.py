@@ -12,6 +12,7 @@ import falcon
 
 from shared import storage
 from shared.callback import TASK_ID_PATTERN
+from shared.clock import record_millis
 from shared.errors import BucketMissing, StorageUnavailable, TaskRecordUnusable
 from shared.printable import shortened
 from shared.storage import ObjectStore
@@ -170,7 +171,7 @@ class TaskListResource:
                 {
                     "taskId": record.task_id,
                     "state": record.state.value,
-                    "updatedAt": _millis(record.fields.get("updatedAt")),
+                    "updatedAt": record_millis(record.fields.get("updatedAt")),
                     "receivedAt": record.fields.get("receivedAt"),
                     "reason": _listed(record.fields.get("reason")),
                 }
@@ -178,15 +179,6 @@ class TaskListResource:
             ]
         }
         resp.cache_control = ["no-store"]  # needs the API token: no cache keeps it
-
-
-def _millis(value: str | None) -> int | None:
-    """A record's time in ms, or None when it holds none this version can read (written by hand,
-    another program or version): one such record must not fail the whole list."""
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _listed(reason: str | None) -> str | None:

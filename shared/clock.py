@@ -8,3 +8,12 @@ from datetime import UTC, datetime
 def utc_iso(timestamp: float) -> str:
     """Unix seconds as ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T13:29:01.123Z``."""
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def record_millis(value: str | None) -> int | None:
+    """A task record's time in Unix ms, or None when it holds none this version can read (written
+    by hand, another program or version): one such record must not fail a whole list."""
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
