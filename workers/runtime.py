@@ -107,7 +107,8 @@ def build_parts(
         max_json_depth=settings.max_json_depth,
         downloads_within_s=settings.task_time_limit_s * DOWNLOADS_SHARE_OF_TIME_LIMIT,
     )
-    pending = PendingGiveUps(client)
+    # Due once any lease a task may be held by has lapsed.
+    pending = PendingGiveUps(client, after_s=settings.lease_ttl_s + 1)
     polling = None
     if provider is not None and broker is not None:
         # One attempt per poll: a pass comes again every interval anyway, and a poll waiting out
@@ -119,7 +120,7 @@ def build_parts(
             tasks=tasks,
             provider=polled,
             broker=broker,
-            record_failure=failure_recorder(processor, pending, look_again_s=settings.lease_ttl_s + 1),
+            record_failure=failure_recorder(processor, pending),
             metrics=metrics,
         )
     return WorkerParts(
@@ -134,7 +135,7 @@ def build_parts(
 
 
 def failure_recorder(
-    processor: CallbackProcessor, pending: PendingGiveUps, *, look_again_s: float
+    processor: CallbackProcessor, pending: PendingGiveUps
 ) -> Callable[[Callback, str], None]:
     """The polling fallback's way to give the bucket a failed task's manifest: the processor's
     (:meth:`CallbackProcessor.record_failure`); one object storage could not take now is written
@@ -142,7 +143,7 @@ def failure_recorder(
 
     def record_failure(callback: Callback, reason: str) -> None:
         if not processor.record_failure(callback, reason):
-            pending.add(callback, reason, after_s=look_again_s)
+            pending.add(callback, reason)
 
     return record_failure
 
@@ -315,7 +316,7 @@ class WorkerRuntime(Middleware):
         # A task submitted again is the polling fallback's: no worker's lease to wait out.
         left_to_a_holder = state in UNSETTLED_STATES and state is not TaskState.SUBMITTED
         if looks > 0 and (left_to_a_holder or not bucket_agrees):
-            self._parts.pending.add(callback, reason, after_s=self._settings.lease_ttl_s + 1)
+            self._parts.pending.add(callback, reason)
         return bucket_agrees
 
     def _bucket_agrees(self, callback: Callback, state: TaskState, reason: str) -> bool:

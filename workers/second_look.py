@@ -37,18 +37,22 @@ class SecondLook:
 
 
 class PendingGiveUps:
-    """The second looks waiting in Redis. ``clock`` returns Unix seconds."""
+    """The second looks waiting in Redis, each due ``after_s`` seconds after it was added (the
+    runtime's: once any lease a task may be held by has lapsed). ``clock`` returns Unix seconds."""
 
-    def __init__(self, client: redis.Redis, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, client: redis.Redis, *, after_s: float, clock: Callable[[], float] = time.time
+    ) -> None:
         self._client = client
+        self._after_s = after_s
         self._clock = clock
         source = resources.files("shared").joinpath("lua", "take_due.lua").read_text()
         self._take_due = client.register_script(source)
 
-    def add(self, callback: Callback, reason: str, *, after_s: float) -> None:
-        """Look at ``callback``'s task again in ``after_s`` seconds, to record ``reason``."""
+    def add(self, callback: Callback, reason: str) -> None:
+        """Look at ``callback``'s task again when it is due, to record ``reason``."""
         member = orjson.dumps({"callback": callback.to_message(), "reason": reason})
-        self._client.zadd(keys.GIVE_UPS_PENDING, {member: self._due_ms(after_s)})
+        self._client.zadd(keys.GIVE_UPS_PENDING, {member: self._due_ms(self._after_s)})
 
     def take_due(self, *, hold_s: float, limit: int = DEFAULT_TAKE) -> list[SecondLook]:
         """The second looks due now, taken for ``hold_s`` seconds: due again then unless

@@ -215,10 +215,9 @@ def test_a_running_worker_takes_a_second_look_another_worker_left_in_redis(
     client = connect_redis(settings.redis_url)
     tasks = TaskStore(client, ttl_s=3600)
     tasks.move("orphan-1", TaskState.PROCESSING)
-    PendingGiveUps(client).add(
+    PendingGiveUps(client, after_s=0).add(
         Callback("orphan-1", 200, "success", None, (), "2026-11-25T00:00:00.000Z"),
         "gave up: DownloadFailed: reset",
-        after_s=0,
     )
     workers = start_workers({**app_env, **FAST_REDELIVERY}, tmp_path, processes=1, threads=1)
     try:

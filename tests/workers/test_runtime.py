@@ -35,6 +35,7 @@ from workers.lease import LeaseManager
 from workers.metrics import WorkerMetricsMiddleware
 from workers.retries import DurableRetries
 from workers.runtime import WorkerRuntime, failure_recorder
+from workers.second_look import PendingGiveUps
 
 
 def callback(urls: list[str], *, task_id: str = "task-1") -> Callback:
@@ -753,11 +754,12 @@ def test_a_polling_give_up_whose_manifest_storage_cannot_take_is_looked_at_again
     object storage cannot take now waits in Redis for a second look, not in a log line."""
     tasks.move("task-1", TaskState.FAILED, reason="no result from the provider")
     parts = storage_down.parts()
-    record_failure = failure_recorder(parts.processor, parts.pending, look_again_s=0)
+    pending = PendingGiveUps(parts.tasks.client, after_s=0)
+    record_failure = failure_recorder(parts.processor, pending)
 
     record_failure(callback([]), "no result from the provider")
 
-    (look,) = parts.pending.take_due(hold_s=60)
+    (look,) = pending.take_due(hold_s=60)
     assert (look.callback.task_id, look.reason) == ("task-1", "no result from the provider")
 
 

@@ -18,8 +18,8 @@ def test_a_second_look_is_due_after_its_delay_and_again_when_its_taker_never_fin
     client: redis.Redis,
 ) -> None:
     clock = FakeClock()
-    pending = PendingGiveUps(client, clock=clock)
-    pending.add(callback("t-1"), "gave up: TaskBusy", after_s=10)
+    pending = PendingGiveUps(client, after_s=10, clock=clock)
+    pending.add(callback("t-1"), "gave up: TaskBusy")
 
     clock.now += 9
     assert pending.take_due(hold_s=5) == []
@@ -40,9 +40,9 @@ def test_a_sweep_keeps_a_look_redis_refused_to_record_and_drops_an_unreadable_on
     client: redis.Redis,
 ) -> None:
     clock = FakeClock()
-    pending = PendingGiveUps(client, clock=clock)
-    pending.add(callback("refused"), "r", after_s=0)
-    pending.add(callback("recorded"), "r", after_s=0)
+    pending = PendingGiveUps(client, after_s=0, clock=clock)
+    pending.add(callback("refused"), "r")
+    pending.add(callback("recorded"), "r")
     client.zadd(keys.GIVE_UPS_PENDING, {b"not json": 0})
     seen: list[str] = []
 
