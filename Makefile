@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Test processes of make test (pytest-xdist); each starts its own redis-server and SeaweedFS.
+TEST_PROCESSES ?= 2
 # Reinstall only when pyproject.toml changed since the last install.
 STAMP := $(VENV)/.installed
 # apt-get needs root; a developer's machine may need sudo for it.
@@ -45,7 +47,7 @@ test: venv services
 	@PATH="$$PATH:/usr/sbin" && $(call apt_need,rabbitmqctl,rabbitmq-server)
 	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 5672), 2)" 2>/dev/null || \
 		$(SUDO) service rabbitmq-server start || $(SUDO) rabbitmq-server -detached
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_PROCESSES)
 
 # The benchmarks of bench/ (bench/README.md), one command each, with what they need installed; run
 # them one at a time on an otherwise quiet machine. ARGS passes options (make bench-ingress ARGS=--quick).

@@ -47,7 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One SeaweedFS for the whole session (it takes ~3 s to start)."""
+    """One SeaweedFS for the whole session, of each test process (it takes ~3 s to start)."""
     server = start_seaweedfs(tmp_path_factory.mktemp("s3"))
     try:
         yield server
