@@ -70,6 +70,10 @@ POLL_LOCK = PREFIX + ":poll:lock"
 #: id is a duplicate and does nothing. Expires a little after that message is due.
 POLL_NEXT = PREFIX + ":poll:next"
 
+#: Integer: how many polls of one task were started and never ended (their worker process died
+#: during them); deleted as a poll ends. Expires ``task_ttl_s`` after its last start.
+POLL_STARTS = PREFIX + ":poll:starts:{task_id}"
+
 
 def task(task_id: str) -> str:
     return TASK.format(task_id=task_id)
@@ -81,6 +85,10 @@ def lease(task_id: str) -> str:
 
 def attempt_starts(message_id: str, enqueued_ms: int, retries: int) -> str:
     return ATTEMPT_STARTS.format(message_id=message_id, enqueued_ms=enqueued_ms, retries=retries)
+
+
+def poll_starts(task_id: str) -> str:
+    return POLL_STARTS.format(task_id=task_id)
 
 
 def state_index(state: str) -> str:

@@ -5,7 +5,12 @@ One pass at a time across all workers (a Redis lock with a TTL), and one chain o
 run names its successor in ``keys.POLL_NEXT`` before enqueueing it, so a message with any other id
 (a redelivered or retried old one, a second kick) does nothing. Every worker process checks now
 and then that a poll is scheduled, and kicks one when none is (at boot, and should the chain ever
-break)."""
+break).
+
+A poll that kills its worker process (an answer that makes it run out of memory) never ends: the
+pass's message is redelivered, or a new chain kicked, and the same task polled again, the workers
+dying every few minutes for good. So each task's unended poll starts are counted
+(:class:`PollStarts`), and a task with too many is given up instead of polled."""
 
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +136,41 @@ class PollChain:
         self._enqueue(message, int(self._period_s * 1000))
 
 
+class PollStarts:
+    """Counts in Redis the polls of each task started and not ended (:func:`keys.poll_starts`): a
+    poll whose worker process dies during it ends nothing. A task whose polls were started more
+    than ``max_starts`` times without ending is not polled again. A count expires ``ttl_s`` after
+    its last start."""
+
+    def __init__(self, client: redis.Redis, *, max_starts: int, ttl_s: int) -> None:
+        self._client = client
+        self._max_starts = max_starts
+        self._ttl_s = ttl_s
+
+    @contextmanager
+    def counted(self, task_id: str) -> Iterator[str]:
+        """Count a start of a poll of ``task_id`` (one pipelined round trip), ended with the block
+        however it ends. Yields why the task must not be polled (too many starts before this one
+        never ended; this one is not ended then), or "" to poll it. Redis errors raise."""
+        key = keys.poll_starts(task_id)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, self._ttl_s)
+        starts = int(pipe.execute()[0])
+        if starts > self._max_starts:
+            # Kept till it expires: should the task ever wait again, its polls still never ended.
+            yield (
+                f"polling this task was started {starts - 1} times and never ended (its worker "
+                f"process died during it each time: killed, out of memory?); not polled again "
+                f"(MJHOOK_MAX_ATTEMPT_STARTS={self._max_starts})"
+            )
+            return
+        try:
+            yield ""
+        finally:
+            self._client.delete(key)
+
+
 @dataclass(frozen=True, slots=True)
 class PassSummary:
     polled: int = 0
@@ -161,8 +202,9 @@ class SilentTaskPoller:
     its poll answered (but a refusal of the account), and gets the manifest of its failure from
     ``record_failure`` (the processor's: where the task has none), and is counted in
     ``metrics`` (``mjhook_tasks_total{outcome="failed"}``). A provider error stops the pass;
-    another error of one task is logged and the pass goes on. ``clock`` returns Unix seconds;
-    ``monotonic`` times the pass budget."""
+    another error of one task is logged and the pass goes on. A task whose polls ``starts`` says
+    never ended (their worker process died) is given up the same way, not polled. ``clock``
+    returns Unix seconds; ``monotonic`` times the pass budget."""
 
     def __init__(
         self,
@@ -170,6 +212,7 @@ class SilentTaskPoller:
         submitted: SubmittedTasks,
         tasks: TaskStore,
         poller: ResultPoller,
+        starts: PollStarts,
         grace_s: float,
         interval_s: float,
         give_up_s: float,
@@ -183,6 +226,7 @@ class SilentTaskPoller:
         self._submitted = submitted
         self._tasks = tasks
         self._poller = poller
+        self._starts = starts
         self._grace_s = grace_s
         self._interval_s = interval_s
         self._give_up_s = give_up_s
@@ -203,18 +247,13 @@ class SilentTaskPoller:
             if self._monotonic() > deadline:
                 break
             self._submitted.mark_polled(task_id, keep_s=self._give_up_s)
-            try:
-                result = self._poller.poll(task_id)
-            except (redis.exceptions.RedisError, QueueUnavailable):
-                raise  # nothing can be recorded now: the pass ends (the chain logs why)
-            except ProviderError as exc:
-                return self._stop(tally, task_id, submitted_at, exc)
-            except Exception as exc:
-                log.exception("task %s: poll failed; the pass goes on", task_id)
-                tally.errors += 1
-                tally.given_up += self._give_up_if_due(task_id, submitted_at, f"poll failed: {exc!r}")
-                continue
-            self._count(tally, task_id, submitted_at, result)
+            with self._starts.counted(task_id) as never_ended:
+                if never_ended:
+                    tally.given_up += self._give_up(task_id, never_ended)
+                    continue
+                stopped = self._poll(tally, task_id, submitted_at)
+            if stopped is not None:
+                return stopped
         if tally.polled or tally.errors:
             log.info(
                 "poll pass: %d polled, %d queued, %d given up, %d errors",
@@ -224,6 +263,22 @@ class SilentTaskPoller:
                 tally.errors,
             )
         return tally.summary()
+
+    def _poll(self, tally: _Tally, task_id: str, submitted_at: float) -> PassSummary | None:
+        """Poll ``task_id`` and act on the answer; the pass's summary when the pass must stop."""
+        try:
+            result = self._poller.poll(task_id)
+        except (redis.exceptions.RedisError, QueueUnavailable):
+            raise  # nothing can be recorded now: the pass ends (the chain logs why)
+        except ProviderError as exc:
+            return self._stop(tally, task_id, submitted_at, exc)
+        except Exception as exc:
+            log.exception("task %s: poll failed; the pass goes on", task_id)
+            tally.errors += 1
+            tally.given_up += self._give_up_if_due(task_id, submitted_at, f"poll failed: {exc!r}")
+            return None
+        self._count(tally, task_id, submitted_at, result)
+        return None
 
     def _count(self, tally: _Tally, task_id: str, submitted_at: float, result: PollResult) -> None:
         """Act on a poll's ``result``: a queued task's wait is over; an unusable or overdue one is
@@ -346,7 +401,8 @@ def build_polling(
     metrics: WorkerMetrics | None = None,
 ) -> Polling:
     """The polling fallback from settings: a pass every ``poll_interval_s``; a task it gives up
-    on gets its manifest from ``record_failure`` and is counted failed in ``metrics``."""
+    on gets its manifest from ``record_failure`` and is counted failed in ``metrics``; one whose
+    polls were started more than ``max_attempt_starts`` times without ending is given up."""
 
     def enqueue(message: dramatiq.Message[Any], delay_ms: int) -> None:
         broker.enqueue(message, delay=delay_ms or None)
@@ -356,6 +412,7 @@ def build_polling(
         submitted=submitted,
         tasks=tasks,
         poller=ResultPoller(provider=provider, tasks=tasks, broker=broker, limits=callback_limits(settings)),
+        starts=PollStarts(client, max_starts=settings.max_attempt_starts, ttl_s=settings.task_ttl_s),
         grace_s=settings.poll_grace_s,
         interval_s=settings.poll_interval_s,
         give_up_s=settings.poll_give_up_s,

@@ -28,7 +28,7 @@ from simulator import FaultConfig, RunningSimulator
 from tests.support.clock import FakeClock
 from tests.support.provider import StartSimulator, client_for, generated
 from tests.support.stack import ready_bucket
-from workers.polling import MAX_POLL_HOLD_S, POLL_SILENT_TASKS, PollChain, SilentTaskPoller
+from workers.polling import MAX_POLL_HOLD_S, POLL_SILENT_TASKS, PollChain, PollStarts, SilentTaskPoller
 from workers.runtime import WorkerParts, WorkerRuntime, build_parts
 
 GRACE_S = 100
@@ -62,6 +62,7 @@ class Pass:
             submitted=self.submitted,
             tasks=self.tasks,
             poller=ResultPoller(provider=self.provider, tasks=self.tasks, broker=broker, clock=self.clock),
+            starts=PollStarts(client, max_starts=3, ttl_s=86_400),
             grace_s=GRACE_S,
             interval_s=INTERVAL_S,
             give_up_s=GIVE_UP_S,
@@ -347,6 +348,7 @@ def silent_poller(
         submitted=SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock),
         tasks=tasks,
         poller=ResultPoller(provider=provider, tasks=tasks, broker=broker, clock=clock),
+        starts=PollStarts(client, max_starts=3, ttl_s=86_400),
         grace_s=GRACE_S,
         interval_s=INTERVAL_S,
         give_up_s=GIVE_UP_S,
