@@ -129,8 +129,9 @@ class FetchedFile:
 
 class DownloadPace:
     """The minimum average rate of one download (``FetchLimits.min_rate`` after ``min_rate_after_s``),
-    on the clock from before its first connect: redirect hops, response headers and a body that
-    decodes to nothing yet all take time without adding bytes. The raw body bytes received count.
+    on the clock from before its first connect: name lookups, redirect hops, response headers and
+    a body that decodes to nothing yet all take time without adding bytes. The raw body bytes
+    received count.
 
     It is also the :class:`shared.http_backend.WaitLimit` of the download: the guarded transport
     waits on a socket only until the average would fall below the minimum, so a server trickling

@@ -12,6 +12,7 @@ import ipaddress
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,13 @@ TCP_PORTS = range(1, 65536)
 DEFAULT_MAX_ADDRESSES_TRIED = 4
 
 _SCHEME_PORTS = {"http": 80, "https": 443}
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: IPv6 ranges whose last 32 bits are an IPv4 address a translator forwards to, each with the
+#: name a refusal gives it: NAT64 (RFC 6052) and SIIT's IPv4-translated form (RFC 2765,
+#: ``::ffff:0:a.b.c.d``; not the IPv4-mapped ``::ffff:a.b.c.d``).
+_TRANSLATED_IPV4 = (
+    (ipaddress.IPv6Network("64:ff9b::/96"), "NAT64"),
+    (ipaddress.IPv6Network("::ffff:0:0:0/96"), "IPv4-translated"),
+)
 # WHATWG URL: a host whose last label is a number is an IPv4 address or invalid, never a name.
 _ENDS_IN_NUMBER = re.compile(r"(?:^|\.)(?:[0-9]+|0x[0-9a-f]*)$")
 _HOSTNAME = re.compile(
@@ -93,7 +100,8 @@ BLOCKED_NETWORKS = _table(
 
 def is_blocked(ip: IPAddress) -> str | None:
     """Why ``ip`` must not be fetched from, or None when it is a public unicast address. An IPv6
-    address embedding an IPv4 one (IPv4-mapped, 6to4, NAT64) gets the verdict of the IPv4 one."""
+    address embedding an IPv4 one (IPv4-mapped, 6to4, NAT64, SIIT's IPv4-translated) gets the
+    verdict of the IPv4 one."""
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(ip)
         if embedded is not None:
@@ -114,8 +122,9 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Addres
         return "IPv4-mapped", ip.ipv4_mapped
     if ip.sixtofour is not None:
         return "6to4", ip.sixtofour
-    if ip in _NAT64:
-        return "NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    for network, kind in _TRANSLATED_IPV4:
+        if ip in network:
+            return kind, ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
     return None
 
 
@@ -347,24 +356,50 @@ class GuardedBackend(httpcore.NetworkBackend):
         # The scheme was checked per request (handle_request); here the host and port count.
         target = check_target("tcp", host, port, self._policy)
         errors: list[Exception] = []
-        for ip in self._addresses(host, port, target)[:DEFAULT_MAX_ADDRESSES_TRIED]:
+        for ip in self._addresses(host, port, target, timeout)[:DEFAULT_MAX_ADDRESSES_TRIED]:
             try:
                 return self._connector(str(ip), port, timeout, local_address, socket_options)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 errors.append(exc)
         raise errors[-1]
 
-    def _addresses(self, host: str, port: int, target: ParsedTarget) -> list[IPAddress]:
+    def _addresses(
+        self, host: str, port: int, target: ParsedTarget, timeout: float | None
+    ) -> list[IPAddress]:
         if target.ip is not None:
             return [target.ip]
         try:
-            answers = list(self._resolver(host, port))
+            answers = self._lookup(host, port, timeout)
         except (OSError, UnicodeError) as exc:
             raise httpcore.ConnectError(f"cannot resolve {host!r}: {exc}") from exc
         addresses = check_addresses(target, answers, self._policy)
         if not addresses:
             raise httpcore.ConnectError(f"{host!r} resolved to no address")
         return addresses
+
+    def _lookup(self, host: str, port: int, timeout: float | None) -> list[str]:
+        """The resolver's answers for ``host``, waited for at most ``timeout`` seconds (None: no
+        bound): the connect timeout, cut to what is left of the download's time by the
+        wait-limited backend in front of this one. ``getaddrinfo`` takes no timeout, so the lookup
+        runs in a daemon thread of its own; one given up on ends when the resolver returns, its
+        answers unused. Raises ``httpcore.ConnectTimeout`` when the wait ends first, which the
+        fetcher reports as a download over its time (:class:`DownloadFailed`)."""
+        outcome: list[list[str] | BaseException] = []
+
+        def look_up() -> None:
+            try:
+                outcome.append(list(self._resolver(host, port)))
+            except BaseException as exc:  # handed to the waiting thread, raised there
+                outcome.append(exc)
+
+        thread = threading.Thread(target=look_up, name="mjhook-lookup", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if not outcome:
+            raise httpcore.ConnectTimeout(f"resolving {host!r} took over {timeout:.1f} s")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None

@@ -54,6 +54,9 @@ DNS: dict[str, list[str]] = {
     "mixed.example": [PUBLIC_V4, "10.0.0.5"],
     "rebind.example": ["::ffff:127.0.0.1"],
     "nat64.example": ["64:ff9b::a00:1"],
+    "siit.example": ["::ffff:0:a00:1"],
+    "siit-loopback.example": ["::ffff:0:7f00:1"],
+    "siit-public.example": ["::ffff:0:5db8:d70e"],
     "alibaba.example": ["100.100.100.200"],
     "127.0.0.1.nip.io": ["127.0.0.1"],
     "minio.internal": ["10.9.8.7"],
@@ -207,6 +210,9 @@ HOSTILE_LITERALS = [
     "http://[::]/",
     "http://[::127.0.0.1]/",
     "http://[64:ff9b::a9fe:a9fe]/",
+    "http://[::ffff:0:7f00:1]/",
+    "http://[::ffff:0:10.0.0.1]/",
+    "http://[::ffff:0:a9fe:a9fe]/",
     "http://[2002:7f00:1::]/",
     "http://[fec0::1]/",
     "http://[ff02::1]/",
@@ -250,6 +256,8 @@ HOSTILE_NAMES = [
     "http://mixed.example/image.png",
     "http://rebind.example/",
     "http://nat64.example/",
+    "http://siit.example/",
+    "http://siit-loopback.example/",
     "http://alibaba.example/",
     "http://127.0.0.1.nip.io/",
     "https://internal.example/",
@@ -351,6 +359,39 @@ def test_a_public_name_is_resolved_once_and_connected_by_its_checked_address(int
     assert internet.resolved == ["public.example"]
     assert internet.connects == [(PUBLIC_V4, 80)]
     assert b"Host: public.example\r\n" in internet.streams[0].requests[0]
+
+
+def test_a_name_resolving_to_an_ipv4_translated_public_address_is_connected_to(
+    internet: FakeInternet,
+) -> None:
+    # Given a name whose only answer is SIIT's IPv4-translated form of a public address
+    siit_public = "::ffff:0:5db8:d70e"
+    internet.connect.reachable = frozenset({siit_public})
+    # When it is fetched
+    fetched = guarded_fetcher(internet).fetch("http://siit-public.example/image.png")
+    fetched.close()
+    # Then the embedded public address passes the guard, and the checked answer is connected to
+    assert fetched.media == PNG
+    assert internet.connects == [(siit_public, 80)]
+
+
+@pytest.mark.parametrize(
+    ("allow", "url"),
+    [
+        ("siit-loopback.example", "http://siit-loopback.example/"),
+        ("::ffff:0:0:0/96", "http://siit.example/"),
+        ("::ffff:0:7f00:1", "http://[::ffff:0:7f00:1]/"),
+    ],
+)
+def test_an_allow_listed_ipv4_translated_target_is_not_refused(
+    internet: FakeInternet, allow: str, url: str
+) -> None:
+    # Given an allow-list naming the host, or the translated addresses themselves
+    policy = FetchPolicy.from_allow([allow])
+    # When the target is fetched, Then the guard lets it through to the connector (which, on this
+    # machine, refuses every non-loopback address itself)
+    with pytest.raises(AssertionError, match="the guard let a connection to ::ffff:0:"):
+        guarded_fetcher(internet, policy).fetch(url)
 
 
 def test_tls_still_names_the_original_host(internet: FakeInternet) -> None:
@@ -461,6 +502,11 @@ def _sixtofour(v4: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
     return ipaddress.IPv6Address((0x2002 << 112) | (int(v4) << 80))
 
 
+def _translated(v4: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
+    """SIIT's IPv4-translated form, ``::ffff:0:a.b.c.d``."""
+    return ipaddress.IPv6Address(0xFFFF_0000_0000_0000 | int(v4))
+
+
 blocked_v4 = _addresses_in(BLOCKED_V4)
 blocked_addresses = st.one_of(
     blocked_v4,
@@ -468,6 +514,7 @@ blocked_addresses = st.one_of(
     blocked_v4.map(_mapped),
     blocked_v4.map(_nat64),
     blocked_v4.map(_sixtofour),
+    blocked_v4.map(_translated),
 )
 
 
@@ -479,7 +526,8 @@ def test_addresses_in_blocked_ranges_are_always_refused(ip: Any) -> None:
 @given(st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address))
 def test_an_ipv4_address_and_its_ipv6_embeddings_get_the_same_verdict(v4: ipaddress.IPv4Address) -> None:
     verdict = is_blocked(v4) is None
-    assert verdict == (is_blocked(_mapped(v4)) is None) == (is_blocked(_nat64(v4)) is None)
+    embeddings = (_mapped(v4), _nat64(v4), _translated(v4))
+    assert all((is_blocked(v6) is None) == verdict for v6 in embeddings)
     if verdict:
         assert v4.is_global
 
@@ -493,6 +541,8 @@ def test_an_ipv4_address_and_its_ipv6_embeddings_get_the_same_verdict(v4: ipaddr
         ("255.255.255.255", "broadcast"),
         ("::ffff:10.0.0.1", "IPv4-mapped 10.0.0.1: private"),
         ("64:ff9b::7f00:1", "NAT64 127.0.0.1: loopback"),
+        ("::ffff:0:7f00:1", "IPv4-translated 127.0.0.1: loopback"),
+        ("::ffff:0:a00:1", "IPv4-translated 10.0.0.1: private"),
         ("fd00::1", "unique local"),
         ("fe80::1%eth0", "link-local"),
     ],
@@ -501,7 +551,9 @@ def test_refusals_name_the_range(address: str, reason: str) -> None:
     assert reason in (is_blocked(ipaddress.ip_address(address)) or "")
 
 
-@pytest.mark.parametrize("address", ["93.184.215.14", "1.1.1.1", "2606:4700::1111", "64:ff9b::808:808"])
+@pytest.mark.parametrize(
+    "address", ["93.184.215.14", "1.1.1.1", "2606:4700::1111", "64:ff9b::808:808", "::ffff:0:808:808"]
+)
 def test_public_addresses_are_not_blocked(address: str) -> None:
     assert is_blocked(ipaddress.ip_address(address)) is None
 

@@ -1,0 +1,96 @@
+"""A download's name lookup counts against the download's time: a resolver that never answers
+cannot hold a worker thread past the download's deadline.
+
+The injected resolver blocks on an event the test sets when it ends; nothing is resolved for
+real and no socket opens (the connector fails the test if asked for any connection)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpcore
+import pytest
+
+from shared.errors import DownloadFailed
+from workers.fetch import FetchLimits, ResultFetcher, create_http_client
+from workers.guard import FetchPolicy, create_guarded_transport
+
+#: A public address the hanging resolver would give, were it ever released during a fetch.
+PUBLIC_V4 = "93.184.215.14"
+#: Longest the blocked resolver waits for the test to release it, seconds: without the lookup
+#: bounded, the fetch waits this long and the test fails rather than hangs.
+RESOLVER_GIVES_UP_S = 10.0
+LIMITS = FetchLimits(max_image_bytes=100_000, max_video_bytes=100_000)
+
+
+@dataclass
+class HangingResolver:
+    """A resolver that blocks until ``release`` is set (or ``RESOLVER_GIVES_UP_S`` passes)."""
+
+    release: threading.Event = field(default_factory=threading.Event)
+    started: threading.Event = field(default_factory=threading.Event)
+    returned: threading.Event = field(default_factory=threading.Event)
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.started.set()
+        self.release.wait(RESOLVER_GIVES_UP_S)
+        self.returned.set()
+        return [PUBLIC_V4]
+
+
+def no_connection(
+    host: str,
+    port: int,
+    timeout: float | None = None,
+    local_address: str | None = None,
+    socket_options: Iterable[Any] | None = None,
+) -> httpcore.NetworkStream:
+    raise AssertionError(f"no connection was expected, asked for {host}:{port}")
+
+
+@pytest.fixture
+def resolver() -> Iterator[HangingResolver]:
+    hanging = HangingResolver()
+    yield hanging
+    # Release the lookup thread the guard gave up on, and see it end.
+    hanging.release.set()
+    if hanging.started.is_set():
+        assert hanging.returned.wait(RESOLVER_GIVES_UP_S)
+
+
+def fetcher_with(resolver: HangingResolver, limits: FetchLimits) -> ResultFetcher:
+    transport = create_guarded_transport(FetchPolicy(), resolver=resolver, connector=no_connection)
+    # A connect timeout far above the deadline: the deadline is what ends the lookup.
+    client = create_http_client(
+        connect_timeout_s=60, read_timeout_s=60, max_redirects=3, max_connections=4, transport=transport
+    )
+    return ResultFetcher(client, limits)
+
+
+def test_a_hanging_lookup_ends_at_the_download_s_time_limit(resolver: HangingResolver) -> None:
+    """Given a resolver that never answers and downloads limited to 0.2 s in all
+    When a URL naming a host is fetched
+    Then the download fails for now (transient) as one over its time, while the resolver is still
+    blocked: the lookup did not hold it past its deadline."""
+    fetcher = fetcher_with(resolver, dataclasses.replace(LIMITS, max_seconds=0.2))
+
+    with pytest.raises(DownloadFailed, match="too long"):
+        fetcher.fetch("http://hangs.example/image.png")
+
+    assert resolver.started.is_set()
+    assert not resolver.returned.is_set()
+
+
+def test_a_hanging_lookup_ends_at_the_deadline_the_caller_gives(resolver: HangingResolver) -> None:
+    """Given a resolver that never answers, no time limit in the fetch limits
+    When a URL naming a host is fetched with 0.2 s left for the attempt's downloads
+    Then the download fails for now as one over its time, the resolver still blocked."""
+    with pytest.raises(DownloadFailed, match="too long"):
+        fetcher_with(resolver, LIMITS).fetch("http://hangs.example/image.png", max_seconds=0.2)
+
+    assert resolver.started.is_set()
+    assert not resolver.returned.is_set()
