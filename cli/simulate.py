@@ -25,6 +25,9 @@ from simulator.api_requests import deliverable_url
 from simulator.config import (
     DEFAULT_CALLBACK_RATE_PER_S,
     DEFAULT_CALLBACK_TIMEOUT_S,
+    DEFAULT_DUPLICATE_DELAY_S,
+    DEFAULT_FILE_FAULT_REPEATS,
+    DEFAULT_FILE_SLOW_DELAY_S,
     DEFAULT_GENERATION_DELAY_S,
     DEFAULT_URL_TTL_S,
     MAX_TASK_ID_PREFIX_CHARS,
@@ -133,9 +136,24 @@ def provider_options(function: F) -> F:
         click.option(
             "--file-slow-delay",
             type=seconds(),
-            default=2.0,
+            default=DEFAULT_FILE_SLOW_DELAY_S,
             show_default=True,
             help="Seconds a slow file takes.",
+        ),
+        click.option(
+            "--file-fault-repeats",
+            type=click.IntRange(min=0),
+            default=DEFAULT_FILE_FAULT_REPEATS,
+            show_default=True,
+            help="Requests of a file hit by --file-5xx-share or --file-truncated-share that fail"
+            " before it serves normally (0: none fail).",
+        ),
+        click.option(
+            "--duplicate-delay",
+            type=seconds(),
+            default=DEFAULT_DUPLICATE_DELAY_S,
+            show_default=True,
+            help="Seconds between a callback and its duplicate (--duplicate-share).",
         ),
     ]
     for option in reversed(options):
@@ -165,6 +183,10 @@ def _config(options: dict[str, Any], **overrides: Any) -> SimulatorConfig:
         faults = FaultConfig(
             seed=options.pop("seed"),
             file_slow_delay_s=options.pop("file_slow_delay"),
+            file_fault_repeats=options.pop("file_fault_repeats"),
+            duplicate_delay_s=options.pop("duplicate_delay"),
+            # serve's own: load's tasks come from no submit call
+            api_error_share=options.pop("api_error_share", 0.0),
             **{field: options.pop(field) for field, _ in FAULT_SHARES.values()},
         )
         return SimulatorConfig(
@@ -178,6 +200,8 @@ def _config(options: dict[str, Any], **overrides: Any) -> SimulatorConfig:
             image_height=options.pop("height"),
             url_ttl_s=options.pop("url_ttl"),
             media_ttl_s=options.pop("media_ttl"),
+            # serve's own: load spaces its tasks by --rate
+            generation_jitter_s=options.pop("generation_jitter", 0.0),
             faults=faults,
             **overrides,
         )
@@ -221,6 +245,13 @@ def simulate() -> None:
     show_default=True,
     help="Seconds from submission to result and callback.",
 )
+@click.option(
+    "--generation-jitter",
+    type=seconds(),
+    default=0.0,
+    show_default=True,
+    help="Up to this many seconds added to each task's generation delay, a seeded share per task.",
+)
 @click.option("--rate-limit", type=click.IntRange(min=0), default=0, help="API calls per 10 s (0: none).")
 @click.option(
     "--credits",
@@ -229,6 +260,14 @@ def simulate() -> None:
     help="Submissions the account can pay for, code 402 after [default: unlimited].",
 )
 @click.option("--maintenance", is_flag=True, help="Answer every API call with code 455 (maintenance).")
+@click.option(
+    "--api-error-share",
+    type=FiniteFloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Submit calls (generate, generateUpscale, generateVary) answered with code 500, 501 or 505"
+    " instead of a task, drawn by --seed and the call's number in the run.",
+)
 @click.option(
     "--http-status-mirrors-code",
     is_flag=True,

@@ -43,6 +43,12 @@ DEFAULT_MAX_CONNECTIONS = 512
 MAX_TASK_ID_PREFIX_CHARS = 100
 #: A taskId's start as mjhook accepts one: ASCII letters, digits, '_' or '-', a letter or digit first.
 TASK_ID_PREFIX_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_TASK_ID_PREFIX_CHARS - 1}}}")
+#: Seconds a slow result file takes to send.
+DEFAULT_FILE_SLOW_DELAY_S = 2.0
+#: Requests of a file hit by an error or truncation fault before it serves normally.
+DEFAULT_FILE_FAULT_REPEATS = 1
+#: Seconds between a callback and its duplicate.
+DEFAULT_DUPLICATE_DELAY_S = 0.2
 #: How far the file fault shares may add up past 1 by float rounding (0.34 + 0.55 + 0.11).
 SHARE_SUM_TOLERANCE = 1e-9
 
@@ -68,11 +74,11 @@ class FaultConfig:
     file_truncated_share: float = 0.0
     #: Result files whose URL is already expired when issued (410 until refreshed).
     file_expired_share: float = 0.0
-    file_slow_delay_s: float = 2.0
+    file_slow_delay_s: float = DEFAULT_FILE_SLOW_DELAY_S
     #: Requests of a file hit by an error or truncation fault before it serves normally.
-    file_fault_repeats: int = 1
+    file_fault_repeats: int = DEFAULT_FILE_FAULT_REPEATS
     #: Seconds between a callback and its duplicate.
-    duplicate_delay_s: float = 0.2
+    duplicate_delay_s: float = DEFAULT_DUPLICATE_DELAY_S
     #: Tasks whose callback spells the id ``task_id`` in ``data`` instead of ``taskId`` (some of
     #: the provider's samples do); the API and the signature name the same id as ever.
     task_id_spelling_share: float = 0.0
@@ -82,6 +88,11 @@ class FaultConfig:
     #: Of the tasks whose generation fails (``failure_share``), those whose record-info says
     #: successFlag 3 (created but generation failed) instead of 2; their callback is the same.
     failed_after_creation_share: float = 0.0
+    #: Submit calls (generate, generateUpscale, generateVary) answered with body code 500, 501 or
+    #: 505 (HTTP 200, ``data`` null) instead of a task: no task made, no credit spent. Drawn per
+    #: submit call by its number in the run (0 first, counting the calls past the key, maintenance
+    #: and rate limit checks), so the same seed fails the same calls, whichever their bodies.
+    api_error_share: float = 0.0
 
     def __post_init__(self) -> None:
         shares = {
@@ -95,6 +106,7 @@ class FaultConfig:
             "task_id_spelling_share": self.task_id_spelling_share,
             "malformed_prompt_share": self.malformed_prompt_share,
             "failed_after_creation_share": self.failed_after_creation_share,
+            "api_error_share": self.api_error_share,
         }
         for name, share in shares.items():
             if not 0.0 <= share <= 1.0:

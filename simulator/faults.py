@@ -2,18 +2,21 @@
 
 Each decision draws from its own ``random.Random`` seeded by (seed, task number[, file index]):
 the faults of task number 7 are the same in every run with the same seed, whatever order
-tasks are submitted or files requested in.
+tasks are submitted or files requested in. API errors are drawn by (seed, submit call number):
+the run's n-th submit call gets the same answer in every run with the same seed.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import random
 import threading
 from collections import Counter
 from dataclasses import dataclass
 
 from simulator.config import FaultConfig
+from simulator.errors import CODE_FEATURE_DISABLED, CODE_GENERATION_FAILED, CODE_SERVER_ERROR
 
 
 class FileFault(enum.Enum):
@@ -30,6 +33,8 @@ class FileFault(enum.Enum):
 
 #: Faults that stop after ``file_fault_repeats`` requests of the file.
 TRANSIENT_FILE_FAULTS = frozenset({FileFault.ERROR, FileFault.TRUNCATED})
+#: The body codes an API-error fault answers a submit call with, one drawn evenly per fault.
+API_ERROR_CODES = (CODE_SERVER_ERROR, CODE_GENERATION_FAILED, CODE_FEATURE_DISABLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +56,12 @@ class TaskFaults:
 
 class FaultPlan:
     """Fault decisions for task numbers and file indexes, plus the per-file request counts
-    that end transient faults."""
+    that end transient faults and the count of submit calls that numbers them."""
 
     def __init__(self, config: FaultConfig) -> None:
         self.config = config
         self._requests: Counter[tuple[int, int]] = Counter()
+        self._submit_calls = itertools.count()
         self._lock = threading.Lock()
 
     def for_task(self, number: int) -> TaskFaults:
@@ -99,3 +105,18 @@ class FaultPlan:
                 if self._requests[number, index] > self.config.file_fault_repeats:
                     return FileFault.NONE
         return FileFault.NONE if fault is FileFault.EXPIRED else fault
+
+    def for_submit_call(self, number: int) -> int | None:
+        """The body code submit call ``number`` (0 first) is answered with in place of a task, one
+        of :data:`API_ERROR_CODES`, or None when it goes through."""
+        rng = random.Random(f"submit:{self.config.seed}:{number}")
+        # Always both draws, so that the share changes which calls fail, not their codes.
+        draw, which = rng.random(), rng.randrange(len(API_ERROR_CODES))
+        return API_ERROR_CODES[which] if draw < self.config.api_error_share else None
+
+    def on_submit_call(self) -> int | None:
+        """Number this submit call (the next of the run) and return its injected body code, or
+        None (:meth:`for_submit_call`)."""
+        with self._lock:
+            number = next(self._submit_calls)
+        return self.for_submit_call(number)

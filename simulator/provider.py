@@ -24,9 +24,11 @@ from simulator.callbacks import (
 )
 from simulator.config import SimulatorConfig
 from simulator.errors import (
+    CODE_FEATURE_DISABLED,
     CODE_GENERATION_FAILED,
     CODE_MAINTENANCE,
     CODE_NOT_FOUND,
+    CODE_SERVER_ERROR,
     CODE_UNAUTHORIZED,
     CODE_VALIDATION,
     ProviderError,
@@ -42,6 +44,12 @@ log = logging.getLogger(__name__)
 #: An expired-URL fault issues links that expired this long ago, seconds.
 EXPIRED_LINK_AGE_S = 60.0
 FAILURE_MSG = "Midjourney generation failed"
+#: The ``msg`` of each body code the API-error fault answers a submit call with.
+INJECTED_ERROR_MSGS = {
+    CODE_SERVER_ERROR: "Server error",
+    CODE_GENERATION_FAILED: FAILURE_MSG,
+    CODE_FEATURE_DISABLED: "The requested feature is currently disabled",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +127,7 @@ class Provider:
 
     def generate(self, body: Any) -> Task:
         """``POST /api/v1/mj/generate``."""
+        self._inject_api_error()
         request = parse_generate(body)
         self.admission.admit()
         prompt = {"prompt": request.prompt, "model": "midjourney"}
@@ -134,6 +143,7 @@ class Provider:
         """``generateUpscale`` (``task_type`` mj_upscale) or ``generateVary`` (mj_vary)."""
         if task_type not in (UPSCALE_TASK_TYPE, VARY_TASK_TYPE):
             raise ValueError(f"not a derived task type: {task_type}")
+        self._inject_api_error()
         request = parse_derive(body)
         source = self.task(request.task_id)
         if source.task_type not in IMAGE_TASK_TYPES:
@@ -153,6 +163,13 @@ class Provider:
         return self.submit(
             task_type=task_type, params=request.params, prompt=prompt, callback_url=request.callback_url
         )
+
+    def _inject_api_error(self) -> None:
+        """Raise the body code the API-error fault gives this submit call (500, 501 or 505), if
+        any, before the request is read: no task is made and no credit spent."""
+        code = self._faults.on_submit_call()
+        if code is not None:
+            raise ProviderError(code, INJECTED_ERROR_MSGS[code])
 
     def task(self, task_id: str) -> Task:
         with self._lock:

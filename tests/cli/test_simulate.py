@@ -1,5 +1,6 @@
 """``mjhook simulate``: a port already taken, or a callback URL no callback can reach, is said in
-one line, not a traceback; ``serve`` answers as the account and the provider are set to."""
+one line, not a traceback; ``serve`` answers as the account and the provider are set to, and
+``mjhook submit`` says why when it answers a submit call 500, 501 or 505."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
-from simulator import expected_file
+from shared import keys
+from simulator import FaultConfig, RunningSimulator, expected_file
+from simulator.faults import FaultPlan
 from simulator.load import CallbackRun
 from tests.cli.conftest import RunCli
 from tests.simulator.support import result_urls, submit, wait_done
 from tests.simulator.test_load import bare_report
 from tests.support.json_http import json_server
 from tests.support.procs import ManagedProcess, free_port, venv_bin, wait_for_port
+from tests.support.provider import StartSimulator
 
 #: A callback URL nothing answers at: for runs refused before any callback is sent.
 UNREACHED_CALLBACK_URL = "http://127.0.0.1:9/callbacks/midjourney"
@@ -112,6 +117,10 @@ def test_load_refuses_option_values_out_of_range(run_cli: RunCli, option: list[s
         (["serve"], ["--height", "4097"]),
         (["serve"], ["--concurrency", "0"]),
         (["serve"], ["--concurrency", "1025"]),
+        (["serve"], ["--file-fault-repeats", "-1"]),
+        (["serve"], ["--duplicate-delay", "-1"]),
+        (["serve"], ["--generation-jitter", "-1"]),
+        (["serve"], ["--api-error-share", "1.5"]),
     ],
     ids=lambda part: " ".join(part),
 )
@@ -160,8 +169,19 @@ def test_result_urls_no_client_can_reach_are_refused(
         (["--credits", "0"], 402, 200),
         (["--maintenance"], 455, 200),
         (["--credits", "0", "--http-status-mirrors-code"], 402, 402),
+        # Seeds whose first submit call draws each code (FaultPlan.for_submit_call(0))
+        (["--api-error-share", "1", "--seed", "2"], 500, 200),
+        (["--api-error-share", "1", "--seed", "1"], 501, 200),
+        (["--api-error-share", "1", "--seed", "0"], 505, 200),
     ],
-    ids=["no credits", "maintenance", "status mirrors code"],
+    ids=[
+        "no credits",
+        "maintenance",
+        "status mirrors code",
+        "api error 500",
+        "api error 501",
+        "api error 505",
+    ],
 )
 def test_serve_answers_as_an_account_without_credits_or_a_provider_in_maintenance(
     tmp_path: Path, options: list[str], code: int, status: int
@@ -182,6 +202,70 @@ def test_serve_answers_as_an_account_without_credits_or_a_provider_in_maintenanc
     # Then it is refused with the provider's code, in the body and, when told, in the status
     assert answer.json() == {"code": code, "msg": answer.json()["msg"], "data": None}
     assert answer.status_code == status
+
+
+@pytest.mark.parametrize(
+    ("seed", "exit_code", "words"),
+    [
+        (
+            2,
+            4,
+            "provider answered 500 (provider server error) to /api/v1/mj/generate: Server error"
+            " (try again later)",
+        ),
+        (1, 3, "provider answered 501 (generation failed) to /api/v1/mj/generate"),
+        (0, 3, "provider answered 505 (feature not available) to /api/v1/mj/generate"),
+    ],
+    ids=["500", "501", "505"],
+)
+def test_submit_against_injected_api_errors_says_why_without_a_traceback(
+    run_cli: RunCli,
+    redis_server: Any,
+    start_simulator: StartSimulator,
+    client: redis.Redis,
+    seed: int,
+    exit_code: int,
+    words: str,
+) -> None:
+    # Given a simulator answering every submit call with the code the seed draws first
+    sim = start_simulator(faults=FaultConfig(seed=seed, api_error_share=1.0))
+    # When `mjhook submit` submits to it (without retries)
+    result = run_cli(_submit_env(redis_server, sim, retries=0), "submit", "a cat")
+    # Then it says which code and what it means in one line, with the exit code of a refusal (501,
+    # 505) or of a provider to try again later (500), and records nothing
+    assert result.exit_code == exit_code, result.output
+    assert f"Error: {words}" in result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    assert client.zcard(keys.SUBMITTED) == 0
+    assert sim.provider.tasks() == []
+
+
+def test_submit_retries_an_injected_500_and_the_next_call_makes_the_task(
+    run_cli: RunCli, redis_server: Any, start_simulator: StartSimulator, client: redis.Redis
+) -> None:
+    # Given a simulator whose first submit call is answered 500 and second goes through (seed 3,
+    # half the calls failing)
+    faults = FaultConfig(seed=3, api_error_share=0.5)
+    assert [FaultPlan(faults).for_submit_call(number) for number in range(2)] == [500, None]
+    sim = start_simulator(faults=faults)
+    # When `mjhook submit` submits to it with one retry
+    result = run_cli(_submit_env(redis_server, sim, retries=1), "submit", "a cat")
+    # Then the 500 was retried and the task made on the second call, recorded as submitted
+    assert result.exit_code == 0, result.output
+    assert [task.task_id for task in sim.provider.tasks()] == [result.stdout.strip()]
+    assert client.zcard(keys.SUBMITTED) == 1
+
+
+def _submit_env(redis_server: Any, sim: RunningSimulator, *, retries: int) -> dict[str, str]:
+    """mjhook's settings for ``submit`` to ``sim``, retrying a transient answer ``retries`` times."""
+    return {
+        "MJHOOK_REDIS_URL": redis_server.url,
+        "MJHOOK_PROVIDER_URL": sim.base_url,
+        "MJHOOK_PROVIDER_API_KEY": sim.api_key,
+        "MJHOOK_PUBLIC_URL": "https://hooks.example.com",
+        "MJHOOK_PROVIDER_RETRIES": str(retries),
+    }
 
 
 #: Terminal controls: clear the screen, set the window title.

@@ -12,6 +12,7 @@ import pytest
 
 from cli.submit import SPEEDS as SUBMIT_SPEEDS
 from simulator import FaultConfig, RunningSimulator
+from simulator.faults import FaultPlan
 from tests.simulator.support import SimFactory, api, details, result_urls, submit, wait_done
 
 ISO_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -178,6 +179,51 @@ def test_deriving_from_a_failed_generation_is_code_501(make_sim: SimFactory) -> 
     assert failed["errorMessage"]
     assert result_urls(failed) == []
     assert answer["code"] == 501
+
+
+def test_an_api_error_answers_submit_calls_with_500_501_or_505_and_makes_no_task(
+    make_sim: SimFactory,
+) -> None:
+    # Given a provider with 3 credits whose every submit call fails, and a finished grid to derive
+    # from (made directly: the API makes none)
+    sim = make_sim(credits=3, faults=FaultConfig(api_error_share=1.0))
+    grid = sim.provider.submit(task_type="mj_txt2img", params={}, prompt={"prompt": "x"}, callback_url="")
+    with api(sim) as client:
+        wait_done(client, grid.task_id)
+        # When a generation, an upscale and a variation are submitted
+        answers = [
+            client.post("/api/v1/mj/generate", json=_txt2img()),
+            client.post("/api/v1/mj/generateUpscale", json={"taskId": grid.task_id, "imageIndex": 0}),
+            client.post("/api/v1/mj/generateVary", json={"taskId": grid.task_id, "imageIndex": 1}),
+        ]
+        # And the task's details are asked for (no submit call)
+        info = details(client, grid.task_id)
+    # Then each is answered in the provider's shape, HTTP 200, with the code seed 0 draws for its
+    # call number, and no task made nor credit spent
+    plan = FaultPlan(sim.config.faults)
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    assert [answer.json()["code"] for answer in answers] == [plan.for_submit_call(n) for n in range(3)]
+    assert all(answer.json()["data"] is None and answer.json()["msg"] for answer in answers)
+    assert {answer.json()["code"] for answer in answers} <= {500, 501, 505}
+    assert [task.task_id for task in sim.provider.tasks()] == [grid.task_id]
+    assert sim.provider.admission.credits == 3
+    assert info["successFlag"] == 1
+
+
+def test_the_same_seed_fails_the_same_submit_calls(make_sim: SimFactory) -> None:
+    # Given two providers with the same seed and half the submit calls failing
+    faults = FaultConfig(seed=3, api_error_share=0.5)
+    codes = []
+    for sim in (make_sim(faults=faults), make_sim(faults=faults)):
+        with api(sim) as client:
+            # When each is sent 12 generations
+            codes.append(
+                [client.post("/api/v1/mj/generate", json=_txt2img()).json()["code"] for _ in range(12)]
+            )
+    # Then the same calls fail with the same codes, and the others make tasks
+    assert codes[0] == codes[1]
+    assert {200, 500, 501, 505} >= set(codes[0]) > {200}
+    assert codes[0] == [plan or 200 for plan in map(FaultPlan(faults).for_submit_call, range(12))]
 
 
 def test_submissions_beyond_the_rate_limit_are_code_429(make_sim: SimFactory) -> None:

@@ -306,3 +306,62 @@ def test_at_the_default_failed_after_creation_share_failed_tasks_say_successFlag
     assert [record["successFlag"] for record in records] == [2] * 5
     assert all(record["errorCode"] == 501 for record in records)
     assert [body["code"] for body in receiver.bodies()] == [500] * 5
+
+
+def test_api_errors_are_drawn_per_submit_call_by_seed_in_their_share() -> None:
+    # Given two plans with the same seed and a share of API errors, and one with another seed
+    config = FaultConfig(seed=5, api_error_share=0.3)
+    first, again = FaultPlan(config), FaultPlan(config)
+    # When each numbers 1000 submit calls (the first counted on its own, the second asked by number)
+    drawn = [first.on_submit_call() for _ in range(1000)]
+    by_number = [again.for_submit_call(number) for number in range(1000)]
+    other = [FaultPlan(replace(config, seed=6)).for_submit_call(number) for number in range(1000)]
+    # Then the same calls fail with the same codes, another seed fails others
+    assert drawn == by_number
+    assert drawn != other
+    # And about the share fails, with 500, 501 and 505 about evenly
+    codes = Counter(code for code in drawn if code is not None)
+    assert 230 <= sum(codes.values()) <= 370
+    assert set(codes) == {500, 501, 505}
+    assert min(codes.values()) >= 60
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_an_api_error_share_of_0_or_1_fails_no_or_every_submit_call(share: float) -> None:
+    plan = FaultPlan(FaultConfig(seed=3, api_error_share=share))
+    codes = [plan.on_submit_call() for _ in range(50)]
+    assert all((code is None) is (share == 0.0) for code in codes)
+
+
+def test_the_api_error_share_changes_no_task_or_file_decision() -> None:
+    # Given the same seed and shares, with and without API errors
+    base = FaultConfig(seed=7, failure_share=0.3, duplicate_share=0.1, file_error_share=0.2)
+    plans = [FaultPlan(base), FaultPlan(replace(base, api_error_share=1.0))]
+    # Then tasks and files fare the same (API errors are drawn from a source of their own)
+    tasks = [[plan.for_task(number) for number in range(200)] for plan in plans]
+    files = [[plan.for_file(number, index) for number in range(50) for index in range(4)] for plan in plans]
+    assert tasks[0] == tasks[1]
+    assert files[0] == files[1]
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_an_api_error_share_outside_0_to_1_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match="api_error_share"):
+        FaultConfig(api_error_share=share)
+
+
+def test_the_cli_passes_the_fault_repeats_delays_and_api_error_share_to_the_config() -> None:
+    # Given the serve command's options, each of the new ones given
+    args = ["--file-fault-repeats", "3", "--duplicate-delay", "1.5", "--generation-jitter", "2.5"]
+    args += ["--api-error-share", "0.25"]
+    config = cli_config(dict(serve.make_context("serve", args).params))
+    # Then each lands in its field
+    assert (config.faults.file_fault_repeats, config.faults.duplicate_delay_s) == (3, 1.5)
+    assert config.generation_jitter_s == 2.5
+    assert config.faults.api_error_share == 0.25
+    # And unset, each is the config's own default
+    defaults = cli_config(dict(serve.make_context("serve", []).params))
+    assert (defaults.faults, defaults.generation_jitter_s) == (
+        FaultConfig(),
+        SimulatorConfig().generation_jitter_s,
+    )
