@@ -25,6 +25,7 @@ from shared.dead_letters import (
     list_dead,
     purge_dead,
     replay_dead,
+    shown_id,
 )
 from shared.printable import printable
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
@@ -50,7 +51,8 @@ def list_command(settings: Settings, as_json: bool, limit: int) -> None:
 
     JSON: {"queue", "total", "messages": [{"id", "messageId", "taskId", "actor", "retries",
     "deadAt", "ageSeconds", "reason", "reasonSource"}]}; "id" is what replay and purge take;
-    "deadAt" and "ageSeconds" are null for a letter whose time is no date (written by hand).
+    "deadAt" and "ageSeconds" are null for a letter whose time is no date (written by hand); the
+    bytes of an id that is no UTF-8 text are shown as \\xNN escapes.
     """
     client = queue_redis(settings)
     with reported_failures():
@@ -75,7 +77,7 @@ def list_command(settings: Settings, as_json: bool, limit: int) -> None:
     for letter in letters:
         # These strings come from the queue: never markup ("[...]"), never terminal controls
         table.add_row(
-            printable_text(letter.id),
+            printable_text(shown_id(letter.id)),
             printable_text(letter.task_id or "-"),
             str(letter.retries),
             format_age(letter.age_s(now_ms)),
@@ -87,7 +89,7 @@ def list_command(settings: Settings, as_json: bool, limit: int) -> None:
 def _letter_json(letter: DeadLetter, now_ms: int) -> dict[str, object]:
     age_s = letter.age_s(now_ms)
     return {
-        "id": letter.id,
+        "id": shown_id(letter.id),
         "messageId": letter.message_id,
         "taskId": letter.task_id,
         "actor": letter.actor,
@@ -118,10 +120,10 @@ def replay(settings: Settings, ids: tuple[str, ...]) -> None:
             ids=ids or None,
         )
     for dead_id, new_id in result.replayed:
-        click.echo(f"replayed {printable(dead_id)} as {new_id}")
+        click.echo(f"replayed {_shown(dead_id)} as {new_id}")
     click.echo(f"{len(result.replayed)} dead letter(s) replayed onto {CALLBACK_QUEUE}")
-    problems = [f"not a dead letter: {dead_id}" for dead_id in result.missing]
-    problems += [f"cannot be decoded, left in place: {printable(dead_id)}" for dead_id in result.unreadable]
+    problems = [f"not a dead letter: {_shown(dead_id)}" for dead_id in result.missing]
+    problems += [f"cannot be decoded, left in place: {_shown(dead_id)}" for dead_id in result.unreadable]
     if result.error is not None:
         problems.append(f"stopped: {result.error}")
     _fail_on(problems)
@@ -154,7 +156,7 @@ def purge_command(*, is_terminal: Callable[[], bool] = stdin_is_terminal) -> cli
         with reported_failures():
             result = purge_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, ids=chosen)
         click.echo(f"{len(result.removed)} dead letter(s) purged from {CALLBACK_QUEUE}")
-        _fail_on([f"not a dead letter: {dead_id}" for dead_id in result.missing])
+        _fail_on([f"not a dead letter: {_shown(dead_id)}" for dead_id in result.missing])
 
     return purge
 
@@ -170,7 +172,7 @@ def _confirm_purge(client: redis.Redis, ids: tuple[str, ...]) -> list[str]:
             dead = dead_among(client, chosen, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)
         if not dead:
             return chosen  # nothing to drop: the purge says which are not dead letters
-        named = ", ".join(printable(dead_id) for dead_id in dead[:MAX_IDS_ASKED])
+        named = ", ".join(_shown(dead_id) for dead_id in dead[:MAX_IDS_ASKED])
         more = f" and {len(dead) - MAX_IDS_ASKED} more" if len(dead) > MAX_IDS_ASKED else ""
         others = len(chosen) - len(dead)
         other = f" ({others} other id(s) named: not dead letters)" if others else ""
@@ -187,6 +189,11 @@ def _confirm_purge(client: redis.Redis, ids: tuple[str, ...]) -> list[str]:
 
 
 dlq.add_command(purge_command())
+
+
+def _shown(dead_id: str) -> str:
+    """A dead letter's id as a terminal may show it: bytes that are no UTF-8 and controls escaped."""
+    return printable(shown_id(dead_id))
 
 
 def _fail_on(problems: list[str]) -> None:

@@ -111,11 +111,38 @@ def count_dead(client: redis.Redis, *, namespace: str, queue: str) -> int:
 
 
 def dead_ids(client: redis.Redis, *, namespace: str, queue: str) -> list[str]:
-    """The ids of every dead letter of ``queue`` now, oldest first."""
+    """The ids of every dead letter of ``queue`` now, oldest first (see :func:`shown_id`)."""
     return [
-        as_text(member)
+        _id_of(member)
         for member in cast(list[bytes], client.zrange(keys.broker_dead(namespace, queue), 0, -1))
     ]
+
+
+def shown_id(dead_id: str) -> str:
+    """A dead letter's id as text to show: the bytes of one that is no UTF-8 text as ``\\xNN``
+    escapes. Such an id (written by hand or by another program) is held as its bytes decoded with
+    ``surrogateescape``: lookups by it find the letter, and its surrogates cannot be printed or
+    put in JSON."""
+    return _bytes_of(dead_id).decode(errors="backslashreplace")
+
+
+def _id_of(member: bytes) -> str:
+    """A dead letter's id from its Redis member; see :func:`shown_id`."""
+    return member.decode(errors="surrogateescape")
+
+
+def _bytes_of(dead_id: str) -> bytes:
+    """The Redis member (or key part) of a dead letter's id: redis-py encodes text strictly."""
+    return dead_id.encode(errors="surrogateescape")
+
+
+def _is_text(dead_id: str) -> bool:
+    """Whether ``dead_id`` is UTF-8 text, not the bytes of one that is none (:func:`shown_id`)."""
+    try:
+        dead_id.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def dead_among(client: redis.Redis, ids: Iterable[str], *, namespace: str, queue: str) -> list[str]:
@@ -147,10 +174,11 @@ def list_dead(
     letters = []
     for start in range(0, len(entries), DEFAULT_BATCH):
         batch = entries[start : start + DEFAULT_BATCH]
-        ids = [as_text(member) for member, _ in batch]
+        members = [member for member, _ in batch]
+        ids = [_id_of(member) for member in members]
         pipe = client.pipeline(transaction=False)
-        pipe.hmget(keys.broker_dead_messages(namespace, queue), ids)
-        pipe.mget([keys.dead_reason(dead_id) for dead_id in ids])
+        pipe.hmget(keys.broker_dead_messages(namespace, queue), members)
+        pipe.mget([_bytes_of(keys.dead_reason(dead_id)) for dead_id in ids])
         bodies, recorded = pipe.execute()
         for dead_id, (_, score), body, reason in zip(ids, batch, bodies, recorded, strict=True):
             if body is not None:  # else dropped between our reads
@@ -163,7 +191,8 @@ def list_dead(
 def _dead_letter(
     dead_id: str, dead_at_ms: int | None, body: bytes, recorded: bytes | None, tasks: TaskStore | None
 ) -> DeadLetter:
-    message = _decode(body)
+    # A replay leaves a letter whose id is no text in place too: listed as one that cannot be decoded
+    message = _decode(body) if _is_text(dead_id) else None
     if message is None:
         return DeadLetter(
             id=dead_id,
@@ -172,7 +201,7 @@ def _dead_letter(
             task_id=None,
             retries=0,
             dead_at_ms=dead_at_ms,
-            reason="the message cannot be decoded",
+            reason="the message cannot be decoded" if _is_text(dead_id) else "the id is no UTF-8 text",
             reason_source=ReasonSource.UNKNOWN,
         )
     payload = message.args[0] if message.args and isinstance(message.args[0], dict) else {}
@@ -259,7 +288,9 @@ def replay_dead(
     for batch in _unique_batches(ids, unusable=result.missing):
         try:
             present = _present(client, dead_key, batch)
-            bodies = cast(list[bytes | None], client.hmget(bodies_key, batch))
+            bodies = cast(
+                list[bytes | None], client.hmget(bodies_key, [_bytes_of(dead_id) for dead_id in batch])
+            )
         except (redis.RedisError, OSError) as exc:
             # Those replayed so far are on the queue: the result says so, and why it stopped.
             result.error = f"Redis unavailable: {type(exc).__name__}: {exc}"
@@ -268,7 +299,7 @@ def replay_dead(
             if body is None or dead_id not in present:
                 result.missing.append(dead_id)
                 continue
-            message = _decode(body)
+            message = _decode(body) if _is_text(dead_id) else None
             if message is None:
                 result.unreadable.append(dead_id)  # left in place: the others are replayed still
                 continue
@@ -322,22 +353,25 @@ def purge_dead(
 
 
 def _present(client: redis.Redis, dead_key: str, ids: Sequence[str]) -> set[str]:
-    scores = client.zmscore(dead_key, list(ids))
+    members: list[Any] = [_bytes_of(dead_id) for dead_id in ids]  # redis-py types them as str alone
+    scores = client.zmscore(dead_key, members)
     return {dead_id for dead_id, score in zip(ids, scores, strict=True) if score is not None}
 
 
 def _remove(client: redis.Redis, dead_key: str, bodies_key: str, ids: Sequence[str]) -> None:
     pipe = client.pipeline(transaction=True)
-    pipe.zrem(dead_key, *ids)
-    pipe.hdel(bodies_key, *ids)
-    pipe.delete(*(keys.dead_reason(dead_id) for dead_id in ids))
+    members = [_bytes_of(dead_id) for dead_id in ids]
+    pipe.zrem(dead_key, *members)
+    pipe.hdel(bodies_key, *members)
+    pipe.delete(*(_bytes_of(keys.dead_reason(dead_id)) for dead_id in ids))
     pipe.execute()
 
 
 def _unique_batches(ids: Iterable[str], *, unusable: list[str]) -> Iterable[list[str]]:
     """``ids`` without repeats (each where it first came), ``DEFAULT_BATCH`` at a time: an id named
-    twice is replayed or purged, and counted, once. An id that is no UTF-8 text (a byte a terminal
-    passed through undecoded) names no dead letter: it goes to ``unusable`` instead."""
+    twice is replayed or purged, and counted, once. An id that is no UTF-8 text is held as its bytes
+    (:func:`shown_id`; argv decodes a byte a terminal passed through undecoded the same way); one
+    that is not even that (a lone surrogate) names no dead letter: it goes to ``unusable``."""
     usable: list[str] = []
     for dead_id in dict.fromkeys(ids):
         (usable if _encodable(dead_id) else unusable).append(dead_id)
@@ -347,7 +381,7 @@ def _unique_batches(ids: Iterable[str], *, unusable: list[str]) -> Iterable[list
 
 def _encodable(text: str) -> bool:
     try:
-        text.encode()
+        _bytes_of(text)
     except UnicodeEncodeError:
         return False
     return True

@@ -366,3 +366,49 @@ def test_a_replay_of_all_leaves_an_odd_dead_letter_and_replays_the_others(
     assert result.stderr == "Error: cannot be decoded, left in place: odd\\x1b\n"
     assert client.llen(READY) == 2
     assert dead_letter_ids(client) == ["odd\x1b"]
+
+
+def test_a_dead_letter_whose_id_is_no_utf8_is_listed_left_by_replay_and_purged(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
+) -> None:
+    """Given a dead letter, and an older one whose broker id is bytes that are no UTF-8 text (written
+    by another program), its message a fine callback, stored as dramatiq's nack leaves one
+    When the dead letters are listed (JSON and table), all are replayed, then all are purged
+    Then it is listed with its id escaped, as one that cannot be decoded; the replay queues the
+    other and says it left this one in place (exit code 1), and it is; the purge drops it. Each
+    was a traceback: the id was decoded as UTF-8 wherever it was read."""
+    good = plant_dead_letter(client, "good")
+    odd_id = b"caf\xe9-\xff"
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=CALLBACK_QUEUE,
+        actor_name=PROCESS_CALLBACK,
+        args=(queued_callback("odd"),),
+        kwargs={},
+        options={"retries": 1},
+    )
+    client.zadd(DEAD, {odd_id: 1_000})
+    client.hset(keys.broker_dead_messages(BROKER_NAMESPACE, CALLBACK_QUEUE), odd_id, message.encode())
+    env = {"MJHOOK_REDIS_URL": redis_server.url}
+
+    listed = run_cli(env, "dlq", "list", "--json")
+    table = run_cli(env, "dlq", "list")
+    replayed = run_cli(env, "dlq", "replay")
+
+    assert listed.exit_code == 0, listed.output[:500]
+    messages = {message["id"]: message for message in json.loads(listed.stdout)["messages"]}
+    assert set(messages) == {good, "caf\\xe9-\\xff"}
+    assert messages["caf\\xe9-\\xff"]["taskId"] is None
+    assert messages["caf\\xe9-\\xff"]["reasonSource"] == "unknown"
+    assert table.exit_code == 0, table.output[:500]
+    assert "caf\\xe9-\\xff" in table.stdout
+    assert replayed.exit_code == 1, replayed.output
+    assert replayed.stdout.startswith(f"replayed {good} as ")
+    assert replayed.stderr == "Error: cannot be decoded, left in place: caf\\xe9-\\xff\n"
+    assert client.llen(READY) == 1
+    assert client.zrange(DEAD, 0, -1) == [odd_id]
+
+    purged = run_cli(env, "dlq", "purge", "--yes")
+    assert purged.exit_code == 0, purged.output
+    assert f"1 dead letter(s) purged from {CALLBACK_QUEUE}" in purged.stdout
+    assert client.zcard(DEAD) == 0
+    assert client.hlen(keys.broker_dead_messages(BROKER_NAMESPACE, CALLBACK_QUEUE)) == 0
