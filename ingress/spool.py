@@ -3,7 +3,10 @@
 One JSON-lines file per gunicorn worker process (``spool-{pid}.jsonl``), each append written and
 fsync'd before the provider gets its 200. Any process may drain any file (a restarted ingress has
 new pids), so every access takes an exclusive ``flock`` and checks it still holds the file that
-is at the path (a drainer may have replaced or removed it meanwhile)."""
+is at the path (a drainer may have replaced, renamed or removed it meanwhile). A drain first
+renames the file it takes (:data:`DRAINING_MARK`) and lets its lock go, and only then queues its
+lines under the lock of the renamed file: an append waiting on the lock finds its path free and
+starts a new file, instead of waiting for every line's enqueue."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
@@ -32,6 +36,12 @@ UNQUEUED_NAME = "unqueued.jsonl"
 #: The spool file :meth:`Spool.requeue_unqueued` moves set-aside lines into: no process appends
 #: to it otherwise, and every drain takes it like any other spool file.
 REQUEUED_NAME = "spool-requeued.jsonl"
+#: Bytes a paused drain blanks per write when it cannot rewrite a file (:func:`_keep_undrained`).
+BLANKING_CHUNK_BYTES = 1 << 20
+#: In the name a drain gives a spool file it takes (``spool-7.draining-{pid}-{ns}.jsonl``): no
+#: process appends to it, and it is still a spool file, which a later drain takes as it is
+#: should this one stop (the queue unavailable, a crash) before every line left it.
+DRAINING_MARK = ".draining-"
 
 
 class Spool:
@@ -108,7 +118,13 @@ class Spool:
     def _drain_file(self, path: Path, accept: Callable[[Callback], None]) -> tuple[int, bool]:
         with ExitStack() as stack:
             try:
-                fd = stack.enter_context(_locked(path, create=False, blocking=False))
+                if DRAINING_MARK in path.name:
+                    fd = stack.enter_context(_locked(path, create=False, blocking=False))
+                else:
+                    path = _take_apart(path)
+                    # Held for the moment an append that waited on the old lock needs to see the
+                    # file moved, or for the drain of another process that found it renamed
+                    fd = stack.enter_context(_locked(path, create=False))
             except (FileNotFoundError, BlockingIOError):
                 return 0, True  # gone, or another process is draining it
             except OSError as exc:
@@ -122,14 +138,20 @@ class Spool:
                     exc.strerror or exc,
                 )
                 return 0, True
-            lines = [line for line in _read_all(fd).splitlines() if line.strip()]
-            for done, line in enumerate(lines):
-                if not _hand_over(line, accept, source=path.name, set_aside=self._set_aside):
-                    if done:  # a round that took nothing leaves the file as it is
-                        _rewrite(path, lines[done:])
-                    return done, False
+            lines = _spooled_lines(_read_all(fd))
+            done = 0
+            try:
+                while done < len(lines) and _hand_over(
+                    lines[done][0], accept, source=path.name, set_aside=self._set_aside
+                ):
+                    done += 1
+            finally:
+                if 0 < done < len(lines):  # a round that took nothing leaves the file as it is
+                    _keep_undrained(path, [line for line, _ in lines[done:]], queued_bytes=lines[done - 1][1])
+            if done < len(lines):
+                return done, False
             path.unlink()
-            return len(lines), True
+            return done, True
 
     def _set_aside(self, line: bytes) -> None:
         """Append ``line`` to the unqueued file, fsync'd (an error stops the drain there)."""
@@ -139,6 +161,29 @@ class Spool:
 
     def _files(self) -> list[Path]:
         return list(self.directory.glob(SPOOL_GLOB)) if self.directory.exists() else []
+
+
+def _take_apart(path: Path) -> Path:
+    """Rename the spool file ``path`` (under its lock: no append is half-way) to a name of its
+    own for one drain (:data:`DRAINING_MARK`), the new entry fsync'd; its new path. Raises
+    :class:`BlockingIOError` when another process holds it (draining it)."""
+    with _locked(path, create=False, blocking=False):
+        apart = path.with_name(f"{path.stem}{DRAINING_MARK}{os.getpid()}-{time.time_ns()}{path.suffix}")
+        os.rename(path, apart)
+        _fsync_dir(path.parent)
+    return apart
+
+
+def _spooled_lines(data: bytes) -> list[tuple[bytes, int]]:
+    """The callbacks (non-blank lines) of a spool file's ``data``, each with the offset just past
+    its newline (or its end)."""
+    lines = []
+    end = 0
+    for line in data.split(b"\n"):
+        end = min(end + len(line) + 1, len(data))
+        if line.strip():
+            lines.append((line, end))
+    return lines
 
 
 def _lines(path: Path) -> int:
@@ -293,6 +338,26 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def _keep_undrained(path: Path, lines: list[bytes], *, queued_bytes: int) -> None:
+    """Leave in the locked spool file ``path`` only ``lines``, those a paused drain did not queue:
+    the file rewritten with them, or, when the disk has no room for the copy, its first
+    ``queued_bytes`` (the lines queued) overwritten with blanks in place. Either way the next
+    drain does not queue those again; a crash while blanking leaves at worst a line queued and
+    torn, which it drops as unreadable."""
+    try:
+        _rewrite(path, lines)
+    except OSError as exc:
+        log.warning("blanking the queued lines of %s in place: cannot rewrite it (%s)", path.name, exc)
+        fd = os.open(path, os.O_WRONLY)  # not O_APPEND, under which pwrite appends
+        try:
+            # One blank line in their place (the last of them ends with its newline still)
+            for start in range(0, queued_bytes - 1, BLANKING_CHUNK_BYTES):
+                os.pwrite(fd, b" " * min(BLANKING_CHUNK_BYTES, queued_bytes - 1 - start), start)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _rewrite(path: Path, lines: list[bytes]) -> None:
     """Replace ``path`` atomically with ``lines`` (the part not drained yet), mode 0600 like every
     spool file: a spooled line may hold the callback's token (its promptJson echoes the URL)."""
@@ -301,10 +366,15 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
     with suppress(FileNotFoundError):
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(b"".join(line + b"\n" for line in lines))
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(b"".join(line + b"\n" for line in lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()  # what the full disk took of it: room for the blanks' fsync
+        raise
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 

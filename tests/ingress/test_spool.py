@@ -22,7 +22,7 @@ import redis
 from falcon import testing
 
 from ingress.app import build_ingress, create_app
-from ingress.spool import REQUEUED_NAME, UNQUEUED_NAME, Spool, SpoolDrainer
+from ingress.spool import DRAINING_MARK, REQUEUED_NAME, UNQUEUED_NAME, Spool, SpoolDrainer
 from shared import keys
 from shared.callback import Callback
 from shared.errors import QueueUnavailable, SpoolUnavailable
@@ -100,7 +100,10 @@ def test_a_spool_file_a_paused_drain_rewrote_stays_readable_by_its_owner_alone(t
         os.umask(old_umask)
     assert spool.depth() == 3
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
-    assert modes == {"spool-11.jsonl": 0o600, REQUEUED_NAME: 0o600}
+    assert modes.pop(REQUEUED_NAME) == 0o600
+    [(rewritten, mode)] = modes.items()  # renamed by the drain that took it
+    assert rewritten.startswith(f"spool-11{DRAINING_MARK}")
+    assert mode == 0o600
 
 
 def test_a_restarted_ingress_drains_the_files_of_its_previous_processes(tmp_path: Path) -> None:
@@ -267,17 +270,20 @@ def test_an_append_is_not_refused_because_another_file_was_drained_meanwhile(tmp
 def test_a_drain_that_takes_nothing_leaves_the_file_as_it_is(tmp_path: Path) -> None:
     """While Redis is down every drain round fails on the first line: it must not copy, fsync and
     rename the whole file (up to MJHOOK_SPOOL_MAX_BYTES per round and process, on a disk that may
-    be filling up) when nothing left it."""
+    be filling up) when nothing left it. (The first renames it, so that appends start a file of
+    their own; the next ones leave even its name.)"""
     spool = Spool(tmp_path, max_bytes=1 << 30, pid=lambda: 7)
     for i in range(200):
         spool.append(callback(f"t{i}"))
-    path = tmp_path / "spool-7.jsonl"
-    before = path.stat()
+    before = (tmp_path / "spool-7.jsonl").stat()
 
     def redis_down(_callback: Callback) -> None:
         raise QueueUnavailable("cannot record the task: ConnectionError")
 
     assert spool.drain(redis_down) == 0
+    [path] = tmp_path.glob("spool-*.jsonl")
+    assert spool.drain(redis_down) == 0
+    assert list(tmp_path.glob("spool-*.jsonl")) == [path]
     after = path.stat()
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
         before.st_ino,
@@ -361,8 +367,9 @@ def test_a_requeue_adds_to_lines_requeued_before_instead_of_replacing_them(tmp_p
 def test_a_requeue_during_a_drain_setting_a_requeued_line_aside_again_waits_for_it(tmp_path: Path) -> None:
     """Given a drain of the requeued file setting a line aside again (its cause is not fixed)
     When `mjhook spool requeue` runs meanwhile (another process)
-    Then both finish, and every line ends requeued: they took the two files' locks in opposite
-    orders and waited on each other for good (the CLI hung, and so did the drain thread)."""
+    Then both finish, and every line ends requeued or set aside, once: they took the two files'
+    locks in opposite orders and waited on each other for good (the CLI hung, and so did the
+    drain thread)."""
     (tmp_path / REQUEUED_NAME).write_bytes(orjson.dumps(callback("earlier").to_message()) + b"\n")
     (tmp_path / UNQUEUED_NAME).write_bytes(orjson.dumps(callback("aside").to_message()) + b"\n")
     spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 1)
@@ -393,13 +400,16 @@ def test_a_requeue_during_a_drain_setting_a_requeued_line_aside_again_waits_for_
                 proc.kill()  # releases its locks: the drain goes on
             proc.wait()
         drainer.join(timeout=30)
-    assert out.strip() == b"2"
-    requeued = (tmp_path / REQUEUED_NAME).read_bytes().splitlines()
-    assert sorted(Callback.from_message(orjson.loads(line)).task_id for line in requeued) == [
+    # The requeue need not wait for the drain (which renamed the file it drains): "earlier" is
+    # set aside again after it, or before it and requeued with "aside"; each line in one place.
+    assert out.strip() in (b"1", b"2")
+    kept = b"".join(
+        path.read_bytes() for path in (tmp_path / REQUEUED_NAME, tmp_path / UNQUEUED_NAME) if path.exists()
+    )
+    assert sorted(Callback.from_message(orjson.loads(line)).task_id for line in kept.splitlines()) == [
         "aside",
         "earlier",
     ]
-    assert not (tmp_path / UNQUEUED_NAME).exists()
 
 
 class SpoolWithABug(Spool):
@@ -600,3 +610,50 @@ def test_a_requeue_run_as_root_gives_the_requeued_file_to_the_spool_directorys_o
 
     requeued = (spool_dir / REQUEUED_NAME).stat()
     assert (requeued.st_uid, requeued.st_gid) == (65534, 65534)
+
+
+def test_an_append_during_a_drain_waits_for_no_enqueue_and_every_line_is_queued_once(
+    tmp_path: Path,
+) -> None:
+    """Given this process's spool file with two callbacks, and a drain of it inside the enqueue of
+    the first (the queue slow to answer)
+    When the ingress spools another callback meanwhile (Redis down for its acknowledgement)
+    Then the append returns, its line on disk, while that enqueue is still under way; and once
+    the drain goes on, every callback is queued once, in order. The append used to wait on the
+    file's lock for the drain of the whole file."""
+    spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 7)
+    spool.append(callback("t0"))
+    spool.append(callback("t1"))
+    events: list[str] = []
+    inside, go_on, appended = threading.Event(), threading.Event(), threading.Event()
+    taken: list[str] = []
+
+    def slow_accept(cb: Callback) -> None:
+        if cb.task_id == "t0":
+            events.append("enqueue of t0 begins")
+            inside.set()
+            go_on.wait()
+            events.append("enqueue of t0 ends")
+        taken.append(cb.task_id)
+
+    def append_late() -> None:
+        spool.append(callback("late"))
+        events.append("late appended")
+        appended.set()
+
+    drainer = threading.Thread(target=spool.drain, args=(slow_accept,), daemon=True)
+    drainer.start()
+    try:
+        assert inside.wait(timeout=30)
+        threading.Thread(target=append_late, daemon=True).start()
+        appended.wait(timeout=10)  # a bound for a broken build, never reached by a working one
+        on_disk = b"".join(path.read_bytes() for path in tmp_path.glob("spool-*.jsonl"))
+    finally:
+        go_on.set()
+        drainer.join(timeout=30)
+    assert events[:2] == ["enqueue of t0 begins", "late appended"]
+    assert b'"late"' in on_disk
+    assert appended.wait(timeout=30)
+    spool.drain(lambda cb: taken.append(cb.task_id))
+    assert taken == ["t0", "t1", "late"]
+    assert spool.depth() == 0
