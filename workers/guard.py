@@ -339,11 +339,17 @@ class GuardedBackend(httpcore.NetworkBackend):
     host as SNI to ``start_tls``), and so does the Host header."""
 
     def __init__(
-        self, policy: FetchPolicy, *, resolver: Resolver = resolve_host, connector: Connector | None = None
+        self,
+        policy: FetchPolicy,
+        *,
+        resolver: Resolver = resolve_host,
+        connector: Connector | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._policy = policy
         self._resolver = resolver
         self._connector: Connector = connector or httpcore.SyncBackend().connect_tcp
+        self._clock = clock
 
     def connect_tcp(
         self,
@@ -353,14 +359,23 @@ class GuardedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
+        """Connect to a checked address of ``host``. ``timeout`` (the connect timeout, cut to what
+        is left of the download's time by the wait-limited backend in front of this one) bounds
+        the lookup and every connect attempt together, not each of them."""
         # The scheme was checked per request (handle_request); here the host and port count.
         target = check_target("tcp", host, port, self._policy)
+        deadline = None if timeout is None else self._clock() + timeout
         errors: list[Exception] = []
         for ip in self._addresses(host, port, target, timeout)[:DEFAULT_MAX_ADDRESSES_TRIED]:
+            left = None if deadline is None else deadline - self._clock()
+            if left is not None and left <= 0:
+                break
             try:
-                return self._connector(str(ip), port, timeout, local_address, socket_options)
+                return self._connector(str(ip), port, left, local_address, socket_options)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 errors.append(exc)
+        if not errors:  # the lookup took it all
+            raise httpcore.ConnectTimeout(f"connecting to {host!r} took over {timeout:.1f} s")
         raise errors[-1]
 
     def _addresses(
@@ -382,8 +397,8 @@ class GuardedBackend(httpcore.NetworkBackend):
         bound): the connect timeout, cut to what is left of the download's time by the
         wait-limited backend in front of this one. ``getaddrinfo`` takes no timeout, so the lookup
         runs in a daemon thread of its own; one given up on ends when the resolver returns, its
-        answers unused. Raises ``httpcore.ConnectTimeout`` when the wait ends first, which the
-        fetcher reports as a download over its time (:class:`DownloadFailed`)."""
+        answers unused. Raises ``httpcore.ConnectTimeout`` when the wait ends first: the download
+        fails for now (:class:`DownloadFailed`, over its time or timed out)."""
         outcome: list[list[str] | BaseException] = []
 
         def look_up() -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from shared.errors import DownloadFailed
 from workers.fetch import FetchLimits, ResultFetcher, create_http_client
-from workers.guard import FetchPolicy, create_guarded_transport
+from workers.guard import FetchPolicy, GuardedBackend, create_guarded_transport
 
 #: A public address the hanging resolver would give, were it ever released during a fetch.
 PUBLIC_V4 = "93.184.215.14"
@@ -94,3 +94,62 @@ def test_a_hanging_lookup_ends_at_the_deadline_the_caller_gives(resolver: Hangin
 
     assert resolver.started.is_set()
     assert not resolver.returned.is_set()
+
+
+@dataclass
+class SlowNetwork:
+    """A resolver and a connector on a fake clock: the lookup takes ``lookup_s``, each connect
+    attempt ``connect_s`` and then fails; every timeout a connect attempt is given is kept."""
+
+    lookup_s: float
+    connect_s: float
+    now: float = 1000.0
+    timeouts: list[float | None] = field(default_factory=list)
+
+    def clock(self) -> float:
+        return self.now
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        self.now += self.lookup_s
+        return [PUBLIC_V4, "93.184.215.15", "93.184.215.16", "93.184.215.17"]
+
+    def connect(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        self.timeouts.append(timeout)
+        self.now += self.connect_s
+        raise httpcore.ConnectError(f"{host} refused (fake)")
+
+
+def test_the_lookup_and_every_connect_attempt_share_one_timeout() -> None:
+    """Given a lookup taking 3 s of a 5 s connect timeout, and addresses that each refuse after 1 s
+    When the guarded backend connects
+    Then the first attempt gets the 2 s left, the second 1 s, and none comes after (the last
+    refusal is the error): the lookup and the attempts together take no longer than the timeout
+    (each was given all of it before)."""
+    network = SlowNetwork(lookup_s=3.0, connect_s=1.0)
+    backend = GuardedBackend(
+        FetchPolicy(), resolver=network.resolve, connector=network.connect, clock=network.clock
+    )
+
+    with pytest.raises(httpcore.ConnectError, match=r"93\.184\.215\.15 refused"):
+        backend.connect_tcp("slow.example", 80, timeout=5.0)
+
+    assert network.timeouts == [2.0, 1.0]
+
+
+def test_a_lookup_over_the_whole_timeout_tries_no_connect() -> None:
+    network = SlowNetwork(lookup_s=6.0, connect_s=1.0)
+    backend = GuardedBackend(
+        FetchPolicy(), resolver=network.resolve, connector=network.connect, clock=network.clock
+    )
+
+    with pytest.raises(httpcore.ConnectTimeout, match=r"took over 5\.0 s"):
+        backend.connect_tcp("slow.example", 80, timeout=5.0)
+
+    assert network.timeouts == []
