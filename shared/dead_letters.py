@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any, cast
 
 import dramatiq
+import orjson
 import redis
 from dramatiq.common import q_name
 from dramatiq.errors import BrokerConnectionError, DecodeError
@@ -28,7 +29,6 @@ from shared.callback import TASK_ID_PATTERN, Callback
 from shared.errors import InvalidCallback, TaskRecordUnusable
 from shared.printable import shortened
 from shared.queue import PROCESS_CALLBACK
-from shared.redis_client import as_text
 from shared.taskstate import TaskState, TaskStore
 
 #: Options a replay drops so that the message starts over: its retry count and last error, and
@@ -123,7 +123,11 @@ def shown_id(dead_id: str) -> str:
     escapes. Such an id (written by hand or by another program) is held as its bytes decoded with
     ``surrogateescape``: lookups by it find the letter, and its surrogates cannot be printed or
     put in JSON."""
-    return _bytes_of(dead_id).decode(errors="backslashreplace")
+    try:
+        raw = _bytes_of(dead_id)
+    except UnicodeEncodeError:  # a lone surrogate (an id named through an API): no bytes at all
+        return dead_id.encode(errors="backslashreplace").decode()
+    return raw.decode(errors="backslashreplace")
 
 
 def _id_of(member: bytes) -> str:
@@ -208,7 +212,8 @@ def _dead_letter(
     task_id = payload.get("taskId")
     task_id = task_id if isinstance(task_id, str) else None
     if recorded is not None:
-        reason, source = as_text(recorded), ReasonSource.WORKER
+        # Our workers write UTF-8; a byte that is none (another program's) is shown replaced
+        reason, source = recorded.decode(errors="replace"), ReasonSource.WORKER
     else:
         reason, source = _find_reason(message, payload, task_id, tasks)
     if task_id is not None and not TASK_ID_PATTERN.fullmatch(task_id):
@@ -252,7 +257,10 @@ def _decode(body: bytes) -> dramatiq.Message[Any] | None:
     one that cannot be decoded, and a replay leaves it in place and goes on."""
     try:
         message = dramatiq.Message.decode(body)
-    except DecodeError:
+        # Strict UTF-8 throughout: a JSON escape can make a lone surrogate ("\\udcff"), which no
+        # terminal prints and no JSON output takes
+        orjson.dumps(message.asdict())
+    except (DecodeError, TypeError):
         return None
     options = message.options
     retries = options.get("retries") if isinstance(options, dict) else None

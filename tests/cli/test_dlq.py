@@ -412,3 +412,44 @@ def test_a_dead_letter_whose_id_is_no_utf8_is_listed_left_by_replay_and_purged(
     assert f"1 dead letter(s) purged from {CALLBACK_QUEUE}" in purged.stdout
     assert client.zcard(DEAD) == 0
     assert client.hlen(keys.broker_dead_messages(BROKER_NAMESPACE, CALLBACK_QUEUE)) == 0
+
+
+def test_a_dead_letter_with_a_lone_surrogate_or_a_reason_that_is_no_utf8_is_listed_without_a_traceback(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
+) -> None:
+    """Given a dead letter whose message's id is JSON text escaping a lone surrogate, and a fine one
+    whose recorded reason is bytes that are no UTF-8 (both written by another program)
+    When the dead letters are listed (JSON and table), and a replay names an id holding a lone
+    surrogate
+    Then the first is listed as one that cannot be decoded, the second with its reason's odd bytes
+    replaced, and the replay says the id is not a dead letter. Each was a traceback."""
+    good = plant_dead_letter(client, "good")
+    client.set(keys.dead_reason(good), b"gave up: caf\xe9")
+    body = dramatiq.Message(
+        queue_name=CALLBACK_QUEUE,
+        actor_name=PROCESS_CALLBACK,
+        args=(queued_callback("odd"),),
+        kwargs={},
+        options={"retries": 1},
+    ).encode()
+    odd = orjson.loads(body)
+    odd["message_id"] = "odd-id"
+    client.zadd(DEAD, {"odd": 1_000})
+    client.hset(
+        keys.broker_dead_messages(BROKER_NAMESPACE, CALLBACK_QUEUE),
+        "odd",
+        orjson.dumps(odd).replace(b'"odd-id"', b'"odd-\\udcff"'),
+    )
+    env = {"MJHOOK_REDIS_URL": redis_server.url}
+
+    listed = run_cli(env, "dlq", "list", "--json")
+    table = run_cli(env, "dlq", "list")
+    replayed = run_cli(env, "dlq", "replay", "lone-\ud800")
+
+    assert listed.exit_code == 0, listed.output[:500]
+    messages = {message["id"]: message for message in json.loads(listed.stdout)["messages"]}
+    assert messages["odd"]["reason"] == "the message cannot be decoded"
+    assert messages[good]["reason"] == "gave up: caf\N{REPLACEMENT CHARACTER}"
+    assert table.exit_code == 0, table.output[:500]
+    assert replayed.exit_code == 1
+    assert replayed.stderr == "Error: not a dead letter: lone-\\ud800\n"
