@@ -147,10 +147,14 @@ class Spool:
                     done += 1
             finally:
                 if 0 < done < len(lines):  # a round that took nothing leaves the file as it is
-                    _keep_undrained(path, [line for line, _ in lines[done:]], queued_bytes=lines[done - 1][1])
+                    _keep_undrained(
+                        path, fd, [line for line, _ in lines[done:]], queued_bytes=lines[done - 1][1]
+                    )
             if done < len(lines):
                 return done, False
             path.unlink()
+            with suppress(FileNotFoundError):
+                _tmp_of(path).unlink()  # a rewrite's copy a crash left behind
             return done, True
 
     def _set_aside(self, line: bytes) -> None:
@@ -338,30 +342,44 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _keep_undrained(path: Path, lines: list[bytes], *, queued_bytes: int) -> None:
-    """Leave in the locked spool file ``path`` only ``lines``, those a paused drain did not queue:
-    the file rewritten with them, or, when the disk has no room for the copy, its first
-    ``queued_bytes`` (the lines queued) overwritten with blanks in place. Either way the next
-    drain does not queue those again; a crash while blanking leaves at worst a line queued and
-    torn, which it drops as unreadable."""
+def _keep_undrained(path: Path, fd: int, lines: list[bytes], *, queued_bytes: int) -> None:
+    """Leave in the spool file ``path``, locked and read through ``fd``, only ``lines``, those a
+    paused drain did not queue: the file rewritten with them, or, when the disk has no room for
+    the copy, its first ``queued_bytes`` (the lines queued) overwritten with blanks in place.
+    Either way the next drain does not queue those again, and takes the file in its turn (its
+    modification time kept: the oldest file first). A crash while blanking leaves at worst a line
+    queued and torn, which the next drain drops as unreadable."""
+    read = os.fstat(fd)
     try:
-        _rewrite(path, lines)
+        _rewrite(path, lines, times_ns=(read.st_atime_ns, read.st_mtime_ns))
     except OSError as exc:
-        log.warning("blanking the queued lines of %s in place: cannot rewrite it (%s)", path.name, exc)
-        fd = os.open(path, os.O_WRONLY)  # not O_APPEND, under which pwrite appends
+        blank = os.open(path, os.O_WRONLY)  # not O_APPEND, under which pwrite appends
         try:
+            if not os.path.sameopenfile(blank, fd):
+                # The copy took its place, and only what followed failed (the directory's fsync):
+                # blanking it would blank the lines kept
+                log.warning("spool file %s rewritten, its directory entry not fsync'd: %s", path.name, exc)
+                return
+            log.warning("blanking the queued lines of %s in place: cannot rewrite it (%s)", path.name, exc)
             # One blank line in their place (the last of them ends with its newline still)
             for start in range(0, queued_bytes - 1, BLANKING_CHUNK_BYTES):
-                os.pwrite(fd, b" " * min(BLANKING_CHUNK_BYTES, queued_bytes - 1 - start), start)
-            os.fsync(fd)
+                os.pwrite(blank, b" " * min(BLANKING_CHUNK_BYTES, queued_bytes - 1 - start), start)
+            os.fsync(blank)
+            os.utime(blank, ns=(read.st_atime_ns, read.st_mtime_ns))
         finally:
-            os.close(fd)
+            os.close(blank)
 
 
-def _rewrite(path: Path, lines: list[bytes]) -> None:
+def _tmp_of(path: Path) -> Path:
+    """Where :func:`_rewrite` writes the copy that replaces ``path``."""
+    return path.with_suffix(".tmp")
+
+
+def _rewrite(path: Path, lines: list[bytes], *, times_ns: tuple[int, int]) -> None:
     """Replace ``path`` atomically with ``lines`` (the part not drained yet), mode 0600 like every
-    spool file: a spooled line may hold the callback's token (its promptJson echoes the URL)."""
-    tmp = path.with_suffix(".tmp")
+    spool file: a spooled line may hold the callback's token (its promptJson echoes the URL).
+    ``times_ns``: the access and modification times the copy keeps (nanoseconds)."""
+    tmp = _tmp_of(path)
     # One a crash left behind may have another mode (or be a link): made anew, never reused.
     with suppress(FileNotFoundError):
         tmp.unlink()
@@ -371,6 +389,7 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
             handle.write(b"".join(line + b"\n" for line in lines))
             handle.flush()
             os.fsync(handle.fileno())
+        os.utime(tmp, ns=times_ns)
     except BaseException:
         with suppress(OSError):
             tmp.unlink()  # what the full disk took of it: room for the blanks' fsync

@@ -21,6 +21,7 @@ import pytest
 import redis
 from falcon import testing
 
+from ingress import spool as spool_module
 from ingress.app import build_ingress, create_app
 from ingress.spool import DRAINING_MARK, REQUEUED_NAME, UNQUEUED_NAME, Spool, SpoolDrainer
 from shared import keys
@@ -657,3 +658,79 @@ def test_an_append_during_a_drain_waits_for_no_enqueue_and_every_line_is_queued_
     spool.drain(lambda cb: taken.append(cb.task_id))
     assert taken == ["t0", "t1", "late"]
     assert spool.depth() == 0
+
+
+def test_a_paused_drain_whose_rewrite_failed_after_replacing_the_file_loses_no_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given four spooled callbacks, a drain paused after the first, and the rewrite of the rest
+    failing after its copy replaced the file (the directory's fsync: an I/O error)
+    When the spool is drained again
+    Then the three not queued are queued: the pause took the failure for a full disk and blanked
+    the first bytes of the file in place, which were by then the lines it had kept (one lost)."""
+    spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 7)
+    for i in range(4):
+        spool.append(callback(f"t{i}"))
+    replaced = threading.Event()
+    real_replace, real_fsync_dir = os.replace, spool_module._fsync_dir
+
+    def replace(source: Any, target: Any) -> None:
+        real_replace(source, target)
+        replaced.set()
+
+    def fsync_dir(directory: Path) -> None:
+        if replaced.is_set():
+            replaced.clear()
+            raise OSError(5, "Input/output error")
+        real_fsync_dir(directory)
+
+    monkeypatch.setattr(spool_module.os, "replace", replace)
+    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
+    taken: list[str] = []
+
+    def accept(cb: Callback) -> None:
+        if taken:
+            raise QueueUnavailable("down again")
+        taken.append(cb.task_id)
+
+    spool.drain(accept)
+    monkeypatch.undo()
+    spool.drain(lambda cb: taken.append(cb.task_id))
+
+    assert taken == ["t0", "t1", "t2", "t3"]
+
+
+@pytest.mark.parametrize("rewrite", ["copied", "blanked in place"])
+def test_what_a_paused_drain_left_is_drained_before_callbacks_spooled_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rewrite: str
+) -> None:
+    """Given three spooled callbacks, a drain that pauses at the second one while a fourth is
+    spooled (a new file: the drain renamed the one it took), and the rest of the paused file
+    rewritten, or blanked in place when there is no room for a copy
+    When the spool is drained again
+    Then the two left of the older file come before the newer callback: the rewrite keeps the
+    file's time (it made the file look the newest, and its callbacks were queued last)."""
+    spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 7)
+    for i in range(3):
+        spool.append(callback(f"a{i}"))
+    os.utime(tmp_path / "spool-7.jsonl", (1000, 1000))
+    if rewrite == "blanked in place":
+
+        def no_room(path: Path, lines: list[bytes], *, times_ns: tuple[int, int]) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(spool_module, "_rewrite", no_room)
+    taken: list[str] = []
+
+    def accept(cb: Callback) -> None:
+        if cb.task_id == "a1":
+            spool.append(callback("a3"))
+            os.utime(tmp_path / "spool-7.jsonl", (2000, 2000))  # spooled after a0..a2, before now
+            raise QueueUnavailable("down again")
+        taken.append(cb.task_id)
+
+    spool.drain(accept)
+    monkeypatch.undo()
+    spool.drain(lambda cb: taken.append(cb.task_id))
+
+    assert taken == ["a0", "a1", "a2", "a3"]
