@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import click
 import redis
@@ -21,6 +23,7 @@ from cli.settings import pass_settings
 from shared.clock import utc_iso
 from shared.queue import BROKER_NAMESPACE, QUEUES, queue_is_in_redis
 from shared.queue_stats import QueueStats, StatusSnapshot, read_status
+from shared.redis_durability import clients_to_check, problems_of
 from shared.settings import Settings
 
 #: Seconds between two refreshes of ``--watch``.
@@ -43,7 +46,9 @@ def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> N
 
     JSON: {"queues": {NAME: {"ready", "delayed", "in_flight", "dead", "held_by_dead",
     "oldest_ready_age_s"}}, "workers", "tasks": {STATE: N}, "per_minute": {STATE: [10 counts,
-    oldest minute first]}, "submitted": {...}, "rejected": N, "taken_at_ms"}. Workers are live
+    oldest minute first]}, "submitted": {...}, "rejected": N, "taken_at_ms", "redis_durability":
+    [what in Redis can lose acknowledged callbacks, one sentence each; [] when it runs with
+    appendonly yes, appendfsync always, maxmemory-policy noeviction]}. Workers are live
     worker processes: a heartbeat within MJHOOK_REDELIVERY_S, from a broker that registered as a
     worker or holds messages.
     With the queue in RabbitMQ (MJHOOK_BROKER_URL=amqp://...), only the task numbers: "queues" is
@@ -53,11 +58,11 @@ def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> N
     if not watch:
         # Ctrl-C here is click's "Aborted!", exit 1: a script must not take no output for a reading.
         with reported_failures():
-            snapshot = read()
+            reading = read()
         if as_json:
-            echo_json(snapshot.to_json())
+            echo_json(reading.to_json())
         else:
-            Console().print(render_status(snapshot))
+            Console().print(render_status(reading))
         return
     try:
         if as_json:
@@ -68,16 +73,30 @@ def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> N
         pass  # Ctrl-C is how a watch ends
 
 
+@dataclass(frozen=True, slots=True)
+class StatusReading:
+    """One reading of ``mjhook status``: the snapshot and what in Redis can lose callbacks."""
+
+    snapshot: StatusSnapshot
+    #: :func:`shared.redis_durability.problems_of` the Redis servers read (empty: durable).
+    durability: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The snapshot's object (:meth:`StatusSnapshot.to_json`) plus ``redis_durability``."""
+        return {**self.snapshot.to_json(), "redis_durability": list(self.durability)}
+
+
 def status_reader(
     settings: Settings, *, clock: Callable[[], float] = time.time
-) -> Callable[[], StatusSnapshot]:
-    """A function reading one :class:`StatusSnapshot` each call, over connections kept open.
+) -> Callable[[], StatusReading]:
+    """A function reading one :class:`StatusReading` each call, over connections kept open.
     With the queue in RabbitMQ, it reads task state only (no queues, no workers)."""
     client = queue_redis(settings) if queue_is_in_redis(settings) else None
     tasks = task_store(settings)
+    durable = clients_to_check(settings, tasks.client, client)
 
-    def read() -> StatusSnapshot:
-        return read_status(
+    def read() -> StatusReading:
+        snapshot = read_status(
             client,
             tasks,
             namespace=BROKER_NAMESPACE,
@@ -86,11 +105,12 @@ def status_reader(
             poll_grace_s=settings.poll_grace_s,
             now_ms=int(clock() * 1000),
         )
+        return StatusReading(snapshot=snapshot, durability=tuple(problems_of(durable)))
 
     return read
 
 
-def _stream_json(read: Callable[[], StatusSnapshot], interval_s: float) -> None:
+def _stream_json(read: Callable[[], StatusReading], interval_s: float) -> None:
     while True:
         try:
             echo_json(read().to_json())
@@ -99,14 +119,14 @@ def _stream_json(read: Callable[[], StatusSnapshot], interval_s: float) -> None:
         time.sleep(interval_s)
 
 
-def _live_view(read: Callable[[], StatusSnapshot], interval_s: float) -> None:
+def _live_view(read: Callable[[], StatusReading], interval_s: float) -> None:
     with Live(_view(read), console=Console(), auto_refresh=False) as live:
         while True:
             time.sleep(interval_s)
             live.update(_view(read), refresh=True)
 
 
-def _view(read: Callable[[], StatusSnapshot]) -> RenderableType:
+def _view(read: Callable[[], StatusReading]) -> RenderableType:
     try:
         return render_status(read())
     except redis.RedisError as exc:
@@ -120,8 +140,10 @@ QUEUE_NOT_IN_REDIS = (
 )
 
 
-def render_status(snapshot: StatusSnapshot) -> RenderableType:
-    """The status as tables: queues, workers, tasks per state, finished tasks per minute."""
+def render_status(reading: StatusReading) -> RenderableType:
+    """The status as tables: Redis durability, queues, workers, tasks per state, finished tasks
+    per minute."""
+    snapshot = reading.snapshot
     if snapshot.queues is None:
         queues: RenderableType = Text(QUEUE_NOT_IN_REDIS, style="yellow")
     else:
@@ -144,7 +166,24 @@ def render_status(snapshot: StatusSnapshot) -> RenderableType:
         style="bold yellow" if snapshot.rejected else "",
     )
     taken = Text(f"as of {utc_iso(snapshot.taken_at_ms / 1000)}", style="dim")
-    return Group(queues, _workers_line(snapshot.workers), rejected, tasks, rates, taken)
+    return Group(
+        _durability_lines(reading.durability),
+        queues,
+        _workers_line(snapshot.workers),
+        rejected,
+        tasks,
+        rates,
+        taken,
+    )
+
+
+def _durability_lines(problems: Iterable[str]) -> Text:
+    """``Redis durability: ok``, or that line and one per problem."""
+    problems = list(problems)
+    if not problems:
+        return Text("Redis durability: ok")
+    lines = ["Redis durability:", *(f"  - {problem}" for problem in problems)]
+    return Text("\n".join(lines), style="bold red")
 
 
 def _queue_table(stats: Iterable[QueueStats]) -> Table:

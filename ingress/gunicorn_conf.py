@@ -2,6 +2,7 @@
 Each can be overridden on the command line or with GUNICORN_CMD_ARGS."""
 
 import gc
+import logging
 import multiprocessing
 import os
 import shutil
@@ -19,6 +20,9 @@ from shared.metrics import (
     remove_stale_dirs,
     use_multiprocess_dir,
 )
+from shared.queue import queue_is_in_redis
+from shared.redis_client import connect_redis
+from shared.redis_durability import clients_to_check, log_durability_problems
 from shared.settings import Settings
 
 #: The master needs the log settings before the app is loaded; wsgi.py reads them again in each
@@ -75,6 +79,27 @@ def on_starting(server: Any) -> None:
     PROMETHEUS_MULTIPROC_DIR when set, else one of this master's own under the temp directory."""
     remove_stale_dirs("ingress")
     use_multiprocess_dir(multiprocess_dir(os.environ, role="ingress", owner_pid=os.getpid()), clear=True)
+
+
+def when_ready(server: Any) -> None:
+    """Once, in the master, as the ingress starts: warn (in gunicorn's log) of what in its Redis
+    can lose callbacks it acknowledges (shared/redis_durability.py). One try, of at most
+    MJHOOK_REDIS_TIMEOUT_S per Redis (a Redis that hangs delays the first workers that long), and
+    each client closed before the workers are forked."""
+    task_client = connect_redis(_settings.redis_url, timeout_s=_settings.redis_timeout_s, retries=0)
+    queue_client = (
+        connect_redis(_settings.queue_url, timeout_s=_settings.redis_timeout_s, retries=0)
+        if queue_is_in_redis(_settings)
+        else None
+    )
+    try:
+        log_durability_problems(
+            clients_to_check(_settings, task_client, queue_client), logging.getLogger("gunicorn.error")
+        )
+    finally:
+        for client in (task_client, queue_client):
+            if client is not None:
+                client.close()
 
 
 def post_worker_init(worker: Any) -> None:

@@ -22,6 +22,7 @@ from shared.errors import MjhookError, StorageUnavailable
 from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.provider import create_provider_client
 from shared.redis_client import connect_redis
+from shared.redis_durability import clients_to_check, log_durability_problems
 from shared.settings import Settings
 from shared.storage import ObjectStore, create_object_store, pool_size_for
 from shared.submitted import SubmittedTasks
@@ -209,7 +210,15 @@ class WorkerRuntime(Middleware):
         self._sweeper: SecondLookSweeper | None = None
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.warn_of_redis_durability(broker)
         wait_for_bucket(self.parts().store)
+
+    def warn_of_redis_durability(self, broker: dramatiq.Broker) -> list[str]:
+        """Log at WARNING, once in this process, what in its Redis (the task state's, and the
+        queue's when it is another) can lose acknowledged callbacks; return it."""
+        queue_client = broker.client if isinstance(broker, RedisBroker) else None
+        clients = clients_to_check(self._settings, self.parts().tasks.client, queue_client)
+        return log_durability_problems(clients, log)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.start_second_looks()

@@ -222,3 +222,36 @@ def test_watch_refreshes_until_ctrl_c(
         assert "Traceback" not in proc.log_since_start()
     finally:
         proc.terminate()
+
+
+def test_status_says_whether_redis_keeps_what_was_acknowledged(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
+) -> None:
+    env = {"MJHOOK_REDIS_URL": redis_server.url}
+
+    # Given a Redis with the AOF off and an eviction policy
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    # When, as JSON
+    result = run_cli(env, "status", "--json")
+    # Then each problem, one sentence each
+    assert result.exit_code == 0, result.output
+    problems = json.loads(result.stdout)["redis_durability"]
+    assert [problem.split(":")[0] for problem in problems] == [
+        "appendonly is no",
+        "maxmemory-policy is allkeys-lru",
+    ]
+    # When, for people
+    result = run_cli(env, "status")
+    # Then the same, under one heading
+    assert result.exit_code == 0, result.output
+    assert "Redis durability:\n" in result.stdout
+    assert f"  - {problems[0]}\n" in result.stdout
+    assert f"  - {problems[1]}\n" in result.stdout
+
+    # Given the Redis run as mjhook needs it
+    client.config_set("appendonly", "yes")
+    client.config_set("appendfsync", "always")
+    client.config_set("maxmemory-policy", "noeviction")
+    # Then no problem, in either form
+    assert json.loads(run_cli(env, "status", "--json").stdout)["redis_durability"] == []
+    assert "Redis durability: ok" in run_cli(env, "status").stdout

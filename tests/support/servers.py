@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,13 +38,15 @@ class RedisServer:
     """A private redis-server on 127.0.0.1; `stop()`/`start()` keep port and directory.
 
     Without `appendonly` nothing is persisted, so a restart comes back empty; with it
-    the AOF in `directory` brings the data back.
+    the AOF in `directory` brings the data back. `extra_args` go to redis-server after
+    the others (e.g. `["--rename-command", "CONFIG", ""]`).
     """
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = False, extra_args: Sequence[str] = ()) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.proc: ManagedProcess | None = None
 
@@ -64,6 +66,7 @@ class RedisServer:
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--daemonize", "no",
+            *self.extra_args,
         ]  # fmt: skip
 
     def start(self, timeout_s: float = REDIS_START_TIMEOUT_S) -> None:
@@ -92,9 +95,9 @@ class RedisServer:
             self.proc.kill()
 
 
-def start_redis(tmpdir: Path, *, appendonly: bool = False) -> RedisServer:
+def start_redis(tmpdir: Path, *, appendonly: bool = False, extra_args: Sequence[str] = ()) -> RedisServer:
     """Start a redis-server with its files in `tmpdir`; ready when this returns."""
-    server = RedisServer(tmpdir, appendonly=appendonly)
+    server = RedisServer(tmpdir, appendonly=appendonly, extra_args=extra_args)
     server.start()
     return server
 
