@@ -36,6 +36,9 @@ UNQUEUED_NAME = "unqueued.jsonl"
 #: The spool file :meth:`Spool.requeue_unqueued` moves set-aside lines into: no process appends
 #: to it otherwise, and every drain takes it like any other spool file.
 REQUEUED_NAME = "spool-requeued.jsonl"
+#: Listings of the spool directory one count of its callbacks or bytes takes at most
+#: (:meth:`Spool._total`).
+TOTAL_LISTINGS = 3
 #: Bytes a paused drain blanks per write when it cannot rewrite a file (:func:`_keep_undrained`).
 BLANKING_CHUNK_BYTES = 1 << 20
 #: In the name a drain gives a spool file it takes (``spool-7.draining-{pid}-{ns}.jsonl``): no
@@ -69,15 +72,26 @@ class Spool:
 
     def depth_bytes(self) -> int:
         """Bytes waiting in every spool file of the directory."""
-        return sum(_size(path) for path in self._files())
+        return self._total(_size)
 
     def depth(self) -> int:
         """Callbacks waiting in every spool file of the directory."""
-        return sum(_lines(path) for path in self._files())
+        return self._total(_lines)
+
+    def _total(self, measure: Callable[[Path], int | None]) -> int:
+        """The sum of ``measure`` over the spool files, None for a file gone since the listing.
+        One gone may have been renamed by a drain taking it (its callbacks now under another
+        name): the directory is listed again, a few times at most; one drained and removed is not
+        listed then."""
+        for _ in range(TOTAL_LISTINGS):
+            measures = [measure(path) for path in self._files()]
+            if None not in measures:
+                break
+        return sum(value for value in measures if value is not None)
 
     def unqueued(self) -> int:
         """Callbacks the drain set aside in the unqueued file."""
-        return _lines(self.directory / UNQUEUED_NAME)
+        return _lines(self.directory / UNQUEUED_NAME) or 0
 
     def requeue_unqueued(self) -> int:
         """Hand the callbacks set aside in the unqueued file back to the drain (once what refused
@@ -190,19 +204,19 @@ def _spooled_lines(data: bytes) -> list[tuple[bytes, int]]:
     return lines
 
 
-def _lines(path: Path) -> int:
-    """The callbacks (non-blank lines) in ``path``; 0 once another process drained and removed it."""
+def _lines(path: Path) -> int | None:
+    """The callbacks (non-blank lines) in ``path``; None once it is gone (drained, or renamed)."""
     with suppress(FileNotFoundError), path.open("rb") as handle:
         return sum(1 for line in handle if line.strip())
-    return 0
+    return None
 
 
-def _size(path: Path) -> int:
-    """``path``'s size; 0 once another process drained and removed it."""
+def _size(path: Path) -> int | None:
+    """``path``'s size; None once it is gone (drained, or renamed)."""
     try:
         return path.stat().st_size
     except FileNotFoundError:
-        return 0
+        return None
 
 
 def _modified(path: Path) -> float:

@@ -734,3 +734,24 @@ def test_what_a_paused_drain_left_is_drained_before_callbacks_spooled_after_it(
     spool.drain(lambda cb: taken.append(cb.task_id))
 
     assert taken == ["a0", "a1", "a2", "a3"]
+
+
+def test_a_count_that_meets_a_file_a_drain_just_renamed_counts_its_callbacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a spooled callback whose file a drain renames (taking it) between the count's listing
+    of the directory and its reading of the file
+    When the spool's depth in callbacks and in bytes is read
+    Then the callback is counted: the file gone since the listing was taken for drained (0), and
+    the metric of the spool's depth said 0 while a callback waited."""
+    spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 7)
+    spool.append(callback("t0"))
+    listed = tmp_path / "spool-7.jsonl"
+    size = listed.stat().st_size
+    listed.rename(tmp_path / f"spool-7{DRAINING_MARK}8-1.jsonl")
+    listings = [[listed], [listed]]
+    real_files = spool._files
+    monkeypatch.setattr(spool, "_files", lambda: listings.pop(0) if listings else real_files())
+
+    assert spool.depth() == 1
+    assert spool.depth_bytes() == size
