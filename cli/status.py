@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
 
 import click
 import redis
@@ -22,8 +20,8 @@ from cli.services import queue_redis, reported_failures, task_store
 from cli.settings import pass_settings
 from shared.clock import utc_iso
 from shared.queue import BROKER_NAMESPACE, QUEUES, queue_is_in_redis
-from shared.queue_stats import QueueStats, StatusSnapshot, read_status
-from shared.redis_durability import clients_to_check, problems_of
+from shared.queue_stats import QueueStats, StatusReading, read_status
+from shared.redis_durability import clients_to_check
 from shared.settings import Settings
 
 #: Seconds between two refreshes of ``--watch``.
@@ -73,19 +71,6 @@ def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> N
         pass  # Ctrl-C is how a watch ends
 
 
-@dataclass(frozen=True, slots=True)
-class StatusReading:
-    """One reading of ``mjhook status``: the snapshot and what in Redis can lose callbacks."""
-
-    snapshot: StatusSnapshot
-    #: :func:`shared.redis_durability.problems_of` the Redis servers read (empty: durable).
-    durability: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """The snapshot's object (:meth:`StatusSnapshot.to_json`) plus ``redis_durability``."""
-        return {**self.snapshot.to_json(), "redis_durability": list(self.durability)}
-
-
 def status_reader(
     settings: Settings, *, clock: Callable[[], float] = time.time
 ) -> Callable[[], StatusReading]:
@@ -105,7 +90,7 @@ def status_reader(
             poll_grace_s=settings.poll_grace_s,
             now_ms=int(clock() * 1000),
         )
-        return StatusReading(snapshot=snapshot, durability=tuple(problems_of(durable)))
+        return StatusReading.of(snapshot, durable)
 
     return read
 

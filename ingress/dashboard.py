@@ -1,6 +1,6 @@
 """The operator's dashboard: ``GET /dashboard`` (one static HTML page whose script polls the read
 API every few seconds) and ``GET /dashboard/status`` (queue depths, live workers and task counts,
-the ``mjhook status --json`` object).
+the ``mjhook status --json`` object, ``redis_durability`` included).
 
 Both sit behind ``MJHOOK_API_TOKEN`` (:class:`ingress.tasks_api.ApiTokenGuard`). The page alone
 also takes the token as ``?token=<value>`` (once: a URL naming it twice is refused), because a
@@ -15,7 +15,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from importlib import resources
 from urllib.parse import urlsplit
@@ -30,7 +30,8 @@ from minio.error import S3Error
 from ingress.threaded import Threaded
 from shared.errors import StorageUnavailable
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
-from shared.queue_stats import read_status
+from shared.queue_stats import StatusReading, read_status
+from shared.redis_durability import clients_to_check
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from shared.taskstate import TaskStore
@@ -129,15 +130,19 @@ def presigned_origin(presigner: ObjectStore, *, fallback: str) -> str:
 
 class DashboardStatusResource:
     """``GET /dashboard/status``: the object ``mjhook status --json`` prints (queues, workers,
-    tasks, per_minute, taken_at_ms). With a broker that is not Redis (``queue_client`` None),
-    ``queues`` is empty and ``workers`` null (see :func:`shared.queue_stats.read_status`). 503
-    while Redis is unreachable."""
+    tasks, per_minute, taken_at_ms, redis_durability). With a broker that is not Redis
+    (``queue_client`` None), ``queues`` is empty and ``workers`` null (see
+    :func:`shared.queue_stats.read_status`). ``redis_durability`` is what in
+    ``durability_clients`` (:func:`shared.redis_durability.clients_to_check`) can lose
+    acknowledged callbacks; a Redis refusing CONFIG is a sentence there, not an error. 503 while
+    Redis is unreachable."""
 
     def __init__(
         self,
         *,
         queue_client: redis.Redis | None,
         tasks: TaskStore,
+        durability_clients: Mapping[str, redis.Redis],
         heartbeat_timeout_ms: int,
         poll_grace_s: float,
         queues: Sequence[str] = (CALLBACK_QUEUE,),
@@ -145,6 +150,7 @@ class DashboardStatusResource:
     ) -> None:
         self._queue_client = queue_client
         self._tasks = tasks
+        self._durability_clients = durability_clients
         self._heartbeat_timeout_ms = heartbeat_timeout_ms
         self._poll_grace_s = poll_grace_s
         self._queues = queues
@@ -158,7 +164,7 @@ class DashboardStatusResource:
         resp.cache_control = ["no-store"]  # needs the API token: no cache keeps it
 
     def _read(self) -> dict[str, object]:
-        return read_status(
+        snapshot = read_status(
             self._queue_client,
             self._tasks,
             namespace=BROKER_NAMESPACE,
@@ -166,7 +172,8 @@ class DashboardStatusResource:
             heartbeat_timeout_ms=self._heartbeat_timeout_ms,
             now_ms=int(self._clock() * 1000),
             poll_grace_s=self._poll_grace_s,
-        ).to_json()
+        )
+        return StatusReading.of(snapshot, self._durability_clients).to_json()
 
 
 def add_dashboard_routes(
@@ -180,16 +187,19 @@ def add_dashboard_routes(
     clock: Callable[[], float] = time.time,
 ) -> None:
     """Register the page and its status endpoint. Queue depths are read from the Redis of the
-    ingress's own ``broker``, in ``read_pool`` (None: the loop's default pool); images and videos
+    ingress's own ``broker``, in ``read_pool`` (None: the loop's default pool), with the
+    durability of that Redis and of ``tasks``'s, as ``mjhook status`` reads them; images and videos
     come from the origin of the URLs ``presigner`` makes."""
+    queue_client = broker.client if isinstance(broker, RedisBroker) else None
     image_origin = presigned_origin(presigner, fallback=settings.s3_public_endpoint or settings.s3_endpoint)
     app.add_route(DASHBOARD_PATH, Threaded(DashboardPage.from_package(image_origins=[image_origin])))
     app.add_route(
         STATUS_PATH,
         Threaded(
             DashboardStatusResource(
-                queue_client=broker.client if isinstance(broker, RedisBroker) else None,
+                queue_client=queue_client,
                 tasks=tasks,
+                durability_clients=clients_to_check(settings, tasks.client, queue_client),
                 heartbeat_timeout_ms=settings.redelivery_s * 1000,
                 poll_grace_s=settings.poll_grace_s,
                 clock=clock,

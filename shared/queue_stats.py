@@ -1,5 +1,6 @@
 """How the queue, the workers and the tasks are doing, read from Redis alone, so it answers with
-every worker down. ``mjhook status`` shows it; the ingress's dashboard and /metrics can reuse it.
+every worker down. ``mjhook status`` and the ingress's dashboard show it, with what in Redis can lose
+acknowledged callbacks (:class:`StatusReading`); /metrics can reuse it.
 
 The queue's numbers come from dramatiq's Redis broker keys (see :mod:`shared.keys`):
 
@@ -31,6 +32,7 @@ from dramatiq.common import dq_name
 
 from shared import keys
 from shared.redis_client import as_text
+from shared.redis_durability import problems_of
 from shared.rejected import count_rejected
 from shared.taskstate import TaskState, TaskStore
 from shared.worker_registry import registered_workers
@@ -115,6 +117,28 @@ class StatusSnapshot:
             "rejected": self.rejected,
             "taken_at_ms": self.taken_at_ms,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReading:
+    """One reading of ``mjhook status`` and of the dashboard: the snapshot and what in Redis can
+    lose acknowledged callbacks."""
+
+    snapshot: StatusSnapshot
+    #: :func:`shared.redis_durability.problems_of` the Redis servers read (empty: durable).
+    durability: tuple[str, ...]
+
+    @classmethod
+    def of(cls, snapshot: StatusSnapshot, durability_clients: Mapping[str, redis.Redis]) -> StatusReading:
+        """``snapshot`` with the durability of ``durability_clients``
+        (:func:`shared.redis_durability.clients_to_check`), read now: one round trip per Redis. A
+        Redis refusing CONFIG, or gone since the snapshot, is a "cannot be checked" sentence,
+        never an exception."""
+        return cls(snapshot=snapshot, durability=tuple(problems_of(durability_clients)))
+
+    def to_json(self) -> dict[str, Any]:
+        """The snapshot's object (:meth:`StatusSnapshot.to_json`) plus ``redis_durability``."""
+        return {**self.snapshot.to_json(), "redis_durability": list(self.durability)}
 
 
 def read_brokers(

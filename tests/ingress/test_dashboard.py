@@ -9,6 +9,7 @@ import hashlib
 import re
 import socket
 import threading
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import falcon
@@ -23,13 +24,14 @@ from ingress.dashboard import AWS_ORIGINS, DashboardStatusResource, presigned_or
 from shared.callback import Callback
 from shared.errors import StorageUnavailable
 from shared.queue import CALLBACK_QUEUE, create_broker, enqueue_callback
+from shared.redis_durability import CANNOT_BE_CHECKED
 from shared.rejected import Rejection, RejectLog
 from shared.settings import Settings
 from shared.storage import create_object_store
 from shared.taskstate import TaskState, TaskStore
 from tests.support.pipeline import queued_callback
 from tests.support.procs import free_port
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, start_redis
 
 TOKEN = "dash-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -240,7 +242,11 @@ def test_with_the_queue_outside_redis_status_has_task_counts_and_no_workers(clie
         )
     )
     resource = DashboardStatusResource(
-        queue_client=None, tasks=tasks, heartbeat_timeout_ms=1000, poll_grace_s=60
+        queue_client=None,
+        tasks=tasks,
+        durability_clients={"": client},
+        heartbeat_timeout_ms=1000,
+        poll_grace_s=60,
     )
     app = falcon.App()
     app.add_route("/status", resource)
@@ -261,6 +267,50 @@ def test_status_is_503_while_redis_is_unreachable() -> None:
     assert response.json == {"error": "Redis unavailable"}
     # The page itself needs no Redis.
     assert app.simulate_get("/dashboard", headers=AUTH).status_code == 200
+
+
+def test_status_says_what_in_redis_can_lose_acknowledged_callbacks(
+    app: testing.TestClient, client: redis.Redis
+) -> None:
+    # Given the test's Redis as redis-server starts by default: the append-only file off
+    assert client.config_get("appendonly") == {"appendonly": "no"}
+    # When
+    response = app.simulate_get("/dashboard/status", headers=AUTH)
+    # Then it says so, in the sentence mjhook status --json gives
+    assert response.status_code == 200
+    [problem] = response.json["redis_durability"]
+    assert problem.startswith("appendonly is no: a Redis restart or crash loses every acknowledged")
+
+
+def test_status_has_no_durability_problem_with_a_durable_redis(
+    app: testing.TestClient, client: redis.Redis
+) -> None:
+    # Given a Redis writing each command to its append-only file, fsync'd before it answers
+    # (maxmemory-policy is noeviction by default)
+    client.config_set("appendonly", "yes")
+    client.config_set("appendfsync", "always")
+    # When
+    response = app.simulate_get("/dashboard/status", headers=AUTH)
+    # Then
+    assert response.status_code == 200
+    assert response.json["redis_durability"] == []
+
+
+def test_a_redis_refusing_config_is_a_sentence_in_the_status_not_a_503(tmp_path: Path) -> None:
+    # Given a Redis that refuses CONFIG, as managed services do
+    server = start_redis(tmp_path / "no-config", extra_args=["--rename-command", "CONFIG", ""])
+    client = redis.Redis.from_url(server.url)
+    try:
+        # When
+        response = app_for(client, server.url).simulate_get("/dashboard/status", headers=AUTH)
+    finally:
+        client.close()
+        server.kill()
+    # Then the numbers are there, and the durability cannot be checked
+    assert response.status_code == 200
+    assert response.json["tasks"]["stored"] == 0
+    [note] = response.json["redis_durability"]
+    assert note.startswith(f"{CANNOT_BE_CHECKED} (ResponseError: ")
 
 
 class HungStore:

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+import redis
 from PIL import Image
 
 from simulator.video import mp4_bytes
@@ -197,3 +198,40 @@ def test_a_reason_is_shown_with_its_bidi_overrides_and_controls_escaped(
     assert cell.text == (
         "quota exceeded \\u202efdp.eciovni/elpmaxe.live//:sptth ta elif\\u202c \\x1b[2J\\x0afixed"
     )
+
+
+def by_id(elements: list[Element], element_id: str) -> Element:
+    return next(e for e in elements if e.attrs.get("id") == element_id)
+
+
+def test_a_redis_that_can_lose_acknowledged_callbacks_is_shown_as_a_warning(
+    stack: str, chromium: Chromium, client: redis.Redis
+) -> None:
+    # Given the stack's Redis as redis-server starts by default: the append-only file off
+    assert client.config_get("appendonly") == {"appendonly": "no"}
+    page_url = f"{stack}/dashboard?token={TOKEN}"
+
+    def shown(banner_hidden: bool) -> list[Element] | None:
+        """The page's DOM once a refresh has shown the banner hidden (or not)."""
+        elements = parse_dom(chromium.dump_dom(page_url))
+        refreshed = any(e.tag == "body" and "data-refreshes" in e.attrs for e in elements)
+        banner = by_id(elements, "durability")
+        return elements if refreshed and ("hidden" in banner.attrs) == banner_hidden else None
+
+    # When the operator opens the dashboard
+
+    elements = wait_for(lambda: shown(banner_hidden=False), timeout_s=30, what="the durability banner")
+
+    # Then a banner says what can be lost, each sentence as text, and no "ok"
+    items = [e.text for e in elements if e.tag == "li"]
+    assert len(items) == 1
+    assert items[0].startswith("appendonly is no: a Redis restart or crash loses every acknowledged callback")
+    assert "hidden" in by_id(elements, "durability-ok").attrs
+
+    # And once the Redis runs durably, the banner goes and a quiet "ok" stays
+    client.config_set("appendonly", "yes")
+    client.config_set("appendfsync", "always")
+    elements = wait_for(lambda: shown(banner_hidden=True), timeout_s=30, what="the banner gone")
+    ok = by_id(elements, "durability-ok")
+    assert "hidden" not in ok.attrs
+    assert ok.text == "Redis durability: ok"
