@@ -634,28 +634,25 @@ def test_docker_compose_config_accepts_the_file() -> None:
         for key, value in os.environ.items()
         if not key.startswith(ENV_PREFIX) and key not in compose_vars and key != "COMPOSE_PROFILES"
     }
-    refused = subprocess.run(
-        [*command, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE), "config"],
-        capture_output=True,
-        text=True,
-        env=environ,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+
+    arguments = ["--env-file", str(ENV_EXAMPLE), "--profile", "metrics", "-f", str(COMPOSE_FILE), "config"]
+
+    def config(environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *arguments],
+            capture_output=True,
+            text=True,
+            env=environ,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+
+    refused = config(environ)
     # .env.example copied as it is: no password, no stack
     assert refused.returncode != 0
     assert "set MINIO_ROOT_PASSWORD in .env" in refused.stderr
-    environ.update(MINIO_PASSWORD)
-    result = subprocess.run(
-        [*command, "--env-file", str(ENV_EXAMPLE), "--profile", "metrics", "-f", str(COMPOSE_FILE), "config"],
-        capture_output=True,
-        text=True,
-        env=environ,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+    result = config({**environ, **MINIO_PASSWORD})
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)["services"]
     assert set(resolved) >= {"redis", "minio", "ingress", "worker", "prometheus"}
