@@ -230,6 +230,29 @@ def test_the_ratio_to_bare_falcon_under_gthread_is_a_reference_without_a_verdict
     assert set(report["figures"]) == {"mjhook_p99_ms", "mjhook_rps_vs_bare_falcon"}
 
 
+def test_the_durable_write_baseline_gives_two_references_and_is_held_to_its_queue() -> None:
+    """Given clean rounds of mjhook, bare Falcon and durable_falcon (the bare app plus one durable
+    write), durable_falcon at 40 % of the bare app's rate and mjhook at 75 % of durable_falcon's
+    When the rounds are summarized
+    Then both ratios are references (what the write costs; what mjhook costs beyond it), and a
+    durable_falcon round that queued less than it acknowledged fails like an ingress round."""
+    results = {
+        "mjhook": [wrk_round(30_000)],
+        "bare_falcon": [wrk_round(100_000, queued=0)],
+        "durable_falcon": [wrk_round(40_000)],
+    }
+
+    report = ingress_ack.summarize(results, {}, NO_PACING, dict(APPENDFSYNC))
+
+    assert report["references"] == {
+        "durable_falcon_rps_vs_bare_falcon": [0.4, None, "REFERENCE"],
+        "mjhook_rps_vs_durable_falcon": [0.75, None, "REFERENCE"],
+    }
+    results["durable_falcon"] = [wrk_round(40_000, queued=39_000)]
+    failed = ingress_ack.summarize(results, {}, NO_PACING, dict(APPENDFSYNC))
+    assert failed["failures"] == ["durable_falcon round 1: 39000 messages queued for 40000 acknowledged"]
+
+
 @pytest.mark.parametrize(
     "only",
     [["--only"], ["--only", "mjhook", "bare_flacon"], ["--only", "candidate"]],
