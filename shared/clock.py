@@ -10,6 +10,16 @@ def utc_iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_seconds(value: str) -> float | None:
+    """Unix seconds of an ISO 8601 time such as :func:`utc_iso` writes (``Z`` or an offset), or
+    None when ``value`` is none (a manifest written by hand or another program)."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
+
+
 def record_millis(value: str | None) -> int | None:
     """A task record's time in Unix ms, or None when it holds none this version can read (written
     by hand, another program or version): one such record must not fail a whole list."""

@@ -10,11 +10,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import TypeAdapter
 
+from shared.clock import iso_seconds
 from shared.errors import StorageUnavailable
 from shared.storage import MANIFEST_NAME, manifest_key, task_prefix
 from simulator.callbacks import DeliveryAttempt
@@ -485,7 +485,7 @@ class _Wanted:
         last_sent = self.resent_at.get(task_id)
         if last_sent is None or manifest.get("status") == "stored":
             return True
-        received = _unix(str(manifest.get("receivedAt", "")))
+        received = iso_seconds(str(manifest.get("receivedAt", "")))
         # No usable receivedAt (not mjhook's manifest): nothing says a later one is coming.
         return received is None or received + RECEIVED_AT_RESOLUTION_S >= last_sent
 
@@ -548,7 +548,7 @@ def _with_store(
     if statuses[OTHER_STATUS]:
         counts[OTHER_STATUS] = statuses[OTHER_STATUS]
     counts["missing" if read_whole else "unread"] = len(acked - manifests.keys())
-    finished = [_unix(str(manifest.get("completedAt", ""))) for manifest in manifests.values()]
+    finished = [iso_seconds(str(manifest.get("completedAt", ""))) for manifest in manifests.values()]
     last = max((when for when in finished if when is not None), default=None)
     duration = None if last is None else max(0.0, last - started_wall)
     throughput = counts["stored"] / duration if duration else None
@@ -565,10 +565,3 @@ def _status_label(status: object) -> str:
     """A manifest's status as the report counts it: one mjhook writes, else ``other`` (a tampered
     or foreign manifest's status is no label to print, nor a key to add to the report)."""
     return status if isinstance(status, str) and status in MANIFEST_STATUSES else OTHER_STATUS
-
-
-def _unix(iso: str) -> float | None:
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

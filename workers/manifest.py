@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from shared.callback import Callback, parse_prompt, without_callback_url
+from shared.clock import iso_seconds
 from shared.taskstate import TaskState
 
 
@@ -31,6 +33,18 @@ def outcome(callback: Callback, images: list[ImageEntry], errors: list[FileError
     if not callback.succeeded or not images:
         return TaskState.FAILED
     return TaskState.PARTIAL if errors else TaskState.STORED
+
+
+def newest_received_at(received_at: str, earlier: Mapping[str, Any] | None) -> str:
+    """The ``receivedAt`` of a task's new manifest: its callback's ``received_at``, or the
+    ``earlier`` manifest's when that callback came later. A task's manifest never goes back in
+    time: an older delivery processed after a newer one (a retry of the first callback of a
+    partial task, due after its duplicate was processed) still answers for both."""
+    theirs = str(earlier.get("receivedAt", "")) if earlier is not None else ""
+    ours_s, theirs_s = iso_seconds(received_at), iso_seconds(theirs)
+    if ours_s is not None and theirs_s is not None and theirs_s > ours_s:
+        return theirs
+    return received_at
 
 
 def build_manifest(

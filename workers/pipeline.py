@@ -34,7 +34,7 @@ from shared.submitted import SubmittedTasks
 from shared.taskstate import FINAL_STATES, MAX_REASON_CHARS, OUTCOME_FIELD, TaskState, TaskStore
 from workers.fetch import ByteBudget, ResultFetcher
 from workers.lease import Lease, LeaseManager
-from workers.manifest import FileError, ImageEntry, build_manifest, outcome
+from workers.manifest import FileError, ImageEntry, build_manifest, newest_received_at, outcome
 from workers.verify import ResultVerifier
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,9 @@ class CallbackProcessor:
             )
             if verification is not None:
                 manifest["verification"] = verification.to_manifest()
+            if manifest_key in listing:
+                earlier_manifest = self._read_manifest(manifest_key)
+                manifest["receivedAt"] = newest_received_at(callback.received_at, earlier_manifest)
             # A worker whose lease lapsed (Redis away for longer than its TTL) or was taken may
             # have been overtaken: the new holder's manifest and state must stand, so the manifest
             # waits for Redis to confirm the lease is still ours, and the state moves only while

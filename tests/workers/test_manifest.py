@@ -11,7 +11,7 @@ from shared.callback import Callback
 from shared.json_limits import DEFAULT_MAX_JSON_DEPTH, document_depth
 from shared.taskstate import TaskState
 from tests.support.pipeline import nested_prompt_json
-from workers.manifest import FileError, ImageEntry, build_manifest, outcome
+from workers.manifest import FileError, ImageEntry, build_manifest, newest_received_at, outcome
 
 
 def callback(code: int = 200, prompt_json: str | None = '{"prompt": "a fox"}') -> Callback:
@@ -141,3 +141,22 @@ def test_the_callback_url_stays_out_of_a_prompt_json_that_is_no_json_mjhook_read
     assert "s3cr3t" not in orjson.dumps(manifest).decode()
     assert manifest["promptJson"].startswith('{"')
     assert '"callBackUrl"' in manifest["promptJson"]  # its value emptied, the text's shape kept
+
+
+@pytest.mark.parametrize(
+    ("earlier", "expected"),
+    [
+        (None, "2026-11-25T00:00:01.000Z"),
+        ({"receivedAt": "2026-11-25T00:00:00.500Z"}, "2026-11-25T00:00:01.000Z"),
+        ({"receivedAt": "2026-11-25T00:00:02.000Z"}, "2026-11-25T00:00:02.000Z"),
+        ({"receivedAt": "2026-11-25T01:00:00+01:00"}, "2026-11-25T00:00:01.000Z"),
+        ({"receivedAt": "yesterday"}, "2026-11-25T00:00:01.000Z"),
+        ({"receivedAt": "2026-11-25T00:00:02"}, "2026-11-25T00:00:01.000Z"),
+        ({}, "2026-11-25T00:00:01.000Z"),
+    ],
+    ids=["none", "older", "newer", "older-with-offset", "no-date", "no-zone", "no-field"],
+)
+def test_a_new_manifest_takes_the_newer_received_at(earlier: dict[str, str] | None, expected: str) -> None:
+    """The new manifest's receivedAt is its callback's unless the manifest it replaces names a
+    later moment; one that is no zoned ISO time (written by hand) is not believed."""
+    assert newest_received_at("2026-11-25T00:00:01.000Z", earlier) == expected

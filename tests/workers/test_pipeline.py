@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -199,6 +200,27 @@ def test_non_media_and_missing_files_make_a_partial_task_with_reasons(harness: H
         "tasks/task-1/1.png",
         "tasks/task-1/manifest.json",
     ]
+
+
+def test_an_older_delivery_processed_after_a_newer_one_keeps_the_newer_received_at(harness: Harness) -> None:
+    """Given a partial task whose duplicate (received at 00:00:05) was processed first
+    When the first callback (received at 00:00:00; its retry was due later) is processed again
+    Then the manifest keeps the newer receivedAt: a task's manifest never goes back in time, and a
+    reader waiting for the manifest of the last callback it sent (mjhook simulate load) found it
+    older and reported it outdated."""
+    urls, _ = serve_pngs(harness.files, 1)
+    urls.append(harness.files.url("/missing.png"))
+    first = callback(urls)
+    duplicate = dataclasses.replace(first, received_at="2026-11-25T00:00:05.000Z")
+    assert harness.process(duplicate) is TaskState.PARTIAL
+
+    assert harness.process(first) is TaskState.PARTIAL
+
+    assert harness.manifest("task-1")["receivedAt"] == "2026-11-25T00:00:05.000Z"
+    # And a newer delivery's manifest says its own time
+    later = dataclasses.replace(first, received_at="2026-11-25T00:00:09.000Z")
+    assert harness.process(later) is TaskState.PARTIAL
+    assert harness.manifest("task-1")["receivedAt"] == "2026-11-25T00:00:09.000Z"
 
 
 def test_a_transient_failure_retries_and_fetches_only_what_is_missing(harness: Harness) -> None:
