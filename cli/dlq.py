@@ -23,6 +23,7 @@ from shared.dead_letters import (
     dead_among,
     dead_ids,
     list_dead,
+    named_ids,
     purge_dead,
     replay_dead,
     shown_id,
@@ -112,6 +113,7 @@ def replay(settings: Settings, ids: tuple[str, ...]) -> None:
     """
     client = queue_redis(settings)
     with reported_failures():
+        ids = _named(client, ids)
         result = replay_dead(
             client,
             enqueue_broker(settings, client),
@@ -150,6 +152,8 @@ def purge_command(*, is_terminal: Callable[[], bool] = stdin_is_terminal) -> cli
         an ID is not a dead letter.
         """
         client = queue_redis(settings)
+        with reported_failures():
+            ids = _named(client, ids)
         chosen: Sequence[str] | None = ids or None
         if not yes and is_terminal():
             chosen = _confirm_purge(client, ids)
@@ -189,6 +193,12 @@ def _confirm_purge(client: redis.Redis, ids: tuple[str, ...]) -> list[str]:
 
 
 dlq.add_command(purge_command())
+
+
+def _named(client: redis.Redis, ids: tuple[str, ...]) -> tuple[str, ...]:
+    """The dead letters ``ids`` name, an id shown escaped by ``dlq list`` (one that is no UTF-8
+    text) naming its letter (:func:`shared.dead_letters.named_ids`)."""
+    return tuple(named_ids(client, ids, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)) if ids else ids
 
 
 def _shown(dead_id: str) -> str:

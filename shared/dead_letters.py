@@ -12,6 +12,7 @@ failure reason in the task's state record."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from shared.taskstate import TaskState, TaskStore
 #: what the Redis broker sets on each enqueue.
 RESET_OPTIONS = frozenset({"retries", "traceback", "requeue_timestamp", "redis_message_id", "eta"})
 
+#: A byte of an id that is no UTF-8 text, as :func:`shown_id` shows it.
+_SHOWN_BYTE = re.compile(r"\\x([0-9a-f]{2})")
 #: Dead letters read or removed per round trip.
 DEFAULT_BATCH = 500
 
@@ -128,6 +131,38 @@ def shown_id(dead_id: str) -> str:
     except UnicodeEncodeError:  # a lone surrogate (an id named through an API): no bytes at all
         return dead_id.encode(errors="backslashreplace").decode()
     return raw.decode(errors="backslashreplace")
+
+
+def named_ids(client: redis.Redis, ids: Iterable[str], *, namespace: str, queue: str) -> list[str]:
+    """``ids`` as an operator names them: each as given, or, where that is no dead letter but its
+    :func:`shown_id` form decoded (``\\xNN`` taken for that byte) is one, that letter's id: the
+    id ``mjhook dlq list`` shows (and prints in JSON) for one that is no UTF-8 text names it."""
+    named = list(ids)
+    decoded = {dead_id: _id_from_shown(dead_id) for dead_id in named}
+    escaped = [dead_id for dead_id in named if decoded[dead_id] not in (None, dead_id)]
+    if not escaped:
+        return named
+    as_given = set(dead_among(client, escaped, namespace=namespace, queue=queue))
+    candidates = [decoded[dead_id] or "" for dead_id in escaped if dead_id not in as_given]
+    found = set(dead_among(client, candidates, namespace=namespace, queue=queue))
+    return [
+        decoded[dead_id] or dead_id if dead_id not in as_given and decoded[dead_id] in found else dead_id
+        for dead_id in named
+    ]
+
+
+def _id_from_shown(shown: str) -> str | None:
+    """The id :func:`shown_id` shows as ``shown`` (each ``\\xNN`` one byte, the rest UTF-8);
+    None when no id is shown so."""
+    parts = _SHOWN_BYTE.split(shown)  # text, byte, text, byte, ..., text
+    try:
+        raw = b"".join(
+            bytes([int(part, 16)]) if index % 2 else part.encode() for index, part in enumerate(parts)
+        )
+    except UnicodeEncodeError:
+        return None  # a lone surrogate: nothing shown has one
+    dead_id = _id_of(raw)
+    return dead_id if shown_id(dead_id) == shown else None
 
 
 def _id_of(member: bytes) -> str:

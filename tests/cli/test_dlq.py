@@ -453,3 +453,37 @@ def test_a_dead_letter_with_a_lone_surrogate_or_a_reason_that_is_no_utf8_is_list
     assert table.exit_code == 0, table.output[:500]
     assert replayed.exit_code == 1
     assert replayed.stderr == "Error: not a dead letter: lone-\\ud800\n"
+
+
+def test_a_dead_letter_whose_id_is_no_utf8_is_named_by_the_id_the_listing_shows(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
+) -> None:
+    """Given a dead letter whose broker id is bytes that are no UTF-8 text, listed as caf\\xe9-\\xff
+    When a replay, then a purge, name it as listed (the escaped text)
+    Then the replay finds it (left in place: cannot be decoded) and the purge drops it: the id
+    the listing showed named no dead letter, and only a purge of every letter reached it."""
+    odd_id = b"caf\xe9-\xff"
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=CALLBACK_QUEUE,
+        actor_name=PROCESS_CALLBACK,
+        args=(queued_callback("odd"),),
+        kwargs={},
+        options={"retries": 1},
+    )
+    client.zadd(DEAD, {odd_id: 1_000})
+    client.hset(keys.broker_dead_messages(BROKER_NAMESPACE, CALLBACK_QUEUE), odd_id, message.encode())
+    kept = plant_dead_letter(client, "kept")
+    env = {"MJHOOK_REDIS_URL": redis_server.url}
+    (shown,) = [
+        letter["id"]
+        for letter in json.loads(run_cli(env, "dlq", "list", "--json").stdout)["messages"]
+        if letter["id"] != kept
+    ]
+
+    replayed = run_cli(env, "dlq", "replay", shown)
+    purged = run_cli(env, "dlq", "purge", "--yes", shown)
+
+    assert shown == "caf\\xe9-\\xff"
+    assert replayed.stderr == "Error: cannot be decoded, left in place: caf\\xe9-\\xff\n"
+    assert purged.exit_code == 0, purged.output
+    assert client.zrange(DEAD, 0, -1) == [kept.encode()]
