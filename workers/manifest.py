@@ -37,12 +37,13 @@ def outcome(callback: Callback, images: list[ImageEntry], errors: list[FileError
 
 def newest_received_at(received_at: str, earlier: Mapping[str, Any] | None) -> str:
     """The ``receivedAt`` of a task's new manifest: its callback's ``received_at``, or the
-    ``earlier`` manifest's when that callback came later. A task's manifest never goes back in
-    time: an older delivery processed after a newer one (a retry of the first callback of a
-    partial task, due after its duplicate was processed) still answers for both."""
+    ``earlier`` manifest's when that one is later (or ours is no time: a callback kept by an older
+    version without one). A task's manifest never goes back in time: an older delivery
+    processed after a newer one (a retry of the first callback of a partial task, due after its
+    duplicate was processed) answers for both."""
     theirs = str(earlier.get("receivedAt", "")) if earlier is not None else ""
     ours_s, theirs_s = iso_seconds(received_at), iso_seconds(theirs)
-    if ours_s is not None and theirs_s is not None and theirs_s > ours_s:
+    if theirs_s is not None and (ours_s is None or theirs_s > ours_s):
         return theirs
     return received_at
 

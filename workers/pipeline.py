@@ -256,6 +256,7 @@ class CallbackProcessor:
             self._adopt_outcome(callback.task_id, manifest, lease)
             return
         found, _, _ = self._already_stored(callback, listing)
+        earlier = manifest
         manifest = build_manifest(
             callback,
             status=TaskState.FAILED,
@@ -264,6 +265,7 @@ class CallbackProcessor:
             completed_at=utc_iso(self._clock()),
             max_json_depth=self._max_json_depth,
         )
+        manifest["receivedAt"] = newest_received_at(callback.received_at, earlier)
         lease.confirm()
         self._store.put_json(manifest_key, manifest, precondition=Precondition(listing.get(manifest_key)))
         described = {image.key for image in found.values()}

@@ -160,3 +160,10 @@ def test_a_new_manifest_takes_the_newer_received_at(earlier: dict[str, str] | No
     """The new manifest's receivedAt is its callback's unless the manifest it replaces names a
     later moment; one that is no zoned ISO time (written by hand) is not believed."""
     assert newest_received_at("2026-11-25T00:00:01.000Z", earlier) == expected
+
+
+def test_a_callback_without_a_time_takes_the_earlier_manifests() -> None:
+    """A callback kept without a time (a refused one an older version kept) does not blank the
+    time of the manifest it replaces."""
+    assert newest_received_at("", {"receivedAt": "2026-11-25T00:00:02.000Z"}) == "2026-11-25T00:00:02.000Z"
+    assert newest_received_at("", None) == ""

@@ -223,6 +223,26 @@ def test_an_older_delivery_processed_after_a_newer_one_keeps_the_newer_received_
     assert harness.manifest("task-1")["receivedAt"] == "2026-11-25T00:00:09.000Z"
 
 
+def test_a_failure_manifest_replacing_a_newer_deliverys_keeps_its_received_at(harness: Harness) -> None:
+    """Given a partial task whose duplicate (received at 00:00:05) was processed, its manifest no
+    longer describing the bucket (a file of it gone), and the task failed by a give-up of the
+    first callback's message (received at 00:00:00)
+    When the give-up's failure manifest is written
+    Then it keeps the newer receivedAt, as any manifest replacing another does."""
+    urls, _ = serve_pngs(harness.files, 1)
+    urls.append(harness.files.url("/missing.png"))
+    first = callback(urls)
+    duplicate = dataclasses.replace(first, received_at="2026-11-25T00:00:05.000Z")
+    assert harness.process(duplicate) is TaskState.PARTIAL
+    harness.store.remove("tasks/task-1/0.png")
+    harness.tasks.move("task-1", TaskState.FAILED, reason="gave up: DownloadFailed: reset")
+
+    assert harness.parts.processor.record_failure(first, "gave up")  # type: ignore[attr-defined]
+
+    manifest = harness.manifest("task-1")
+    assert (manifest["status"], manifest["receivedAt"]) == ("failed", "2026-11-25T00:00:05.000Z")
+
+
 def test_a_transient_failure_retries_and_fetches_only_what_is_missing(harness: Harness) -> None:
     urls, images = serve_pngs(harness.files, 3)
     harness.files.add("/img2.png", b"busy", status=503, content_type="text/plain")
