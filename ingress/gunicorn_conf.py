@@ -83,9 +83,11 @@ def on_starting(server: Any) -> None:
 
 def when_ready(server: Any) -> None:
     """Once, in the master, as the ingress starts: warn (in gunicorn's log) of what in its Redis
-    can lose callbacks it acknowledges (shared/redis_durability.py). One try, of at most
-    MJHOOK_REDIS_TIMEOUT_S per Redis (a Redis that hangs delays the first workers that long), and
-    each client closed before the workers are forked."""
+    can lose callbacks it acknowledges (shared/redis_durability.py). One try, its connect and its
+    answer each of at most MJHOOK_REDIS_TIMEOUT_S per Redis (a Redis that hangs delays the first
+    workers that long), and each client closed before the workers are forked. A warning never
+    stops the ingress: whatever goes wrong here is logged, and it starts."""
+    logger = logging.getLogger("gunicorn.error")
     task_client = connect_redis(_settings.redis_url, timeout_s=_settings.redis_timeout_s, retries=0)
     queue_client = (
         connect_redis(_settings.queue_url, timeout_s=_settings.redis_timeout_s, retries=0)
@@ -93,9 +95,9 @@ def when_ready(server: Any) -> None:
         else None
     )
     try:
-        log_durability_problems(
-            clients_to_check(_settings, task_client, queue_client), logging.getLogger("gunicorn.error")
-        )
+        log_durability_problems(clients_to_check(_settings, task_client, queue_client), logger)
+    except Exception:
+        logger.exception("Redis durability: not checked")
     finally:
         for client in (task_client, queue_client):
             if client is not None:

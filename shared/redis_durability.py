@@ -20,6 +20,8 @@ from shared.settings import Settings
 
 #: The settings read, with the values that keep every acknowledged callback.
 REQUIRED = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction"}
+#: Also read: with no limit (0) Redis never evicts, whatever its policy.
+MAXMEMORY = "maxmemory"
 #: How the note on a Redis that cannot be asked begins.
 CANNOT_BE_CHECKED = "cannot be checked"
 
@@ -29,16 +31,14 @@ def durability_problems(client: redis.Redis) -> list[str]:
     of :data:`REQUIRED` holds). Read in one pipelined round trip; a Redis refusing CONFIG or not
     answering gives a single :data:`CANNOT_BE_CHECKED` note, never an exception."""
     pipe = client.pipeline(transaction=False)
-    for name in REQUIRED:
+    for name in (*REQUIRED, MAXMEMORY):
         pipe.config_get(name)
     try:
         replies = pipe.execute()
     except (redis.RedisError, OSError) as exc:
         # A managed Redis answers ResponseError (unknown command) to a renamed CONFIG.
         return [f"{CANNOT_BE_CHECKED} ({type(exc).__name__}: {exc}): {_required_text()}"]
-    values: dict[str, str] = {}
-    for reply in replies:
-        values.update({as_text(key): as_text(value) for key, value in dict(reply).items()})
+    values = _settings_of(replies)
     missing = [name for name in REQUIRED if name not in values]
     if missing:
         # Some services answer CONFIG GET with nothing for settings they hide.
@@ -53,8 +53,22 @@ def durability_problems(client: redis.Redis) -> list[str]:
     else:
         # Without the AOF, appendfsync changes nothing: only the appendonly problem is said then.
         problems += _appendfsync_problems(values["appendfsync"])
-    problems += _eviction_problems(values["maxmemory-policy"])
+    if values.get(MAXMEMORY) != "0":  # no limit: nothing is evicted, whatever the policy
+        problems += _eviction_problems(values["maxmemory-policy"])
     return problems
+
+
+def _settings_of(replies: list[object]) -> dict[str, str]:
+    """The settings CONFIG GET answered, by name; a reply that is no mapping of texts (a server
+    that only looks like Redis) gives none of them, so it counts as missing, never an error."""
+    values: dict[str, str] = {}
+    for reply in replies:
+        if not isinstance(reply, dict):
+            continue
+        for key, value in reply.items():
+            if isinstance(key, str | bytes) and isinstance(value, str | bytes):
+                values[as_text(key)] = as_text(value)
+    return values
 
 
 def _appendfsync_problems(appendfsync: str) -> list[str]:
@@ -81,8 +95,8 @@ def _eviction_problems(policy: str) -> list[str]:
         return [
             f"maxmemory-policy is {policy}: at maxmemory Redis evicts keys that have a TTL: not the "
             "queued callbacks (dramatiq's queues have none), but task records (a task's state and "
-            "the dedup memory: a duplicate callback is processed again) and worker leases "
-            "(use noeviction)"
+            "the dedup memory: a duplicate callback is processed again), worker leases, the counts "
+            "of attempts that killed their worker and the polling fallback's locks (use noeviction)"
         ]
     return [
         f"maxmemory-policy is {policy}: at maxmemory Redis evicts keys, queued callbacks among "

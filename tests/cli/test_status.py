@@ -231,6 +231,7 @@ def test_status_says_whether_redis_keeps_what_was_acknowledged(
 
     # Given a Redis with the AOF off and an eviction policy
     client.config_set("maxmemory-policy", "allkeys-lru")
+    client.config_set("maxmemory", "1gb")
     # When, as JSON
     result = run_cli(env, "status", "--json")
     # Then each problem, one sentence each

@@ -66,7 +66,7 @@ def test_an_aof_not_fsyncd_at_each_write_loses_the_last_acks_in_a_host_crash(
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])
 def test_an_allkeys_eviction_policy_may_drop_queued_callbacks(client: redis.Redis, policy: str) -> None:
-    configure(client, **{**DURABLE, "maxmemory-policy": policy})
+    configure(client, **{**DURABLE, "maxmemory-policy": policy, "maxmemory": "1gb"})
     assert durability_problems(client) == [
         f"maxmemory-policy is {policy}: at maxmemory Redis evicts keys, queued callbacks among them "
         "(use noeviction)"
@@ -77,12 +77,40 @@ def test_an_allkeys_eviction_policy_may_drop_queued_callbacks(client: redis.Redi
 def test_a_volatile_eviction_policy_spares_the_queue_but_not_the_task_records(
     client: redis.Redis, policy: str
 ) -> None:
-    configure(client, **{**DURABLE, "maxmemory-policy": policy})
+    configure(client, **{**DURABLE, "maxmemory-policy": policy, "maxmemory": "1gb"})
     [problem] = durability_problems(client)
     assert problem.startswith(f"maxmemory-policy is {policy}: at maxmemory Redis evicts keys that have a TTL")
     assert "not the queued callbacks" in problem
     assert "task records" in problem
     assert problem.endswith("(use noeviction)")
+
+
+def test_an_eviction_policy_without_a_memory_limit_evicts_nothing(client: redis.Redis) -> None:
+    """With maxmemory 0 (no limit, redis-server's default) Redis never evicts, whatever its policy:
+    no problem to report (a false alarm on every such Redis)."""
+    configure(client, **{**DURABLE, "maxmemory-policy": "allkeys-lru", "maxmemory": "0"})
+    assert durability_problems(client) == []
+
+
+class OddPipeline:
+    """A pipeline whose CONFIG GET answers are not Redis's shape (a server that only looks like
+    Redis): a null, a number, a mapping of numbers."""
+
+    def config_get(self, name: str) -> None:
+        pass
+
+    def execute(self) -> list[object]:
+        return [None, 5, {"appendfsync": 1}, {b"maxmemory": b"0"}]
+
+
+class OddRedis:
+    def pipeline(self, transaction: bool = True) -> OddPipeline:
+        return OddPipeline()
+
+
+def test_answers_not_of_redis_shape_cannot_be_checked_and_raise_nothing() -> None:
+    [note] = durability_problems(OddRedis())  # type: ignore[arg-type]
+    assert note.startswith("cannot be checked (CONFIG GET gave no appendonly, appendfsync, maxmemory-policy)")
 
 
 def test_what_the_volatile_sentence_says_holds_queued_callbacks_have_no_ttl_task_records_do(
@@ -102,7 +130,9 @@ def test_what_the_volatile_sentence_says_holds_queued_callbacks_have_no_ttl_task
 
 
 def test_every_problem_is_listed_at_once(client: redis.Redis) -> None:
-    configure(client, appendonly="yes", appendfsync="everysec", maxmemory_policy="allkeys-lru")
+    configure(
+        client, appendonly="yes", appendfsync="everysec", maxmemory_policy="allkeys-lru", maxmemory="1gb"
+    )
     problems = durability_problems(client)
     assert [problem.split(":")[0] for problem in problems] == [
         "appendfsync is everysec",
@@ -156,7 +186,7 @@ def test_a_worker_process_warns_of_its_redis_at_boot(
     redis_server: RedisServer, client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a worker on a Redis that evicts, with the AOF off
-    configure(client, maxmemory_policy="allkeys-lru")
+    configure(client, maxmemory_policy="allkeys-lru", maxmemory="1gb")
     settings = Settings.from_env({"MJHOOK_REDIS_URL": redis_server.url})
     runtime = WorkerRuntime(settings)
     # When it boots
