@@ -218,6 +218,21 @@ def plant_dead_letter(client: redis.Redis, task_id: str) -> str:
     return redis_id
 
 
+def plant_dead_letter_of_id(client: redis.Redis, redis_id: bytes) -> bytes:
+    """A dead letter of a fine callback whose broker id is ``redis_id`` (bytes another program may
+    write, not only a UUID), the oldest; its id."""
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=CALLBACK_QUEUE,
+        actor_name=PROCESS_CALLBACK,
+        args=(queued_callback("odd"),),
+        kwargs={},
+        options={"retries": 1},
+    )
+    client.zadd(DEAD, {redis_id: 1_000})
+    client.hset(keys.broker_dead_messages(BROKER_NAMESPACE, CALLBACK_QUEUE), redis_id, message.encode())
+    return redis_id
+
+
 def test_replay_of_an_id_named_twice_queues_it_once(
     redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
 ) -> None:
@@ -378,16 +393,7 @@ def test_a_dead_letter_whose_id_is_no_utf8_is_listed_left_by_replay_and_purged(
     other and says it left this one in place (exit code 1), and it is; the purge drops it. Each
     was a traceback: the id was decoded as UTF-8 wherever it was read."""
     good = plant_dead_letter(client, "good")
-    odd_id = b"caf\xe9-\xff"
-    message: dramatiq.Message[None] = dramatiq.Message(
-        queue_name=CALLBACK_QUEUE,
-        actor_name=PROCESS_CALLBACK,
-        args=(queued_callback("odd"),),
-        kwargs={},
-        options={"retries": 1},
-    )
-    client.zadd(DEAD, {odd_id: 1_000})
-    client.hset(keys.broker_dead_messages(BROKER_NAMESPACE, CALLBACK_QUEUE), odd_id, message.encode())
+    odd_id = plant_dead_letter_of_id(client, b"caf\xe9-\xff")
     env = {"MJHOOK_REDIS_URL": redis_server.url}
 
     listed = run_cli(env, "dlq", "list", "--json")
@@ -462,16 +468,7 @@ def test_a_dead_letter_whose_id_is_no_utf8_is_named_by_the_id_the_listing_shows(
     When a replay, then a purge, name it as listed (the escaped text)
     Then the replay finds it (left in place: cannot be decoded) and the purge drops it: the id
     the listing showed named no dead letter, and only a purge of every letter reached it."""
-    odd_id = b"caf\xe9-\xff"
-    message: dramatiq.Message[None] = dramatiq.Message(
-        queue_name=CALLBACK_QUEUE,
-        actor_name=PROCESS_CALLBACK,
-        args=(queued_callback("odd"),),
-        kwargs={},
-        options={"retries": 1},
-    )
-    client.zadd(DEAD, {odd_id: 1_000})
-    client.hset(keys.broker_dead_messages(BROKER_NAMESPACE, CALLBACK_QUEUE), odd_id, message.encode())
+    plant_dead_letter_of_id(client, b"caf\xe9-\xff")
     kept = plant_dead_letter(client, "kept")
     env = {"MJHOOK_REDIS_URL": redis_server.url}
     (shown,) = [
