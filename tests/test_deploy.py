@@ -319,17 +319,17 @@ def test_compose_defaults_are_the_settings_defaults(services: dict[str, dict[str
             )
 
 
-#: The one variable the stack cannot do without (MinIO's root password, the stack's S3 secret).
-MINIO_PASSWORD = {"MINIO_ROOT_PASSWORD": "a-password-of-the-operator"}
+#: What the stack cannot do without: MinIO's root password (the stack's S3 secret) and Redis's.
+STACK_SECRETS = {"MINIO_ROOT_PASSWORD": "a-password-of-the-operator", "REDIS_PASSWORD": "redis0secret"}
 
 
 @pytest.mark.parametrize(
-    "environ_source", ["a .env with the password alone", ".env.example, every line uncommented"]
+    "environ_source", ["a .env with the passwords alone", ".env.example, every line uncommented"]
 )
 def test_app_environment_makes_valid_settings_wired_to_the_stack(
     services: dict[str, dict[str, Any]], env_example: dict[str, str], environ_source: str
 ) -> None:
-    environ = {**(env_example if environ_source.startswith(".env.example") else {}), **MINIO_PASSWORD}
+    environ = {**(env_example if environ_source.startswith(".env.example") else {}), **STACK_SECRETS}
     for name in APP_SERVICES:
         resolved = {
             variable: interpolate(value, environ)
@@ -338,6 +338,7 @@ def test_app_environment_makes_valid_settings_wired_to_the_stack(
         }
         settings = Settings.from_env(resolved)
         assert urlsplit(settings.redis_url).hostname == "redis"
+        assert urlsplit(settings.redis_url).password == STACK_SECRETS["REDIS_PASSWORD"]
         assert urlsplit(settings.s3_endpoint).hostname == "minio"
         assert urlsplit(settings.s3_endpoint).port == 9000
         minio_env = {
@@ -354,7 +355,7 @@ def test_presigned_links_of_the_stack_name_minio_where_the_host_reaches_it(
     hand out name MinIO's port published on the host: they named http://minio:9000, which only
     the stack's own network resolves (every browser and host script failed on them)."""
     resolved = {
-        variable: interpolate(value, MINIO_PASSWORD)
+        variable: interpolate(value, STACK_SECRETS)
         for variable, value in environment_of(services["ingress"]).items()
         if value is not None
     }
@@ -390,13 +391,23 @@ def test_state_lives_in_named_volumes(compose: dict[str, Any], services: dict[st
     assert spool_dir in {volume.split(":")[1] for volume in services["ingress"]["volumes"]}
 
 
-def test_the_stack_needs_a_minio_password_and_publishes_no_redis(services: dict[str, dict[str, Any]]) -> None:
-    """MinIO's root password, the stack's S3 secret, has no default (minioadmin ran unchanged)."""
-    for name in ("minio", *APP_SERVICES):
-        values = environment_of(services[name]).values()
-        password = next(value for value in values if "MINIO_ROOT_PASSWORD" in (value or ""))
-        with pytest.raises(AssertionError, match=r"MINIO_ROOT_PASSWORD.* is required"):
-            interpolate(password, {})
+def test_the_stack_needs_its_passwords_and_publishes_no_redis(services: dict[str, dict[str, Any]]) -> None:
+    """MinIO's root password, the stack's S3 secret, has no default (minioadmin ran unchanged), nor
+    has Redis's (it took no password: anything on the stack's network could fill or empty the
+    queue)."""
+    for variable, users in (
+        ("MINIO_ROOT_PASSWORD", ("minio", *APP_SERVICES)),
+        ("REDIS_PASSWORD", APP_SERVICES),
+    ):
+        for name in users:
+            values = environment_of(services[name]).values()
+            password = next(value for value in values if variable in (value or ""))
+            with pytest.raises(AssertionError, match=rf"{variable}.* is required"):
+                interpolate(password, {})
+    redis_command = [interpolate(part, STACK_SECRETS) for part in command_of(services["redis"])]
+    assert redis_command[1:3] == ["--requirepass", STACK_SECRETS["REDIS_PASSWORD"]]
+    # The healthcheck's redis-cli authenticates (REDISCLI_AUTH), or it never sees PONG
+    assert interpolate(environment_of(services["redis"])["REDISCLI_AUTH"], STACK_SECRETS) == "redis0secret"
     assert "ports" not in services["redis"], "Redis reachable from beyond the stack"
 
 
@@ -648,11 +659,12 @@ def test_docker_compose_config_accepts_the_file() -> None:
             check=False,
         )
 
-    refused = config(environ)
-    # .env.example copied as it is: no password, no stack
-    assert refused.returncode != 0
-    assert "set MINIO_ROOT_PASSWORD in .env" in refused.stderr
-    result = config({**environ, **MINIO_PASSWORD})
+    # .env.example copied as it is: no password, no stack; each password refused without the other
+    for missing in STACK_SECRETS:
+        refused = config({**environ, **STACK_SECRETS, missing: ""})
+        assert refused.returncode != 0
+        assert f"set {missing} in .env" in refused.stderr
+    result = config({**environ, **STACK_SECRETS})
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)["services"]
     assert set(resolved) >= {"redis", "minio", "ingress", "worker", "prometheus"}
