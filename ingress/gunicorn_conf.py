@@ -3,7 +3,7 @@ Each can be overridden on the command line or with GUNICORN_CMD_ARGS."""
 
 import gc
 import logging
-import multiprocessing
+import math
 import os
 import shutil
 from pathlib import Path
@@ -39,7 +39,24 @@ asgi_loop = "uvloop"
 #: ingress/wsgi.py starts the spool drainer in each worker process as it loads the app; the app's
 #: own lifespan hook (which starts it under other ASGI servers) is not needed here.
 asgi_lifespan = "off"
-workers = max(2, multiprocessing.cpu_count())
+#: cgroup v2's CPU quota of this process's group: ``max 100000``, or ``200000 100000`` for 2 CPUs
+#: (a container's ``--cpus``/``cpus:``).
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus(*, cpu_max: Path = CGROUP_CPU_MAX, affinity: set[int] | None = None) -> int:
+    """The CPUs this process may use: those its affinity allows (``affinity``: read when None),
+    fewer under a cgroup CPU quota, rounded up. The host's count, which ``cpu_count`` gives, would
+    start a process per host CPU in a container allowed two."""
+    count = len(affinity if affinity is not None else os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        return max(1, min(count, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError, ZeroDivisionError):
+        return count  # no cgroup v2 quota ("max", or none to read)
+
+
+workers = max(2, available_cpus())
 #: Open connections per worker process (a slow client holds one, not a thread); enforced by the
 #: worker class, within the open-file limit.
 worker_connections = 1000

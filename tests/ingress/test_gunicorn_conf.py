@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
+import pytest
 from gunicorn.config import Config
 from gunicorn.workers.gasgi import ASGIWorker
 
@@ -31,3 +33,27 @@ def test_a_worker_freezes_what_it_loaded_so_full_collections_skip_it() -> None:
         assert all(gc.is_tracked(item) for item in loaded)
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [
+        ("200000 100000\n", 2),  # docker --cpus 2 on a host of 8
+        ("150000 100000\n", 2),  # 1.5 CPUs: rounded up
+        ("50000 100000\n", 1),
+        ("max 100000\n", 8),  # no quota
+        ("1600000 100000\n", 8),  # a quota above the CPUs allowed
+        (None, 8),  # no cgroup v2 file
+        ("garbage\n", 8),
+        ("100000 0\n", 8),
+    ],
+)
+def test_the_ingress_starts_a_process_per_cpu_its_container_may_use(
+    tmp_path: Path, cpu_max: str | None, expected: int
+) -> None:
+    """A container allowed 2 of a host's 8 CPUs gets 2 processes, not 8 (cpu_count reads the
+    host's)."""
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    assert gunicorn_conf.available_cpus(cpu_max=path, affinity=set(range(8))) == expected
