@@ -17,6 +17,15 @@ from shared import keys
 from shared.errors import AttemptNeverEnds
 
 
+def count_start(client: redis.Redis, key: str, *, ttl_s: int) -> int:
+    """Count one start at ``key`` and return how many there were; the count expires ``ttl_s``
+    after its last start. One pipelined round trip; Redis errors raise."""
+    pipe = client.pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, ttl_s)
+    return int(pipe.execute()[0])
+
+
 class AttemptStarts:
     """Counts the starts of each attempt at a message (by its id, its enqueue time, so that a
     replayed dead letter counts afresh, and its retry count); the counts expire after ``ttl_s``."""
@@ -30,11 +39,9 @@ class AttemptStarts:
         """Count one start of this attempt and return how many there were; raise
         :class:`AttemptNeverEnds` past the most allowed. Redis errors raise (the attempt is
         retried as for any other Redis trouble)."""
-        key = keys.attempt_starts(message_id, enqueued_ms, retries)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, self._ttl_s)
-        starts = int(pipe.execute()[0])
+        starts = count_start(
+            self._client, keys.attempt_starts(message_id, enqueued_ms, retries), ttl_s=self._ttl_s
+        )
         if starts > self._max_starts:
             raise AttemptNeverEnds(
                 f"attempt {retries + 1} at this message was started {starts} times and never ended "

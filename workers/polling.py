@@ -40,6 +40,7 @@ from shared.redis_client import as_text
 from shared.settings import Settings
 from shared.submitted import SubmittedTasks
 from shared.taskstate import TaskState, TaskStore
+from workers.attempt_starts import count_start
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +154,7 @@ class PollStarts:
         however it ends. Yields why the task must not be polled (too many starts before this one
         never ended; this one is not ended then), or "" to poll it. Redis errors raise."""
         key = keys.poll_starts(task_id)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, self._ttl_s)
-        starts = int(pipe.execute()[0])
+        starts = count_start(self._client, key, ttl_s=self._ttl_s)
         if starts > self._max_starts:
             # Kept till it expires: should the task ever wait again, its polls still never ended.
             yield (
