@@ -138,17 +138,18 @@ def named_ids(client: redis.Redis, ids: Iterable[str], *, namespace: str, queue:
     :func:`shown_id` form decoded (``\\xNN`` taken for that byte) is one, that letter's id: the
     id ``mjhook dlq list`` shows (and prints in JSON) for one that is no UTF-8 text names it."""
     named = list(ids)
-    decoded = {dead_id: _id_from_shown(dead_id) for dead_id in named}
-    escaped = [dead_id for dead_id in named if decoded[dead_id] not in (None, dead_id)]
-    if not escaped:
-        return named
-    as_given = set(dead_among(client, escaped, namespace=namespace, queue=queue))
-    candidates = [decoded[dead_id] or "" for dead_id in escaped if dead_id not in as_given]
-    found = set(dead_among(client, candidates, namespace=namespace, queue=queue))
-    return [
-        decoded[dead_id] or dead_id if dead_id not in as_given and decoded[dead_id] in found else dead_id
+    # Each id with escapes that stand for bytes, and the id those bytes make
+    decoded = {
+        dead_id: letter_id
         for dead_id in named
-    ]
+        if (letter_id := _id_from_shown(dead_id)) is not None and letter_id != dead_id
+    }
+    if not decoded:
+        return named
+    as_given = set(dead_among(client, decoded, namespace=namespace, queue=queue))
+    renamed = {dead_id: letter_id for dead_id, letter_id in decoded.items() if dead_id not in as_given}
+    found = set(dead_among(client, renamed.values(), namespace=namespace, queue=queue))
+    return [renamed[dead_id] if renamed.get(dead_id) in found else dead_id for dead_id in named]
 
 
 def _id_from_shown(shown: str) -> str | None:
@@ -230,8 +231,7 @@ def list_dead(
 def _dead_letter(
     dead_id: str, dead_at_ms: int | None, body: bytes, recorded: bytes | None, tasks: TaskStore | None
 ) -> DeadLetter:
-    # A replay leaves a letter whose id is no text in place too: listed as one that cannot be decoded
-    message = _decode(body) if _is_text(dead_id) else None
+    message = _message_of(dead_id, body)
     if message is None:
         return DeadLetter(
             id=dead_id,
@@ -284,6 +284,13 @@ def _find_reason(
     if record is not None and record.state is TaskState.FAILED and record.fields.get("reason"):
         return record.fields["reason"], ReasonSource.TASK
     return "no reason recorded", ReasonSource.UNKNOWN
+
+
+def _message_of(dead_id: str, body: bytes) -> dramatiq.Message[Any] | None:
+    """The message of the dead letter ``dead_id``, ``body``; None for one that cannot be decoded,
+    and for one whose id is no UTF-8 text (:func:`shown_id`): listed as such, left in place by a
+    replay."""
+    return _decode(body) if _is_text(dead_id) else None
 
 
 def _decode(body: bytes) -> dramatiq.Message[Any] | None:
@@ -342,7 +349,7 @@ def replay_dead(
             if body is None or dead_id not in present:
                 result.missing.append(dead_id)
                 continue
-            message = _decode(body) if _is_text(dead_id) else None
+            message = _message_of(dead_id, body)
             if message is None:
                 result.unreadable.append(dead_id)  # left in place: the others are replayed still
                 continue
