@@ -30,8 +30,8 @@ from simulator.config import (
     DEFAULT_FILE_SLOW_DELAY_S,
     DEFAULT_GENERATION_DELAY_S,
     DEFAULT_URL_TTL_S,
-    MAX_TASK_ID_PREFIX_CHARS,
     TASK_ID_PREFIX_PATTERN,
+    TASK_ID_PREFIX_RULE,
 )
 from simulator.control import MAX_LOAD_RATE, MAX_LOAD_TASKS, MIN_LOAD_RATE, run_load_in
 from simulator.files import MAX_IMAGE_SIDE
@@ -212,10 +212,7 @@ def _config(options: dict[str, Any], **overrides: Any) -> SimulatorConfig:
 def _task_id_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """``--task-id-prefix``: empty, or the start of a taskId mjhook accepts."""
     if value and TASK_ID_PREFIX_PATTERN.fullmatch(value) is None:
-        raise click.BadParameter(
-            f"{printable(value)} is no task id prefix: letters, digits, '_' or '-' (a letter or digit"
-            f" first), at most {MAX_TASK_ID_PREFIX_CHARS} characters"
-        )
+        raise click.BadParameter(f"{printable(value)} is no task id prefix: {TASK_ID_PREFIX_RULE}")
     return value
 
 

@@ -43,6 +43,10 @@ DEFAULT_MAX_CONNECTIONS = 512
 MAX_TASK_ID_PREFIX_CHARS = 100
 #: A taskId's start as mjhook accepts one: ASCII letters, digits, '_' or '-', a letter or digit first.
 TASK_ID_PREFIX_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_TASK_ID_PREFIX_CHARS - 1}}}")
+#: What :data:`TASK_ID_PREFIX_PATTERN` takes, said to whoever gave another prefix.
+TASK_ID_PREFIX_RULE = (
+    f"letters, digits, '_' or '-' (a letter or digit first), at most {MAX_TASK_ID_PREFIX_CHARS} characters"
+)
 #: Seconds a slow result file takes to send.
 DEFAULT_FILE_SLOW_DELAY_S = 2.0
 #: Requests of a file hit by an error or truncation fault before it serves normally.
@@ -211,10 +215,7 @@ class SimulatorConfig:
         if self.url_ttl_s <= 0 or (self.media_ttl_s is not None and self.media_ttl_s <= 0):
             raise ValueError("url_ttl_s and media_ttl_s must be positive")
         if self.task_id_prefix and TASK_ID_PREFIX_PATTERN.fullmatch(self.task_id_prefix) is None:
-            raise ValueError(
-                f"task id prefix {self.task_id_prefix!r} must be letters, digits, '_' or '-' (a letter"
-                f" or digit first), at most {MAX_TASK_ID_PREFIX_CHARS} characters"
-            )
+            raise ValueError(f"task id prefix {self.task_id_prefix!r} must be {TASK_ID_PREFIX_RULE}")
 
     @property
     def kept_s(self) -> float:
