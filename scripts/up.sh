@@ -137,9 +137,17 @@ trap '' HUP
   done < "$relay_dir/out"
 ) &
 relay_pid=$!
-honcho start -e /dev/null -f Procfile "${names[@]}" > "$relay_dir/out" 2>&1 &
+# The hangup's trap is set before honcho starts, so that a hangup just then is not lost (it was set
+# after, and a hangup in between stopped nothing); honcho itself starts with SIGHUP ignored.
+honcho_pid=""
+hangup=""
+trap 'hangup=1; [ -z "$honcho_pid" ] || kill -TERM "$honcho_pid" 2>/dev/null || true' HUP TERM
+(
+  trap '' HUP
+  exec honcho start -e /dev/null -f Procfile "${names[@]}"
+) > "$relay_dir/out" 2>&1 &
 honcho_pid=$!
-trap 'kill -TERM "$honcho_pid" 2>/dev/null || true' HUP TERM
+[ -z "$hangup" ] || kill -TERM "$honcho_pid" 2>/dev/null || true
 trap '' INT  # Ctrl-C reaches honcho itself (this shell's process group); this shell waits for it
 status=0
 # `wait` returns early when a trap ran: wait again until honcho is gone.
