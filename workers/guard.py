@@ -40,6 +40,10 @@ TCP_PORTS = range(1, 65536)
 #: Resolved addresses tried, in order, before a connection counts as failed; bounds the connect
 #: time to this many connect timeouts.
 DEFAULT_MAX_ADDRESSES_TRIED = 4
+#: Name lookups a process may have waiting on the resolver at once, including those a download
+#: gave up on (``getaddrinfo`` cannot be stopped): a resolver that hangs holds at most this many
+#: threads, and downloads beyond them fail for now, within their connect timeout.
+MAX_PENDING_LOOKUPS = 64
 
 _SCHEME_PORTS = {"http": 80, "https": 443}
 #: IPv6 ranges whose last 32 bits are an IPv4 address a translator forwards to, each with the
@@ -345,11 +349,16 @@ class GuardedBackend(httpcore.NetworkBackend):
         resolver: Resolver = resolve_host,
         connector: Connector | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_lookups: int = MAX_PENDING_LOOKUPS,
     ) -> None:
         self._policy = policy
         self._resolver = resolver
         self._connector: Connector = connector or httpcore.SyncBackend().connect_tcp
         self._clock = clock
+        #: One slot per lookup thread until its resolver returns, given up on or not: a resolver
+        #: that hangs holds at most ``max_lookups`` threads of a process, not one per download.
+        self._lookup_slots = threading.BoundedSemaphore(max_lookups)
+        self._max_lookups = max_lookups
 
     def connect_tcp(
         self,
@@ -397,8 +406,15 @@ class GuardedBackend(httpcore.NetworkBackend):
         bound): the connect timeout, cut to what is left of the download's time by the
         wait-limited backend in front of this one. ``getaddrinfo`` takes no timeout, so the lookup
         runs in a daemon thread of its own; one given up on ends when the resolver returns, its
-        answers unused. Raises ``httpcore.ConnectTimeout`` when the wait ends first: the download
-        fails for now (:class:`DownloadFailed`, over its time or timed out)."""
+        answers unused, and keeps its slot until then: with ``max_lookups`` threads waiting on the
+        resolver, the next lookup waits for a slot within the same timeout. Raises
+        ``httpcore.ConnectTimeout`` when the wait ends first: the download fails for now
+        (:class:`DownloadFailed`, over its time or timed out)."""
+        started = self._clock()
+        if not self._lookup_slots.acquire(timeout=timeout):
+            raise httpcore.ConnectTimeout(
+                f"resolving {host!r}: {self._max_lookups} lookups still wait on the resolver"
+            )
         outcome: list[list[str] | BaseException] = []
 
         def look_up() -> None:
@@ -406,10 +422,16 @@ class GuardedBackend(httpcore.NetworkBackend):
                 outcome.append(list(self._resolver(host, port)))
             except BaseException as exc:  # handed to the waiting thread, raised there
                 outcome.append(exc)
+            finally:
+                self._lookup_slots.release()
 
-        thread = threading.Thread(target=look_up, name="mjhook-lookup", daemon=True)
-        thread.start()
-        thread.join(timeout)
+        try:
+            thread = threading.Thread(target=look_up, name="mjhook-lookup", daemon=True)
+            thread.start()
+        except BaseException:
+            self._lookup_slots.release()
+            raise
+        thread.join(None if timeout is None else max(0.0, timeout - (self._clock() - started)))
         if not outcome:
             raise httpcore.ConnectTimeout(f"resolving {host!r} took over {timeout:.1f} s")
         if isinstance(outcome[0], BaseException):

@@ -34,8 +34,11 @@ class HangingResolver:
     release: threading.Event = field(default_factory=threading.Event)
     started: threading.Event = field(default_factory=threading.Event)
     returned: threading.Event = field(default_factory=threading.Event)
+    #: The hosts it was asked for, one per call.
+    asked: list[str] = field(default_factory=list)
 
     def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
         self.started.set()
         self.release.wait(RESOLVER_GIVES_UP_S)
         self.returned.set()
@@ -153,3 +156,50 @@ def test_a_lookup_over_the_whole_timeout_tries_no_connect() -> None:
         backend.connect_tcp("slow.example", 80, timeout=5.0)
 
     assert network.timeouts == []
+
+
+@dataclass
+class RefusingConnector:
+    """A connector that refuses every address it is asked for, and keeps them: no socket opens."""
+
+    asked: list[str] = field(default_factory=list)
+
+    def __call__(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        self.asked.append(host)
+        raise httpcore.ConnectError(f"{host} refused (fake)")
+
+
+def test_lookups_a_hanging_resolver_holds_are_bounded(resolver: HangingResolver) -> None:
+    """Given a resolver that hangs and a backend allowing 2 lookups waiting on it
+    When three connections are asked for, each giving up its lookup after 0.2 s
+    Then the resolver is asked twice: the third finds no slot and fails for now (a connect
+    timeout) without a thread of its own; once the resolver returns, the slots are free again and
+    the next lookup reaches the resolver and the connector."""
+    connector = RefusingConnector()
+    backend = GuardedBackend(FetchPolicy(), resolver=resolver, connector=connector, max_lookups=2)
+
+    for host in ("one.example", "two.example"):
+        with pytest.raises(httpcore.ConnectTimeout, match=r"took over 0\.2 s"):
+            backend.connect_tcp(host, 80, timeout=0.2)
+    with pytest.raises(httpcore.ConnectTimeout, match="2 lookups still wait on the resolver"):
+        backend.connect_tcp("three.example", 80, timeout=0.2)
+
+    assert resolver.asked == ["one.example", "two.example"]
+    assert connector.asked == []
+
+    resolver.release.set()
+    for thread in threading.enumerate():
+        if thread.name == "mjhook-lookup":
+            thread.join(RESOLVER_GIVES_UP_S)
+    with pytest.raises(httpcore.ConnectError, match="refused"):
+        backend.connect_tcp("four.example", 80, timeout=5.0)
+
+    assert resolver.asked == ["one.example", "two.example", "four.example"]
+    assert connector.asked == [PUBLIC_V4]
