@@ -14,11 +14,12 @@ RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin mjh
 
 WORKDIR /app
 
-# The dependencies first, read from pyproject.toml alone, so that a code change reuses this layer.
-COPY pyproject.toml ./
+# The dependencies first, read from pyproject.toml alone, so that a code change reuses this layer;
+# each at the version constraints.txt pins (make lock), the one the tests ran (make venv uses it).
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
+    && pip install -c constraints.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 # Then the project itself (no dev extras); the dependencies above already satisfy it.
@@ -29,7 +30,7 @@ COPY cli/ cli/
 COPY simulator/ simulator/
 # gunicorn reads it when no -c is given: a plain `gunicorn ingress.wsgi:app` gets the ingress's settings.
 COPY gunicorn.conf.py ./
-RUN pip install . \
+RUN pip install -c constraints.txt . \
     && rm -rf build ./*.egg-info
 
 # The ingress's spool (a volume in docker-compose.yml) is the one place the processes write.

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Test processes of make test (pytest-xdist); each starts its own redis-server and SeaweedFS.
 TEST_PROCESSES ?= 2
-# Reinstall only when pyproject.toml changed since the last install.
+# Reinstall only when pyproject.toml or constraints.txt changed since the last install.
 STAMP := $(VENV)/.installed
 # apt-get needs root; a developer's machine may need sudo for it.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -13,18 +13,30 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 apt_need = command -v $(1) >/dev/null 2>&1 || { \
 	$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $(2); }
 
-.PHONY: venv services test lint up demo clean bench-ingress bench-pipeline bench-memory bench-backlog bench-chaos
+.PHONY: venv lock services test lint up demo clean bench-ingress bench-pipeline bench-memory bench-backlog bench-chaos
 
 venv: $(STAMP)
 
 # Debian/Ubuntu's python3 makes no venv without python3-venv: installed when it fails (a failed
 # try leaves a venv without pip, made again).
-$(STAMP): pyproject.toml
+# The versions are constraints.txt's, the image's too (Dockerfile): the tests run what ships.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV) || { \
 		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y python3-venv && \
 		$(PYTHON) -m venv --clear $(VENV); }
-	$(BIN)/pip install -e '.[dev,local]'
+	$(BIN)/pip install -c constraints.txt -e '.[dev,local]'
 	touch $(STAMP)
+
+# constraints.txt afresh: pyproject.toml's ranges resolved to today's releases in a scratch venv,
+# every package it installed pinned (then make test, and commit both files together).
+LOCK_VENV := $(VENV)-lock
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install '.[dev,local]'
+	{ echo "# Every package mjhook's venv (make venv) and image (Dockerfile) install, pinned: written by"; \
+	  echo "# make lock from pyproject.toml's ranges. tests/test_constraints.py checks that they agree."; \
+	  $(LOCK_VENV)/bin/pip freeze --exclude mjhook; } > constraints.txt
+	rm -rf $(LOCK_VENV) build *.egg-info
 
 # What make up, make demo and the tests run beside the venv's own (SeaweedFS comes as a wheel):
 # redis-server, and curl for scripts/demo_load.sh.

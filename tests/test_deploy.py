@@ -611,7 +611,8 @@ def test_dockerfile_builds_a_slim_unprivileged_image(dockerfile: list[tuple[str,
     assert healthcheck.upper() != "NONE"
     assert " CMD " in f" {healthcheck} "
     runs = " ".join(arguments for keyword, arguments in dockerfile if keyword == "RUN")
-    assert re.search(r"pip install \.(\s|$)", runs), "the project is not installed from pyproject.toml"
+    installs_project = re.search(r"pip install (-c constraints\.txt )?\.(\s|$)", runs)
+    assert installs_project, "the project is not installed from pyproject.toml"
     assert "[dev]" not in runs, "dev extras do not belong in the image"
 
 
