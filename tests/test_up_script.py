@@ -41,7 +41,7 @@ def repo(tmp_path: Path) -> Path:
     the project's python and a stub honcho writing its arguments and environment to honcho.json."""
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "scripts", repo / "scripts")
-    for name in ("Procfile", "Makefile", "pyproject.toml"):
+    for name in ("Procfile", "Makefile", "pyproject.toml", "constraints.txt"):
         shutil.copy2(ROOT / name, repo / name)
     bin_dir = repo / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
