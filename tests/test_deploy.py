@@ -40,8 +40,9 @@ APP_SERVICES = ("ingress", "worker")
 #: Where dramatiq's Prometheus middleware serves by default.
 WORKER_METRICS_PORT = 9191
 
-#: ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}``, ``${NAME:?error}``, ``${NAME?error}``.
-INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+#: ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}``, ``${NAME:?error}``, ``${NAME?error}``;
+#: not ``$${NAME}``, which compose leaves to the container's shell as ``${NAME}``.
+INTERPOLATION = re.compile(r"(?<!\$)\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 #: ``NAME=value`` in a dotenv file, or ``#NAME=value`` for one shown but commented out.
 ENV_ASSIGNMENT = re.compile(r"(?P<commented>#?)(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)")
 DURATION_PART = re.compile(r"(?P<amount>\d+(?:\.\d+)?)(?P<unit>ms|us|h|m|s)")
@@ -319,8 +320,13 @@ def test_compose_defaults_are_the_settings_defaults(services: dict[str, dict[str
             )
 
 
-#: What the stack cannot do without: MinIO's root password (the stack's S3 secret) and Redis's.
-STACK_SECRETS = {"MINIO_ROOT_PASSWORD": "a-password-of-the-operator", "REDIS_PASSWORD": "redis0secret"}
+#: What the stack cannot do without: MinIO's root password, the app's MinIO password (the stack's
+#: S3 secret) and Redis's.
+STACK_SECRETS = {
+    "MINIO_ROOT_PASSWORD": "a-password-of-the-operator",
+    "MINIO_APP_PASSWORD": "the-app-s-own-password",
+    "REDIS_PASSWORD": "redis0secret",
+}
 
 
 @pytest.mark.parametrize(
@@ -341,11 +347,17 @@ def test_app_environment_makes_valid_settings_wired_to_the_stack(
         assert urlsplit(settings.redis_url).password == STACK_SECRETS["REDIS_PASSWORD"]
         assert urlsplit(settings.s3_endpoint).hostname == "minio"
         assert urlsplit(settings.s3_endpoint).port == 9000
-        minio_env = {
-            key: interpolate(value or "", environ) for key, value in environment_of(services["minio"]).items()
+        setup_env = {
+            key: interpolate(value or "", environ)
+            for key, value in environment_of(services["minio-setup"]).items()
         }
-        assert settings.s3_access_key == minio_env["MINIO_ROOT_USER"] != ""
-        assert settings.s3_secret_key == minio_env["MINIO_ROOT_PASSWORD"] != ""
+        # The app's own user, which minio-setup makes; never MinIO's root (MinIO refuses a user
+        # named as the root, and the root key would open every bucket to a compromised worker).
+        assert settings.s3_access_key == setup_env["APP_USER"] != ""
+        assert settings.s3_secret_key == setup_env["APP_PASSWORD"] == STACK_SECRETS["MINIO_APP_PASSWORD"]
+        assert settings.s3_bucket == setup_env["BUCKET"]
+        assert settings.s3_access_key != setup_env["MINIO_ROOT_USER"]
+        assert settings.s3_secret_key != setup_env["MINIO_ROOT_PASSWORD"]
 
 
 def test_presigned_links_of_the_stack_name_minio_where_the_host_reaches_it(
@@ -371,13 +383,20 @@ def test_presigned_links_of_the_stack_name_minio_where_the_host_reaches_it(
 
 
 def test_depends_on_targets_are_healthchecked(services: dict[str, dict[str, Any]]) -> None:
+    """Each service waits for what it needs to be healthy, or for a one-shot service (one that
+    is not restarted) to have succeeded."""
     for name, service in services.items():
         for target, condition in depends_on(service).items():
             assert target in services, f"{name} depends on unknown service {target}"
+            if services[target].get("restart") == "no":
+                assert condition == "service_completed_successfully", f"{name} starts before {target} ends"
+                continue
             assert healthcheck_test(services[target]), f"{name} waits for {target}, which has no healthcheck"
             assert condition == "service_healthy", f"{name} starts before {target} is healthy"
     assert set(depends_on(services["ingress"])) >= {"redis"}
-    assert set(depends_on(services["worker"])) >= {"redis", "minio"}
+    # Acknowledging needs Redis alone: the ingress must not wait for MinIO to start
+    assert "minio-setup" not in depends_on(services["ingress"])
+    assert set(depends_on(services["worker"])) >= {"redis", "minio", "minio-setup"}
 
 
 def test_state_lives_in_named_volumes(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
@@ -392,11 +411,12 @@ def test_state_lives_in_named_volumes(compose: dict[str, Any], services: dict[st
 
 
 def test_the_stack_needs_its_passwords_and_publishes_no_redis(services: dict[str, dict[str, Any]]) -> None:
-    """MinIO's root password, the stack's S3 secret, has no default (minioadmin ran unchanged), nor
-    has Redis's (it took no password: anything on the stack's network could fill or empty the
-    queue)."""
+    """MinIO's root password has no default (minioadmin ran unchanged), nor has the app's MinIO
+    password (the stack's S3 secret), nor has Redis's (it took no password: anything on the
+    stack's network could fill or empty the queue)."""
     for variable, users in (
-        ("MINIO_ROOT_PASSWORD", ("minio", *APP_SERVICES)),
+        ("MINIO_ROOT_PASSWORD", ("minio", "minio-setup")),
+        ("MINIO_APP_PASSWORD", ("minio-setup", *APP_SERVICES)),
         ("REDIS_PASSWORD", APP_SERVICES),
     ):
         for name in users:
