@@ -136,12 +136,34 @@ def build_ingress(
         acks=connect_redis_async(settings.redis_url, timeout_s=settings.redis_timeout_s),
         spool=spool,
     )
-
     drainer = (
         SpoolDrainer(spool, intake.drain_one, interval_s=settings.spool_drain_interval_s)
         if spool is not None
         else None
     )
+    app = _falcon_app(settings, metrics, drainer)
+    app.add_route(CALLBACK_PATH, _callback_resource(settings, intake, client, metrics, clock))
+    _add_read_routes(app, settings, broker=broker, tasks=intake.tasks, clock=clock)
+    collectors = spool_collectors(spool.depth, spool.depth_bytes, spool.unqueued) if spool is not None else []
+    collectors += broker_queue_collectors(settings)
+    app.add_route(
+        "/metrics",
+        Threaded(
+            MetricsResource(
+                exposition_registry(metrics.registry, multiprocess_dir=metrics_dir, collectors=collectors)
+            )
+        ),
+    )
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadyResource(client))
+    return Ingress(app=app, intake=intake, spool=spool, settings=settings, drainer=drainer)
+
+
+def _falcon_app(
+    settings: Settings, metrics: IngressMetrics, drainer: SpoolDrainer | None
+) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
+    """The app without routes: its middleware (request metrics, the read endpoints' token, the
+    spool's drainer), orjson for JSON, and the error handlers that keep every answer JSON."""
     middleware: list[Any] = [
         RequestMetrics(metrics, ack_path=CALLBACK_PATH),
         ApiTokenGuard(settings.api_token, prefixes=READ_PREFIXES, query_token_paths=(DASHBOARD_PATH,)),
@@ -159,6 +181,18 @@ def build_ingress(
     app.add_error_handler(redis.RedisError, _redis_unavailable)
     app.add_error_handler(S3Error, _storage_refused)
     app.set_error_serializer(_error_json)
+    return app
+
+
+def _callback_resource(
+    settings: Settings,
+    intake: CallbackIntake,
+    client: redis.Redis,
+    metrics: IngressMetrics,
+    clock: Callable[[], float],
+) -> CallbackResource:
+    """``POST /callbacks/midjourney``: who may call (token, signature, source address), the
+    limits of a body, and where refused bodies are kept."""
     signature = None
     if settings.webhook_hmac_key.strip():
         signature = SignatureVerifier.from_setting(
@@ -169,31 +203,38 @@ def build_ingress(
         trusted_proxy_header=settings.trusted_proxy_header or None,
         trusted_proxies=settings.trusted_proxies,
     )
-    app.add_route(
-        CALLBACK_PATH,
-        CallbackResource(
-            intake=intake,
-            rejects=CountingRejectLog(
-                client,
-                keep=settings.rejected_keep,
-                body_bytes=settings.rejected_body_bytes,
-                clock=clock,
-                rejected=metrics.callbacks_rejected,
-            ),
-            limits=callback_limits(settings),
-            max_body_bytes=settings.max_body_bytes,
-            tokens=settings.callback_tokens,
-            signature=signature,
-            sources=sources,
+    return CallbackResource(
+        intake=intake,
+        rejects=CountingRejectLog(
+            client,
+            keep=settings.rejected_keep,
+            body_bytes=settings.rejected_body_bytes,
             clock=clock,
+            rejected=metrics.callbacks_rejected,
         ),
+        limits=callback_limits(settings),
+        max_body_bytes=settings.max_body_bytes,
+        tokens=settings.callback_tokens,
+        signature=signature,
+        sources=sources,
+        clock=clock,
     )
+
+
+def _add_read_routes(
+    app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response],
+    settings: Settings,
+    *,
+    broker: dramatiq.Broker,
+    tasks: TaskStore,
+    clock: Callable[[], float],
+) -> None:
+    """``/tasks/{taskId}``, ``/tasks`` and the dashboard, each on a thread pool of its own kind."""
     # A read endpoint answers 503 soon rather than wait on a hung store (the workers' client
     # waits longer, and retries: their downloads are worth it, a dashboard refresh is not).
     read_store = partial(create_object_store, settings, read_timeout_s=STORE_READ_TIMEOUT_S, retries=0)
     store = read_store()
     presigner = read_store(endpoint=settings.s3_public_endpoint) if settings.s3_public_endpoint else store
-    tasks = intake.tasks
     read_pool = ThreadPoolExecutor(max_workers=DEFAULT_READ_THREADS, thread_name_prefix="reads")
     # Reads of object storage on threads of their own: a hung store holding them all leaves the
     # Redis reads (the task list, the dashboard's numbers) answering.
@@ -209,19 +250,6 @@ def build_ingress(
     add_dashboard_routes(
         app, settings, broker=broker, tasks=tasks, presigner=presigner, read_pool=read_pool, clock=clock
     )
-    collectors = spool_collectors(spool.depth, spool.depth_bytes, spool.unqueued) if spool is not None else []
-    collectors += broker_queue_collectors(settings)
-    app.add_route(
-        "/metrics",
-        Threaded(
-            MetricsResource(
-                exposition_registry(metrics.registry, multiprocess_dir=metrics_dir, collectors=collectors)
-            )
-        ),
-    )
-    app.add_route("/healthz", HealthResource())
-    app.add_route("/readyz", ReadyResource(client))
-    return Ingress(app=app, intake=intake, spool=spool, settings=settings, drainer=drainer)
 
 
 def _error_json(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
