@@ -27,6 +27,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from minio.error import S3Error
 
+from ingress.tasks_api import keep_private
 from ingress.threaded import Threaded
 from shared.errors import StorageUnavailable
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
@@ -161,7 +162,7 @@ class DashboardStatusResource:
             resp.media = self._read()
         except redis.RedisError as exc:
             raise falcon.HTTPServiceUnavailable(title="Redis unavailable") from exc
-        resp.cache_control = ["no-store"]  # needs the API token: no cache keeps it
+        keep_private(resp)
 
     def _read(self) -> dict[str, object]:
         snapshot = read_status(

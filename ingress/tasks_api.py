@@ -9,6 +9,7 @@ from collections.abc import Collection
 from typing import Any
 
 import falcon
+import orjson
 
 from shared import storage
 from shared.callback import TASK_ID_PATTERN
@@ -97,14 +98,23 @@ class TaskResource:
             images = self._images(task_id, manifest)
         except StorageUnavailable as exc:
             raise falcon.HTTPServiceUnavailable(title="object storage unavailable") from exc
-        resp.media = {
+        answer = {
             "taskId": task_id,
             "state": state,
             "reason": record.fields.get("reason") if record is not None else None,
             "manifest": manifest,
             "images": images,
         }
-        resp.cache_control = ["no-store"]
+        try:
+            resp.data = orjson.dumps(answer)
+        except orjson.JSONEncodeError as exc:
+            # A manifest nested deeper than orjson writes (254 levels; a worker's is at most
+            # MJHOOK_MAX_JSON_DEPTH + 1): another writer's. Rendered by falcon after the error
+            # handlers, it was an empty 500.
+            log.warning("GET /tasks/%s: its manifest cannot be answered: %s", task_id, exc)
+            resp.data = orjson.dumps({**answer, "manifest": None})
+        resp.content_type = falcon.MEDIA_JSON
+        keep_private(resp)
 
     def _manifest(self, task_id: str) -> dict[str, Any] | None:
         """The task's manifest, None when there is none or it is not one this code could have
@@ -151,6 +161,13 @@ class TaskResource:
         return images
 
 
+def keep_private(resp: falcon.Response) -> None:
+    """An answer of a read endpoint (it needs the API token, and carries text from callbacks): no
+    cache keeps it, and no browser takes it for another type than it says."""
+    resp.cache_control = ["no-store"]
+    resp.set_header("X-Content-Type-Options", "nosniff")
+
+
 class TaskListResource:
     """``GET /tasks?state=stored&limit=20``: most recently changed first."""
 
@@ -178,7 +195,7 @@ class TaskListResource:
                 for record in records
             ]
         }
-        resp.cache_control = ["no-store"]  # needs the API token: no cache keeps it
+        keep_private(resp)
 
 
 def _listed(reason: str | None) -> str | None:

@@ -20,10 +20,17 @@ def iso_seconds(value: str) -> float | None:
     return moment.timestamp() if moment.tzinfo is not None else None
 
 
+#: The largest integer every JSON reader takes exactly (a double's 53 bits; JavaScript's
+#: Number.MAX_SAFE_INTEGER); orjson writes none past 64 bits.
+MAX_JSON_INTEGER = 2**53 - 1
+
+
 def record_millis(value: str | None) -> int | None:
     """A task record's time in Unix ms, or None when it holds none this version can read (written
-    by hand, another program or version): one such record must not fail a whole list."""
+    by hand, another program or version; a number past :data:`MAX_JSON_INTEGER`): one such
+    record must not fail a whole list."""
     try:
-        return int(value) if value is not None else None
+        millis = int(value) if value is not None else None
     except ValueError:
         return None
+    return millis if millis is not None and abs(millis) <= MAX_JSON_INTEGER else None

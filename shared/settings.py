@@ -35,6 +35,9 @@ AMQP_SCHEMES = ("amqp://", "amqps://")
 #: within them, so that no callback it acknowledged is unreadable to the drain or the worker.
 QUEUED_MAX_RESULT_URLS = 1 << 16
 QUEUED_MAX_URL_LENGTH = 1 << 20
+#: The most MJHOOK_MAX_JSON_DEPTH may be: a manifest holds promptJson's params a level down,
+#: GET /tasks/{taskId} answers the manifest one more, and orjson writes no JSON past 254 levels.
+MAX_JSON_DEPTH = 200
 
 
 class Settings(BaseModel):
@@ -107,8 +110,8 @@ class Settings(BaseModel):
     max_result_urls: int = Field(default=16, ge=1, le=QUEUED_MAX_RESULT_URLS)
     max_url_length: int = Field(default=4096, ge=64, le=QUEUED_MAX_URL_LENGTH)
     #: Deepest JSON nesting accepted in a callback body (400 above) and in its promptJson
-    #: (kept raw but not parsed above). A callback itself nests 3 deep.
-    max_json_depth: int = Field(default=32, ge=3, le=1000)
+    #: (kept raw but not parsed above). A callback itself nests 3 deep; at most MAX_JSON_DEPTH.
+    max_json_depth: int = Field(default=32, ge=3, le=MAX_JSON_DEPTH)
     #: Longest ``promptJson`` string accepted, in bytes (400 above; the provider's prompt is at
     #: most 2000 characters, its parameters a few hundred bytes more).
     max_prompt_json_bytes: int = Field(default=64 * KIB, ge=1 * KIB)

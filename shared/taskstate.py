@@ -315,7 +315,12 @@ class TaskStore:
         when it is given. Tasks whose record has expired are left out."""
         index = keys.RECENT if state is None else keys.state_index(state)
         members = cast(list[bytes], self._client.zrevrange(index, 0, limit - 1))
-        task_ids = [as_text(member) for member in members]
+        task_ids = []
+        for member in members:
+            try:
+                task_ids.append(as_text(member))
+            except UnicodeDecodeError:  # no id the ingress takes: written by hand, or another program
+                log.warning("left out of the list: the index %s names a task %r", index, member[:200])
         pipe = self._client.pipeline(transaction=False)
         for task_id in task_ids:
             pipe.hgetall(keys.task(task_id))

@@ -24,7 +24,7 @@ from ingress.tasks_api import MAX_LISTED_REASON_CHARS, TaskResource
 from shared import keys
 from shared.callback import Callback
 from shared.errors import StorageUnavailable
-from shared.settings import Settings
+from shared.settings import MAX_JSON_DEPTH, Settings
 from shared.taskstate import TaskState, TaskStore
 from simulator.video import mp4_bytes
 from tests.ingress.test_callbacks import HeldReadsRedis
@@ -456,11 +456,75 @@ def test_a_presigned_download_is_served_as_stored_media_or_as_an_attachment(stac
     assert (served_png.headers["content-type"], served_png.content) == ("image/png", png)
 
 
-@pytest.mark.parametrize("path", ["/tasks", "/dashboard/status"])
-def test_read_answers_that_need_the_token_are_never_cached(stack: Stack, path: str) -> None:
+@pytest.mark.parametrize("path", ["/tasks", "/tasks/stored-1", "/dashboard/status"])
+def test_read_answers_that_need_the_token_are_never_cached_nor_sniffed(stack: Stack, path: str) -> None:
+    """They need the token, and carry text from callbacks (a reason, promptJson): no cache keeps
+    them, no browser reads them as another type than JSON."""
     response = stack.app.simulate_get(path, headers=AUTH)
     assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
     assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def nested_json(depth: int) -> str:
+    """A JSON object nested ``depth`` levels deep."""
+    return '{"a":' * (depth - 1) + "{}" + "}" * (depth - 1)
+
+
+def test_the_deepest_manifest_a_worker_may_write_is_answered(stack: Stack) -> None:
+    """Given workers allowed the deepest promptJson (MJHOOK_MAX_JSON_DEPTH at its most), a task's
+    manifest holds it parsed, and GET /tasks/{taskId} answers it whole (with the limit at 253, as
+    allowed before, the answer nested one past what orjson writes: an empty 500)."""
+    settings = stack.settings.model_copy(update={"max_json_depth": MAX_JSON_DEPTH})
+    prompt_json = nested_json(MAX_JSON_DEPTH)
+    build_parts(settings).processor.process(Callback("deep-1", 200, "ok", prompt_json, (), "t"))
+
+    response = stack.app.simulate_get("/tasks/deep-1", headers=AUTH)
+
+    assert response.status_code == 200, response.text
+    assert response.json["manifest"]["params"] == orjson.loads(prompt_json)
+
+
+def test_a_manifest_nested_past_what_json_writers_write_is_answered_without_it(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given another writer's manifest nested 300 deep (readable, but past the 254 levels orjson
+    writes), the task's answer is JSON without the manifest, said in the log: it was a 500 with
+    an empty body, counted as a 200 by the request metrics."""
+    put_raw(stack, "tasks/stored-1/manifest.json", nested_json(300).encode(), "application/json")
+
+    response = stack.app.simulate_get("/tasks/stored-1", headers=AUTH)
+
+    assert response.status_code == 200, response.text
+    assert (response.json["state"], response.json["manifest"]) == ("stored", None)
+    assert "its manifest cannot be answered" in caplog.text
+
+
+def test_a_record_s_time_past_what_json_readers_take_is_listed_without_it(stack: Stack, redis_server) -> None:
+    """An updatedAt of 20 digits (by hand, or another program) made the whole list a 500 with an
+    empty body: orjson writes no integer past 64 bits, and JSON readers take none past 53 exactly."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset(keys.task("failed-1"), "updatedAt", "9" * 20)
+    client.hset(keys.task("stored-1"), "updatedAt", str(2**53))
+
+    response = stack.app.simulate_get("/tasks", headers=AUTH)
+
+    assert response.status_code == 200, response.text
+    listed = {task["taskId"]: task["updatedAt"] for task in response.json["tasks"]}
+    assert listed == {"failed-1": None, "stored-1": None}
+
+
+def test_an_index_naming_a_task_id_that_is_no_text_leaves_it_out_of_the_list(
+    stack: Stack, redis_server
+) -> None:
+    """A member of the recent index that is no UTF-8 (no id the ingress takes) made the list a 500."""
+    redis.Redis.from_url(redis_server.url).zadd(keys.RECENT, {b"\xff\xfe": 10**13})
+
+    response = stack.app.simulate_get("/tasks", headers=AUTH)
+
+    assert response.status_code == 200, response.text
+    assert {task["taskId"] for task in response.json["tasks"]} == {"stored-1", "failed-1"}
 
 
 def test_a_list_by_state_has_only_tasks_now_in_it(stack: Stack) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import ConfigError
-from shared.settings import Settings
+from shared.settings import MAX_JSON_DEPTH, Settings
 
 
 def test_defaults_follow_the_contract() -> None:
@@ -54,6 +54,14 @@ def test_a_misspelled_variable_is_said_to_be_no_setting() -> None:
 def test_a_bad_value_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="MJHOOK_MAX_RETRIES"):
         Settings.from_env({"MJHOOK_MAX_RETRIES": "many"})
+
+
+def test_a_json_depth_past_what_answers_can_carry_is_refused_at_start_up() -> None:
+    """A manifest holds promptJson's params a level down and GET /tasks/{taskId} answers it one more:
+    past MAX_JSON_DEPTH (200), a stored manifest could be nested deeper than orjson writes."""
+    assert Settings.from_env({"MJHOOK_MAX_JSON_DEPTH": str(MAX_JSON_DEPTH)}).max_json_depth == MAX_JSON_DEPTH
+    with pytest.raises(ConfigError, match="MJHOOK_MAX_JSON_DEPTH"):
+        Settings.from_env({"MJHOOK_MAX_JSON_DEPTH": str(MAX_JSON_DEPTH + 1)})
 
 
 def test_fetch_ports_are_a_comma_separated_list() -> None:
