@@ -18,7 +18,7 @@ import orjson
 from shared.callback import CODE_SUCCESS, Callback, CallbackLimits, parse_callback, without_callback_url
 from shared.clock import utc_iso
 from shared.errors import InvalidCallback, ProviderRefused
-from shared.provider import ProviderClient, TaskRecordInfo
+from shared.provider import GENERATION_FAILED, TASK_UNKNOWN_CODES, ProviderClient, TaskRecordInfo
 from shared.queue import enqueue_callback
 from shared.taskstate import TaskStore
 
@@ -26,11 +26,6 @@ log = logging.getLogger(__name__)
 
 #: ``code`` of a callback built from a failed task's details (the provider's failure code).
 CODE_FAILURE = 500
-#: Provider answers about one task (not the account) saying it does not know it.
-TASK_UNKNOWN_CODES = frozenset({400, 404, 422})
-#: The provider's body code for "generation failed", which any endpoint may answer: for
-#: ``record-info`` the task's final outcome, not a refusal of our account.
-GENERATION_FAILED = 501
 #: Appended to ``msg``, so a manifest tells a polled result from a called-back one.
 POLLED_MSG_SUFFIX = " (polled from record-info)"
 
@@ -103,6 +98,9 @@ class ResultPoller:
         return self._queue(callback, info.status.value)
 
     def _queue(self, callback: Callback, status: str) -> PollResult:
+        # A record this version cannot read (another version's state, a hand edit) could not be
+        # marked below: its result would be queued again at every poll. TaskRecordUnusable.
+        self._tasks.get(callback.task_id)
         # Queued first, then marked: a task marked ``received`` without its message would be
         # lost to the poller, while a message for a task still ``submitted`` is processed anyway.
         enqueue_callback(self._broker, callback)

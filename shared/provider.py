@@ -36,8 +36,18 @@ DOWNLOAD_URL_PATH = "/api/v1/common/download-url"
 CODE_OK = 200
 #: Body codes worth another try: rate limited, maintenance, server errors.
 TRANSIENT_CODES = frozenset({429, 455, 500, 502, 503, 504})
-#: 5xx body codes that are final answers: generation failed, feature not available.
+#: 5xx body codes that are final answers: generation failed, feature not available. Only in the
+#: provider's own answer: the same HTTP status from a gateway's page says nothing of the task.
 PERMANENT_SERVER_CODES = frozenset({501, 505})
+#: The provider's body code for "generation failed", which any endpoint may answer: for
+#: ``record-info`` the task's final outcome, not a refusal of our account.
+GENERATION_FAILED = 501
+#: Answers about one task (not the account) saying the provider does not know it.
+TASK_UNKNOWN_CODES = frozenset({400, 404, 422})
+#: Refusals of mjhook's own account or configuration: bad key (401), no credits (402), no such
+#: endpoint (no code). Nothing about a task, and mended by the operator: no task is given up, and
+#: no file failed, over them.
+OWN_REFUSAL_CODES = frozenset({401, 402, None})
 #: What a body code means, for error messages.
 CODE_MEANINGS = {
     400: "bad request",
@@ -244,7 +254,7 @@ class ProviderClient:
                         f"{method} {path} answered HTTP 404 without the provider's answer:"
                         " no such endpoint (check MJHOOK_PROVIDER_URL)"
                     )
-                error = _error(code, msg, path)
+                error = _error(code, msg, path, own=own)
                 if not isinstance(error, ProviderUnavailable):
                     raise error
                 reached = response.is_success and code == UNREADABLE  # a 2xx: the provider had it
@@ -387,10 +397,13 @@ def _decode(response: httpx.Response, body: bytes | None) -> tuple[int, str, Any
     return response.status_code, shortened(response.reason_phrase, MAX_MSG_CHARS), None, False
 
 
-def _error(code: int, msg: str, path: str) -> ProviderError:
+def _error(code: int, msg: str, path: str, *, own: bool = True) -> ProviderError:
+    """The error of an answer with ``code``; ``own``: in the provider's answer shape (else an
+    HTTP status, a gateway's or a proxy's page: a 501 there is no failed generation)."""
     meaning = CODE_MEANINGS.get(code, "error")
     text = f"provider answered {code} ({meaning}) to {path}" + (f": {msg}" if msg else "")
-    if code in TRANSIENT_CODES or (code >= 500 and code not in PERMANENT_SERVER_CODES):
+    final = code in PERMANENT_SERVER_CODES and own
+    if code in TRANSIENT_CODES or (code >= 500 and not final):
         return ProviderUnavailable(text, code=code, provider_msg=msg)
     return ProviderRefused(text, code=code, provider_msg=msg)
 
@@ -440,9 +453,9 @@ def _int_or_none(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-        return int(value)
-    return None
+    digits = value.strip() if isinstance(value, str) else ""
+    # int() of the stripped text: str.strip() takes off more than int() would (U+001C-U+001F)
+    return int(digits) if _INTEGER.fullmatch(digits) else None
 
 
 def _str_or_none(value: Any) -> str | None:

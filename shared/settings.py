@@ -38,6 +38,9 @@ QUEUED_MAX_URL_LENGTH = 1 << 20
 #: The most MJHOOK_MAX_JSON_DEPTH may be: a manifest holds promptJson's params a level down,
 #: GET /tasks/{taskId} answers the manifest one more, and orjson writes no JSON past 254 levels.
 MAX_JSON_DEPTH = 200
+#: How much longer than MJHOOK_POLL_GIVE_UP_S a task's record must live, seconds: time for the
+#: pass that gives it up to come, behind a busy queue.
+TTL_MARGIN_OVER_GIVE_UP_S = 3600
 
 
 class Settings(BaseModel):
@@ -234,6 +237,18 @@ class Settings(BaseModel):
     def _http_url(cls, value: str) -> str:
         # Empty public URL: nothing can be submitted (the CLI says so when asked to)
         return _readable(value, _httpx_url, "HTTP") if value else value
+
+    @model_validator(mode="after")
+    def _task_records_outlive_the_polling(self) -> Settings:
+        # A silent task's record and index entry expire MJHOOK_TASK_TTL_S after its submission:
+        # sooner than its give-up, it is never given up (nor failed, nor stored): lost.
+        if self.task_ttl_s < self.poll_give_up_s + TTL_MARGIN_OVER_GIVE_UP_S:
+            raise PydanticCustomError(
+                "task_ttl_s_short",
+                "MJHOOK_TASK_TTL_S must be MJHOOK_POLL_GIVE_UP_S plus an hour or more: a task's"
+                " record must outlive the polling fallback's wait for it",
+            )
+        return self
 
     @model_validator(mode="after")
     def _s3_keys_come_in_pairs(self) -> Settings:

@@ -27,10 +27,12 @@ from shared.errors import (
     DownloadRefused,
     FreshLinkPending,
     MjhookError,
+    ProviderRefused,
     ResultLinkGone,
     TransientError,
 )
 from shared.http_backend import limited_waits
+from shared.provider import OWN_REFUSAL_CODES
 from workers.dimensions import (
     DEFAULT_HEAD_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -244,6 +246,13 @@ class ResultFetcher:
             failed = FreshLinkPending(f"{gone}; no fresh link for now: {exc}")
             failed.retry_after = exc.retry_after  # the provider's Retry-After, for the queue's retry
             raise failed from exc
+        except ProviderRefused as exc:
+            if exc.code not in OWN_REFUSAL_CODES:
+                raise DownloadRefused(f"{gone}; no fresh link: {exc}") from exc
+            # Our key, credits or provider URL refused, which the operator mends: the link is
+            # renewed then, as when the provider cannot answer now (the polling fallback waits
+            # for it on the last attempt), not the file failed for good.
+            raise FreshLinkPending(f"{gone}; no fresh link for now: {exc}") from exc
         except MjhookError as exc:
             raise DownloadRefused(f"{gone}; no fresh link: {exc}") from exc
         try:

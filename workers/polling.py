@@ -30,11 +30,17 @@ from dramatiq.middleware import Middleware
 from shared import keys
 from shared.callback import Callback, callback_limits
 from shared.clock import utc_iso
-from shared.errors import ProviderError, ProviderRefused, ProviderUnavailable, QueueUnavailable
+from shared.errors import (
+    ProviderError,
+    ProviderRefused,
+    ProviderUnavailable,
+    QueueUnavailable,
+    TaskRecordUnusable,
+)
 from shared.metrics import WorkerMetrics
 from shared.periodic import PeriodicThread
 from shared.polling import CODE_FAILURE, PollOutcome, PollResult, ResultPoller
-from shared.provider import MAX_RETRY_AFTER_BELIEVED_S, ProviderClient
+from shared.provider import MAX_RETRY_AFTER_BELIEVED_S, OWN_REFUSAL_CODES, ProviderClient
 from shared.queue import POLL_QUEUE
 from shared.redis_client import as_text
 from shared.settings import Settings
@@ -59,10 +65,6 @@ DEFAULT_NEXT_SLACK_S = 120.0
 #: Longest hold of every poll a ``Retry-After`` may ask for, seconds (the provider client reads
 #: none longer): a broken or hostile value must not stop the polling for good.
 MAX_POLL_HOLD_S = MAX_RETRY_AFTER_BELIEVED_S
-#: Refusals of mjhook's own account or configuration: bad key (401), no credits (402), no such
-#: endpoint (no code). Nothing about a task, and mended by the operator: no task is given up
-#: over them, past its give-up time or not.
-OWN_REFUSAL_CODES = frozenset({401, 402, None})
 
 
 def poll_message() -> dramatiq.Message[Any]:
@@ -270,6 +272,12 @@ class SilentTaskPoller:
             raise  # nothing can be recorded now: the pass ends (the chain logs why)
         except ProviderError as exc:
             return self._stop(tally, task_id, submitted_at, exc)
+        except TaskRecordUnusable as exc:
+            # Another version's record (a rolling deploy) or a hand edit: not this version's to
+            # queue or give up; polled again at its interval, until its own version moves it.
+            log.warning("task %s: not polled: %s", task_id, exc)
+            tally.errors += 1
+            return None
         except Exception as exc:
             log.exception("task %s: poll failed; the pass goes on", task_id)
             tally.errors += 1
@@ -318,7 +326,11 @@ class SilentTaskPoller:
 
     def _give_up(self, task_id: str, reason: str) -> int:
         reason = reason[:500]
-        before = self._tasks.move_from(task_id, TaskState.SUBMITTED, TaskState.FAILED, reason=reason)
+        try:
+            before = self._tasks.move_from(task_id, TaskState.SUBMITTED, TaskState.FAILED, reason=reason)
+        except TaskRecordUnusable as exc:  # not this version's to move: the pass goes on
+            log.warning("task %s not given up: %s", task_id, exc)
+            return 0
         self._submitted.forget_polled(task_id)
         if before not in (None, TaskState.SUBMITTED):
             return 0  # its result arrived meanwhile

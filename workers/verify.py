@@ -13,12 +13,9 @@ from typing import Any
 
 from shared.callback import Callback, CallbackLimits, check_result_urls
 from shared.errors import InvalidCallback, ProviderRefused, TransientError
-from shared.provider import TaskRecordInfo, TaskStatus
+from shared.provider import GENERATION_FAILED, TASK_UNKNOWN_CODES, TaskRecordInfo, TaskStatus
 
 log = logging.getLogger(__name__)
-
-#: The provider's code for "no such task".
-UNKNOWN_TASK = 404
 
 
 class VerificationPending(TransientError):
@@ -61,11 +58,15 @@ class ResultVerifier:
         try:
             info = self._record_info(callback.task_id)
         except ProviderRefused as exc:
-            if exc.code != UNKNOWN_TASK:
-                # Our key or account is refused: nothing says the callback is false. Retry, and
-                # the message ends in the dead-letter queue with this reason if it persists.
-                raise VerificationPending(f"cannot verify the result with the provider: {exc}") from exc
-            return self._disowned(callback, "the provider does not know this task")
+            # As the polling fallback reads record-info's refusals (shared/polling.py).
+            if exc.code in TASK_UNKNOWN_CODES:
+                return self._disowned(callback, "the provider does not know this task")
+            if exc.code == GENERATION_FAILED:
+                detail = exc.provider_msg or "generation failed"
+                return self._disowned(callback, f"the provider reports the generation failed ({detail})")
+            # Our key or account is refused: nothing says the callback is false. Retry, and
+            # the message ends in the dead-letter queue with this reason if it persists.
+            raise VerificationPending(f"cannot verify the result with the provider: {exc}") from exc
         if info.status is TaskStatus.GENERATING:
             raise VerificationPending(f"the provider still reports task {callback.task_id} as generating")
         if info.status is TaskStatus.SUCCESS and not info.result_urls and callback.result_urls:

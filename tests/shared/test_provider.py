@@ -261,3 +261,45 @@ def test_record_info_accepts_the_variants_of_the_providers_samples() -> None:
     assert orjson.loads(info.param_json or "") == {"prompt": "p"}
     assert parse_record_info({"successFlag": 3}, task_id="t-6").status is TaskStatus.FAILED
     assert parse_record_info({}, task_id="t-7").status is TaskStatus.GENERATING
+
+
+@pytest.mark.parametrize("status", [501, 505])
+def test_a_gateway_page_with_a_final_status_is_transient_not_the_provider_s_answer(status: int) -> None:
+    """A 501 or 505 page without the provider's body (nginx, a WAF, a proxy) says nothing of the
+    task: it was read as the provider's "generation failed", and the polling fallback queued a
+    failure the provider never reported."""
+    sleep = RecordingSleep()
+    page = httpx.Response(status, text="<html><h1>Not Implemented</h1></html>")
+    client = scripted([page, page], sleep, attempts=2, backoff_s=0.1)
+
+    with pytest.raises(ProviderUnavailable, match=str(status)):
+        client.record_info("t")
+
+    assert sleep.calls == [0.1]  # tried again, as any gateway's 5xx of an idempotent call
+
+
+def test_the_provider_s_own_generation_failed_is_final() -> None:
+    answer = httpx.Response(200, json={"code": 501, "msg": "banned prompt", "data": None})
+    client = scripted([answer], RecordingSleep())
+
+    with pytest.raises(ProviderRefused) as refused:
+        client.record_info("t")
+
+    assert (refused.value.code, refused.value.provider_msg) == (501, "banned prompt")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"code": "\\u001c200", "msg": "success", "data": {"successFlag": 1}}',
+        b'{"code": 200, "msg": "success", "data": {"successFlag": "\\u001f1", "resultInfoJson": {}}}',
+    ],
+    ids=["code", "successFlag"],
+)
+def test_a_number_spelled_with_control_characters_around_it_is_read(body: bytes) -> None:
+    """str.strip() takes U+001C-U+001F off, int() does not: the number was checked stripped and
+    read whole, a bare ValueError out of the client (outside the error tree: a verifier let it
+    through as no transient error)."""
+    client = scripted([httpx.Response(200, content=body)], RecordingSleep())
+
+    assert client.record_info("t").status is TaskStatus.SUCCESS

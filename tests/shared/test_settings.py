@@ -64,6 +64,18 @@ def test_a_json_depth_past_what_answers_can_carry_is_refused_at_start_up() -> No
         Settings.from_env({"MJHOOK_MAX_JSON_DEPTH": str(MAX_JSON_DEPTH + 1)})
 
 
+def test_task_records_that_would_expire_before_the_polling_gives_up_are_refused_at_start_up() -> None:
+    """A silent task's record and index entry expire MJHOOK_TASK_TTL_S after its submission: with
+    a TTL under MJHOOK_POLL_GIVE_UP_S (an hour of dedup memory, the 1-day give-up) the task was
+    never given up, failed nor stored: lost, without a word at start-up."""
+    with pytest.raises(ConfigError, match="MJHOOK_TASK_TTL_S must be MJHOOK_POLL_GIVE_UP_S plus an hour"):
+        Settings.from_env({"MJHOOK_TASK_TTL_S": "3600"})
+    with pytest.raises(ConfigError, match="MJHOOK_TASK_TTL_S"):
+        Settings.from_env({"MJHOOK_TASK_TTL_S": "90000", "MJHOOK_POLL_GIVE_UP_S": "90000"})
+    taken = Settings.from_env({"MJHOOK_TASK_TTL_S": "7200", "MJHOOK_POLL_GIVE_UP_S": "3600"})
+    assert (taken.task_ttl_s, taken.poll_give_up_s) == (7200, 3600)
+
+
 def test_fetch_ports_are_a_comma_separated_list() -> None:
     assert Settings.from_env({}).fetch_ports == (80, 443)
     assert Settings.from_env({"MJHOOK_FETCH_PORTS": "443, 8443"}).fetch_ports == (443, 8443)

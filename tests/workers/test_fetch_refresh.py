@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from shared.errors import DownloadFailed, DownloadRefused, ResultLinkGone
+from shared.errors import DownloadFailed, DownloadRefused, FreshLinkPending, ResultLinkGone
 from simulator import FaultConfig, RunningSimulator
 from tests.support.provider import StartSimulator, client_for
 from tests.support.servers import FileServer, png_bytes
@@ -125,3 +125,17 @@ def test_a_link_redirecting_to_an_expired_file_is_refreshed(
         assert fetched.source_url == url
     finally:
         fetched.close()
+
+
+def test_a_refused_api_key_leaves_an_expired_link_to_be_refreshed_later(
+    start_simulator: StartSimulator, http: httpx.Client
+) -> None:
+    """Given an expired provider link and an API key the provider refuses (401: rotated, mistyped)
+    When the file is fetched
+    Then it fails for now (FreshLinkPending: retried, handed to the polling fallback on the last
+    attempt), as for a provider that cannot answer: the operator mends the key, and download-url
+    renews the link then. It failed the file for good."""
+    sim = start_simulator(faults=FaultConfig(file_expired_share=1.0))
+    _, url = expired_result_url(sim)
+    with client_for(sim, api_key="a-rotated-key") as provider, pytest.raises(FreshLinkPending, match="401"):
+        ResultFetcher(http, LIMITS, refresh_url=provider.download_url).fetch(url)

@@ -812,3 +812,68 @@ def test_a_task_whose_record_info_always_fails_is_given_up_after_its_wait(
     assert (
         "no result from the provider within 1000 s of submission (its last poll: " in record.fields["reason"]
     )
+
+
+# --- review findings of session 16 ----------------------------------------------------------------
+
+
+def queued_task_ids(client: redis.Redis) -> list[str]:
+    bodies = client.hvals(keys.broker_messages(BROKER_NAMESPACE, CALLBACK_QUEUE))
+    return [dramatiq.Message.decode(body).args[0]["taskId"] for body in bodies]
+
+
+def test_a_gateway_s_501_page_queues_no_failure(client: redis.Redis) -> None:
+    """A 501 page without the provider's body (a proxy's, a WAF's) says nothing of the task: the
+    poll queued a failure for it, as if the provider had said its generation failed."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(501, text="<html><h1>501 Not Implemented</h1></html>")
+
+    clock = FakeClock(2_000_000.0)
+    poller, tasks = silent_poller(client, mock_provider(handle, sleep=lambda _s: None), clock)
+    SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock).record("t1", {})
+    clock.now += GRACE_S
+
+    summary = poller.run_once()
+
+    assert queued_task_ids(client) == []
+    assert summary.stopped  # the provider's availability, as any gateway's 5xx
+    record = tasks.get("t1")
+    assert record is not None
+    assert record.state is TaskState.SUBMITTED
+
+
+def test_a_record_this_version_cannot_read_is_neither_queued_each_pass_nor_ends_the_pass(
+    client: redis.Redis,
+) -> None:
+    """Given a submitted task whose record another version wrote (a state this one does not know)
+    When it is polled, finished, in five passes, and then past its give-up time
+    Then its result is never queued (it was queued again at every pass: the record could not be
+    marked received after it), and the pass past its give-up goes on to the next task (the
+    give-up raised out of the pass)."""
+    done = {"successFlag": 1, "resultInfoJson": {"resultUrls": ["https://cdn.example/0.png"]}}
+    generating = {"successFlag": 0}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        data = done if request.url.params["taskId"] == "t-other-version" else generating
+        return httpx.Response(200, json={"code": 200, "msg": "success", "data": data})
+
+    clock = FakeClock(2_000_000.0)
+    poller, tasks = silent_poller(client, mock_provider(handle), clock)
+    submitted = SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock)
+    submitted.record("t-other-version", {})
+    client.hset(keys.task("t-other-version"), "state", "verifying")
+    clock.now += GRACE_S
+    for _ in range(5):
+        assert poller.run_once().errors == 1
+        clock.now += INTERVAL_S + 1
+    assert queued_task_ids(client) == []
+
+    submitted.record("t-silent", {})
+    clock.now += GIVE_UP_S + 1
+    summary = poller.run_once()
+
+    assert summary.given_up == 1  # t-silent, after the task it could not give up
+    record = tasks.get("t-silent")
+    assert record is not None
+    assert record.state is TaskState.FAILED

@@ -64,6 +64,15 @@ def test_tampered_urls_are_replaced_by_the_providers_and_recorded() -> None:
     [
         (info(TaskStatus.FAILED, error="nsfw"), "the provider reports the generation failed (nsfw)"),
         (ProviderRefused("unknown", code=404), "the provider does not know this task"),
+        # As the polling fallback reads record-info: 400 and 422 about a task are an unknown one,
+        # the provider's 501 its generation failed (both were retried, a dozen provider calls over
+        # about an hour, until the polling fallback found the same and failed the task)
+        (ProviderRefused("bad task", code=422), "the provider does not know this task"),
+        (ProviderRefused("bad task", code=400), "the provider does not know this task"),
+        (
+            ProviderRefused("failed", code=501, provider_msg="banned prompt"),
+            "the provider reports the generation failed (banned prompt)",
+        ),
     ],
 )
 def test_a_success_the_provider_disowns_becomes_a_failure(
