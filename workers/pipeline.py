@@ -50,6 +50,8 @@ _STORED_FILE = re.compile(r"(\d+)\.([a-z0-9]+)")
 #: fallback, then queued again by a poll or a callback).
 _AWAITING_A_MESSAGE = frozenset({TaskState.RECEIVED, TaskState.SUBMITTED})
 _FINAL_VALUES = frozenset(state.value for state in FINAL_STATES)
+#: The states a manifest may give a task that a failure cannot take away.
+_OUTCOME_VALUES = frozenset({TaskState.STORED.value, TaskState.PARTIAL.value})
 
 
 class CallbackProcessor:
@@ -102,7 +104,7 @@ class CallbackProcessor:
             return known
         with self._leases.hold(task_id) as lease:
             # Another worker may have finished the task while we waited for the lease.
-            if (known := self._settled_state(callback)) is not None:
+            if (known := self._settled_state(callback, lease)) is not None:
                 return known
             verification = None
             if self._verifier is not None and callback.succeeded:
@@ -114,7 +116,7 @@ class CallbackProcessor:
                     return self._left_to_polling(task_id, exc, final_attempt=final_attempt)
                 # A success the provider disowns is a failure report now: it may change no more
                 # than one would (never a task that has files).
-                if (known := self._settled_state(callback)) is not None:
+                if (known := self._settled_state(callback, lease)) is not None:
                     return known
             self._tasks.move(task_id, TaskState.PROCESSING, holder=lease.token)
             # What the task's prefix holds now; its manifest's ETag fences this attempt's manifest.
@@ -134,6 +136,12 @@ class CallbackProcessor:
                     return self._left_to_polling(task_id, exc, final_attempt=final_attempt)
             else:
                 images, errors = [], []
+                # A failure report changes no outcome a manifest describes (the task's record
+                # may have expired since), and leaves no file an unfinished attempt stored (one
+                # handed to the polling fallback, say) beside its failed manifest.
+                if (described := self._outcome_in_bucket(task_id, listing, lease)) is not None:
+                    return described
+                earlier = set(_file_keys(task_id, listing))
             status = outcome(callback, images, errors)
             if callback.succeeded and not callback.result_urls:
                 errors.append(FileError(None, None, "the callback reported success but listed no URLs"))
@@ -224,12 +232,9 @@ class CallbackProcessor:
                 record = self._tasks.get(task_id)
                 if record is None or record.state not in (TaskState.STORED, TaskState.PARTIAL):
                     return True
-                listing = self._store.list_etags(storage.task_prefix(task_id))
-                manifest = self._read_manifest(storage.manifest_key(task_id))
-                described = _described(manifest)
-                if manifest is not None and described is not None:
-                    stored = set(_file_keys(task_id, listing))
-                    self._remove_undescribed_files(task_id, stored - described.keys(), lease)
+                agreed = self._agree_with_manifest(task_id, lease)
+                if agreed is not None:
+                    manifest, described, stored = agreed
                     if self._describes_bucket(described, stored & described.keys()):
                         self._adopt_outcome(task_id, manifest, lease, unless=record.state)
         except TaskBusy:
@@ -238,6 +243,37 @@ class CallbackProcessor:
             log.warning("task %s: files its manifest does not describe may be left for now: %s", task_id, exc)
             return False
         return True
+
+    def _agree_with_manifest(
+        self, task_id: str, lease: Lease
+    ) -> tuple[dict[str, Any], dict[str, object], set[str]] | None:
+        """Remove the task's files its manifest does not describe, under ``lease``; the manifest,
+        what it describes (:func:`_described`) and the files that were stored, or None (nothing
+        removed) when there is no manifest this code wrote."""
+        listing = self._store.list_etags(storage.task_prefix(task_id))
+        manifest = self._read_manifest(storage.manifest_key(task_id))
+        described = _described(manifest)
+        if manifest is None or described is None:
+            return None
+        stored = set(_file_keys(task_id, listing))
+        self._remove_undescribed_files(task_id, stored - described.keys(), lease)
+        return manifest, described, stored
+
+    def _outcome_in_bucket(self, task_id: str, listing: Mapping[str, str], lease: Lease) -> TaskState | None:
+        """The outcome (``stored``, ``partial``) the task's manifest says, when the bucket holds
+        every file it describes as it describes it: the task moves there, and files an unfinished
+        later attempt added beside them are removed. None otherwise."""
+        manifest_key = storage.manifest_key(task_id)
+        manifest = self._read_manifest(manifest_key) if manifest_key in listing else None
+        described = _described(manifest)
+        if manifest is None or described is None or manifest.get("status") not in _OUTCOME_VALUES:
+            return None
+        stored = set(_file_keys(task_id, listing))
+        if not described.keys() <= stored or not self._describes_bucket(described, set(described)):
+            return None
+        self._remove_undescribed_files(task_id, stored - described.keys(), lease)
+        self._adopt_outcome(task_id, manifest, lease)
+        return TaskState(manifest["status"])
 
     def _read_manifest(self, manifest_key: str) -> dict[str, Any] | None:
         """The manifest at ``manifest_key``; None when there is none, or it is no JSON object."""
@@ -252,9 +288,10 @@ class CallbackProcessor:
         manifest_key = storage.manifest_key(callback.task_id)
         stored = set(_file_keys(callback.task_id, listing))
         manifest = self._read_manifest(manifest_key) if manifest_key in listing else None
+        if self._outcome_in_bucket(callback.task_id, listing, lease) is not None:
+            return  # files a later attempt added removed: its polling fallback gave up, say
         if manifest is not None and self._describes_bucket(_described(manifest), stored):
-            self._adopt_outcome(callback.task_id, manifest, lease)
-            return
+            return  # a failed manifest describing the bucket stands
         found, _, _ = self._already_stored(callback, listing)
         earlier = manifest
         manifest = build_manifest(
@@ -279,7 +316,7 @@ class CallbackProcessor:
         ``stored`` or ``partial`` (and not ``unless``, the state it has), with the manifest's code
         and the reasons of its errors."""
         status = manifest.get("status")
-        if status not in (TaskState.STORED.value, TaskState.PARTIAL.value) or status == unless:
+        if status not in _OUTCOME_VALUES or status == unless:
             return
         errors = manifest.get("errors")
         reasons = (
@@ -294,7 +331,12 @@ class CallbackProcessor:
             code=str(manifest.get("code", "")),
             reason=shortened("; ".join(reasons), MAX_REASON_CHARS),
         )
-        log.warning("task %s was given up, but its manifest says %s: it is %s", task_id, status, status)
+        log.warning(
+            "task %s: its manifest says %s, and the bucket holds what it describes: it is %s",
+            task_id,
+            status,
+            status,
+        )
 
     def _describes_bucket(self, described: Mapping[str, object] | None, stored: set[str]) -> bool:
         """Whether the task's manifest, whose files are ``described`` (:func:`_described`), lists
@@ -316,19 +358,24 @@ class CallbackProcessor:
         except ObjectChanged as exc:
             raise TaskBusy(f"{key} was written by another worker meanwhile: {exc}") from exc
 
-    def _settled_state(self, callback: Callback) -> TaskState | None:
+    def _settled_state(self, callback: Callback, lease: Lease | None = None) -> TaskState | None:
         """The state to keep when this callback changes nothing: a stored task stays stored, and a
         failure report never overwrites a task that has an outcome, also while an attempt of a
         later success is pending (the task is ``processing`` then, its outcome kept beside). Such a
-        callback is counted as a duplicate."""
+        callback is counted as a duplicate. A task waiting for a message with an outcome kept goes
+        back to it only under the task's ``lease`` (None before it is taken: the caller takes it
+        and asks again)."""
         record = self._tasks.get(callback.task_id)
         if record is None:
+            return None
+        outcome = record.fields.get(OUTCOME_FIELD, "")
+        going_back = record.state in _AWAITING_A_MESSAGE and outcome in _FINAL_VALUES
+        if not callback.succeeded and going_back and lease is None:
             return None
         if record.state is TaskState.STORED:
             log.info("task %s already stored: duplicate callback ignored", callback.task_id)
             self._metrics.tasks.labels("duplicate").inc()
             return record.state
-        outcome = record.fields.get(OUTCOME_FIELD, "")
         if not callback.succeeded and (record.state in FINAL_STATES or outcome):
             log.info(
                 "task %s is %s (outcome %s): failure report ignored",
@@ -337,16 +384,18 @@ class CallbackProcessor:
                 outcome or record.state.value,
             )
             self._metrics.tasks.labels("duplicate").inc()
-            if record.state in _AWAITING_A_MESSAGE and outcome in _FINAL_VALUES:
-                return self._back_to_outcome(callback.task_id, record.state, TaskState(outcome))
+            if going_back and lease is not None:
+                return self._back_to_outcome(callback.task_id, record.state, TaskState(outcome), lease)
             return record.state
         return None
 
-    def _back_to_outcome(self, task_id: str, state: TaskState, outcome: TaskState) -> TaskState:
+    def _back_to_outcome(self, task_id: str, state: TaskState, outcome: TaskState, lease: Lease) -> TaskState:
         """Move a task waiting for a message (handed back to the polling fallback, then queued
         again) back to the ``outcome`` it kept, once that message turned out to change nothing:
-        no other message, poll or look would ever move it. One that moved on meanwhile keeps
-        its state."""
+        no other message, poll or look would ever move it. The bucket first holds only what the
+        outcome's manifest describes (the attempt handed back may have stored a file it does not
+        list). One that moved on meanwhile keeps its state."""
+        self._agree_with_manifest(task_id, lease)
         before = self._tasks.move_from(task_id, state, outcome)
         if before is not state:
             return before or outcome

@@ -8,10 +8,9 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
@@ -21,7 +20,6 @@ from dramatiq.middleware import TimeLimitExceeded
 from PIL import Image
 
 from shared import keys
-from shared.callback import Callback
 from shared.errors import (
     DownloadFailed,
     ProviderRefused,
@@ -34,72 +32,18 @@ from shared.provider import TaskRecordInfo
 from shared.settings import Settings
 from shared.storage import ObjectStore, Precondition, create_object_store
 from shared.submitted import SubmittedTasks
-from shared.taskstate import OUTCOME_FIELD, TaskState, TaskStore
+from shared.taskstate import OUTCOME_FIELD, TaskState
 from tests.shared.test_storage import NoConditionsPoolManager
 from tests.support.pipeline import nested_prompt_json
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, png_bytes
-from tests.support.stack import ready_bucket
+from tests.support.worker_harness import PROMPT, Harness, callback
 from workers import pipeline
 from workers.fetch import ByteBudget, FetchedFile, FetchLimits, ResultFetcher, create_http_client
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
 from workers.runtime import build_parts
 from workers.verify import ResultVerifier
-
-PROMPT = '{"prompt":"a beautiful landscape","model":"midjourney"}'
-
-
-@dataclass
-class Harness:
-    parts: object
-    tasks: TaskStore
-    store: ObjectStore
-    files: FileServer
-    redis: redis.Redis
-    #: What the processor counts.
-    metrics: WorkerMetrics
-    settings: Settings
-
-    def process(self, callback: Callback, *, final_attempt: bool = False) -> TaskState:
-        return self.parts.processor.process(callback, final_attempt=final_attempt)  # type: ignore[attr-defined]
-
-    def manifest(self, task_id: str) -> dict[str, object]:
-        return self.store.get_json(f"tasks/{task_id}/manifest.json")  # type: ignore[no-any-return]
-
-    def object_bytes(self, key: str) -> bytes | None:
-        return self.store.get_bytes(key)
-
-
-@pytest.fixture
-def harness(redis_server, s3_server, s3_bucket, file_server: FileServer) -> Iterator[Harness]:
-    settings = Settings(
-        redis_url=redis_server.url,
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_bucket=s3_bucket,
-        fetch_allow=("127.0.0.1",),
-        read_timeout_s=2,
-    )
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushdb()
-    metrics = create_worker_metrics()
-    parts = build_parts(settings, metrics=metrics)
-    ready_bucket(parts.store)
-    yield Harness(parts, parts.tasks, parts.store, file_server, client, metrics, settings)
-    client.close()
-
-
-def callback(urls: list[str], *, task_id: str = "task-1", code: int = 200, prompt: str = PROMPT) -> Callback:
-    return Callback(
-        task_id=task_id,
-        code=code,
-        msg="success" if code == 200 else "generation failed",
-        prompt_json=prompt,
-        result_urls=tuple(urls),
-        received_at="2026-11-25T00:00:00.000Z",
-    )
 
 
 def serve_pngs(files: FileServer, count: int, *, prefix: str = "/img") -> tuple[list[str], list[bytes]]:
