@@ -47,6 +47,8 @@ from shared.settings import Settings
 from shared.submitted import SubmittedTasks
 from shared.taskstate import TaskState, TaskStore
 from workers.attempt_starts import count_start
+from workers.retries import refuses_writes
+from workers.second_look import PendingGiveUps
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +205,12 @@ class SilentTaskPoller:
     ``record_failure`` (the processor's: where the task has none), and is counted in
     ``metrics`` (``mjhook_tasks_total{outcome="failed"}``). A provider error stops the pass;
     another error of one task is logged and the pass goes on. A task whose polls ``starts`` says
-    never ended (their worker process died) is given up the same way, not polled. ``clock``
-    returns Unix seconds; ``monotonic`` times the pass budget."""
+    never ended (their worker process died) is given up the same way, not polled. With
+    ``pending``, each give-up is recorded there as a second look before the task moves, and
+    removed once its manifest is recorded: a worker dying in between leaves the look, which any
+    worker takes to finish the give-up (:meth:`workers.runtime.WorkerRuntime._look_again`), as
+    does one whose manifest object storage could not take (``record_failure`` returned False).
+    ``clock`` returns Unix seconds; ``monotonic`` times the pass budget."""
 
     def __init__(
         self,
@@ -216,8 +222,9 @@ class SilentTaskPoller:
         grace_s: float,
         interval_s: float,
         give_up_s: float,
-        record_failure: Callable[[Callback, str], None] | None = None,
+        record_failure: Callable[[Callback, str], bool | None] | None = None,
         metrics: WorkerMetrics | None = None,
+        pending: PendingGiveUps | None = None,
         batch: int = DEFAULT_BATCH,
         budget_s: float = DEFAULT_PASS_BUDGET_S,
         clock: Callable[[], float] = time.time,
@@ -232,6 +239,7 @@ class SilentTaskPoller:
         self._give_up_s = give_up_s
         self._record_failure = record_failure
         self._metrics = metrics
+        self._pending = pending
         self._batch = batch
         self._budget_s = budget_s
         self._clock = clock
@@ -326,26 +334,63 @@ class SilentTaskPoller:
 
     def _give_up(self, task_id: str, reason: str) -> int:
         reason = reason[:500]
+        # No callback came: the manifest says what mjhook gave up on, as a failure (code 500).
+        report = Callback(task_id, CODE_FAILURE, reason, None, (), utc_iso(self._clock()))
+        # Before the move: a worker dying after it (the task no longer submitted, no later pass
+        # sees it) or before it leaves this look, which finishes the give-up.
+        looked = self._record_look(report, reason)
         try:
             before = self._tasks.move_from(task_id, TaskState.SUBMITTED, TaskState.FAILED, reason=reason)
         except TaskRecordUnusable as exc:  # not this version's to move: the pass goes on
             log.warning("task %s not given up: %s", task_id, exc)
+            self._forget_look(report, reason, looked)
             return 0
         self._submitted.forget_polled(task_id)
         if before not in (None, TaskState.SUBMITTED):
+            self._forget_look(report, reason, looked)
             return 0  # its result arrived meanwhile
         log.warning("task %s given up: %s", task_id, reason)
         if self._metrics is not None:
             # Ended here, not by a message: the message's end counts none.
             self._metrics.tasks.labels(TaskState.FAILED.value).inc()
+        recorded = True
         if self._record_failure is not None:
-            # No callback came: the manifest says what mjhook gave up on, as a failure (code 500).
-            report = Callback(task_id, CODE_FAILURE, reason, None, (), utc_iso(self._clock()))
             try:
-                self._record_failure(report, reason)
+                recorded = self._record_failure(report, reason) is not False
             except Exception:
                 log.exception("task %s failed without a manifest", task_id)
+                recorded = False
+        if recorded:
+            self._forget_look(report, reason, looked)
+        elif looked:
+            # Again, due a lease's time from now: a give-up that took longer than that (object
+            # storage hanging) may have met its own look, which found the lease held and ended.
+            self._record_look(report, reason)
         return 1
+
+    def _record_look(self, report: Callback, reason: str) -> bool:
+        """Record the second look at a give-up in ``pending``; False without one, or when Redis
+        will never take it (its key holds another type: logged, the give-up goes on)."""
+        if self._pending is None:
+            return False
+        try:
+            self._pending.add(report, reason, polled=True)
+        except redis.exceptions.ResponseError as exc:
+            if refuses_writes(exc):
+                raise
+            log.error("task %s: no second look can be recorded: %s", report.task_id, exc)
+            return False
+        return True
+
+    def _forget_look(self, report: Callback, reason: str, looked: bool) -> None:
+        """Remove the second look :meth:`_give_up` recorded: nothing is left for it to do. One
+        Redis keeps (it refused its removal) does that nothing later."""
+        if self._pending is None or not looked:
+            return
+        try:
+            self._pending.remove(report, reason, polled=True)
+        except redis.exceptions.RedisError as exc:
+            log.warning("task %s: its second look stays pending (%s)", report.task_id, exc)
 
 
 def _hold_s(exc: ProviderError) -> float:
@@ -407,12 +452,14 @@ def build_polling(
     tasks: TaskStore,
     provider: ProviderClient,
     broker: dramatiq.Broker,
-    record_failure: Callable[[Callback, str], None] | None = None,
+    record_failure: Callable[[Callback, str], bool | None] | None = None,
     metrics: WorkerMetrics | None = None,
+    pending: PendingGiveUps | None = None,
 ) -> Polling:
     """The polling fallback from settings: a pass every ``poll_interval_s``; a task it gives up
     on gets its manifest from ``record_failure`` and is counted failed in ``metrics``; one whose
-    polls were started more than ``max_attempt_starts`` times without ending is given up."""
+    polls were started more than ``max_attempt_starts`` times without ending is given up. Each
+    give-up waits in ``pending`` as a second look until it is finished (:class:`SilentTaskPoller`)."""
 
     def enqueue(message: dramatiq.Message[Any], delay_ms: int) -> None:
         broker.enqueue(message, delay=delay_ms or None)
@@ -428,6 +475,7 @@ def build_polling(
         give_up_s=settings.poll_give_up_s,
         record_failure=record_failure,
         metrics=metrics,
+        pending=pending,
     )
     chain = PollChain(
         client,

@@ -18,7 +18,7 @@ from dramatiq.middleware import Middleware
 
 from shared.callback import Callback, callback_limits
 from shared.dead_letters import record_dead_reason
-from shared.errors import MjhookError, StorageUnavailable
+from shared.errors import MjhookError, StorageUnavailable, TaskRecordUnusable
 from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.provider import create_provider_client
 from shared.redis_client import connect_redis
@@ -33,7 +33,7 @@ from workers.guard import guarded_transport_from_settings
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
 from workers.polling import PollChain, Polling, build_polling
-from workers.retries import patiently, retry_enqueue_error
+from workers.retries import patiently, refuses_writes, retry_enqueue_error
 from workers.second_look import PendingGiveUps, SecondLook, SecondLookSweeper
 from workers.verify import ResultVerifier
 
@@ -123,6 +123,7 @@ def build_parts(
             broker=broker,
             record_failure=failure_recorder(processor, pending),
             metrics=metrics,
+            pending=pending,
         )
     return WorkerParts(
         processor=processor,
@@ -137,14 +138,17 @@ def build_parts(
 
 def failure_recorder(
     processor: CallbackProcessor, pending: PendingGiveUps
-) -> Callable[[Callback, str], None]:
+) -> Callable[[Callback, str], bool]:
     """The polling fallback's way to give the bucket a failed task's manifest: the processor's
-    (:meth:`CallbackProcessor.record_failure`); one object storage could not take now is written
-    by a second look (any worker's, :meth:`WorkerRuntime._look_again`), however many it takes."""
+    (:meth:`CallbackProcessor.record_failure`); one object storage could not take now (False) is
+    written by a second look (any worker's, :meth:`WorkerRuntime._look_again`), however many it
+    takes: the polling's own look (the same member, when the poller recorded it first)."""
 
-    def record_failure(callback: Callback, reason: str) -> None:
-        if not processor.record_failure(callback, reason):
-            pending.add(callback, reason)
+    def record_failure(callback: Callback, reason: str) -> bool:
+        if processor.record_failure(callback, reason):
+            return True
+        pending.add(callback, reason, polled=True)
+        return False
 
     return record_failure
 
@@ -307,15 +311,23 @@ class WorkerRuntime(Middleware):
         that was failed already was counted when it failed; one left in another state ends later,
         and is counted then). A bucket object storage could not put right (down, as it often is
         when the queue gives up) is put right by a later look, however many it takes: False then
-        (the look stays pending)."""
+        (the look stays pending). The look is recorded before the task moves, and removed when
+        nothing is left for it to do: a worker dying at any point in between leaves it, for any
+        worker to finish this give-up (the message redelivered then is a duplicate once the task
+        is final, and is ignored)."""
         assert self._parts is not None
+        pending = self._parts.pending
         task_id = callback.task_id
+        if looks > 0 and not self._look_recorded(callback, reason):
+            looks = 0  # the give-up itself still goes on
         try:
             state, failed_now = self._parts.tasks.give_up(task_id, reason)
         except (redis.RedisError, OSError):
             raise
         except Exception:
             log.exception("could not record the failure of %s", task_id)  # an unusable record
+            if looks > 0:
+                pending.remove(callback, reason)
             return True
         if failed_now:
             self._parts.metrics.tasks.labels(TaskState.FAILED.value).inc()
@@ -324,9 +336,26 @@ class WorkerRuntime(Middleware):
         bucket_agrees = self._bucket_agrees(callback, state, reason)
         # A task submitted again is the polling fallback's: no worker's lease to wait out.
         left_to_a_holder = state in UNSETTLED_STATES and state is not TaskState.SUBMITTED
-        if looks > 0 and (left_to_a_holder or not bucket_agrees):
-            self._parts.pending.add(callback, reason)
+        if looks > 0 and bucket_agrees and not left_to_a_holder:
+            pending.remove(callback, reason)
+        elif looks > 0:
+            # Again, due a lease's time from now: a give-up that took longer than that (object
+            # storage hanging) may have met its own look, which found the lease held and ended.
+            pending.add(callback, reason)
         return bucket_agrees
+
+    def _look_recorded(self, callback: Callback, reason: str) -> bool:
+        """Record the second look at a give-up; False (logged) when Redis will never take it (the
+        key of the pending looks holds another type). Other Redis errors raise."""
+        assert self._parts is not None
+        try:
+            self._parts.pending.add(callback, reason)
+        except redis.ResponseError as exc:
+            if refuses_writes(exc):
+                raise
+            log.error("task %s: no second look can be recorded: %s", callback.task_id, exc)
+            return False
+        return True
 
     def _bucket_agrees(self, callback: Callback, state: TaskState, reason: str) -> bool:
         """Make the bucket agree with the ``state`` a give-up left the task in; False when object
@@ -346,10 +375,35 @@ class WorkerRuntime(Middleware):
 
     def _look_again(self, look: SecondLook) -> bool:
         try:
+            if look.polled:
+                return self._give_up_polled(look.callback, look.reason)
             return self._give_up(look.callback, look.reason, looks=0)
         except (redis.RedisError, OSError) as exc:
             log.warning("could not look again at %s (%s); it stays pending", look.callback.task_id, exc)
             return False
+
+    def _give_up_polled(self, callback: Callback, reason: str) -> bool:
+        """A second look at a give-up of the polling fallback (:class:`SilentTaskPoller`): its move
+        from ``submitted`` to ``failed`` once more (the poll decided so; a worker dying before the
+        move left the task ``submitted``, which :meth:`TaskStore.give_up` leaves alone), then the
+        failed manifest (False when object storage could not take it: looked at again). A task
+        that moved on otherwise meanwhile (its result came) is left as it is, as the poll does.
+        Redis errors raise."""
+        assert self._parts is not None
+        task_id = callback.task_id
+        try:
+            before = self._parts.tasks.move_from(
+                task_id, TaskState.SUBMITTED, TaskState.FAILED, reason=reason
+            )
+        except TaskRecordUnusable as exc:  # not this version's to move
+            log.warning("task %s not given up: %s", task_id, exc)
+            return True
+        if before in (None, TaskState.SUBMITTED):
+            log.warning("task %s given up: %s", task_id, reason)
+            self._parts.metrics.tasks.labels(TaskState.FAILED.value).inc()
+        elif before is not TaskState.FAILED:
+            return True  # its result arrived meanwhile
+        return self._bucket_agrees(callback, TaskState.FAILED, reason)
 
     def _record_dead_reason(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, reason: str

@@ -34,6 +34,9 @@ class SecondLook:
     member: bytes
     callback: Callback
     reason: str
+    #: The polling fallback's give-up of a task still ``submitted``: the look ends the task as
+    #: the poll decided (``submitted`` to ``failed``) where a queue's give-up leaves it alone.
+    polled: bool = False
 
 
 class PendingGiveUps:
@@ -49,10 +52,17 @@ class PendingGiveUps:
         source = resources.files("shared").joinpath("lua", "take_due.lua").read_text()
         self._take_due = client.register_script(source)
 
-    def add(self, callback: Callback, reason: str) -> None:
-        """Look at ``callback``'s task again when it is due, to record ``reason``."""
-        member = orjson.dumps({"callback": callback.to_message(), "reason": reason})
-        self._client.zadd(keys.GIVE_UPS_PENDING, {member: self._due_ms(self._after_s)})
+    def add(self, callback: Callback, reason: str, *, polled: bool = False) -> None:
+        """Look at ``callback``'s task again when it is due, to record ``reason`` (``polled``: a
+        give-up of the polling fallback, :attr:`SecondLook.polled`). Adding it again only moves
+        the moment it is due."""
+        self._client.zadd(
+            keys.GIVE_UPS_PENDING, {_member(callback, reason, polled): self._due_ms(self._after_s)}
+        )
+
+    def remove(self, callback: Callback, reason: str, *, polled: bool = False) -> None:
+        """Drop the look :meth:`add` recorded with these arguments (nothing left to do)."""
+        self.done(_member(callback, reason, polled))
 
     def take_due(self, *, hold_s: float, limit: int = DEFAULT_TAKE) -> list[SecondLook]:
         """The second looks due now, taken for ``hold_s`` seconds: due again then unless
@@ -64,7 +74,7 @@ class PendingGiveUps:
             try:
                 entry = orjson.loads(member)
                 callback = Callback.from_message(entry["callback"])
-                looks.append(SecondLook(member, callback, str(entry["reason"])))
+                looks.append(SecondLook(member, callback, str(entry["reason"]), entry.get("polled") is True))
             except (orjson.JSONDecodeError, MjhookError, KeyError, TypeError, AttributeError):
                 log.error("dropping an unreadable pending give-up: %r", member)
                 self.done(member)
@@ -75,6 +85,15 @@ class PendingGiveUps:
 
     def _due_ms(self, after_s: float) -> int:
         return int((self._clock() + after_s) * 1000)
+
+
+def _member(callback: Callback, reason: str, polled: bool) -> bytes:
+    """A look as stored: the same bytes for the same arguments (one member per look). A queue's
+    give-up is stored as before ``polled`` existed (a member an earlier version added is the same)."""
+    entry: dict[str, object] = {"callback": callback.to_message(), "reason": reason}
+    if polled:
+        entry["polled"] = True
+    return orjson.dumps(entry)
 
 
 class SecondLookSweeper:

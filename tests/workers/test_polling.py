@@ -877,3 +877,139 @@ def test_a_record_this_version_cannot_read_is_neither_queued_each_pass_nor_ends_
     record = tasks.get("t-silent")
     assert record is not None
     assert record.state is TaskState.FAILED
+
+
+# --- a worker killed during a poll's give-up ----------------------------------------------------
+
+
+class Killed(BaseException):
+    """The worker process dies here (SIGKILL): nothing after this point runs."""
+
+
+class StillGenerating:
+    """A provider whose every task is still generating: each overdue task is given up."""
+
+    def poll(self, task_id: str) -> Any:
+        from shared.polling import PollOutcome, PollResult
+
+        return PollResult(task_id, PollOutcome.GENERATING, "still generating")
+
+
+def giving_up(
+    parts: WorkerParts,
+    *,
+    tasks: TaskStore | None = None,
+    record_failure: Callable[[Callback, str], bool | None] | None = None,
+) -> SilentTaskPoller:
+    """A pass over ``parts``' Redis giving up on every submitted task at once, recording its
+    second looks in ``parts.pending`` (as build_parts wires it); ``tasks`` moves the tasks."""
+    tasks = tasks or parts.tasks
+    return SilentTaskPoller(
+        submitted=SubmittedTasks(parts.tasks.client, tasks, ttl_s=86_400),
+        tasks=tasks,
+        poller=StillGenerating(),  # type: ignore[arg-type]
+        starts=PollStarts(parts.tasks.client, max_starts=3, ttl_s=86_400),
+        grace_s=0,
+        interval_s=0,
+        give_up_s=0,
+        record_failure=record_failure,
+        metrics=parts.metrics,
+        pending=parts.pending,
+    )
+
+
+def sweep_due_looks(runtime: WorkerRuntime) -> int:
+    """One sweep of ``runtime``'s second looks, taken as if their wait had passed."""
+    from workers.second_look import PendingGiveUps, SecondLookSweeper
+
+    due = PendingGiveUps(runtime.parts().tasks.client, after_s=0, clock=lambda: time.time() + 3600)
+    return SecondLookSweeper(due, runtime._look_again, interval_s=60, hold_s=60).sweep()
+
+
+@pytest.fixture
+def healthy_worker(app_env: dict[str, str]) -> WorkerRuntime:
+    runtime = WorkerRuntime(Settings.from_env(app_env))
+    ready_bucket(runtime.parts().store)
+    return runtime
+
+
+def assert_failed_with_its_manifest(parts: WorkerParts, task_id: str) -> None:
+    assert parts.tasks.get(task_id).state is TaskState.FAILED  # type: ignore[union-attr]
+    manifest = parts.store.get_json(f"tasks/{task_id}/manifest.json")
+    assert manifest is not None, "a failed task without a manifest, and nothing left to write it"
+    assert (manifest["status"], manifest["code"]) == ("failed", 500)
+    assert "still generating" in manifest["msg"]
+
+
+def test_a_poll_give_up_killed_after_the_move_leaves_a_look_that_writes_its_manifest(
+    healthy_worker: WorkerRuntime,
+) -> None:
+    """Given a task the pass gives up on
+    When the worker dies after the task moved to failed, before its manifest was written
+    Then no later pass sees it (it is no longer submitted), but the second look recorded before
+    the move writes the manifest."""
+    from workers.runtime import failure_recorder
+
+    parts = healthy_worker.parts()
+    SubmittedTasks(parts.tasks.client, parts.tasks, ttl_s=86_400).record("task-p", {})
+
+    def die(callback: Callback, reason: str) -> bool:
+        raise Killed
+
+    with pytest.raises(Killed):
+        giving_up(parts, record_failure=die).run_once()
+    assert parts.tasks.get("task-p").state is TaskState.FAILED  # type: ignore[union-attr]
+
+    # The worker restarts: a later pass finds nothing to give up; the due look finishes the job.
+    assert (
+        giving_up(parts, record_failure=failure_recorder(parts.processor, parts.pending)).run_once().given_up
+        == 0
+    )
+    assert sweep_due_looks(healthy_worker) == 1
+
+    assert_failed_with_its_manifest(parts, "task-p")
+    assert parts.tasks.client.zcard(keys.GIVE_UPS_PENDING) == 0
+
+
+def test_a_poll_give_up_killed_before_the_move_is_ended_by_its_look_as_the_poll_decided(
+    healthy_worker: WorkerRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a task the pass gives up on
+    When the worker dies after recording the second look, before the task moved
+    Then the look finds the task still submitted, which a queue's give-up leaves to the polling,
+    and ends it as the poll decided: failed, with its manifest."""
+    parts = healthy_worker.parts()
+    SubmittedTasks(parts.tasks.client, parts.tasks, ttl_s=86_400).record("task-p", {})
+    dying = TaskStore(parts.tasks.client, ttl_s=86_400)
+
+    def die(*args: object, **kwargs: object) -> TaskState | None:
+        raise Killed
+
+    monkeypatch.setattr(dying, "move_from", die)
+    with pytest.raises(Killed):
+        giving_up(parts, tasks=dying, record_failure=parts.processor.record_failure).run_once()
+    assert parts.tasks.get("task-p").state is TaskState.SUBMITTED  # type: ignore[union-attr]
+
+    assert sweep_due_looks(healthy_worker) == 1
+
+    assert_failed_with_its_manifest(parts, "task-p")
+    assert parts.metrics.registry.get_sample_value("mjhook_tasks_total", {"outcome": "failed"}) == 1
+
+
+def test_a_poll_give_up_whose_manifest_storage_cannot_take_keeps_its_look_till_it_can(
+    healthy_worker: WorkerRuntime, app_env: dict[str, str]
+) -> None:
+    """Given object storage down when the pass gives up on a task (record_failure says False)
+    Then the give-up's second look stays, and writes the manifest once storage is back."""
+    from tests.support.procs import free_port
+
+    settings = Settings.from_env(app_env)
+    down = WorkerRuntime(settings.model_copy(update={"s3_endpoint": f"http://127.0.0.1:{free_port()}"}))
+    parts = down.parts()
+    SubmittedTasks(parts.tasks.client, parts.tasks, ttl_s=86_400).record("task-p", {})
+
+    assert giving_up(parts, record_failure=parts.processor.record_failure).run_once().given_up == 1
+    assert parts.tasks.client.zcard(keys.GIVE_UPS_PENDING) == 1
+
+    assert sweep_due_looks(healthy_worker) == 1
+    assert_failed_with_its_manifest(healthy_worker.parts(), "task-p")

@@ -35,7 +35,7 @@ from workers.lease import LeaseManager
 from workers.metrics import WorkerMetricsMiddleware
 from workers.retries import DurableRetries
 from workers.runtime import WorkerRuntime, failure_recorder
-from workers.second_look import PendingGiveUps
+from workers.second_look import PendingGiveUps, SecondLookSweeper
 
 
 def callback(urls: list[str], *, task_id: str = "task-1") -> Callback:
@@ -898,3 +898,51 @@ def test_a_task_left_to_its_holder_is_counted_failed_only_by_the_second_look_tha
         sweeper.stop()
     assert tasks.get("task-1").state is TaskState.FAILED  # type: ignore[union-attr]
     assert tasks_counted(metrics, "failed") == 1
+
+
+# --- a worker killed during a give-up -----------------------------------------------------------
+
+
+class Killed(BaseException):
+    """The worker process dies here (SIGKILL): nothing after this point runs."""
+
+
+def sweep_due_looks(runtime: WorkerRuntime) -> int:
+    """One sweep of ``runtime``'s second looks, taken as if their wait (the lease TTL + 1 s) had
+    passed; how many were done."""
+    client = runtime.parts().tasks.client
+    due = PendingGiveUps(client, after_s=0, clock=lambda: time.time() + 3600)
+    return SecondLookSweeper(due, runtime._look_again, interval_s=60, hold_s=60).sweep()
+
+
+def test_a_worker_killed_between_a_give_up_and_its_manifest_leaves_a_look_that_writes_it(
+    runtime: WorkerRuntime, storage_down: WorkerRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a failure report whose last attempt met object storage down
+    When the worker giving it up dies after the task moved to failed, before the bucket agreed
+    (or any second look was recorded, as the give-up did it in that order)
+    Then the redelivered report is a duplicate of a final task, and only a second look can write
+    the manifest: one was recorded before the move, and writes it once storage is back."""
+    report = Callback("task-1", 501, "generation failed", None, (), "2026-11-25T00:00:00.000Z")
+    parts = storage_down.parts()
+    parts.tasks.mark_received("task-1", report.received_at)
+    exception = last_attempt(storage_down, report)
+
+    def die(*args: object, **kwargs: object) -> bool:
+        raise Killed
+
+    monkeypatch.setattr(storage_down, "_bucket_agrees", die)
+    with pytest.raises(Killed):
+        give_up(storage_down, report, exception)
+    assert parts.tasks.get("task-1").state is TaskState.FAILED  # type: ignore[union-attr]
+    # Redelivered (never acknowledged) to a worker whose storage works: a duplicate now.
+    healthy = runtime.parts()
+    assert healthy.processor.process(report, final_attempt=True) is TaskState.FAILED
+
+    assert sweep_due_looks(runtime) == 1
+
+    assert healthy.tasks.get("task-1").state is TaskState.FAILED  # type: ignore[union-attr]
+    manifest = healthy.store.get_json("tasks/task-1/manifest.json")
+    assert manifest is not None
+    assert manifest["status"] == "failed"
+    assert healthy.tasks.client.zcard(keys.GIVE_UPS_PENDING) == 0

@@ -57,3 +57,24 @@ def test_a_sweep_keeps_a_look_redis_refused_to_record_and_drops_an_unreadable_on
     members = client.zrange(keys.GIVE_UPS_PENDING, 0, -1)
     assert len(members) == 1
     assert b"refused" in members[0]
+
+
+def test_a_look_is_removed_by_what_it_was_added_with_and_a_polled_one_is_its_own(
+    client: redis.Redis,
+) -> None:
+    """A give-up records its second look before it moves the task, and removes it once nothing
+    is left to do: by the same callback and reason (and whether the polling fallback gave it up),
+    leaving every other look alone."""
+    clock = FakeClock()
+    pending = PendingGiveUps(client, after_s=0, clock=clock)
+    pending.add(callback("t-1"), "gave up: StorageUnavailable")
+    pending.add(callback("t-1"), "gave up: StorageUnavailable", polled=True)
+    pending.add(callback("t-2"), "gave up: StorageUnavailable")
+
+    pending.remove(callback("t-1"), "gave up: StorageUnavailable")
+
+    looks = pending.take_due(hold_s=5)
+    assert sorted((look.callback.task_id, look.polled) for look in looks) == [("t-1", True), ("t-2", False)]
+    for look in looks:
+        pending.remove(look.callback, look.reason, polled=look.polled)
+    assert client.zcard(keys.GIVE_UPS_PENDING) == 0
