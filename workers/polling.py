@@ -47,7 +47,6 @@ from shared.settings import Settings
 from shared.submitted import SubmittedTasks
 from shared.taskstate import TaskState, TaskStore
 from workers.attempt_starts import count_start
-from workers.retries import refuses_writes
 from workers.second_look import PendingGiveUps
 
 log = logging.getLogger(__name__)
@@ -371,16 +370,7 @@ class SilentTaskPoller:
     def _record_look(self, report: Callback, reason: str) -> bool:
         """Record the second look at a give-up in ``pending``; False without one, or when Redis
         will never take it (its key holds another type: logged, the give-up goes on)."""
-        if self._pending is None:
-            return False
-        try:
-            self._pending.add(report, reason, polled=True)
-        except redis.exceptions.ResponseError as exc:
-            if refuses_writes(exc):
-                raise
-            log.error("task %s: no second look can be recorded: %s", report.task_id, exc)
-            return False
-        return True
+        return self._pending is not None and self._pending.add_if_possible(report, reason, polled=True)
 
     def _forget_look(self, report: Callback, reason: str, looked: bool) -> None:
         """Remove the second look :meth:`_give_up` recorded: nothing is left for it to do. One

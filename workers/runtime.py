@@ -33,7 +33,7 @@ from workers.guard import guarded_transport_from_settings
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
 from workers.polling import PollChain, Polling, build_polling
-from workers.retries import patiently, refuses_writes, retry_enqueue_error
+from workers.retries import patiently, retry_enqueue_error
 from workers.second_look import PendingGiveUps, SecondLook, SecondLookSweeper
 from workers.verify import ResultVerifier
 
@@ -318,7 +318,7 @@ class WorkerRuntime(Middleware):
         assert self._parts is not None
         pending = self._parts.pending
         task_id = callback.task_id
-        if looks > 0 and not self._look_recorded(callback, reason):
+        if looks > 0 and not pending.add_if_possible(callback, reason):
             looks = 0  # the give-up itself still goes on
         try:
             state, failed_now = self._parts.tasks.give_up(task_id, reason)
@@ -343,19 +343,6 @@ class WorkerRuntime(Middleware):
             # storage hanging) may have met its own look, which found the lease held and ended.
             pending.add(callback, reason)
         return bucket_agrees
-
-    def _look_recorded(self, callback: Callback, reason: str) -> bool:
-        """Record the second look at a give-up; False (logged) when Redis will never take it (the
-        key of the pending looks holds another type). Other Redis errors raise."""
-        assert self._parts is not None
-        try:
-            self._parts.pending.add(callback, reason)
-        except redis.ResponseError as exc:
-            if refuses_writes(exc):
-                raise
-            log.error("task %s: no second look can be recorded: %s", callback.task_id, exc)
-            return False
-        return True
 
     def _bucket_agrees(self, callback: Callback, state: TaskState, reason: str) -> bool:
         """Make the bucket agree with the ``state`` a give-up left the task in; False when object

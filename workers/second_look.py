@@ -21,6 +21,7 @@ from shared import keys
 from shared.callback import Callback
 from shared.errors import MjhookError
 from shared.periodic import PeriodicThread
+from workers.retries import refuses_writes
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,19 @@ class PendingGiveUps:
         self._client.zadd(
             keys.GIVE_UPS_PENDING, {_member(callback, reason, polled): self._due_ms(self._after_s)}
         )
+
+    def add_if_possible(self, callback: Callback, reason: str, *, polled: bool = False) -> bool:
+        """:meth:`add`, or False (logged) when Redis will never take it (the key of the pending
+        looks holds another type): the give-up goes on without its look. Redis refusing writes
+        for now, and any other Redis error, raise."""
+        try:
+            self.add(callback, reason, polled=polled)
+        except redis.ResponseError as exc:
+            if refuses_writes(exc):
+                raise
+            log.error("task %s: no second look can be recorded: %s", callback.task_id, exc)
+            return False
+        return True
 
     def remove(self, callback: Callback, reason: str, *, polled: bool = False) -> None:
         """Drop the look :meth:`add` recorded with these arguments (nothing left to do)."""
