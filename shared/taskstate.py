@@ -200,7 +200,7 @@ class TaskStore:
         state it had."""
         return self._move(task_id, state, fields, only_if_new=True, or_from=expected)
 
-    def give_up(self, task_id: str, reason: str) -> GiveUp:
+    def give_up(self, task_id: str, reason: str, *, look: tuple[bytes, int] | None = None) -> GiveUp:
         """Record that the queue gave up on a message of the task (retries exhausted, a permanent
         error) for ``reason``, and return the state the task is left in (:class:`GiveUp`). A task
         in a final state keeps it, and its reason: that message was a duplicate, or another worker
@@ -214,17 +214,21 @@ class TaskStore:
         to the polling fallback, whose own give-up ends it. Each move checks the lease in the same
         script call, so a worker taking the task meanwhile is never overruled. The answer also says
         whether this give-up moved the task to ``failed`` (from the move's own script call: of two
-        give-ups of one task at the same instant, one moves it, and says so)."""
+        give-ups of one task at the same instant, one moves it, and says so). ``look``: a second
+        look at this give-up (its member and due time in Unix ms) put in the pending give-ups
+        (:data:`keys.GIVE_UPS_PENDING`) in the same transaction as the move: there exactly when
+        the give-up is, so a worker dying before it leaves none (the message, never acknowledged,
+        is redelivered and decides), and one dying after it leaves the look to finish it."""
         # The outcome is read and moved to under WATCH: a whole attempt that replaced a file and
         # forgot the outcome in between (:meth:`forget_outcome`) makes the move abort, and the
         # record is judged again.
         while True:
             try:
-                return self._give_up_once(task_id, reason)
+                return self._give_up_once(task_id, reason, look)
             except redis.WatchError:
                 continue
 
-    def _give_up_once(self, task_id: str, reason: str) -> GiveUp:
+    def _give_up_once(self, task_id: str, reason: str, look: tuple[bytes, int] | None) -> GiveUp:
         key = keys.task(task_id)
         with self._client.pipeline(transaction=True) as pipe:
             pipe.watch(key)  # type: ignore[no-untyped-call]
@@ -239,10 +243,16 @@ class TaskStore:
                 task_id, state, fields, only_if_new=True, or_from=or_from, lease=_LeaseRule.FREE
             )
             self._transition(keys=script_keys, args=args, client=pipe)
+            if look is not None:
+                pipe.zadd(keys.GIVE_UPS_PENDING, {look[0]: look[1]})
+            replies = pipe.execute(raise_on_error=False)
+            if look is not None and isinstance(replies[1], Exception):
+                log.error("task %s: its give-up's second look was not recorded: %s", task_id, replies[1])
             try:
-                with _record_errors(task_id):
-                    (reply,) = pipe.execute()
-                before = self._move_reply(task_id, reply, lease=_LeaseRule.FREE)
+                if isinstance(replies[0], Exception):
+                    with _record_errors(task_id):
+                        raise replies[0]
+                before = self._move_reply(task_id, replies[0], lease=_LeaseRule.FREE)
             except LeaseHeld as held:
                 return GiveUp(TaskState(held.state) if held.state else TaskState.PROCESSING)
         if state is not TaskState.FAILED:

@@ -349,9 +349,6 @@ class SilentTaskPoller:
             self._forget_look(report, reason, looked)
             return 0  # its result arrived meanwhile
         log.warning("task %s given up: %s", task_id, reason)
-        if self._metrics is not None:
-            # Ended here, not by a message: the message's end counts none.
-            self._metrics.tasks.labels(TaskState.FAILED.value).inc()
         recorded = True
         if self._record_failure is not None:
             try:
@@ -359,6 +356,9 @@ class SilentTaskPoller:
             except Exception:
                 log.exception("task %s failed without a manifest", task_id)
                 recorded = False
+        if self._metrics is not None:
+            # Ended here, not by a message: the message's end counts none.
+            count_given_up(self._metrics, self._tasks, task_id)
         if recorded:
             self._forget_look(report, reason, looked)
         elif looked:
@@ -381,6 +381,18 @@ class SilentTaskPoller:
             self._pending.remove(report, reason, polled=True)
         except redis.exceptions.RedisError as exc:
             log.warning("task %s: its second look stays pending (%s)", report.task_id, exc)
+
+
+def count_given_up(metrics: WorkerMetrics, tasks: TaskStore, task_id: str) -> None:
+    """Count a task the polling fallback gave up ``failed`` in ``mjhook_tasks_total``, unless
+    its bucket brought back an outcome the task kept (its manifest's ``partial``, when a
+    duplicate's last attempt had handed it back): the queue's give-up counts none then either."""
+    try:
+        record = tasks.get(task_id)
+    except TaskRecordUnusable:
+        record = None
+    if record is None or record.state is TaskState.FAILED:
+        metrics.tasks.labels(TaskState.FAILED.value).inc()
 
 
 def _hold_s(exc: ProviderError) -> float:

@@ -32,7 +32,7 @@ from workers.fetch import FetchLimits, ResultFetcher, create_http_client
 from workers.guard import guarded_transport_from_settings
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
-from workers.polling import PollChain, Polling, build_polling
+from workers.polling import PollChain, Polling, build_polling, count_given_up
 from workers.retries import patiently, retry_enqueue_error
 from workers.second_look import PendingGiveUps, SecondLook, SecondLookSweeper
 from workers.verify import ResultVerifier
@@ -311,17 +311,18 @@ class WorkerRuntime(Middleware):
         that was failed already was counted when it failed; one left in another state ends later,
         and is counted then). A bucket object storage could not put right (down, as it often is
         when the queue gives up) is put right by a later look, however many it takes: False then
-        (the look stays pending). The look is recorded before the task moves, and removed when
-        nothing is left for it to do: a worker dying at any point in between leaves it, for any
-        worker to finish this give-up (the message redelivered then is a duplicate once the task
-        is final, and is ignored)."""
+        (the look stays pending). The look is recorded with the move, in one transaction, and
+        removed when nothing is left for it to do: a worker dying after the move leaves it, for
+        any worker to finish this give-up."""
         assert self._parts is not None
         pending = self._parts.pending
         task_id = callback.task_id
-        if looks > 0 and not pending.add_if_possible(callback, reason):
-            looks = 0  # the give-up itself still goes on
+        # The look goes in with the move, in one transaction: a worker dying before it leaves no
+        # look (the message, never acknowledged, is redelivered and decides), one dying after
+        # leaves the look, which finishes this give-up.
+        look = pending.entry(callback, reason) if looks > 0 else None
         try:
-            state, failed_now = self._parts.tasks.give_up(task_id, reason)
+            state, failed_now = self._parts.tasks.give_up(task_id, reason, look=look)
         except (redis.RedisError, OSError):
             raise
         except Exception:
@@ -385,12 +386,13 @@ class WorkerRuntime(Middleware):
         except TaskRecordUnusable as exc:  # not this version's to move
             log.warning("task %s not given up: %s", task_id, exc)
             return True
-        if before in (None, TaskState.SUBMITTED):
-            log.warning("task %s given up: %s", task_id, reason)
-            self._parts.metrics.tasks.labels(TaskState.FAILED.value).inc()
-        elif before is not TaskState.FAILED:
+        if before not in (None, TaskState.SUBMITTED, TaskState.FAILED):
             return True  # its result arrived meanwhile
-        return self._bucket_agrees(callback, TaskState.FAILED, reason)
+        bucket_agrees = self._bucket_agrees(callback, TaskState.FAILED, reason)
+        if before is not TaskState.FAILED:  # this look moved it: the poll that died counted none
+            log.warning("task %s given up: %s", task_id, reason)
+            count_given_up(self._parts.metrics, self._parts.tasks, task_id)
+        return bucket_agrees
 
     def _record_dead_reason(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, reason: str

@@ -57,9 +57,12 @@ class PendingGiveUps:
         """Look at ``callback``'s task again when it is due, to record ``reason`` (``polled``: a
         give-up of the polling fallback, :attr:`SecondLook.polled`). Adding it again only moves
         the moment it is due."""
-        self._client.zadd(
-            keys.GIVE_UPS_PENDING, {_member(callback, reason, polled): self._due_ms(self._after_s)}
-        )
+        self._client.zadd(keys.GIVE_UPS_PENDING, dict([self.entry(callback, reason, polled=polled)]))
+
+    def entry(self, callback: Callback, reason: str, *, polled: bool = False) -> tuple[bytes, int]:
+        """The look :meth:`add` records, as (member, due time in Unix ms), for a caller that
+        records it in a transaction of its own (:meth:`TaskStore.give_up`)."""
+        return _member(callback, reason, polled), self._due_ms(self._after_s)
 
     def add_if_possible(self, callback: Callback, reason: str, *, polled: bool = False) -> bool:
         """:meth:`add`, or False (logged) when Redis will never take it (the key of the pending

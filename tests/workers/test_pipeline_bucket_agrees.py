@@ -131,7 +131,9 @@ def test_the_polling_fallback_giving_up_a_handed_back_task_brings_back_its_outco
     """Given a partial task (file 0) whose duplicate stored file 1 and was handed back
     When the polling fallback gives it up (the provider silent)
     Then the task is partial again, file 0 kept and file 1 (no manifest describes it) removed, as
-    the queue's give-up does: it was failed, and every stored file deleted, file 0 with it."""
+    the queue's give-up does: it was failed, and every stored file deleted, file 0 with it. It is
+    not counted failed (the queue's give-up counts none either)."""
+    metrics = create_worker_metrics()
     with handing_back_worker(harness) as (worker, submitted):
         partial_then_handed_back(harness, worker)
         poller = SilentTaskPoller(
@@ -143,6 +145,7 @@ def test_the_polling_fallback_giving_up_a_handed_back_task_brings_back_its_outco
             interval_s=0,
             give_up_s=0,
             record_failure=failure_recorder(worker, harness.parts.pending),  # type: ignore[attr-defined]
+            metrics=metrics,
         )
 
         assert poller.run_once().given_up == 1
@@ -152,6 +155,7 @@ def test_the_polling_fallback_giving_up_a_handed_back_task_brings_back_its_outco
     assert record.state is TaskState.PARTIAL
     in_bucket, described = bucket_and_manifest(harness)
     assert in_bucket == described == {"tasks/task-1/0.png", MANIFEST}
+    assert metrics.registry.get_sample_value("mjhook_tasks_total", {"outcome": "failed"}) in (None, 0.0)
 
 
 def test_a_failure_report_bringing_a_handed_back_task_back_to_its_outcome_removes_the_added_file(

@@ -865,9 +865,9 @@ def test_two_workers_giving_up_one_task_at_once_count_it_failed_once(
     first_store = first.parts().tasks
     give_up = first_store.give_up
 
-    def the_other_worker_first(task_id: str, reason: str) -> GiveUp:
+    def the_other_worker_first(task_id: str, reason: str, *, look: tuple[bytes, int] | None = None) -> GiveUp:
         dead_lettered(second, callback([]), StorageUnavailable("down"))
-        return give_up(task_id, reason)
+        return give_up(task_id, reason, look=look)
 
     monkeypatch.setattr(first_store, "give_up", the_other_worker_first)
 
@@ -946,3 +946,34 @@ def test_a_worker_killed_between_a_give_up_and_its_manifest_leaves_a_look_that_w
     assert manifest is not None
     assert manifest["status"] == "failed"
     assert healthy.tasks.client.zcard(keys.GIVE_UPS_PENDING) == 0
+
+
+def test_a_worker_killed_before_the_give_up_s_move_leaves_no_look_and_the_redelivered_message_decides(
+    runtime: WorkerRuntime,
+    storage_down: WorkerRuntime,
+    file_server: FileServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given a success whose last attempt met object storage down
+    When the worker giving it up dies before the give-up's move (its message, never acknowledged,
+    is redelivered)
+    Then no second look was left (the look goes in with the move, in one transaction): one due
+    before the redelivery failed the task, wrote a failed manifest and counted it failed, and
+    the redelivered message then stored it."""
+    report = callback([file_server.add("/0.png", png_bytes(0))])
+    healthy = runtime.parts()
+    healthy.tasks.mark_received("task-1", report.received_at)
+    exception = last_attempt(storage_down, report)
+
+    def die(*args: object, **kwargs: object) -> GiveUp:
+        raise Killed
+
+    monkeypatch.setattr(storage_down.parts().tasks, "give_up", die)
+    with pytest.raises(Killed):
+        give_up(storage_down, report, exception)
+
+    assert sweep_due_looks(runtime) == 0
+    assert healthy.tasks.get("task-1").state is TaskState.PROCESSING  # type: ignore[union-attr]
+    assert healthy.store.get_json("tasks/task-1/manifest.json") is None
+    assert healthy.processor.process(report, final_attempt=True) is TaskState.STORED
+    assert tasks_counted(healthy.metrics, "failed") == 0
