@@ -20,6 +20,7 @@ from dramatiq.middleware import Middleware
 from shared import keys
 from shared.callback import Callback
 from shared.errors import ConfigError, QueueUnavailable
+from shared.redis_broker import RedisClockBroker
 from shared.redis_client import connect_redis
 from shared.settings import AMQP_SCHEMES, REDIS_SCHEMES, Settings
 from shared.taskstate import QueuedMessage, TaskStore
@@ -53,7 +54,7 @@ def create_broker(
     keeps dramatiq's defaults; the ingress passes ``[]`` because it only enqueues."""
     url = settings.queue_url
     if queue_is_in_redis(settings):
-        return RedisBroker(  # type: ignore[no-untyped-call]
+        return RedisClockBroker(
             url=None if client else url,
             client=client,
             namespace=BROKER_NAMESPACE,

@@ -16,10 +16,10 @@ import logging
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware
 
 from shared.periodic import PeriodicThread
+from shared.redis_broker import RedisClockBroker, broker_millis
 from shared.worker_registry import forget_worker, record_worker_beat
 from workers.stranded import MessagesInHand, StrandedMessageRescuer
 
@@ -43,7 +43,7 @@ class BrokerHeartbeat(Middleware):
             return  # RabbitMQ redelivers a dead consumer's messages by itself.
         try:
             # Counted as a live worker (`mjhook status`) from boot, not only from the first beat.
-            record_worker_beat(broker.client, broker.broker_id, now_ms=current_millis())
+            record_worker_beat(broker.client, broker.broker_id, now_ms=broker_millis(broker))
         except (redis.RedisError, OSError) as exc:
             log.warning("could not register this worker: %s", type(exc).__name__)
         rescuer = StrandedMessageRescuer(broker, worker.consumers, self._in_hand)
@@ -94,7 +94,10 @@ def beat(broker: RedisBroker, *, maintenance: bool = True) -> None:
     """One heartbeat, for every queue this broker consumes (delay queues too), with maintenance
     (dead workers' messages requeued) unless told otherwise."""
     dispatch = broker.scripts["dispatch"]
-    now_ms = current_millis()
+    if isinstance(broker, RedisClockBroker):
+        # Each beat measures Redis's clock again: this host's may be set meanwhile (NTP).
+        broker.sync_clock()
+    now_ms = broker_millis(broker)
     for queue_name in sorted(broker.get_declared_queues() | broker.delay_queues):
         dispatch(
             keys=[broker.namespace],
