@@ -242,19 +242,17 @@ class ResultFetcher:
     ) -> FetchedFile:
         try:
             fresh = refresh_url(url)
-        except TransientError as exc:
-            failed = FreshLinkPending(f"{gone}; no fresh link for now: {exc}")
-            failed.retry_after = exc.retry_after  # the provider's Retry-After, for the queue's retry
-            raise failed from exc
-        except ProviderRefused as exc:
-            if exc.code not in OWN_REFUSAL_CODES:
-                raise DownloadRefused(f"{gone}; no fresh link: {exc}") from exc
-            # Our key, credits or provider URL refused, which the operator mends: the link is
-            # renewed then, as when the provider cannot answer now (the polling fallback waits
-            # for it on the last attempt), not the file failed for good.
-            raise FreshLinkPending(f"{gone}; no fresh link for now: {exc}") from exc
         except MjhookError as exc:
-            raise DownloadRefused(f"{gone}; no fresh link: {exc}") from exc
+            # A provider that cannot answer now, or that refuses our key, credits or provider URL
+            # (which the operator mends), renews the link later (the polling fallback waits for it
+            # on the last attempt); any other refusal is final for the file.
+            own_refusal = isinstance(exc, ProviderRefused) and exc.code in OWN_REFUSAL_CODES
+            if not (isinstance(exc, TransientError) or own_refusal):
+                raise DownloadRefused(f"{gone}; no fresh link: {exc}") from exc
+            failed = FreshLinkPending(f"{gone}; no fresh link for now: {exc}")
+            # The provider's Retry-After, for the queue's retry
+            failed.retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+            raise failed from exc
         try:
             fetched = self._fetch_once(fresh, budget, deadline)
         except DownloadRefused as exc:
