@@ -122,6 +122,7 @@ class CallbackProcessor:
             # What the task's prefix holds now; its manifest's ETag fences this attempt's manifest.
             listing = self._store.list_etags(storage.task_prefix(task_id))
             manifest_key = storage.manifest_key(task_id)
+            found = self._read_manifest(manifest_key) if manifest_key in listing else None
             failed_files: list[str] = []
             earlier: set[str] = set()
             if callback.succeeded:
@@ -139,7 +140,7 @@ class CallbackProcessor:
                 # A failure report changes no outcome a manifest describes (the task's record
                 # may have expired since), and leaves no file an unfinished attempt stored (one
                 # handed to the polling fallback, say) beside its failed manifest.
-                if (described := self._outcome_in_bucket(task_id, listing, lease)) is not None:
+                if (described := self._outcome_in_bucket(task_id, listing, found, lease)) is not None:
                     return described
                 earlier = set(_file_keys(task_id, listing))
             status = outcome(callback, images, errors)
@@ -156,8 +157,7 @@ class CallbackProcessor:
             if verification is not None:
                 manifest["verification"] = verification.to_manifest()
             if manifest_key in listing:
-                earlier_manifest = self._read_manifest(manifest_key)
-                manifest["receivedAt"] = newest_received_at(callback.received_at, earlier_manifest)
+                manifest["receivedAt"] = newest_received_at(callback.received_at, found)
             # A worker whose lease lapsed (Redis away for longer than its TTL) or was taken may
             # have been overtaken: the new holder's manifest and state must stand, so the manifest
             # waits for Redis to confirm the lease is still ours, and the state moves only while
@@ -259,12 +259,13 @@ class CallbackProcessor:
         self._remove_undescribed_files(task_id, stored - described.keys(), lease)
         return manifest, described, stored
 
-    def _outcome_in_bucket(self, task_id: str, listing: Mapping[str, str], lease: Lease) -> TaskState | None:
-        """The outcome (``stored``, ``partial``) the task's manifest says, when the bucket holds
-        every file it describes as it describes it: the task moves there, and files an unfinished
-        later attempt added beside them are removed. None otherwise."""
-        manifest_key = storage.manifest_key(task_id)
-        manifest = self._read_manifest(manifest_key) if manifest_key in listing else None
+    def _outcome_in_bucket(
+        self, task_id: str, listing: Mapping[str, str], manifest: dict[str, Any] | None, lease: Lease
+    ) -> TaskState | None:
+        """The outcome (``stored``, ``partial``) the task's ``manifest`` (the one ``listing`` found)
+        says, when the bucket holds every file it describes as it describes it: the task moves
+        there, and files an unfinished later attempt added beside them are removed. None
+        otherwise."""
         described = _described(manifest)
         if manifest is None or described is None or manifest.get("status") not in _OUTCOME_VALUES:
             return None
@@ -288,7 +289,7 @@ class CallbackProcessor:
         manifest_key = storage.manifest_key(callback.task_id)
         stored = set(_file_keys(callback.task_id, listing))
         manifest = self._read_manifest(manifest_key) if manifest_key in listing else None
-        if self._outcome_in_bucket(callback.task_id, listing, lease) is not None:
+        if self._outcome_in_bucket(callback.task_id, listing, manifest, lease) is not None:
             return  # files a later attempt added removed: its polling fallback gave up, say
         if manifest is not None and self._describes_bucket(_described(manifest), stored):
             return  # a failed manifest describing the bucket stands
