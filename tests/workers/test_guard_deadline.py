@@ -108,6 +108,8 @@ class SlowNetwork:
     connect_s: float
     now: float = 1000.0
     timeouts: list[float | None] = field(default_factory=list)
+    #: The addresses it was asked to connect to.
+    asked: list[str] = field(default_factory=list)
 
     def clock(self) -> float:
         return self.now
@@ -125,6 +127,7 @@ class SlowNetwork:
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         self.timeouts.append(timeout)
+        self.asked.append(host)
         self.now += self.connect_s
         raise httpcore.ConnectError(f"{host} refused (fake)")
 
@@ -158,32 +161,14 @@ def test_a_lookup_over_the_whole_timeout_tries_no_connect() -> None:
     assert network.timeouts == []
 
 
-@dataclass
-class RefusingConnector:
-    """A connector that refuses every address it is asked for, and keeps them: no socket opens."""
-
-    asked: list[str] = field(default_factory=list)
-
-    def __call__(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        self.asked.append(host)
-        raise httpcore.ConnectError(f"{host} refused (fake)")
-
-
 def test_lookups_a_hanging_resolver_holds_are_bounded(resolver: HangingResolver) -> None:
     """Given a resolver that hangs and a backend allowing 2 lookups waiting on it
     When three connections are asked for, each giving up its lookup after 0.2 s
     Then the resolver is asked twice: the third finds no slot and fails for now (a connect
     timeout) without a thread of its own; once the resolver returns, the slots are free again and
     the next lookup reaches the resolver and the connector."""
-    connector = RefusingConnector()
-    backend = GuardedBackend(FetchPolicy(), resolver=resolver, connector=connector, max_lookups=2)
+    network = SlowNetwork(lookup_s=0.0, connect_s=0.0)  # its connector alone: refuses at once
+    backend = GuardedBackend(FetchPolicy(), resolver=resolver, connector=network.connect, max_lookups=2)
 
     for host in ("one.example", "two.example"):
         with pytest.raises(httpcore.ConnectTimeout, match=r"took over 0\.2 s"):
@@ -192,7 +177,7 @@ def test_lookups_a_hanging_resolver_holds_are_bounded(resolver: HangingResolver)
         backend.connect_tcp("three.example", 80, timeout=0.2)
 
     assert resolver.asked == ["one.example", "two.example"]
-    assert connector.asked == []
+    assert network.asked == []
 
     resolver.release.set()
     for thread in threading.enumerate():
@@ -202,4 +187,4 @@ def test_lookups_a_hanging_resolver_holds_are_bounded(resolver: HangingResolver)
         backend.connect_tcp("four.example", 80, timeout=5.0)
 
     assert resolver.asked == ["one.example", "two.example", "four.example"]
-    assert connector.asked == [PUBLIC_V4]
+    assert network.asked == [PUBLIC_V4]
