@@ -31,7 +31,7 @@ import redis
 from dramatiq.common import dq_name
 
 from shared import keys
-from shared.redis_client import as_text
+from shared.redis_client import as_text, redis_millis
 from shared.redis_durability import problems_of
 from shared.rejected import count_rejected
 from shared.taskstate import TaskState, TaskStore
@@ -238,15 +238,23 @@ def read_status(
     """Everything ``mjhook status`` and the dashboard show. ``queue_client`` is the broker's
     Redis, or None when the queue is not in Redis (then queues and workers are None); ``tasks``
     reads task state (possibly another Redis); ``heartbeat_timeout_ms`` is the redelivery
-    timeout; ``poll_grace_s`` (seconds) tells the overdue submitted tasks."""
+    timeout; ``poll_grace_s`` (seconds) tells the overdue submitted tasks; ``now_ms`` is the
+    reading host's time, which task state is read against. Workers' heartbeats and queued
+    messages are judged against the queue Redis's own clock, the one the heartbeats carry: a
+    reading host whose clock is off counts the live workers all the same."""
     queue_stats: tuple[QueueStats, ...] | None = None
     workers: int | None = None
     if queue_client is not None:
+        queue_now_ms = redis_millis(queue_client)
         brokers = read_brokers(
-            queue_client, namespace=namespace, queues=queues, now_ms=now_ms, timeout_ms=heartbeat_timeout_ms
+            queue_client,
+            namespace=namespace,
+            queues=queues,
+            now_ms=queue_now_ms,
+            timeout_ms=heartbeat_timeout_ms,
         )
         queue_stats = tuple(
-            read_queue(queue_client, namespace=namespace, queue=queue, brokers=brokers, now_ms=now_ms)
+            read_queue(queue_client, namespace=namespace, queue=queue, brokers=brokers, now_ms=queue_now_ms)
             for queue in queues
         )
         workers = count_workers(brokers)

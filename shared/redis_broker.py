@@ -18,6 +18,8 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
 
+from shared.redis_client import redis_millis
+
 log = logging.getLogger(__name__)
 
 
@@ -38,9 +40,9 @@ class RedisClockBroker(RedisBroker):
         """Measure the offset of Redis's clock from this host's (``TIME``, taken as read halfway
         through the round trip), keep it and return it, in ms. Redis errors raise."""
         before = self._local_millis()
-        seconds, micros = self.client.time()
+        redis_now = redis_millis(self.client)
         after = self._local_millis()
-        self._offset_ms = seconds * 1000 + micros // 1000 - (before + after) // 2
+        self._offset_ms = redis_now - (before + after) // 2
         return self._offset_ms
 
     def now_ms(self) -> int:

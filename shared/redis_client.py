@@ -37,6 +37,13 @@ def connect_redis_async(
     )
 
 
+def redis_millis(client: redis.Redis) -> int:
+    """Redis's own clock (``TIME``), in Unix ms: the clock dramatiq's heartbeats are stamped with
+    (:class:`shared.redis_broker.RedisClockBroker`), whatever the reading host's says."""
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def as_text(value: bytes | str) -> str:
     """A Redis reply (bytes, unless the client decodes) as text."""
     return value.decode() if isinstance(value, bytes) else value
