@@ -200,6 +200,42 @@ class TaskStore:
         state it had."""
         return self._move(task_id, state, fields, only_if_new=True, or_from=expected)
 
+    def fail_submitted(
+        self, task_id: str, reason: str, *, look: tuple[bytes, int] | None = None
+    ) -> TaskState | None:
+        """The polling fallback's give-up: :meth:`move_from` ``submitted`` (or no record) to
+        ``failed`` for ``reason``; returns the state the task had. ``look``: a second look at it
+        (its member and due time in Unix ms, see :meth:`give_up`) put in the pending give-ups in
+        the same transaction, exactly when the move happens: a task that moved on gets none, and
+        a worker dying before the move leaves none (the task stays submitted, for a later pass)."""
+        if look is None:
+            return self.move_from(task_id, TaskState.SUBMITTED, TaskState.FAILED, reason=reason)
+        # The state is read and moved from under WATCH: the look goes in with the move or not at all.
+        while True:
+            try:
+                return self._fail_submitted_once(task_id, reason, look)
+            except redis.WatchError:
+                continue
+
+    def _fail_submitted_once(self, task_id: str, reason: str, look: tuple[bytes, int]) -> TaskState | None:
+        key = keys.task(task_id)
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.watch(key)  # type: ignore[no-untyped-call]
+            with _record_errors(task_id, own_key=True):
+                record = _record(task_id, pipe.hgetall(key))
+            if record is not None and record.state is not TaskState.SUBMITTED:
+                return record.state
+            pipe.multi()
+            script_keys, args = self._move_call(
+                task_id, TaskState.FAILED, {"reason": reason}, only_if_new=True, or_from=TaskState.SUBMITTED
+            )
+            self._transition(keys=script_keys, args=args, client=pipe)
+            replies = _execute_with_look(pipe, task_id, look)
+        with _record_errors(task_id):
+            if isinstance(replies[0], Exception):
+                raise replies[0]
+        return self._move_reply(task_id, replies[0], lease=None)
+
     def give_up(self, task_id: str, reason: str, *, look: tuple[bytes, int] | None = None) -> GiveUp:
         """Record that the queue gave up on a message of the task (retries exhausted, a permanent
         error) for ``reason``, and return the state the task is left in (:class:`GiveUp`). A task
@@ -243,11 +279,7 @@ class TaskStore:
                 task_id, state, fields, only_if_new=True, or_from=or_from, lease=_LeaseRule.FREE
             )
             self._transition(keys=script_keys, args=args, client=pipe)
-            if look is not None:
-                pipe.zadd(keys.GIVE_UPS_PENDING, {look[0]: look[1]})
-            replies = pipe.execute(raise_on_error=False)
-            if look is not None and isinstance(replies[1], Exception):
-                log.error("task %s: its give-up's second look was not recorded: %s", task_id, replies[1])
+            replies = _execute_with_look(pipe, task_id, look)
             try:
                 if isinstance(replies[0], Exception):
                     with _record_errors(task_id):
@@ -504,6 +536,20 @@ def _state_or_error(task_id: str, raw: object) -> TaskState | Exception | None:
 
 #: The error a script of shared/lua answers for a task's record it cannot use.
 _TASK_RECORD_ERROR = "TASKRECORD "
+
+
+def _execute_with_look(
+    pipe: redis.client.Pipeline, task_id: str, look: tuple[bytes, int] | None
+) -> list[Any]:
+    """Run the transaction ``pipe`` holds (a move, first) with ``look`` put in the pending give-ups
+    at its end, and return the replies, errors among them. A look Redis refused (its key holds
+    another type) is logged: the move stands without it."""
+    if look is not None:
+        pipe.zadd(keys.GIVE_UPS_PENDING, {look[0]: look[1]})
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    if look is not None and isinstance(replies[-1], Exception):
+        log.error("task %s: its give-up's second look was not recorded: %s", task_id, replies[-1])
+    return replies
 
 
 @contextmanager

@@ -335,19 +335,18 @@ class SilentTaskPoller:
         reason = reason[:500]
         # No callback came: the manifest says what mjhook gave up on, as a failure (code 500).
         report = Callback(task_id, CODE_FAILURE, reason, None, (), utc_iso(self._clock()))
-        # Before the move: a worker dying after it (the task no longer submitted, no later pass
-        # sees it) or before it leaves this look, which finishes the give-up.
-        looked = self._record_look(report, reason)
+        # With the move, in its transaction: a worker dying after it (the task no longer
+        # submitted, no later pass sees it) leaves this look, which finishes the give-up; one
+        # dying before it leaves the task submitted, for a later pass.
+        look = self._pending.entry(report, reason, polled=True) if self._pending is not None else None
         try:
-            before = self._tasks.move_from(task_id, TaskState.SUBMITTED, TaskState.FAILED, reason=reason)
+            before = self._tasks.fail_submitted(task_id, reason, look=look)
         except TaskRecordUnusable as exc:  # not this version's to move: the pass goes on
             log.warning("task %s not given up: %s", task_id, exc)
-            self._forget_look(report, reason, looked)
             return 0
         self._submitted.forget_polled(task_id)
         if before not in (None, TaskState.SUBMITTED):
-            self._forget_look(report, reason, looked)
-            return 0  # its result arrived meanwhile
+            return 0  # its result arrived meanwhile: no move, no look
         log.warning("task %s given up: %s", task_id, reason)
         recorded = True
         if self._record_failure is not None:
@@ -359,24 +358,20 @@ class SilentTaskPoller:
         if self._metrics is not None:
             # Ended here, not by a message: the message's end counts none.
             count_given_up(self._metrics, self._tasks, task_id)
+        if self._pending is None:
+            return 1
         if recorded:
-            self._forget_look(report, reason, looked)
-        elif looked:
+            self._forget_look(report, reason)
+        else:
             # Again, due a lease's time from now: a give-up that took longer than that (object
             # storage hanging) may have met its own look, which found the lease held and ended.
-            self._record_look(report, reason)
+            self._pending.add_if_possible(report, reason, polled=True)
         return 1
 
-    def _record_look(self, report: Callback, reason: str) -> bool:
-        """Record the second look at a give-up in ``pending``; False without one, or when Redis
-        will never take it (its key holds another type: logged, the give-up goes on)."""
-        return self._pending is not None and self._pending.add_if_possible(report, reason, polled=True)
-
-    def _forget_look(self, report: Callback, reason: str, looked: bool) -> None:
-        """Remove the second look :meth:`_give_up` recorded: nothing is left for it to do. One
-        Redis keeps (it refused its removal) does that nothing later."""
-        if self._pending is None or not looked:
-            return
+    def _forget_look(self, report: Callback, reason: str) -> None:
+        """Remove the second look :meth:`_give_up` recorded with its move: nothing is left for it
+        to do. One Redis keeps (it refused its removal) does that nothing later."""
+        assert self._pending is not None
         try:
             self._pending.remove(report, reason, polled=True)
         except redis.exceptions.RedisError as exc:

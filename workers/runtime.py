@@ -32,7 +32,7 @@ from workers.fetch import FetchLimits, ResultFetcher, create_http_client
 from workers.guard import guarded_transport_from_settings
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
-from workers.polling import PollChain, Polling, build_polling, count_given_up
+from workers.polling import PollChain, Polling, build_polling
 from workers.retries import patiently, retry_enqueue_error
 from workers.second_look import PendingGiveUps, SecondLook, SecondLookSweeper
 from workers.verify import ResultVerifier
@@ -371,28 +371,22 @@ class WorkerRuntime(Middleware):
             return False
 
     def _give_up_polled(self, callback: Callback, reason: str) -> bool:
-        """A second look at a give-up of the polling fallback (:class:`SilentTaskPoller`): its move
-        from ``submitted`` to ``failed`` once more (the poll decided so; a worker dying before the
-        move left the task ``submitted``, which :meth:`TaskStore.give_up` leaves alone), then the
-        failed manifest (False when object storage could not take it: looked at again). A task
-        that moved on otherwise meanwhile (its result came) is left as it is, as the poll does.
+        """A second look at a give-up of the polling fallback (:class:`SilentTaskPoller`), recorded
+        with its move to ``failed`` (:meth:`TaskStore.fail_submitted`): the failed manifest, in case
+        the worker that moved it died before writing it (False when object storage could not take
+        it: looked at again). A task that moved on meanwhile (a result came, or another callback
+        handed it back to the polling fallback, whose own give-up ends it) is left as it is.
         Redis errors raise."""
         assert self._parts is not None
         task_id = callback.task_id
         try:
-            before = self._parts.tasks.move_from(
-                task_id, TaskState.SUBMITTED, TaskState.FAILED, reason=reason
-            )
-        except TaskRecordUnusable as exc:  # not this version's to move
+            record = self._parts.tasks.get(task_id)
+        except TaskRecordUnusable as exc:  # not this version's to finish
             log.warning("task %s not given up: %s", task_id, exc)
             return True
-        if before not in (None, TaskState.SUBMITTED, TaskState.FAILED):
-            return True  # its result arrived meanwhile
-        bucket_agrees = self._bucket_agrees(callback, TaskState.FAILED, reason)
-        if before is not TaskState.FAILED:  # this look moved it: the poll that died counted none
-            log.warning("task %s given up: %s", task_id, reason)
-            count_given_up(self._parts.metrics, self._parts.tasks, task_id)
-        return bucket_agrees
+        if record is None or record.state is not TaskState.FAILED:
+            return True
+        return self._bucket_agrees(callback, TaskState.FAILED, reason)
 
     def _record_dead_reason(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, reason: str

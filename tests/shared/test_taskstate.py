@@ -474,3 +474,26 @@ def test_a_round_with_a_submitted_task_and_its_index_of_another_type_writes_noth
     assert all(isinstance(outcome, redis.ResponseError) for outcome in outcomes), outcomes
     assert "WRONGTYPE" in str(outcomes[0])
     assert _dump(client) == before
+
+
+@pytest.mark.parametrize("state", [None, TaskState.SUBMITTED])
+def test_fail_submitted_puts_its_look_in_with_the_move(client: redis.Redis, state: TaskState | None) -> None:
+    tasks = TaskStore(client, ttl_s=3600)
+    if state is not None:
+        tasks.move("t1", state)
+    assert tasks.fail_submitted("t1", "no result", look=(b"look-t1", 1_000)) is state
+    record = tasks.get("t1")
+    assert record is not None
+    assert (record.state, record.fields["reason"]) == (TaskState.FAILED, "no result")
+    assert client.zrange(keys.GIVE_UPS_PENDING, 0, -1, withscores=True) == [(b"look-t1", 1_000.0)]
+
+
+@pytest.mark.parametrize("state", [TaskState.RECEIVED, TaskState.STORED, TaskState.FAILED])
+def test_fail_submitted_leaves_a_task_that_moved_on_and_records_no_look(
+    client: redis.Redis, state: TaskState
+) -> None:
+    tasks = TaskStore(client, ttl_s=3600)
+    tasks.move("t1", state)
+    assert tasks.fail_submitted("t1", "no result", look=(b"look-t1", 1_000)) is state
+    assert tasks.get("t1").state is state  # type: ignore[union-attr]
+    assert client.zcard(keys.GIVE_UPS_PENDING) == 0

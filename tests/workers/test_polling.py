@@ -971,13 +971,15 @@ def test_a_poll_give_up_killed_after_the_move_leaves_a_look_that_writes_its_mani
     assert parts.tasks.client.zcard(keys.GIVE_UPS_PENDING) == 0
 
 
-def test_a_poll_give_up_killed_before_the_move_is_ended_by_its_look_as_the_poll_decided(
+def test_a_poll_give_up_killed_before_its_move_leaves_no_look_and_the_next_pass_ends_it(
     healthy_worker: WorkerRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Given a task the pass gives up on
-    When the worker dies after recording the second look, before the task moved
-    Then the look finds the task still submitted, which a queue's give-up leaves to the polling,
-    and ends it as the poll decided: failed, with its manifest."""
+    When the worker dies before the move's transaction ran
+    Then no second look is left (the look goes in with the move), the task is still submitted,
+    and the next pass gives it up: failed, with its manifest, counted once."""
+    from workers.runtime import failure_recorder
+
     parts = healthy_worker.parts()
     SubmittedTasks(parts.tasks.client, parts.tasks, ttl_s=86_400).record("task-p", {})
     dying = TaskStore(parts.tasks.client, ttl_s=86_400)
@@ -985,15 +987,43 @@ def test_a_poll_give_up_killed_before_the_move_is_ended_by_its_look_as_the_poll_
     def die(*args: object, **kwargs: object) -> TaskState | None:
         raise Killed
 
-    monkeypatch.setattr(dying, "move_from", die)
+    monkeypatch.setattr(dying, "fail_submitted", die)
     with pytest.raises(Killed):
         giving_up(parts, tasks=dying, record_failure=parts.processor.record_failure).run_once()
     assert parts.tasks.get("task-p").state is TaskState.SUBMITTED  # type: ignore[union-attr]
+    assert parts.tasks.client.zcard(keys.GIVE_UPS_PENDING) == 0
+
+    restarted = giving_up(parts, record_failure=failure_recorder(parts.processor, parts.pending))
+    assert restarted.run_once().given_up == 1
+
+    assert_failed_with_its_manifest(parts, "task-p")
+    assert parts.tasks.client.zcard(keys.GIVE_UPS_PENDING) == 0
+    assert parts.metrics.registry.get_sample_value("mjhook_tasks_total", {"outcome": "failed"}) == 1
+
+
+def test_a_poll_give_up_look_leaves_a_task_handed_back_to_the_polling_since(
+    healthy_worker: WorkerRuntime,
+) -> None:
+    """Given a task the pass gave up on, its worker killed before the manifest (its look pending)
+    When a late callback of it is handed back to the polling fallback before the look runs
+    Then the look leaves it submitted: the polling fallback's own give-up ends it, not this one's."""
+    parts = healthy_worker.parts()
+    submitted = SubmittedTasks(parts.tasks.client, parts.tasks, ttl_s=86_400)
+    submitted.record("task-p", {})
+
+    def die(callback: Callback, reason: str) -> bool:
+        raise Killed
+
+    with pytest.raises(Killed):
+        giving_up(parts, record_failure=die).run_once()
+    assert parts.tasks.client.zcard(keys.GIVE_UPS_PENDING) == 1
+    parts.tasks.move("task-p", TaskState.RECEIVED)  # a late callback, not verifiable: handed back
+    assert submitted.wait_again("task-p")
 
     assert sweep_due_looks(healthy_worker) == 1
 
-    assert_failed_with_its_manifest(parts, "task-p")
-    assert parts.metrics.registry.get_sample_value("mjhook_tasks_total", {"outcome": "failed"}) == 1
+    assert parts.tasks.get("task-p").state is TaskState.SUBMITTED  # type: ignore[union-attr]
+    assert parts.store.get_json("tasks/task-p/manifest.json") is None
 
 
 def test_a_poll_give_up_whose_manifest_storage_cannot_take_keeps_its_look_till_it_can(
