@@ -4,7 +4,6 @@ them onto the queue or purge them."""
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 import click
@@ -30,6 +29,7 @@ from shared.dead_letters import (
 )
 from shared.printable import printable
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from shared.redis_client import redis_millis
 from shared.settings import Settings
 
 #: Dead letters ``dlq list`` shows unless told otherwise.
@@ -61,7 +61,7 @@ def list_command(settings: Settings, as_json: bool, limit: int) -> None:
         letters = list_dead(
             client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, tasks=task_store(settings), limit=limit
         )
-    now_ms = int(time.time() * 1000)
+        now_ms = redis_millis(client)  # the clock dramatiq's brokers stamp dead letters with
     if as_json:
         echo_json(
             {

@@ -48,7 +48,7 @@ class BrokerSeen:
     """One dramatiq broker (a worker process, or an ingress process that only enqueues)."""
 
     broker_id: str
-    #: Its last command to Redis, Unix ms, by its own clock.
+    #: Its last command to Redis, Unix ms, on Redis's clock (:class:`shared.redis_broker.RedisClockBroker`).
     last_beat_ms: int
     #: Whether it beat within the heartbeat timeout: dramatiq does not treat it as dead yet.
     alive: bool
@@ -239,22 +239,23 @@ def read_status(
     Redis, or None when the queue is not in Redis (then queues and workers are None); ``tasks``
     reads task state (possibly another Redis); ``heartbeat_timeout_ms`` is the redelivery
     timeout; ``poll_grace_s`` (seconds) tells the overdue submitted tasks; ``now_ms`` is the
-    reading host's time, which task state is read against. Workers' heartbeats and queued
-    messages are judged against the queue Redis's own clock, the one the heartbeats carry: a
-    reading host whose clock is off counts the live workers all the same."""
+    reading host's time, which task state and queued messages (stamped by the hosts that queued
+    them) are read against. Workers' heartbeats are judged against the queue Redis's own clock,
+    the one they carry (:class:`shared.redis_broker.RedisClockBroker`): a reading host whose clock
+    is off counts the live workers all the same."""
     queue_stats: tuple[QueueStats, ...] | None = None
     workers: int | None = None
     if queue_client is not None:
-        queue_now_ms = redis_millis(queue_client)
+        heartbeats_now_ms = redis_millis(queue_client)
         brokers = read_brokers(
             queue_client,
             namespace=namespace,
             queues=queues,
-            now_ms=queue_now_ms,
+            now_ms=heartbeats_now_ms,
             timeout_ms=heartbeat_timeout_ms,
         )
         queue_stats = tuple(
-            read_queue(queue_client, namespace=namespace, queue=queue, brokers=brokers, now_ms=queue_now_ms)
+            read_queue(queue_client, namespace=namespace, queue=queue, brokers=brokers, now_ms=now_ms)
             for queue in queues
         )
         workers = count_workers(brokers)

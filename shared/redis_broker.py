@@ -11,8 +11,9 @@ an offset measured against Redis's ``TIME`` (at its first command and at each he
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
@@ -23,37 +24,88 @@ from shared.redis_client import redis_millis
 log = logging.getLogger(__name__)
 
 
+#: A ``TIME`` round trip slower than this measures nothing: the offset it gives may be off by up
+#: to half of it (Redis stalled, a partition healing). The last offset is kept, and the beat that
+#: measured it runs no maintenance.
+MAX_CLOCK_READ_MS = 1_000
+
+#: An offset that moved by more than this since the last measurement: a clock stepped (Redis's,
+#: after a VM resume or a failover to another host; or this host's wall clock, when Redis refuses
+#: ``TIME``). Other workers stamp with their old offsets until their own next beat.
+MAX_OFFSET_MOVE_MS = 1_000
+
+
+def monotonic_millis() -> int:
+    """A clock that no setting of this host's time moves, in ms from an arbitrary start."""
+    return time.monotonic_ns() // 1_000_000
+
+
+class ClockSync(NamedTuple):
+    """What one measurement of Redis's clock found."""
+
+    #: Redis's time minus the broker's local clock, in ms.
+    offset_ms: int
+    #: False when the measurement cannot be trusted to judge other workers' heartbeats by: a slow
+    #: round trip, or an offset that moved (a clock stepped).
+    steady: bool
+
+
 class RedisClockBroker(RedisBroker):
     """A :class:`RedisBroker` whose commands carry Redis's time (:meth:`now_ms`). Random
     maintenance is off (``maintenance_chance`` 0): the workers' heartbeats run it
     (workers/heartbeat.py), and after a Redis outage they hold it back until every live worker
     beat again; a command drawing it by chance then requeued live workers' messages.
-    ``local_millis``: this host's clock, in Unix milliseconds."""
+    ``local_millis``: the clock Redis's is measured against, monotonic (no step of this host's
+    time moves the stamps between two measurements); ``wall_millis``: this host's time, Unix ms,
+    stamped while Redis's clock cannot be read (Redis away, or refusing ``TIME``: an ACL, a
+    proxy), as dramatiq's own broker does."""
 
-    def __init__(self, *, local_millis: Callable[[], int] = current_millis, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        local_millis: Callable[[], int] = monotonic_millis,
+        wall_millis: Callable[[], int] = current_millis,
+        **options: Any,
+    ) -> None:
         super().__init__(maintenance_chance=0, **options)  # type: ignore[no-untyped-call]
         self._local_millis = local_millis
-        #: Redis's time minus this host's, in ms; None until measured.
+        self._wall_millis = wall_millis
+        #: Redis's time (or this host's, see :meth:`sync_clock`) minus ``local_millis``; None
+        #: until measured.
         self._offset_ms: int | None = None
+        self._time_refused = False
 
-    def sync_clock(self) -> int:
-        """Measure the offset of Redis's clock from this host's (``TIME``, taken as read halfway
-        through the round trip), keep it and return it, in ms. Redis errors raise."""
+    def sync_clock(self) -> ClockSync:
+        """Measure the offset of Redis's clock from the local one (``TIME``, taken as read halfway
+        through the round trip) and keep it, unless the round trip took longer than
+        :data:`MAX_CLOCK_READ_MS` (the last offset kept, if there is one). A Redis refusing ``TIME``
+        gives this host's own time instead (logged once). Other Redis errors raise."""
+        previous = self._offset_ms
         before = self._local_millis()
-        redis_now = redis_millis(self.client)
+        try:
+            redis_now = redis_millis(self.client)
+        except redis.ResponseError as exc:
+            if not self._time_refused:
+                log.warning("Redis refuses TIME (%s): heartbeats carry this host's clock", exc)
+                self._time_refused = True
+            redis_now = self._wall_millis()
         after = self._local_millis()
-        self._offset_ms = redis_now - (before + after) // 2
-        return self._offset_ms
+        measured = redis_now - (before + after) // 2
+        quick = after - before <= MAX_CLOCK_READ_MS
+        if quick or previous is None:
+            self._offset_ms = measured
+        moved = previous is not None and abs(measured - previous) > MAX_OFFSET_MOVE_MS
+        return ClockSync(self._offset_ms if self._offset_ms is not None else measured, quick and not moved)
 
     def now_ms(self) -> int:
-        """Redis's time now, in Unix ms, from this host's clock and the last offset measured (the
+        """Redis's time now, in Unix ms, from the local clock and the last offset measured (the
         first call measures it; Redis away then: this host's own time, measured again next call)."""
         if self._offset_ms is None:
             try:
                 self.sync_clock()
             except (redis.RedisError, OSError) as exc:
                 log.debug("Redis's clock not read: %s", exc)
-                return self._local_millis()
+                return self._wall_millis()
         return self._local_millis() + (self._offset_ms or 0)
 
     def _dispatch(self, command: str) -> Callable[..., Any]:

@@ -50,8 +50,10 @@ class BrokerHeartbeat(Middleware):
         beats = Beats(broker)
 
         def beat_and_rescue() -> None:
-            beats()
-            rescuer.check()
+            try:
+                beats()
+            finally:  # a beat Redis refused stops no rescue
+                rescuer.check()
 
         # Whatever a beat meets, the next one comes: a heartbeat thread ended by an error nobody
         # foresaw would make this live worker look dead, its messages handed to others.
@@ -72,10 +74,13 @@ class BrokerHeartbeat(Middleware):
 
 
 class Beats:
-    """This worker's beats, each with maintenance but the first after one that failed: after an
-    outage (Redis away, refusing writes) every live worker's heartbeat is stale until its own next
-    beat, and maintenance then takes them for dead and requeues the messages they hold (processed
-    twice, their retries and dead letters doubled). One interval later every live worker beat."""
+    """This worker's beats, each with maintenance but the first after one that failed or that
+    could not read Redis's clock steadily (:meth:`RedisClockBroker.sync_clock`), and that one
+    too: after an outage or a stall (Redis away, refusing writes, not answering for a while) every
+    live worker's heartbeat is stale until its own next beat, and after a clock stepped the other
+    workers stamp on their old offsets until then; maintenance then takes them for dead and
+    requeues the messages they hold (processed twice, their retries and dead letters doubled).
+    One interval later every live worker beat."""
 
     def __init__(self, broker: RedisBroker) -> None:
         self._broker = broker
@@ -83,20 +88,22 @@ class Beats:
 
     def __call__(self) -> None:
         try:
-            beat(self._broker, maintenance=not self._after_failure)
+            steady = beat(self._broker, maintenance=not self._after_failure)
         except BaseException:
             self._after_failure = True
             raise
-        self._after_failure = False
+        self._after_failure = not steady
 
 
-def beat(broker: RedisBroker, *, maintenance: bool = True) -> None:
+def beat(broker: RedisBroker, *, maintenance: bool = True) -> bool:
     """One heartbeat, for every queue this broker consumes (delay queues too), with maintenance
-    (dead workers' messages requeued) unless told otherwise."""
+    (dead workers' messages requeued) unless told otherwise, or unless Redis's clock could not be
+    read steadily (then False: see :meth:`RedisClockBroker.sync_clock`)."""
     dispatch = broker.scripts["dispatch"]
+    steady = True
     if isinstance(broker, RedisClockBroker):
-        # Each beat measures Redis's clock again: this host's may be set meanwhile (NTP).
-        broker.sync_clock()
+        # Each beat measures Redis's clock again: either clock may have been set meanwhile.
+        steady = broker.sync_clock().steady
     now_ms = broker_millis(broker)
     for queue_name in sorted(broker.get_declared_queues() | broker.delay_queues):
         dispatch(
@@ -108,8 +115,9 @@ def beat(broker: RedisBroker, *, maintenance: bool = True) -> None:
                 broker.broker_id,
                 broker.heartbeat_timeout,
                 broker.dead_message_ttl,
-                int(maintenance),  # now, not by chance (dramatiq's 0.1 % of commands)
+                int(maintenance and steady),  # now, not by chance (dramatiq's 0.1 % of commands)
                 broker._max_unpack_size(),  # type: ignore[no-untyped-call]
             ],
         )
     record_worker_beat(broker.client, broker.broker_id, now_ms=now_ms)
+    return steady

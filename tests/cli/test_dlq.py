@@ -484,3 +484,21 @@ def test_a_dead_letter_whose_id_is_no_utf8_is_named_by_the_id_the_listing_shows(
     assert replayed.stderr == "Error: cannot be decoded, left in place: caf\\xe9-\\xff\n"
     assert purged.exit_code == 0, purged.output
     assert client.zrange(DEAD, 0, -1) == [kept.encode()]
+
+
+def test_a_dead_letter_s_age_is_read_on_redis_s_clock_which_stamped_it(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a letter that died just now by Redis's clock (the one dramatiq's brokers stamp it with)
+    When a host whose clock runs an hour ahead lists the dead letters
+    Then its age is seconds, not an hour."""
+    seconds, micros = client.time()
+    odd_dead_letter(client, "just-now", seconds * 1000 + micros // 1000)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)
+
+    result = run_cli({"MJHOOK_REDIS_URL": redis_server.url}, "dlq", "list", "--json")
+
+    assert result.exit_code == 0, result.output
+    [letter] = json.loads(result.stdout)["messages"]
+    assert 0 <= letter["ageSeconds"] < 60

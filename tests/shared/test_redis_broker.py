@@ -6,16 +6,19 @@ the fakes are one seam each: a host's clock (``local_millis``) and dramatiq's ra
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import dramatiq
+import dramatiq.common
 import pytest
 import redis
 from dramatiq.common import current_millis
 
 from shared import keys
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, create_broker
-from shared.redis_broker import RedisClockBroker
+from shared.redis_broker import MAX_CLOCK_READ_MS, RedisClockBroker
+from shared.redis_client import redis_millis
 from shared.settings import Settings
 from tests.support.procs import free_port
 from tests.support.servers import RedisServer
@@ -68,7 +71,7 @@ def test_a_host_whose_clock_runs_ahead_takes_no_live_worker_for_dead(redis_serve
     beat(ahead)
 
     assert still_held(behind.client, behind, redis_id)
-    assert abs(ahead.sync_clock() + 16_000) < 1_000  # the offset says how far ahead A's clock is
+    assert abs(ahead.sync_clock().offset_ms + 16_000) < 1_000  # the offset says how far ahead A's clock is
 
 
 def test_after_an_outage_no_command_runs_maintenance_by_chance(
@@ -106,3 +109,95 @@ def test_without_redis_the_broker_stamps_this_host_s_time() -> None:
     assert before <= broker.now_ms() <= current_millis()
     with pytest.raises(redis.ConnectionError):
         broker.sync_clock()
+
+
+def test_a_step_of_this_host_s_clock_moves_no_stamp(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a worker's broker that measured Redis's clock
+    When NTP steps its host's clock back 30 s, before its next beat
+    Then its commands still carry Redis's time: the offset is kept against a monotonic clock.
+    Against the host's clock, each command stamped the worker's heartbeat 30 s in the past (ZADD
+    over its fresh beat), and another worker's beat requeued its in-flight message."""
+    broker = create_broker(Settings(redis_url=redis_server.url), middleware=[])
+    assert isinstance(broker, RedisClockBroker)
+    broker.sync_clock()
+    stepped = time.time() - 30
+
+    monkeypatch.setattr(time, "time", lambda: stepped)
+    monkeypatch.setattr(dramatiq.common, "time", lambda: stepped)  # its `from time import time`
+
+    assert abs(broker.now_ms() - redis_millis(broker.client)) < 1_000
+
+
+def test_a_step_of_redis_s_clock_holds_maintenance_back_for_a_beat(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given workers A and B beating, B with a message in hand
+    When Redis's clock steps 30 s forward (a VM resumed, a failover to another host): TIME's answer
+    moves, while B still stamps on its old offset until its own next beat
+    Then A's next beat and the one after it run no maintenance, and B's message stays B's; once B
+    beat again, A's beats run it again. (A's first beat after the step took B for dead.)"""
+    a = host_broker(redis_server.url, current_millis)
+    b = host_broker(redis_server.url, current_millis)
+    redis_id = in_flight_on(b)
+    beats_a = Beats(a)
+    beats_a()
+    beat(b)
+    real_time = redis.Redis.time
+
+    def stepped_time(self: redis.Redis) -> tuple[int, int]:
+        seconds, micros = real_time(self)
+        return seconds + 30, micros
+
+    monkeypatch.setattr(redis.Redis, "time", stepped_time)
+
+    beats_a()
+    assert still_held(a.client, b, redis_id)
+    beats_a()
+    assert still_held(a.client, b, redis_id)
+
+    # A dead worker's messages come back once the clocks are steady again.
+    a.client.zadd(
+        keys.broker_heartbeats(BROKER_NAMESPACE), {b.broker_id: a.now_ms() - 2 * HEARTBEAT_TIMEOUT_MS}
+    )
+    beats_a()
+    assert not still_held(a.client, b, redis_id)
+
+
+def test_a_slow_read_of_redis_s_clock_keeps_the_offset_and_runs_no_maintenance(
+    redis_server: RedisServer,
+) -> None:
+    """Given a broker that measured Redis's clock
+    When Redis stops answering for longer than MAX_CLOCK_READ_MS (a stall, a partition healing)
+    and its next measurement waits it out
+    Then that measurement keeps the last offset (one taken across the stall is off by half of it)
+    and says it is not steady: the beat that made it runs no maintenance."""
+    broker = host_broker(redis_server.url, current_millis)
+    offset = broker.sync_clock().offset_ms
+    redis_server.client().client_pause(MAX_CLOCK_READ_MS + 500, all=True)
+
+    reading = broker.sync_clock()
+
+    assert not reading.steady
+    assert abs(reading.offset_ms - offset) < 100
+
+
+def test_a_redis_refusing_time_still_returns_a_dead_worker_s_messages(redis_server: RedisServer) -> None:
+    """Given a Redis account that may not run TIME (an ACL; some proxies do not forward it) and a
+    worker that died holding a message
+    When a live worker beats
+    Then the dead worker's message is requeued: the beats stamp this host's clock, as dramatiq's
+    own broker does, and run maintenance. (Every beat failed in TIME, so none ever ran it.)"""
+    admin = redis_server.client()
+    admin.acl_setuser(
+        "worker", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-time"]
+    )
+    url = redis_server.url.replace("redis://", "redis://worker:pw@", 1)
+    dead = host_broker(url, current_millis)
+    redis_id = in_flight_on(dead)
+    admin.zadd(keys.broker_heartbeats(BROKER_NAMESPACE), {dead.broker_id: current_millis() - 60_000})
+
+    Beats(host_broker(url, current_millis))()
+
+    assert admin.lrange(keys.broker_queue(BROKER_NAMESPACE, CALLBACK_QUEUE), 0, -1) == [redis_id.encode()]
