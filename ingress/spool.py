@@ -21,7 +21,7 @@ from pathlib import Path
 
 import orjson
 
-from shared.callback import Callback
+from shared.callback import Callback, without_callback_url
 from shared.errors import MjhookError, QueueUnavailable, SpoolUnavailable
 from shared.periodic import PeriodicThread
 
@@ -231,14 +231,17 @@ def _hand_over(
     line: bytes, accept: Callable[[Callback], None], *, source: str, set_aside: Callable[[bytes], None]
 ) -> bool:
     """Pass one spooled line on; False when ``accept`` could not take it (the queue unavailable:
-    try again later). An unreadable line cannot become readable: it is logged in full and
-    dropped. One the queue refuses for good (its task's record is unusable, an unforeseen error)
-    would stop every drain there, and each try could queue its message once more: it is set
-    aside in the unqueued file, with an error in the log, and the drain goes on."""
+    try again later). An unreadable line cannot become readable: it is logged in full (without
+    its ``callBackUrl``) and dropped. One the queue refuses for good (its task's record is
+    unusable, an unforeseen error) would stop every drain there, and each try could queue its
+    message once more: it is set aside in the unqueued file, with an error in the log, and the
+    drain goes on."""
     try:
         callback = Callback.from_message(orjson.loads(line))
     except (orjson.JSONDecodeError, MjhookError, AttributeError):
-        log.error("dropping an unreadable line of %s: %r", source, line)
+        # Without its callBackUrl: a line torn by a crash still holds the token the provider echoes.
+        text = without_callback_url(line.decode("utf-8", "replace"))
+        log.error("dropping an unreadable line of %s: %r", source, text)
         return True
     try:
         accept(callback)

@@ -23,7 +23,7 @@ import orjson
 import redis
 
 from shared import keys
-from shared.callback import Callback, CallbackLimits, parse_callback
+from shared.callback import Callback, CallbackLimits, parse_callback, without_callback_url
 from shared.clock import utc_iso
 from shared.errors import InvalidCallback, QueueUnavailable, TaskRecordUnusable
 
@@ -106,8 +106,12 @@ class RejectLog:
         except (redis.RedisError, OSError) as exc:
             # Kept in the log instead (the entry is JSON: the body's controls are escaped), its body
             # cut shorter: refusals cost the sender nothing, and the log is not capped as the list is.
-            if len(body) > LOGGED_BODY_CHARS:
-                fields.update(body=body[:LOGGED_BODY_CHARS], truncated=True)
+            # Without its callBackUrl: the provider echoes it, MJHOOK_CALLBACK_TOKEN and all, and
+            # logs travel further than Redis.
+            logged = without_callback_url(body) or ""
+            fields.update(body=logged[:LOGGED_BODY_CHARS])
+            if len(logged) > LOGGED_BODY_CHARS:
+                fields.update(truncated=True)
             log.warning(
                 "could not keep a rejected callback for inspection in Redis (%s); the entry: %s",
                 type(exc).__name__,

@@ -143,6 +143,24 @@ def test_an_unreadable_line_is_dropped_and_the_rest_drains(tmp_path: Path) -> No
     assert taken == ["good-1", "good-2"]
 
 
+def test_an_unreadable_line_is_logged_without_the_callback_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a spooled line torn by a crash, whose promptJson echoes the callBackUrl mjhook submit
+    sent, MJHOOK_CALLBACK_TOKEN and all
+    When the drain drops it
+    Then the log has the line without that URL's value: the token is no log's to keep."""
+    prompt = {"prompt": "a lake", "callBackUrl": "https://hooks.example/callbacks/midjourney?token=s3cret"}
+    line = orjson.dumps({**callback("torn").to_message(), "promptJson": orjson.dumps(prompt).decode()})
+    (tmp_path / "spool-5.jsonl").write_bytes(line[:-30] + b"\n")
+    with caplog.at_level(logging.ERROR, logger="ingress.spool"):
+        Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 5).drain(lambda cb: None)
+    [message] = [record.getMessage() for record in caplog.records]
+    assert message.startswith("dropping an unreadable line of ")
+    assert "a lake" in message
+    assert "s3cret" not in message
+
+
 #: Appends callbacks t0, t1, t2 (lines of one length) to a spool in argv[1] under a file size
 #: limit of one and a half lines (SIGXFSZ ignored, so a write past it is cut short, then fails
 #: with EFBIG, as on a disk filling up); prints which appends returned.

@@ -295,6 +295,35 @@ def test_a_rejected_callback_redis_cannot_take_is_kept_in_the_log(caplog: pytest
     assert "\x1b" not in message
 
 
+def test_a_refused_body_logged_for_want_of_redis_has_no_callback_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Given a genuine callback refused while Redis is away (a retry whose timestamp fell out of
+    the signature's window, say), its promptJson echoing mjhook submit's callBackUrl with
+    MJHOOK_CALLBACK_TOKEN
+    Then the logged entry has the body without that URL's value, as the manifest has it."""
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    prompt = {"prompt": "a lake", "callBackUrl": "https://hooks.example/callbacks/midjourney?token=s3cret"}
+    document = orjson.loads(callback_body("t-token"))
+    document["data"]["promptJson"] = orjson.dumps(prompt).decode()
+    body = orjson.dumps(document)
+    with caplog.at_level("WARNING", logger="shared.rejected"):
+        RejectLog(dead, keep=10, body_bytes=16 * 1024, clock=lambda: AT).record(
+            Rejection(
+                status=401,
+                reason="stale timestamp",
+                body=body,
+                size=len(body),
+                remote_addr="",
+                content_type="",
+            )
+        )
+    [message] = [record.getMessage() for record in caplog.records]
+    entry = orjson.loads(message.split("; the entry: ", 1)[1])
+    assert "a lake" in entry["body"]
+    assert "s3cret" not in message
+
+
 def test_a_refused_body_logged_for_want_of_redis_is_cut_shorter(caplog: pytest.LogCaptureFixture) -> None:
     """Refusals cost the sender nothing: while Redis is away, a logged body is cut at
     LOGGED_BODY_CHARS (marked truncated), not kept whole up to the list's 16 KiB."""
