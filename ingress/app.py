@@ -48,8 +48,11 @@ log = logging.getLogger(__name__)
 READ_PREFIXES = ("/tasks", "/dashboard")
 #: Threads per worker process for the task and dashboard reads (Redis, object storage): their
 #: own, so that a slow store under a busy dashboard cannot take the loop's default pool, which
-#: /readyz and the keeping of refused callbacks use.
+#: /readyz, /metrics and the parse of large callbacks use.
 DEFAULT_READ_THREADS = 8
+#: Threads per worker process keeping refused callbacks in Redis: their own, so that refusals,
+#: which anyone can send, waiting on a hung Redis cannot take the loop's default pool either.
+KEEP_THREADS = 4
 #: Seconds a read endpoint waits for object storage to answer (connect aside), with no retry.
 STORE_READ_TIMEOUT_S = 5.0
 
@@ -217,6 +220,7 @@ def _callback_resource(
         tokens=settings.callback_tokens,
         signature=signature,
         sources=sources,
+        keep_pool=ThreadPoolExecutor(max_workers=KEEP_THREADS, thread_name_prefix="rejects"),
         clock=clock,
     )
 

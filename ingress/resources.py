@@ -7,6 +7,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 
 import falcon
 import falcon.asgi
@@ -45,10 +46,12 @@ class CallbackResource:
         tokens: Sequence[str] = (),
         signature: SignatureVerifier | None = None,
         sources: SourceFilter | None = None,
+        keep_pool: Executor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._intake = intake
         self._rejects = rejects
+        self._keep_pool = keep_pool
         self._limits = limits
         self._max_body_bytes = max_body_bytes
         self._tokens = tuple(token.encode() for token in tokens)
@@ -104,8 +107,10 @@ class CallbackResource:
     async def _keep(
         self, req: falcon.asgi.Request, body: bytes, status: int, reason: str, *, vouched: bool
     ) -> None:
-        """Keep the refused callback for inspection, from a thread: a slow or absent Redis must
-        not stall the event loop."""
+        """Keep the refused callback for inspection, from a thread of ``keep_pool``: a slow or
+        absent Redis must not stall the event loop, nor, as refusals anyone can send wait on it,
+        the loop's default pool, which parses large callbacks and serves /readyz and /metrics
+        (None: that default pool)."""
         rejection = Rejection(
             status=status,
             reason=reason,
@@ -116,7 +121,7 @@ class CallbackResource:
             content_type=req.content_type or "",
             vouched=vouched,
         )
-        await asyncio.to_thread(self._rejects.record, rejection)
+        await asyncio.get_running_loop().run_in_executor(self._keep_pool, self._rejects.record, rejection)
 
     async def _read_body(self, req: falcon.asgi.Request) -> bytes:
         """At most ``max_body_bytes`` + 1 bytes: enough to refuse a larger body, and to keep

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -14,12 +15,13 @@ from falcon import testing
 
 from ingress import resources
 from ingress.app import create_app
+from ingress.metrics import CountingRejectLog
 from ingress.resources import PARSE_ON_LOOP_MAX_BYTES
 from shared import keys
 from shared.callback import CallbackLimits, parse_callback
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.redis_client import connect_redis
-from shared.rejected import list_rejected, replay_rejected
+from shared.rejected import Rejection, list_rejected, replay_rejected
 from shared.settings import Settings
 from shared.taskstate import TaskState, TaskStore
 from tests.support.servers import RedisServer
@@ -227,6 +229,45 @@ def test_only_a_large_body_is_parsed_off_the_event_loop(
     assert post(app, orjson.dumps(body)).status_code == 200
     assert (threads == [threading.current_thread().name]) is on_loop
     assert len(threads) == 1
+
+
+def test_refusals_waiting_on_a_hung_redis_hold_up_no_large_callback(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given refusals (anyone can send them) whose keeping waits on a Redis that does not answer,
+    as many as the loop's default pool has threads (one here)
+    When a genuine callback larger than PARSE_ON_LOOP_MAX_BYTES arrives
+    Then it is acknowledged meanwhile: refusals are kept from a pool of their own, and the large
+    body's parse, in the default pool, waits on none of them. (It waited until Redis answered.)"""
+    released, keeping = threading.Event(), threading.Event()
+    real_record = CountingRejectLog.record
+
+    def hung_record(self: CountingRejectLog, rejection: Rejection) -> None:
+        keeping.set()
+        assert released.wait(30), "never released"
+        real_record(self, rejection)
+
+    monkeypatch.setattr(CountingRejectLog, "record", hung_record)
+    app = make_app(client)
+    large = success("large-1")
+    large["extra"] = [[0] * 10] * (PARSE_ON_LOOP_MAX_BYTES // 20)
+
+    async def scenario() -> int:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
+        async with testing.ASGIConductor(app.app) as conductor:
+            refused = asyncio.create_task(conductor.simulate_post(PATH, body=b"junk", headers=JSON))
+            await asyncio.to_thread(keeping.wait, 10)
+            try:
+                genuine = await asyncio.wait_for(
+                    conductor.simulate_post(PATH, body=orjson.dumps(large), headers=JSON), 10
+                )
+            finally:
+                released.set()
+            assert (await refused).status_code == 400
+            return genuine.status_code
+
+    assert asyncio.run(scenario()) == 200
+    assert len(queued_messages(client)) == 1
 
 
 def test_the_reject_log_is_capped(client: redis.Redis) -> None:
