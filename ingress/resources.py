@@ -154,6 +154,14 @@ class CallbackResource:
                 f"Content-Encoding {shortened(encoding, 40)!r} is not supported: send the JSON as it is",
                 status=415,
             )
+        codings = req.get_header("Transfer-Encoding")
+        if codings is not None and codings.strip().lower() != "chunked":
+            # The server undoes only chunked: a gzip transfer coding would be read as JSON as it is.
+            raise InvalidCallback(
+                f"Transfer-Encoding {shortened(codings.strip(), 40)!r} is not supported: "
+                "send the JSON as it is (chunked or with a Content-Length)",
+                status=415,
+            )
         return parse_callback(body, received_at=utc_iso(self._clock()), limits=self._limits)
 
 

@@ -128,6 +128,24 @@ def test_a_compressed_body_gets_a_415_naming_its_encoding(client: redis.Redis, e
     assert identity.status_code == 200
 
 
+@pytest.mark.parametrize("codings", ["gzip, chunked", "deflate,chunked", "x-custom"])
+def test_a_transfer_coding_other_than_chunked_gets_a_415_naming_it(client: redis.Redis, codings: str) -> None:
+    """gunicorn undoes only the chunked transfer coding and passes the others on: a body sent
+    ``gzip, chunked`` was read as JSON as it was (acknowledged 200 when its bytes happened to be
+    JSON; a compressed one refused 400 as text that is not UTF-8). It is a 415 naming them."""
+    app = make_app(client)
+    response = app.simulate_post(
+        PATH, body=orjson.dumps(success()), headers={**JSON, "Transfer-Encoding": codings}
+    )
+    assert response.status_code == 415
+    assert "Transfer-Encoding" in response.json["error"]
+    assert queued_messages(client) == []
+    chunked = app.simulate_post(
+        PATH, body=orjson.dumps(success()), headers={**JSON, "Transfer-Encoding": "Chunked"}
+    )
+    assert chunked.status_code == 200
+
+
 def test_refusals_of_senders_without_the_token_cannot_push_out_a_genuine_one(client: redis.Redis) -> None:
     """Given a token-protected ingress keeping 3 refusals in each list, and a genuine refusal (a
     callback that carried the token, refused as malformed), when someone without the token sends
