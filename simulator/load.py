@@ -42,6 +42,8 @@ MAX_DELIVERY_THREADS = 1024
 #: is counted as OTHER_STATUS.
 MANIFEST_STATUSES = ("stored", "partial", "failed")
 OTHER_STATUS = "other"
+#: The report's count of tasks whose manifest is an earlier run's.
+STALE = "stale"
 
 
 class ManifestReader(Protocol):
@@ -68,7 +70,10 @@ class LoadReport:
     #: pace under the load (retries and duplicates, due minutes or a moment later, left out); None
     #: with fewer than two first attempts acknowledged.
     send_duration_s: float | None
-    #: First attempts acknowledged per second over ``send_duration_s``; None likewise.
+    #: First attempts acknowledged per second, as ``send_rate_per_s`` counts sends: N answers are
+    #: N-1 intervals, over the span from the first answer to the last (N over ``send_duration_s``,
+    #: which starts at the first send, reads an instant receiver as acknowledging faster than the
+    #: callbacks went out); None for fewer than two, or all at one instant.
     ack_throughput_per_s: float | None
     #: From when each acknowledged attempt was due to its answer: waiting for a free delivery
     #: thread counts, not only the receiver's answer time; None when none was acknowledged.
@@ -84,9 +89,10 @@ class LoadReport:
     result_files: int = 0
     result_files_served: int = 0
     #: Manifest status -> tasks of the run (``stored``, ``partial``, ``failed``, ``other`` for
-    #: any other status, when there is one; ``missing``:
-    #: acknowledged ones without a manifest, or ``unread`` when the bucket failed at the end);
-    #: None when the bucket was not read.
+    #: any other status, when there is one; ``stale``, when there is one: those whose manifest is
+    #: an earlier run's, written for a callback received before this run started, counted under
+    #: no status; ``missing``: acknowledged ones without a manifest, or ``unread`` when the bucket
+    #: failed at the end); None when the bucket was not read.
     manifests: dict[str, int] | None = None
     #: From the start of the run to the last manifest's ``completedAt``, seconds.
     store_duration_s: float | None = None
@@ -130,6 +136,12 @@ class LoadReport:
         missing = (self.manifests or {}).get("missing", 0)
         if missing:
             problems.append(f"{missing} acknowledged tasks without a manifest")
+        stale = (self.manifests or {}).get(STALE, 0)
+        if stale:
+            problems.append(
+                f"{stale} tasks whose manifest is from an earlier run (received before this run"
+                " started: the same taskIds, a `serve --task-id-prefix` run again?)"
+            )
         if self.manifests_outdated:
             problems.append(
                 f"{self.manifests_outdated} manifests older than their task's last acknowledged"
@@ -146,7 +158,7 @@ class LoadReport:
             f" (at most {self.delivery_threads} in flight) -> {self.callback_url}",
             f"callbacks: {self.acknowledged} acknowledged, {self.unacknowledged} not acknowledged, "
             f"{self.dropped} dropped ({self.callback_attempts} attempts); first attempts acknowledged"
-            f" in {_seconds(self.send_duration_s)} = {_per_s(self.ack_throughput_per_s)}",
+            f" in {_seconds(self.send_duration_s)}, at {_per_s(self.ack_throughput_per_s)}",
             f"ack latency from when due: p50 {_ms(self.ack_latency_p50_ms)},"
             f" p99 {_ms(self.ack_latency_p99_ms)} per attempt; p50 {_ms(self.task_latency_p50_ms)},"
             f" p99 {_ms(self.task_latency_p99_ms)} per task (retries waited for)",
@@ -386,14 +398,15 @@ def read_bucket(run: CallbackRun, store: ManifestReader, *, timeout_s: float) ->
     """``run``'s report with what the bucket says of its tasks: their manifests, waited for until
     every acknowledged task has one or ``timeout_s`` seconds passed (counting those of the run's
     other tasks found meanwhile; a bucket failing until then is said in the report)."""
-    wanted = _Wanted(set(run.task_ids), set(run.acknowledged), run.resent_at)
+    wanted = _Wanted(set(run.task_ids), set(run.acknowledged), run.resent_at, run.started_at)
     manifests, bucket_error = _wait_for_manifests(store, run.listing, wanted, timeout_s=timeout_s)
     report = replace(run.report, bucket_unavailable=bucket_error)
     if bucket_error is not None and not manifests:
         return report
-    report = replace(report, manifests_outdated=len(wanted.outdated(manifests)))
+    stale = wanted.stale(manifests)
+    report = replace(report, manifests_outdated=len(wanted.outdated(manifests) - stale))
     return _with_store(
-        report, manifests, set(run.acknowledged), run.started_at, read_whole=bucket_error is None
+        report, manifests, set(run.acknowledged), run.started_at, stale=stale, read_whole=bucket_error is None
     )
 
 
@@ -444,10 +457,10 @@ def _callback_report(
         dropped=tasks - len(task_ids),
         callback_attempts=len(attempts),
         send_duration_s=duration,
-        ack_throughput_per_s=len(first_acks) / duration if duration else None,
+        ack_throughput_per_s=_rate([_answered(a) for a in first_acks]),
         ack_latency_p50_ms=_percentile_or_none(latencies_ms, 0.5),
         ack_latency_p99_ms=_percentile_or_none(latencies_ms, 0.99),
-        send_rate_per_s=_send_rate([a.started_at for a in firsts]),
+        send_rate_per_s=_rate([a.started_at for a in firsts]),
         delivery_threads=sim.config.delivery_threads,
         task_latency_p50_ms=_percentile_or_none(task_latencies_ms, 0.5),
         task_latency_p99_ms=_percentile_or_none(task_latencies_ms, 0.99),
@@ -464,34 +477,49 @@ def _percentile_or_none(values: list[float], share: float) -> float | None:
     return percentile(values, share) if values else None
 
 
-def _send_rate(starts: list[float]) -> float | None:
-    """Sends per second over the spread of ``starts`` (monotonic seconds); None for fewer than two."""
-    spread = max(starts, default=0.0) - min(starts, default=0.0)
-    return (len(starts) - 1) / spread if len(starts) > 1 and spread > 0 else None
+def _rate(times: list[float]) -> float | None:
+    """Events per second over the spread of their ``times`` (monotonic seconds): N events are N-1
+    intervals; None for fewer than two, or all at one instant."""
+    spread = max(times, default=0.0) - min(times, default=0.0)
+    return (len(times) - 1) / spread if len(times) > 1 and spread > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
 class _Wanted:
     """The manifests a load run reads: those of ``task_ids``, waited for until each of
-    ``acknowledged`` has one that is final. A manifest is final when ``stored`` (a later callback
-    changes nothing then) or written for the last callback of ``resent_at`` (its ``receivedAt`` is
-    not earlier than when that one was sent)."""
+    ``acknowledged`` has one that is final. A manifest is final when it is this run's and
+    ``stored`` (a later callback changes nothing then) or written for the last callback of
+    ``resent_at`` (its ``receivedAt`` is not earlier than when that one was sent). One whose
+    ``receivedAt`` (the newest callback mjhook processed for the task) is earlier than
+    ``started_at`` is an earlier run's of the same taskId (a ``serve --task-id-prefix`` run again
+    numbers its tasks from 000000 anew): this run's is still to come. Times are Unix seconds,
+    mjhook's clock taken to agree with this one's."""
 
     task_ids: set[str]
     acknowledged: set[str]
     resent_at: Mapping[str, float]
+    started_at: float
 
     def final(self, task_id: str, manifest: Mapping[str, Any]) -> bool:
+        received = _received_at(manifest)
+        if self._before_run(received):
+            return False
         last_sent = self.resent_at.get(task_id)
         if last_sent is None or manifest.get("status") == "stored":
             return True
-        received = iso_seconds(str(manifest.get("receivedAt", "")))
         # No usable receivedAt (not mjhook's manifest): nothing says a later one is coming.
         return received is None or received + RECEIVED_AT_RESOLUTION_S >= last_sent
 
     def outdated(self, found: Mapping[str, Mapping[str, Any]]) -> set[str]:
-        """The tasks of ``found`` whose manifest is not final."""
+        """The tasks of ``found`` whose manifest is not final (an earlier run's included)."""
         return {task_id for task_id, manifest in found.items() if not self.final(task_id, manifest)}
+
+    def stale(self, found: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        """The tasks of ``found`` whose manifest is an earlier run's."""
+        return {task_id for task_id, manifest in found.items() if self._before_run(_received_at(manifest))}
+
+    def _before_run(self, received: float | None) -> bool:
+        return received is not None and received + RECEIVED_AT_RESOLUTION_S < self.started_at
 
     def complete(self, found: Mapping[str, Mapping[str, Any]]) -> bool:
         return self.acknowledged <= found.keys() and not self.outdated(found) & self.acknowledged
@@ -520,6 +548,11 @@ def _wait_for_manifests(
         time.sleep(POLL_INTERVAL_S)
 
 
+def _received_at(manifest: Mapping[str, Any]) -> float | None:
+    """A manifest's ``receivedAt``, Unix seconds; None when it has no usable one."""
+    return iso_seconds(str(manifest.get("receivedAt", "")))
+
+
 def _read_manifests(
     store: ManifestReader, listing: str, task_ids: set[str], found: dict[str, dict[str, Any]]
 ) -> None:
@@ -538,17 +571,22 @@ def _with_store(
     acked: set[str],
     started_wall: float,
     *,
+    stale: set[str],
     read_whole: bool,
 ) -> LoadReport:
-    """``report`` with the bucket's figures from ``manifests``. An acknowledged task without one
-    is ``missing`` when the bucket was ``read_whole`` at the end, else ``unread`` (its manifest
-    may be there)."""
-    statuses = Counter(_status_label(manifest.get("status")) for manifest in manifests.values())
+    """``report`` with the bucket's figures from ``manifests``, those of ``stale`` tasks (an
+    earlier run's) counted apart and in no other figure: they say nothing of this run. An
+    acknowledged task without one is ``missing`` when the bucket was ``read_whole`` at the end,
+    else ``unread`` (its manifest may be there)."""
+    current = {task_id: manifest for task_id, manifest in manifests.items() if task_id not in stale}
+    statuses = Counter(_status_label(manifest.get("status")) for manifest in current.values())
     counts = {status: statuses.get(status, 0) for status in MANIFEST_STATUSES}
     if statuses[OTHER_STATUS]:
         counts[OTHER_STATUS] = statuses[OTHER_STATUS]
+    if stale:
+        counts[STALE] = len(stale)
     counts["missing" if read_whole else "unread"] = len(acked - manifests.keys())
-    finished = [iso_seconds(str(manifest.get("completedAt", ""))) for manifest in manifests.values()]
+    finished = [iso_seconds(str(manifest.get("completedAt", ""))) for manifest in current.values()]
     last = max((when for when in finished if when is not None), default=None)
     duration = None if last is None else max(0.0, last - started_wall)
     throughput = counts["stored"] / duration if duration else None
@@ -557,7 +595,7 @@ def _with_store(
         manifests=counts,
         store_duration_s=duration,
         stored_throughput_per_s=throughput,
-        manifests_unacknowledged=len(manifests.keys() - acked),
+        manifests_unacknowledged=len(current.keys() - acked),
     )
 
 

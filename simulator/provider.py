@@ -64,7 +64,7 @@ class FileAnswer:
     #: issued, expired or not).
     kept: bool = True
     #: When the request came (Unix seconds, the provider's clock): what :meth:`Provider.sent_whole`
-    #: records once the last byte of ``data`` went out.
+    #: records once the client's side acknowledged the last byte of ``data``.
     requested_at: float = 0.0
 
 
@@ -311,9 +311,9 @@ class Provider:
         return FileAnswer(check, fault, data, KINDS[ref.ext].content_type, requested_at=self._clock())
 
     def sent_whole(self, ref: FileRef, *, requested_at: float) -> None:
-        """Record a download of result file ``ref``: its last byte was sent, for the request
-        that came at ``requested_at`` (Unix seconds, ``clock``). A download broken off midway,
-        or cut short by the truncation fault, never gets here."""
+        """Record a download of result file ``ref``: its last byte was sent (the client's side
+        acknowledged it), for the request that came at ``requested_at`` (Unix seconds, ``clock``).
+        A download broken off midway, or cut short by the truncation fault, never gets here."""
         with self._served_changed:
             self._served.setdefault((ref.task_id, ref.index), []).append(requested_at)
             self._served_changed.notify_all()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import math
+import socket
+import struct
+import termios
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -10,6 +15,7 @@ from typing import Any
 import falcon
 
 from simulator.bodies import read_json
+from simulator.config import DEFAULT_REQUEST_TIMEOUT_S
 from simulator.errors import CODE_BAD_REQUEST, CODE_OK, CODE_SERVER_ERROR, ProviderError
 from simulator.faults import FileFault
 from simulator.links import FILE_NAME_PATTERN, FileRef, LinkCheck
@@ -19,6 +25,14 @@ log = logging.getLogger(__name__)
 
 #: A slow file is sent in this many pieces, spread over the configured delay.
 SLOW_FILE_PIECES = 20
+#: A file body goes out in writes of at most this many bytes. The connection's timeout bounds each
+#: write (one ``sendall``), not the whole body: a client reading steadily, however slowly, is not
+#: hung up on because the file took longer than ``request_timeout_s`` to send.
+SEND_SLICE_BYTES = 256 * 1024
+#: How often, once the last byte was written, the connection's send queue is looked at, seconds.
+SEND_QUEUE_POLL_S = 0.01
+#: The WSGI environ key under which the simulator's server passes the client's socket.
+CONNECTION_ENV = "simulator.connection"
 #: Where the provider's API is; what is not under it (the result files) is plain HTTP.
 API_ROOT = "/api/"
 
@@ -106,7 +120,7 @@ class FileResource:
         resp.content_length = len(answer.data)
         if answer.fault is FileFault.TRUNCATED:
             # Content-Length promises the whole file; the connection ends halfway.
-            resp.stream = iter([answer.data[: len(answer.data) // 2]])
+            resp.stream = _sliced([answer.data[: len(answer.data) // 2]])
             return
         if answer.fault is FileFault.SLOW:
             pieces: Iterable[bytes] = _trickle(
@@ -114,17 +128,13 @@ class FileResource:
             )
         else:
             pieces = [answer.data]
+        # Without the socket (another WSGI server, a test client), written is all there is to go on.
+        connection = req.env.get(CONNECTION_ENV)
         resp.stream = _calling_when_sent(
-            pieces, lambda: self._provider.sent_whole(ref, requested_at=answer.requested_at)
+            _sliced(pieces),
+            lambda: connection is None or _all_sent(connection),
+            lambda: self._provider.sent_whole(ref, requested_at=answer.requested_at),
         )
-
-
-def _calling_when_sent(pieces: Iterable[bytes], on_sent: Callable[[], None]) -> Iterator[bytes]:
-    """``pieces``, then ``on_sent()``: the server asks for the next piece only once it wrote the
-    one before, so that runs after the last byte went out. A client hanging up midway makes the
-    write fail, and the server closes this generator without running it."""
-    yield from pieces
-    on_sent()
 
 
 def _trickle(data: bytes, duration_s: float, sleep: Callable[[float], None]) -> Iterator[bytes]:
@@ -132,6 +142,50 @@ def _trickle(data: bytes, duration_s: float, sleep: Callable[[float], None]) -> 
     for start in range(0, len(data), piece):
         sleep(duration_s / SLOW_FILE_PIECES)
         yield data[start : start + piece]
+
+
+def _sliced(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """``pieces`` cut into slices of at most :data:`SEND_SLICE_BYTES`, each one write."""
+    for piece in pieces:
+        for start in range(0, len(piece), SEND_SLICE_BYTES):
+            yield piece[start : start + SEND_SLICE_BYTES]
+
+
+def _calling_when_sent(
+    pieces: Iterable[bytes], all_sent: Callable[[], bool], on_sent: Callable[[], None]
+) -> Iterator[bytes]:
+    """``pieces``, then ``on_sent()`` if ``all_sent()``: the server asks for the next piece only
+    once it wrote the one before, so that runs after the last byte was written. A client hanging
+    up midway makes a write fail, and the server closes this generator without running it."""
+    yield from pieces
+    if all_sent():
+        on_sent()
+
+
+def _all_sent(connection: socket.socket) -> bool:
+    """Whether every byte written to ``connection`` left its send queue (the client's side took
+    it) without an error, waiting while the queue shrinks, up to the connection's timeout with no
+    progress (as a write does). A written byte is not yet a sent one: the kernel buffers take
+    megabytes, the whole of a file whose client read the first bytes and hung up. Linux only, as
+    the project: ``SIOCOUTQ`` (``TIOCOUTQ``) gives the bytes the client has not acknowledged. A
+    file the client's receive buffer takes whole counts once it is there, read or not."""
+    idle_s = connection.gettimeout() or DEFAULT_REQUEST_TIMEOUT_S
+    last, deadline = math.inf, 0.0
+    try:
+        while True:
+            (unsent,) = struct.unpack("i", fcntl.ioctl(connection.fileno(), termios.TIOCOUTQ, bytes(4)))
+            # A client that reset the connection leaves its error on the socket, whatever the queue says.
+            if connection.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                return False
+            if unsent == 0:
+                return True
+            if unsent < last:  # the client is reading
+                last, deadline = unsent, time.monotonic() + idle_s
+            elif time.monotonic() >= deadline:
+                return False
+            time.sleep(SEND_QUEUE_POLL_S)
+    except OSError:  # the connection closed meanwhile
+        return False
 
 
 class ProviderErrorHandler:

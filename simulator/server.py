@@ -27,6 +27,7 @@ from simulator.faults import FaultPlan
 from simulator.files import FileCache, expected_file
 from simulator.links import LinkSigner
 from simulator.provider import Provider
+from simulator.resources import CONNECTION_ENV
 from simulator.scheduler import Scheduler
 from simulator.tasks import Task
 
@@ -76,7 +77,8 @@ class SimulatorHTTPServer(socketserver.ThreadingMixIn, WSGIServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = super().get_request()
         # Every read and write of the connection then waits at most this long: a client sending
-        # a byte now and then of a body it never finishes does not hold its thread for good.
+        # a byte now and then of a body it never finishes does not hold its thread for good. A
+        # result file is written in slices (resources.SEND_SLICE_BYTES), each bounded on its own.
         connection.settimeout(self._request_timeout_s)
         return connection, address
 
@@ -120,6 +122,14 @@ class SimulatorHTTPServer(socketserver.ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    """Requests logged at debug level, the client's socket in the environ (a result file counts as
+    downloaded once its bytes left the socket's send queue, not once written into it)."""
+
+    def get_environ(self) -> dict[str, Any]:
+        environ = super().get_environ()
+        environ[CONNECTION_ENV] = self.connection
+        return environ
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 

@@ -391,8 +391,9 @@ def test_ack_throughput_is_over_first_attempts_and_task_latency_waits_for_retrie
     receiver.script = [500]
     # When the load run returns
     report = run_load(sim, tasks=20, rate_per_s=200.0, callback_url=receiver.url)
-    # Then the throughput counts the first attempts acknowledged over their own span, not the
-    # retry's wait (which the span of every acknowledgement would include)
+    # Then the throughput counts the first attempts acknowledged over the span of their answers,
+    # N answers being N-1 intervals as for the send rate, not the retry's wait (which the span of
+    # every acknowledgement would include)
     attempts = sim.attempts()
     firsts = [a for a in attempts if a.attempt == 1]
     retried = [a for a in attempts if a.attempt == 2]
@@ -401,8 +402,9 @@ def test_ack_throughput_is_over_first_attempts_and_task_latency_waits_for_retrie
     assert retried[0].acknowledged
     first_acks = [a for a in firsts if a.acknowledged]
     span = max(a.started_at + a.duration_s for a in first_acks) - min(a.started_at for a in firsts)
+    answers = [a.started_at + a.duration_s for a in first_acks]
     assert report.send_duration_s == span
-    assert report.ack_throughput_per_s == 19 / span
+    assert report.ack_throughput_per_s == 18 / (max(answers) - min(answers))
     assert report.send_duration_s < retried[0].started_at - min(a.started_at for a in firsts)
     # And the retried task's latency, from when its callback was first due to its acknowledgement,
     # holds the wait for the retry (due 0.6 s after the first attempt), which the per-attempt
@@ -417,6 +419,27 @@ def test_ack_throughput_is_over_first_attempts_and_task_latency_waits_for_retrie
     assert report.ack_latency_p99_ms < waited_ms[refused.task_id]
 
 
+def test_the_ack_throughput_counts_intervals_between_answers_as_the_send_rate_does(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given a receiver that answers at once, and 3 callbacks sent at 2/s
+    sim = make_sim()
+    # When the load run returns
+    report = run_load(sim, tasks=3, rate_per_s=2.0, callback_url=receiver.url)
+    # Then the acknowledgement rate is 2 intervals over the span from the first answer to the last,
+    # as the send rate is 2 over the span of the sends: not 3 answers over the span from the first
+    # send, which reads an instant receiver as acknowledging faster than the callbacks were sent
+    firsts = [a for a in sim.attempts() if a.attempt == 1]
+    assert [a.acknowledged for a in firsts] == [True] * 3
+    answers = [a.started_at + a.duration_s for a in firsts]
+    starts = [a.started_at for a in firsts]
+    assert report.send_rate_per_s == 2 / (max(starts) - min(starts))
+    assert report.ack_throughput_per_s == 2 / (max(answers) - min(answers))
+    assert f"acknowledged in {report.send_duration_s:.2f} s, at {report.ack_throughput_per_s:.1f}/s" in (
+        report.format_text()
+    )
+
+
 def test_with_one_task_or_none_acknowledged_the_figures_say_n_a_not_zero(
     make_sim: SimFactory, receiver: Receiver
 ) -> None:
@@ -428,7 +451,7 @@ def test_with_one_task_or_none_acknowledged_the_figures_say_n_a_not_zero(
     # Then the figures that do not exist are None in the report, and n/a in its text
     assert (one.acknowledged, one.send_duration_s, one.ack_throughput_per_s) == (1, None, None)
     assert one.ack_latency_p50_ms is not None
-    assert "acknowledged in n/a = n/a" in one.format_text()
+    assert "acknowledged in n/a, at n/a" in one.format_text()
     assert none.acknowledged == 0
     assert (none.ack_latency_p50_ms, none.ack_latency_p99_ms, none.ack_throughput_per_s) == (None, None, None)
     assert (none.task_latency_p50_ms, none.task_latency_p99_ms) == (None, None)
@@ -685,3 +708,76 @@ def test_a_status_mjhook_does_not_write_is_counted_as_other() -> None:
     assert report.manifests == {"stored": 1, "partial": 0, "failed": 0, "other": 4, "missing": 0}
     assert "bucket: 1 stored, 0 partial, 0 failed, 4 other, 0 missing" in report.format_text()
     assert hostile not in report.format_text()
+
+
+class RerunBucket:
+    """The manifests mjhook wrote a day ago for ``task_ids`` (the same taskIds in an earlier run),
+    each replaced by this run's, ``stored``, once ``lag_s`` seconds passed after the receiver got
+    its callback (None: never: mjhook saw a task it had stored, and changed nothing)."""
+
+    def __init__(self, receiver: Receiver, task_ids: list[str], *, lag_s: float | None) -> None:
+        self._receiver = receiver
+        self._lag_s = lag_s
+        self._wall_minus_monotonic = time.time() - time.monotonic()
+        day_ago = utc_iso(time.time() - 86_400)
+        self._earlier = {
+            task_id: {"status": "stored", "receivedAt": day_ago, "completedAt": day_ago}
+            for task_id in task_ids
+        }
+
+    def _manifests(self) -> dict[str, dict[str, Any]]:
+        manifests = dict(self._earlier)
+        for request in self._receiver.requests:
+            if self._lag_s is not None and time.monotonic() >= request.at + self._lag_s:
+                manifests[request.json()["data"]["taskId"]] = {
+                    "status": "stored",
+                    "receivedAt": utc_iso(request.at + self._wall_minus_monotonic),
+                    "completedAt": _now_iso(),
+                }
+        return {f"tasks/{task_id}/manifest.json": manifest for task_id, manifest in manifests.items()}
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return [key for key in self._manifests() if key.startswith(prefix)]
+
+    def get_json(self, key: str) -> Any:
+        return self._manifests().get(key)
+
+
+def test_a_manifest_from_an_earlier_run_is_not_this_runs_outcome(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given a simulator numbering its tasks from a fixed prefix, and a bucket holding the manifests
+    # mjhook wrote a day ago for the same taskIds (that simulator's earlier run), which it keeps
+    sim = make_sim(task_id_prefix="demo-")
+    bucket = RerunBucket(receiver, ["demo-000000", "demo-000001"], lag_s=None)
+    # When a load run of two tasks reads the bucket until its timeout
+    report = run_load(
+        sim, tasks=2, rate_per_s=10.0, callback_url=receiver.url, store=bucket, store_timeout_s=1.0
+    )
+    # Then neither counts as this run's task stored: both are said to be an earlier run's, and that
+    # is a problem (the command exits 1), not a run with nothing amiss
+    assert report.acknowledged == 2
+    assert report.manifests == {"stored": 0, "partial": 0, "failed": 0, "stale": 2, "missing": 0}
+    assert (report.manifests_outdated, report.manifests_unacknowledged) == (0, 0)
+    assert (report.store_duration_s, report.stored_throughput_per_s) == (None, None)
+    assert report.problems == [
+        "2 tasks whose manifest is from an earlier run (received before this run started: the same"
+        " taskIds, a `serve --task-id-prefix` run again?)"
+    ]
+    assert "bucket: 0 stored, 0 partial, 0 failed, 2 stale, 0 missing" in report.format_text()
+
+
+def test_a_manifest_from_an_earlier_run_is_waited_on_until_this_runs_replaces_it(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
+    # Given a bucket holding an earlier run's manifest of the run's one task until mjhook processed
+    # this run's callback, a second after it came
+    sim = make_sim(task_id_prefix="demo-")
+    bucket = RerunBucket(receiver, ["demo-000000"], lag_s=1.0)
+    # When a load run reads the bucket
+    report = run_load(
+        sim, tasks=1, rate_per_s=10.0, callback_url=receiver.url, store=bucket, store_timeout_s=10.0
+    )
+    # Then it waited for this run's manifest, and counts that one
+    assert report.manifests == {"stored": 1, "partial": 0, "failed": 0, "missing": 0}
+    assert report.problems == []

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
 import time
+from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler
 
 from simulator.server import SimulatorHTTPServer
-from tests.simulator.support import SimFactory
+from tests.simulator.support import SimFactory, api, result_urls, submit, wait_done
 
 #: Connections opened at once: many more than socketserver's default backlog of 5.
 BURST = 64
@@ -93,3 +95,61 @@ def test_beyond_max_connections_a_connection_waits_until_one_ends(make_sim: SimF
         idle.setblocking(False)
         assert idle.recv(1) == b""
     assert answer.startswith(b"HTTP/1.0 404 "), answer
+
+
+def _get(url: str, *, receive_buffer: int) -> socket.socket:
+    """A connection that sent ``GET url`` (HTTP/1.0), with a receive buffer of ``receive_buffer``
+    bytes (the client's kernel then takes no more of the answer than that ahead of its reader)."""
+    parts = urlsplit(url)
+    conn = socket.socket()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    conn.settimeout(10.0)
+    conn.connect(("127.0.0.1", parts.port or 80))
+    conn.sendall(f"GET {parts.path}?{parts.query} HTTP/1.0\r\n\r\n".encode())
+    return conn
+
+
+def test_a_file_whose_client_hung_up_after_its_first_bytes_is_not_downloaded(make_sim: SimFactory) -> None:
+    # Given a full-size result file (1024x1024, ~1.4 MB) with no fault: one write took it whole
+    # into the kernel's buffers, whether or not the client read it
+    sim = make_sim(image_width=1024, image_height=1024)
+    with api(sim) as client:
+        task_id = submit(client)
+        url = result_urls(wait_done(client, task_id))[0]
+    # When a client reads the first 64 bytes, stalls a moment and hangs up (a reset: a killed
+    # downloader's kernel does that with data unread)
+    with _get(url, receive_buffer=64 * 1024) as conn:
+        head = conn.recv(64)
+        time.sleep(0.5)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # Then the file is not counted as downloaded
+    assert head.startswith(b"HTTP/1.0 200 ")
+    assert sim.provider.wait_served({(task_id, 0)}, 2.0) == set()
+    # And once a client read it whole, it is
+    with api(sim) as client:
+        assert client.get(url).content == sim.expected_file(task_id, 0)
+    assert sim.provider.wait_served({(task_id, 0)}, 5.0) == {(task_id, 0)}
+    assert len(sim.provider.whole_serves()[task_id, 0]) == 1
+
+
+def test_a_client_reading_a_file_steadily_is_not_hung_up_on_however_long_it_takes(
+    make_sim: SimFactory,
+) -> None:
+    # Given a simulator that hangs up on a client stalling 1 s, and a 12 MB video
+    sim = make_sim(request_timeout_s=1.0, video_bytes=12_000_000)
+    with api(sim) as client:
+        task_id = submit(client, taskType="mj_video", fileUrls=["http://127.0.0.1:9/in.png"])
+        url = result_urls(wait_done(client, task_id))[0]
+    # When a client reads it steadily, 64 KiB every 20 ms (about 4 s for the whole, never still
+    # for long), until the server closes the connection
+    data = b""
+    with _get(url, receive_buffer=64 * 1024) as conn:
+        while piece := conn.recv(64 * 1024):
+            data += piece
+            time.sleep(0.02)
+    # Then it got the whole file, and the file counts as downloaded
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.0 200 ")
+    assert len(body) == 12_000_000
+    assert body == sim.expected_file(task_id, 0)
+    assert sim.provider.wait_served({(task_id, 0)}, 5.0) == {(task_id, 0)}
