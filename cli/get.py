@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,13 +68,22 @@ class ManifestFile:
     default=None,
     help="Directory to write into, made if missing [default: ./TASK_ID].",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace files of the same names in the directory that hold other bytes.",
+)
 @pass_settings
-def get(settings: Settings, task_id: str, out_dir: Path | None) -> None:
+def get(settings: Settings, task_id: str, out_dir: Path | None, force: bool) -> None:
     """Download TASK_ID's files and manifest.json from object storage, checking each file's sha256
     against the manifest.
 
-    Exit code 1 when the task has no manifest (unknown, or not finished yet), or a file is missing
-    or does not match; a file that does not match is not kept.
+    A file already in the directory with the manifest's sha256 is kept as it is (running it again
+    downloads nothing); one holding other bytes is left alone and named, unless --force. Symbolic
+    links in the directory are never followed: a link is replaced only with --force.
+
+    Exit code 1 when the task has no manifest (unknown, or not finished yet), or a file is missing,
+    does not match, or is in the way; a file that does not match is not kept.
     """
     if not TASK_ID_PATTERN.fullmatch(task_id):
         raise click.BadParameter("must be 1-128 letters, digits, '_' or '-'", param_hint="TASK_ID")
@@ -89,12 +100,16 @@ def get(settings: Settings, task_id: str, out_dir: Path | None) -> None:
         files = manifest_files(manifest, task_id)
         with writing(directory):
             directory.mkdir(parents=True, exist_ok=True)
-        problems = _download_all(store, files, directory)
-    with writing(directory / MANIFEST_NAME):
-        (directory / MANIFEST_NAME).write_bytes(body)
+        problems = _download_all(store, files, directory, force=force)
+    kept = len(files) - len(problems)
+    if force or _sha256_of(directory / MANIFEST_NAME) in (None, hashlib.sha256(body).hexdigest()):
+        _write_new(directory, MANIFEST_NAME, body)
+    else:
+        problems.append(_in_the_way(directory / MANIFEST_NAME))
     status = printable(manifest.get("status"))
-    click.echo(f"{task_id}: {status}, {len(files) - len(problems)} file(s) in {directory}")
-    for error in manifest.get("errors") or []:
+    click.echo(f"{task_id}: {status}, {kept} file(s) in {directory}")
+    errors = manifest.get("errors")
+    for error in errors if isinstance(errors, list) else []:
         if isinstance(error, dict):
             index, url, reason = (printable(error.get(name)) for name in ("index", "sourceUrl", "reason"))
             click.echo(f"  not stored: #{index} {url}: {reason}")
@@ -149,8 +164,12 @@ def manifest_files(manifest: dict[str, Any], task_id: str) -> list[ManifestFile]
     return files
 
 
-def _download_all(store: ObjectStore, files: Sequence[ManifestFile], directory: Path) -> list[str]:
-    """Download every file with a progress bar on stderr; the problems, one line each."""
+def _download_all(
+    store: ObjectStore, files: Sequence[ManifestFile], directory: Path, *, force: bool
+) -> list[str]:
+    """Download every file with a progress bar on stderr (one there already, with its sha256,
+    is not downloaded again; one holding other bytes is replaced only when ``force``); the
+    problems, one line each."""
     problems = []
     columns = (
         TextColumn("{task.description}"),
@@ -162,6 +181,13 @@ def _download_all(store: ObjectStore, files: Sequence[ManifestFile], directory: 
     with Progress(*columns, console=Console(stderr=True)) as progress:
         overall = progress.add_task("total", total=sum(file.size for file in files))
         for file in files:
+            there = _sha256_of(directory / file.name)
+            if there == file.sha256:
+                progress.advance(overall, file.size)
+                continue
+            if there is not None and not force:
+                problems.append(_in_the_way(directory / file.name))
+                continue
             current = progress.add_task(file.name, total=file.size)
 
             def advance(chunk: bytes, current: Any = current) -> None:
@@ -187,7 +213,7 @@ def download_verified(
         on_chunk(chunk)
 
     try:
-        with writing(part), _DownloadFile(part) as sink:
+        with writing(part), _DownloadFile(part, _new_file(part)) as sink:
             found = store.stream_to(file.key, sink, on_chunk=take)
         if not found:
             return f"{file.key}: listed in the manifest but not in the bucket"
@@ -198,6 +224,48 @@ def download_verified(
         return None
     finally:
         part.unlink(missing_ok=True)  # a file is kept only under its own name, once it matched
+
+
+def _new_file(path: Path) -> int:
+    """A descriptor of ``path`` made anew, empty, for writing: whatever had its name (a file a
+    killed run left, a symbolic link planted there) is removed first, and the file is made only
+    if nothing has the name then (O_EXCL), never through a link, so no write lands outside the
+    directory."""
+    path.unlink(missing_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+
+
+def _write_new(directory: Path, name: str, data: bytes) -> None:
+    """Write ``data`` as ``directory/name`` through a hidden part file renamed over it (a rename
+    replaces a link of that name, never what it points to)."""
+    part = directory / f".{name}{PART_SUFFIX}"
+    try:
+        with writing(part), os.fdopen(_new_file(part), "wb") as handle:
+            handle.write(data)
+        with writing(directory / name):
+            part.replace(directory / name)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _sha256_of(path: Path) -> str | None:
+    """The sha256 of the file at ``path``; None when nothing has that name; "" when something
+    does that is not a regular file to read (a link, a directory, one not readable)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return ""
+    with os.fdopen(fd, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _in_the_way(path: Path) -> str:
+    return f"{printable(path)}: already there with other bytes, left as it is (--force replaces it)"
 
 
 @contextmanager
@@ -212,11 +280,12 @@ def writing(path: Path) -> Iterator[None]:
 
 
 class _DownloadFile(io.BufferedWriter):
-    """The ``.part`` file a download streams into. Its write errors are reported as this file's
-    here: inside ``ObjectStore.stream_to`` an OSError would be taken for object storage's."""
+    """The ``.part`` file a download streams into (``fd``, open for writing). Its write errors are
+    reported as this file's here: inside ``ObjectStore.stream_to`` an OSError would be taken for
+    object storage's."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(io.FileIO(path, "w"))
+    def __init__(self, path: Path, fd: int) -> None:
+        super().__init__(io.FileIO(fd, "w"))
         self._path = path
 
     def write(self, data: ReadableBuffer, /) -> int:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import orjson
 import pytest
 
+import cli.get
 from shared.callback import Callback
 from shared.settings import Settings
 from shared.storage import ObjectStore, create_object_store
@@ -151,16 +153,22 @@ def test_an_out_directory_that_cannot_be_made_is_one_error_line_naming_it(
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to fill a disk")
 def test_a_full_disk_is_one_error_line_naming_the_file_and_keeps_no_part_of_it(
-    app_env: dict[str, str], big_task: bytes, run_cli: RunCli, tmp_path: Path
+    app_env: dict[str, str], big_task: bytes, run_cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Given an --out directory whose disk is full for the file being downloaded (its .part file
-    leads to /dev/full)
+    """Given an --out directory whose disk is full for the file being downloaded (the .part file
+    made for it writes to /dev/full)
     When `mjhook get t-big` writes it
     Then it exits 1 with one `Error:` line naming that file, not blaming object storage, and the
     .part file is gone, with no manifest written."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / ".0.png.part").symlink_to("/dev/full")
+    real_new_file = cli.get._new_file
+
+    def full_disk(path: Path) -> int:
+        os.close(real_new_file(path))
+        return os.open("/dev/full", os.O_WRONLY)
+
+    monkeypatch.setattr(cli.get, "_new_file", full_disk)
     result = run_cli(app_env, "get", "t-big", "--out", str(out))
     assert result.exit_code == 1, result.output
     assert (
@@ -175,11 +183,16 @@ def test_a_directory_where_a_file_goes_is_one_error_line_naming_it(
     app_env: dict[str, str], big_task: bytes, run_cli: RunCli, tmp_path: Path
 ) -> None:
     """Given an --out directory holding a directory named like the task's file
-    When `mjhook get t-big` has downloaded the file and moves it into place
+    When `mjhook get t-big` runs: it is named as in the way; and with --force, which has
+    downloaded the file and moves it into place
     Then it exits 1 with one `Error:` line naming that path, and keeps no .part file."""
     out = tmp_path / "out"
     (out / "0.png" / "inside").mkdir(parents=True)
-    result = run_cli(app_env, "get", "t-big", "--out", str(out))
+    left = run_cli(app_env, "get", "t-big", "--out", str(out))
+    assert left.exit_code == 1, left.output
+    assert f"{out / '0.png'}: already there with other bytes, left as it is" in left.stderr
+    (out / "manifest.json").unlink()
+    result = run_cli(app_env, "get", "t-big", "--out", str(out), "--force")
     assert result.exit_code == 1, result.output
     assert result.stderr.splitlines()[-1] == f"Error: cannot write {out / '0.png'}: Is a directory"
     assert sorted(path.name for path in out.iterdir()) == ["0.png"]
@@ -299,3 +312,73 @@ def test_an_entry_outside_the_task_is_shown_escaped_and_shortened(
     start = "{'key': 'tasks/other/0.png', 'sourceUrl': 'http://x/\\x1b[2J"
     shown = start + "B" * (199 - len(start)) + "\u2026"  # 200 characters, the last an ellipsis
     assert result.stderr == f"Error: the manifest lists a file outside tasks/t-entry/: {shown}\n"
+
+
+@pytest.mark.parametrize("planted", [".0.png.part", "manifest.json"])
+def test_a_symbolic_link_planted_in_the_directory_is_never_written_through(
+    app_env: dict[str, str], run_cli: RunCli, tmp_path: Path, planted: str
+) -> None:
+    """Given an --out directory others can write into, holding a link named like a download's part
+    file or the manifest, to a file of the operator's
+    When `mjhook get` runs there
+    Then that file keeps its bytes: the part file is made anew, never through a link, and a link
+    in the way of the manifest is left, named. (Both were written through the link.)"""
+    store_task(app_env, "t-link", {"0.png": png_bytes(1)})
+    out, victim = tmp_path / "shared", tmp_path / "victim.txt"
+    out.mkdir()
+    victim.write_bytes(b"important\n")
+    (out / planted).symlink_to(victim)
+
+    result = run_cli(app_env, "get", "t-link", "--out", str(out))
+
+    assert victim.read_bytes() == b"important\n"
+    assert (out / "0.png").read_bytes() == png_bytes(1)
+    if planted == "manifest.json":
+        assert result.exit_code == 1, result.output
+        assert "manifest.json: already there with other bytes" in result.stderr
+    else:
+        assert result.exit_code == 0, result.output
+
+
+def test_files_of_the_same_names_with_other_bytes_are_replaced_only_with_force(
+    app_env: dict[str, str], run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Given an --out directory already holding a 0.png and a manifest.json of the operator's own
+    When `mjhook get` runs there, then again with --force
+    Then the first leaves both as they were and names them (exit 1); --force replaces them; and a
+    third run, with every file there already, downloads nothing and exits 0."""
+    store_task(app_env, "t-there", {"0.png": png_bytes(1)})
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "0.png").write_bytes(b"my own picture")
+    (out / "manifest.json").write_bytes(b'{"taskId": "older"}')
+
+    refused = run_cli(app_env, "get", "t-there", "--out", str(out))
+    assert refused.exit_code == 1, refused.output
+    assert (out / "0.png").read_bytes() == b"my own picture"
+    assert (out / "manifest.json").read_bytes() == b'{"taskId": "older"}'
+    assert f"{out / '0.png'}: already there with other bytes, left as it is" in refused.stderr
+    assert "stored, 0 file(s)" in refused.stdout
+
+    forced = run_cli(app_env, "get", "t-there", "--out", str(out), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert (out / "0.png").read_bytes() == png_bytes(1)
+    assert orjson.loads((out / "manifest.json").read_bytes())["taskId"] == "t-there"
+
+    again = run_cli(app_env, "get", "t-there", "--out", str(out))
+    assert again.exit_code == 0, again.output
+    assert "stored, 1 file(s)" in again.stdout
+
+
+def test_a_manifest_whose_errors_is_no_list_is_listed_without_them(
+    app_env: dict[str, str], run_cli: RunCli, tmp_path: Path
+) -> None:
+    store_task(app_env, "t-errors", {"0.png": png_bytes(1)})
+    store = create_object_store(Settings.from_env(app_env))
+    manifest = orjson.loads(store.get_bytes("tasks/t-errors/manifest.json") or b"{}")
+    store.put_json("tasks/t-errors/manifest.json", {**manifest, "errors": 5})
+
+    result = run_cli(app_env, "get", "t-errors", "--out", str(tmp_path / "out"))
+
+    assert result.exit_code == 0, result.output
+    assert "stored, 1 file(s)" in result.stdout
