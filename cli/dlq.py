@@ -28,8 +28,8 @@ from shared.dead_letters import (
     shown_id,
 )
 from shared.printable import printable
-from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
-from shared.redis_client import redis_millis
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, POLL_QUEUE, QUEUES
+from shared.redis_client import redis_or_host_millis
 from shared.settings import Settings
 
 #: Dead letters ``dlq list`` shows unless told otherwise.
@@ -40,8 +40,26 @@ MAX_IDS_ASKED = 10
 
 
 @click.group()
-def dlq() -> None:
+@click.option(
+    "--queue",
+    type=click.Choice(QUEUES),
+    default=CALLBACK_QUEUE,
+    show_default=True,
+    help=f"Whose dead letters: the callbacks', or the polling fallback's passes ({POLL_QUEUE}).",
+)
+@click.pass_context
+def dlq(ctx: click.Context, queue: str) -> None:
     """Dead-lettered messages: list, replay, purge."""
+    ctx.meta[QUEUE_KEY] = queue
+
+
+#: Where the group keeps the queue chosen with --queue, in the click context's meta.
+QUEUE_KEY = "mjhook.dlq.queue"
+
+
+def _queue() -> str:
+    """The queue chosen with ``mjhook dlq --queue`` (the callbacks' by default)."""
+    return str(click.get_current_context().meta.get(QUEUE_KEY, CALLBACK_QUEUE))
 
 
 @dlq.command("list")
@@ -57,21 +75,21 @@ def list_command(settings: Settings, as_json: bool, limit: int) -> None:
     """
     client = queue_redis(settings)
     with reported_failures():
-        total = count_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)
+        total = count_dead(client, namespace=BROKER_NAMESPACE, queue=_queue())
         letters = list_dead(
-            client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, tasks=task_store(settings), limit=limit
+            client, namespace=BROKER_NAMESPACE, queue=_queue(), tasks=task_store(settings), limit=limit
         )
-        now_ms = redis_millis(client)  # the clock dramatiq's brokers stamp dead letters with
+        now_ms = redis_or_host_millis(client)  # the clock dramatiq's brokers stamp dead letters with
     if as_json:
         echo_json(
             {
-                "queue": CALLBACK_QUEUE,
+                "queue": _queue(),
                 "total": total,
                 "messages": [_letter_json(letter, now_ms) for letter in letters],
             }
         )
         return
-    table = Table(title=f"Dead letters of {CALLBACK_QUEUE}: {len(letters)} of {total}", title_justify="left")
+    table = Table(title=f"Dead letters of {_queue()}: {len(letters)} of {total}", title_justify="left")
     table.add_column("id", no_wrap=True)  # whole, to be copied into replay or purge
     for name in ("taskId", "retries", "age", "reason"):
         table.add_column(name, overflow="fold")
@@ -118,12 +136,12 @@ def replay(settings: Settings, ids: tuple[str, ...]) -> None:
             client,
             enqueue_broker(settings, client),
             namespace=BROKER_NAMESPACE,
-            queue=CALLBACK_QUEUE,
+            queue=_queue(),
             ids=ids or None,
         )
     for dead_id, new_id in result.replayed:
         click.echo(f"replayed {_shown(dead_id)} as {new_id}")
-    click.echo(f"{len(result.replayed)} dead letter(s) replayed onto {CALLBACK_QUEUE}")
+    click.echo(f"{len(result.replayed)} dead letter(s) replayed onto {_queue()}")
     problems = [f"not a dead letter: {_shown(dead_id)}" for dead_id in result.missing]
     problems += [f"cannot be decoded, left in place: {_shown(dead_id)}" for dead_id in result.unreadable]
     if result.error is not None:
@@ -158,8 +176,8 @@ def purge_command(*, is_terminal: Callable[[], bool] = stdin_is_terminal) -> cli
         if not yes and is_terminal():
             chosen = _confirm_purge(client, ids)
         with reported_failures():
-            result = purge_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, ids=chosen)
-        click.echo(f"{len(result.removed)} dead letter(s) purged from {CALLBACK_QUEUE}")
+            result = purge_dead(client, namespace=BROKER_NAMESPACE, queue=_queue(), ids=chosen)
+        click.echo(f"{len(result.removed)} dead letter(s) purged from {_queue()}")
         _fail_on([f"not a dead letter: {_shown(dead_id)}" for dead_id in result.missing])
 
     return purge
@@ -173,20 +191,20 @@ def _confirm_purge(client: redis.Redis, ids: tuple[str, ...]) -> list[str]:
     if ids:
         chosen = list(dict.fromkeys(ids))  # an id named twice is purged once
         with reported_failures():
-            dead = dead_among(client, chosen, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)
+            dead = dead_among(client, chosen, namespace=BROKER_NAMESPACE, queue=_queue())
         if not dead:
             return chosen  # nothing to drop: the purge says which are not dead letters
         named = ", ".join(_shown(dead_id) for dead_id in dead[:MAX_IDS_ASKED])
         more = f" and {len(dead) - MAX_IDS_ASKED} more" if len(dead) > MAX_IDS_ASKED else ""
         others = len(chosen) - len(dead)
         other = f" ({others} other id(s) named: not dead letters)" if others else ""
-        question = f"Purge {len(dead)} dead letter(s) of {CALLBACK_QUEUE} for good: {named}{more}{other}?"
+        question = f"Purge {len(dead)} dead letter(s) of {_queue()} for good: {named}{more}{other}?"
     else:
         with reported_failures():
-            chosen = dead_ids(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)
+            chosen = dead_ids(client, namespace=BROKER_NAMESPACE, queue=_queue())
         if not chosen:
             return chosen
-        question = f"Purge all {len(chosen)} dead letter(s) of {CALLBACK_QUEUE} for good?"
+        question = f"Purge all {len(chosen)} dead letter(s) of {_queue()} for good?"
     if not click.confirm(question, default=False, err=True):
         raise click.ClickException("nothing purged")
     return chosen
@@ -198,7 +216,7 @@ dlq.add_command(purge_command())
 def _named(client: redis.Redis, ids: tuple[str, ...]) -> tuple[str, ...]:
     """The dead letters ``ids`` name, an id shown escaped by ``dlq list`` (one that is no UTF-8
     text) naming its letter (:func:`shared.dead_letters.named_ids`)."""
-    return tuple(named_ids(client, ids, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE)) if ids else ids
+    return tuple(named_ids(client, ids, namespace=BROKER_NAMESPACE, queue=_queue())) if ids else ids
 
 
 def _shown(dead_id: str) -> str:

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from cli.dlq import purge_command
 from shared import keys
-from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, PROCESS_CALLBACK
+from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, POLL_QUEUE, PROCESS_CALLBACK
 from shared.settings import Settings
 from tests.cli.conftest import RunCli, dead_letters_from_real_workers
 from tests.support.pipeline import queued_callback
@@ -502,3 +502,62 @@ def test_a_dead_letter_s_age_is_read_on_redis_s_clock_which_stamped_it(
     assert result.exit_code == 0, result.output
     [letter] = json.loads(result.stdout)["messages"]
     assert 0 <= letter["ageSeconds"] < 60
+
+
+def test_the_polling_fallback_s_dead_letters_are_listed_replayed_and_purged_with_queue_poll(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
+) -> None:
+    """Given a poll pass dead-lettered (`mjhook status` counts it under the poll queue)
+    When the operator runs `mjhook dlq --queue poll` list, replay and purge
+    Then it is listed, replayed onto the poll queue, and a second one purged; the callbacks'
+    dead letters are untouched. (dlq saw the callback queue alone: it could not be reached.)"""
+    env = {"MJHOOK_REDIS_URL": redis_server.url}
+    for dead_id in ("dead-poll-1", "dead-poll-2"):
+        body = orjson.dumps(
+            {
+                "queue_name": POLL_QUEUE,
+                "actor_name": "poll_silent_tasks",
+                "args": [],
+                "kwargs": {},
+                "options": {"retries": 20},
+                "message_id": f"m-{dead_id}",
+                "message_timestamp": 1_700_000_000_000,
+            }
+        )
+        client.zadd(keys.broker_dead(BROKER_NAMESPACE, POLL_QUEUE), {dead_id: 1_700_000_000_000})
+        client.hset(keys.broker_dead_messages(BROKER_NAMESPACE, POLL_QUEUE), dead_id, body)
+    odd_dead_letter(client, "dead-callback", 1_700_000_000_000)
+
+    listed = run_cli(env, "dlq", "--queue", "poll", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    document = json.loads(listed.stdout)
+    assert (document["queue"], document["total"]) == (POLL_QUEUE, 2)
+    assert {letter["id"] for letter in document["messages"]} == {"dead-poll-1", "dead-poll-2"}
+
+    replayed = run_cli(env, "dlq", "--queue", "poll", "replay", "dead-poll-1")
+    assert replayed.exit_code == 0, replayed.output
+    assert client.llen(keys.broker_queue(BROKER_NAMESPACE, POLL_QUEUE)) == 1
+
+    purged = run_cli(env, "dlq", "--queue", "poll", "purge", "--yes", "dead-poll-2")
+    assert purged.exit_code == 0, purged.output
+    assert client.zcard(keys.broker_dead(BROKER_NAMESPACE, POLL_QUEUE)) == 0
+    assert client.zrange(DEAD, 0, -1) == [b"dead-callback"]
+
+
+def test_dead_letters_are_listed_when_redis_refuses_time(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
+) -> None:
+    """Given a Redis account that may not run TIME (an ACL), as the workers may run on
+    Then `mjhook dlq list` ages the letters on this host's clock, as the workers then stamp them,
+    instead of failing with "Redis unavailable"."""
+    client.acl_setuser(
+        "operator", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-time"]
+    )
+    odd_dead_letter(client, "old", time.time() * 1000 - 60_000)
+    env = {"MJHOOK_REDIS_URL": redis_server.url.replace("redis://", "redis://operator:pw@", 1)}
+
+    result = run_cli(env, "dlq", "list", "--json")
+
+    assert result.exit_code == 0, result.output
+    [letter] = json.loads(result.stdout)["messages"]
+    assert 59 <= letter["ageSeconds"] < 120
