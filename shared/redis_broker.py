@@ -19,7 +19,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
 
-from shared.redis_client import redis_millis
+from shared.redis_client import redis_millis, refuses_time
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class RedisClockBroker(RedisBroker):
         try:
             redis_now = redis_millis(self.client)
         except redis.ResponseError as exc:
+            if not refuses_time(exc):
+                raise  # BUSY, say: this beat fails, the last offset stays
             if not self._time_refused:
                 log.warning("Redis refuses TIME (%s): heartbeats carry this host's clock", exc)
                 self._time_refused = True

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import redis
 import redis.asyncio
 import redis.asyncio.retry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+
+log = logging.getLogger(__name__)
 
 #: Retries of one command after a connection error, with a short backoff (0.05 s .. 0.5 s):
 #: enough to ride over a reconnect, short enough that the provider still gets a 503 quickly.
@@ -42,6 +47,32 @@ def redis_millis(client: redis.Redis) -> int:
     (:class:`shared.redis_broker.RedisClockBroker`), whatever the reading host's says."""
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def redis_or_host_millis(client: redis.Redis) -> int:
+    """:func:`redis_millis`, or this host's clock when Redis refuses ``TIME`` (an ACL, a proxy
+    that does not forward it), as the workers' brokers then stamp (logged once per process).
+    Other Redis errors raise."""
+    try:
+        return redis_millis(client)
+    except redis.ResponseError as exc:
+        if not refuses_time(exc):
+            raise
+        if not _time_refusals:
+            log.warning("Redis refuses TIME (%s): this host's clock is used instead", exc)
+        _time_refusals.append(str(exc))
+        del _time_refusals[1:]
+        return int(time.time() * 1000)
+
+
+def refuses_time(exc: redis.ResponseError) -> bool:
+    """Whether ``exc`` says this Redis will not run ``TIME`` for us (an ACL, a proxy that does not
+    know it), not that it cannot answer now (``BUSY`` running a script, ``LOADING``...)."""
+    return isinstance(exc, redis.exceptions.NoPermissionError) or "unknown command" in str(exc).lower()
+
+
+#: The first refusal of TIME this process met (at most one kept): later ones are not logged.
+_time_refusals: list[str] = []
 
 
 def as_text(value: bytes | str) -> str:

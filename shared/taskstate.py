@@ -206,8 +206,10 @@ class TaskStore:
         """The polling fallback's give-up: :meth:`move_from` ``submitted`` (or no record) to
         ``failed`` for ``reason``; returns the state the task had. ``look``: a second look at it
         (its member and due time in Unix ms, see :meth:`give_up`) put in the pending give-ups in
-        the same transaction, exactly when the move happens: a task that moved on gets none, and
-        a worker dying before the move leaves none (the task stays submitted, for a later pass)."""
+        the same transaction, when the move happens: a task that moved on gets none, and a worker
+        dying before the move leaves none (the task stays submitted, for a later pass). A move
+        the script refuses (an error raised here) still leaves the look, which finds the task
+        submitted and does nothing."""
         if look is None:
             return self.move_from(task_id, TaskState.SUBMITTED, TaskState.FAILED, reason=reason)
         # The state is read and moved from under WATCH: the look goes in with the move or not at all.

@@ -201,3 +201,23 @@ def test_a_redis_refusing_time_still_returns_a_dead_worker_s_messages(redis_serv
     Beats(host_broker(url, current_millis))()
 
     assert admin.lrange(keys.broker_queue(BROKER_NAMESPACE, CALLBACK_QUEUE), 0, -1) == [redis_id.encode()]
+
+
+def test_a_redis_busy_with_a_script_is_no_refusal_of_time(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a broker that measured Redis's clock
+    When TIME answers BUSY (a slow script running: a ResponseError like a refusal)
+    Then the measurement fails (the beat with it) and the offset stays Redis's: taken for a
+    refusal, the host's clock replaced it, and a host whose clock is off stamped its heartbeat
+    that far off until its next beat."""
+    broker = host_broker(redis_server.url, current_millis)
+    offset = broker.sync_clock().offset_ms
+
+    def busy(self: redis.Redis) -> tuple[int, int]:
+        raise redis.ResponseError("BUSY Redis is busy running a script.")
+
+    monkeypatch.setattr(redis.Redis, "time", busy)
+    with pytest.raises(redis.ResponseError, match="BUSY"):
+        broker.sync_clock()
+    assert broker._offset_ms == offset
