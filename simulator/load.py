@@ -34,6 +34,9 @@ DEFAULT_DOWNLOAD_GRACE_S = 60.0
 POLL_INTERVAL_S = 0.5
 #: A manifest's ``receivedAt`` is in whole milliseconds (cut, not rounded), seconds.
 RECEIVED_AT_RESOLUTION_S = 0.001
+#: A manifest received this long before a run started is an earlier run's: far more than two
+#: NTP-synchronised clocks differ by, far less than the time between two runs.
+EARLIER_RUN_MARGIN_S = 60.0
 #: Delivery threads of load mode: enough for the callbacks of ``rate x callback timeout``
 #: seconds in flight at once (each may wait that long for its answer), within these bounds.
 MIN_DELIVERY_THREADS = 16
@@ -70,10 +73,11 @@ class LoadReport:
     #: pace under the load (retries and duplicates, due minutes or a moment later, left out); None
     #: with fewer than two first attempts acknowledged.
     send_duration_s: float | None
-    #: First attempts acknowledged per second, as ``send_rate_per_s`` counts sends: N answers are
-    #: N-1 intervals, over the span from the first answer to the last (N over ``send_duration_s``,
-    #: which starts at the first send, reads an instant receiver as acknowledging faster than the
-    #: callbacks went out); None for fewer than two, or all at one instant.
+    #: First attempts acknowledged per second over ``send_duration_s``, counted as
+    #: ``send_rate_per_s`` counts sends: N answers are N-1 intervals (N read an instant receiver as
+    #: acknowledging faster than the callbacks went out). From the first send, not the first
+    #: answer: a receiver that stalls, then answers its backlog at once, reads as slow as it was.
+    #: None likewise.
     ack_throughput_per_s: float | None
     #: From when each acknowledged attempt was due to its answer: waiting for a free delivery
     #: thread counts, not only the receiver's answer time; None when none was acknowledged.
@@ -457,7 +461,7 @@ def _callback_report(
         dropped=tasks - len(task_ids),
         callback_attempts=len(attempts),
         send_duration_s=duration,
-        ack_throughput_per_s=_rate([_answered(a) for a in first_acks]),
+        ack_throughput_per_s=(len(first_acks) - 1) / duration if duration else None,
         ack_latency_p50_ms=_percentile_or_none(latencies_ms, 0.5),
         ack_latency_p99_ms=_percentile_or_none(latencies_ms, 0.99),
         send_rate_per_s=_rate([a.started_at for a in firsts]),
@@ -490,10 +494,11 @@ class _Wanted:
     ``acknowledged`` has one that is final. A manifest is final when it is this run's and
     ``stored`` (a later callback changes nothing then) or written for the last callback of
     ``resent_at`` (its ``receivedAt`` is not earlier than when that one was sent). One whose
-    ``receivedAt`` (the newest callback mjhook processed for the task) is earlier than
-    ``started_at`` is an earlier run's of the same taskId (a ``serve --task-id-prefix`` run again
-    numbers its tasks from 000000 anew): this run's is still to come. Times are Unix seconds,
-    mjhook's clock taken to agree with this one's."""
+    ``receivedAt`` (the newest callback mjhook processed for the task) is more than
+    :data:`EARLIER_RUN_MARGIN_S` before ``started_at`` is an earlier run's of the same taskId (a
+    ``serve --task-id-prefix`` run again numbers its tasks from 000000 anew): this run's is still
+    to come. Times are Unix seconds, mjhook's clock taken to agree with this one's (within the
+    margin)."""
 
     task_ids: set[str]
     acknowledged: set[str]
@@ -519,7 +524,7 @@ class _Wanted:
         return {task_id for task_id, manifest in found.items() if self._before_run(_received_at(manifest))}
 
     def _before_run(self, received: float | None) -> bool:
-        return received is not None and received + RECEIVED_AT_RESOLUTION_S < self.started_at
+        return received is not None and received < self.started_at - EARLIER_RUN_MARGIN_S
 
     def complete(self, found: Mapping[str, Mapping[str, Any]]) -> bool:
         return self.acknowledged <= found.keys() and not self.outdated(found) & self.acknowledged

@@ -182,6 +182,9 @@ def _all_sent(connection: socket.socket) -> bool:
             if unsent < last:  # the client is reading
                 last, deadline = unsent, time.monotonic() + idle_s
             elif time.monotonic() >= deadline:
+                # Not counted, so not delivered either: closed with a reset, the queued bytes
+                # dropped (a client reading on later got the file the count says it did not).
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return False
             time.sleep(SEND_QUEUE_POLL_S)
     except OSError:  # the connection closed meanwhile

@@ -153,3 +153,27 @@ def test_a_client_reading_a_file_steadily_is_not_hung_up_on_however_long_it_take
     assert len(body) == 12_000_000
     assert body == sim.expected_file(task_id, 0)
     assert sim.provider.wait_served({(task_id, 0)}, 5.0) == {(task_id, 0)}
+
+
+def test_a_file_not_counted_after_its_client_stalled_past_the_timeout_is_not_delivered_either(
+    make_sim: SimFactory,
+) -> None:
+    """Given a client that stops reading for longer than the request timeout once the file is
+    written whole (the rest waiting in the server's send queue), then reads on
+    Then what the client got agrees with the count: the download, not counted, is reset, not
+    delivered. (The server closed gracefully: the kernel delivered the queued bytes uncounted.)"""
+    sim = make_sim(request_timeout_s=1.0, image_width=256, image_height=256)
+    with api(sim) as client:
+        task_id = submit(client)
+        url = result_urls(wait_done(client, task_id))[0]
+    data = b""
+    with _get(url, receive_buffer=4096) as conn:
+        time.sleep(2.5)  # past the 1 s timeout with no byte read
+        try:
+            while piece := conn.recv(65536):
+                data += piece
+        except ConnectionResetError:
+            pass
+    body = data.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in data else b""
+    assert sim.provider.wait_served({(task_id, 0)}, 2.0) == set()
+    assert body != sim.expected_file(task_id, 0)
