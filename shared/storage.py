@@ -17,6 +17,7 @@ import orjson
 import urllib3
 from minio import Minio
 from minio.credentials.credentials import Credentials
+from minio.datatypes import CompleteMultipartUploadResult
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 from minio.helpers import MIN_PART_SIZE, BaseURL
 
@@ -137,6 +138,16 @@ class KnownHashMinio(Minio):
         built["Content-Length"] = str(len(body))
         built[PAYLOAD_SHA256_HEADER] = known
         return built, date
+
+    def _complete_multipart_upload(self, *args: Any, **kwargs: Any) -> CompleteMultipartUploadResult:
+        # S3 may answer CompleteMultipartUpload 200 with an <Error> body (the failure came after
+        # the status went out: AWS documents it); minio 7.2 reads it as a result without an ETag,
+        # and the file, never stored, would be listed in a stored manifest. put_object aborts the
+        # upload on this error and raises it.
+        result: CompleteMultipartUploadResult = super()._complete_multipart_upload(*args, **kwargs)
+        if not result.etag:
+            raise StorageUnavailable("object storage did not complete a multipart upload (no ETag)")
+        return result
 
 
 def _with_conditions(headers: dict[str, Any] | None) -> dict[str, Any] | None:

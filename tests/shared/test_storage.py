@@ -9,13 +9,14 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import pytest
 import urllib3
 
-from shared.errors import ObjectChanged
+from shared.errors import ObjectChanged, StorageUnavailable
 from shared.settings import Settings
 from shared.storage import (
     DEFAULT_REGION,
@@ -348,3 +349,66 @@ def test_the_pool_holds_the_connections_of_files_uploaded_at_once_in_parts(
         list(uploads.map(put, range(2)))
     assert [record.getMessage() for record in caplog.records if "pool is full" in record.getMessage()] == []
     assert [store.get_bytes(f"tasks/t/{index}.mp4") for index in range(2)] == bodies
+
+
+class _CompletionFailsAfter200(BaseHTTPRequestHandler):
+    """An S3 endpoint whose CompleteMultipartUpload answers 200 with an <Error> body, as AWS
+    documents it may (the failure came after the status went out); parts are taken, nothing
+    stored."""
+
+    protocol_version = "HTTP/1.1"
+    aborted: ClassVar[list[str]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _answer(self, status: int, body: bytes = b"", **headers: str) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        if "uploads" in self.path:
+            body = b"<InitiateMultipartUploadResult><UploadId>u1</UploadId></InitiateMultipartUploadResult>"
+        else:
+            body = b"<Error><Code>InternalError</Code><Message>Please try again.</Message></Error>"
+        self._answer(200, body, Content_Type="application/xml")
+
+    def do_PUT(self) -> None:
+        self._answer(200, ETag='"0123456789abcdef0123456789abcdef"')
+
+    def do_DELETE(self) -> None:
+        self.aborted.append(self.path)
+        self._answer(204)
+
+
+def test_a_multipart_upload_answered_200_with_an_error_is_not_taken_for_stored() -> None:
+    """Given object storage answering CompleteMultipartUpload 200 with an <Error> body
+    When a file over the single-PUT size is stored
+    Then put_file raises StorageUnavailable (transient: retried) and the upload is aborted; minio
+    read the error as a result, and the file, never stored, was listed in a stored manifest."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CompletionFailsAfter200)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        store = create_object_store(
+            Settings(s3_endpoint=endpoint, s3_access_key="k", s3_secret_key="s", s3_bucket="bucket"),
+            retries=0,
+        )
+        data = bytes(SINGLE_PUT_MAX_BYTES + 1)
+        with pytest.raises(StorageUnavailable, match="did not complete"):
+            store.put_file(
+                "tasks/t/0.mp4",
+                io.BytesIO(data),
+                size=len(data),
+                content_type="video/mp4",
+                sha256=hashlib.sha256(data).hexdigest(),
+            )
+        assert any("uploadId=u1" in path for path in _CompletionFailsAfter200.aborted)
+    finally:
+        server.shutdown()
+        server.server_close()
