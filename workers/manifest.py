@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from shared.callback import Callback, parse_prompt, without_callback_url
@@ -48,6 +49,16 @@ def newest_received_at(received_at: str, earlier: Mapping[str, Any] | None) -> s
     return received_at
 
 
+#: A URL's scheme and authority up to its userinfo's "@" (the last one before the path).
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.\-]*:)?//)[^/?#]*@")
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with any user name and password in it replaced by ``***``: a result URL carrying
+    them is refused, and its refusal in the manifest must not hand them to whoever reads it."""
+    return _USERINFO.sub(r"\1***@", url, count=1)
+
+
 def build_manifest(
     callback: Callback,
     *,
@@ -57,13 +68,19 @@ def build_manifest(
     completed_at: str,
     max_json_depth: int,
 ) -> dict[str, Any]:
-    """The manifest's fields. ``promptJson`` is kept raw but for any ``callBackUrl`` in it
+    """The manifest's fields. Source URLs are kept without credentials (:func:`without_credentials`).
+    ``promptJson`` is kept raw but for any ``callBackUrl`` in it
     (removed, or its value emptied: it carries the callback token, see
     :func:`~shared.callback.without_callback_url`); it is parsed into ``params`` and ``prompt``
     only when it nests at most ``max_json_depth`` levels (``MJHOOK_MAX_JSON_DEPTH``), else both
     are None. The workers pass the setting (``workers.runtime.build_parts`` builds the processor
     from it); the processor's own default, 32, serves tests and scripts."""
     prompt_json = without_callback_url(callback.prompt_json)
+    images = [replace(image, sourceUrl=without_credentials(image.sourceUrl)) for image in images]
+    errors = [
+        replace(error, sourceUrl=None if error.sourceUrl is None else without_credentials(error.sourceUrl))
+        for error in errors
+    ]
     params, prompt = parse_prompt(prompt_json, max_depth=max_json_depth)
     return {
         "taskId": callback.task_id,

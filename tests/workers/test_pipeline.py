@@ -825,3 +825,20 @@ def test_an_attempts_downloads_end_by_its_deadline_running_or_queued(harness: Ha
             callback([slow, queued]), final_attempt=True
         )
     assert last is TaskState.STORED
+
+
+def test_a_result_url_s_credentials_are_kept_out_of_the_manifest(harness: Harness) -> None:
+    """Given a callback whose second URL carries a user and password (refused: not fetched)
+    Then the manifest names that URL with ``***`` in their place: its errors were a copy of the
+    secret for whoever reads the bucket or GET /tasks."""
+    good = harness.files.add("/ok.png", png_bytes(2, 32, 32))
+    secret = harness.files.base_url.replace("http://", "http://alice:s3cr3t-token@", 1) + "/0.png"
+
+    assert harness.process(callback([good, secret], task_id="creds")) is TaskState.PARTIAL
+
+    manifest = harness.manifest("creds")
+    assert manifest is not None
+    assert "s3cr3t-token" not in orjson.dumps(manifest).decode()
+    [error] = manifest["errors"]
+    assert error["sourceUrl"] == harness.files.base_url.replace("http://", "http://***@", 1) + "/0.png"
+    assert manifest["images"][0]["sourceUrl"] == good
