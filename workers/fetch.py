@@ -43,7 +43,18 @@ from workers.dimensions import (
     png_single_header,
     read_dimensions,
 )
-from workers.sniff import GIF, JPEG, PNG, MediaType, bytes_to_sniff, ends_whole, sniff_media
+from workers.sniff import (
+    GIF,
+    JPEG,
+    MP4,
+    PNG,
+    WEBP,
+    MediaType,
+    bytes_to_sniff,
+    could_start_media,
+    ends_whole,
+    sniff_media,
+)
 
 #: HTTP statuses below 500 worth another try later. Every 5xx is too (a CDN's 520-524 as much as
 #: a 503); every other non-2xx status is final.
@@ -59,6 +70,11 @@ REQUEST_HEADERS = {"Accept-Encoding": "identity", "Connection": "close"}
 DECODED_ENCODINGS = frozenset({"gzip", "x-gzip", "deflate"})
 #: Most bytes one decoding step may produce, so the caps judge a bomb's output before more exists.
 DECODE_STEP_BYTES = 64 * 1024
+#: Types whose end is checked whatever told the body's end (a Content-Length, chunks, or the
+#: connection closing): a Content-Length or chunks that stop short make a cut file look whole as
+#: much as a connection closed early does. Not JPEG: valid JPEGs often carry bytes after their end
+#: of image (FFD9); a JPEG's end is checked only when the connection closing ended its body.
+ENDS_CHECKED_FRAMED = frozenset({PNG, GIF, WEBP, MP4})
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,10 +303,10 @@ class ResultFetcher:
             with limited_waits(pace), closing(self._follow_redirects(url)) as response:
                 _check_status(response)
                 _check_declared_size(response, self._largest_cap())
-                media, size, digest = self._copy(response, pace, sink, take)
-                if _close_delimited(response) and not ends_whole(media, sink, size):
-                    # Without a length or chunks, a connection closed early looks like the end.
-                    raise DownloadFailed(f"the body ended early: a {media.ext} file cut short")
+                close_delimited = _close_delimited(response)
+                media, size, digest = self._copy(response, pace, sink, take, close_delimited)
+                if close_delimited or media in ENDS_CHECKED_FRAMED:
+                    _check_ends_whole(media, sink, size, close_delimited)
                 return media, size, digest
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise DownloadRefused(f"unusable URL: {exc}") from None
@@ -299,6 +315,10 @@ class ResultFetcher:
         except httpx.TimeoutException as exc:
             pace.check()  # a wait cut short by the minimum rate says so
             raise DownloadFailed(f"timed out: {type(exc).__name__}") from exc
+        except httpx.RemoteProtocolError as exc:
+            if _unreadable_transfer_coding(exc):
+                raise DownloadRefused(f"unreadable answer: {exc}") from None
+            raise DownloadFailed(f"transfer failed: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
             raise DownloadFailed(f"transfer failed: {type(exc).__name__}") from exc
 
@@ -320,8 +340,15 @@ class ResultFetcher:
         raise DownloadRefused(f"too many redirects (more than {hops})")
 
     def _copy(
-        self, response: httpx.Response, pace: DownloadPace, sink: IO[bytes], take: Callable[[int], None]
+        self,
+        response: httpx.Response,
+        pace: DownloadPace,
+        sink: IO[bytes],
+        take: Callable[[int], None],
+        close_delimited: bool,
     ) -> tuple[MediaType, int, str]:
+        """``response``'s body, decoded, into ``sink``: its type, size and sha256. ``close_delimited``:
+        the connection closing ended the body, so a body too short to sniff may be one cut short."""
         cap = self._largest_cap()
         raw = 0
 
@@ -353,7 +380,7 @@ class ResultFetcher:
             digest.update(chunk)
             sink.write(chunk)
         if media is None:
-            media, cap = self._identify(head)
+            media, cap = self._identify(head, cut_short=close_delimited and len(head) < bytes_to_sniff(head))
             if size > cap:
                 raise DownloadRefused(f"file is over the {cap}-byte cap")
         return media, size, digest.hexdigest()
@@ -386,9 +413,17 @@ class ResultFetcher:
         limits = self._limits
         check_dimensions(*size, max_pixels=limits.max_image_pixels, max_side=limits.max_image_side)
 
-    def _identify(self, head: bytes) -> tuple[MediaType, int]:
+    def _identify(self, head: bytes, *, cut_short: bool = False) -> tuple[MediaType, int]:
+        """The type of a file starting with ``head``, and its size cap. ``cut_short``: ``head`` is
+        all of a body the connection closing ended before the bytes sniffing needs; unless they
+        could not start a file of any type, it is taken as cut (transient), not as no image."""
         media = sniff_media(head)
         if media is None:
+            if cut_short and could_start_media(head):
+                raise DownloadFailed(
+                    f"the body ended early: {len(head)} bytes (starts with {head[:16]!r}),"
+                    " too few to tell the file's type"
+                )
             raise DownloadRefused(f"not an image or video (starts with {head[:16]!r})")
         cap = self._limits.max_video_bytes if media.kind == "video" else self._limits.max_image_bytes
         return media, cap
@@ -415,6 +450,31 @@ def _close_delimited(response: httpx.Response) -> bool:
     """Whether the body's end is only the connection closing (no Content-Length, not chunked)."""
     chunked = "chunked" in response.headers.get("transfer-encoding", "").lower()
     return "content-length" not in response.headers and not chunked
+
+
+def _check_ends_whole(media: MediaType, body: IO[bytes], size: int, close_delimited: bool) -> None:
+    """Fail (transient) a file that does not end as a whole one of its type (:func:`ends_whole`).
+    Ended by the connection closing, it was cut short. Ended by a Content-Length or chunks, the
+    server said it was all: a file being written as it was served, a cache's cut copy or a proxy
+    that cut it may be whole the next time (and the provider may give a fresh link), so it is
+    retried too, and recorded failed once the tries are used up; never stored cut."""
+    if ends_whole(media, body, size):
+        return
+    if close_delimited:
+        # Without a length or chunks, a connection closed early looks like the end.
+        raise DownloadFailed(f"the body ended early: a {media.ext} file cut short")
+    raise DownloadFailed(
+        f"the body ended early: a {media.ext} file cut short at {size} bytes, all its"
+        " Content-Length or chunks said there was"
+    )
+
+
+def _unreadable_transfer_coding(exc: httpx.RemoteProtocolError) -> bool:
+    """Whether ``exc`` is the client refusing the answer's Transfer-Encoding, which h11 reads only
+    as a lone "chunked" ("gzip, chunked", "identity" or the header twice are refused, saying so):
+    the same answer on every try, so final; not the connection failing under way (a peer closing
+    early: transient)."""
+    return "transfer-encoding" in str(exc).lower()
 
 
 def _check_declared_size(response: httpx.Response, cap: int) -> None:
@@ -450,7 +510,9 @@ def decoded(chunks: Iterable[bytes], content_encoding: str) -> Iterator[bytes]:
     through every layer, in one call). Stacked layers are refused: nothing honest sends them to a
     client asking for identity, and each one multiplies what a byte can expand to. A label we do
     not decode (``none`` or ``binary`` in a misconfigured object's metadata, or ``br``) leaves the
-    bytes as sent, judged like any others by the caps and the type check."""
+    bytes as sent, judged like any others by the caps and the type check. Bytes that do not decode
+    are refused (the same bytes come every time); an encoded body that stops before its end is
+    transient (:func:`_inflated`)."""
     codings = [c for c in (part.strip().lower() for part in content_encoding.split(",")) if c]
     layers = [c for c in codings if c in DECODED_ENCODINGS]
     if not layers:
@@ -481,7 +543,8 @@ def _inflated(chunks: Iterable[bytes], *, deflate: bool) -> Iterator[bytes]:
         for chunk in itertools.chain([head] if head else [], chunks):
             yield from _inflate(inflater, chunk)
     except zlib.error as exc:
-        raise DownloadFailed(f"transfer failed: undecodable encoded body ({exc})") from None
+        # The same bytes every time (an object stored raw under a gzip label): final.
+        raise DownloadRefused(f"undecodable encoded body ({exc}): not the encoding it is labelled") from None
     if not inflater.eof:
         raise DownloadFailed("transfer failed: the encoded body ends early")
 

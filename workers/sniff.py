@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import IO
 
@@ -103,27 +104,56 @@ def _iso_bmff_video(head: bytes) -> MediaType | None:
     return MP4
 
 
+#: Signatures a file of a type above starts with, whole (ISO-BMFF and WEBP have theirs at an offset).
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"\x1a\x45\xdf\xa3")
+
+
+def could_start_media(head: bytes) -> bool:
+    """Whether a file starting with ``head`` could still be one :func:`sniff_media` recognises
+    once more bytes follow: ``head`` is the start of a signature (or holds one whole), empty
+    included. A body cut before it can be sniffed is judged by this: the start of a PNG may be
+    whole the next time; an error page's text will not be an image."""
+    if any(signature.startswith(head[: len(signature)]) for signature in _SIGNATURES):
+        return True
+    if b"RIFF".startswith(head[:4]) and b"WEBP".startswith(head[8:12]):
+        return True
+    return b"ftyp".startswith(head[4:8])
+
+
 def _brand(brand: bytes) -> str:
     """A brand as readable text, whatever bytes it holds (it is the sender's)."""
     return repr(brand.decode("latin-1"))
 
 
-#: The last bytes of a whole file, per format: PNG's IEND chunk, JPEG's end of image, GIF's trailer.
+#: The last bytes of a whole file, per format: JPEG's end of image, GIF's trailer.
 _ENDINGS = {
-    PNG: b"\x00\x00\x00\x00IEND\xaeB`\x82",
     JPEG: b"\xff\xd9",
     GIF: b";",
 }
+#: Most chunks walked in a PNG to find its end (IEND): encoders write a few dozen, a large image's
+#: data split in 8 KiB chunks some hundreds; a file of empty chunks would make the walk long.
+MAX_PNG_END_CHUNKS = 100_000
+#: Most top-level boxes walked in an MP4 to find where it ends: a real file has a handful (``ftyp``,
+#: ``moov``, ``mdat``, ``free``), a fragmented one two per fragment (thousands for hours of video);
+#: a file made of empty boxes would make the walk long.
+MAX_MP4_BOXES = 100_000
 
 
 def ends_whole(media: MediaType, body: IO[bytes], size: int) -> bool:
-    """Whether ``body`` (``size`` bytes) ends as a whole file of ``media`` does: PNG, JPEG and GIF
-    with their closing bytes, WEBP at the length its RIFF header declares. Formats without such an
-    end (MP4, WebM) are taken as whole. Leaves ``body``'s position anywhere."""
+    """Whether ``body`` (``size`` bytes) ends as a whole file of ``media`` does: JPEG and GIF with
+    their closing bytes, PNG with a whole IEND chunk (:func:`png_ends_whole`), WEBP holding the
+    length its RIFF header declares, MP4 where its last top-level box ends
+    (:func:`mp4_ends_whole`). WebM, without such an end, is taken as whole. Leaves ``body``'s
+    position anywhere."""
     if media == WEBP:
         body.seek(4)
         declared = body.read(4)
-        return len(declared) == 4 and int.from_bytes(declared, "little") + 8 == size
+        # Bytes past the RIFF chunk (some tools append metadata) are no sign of a cut.
+        return len(declared) == 4 and int.from_bytes(declared, "little") + 8 <= size
+    if media == PNG:
+        return png_ends_whole(body, size)
+    if media == MP4:
+        return mp4_ends_whole(body, size)
     ending = _ENDINGS.get(media)
     if ending is None:
         return True
@@ -131,3 +161,57 @@ def ends_whole(media: MediaType, body: IO[bytes], size: int) -> bool:
         return False
     body.seek(size - len(ending))
     return body.read(len(ending)) == ending
+
+
+def png_ends_whole(body: IO[bytes], size: int) -> bool:
+    """Whether the PNG ``body`` (``size`` bytes) holds its chunks up to a whole IEND chunk: each
+    chunk declares its length, so a file cut short lacks its IEND or has a chunk running past the
+    end. Bytes after IEND (some tools append them) are no sign of a cut. Walks the chunks, their
+    data unread. Raises :class:`DownloadRefused` past :data:`MAX_PNG_END_CHUNKS` chunks."""
+    at = 8  # the signature
+    for _ in range(MAX_PNG_END_CHUNKS):
+        body.seek(at)
+        header = body.read(8)
+        if len(header) < 8:
+            return False
+        length, kind = struct.unpack(">I4s", header)
+        at += 12 + length  # length and type, the data, its CRC
+        if at > size:
+            return False
+        if kind == b"IEND":
+            return True
+    raise DownloadRefused(f"png image of more than {MAX_PNG_END_CHUNKS} chunks")
+
+
+def mp4_ends_whole(body: IO[bytes], size: int) -> bool:
+    """Whether the ISO-BMFF ``body`` (``size`` bytes) is its top-level boxes end to end, the last
+    ending at ``size``: each box declares its length (32 bits; 1: a 64-bit length follows the
+    type; 0: the box runs to the end of the file), so a file cut short has its last box declaring
+    more bytes than arrived. Walks the boxes, their data unread. A length under the box's own
+    header is not whole either. Raises :class:`DownloadRefused` past :data:`MAX_MP4_BOXES` boxes."""
+    at = 0
+    for _ in range(MAX_MP4_BOXES):
+        if at == size:
+            return True
+        body.seek(at)
+        header = body.read(8)
+        if len(header) < 8:
+            return False
+        length, _kind = struct.unpack(">I4s", header)
+        header_bytes = 8
+        if length == 0:  # this box runs to the end of the file
+            return True
+        if length == 1:  # a 64-bit length after the type
+            large = body.read(8)
+            if len(large) < 8:
+                return False
+            (length,) = struct.unpack(">Q", large)
+            header_bytes = 16
+        if length < header_bytes:
+            return False
+        at += length
+        if at > size:
+            return False
+    if at == size:
+        return True
+    raise DownloadRefused(f"mp4 video of more than {MAX_MP4_BOXES} top-level boxes")

@@ -36,7 +36,17 @@ from workers.guard import (
 )
 from workers.sniff import PNG
 
-PNG_BODY = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00\x00\x00\x01" * 2 + bytes(92)
+#: A 1x1 PNG's chunks, its header (IHDR), a comment and its end (IEND), CRCs left zero: a PNG is
+#: stored only whole, whatever its framing.
+PNG_BODY = (
+    b"\x89PNG\r\n\x1a\n"
+    + b"\x00\x00\x00\rIHDR"
+    + b"\x00\x00\x00\x01" * 2
+    + bytes(5 + 4)
+    + b"\x00\x00\x00\x3btEXt"
+    + bytes(0x3B + 4)
+    + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+)
 
 #: Made-up public addresses the fake internet answers for; nothing ever connects to them.
 PUBLIC_V4 = "93.184.215.14"
