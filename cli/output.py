@@ -10,6 +10,7 @@ import click
 import orjson
 from rich.text import Text
 
+from cli.params import LIMIT
 from shared.printable import printable, printable_json
 
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -22,7 +23,7 @@ def list_options(default_limit: int) -> Callable[[Command], Command]:
     def decorate(command: Command) -> Command:
         limited = click.option(
             "--limit",
-            type=click.IntRange(min=1),
+            type=LIMIT,
             default=default_limit,
             show_default=True,
             help="Show at most this many, the most recent first.",

@@ -14,7 +14,7 @@ import redis
 
 from cli.output import echo_json
 from cli.params import MAX_SECONDS
-from cli.services import DEFAULT_REDIS_TIMEOUT_S
+from cli.services import DEFAULT_REDIS_TIMEOUT_S, redis_failure
 from cli.settings import pass_settings
 from cli.submit import EXIT_REFUSED, EXIT_UNAVAILABLE
 from shared.callback import callback_limits
@@ -37,6 +37,8 @@ from shared.taskstate import TaskState, TaskStore
 #: ``90s``, ``30m``, ``2h``, ``1d``, ``1h30m``.
 DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 UNIT_S = (86_400, 3600, 60, 1)
+#: The exit code when the operator interrupts (Ctrl-C), as a shell gives a command SIGINT ended.
+EXIT_INTERRUPTED = 130
 
 
 def parse_duration(text: str, *, max_s: float = MAX_SECONDS) -> int:
@@ -70,6 +72,9 @@ def _since_option(ctx: click.Context, param: click.Parameter, value: str) -> int
 
 #: A row's state when the task's record in Redis is unusable (another type, an unknown state).
 UNUSABLE_RECORD = "unusable"
+#: A row's state when its id in the index of submitted tasks is no UTF-8 text (no taskId mjhook
+#: submits: written by hand, or another program); the row shows its bytes as ``\\xNN`` escapes.
+UNREADABLE_ID = "unreadable id"
 #: A row's outcome for a task not polled: already stored, or its record unusable.
 SKIPPED = "skipped"
 #: A row's outcome for a task whose result was queued, but whose record could not be marked.
@@ -89,6 +94,7 @@ SUMMARY_ORDER = (
     "with a result that cannot be used",
     "queued but unmarked (record unusable)",
     "skipped (record unusable)",
+    "skipped (id not UTF-8)",
 )
 
 
@@ -121,7 +127,7 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
     nothing tells whether it was stored. A task already stored is skipped; one whose result is
     queued again after it was processed is a duplicate the workers ignore, unless it had failed.
     Exit code 3 when the provider refuses the account (bad key), 4 when it is unavailable, 1 when
-    Redis or the queue is (the tasks listed so far were handled)."""
+    Redis or the queue is, 130 when interrupted (Ctrl-C): the tasks listed so far were handled."""
     try:
         provider = create_provider_client(settings)
     except ConfigError as exc:
@@ -139,7 +145,12 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
         tasks = TaskStore(client, ttl_s=settings.task_ttl_s)
         broker = create_broker(settings, middleware=[])
         poller = ResultPoller(provider=provider, tasks=tasks, broker=broker, limits=callback_limits(settings))
-        for task_id, _ in SubmittedTasks(client, tasks, ttl_s=settings.task_ttl_s).since(since_s):
+        for task_id, _ in SubmittedTasks(client, tasks, ttl_s=settings.task_ttl_s).since_all(since_s):
+            if isinstance(task_id, bytes):
+                # No taskId mjhook submits (written by another program): never asked for.
+                shown = task_id.decode("utf-8", "backslashreplace")
+                rows.append(Row(shown, UNREADABLE_ID, SKIPPED, "its id in the index is no UTF-8 text"))
+                continue
             try:
                 record = tasks.get(task_id)
             except TaskRecordUnusable as exc:
@@ -167,7 +178,15 @@ def recover(settings: Settings, since_s: int, as_json: bool) -> None:
             rows.append(Row(task_id, state, result.outcome.value, result.detail))
     except redis.RedisError as exc:
         _print(rows, as_json)  # the tasks handled before Redis failed: some may be queued already
-        raise click.ClickException(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
+        raise click.ClickException(redis_failure(exc)) from exc
+    except KeyboardInterrupt:
+        _print(rows, as_json)  # the tasks handled before Ctrl-C: some may be queued already
+        click.echo(
+            "Error: interrupted: the tasks listed were handled, the others not polled (the one"
+            " being polled may have been queued too)",
+            err=True,
+        )
+        raise SystemExit(EXIT_INTERRUPTED) from None
     finally:
         provider.close()
         client.close()
@@ -190,7 +209,7 @@ def _print(rows: list[Row], as_json: bool) -> None:
         echo_json([row.json() for row in rows])
         return
     for row in rows:
-        click.echo(f"{row.task_id}  {row.state} -> {row.outcome}: {printable(row.detail)}")
+        click.echo(f"{printable(row.task_id)}  {row.state} -> {row.outcome}: {printable(row.detail)}")
     click.echo(_summary(rows))
 
 
@@ -204,5 +223,7 @@ def _summary(rows: list[Row]) -> str:
 
 def _counted_as(row: Row) -> str:
     if row.outcome == SKIPPED:
+        if row.state == UNREADABLE_ID:
+            return "skipped (id not UTF-8)"
         return "skipped (record unusable)" if row.state == UNUSABLE_RECORD else "already stored"
     return COUNTED_AS.get(row.outcome, row.outcome)

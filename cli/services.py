@@ -43,12 +43,21 @@ def enqueue_broker(settings: Settings, client: redis.Redis) -> dramatiq.Broker:
 @contextmanager
 def reported_failures() -> Iterator[None]:
     """Redis or object storage unavailable or refusing, or a bad configuration: say so in one
-    line, exit code 1."""
+    line (:func:`redis_failure`), exit code 1."""
     try:
         yield
     except redis.RedisError as exc:
-        raise click.ClickException(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
+        raise click.ClickException(redis_failure(exc)) from exc
     except MjhookError as exc:
         raise click.ClickException(printable(exc)) from exc
     except S3Error as exc:
         raise click.ClickException(f"object storage refused: {exc.code}: {printable(exc.message)}") from exc
+
+
+def redis_failure(exc: redis.RedisError) -> str:
+    """What one line says of a Redis error: ``Redis refused: ...`` when Redis is up but answered
+    with an error (an ACL refusing a command, a key holding another type than this version
+    writes there, out of memory, read-only, too few replicas); ``Redis unavailable: ...`` when
+    it did not answer (connection refused or lost, timeout)."""
+    what = "refused" if isinstance(exc, redis.ResponseError) else "unavailable"
+    return f"Redis {what}: {type(exc).__name__}: {printable(exc)}"

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from cli.output import echo_json
+from cli.params import escaped_bytes
 from cli.settings import pass_settings
 from ingress.spool import UNQUEUED_NAME, Spool
 from shared.printable import printable
@@ -33,18 +34,18 @@ def status_command(settings: Settings, as_json: bool) -> None:
     try:
         waiting, waiting_bytes, set_aside = found.depth(), found.depth_bytes(), found.unqueued()
     except OSError as exc:
-        raise click.ClickException(f"cannot read the spool in {printable(found.directory)}: {exc}") from None
+        raise click.ClickException(f"cannot read the spool in {_shown(found.directory)}: {exc}") from None
     if as_json:
         echo_json(
             {
-                "directory": str(found.directory),
+                "directory": escaped_bytes(str(found.directory)),
                 "waiting": waiting,
                 "waitingBytes": waiting_bytes,
                 "setAside": set_aside,
             }
         )
         return
-    click.echo(f"spool {printable(found.directory)}: {waiting} callbacks waiting ({waiting_bytes} bytes)")
+    click.echo(f"spool {_shown(found.directory)}: {waiting} callbacks waiting ({waiting_bytes} bytes)")
     if set_aside:
         click.echo(f"{set_aside} set aside in {UNQUEUED_NAME}: `mjhook spool requeue` once fixed")
 
@@ -60,7 +61,7 @@ def requeue_command(settings: Settings) -> None:
     try:
         moved = found.requeue_unqueued()
     except OSError as exc:
-        raise click.ClickException(f"cannot requeue in {printable(found.directory)}: {exc}") from None
+        raise click.ClickException(f"cannot requeue in {_shown(found.directory)}: {exc}") from None
     if moved:
         click.echo(f"{moved} callbacks moved back into the spool; the ingress drains them into the queue")
     else:
@@ -78,7 +79,13 @@ def _spool(settings: Settings) -> Spool:
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
         raise click.ClickException(
-            f"the spool directory {printable(directory)} {what}: not the ingress's spool, or it never "
+            f"the spool directory {_shown(directory)} {what}: not the ingress's spool, or it never "
             "spooled (run this in the ingress's working directory, or set MJHOOK_SPOOL_DIR absolute)"
         )
     return Spool(directory, max_bytes=settings.spool_max_bytes)
+
+
+def _shown(directory: Path) -> str:
+    """The spool's path to print: a name whose bytes are not UTF-8 (MJHOOK_SPOOL_DIR is any bytes
+    the file system takes) with those bytes escaped (``spool-\\xff``), no terminal control in it."""
+    return printable(escaped_bytes(str(directory)))

@@ -16,8 +16,9 @@ from rich.text import Text
 
 from cli.output import echo_json, format_age
 from cli.params import seconds
-from cli.services import queue_redis, reported_failures, task_store
+from cli.services import queue_redis, redis_failure, reported_failures, task_store
 from cli.settings import pass_settings
+from shared import keys
 from shared.clock import utc_iso
 from shared.queue import BROKER_NAMESPACE, QUEUES, queue_is_in_redis
 from shared.queue_stats import QueueStats, StatusReading, read_status
@@ -100,7 +101,7 @@ def _stream_json(read: Callable[[], StatusReading], interval_s: float) -> None:
         try:
             echo_json(read().to_json())
         except redis.RedisError as exc:
-            click.echo(f"Redis unavailable: {type(exc).__name__}: {exc}", err=True)
+            click.echo(redis_failure(exc), err=True)
         time.sleep(interval_s)
 
 
@@ -115,7 +116,7 @@ def _view(read: Callable[[], StatusReading]) -> RenderableType:
     try:
         return render_status(read())
     except redis.RedisError as exc:
-        return Text(f"Redis unavailable: {type(exc).__name__}: {exc} (retrying)", style="bold red")
+        return Text(f"{redis_failure(exc)} (retrying)", style="bold red")
 
 
 #: Shown in place of the queue table when the queue is in RabbitMQ.
@@ -145,11 +146,18 @@ def render_status(reading: StatusReading) -> RenderableType:
     rates.add_column("total", justify="right")
     for name, counts in snapshot.per_minute.items():
         rates.add_row(name, " ".join(f"{count:>3}" for count in counts), str(sum(counts)))
-    rejected = Text(
-        f"Rejected callbacks kept: {snapshot.rejected}"
-        + (" (mjhook rejected list)" if snapshot.rejected else ""),
-        style="bold yellow" if snapshot.rejected else "",
-    )
+    if snapshot.rejected is None:
+        rejected = Text(
+            f"Rejected callbacks kept: unknown ({keys.REJECTED} or {keys.REJECTED_UNAUTHENTICATED}"
+            " is not a list)",
+            style="bold yellow",
+        )
+    else:
+        rejected = Text(
+            f"Rejected callbacks kept: {snapshot.rejected}"
+            + (" (mjhook rejected list)" if snapshot.rejected else ""),
+            style="bold yellow" if snapshot.rejected else "",
+        )
     taken = Text(f"as of {utc_iso(snapshot.taken_at_ms / 1000)}", style="dim")
     return Group(
         _durability_lines(reading.durability),

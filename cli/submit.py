@@ -18,6 +18,8 @@ from typing import NoReturn
 import click
 import redis
 
+from cli.params import UTF8_TEXT
+from cli.services import redis_failure
 from cli.settings import pass_settings
 from shared.callback import TASK_ID_PATTERN
 from shared.errors import ConfigError, ProviderError, ProviderRefused, ProviderUnavailable
@@ -44,14 +46,15 @@ SPEEDS = ("relaxed", "fast", "turbo")
 
 
 @click.command()
-@click.argument("prompt")
+@click.argument("prompt", type=UTF8_TEXT)
 @click.option("--task-type", type=click.Choice(TASK_TYPES), default="mj_txt2img", show_default=True)
-@click.option("--aspect-ratio", default=None, help="e.g. 16:9")
-@click.option("--version", "version", default=None, help="Midjourney model version, e.g. 7")
+@click.option("--aspect-ratio", type=UTF8_TEXT, default=None, help="e.g. 16:9")
+@click.option("--version", "version", type=UTF8_TEXT, default=None, help="Midjourney model version, e.g. 7")
 @click.option("--speed", type=click.Choice(SPEEDS), default=None)
 @click.option(
     "--file-url",
     "file_urls",
+    type=UTF8_TEXT,
     multiple=True,
     help="An input image (repeatable); needed by the reference and video task types.",
 )
@@ -84,7 +87,7 @@ def submit(
 
 
 @click.command()
-@click.argument("task_id")
+@click.argument("task_id", type=UTF8_TEXT)
 @click.argument("index", type=click.IntRange(0, 3))
 @pass_settings
 def upscale(settings: Settings, task_id: str, index: int) -> None:
@@ -93,7 +96,7 @@ def upscale(settings: Settings, task_id: str, index: int) -> None:
 
 
 @click.command()
-@click.argument("task_id")
+@click.argument("task_id", type=UTF8_TEXT)
 @click.argument("index", type=click.IntRange(0, 3))
 @pass_settings
 def vary(settings: Settings, task_id: str, index: int) -> None:
@@ -137,9 +140,8 @@ def _submitter(settings: Settings) -> Iterator[TaskSubmitter]:
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     except redis.RedisError as exc:
-        raise click.ClickException(
-            f"Redis unavailable, nothing submitted: {type(exc).__name__}: {exc}"
-        ) from exc
+        what, _, why = redis_failure(exc).partition(": ")
+        raise click.ClickException(f"{what}, nothing submitted: {why}") from exc
 
 
 def _fail(message: str, code: int) -> NoReturn:

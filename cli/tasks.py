@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.output import echo_json, printable_text
+from cli.params import LIMIT
 from cli.services import reported_failures, task_store
 from cli.settings import pass_settings
 from shared.clock import record_millis, utc_iso
@@ -24,7 +25,7 @@ DEFAULT_LIMIT = 20
     default=None,
     help="Only tasks now in this state.",
 )
-@click.option("--limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT, show_default=True)
+@click.option("--limit", type=LIMIT, default=DEFAULT_LIMIT, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
 @pass_settings
 def tasks(settings: Settings, state: str | None, limit: int, as_json: bool) -> None:

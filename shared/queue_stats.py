@@ -22,6 +22,7 @@ its queues and workers unknown (``None``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -31,11 +32,11 @@ import redis
 from dramatiq.common import dq_name
 
 from shared import keys
-from shared.redis_client import as_text, redis_millis
+from shared.redis_client import redis_or_host_millis
 from shared.redis_durability import problems_of
 from shared.rejected import count_rejected
 from shared.taskstate import TaskState, TaskStore
-from shared.worker_registry import registered_workers
+from shared.worker_registry import registered_workers, shown_broker_id
 
 #: Throughput is shown per minute over this many minutes.
 DEFAULT_RATE_MINUTES = 10
@@ -48,8 +49,9 @@ class BrokerSeen:
     """One dramatiq broker (a worker process, or an ingress process that only enqueues)."""
 
     broker_id: str
-    #: Its last command to Redis, Unix ms, on Redis's clock (:class:`shared.redis_broker.RedisClockBroker`).
-    last_beat_ms: int
+    #: Its last command to Redis, Unix ms, on Redis's clock (:class:`shared.redis_broker.RedisClockBroker`);
+    #: None when its score is no time (an infinity, written by another program): never alive.
+    last_beat_ms: int | None
     #: Whether it beat within the heartbeat timeout: dramatiq does not treat it as dead yet.
     alive: bool
     #: Whether it registered as a worker (:mod:`shared.worker_registry`).
@@ -92,8 +94,9 @@ class StatusSnapshot:
     per_minute: Mapping[str, tuple[int, ...]]
     #: Tasks mjhook submitted that still wait for their result, and those past the poll grace.
     submitted: Mapping[str, int]
-    #: Refused callbacks kept for inspection (``mjhook rejected list``).
-    rejected: int
+    #: Refused callbacks kept for inspection (``mjhook rejected list``); None when unknown: a
+    #: list's key holds another type (written by another program), which Redis refuses to count.
+    rejected: int | None
 
     def to_json(self) -> dict[str, Any]:
         """The ``mjhook status --json`` object: the contract's keys plus a few more. Unknown
@@ -145,7 +148,10 @@ def read_brokers(
     client: redis.Redis, *, namespace: str, queues: Iterable[str], now_ms: int, timeout_ms: int
 ) -> list[BrokerSeen]:
     """Every broker in dramatiq's heartbeat set, with what it holds of ``queues`` (and of their
-    delay queues). A broker is alive when it beat less than ``timeout_ms`` before ``now_ms``."""
+    delay queues). A broker is alive when it beat less than ``timeout_ms`` before ``now_ms``.
+    What another program may have written there reads as odd, never as an error: an id that is
+    no UTF-8 text shows its bytes as ``\\xNN`` escapes (its ack sets still found by its bytes), a
+    score that is no time (an infinity) is a broker that is not alive."""
     beats = cast(
         list[tuple[bytes, float]], client.zrange(keys.broker_heartbeats(namespace), 0, -1, withscores=True)
     )
@@ -154,21 +160,29 @@ def read_brokers(
     pipe = client.pipeline(transaction=False)
     for member, _ in beats:
         for name in names:
-            pipe.scard(keys.broker_acks(namespace, as_text(member), name))
+            pipe.scard(_acks_key(namespace, member, name))
     held = pipe.execute()
     brokers = []
     for i, (member, score) in enumerate(beats):
-        broker_id = as_text(member)
+        broker_id = shown_broker_id(member)
+        beat = math.isfinite(score)
         brokers.append(
             BrokerSeen(
                 broker_id=broker_id,
-                last_beat_ms=int(score),
-                alive=now_ms - score < timeout_ms,
+                last_beat_ms=int(score) if beat else None,
+                alive=beat and now_ms - score < timeout_ms,
                 registered=broker_id in registered,
                 held=dict(zip(names, held[i * len(names) : (i + 1) * len(names)], strict=True)),
             )
         )
     return brokers
+
+
+def _acks_key(namespace: str, member: bytes | str, queue: str) -> bytes:
+    """The ack set of the broker ``member`` (as read from the heartbeat set), as the bytes its
+    broker named it with: those of an id that is no UTF-8 text kept as they are."""
+    broker_id = member.decode("utf-8", "surrogateescape") if isinstance(member, bytes) else member
+    return keys.broker_acks(namespace, broker_id, queue).encode("utf-8", "surrogateescape")
 
 
 def count_workers(brokers: Iterable[BrokerSeen]) -> int:
@@ -242,11 +256,13 @@ def read_status(
     reading host's time, which task state and queued messages (stamped by the hosts that queued
     them) are read against. Workers' heartbeats are judged against the queue Redis's own clock,
     the one they carry (:class:`shared.redis_broker.RedisClockBroker`): a reading host whose clock
-    is off counts the live workers all the same."""
+    is off counts the live workers all the same; a Redis refusing ``TIME`` (an ACL, a proxy) is
+    read against this host's clock instead, as the workers then stamp their heartbeats
+    (:func:`shared.redis_client.redis_or_host_millis`)."""
     queue_stats: tuple[QueueStats, ...] | None = None
     workers: int | None = None
     if queue_client is not None:
-        heartbeats_now_ms = redis_millis(queue_client)
+        heartbeats_now_ms = redis_or_host_millis(queue_client)
         brokers = read_brokers(
             queue_client,
             namespace=namespace,
@@ -266,5 +282,16 @@ def read_status(
         tasks=tasks.counts(),
         per_minute=tasks.per_minute(RATE_STATES, minutes=rate_minutes),
         submitted=tasks.submitted_counts(now_ms / 1000, poll_grace_s),
-        rejected=count_rejected(tasks.client),
+        rejected=_count_rejected(tasks.client),
     )
+
+
+def _count_rejected(client: redis.Redis) -> int | None:
+    """:func:`shared.rejected.count_rejected`, or None when a list's key holds another type: one
+    odd key is no reason to show nothing else (other errors raise)."""
+    try:
+        return count_rejected(client)
+    except redis.ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        return None

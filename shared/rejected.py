@@ -185,11 +185,11 @@ def read_entry(raw: bytes, list_key: str = keys.REJECTED) -> RejectedCallback:
         return RejectedCallback(
             id=entry_id(raw),
             at=str(document["at"]),
-            status=int(document["status"]),
+            status=_int64(document["status"]),
             reason=str(document["reason"]),
             remote_addr=str(document.get("remoteAddr", "")),
             content_type=str(document.get("contentType", "")),
-            body_size=int(document.get("bodySize", 0)),
+            body_size=_int64(document.get("bodySize", 0)),
             body=str(document.get("body", "")),
             truncated=bool(document.get("truncated", False)),
             # Written before the flag: the writer always replaced what was not UTF-8.
@@ -197,7 +197,7 @@ def read_entry(raw: bytes, list_key: str = keys.REJECTED) -> RejectedCallback:
             raw=raw,
             list_key=list_key,
         )
-    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, OverflowError):
         text = raw.decode("utf-8", "replace")
         return RejectedCallback(
             id=entry_id(raw),
@@ -213,6 +213,16 @@ def read_entry(raw: bytes, list_key: str = keys.REJECTED) -> RejectedCallback:
             raw=raw,
             list_key=list_key,
         )
+
+
+def _int64(value: str | int | float) -> int:
+    """A kept entry's number as an int that JSON (orjson) and the table can show: a ValueError
+    for one outside the signed 64-bit range (written by another program; the entry is then read
+    as unreadable)."""
+    number = int(value)
+    if not -(2**63) <= number < 2**63:
+        raise ValueError("a number outside the signed 64-bit range")
+    return number
 
 
 def count_rejected(client: redis.Redis) -> int:

@@ -7,6 +7,7 @@ submitted, whatever became of it; the state index of ``submitted`` (kept by
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -18,6 +19,8 @@ from shared import keys
 from shared.clock import utc_iso
 from shared.redis_client import as_text
 from shared.taskstate import TaskRecord, TaskState, TaskStore
+
+log = logging.getLogger(__name__)
 
 #: Times a task's message hands it back to the polling fallback (a result the provider could not
 #: verify, or expired links it could not renew, on the message's last attempt) before a last
@@ -150,9 +153,25 @@ class SubmittedTasks:
         """Every task mjhook submitted in the last ``since_s`` seconds, whatever its state now, as
         (taskId, submit time in Unix seconds), the oldest first. The window is capped at the task
         TTL (``ttl_s``): an older task's record is gone, and nothing says whether it ended (the
-        index keeps it until the next submission trims it)."""
+        index keeps it until the next submission trims it). A member of the index that is no
+        UTF-8 text is left out (logged): see :meth:`since_all`."""
+        found = []
+        for member, at in self.since_all(since_s):
+            if isinstance(member, bytes):
+                log.warning("left out: the index %s names a task %r", keys.SUBMITTED, member[:200])
+                continue
+            found.append((member, at))
+        return found
+
+    def since_all(self, since_s: float) -> list[tuple[str | bytes, float]]:
+        """:meth:`since`, with each member of the index that is no UTF-8 text (no taskId mjhook
+        submits: written by hand, or another program) kept in its place as its bytes."""
         cutoff_ms = int((self._clock() - min(since_s, self._ttl_s)) * 1000)
-        return _pairs(self._client.zrangebyscore(keys.SUBMITTED, cutoff_ms, "+inf", withscores=True))
+        pairs = cast(
+            list[tuple[bytes, float]],
+            self._client.zrangebyscore(keys.SUBMITTED, cutoff_ms, "+inf", withscores=True),
+        )
+        return [(_text_or_bytes(member), score / 1000) for member, score in pairs]
 
     def hold_polls(self, seconds: float) -> None:
         """No task is polled for ``seconds`` (the provider asked so, with a ``Retry-After``)."""
@@ -180,6 +199,14 @@ def _handoffs(record: TaskRecord | None) -> int:
     """How many times the task of ``record`` was handed back to the polling fallback."""
     count = record.fields.get(HANDOFFS_FIELD, "") if record is not None else ""
     return int(count) if count.isascii() and count.isdigit() else 0
+
+
+def _text_or_bytes(member: bytes) -> str | bytes:
+    """A member of an index as text, or as it is when it is no UTF-8 text."""
+    try:
+        return as_text(member)
+    except UnicodeDecodeError:
+        return member
 
 
 def _pairs(raw: object) -> list[tuple[str, float]]:

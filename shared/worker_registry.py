@@ -9,7 +9,6 @@ from typing import cast
 import redis
 
 from shared import keys
-from shared.redis_client import as_text
 
 #: Entries not renewed for this long are dropped on every write, in ms: a worker killed before
 #: its shutdown hook ran leaves its entry behind.
@@ -30,6 +29,13 @@ def forget_worker(client: redis.Redis, broker_id: str) -> None:
 
 
 def registered_workers(client: redis.Redis) -> set[str]:
-    """The broker ids of every registered worker, live or not."""
+    """The broker ids of every registered worker, live or not; the bytes of one that is no UTF-8
+    text (written by another program) as ``\\xNN`` escapes (:func:`shown_broker_id`)."""
     members = cast(list[bytes], client.zrange(keys.WORKERS, 0, -1))
-    return {as_text(member) for member in members}
+    return {shown_broker_id(member) for member in members}
+
+
+def shown_broker_id(member: bytes | str) -> str:
+    """A broker id read from Redis as text: the bytes of one that is no UTF-8 text as ``\\xNN``
+    escapes, as the CLI shows other odd ids (dramatiq's own ids are UUIDs)."""
+    return member.decode("utf-8", "backslashreplace") if isinstance(member, bytes) else member

@@ -237,7 +237,7 @@ def test_recover_lists_the_rows_so_far_when_redis_fails_on_the_way(
     assert [dramatiq.Message.decode(body).args[0]["taskId"] for body in raw] == [waiting]
     assert f"{waiting}  submitted -> queued: Redis failed marking it received: " in result.stdout
     assert "2 task(s): 1 queued" in result.stdout
-    assert result.stderr.startswith("Error: Redis unavailable: ")
+    assert result.stderr.startswith("Error: Redis refused: ResponseError: NOREPLICAS ")
     assert record(client, waiting)["state"] == "submitted"
 
 
