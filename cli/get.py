@@ -252,7 +252,7 @@ def _sha256_of(path: Path) -> str | None:
     """The sha256 of the file at ``path``; None when nothing has that name; "" when something
     does that is not a regular file to read (a link, a directory, one not readable)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO: no wait
     except FileNotFoundError:
         return None
     except OSError:

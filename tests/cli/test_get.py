@@ -382,3 +382,20 @@ def test_a_manifest_whose_errors_is_no_list_is_listed_without_them(
 
     assert result.exit_code == 0, result.output
     assert "stored, 1 file(s)" in result.stdout
+
+
+def test_a_fifo_named_like_a_file_is_in_the_way_not_waited_on(
+    app_env: dict[str, str], run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Given an --out directory holding a FIFO named like the task's file
+    Then `mjhook get` names it as in the way at once: opening it to compare its bytes waited for
+    a writer that never comes."""
+    store_task(app_env, "t-fifo", {"0.png": png_bytes(1)})
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "0.png")
+
+    result = run_cli(app_env, "get", "t-fifo", "--out", str(out))
+
+    assert result.exit_code == 1, result.output
+    assert f"{out / '0.png'}: already there with other bytes, left as it is" in result.stderr
