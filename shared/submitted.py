@@ -210,5 +210,13 @@ def _text_or_bytes(member: bytes) -> str | bytes:
 
 
 def _pairs(raw: object) -> list[tuple[str, float]]:
-    pairs = cast(list[tuple[bytes, float]], raw)
-    return [(as_text(member), score / 1000) for member, score in pairs]
+    """(taskId, Unix seconds) of a sorted set's members and ms scores; a member that is no UTF-8
+    text (no taskId mjhook writes: another program's) is left out, logged, not a pass's end."""
+    found = []
+    for member, score in cast(list[tuple[bytes, float]], raw):
+        task_id = _text_or_bytes(member)
+        if isinstance(task_id, bytes):
+            log.warning("left out of the polling: a member %r that is no taskId", task_id[:200])
+            continue
+        found.append((task_id, score / 1000))
+    return found
