@@ -212,41 +212,64 @@ def jpeg_frame_size(body: IO[bytes]) -> tuple[int, int] | None:
     much metadata (an ICC profile, EXIF with a thumbnail) comes first. None: not a JPEG, malformed,
     cut off or at its image data (SOS) before a frame header, or more than
     :data:`MAX_JPEG_SEGMENTS` segments before one, or more than :data:`MAX_JPEG_FILL_BYTES` fill
-    bytes before a marker (a file of tiny segments or of fill bytes would make the walk long)."""
+    bytes before a marker (a file of tiny segments or of fill bytes would make the walk long).
+    The walk goes on to the image data: a second frame header there raises
+    :class:`DownloadRefused`, as a second PNG header does (decoders take the last one, so a 1x1
+    header may hide a 12000x12000 one), and so do more than :data:`MAX_JPEG_SEGMENTS` segments
+    after the first."""
     if body.read(2) != b"\xff\xd8":
         return None
+    frame: tuple[int, int] | None = None
     for _ in range(MAX_JPEG_SEGMENTS):
-        if body.read(1) != b"\xff":
-            return None  # not at a marker: malformed
-        marker = body.read(1)
-        fill = 0
-        while marker == b"\xff":  # fill bytes before the marker: a few at most in a real file
-            fill += 1
-            if fill > MAX_JPEG_FILL_BYTES:
-                return None
-            marker = body.read(1)
-        if not marker:
-            return None
-        code = marker[0]
+        segment = _jpeg_segment(body)
+        if segment is None:
+            return frame  # malformed, cut off, or at the image data: what came before stands
+        code, length = segment
         if code in _JPEG_STANDALONE:
             continue
-        if code in (_JPEG_SOS, _JPEG_EOI):
+        if code not in _JPEG_SOF:
+            body.seek(length - 2, io.SEEK_CUR)
+            continue
+        if frame is not None:
+            raise DownloadRefused("jpg image with more than one frame header (SOF)")
+        # Segment: length (2), precision (1), height (2), width (2).
+        header = body.read(5)
+        if len(header) < 5:
             return None
-        field = body.read(2)
-        if len(field) < 2:
-            return None
-        (length,) = struct.unpack(">H", field)
-        if length < 2:
-            return None
-        if code in _JPEG_SOF:
-            # Segment: length (2), precision (1), height (2), width (2).
-            frame = body.read(5)
-            if len(frame) < 5:
-                return None
-            height, width = struct.unpack_from(">HH", frame, 1)
-            return width, height
-        body.seek(length - 2, io.SEEK_CUR)
+        height, width = struct.unpack_from(">HH", header, 1)
+        frame = width, height
+        body.seek(length - 2 - 5, io.SEEK_CUR)
+    if frame is not None:
+        raise DownloadRefused(f"jpg image of more than {MAX_JPEG_SEGMENTS} segments before its image data")
     return None
+
+
+def _jpeg_segment(body: IO[bytes]) -> tuple[int, int] | None:
+    """The next marker's code and its segment's length field, the body left at its data (a
+    standalone marker: length 0, nothing to skip); None at the image data or the end (SOS, EOI),
+    or when the bytes are no marker segment (malformed, cut off, more than
+    :data:`MAX_JPEG_FILL_BYTES` fill bytes)."""
+    if body.read(1) != b"\xff":
+        return None  # not at a marker: malformed
+    marker = body.read(1)
+    fill = 0
+    while marker == b"\xff":  # fill bytes before the marker: a few at most in a real file
+        fill += 1
+        if fill > MAX_JPEG_FILL_BYTES:
+            return None
+        marker = body.read(1)
+    if not marker:
+        return None
+    code = marker[0]
+    if code in _JPEG_STANDALONE:
+        return code, 0
+    if code in (_JPEG_SOS, _JPEG_EOI):
+        return None
+    field = body.read(2)
+    if len(field) < 2:
+        return None
+    (length,) = struct.unpack(">H", field)
+    return (code, length) if length >= 2 else None
 
 
 #: The header reader of each image type.

@@ -76,10 +76,56 @@ def sniff_media(head: bytes) -> MediaType | None:
         return WEBP
     if head[4:8] == b"ftyp":
         return _iso_bmff_video(head)
-    # Matroska's EBML header; WebM names its doc type "webm" within the first bytes.
-    if head.startswith(b"\x1a\x45\xdf\xa3") and b"webm" in head[:SNIFF_BYTES]:
-        return WEBM
+    # Matroska's EBML header, whose DocType element says "webm" for a WebM file.
+    if head.startswith(_EBML_MAGIC):
+        doc_type = ebml_doc_type(head[:SNIFF_BYTES])
+        if doc_type == b"webm":
+            return WEBM
+        if doc_type is not None:
+            raise DownloadRefused(f"a Matroska file of doc type {_brand(doc_type[:16])}, not a WebM video")
     return None
+
+
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+#: The EBML header element holding the file's doc type ("webm", "matroska").
+_EBML_DOC_TYPE = b"\x42\x82"
+
+
+def ebml_doc_type(head: bytes) -> bytes | None:
+    """The DocType of the EBML header at the start of ``head``; None when ``head`` does not hold
+    it whole (too short, or malformed). Each element is an ID (1-4 bytes, its length in the
+    leading zero bits of its first byte) and a size (1-8 bytes, likewise), then its data."""
+    at = len(_EBML_MAGIC)
+    header_size = _ebml_vint(head, at)
+    if header_size is None:
+        return None
+    at, end = header_size[0], min(len(head), header_size[0] + header_size[1])
+    while at < end:
+        first = head[at]
+        id_length = 9 - first.bit_length() if first else 9
+        if id_length > 4:
+            return None
+        element_id = head[at : at + id_length]
+        size = _ebml_vint(head, at + id_length)
+        if size is None:
+            return None
+        at, length = size
+        if element_id == _EBML_DOC_TYPE:
+            return head[at : at + length] if at + length <= len(head) else None
+        at += length
+    return None
+
+
+def _ebml_vint(head: bytes, at: int) -> tuple[int, int] | None:
+    """The variable-size integer at ``at`` in ``head`` (its length marker removed): (the offset
+    after it, its value); None when ``head`` ends first or it is longer than 8 bytes."""
+    if at >= len(head) or head[at] == 0:
+        return None
+    length = 9 - head[at].bit_length()
+    if at + length > len(head):
+        return None
+    value = int.from_bytes(head[at : at + length], "big") & ((1 << (7 * length)) - 1)
+    return at + length, value
 
 
 def _iso_bmff_video(head: bytes) -> MediaType | None:

@@ -333,3 +333,29 @@ def test_a_gif_of_more_blocks_than_a_real_one_has_is_refused_without_walking_it_
     with pytest.raises(DownloadRefused, match=message):
         gif_canvas(body)
     assert body.reads <= most_reads
+
+
+def sof0(width: int, height: int) -> bytes:
+    """A baseline frame header segment for one component."""
+    return b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+
+
+def test_a_jpeg_with_a_second_frame_header_is_refused() -> None:
+    # Given a JPEG declaring 1x1, then a second frame header of 12000x12000 before its image data
+    # (decoders take the last one they meet, as Pillow does)
+    data = encode((40, 30), "JPEG")
+    forged = data[:2] + sof0(1, 1) + sof0(12_000, 12_000) + data[2:]
+    # Then it is refused: judged by its first header, 144 Mpx passed as 1 pixel
+    with pytest.raises(DownloadRefused, match="more than one frame header"):
+        jpeg_frame_size(io.BytesIO(forged))
+    # And a JPEG with one frame header is read as before, and its walk stops at its image data
+    assert jpeg_frame_size(io.BytesIO(data)) == (40, 30)
+
+
+def test_a_jpeg_hiding_segments_past_the_bound_after_its_frame_header_is_refused() -> None:
+    # Given a frame header, then more tiny segments than a real file has (a second header could
+    # wait past them)
+    data = encode((40, 30), "JPEG")
+    padded = data[:2] + sof0(1, 1) + b"\xff\xfe\x00\x02" * MAX_JPEG_SEGMENTS + data[2:]
+    with pytest.raises(DownloadRefused, match="segments before its image data"):
+        jpeg_frame_size(io.BytesIO(padded))

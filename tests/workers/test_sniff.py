@@ -79,3 +79,19 @@ def test_an_avif_image_encoded_by_pillow_is_refused() -> None:
     Image.frombytes("RGB", (64, 64), bytes(range(256)) * 48).save(out, format="AVIF")
     with pytest.raises(DownloadRefused, match="'avif'"):
         sniff_media(out.getvalue()[:SNIFF_BYTES])
+
+
+#: ffmpeg's EBML header of a WebM file (EBMLVersion, ReadVersion, MaxIDLength, MaxSizeLength,
+#: DocType, DocTypeVersion, DocTypeReadVersion), and of a Matroska one naming "webm" elsewhere.
+WEBM_HEADER = bytes.fromhex("1a45dfa3 9f 4286 81 01 42f7 81 01 42f2 81 04 42f3 81 08 4282 84") + b"webm"
+WEBM_HEADER += bytes.fromhex("4287 81 04 4285 81 02")
+MATROSKA_HEADER = bytes.fromhex("1a45dfa3 a3 4286 81 01 42f7 81 01 42f2 81 04 42f3 81 08 4282 88")
+MATROSKA_HEADER += b"matroska" + bytes.fromhex("4287 81 04 4285 81 02") + bytes.fromhex("ec 84") + b"webm"
+
+
+def test_an_ebml_file_is_webm_by_its_doc_type_not_by_the_word_somewhere() -> None:
+    assert sniff_media(WEBM_HEADER) == WEBM
+    # A Matroska file whose header holds the bytes "webm" elsewhere (a Void element here) was
+    # stored as video/webm; it is refused, naming its doc type
+    with pytest.raises(DownloadRefused, match="doc type 'matroska', not a WebM video"):
+        sniff_media(MATROSKA_HEADER)
