@@ -12,12 +12,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.output import echo_json, format_age, list_options, printable_text
+from cli.output import EXIT_INTERRUPTED, echo_json, format_age, list_options, printable_text
 from cli.services import enqueue_broker, queue_redis, reported_failures, task_store
 from cli.settings import pass_settings
 from shared.clock import utc_iso
 from shared.dead_letters import (
     DeadLetter,
+    ReplayResult,
     count_dead,
     dead_among,
     dead_ids,
@@ -130,23 +131,38 @@ def replay(settings: Settings, ids: tuple[str, ...]) -> None:
     a dead letter, the broker refused one or Redis failed (after the lines of those replayed).
     """
     client = queue_redis(settings)
-    with reported_failures():
-        ids = _named(client, ids)
-        result = replay_dead(
-            client,
-            enqueue_broker(settings, client),
-            namespace=BROKER_NAMESPACE,
-            queue=_queue(),
-            ids=ids or None,
+    result = ReplayResult()
+    try:
+        with reported_failures():
+            ids = _named(client, ids)
+            replay_dead(
+                client,
+                enqueue_broker(settings, client),
+                namespace=BROKER_NAMESPACE,
+                queue=_queue(),
+                ids=ids or None,
+                result=result,
+            )
+    except KeyboardInterrupt:
+        _echo_replayed(result)
+        click.echo(
+            "Error: interrupted: the letters listed were replayed, the others not (the one being"
+            " replayed may be on the queue too, and still a dead letter)",
+            err=True,
         )
-    for dead_id, new_id in result.replayed:
-        click.echo(f"replayed {_shown(dead_id)} as {new_id}")
-    click.echo(f"{len(result.replayed)} dead letter(s) replayed onto {_queue()}")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    _echo_replayed(result)
     problems = [f"not a dead letter: {_shown(dead_id)}" for dead_id in result.missing]
     problems += [f"cannot be decoded, left in place: {_shown(dead_id)}" for dead_id in result.unreadable]
     if result.error is not None:
         problems.append(f"stopped: {result.error}")
     _fail_on(problems)
+
+
+def _echo_replayed(result: ReplayResult) -> None:
+    for dead_id, new_id in result.replayed:
+        click.echo(f"replayed {_shown(dead_id)} as {new_id}")
+    click.echo(f"{len(result.replayed)} dead letter(s) replayed onto {_queue()}")
 
 
 def stdin_is_terminal() -> bool:

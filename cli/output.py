@@ -16,6 +16,10 @@ from shared.printable import printable, printable_json
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
+#: The exit code when the operator interrupts (Ctrl-C), as a shell gives a command SIGINT ended.
+EXIT_INTERRUPTED = 130
+
+
 def list_options(default_limit: int) -> Callable[[Command], Command]:
     """The options of a command listing the newest entries first: ``--json`` (one JSON object)
     and ``--limit`` (at most this many, ``default_limit`` unless told)."""

@@ -12,7 +12,7 @@ from typing import NoReturn
 import click
 import redis
 
-from cli.output import echo_json
+from cli.output import EXIT_INTERRUPTED, echo_json
 from cli.params import MAX_SECONDS
 from cli.services import DEFAULT_REDIS_TIMEOUT_S, redis_failure
 from cli.settings import pass_settings
@@ -37,8 +37,6 @@ from shared.taskstate import TaskState, TaskStore
 #: ``90s``, ``30m``, ``2h``, ``1d``, ``1h30m``.
 DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 UNIT_S = (86_400, 3600, 60, 1)
-#: The exit code when the operator interrupts (Ctrl-C), as a shell gives a command SIGINT ended.
-EXIT_INTERRUPTED = 130
 
 
 def parse_duration(text: str, *, max_s: float = MAX_SECONDS) -> int:

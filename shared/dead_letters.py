@@ -323,18 +323,21 @@ def replay_dead(
     queue: str,
     ids: Sequence[str] | None = None,
     clock: Callable[[], float] = time.time,
+    result: ReplayResult | None = None,
 ) -> ReplayResult:
     """Put dead letters (``ids``, each once however often named, or all when None) back on their
     queue through ``broker``, as new messages with their retries reset, and remove each from the
     dead letters only once the broker took it. One that cannot be decoded is left in place
     (``unreadable``) and the replay goes on. Stops at the first enqueue the broker refuses, or
     at Redis failing (``error`` says why; those replayed before it are in the result). Two
-    replays at once may enqueue a message twice; the workers' dedup makes the second harmless."""
+    replays at once may enqueue a message twice; the workers' dedup makes the second harmless.
+    ``result``: where to record what was done as it is done (a caller interrupted meanwhile, by
+    Ctrl-C, still knows), a new one when None."""
     dead_key = keys.broker_dead(namespace, queue)
     bodies_key = keys.broker_dead_messages(namespace, queue)
     if ids is None:
         ids = dead_ids(client, namespace=namespace, queue=queue)
-    result = ReplayResult()
+    result = result if result is not None else ReplayResult()
     for batch in _unique_batches(ids, unusable=result.missing):
         try:
             present = _present(client, dead_key, batch)

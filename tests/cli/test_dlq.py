@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dramatiq
 import orjson
@@ -18,6 +19,7 @@ from click.testing import CliRunner, Result
 from cli.dlq import purge_command
 from shared import keys
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, POLL_QUEUE, PROCESS_CALLBACK
+from shared.redis_broker import RedisClockBroker
 from shared.settings import Settings
 from tests.cli.conftest import RunCli, dead_letters_from_real_workers
 from tests.support.pipeline import queued_callback
@@ -561,3 +563,30 @@ def test_dead_letters_are_listed_when_redis_refuses_time(
     assert result.exit_code == 0, result.output
     [letter] = json.loads(result.stdout)["messages"]
     assert 59 <= letter["ageSeconds"] < 120
+
+
+def test_replay_interrupted_lists_the_letters_it_replayed_and_exits_130(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given two dead letters, and the operator pressing Ctrl-C as the second is enqueued
+    Then the first, replayed, is listed, the interruption said, exit code 130: only "Aborted!"
+    was printed, and nothing told which letter was on the queue again."""
+    odd_dead_letter(client, "dead-1", 1_700_000_000_001)
+    odd_dead_letter(client, "dead-2", 1_700_000_000_002)
+    real_enqueue = RedisClockBroker.enqueue
+    sent: list[object] = []
+
+    def enqueue(self: RedisClockBroker, message: dramatiq.Message[Any], **options: Any) -> Any:
+        if sent:
+            raise KeyboardInterrupt
+        sent.append(message)
+        return real_enqueue(self, message, **options)
+
+    monkeypatch.setattr(RedisClockBroker, "enqueue", enqueue)
+    result = run_cli({"MJHOOK_REDIS_URL": redis_server.url}, "dlq", "replay", "dead-1", "dead-2")
+
+    assert result.exit_code == 130, result.output
+    assert "replayed dead-1 as " in result.stdout
+    assert "1 dead letter(s) replayed" in result.stdout
+    assert "interrupted" in result.stderr
+    assert client.zrange(DEAD, 0, -1) == [b"dead-2"]
