@@ -72,9 +72,10 @@ DECODED_ENCODINGS = frozenset({"gzip", "x-gzip", "deflate"})
 DECODE_STEP_BYTES = 64 * 1024
 #: Types whose end is checked whatever told the body's end (a Content-Length, chunks, or the
 #: connection closing): a Content-Length or chunks that stop short make a cut file look whole as
-#: much as a connection closed early does. Not JPEG: valid JPEGs often carry bytes after their end
-#: of image (FFD9); a JPEG's end is checked only when the connection closing ended its body.
-ENDS_CHECKED_FRAMED = frozenset({PNG, GIF, WEBP, MP4})
+#: much as a connection closed early does. Not JPEG nor GIF, judged by their last bytes: valid
+#: ones often carry bytes after their end (FFD9, the trailer) or lack a GIF's trailer, which
+#: decoders take; theirs is checked only when the connection closing ended the body.
+ENDS_CHECKED_FRAMED = frozenset({PNG, WEBP, MP4})
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,7 +163,9 @@ def could_start_media(head: bytes) -> bool:
         return True
     if b"RIFF".startswith(head[:4]) and b"WEBP".startswith(head[8:12]):
         return True
-    return b"ftyp".startswith(head[4:8])
+    # An ISO-BMFF file: its ftyp box's size (at most MAX_FTYP_BYTES: two zero bytes first), then
+    # "ftyp".
+    return b"\x00\x00".startswith(head[:2]) and b"ftyp".startswith(head[4:8])
 
 
 def _brand(brand: bytes) -> str:
@@ -177,8 +179,11 @@ _ENDINGS = {
     GIF: b";",
 }
 #: Most chunks walked in a PNG to find its end (IEND): encoders write a few dozen, a large image's
-#: data split in 8 KiB chunks some hundreds; a file of empty chunks would make the walk long.
+#: data split in 8 KiB chunks some hundreds; a file of empty chunks would make the walk long. Past
+#: them, the file's last bytes are taken for its IEND chunk.
 MAX_PNG_END_CHUNKS = 100_000
+#: A whole PNG's last bytes when nothing follows its IEND chunk.
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 #: Most top-level boxes walked in an MP4 to find where it ends: a real file has a handful (``ftyp``,
 #: ``moov``, ``mdat``, ``free``), a fragmented one two per fragment (thousands for hours of video);
 #: a file made of empty boxes would make the walk long.
@@ -213,7 +218,7 @@ def png_ends_whole(body: IO[bytes], size: int) -> bool:
     """Whether the PNG ``body`` (``size`` bytes) holds its chunks up to a whole IEND chunk: each
     chunk declares its length, so a file cut short lacks its IEND or has a chunk running past the
     end. Bytes after IEND (some tools append them) are no sign of a cut. Walks the chunks, their
-    data unread. Raises :class:`DownloadRefused` past :data:`MAX_PNG_END_CHUNKS` chunks."""
+    data unread; past :data:`MAX_PNG_END_CHUNKS` chunks, judges by the file's last bytes."""
     at = 8  # the signature
     for _ in range(MAX_PNG_END_CHUNKS):
         body.seek(at)
@@ -226,38 +231,45 @@ def png_ends_whole(body: IO[bytes], size: int) -> bool:
             return False
         if kind == b"IEND":
             return True
-    raise DownloadRefused(f"png image of more than {MAX_PNG_END_CHUNKS} chunks")
+    body.seek(size - len(_PNG_END))
+    return body.read(len(_PNG_END)) == _PNG_END
 
 
 def mp4_ends_whole(body: IO[bytes], size: int) -> bool:
     """Whether the ISO-BMFF ``body`` (``size`` bytes) is its top-level boxes end to end, the last
     ending at ``size``: each box declares its length (32 bits; 1: a 64-bit length follows the
     type; 0: the box runs to the end of the file), so a file cut short has its last box declaring
-    more bytes than arrived. Walks the boxes, their data unread. A length under the box's own
-    header is not whole either. Raises :class:`DownloadRefused` past :data:`MAX_MP4_BOXES` boxes."""
+    more bytes than arrived. Walks the boxes, their data unread. A tail that is no box (fewer
+    than a header's bytes, or a length under a header's: padding, zeros) is no sign of a cut
+    after whole ``moov`` and ``mdat`` boxes, and is one before them; a box running past the end
+    always is. Raises :class:`DownloadRefused` past :data:`MAX_MP4_BOXES` boxes."""
     at = 0
+    whole: set[bytes] = set()
     for _ in range(MAX_MP4_BOXES):
         if at == size:
             return True
         body.seek(at)
         header = body.read(8)
-        if len(header) < 8:
-            return False
-        length, _kind = struct.unpack(">I4s", header)
+        length, kind = struct.unpack(">I4s", header) if len(header) == 8 else (-1, b"")
         header_bytes = 8
         if length == 0:  # this box runs to the end of the file
             return True
         if length == 1:  # a 64-bit length after the type
             large = body.read(8)
-            if len(large) < 8:
-                return False
-            (length,) = struct.unpack(">Q", large)
+            length = struct.unpack(">Q", large)[0] if len(large) == 8 else -1
             header_bytes = 16
-        if length < header_bytes:
+        if length < header_bytes:  # no box here
+            return {b"moov", b"mdat"} <= whole
+        if at + length > size:
             return False
         at += length
-        if at > size:
-            return False
+        whole.add(kind)
     if at == size:
         return True
     raise DownloadRefused(f"mp4 video of more than {MAX_MP4_BOXES} top-level boxes")
+    body.seek(at)
+    while piece := body.read(min(64 * 1024, size - at)):
+        if piece.strip(b"\x00"):
+            return False
+        at += len(piece)
+    return True
