@@ -56,8 +56,9 @@ def reported_failures() -> Iterator[None]:
 
 def redis_failure(exc: redis.RedisError) -> str:
     """What one line says of a Redis error: ``Redis refused: ...`` when Redis is up but answered
-    with an error (an ACL refusing a command, a key holding another type than this version
+    with an error (a wrong password, an ACL refusing a command, a key holding another type than this version
     writes there, out of memory, read-only, too few replicas); ``Redis unavailable: ...`` when
     it did not answer (connection refused or lost, timeout)."""
-    what = "refused" if isinstance(exc, redis.ResponseError) else "unavailable"
+    # A wrong password is a ConnectionError subclass in redis-py; Redis answered it all the same.
+    what = "refused" if isinstance(exc, redis.ResponseError | redis.AuthenticationError) else "unavailable"
     return f"Redis {what}: {type(exc).__name__}: {printable(exc)}"

@@ -31,6 +31,10 @@ MAX_POLL_HANDOFFS = 3
 HANDOFFS_FIELD = "pollHandOffs"
 
 
+#: How long the scratch copy of a pass's never-polled tasks lives at most, ms.
+SCRATCH_TTL_MS = 60_000
+
+
 class SubmittedTasks:
     """Records and finds submitted tasks. ``clock`` returns Unix seconds."""
 
@@ -119,9 +123,27 @@ class SubmittedTasks:
         scratch = keys.DUE_SCRATCH.format(token=uuid.uuid4().hex)
         pipe = self._client.pipeline(transaction=True)
         pipe.zdiffstore(scratch, [waiting, keys.POLLED])
-        pipe.zrangebyscore(scratch, "-inf", cutoff * 1000, start=0, num=limit, withscores=True)
-        pipe.delete(scratch)
-        return _pairs(pipe.execute()[1])
+        pipe.pexpire(scratch, SCRATCH_TTL_MS)  # gone even if this pass dies before its delete
+        pipe.execute()
+        try:
+            return self._read_pages(scratch, cutoff, limit)
+        finally:
+            self._client.delete(scratch)
+
+    def _read_pages(self, key: str, cutoff: float, limit: int) -> list[tuple[str, float]]:
+        """Up to ``limit`` readable tasks of the sorted set ``key`` scored up to ``cutoff`` (Unix
+        seconds), the lowest score first, read page by page past members that are no taskId."""
+        found: list[tuple[str, float]] = []
+        start = 0
+        while len(found) < limit:
+            raw = self._client.zrangebyscore(
+                key, "-inf", cutoff * 1000, start=start, num=limit - len(found), withscores=True
+            )
+            if not raw:
+                break
+            start += len(raw)
+            found += _pairs(raw)
+        return found
 
     def _longest_unpolled(
         self, waiting: str, cutoff: float, polled_before: float, limit: int
@@ -133,14 +155,15 @@ class SubmittedTasks:
         start = 0
         page = max(limit, 100)
         while len(found) < limit:
-            marks = _pairs(
-                self._client.zrangebyscore(
-                    keys.POLLED, "-inf", int(polled_before * 1000), start=start, num=page, withscores=True
-                )
+            raw = self._client.zrangebyscore(
+                keys.POLLED, "-inf", int(polled_before * 1000), start=start, num=page, withscores=True
             )
-            if not marks:
+            if not raw:
                 break
-            start += len(marks)
+            start += len(raw)  # members that are no taskId, left out below, count in the offset
+            marks = _pairs(raw)
+            if not marks:
+                continue
             submitted_ms = self._client.zmscore(waiting, [task_id for task_id, _ in marks])
             found += [
                 (task_id, at / 1000)

@@ -83,6 +83,19 @@ def test_a_command_redis_does_not_allow_is_said_refused(redis_server: RedisServe
     assert result.stderr.startswith("Error: Redis refused: NoPermissionError: "), result.stderr
 
 
+def test_a_wrong_password_is_said_refused(redis_server: RedisServer, run_cli: RunCli) -> None:
+    # Given an account whose password the operator set wrong
+    redis_server.client().acl_setuser(
+        "reader", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"]
+    )
+    url = redis_server.url.replace("redis://", "redis://reader:wrong@", 1)
+    # When a command connects with it
+    result = run_cli({"MJHOOK_REDIS_URL": url}, "tasks")
+    # Then Redis refused it (redis-py's AuthenticationError is a ConnectionError, said unavailable)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: Redis refused: AuthenticationError: "), result.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [pytest.param(("tasks",), id="tasks"), pytest.param(("rejected", "list"), id="rejected-list")],
