@@ -15,6 +15,7 @@ from tests.support.pipeline import wait_for
 from tests.support.servers import FileServer
 from tests.support.stack import ready_bucket
 from tests.support.worker_harness import Harness
+from tests.workers.test_fetch_hostile_servers import ScriptedServer, Serve
 from workers.runtime import build_parts
 
 
@@ -58,3 +59,18 @@ def harness(redis_server, s3_server, s3_bucket, file_server: FileServer) -> Iter
     ready_bucket(parts.store)
     yield Harness(parts, parts.tasks, parts.store, file_server, client, metrics, settings)
     client.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """Start a server answering every request with the given raw bytes, then closing; each is
+    stopped at teardown."""
+    servers: list[ScriptedServer] = []
+
+    def start(raw: bytes) -> ScriptedServer:
+        servers.append(ScriptedServer([(raw, 0.0)]))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

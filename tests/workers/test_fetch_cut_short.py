@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-from collections.abc import Callable, Iterator
 
 import pytest
 from PIL import Image
@@ -20,51 +19,20 @@ from shared.errors import DownloadFailed, DownloadRefused
 from simulator.video import mp4_bytes
 from tests.support.servers import png_bytes
 from tests.workers.test_fetch_hostile_servers import (
-    ONE_MIB_CAPS,
-    Outcome,
-    ScriptedServer,
+    Serve,
     answer,
-    loopback_fetcher,
-    outcome_of,
+    chunked,
+    fetched,
 )
 from workers import sniff
 from workers.fetch import FetchedFile
 from workers.sniff import MP4, ends_whole
-
-Serve = Callable[[bytes], ScriptedServer]
-
-
-@pytest.fixture
-def serve() -> Iterator[Serve]:
-    """Start a server answering every request with the given raw bytes, then closing."""
-    servers: list[ScriptedServer] = []
-
-    def start(raw: bytes) -> ScriptedServer:
-        servers.append(ScriptedServer([(raw, 0.0)]))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-def fetched(serve: Serve, raw: bytes, path: str = "/x") -> Outcome:
-    server = serve(raw)
-    outcome = outcome_of(lambda: loopback_fetcher(ONE_MIB_CAPS).fetch(server.url(path)))
-    if isinstance(outcome, FetchedFile):
-        outcome.close()
-    return outcome
 
 
 def encoded(fmt: str, size: tuple[int, int] = (48, 48)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, (200, 30, 90)).save(out, format=fmt)
     return out.getvalue()
-
-
-def chunked(body: bytes) -> bytes:
-    """``body`` as one chunk, then the last (empty) chunk: the server says this is all."""
-    return f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
 
 
 def box(kind: bytes, payload: bytes) -> bytes:

@@ -184,6 +184,24 @@ def answer(headers: str, body: bytes = b"") -> bytes:
     return f"HTTP/1.1 {headers}\r\nConnection: close\r\n\r\n".encode() + body
 
 
+#: Starts a server answering every request with the given raw bytes, then closing (``serve``).
+Serve = Callable[[bytes], ScriptedServer]
+
+
+def fetched(serve: Serve, raw: bytes, path: str = "/x") -> Outcome:
+    """What the loopback fetcher makes of a server answering ``raw``: the file (closed) or error."""
+    server = serve(raw)
+    outcome = outcome_of(lambda: loopback_fetcher(ONE_MIB_CAPS).fetch(server.url(path)))
+    if isinstance(outcome, FetchedFile):
+        outcome.close()
+    return outcome
+
+
+def chunked(body: bytes) -> bytes:
+    """``body`` as one chunk, then the last (empty) chunk: the server says this is all."""
+    return f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+
+
 # --- redirects: followed by the fetcher, their bodies never read -------------------------------
 
 

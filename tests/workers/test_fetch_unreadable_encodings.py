@@ -10,49 +10,18 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from collections.abc import Callable, Iterator
 
 import pytest
 
 from shared.errors import DownloadFailed, DownloadRefused
 from tests.support.servers import png_bytes
 from tests.workers.test_fetch_hostile_servers import (
-    ONE_MIB_CAPS,
-    Outcome,
-    ScriptedServer,
+    Serve,
     answer,
-    loopback_fetcher,
-    outcome_of,
+    chunked,
+    fetched,
 )
 from workers.fetch import FetchedFile
-
-Serve = Callable[[bytes], ScriptedServer]
-
-
-@pytest.fixture
-def serve() -> Iterator[Serve]:
-    """Start a server answering every request with the given raw bytes, then closing."""
-    servers: list[ScriptedServer] = []
-
-    def start(raw: bytes) -> ScriptedServer:
-        servers.append(ScriptedServer([(raw, 0.0)]))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-def fetched(serve: Serve, raw: bytes) -> Outcome:
-    server = serve(raw)
-    outcome = outcome_of(lambda: loopback_fetcher(ONE_MIB_CAPS).fetch(server.url("/x.png")))
-    if isinstance(outcome, FetchedFile):
-        outcome.close()
-    return outcome
-
-
-def chunked(body: bytes) -> bytes:
-    return f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
 
 
 @pytest.mark.parametrize("coding", ["gzip", "x-gzip", "deflate"])
