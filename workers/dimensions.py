@@ -118,9 +118,27 @@ def gif_canvas(body: IO[bytes]) -> tuple[int, int] | None:
     """The canvas a decoder draws the GIF ``body`` (positioned at its start) on: its logical
     screen grown to every frame's extent (left + width, top + height, 16 bits each), as decoders
     grow it (Pillow does, and browsers for the first frame): a GIF declaring a 1x1 screen may
-    hold a 60000x60000 frame. Read by walking the file's blocks, skipping their data unread, and
-    any stray byte between blocks (decoders skip them too, and read the frames after); a file cut
-    short is judged on the frames before the cut. None without a logical screen. Raises
+    hold a 60000x60000 frame. Read by walking the file's blocks (:func:`_walk_gif`); a file cut
+    short is judged on the frames before the cut. None without a logical screen."""
+    walked = _walk_gif(body)
+    return None if walked is None else walked[0]
+
+
+def gif_ends_whole(body: IO[bytes], size: int) -> bool:
+    """Whether the GIF ``body`` (``size`` bytes) holds its blocks whole: its walk reaches the
+    trailer, or the file's end between two blocks (decoders take a GIF without its trailer). One
+    ending inside a block, its color table or its data was cut. Bytes after the trailer are no
+    sign of a cut. Leaves ``body``'s position anywhere."""
+    body.seek(0)
+    walked = _walk_gif(body)
+    return walked is not None and walked[1] and body.tell() <= size
+
+
+def _walk_gif(body: IO[bytes]) -> tuple[tuple[int, int], bool] | None:
+    """Walk the GIF ``body`` (positioned at its start) block by block, skipping their data unread
+    and any stray byte between blocks (decoders skip them too, and read the frames after): its
+    canvas (see :func:`gif_canvas`), and whether the walk ended between blocks (at the trailer or
+    the file's end) rather than inside one. None without a logical screen. Raises
     :class:`DownloadRefused` past :data:`MAX_GIF_BLOCKS` blocks or :data:`MAX_GIF_SUB_BLOCKS`
     sub-blocks (a file of empty extensions would make the walk long)."""
     header = body.read(13)
@@ -133,17 +151,17 @@ def gif_canvas(body: IO[bytes]) -> tuple[int, int] | None:
         walk.block()
         if introducer == b"!":  # an extension: its label, then its data sub-blocks
             if not body.read(1) or not walk.skip_sub_blocks(body):
-                break
+                return (width, height), False
         elif introducer == b",":
             descriptor = body.read(9)
             if len(descriptor) < 9:
-                break
+                return (width, height), False
             left, top, frame_width, frame_height, packed = struct.unpack("<HHHHB", descriptor)
             width, height = max(width, left + frame_width), max(height, top + frame_height)
             _skip_color_table(body, packed)
             if not body.read(1) or not walk.skip_sub_blocks(body):  # LZW code size, then the data
-                break
-    return width, height
+                return (width, height), False
+    return (width, height), True
 
 
 class _GifWalk:
@@ -223,8 +241,13 @@ def jpeg_frame_size(body: IO[bytes]) -> tuple[int, int] | None:
     for _ in range(MAX_JPEG_SEGMENTS):
         segment = _jpeg_segment(body)
         if segment is None:
-            return frame  # malformed, cut off, or at the image data: what came before stands
+            if frame is not None and body.read(1):
+                # Decoders skip such bytes and read on, a second frame header after them too.
+                raise DownloadRefused("jpg image with bytes that are no marker after its frame header")
+            return frame  # cut off, or malformed before any frame header
         code, length = segment
+        if code in (_JPEG_SOS, _JPEG_EOI):
+            return frame
         if code in _JPEG_STANDALONE:
             continue
         if code not in _JPEG_SOF:
@@ -246,9 +269,9 @@ def jpeg_frame_size(body: IO[bytes]) -> tuple[int, int] | None:
 
 def _jpeg_segment(body: IO[bytes]) -> tuple[int, int] | None:
     """The next marker's code and its segment's length field, the body left at its data (a
-    standalone marker: length 0, nothing to skip); None at the image data or the end (SOS, EOI),
-    or when the bytes are no marker segment (malformed, cut off, more than
-    :data:`MAX_JPEG_FILL_BYTES` fill bytes)."""
+    standalone marker, or the image data or the end, SOS and EOI: length 0); None when the bytes
+    are no marker segment (malformed, cut off, more than :data:`MAX_JPEG_FILL_BYTES` fill
+    bytes)."""
     if body.read(1) != b"\xff":
         return None  # not at a marker: malformed
     marker = body.read(1)
@@ -261,10 +284,8 @@ def _jpeg_segment(body: IO[bytes]) -> tuple[int, int] | None:
     if not marker:
         return None
     code = marker[0]
-    if code in _JPEG_STANDALONE:
+    if code in _JPEG_STANDALONE or code in (_JPEG_SOS, _JPEG_EOI):
         return code, 0
-    if code in (_JPEG_SOS, _JPEG_EOI):
-        return None
     field = body.read(2)
     if len(field) < 2:
         return None

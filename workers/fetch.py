@@ -39,6 +39,7 @@ from workers.dimensions import (
     DEFAULT_MAX_SIDE,
     check_dimensions,
     gif_canvas,
+    gif_ends_whole,
     jpeg_frame_size,
     png_single_header,
     read_dimensions,
@@ -72,10 +73,11 @@ DECODED_ENCODINGS = frozenset({"gzip", "x-gzip", "deflate"})
 DECODE_STEP_BYTES = 64 * 1024
 #: Types whose end is checked whatever told the body's end (a Content-Length, chunks, or the
 #: connection closing): a Content-Length or chunks that stop short make a cut file look whole as
-#: much as a connection closed early does. Not JPEG nor GIF, judged by their last bytes: valid
-#: ones often carry bytes after their end (FFD9, the trailer) or lack a GIF's trailer, which
-#: decoders take; theirs is checked only when the connection closing ended the body.
-ENDS_CHECKED_FRAMED = frozenset({PNG, WEBP, MP4})
+#: much as a connection closed early does. Not JPEG, judged by its last bytes: valid JPEGs often
+#: carry bytes after their end of image (FFD9); its end is checked only when the connection
+#: closing ended the body. A GIF is judged by walking its blocks (bytes after its trailer, or no
+#: trailer, are no cut).
+ENDS_CHECKED_FRAMED = frozenset({PNG, GIF, WEBP, MP4})
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,7 +461,7 @@ def _check_ends_whole(media: MediaType, body: IO[bytes], size: int, close_delimi
     server said it was all: a file being written as it was served, a cache's cut copy or a proxy
     that cut it may be whole the next time (and the provider may give a fresh link), so it is
     retried too, and recorded failed once the tries are used up; never stored cut."""
-    if ends_whole(media, body, size):
+    if gif_ends_whole(body, size) if media == GIF else ends_whole(media, body, size):
         return
     if close_delimited:
         # Without a length or chunks, a connection closed early looks like the end.

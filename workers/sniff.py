@@ -79,6 +79,8 @@ def sniff_media(head: bytes) -> MediaType | None:
     # Matroska's EBML header, whose DocType element says "webm" for a WebM file.
     if head.startswith(_EBML_MAGIC):
         doc_type = ebml_doc_type(head[:SNIFF_BYTES])
+        if doc_type is not None:
+            doc_type = doc_type.rstrip(b"\x00")  # a string element may be zero-padded
         if doc_type == b"webm":
             return WEBM
         if doc_type is not None:
@@ -173,10 +175,10 @@ def _brand(brand: bytes) -> str:
     return repr(brand.decode("latin-1"))
 
 
-#: The last bytes of a whole file, per format: JPEG's end of image, GIF's trailer.
+#: The last bytes of a whole file, per format: JPEG's end of image (a GIF's end is judged by
+#: walking its blocks: :func:`workers.dimensions.gif_ends_whole`).
 _ENDINGS = {
     JPEG: b"\xff\xd9",
-    GIF: b";",
 }
 #: Most chunks walked in a PNG to find its end (IEND): encoders write a few dozen, a large image's
 #: data split in 8 KiB chunks some hundreds; a file of empty chunks would make the walk long. Past
@@ -191,11 +193,11 @@ MAX_MP4_BOXES = 100_000
 
 
 def ends_whole(media: MediaType, body: IO[bytes], size: int) -> bool:
-    """Whether ``body`` (``size`` bytes) ends as a whole file of ``media`` does: JPEG and GIF with
-    their closing bytes, PNG with a whole IEND chunk (:func:`png_ends_whole`), WEBP holding the
-    length its RIFF header declares, MP4 where its last top-level box ends
-    (:func:`mp4_ends_whole`). WebM, without such an end, is taken as whole. Leaves ``body``'s
-    position anywhere."""
+    """Whether ``body`` (``size`` bytes) ends as a whole file of ``media`` does: JPEG with its
+    closing bytes, PNG with a whole IEND chunk (:func:`png_ends_whole`), WEBP holding the length
+    its RIFF header declares, MP4 where its last top-level box ends (:func:`mp4_ends_whole`).
+    WebM, without such an end, is taken as whole, and so is a GIF here (judged by walking its
+    blocks: :func:`workers.dimensions.gif_ends_whole`). Leaves ``body``'s position anywhere."""
     if media == WEBP:
         body.seek(4)
         declared = body.read(4)
@@ -235,14 +237,24 @@ def png_ends_whole(body: IO[bytes], size: int) -> bool:
     return body.read(len(_PNG_END)) == _PNG_END
 
 
+def _zeros(body: IO[bytes], at: int, size: int) -> bool:
+    """Whether ``body``'s bytes from ``at`` to ``size`` are all zeros, read in pieces."""
+    body.seek(at)
+    while at < size and (piece := body.read(min(64 * 1024, size - at))):
+        if piece.strip(b"\x00"):
+            return False
+        at += len(piece)
+    return True
+
+
 def mp4_ends_whole(body: IO[bytes], size: int) -> bool:
     """Whether the ISO-BMFF ``body`` (``size`` bytes) is its top-level boxes end to end, the last
     ending at ``size``: each box declares its length (32 bits; 1: a 64-bit length follows the
     type; 0: the box runs to the end of the file), so a file cut short has its last box declaring
-    more bytes than arrived. Walks the boxes, their data unread. A tail that is no box (fewer
-    than a header's bytes, or a length under a header's: padding, zeros) is no sign of a cut
-    after whole ``moov`` and ``mdat`` boxes, and is one before them; a box running past the end
-    always is. Raises :class:`DownloadRefused` past :data:`MAX_MP4_BOXES` boxes."""
+    more bytes than arrived. Walks the boxes, their data unread. A tail of zeros that is no box
+    (padding) is no sign of a cut after whole ``moov`` and ``mdat`` boxes in a file of no
+    fragments (``moof``: a cut one's next fragment header looks the same), and is one otherwise;
+    a box running past the end always is. Raises :class:`DownloadRefused` past :data:`MAX_MP4_BOXES` boxes."""
     at = 0
     whole: set[bytes] = set()
     for _ in range(MAX_MP4_BOXES):
@@ -256,10 +268,12 @@ def mp4_ends_whole(body: IO[bytes], size: int) -> bool:
             return True
         if length == 1:  # a 64-bit length after the type
             large = body.read(8)
-            length = struct.unpack(">Q", large)[0] if len(large) == 8 else -1
+            if len(large) < 8:
+                return False  # cut in the length
+            length = struct.unpack(">Q", large)[0]
             header_bytes = 16
-        if length < header_bytes:  # no box here
-            return {b"moov", b"mdat"} <= whole
+        if length < header_bytes:  # no box here: padding after the media, or a cut header
+            return {b"moov", b"mdat"} <= whole and b"moof" not in whole and _zeros(body, at, size)
         if at + length > size:
             return False
         at += length
@@ -267,9 +281,3 @@ def mp4_ends_whole(body: IO[bytes], size: int) -> bool:
     if at == size:
         return True
     raise DownloadRefused(f"mp4 video of more than {MAX_MP4_BOXES} top-level boxes")
-    body.seek(at)
-    while piece := body.read(min(64 * 1024, size - at)):
-        if piece.strip(b"\x00"):
-            return False
-        at += len(piece)
-    return True

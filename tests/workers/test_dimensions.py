@@ -359,3 +359,16 @@ def test_a_jpeg_hiding_segments_past_the_bound_after_its_frame_header_is_refused
     padded = data[:2] + sof0(1, 1) + b"\xff\xfe\x00\x02" * MAX_JPEG_SEGMENTS + data[2:]
     with pytest.raises(DownloadRefused, match="segments before its image data"):
         jpeg_frame_size(io.BytesIO(padded))
+
+
+@pytest.mark.parametrize("stray", [b"\x00", b"\xff" * (MAX_JPEG_FILL_BYTES + 1)], ids=["a byte", "fill"])
+def test_a_jpeg_hiding_a_second_frame_header_behind_stray_bytes_is_refused(stray: bytes) -> None:
+    # Given a frame header, bytes that are no marker (decoders skip them and read on), then a
+    # second frame header of 12000x12000
+    data = encode((40, 30), "JPEG")
+    forged = data[:2] + sof0(1, 1) + stray + sof0(12_000, 12_000) + data[2:]
+    # Then it is refused: the walk stopped at them, and the first header passed it as 1x1
+    with pytest.raises(DownloadRefused, match="no marker after its frame header"):
+        jpeg_frame_size(io.BytesIO(forged))
+    # while a JPEG cut short after its frame header is judged by it, as before
+    assert jpeg_frame_size(io.BytesIO(data[:200])) == (40, 30)

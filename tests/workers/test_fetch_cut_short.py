@@ -227,9 +227,8 @@ def test_an_mp4_of_too_many_top_level_boxes_is_refused(monkeypatch: pytest.Monke
         encoded("GIF") + b"\x00",  # a byte after its trailer
         encoded("GIF")[:-1],  # no trailer: decoders take it
         FTYP + box(b"moov", bytes(16)) + box(b"mdat", bytes(100)) + bytes(4),  # padding
-        FTYP + box(b"moov", bytes(16)) + box(b"mdat", bytes(100)) + b"junk!",  # no box
     ],
-    ids=["gif-trailing", "gif-no-trailer", "mp4-padding", "mp4-junk"],
+    ids=["gif-trailing", "gif-no-trailer", "mp4-padding"],
 )
 def test_a_file_with_bytes_past_its_end_under_a_content_length_is_stored(serve: Serve, image: bytes) -> None:
     outcome = fetched(serve, answer(f"200 OK\r\nContent-Length: {len(image)}", image))
@@ -251,3 +250,26 @@ def test_a_png_of_more_chunks_than_the_walk_takes_is_judged_by_its_last_bytes() 
     # Then it is whole (it was refused for good), and cut, it is not
     assert ends_whole(sniff.PNG, io.BytesIO(image), len(image))
     assert not ends_whole(sniff.PNG, io.BytesIO(image[:-3] + tail), len(image) - 3)
+
+
+def test_a_fragmented_mp4_cut_inside_its_next_fragment_header_is_not_whole() -> None:
+    # Given a fragmented MP4 (moov, then moof+mdat pairs) cut 5 bytes into its second moof
+    fragment = box(b"moof", bytes(24)) + box(b"mdat", bytes(200))
+    video = FTYP + box(b"moov", bytes(16)) + fragment + fragment
+    cut = video[: len(FTYP) + 24 + len(fragment) + 5]
+    # Then it is not whole: after whole moov and mdat, that looked like padding
+    assert ends_whole(MP4, io.BytesIO(video), len(video))
+    assert not ends_whole(MP4, io.BytesIO(cut), len(cut))
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_gif_cut_inside_its_image_data_under_its_framing_is_transient(serve: Serve, framing: str) -> None:
+    # Given a GIF cut in the middle of its image data, served under a length or chunks that end there
+    image = encoded("GIF", (200, 200))[:-200]
+    if framing == "content-length":
+        raw = answer(f"200 OK\r\nContent-Length: {len(image)}", image)
+    else:
+        raw = answer("200 OK\r\nTransfer-Encoding: chunked", chunked(image))
+    outcome = fetched(serve, raw)
+    # Then it is not stored: its block walk ends inside a block
+    assert isinstance(outcome, DownloadFailed), outcome

@@ -95,3 +95,9 @@ def test_an_ebml_file_is_webm_by_its_doc_type_not_by_the_word_somewhere() -> Non
     # stored as video/webm; it is refused, naming its doc type
     with pytest.raises(DownloadRefused, match="doc type 'matroska', not a WebM video"):
         sniff_media(MATROSKA_HEADER)
+
+
+def test_a_webm_whose_doc_type_is_zero_padded_is_webm() -> None:
+    # An EBML string may be padded with zeros (RFC 8794): "webm\0\0\0\0" still names WebM
+    padded = bytes.fromhex("1a45dfa3 93 4282 88") + b"webm\x00\x00\x00\x00" + bytes.fromhex("4287 81 04")
+    assert sniff_media(padded) == WEBM
