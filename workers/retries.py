@@ -104,7 +104,7 @@ class DurableRetries(Retries):
             super().after_process_message(  # type: ignore[no-untyped-call]
                 patient, message, result=result, exception=exception
             )
-        except redis.ResponseError as exc:
+        except redis.RedisError as exc:
             # Raised, it would be logged by dramatiq and the message acknowledged: lost. Failed, the
             # worker dead-letters it, and the runtime records the task failed with this error as the
             # reason: the attempt's own error is not what a replay would run into.
@@ -166,8 +166,8 @@ class _PatientBroker:
 def patiently(action: Callable[[], T], *, what: str, sleep: Callable[[float], None] = time.sleep) -> T:
     """``action()``, tried again with a capped backoff (:data:`FIRST_DELAY_S` doubling up to
     :data:`MAX_DELAY_S`) for as long as Redis cannot be reached or refuses writes; any other error
-    Redis answers is raised at the :data:`OTHER_ERROR_ATTEMPTS`-th attempt (waiting would not
-    mend it). ``what`` names the action in the log."""
+    Redis answers, or a reply that cannot be read, is raised at the :data:`OTHER_ERROR_ATTEMPTS`-th
+    attempt (waiting would not mend it). ``what`` names the action in the log."""
     wait_s = FIRST_DELAY_S
     other_errors = 0
     while True:
@@ -180,6 +180,11 @@ def patiently(action: Callable[[], T], *, what: str, sleep: Callable[[float], No
                 other_errors += 1
                 if other_errors >= OTHER_ERROR_ATTEMPTS:
                     raise
+            why = f"{type(exc).__name__}: {exc}"
+        except redis.RedisError as exc:  # a garbled reply (InvalidResponse), a proxy in between
+            other_errors += 1
+            if other_errors >= OTHER_ERROR_ATTEMPTS:
+                raise
             why = f"{type(exc).__name__}: {exc}"
         log.warning("cannot %s yet (%s); trying again in %.2f s", what, why, wait_s)
         sleep(wait_s)

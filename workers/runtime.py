@@ -297,7 +297,7 @@ class WorkerRuntime(Middleware):
         will never get over (a key of the wrong type) is logged after a few attempts instead."""
         try:
             patiently(action, what=what, sleep=self._sleep)
-        except redis.ResponseError as exc:
+        except redis.RedisError as exc:  # an error answer, a reply that cannot be read
             log.error("could not %s: %s", what, exc)
 
     def _give_up(self, callback: Callback, reason: str, *, looks: int = 1) -> bool:

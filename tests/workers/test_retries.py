@@ -126,6 +126,34 @@ def test_a_retry_redis_will_never_take_dead_letters_the_message(redis_server: Re
     assert (retry_enqueue_error(message) or "").startswith("ResponseError: WRONGTYPE ")
 
 
+def test_a_retry_whose_enqueue_reply_cannot_be_read_dead_letters_the_message(
+    redis_server: RedisServer,
+) -> None:
+    """Given a retry enqueue answered with a reply redis-py cannot read (InvalidResponse: a
+    garbled reply, a proxy in between), neither a connection error nor an error answer
+    Then it is tried OTHER_ERROR_ATTEMPTS times and the message is failed (dead-lettered, the
+    task failed with this reason): the hook raised it, dramatiq logged it and acknowledged the
+    message, neither retried nor dead-lettered."""
+    waits: list[float] = []
+    retries = DurableRetries(sleep=waits.append)
+    broker = make_broker(redis_server.url, retries)
+    attempts: list[object] = []
+
+    def garbled(message: object, *, delay: int | None = None) -> object:
+        attempts.append(message)
+        raise redis.exceptions.InvalidResponse("Protocol Error: b'\\x00'")
+
+    broker.enqueue = garbled  # type: ignore[method-assign]
+    message = failed_attempt(broker)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        retries.after_process_message(broker, message, exception=exc)
+    assert len(attempts) == OTHER_ERROR_ATTEMPTS
+    assert message.failed
+    assert (retry_enqueue_error(message) or "").startswith("InvalidResponse: Protocol Error")
+
+
 @pytest.mark.parametrize(
     "reply",
     [

@@ -977,3 +977,27 @@ def test_a_worker_killed_before_the_give_up_s_move_leaves_no_look_and_the_redeli
     assert healthy.store.get_json("tasks/task-1/manifest.json") is None
     assert healthy.processor.process(report, final_attempt=True) is TaskState.STORED
     assert tasks_counted(healthy.metrics, "failed") == 0
+
+
+def test_a_reply_that_cannot_be_read_while_keeping_the_dead_reason_stops_no_give_up(
+    runtime: WorkerRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given the reason kept beside a dead letter answered with a reply redis-py cannot read
+    (InvalidResponse: neither a connection error nor an error answer)
+    When the last attempt at a task gives up
+    Then the task is still recorded failed with its reason: the error escaped the hook, dramatiq
+    logged it, and the task stayed processing for good."""
+    runtime.parts().tasks.move("task-1", TaskState.PROCESSING)
+
+    def garbled(*args: object) -> None:
+        raise redis.exceptions.InvalidResponse("Protocol Error: b'\\x00'")
+
+    monkeypatch.setattr(runtime, "_record_dead_reason", garbled)
+    monkeypatch.setattr("workers.retries.time.sleep", lambda s: None)
+
+    give_up(runtime, callback(["http://127.0.0.1:9/a.png"]), RuntimeError("boom"))
+
+    record = runtime.parts().tasks.get("task-1")
+    assert record is not None
+    assert record.state is TaskState.FAILED
+    assert "gave up: RuntimeError: boom" in record.fields["reason"]
