@@ -30,7 +30,7 @@ from simulator.video import mp4_bytes
 from tests.ingress.test_callbacks import HeldReadsRedis
 from tests.support.procs import free_port
 from tests.support.servers import FileServer, png_bytes
-from tests.support.stack import ready_bucket
+from tests.support.stack import loopback_settings, ready_bucket
 from workers.runtime import WorkerParts, build_parts
 
 TOKEN = "read-secret"
@@ -54,16 +54,7 @@ class Stack:
 
 @pytest.fixture
 def stack(redis_server, s3_server, s3_bucket, file_server: FileServer) -> Iterator[Stack]:
-    settings = Settings(
-        redis_url=redis_server.url,
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_bucket=s3_bucket,
-        fetch_allow=("127.0.0.1",),
-        api_token=TOKEN,
-        spool_dir="",
-    )
+    settings = loopback_settings(redis_server.url, s3_server, s3_bucket, api_token=TOKEN, spool_dir="")
     parts = build_parts(settings)
     ready_bucket(parts.store)
     images = [png_bytes(seed) for seed in range(2)]

@@ -12,6 +12,7 @@ from shared.storage import ObjectStore, create_object_store
 from workers.runtime import wait_for_bucket
 
 from .procs import ManagedProcess, free_port, venv_bin, wait_for_http, wait_until
+from .servers import S3Server
 
 #: The repository root: the app packages live here and the processes run from here.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -131,6 +132,20 @@ def start_workers(
     with suppress(Exception):
         first_write(create_object_store(Settings.from_env(env), retries=0))
     return proc
+
+
+def loopback_settings(redis_url: str, s3: S3Server, s3_bucket: str, **fields: object) -> Settings:
+    """Settings of an in-process worker or ingress on the test's Redis and S3 store (``s3``),
+    downloading from 127.0.0.1 only, with ``fields`` on top."""
+    return Settings(  # type: ignore[arg-type]
+        redis_url=redis_url,
+        s3_endpoint=s3.endpoint,
+        s3_access_key=s3.access_key,
+        s3_secret_key=s3.secret_key,
+        s3_bucket=s3_bucket,
+        fetch_allow=("127.0.0.1",),
+        **fields,
+    )
 
 
 def ready_bucket(store: ObjectStore) -> None:

@@ -10,10 +10,9 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from shared.metrics import create_worker_metrics
-from shared.settings import Settings
 from tests.support.pipeline import wait_for
 from tests.support.servers import FileServer
-from tests.support.stack import ready_bucket
+from tests.support.stack import loopback_settings, ready_bucket
 from tests.support.worker_harness import Harness
 from tests.workers.test_fetch_hostile_servers import ScriptedServer, Serve
 from workers.runtime import build_parts
@@ -43,15 +42,7 @@ def start_worker(broker: RedisBroker) -> Iterator[Callable[[], dramatiq.Worker]]
 
 @pytest.fixture
 def harness(redis_server, s3_server, s3_bucket, file_server: FileServer) -> Iterator[Harness]:
-    settings = Settings(
-        redis_url=redis_server.url,
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_bucket=s3_bucket,
-        fetch_allow=("127.0.0.1",),
-        read_timeout_s=2,
-    )
+    settings = loopback_settings(redis_server.url, s3_server, s3_bucket, read_timeout_s=2)
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
     metrics = create_worker_metrics()
