@@ -19,7 +19,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
 
-from shared.redis_client import redis_millis, refuses_time
+from shared.redis_client import redis_or_host_millis
 
 log = logging.getLogger(__name__)
 
@@ -73,24 +73,17 @@ class RedisClockBroker(RedisBroker):
         #: Redis's time (or this host's, see :meth:`sync_clock`) minus ``local_millis``; None
         #: until measured.
         self._offset_ms: int | None = None
-        self._time_refused = False
 
     def sync_clock(self) -> ClockSync:
         """Measure the offset of Redis's clock from the local one (``TIME``, taken as read halfway
         through the round trip) and keep it, unless the round trip took longer than
         :data:`MAX_CLOCK_READ_MS` (the last offset kept, if there is one). A Redis refusing ``TIME``
-        gives this host's own time instead (logged once). Other Redis errors raise."""
+        gives this host's own time instead (:func:`shared.redis_client.redis_or_host_millis`).
+        Other Redis errors raise."""
         previous = self._offset_ms
         before = self._local_millis()
-        try:
-            redis_now = redis_millis(self.client)
-        except redis.ResponseError as exc:
-            if not refuses_time(exc):
-                raise  # BUSY, say: this beat fails, the last offset stays
-            if not self._time_refused:
-                log.warning("Redis refuses TIME (%s): heartbeats carry this host's clock", exc)
-                self._time_refused = True
-            redis_now = self._wall_millis()
+        # Any other error raises (BUSY, say): this beat fails, the last offset stays.
+        redis_now = redis_or_host_millis(self.client, host_millis=self._wall_millis)
         after = self._local_millis()
         measured = redis_now - (before + after) // 2
         quick = after - before <= MAX_CLOCK_READ_MS

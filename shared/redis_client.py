@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
+import threading
+from collections.abc import Callable
 
 import redis
 import redis.asyncio
 import redis.asyncio.retry
+from dramatiq.common import current_millis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -49,20 +51,19 @@ def redis_millis(client: redis.Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-def redis_or_host_millis(client: redis.Redis) -> int:
-    """:func:`redis_millis`, or this host's clock when Redis refuses ``TIME`` (an ACL, a proxy
-    that does not forward it), as the workers' brokers then stamp (logged once per process).
-    Other Redis errors raise."""
+def redis_or_host_millis(client: redis.Redis, *, host_millis: Callable[[], int] = current_millis) -> int:
+    """:func:`redis_millis`, or this host's clock (``host_millis``, Unix ms) when Redis refuses
+    ``TIME`` (an ACL, a proxy that does not forward it), as dramatiq's own broker stamps (logged
+    once per process). Other Redis errors raise."""
     try:
         return redis_millis(client)
     except redis.ResponseError as exc:
         if not refuses_time(exc):
-            raise
-        if not _time_refusals:
+            raise  # BUSY, LOADING...: Redis cannot answer now, it does not refuse
+        if not _TIME_REFUSED.is_set():
+            _TIME_REFUSED.set()
             log.warning("Redis refuses TIME (%s): this host's clock is used instead", exc)
-        _time_refusals.append(str(exc))
-        del _time_refusals[1:]
-        return int(time.time() * 1000)
+        return host_millis()
 
 
 def refuses_time(exc: redis.ResponseError) -> bool:
@@ -71,8 +72,8 @@ def refuses_time(exc: redis.ResponseError) -> bool:
     return isinstance(exc, redis.exceptions.NoPermissionError) or "unknown command" in str(exc).lower()
 
 
-#: The first refusal of TIME this process met (at most one kept): later ones are not logged.
-_time_refusals: list[str] = []
+#: Set once this process met a Redis refusing TIME: later refusals are not logged.
+_TIME_REFUSED = threading.Event()
 
 
 def as_text(value: bytes | str) -> str:
