@@ -205,10 +205,11 @@ class SilentTaskPoller:
     ``metrics`` (``mjhook_tasks_total{outcome="failed"}``). A provider error stops the pass;
     another error of one task is logged and the pass goes on. A task whose polls ``starts`` says
     never ended (their worker process died) is given up the same way, not polled. With
-    ``pending``, each give-up is recorded there as a second look before the task moves, and
-    removed once its manifest is recorded: a worker dying in between leaves the look, which any
-    worker takes to finish the give-up (:meth:`workers.runtime.WorkerRuntime._look_again`), as
-    does one whose manifest object storage could not take (``record_failure`` returned False).
+    ``pending``, each give-up is recorded there as a second look with the task's move (one
+    transaction), and removed once its manifest is recorded: a worker dying in between leaves
+    the look, which any worker takes to finish the give-up
+    (:meth:`workers.runtime.WorkerRuntime._look_again`); one whose manifest object storage could
+    not take (``record_failure`` returned False) is due again a lease's time later.
     ``clock`` returns Unix seconds; ``monotonic`` times the pass budget."""
 
     def __init__(

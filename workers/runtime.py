@@ -121,7 +121,7 @@ def build_parts(
             tasks=tasks,
             provider=polled,
             broker=broker,
-            record_failure=failure_recorder(processor, pending),
+            record_failure=processor.record_failure,
             metrics=metrics,
             pending=pending,
         )
@@ -134,23 +134,6 @@ def build_parts(
         metrics=metrics,
         polling=polling,
     )
-
-
-def failure_recorder(
-    processor: CallbackProcessor, pending: PendingGiveUps
-) -> Callable[[Callback, str], bool]:
-    """The polling fallback's way to give the bucket a failed task's manifest: the processor's
-    (:meth:`CallbackProcessor.record_failure`); one object storage could not take now (False) is
-    written by a second look (any worker's, :meth:`WorkerRuntime._look_again`), however many it
-    takes: the polling's own look (the same member, when the poller recorded it first)."""
-
-    def record_failure(callback: Callback, reason: str) -> bool:
-        if processor.record_failure(callback, reason):
-            return True
-        pending.add(callback, reason, polled=True)
-        return False
-
-    return record_failure
 
 
 def fetch_limits(settings: Settings) -> FetchLimits:

@@ -23,7 +23,6 @@ from workers.fetch import FetchLimits, ResultFetcher, create_http_client
 from workers.lease import LeaseManager
 from workers.pipeline import CallbackProcessor
 from workers.polling import PollStarts, SilentTaskPoller
-from workers.runtime import failure_recorder
 
 MANIFEST = "tasks/task-1/manifest.json"
 
@@ -144,7 +143,7 @@ def test_the_polling_fallback_giving_up_a_handed_back_task_brings_back_its_outco
             grace_s=0,
             interval_s=0,
             give_up_s=0,
-            record_failure=failure_recorder(worker, harness.parts.pending),  # type: ignore[attr-defined]
+            record_failure=worker.record_failure,
             metrics=metrics,
         )
 

@@ -948,8 +948,6 @@ def test_a_poll_give_up_killed_after_the_move_leaves_a_look_that_writes_its_mani
     When the worker dies after the task moved to failed, before its manifest was written
     Then no later pass sees it (it is no longer submitted), but the second look recorded before
     the move writes the manifest."""
-    from workers.runtime import failure_recorder
-
     parts = healthy_worker.parts()
     SubmittedTasks(parts.tasks.client, parts.tasks, ttl_s=86_400).record("task-p", {})
 
@@ -961,10 +959,7 @@ def test_a_poll_give_up_killed_after_the_move_leaves_a_look_that_writes_its_mani
     assert parts.tasks.get("task-p").state is TaskState.FAILED  # type: ignore[union-attr]
 
     # The worker restarts: a later pass finds nothing to give up; the due look finishes the job.
-    assert (
-        giving_up(parts, record_failure=failure_recorder(parts.processor, parts.pending)).run_once().given_up
-        == 0
-    )
+    assert giving_up(parts, record_failure=parts.processor.record_failure).run_once().given_up == 0
     assert sweep_due_looks(healthy_worker) == 1
 
     assert_failed_with_its_manifest(parts, "task-p")
@@ -978,8 +973,6 @@ def test_a_poll_give_up_killed_before_its_move_leaves_no_look_and_the_next_pass_
     When the worker dies before the move's transaction ran
     Then no second look is left (the look goes in with the move), the task is still submitted,
     and the next pass gives it up: failed, with its manifest, counted once."""
-    from workers.runtime import failure_recorder
-
     parts = healthy_worker.parts()
     SubmittedTasks(parts.tasks.client, parts.tasks, ttl_s=86_400).record("task-p", {})
     dying = TaskStore(parts.tasks.client, ttl_s=86_400)
@@ -993,7 +986,7 @@ def test_a_poll_give_up_killed_before_its_move_leaves_no_look_and_the_next_pass_
     assert parts.tasks.get("task-p").state is TaskState.SUBMITTED  # type: ignore[union-attr]
     assert parts.tasks.client.zcard(keys.GIVE_UPS_PENDING) == 0
 
-    restarted = giving_up(parts, record_failure=failure_recorder(parts.processor, parts.pending))
+    restarted = giving_up(parts, record_failure=parts.processor.record_failure)
     assert restarted.run_once().given_up == 1
 
     assert_failed_with_its_manifest(parts, "task-p")

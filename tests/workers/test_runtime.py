@@ -34,7 +34,7 @@ from tests.support.stack import app_environment, ready_bucket
 from workers.lease import LeaseManager
 from workers.metrics import WorkerMetricsMiddleware
 from workers.retries import DurableRetries
-from workers.runtime import WorkerRuntime, failure_recorder
+from workers.runtime import WorkerRuntime
 from workers.second_look import PendingGiveUps, SecondLookSweeper
 
 
@@ -745,22 +745,6 @@ def test_a_task_given_up_while_storage_is_down_gets_its_failed_manifest_once_it_
     assert store.get_json("tasks/task-1/manifest.json")["status"] == "partial"
     looked_at_again(runtime)
     assert_failed_manifest_describes_the_bucket(store)
-
-
-def test_a_polling_give_up_whose_manifest_storage_cannot_take_is_looked_at_again(
-    storage_down: WorkerRuntime, tasks: TaskStore
-) -> None:
-    """The polling fallback's give-ups record their failed manifest through the same repair: one
-    object storage cannot take now waits in Redis for a second look, not in a log line."""
-    tasks.move("task-1", TaskState.FAILED, reason="no result from the provider")
-    parts = storage_down.parts()
-    pending = PendingGiveUps(parts.tasks.client, after_s=0)
-    record_failure = failure_recorder(parts.processor, pending)
-
-    record_failure(callback([]), "no result from the provider")
-
-    (look,) = pending.take_due(hold_s=60)
-    assert (look.callback.task_id, look.reason) == ("task-1", "no result from the provider")
 
 
 # --- what a give-up counts ----------------------------------------------------------------------
