@@ -19,7 +19,7 @@ import struct
 from typing import IO
 
 from shared.errors import DownloadRefused
-from workers.sniff import GIF, JPEG, PNG, WEBP, MediaType
+from workers.sniff import GIF, JPEG, PNG, WEBP, MediaType, walk_gif
 
 #: Leading bytes to hand :func:`read_dimensions`: enough for PNG, GIF and WEBP, and for JPEG
 #: unless its metadata segments before the frame header exceed it.
@@ -32,11 +32,6 @@ MAX_JPEG_SEGMENTS = 1024
 MAX_JPEG_FILL_BYTES = 64
 #: Most chunks walked before a PNG's image data (IDAT): real files have a few dozen.
 MAX_PNG_CHUNKS = 1024
-#: Most blocks (frames, extensions, stray bytes) and data sub-blocks walked in a GIF: a real one
-#: of 64 MiB in 255-byte sub-blocks has ~263,000 of them; one made of empty extensions or 1-byte
-#: sub-blocks would make the walk long.
-MAX_GIF_BLOCKS = 100_000
-MAX_GIF_SUB_BLOCKS = 1_000_000
 #: Leading bytes that always suffice, per format (JPEG has no such bound).
 HEAD_BYTES_NEEDED = {PNG: 24, GIF: 10, WEBP: 30}
 #: Most pixels (width x height) an image may declare: 100 megapixels.
@@ -118,81 +113,10 @@ def gif_canvas(body: IO[bytes]) -> tuple[int, int] | None:
     """The canvas a decoder draws the GIF ``body`` (positioned at its start) on: its logical
     screen grown to every frame's extent (left + width, top + height, 16 bits each), as decoders
     grow it (Pillow does, and browsers for the first frame): a GIF declaring a 1x1 screen may
-    hold a 60000x60000 frame. Read by walking the file's blocks (:func:`_walk_gif`); a file cut
+    hold a 60000x60000 frame. Read by walking the file's blocks (:func:`workers.sniff.walk_gif`); a file cut
     short is judged on the frames before the cut. None without a logical screen."""
-    walked = _walk_gif(body)
+    walked = walk_gif(body)
     return None if walked is None else walked[0]
-
-
-def gif_ends_whole(body: IO[bytes], size: int) -> bool:
-    """Whether the GIF ``body`` (``size`` bytes) holds its blocks whole: its walk reaches the
-    trailer, or the file's end between two blocks (decoders take a GIF without its trailer). One
-    ending inside a block, its color table or its data was cut. Bytes after the trailer are no
-    sign of a cut. Leaves ``body``'s position anywhere."""
-    body.seek(0)
-    walked = _walk_gif(body)
-    return walked is not None and walked[1] and body.tell() <= size
-
-
-def _walk_gif(body: IO[bytes]) -> tuple[tuple[int, int], bool] | None:
-    """Walk the GIF ``body`` (positioned at its start) block by block, skipping their data unread
-    and any stray byte between blocks (decoders skip them too, and read the frames after): its
-    canvas (see :func:`gif_canvas`), and whether the walk ended between blocks (at the trailer or
-    the file's end) rather than inside one. None without a logical screen. Raises
-    :class:`DownloadRefused` past :data:`MAX_GIF_BLOCKS` blocks or :data:`MAX_GIF_SUB_BLOCKS`
-    sub-blocks (a file of empty extensions would make the walk long)."""
-    header = body.read(13)
-    if len(header) < 13:
-        return None
-    width, height, packed = struct.unpack_from("<HHB", header, 6)
-    _skip_color_table(body, packed)
-    walk = _GifWalk()
-    while (introducer := body.read(1)) not in (b"", b";"):  # ";" is the trailer
-        walk.block()
-        if introducer == b"!":  # an extension: its label, then its data sub-blocks
-            if not body.read(1) or not walk.skip_sub_blocks(body):
-                return (width, height), False
-        elif introducer == b",":
-            descriptor = body.read(9)
-            if len(descriptor) < 9:
-                return (width, height), False
-            left, top, frame_width, frame_height, packed = struct.unpack("<HHHHB", descriptor)
-            width, height = max(width, left + frame_width), max(height, top + frame_height)
-            _skip_color_table(body, packed)
-            if not body.read(1) or not walk.skip_sub_blocks(body):  # LZW code size, then the data
-                return (width, height), False
-    return (width, height), True
-
-
-class _GifWalk:
-    """Counts the blocks and sub-blocks of one GIF walk, refusing the file past the bounds."""
-
-    def __init__(self) -> None:
-        self._blocks = 0
-        self._sub_blocks = 0
-
-    def block(self) -> None:
-        self._blocks += 1
-        if self._blocks > MAX_GIF_BLOCKS:
-            raise DownloadRefused(f"gif image of more than {MAX_GIF_BLOCKS} blocks")
-
-    def skip_sub_blocks(self, body: IO[bytes]) -> bool:
-        """Past a run of data sub-blocks (each a length byte, then that many bytes) and the empty
-        one ending it; False when the file ends first."""
-        while size := body.read(1):
-            if size == b"\x00":
-                return True
-            self._sub_blocks += 1
-            if self._sub_blocks > MAX_GIF_SUB_BLOCKS:
-                raise DownloadRefused(f"gif image of more than {MAX_GIF_SUB_BLOCKS} data sub-blocks")
-            body.seek(size[0], io.SEEK_CUR)
-        return False
-
-
-def _skip_color_table(body: IO[bytes], packed: int) -> None:
-    """Past the color table a GIF block's packed byte announces (bit 7 set: 3 x 2^(n+1) bytes)."""
-    if packed & 0x80:
-        body.seek(3 << ((packed & 0x07) + 1), io.SEEK_CUR)
 
 
 def _webp(head: bytes) -> tuple[int, int] | None:

@@ -39,7 +39,6 @@ from workers.dimensions import (
     DEFAULT_MAX_SIDE,
     check_dimensions,
     gif_canvas,
-    gif_ends_whole,
     jpeg_frame_size,
     png_single_header,
     read_dimensions,
@@ -461,7 +460,7 @@ def _check_ends_whole(media: MediaType, body: IO[bytes], size: int, close_delimi
     server said it was all: a file being written as it was served, a cache's cut copy or a proxy
     that cut it may be whole the next time (and the provider may give a fresh link), so it is
     retried too, and recorded failed once the tries are used up; never stored cut."""
-    if gif_ends_whole(body, size) if media == GIF else ends_whole(media, body, size):
+    if ends_whole(media, body, size):
         return
     if close_delimited:
         # Without a length or chunks, a connection closed early looks like the end.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from typing import IO
@@ -176,7 +177,7 @@ def _brand(brand: bytes) -> str:
 
 
 #: The last bytes of a whole file, per format: JPEG's end of image (a GIF's end is judged by
-#: walking its blocks: :func:`workers.dimensions.gif_ends_whole`).
+#: walking its blocks: :func:`gif_ends_whole`).
 _ENDINGS = {
     JPEG: b"\xff\xd9",
 }
@@ -195,9 +196,9 @@ MAX_MP4_BOXES = 100_000
 def ends_whole(media: MediaType, body: IO[bytes], size: int) -> bool:
     """Whether ``body`` (``size`` bytes) ends as a whole file of ``media`` does: JPEG with its
     closing bytes, PNG with a whole IEND chunk (:func:`png_ends_whole`), WEBP holding the length
-    its RIFF header declares, MP4 where its last top-level box ends (:func:`mp4_ends_whole`).
-    WebM, without such an end, is taken as whole, and so is a GIF here (judged by walking its
-    blocks: :func:`workers.dimensions.gif_ends_whole`). Leaves ``body``'s position anywhere."""
+    its RIFF header declares, MP4 where its last top-level box ends (:func:`mp4_ends_whole`), GIF
+    with its blocks whole (:func:`gif_ends_whole`). WebM, without such an end, is taken as
+    whole. Leaves ``body``'s position anywhere."""
     if media == WEBP:
         body.seek(4)
         declared = body.read(4)
@@ -205,6 +206,8 @@ def ends_whole(media: MediaType, body: IO[bytes], size: int) -> bool:
         return len(declared) == 4 and int.from_bytes(declared, "little") + 8 <= size
     if media == PNG:
         return png_ends_whole(body, size)
+    if media == GIF:
+        return gif_ends_whole(body, size)
     if media == MP4:
         return mp4_ends_whole(body, size)
     ending = _ENDINGS.get(media)
@@ -235,6 +238,84 @@ def png_ends_whole(body: IO[bytes], size: int) -> bool:
             return True
     body.seek(size - len(_PNG_END))
     return body.read(len(_PNG_END)) == _PNG_END
+
+
+#: Most blocks (frames, extensions, stray bytes) and data sub-blocks walked in a GIF: a real one
+#: of 64 MiB in 255-byte sub-blocks has ~263,000 of them; one made of empty extensions or 1-byte
+#: sub-blocks would make the walk long.
+MAX_GIF_BLOCKS = 100_000
+MAX_GIF_SUB_BLOCKS = 1_000_000
+
+
+def gif_ends_whole(body: IO[bytes], size: int) -> bool:
+    """Whether the GIF ``body`` (``size`` bytes) holds its blocks whole: its walk reaches the
+    trailer, or the file's end between two blocks (decoders take a GIF without its trailer). One
+    ending inside a block, its color table or its data was cut. Bytes after the trailer are no
+    sign of a cut. Leaves ``body``'s position anywhere."""
+    body.seek(0)
+    walked = walk_gif(body)
+    return walked is not None and walked[1] and body.tell() <= size
+
+
+def walk_gif(body: IO[bytes]) -> tuple[tuple[int, int], bool] | None:
+    """Walk the GIF ``body`` (positioned at its start) block by block, skipping their data unread
+    and any stray byte between blocks (decoders skip them too, and read the frames after): its
+    canvas (see :func:`workers.dimensions.gif_canvas`), and whether the walk ended between
+    blocks (at the trailer or the file's end) rather than inside one. None without a logical screen. Raises
+    :class:`DownloadRefused` past :data:`MAX_GIF_BLOCKS` blocks or :data:`MAX_GIF_SUB_BLOCKS`
+    sub-blocks (a file of empty extensions would make the walk long)."""
+    header = body.read(13)
+    if len(header) < 13:
+        return None
+    width, height, packed = struct.unpack_from("<HHB", header, 6)
+    _skip_color_table(body, packed)
+    walk = _GifWalk()
+    while (introducer := body.read(1)) not in (b"", b";"):  # ";" is the trailer
+        walk.block()
+        if introducer == b"!":  # an extension: its label, then its data sub-blocks
+            if not body.read(1) or not walk.skip_sub_blocks(body):
+                return (width, height), False
+        elif introducer == b",":
+            descriptor = body.read(9)
+            if len(descriptor) < 9:
+                return (width, height), False
+            left, top, frame_width, frame_height, packed = struct.unpack("<HHHHB", descriptor)
+            width, height = max(width, left + frame_width), max(height, top + frame_height)
+            _skip_color_table(body, packed)
+            if not body.read(1) or not walk.skip_sub_blocks(body):  # LZW code size, then the data
+                return (width, height), False
+    return (width, height), True
+
+
+class _GifWalk:
+    """Counts the blocks and sub-blocks of one GIF walk, refusing the file past the bounds."""
+
+    def __init__(self) -> None:
+        self._blocks = 0
+        self._sub_blocks = 0
+
+    def block(self) -> None:
+        self._blocks += 1
+        if self._blocks > MAX_GIF_BLOCKS:
+            raise DownloadRefused(f"gif image of more than {MAX_GIF_BLOCKS} blocks")
+
+    def skip_sub_blocks(self, body: IO[bytes]) -> bool:
+        """Past a run of data sub-blocks (each a length byte, then that many bytes) and the empty
+        one ending it; False when the file ends first."""
+        while size := body.read(1):
+            if size == b"\x00":
+                return True
+            self._sub_blocks += 1
+            if self._sub_blocks > MAX_GIF_SUB_BLOCKS:
+                raise DownloadRefused(f"gif image of more than {MAX_GIF_SUB_BLOCKS} data sub-blocks")
+            body.seek(size[0], io.SEEK_CUR)
+        return False
+
+
+def _skip_color_table(body: IO[bytes], packed: int) -> None:
+    """Past the color table a GIF block's packed byte announces (bit 7 set: 3 x 2^(n+1) bytes)."""
+    if packed & 0x80:
+        body.seek(3 << ((packed & 0x07) + 1), io.SEEK_CUR)
 
 
 def _zeros(body: IO[bytes], at: int, size: int) -> bool:

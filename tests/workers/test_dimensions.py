@@ -14,8 +14,6 @@ from shared.errors import DownloadRefused
 from workers.dimensions import (
     DEFAULT_HEAD_BYTES,
     HEAD_BYTES_NEEDED,
-    MAX_GIF_BLOCKS,
-    MAX_GIF_SUB_BLOCKS,
     MAX_JPEG_FILL_BYTES,
     MAX_JPEG_SEGMENTS,
     MAX_PNG_CHUNKS,
@@ -25,7 +23,18 @@ from workers.dimensions import (
     png_single_header,
     read_dimensions,
 )
-from workers.sniff import GIF, JPEG, MP4, PNG, WEBM, WEBP, MediaType, sniff_media
+from workers.sniff import (
+    GIF,
+    JPEG,
+    MAX_GIF_BLOCKS,
+    MAX_GIF_SUB_BLOCKS,
+    MP4,
+    PNG,
+    WEBM,
+    WEBP,
+    MediaType,
+    sniff_media,
+)
 
 KIB = 1024
 
