@@ -42,6 +42,13 @@ def box(kind: bytes, payload: bytes) -> bytes:
 FTYP = box(b"ftyp", b"isom" + b"\x00\x00\x02\x00" + b"isom" + b"mp41")
 
 
+def framed(body: bytes, framing: str) -> bytes:
+    """An answer carrying all of ``body`` under its ``framing``: "content-length" or "chunked"."""
+    if framing == "content-length":
+        return answer(f"200 OK\r\nContent-Length: {len(body)}", body)
+    return answer("200 OK\r\nTransfer-Encoding: chunked", chunked(body))
+
+
 # --- a close-delimited body cut before its type can be told --------------------------------------
 
 
@@ -112,11 +119,7 @@ def test_a_file_cut_by_its_own_framing_is_transient_not_stored(
 )
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_a_whole_file_under_its_framing_is_stored(serve: Serve, image: bytes, framing: str) -> None:
-    if framing == "content-length":
-        raw = answer(f"200 OK\r\nContent-Length: {len(image)}", image)
-    else:
-        raw = answer("200 OK\r\nTransfer-Encoding: chunked", chunked(image))
-    outcome = fetched(serve, raw)
+    outcome = fetched(serve, framed(image, framing))
     assert isinstance(outcome, FetchedFile), outcome
     assert outcome.sha256 == hashlib.sha256(image).hexdigest()
 
@@ -266,10 +269,6 @@ def test_a_fragmented_mp4_cut_inside_its_next_fragment_header_is_not_whole() -> 
 def test_a_gif_cut_inside_its_image_data_under_its_framing_is_transient(serve: Serve, framing: str) -> None:
     # Given a GIF cut in the middle of its image data, served under a length or chunks that end there
     image = encoded("GIF", (200, 200))[:-200]
-    if framing == "content-length":
-        raw = answer(f"200 OK\r\nContent-Length: {len(image)}", image)
-    else:
-        raw = answer("200 OK\r\nTransfer-Encoding: chunked", chunked(image))
-    outcome = fetched(serve, raw)
+    outcome = fetched(serve, framed(image, framing))
     # Then it is not stored: its block walk ends inside a block
     assert isinstance(outcome, DownloadFailed), outcome
