@@ -7,14 +7,22 @@ its worker would go round like this for good: no retry is counted on a redeliver
 dead-lettered, its task stays ``processing`` and the workers restart again and again. Each attempt
 is therefore counted in Redis as it starts (one pipelined round trip); one started more than
 ``MJHOOK_MAX_ATTEMPT_STARTS`` times raises :class:`AttemptNeverEnds`, a permanent error: the
-message is dead-lettered and its task failed, with that reason, like any other give-up."""
+message is dead-lettered and its task failed, with that reason, like any other give-up. An
+attempt that ends, however, removes its count: only those of attempts whose worker died stay
+until they expire."""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 
 from shared import keys
 from shared.errors import AttemptNeverEnds
+
+log = logging.getLogger(__name__)
 
 
 def count_start(client: redis.Redis, key: str, *, ttl_s: int) -> int:
@@ -49,3 +57,24 @@ class AttemptStarts:
                 f"not started again (MJHOOK_MAX_ATTEMPT_STARTS={self._max_starts})"
             )
         return starts
+
+    @contextmanager
+    def counted(self, message_id: str, *, enqueued_ms: int, retries: int) -> Iterator[int]:
+        """:meth:`start` this attempt, then the block; once the block ends, whether it returned or
+        raised, the count is removed (a worker dying in it ends nothing, so the count stays). A
+        Redis error removing it is logged, not raised over the block's own outcome: the count
+        then expires in its time."""
+        starts = self.start(message_id, enqueued_ms=enqueued_ms, retries=retries)
+        try:
+            yield starts
+        finally:
+            try:
+                self._client.delete(keys.attempt_starts(message_id, enqueued_ms, retries))
+            except redis.RedisError as exc:
+                log.warning(
+                    "the start count of message %s was not removed (%s: %s); it expires in %d s",
+                    message_id,
+                    type(exc).__name__,
+                    exc,
+                    self._ttl_s,
+                )

@@ -4,6 +4,7 @@ the broker and declares every actor."""
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -74,10 +75,14 @@ def process_callback(message: dict[str, Any]) -> None:
     current = CurrentMessage.get_current_message()
     retries = current.options.get("retries", 0) if current is not None else 0
     parts = runtime.parts()
-    if current is not None:
-        # Before anything that could take the process down (workers/attempt_starts.py).
-        parts.starts.start(current.message_id, enqueued_ms=current.message_timestamp, retries=retries)
-    parts.processor.process(Callback.from_message(message), final_attempt=retries >= settings.max_retries)
+    # Counted before anything that could take the process down (workers/attempt_starts.py).
+    counted: AbstractContextManager[object] = (
+        parts.starts.counted(current.message_id, enqueued_ms=current.message_timestamp, retries=retries)
+        if current is not None
+        else nullcontext()
+    )
+    with counted:
+        parts.processor.process(Callback.from_message(message), final_attempt=retries >= settings.max_retries)
 
 
 @dramatiq.actor(

@@ -39,3 +39,48 @@ def test_each_attempt_and_each_replay_counts_on_its_own(client: redis.Redis) -> 
 def test_the_count_expires(client: redis.Redis) -> None:
     AttemptStarts(client, max_starts=3, ttl_s=600).start("m1", enqueued_ms=1000, retries=0)
     assert 0 < client.ttl(keys.attempt_starts("m1", 1000, 0)) <= 600
+
+
+def test_an_attempt_that_ends_leaves_no_count(client: redis.Redis) -> None:
+    """Only a dead worker's attempt needs its count; one per ended attempt stayed for the task's
+    30 days (about 60 % more memory than the task records)."""
+    starts = AttemptStarts(client, max_starts=3, ttl_s=600)
+    # Given one attempt that returns and one that raises
+    with starts.counted("m1", enqueued_ms=1000, retries=0) as started:
+        assert started == 1
+        assert client.exists(keys.attempt_starts("m1", 1000, 0))
+    with pytest.raises(RuntimeError), starts.counted("m2", enqueued_ms=1000, retries=0):
+        raise RuntimeError("a download failed")
+    # Then neither leaves its count behind
+    assert not client.exists(keys.attempt_starts("m1", 1000, 0), keys.attempt_starts("m2", 1000, 0))
+
+
+def test_an_attempt_whose_worker_died_keeps_its_count(client: redis.Redis) -> None:
+    starts = AttemptStarts(client, max_starts=3, ttl_s=600)
+    # Given an attempt whose worker died in it: its block was entered and never left (kept
+    # referenced: a collected generator would run its finally, which a dead process never does)
+    dead = starts.counted("m1", enqueued_ms=1000, retries=0)
+    dead.__enter__()
+    assert client.get(keys.attempt_starts("m1", 1000, 0)) == b"1"
+    # When it is delivered again, the count goes on from there
+    with starts.counted("m1", enqueued_ms=1000, retries=0) as started:
+        assert started == 2
+    del dead
+
+
+def test_a_count_not_removed_does_not_hide_the_attempts_outcome(client: redis.Redis) -> None:
+    """Redis failing as the count is removed must not replace a permanent failure (dead-lettered)
+    with a Redis error (retried) or turn a success into an error: the count just expires."""
+
+    class DeleteFails(redis.Redis):
+        def delete(self, *names: object) -> int:
+            raise redis.ConnectionError("Connection reset by peer")
+
+    failing = DeleteFails(connection_pool=client.connection_pool)
+    starts = AttemptStarts(failing, max_starts=3, ttl_s=600)
+    attempt = starts.counted("m1", enqueued_ms=1000, retries=0)
+    with pytest.raises(PermanentError, match="not an image"), attempt:
+        raise PermanentError("not an image")
+    with starts.counted("m2", enqueued_ms=1000, retries=0) as started:
+        assert started == 1
+    assert 0 < client.ttl(keys.attempt_starts("m2", 1000, 0)) <= 600
