@@ -131,12 +131,42 @@ def make_formatter(log_format: LogFormat) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
+#: Loggers that write each request's URL at INFO (httpx: "HTTP Request: GET <url>"): a result URL's
+#: query string is the provider's signature for the file, and mjhook logs what it fetched itself.
+QUIET_LOGGERS = ("httpx", "httpcore")
+
+
+class QueueMessageNames(logging.Filter):
+    """A queue message given as a log argument is logged as ``actor[message id]``, not with its
+    arguments. dramatiq logs a message whose processing failed with ``%s``, which prints the whole
+    callback: its ``promptJson`` holds the ``callBackUrl`` with our callback token, and the result
+    URLs their signatures. Told by shape (``actor_name`` and ``message_id``), so that this module
+    needs no dramatiq."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(_is_queue_message(arg) for arg in record.args):
+            record.args = tuple(_message_name(arg) if _is_queue_message(arg) else arg for arg in record.args)
+        return True
+
+
+def _is_queue_message(value: object) -> bool:
+    return hasattr(value, "actor_name") and hasattr(value, "message_id") and hasattr(value, "args")
+
+
+def _message_name(message: Any) -> str:
+    return f"{message.actor_name}[{message.message_id}]"
+
+
 def configure_logging(
     level: str = "INFO", log_format: LogFormat = "text", *, stream: IO[str] | None = None
 ) -> None:
     """Send every logger of this process through one handler on ``stream`` (default: stderr as it
-    is now) in ``log_format``, replacing handlers set before (dramatiq's worker processes have
-    one already, writing to the same stderr)."""
+        is now) in ``log_format``, replacing handlers set before (dramatiq's worker processes have
+        one already, writing to the same stderr). A queue message in a record is named, not printed
+    (:class:`QueueMessageNames`); httpx's request lines are left out (:data:`QUIET_LOGGERS`)."""
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(make_formatter(log_format))
+    handler.addFilter(QueueMessageNames())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -9,11 +9,15 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import dramatiq
 import orjson
 import pytest
+from dramatiq.brokers.stub import StubBroker
 
 from shared.logs import (
+    QUIET_LOGGERS,
     JsonFormatter,
+    LogFormat,
     TextFormatter,
     bind_task_id,
     configure_logging,
@@ -30,12 +34,16 @@ def record(message: str = "task %s stored", *args: object, **extra: object) -> l
 
 @pytest.fixture
 def root_logging() -> Iterator[None]:
-    """configure_logging replaces the root logger's handlers: put pytest's back afterwards."""
+    """configure_logging replaces the root logger's handlers and quiets httpx: put pytest's
+    logging back afterwards."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, quiet_level in quiet.items():
+        logging.getLogger(name).setLevel(quiet_level)
 
 
 def test_a_json_line_has_the_fixed_fields_and_no_task_outside_a_task() -> None:
@@ -136,3 +144,47 @@ def test_configure_logging_replaces_earlier_handlers_with_one_in_the_chosen_form
     assert first.getvalue() == ""
     [line] = second.getvalue().splitlines()
     assert orjson.loads(line)["taskId"] == "mj_task_1"
+
+
+@pytest.mark.usefixtures("root_logging")
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_failed_queue_message_is_logged_by_name_without_its_callback(log_format: LogFormat) -> None:
+    """dramatiq logs a message whose processing failed with its arguments: the callback, whose
+    promptJson carries the callBackUrl with our token (and result URLs their signatures)."""
+    out = io.StringIO()
+    configure_logging("INFO", log_format, stream=out)
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+
+    def fails(message: dict[str, str]) -> None:
+        raise RuntimeError("the store is down")
+
+    actor = dramatiq.actor(fails, actor_name="process_callback", max_retries=0, broker=broker)
+    # Given a queued callback carrying our token
+    sent = actor.send({"taskId": "t1", "promptJson": '{"callBackUrl": "https://me/cb?token=S3CRET"}'})
+    # When a real dramatiq worker fails processing it
+    worker = dramatiq.Worker(broker, worker_timeout=100)
+    worker.start()
+    try:
+        broker.join(actor.queue_name, fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+        broker.close()
+    # Then the log names the message and the error, and holds nothing of its arguments
+    logged = out.getvalue()
+    assert f"process_callback[{sent.message_id}]" in logged
+    assert "the store is down" in logged
+    assert "S3CRET" not in logged
+    assert "callBackUrl" not in logged
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_httpx_request_lines_are_not_logged_at_info() -> None:
+    """httpx logs each request's URL at INFO: a result URL's query is its signature."""
+    out = io.StringIO()
+    configure_logging("INFO", "text", stream=out)
+    logging.getLogger("httpx").info('HTTP Request: GET http://127.0.0.1/0.png?X-Amz-Signature=abc "200 OK"')
+    logging.getLogger("httpx").warning("a warning still shows")
+    assert "X-Amz-Signature" not in out.getvalue()
+    assert "a warning still shows" in out.getvalue()
