@@ -62,6 +62,9 @@ CODE_MEANINGS = {
     505: "feature not available",
 }
 
+#: What an answer's ``msg`` shows in place of our API key, should it quote it.
+REDACTED_KEY = "[MJHOOK_PROVIDER_API_KEY]"
+
 #: Attempts of one request (the first and its retries) while the answer is transient.
 DEFAULT_ATTEMPTS = 5
 #: Wait before the first retry, seconds; doubled before each further one, up to the cap.
@@ -147,6 +150,7 @@ class ProviderClient:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._http = http
         self._sleep = sleep
@@ -246,6 +250,10 @@ class ProviderClient:
                     raise error from exc
             else:
                 code, msg, data, own = _decode(response, content)
+                if self._api_key:
+                    # A provider (or a proxy) quoting our request back: its msg goes into errors,
+                    # logs, a task's reason and a manifest, where the key must not.
+                    msg = msg.replace(self._api_key, REDACTED_KEY)
                 if code == CODE_OK:
                     return data
                 if not own and response.status_code == 404:

@@ -303,3 +303,18 @@ def test_a_number_spelled_with_control_characters_around_it_is_read(body: bytes)
     client = scripted([httpx.Response(200, content=body)], RecordingSleep())
 
     assert client.record_info("t").status is TaskStatus.SUCCESS
+
+
+def test_an_answer_quoting_our_api_key_does_not_carry_it_into_the_error() -> None:
+    """A provider or a proxy quoting our Authorization header back: the error's text and msg go
+    into logs, task reasons and manifests."""
+    sleep = RecordingSleep()
+    quoting = httpx.Response(
+        200, json={"code": 422, "msg": "url not found for token Bearer k3y-s3cret", "data": None}
+    )
+    http = httpx.Client(transport=httpx.MockTransport(lambda request: quoting))
+    client = ProviderClient("http://provider.test", "k3y-s3cret", http=http, sleep=sleep)
+    with pytest.raises(ProviderRefused) as refused:
+        client.download_url("http://provider.test/files/0.png")
+    assert "k3y-s3cret" not in str(refused.value)
+    assert refused.value.provider_msg == "url not found for token Bearer [MJHOOK_PROVIDER_API_KEY]"
