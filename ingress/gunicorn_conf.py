@@ -70,6 +70,10 @@ limit_request_line = 8190
 limit_request_fields = 50
 limit_request_field_size = 8190
 accesslog = None
+#: When the access log is turned on (``--access-logfile``): gunicorn's default line without the
+#: query string or the referrer, which carry ``?token=`` (the callback token, the dashboard's API
+#: token): ``%(U)s`` is the path alone where gunicorn's ``%(r)s`` is the whole request line.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
 #: gunicorn 27's control socket is one file per user (~/.gunicorn/gunicorn.ctl) shared by every
 #: instance on the host; the ingress does not use it.
 control_socket_disable = True

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 from gunicorn.config import Config
 from gunicorn.workers.gasgi import ASGIWorker
 
 from ingress import gunicorn_conf
 from ingress.gunicorn_worker import BoundedASGIWorker
+from shared.callback import CALLBACK_PATH
+from tests.support.pipeline import callback
+from tests.support.procs import wait_until
+from tests.support.servers import RedisServer
+from tests.support.stack import start_ingress
 
 
 def test_the_ingress_runs_on_gunicorns_asyncio_worker_with_uvloop() -> None:
@@ -57,3 +65,37 @@ def test_the_ingress_starts_a_process_per_cpu_its_container_may_use(
     if cpu_max is not None:
         path.write_text(cpu_max)
     assert gunicorn_conf.available_cpus(cpu_max=path, affinity=set(range(8))) == expected
+
+
+@pytest.mark.integration
+def test_an_access_log_turned_on_leaves_out_query_strings_and_referrers(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """gunicorn's default access line is the whole request line: the callback token (and the
+    dashboard's API token, also in its pages' Referer) would be written to the log."""
+    # Given the ingress with a callback token and its access log turned on
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MJHOOK_")}
+    env |= {"MJHOOK_REDIS_URL": redis_server.url, "MJHOOK_CALLBACK_TOKEN": "tok-s3cret"}
+    proc, base_url = start_ingress(env, tmp_path, extra_args=["--workers", "1", "--access-logfile", "-"])
+    try:
+        # When a callback comes with the token, and a page with a referrer carrying it
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            answer = http.post(
+                f"{CALLBACK_PATH}?token=tok-s3cret",
+                content=orjson.dumps(callback("t-access", ["http://127.0.0.1:9/0.png"])),
+                headers={
+                    "Content-Type": "application/json",
+                    "Referer": f"{base_url}/dashboard?token=tok-s3cret",
+                },
+            )
+            assert answer.status_code == 200
+        wait_until(
+            lambda: f"POST {CALLBACK_PATH} HTTP/1.1" in proc.log_since_start(), 10, what="the access line"
+        )
+        log = proc.log_since_start()
+    finally:
+        proc.terminate()
+    # Then the access line has the path and the status, and neither token
+    [line] = [line for line in log.splitlines() if f"POST {CALLBACK_PATH} HTTP/1.1" in line]
+    assert '" 200 ' in line
+    assert "tok-s3cret" not in log
