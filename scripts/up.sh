@@ -38,6 +38,10 @@ redis_answers() {  # URL: does a Redis answer PING there? (redis-py: it knows un
 redis.Redis.from_url(sys.argv[1], socket_connect_timeout=2, socket_timeout=2).ping()' "$1" >/dev/null 2>&1
 }
 
+shown_url() {  # URL without its user and password, for messages
+  printf '%s' "$1" | sed -E 's#//[^@/]*@#//***@#'
+}
+
 default_redis_url=redis://127.0.0.1:6379/0
 redis_url=${MJHOOK_REDIS_URL:-$default_redis_url}
 names=()
@@ -45,9 +49,9 @@ names=()
 chosen=(MJHOOK_REDIS_URL)
 
 if redis_answers "$redis_url"; then
-  redis_line="already running at $redis_url"
+  redis_line="already running at $(shown_url "$redis_url")"
 elif [ "$redis_url" != "$default_redis_url" ]; then
-  echo "up: nothing answers at MJHOOK_REDIS_URL=$redis_url; unset it to start a local Redis" >&2
+  echo "up: nothing answers at MJHOOK_REDIS_URL=$(shown_url "$redis_url"); unset it to start a local Redis" >&2
   exit 1
 elif ! command -v redis-server >/dev/null 2>&1; then
   echo "up: redis-server is not installed (make up installs it; or apt-get install redis-server)" >&2

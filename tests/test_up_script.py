@@ -120,6 +120,22 @@ def test_the_redis_url_in_dotenv_is_the_one_probed(repo: Path, redis_server: Red
     assert honcho_call(repo) is None
 
 
+def test_a_redis_url_is_shown_without_its_password(repo: Path, redis_server: RedisServer) -> None:
+    """The banner and the error name the Redis by its URL, without user and password (the export
+    line for another shell carries the URL whole: that is its purpose)."""
+    dead = DEAD_REDIS_URL.replace("redis://", "redis://mjhook:pw-s3cret@")
+    refused = run_up(repo, MJHOOK_REDIS_URL=dead)
+    assert refused.returncode != 0
+    assert DEAD_REDIS_URL.replace("redis://", "redis://***@") in refused.stderr
+    assert "pw-s3cret" not in refused.stderr
+    redis_server.client().config_set("requirepass", "pw-s3cret")
+    live = redis_server.url.replace("redis://", "redis://:pw-s3cret@")
+    started = run_up(repo, MJHOOK_REDIS_URL=live)
+    assert started.returncode == 0, started.stderr
+    [line] = [line for line in started.stdout.splitlines() if line.startswith("redis ")]
+    assert line.endswith("already running at " + live.replace(":pw-s3cret@", "***@"))
+
+
 def test_the_processes_get_what_up_decided_from_dotenv(repo: Path, redis_server: RedisServer) -> None:
     """Given a ./.env naming an S3 endpoint and a Redis that answers, when make up starts, then it
     starts no SeaweedFS, says which store it uses, and honcho reads no env file of its own: the
