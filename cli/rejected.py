@@ -3,6 +3,8 @@ why; replay those whose cause is mended (a token or key that was set wrong, a li
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -10,7 +12,7 @@ from rich.table import Table
 from cli.output import echo_json, list_options, printable_text
 from cli.services import reported_failures, task_store
 from cli.settings import pass_settings
-from shared.callback import callback_limits
+from shared.callback import callback_limits, without_callback_url
 from shared.printable import printable
 from shared.queue import enqueue_broker_beside, queue_callback
 from shared.rejected import count_rejected, list_rejected, replay_rejected
@@ -34,12 +36,16 @@ def list_command(settings: Settings, as_json: bool, limit: int) -> None:
     """Rejected callbacks, most recent first, with the answer they got and the start of the body.
 
     JSON: {"total", "rejected": [{"id", "at", "status", "reason", "remoteAddr", "contentType",
-    "bodySize", "truncated", "bodyLossy", "body"}]}; "id" is what replay takes.
+    "bodySize", "truncated", "bodyLossy", "body"}]}; "id" is what replay takes. A callBackUrl in
+    the body (the provider echoes it in promptJson, with the callback token) is shown emptied.
     """
     store = task_store(settings)
     with reported_failures():
         total = count_rejected(store.client)
         entries = list_rejected(store.client, limit=limit)
+    # Shown without the callBackUrl the provider echoes in promptJson (MJHOOK_CALLBACK_TOKEN in it;
+    # a terminal or a pasted report travels further than Redis); replay sends the body as kept.
+    entries = [replace(entry, body=without_callback_url(entry.body) or "") for entry in entries]
     if as_json:
         echo_json({"total": total, "rejected": [entry.to_json() for entry in entries]})
         return

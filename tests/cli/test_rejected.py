@@ -117,3 +117,27 @@ def test_a_hostile_body_is_listed_without_its_terminal_controls(
     assert "\\x1b[2J\\x1b]0;pwned\\x07" in result.stdout
     assert "\\u202e" in result.stdout
     assert not {"\x1b", "\x07", "\u202e"} & set(result.stdout)
+
+
+def test_a_listed_body_does_not_show_the_callback_token_its_prompt_echoes(
+    app_env: dict[str, str], run_cli: RunCli
+) -> None:
+    """The provider echoes the request in promptJson, callBackUrl and its ?token= included."""
+    # Given a callback refused after a token rotation, its promptJson echoing the old callback URL
+    prompt = orjson.dumps(
+        {"prompt": "a cat", "callBackUrl": "https://me.example/cb?token=old-s3cret"}
+    ).decode()
+    body = orjson.dumps(callback("t-echo", ["http://127.0.0.1:9/0.png"], prompt=prompt))
+    app = ingress(app_env, MJHOOK_CALLBACK_TOKEN="new-token")
+    headers = {"Content-Type": "application/json"}
+    refused = app.simulate_post(CALLBACK_PATH, body=body, headers=headers, query_string="token=old-s3cret")
+    assert refused.status_code == 401
+    # When an operator lists it, as a table or as JSON
+    table = run_cli(app_env, "rejected", "list")
+    listed = run_cli(app_env, "rejected", "list", "--json")
+    # Then neither shows the token, and the rest of the prompt is there
+    assert table.exit_code == listed.exit_code == 0
+    assert "old-s3cret" not in table.output
+    assert "old-s3cret" not in listed.output
+    [entry] = json.loads(listed.stdout)["rejected"]
+    assert json.loads(json.loads(entry["body"])["data"]["promptJson"]) == {"prompt": "a cat"}
