@@ -64,6 +64,8 @@ CODE_MEANINGS = {
 
 #: What an answer's ``msg`` shows in place of our API key, should it quote it.
 REDACTED_KEY = "[MJHOOK_PROVIDER_API_KEY]"
+#: Shortest key looked for in an answer: a shorter one (a test's "k") matches ordinary words.
+MIN_REDACTED_KEY_CHARS = 8
 
 #: Attempts of one request (the first and its retries) while the answer is transient.
 DEFAULT_ATTEMPTS = 5
@@ -250,7 +252,7 @@ class ProviderClient:
                     raise error from exc
             else:
                 code, msg, data, own = _decode(response, content)
-                if self._api_key:
+                if len(self._api_key) >= MIN_REDACTED_KEY_CHARS:
                     # A provider (or a proxy) quoting our request back: its msg goes into errors,
                     # logs, a task's reason and a manifest, where the key must not.
                     msg = msg.replace(self._api_key, REDACTED_KEY)
