@@ -3,9 +3,10 @@ the CLI) call :meth:`Settings.from_env`; everything else receives a Settings."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
-from urllib.parse import urlsplit
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pika
@@ -14,6 +15,7 @@ from minio.helpers import BaseURL, check_bucket_name
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from shared.allow_list import parse_allow_entry
 from shared.errors import ConfigError
 
 #: Every environment variable of ours starts with this.
@@ -21,6 +23,9 @@ ENV_PREFIX = "MJHOOK_"
 
 KIB = 1024
 MIB = 1024 * KIB
+GIB = 1024 * MIB
+TIB = 1024 * GIB
+DAY_S = 86_400
 
 #: What a misspelled ``MJHOOK_*`` name is told (pydantic's own words: "Extra inputs are not permitted").
 UNKNOWN_SETTING = "no such setting (misspelled?)"
@@ -28,6 +33,10 @@ UNKNOWN_SETTING = "no such setting (misspelled?)"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 #: URL schemes of a RabbitMQ broker.
 AMQP_SCHEMES = ("amqp://", "amqps://")
+#: URL schemes of the provider's API and of our public address.
+HTTP_SCHEMES = ("http://", "https://")
+#: What MJHOOK_LOG_LEVEL may name (in any case): the levels both logging and gunicorn know.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 #: The most result URLs, and the longest URL, a queued callback may carry (the worker re-checks a
@@ -41,20 +50,36 @@ MAX_JSON_DEPTH = 200
 #: How much longer than MJHOOK_POLL_GIVE_UP_S a task's record must live, seconds: time for the
 #: pass that gives it up to come, behind a busy queue.
 TTL_MARGIN_OVER_GIVE_UP_S = 3600
+#: The longest anything may be kept in Redis, seconds (a year): a task's record, a dead letter, the
+#: polling's wait for a silent task. Far within what EXPIRE and PEXPIRE take; a larger TTL (past
+#: 2^63 ms) was refused by Redis at every write, after the ingress had started.
+MAX_KEEP_S = 365 * DAY_S
+#: S3's largest object, 5 TiB: minio refuses to store a larger file.
+MAX_OBJECT_BYTES = 5 * TIB
+#: Redis's largest value (its default proto-max-bulk-len, 512 MiB): a queued callback, and a
+#: refused one kept for inspection, are each written as one.
+MAX_REDIS_VALUE_BYTES = 512 * MIB
+#: The longest side an image header can declare (PNG's, 32 bits): a larger limit checks nothing.
+MAX_DECLARED_SIDE = 2**32 - 1
+#: The ports TCP has.
+TcpPort = Annotated[int, Field(ge=1, le=65535)]
 
 
 class Settings(BaseModel):
     """mjhook's configuration. Each field ``name`` is read from ``MJHOOK_NAME``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan: "inf" (or "1e309") as a timeout or an interval is no value anything can wait for
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     # --- services -------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: The queue; empty means the Redis of ``redis_url``. ``amqp://`` selects RabbitMQ.
     broker_url: str = ""
     s3_endpoint: str = "http://127.0.0.1:8333"
-    s3_access_key: str = ""
-    s3_secret_key: str = ""
+    # repr=False on every secret: a Settings in a log line or a traceback shows none of them (the
+    # URLs' passwords are masked by __repr_args__)
+    s3_access_key: str = Field(default="", repr=False)
+    s3_secret_key: str = Field(default="", repr=False)
     #: Empty: an AWS endpoint's own region, else us-east-1 (see shared/storage.py ``_region``).
     s3_region: str = ""
     s3_bucket: str = "midjourney"
@@ -65,9 +90,9 @@ class Settings(BaseModel):
     presign_expiry_s: int = Field(default=3600, ge=60, le=7 * 86400)
 
     # --- who may call us and read from us ---------------------------------------------
-    callback_token: str = ""
+    callback_token: str = Field(default="", repr=False)
     #: Provider signature keys, comma-separated (a rotation); empty: signatures not required.
-    webhook_hmac_key: str = ""
+    webhook_hmac_key: str = Field(default="", repr=False)
     #: How far a signature's timestamp may lie from our clock, either way, in seconds.
     webhook_window_s: int = Field(default=300, ge=1, le=86_400)
     #: IPs or CIDR networks callbacks may come from; empty allows every address.
@@ -77,81 +102,98 @@ class Settings(BaseModel):
     trusted_proxy_header: str = ""
     #: IPs or CIDR networks of our own reverse proxies.
     trusted_proxies: tuple[str, ...] = ()
-    api_token: str = ""
+    api_token: str = Field(default="", repr=False)
 
     # --- the fetcher ------------------------------------------------------------------
     #: Hosts or CIDRs the downloader may reach although they are private or loopback.
     fetch_allow: tuple[str, ...] = ()
-    #: Ports the downloader may connect to on hosts not in ``fetch_allow`` (those may use any).
-    fetch_ports: tuple[int, ...] = (80, 443)
+    #: Ports the downloader may connect to on hosts not in ``fetch_allow`` (those may use any);
+    #: each 1-65535.
+    fetch_ports: tuple[TcpPort, ...] = (80, 443)
     #: Parallel downloads per worker process (one pool shared by its threads).
     download_concurrency: int = Field(default=8, ge=1, le=256)
-    connect_timeout_s: float = Field(default=5.0, gt=0)
-    #: Longest wait for the next chunk of a download, not for the whole file.
-    read_timeout_s: float = Field(default=30.0, gt=0)
+    #: At most 5 minutes (Linux itself gives up a connect after about 2).
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    #: Longest wait for the next chunk of a download, not for the whole file; at most an hour.
+    read_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     max_redirects: int = Field(default=5, ge=0, le=20)
     #: Slowest average a download may keep up, in bytes/s, once it has run ``min_download_rate_after_s``
-    #: seconds (0: no minimum). Bounds a slow trickle, which the per-chunk timeout does not.
-    min_download_rate: int = Field(default=4 * KIB, ge=0)
-    min_download_rate_after_s: float = Field(default=60.0, gt=0)
-    #: Largest image file accepted, in bytes.
-    max_image_bytes: int = Field(default=64 * MIB, ge=1)
-    #: Largest video file accepted, in bytes.
-    max_video_bytes: int = Field(default=2048 * MIB, ge=1)
-    #: Most bytes all files of one task may add up to.
-    max_task_bytes: int = Field(default=4096 * MIB, ge=1)
-    #: Files smaller than this stay in memory while downloading; larger ones spill to disk.
-    spool_memory_bytes: int = Field(default=8 * MIB, ge=0)
-    #: Most pixels (width x height) a result image may declare in its header.
-    max_image_pixels: int = Field(default=100_000_000, ge=1)
-    #: Longest side a result image may declare, in pixels.
-    max_image_side: int = Field(default=20_000, ge=1)
+    #: seconds (0: no minimum). Bounds a slow trickle, which the per-chunk timeout does not. At
+    #: most 1 GiB/s (more than a link carries would fail every download); after at most a day (the
+    #: longest task time limit).
+    min_download_rate: int = Field(default=4 * KIB, ge=0, le=GIB)
+    min_download_rate_after_s: float = Field(default=60.0, gt=0, le=DAY_S)
+    #: Largest image file accepted, in bytes (at most MAX_OBJECT_BYTES, 5 TiB).
+    max_image_bytes: int = Field(default=64 * MIB, ge=1, le=MAX_OBJECT_BYTES)
+    #: Largest video file accepted, in bytes (at most MAX_OBJECT_BYTES, 5 TiB).
+    max_video_bytes: int = Field(default=2048 * MIB, ge=1, le=MAX_OBJECT_BYTES)
+    #: Most bytes all files of one task may add up to (at most 5 TiB, like one file).
+    max_task_bytes: int = Field(default=4096 * MIB, ge=1, le=MAX_OBJECT_BYTES)
+    #: Files smaller than this stay in memory while downloading; larger ones spill to disk. At most
+    #: 1 GiB: each of ``download_concurrency`` downloads may hold it.
+    spool_memory_bytes: int = Field(default=8 * MIB, ge=0, le=GIB)
+    #: Most pixels (width x height) a result image may declare in its header (at most
+    #: MAX_DECLARED_SIDE squared).
+    max_image_pixels: int = Field(default=100_000_000, ge=1, le=MAX_DECLARED_SIDE**2)
+    #: Longest side a result image may declare, in pixels (at most MAX_DECLARED_SIDE, 2^32 - 1).
+    max_image_side: int = Field(default=20_000, ge=1, le=MAX_DECLARED_SIDE)
 
     # --- the ingress ------------------------------------------------------------------
-    #: Largest callback body accepted, in bytes (413 above).
-    max_body_bytes: int = Field(default=256 * KIB, ge=1 * KIB)
+    #: Largest callback body accepted, in bytes (413 above); at most MAX_REDIS_VALUE_BYTES (512 MiB).
+    max_body_bytes: int = Field(default=256 * KIB, ge=1 * KIB, le=MAX_REDIS_VALUE_BYTES)
     max_result_urls: int = Field(default=16, ge=1, le=QUEUED_MAX_RESULT_URLS)
     max_url_length: int = Field(default=4096, ge=64, le=QUEUED_MAX_URL_LENGTH)
     #: Deepest JSON nesting accepted in a callback body (400 above) and in its promptJson
     #: (kept raw but not parsed above). A callback itself nests 3 deep; at most MAX_JSON_DEPTH.
     max_json_depth: int = Field(default=32, ge=3, le=MAX_JSON_DEPTH)
     #: Longest ``promptJson`` string accepted, in bytes (400 above; the provider's prompt is at
-    #: most 2000 characters, its parameters a few hundred bytes more).
-    max_prompt_json_bytes: int = Field(default=64 * KIB, ge=1 * KIB)
-    #: Rejected bodies kept in Redis for inspection: how many, and how much of each (bytes).
-    rejected_keep: int = Field(default=1000, ge=0)
-    rejected_body_bytes: int = Field(default=16 * KIB, ge=0)
-    #: Redis socket timeout of the ingress, seconds: a hung Redis must not hold the provider.
-    redis_timeout_s: float = Field(default=2.0, gt=0)
+    #: most 2000 characters, its parameters a few hundred bytes more); at most 512 MiB, as the
+    #: queued callback carrying it.
+    max_prompt_json_bytes: int = Field(default=64 * KIB, ge=1 * KIB, le=MAX_REDIS_VALUE_BYTES)
+    #: Rejected bodies kept in Redis for inspection: how many (at most a million), and how much of
+    #: each (bytes, at most 512 MiB, one Redis value).
+    rejected_keep: int = Field(default=1000, ge=0, le=1_000_000)
+    rejected_body_bytes: int = Field(default=16 * KIB, ge=0, le=MAX_REDIS_VALUE_BYTES)
+    #: Redis socket timeout of the ingress, seconds: a hung Redis must not hold the provider (which
+    #: waits 15 s for an answer); at most a minute.
+    redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
     #: Where the ingress keeps callbacks (fsync'd) while Redis is unreachable; relative paths
     #: are relative to the working directory. Empty turns the spool off (503 instead).
     spool_dir: str = ".data/spool"
-    #: Most bytes the spool may hold; beyond it, callbacks get a 503 again.
-    spool_max_bytes: int = Field(default=256 * MIB, ge=0)
-    #: How often each ingress process tries to move spooled callbacks into the queue, seconds.
-    spool_drain_interval_s: float = Field(default=2.0, gt=0)
+    #: Most bytes the spool may hold (at most 1 TiB); beyond it, callbacks get a 503 again.
+    spool_max_bytes: int = Field(default=256 * MIB, ge=0, le=TIB)
+    #: How often each ingress process tries to move spooled callbacks into the queue, seconds (at
+    #: most an hour).
+    spool_drain_interval_s: float = Field(default=2.0, gt=0, le=3600)
 
     # --- processing -------------------------------------------------------------------
-    #: A worker's claim on a task; renewed while it works, so it only lapses on a crash.
-    lease_ttl_s: int = Field(default=20, ge=1)
-    #: A worker silent this long is dead: its unfinished messages go back to the queue.
-    redelivery_s: int = Field(default=20, ge=2)
-    #: How long dead-lettered messages are kept (dramatiq's default, 7 days, is raised).
-    dead_message_ttl_s: int = Field(default=30 * 86400, ge=3600)
-    #: How long a task's state record (dedup memory) is kept after its last change.
-    task_ttl_s: int = Field(default=30 * 86400, ge=60)
-    max_retries: int = Field(default=12, ge=0)
+    #: A worker's claim on a task; renewed while it works, so it only lapses on a crash. At most an
+    #: hour: a crashed worker's task waits that long for another.
+    lease_ttl_s: int = Field(default=20, ge=1, le=3600)
+    #: A worker silent this long is dead: its unfinished messages go back to the queue. At most an
+    #: hour.
+    redelivery_s: int = Field(default=20, ge=2, le=3600)
+    #: How long dead-lettered messages are kept (dramatiq's default, 7 days, is raised); at most
+    #: MAX_KEEP_S, a year.
+    dead_message_ttl_s: int = Field(default=30 * 86400, ge=3600, le=MAX_KEEP_S)
+    #: How long a task's state record (dedup memory) is kept after its last change; at most
+    #: MAX_KEEP_S, a year.
+    task_ttl_s: int = Field(default=30 * 86400, ge=60, le=MAX_KEEP_S)
+    #: At most 100 (each waits up to ``max_backoff_ms``).
+    max_retries: int = Field(default=12, ge=0, le=100)
     #: How often one attempt at a message may be started (its worker died during it, and it was
-    #: redelivered) before it is given up instead of started again.
-    max_attempt_starts: int = Field(default=3, ge=1)
-    min_backoff_ms: int = Field(default=2000, ge=10)
-    max_backoff_ms: int = Field(default=600_000, ge=10)
-    #: Longest a single task may run before dramatiq interrupts it.
-    task_time_limit_s: int = Field(default=1800, ge=10)
+    #: redelivered) before it is given up instead of started again; at most 100.
+    max_attempt_starts: int = Field(default=3, ge=1, le=100)
+    #: Backoff between retries, milliseconds: each at most a day.
+    min_backoff_ms: int = Field(default=2000, ge=10, le=DAY_S * 1000)
+    max_backoff_ms: int = Field(default=600_000, ge=10, le=DAY_S * 1000)
+    #: Longest a single task may run before dramatiq interrupts it; at most a day.
+    task_time_limit_s: int = Field(default=1800, ge=10, le=DAY_S)
 
     # --- the provider -----------------------------------------------------------------
     provider_url: str = "https://api.kie.ai"
-    provider_api_key: str = ""
+    #: One key, no rotation (a comma would be sent as part of it).
+    provider_api_key: str = Field(default="", repr=False)
     #: With an API key: re-read each success from the provider's record-info before downloading
     #: and use the URLs listed there (the signature does not cover the body).
     verify_results: bool = True
@@ -159,12 +201,16 @@ class Settings(BaseModel):
     #: backoff from 1 s (or as ``Retry-After`` says); 0 fails at once.
     provider_retries: int = Field(default=4, ge=0, le=10)
     public_url: str = ""
-    poll_grace_s: int = Field(default=1500, ge=0)
-    poll_interval_s: int = Field(default=30, ge=1)
-    #: Seconds after submission when a task still without a result is given up as ``failed``.
-    poll_give_up_s: int = Field(default=86_400, ge=1)
+    #: Seconds after submission before a silent task is polled (at most MAX_KEEP_S, a year), and
+    #: between polls (at most a day).
+    poll_grace_s: int = Field(default=1500, ge=0, le=MAX_KEEP_S)
+    poll_interval_s: int = Field(default=30, ge=1, le=DAY_S)
+    #: Seconds after submission when a task still without a result is given up as ``failed``; at
+    #: most MAX_KEEP_S (and an hour less than ``task_ttl_s``).
+    poll_give_up_s: int = Field(default=86_400, ge=1, le=MAX_KEEP_S)
 
     # --- logs and metrics -------------------------------------------------------------
+    #: One of LOG_LEVELS, in any case; read as upper case.
     log_level: str = "INFO"
     #: ``json`` (one object per line, for log pipelines) or ``text`` (for a terminal).
     log_format: Literal["json", "text"] = "json"
@@ -173,6 +219,19 @@ class Settings(BaseModel):
     #: off. The ingress serves its metrics at ``GET /metrics``.
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
+
+    def __init__(self, /, **values: Any) -> None:
+        # Built in code (a test, the bench) rather than by from_env: a value refused is a
+        # ConfigError all the same, in the same words
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # The secrets are left out (repr=False); a URL shows no user, password or password=
+        for name, value in super().__repr_args__():
+            yield name, (_masked_url(value) if name in _URL_FIELDS and isinstance(value, str) else value)
 
     @field_validator("fetch_ports", mode="before")
     @classmethod
@@ -188,6 +247,16 @@ class Settings(BaseModel):
             return comma_list(value)
         return value
 
+    @field_validator("fetch_allow")
+    @classmethod
+    def _fetch_allow_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Read as the fetcher's guard reads them: a bad entry was refused only when a worker process
+        # built its guard, which dramatiq logs and goes on from, dead-lettering every callback
+        for entry in value:
+            if entry.strip():
+                parse_allow_entry(entry)  # its ValueError quotes the entry (no secret)
+        return value
+
     @field_validator("callback_token", "webhook_hmac_key", "api_token")
     @classmethod
     def _a_set_secret_holds_one(cls, value: str) -> str:
@@ -196,16 +265,46 @@ class Settings(BaseModel):
             raise ValueError("is set but holds no token (only blanks or commas): it would turn the check off")
         return value
 
-    @field_validator("api_token")
+    @field_validator("provider_api_key")
+    @classmethod
+    def _one_provider_key(cls, value: str) -> str:
+        # Sent as it is: a comma is no rotation here but a part of the key, which a Bearer token
+        # cannot hold (RFC 6750); every call would be refused
+        if "," in value:
+            raise ValueError("holds one key, not a comma-separated list (no rotation)")
+        return value
+
+    @field_validator("api_token", "provider_api_key", "s3_access_key")
     @classmethod
     def _a_header_can_carry_it(cls, value: str) -> str:
-        # Sent as "Authorization: Bearer <value>" (the dashboard's script does too): a header holds
-        # printable ASCII only, and its blanks at either end are not part of it.
-        # (Blanks and commas alone: refused as holding no token, by the check above.)
-        has_token = bool(value.replace(",", "").strip())
-        if has_token and (value != value.strip() or not all(" " < char <= "~" for char in value)):
+        # Sent in an Authorization header: the API token as "Bearer <value>" (by the dashboard's
+        # script too), the provider key so by the provider client, the S3 access key in minio's
+        # "Credential=". A header holds printable ASCII only, and its blanks at either end are not
+        # part of it: anything else failed every call, the provider's as a transport error retried
+        # for ever. (The API token's blanks and commas alone: refused as holding no token by the
+        # check above, which runs first.)
+        if value and (value != value.strip() or not all(" " < char <= "~" for char in value)):
             raise ValueError("must be printable ASCII without blanks (it is sent in an Authorization header)")
         return value
+
+    @field_validator("s3_secret_key")
+    @classmethod
+    def _a_secret_key_without_slips(cls, value: str) -> str:
+        # Never sent, but it signs every request: blanks at either end or a control character (a
+        # newline from "$(cat file)", a CR from an .env saved on Windows) are a quoting slip, and
+        # every request would be refused as signed wrong
+        if value != value.strip() or not value.isprintable():
+            raise ValueError("must not hold blanks at either end nor control characters (a quoting slip?)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _a_log_level(cls, value: str) -> str:
+        # Any other name killed each process only when it set up its logs ("Unknown level")
+        level = value.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (in any case)")
+        return level
 
     @field_validator("redis_url")
     @classmethod
@@ -236,7 +335,7 @@ class Settings(BaseModel):
     @classmethod
     def _http_url(cls, value: str) -> str:
         # Empty public URL: nothing can be submitted (the CLI says so when asked to)
-        return _readable(value, _httpx_url, "HTTP") if value else value
+        return _readable(_with_scheme(value, HTTP_SCHEMES), _httpx_url, "HTTP") if value else value
 
     @model_validator(mode="after")
     def _task_records_outlive_the_polling(self) -> Settings:
@@ -274,22 +373,67 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Build settings from ``MJHOOK_*`` variables; unknown ``MJHOOK_*`` names are an error,
-        so a typo does not silently fall back to a default."""
-        values = {
-            key[len(ENV_PREFIX) :].lower(): value
-            for key, value in environ.items()
-            if key.startswith(ENV_PREFIX)
-        }
+        so a typo does not silently fall back to a default, and so is a variable that is not valid
+        UTF-8 (named, its value not shown)."""
+        ours = {key: value for key, value in environ.items() if key.startswith(ENV_PREFIX)}
+        # os.environ gives each byte no UTF-8 decodes as a lone surrogate ("\udcff"): such a value
+        # was taken, to raise a UnicodeEncodeError wherever it was first encoded (a bucket's name,
+        # a password in a URL, a token compared, a key signing). A path may be any bytes.
+        undecodable = [
+            _printable_name(key)
+            for key, value in ours.items()
+            if _SURROGATE.search(key) or (key not in _PATH_VARIABLES and _SURROGATE.search(value))
+        ]
+        if undecodable:
+            raise ConfigError(
+                "invalid configuration: "
+                + "; ".join(f"{name}: not valid UTF-8 (bytes no text decodes to)" for name in undecodable)
+            )
+        values = {key[len(ENV_PREFIX) :].lower(): value for key, value in ours.items()}
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            problems = "; ".join(
-                # No loc: a check of several settings, whose message names them
-                (f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: " if err["loc"] else "")
-                + (UNKNOWN_SETTING if err["type"] == "extra_forbidden" else err["msg"])
-                for err in exc.errors()
-            )
-            raise ConfigError(f"invalid configuration: {problems}") from None
+            raise _config_error(exc) from None
+
+
+#: The variables naming a file system path: any bytes, as a file's name may be (os.fsencode gives
+#: the bytes of a surrogate-escaped one back).
+_PATH_VARIABLES = frozenset({f"{ENV_PREFIX}SPOOL_DIR"})
+#: The settings that hold a URL, whose user and password a repr masks.
+_URL_FIELDS = frozenset(
+    {"redis_url", "broker_url", "s3_endpoint", "s3_public_endpoint", "provider_url", "public_url"}
+)
+#: A URL's scheme and authority up to its userinfo's "@" (the last one before the path).
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.\-]*:)?//)[^/?#]*@")
+#: A ``password=`` in a URL's query (redis-py reads one as the password).
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+#: A code point UTF-8 cannot encode: how os.environ gives a byte that no UTF-8 decodes.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: The path of a redis:// or rediss:// URL: empty, or a database number.
+_DATABASE_PATH = re.compile(r"/?[0-9]*")
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """The one-line ConfigError for pydantic's ``exc``: each problem after the name of its
+    ``MJHOOK_*`` variable (an item's index in a list left out)."""
+    problems = "; ".join(
+        # No loc: a check of several settings, whose message names them
+        (f"{ENV_PREFIX}{str(err['loc'][0]).upper()}: " if err["loc"] else "")
+        + (UNKNOWN_SETTING if err["type"] == "extra_forbidden" else err["msg"])
+        for err in exc.errors()
+    )
+    return ConfigError(f"invalid configuration: {problems}")
+
+
+def _printable_name(name: str) -> str:
+    # A name with undecodable bytes is none of ours, but is named: escaped, so that it can be printed
+    return name.encode("utf-8", "backslashreplace").decode()
+
+
+def _masked_url(url: str) -> str:
+    """``url`` with its user and password, and the value of a ``password=`` in its query, shown as
+    ``***``."""
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1***@", url, count=1))
 
 
 def comma_list(value: str) -> tuple[str, ...]:
@@ -308,7 +452,14 @@ def _with_scheme(url: str, schemes: tuple[str, ...]) -> str:
 
 def _redis_url(url: str) -> str:
     # redis-py would refuse "127.0.0.1:6379" only at the first command, with a bare ValueError
-    return _readable(_with_scheme(url, REDIS_SCHEMES), redis.connection.parse_url, "Redis")
+    return _readable(_with_scheme(url, REDIS_SCHEMES), _redis_parse, "Redis")
+
+
+def _redis_parse(url: str) -> None:
+    redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    # redis-py reads a path that is no number ("/x") as database 0, silently, and "/1/2" as 12
+    if not url.startswith("unix://") and not _DATABASE_PATH.fullmatch(unquote(urlsplit(url).path)):
+        raise ValueError("its path must be a database number (/0, /1, ...) or nothing")
 
 
 def _readable(url: str, parse: Callable[[str], object], kind: str) -> str:
@@ -316,28 +467,43 @@ def _readable(url: str, parse: Callable[[str], object], kind: str) -> str:
     else a ValueError with the parser's reason, without the URL's user and password."""
     try:
         parse(url)
-    except (ValueError, httpx.InvalidURL) as exc:
+    except Exception as exc:  # a parser raises more than ValueError (pika a TypeError, from ssl)
         raise ValueError(f"not a valid {kind} URL: {_without_credentials(str(exc), url)}") from None
     return url
 
 
 def _without_credentials(reason: str, url: str) -> str:
     """A parser's ``reason`` for refusing ``url``, with the URL's user and password (all between
-    ``//`` and the last ``@``) left out: a parser quotes them only as part of ``user:pw@host``."""
+    ``//`` and the last ``@``) left out: a parser quotes them as part of ``user:pw@host``. A reason
+    that shows the password otherwise (alone, or percent-decoded) is left out whole."""
     credentials = url.partition("//")[2].rpartition("@")[0]
     if any(delimiter in credentials for delimiter in "/?#"):
         # The parser cut the URL inside them: a piece of the password may be anywhere in its reason
         return "its user or password holds a / ? or # that is not percent-encoded"
-    return reason.replace(f"{credentials}@", "***@") if credentials else reason
+    if not credentials:
+        return reason
+    reason = reason.replace(f"{credentials}@", "***@")
+    password = credentials.partition(":")[2]
+    if password and (password in reason or unquote(password) in reason):
+        return "the reason would show the URL's password"
+    return reason
 
 
 def _minio_endpoint(url: str) -> None:
     # shared/storage.py gives minio the endpoint's host and port alone (a path is ignored)
     parts = urlsplit(url)
     BaseURL(f"{parts.scheme}://{parts.netloc}", None)
+    _names_a_host(url)
 
 
 def _httpx_url(url: str) -> None:
     # httpx takes a port past 65535 (the socket then raises OverflowError): urlsplit refuses it
     urlsplit(url).port  # noqa: B018
+    _names_a_host(url)
     httpx.URL(url)
+
+
+def _names_a_host(url: str) -> None:
+    # minio and httpx take "http://" (and "http://:80"), to fail every request
+    if not urlsplit(url).hostname:
+        raise ValueError("it names no host")

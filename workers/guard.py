@@ -9,7 +9,6 @@ goes to a checked address, so no second DNS answer (rebinding) decides where a c
 from __future__ import annotations
 
 import ipaddress
-import re
 import socket
 import ssl
 import threading
@@ -21,12 +20,10 @@ from typing import Any, Protocol
 import httpcore
 import httpx
 
+from shared.allow_list import IPAddress, IPNetwork, normal_host, parse_allow_entry, parse_ip_literal
 from shared.errors import ConfigError, DownloadRefused
 from shared.http_backend import WaitLimitedBackend, pool_over
 from shared.settings import Settings
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The only schemes a result URL may ever use.
 SAFE_SCHEMES = frozenset({"http", "https"})
@@ -52,11 +49,6 @@ _SCHEME_PORTS = {"http": 80, "https": 443}
 _TRANSLATED_IPV4 = (
     (ipaddress.IPv6Network("64:ff9b::/96"), "NAT64"),
     (ipaddress.IPv6Network("::ffff:0:0:0/96"), "IPv4-translated"),
-)
-# WHATWG URL: a host whose last label is a number is an IPv4 address or invalid, never a name.
-_ENDS_IN_NUMBER = re.compile(r"(?:^|\.)(?:[0-9]+|0x[0-9a-f]*)$")
-_HOSTNAME = re.compile(
-    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*"
 )
 
 
@@ -132,32 +124,6 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Addres
     return None
 
 
-def parse_ip_literal(host: str) -> IPAddress | None:
-    """The address ``host`` spells, read the way a resolver reads it: IPv4 in any form
-    ``inet_aton`` takes (``2130706433``, ``0177.0.0.1``, ``0x7f.1``, ``127.1``), IPv6 with or
-    without brackets and with a zone id (``fe80::1%25eth0``); None for a hostname. A host that
-    ends in a number but is no address is refused (:class:`DownloadRefused`)."""
-    text = _normal_host(host)
-    if ":" in text:
-        try:
-            return ipaddress.IPv6Address(text.replace("%25", "%", 1))
-        except ValueError:
-            raise DownloadRefused(f"malformed IPv6 host {host!r}") from None
-    if not _ENDS_IN_NUMBER.search(text):
-        return None
-    try:
-        return ipaddress.IPv4Address(socket.inet_aton(text))
-    except OSError:
-        raise DownloadRefused(f"malformed numeric host {host!r}") from None
-
-
-def _normal_host(host: str) -> str:
-    text = host.lower()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    return text.removesuffix(".")
-
-
 @dataclass(frozen=True, slots=True)
 class FetchPolicy:
     """What a result download may reach. Build it with :meth:`from_allow`."""
@@ -193,7 +159,10 @@ class FetchPolicy:
         for entry in entries:
             if not entry.strip():
                 continue
-            parsed = _parse_allow_entry(entry)
+            try:
+                parsed = parse_allow_entry(entry)
+            except ValueError as exc:
+                raise ConfigError(f"MJHOOK_FETCH_ALLOW: {exc}") from None
             if isinstance(parsed, str):
                 hosts.add(parsed)
             else:
@@ -207,7 +176,7 @@ class FetchPolicy:
 
     def allows_host(self, host: str) -> bool:
         """Whether ``host`` is an allow-listed hostname."""
-        return _normal_host(host) in self.allow_hosts
+        return normal_host(host) in self.allow_hosts
 
     def allows_address(self, ip: IPAddress) -> bool:
         """Whether ``ip`` (or the IPv4 address it maps) lies in an allow-listed network."""
@@ -215,23 +184,6 @@ class FetchPolicy:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             candidates.append(ip.ipv4_mapped)
         return any(candidate in network for candidate in candidates for network in self.allow_networks)
-
-
-def _parse_allow_entry(entry: str) -> IPNetwork | str:
-    text = _normal_host(entry.strip())
-    try:
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        pass
-    try:
-        ip = parse_ip_literal(text)
-    except DownloadRefused:
-        ip = None
-    if ip is not None:
-        return ipaddress.ip_network(ip)
-    if not _HOSTNAME.fullmatch(text) or _ENDS_IN_NUMBER.search(text):
-        raise ConfigError(f"MJHOOK_FETCH_ALLOW: {entry!r} is not a hostname, IP address or CIDR network")
-    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +227,7 @@ def check_url(url: str | httpx.URL, policy: FetchPolicy) -> ParsedTarget:
 
 def check_target(scheme: str, host: str, port: int, policy: FetchPolicy) -> ParsedTarget:
     """The host and port part of :func:`check_url`, also run by the transport at connect time."""
-    name = _normal_host(host)
+    name = normal_host(host)
     if not name:
         raise DownloadRefused("the URL has no host")
     if port not in TCP_PORTS:

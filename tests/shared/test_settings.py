@@ -150,8 +150,8 @@ def test_an_api_token_of_base64_characters_is_taken() -> None:
 
 
 #: Settings whose client library refuses them (at the first command, or when its first client is
-#: made) with a bare ValueError, each with what the one-line error says about it. "s3cr3t" is a
-#: password in the URL, which the error must not show.
+#: made) with a bare ValueError, or another exception, or misreads them, each with what the
+#: one-line error says about it. "s3cr3t" is a password in the URL, which the error must not show.
 UNREADABLE = [
     ("MJHOOK_REDIS_URL", "redis://127.0.0.1:99999/0", "Port out of range"),
     ("MJHOOK_REDIS_URL", "redis://:s3cr3t@127.0.0.1:99999/0", "Port out of range"),
@@ -176,6 +176,13 @@ UNREADABLE = [
     ("MJHOOK_PROVIDER_URL", "http://127.0.0.1:99999", "Port out of range"),
     ("MJHOOK_PROVIDER_URL", "https://u:s3cr3t@[::1", "Invalid IPv6 URL"),
     ("MJHOOK_PUBLIC_URL", "https://127.0.0.1:99999", "Port out of range"),
+    # Raised no ValueError (pika: a TypeError from ssl), or read as something else (redis-py: a
+    # path that is no number as database 0, "/1/2" as 12)
+    ("MJHOOK_BROKER_URL", "amqps://guest:s3cr3t@127.0.0.1:5671/%2f?ssl_options={'x':1}", "RabbitMQ URL"),
+    ("MJHOOK_REDIS_URL", "redis://:s3cr3t@127.0.0.1:6379/x", "database number"),
+    ("MJHOOK_REDIS_URL", "redis://127.0.0.1:6379/1/2", "database number"),
+    ("MJHOOK_REDIS_URL", "rediss://:s3cr3t@127.0.0.1:6379/-1", "database number"),
+    ("MJHOOK_BROKER_URL", "redis://:s3cr3t@127.0.0.1:6379/zero", "database number"),
 ]
 
 
@@ -205,6 +212,7 @@ def test_a_value_its_client_library_cannot_read_is_refused_at_start_up(
         {"MJHOOK_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/"},
         {"MJHOOK_BROKER_URL": "amqps://q:5671/?heartbeat=30"},
         {"MJHOOK_BROKER_URL": "redis://:pass@[::1]:6379/0"},
+        {"MJHOOK_REDIS_URL": "redis://:pass@127.0.0.1:6379/", "MJHOOK_BROKER_URL": "redis://q:6379"},
         {
             "MJHOOK_S3_ENDPOINT": "http://127.0.0.1:8333",
             "MJHOOK_S3_PUBLIC_ENDPOINT": "https://s3.example.com",
@@ -231,3 +239,187 @@ def test_one_s3_key_without_the_other_is_refused_at_start_up(given: str) -> None
         "invalid configuration: MJHOOK_S3_ACCESS_KEY and MJHOOK_S3_SECRET_KEY must be set together,"
         " or neither"
     )
+
+
+def test_a_settings_object_built_in_code_refuses_a_bad_value_with_a_config_error() -> None:
+    """Built directly (a test, the bench) rather than from the environment, a refused value is a
+    ConfigError naming the variable too, not pydantic's ValidationError."""
+    with pytest.raises(ConfigError, match="invalid configuration: MJHOOK_MAX_RETRIES: "):
+        Settings(max_retries=-1)
+
+
+@pytest.mark.parametrize("entry", ["bad host!", "10.0.0.0/33", "http://minio", "1.2.3.4.5", "two words"])
+def test_a_fetch_allow_entry_the_guard_cannot_read_is_refused_at_start_up(entry: str) -> None:
+    """Given MJHOOK_FETCH_ALLOW holding an entry that is no hostname, IP address or CIDR network
+    When the settings are read
+    Then a ConfigError names the variable and the entry: the fetcher's guard refused it only when a
+    worker process built it, which dramatiq logged and went on from, dead-lettering every
+    callback; hostnames, addresses and networks are still taken."""
+    with pytest.raises(ConfigError, match=r"MJHOOK_FETCH_ALLOW: .*is not a hostname, IP address or CIDR"):
+        Settings.from_env({"MJHOOK_FETCH_ALLOW": f"127.0.0.1,{entry}"})
+    allowed = "127.0.0.1, ::1, LocalHost., 10.0.0.0/8, minio.internal, 0x7f.1, [fe80::1]"
+    assert Settings.from_env({"MJHOOK_FETCH_ALLOW": allowed}).fetch_allow == (
+        "127.0.0.1",
+        "::1",
+        "LocalHost.",
+        "10.0.0.0/8",
+        "minio.internal",
+        "0x7f.1",
+        "[fe80::1]",
+    )
+
+
+@pytest.mark.parametrize("name", ["MJHOOK_S3_ENDPOINT", "MJHOOK_S3_PUBLIC_ENDPOINT"])
+@pytest.mark.parametrize("url", ["http://", "https://", "http://:9000", "http:///bucket"])
+def test_an_s3_endpoint_without_a_host_is_refused_at_start_up(name: str, url: str) -> None:
+    """minio took an endpoint naming no host, and every store and presigned link then failed."""
+    with pytest.raises(ConfigError, match=f"{name}: .*names no host"):
+        Settings.from_env({name: url})
+
+
+@pytest.mark.parametrize(
+    "key", [" ", "\t", "k3y\n", "k3y ", " k3y", "k3y\r", "k\u00e9y", "k3y\uff4b", "k3y\x1b[2J", "two words"]
+)
+def test_a_provider_api_key_a_header_cannot_carry_is_refused_at_start_up(key: str) -> None:
+    """Given MJHOOK_PROVIDER_API_KEY set to blanks, or with blanks at an end (a newline from an
+    .env), or holding what a header cannot carry (non-ASCII, a control)
+    When the settings are read
+    Then a ConfigError names the variable, without the key: each provider call failed as a
+    transport error, retried for ever."""
+    with pytest.raises(ConfigError, match=r"MJHOOK_PROVIDER_API_KEY: .*printable ASCII") as raised:
+        Settings.from_env({"MJHOOK_PROVIDER_API_KEY": key})
+    if key.strip():
+        assert key.strip() not in str(raised.value)
+
+
+def test_a_provider_api_key_is_one_key_not_a_rotation() -> None:
+    """The provider key is sent whole as a Bearer token: a comma-separated "rotation" (as the
+    callback token and the signature keys allow) would be sent as one key and refused."""
+    with pytest.raises(ConfigError, match=r"MJHOOK_PROVIDER_API_KEY: .*one key") as raised:
+        Settings.from_env({"MJHOOK_PROVIDER_API_KEY": "n3w-key,0ld-key"})
+    assert "n3w-key" not in str(raised.value)
+    assert Settings.from_env({"MJHOOK_PROVIDER_API_KEY": "q8Zk+fW3/xY=="}).provider_api_key == "q8Zk+fW3/xY=="
+    assert Settings.from_env({"MJHOOK_PROVIDER_API_KEY": ""}).provider_api_key == ""
+
+
+@pytest.mark.parametrize(
+    ("access_key", "secret_key", "refused"),
+    [
+        (" ", "s3cr3t-key", "MJHOOK_S3_ACCESS_KEY"),
+        ("AKID ", "s3cr3t-key", "MJHOOK_S3_ACCESS_KEY"),
+        ("AK\u00cfD", "s3cr3t-key", "MJHOOK_S3_ACCESS_KEY"),
+        ("AK ID", "s3cr3t-key", "MJHOOK_S3_ACCESS_KEY"),
+        ("AKID", "s3cr3t-key\n", "MJHOOK_S3_SECRET_KEY"),
+        ("AKID", " s3cr3t-key", "MJHOOK_S3_SECRET_KEY"),
+        ("AKID", "s3cr3t\r-key", "MJHOOK_S3_SECRET_KEY"),
+        ("AKID", " ", "MJHOOK_S3_SECRET_KEY"),
+    ],
+)
+def test_s3_keys_with_a_quoting_slip_are_refused_at_start_up(
+    access_key: str, secret_key: str, refused: str
+) -> None:
+    """The access key goes into the Authorization header of every S3 request, and the secret key
+    signs it: blanks at an end or a control character (a quoting slip) failed every request.
+    The error names the variable, not the key."""
+    with pytest.raises(ConfigError, match=refused) as raised:
+        Settings.from_env({"MJHOOK_S3_ACCESS_KEY": access_key, "MJHOOK_S3_SECRET_KEY": secret_key})
+    assert "s3cr3t" not in str(raised.value)
+    taken = Settings.from_env({"MJHOOK_S3_ACCESS_KEY": "AKIDEXAMPLE", "MJHOOK_S3_SECRET_KEY": "wJal r/K+=="})
+    assert (taken.s3_access_key, taken.s3_secret_key) == ("AKIDEXAMPLE", "wJal r/K+==")
+
+
+@pytest.mark.parametrize("level", ["verbose", "", " info", "trace", "warn", "10"])
+def test_a_log_level_logging_does_not_know_is_refused_at_start_up(level: str) -> None:
+    """Given MJHOOK_LOG_LEVEL naming no logging level
+    When the settings are read
+    Then a ConfigError names the variable and the levels it may name: each process died later,
+    setting up its logs, with "ValueError: Unknown level"."""
+    with pytest.raises(
+        ConfigError, match=r"MJHOOK_LOG_LEVEL: .*must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    ):
+        Settings.from_env({"MJHOOK_LOG_LEVEL": level})
+
+
+def test_a_log_level_is_read_in_any_case_as_upper_case() -> None:
+    assert Settings.from_env({}).log_level == "INFO"
+    assert Settings.from_env({"MJHOOK_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+    assert Settings.from_env({"MJHOOK_LOG_LEVEL": "Warning"}).log_level == "WARNING"
+
+
+@pytest.mark.parametrize("name", ["MJHOOK_PROVIDER_URL", "MJHOOK_PUBLIC_URL"])
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://api.example", "must start with http://, https://"),
+        ("javascript:alert(1)", "must start with http://, https://"),
+        ("abc", "must start with http://, https://"),
+        ("//hooks.example.com/x", "must start with http://, https://"),
+        ("http:hooks.example.com", "must start with http://, https://"),
+        ("https://", "names no host"),
+        ("http://:8080/x", "names no host"),
+    ],
+)
+def test_an_http_url_without_http_or_a_host_is_refused_at_start_up(name: str, url: str, reason: str) -> None:
+    """Given the provider's URL or our public URL with another scheme, or no host
+    When the settings are read
+    Then a ConfigError names the variable; each call to the provider, or each task submitted with
+    such a callback address, failed instead. Empty keeps its meaning for both."""
+    with pytest.raises(ConfigError, match=f"{name}: .*{reason}"):
+        Settings.from_env({name: url})
+    assert getattr(Settings.from_env({name: ""}), name[len("MJHOOK_") :].lower()) == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MJHOOK_S3_BUCKET", "bucket-\udcff"),
+        ("MJHOOK_REDIS_URL", "redis://:s3cr3t\udcff@127.0.0.1:6379/0"),
+        ("MJHOOK_BROKER_URL", "amqp://u:s3cr3t\udcff@127.0.0.1:5672/"),
+        ("MJHOOK_CALLBACK_TOKEN", "s3cr3t\udcff"),
+        ("MJHOOK_WEBHOOK_HMAC_KEY", "s3cr3t\udce9"),
+        ("MJHOOK_S3_REGION", "eu\udcff"),
+    ],
+)
+def test_a_value_that_is_not_utf8_is_refused_at_start_up_by_name(name: str, value: str) -> None:
+    """Given a variable whose bytes are no UTF-8 (os.environ gives each such byte as a lone
+    surrogate)
+    When the settings are read
+    Then a one-line ConfigError names the variable, not its value: it raised a UnicodeEncodeError
+    (a traceback) where it was first encoded, reading the settings or on a request."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({name: value})
+    message = str(raised.value)
+    assert message == f"invalid configuration: {name}: not valid UTF-8 (bytes no text decodes to)"
+    message.encode()  # printable anywhere
+
+
+def test_a_spool_directory_may_be_named_in_any_bytes() -> None:
+    # A path is bytes: the spool handles a name with no UTF-8 (tests/cli/test_non_utf8_...)
+    assert Settings.from_env({"MJHOOK_SPOOL_DIR": "/var/spool-\udcff"}).spool_dir == "/var/spool-\udcff"
+
+
+def test_the_repr_of_settings_shows_no_secret() -> None:
+    """Given every secret set, and passwords in the Redis and broker URLs
+    When the settings are shown (repr, str: a log line, a traceback's locals)
+    Then none of the secrets appears, the URLs show their host with the credentials masked, and
+    the code still reads every value as it is."""
+    env = {
+        "MJHOOK_REDIS_URL": "redis://user:r3dis-pw@127.0.0.1:6379/0?password=q-pw",
+        "MJHOOK_BROKER_URL": "amqp://guest:amqp-pw@127.0.0.1:5672/",
+        "MJHOOK_S3_ACCESS_KEY": "AKIDSECRET",
+        "MJHOOK_S3_SECRET_KEY": "s3-secret",
+        "MJHOOK_CALLBACK_TOKEN": "cb-token",
+        "MJHOOK_WEBHOOK_HMAC_KEY": "hmac-key",
+        "MJHOOK_API_TOKEN": "api-token",
+        "MJHOOK_PROVIDER_API_KEY": "provider-key",
+        "MJHOOK_PROVIDER_URL": "https://u:prov-pw@api.example.com",
+    }
+    settings = Settings.from_env(env)
+    for shown in (repr(settings), str(settings)):
+        for secret in ("r3dis-pw", "q-pw", "amqp-pw", "AKIDSECRET", "s3-secret", "cb-token", "hmac-key"):
+            assert secret not in shown
+        for secret in ("api-token", "provider-key", "prov-pw", "user:", "guest:"):
+            assert secret not in shown
+        assert "redis_url='redis://***@127.0.0.1:6379/0?password=***'" in shown
+        assert "broker_url='amqp://***@127.0.0.1:5672/'" in shown
+    assert {getattr(settings, key[len("MJHOOK_") :].lower()) for key in env} == set(env.values())
