@@ -11,6 +11,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
+from shared.errors import ConfigError
 from shared.logs import make_formatter
 from shared.metrics import (
     MULTIPROC_ENV,
@@ -27,7 +28,12 @@ from shared.settings import Settings
 
 #: The master needs the log settings before the app is loaded; wsgi.py reads them again in each
 #: worker process.
-_settings = Settings.from_env(os.environ)
+try:
+    _settings = Settings.from_env(os.environ)
+except ConfigError as exc:
+    # One line naming the setting; gunicorn would print "Failed to read config file" and the
+    # traceback of an Exception (SystemExit is none).
+    raise SystemExit(f"Error: {exc}") from None
 
 bind = "127.0.0.1:8000"
 #: gunicorn's own asyncio worker: an ack waits on Redis without holding a thread, and the acks

@@ -12,7 +12,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage, Retries, default_middleware
 
 from shared.callback import Callback
-from shared.errors import PermanentError
+from shared.errors import ConfigError, PermanentError
 from shared.logs import configure_logging
 from shared.queue import CALLBACK_QUEUE, POLL_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.settings import Settings
@@ -26,7 +26,11 @@ from workers.runtime import WorkerRuntime
 from workers.stranded import MessagesInHand
 from workers.time_limit import end_time_limits_first
 
-settings = Settings.from_env(os.environ)
+try:
+    settings = Settings.from_env(os.environ)
+except ConfigError as exc:
+    # One line naming the setting: dramatiq would log the import's whole traceback.
+    raise SystemExit(f"Error: {exc}") from None
 configure_logging(settings.log_level, settings.log_format)
 # Before any metric is made: prometheus_client picks where values live when first used.
 metrics, metrics_dir = start_worker_metrics(os.environ)
