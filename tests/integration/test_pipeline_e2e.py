@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,23 @@ from tests.support.stack import start_ingress, start_workers
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def stack(app_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    ingress, base_url = start_ingress(app_env, tmp_path)
-    workers = start_workers(app_env, tmp_path, processes=1, threads=4)
+@contextmanager
+def running_stack(env: dict[str, str], tmp_path: Path, *, threads: int = 4) -> Iterator[str]:
+    """The ingress and one worker process of ``threads`` threads, on ``env``; the ingress's base
+    URL. Both stop when the block ends."""
+    ingress, base_url = start_ingress(env, tmp_path)
+    workers = start_workers(env, tmp_path, processes=1, threads=threads)
     try:
         yield base_url
     finally:
         workers.terminate()
         ingress.terminate()
+
+
+@pytest.fixture
+def stack(app_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    with running_stack(app_env, tmp_path) as base_url:
+        yield base_url
 
 
 def test_callbacks_in_the_providers_format_end_stored(
@@ -94,3 +103,38 @@ def test_callbacks_in_the_providers_format_end_stored(
         [kept] = [orjson.loads(entry) for entry in redis.lrange("mjhook:rejected", 0, -1)]
         assert kept["status"] == 400
         assert "../../etc" in kept["body"]
+
+
+def test_a_real_workers_last_attempt_records_a_failing_file_and_keeps_the_stored_one(
+    app_env: dict[str, str],
+    tmp_path: Path,
+    file_server: FileServer,
+    s3_server: Any,
+    s3_bucket: str,
+    redis_server: Any,
+) -> None:
+    # Given workers that retry a callback once, soon, and a task whose second file always
+    # answers 503
+    env = {
+        **app_env,
+        "MJHOOK_MAX_RETRIES": "1",
+        "MJHOOK_MIN_BACKOFF_MS": "100",
+        "MJHOOK_MAX_BACKOFF_MS": "200",
+    }
+    image = png_bytes(3)
+    urls = [file_server.add("/ok.png", image), file_server.add("/busy.png", b"busy", status=503)]
+    s3 = s3_server.client()
+    with running_stack(env, tmp_path, threads=2) as base_url:
+        # When its callback is received
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            assert post_callback(http, callback("last-1", urls)).status_code == 200
+        manifest = wait_for(lambda: read_manifest(s3, s3_bucket, "last-1"))
+    # Then its second attempt, the last, records the failing file and keeps the one stored by the
+    # first: the task is partial, not failed
+    assert manifest["status"] == "partial", manifest
+    assert [entry["key"] for entry in manifest["images"]] == ["tasks/last-1/0.png"]
+    [error] = manifest["errors"]
+    assert (error["index"], error["reason"]) == (1, "gave up after retries: HTTP 503")
+    assert object_bytes(s3, s3_bucket, "tasks/last-1/0.png") == image
+    assert (file_server.hits["/ok.png"], file_server.hits["/busy.png"]) == (1, 2)
+    assert redis_server.client().hget("mjhook:task:last-1", "state") == b"partial"

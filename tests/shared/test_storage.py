@@ -226,6 +226,26 @@ def test_a_store_without_conditional_writes_has_the_object_read_first(
     ]
 
 
+def test_a_store_without_conditional_writes_refuses_a_write_expecting_a_stale_etag(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    """Given a store that answers conditional writes 501 NotImplemented, and a manifest replaced
+    since its ETag was listed
+    When a write expecting that listed ETag comes
+    Then it is refused (ObjectChanged) and the newer manifest stands: the read first compares the
+    ETag there with the one expected, not only whether there is an object."""
+    store, _ = _store(s3_server, s3_bucket, NoConditionsPoolManager)
+    key = "tasks/t/manifest.json"
+    store.put_json(key, {"writer": "first"}, precondition=Precondition(None))
+    first_etag = store.list_etags("tasks/t/")[key]
+    store.put_json(key, {"writer": "second"}, precondition=Precondition(first_etag))
+
+    with pytest.raises(ObjectChanged):
+        store.put_json(key, {"writer": "stale"}, precondition=Precondition(first_etag))
+
+    assert store.get_json(key) == {"writer": "second"}
+
+
 def test_a_big_manifest_is_written_in_one_conditional_put(s3_server: S3Server, s3_bucket: str) -> None:
     """Given a manifest over 5 MiB (a deep promptJson under a raised MJHOOK_MAX_PROMPT_JSON_BYTES)
     When it is written expecting no manifest where there is one

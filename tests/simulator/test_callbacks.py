@@ -8,13 +8,15 @@ import hmac
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import orjson
 import pytest
 
-from simulator import FaultConfig, RunningSimulator
-from simulator.callbacks import webhook_signature
+from simulator import FaultConfig, RunningSimulator, SimulatorConfig
+from simulator.callbacks import CallbackDelivery, callback_body, webhook_signature
+from simulator.scheduler import Scheduler
 from tests.simulator.support import (
     Receiver,
     SimFactory,
@@ -88,6 +90,47 @@ def test_non_2xx_answers_are_retried_on_the_scaled_1_5_15_minute_schedule(
     first, second, third = attempts
     assert second.due_at >= first.started_at + first.duration_s + 0.06
     assert third.due_at >= second.started_at + second.duration_s + 0.3
+
+
+class NotingScheduler(Scheduler):
+    """A scheduler that notes the delay each job is asked for and runs it at once, on the calling
+    thread: a schedule read, never waited out."""
+
+    def __init__(self) -> None:
+        super().__init__(threads=1, name="noting")
+        self.delays_s: list[float] = []
+
+    def call_later(self, delay_s: float, job: Callable[[], None]) -> None:
+        self.delays_s.append(delay_s)
+        job()
+
+
+def test_callback_retries_are_asked_for_on_the_scaled_1_5_15_minute_schedule_exactly(
+    receiver: Receiver,
+) -> None:
+    """Given deliveries on the schedule of a simulator at time_scale 0.001, and a receiver that
+    answers every attempt 500
+    When a callback is delivered
+    Then the first attempt is asked for at once and the three retries exactly 60, 300 and 900
+    seconds (scaled) after the attempt before each, then it gives up. Through a running simulator
+    (the test above) a retry can be shown no sooner than its step, not on it."""
+    receiver.default_status = 500
+    scheduler = NotingScheduler()
+    try:
+        with httpx.Client(trust_env=False, timeout=5.0) as client:
+            delivery = CallbackDelivery(
+                scheduler=scheduler,
+                client=client,
+                retry_delays_s=SimulatorConfig(time_scale=0.001).scaled_retry_delays_s,
+            )
+            delivery.deliver(receiver.url, callback_body("t-1", "{}", []))
+    finally:
+        scheduler.stop()
+
+    assert scheduler.delays_s == pytest.approx([0.0, 0.06, 0.3, 0.9])
+    assert [a.status for a in delivery.attempts("t-1")] == [500, 500, 500, 500]
+    assert len(receiver.requests) == 4
+    assert delivery.outstanding("t-1") == 0
 
 
 def test_the_provider_gives_up_after_three_retries(make_sim: SimFactory, receiver: Receiver) -> None:

@@ -4,13 +4,14 @@ sets. Against an in-memory internet (tests/support/fake_internet.py): no socket 
 
 from __future__ import annotations
 
+import gzip
 import io
 import struct
 import zlib
 from collections.abc import Callable, Iterator
 
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from shared.errors import DownloadFailed, DownloadRefused
 from shared.settings import Settings
@@ -80,6 +81,74 @@ def test_the_raw_bytes_of_an_encoded_body_count_against_the_cap() -> None:
 
     with pytest.raises(DownloadRefused, match="body sent is over"):
         fetcher.fetch("http://cdn.example/a.png", budget=ByteBudget(200_000))
+
+
+def test_an_image_of_exactly_its_cap_is_kept_and_one_byte_more_is_refused() -> None:
+    # Given a PNG, and the video cap far above it: the largest cap, which judges the declared and
+    # the raw sizes, lets it through
+    image = png_bytes(4, 16, 16)
+    internet = FakeInternet()
+    internet.routes["/a.png"] = lambda: [head(200, [("Content-Length", str(len(image)))]), image]
+    at_cap = FetchLimits(max_image_bytes=len(image), max_video_bytes=10 * len(image))
+    below = FetchLimits(max_image_bytes=len(image) - 1, max_video_bytes=10 * len(image))
+    # When it is fetched with an image cap of its size, then of one byte less
+    fetched = internet.fetcher(at_cap).fetch("http://cdn.example/a.png")
+    fetched.close()
+    # Then it is kept whole at its cap, and refused one byte over
+    assert fetched.size == len(image)
+    with pytest.raises(DownloadRefused, match=f"file is over the {len(image) - 1}-byte cap"):
+        internet.fetcher(below).fetch("http://cdn.example/a.png")
+
+
+def test_a_declared_length_one_byte_over_the_largest_cap_is_refused_before_reading() -> None:
+    # Given a server declaring a Content-Length one byte over the largest cap (the video's), and
+    # noting whether its body was asked for
+    cap = 100_000
+    body_read: list[bool] = []
+
+    def liar() -> Iterator[bytes]:
+        yield head(200, [("Content-Length", str(cap + 1))])
+        body_read.append(True)
+        yield png_bytes(3, 16, 16)
+
+    internet = FakeInternet()
+    internet.routes["/a.png"] = liar
+    limits = FetchLimits(max_image_bytes=cap // 2, max_video_bytes=cap)
+    # When it is fetched, then it is refused on the declared size, before any of the body is read
+    with pytest.raises(DownloadRefused, match=f"file of {cap + 1} bytes is over the {cap}-byte cap"):
+        internet.fetcher(limits).fetch("http://cdn.example/a.png")
+    assert body_read == []
+
+
+def compressible_png() -> bytes:
+    """A small PNG carrying 20 kB of one repeated letter (a text chunk): gzip shrinks it to a
+    fraction, so a cap on the raw bytes sent is not what judges it."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "a" * 20_000)
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def test_a_gzipped_image_one_byte_over_its_cap_once_decoded_is_refused() -> None:
+    # Given a PNG served gzipped, its encoded body far smaller than the PNG
+    image = compressible_png()
+    encoded = gzip.compress(image)
+    assert len(encoded) * 10 < len(image)
+    internet = FakeInternet()
+    internet.routes["/a.png"] = lambda: [
+        head(200, [("Content-Encoding", "gzip"), ("Content-Length", str(len(encoded)))]),
+        encoded,
+    ]
+    at_cap = FetchLimits(max_image_bytes=len(image), max_video_bytes=10 * len(image))
+    below = FetchLimits(max_image_bytes=len(image) - 1, max_video_bytes=10 * len(image))
+    # When it is fetched with an image cap of its decoded size, then of one byte less
+    fetched = internet.fetcher(at_cap).fetch("http://cdn.example/a.png")
+    fetched.close()
+    # Then it is kept whole (decoded) at its cap, and refused one byte over
+    assert fetched.size == len(image)
+    with pytest.raises(DownloadRefused, match=f"file is over the {len(image) - 1}-byte cap"):
+        internet.fetcher(below).fetch("http://cdn.example/a.png")
 
 
 def gif(screen: tuple[int, int], frame: tuple[int, int, int, int]) -> bytes:

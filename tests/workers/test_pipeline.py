@@ -30,13 +30,19 @@ from shared.errors import (
 from shared.metrics import WorkerMetrics, create_worker_metrics
 from shared.provider import TaskRecordInfo
 from shared.settings import Settings
-from shared.storage import ObjectStore, Precondition, create_object_store
+from shared.storage import (
+    SOURCE_URL_SHA256_META,
+    ObjectStore,
+    Precondition,
+    create_object_store,
+    source_url_digest,
+)
 from shared.submitted import SubmittedTasks
 from shared.taskstate import OUTCOME_FIELD, TaskState
 from tests.shared.test_storage import NoConditionsPoolManager
 from tests.support.pipeline import nested_prompt_json
 from tests.support.procs import free_port
-from tests.support.servers import FileServer, png_bytes
+from tests.support.servers import FileServer, S3Server, png_bytes
 from tests.support.worker_harness import PROMPT, Harness, callback
 from workers import pipeline
 from workers.fetch import ByteBudget, FetchedFile, FetchLimits, ResultFetcher, create_http_client
@@ -52,9 +58,41 @@ def serve_pngs(files: FileServer, count: int, *, prefix: str = "/img") -> tuple[
     return urls, images
 
 
+class WriteRecordingStore(ObjectStore):
+    """A worker's own store that notes, in order, when each of its writes (a file, a manifest, a
+    removal) begins and when it has ended: ``("begin", key)``, ``("end", key)``."""
+
+    def __init__(self, settings: Settings) -> None:
+        store = create_object_store(settings)
+        super().__init__(store._client, store.bucket)
+        self.events: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def _note(self, event: str, key: str) -> None:
+        with self._lock:  # files are uploaded from the download threads, at once
+            self.events.append((event, key))
+
+    def put_file(self, key: str, data: IO[bytes], **kwargs: Any) -> None:
+        self._note("begin", key)
+        super().put_file(key, data, **kwargs)
+        self._note("end", key)
+
+    def put_json(self, key: str, document: object, *, precondition: Precondition | None = None) -> None:
+        self._note("begin", key)
+        super().put_json(key, document, precondition=precondition)
+        self._note("end", key)
+
+    def remove(self, key: str) -> None:
+        self._note("begin", key)
+        super().remove(key)
+        self._note("end", key)
+
+
 def test_every_file_is_stored_byte_for_byte_with_the_manifest_last(harness: Harness) -> None:
     urls, images = serve_pngs(harness.files, 4)
-    assert harness.process(callback(urls)) is TaskState.STORED
+    store = WriteRecordingStore(harness.settings)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert processor(harness, pool, store=store).process(callback(urls)) is TaskState.STORED
     manifest = harness.manifest("task-1")
     assert manifest["status"] == "stored"
     assert manifest["params"] == orjson.loads(PROMPT)
@@ -72,14 +110,48 @@ def test_every_file_is_stored_byte_for_byte_with_the_manifest_last(harness: Harn
         assert info.sha256 == entry["sha256"]
         assert info.content_type == "image/png"
     assert harness.tasks.get("task-1").state is TaskState.STORED  # type: ignore[union-attr]
+    # And the manifest's one write began once every file's write had ended
+    manifest_key = "tasks/task-1/manifest.json"
+    file_writes = [(event, entry["key"]) for entry in manifest["images"] for event in ("begin", "end")]  # type: ignore[attr-defined]
+    assert store.events[-2:] == [("begin", manifest_key), ("end", manifest_key)]
+    assert sorted(store.events[:-2]) == sorted(file_writes)
 
 
 def test_a_duplicate_of_a_stored_task_downloads_nothing(harness: Harness) -> None:
+    # Given a stored task
     urls, _ = serve_pngs(harness.files, 2)
-    harness.process(callback(urls))
-    hits = harness.files.hits
     assert harness.process(callback(urls)) is TaskState.STORED
+    hits = harness.files.hits
+    objects = harness.store.list_etags("tasks/task-1/")
+    manifest = harness.object_bytes("tasks/task-1/manifest.json")
+    # When a duplicate of its callback is processed
+    store = WriteRecordingStore(harness.settings)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        assert processor(harness, pool, store=store).process(callback(urls)) is TaskState.STORED
+    # Then nothing is downloaded, nothing written: neither a file again nor the manifest, which
+    # keeps its bytes and its ETag
     assert harness.files.hits == hits
+    assert store.events == []
+    assert harness.object_bytes("tasks/task-1/manifest.json") == manifest
+    assert harness.store.list_etags("tasks/task-1/") == objects
+
+
+def test_a_file_whose_url_names_another_type_is_stored_under_its_sniffed_type(harness: Harness) -> None:
+    """Given a PNG served at a URL ending ``.jpg``, and another at a URL without an extension
+    When the task is processed
+    Then both are stored as ``.png``, typed image/png: the bytes decide, not the URL."""
+    images = [png_bytes(1), png_bytes(2)]
+    urls = [harness.files.add("/cdn/photo.jpg", images[0]), harness.files.add("/render", images[1])]
+    assert harness.process(callback(urls)) is TaskState.STORED
+    manifest = harness.manifest("task-1")
+    assert [image["key"] for image in manifest["images"]] == ["tasks/task-1/0.png", "tasks/task-1/1.png"]  # type: ignore[attr-defined]
+    assert [image["contentType"] for image in manifest["images"]] == ["image/png", "image/png"]  # type: ignore[attr-defined]
+    assert [harness.object_bytes(f"tasks/task-1/{i}.png") for i in range(2)] == images
+    assert set(harness.store.list_keys("tasks/task-1/")) == {
+        "tasks/task-1/0.png",
+        "tasks/task-1/1.png",
+        "tasks/task-1/manifest.json",
+    }
 
 
 def test_a_failure_is_recorded_and_a_later_success_still_processed(harness: Harness) -> None:
@@ -234,6 +306,29 @@ def test_a_file_stored_without_its_source_url_is_fetched_again(harness: Harness)
     # When the task is processed
     assert harness.process(callback(urls)) is TaskState.STORED
     # Then the file is downloaded again and replaces it
+    assert harness.files.hits["/img0.png"] == 1
+    assert harness.object_bytes("tasks/task-1/0.png") == images[0]
+    assert harness.manifest("task-1")["images"][0]["sha256"] == hashlib.sha256(images[0]).hexdigest()  # type: ignore[index]
+
+
+def test_a_stored_file_without_its_sha256_is_fetched_again_even_from_the_same_url(
+    harness: Harness, s3_server: S3Server, s3_bucket: str
+) -> None:
+    # Given a file stored from the URL the callback lists, but without its sha256 recorded:
+    # nothing says it holds the bytes that were downloaded
+    urls, images = serve_pngs(harness.files, 1)
+    old = png_bytes(7)
+    s3_server.client().put_object(
+        s3_bucket,
+        "tasks/task-1/0.png",
+        io.BytesIO(old),
+        len(old),
+        content_type="image/png",
+        metadata={SOURCE_URL_SHA256_META: source_url_digest(urls[0])},
+    )
+    # When the task is processed
+    assert harness.process(callback(urls)) is TaskState.STORED
+    # Then the file is downloaded again and replaces it, its sha256 recorded in the manifest
     assert harness.files.hits["/img0.png"] == 1
     assert harness.object_bytes("tasks/task-1/0.png") == images[0]
     assert harness.manifest("task-1")["images"][0]["sha256"] == hashlib.sha256(images[0]).hexdigest()  # type: ignore[index]
@@ -799,6 +894,33 @@ def test_a_give_up_back_to_partial_removes_the_file_its_manifest_does_not_descri
     assert harness.object_bytes("tasks/task-1/1.png") is None
     assert harness.manifest("task-1") == before
     assert [harness.object_bytes(f"tasks/task-1/{n}.png") for n in (0, 2)] == [images[0], images[2]]
+
+
+def test_a_manifest_write_that_fails_leaves_every_file_the_standing_manifest_lists(harness: Harness) -> None:
+    """Given a partial task whose manifest lists ``0.png`` (its second link was gone)
+    When a later success, whose file 0 is a JPEG, stores its files and its manifest write fails
+    (object storage down just then)
+    Then the manifest standing is the earlier one, and every file it lists is still stored as it
+    describes it: the earlier ``0.png`` no longer described is removed only after the new
+    manifest is written, never before."""
+    first = [harness.files.add("/a0.png", png_bytes(1)), harness.files.url("/a1-gone.png")]
+    assert harness.process(callback(first), final_attempt=True) is TaskState.PARTIAL
+    before = harness.manifest("task-1")
+    second = [
+        harness.files.add("/b0.jpg", encoded_image("JPEG", 7), content_type="image/jpeg"),
+        harness.files.add("/b1.png", png_bytes(2)),
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool, pytest.raises(StorageUnavailable):
+        processor(harness, pool, store=ManifestRefusingStore(harness.settings)).process(
+            callback(second), final_attempt=True
+        )
+
+    assert harness.manifest("task-1") == before
+    for image in before["images"]:  # type: ignore[attr-defined]
+        stored = harness.store.stat(image["key"])
+        assert stored is not None, f"{image['key']} is listed but was removed"
+        assert stored.sha256 == image["sha256"]
+    assert harness.object_bytes("tasks/task-1/0.png") == png_bytes(1)
 
 
 def test_an_attempts_downloads_end_by_its_deadline_running_or_queued(harness: Harness) -> None:
