@@ -251,11 +251,9 @@ class ProviderClient:
                 if not _may_retry(exc, idempotent=idempotent):
                     raise error from exc
             else:
-                code, msg, data, own = _decode(response, content)
-                if len(self._api_key) >= MIN_REDACTED_KEY_CHARS:
-                    # A provider (or a proxy) quoting our request back: its msg goes into errors,
-                    # logs, a task's reason and a manifest, where the key must not.
-                    msg = msg.replace(self._api_key, REDACTED_KEY)
+                code, msg, data, own = _decode(response, self._without_key(content))
+                if not own and len(self._api_key) >= MIN_REDACTED_KEY_CHARS:
+                    msg = msg.replace(self._api_key, REDACTED_KEY)  # a reason phrase, not the body
                 if code == CODE_OK:
                     return data
                 if not own and response.status_code == 404:
@@ -294,6 +292,14 @@ class ProviderClient:
         """The answer and its body, streamed: None for a body over :data:`MAX_ANSWER_BYTES`."""
         with self._http.stream(method, url, json=body, params=params, headers=self._headers) as response:
             return response, _read_capped(response)
+
+    def _without_key(self, content: bytes | None) -> bytes | None:
+        """The answer with our API key replaced, before anything reads it or cuts it short: a
+        provider (or a proxy) quoting our request back puts it in a ``msg`` or ``errorMessage``,
+        which go into errors, logs, a task's reason and a manifest."""
+        if content is None or len(self._api_key) < MIN_REDACTED_KEY_CHARS:
+            return content
+        return content.replace(self._api_key.encode(), REDACTED_KEY.encode())
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds before retry ``attempt + 1``: the backoff, or the ``Retry-After`` when longer

@@ -318,3 +318,30 @@ def test_an_answer_quoting_our_api_key_does_not_carry_it_into_the_error() -> Non
         client.download_url("http://provider.test/files/0.png")
     assert "k3y-s3cret" not in str(refused.value)
     assert refused.value.provider_msg == "url not found for token Bearer [MJHOOK_PROVIDER_API_KEY]"
+
+
+def test_a_key_quoted_past_the_cut_or_in_an_error_message_is_replaced_too() -> None:
+    """The key is replaced in the answer before anything cuts its msg short (a cut through the
+    key kept its start) or reads record-info's errorMessage (which becomes a task's reason)."""
+    key = "k3y-s3cret-0123456789"
+    sleep = RecordingSleep()
+    long_msg = "x" * 990 + " Bearer " + key
+    details = {
+        "taskId": "t1",
+        "successFlag": 2,
+        "errorCode": 400,
+        "errorMessage": f"refused for token {key}",
+        "resultInfoJson": {"resultUrls": []},
+    }
+    answers = [
+        httpx.Response(200, json={"code": 422, "msg": long_msg, "data": None}),
+        httpx.Response(200, json={"code": 200, "msg": "success", "data": details}),
+    ]
+    http = httpx.Client(transport=httpx.MockTransport(lambda request: answers.pop(0)))
+    client = ProviderClient("http://provider.test", key, http=http, sleep=sleep)
+    with pytest.raises(ProviderRefused) as refused:
+        client.download_url("http://provider.test/files/0.png")
+    assert "k3y-s3c" not in str(refused.value)
+    assert "k3y-s3c" not in refused.value.provider_msg
+    info = client.record_info("t1")
+    assert info.error_message == "refused for token [MJHOOK_PROVIDER_API_KEY]"
