@@ -18,7 +18,7 @@ import orjson
 import redis
 
 from shared import keys
-from shared.callback import Callback
+from shared.callback import Callback, without_callback_url
 from shared.errors import MjhookError
 from shared.periodic import PeriodicThread
 from workers.retries import refuses_writes
@@ -93,7 +93,9 @@ class PendingGiveUps:
                 callback = Callback.from_message(entry["callback"])
                 looks.append(SecondLook(member, callback, str(entry["reason"]), entry.get("polled") is True))
             except (orjson.JSONDecodeError, MjhookError, KeyError, TypeError, AttributeError):
-                log.error("dropping an unreadable pending give-up: %r", member)
+                # Without its callBackUrl, as the spool's torn lines: the token the provider echoes.
+                text = without_callback_url(member.decode("utf-8", "replace"))
+                log.error("dropping an unreadable pending give-up: %r", text)
                 self.done(member)
         return looks
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import orjson
+import pytest
 import redis
 
 from shared import keys
@@ -78,3 +82,23 @@ def test_a_look_is_removed_by_what_it_was_added_with_and_a_polled_one_is_its_own
     for look in looks:
         pending.remove(look.callback, look.reason, polled=look.polled)
     assert client.zcard(keys.GIVE_UPS_PENDING) == 0
+
+
+def test_an_unreadable_look_is_logged_without_the_callback_token(
+    client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a pending look another version wrote (a code no int), whose callback's promptJson
+    echoes the callback URL with our token
+    When it is taken
+    Then it is dropped, and the log line naming it holds no token"""
+    prompt = orjson.dumps({"prompt": "a cat", "callBackUrl": "https://me/cb?token=tok-s3cret"}).decode()
+    written = {"taskId": "t-1", "code": "200", "msg": "success", "promptJson": prompt}
+    entry = {"callback": written, "reason": "r"}
+    client.zadd(keys.GIVE_UPS_PENDING, {orjson.dumps(entry): 0})
+    pending = PendingGiveUps(client, after_s=0, clock=FakeClock())
+    with caplog.at_level(logging.ERROR, logger="workers.second_look"):
+        assert pending.take_due(hold_s=5) == []
+    assert client.zcard(keys.GIVE_UPS_PENDING) == 0
+    [line] = [r.getMessage() for r in caplog.records if "unreadable pending give-up" in r.getMessage()]
+    assert "t-1" in line
+    assert "tok-s3cret" not in line
