@@ -3,6 +3,7 @@ the broker and declares every actor."""
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
@@ -104,3 +105,9 @@ def poll_silent_tasks() -> None:
     if polling is None or current is None:
         return
     polling.run(current.message_id)
+
+
+# dramatiq's actors log each call's arguments at DEBUG ("Received args=..."): a callback whole, the
+# token its promptJson echoes and the signatures of its result URLs. Their lines start at INFO.
+for _actor in (process_callback, poll_silent_tasks):
+    _actor.logger.setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))

@@ -138,3 +138,38 @@ def test_a_real_workers_last_attempt_records_a_failing_file_and_keeps_the_stored
     assert object_bytes(s3, s3_bucket, "tasks/last-1/0.png") == image
     assert (file_server.hits["/ok.png"], file_server.hits["/busy.png"]) == (1, 2)
     assert redis_server.client().hget("mjhook:task:last-1", "state") == b"partial"
+
+
+def test_a_workers_log_even_at_debug_holds_no_callback_token_nor_url_signature(
+    app_env: dict[str, str], tmp_path: Path, file_server: FileServer, s3_server: Any, s3_bucket: str
+) -> None:
+    """dramatiq logs a failed message with its arguments, and its actor each call's arguments at
+    DEBUG: the callback whole, with the token its promptJson echoes and its URLs' signatures."""
+    # Given workers logging at DEBUG that retry once, and a callback echoing our callback URL
+    # whose second file always answers 503 (dramatiq logs the first attempt's failure)
+    env = {
+        **app_env,
+        "MJHOOK_LOG_LEVEL": "DEBUG",
+        "MJHOOK_MAX_RETRIES": "1",
+        "MJHOOK_MIN_BACKOFF_MS": "100",
+        "MJHOOK_MAX_BACKOFF_MS": "200",
+    }
+    urls = [
+        file_server.add("/ok.png", png_bytes(5)) + "?sig=sig-s3cret",
+        file_server.add("/busy.png", b"busy", status=503, content_type="text/plain") + "?sig=sig-s3cret",
+    ]
+    prompt = orjson.dumps(
+        {"prompt": "a cat", "callBackUrl": "https://me.example/cb?token=tok-s3cret"}
+    ).decode()
+    s3 = s3_server.client()
+    with running_stack(env, tmp_path, threads=2) as base_url:
+        # When it is received, fails its first attempt and ends with its second
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            assert post_callback(http, callback("debug-1", urls, prompt=prompt)).status_code == 200
+        manifest = wait_for(lambda: read_manifest(s3, s3_bucket, "debug-1"))
+    # Then the workers' log names the failure, and holds neither secret
+    assert manifest["status"] == "partial"
+    log = (tmp_path / "workers.log").read_text()
+    assert "Failed to process message process_callback[" in log
+    assert "tok-s3cret" not in log
+    assert "sig-s3cret" not in log
