@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from shared import keys
 from shared.errors import AttemptNeverEnds
@@ -61,16 +62,18 @@ class AttemptStarts:
     @contextmanager
     def counted(self, message_id: str, *, enqueued_ms: int, retries: int) -> Iterator[int]:
         """:meth:`start` this attempt, then the block; once the block ends, whether it returned or
-        raised, the count is removed (a worker dying in it ends nothing, so the count stays). A
-        Redis error removing it is logged, not raised over the block's own outcome: the count
-        then expires in its time."""
+        raised, the count is removed (a worker dying in it ends nothing, so the count stays).
+        Nothing that goes wrong removing it is raised over the block's own outcome: a Redis error
+        is logged (the count then expires in its time), and so is the attempt's time limit
+        running out meanwhile (dramatiq raises it in the thread, wherever it is: a Redis that
+        hangs here would have turned a success into a retry, a permanent error into retries)."""
         starts = self.start(message_id, enqueued_ms=enqueued_ms, retries=retries)
         try:
             yield starts
         finally:
             try:
                 self._client.delete(keys.attempt_starts(message_id, enqueued_ms, retries))
-            except redis.RedisError as exc:
+            except (redis.RedisError, TimeLimitExceeded) as exc:
                 log.warning(
                     "the start count of message %s was not removed (%s: %s); it expires in %d s",
                     message_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import redis
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from shared import keys
 from shared.errors import AttemptNeverEnds, PermanentError
@@ -84,3 +85,23 @@ def test_a_count_not_removed_does_not_hide_the_attempts_outcome(client: redis.Re
     with starts.counted("m2", enqueued_ms=1000, retries=0) as started:
         assert started == 1
     assert 0 < client.ttl(keys.attempt_starts("m2", 1000, 0)) <= 600
+
+
+def test_the_time_limit_running_out_as_the_count_is_removed_keeps_the_attempts_outcome(
+    client: redis.Redis,
+) -> None:
+    """dramatiq raises an attempt's time limit in its thread wherever it is: within the removal
+    of the count (a Redis hanging just then), it must not turn a success into a retry."""
+
+    class LimitInDelete(redis.Redis):
+        def delete(self, *names: object) -> int:
+            raise TimeLimitExceeded()
+
+    starts = AttemptStarts(LimitInDelete(connection_pool=client.connection_pool), max_starts=3, ttl_s=600)
+    done = []
+    with starts.counted("m1", enqueued_ms=1000, retries=0):
+        done.append("stored")
+    assert done == ["stored"]
+    attempt = starts.counted("m2", enqueued_ms=1000, retries=0)
+    with pytest.raises(PermanentError, match="not an image"), attempt:
+        raise PermanentError("not an image")
