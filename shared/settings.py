@@ -37,6 +37,8 @@ AMQP_SCHEMES = ("amqp://", "amqps://")
 HTTP_SCHEMES = ("http://", "https://")
 #: What MJHOOK_LOG_LEVEL may name (in any case): the levels both logging and gunicorn know.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The other names Python's logging knows for two of them.
+LOG_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
 
 #: The most result URLs, and the longest URL, a queued callback may carry (the worker re-checks a
@@ -301,7 +303,7 @@ class Settings(BaseModel):
     @classmethod
     def _a_log_level(cls, value: str) -> str:
         # Any other name killed each process only when it set up its logs ("Unknown level")
-        level = value.upper()
+        level = LOG_LEVEL_ALIASES.get(value.upper(), value.upper())
         if level not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (in any case)")
         return level
@@ -335,7 +337,15 @@ class Settings(BaseModel):
     @classmethod
     def _http_url(cls, value: str) -> str:
         # Empty public URL: nothing can be submitted (the CLI says so when asked to)
-        return _readable(_with_scheme(value, HTTP_SCHEMES), _httpx_url, "HTTP") if value else value
+        if not value:
+            return value
+        url = _readable(_with_scheme(value, HTTP_SCHEMES), _httpx_url, "HTTP")
+        parts = urlsplit(url)
+        if parts.query or parts.fragment:
+            # The paths of the provider's API and of our callback are added to it: after a query
+            # or a fragment they would be read as part of it, and every call go to the host's root
+            raise ValueError("the base URL must have no query (?...) or fragment (#...)")
+        return url
 
     @model_validator(mode="after")
     def _task_records_outlive_the_polling(self) -> Settings:
@@ -410,7 +420,7 @@ _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 #: A code point UTF-8 cannot encode: how os.environ gives a byte that no UTF-8 decodes.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: The path of a redis:// or rediss:// URL: empty, or a database number.
-_DATABASE_PATH = re.compile(r"/?[0-9]*")
+_DATABASE_PATH = re.compile(r"/?[0-9]*/?")
 
 
 def _config_error(exc: ValidationError) -> ConfigError:
@@ -445,7 +455,7 @@ def comma_list(value: str) -> tuple[str, ...]:
 def _with_scheme(url: str, schemes: tuple[str, ...]) -> str:
     """``url`` when it starts with one of ``schemes``, else a ValueError naming them (not the URL,
     which may hold a password)."""
-    if not url.startswith(schemes):
+    if not url.lower().startswith(schemes):
         raise ValueError(f"the URL must start with {', '.join(schemes)}")
     return url
 

@@ -328,7 +328,7 @@ def test_s3_keys_with_a_quoting_slip_are_refused_at_start_up(
     assert (taken.s3_access_key, taken.s3_secret_key) == ("AKIDEXAMPLE", "wJal r/K+==")
 
 
-@pytest.mark.parametrize("level", ["verbose", "", " info", "trace", "warn", "10"])
+@pytest.mark.parametrize("level", ["verbose", "", " info", "trace", "notset", "10"])
 def test_a_log_level_logging_does_not_know_is_refused_at_start_up(level: str) -> None:
     """Given MJHOOK_LOG_LEVEL naming no logging level
     When the settings are read
@@ -344,6 +344,9 @@ def test_a_log_level_is_read_in_any_case_as_upper_case() -> None:
     assert Settings.from_env({}).log_level == "INFO"
     assert Settings.from_env({"MJHOOK_LOG_LEVEL": "debug"}).log_level == "DEBUG"
     assert Settings.from_env({"MJHOOK_LOG_LEVEL": "Warning"}).log_level == "WARNING"
+    # and the other names Python's logging knows for two of them
+    assert Settings.from_env({"MJHOOK_LOG_LEVEL": "warn"}).log_level == "WARNING"
+    assert Settings.from_env({"MJHOOK_LOG_LEVEL": "FATAL"}).log_level == "CRITICAL"
 
 
 @pytest.mark.parametrize("name", ["MJHOOK_PROVIDER_URL", "MJHOOK_PUBLIC_URL"])
@@ -357,6 +360,8 @@ def test_a_log_level_is_read_in_any_case_as_upper_case() -> None:
         ("http:hooks.example.com", "must start with http://, https://"),
         ("https://", "names no host"),
         ("http://:8080/x", "names no host"),
+        ("https://api.example?x=1", "no query"),
+        ("https://api.example/base#frag", "no query"),
     ],
 )
 def test_an_http_url_without_http_or_a_host_is_refused_at_start_up(name: str, url: str, reason: str) -> None:
@@ -367,6 +372,18 @@ def test_an_http_url_without_http_or_a_host_is_refused_at_start_up(name: str, ur
     with pytest.raises(ConfigError, match=f"{name}: .*{reason}"):
         Settings.from_env({name: url})
     assert getattr(Settings.from_env({name: ""}), name[len("MJHOOK_") :].lower()) == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("MJHOOK_PROVIDER_URL", "HTTPS://api.example/v2"),  # a scheme in any case, as httpx reads it
+        ("MJHOOK_PUBLIC_URL", "Https://hooks.example"),
+        ("MJHOOK_REDIS_URL", "redis://127.0.0.1:6379/0/"),  # redis-py: database 0
+    ],
+)
+def test_urls_their_clients_read_are_taken(name: str, url: str) -> None:
+    assert getattr(Settings.from_env({name: url}), name[len("MJHOOK_") :].lower()) == url
 
 
 @pytest.mark.parametrize(
