@@ -134,6 +134,14 @@ def test_a_redis_url_is_shown_without_its_password(repo: Path, redis_server: Red
     assert started.returncode == 0, started.stderr
     [line] = [line for line in started.stdout.splitlines() if line.startswith("redis ")]
     assert line.endswith("already running at " + live.replace(":pw-s3cret@", "***@"))
+    # and so is a password holding an @, or given as ?password= (redis-py reads both)
+    for url, shown in [
+        ("redis://:pw@s3cret@127.0.0.1:1/0", "redis://***@127.0.0.1:1/0"),
+        ("redis://127.0.0.1:1/0?password=pw-s3cret", "redis://127.0.0.1:1/0?password=***"),
+    ]:
+        refused = run_up(repo, MJHOOK_REDIS_URL=url)
+        assert f"MJHOOK_REDIS_URL={shown};" in refused.stderr
+        assert "s3cret" not in refused.stderr
 
 
 def test_the_processes_get_what_up_decided_from_dotenv(repo: Path, redis_server: RedisServer) -> None:
