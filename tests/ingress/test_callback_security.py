@@ -7,9 +7,11 @@ import hashlib
 import hmac
 
 import orjson
+import pytest
 import redis
 from falcon import testing
 
+from ingress import resources
 from ingress.app import create_app
 from shared.settings import Settings
 
@@ -28,12 +30,15 @@ def body(task_id: str = TASK) -> bytes:
     return orjson.dumps({"code": 200, "msg": "ok", "data": {"taskId": task_id, "resultUrls": []}})
 
 
+def digest(task_id: str = TASK, key: bytes = b"k2", timestamp: int = NOW) -> bytes:
+    return hmac.new(key, f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+
+
 def signed(task_id: str = TASK, key: bytes = b"k2", timestamp: int = NOW) -> dict[str, str]:
-    digest = hmac.new(key, f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
     return {
         "Content-Type": "application/json",
         "X-Webhook-Timestamp": str(timestamp),
-        "X-Webhook-Signature": base64.b64encode(digest).decode(),
+        "X-Webhook-Signature": base64.b64encode(digest(task_id, key, timestamp)).decode(),
     }
 
 
@@ -74,3 +79,27 @@ def test_a_body_nested_too_deep_gets_400(client: redis.Redis) -> None:
     response = app.simulate_post(PATH, body=deep, headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert response.json == {"error": "JSON nested deeper than 8 levels"}
+
+
+def test_every_token_and_key_is_compared_in_constant_time_once_each(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given three callback tokens and two signature keys
+    When a callback arrives with the first token, signed with the first key
+    Then each token, and each key's digest, was compared with hmac.compare_digest, once: a
+    comparison that stops at a match, or at the first byte that differs, tells by its time which
+    token or key matched, and how much of a guess was right."""
+    compared: list[bytes] = []
+    compare_digest = hmac.compare_digest
+
+    def recording(given: bytes, expected: bytes) -> bool:
+        compared.append(expected)
+        return compare_digest(given, expected)
+
+    monkeypatch.setattr(resources.hmac, "compare_digest", recording)  # ingress.signature's hmac too
+    app = make_app(client, callback_token="one,two,three", webhook_hmac_key="k1,k2")
+
+    response = app.simulate_post(PATH, body=body(), headers=signed(key=b"k1"), query_string="token=one")
+
+    assert response.status_code == 200
+    assert compared == [b"one", b"two", b"three", digest(key=b"k1"), digest(key=b"k2")]

@@ -107,7 +107,32 @@ def test_bad_input_gets_a_clear_4xx_is_kept_and_queues_nothing(
     assert kept["status"] == status
     assert reason in kept["reason"]
     assert kept["bodySize"] == len(body)
-    assert len(kept["body"]) <= Settings().rejected_body_bytes
+    # A body under the kept limit is kept whole; a longer one, its first rejected_body_bytes.
+    assert kept["body"].encode() == body[: Settings().rejected_body_bytes]
+
+
+def test_a_body_without_a_content_type_gets_a_415_and_queues_nothing(client: redis.Redis) -> None:
+    app = make_app(client)
+    response = app.simulate_post(PATH, body=orjson.dumps(success()))
+    assert response.status_code == 415
+    assert "Content-Type" in response.json["error"]
+    assert queued_messages(client) == []
+
+
+def test_a_json_media_type_with_a_structured_suffix_is_taken(client: redis.Redis) -> None:
+    """RFC 6839: ``application/<anything>+json`` is JSON."""
+    app = make_app(client)
+    assert post(app, orjson.dumps(success()), content_type="application/vnd.x+json").status_code == 200
+    assert len(queued_messages(client)) == 1
+
+
+def test_a_body_of_exactly_the_size_limit_is_taken_and_one_byte_more_is_a_413(client: redis.Redis) -> None:
+    app = make_app(client, max_body_bytes=2048)
+    body = orjson.dumps(success())
+    exact = body + b" " * (2048 - len(body))
+    assert post(app, exact).status_code == 200
+    assert post(app, exact + b" ").status_code == 413
+    assert len(queued_messages(client)) == 1
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br, gzip"])
@@ -303,6 +328,15 @@ def test_a_token_is_required_when_configured(client: redis.Redis) -> None:
     assert post(app, body, query="token=s3cret").status_code == 200
     assert post(app, body, query="token=previous").status_code == 200
     assert len(queued_messages(client)) == 2
+
+
+@pytest.mark.parametrize(
+    "given", ["s3cre", "s", "s3cretX", ""], ids=["prefix", "first-char", "one-more", "empty"]
+)
+def test_only_the_whole_token_passes(client: redis.Redis, given: str) -> None:
+    app = make_app(client, callback_token="s3cret")
+    assert post(app, orjson.dumps(success()), query=f"token={given}").status_code == 401
+    assert queued_messages(client) == []
 
 
 def test_an_unreachable_redis_without_a_spool_is_a_503_so_the_provider_retries() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import dramatiq
 import orjson
+import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
 from falcon import testing
@@ -21,8 +22,10 @@ from ingress.spool import Spool
 from shared.callback import Callback
 from shared.queue import enqueue_broker_beside
 from shared.settings import Settings
-from shared.taskstate import TaskStore
+from shared.taskstate import Received, TaskState, TaskStore
+from tests.ingress.test_callbacks import queued_messages
 from tests.support.procs import free_port
+from tests.support.servers import RedisServer
 
 PATH = "/callbacks/midjourney"
 JSON = {"Content-Type": "application/json"}
@@ -205,3 +208,39 @@ def test_a_drain_when_the_ingress_shuts_down_keeps_the_callbacks_spooled(
 
     assert spool.depth() == 3
     assert spool.unqueued() == 0
+
+
+@pytest.mark.parametrize(
+    ("spool", "status", "spooled"), [(False, 503, 0), (True, 200, 1)], ids=["no-spool", "spool"]
+)
+def test_an_unforeseen_error_recording_a_callback_is_no_200_unless_the_callback_is_spooled(
+    client: redis.Redis,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spool: bool,
+    status: int,
+    spooled: int,
+) -> None:
+    """Given the recording of received callbacks failing with an error nobody foresaw (a bug, not
+    Redis away)
+    When a valid callback arrives
+    Then without a spool it is answered 503 and nothing is queued, so the provider retries; with a
+    spool it is spooled and answered 200. A 200 is only ever given for a callback kept durably."""
+
+    async def unforeseen(
+        self: TaskStore, received: list[Received], *, connection: object
+    ) -> list[TaskState | Exception | None]:
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr(TaskStore, "mark_received_many", unforeseen)
+    settings = Settings(redis_url=redis_server.url, spool_dir=str(tmp_path / "spool") if spool else "")
+    ingress = build_ingress(settings, redis_client=client)
+
+    response = testing.TestClient(ingress.app).simulate_post(
+        PATH, body=orjson.dumps(body("t1")), headers=JSON
+    )
+
+    assert response.status_code == status
+    assert queued_messages(client) == []
+    assert (ingress.spool.depth() if ingress.spool is not None else 0) == spooled

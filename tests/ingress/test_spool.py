@@ -107,6 +107,29 @@ def test_a_spool_file_a_paused_drain_rewrote_stays_readable_by_its_owner_alone(t
     assert mode == 0o600
 
 
+def test_a_drain_that_pauses_at_an_older_file_takes_nothing_from_newer_ones(tmp_path: Path) -> None:
+    """Given two processes' spool files, the older one's callback refused for now (Redis away)
+    When a drain round runs
+    Then it pauses there and takes nothing from the newer file; the next round takes both, in the
+    order they were spooled."""
+    Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 1).append(callback("old"))
+    os.utime(tmp_path / "spool-1.jsonl", (1000, 1000))
+    Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 2).append(callback("new"))
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    taken: list[str] = []
+
+    def accept(cb: Callback) -> None:
+        if cb.task_id == "old":
+            raise QueueUnavailable("down again")
+        taken.append(cb.task_id)
+
+    assert spool.drain(accept) == 0
+    assert taken == []
+    assert spool.depth() == 2
+    assert spool.drain(lambda cb: taken.append(cb.task_id)) == 2
+    assert taken == ["old", "new"]
+
+
 def test_a_restarted_ingress_drains_the_files_of_its_previous_processes(tmp_path: Path) -> None:
     for pid in (101, 102):
         Spool(tmp_path, max_bytes=1 << 20, pid=lambda pid=pid: pid).append(callback(f"from-{pid}"))
@@ -524,13 +547,9 @@ def test_the_app_drains_its_spool_in_a_second_lifespan_too(tmp_path: Path, redis
     asyncio.run(spooled_then_drained(app, redis_server, tmp_path / "spool", "t2"))
 
 
-def test_new_directories_and_the_set_aside_file_are_fsynced_where_they_are_entered(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A callback answered 200 must survive a power loss: the spool directory a first append
-    creates is fsync'd in its parent (and so on up), and a set-aside line's file in the spool
-    directory, before the line leaves the spool file. (fsync's effect shows only after a crash:
-    the calls made are recorded, by path.)"""
+def recorded_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of the files and directories fsync'd from now on, in order (fsync's effect shows
+    only after a crash: the calls made are recorded)."""
     synced: list[str] = []
     fsync = os.fsync
 
@@ -539,6 +558,17 @@ def test_new_directories_and_the_set_aside_file_are_fsynced_where_they_are_enter
         fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording)
+    return synced
+
+
+def test_new_directories_and_the_set_aside_file_are_fsynced_where_they_are_entered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A callback answered 200 must survive a power loss: the spool directory a first append
+    creates is fsync'd in its parent (and so on up), and a set-aside line's file in the spool
+    directory, before the line leaves the spool file. (fsync's effect shows only after a crash:
+    the calls made are recorded, by path.)"""
+    synced = recorded_fsyncs(monkeypatch)
     spool_dir = tmp_path / "data" / "spool"
     spool = Spool(spool_dir, max_bytes=1 << 20)
     # When the first callback is spooled into a directory that does not exist yet
@@ -555,6 +585,23 @@ def test_new_directories_and_the_set_aside_file_are_fsynced_where_they_are_enter
     # Then the set-aside file, and then its entry in the spool directory, were fsync'd
     unqueued = synced.index(str(spool_dir / UNQUEUED_NAME))
     assert str(spool_dir) in synced[unqueued + 1 :]
+
+
+def test_an_append_fsyncs_the_spool_file_and_then_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a spool directory that exists, with no spool file of this process yet
+    When a callback is spooled
+    Then the spool file is fsync'd, and after it the directory holding the new file's entry: a
+    power loss must not lose the file a 200 was answered for."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    synced = recorded_fsyncs(monkeypatch)
+
+    Spool(spool_dir, max_bytes=1 << 20, pid=lambda: 3).append(callback("t1"))
+
+    spool_file = synced.index(str(spool_dir / "spool-3.jsonl"))
+    assert str(spool_dir) in synced[spool_file + 1 :]
 
 
 def test_a_requeue_fsyncs_the_requeued_files_entry_before_it_removes_the_unqueued_file(

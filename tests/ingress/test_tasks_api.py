@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import falcon
 import httpx
@@ -87,6 +87,21 @@ def test_a_stored_task_comes_with_working_presigned_urls(stack: Stack) -> None:
         assert hashlib.sha256(downloaded.content).digest() == hashlib.sha256(original).digest()
 
 
+def test_presigned_urls_stay_valid_for_presign_expiry_s(stack: Stack) -> None:
+    """Given MJHOOK_PRESIGN_EXPIRY_S set to two minutes, when a stored task is read, then each of its
+    URLs is signed for those two minutes."""
+    settings = stack.settings.model_copy(update={"presign_expiry_s": 120})
+    client = redis.Redis.from_url(settings.redis_url)
+    app = testing.TestClient(create_app(settings, redis_client=client))
+
+    images = app.simulate_get("/tasks/stored-1", headers=AUTH).json["images"]
+
+    assert len(images) == 2
+    for image in images:
+        assert parse_qs(urlsplit(image["url"]).query)["X-Amz-Expires"] == ["120"]
+    client.close()
+
+
 def test_an_answer_with_presigned_urls_is_not_cached(stack: Stack) -> None:
     """The URLs are credentials for a while: no browser or proxy cache keeps them."""
     response = stack.app.simulate_get("/tasks/stored-1", headers=AUTH)
@@ -152,7 +167,20 @@ def test_blank_list_parameters_mean_absent_ones(stack: Stack) -> None:
     assert {task["taskId"] for task in response.json["tasks"]} == {"stored-1", "failed-1"}
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": TOKEN},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer"},
+        {"Authorization": f"Bearer {TOKEN[:-1]}"},
+        {"Authorization": f"Bearer {TOKEN[1:]}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+    ],
+    ids=["none", "wrong", "no-scheme", "empty", "scheme-only", "last-char-cut", "first-char-cut", "one-more"],
+)
 def test_read_endpoints_need_the_api_token(stack: Stack, headers: dict[str, str]) -> None:
     for path in ("/tasks/stored-1", "/tasks"):
         response = stack.app.simulate_get(path, headers=headers)

@@ -43,6 +43,14 @@ def test_the_task_id_spelling_is_accepted() -> None:
     assert parse_callback(orjson.dumps(document), received_at=AT, limits=LIMITS).task_id == "abc-1"
 
 
+def test_with_both_spellings_task_id_in_camel_case_wins() -> None:
+    assert parse_callback(body(task_id="snake-1"), received_at=AT, limits=LIMITS).task_id == "mj_task_12345"
+
+
+def test_a_task_id_of_128_characters_is_accepted() -> None:
+    assert parse_callback(body(taskId="x" * 128), received_at=AT, limits=LIMITS).task_id == "x" * 128
+
+
 def test_a_failure_without_urls_or_prompt_is_accepted() -> None:
     document = {"code": 500, "msg": "generation failed", "data": {"taskId": "t1"}}
     callback = parse_callback(orjson.dumps(document), received_at=AT, limits=LIMITS)
