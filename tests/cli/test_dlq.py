@@ -590,3 +590,31 @@ def test_replay_interrupted_lists_the_letters_it_replayed_and_exits_130(
     assert "1 dead letter(s) replayed" in result.stdout
     assert "interrupted" in result.stderr
     assert client.zrange(DEAD, 0, -1) == [b"dead-2"]
+
+
+def test_replay_the_broker_refuses_exits_1_and_keeps_the_letter(
+    redis_server: RedisServer, client: redis.Redis, run_cli: RunCli
+) -> None:
+    """Given a dead letter, and an account that may read the dead letters but not run the broker's
+    enqueue script (an ACL; a queue Redis refusing writes would do the same)
+    When `mjhook dlq replay` runs
+    Then it says it stopped and why, exit code 1, and the letter is still a dead letter: exit 0
+    told a script that everything was replayed."""
+    odd_dead_letter(client, "dead-1", 1_700_000_000_001)
+    client.acl_setuser(
+        "operator",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-evalsha", "-eval", "-script"],
+    )
+    env = {"MJHOOK_REDIS_URL": redis_server.url.replace("redis://", "redis://operator:pw@", 1)}
+
+    result = run_cli(env, "dlq", "replay")
+
+    assert result.exit_code == 1, result.output
+    assert "0 dead letter(s) replayed" in result.stdout
+    assert "stopped: the broker refused the message" in result.stderr
+    assert client.zrange(DEAD, 0, -1) == [b"dead-1"]
+    assert client.llen(READY) == 0

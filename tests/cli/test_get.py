@@ -8,6 +8,7 @@ import io
 import os
 from pathlib import Path
 
+import click
 import orjson
 import pytest
 
@@ -87,6 +88,24 @@ def test_a_manifest_naming_a_file_outside_the_task_is_refused(
     result = run_cli(app_env, "get", "t-get", "--out", str(tmp_path / "out"))
     assert result.exit_code == 1
     assert "outside tasks/t-get/" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x/../../../etc/passwd",  # a path after a safe first character
+        "0.png\n",  # a line break after a safe name
+        "0.png\x1b]0;pwned\x07",  # terminal controls after a safe name
+        "a" * 129,  # past the 128 characters a name may have
+    ],
+    ids=["path", "newline", "controls", "too-long"],
+)
+def test_a_manifest_name_safe_only_at_its_start_is_refused(name: str) -> None:
+    """The whole name is checked against SAFE_FILE_NAME, not its first characters: a tampered
+    manifest must not name a path, a line break or controls for `mjhook get` to write."""
+    manifest = {"images": [{"key": f"tasks/t-get/{name}", "sha256": "0" * 64, "size": 1}]}
+    with pytest.raises(click.ClickException, match="outside tasks/t-get/"):
+        cli.get.manifest_files(manifest, "t-get")
 
 
 def test_an_invalid_task_id_is_a_usage_error(app_env: dict[str, str], run_cli: RunCli) -> None:

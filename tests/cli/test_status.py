@@ -15,6 +15,7 @@ import pytest
 import redis
 from dramatiq.common import current_millis
 
+from cli.status import status_reader
 from shared import keys
 from shared.callback import Callback
 from shared.queue import (
@@ -27,8 +28,10 @@ from shared.queue import (
 )
 from shared.rejected import Rejection, RejectLog
 from shared.settings import Settings
+from shared.submitted import SubmittedTasks
 from shared.taskstate import TaskState, TaskStore
 from tests.cli.conftest import RunCli, dead_letters_from_real_workers
+from tests.support.clock import FakeClock
 from tests.support.pipeline import queued_callback
 from tests.support.procs import ManagedProcess, free_port, venv_bin, wait_until
 from tests.support.servers import RedisServer
@@ -256,3 +259,26 @@ def test_status_says_whether_redis_keeps_what_was_acknowledged(
     # Then no problem, in either form
     assert json.loads(run_cli(env, "status", "--json").stdout)["redis_durability"] == []
     assert "Redis durability: ok" in run_cli(env, "status").stdout
+
+
+def test_status_counts_a_submitted_task_overdue_only_past_the_poll_grace(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    """Given a task mjhook submitted at T, and MJHOOK_POLL_GRACE_S=600
+    Then `mjhook status` reads it submitted and not overdue until T+600, overdue from then, and
+    stamps each reading with its clock's time in ms (taken_at_ms)."""
+    settings = Settings.from_env({"MJHOOK_REDIS_URL": redis_server.url, "MJHOOK_POLL_GRACE_S": "600"})
+    clock = FakeClock(1_795_000_000.0)
+    tasks = TaskStore(client, ttl_s=settings.task_ttl_s, clock=clock)
+    SubmittedTasks(client, tasks, ttl_s=settings.task_ttl_s, clock=clock).record("t-1", {})
+    read = status_reader(settings, clock=clock)
+
+    clock.now += 599
+    early = read().to_json()
+    clock.now += 1
+    late = read().to_json()
+
+    assert early["submitted"] == {"submitted": 1, "overdue": 0}
+    assert late["submitted"] == {"submitted": 1, "overdue": 1}
+    assert early["taken_at_ms"] == 1_795_000_599_000
+    assert late["taken_at_ms"] == 1_795_000_600_000

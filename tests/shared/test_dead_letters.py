@@ -133,6 +133,63 @@ def test_replay_keeps_the_dead_letter_when_the_broker_refuses(
     assert client.hget(DEAD_BODIES, dead_id) is not None
 
 
+class RefusingOnce:
+    """A broker that refuses its first enqueue (Redis gone for a moment), then takes them."""
+
+    def __init__(self, inner: RedisBroker) -> None:
+        self._broker = inner
+        self.refused = 0
+
+    def enqueue(self, message: dramatiq.Message[Any], **options: Any) -> dramatiq.Message[Any]:
+        if not self.refused:
+            self.refused += 1
+            raise redis.ConnectionError("Connection refused")
+        return self._broker.enqueue(message, **options)
+
+
+def test_a_replay_stops_at_the_first_enqueue_the_broker_refuses(
+    client: redis.Redis, broker: RedisBroker
+) -> None:
+    """Given two dead letters, and a broker refusing the first enqueue
+    Then the replay stops there: both stay dead letters, nothing is queued, and the error says
+    why (the command then says "stopped"; going on would replay letters behind the one refused,
+    out of their order, under an error line saying it stopped)."""
+    first = kill(broker, queued_callback("first"))
+    second = kill(broker, queued_callback("second"))
+
+    result = replay_dead(
+        client,
+        RefusingOnce(broker),  # type: ignore[arg-type]
+        namespace=BROKER_NAMESPACE,
+        queue=CALLBACK_QUEUE,
+        ids=[first, second],
+    )
+
+    assert result.error is not None
+    assert "ConnectionError" in result.error
+    assert result.replayed == []
+    assert client.llen(READY) == 0
+    assert client.zscore(DEAD, first) is not None
+    assert client.zscore(DEAD, second) is not None
+
+
+def test_a_body_left_without_its_dead_letter_entry_is_not_replayed(
+    client: redis.Redis, broker: RedisBroker
+) -> None:
+    """Given a message body in the dead letters' hash whose entry in the dead letters' sorted set
+    is gone (removed by another program, or a purge between the replay's two reads)
+    Then a replay naming it reports it missing and queues nothing."""
+    dead_id = kill(broker, queued_callback("ghost"))
+    client.zrem(DEAD, dead_id)
+    assert client.hget(DEAD_BODIES, dead_id) is not None
+
+    result = replay_dead(client, broker, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, ids=[dead_id])
+
+    assert result.missing == [dead_id]
+    assert result.replayed == []
+    assert client.llen(READY) == 0
+
+
 def test_a_fresh_copy_keeps_the_message_id_and_drops_retry_state() -> None:
     old = dramatiq.Message(
         queue_name=CALLBACK_QUEUE + ".DQ",
@@ -237,3 +294,20 @@ def test_a_replay_leaves_a_letter_of_the_wrong_shape_in_place_and_goes_on(
     assert client.llen(READY) == 1
     assert client.zrange(DEAD, 0, -1) == [b"odd"]
     assert client.hget(DEAD_BODIES, "odd") is not None
+
+
+def test_the_reason_of_a_task_that_did_not_fail_is_no_dead_letters_reason(
+    client: redis.Redis, broker: RedisBroker
+) -> None:
+    """Given a dead letter with no reason of its own, whose task ended partial (another message
+    of it was processed), its record's reason saying which file failed
+    Then the letter's reason is unknown: the partial task's reason says nothing of why this
+    message died."""
+    tasks = TaskStore(client, ttl_s=3600)
+    dead_id = kill(broker, queued_callback("partial-task"))
+    tasks.move("partial-task", TaskState.PARTIAL, reason="1 file not stored: #1 DownloadFailed")
+
+    [letter] = list_dead(client, namespace=BROKER_NAMESPACE, queue=CALLBACK_QUEUE, tasks=tasks)
+
+    assert letter.id == dead_id
+    assert (letter.reason, letter.reason_source) == ("no reason recorded", ReasonSource.UNKNOWN)

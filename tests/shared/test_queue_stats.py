@@ -150,6 +150,26 @@ def test_only_live_consumers_count_as_workers(client: redis.Redis) -> None:
     assert (stats.ready, stats.in_flight, stats.held_by_dead) == (1, 2, 1)
 
 
+def test_a_broker_silent_for_exactly_the_timeout_is_dead_as_dramatiq_counts_it(client: redis.Redis) -> None:
+    """dramatiq's maintenance (dispatch.lua) takes a broker whose last beat is at or before
+    ``now - heartbeat_timeout`` for dead and requeues its messages: status must not count it alive."""
+    now = 1_800_000_000_000
+    heartbeats = keys.broker_heartbeats(BROKER_NAMESPACE)
+    client.zadd(heartbeats, {"at-the-limit": now - TIMEOUT_MS, "just-inside": now - TIMEOUT_MS + 1})
+    for broker_id in ("at-the-limit", "just-inside"):
+        client.sadd(keys.broker_acks(BROKER_NAMESPACE, broker_id, CALLBACK_QUEUE), "m-1")
+
+    brokers = read_brokers(
+        client, namespace=BROKER_NAMESPACE, queues=[CALLBACK_QUEUE], now_ms=now, timeout_ms=TIMEOUT_MS
+    )
+
+    assert {broker.broker_id: broker.alive for broker in brokers} == {
+        "at-the-limit": False,
+        "just-inside": True,
+    }
+    assert count_workers(brokers) == 1
+
+
 def test_the_registry_drops_workers_silent_for_a_day(client: redis.Redis) -> None:
     record_worker_beat(client, "gone", now_ms=1_000)
     record_worker_beat(client, "here", now_ms=1_000 + DEFAULT_KEEP_MS + 1)

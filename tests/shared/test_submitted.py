@@ -236,3 +236,43 @@ def test_a_hand_back_cut_short_before_the_index_is_completed_by_the_next(
     # Then it is in the index, due for a poll
     clock.now += 3600
     assert [task_id for task_id, _ in submitted.due(60, 30, limit=10)] == ["t1"]
+
+
+def test_a_task_handed_back_waits_a_whole_grace_again_whatever_its_old_poll_mark(
+    tasks: TaskStore, submitted: SubmittedTasks, clock: FakeClock
+) -> None:
+    """Given a submitted task polled once (still generating), whose callback then came, and whose
+    last attempt handed it back to the polling fallback long after (submitted again, as of then)
+    When a pass looks for due tasks within the grace of that hand-back
+    Then the task is not due yet, though its old poll mark is older than the interval: it is
+    "polled once the grace has passed" (SubmittedTasks.wait_again), as a task never polled is."""
+    submitted.record("t1", {})
+    clock.now += 100
+    assert [task_id for task_id, _ in submitted.due(60, 30, limit=10)] == ["t1"]
+    submitted.mark_polled("t1", keep_s=3000)
+    tasks.mark_received("t1", "2026-11-25T00:00:00.000Z")
+    clock.now += 1000
+    assert submitted.wait_again("t1")
+
+    clock.now += 30  # the mark is 1030 s old; the hand-back 30 s
+    assert submitted.due(60, 30, limit=10) == []
+    clock.now += 30  # the grace has passed since the hand-back
+    assert [task_id for task_id, _ in submitted.due(60, 30, limit=10)] == ["t1"]
+
+
+@pytest.mark.parametrize("state", [TaskState.STORED, TaskState.FAILED])
+def test_a_task_that_reached_an_end_is_not_handed_back_to_polling(
+    tasks: TaskStore, submitted: SubmittedTasks, client: redis.Redis, state: TaskState
+) -> None:
+    """Given a task already stored or failed (another message of it finished it)
+    When a last attempt of a message of it asks to hand it back to the polling fallback
+    Then the hand-back is refused (False: the attempt's error stands) and the task is in no
+    polling index: True would have the attempt end quietly, left to a fallback that never polls
+    a task that is not submitted."""
+    tasks.mark_received("t1", "2026-11-25T00:00:00.000Z")
+    tasks.move("t1", state)
+
+    assert submitted.wait_again("t1") is False
+
+    assert tasks.get("t1").state is state  # type: ignore[union-attr]
+    assert client.zscore(keys.SUBMITTED, "t1") is None

@@ -373,6 +373,41 @@ def test_a_task_whose_key_is_not_a_record_fails_alone_in_its_batch(
     assert client.llen(queue) == 0
 
 
+def test_one_group_commit_call_refuses_messages_for_two_queues(
+    client: redis.Redis, redis_server: RedisServer
+) -> None:
+    """received.lua takes one queue per call: a batch whose messages go to two queues is refused
+    before anything is written, rather than every message pushed onto whichever queue came first."""
+    tasks = TaskStore(client, ttl_s=3600)
+    batch = [
+        Received(
+            "t1",
+            "now",
+            QueuedMessage(
+                keys.broker_queue("dramatiq", "callbacks"),
+                keys.broker_messages("dramatiq", "callbacks"),
+                "m1",
+                b"{}",
+            ),
+        ),
+        Received(
+            "t2",
+            "now",
+            QueuedMessage(
+                keys.broker_queue("dramatiq", "poll"), keys.broker_messages("dramatiq", "poll"), "m2", b"{}"
+            ),
+        ),
+    ]
+    before = _dump(client)
+
+    with pytest.raises(ValueError, match="one queue"):
+        with_ack_connection(
+            redis_server.url, lambda connection: tasks.mark_received_many(batch, connection=connection)
+        )
+
+    assert _dump(client) == before
+
+
 def test_state_counts_leave_out_tasks_whose_record_has_expired(client: redis.Redis) -> None:
     """Given a failed and a partial task, and then, past the record TTL, traffic only in other
     states (no task enters ``failed`` or ``partial`` to trim their indexes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -158,3 +159,52 @@ def test_a_lease_no_renewal_reached_for_a_whole_ttl_fails_the_check_before_the_r
         with pytest.raises(TaskBusy):
             lease.check()
         assert lease.lost.is_set()
+
+
+class LateRedis(redis.Redis):
+    """A Redis whose script answers (a renewal's) come ``late_s`` seconds by ``now`` after they
+    were sent: a server stalled in between, which may have run the script at any moment."""
+
+    def __init__(self, client: redis.Redis, now: list[float], late_s: float) -> None:
+        super().__init__(connection_pool=client.connection_pool)
+        self._now = now
+        self._late_s = late_s
+
+    def evalsha(self, *args: Any, **kwargs: Any) -> Any:
+        answer = super().evalsha(*args, **kwargs)
+        self._now[0] += self._late_s
+        return answer
+
+
+def test_a_renewal_that_took_long_holds_the_lease_a_ttl_from_when_it_was_sent(client: redis.Redis) -> None:
+    """Given a held lease of 30 s whose confirmation (a renewal) is sent at 10 s and answered at
+    30 s (a Redis stalled for 20 s)
+    When the holder checks the lease at 40 s, a TTL after the renewal was sent
+    Then the check refuses: Redis may have let the lease lapse already, and another worker may
+    hold the task. Counting the TTL from the answer (30 s) let the holder write files for 20 s
+    more while another worker could hold the task."""
+    now = [0.0]
+    leases = LeaseManager(LateRedis(client, now, late_s=20.0), ttl_s=30, clock=lambda: now[0])
+    with leases.hold("t1") as lease:
+        now[0] = 10.0
+        lease.confirm()
+        assert now[0] == 30.0
+        now[0] = 40.0
+        with pytest.raises(TaskBusy):
+            lease.check()
+        assert lease.lost.is_set()
+
+
+def test_a_lease_not_renewed_for_exactly_a_ttl_is_not_renewed_then(client: redis.Redis) -> None:
+    """Given a held lease of 30 s, no renewal since it was taken at 0 s
+    When a renewal (a confirmation before the manifest) comes at exactly 30 s
+    Then it is refused as lapsed, as check() refuses at that moment, without asking Redis (whose
+    key may still be there by its own clock)."""
+    now = [0.0]
+    leases = LeaseManager(client, ttl_s=30, clock=lambda: now[0])
+    with leases.hold("t1") as lease:
+        now[0] = 30.0
+        assert lease.renew() is False
+        assert lease.lost.is_set()
+        with pytest.raises(TaskBusy):
+            lease.confirm()

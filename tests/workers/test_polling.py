@@ -17,7 +17,7 @@ from shared import keys
 from shared.callback import Callback
 from shared.errors import FreshLinkPending, ProviderUnavailable
 from shared.metrics import WorkerMetrics, create_worker_metrics
-from shared.polling import ResultPoller
+from shared.polling import PollOutcome, PollResult, ResultPoller
 from shared.provider import ProviderClient
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE, POLL_QUEUE, create_broker
 from shared.settings import Settings
@@ -879,6 +879,54 @@ def test_a_record_this_version_cannot_read_is_neither_queued_each_pass_nor_ends_
     assert record.state is TaskState.FAILED
 
 
+class SlowPolls:
+    """A poller each of whose polls takes ``took_s`` seconds by ``monotonic`` (a slow provider);
+    every task is still generating."""
+
+    def __init__(self, monotonic: FakeClock, took_s: float) -> None:
+        self.polled: list[str] = []
+        self._monotonic = monotonic
+        self._took_s = took_s
+
+    def poll(self, task_id: str) -> PollResult:
+        self.polled.append(task_id)
+        self._monotonic.sleep(self._took_s)
+        return PollResult(task_id, PollOutcome.GENERATING, "successFlag 0")
+
+
+def test_a_pass_starts_no_poll_once_its_budget_is_spent(client: redis.Redis) -> None:
+    """Given three silent tasks past the grace and a provider taking 150 s per poll, with a pass
+    budget of 120 s (the pass's lock lives only a minute longer)
+    When a pass runs
+    Then it polls the first only; the others wait for the next pass. A pass going on past its
+    budget outlives its lock, and a second pass may start beside it."""
+    clock, monotonic = FakeClock(2_000_000.0), FakeClock(0.0)
+    tasks = TaskStore(client, ttl_s=86_400, clock=clock)
+    submitted = SubmittedTasks(client, tasks, ttl_s=86_400, clock=clock)
+    for task_id in ("t1", "t2", "t3"):
+        submitted.record(task_id, {})
+        clock.now += 1
+    clock.now += GRACE_S
+    polls = SlowPolls(monotonic, took_s=150)
+    poller = SilentTaskPoller(
+        submitted=submitted,
+        tasks=tasks,
+        poller=polls,  # type: ignore[arg-type]
+        starts=PollStarts(client, max_starts=3, ttl_s=86_400),
+        grace_s=GRACE_S,
+        interval_s=INTERVAL_S,
+        give_up_s=GIVE_UP_S,
+        budget_s=120,
+        clock=clock,
+        monotonic=monotonic,
+    )
+
+    summary = poller.run_once()
+
+    assert polls.polled == ["t1"]
+    assert summary.polled == 1
+
+
 # --- a worker killed during a poll's give-up ----------------------------------------------------
 
 
@@ -889,9 +937,7 @@ class Killed(BaseException):
 class StillGenerating:
     """A provider whose every task is still generating: each overdue task is given up."""
 
-    def poll(self, task_id: str) -> Any:
-        from shared.polling import PollOutcome, PollResult
-
+    def poll(self, task_id: str) -> PollResult:
         return PollResult(task_id, PollOutcome.GENERATING, "still generating")
 
 

@@ -128,3 +128,18 @@ def test_provider_urls_past_the_callback_limits_fail_the_task(urls: tuple[str, .
     assert (checked.succeeded, checked.result_urls) == (False, ())
     assert reason in checked.msg
     assert verification.mismatch
+
+
+def test_a_callback_listing_the_providers_urls_in_another_order_is_a_mismatch() -> None:
+    """Given a success callback whose URLs are the provider's, in another order (so files would be
+    stored under other indexes), or with one of them twice
+    Then the provider's list is used and the manifest records the mismatch with the callback's
+    list: "confirmed" would say the callback was what the provider reported."""
+    provider_urls = CALLBACK.result_urls
+    for callback_urls in (tuple(reversed(provider_urls)), (*provider_urls, provider_urls[0])):
+        called_back = Callback("t1", 200, "success", None, callback_urls, "now")
+        checked, verification = verifier(info(TaskStatus.SUCCESS, provider_urls)).verify(called_back)
+        assert checked.result_urls == provider_urls
+        assert verification.mismatch
+        assert verification.to_manifest()["reason"] == "the callback's result URLs differ from the provider's"
+        assert verification.to_manifest()["callbackUrls"] == list(callback_urls)
