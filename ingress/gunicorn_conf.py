@@ -11,7 +11,6 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from shared.errors import ConfigError
 from shared.logs import make_formatter
 from shared.metrics import (
     MULTIPROC_ENV,
@@ -28,12 +27,7 @@ from shared.settings import Settings
 
 #: The master needs the log settings before the app is loaded; wsgi.py reads them again in each
 #: worker process.
-try:
-    _settings = Settings.from_env(os.environ)
-except ConfigError as exc:
-    # One line naming the setting; gunicorn would print "Failed to read config file" and the
-    # traceback of an Exception (SystemExit is none).
-    raise SystemExit(f"Error: {exc}") from None
+_settings = Settings.from_env_or_exit(os.environ)
 
 bind = "127.0.0.1:8000"
 #: gunicorn's own asyncio worker: an ack waits on Redis without holding a thread, and the acks

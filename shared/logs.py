@@ -161,8 +161,8 @@ def configure_logging(
     level: str = "INFO", log_format: LogFormat = "text", *, stream: IO[str] | None = None
 ) -> None:
     """Send every logger of this process through one handler on ``stream`` (default: stderr as it
-        is now) in ``log_format``, replacing handlers set before (dramatiq's worker processes have
-        one already, writing to the same stderr). A queue message in a record is named, not printed
+    is now) in ``log_format``, replacing handlers set before (dramatiq's worker processes have one
+    already, writing to the same stderr). A queue message in a record is named, not printed
     (:class:`QueueMessageNames`); httpx's request lines are left out (:data:`QUIET_LOGGERS`)."""
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(make_formatter(log_format))

@@ -381,6 +381,17 @@ class Settings(BaseModel):
         return self.broker_url or self.redis_url
 
     @classmethod
+    def from_env_or_exit(cls, environ: Mapping[str, str]) -> Settings:
+        """:meth:`from_env` for a module another program imports (gunicorn's config, dramatiq's
+        ``workers.tasks``): a bad setting ends the process with one line naming it, ``Error:
+        ...``, not the traceback of the import (gunicorn prints "Failed to read config file" and
+        the traceback of an Exception, which SystemExit is not; dramatiq logs any)."""
+        try:
+            return cls.from_env(environ)
+        except ConfigError as exc:
+            raise SystemExit(f"Error: {exc}") from None
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Build settings from ``MJHOOK_*`` variables; unknown ``MJHOOK_*`` names are an error,
         so a typo does not silently fall back to a default, and so is a variable that is not valid

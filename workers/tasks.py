@@ -13,7 +13,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage, Retries, default_middleware
 
 from shared.callback import Callback
-from shared.errors import ConfigError, PermanentError
+from shared.errors import PermanentError
 from shared.logs import configure_logging
 from shared.queue import CALLBACK_QUEUE, POLL_QUEUE, PROCESS_CALLBACK, create_broker
 from shared.settings import Settings
@@ -27,11 +27,7 @@ from workers.runtime import WorkerRuntime
 from workers.stranded import MessagesInHand
 from workers.time_limit import end_time_limits_first
 
-try:
-    settings = Settings.from_env(os.environ)
-except ConfigError as exc:
-    # One line naming the setting: dramatiq would log the import's whole traceback.
-    raise SystemExit(f"Error: {exc}") from None
+settings = Settings.from_env_or_exit(os.environ)
 configure_logging(settings.log_level, settings.log_format)
 # Before any metric is made: prometheus_client picks where values live when first used.
 metrics, metrics_dir = start_worker_metrics(os.environ)
