@@ -89,14 +89,20 @@ def test_an_image_of_exactly_its_cap_is_kept_and_one_byte_more_is_refused() -> N
     image = png_bytes(4, 16, 16)
     internet = FakeInternet()
     internet.routes["/a.png"] = lambda: [head(200, [("Content-Length", str(len(image)))]), image]
-    at_cap = FetchLimits(max_image_bytes=len(image), max_video_bytes=10 * len(image))
-    below = FetchLimits(max_image_bytes=len(image) - 1, max_video_bytes=10 * len(image))
     # When it is fetched with an image cap of its size, then of one byte less
+    # Then it is kept whole at its cap, and refused one byte over
+    kept_at_its_cap_and_refused_one_byte_over(internet, len(image))
+
+
+def kept_at_its_cap_and_refused_one_byte_over(internet: FakeInternet, size: int) -> None:
+    """``/a.png`` of ``internet`` fetched with an image cap of ``size`` (the video cap far above)
+    is kept whole; with one byte less, it is refused."""
+    at_cap = FetchLimits(max_image_bytes=size, max_video_bytes=10 * size)
+    below = FetchLimits(max_image_bytes=size - 1, max_video_bytes=10 * size)
     fetched = internet.fetcher(at_cap).fetch("http://cdn.example/a.png")
     fetched.close()
-    # Then it is kept whole at its cap, and refused one byte over
-    assert fetched.size == len(image)
-    with pytest.raises(DownloadRefused, match=f"file is over the {len(image) - 1}-byte cap"):
+    assert fetched.size == size
+    with pytest.raises(DownloadRefused, match=f"file is over the {size - 1}-byte cap"):
         internet.fetcher(below).fetch("http://cdn.example/a.png")
 
 
@@ -140,15 +146,9 @@ def test_a_gzipped_image_one_byte_over_its_cap_once_decoded_is_refused() -> None
         head(200, [("Content-Encoding", "gzip"), ("Content-Length", str(len(encoded)))]),
         encoded,
     ]
-    at_cap = FetchLimits(max_image_bytes=len(image), max_video_bytes=10 * len(image))
-    below = FetchLimits(max_image_bytes=len(image) - 1, max_video_bytes=10 * len(image))
     # When it is fetched with an image cap of its decoded size, then of one byte less
-    fetched = internet.fetcher(at_cap).fetch("http://cdn.example/a.png")
-    fetched.close()
     # Then it is kept whole (decoded) at its cap, and refused one byte over
-    assert fetched.size == len(image)
-    with pytest.raises(DownloadRefused, match=f"file is over the {len(image) - 1}-byte cap"):
-        internet.fetcher(below).fetch("http://cdn.example/a.png")
+    kept_at_its_cap_and_refused_one_byte_over(internet, len(image))
 
 
 def gif(screen: tuple[int, int], frame: tuple[int, int, int, int]) -> bytes:
