@@ -213,6 +213,9 @@ class ProviderClient:
             raise ProviderUnavailable(
                 f"provider answered record-info of task {task_id} without its details", code=UNREADABLE
             )
+        error_message = data.get("errorMessage")
+        if isinstance(error_message, str):
+            data = {**data, "errorMessage": self._without_key(error_message)}
         return parse_record_info(data, task_id=task_id)
 
     def download_url(self, url: str) -> str:
@@ -251,9 +254,7 @@ class ProviderClient:
                 if not _may_retry(exc, idempotent=idempotent):
                     raise error from exc
             else:
-                code, msg, data, own = _decode(response, self._without_key(content))
-                if not own and len(self._api_key) >= MIN_REDACTED_KEY_CHARS:
-                    msg = msg.replace(self._api_key, REDACTED_KEY)  # a reason phrase, not the body
+                code, msg, data, own = _decode(response, content, without_key=self._without_key)
                 if code == CODE_OK:
                     return data
                 if not own and response.status_code == 404:
@@ -293,13 +294,14 @@ class ProviderClient:
         with self._http.stream(method, url, json=body, params=params, headers=self._headers) as response:
             return response, _read_capped(response)
 
-    def _without_key(self, content: bytes | None) -> bytes | None:
-        """The answer with our API key replaced, before anything reads it or cuts it short: a
-        provider (or a proxy) quoting our request back puts it in a ``msg`` or ``errorMessage``,
-        which go into errors, logs, a task's reason and a manifest."""
-        if content is None or len(self._api_key) < MIN_REDACTED_KEY_CHARS:
-            return content
-        return content.replace(self._api_key.encode(), REDACTED_KEY.encode())
+    def _without_key(self, text: str) -> str:
+        """``text`` (an answer's ``msg``, ``errorMessage`` or reason phrase, as decoded, before it
+        is cut short) with our API key replaced: a provider (or a proxy) quoting our request back
+        puts it there, and those go into errors, logs, a task's reason and a manifest. Only the
+        messages: a taskId or a URL of the answer is left as it came."""
+        if len(self._api_key) < MIN_REDACTED_KEY_CHARS:
+            return text
+        return text.replace(self._api_key, REDACTED_KEY)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds before retry ``attempt + 1``: the backoff, or the ``Retry-After`` when longer
@@ -394,9 +396,12 @@ def _read_capped(response: httpx.Response) -> bytes | None:
     return bytes(body)
 
 
-def _decode(response: httpx.Response, body: bytes | None) -> tuple[int, str, Any, bool]:
+def _decode(
+    response: httpx.Response, body: bytes | None, *, without_key: Callable[[str], str]
+) -> tuple[int, str, Any, bool]:
     """(code, msg, data, own): the body's, or the HTTP status's when the body is not the
-    provider's (or was too large: None); ``own`` says which."""
+    provider's (or was too large: None); ``own`` says which. The msg is given to ``without_key``
+    before it is cut short."""
     try:
         document = orjson.loads(body) if body is not None else None
     except orjson.JSONDecodeError:
@@ -405,12 +410,14 @@ def _decode(response: httpx.Response, body: bytes | None) -> tuple[int, str, Any
     if isinstance(document, dict) and code is not None:
         if code == CODE_OK and not response.is_success:
             code = response.status_code
-        return code, _message(document.get("msg")) or "", document.get("data"), True
+        msg = document.get("msg")
+        msg = _message(without_key(msg) if isinstance(msg, str) else msg) or ""
+        return code, msg, document.get("data"), True
     if response.is_success:
         # Not the provider's answer shape (a proxy's page?): worth another try, if idempotent.
         why = "" if body is not None else f": larger than {MAX_ANSWER_BYTES} bytes"
         return UNREADABLE, "unreadable answer" + why, None, False
-    return response.status_code, shortened(response.reason_phrase, MAX_MSG_CHARS), None, False
+    return response.status_code, shortened(without_key(response.reason_phrase), MAX_MSG_CHARS), None, False
 
 
 def _error(code: int, msg: str, path: str, *, own: bool = True) -> ProviderError:

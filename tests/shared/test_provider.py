@@ -345,3 +345,33 @@ def test_a_key_quoted_past_the_cut_or_in_an_error_message_is_replaced_too() -> N
     assert "k3y-s3c" not in refused.value.provider_msg
     info = client.record_info("t1")
     assert info.error_message == "refused for token [MJHOOK_PROVIDER_API_KEY]"
+
+
+@pytest.mark.parametrize("key", ["sk/AbCdEf+123/xyz", 'sk"quote\\slash', "sk&amp<gt>0123"])
+def test_a_key_the_answer_quotes_json_escaped_is_replaced_and_no_data_is_touched(key: str) -> None:
+    """An encoder escaping the key's / (PHP), " and \\ (every one) or & < > (Go) put it in the
+    answer's bytes in another spelling; and a taskId or URL holding the same characters must come
+    back as it was."""
+    sleep = RecordingSleep()
+    escaped = orjson.dumps(f"invalid Authorization: Bearer {key}").decode()
+    escaped = escaped.replace("/", "\\/").replace("&", "\\u0026").replace("<", "\\u003c")
+    refused = f'{{"code": 401, "msg": {escaped}, "data": null}}'.encode()
+    task = orjson.dumps({"code": 200, "msg": "success", "data": {"taskId": f"task-{len(key)}"}})
+    answers = [httpx.Response(200, content=refused), httpx.Response(200, content=task)]
+    http = httpx.Client(transport=httpx.MockTransport(lambda request: answers.pop(0)))
+    client = ProviderClient("http://provider.test", key, http=http, sleep=sleep)
+    with pytest.raises(ProviderRefused) as raised:
+        client.generate("x", callback_url=CALLBACK)
+    assert key not in str(raised.value)
+    assert raised.value.provider_msg == "invalid Authorization: Bearer [MJHOOK_PROVIDER_API_KEY]"
+    assert client.generate("x", callback_url=CALLBACK) == f"task-{len(key)}"
+
+
+def test_a_taskid_or_url_holding_the_key_comes_back_as_it_was() -> None:
+    key = "12345678"
+    sleep = RecordingSleep()
+    answers = [ok({"taskId": "task-1234567890"}), ok({"downloadUrl": "https://cdn.example/f.png?k=12345678"})]
+    http = httpx.Client(transport=httpx.MockTransport(lambda request: answers.pop(0)))
+    client = ProviderClient("http://provider.test", key, http=http, sleep=sleep)
+    assert client.generate("x", callback_url=CALLBACK) == "task-1234567890"
+    assert client.download_url("https://cdn.example/f.png") == "https://cdn.example/f.png?k=12345678"
