@@ -339,9 +339,9 @@ class Settings(BaseModel):
         # Empty public URL: nothing can be submitted (the CLI says so when asked to)
         if not value:
             return value
-        url = _readable(_with_scheme(value, HTTP_SCHEMES), _httpx_url, "HTTP")
-        parts = urlsplit(url)
-        if parts.query or parts.fragment:
+        # The scheme in any case, as httpx reads it (HTTPS://)
+        url = _readable(_with_scheme(value, HTTP_SCHEMES, any_case=True), _httpx_url, "HTTP")
+        if "?" in url or "#" in url:
             # The paths of the provider's API and of our callback are added to it: after a query
             # or a fragment they would be read as part of it, and every call go to the host's root
             raise ValueError("the base URL must have no query (?...) or fragment (#...)")
@@ -463,10 +463,11 @@ def comma_list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
-def _with_scheme(url: str, schemes: tuple[str, ...]) -> str:
-    """``url`` when it starts with one of ``schemes``, else a ValueError naming them (not the URL,
+def _with_scheme(url: str, schemes: tuple[str, ...], *, any_case: bool = False) -> str:
+    """``url`` when it starts with one of ``schemes`` (in any case when ``any_case``: redis-py and
+    the broker's choice read them in lower case only), else a ValueError naming them (not the URL,
     which may hold a password)."""
-    if not url.lower().startswith(schemes):
+    if not (url.lower() if any_case else url).startswith(schemes):
         raise ValueError(f"the URL must start with {', '.join(schemes)}")
     return url
 

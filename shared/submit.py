@@ -33,7 +33,7 @@ def callback_url(settings: Settings) -> str:
     """``MJHOOK_PUBLIC_URL`` + the callback path, with ``?token=`` the first of
     ``MJHOOK_CALLBACK_TOKEN`` when set. A :class:`ConfigError` without a public URL."""
     base = settings.public_url.strip().rstrip("/")
-    if not base.startswith(("http://", "https://")):
+    if not base.lower().startswith(("http://", "https://")):
         raise ConfigError(
             "MJHOOK_PUBLIC_URL must be the http(s) base URL the provider can reach the ingress at"
         )

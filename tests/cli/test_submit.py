@@ -13,6 +13,8 @@ import redis
 
 from shared import keys
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
+from shared.settings import Settings
+from shared.submit import callback_url
 from shared.taskstate import TaskState, TaskStore
 from simulator import FaultConfig, RunningSimulator
 from tests.cli.conftest import RunCli, submit_env
@@ -322,3 +324,9 @@ def test_a_task_id_mjhook_cannot_use_is_printed_once_shortened_and_said_to_be_lo
     ]
     assert len(logged) == 1
     assert len(logged[0]) < 500
+
+
+def test_a_public_url_whose_scheme_is_in_upper_case_makes_the_callback_url() -> None:
+    """The settings take HTTPS://, as httpx reads it: submitting must too (it refused it)."""
+    settings = Settings(public_url="HTTPS://hooks.example/", callback_token="tok")
+    assert callback_url(settings) == "HTTPS://hooks.example/callbacks/midjourney?token=tok"

@@ -362,6 +362,8 @@ def test_a_log_level_is_read_in_any_case_as_upper_case() -> None:
         ("http://:8080/x", "names no host"),
         ("https://api.example?x=1", "no query"),
         ("https://api.example/base#frag", "no query"),
+        ("http://127.0.0.1:8090/?", "no query"),
+        ("http://127.0.0.1:8090#", "no query"),
     ],
 )
 def test_an_http_url_without_http_or_a_host_is_refused_at_start_up(name: str, url: str, reason: str) -> None:
@@ -440,3 +442,10 @@ def test_the_repr_of_settings_shows_no_secret() -> None:
         assert "redis_url='redis://***@127.0.0.1:6379/0?password=***'" in shown
         assert "broker_url='amqp://***@127.0.0.1:5672/'" in shown
     assert {getattr(settings, key[len("MJHOOK_") :].lower()) for key in env} == set(env.values())
+
+
+def test_an_upper_case_broker_scheme_is_refused_naming_every_scheme_a_broker_may_have() -> None:
+    """redis-py and the broker's choice read schemes in lower case: AMQP:// is refused, and the
+    message names amqp:// among what it may be (it named the Redis schemes alone)."""
+    with pytest.raises(ConfigError, match=r"MJHOOK_BROKER_URL: .*must start with .*amqp://, amqps://"):
+        Settings.from_env({"MJHOOK_BROKER_URL": "AMQP://guest:guest@127.0.0.1:5672/"})
