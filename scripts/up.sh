@@ -39,7 +39,7 @@ redis.Redis.from_url(sys.argv[1], socket_connect_timeout=2, socket_timeout=2).pi
 }
 
 shown_url() {  # URL without its user and password, for messages
-  printf '%s' "$1" | sed -E 's|//[^/?#]*@|//***@|; s|([?&]password=)[^&#]*|\1***|g'
+  printf '%s' "$1" | sed -E 's|^([^:/]+://)[^/]*@|\1***@|; s|([?&]password=)[^&#]*|\1***|gI'
 }
 
 default_redis_url=redis://127.0.0.1:6379/0

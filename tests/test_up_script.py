@@ -137,7 +137,10 @@ def test_a_redis_url_is_shown_without_its_password(repo: Path, redis_server: Red
     # and so is a password holding an @, or given as ?password= (redis-py reads both)
     for url, shown in [
         ("redis://:pw@s3cret@127.0.0.1:1/0", "redis://***@127.0.0.1:1/0"),
+        ("redis://:pw#s3cret@127.0.0.1:1/0", "redis://***@127.0.0.1:1/0"),
+        ("redis://:pw?s3cret@127.0.0.1:1/0", "redis://***@127.0.0.1:1/0"),
         ("redis://127.0.0.1:1/0?password=pw-s3cret", "redis://127.0.0.1:1/0?password=***"),
+        ("redis://127.0.0.1:1/0?PASSWORD=pw-s3cret", "redis://127.0.0.1:1/0?PASSWORD=***"),
     ]:
         refused = run_up(repo, MJHOOK_REDIS_URL=url)
         assert f"MJHOOK_REDIS_URL={shown};" in refused.stderr
