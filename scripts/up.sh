@@ -38,8 +38,25 @@ redis_answers() {  # URL: does a Redis answer PING there? (redis-py: it knows un
 redis.Redis.from_url(sys.argv[1], socket_connect_timeout=2, socket_timeout=2).ping()' "$1" >/dev/null 2>&1
 }
 
-shown_url() {  # URL without its user and password, for messages
-  printf '%s' "$1" | sed -E 's|^([^:/]+://)[^/]*@|\1***@|; s|([?&]password=)[^&#]*|\1***|gI'
+shown_url() {  # where a Redis URL points, as redis-py reads it, for messages: never its user or password
+  "$VENV/bin/python" - "$1" <<'PY'
+import sys
+from redis.connection import parse_url
+try:
+    options = parse_url(sys.argv[1])
+except Exception:
+    print("(a URL redis-py cannot read)")
+else:
+    if "path" in options:
+        where = f"unix://{options['path']}"
+    else:
+        host = options.get("host", "localhost")
+        host = f"[{host}]" if ":" in host else host
+        where = f"{sys.argv[1].split('://', 1)[0].lower()}://{host}:{options.get('port', 6379)}/{options.get('db', 0)}"
+    if options.get("username") or options.get("password"):
+        where = where.replace("://", "://***@", 1)
+    print(where)
+PY
 }
 
 default_redis_url=redis://127.0.0.1:6379/0
