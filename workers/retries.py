@@ -175,16 +175,11 @@ def patiently(action: Callable[[], T], *, what: str, sleep: Callable[[float], No
             return action()
         except CONNECTION_ERRORS as exc:
             why = type(exc).__name__
-        except redis.ResponseError as exc:
-            if not refuses_writes(exc):
+        except redis.RedisError as exc:  # an error answer, or a reply that cannot be read (InvalidResponse)
+            if not (isinstance(exc, redis.ResponseError) and refuses_writes(exc)):
                 other_errors += 1
                 if other_errors >= OTHER_ERROR_ATTEMPTS:
                     raise
-            why = f"{type(exc).__name__}: {exc}"
-        except redis.RedisError as exc:  # a garbled reply (InvalidResponse), a proxy in between
-            other_errors += 1
-            if other_errors >= OTHER_ERROR_ATTEMPTS:
-                raise
             why = f"{type(exc).__name__}: {exc}"
         log.warning("cannot %s yet (%s); trying again in %.2f s", what, why, wait_s)
         sleep(wait_s)
