@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import cast
 
 import redis
@@ -134,16 +134,11 @@ class SubmittedTasks:
         """Up to ``limit`` readable tasks of the sorted set ``key`` scored up to ``cutoff`` (Unix
         seconds), the lowest score first, read page by page past members that are no taskId."""
         found: list[tuple[str, float]] = []
-        start = 0
-        while len(found) < limit:
-            raw = self._client.zrangebyscore(
-                key, "-inf", cutoff * 1000, start=start, num=limit - len(found), withscores=True
-            )
-            if not raw:
+        for pairs in self._pages(key, cutoff * 1000, page=limit):
+            found += pairs
+            if len(found) >= limit:
                 break
-            start += len(raw)
-            found += _pairs(raw)
-        return found
+        return found[:limit]
 
     def _longest_unpolled(
         self, waiting: str, cutoff: float, polled_before: float, limit: int
@@ -151,26 +146,31 @@ class SubmittedTasks:
         """Up to ``limit`` tasks waiting since ``cutoff`` or before, polled last before
         ``polled_before`` (Unix seconds), the longest unpolled first: read from the poll marks in
         pages, skipping marks of tasks no longer waiting."""
+        if limit <= 0:
+            return []
         found: list[tuple[str, float]] = []
-        start = 0
-        page = max(limit, 100)
-        while len(found) < limit:
-            raw = self._client.zrangebyscore(
-                keys.POLLED, "-inf", int(polled_before * 1000), start=start, num=page, withscores=True
-            )
-            if not raw:
+        for marks in self._pages(keys.POLLED, int(polled_before * 1000), page=max(limit, 100)):
+            if marks:
+                submitted_ms = self._client.zmscore(waiting, [task_id for task_id, _ in marks])
+                found += [
+                    (task_id, at / 1000)
+                    for (task_id, _), at in zip(marks, submitted_ms, strict=True)
+                    if at is not None and at / 1000 <= cutoff
+                ]
+            if len(found) >= limit:
                 break
-            start += len(raw)  # members that are no taskId, left out below, count in the offset
-            marks = _pairs(raw)
-            if not marks:
-                continue
-            submitted_ms = self._client.zmscore(waiting, [task_id for task_id, _ in marks])
-            found += [
-                (task_id, at / 1000)
-                for (task_id, _), at in zip(marks, submitted_ms, strict=True)
-                if at is not None and at / 1000 <= cutoff
-            ]
         return found[:limit]
+
+    def _pages(self, key: str, max_score: float, *, page: int) -> Iterator[list[tuple[str, float]]]:
+        """The readable members of the sorted set ``key`` scored up to ``max_score``, the lowest
+        first, ``page`` members read at a time, as (taskId, Unix seconds): a page's members that
+        are no taskId are left out of it, and count in the offset of the next."""
+        start = 0
+        while raw := self._client.zrangebyscore(
+            key, "-inf", max_score, start=start, num=page, withscores=True
+        ):
+            start += len(raw)
+            yield _pairs(raw)
 
     def since(self, since_s: float) -> list[tuple[str, float]]:
         """Every task mjhook submitted in the last ``since_s`` seconds, whatever its state now, as
