@@ -20,7 +20,9 @@ runs with ``appendfsync everysec`` (the faster setting, which may lose the last 
 acknowledged callbacks in a power loss; see README, "Redis restarted") instead of the default
 ``always``. ``durable_falcon`` (only with ``--only``): the bare app plus the one durable write of
 an ingress (an RPUSH of the body onto the queue, Redis fsyncing it before it answers), with its
-ratios to the bare app and mjhook's to it as references. ``GUNICORN_CMD_ARGS`` applies to every
+ratios to the bare app and mjhook's to it as references; ``grouped_falcon`` (only with ``--only``)
+the same with mjhook's group commit (one RPUSH of every body waiting, on a held connection): the
+best case of a Redis-backed ingress, reported the same way. ``GUNICORN_CMD_ARGS`` applies to every
 gunicorn app alike; ``--candidate DIR`` serves a second mjhook ingress (or ``--candidate-app``)
 from another tree, e.g. a scratch copy with a change to try, with ``--candidate-env NAME=VALUE``
 added to its environment.
@@ -81,7 +83,7 @@ TARGET_P99_MS = 10.0
 SOCKET_ERRORS = ("connect", "read", "write", "timeout")
 #: The receivers that queue what they acknowledge: each of their rounds must leave as many
 #: messages in the durable queue as it acknowledged.
-INGRESSES = ("mjhook", "mjhook_fsync_everysec", "candidate", "durable_falcon")
+INGRESSES = ("mjhook", "mjhook_fsync_everysec", "candidate", "durable_falcon", "grouped_falcon")
 #: Every receiver ``--only`` may name; ``candidate`` needs ``--candidate``.
 RECEIVERS = (
     "mjhook",
@@ -91,17 +93,21 @@ RECEIVERS = (
     "bare_falcon_gthread",
     "mjhook_fsync_everysec",
     "durable_falcon",
+    "grouped_falcon",
 )
 #: The receivers run without ``--only``.
 DEFAULT_RECEIVERS = ("mjhook", "bare_falcon", "express", "candidate", "bare_falcon_gthread")
 #: The verdict of a reference figure: a comparison with no target.
 REFERENCE = "REFERENCE"
 #: Ratios reported for comparison only, not judged.
-#: (durable_falcon, only with ``--only``: what the durable write alone costs, and mjhook beyond it.)
+#: (durable_falcon and grouped_falcon, only with ``--only``: what the durable write alone costs,
+#: one round trip per callback or grouped as mjhook groups them, and mjhook beyond it.)
 REFERENCE_PAIRS = (
     ("mjhook", "bare_falcon_gthread"),
     ("durable_falcon", "bare_falcon"),
     ("mjhook", "durable_falcon"),
+    ("grouped_falcon", "bare_falcon"),
+    ("mjhook", "grouped_falcon"),
 )
 #: The ingress's settings before its asyncio worker (session 2): the same bare app as WSGI under
 #: gthread, for comparison (not the target's baseline, which runs under the ingress's own settings).
@@ -401,6 +407,9 @@ def main() -> None:
             "express": lambda: start_express(stack, out),
             "durable_falcon": lambda: start_gunicorn_target(
                 stack, "durable_falcon", "bench.baselines.durable_falcon:app", env, out
+            ),
+            "grouped_falcon": lambda: start_gunicorn_target(
+                stack, "grouped_falcon", "bench.baselines.grouped_falcon:app", env, out
             ),
             "bare_falcon_gthread": lambda: start_gunicorn_target(
                 stack,
