@@ -22,7 +22,8 @@ from shared.callback import Callback
 from shared.errors import ConfigError, QueueUnavailable
 from shared.redis_broker import RedisClockBroker
 from shared.redis_client import connect_redis
-from shared.settings import AMQP_SCHEMES, REDIS_SCHEMES, Settings
+from shared.setting_urls import AMQP_SCHEMES, REDIS_SCHEMES
+from shared.settings import Settings
 from shared.taskstate import QueuedMessage, TaskStore
 
 #: The dramatiq queue holding callbacks to process.

@@ -4,17 +4,14 @@ the CLI) call :meth:`Settings.from_env`; everything else receives a Settings."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
 
-import httpx
-import pika
-import redis.connection
-from minio.helpers import BaseURL, check_bucket_name
+from minio.helpers import check_bucket_name
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from shared import setting_urls
 from shared.allow_list import parse_allow_entry
 from shared.errors import ConfigError
 
@@ -29,12 +26,6 @@ DAY_S = 86_400
 
 #: What a misspelled ``MJHOOK_*`` name is told (pydantic's own words: "Extra inputs are not permitted").
 UNKNOWN_SETTING = "no such setting (misspelled?)"
-#: URL schemes of a Redis (``MJHOOK_REDIS_URL``, and a broker whose queues live in Redis).
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-#: URL schemes of a RabbitMQ broker.
-AMQP_SCHEMES = ("amqp://", "amqps://")
-#: URL schemes of the provider's API and of our public address.
-HTTP_SCHEMES = ("http://", "https://")
 #: What MJHOOK_LOG_LEVEL may name (in any case): the levels both logging and gunicorn know.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: The other names Python's logging knows for two of them.
@@ -233,7 +224,8 @@ class Settings(BaseModel):
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # The secrets are left out (repr=False); a URL shows no user, password or password=
         for name, value in super().__repr_args__():
-            yield name, (_masked_url(value) if name in _URL_FIELDS and isinstance(value, str) else value)
+            url = name in _URL_FIELDS and isinstance(value, str)
+            yield name, (setting_urls.masked(value) if url else value)
 
     @field_validator("fetch_ports", mode="before")
     @classmethod
@@ -311,21 +303,19 @@ class Settings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _redis_url_readable(cls, value: str) -> str:
-        return _redis_url(value)
+        return setting_urls.redis_url(value)
 
     @field_validator("broker_url")
     @classmethod
     def _broker_url(cls, value: str) -> str:
         # Empty: the queue is in the Redis of redis_url
-        if value and _with_scheme(value, REDIS_SCHEMES + AMQP_SCHEMES).startswith(AMQP_SCHEMES):
-            return _readable(value, pika.URLParameters, "RabbitMQ")
-        return _redis_url(value) if value else value
+        return setting_urls.broker_url(value) if value else value
 
     @field_validator("s3_endpoint", "s3_public_endpoint")
     @classmethod
     def _s3_endpoint(cls, value: str) -> str:
         # Empty public endpoint: s3_endpoint's
-        return _readable(value, _minio_endpoint, "S3 endpoint") if value else value
+        return setting_urls.s3_endpoint(value) if value else value
 
     @field_validator("s3_bucket")
     @classmethod
@@ -337,15 +327,7 @@ class Settings(BaseModel):
     @classmethod
     def _http_url(cls, value: str) -> str:
         # Empty public URL: nothing can be submitted (the CLI says so when asked to)
-        if not value:
-            return value
-        # The scheme in any case, as httpx reads it (HTTPS://)
-        url = _readable(_with_scheme(value, HTTP_SCHEMES, any_case=True), _httpx_url, "HTTP")
-        if "?" in url or "#" in url:
-            # The paths of the provider's API and of our callback are added to it: after a query
-            # or a fragment they would be read as part of it, and every call go to the host's root
-            raise ValueError("the base URL must have no query (?...) or fragment (#...)")
-        return url
+        return setting_urls.http_base_url(value) if value else value
 
     @model_validator(mode="after")
     def _task_records_outlive_the_polling(self) -> Settings:
@@ -424,14 +406,8 @@ _PATH_VARIABLES = frozenset({f"{ENV_PREFIX}SPOOL_DIR"})
 _URL_FIELDS = frozenset(
     {"redis_url", "broker_url", "s3_endpoint", "s3_public_endpoint", "provider_url", "public_url"}
 )
-#: A URL's scheme and authority up to its userinfo's "@" (the last one before the path).
-_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.\-]*:)?//)[^/?#]*@")
-#: A ``password=`` in a URL's query (redis-py reads one as the password).
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 #: A code point UTF-8 cannot encode: how os.environ gives a byte that no UTF-8 decodes.
 _SURROGATE = re.compile("[\ud800-\udfff]")
-#: The path of a redis:// or rediss:// URL: empty, or a database number.
-_DATABASE_PATH = re.compile(r"/?[0-9]*/?")
 
 
 def _config_error(exc: ValidationError) -> ConfigError:
@@ -451,81 +427,7 @@ def _printable_name(name: str) -> str:
     return name.encode("utf-8", "backslashreplace").decode()
 
 
-def _masked_url(url: str) -> str:
-    """``url`` with its user and password, and the value of a ``password=`` in its query, shown as
-    ``***``."""
-    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1***@", url, count=1))
-
-
 def comma_list(value: str) -> tuple[str, ...]:
     """The items of a comma-separated setting, whitespace around each and empty ones left out
     (``" a , b ,"`` is ``("a", "b")``): a rotation's keys or tokens, the first one in use."""
     return tuple(item.strip() for item in value.split(",") if item.strip())
-
-
-def _with_scheme(url: str, schemes: tuple[str, ...], *, any_case: bool = False) -> str:
-    """``url`` when it starts with one of ``schemes`` (in any case when ``any_case``: redis-py and
-    the broker's choice read them in lower case only), else a ValueError naming them (not the URL,
-    which may hold a password)."""
-    if not (url.lower() if any_case else url).startswith(schemes):
-        raise ValueError(f"the URL must start with {', '.join(schemes)}")
-    return url
-
-
-def _redis_url(url: str) -> str:
-    # redis-py would refuse "127.0.0.1:6379" only at the first command, with a bare ValueError
-    return _readable(_with_scheme(url, REDIS_SCHEMES), _redis_parse, "Redis")
-
-
-def _redis_parse(url: str) -> None:
-    redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
-    # redis-py reads a path that is no number ("/x") as database 0, silently, and "/1/2" as 12
-    if not url.startswith("unix://") and not _DATABASE_PATH.fullmatch(unquote(urlsplit(url).path)):
-        raise ValueError("its path must be a database number (/0, /1, ...) or nothing")
-
-
-def _readable(url: str, parse: Callable[[str], object], kind: str) -> str:
-    """``url`` when ``parse`` (its client library's own parser, which connects nowhere) takes it,
-    else a ValueError with the parser's reason, without the URL's user and password."""
-    try:
-        parse(url)
-    except Exception as exc:  # a parser raises more than ValueError (pika a TypeError, from ssl)
-        raise ValueError(f"not a valid {kind} URL: {_without_credentials(str(exc), url)}") from None
-    return url
-
-
-def _without_credentials(reason: str, url: str) -> str:
-    """A parser's ``reason`` for refusing ``url``, with the URL's user and password (all between
-    ``//`` and the last ``@``) left out: a parser quotes them as part of ``user:pw@host``. A reason
-    that shows the password otherwise (alone, or percent-decoded) is left out whole."""
-    credentials = url.partition("//")[2].rpartition("@")[0]
-    if any(delimiter in credentials for delimiter in "/?#"):
-        # The parser cut the URL inside them: a piece of the password may be anywhere in its reason
-        return "its user or password holds a / ? or # that is not percent-encoded"
-    if not credentials:
-        return reason
-    reason = reason.replace(f"{credentials}@", "***@")
-    password = credentials.partition(":")[2]
-    if password and (password in reason or unquote(password) in reason):
-        return "the reason would show the URL's password"
-    return reason
-
-
-def _minio_endpoint(url: str) -> None:
-    # shared/storage.py gives minio the endpoint's host and port alone (a path is ignored)
-    parts = urlsplit(url)
-    BaseURL(f"{parts.scheme}://{parts.netloc}", None)
-    _names_a_host(url)
-
-
-def _httpx_url(url: str) -> None:
-    # httpx takes a port past 65535 (the socket then raises OverflowError): urlsplit refuses it
-    urlsplit(url).port  # noqa: B018
-    _names_a_host(url)
-    httpx.URL(url)
-
-
-def _names_a_host(url: str) -> None:
-    # minio and httpx take "http://" (and "http://:80"), to fail every request
-    if not urlsplit(url).hostname:
-        raise ValueError("it names no host")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import pytest
 
 from shared.errors import ConfigError
@@ -183,6 +184,12 @@ UNREADABLE = [
     ("MJHOOK_REDIS_URL", "redis://127.0.0.1:6379/1/2", "database number"),
     ("MJHOOK_REDIS_URL", "rediss://:s3cr3t@127.0.0.1:6379/-1", "database number"),
     ("MJHOOK_BROKER_URL", "redis://:s3cr3t@127.0.0.1:6379/zero", "database number"),
+    # No host: redis-py and pika connect to localhost, which the URL did not name
+    ("MJHOOK_REDIS_URL", "redis://:s3cr3t@:6379/0", "names no host"),
+    ("MJHOOK_REDIS_URL", "rediss:///0", "names no host"),
+    ("MJHOOK_BROKER_URL", "redis://:6379", "names no host"),
+    ("MJHOOK_BROKER_URL", "amqp://guest:s3cr3t@:5672/", "names no host"),
+    ("MJHOOK_BROKER_URL", "amqp://", "names no host"),
 ]
 
 
