@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 
+from shared.allow_list import parse_network
 from shared.errors import ConfigError, InvalidCallback
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -102,13 +103,12 @@ def parse_address(text: str) -> IPAddress | None:
 def _parse_networks(entries: Sequence[str], setting: str) -> tuple[IPNetwork, ...]:
     networks: list[IPNetwork] = []
     for entry in entries:
-        text = entry.strip()
-        if not text:
+        if not entry.strip():
             continue
         try:
-            network = ipaddress.ip_network(text.strip("[]"), strict=False)
-        except ValueError:
-            raise ConfigError(f"{setting}: {entry!r} is not an IP address or CIDR network") from None
+            network = parse_network(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{setting}: {exc}") from None
         networks.append(_unmapped(network))
     return tuple(dict.fromkeys(networks))
 

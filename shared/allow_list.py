@@ -1,6 +1,7 @@
-"""How a host names an address, and what an entry of ``MJHOOK_FETCH_ALLOW`` is. Read the same
-way by the settings, which refuse an unusable entry at start-up, and by the fetcher's SSRF guard
-(workers/guard.py), which lets the entries reach addresses it would otherwise refuse."""
+"""How a host names an address, and what an entry of ``MJHOOK_FETCH_ALLOW`` (or of an address
+list: ``MJHOOK_CALLBACK_ALLOW_FROM``, ``MJHOOK_TRUSTED_PROXIES``) is. Read the same way by the
+settings, which refuse an unusable entry at start-up, and by the fetcher's SSRF guard
+(workers/guard.py) and the ingress's source filter (ingress/sources.py), which use them."""
 
 from __future__ import annotations
 
@@ -65,3 +66,13 @@ def parse_allow_entry(entry: str) -> IPNetwork | str:
     if not _HOSTNAME.fullmatch(text) or _ENDS_IN_NUMBER.search(text):
         raise ValueError(f"{entry!r} is not a hostname, IP address or CIDR network")
     return text
+
+
+def parse_network(entry: str) -> IPNetwork:
+    """The network an entry of an address list names (an address is a network of one; brackets
+    around an IPv6 one and blanks around it aside). Raises ValueError for anything else (the
+    entry, no secret, is quoted)."""
+    try:
+        return ipaddress.ip_network(entry.strip().strip("[]"), strict=False)
+    except ValueError:
+        raise ValueError(f"{entry!r} is not an IP address or CIDR network") from None

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from shared import setting_urls
-from shared.allow_list import parse_allow_entry
+from shared.allow_list import parse_allow_entry, parse_network
 from shared.errors import ConfigError
 
 #: Every environment variable of ours starts with this.
@@ -251,6 +251,16 @@ class Settings(BaseModel):
                 parse_allow_entry(entry)  # its ValueError quotes the entry (no secret)
         return value
 
+    @field_validator("callback_allow_from", "trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Read as the ingress's source filter reads them: a bad entry was refused only as each
+        # gunicorn worker built its app, after the master had started
+        for entry in value:
+            if entry.strip():
+                parse_network(entry)  # its ValueError quotes the entry (no secret)
+        return value
+
     @field_validator("callback_token", "webhook_hmac_key", "api_token")
     @classmethod
     def _a_set_secret_holds_one(cls, value: str) -> str:
@@ -338,6 +348,17 @@ class Settings(BaseModel):
                 "task_ttl_s_short",
                 "MJHOOK_TASK_TTL_S must be MJHOOK_POLL_GIVE_UP_S plus an hour or more: a task's"
                 " record must outlive the polling fallback's wait for it",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _a_proxy_header_names_its_proxies(self) -> Settings:
+        # Whose header to believe: without them the filter would believe nobody's (no loc: the
+        # message names both)
+        if self.trusted_proxy_header.strip() and not self.trusted_proxies:
+            raise PydanticCustomError(
+                "trusted_proxies_missing",
+                "MJHOOK_TRUSTED_PROXY_HEADER needs MJHOOK_TRUSTED_PROXIES: whose header to trust",
             )
         return self
 

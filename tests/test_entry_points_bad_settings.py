@@ -1,6 +1,6 @@
 """The contract's entry points, `gunicorn ingress.wsgi:app` and `dramatiq workers.tasks`, started
 with a bad setting: each stops with one line naming it, not the traceback of an import (gunicorn
-printed "Failed to read config file" and 12 lines; a setting create_app checks, 55 lines per worker
+printed "Failed to read config file" and 12 lines; a setting create_app checked, 55 lines per worker
 process; dramatiq, 32)."""
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ def gunicorn() -> list[str]:
     [
         # read by gunicorn's config (ingress/gunicorn_conf.py), in the master
         ("MJHOOK_MAX_RETRIES", "abc", "MJHOOK_MAX_RETRIES: Input should be a valid integer"),
-        # checked as the app is built, in each worker process
+        # a check of two settings (once made as each worker process built its app, where two
+        # workers failing at once made gunicorn's master print a traceback now and then)
         ("MJHOOK_TRUSTED_PROXY_HEADER", "X-Forwarded-For", "MJHOOK_TRUSTED_PROXIES"),
+        ("MJHOOK_CALLBACK_ALLOW_FROM", "10.0.0.0/8,not-a-net", "'not-a-net' is not an IP address"),
     ],
 )
 def test_the_ingress_stops_with_one_line_naming_a_bad_setting(setting: str, value: str, named: str) -> None:

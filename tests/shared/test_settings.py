@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import pytest
 
@@ -274,6 +275,35 @@ def test_a_fetch_allow_entry_the_guard_cannot_read_is_refused_at_start_up(entry:
         "0x7f.1",
         "[fe80::1]",
     )
+
+
+@pytest.mark.parametrize("name", ["MJHOOK_CALLBACK_ALLOW_FROM", "MJHOOK_TRUSTED_PROXIES"])
+@pytest.mark.parametrize("entry", ["proxy.internal", "10.0.0.0/33", "1.2.3.4.5", "::g"])
+def test_an_address_list_entry_the_ingress_cannot_read_is_refused_at_start_up(name: str, entry: str) -> None:
+    """Given an allow list or the trusted proxies holding an entry that is no IP address or CIDR
+    network (a hostname included: the ingress compares addresses)
+    When the settings are read
+    Then a ConfigError names the variable and the entry: it was refused only as each gunicorn
+    worker built its app; addresses and networks, bracketed IPv6 ones too, are still taken."""
+    refused = rf"{name}: .*'{re.escape(entry)}' is not an IP address or CIDR network"
+    with pytest.raises(ConfigError, match=refused):
+        Settings.from_env({name: f"10.0.0.1,{entry}", "MJHOOK_TRUSTED_PROXY_HEADER": "X-Real-IP"})
+    entries = " 10.0.0.1 , 10.0.0.0/8, [::1], fd00::/64"
+    taken = Settings.from_env({"MJHOOK_TRUSTED_PROXIES": "::1", name: entries})
+    expected = ("10.0.0.1", "10.0.0.0/8", "[::1]", "fd00::/64")
+    assert getattr(taken, name.removeprefix("MJHOOK_").lower()) == expected
+
+
+def test_a_trusted_proxy_header_without_trusted_proxies_is_refused_at_start_up() -> None:
+    """Given MJHOOK_TRUSTED_PROXY_HEADER set and MJHOOK_TRUSTED_PROXIES not
+    When the settings are read
+    Then a ConfigError names both (whose header to believe?); with proxies, or without the header
+    (blanks alone count as none), they are taken."""
+    with pytest.raises(ConfigError, match="MJHOOK_TRUSTED_PROXY_HEADER needs MJHOOK_TRUSTED_PROXIES"):
+        Settings.from_env({"MJHOOK_TRUSTED_PROXY_HEADER": "X-Forwarded-For"})
+    both = {"MJHOOK_TRUSTED_PROXY_HEADER": "X-Forwarded-For", "MJHOOK_TRUSTED_PROXIES": "10.0.0.2"}
+    assert Settings.from_env(both).trusted_proxies == ("10.0.0.2",)
+    assert Settings.from_env({"MJHOOK_TRUSTED_PROXY_HEADER": "  "}).trusted_proxies == ()
 
 
 @pytest.mark.parametrize("name", ["MJHOOK_S3_ENDPOINT", "MJHOOK_S3_PUBLIC_ENDPOINT"])
