@@ -498,7 +498,10 @@ class _Wanted:
     :data:`EARLIER_RUN_MARGIN_S` before ``started_at`` is an earlier run's of the same taskId (a
     ``serve --task-id-prefix`` run again numbers its tasks from 000000 anew): this run's is still
     to come. Times are Unix seconds, mjhook's clock taken to agree with this one's (within the
-    margin)."""
+    margin). A limit: a first delivery that reaches mjhook after its duplicate was sent (the two
+    overlapping: a slow network or ingress, the duplicate's delay short) has its manifest taken as
+    final, since a manifest's ``receivedAt`` cannot say which of two overlapping deliveries it was
+    written for; the report then says what that manifest says."""
 
     task_ids: set[str]
     acknowledged: set[str]
