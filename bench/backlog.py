@@ -90,6 +90,10 @@ FINAL_STATE_KEYS = {state.value: keys.state_index(state.value) for state in sort
 TARGET_RATIO = 0.9
 #: A drain window counts only when at least this share of its backlog is queued at its start.
 MIN_BACKLOG_SHARE = 0.8
+#: A top-up ends once the queue is short of its size by at most this share of it ...
+TOP_UP_SLACK = 0.02
+#: ... or after this many fills.
+TOP_UP_ROUNDS = 5
 
 
 class Backlog:
@@ -128,8 +132,14 @@ class Backlog:
         self.intake.enqueue(callback)
 
     def top_up(self) -> None:
-        missing = self.size - self.client.llen(QUEUE_KEY)
-        if missing > 0:
+        """Fill the queue to its size again. The workers drain while it fills (a small backlog, or
+        a loaded machine, lost a fifth of it meanwhile, and its window was left out): it fills
+        what they took too, until it is within :data:`TOP_UP_SLACK` of its size or
+        :data:`TOP_UP_ROUNDS` fills were made."""
+        for _ in range(TOP_UP_ROUNDS):
+            missing = self.size - self.client.llen(QUEUE_KEY)
+            if missing <= TOP_UP_SLACK * self.size:
+                return
             self.fill(missing)
 
     def used_memory(self) -> int:
