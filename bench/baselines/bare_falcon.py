@@ -62,9 +62,16 @@ def _configure(app: falcon.App[Any, Any], stdlib_json: bool) -> None:
 
 
 def create_app(*, stdlib_json: bool = False) -> falcon.asgi.App:
+    loads = json.loads if stdlib_json else orjson.loads
+    return serving(AsyncCallbackResource(loads), stdlib_json=stdlib_json)
+
+
+def serving(callbacks: object, *, stdlib_json: bool = False) -> falcon.asgi.App:
+    """The bare ASGI app with ``callbacks`` as its callback resource (the reference receivers
+    built on it: durable_falcon.py, grouped_falcon.py)."""
     app = falcon.asgi.App(media_type=falcon.MEDIA_JSON)
     _configure(app, stdlib_json)
-    app.add_route(CALLBACK_PATH, AsyncCallbackResource(json.loads if stdlib_json else orjson.loads))
+    app.add_route(CALLBACK_PATH, callbacks)
     app.add_route("/healthz", AsyncHealthResource())
     return app
 

@@ -20,7 +20,7 @@ import falcon.asgi
 import orjson
 import redis.asyncio
 
-from bench.baselines.bare_falcon import CALLBACK_PATH, AsyncHealthResource
+from bench.baselines.bare_falcon import serving
 from shared import keys
 from shared.queue import BROKER_NAMESPACE, CALLBACK_QUEUE
 
@@ -47,13 +47,7 @@ class DurableCallbackResource:
 
 
 def create_app(redis_url: str) -> falcon.asgi.App:
-    app = falcon.asgi.App(media_type=falcon.MEDIA_JSON)
-    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(
-        dumps=orjson.dumps, loads=orjson.loads
-    )
-    app.add_route(CALLBACK_PATH, DurableCallbackResource(redis_url))
-    app.add_route("/healthz", AsyncHealthResource())
-    return app
+    return serving(DurableCallbackResource(redis_url))
 
 
 app = create_app(os.environ.get("MJHOOK_REDIS_URL", "redis://127.0.0.1:6379/0"))

@@ -25,7 +25,7 @@ import orjson
 import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
 
-from bench.baselines.bare_falcon import CALLBACK_PATH, AsyncHealthResource
+from bench.baselines.bare_falcon import serving
 from bench.baselines.durable_falcon import QUEUE_KEY
 from ingress.group_commit import GroupCommit
 
@@ -56,13 +56,7 @@ class GroupedCallbackResource:
 
 
 def create_app(redis_url: str) -> falcon.asgi.App:
-    app = falcon.asgi.App(media_type=falcon.MEDIA_JSON)
-    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(
-        dumps=orjson.dumps, loads=orjson.loads
-    )
-    app.add_route(CALLBACK_PATH, GroupedCallbackResource(redis_url))
-    app.add_route("/healthz", AsyncHealthResource())
-    return app
+    return serving(GroupedCallbackResource(redis_url))
 
 
 app = create_app(os.environ.get("MJHOOK_REDIS_URL", "redis://127.0.0.1:6379/0"))
