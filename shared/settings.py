@@ -4,11 +4,19 @@ the CLI) call :meth:`Settings.from_env`; everything else receives a Settings."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 from minio.helpers import check_bucket_name
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from shared import setting_urls
@@ -241,24 +249,16 @@ class Settings(BaseModel):
             return comma_list(value)
         return value
 
-    @field_validator("fetch_allow")
+    @field_validator("fetch_allow", "callback_allow_from", "trusted_proxies")
     @classmethod
-    def _fetch_allow_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        # Read as the fetcher's guard reads them: a bad entry was refused only when a worker process
-        # built its guard, which dramatiq logs and goes on from, dead-lettering every callback
+    def _list_entries(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        # Read as their users read them (the fetcher's guard, the ingress's source filter): a bad
+        # entry was refused only when a worker process built its guard, which dramatiq logs and
+        # goes on from, dead-lettering every callback, or as each gunicorn worker built its app
+        parse = _LIST_ENTRIES[str(info.field_name)]
         for entry in value:
             if entry.strip():
-                parse_allow_entry(entry)  # its ValueError quotes the entry (no secret)
-        return value
-
-    @field_validator("callback_allow_from", "trusted_proxies")
-    @classmethod
-    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        # Read as the ingress's source filter reads them: a bad entry was refused only as each
-        # gunicorn worker built its app, after the master had started
-        for entry in value:
-            if entry.strip():
-                parse_network(entry)  # its ValueError quotes the entry (no secret)
+                parse(entry)  # its ValueError quotes the entry (no secret)
         return value
 
     @field_validator("callback_token", "webhook_hmac_key", "api_token")
@@ -420,6 +420,12 @@ class Settings(BaseModel):
             raise _config_error(exc) from None
 
 
+#: How an entry of each list setting is read (a ValueError for one its user cannot read).
+_LIST_ENTRIES: dict[str, Callable[[str], object]] = {
+    "fetch_allow": parse_allow_entry,
+    "callback_allow_from": parse_network,
+    "trusted_proxies": parse_network,
+}
 #: The variables naming a file system path: any bytes, as a file's name may be (os.fsencode gives
 #: the bytes of a surrogate-escaped one back).
 _PATH_VARIABLES = frozenset({f"{ENV_PREFIX}SPOOL_DIR"})
