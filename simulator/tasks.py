@@ -12,7 +12,7 @@ from simulator.files import MP4, PNG, FileKind
 
 #: Task types of ``/api/v1/mj/generate`` that yield a grid of four images.
 IMAGE_TASK_TYPES = frozenset({"mj_txt2img", "mj_img2img", "mj_style_reference", "mj_omni_reference"})
-#: Task types of ``/api/v1/mj/generate`` that yield one video.
+#: Task types of ``/api/v1/mj/generate`` that yield videos (four, as a Midjourney video job makes).
 VIDEO_TASK_TYPES = frozenset({"mj_video", "mj_video_hd"})
 #: Task types that start from the caller's images (``fileUrls``).
 REFERENCE_TASK_TYPES = frozenset({"mj_img2img", "mj_style_reference", "mj_omni_reference"}) | VIDEO_TASK_TYPES
@@ -21,6 +21,7 @@ GENERATE_TASK_TYPES = IMAGE_TASK_TYPES | VIDEO_TASK_TYPES
 UPSCALE_TASK_TYPE = "mj_upscale"
 VARY_TASK_TYPE = "mj_vary"
 IMAGES_PER_GRID = 4
+VIDEOS_PER_JOB = 4
 
 
 class SuccessFlag(enum.IntEnum):
@@ -37,7 +38,7 @@ class SuccessFlag(enum.IntEnum):
 def result_shape(task_type: str) -> tuple[int, FileKind]:
     """How many result files a task type yields, and of which kind."""
     if task_type in VIDEO_TASK_TYPES:
-        return 1, MP4
+        return VIDEOS_PER_JOB, MP4
     if task_type in IMAGE_TASK_TYPES:
         return IMAGES_PER_GRID, PNG
     return 1, PNG

@@ -102,7 +102,7 @@ def test_tasks_of_the_simulated_provider_end_stored_with_the_served_bytes(
                 video: wait_for(lambda: read_manifest(s3, s3_bucket, video), what="video stored"),
                 upscale: wait_for(lambda: read_manifest(s3, s3_bucket, upscale), what="upscale stored"),
             }
-        expected_files = {grid: 4, video: 1, upscale: 1}
+        expected_files = {grid: 4, video: 4, upscale: 1}
         for task_id, manifest in manifests.items():
             assert manifest["status"] == "stored", manifest
             assert manifest["prompt"] in ("a lighthouse", "waves")
@@ -111,7 +111,9 @@ def test_tasks_of_the_simulated_provider_end_stored_with_the_served_bytes(
                 served = simulator.expected_file(task_id, entry["index"])
                 assert entry["sha256"] == hashlib.sha256(served).hexdigest()
                 assert entry["size"] == len(served)
-        assert manifests[video]["images"][0]["key"] == f"tasks/{video}/0.mp4"
+        assert [entry["key"] for entry in manifests[video]["images"]] == [
+            f"tasks/{video}/{index}.mp4" for index in range(4)
+        ]
         assert all(a.status == 200 for a in simulator.attempts())
 
         # And the odd callbacks' tasks end stored too, with the bytes served: the id spelled

@@ -62,19 +62,22 @@ def test_a_full_size_image_is_one_to_two_megabytes() -> None:
     assert 1_000_000 < len(data) < 2_000_000
 
 
-def test_video_tasks_yield_one_mp4_the_sniffer_recognises(sim: RunningSimulator) -> None:
+def test_video_tasks_yield_four_different_mp4s_the_sniffer_recognises(sim: RunningSimulator) -> None:
+    """A Midjourney video job makes four videos, as a grid makes four images."""
     with api(sim) as client:
         task_id = submit(client, taskType="mj_video", fileUrls=["http://127.0.0.1:9/in.png"])
-        [url] = result_urls(wait_done(client, task_id))
-        response = client.get(url)
-    assert url.split("?")[0].endswith("/0.mp4")
-    assert response.headers["Content-Type"] == "video/mp4"
-    assert response.content[4:8] == b"ftyp"
-    assert sniff_media(response.content[:64]) is MP4
-    assert len(response.content) == 4096
-    assert response.content == sim.expected_file(task_id, 0)
-    with av.open(io.BytesIO(response.content)) as container:
-        assert len(list(container.decode(video=0))) == video_layout(4096).frames
+        urls = result_urls(wait_done(client, task_id))
+        responses = [client.get(url) for url in urls]
+    assert [url.split("?")[0].rsplit("/", 1)[1] for url in urls] == ["0.mp4", "1.mp4", "2.mp4", "3.mp4"]
+    for index, response in enumerate(responses):
+        assert response.headers["Content-Type"] == "video/mp4"
+        assert response.content[4:8] == b"ftyp"
+        assert sniff_media(response.content[:64]) is MP4
+        assert len(response.content) == 4096
+        assert response.content == sim.expected_file(task_id, index)
+        with av.open(io.BytesIO(response.content)) as container:
+            assert len(list(container.decode(video=0))) == video_layout(4096).frames
+    assert len({response.content for response in responses}) == 4
 
 
 def first_result_link(client: httpx.Client) -> str:
