@@ -355,7 +355,7 @@ class Settings(BaseModel):
     def _a_proxy_header_names_its_proxies(self) -> Settings:
         # Whose header to believe: without them the filter would believe nobody's (no loc: the
         # message names both)
-        if self.trusted_proxy_header.strip() and not self.trusted_proxies:
+        if self.trusted_proxy_header.strip() and not any(entry.strip() for entry in self.trusted_proxies):
             raise PydanticCustomError(
                 "trusted_proxies_missing",
                 "MJHOOK_TRUSTED_PROXY_HEADER needs MJHOOK_TRUSTED_PROXIES: whose header to trust",

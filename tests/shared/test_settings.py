@@ -304,6 +304,8 @@ def test_a_trusted_proxy_header_without_trusted_proxies_is_refused_at_start_up()
     both = {"MJHOOK_TRUSTED_PROXY_HEADER": "X-Forwarded-For", "MJHOOK_TRUSTED_PROXIES": "10.0.0.2"}
     assert Settings.from_env(both).trusted_proxies == ("10.0.0.2",)
     assert Settings.from_env({"MJHOOK_TRUSTED_PROXY_HEADER": "  "}).trusted_proxies == ()
+    with pytest.raises(ConfigError, match="MJHOOK_TRUSTED_PROXY_HEADER needs MJHOOK_TRUSTED_PROXIES"):
+        Settings(trusted_proxy_header="X-Forwarded-For", trusted_proxies=(" ",))  # built in code
 
 
 @pytest.mark.parametrize("name", ["MJHOOK_S3_ENDPOINT", "MJHOOK_S3_PUBLIC_ENDPOINT"])

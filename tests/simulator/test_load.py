@@ -618,23 +618,28 @@ def test_a_partial_task_a_duplicate_completes_is_reported_stored(
 
 
 def test_a_manifest_older_than_the_last_acknowledged_callback_is_a_problem() -> None:
-    # Given two tasks whose success callback was acknowledged twice, the last sent at `resent`,
-    # and manifests written for the first callback only (received before the last was sent)
+    # Given three tasks whose success callback was acknowledged twice, the last sent at `resent`:
+    # two with partial manifests written for the first callback only (received 2 ms before the
+    # last was sent, past the 1 ms a receivedAt's resolution allows), one with a partial manifest
+    # written for the last one (received as it was sent: final, the duplicate changed nothing)
     resent = time.time()
-    first = {"status": "partial", "receivedAt": utc_iso(resent - 0.2), "completedAt": utc_iso(resent - 0.1)}
-    bucket = ManifestsOf({"t-1": first, "t-2": first})
+    first = {"status": "partial", "receivedAt": utc_iso(resent - 0.002), "completedAt": utc_iso(resent)}
+    last = {"status": "partial", "receivedAt": utc_iso(resent), "completedAt": utc_iso(resent + 0.1)}
+    bucket = ManifestsOf({"t-1": first, "t-2": first, "t-3": last})
+    tasks = frozenset({"t-1", "t-2", "t-3"})
     run = CallbackRun(
-        report=bare_report("http://127.0.0.1:9/callbacks/midjourney", tasks=2, acknowledged=2),
-        task_ids=frozenset({"t-1", "t-2"}),
-        acknowledged=frozenset({"t-1", "t-2"}),
+        report=bare_report("http://127.0.0.1:9/callbacks/midjourney", tasks=3, acknowledged=3),
+        task_ids=tasks,
+        acknowledged=tasks,
         listing="tasks/t-",
         started_at=resent - 0.3,
-        resent_at={"t-1": resent, "t-2": resent},
+        resent_at=dict.fromkeys(tasks, resent),
     )
     # When the run's report reads the bucket until its timeout (one read)
     report = read_bucket(run, bucket, timeout_s=0.0)
-    # Then the partial manifests are counted, and said to be older than a callback acknowledged
-    assert report.manifests == {"stored": 0, "partial": 2, "failed": 0, "missing": 0}
+    # Then the partial manifests are counted, and the two older ones said to be older than a
+    # callback acknowledged
+    assert report.manifests == {"stored": 0, "partial": 3, "failed": 0, "missing": 0}
     assert report.manifests_outdated == 2
     assert report.problems == [
         "2 manifests older than their task's last acknowledged callback"
