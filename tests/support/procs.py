@@ -34,15 +34,48 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+#: Where the tests' servers get their ports: below the kernel's ephemeral range (from which
+#: ``bind(("127.0.0.1", 0))`` and every client connection take theirs), split between the
+#: pytest-xdist workers and handed out in turn. A server stopped and started again on its ports (a
+#: Redis restart, an S3 outage: SeaweedFS listens on nine) so finds them free: no client connection
+#: and no other test took one meanwhile (one did, now and then, and the restart failed).
+PORT_LOW = 10000
+_next_port: int | None = None
+
+
+def _port_slice() -> tuple[int, int]:
+    """This test process's ports: its share of PORT_LOW up to the ephemeral range."""
+    high = 32000
+    with suppress(OSError, ValueError):
+        high = min(high, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    index = int(worker) % workers if worker.isdigit() else 0
+    size = (high - PORT_LOW) // workers
+    return PORT_LOW + index * size, PORT_LOW + (index + 1) * size
+
+
 def free_ports(count: int) -> list[int]:
-    """Return `count` distinct free ports (all held open together while choosing)."""
+    """Return `count` distinct free ports (all held open together while choosing), taken in turn
+    from this test process's slice (see PORT_LOW): one comes back only after the whole slice went
+    round."""
+    global _next_port
+    low, high = _port_slice()
+    if _next_port is None or not low <= _next_port < high:
+        _next_port = low + os.getpid() % (high - low)
     with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        ports: list[int] = []
+        for _ in range(high - low):
+            port, _next_port = _next_port, low + (_next_port + 1 - low) % (high - low)
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-        return ports
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken (a service of the machine, a server still running)
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise RuntimeError(f"no {count} free ports in {low}-{high}")
 
 
 def process_tree(root: int) -> list[int]:
