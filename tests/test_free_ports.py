@@ -23,7 +23,9 @@ def test_ports_come_from_below_the_ephemeral_range_distinct_and_free() -> None:
 
 
 def test_a_port_handed_out_comes_back_only_after_the_slice_went_round() -> None:
-    low, high = procs._port_slice()
+    bounds = procs._port_slice()
+    assert bounds is not None
+    low, high = bounds
     first = procs.free_ports(5)
     later = [port for _ in range(200) for port in procs.free_ports(5)]
     assert not set(first) & set(later)
@@ -45,5 +47,31 @@ def test_the_xdist_workers_get_slices_of_their_own(monkeypatch: pytest.MonkeyPat
     first = procs._port_slice()
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
     second = procs._port_slice()
+    assert first is not None
+    assert second is not None
     assert first[0] == procs.PORT_LOW
     assert first[1] == second[0] < second[1]
+
+
+@pytest.mark.parametrize(
+    ("ephemeral", "expected"),
+    [
+        ("32768\t60999\n", (procs.PORT_LOW, 32000)),
+        ("20000 60999", (procs.PORT_LOW, 20000)),
+        # Little below it: the ports above it
+        ("1024 50000", (50001, 65536)),
+        # Too few either side: bind(0), as before
+        ("1024 65000", None),
+    ],
+)
+def test_the_slice_keeps_out_of_the_ephemeral_range(
+    ephemeral: str, expected: tuple[int, int] | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "range").write_text(ephemeral)
+    monkeypatch.setattr(procs, "EPHEMERAL_RANGE", tmp_path / "range")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "1")
+    assert procs._port_slice() == expected
+    ports = procs.free_ports(3)
+    assert len(set(ports)) == 3
+    if expected is not None:
+        assert all(expected[0] <= port < expected[1] for port in ports)

@@ -40,19 +40,28 @@ def free_port() -> int:
 #: Redis restart, an S3 outage: SeaweedFS listens on nine) so finds them free: no client connection
 #: and no other test took one meanwhile (one did, now and then, and the restart failed).
 PORT_LOW = 10000
+#: The kernel's ephemeral range (Linux).
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: The fewest ports a test process's slice may hold; with fewer (an ephemeral range starting low,
+#: many workers) ports come from ``bind(("127.0.0.1", 0))`` as before.
+MIN_SLICE = 1000
 _next_port: int | None = None
 
 
-def _port_slice() -> tuple[int, int]:
-    """This test process's ports: its share of PORT_LOW up to the ephemeral range."""
-    high = 32000
-    with suppress(OSError, ValueError):
-        high = min(high, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]))
+def _port_slice() -> tuple[int, int] | None:
+    """This test process's ports: its share of PORT_LOW up to the ephemeral range (or of the
+    ports above it, where that leaves too few), or None when there are too few."""
+    low, high = PORT_LOW, 32000
+    with suppress(OSError, ValueError, IndexError):
+        ephemeral = [int(bound) for bound in EPHEMERAL_RANGE.read_text().split()[:2]]
+        low, high = max(
+            (PORT_LOW, min(high, ephemeral[0])), (ephemeral[1] + 1, 65536), key=lambda r: r[1] - r[0]
+        )
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     index = int(worker) % workers if worker.isdigit() else 0
-    size = (high - PORT_LOW) // workers
-    return PORT_LOW + index * size, PORT_LOW + (index + 1) * size
+    size = (high - low) // workers
+    return (low + index * size, low + (index + 1) * size) if size >= MIN_SLICE else None
 
 
 def free_ports(count: int) -> list[int]:
@@ -60,10 +69,18 @@ def free_ports(count: int) -> list[int]:
     from this test process's slice (see PORT_LOW): one comes back only after the whole slice went
     round."""
     global _next_port
-    low, high = _port_slice()
-    if _next_port is None or not low <= _next_port < high:
-        _next_port = low + os.getpid() % (high - low)
+    bounds = _port_slice()
     with ExitStack() as stack:
+        if bounds is None:
+            sockets = [
+                stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)
+            ]
+            for sock in sockets:
+                sock.bind(("127.0.0.1", 0))
+            return [sock.getsockname()[1] for sock in sockets]
+        low, high = bounds
+        if _next_port is None or not low <= _next_port < high:
+            _next_port = low + os.getpid() % (high - low)
         ports: list[int] = []
         for _ in range(high - low):
             port, _next_port = _next_port, low + (_next_port + 1 - low) % (high - low)
