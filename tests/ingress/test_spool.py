@@ -60,17 +60,25 @@ def test_spooled_callbacks_drain_in_order_and_the_files_go(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
+def taking_all_but(taken: list[str], refused: str) -> Callable[[Callback], None]:
+    """A drain's accept that adds each callback's taskId to ``taken``, but ``refused``'s, for which
+    the queue is away (QueueUnavailable)."""
+
+    def accept(cb: Callback) -> None:
+        if cb.task_id == refused:
+            raise QueueUnavailable("down again")
+        taken.append(cb.task_id)
+
+    return accept
+
+
 def test_a_failed_drain_keeps_what_was_not_taken(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=1 << 20, pid=lambda: 11)
     for i in range(4):
         spool.append(callback(f"t{i}"))
     taken: list[str] = []
 
-    def accept(cb: Callback) -> None:
-        if cb.task_id == "t2":
-            raise QueueUnavailable("down again")
-        taken.append(cb.task_id)
-
+    accept = taking_all_but(taken, "t2")
     assert spool.drain(accept) == 2
     assert spool.depth() == 2
     assert spool.drain(lambda cb: taken.append(cb.task_id)) == 2
@@ -118,11 +126,7 @@ def test_a_drain_that_pauses_at_an_older_file_takes_nothing_from_newer_ones(tmp_
     spool = Spool(tmp_path, max_bytes=1 << 20)
     taken: list[str] = []
 
-    def accept(cb: Callback) -> None:
-        if cb.task_id == "old":
-            raise QueueUnavailable("down again")
-        taken.append(cb.task_id)
-
+    accept = taking_all_but(taken, "old")
     assert spool.drain(accept) == 0
     assert taken == []
     assert spool.depth() == 2
